@@ -1,0 +1,413 @@
+//! `cvm evidence show|verify`.
+//!
+//! Exit status: 0 accepted (or shown), 1 verified and rejected, 2 could not verify
+//! (usage, I/O, missing collateral).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use snp::cert::{AmdCert, Vek, parse_bundle};
+use snp::chain::{CertChain, RootTrust, TrustAnchors};
+use snp::collateral::{CollateralCache, Fetcher, OnlineConfig};
+use snp::crl::Crl;
+use snp::hcl::HclReport;
+use snp::input::{Evidence, parse_evidence};
+use snp::kds::{self, KdsRequest, VcekQuery};
+use snp::policy::Policy;
+use snp::verify::Verifier;
+use snp::{AttestationReport, Product};
+
+/// Evidence subcommands.
+#[derive(Subcommand, Debug)]
+pub enum EvidenceCommand {
+    /// Parse a report and print its fields (no verification).
+    Show(ShowArgs),
+    /// Verify a report's signature, certificate chain and binding, then appraise it.
+    Verify(Box<VerifyArgs>),
+}
+
+/// Arguments of `cvm evidence show`.
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// A raw report, a hex dump of one, or an Azure HCL report.
+    report: PathBuf,
+    /// The product, for a version 2 report (which does not say).
+    #[arg(long)]
+    product: Option<Product>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `cvm evidence verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// A raw report, a hex dump of one, or an Azure HCL report.
+    report: PathBuf,
+    /// The VCEK or VLEK certificate (DER or PEM; a PEM bundle may also hold ASK and ARK).
+    #[arg(long)]
+    vek: Option<PathBuf>,
+    /// The AMD chain: ASK (or ASVK) and ARK, DER or PEM; may also hold the VEK.
+    #[arg(long)]
+    chain: Option<PathBuf>,
+    /// A CRL to check (DER or PEM); repeatable.
+    #[arg(long)]
+    crl: Vec<PathBuf>,
+    /// An appraisal policy (TOML or JSON); the default rejects debug guests.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Verification time (RFC 3339); default now.
+    #[arg(long)]
+    at: Option<String>,
+    /// Collateral cache directory (VEKs, chains, CRLs from AMD KDS).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Never use the network: collateral comes from the arguments or the cache.
+    #[arg(long)]
+    offline: bool,
+    /// KDS base URL.
+    #[arg(long, default_value = kds::KDS_BASE_URL, hide = true)]
+    kds_url: String,
+    /// The product, for a version 2 report whose collateral must be fetched.
+    #[arg(long)]
+    product: Option<Product>,
+    /// TPM2 quote message (TPMS_ATTEST, as `tpm2_quote -m` writes it).
+    #[arg(long, requires = "quote_sig")]
+    quote: Option<PathBuf>,
+    /// TPM2 quote signature (TPMT_SIGNATURE as `tpm2_quote -s` writes it, or a raw RSA signature).
+    #[arg(long, requires = "quote")]
+    quote_sig: Option<PathBuf>,
+    /// Expected quote nonce (hex).
+    #[arg(long, requires = "quote")]
+    nonce: Option<String>,
+    /// PCR values the quote's digest must match (JSON: {"sha256": {"0": "hex", ...}}).
+    #[arg(long, requires = "quote")]
+    pcrs: Option<PathBuf>,
+    /// Trust this ARK (PEM/DER) as a root although it is not AMD's. Evidence under it is
+    /// labelled as not from AMD hardware.
+    #[arg(long = "dangerously-trust-ark", value_name = "FILE")]
+    dangerously_trust_ark: Vec<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs an evidence subcommand.
+pub fn run(cmd: EvidenceCommand) -> ExitCode {
+    match cmd {
+        EvidenceCommand::Show(a) => match show(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        EvidenceCommand::Verify(a) => verify(&a),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn load_evidence(path: &Path, product: Option<Product>) -> Result<Evidence> {
+    let data = read(path)?;
+    let mut ev = parse_evidence(&data).with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(p) = product {
+        let r = ev.report().with_product(p)?;
+        ev = match ev {
+            Evidence::Report(_) => Evidence::Report(r),
+            Evidence::Hcl(h) => Evidence::Hcl(h),
+        };
+    }
+    Ok(ev)
+}
+
+fn show(a: &ShowArgs) -> Result<()> {
+    let ev = load_evidence(&a.report, a.product)?;
+    let report = match (&ev, a.product) {
+        (Evidence::Hcl(h), Some(p)) => h.report().with_product(p)?,
+        _ => ev.report().clone(),
+    };
+    let mut out = json!({ "report": snp::view::report_json(&report) });
+    if let Evidence::Hcl(h) = &ev {
+        add_hcl(&mut out, h);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(())
+}
+
+fn add_hcl(out: &mut Value, h: &HclReport) {
+    out["runtime_claims"] = Value::Object(h.claims().clone());
+    out["runtime_data_bound"] = json!(h.runtime_data_bound());
+}
+
+fn print_human(r: &AttestationReport) {
+    println!("version:      {}", r.version().number());
+    println!(
+        "product:      {}",
+        r.product()
+            .map_or("unknown (version 2 report)", |p| p.name())
+    );
+    println!("signing key:  {}", r.signing_key());
+    println!("vmpl:         {}", r.vmpl());
+    println!(
+        "policy:       {:#x} (debug {}, smt {}, migrate_ma {})",
+        r.policy().raw(),
+        r.policy().debug(),
+        r.policy().smt(),
+        r.policy().migrate_ma()
+    );
+    println!("guest svn:    {}", r.guest_svn());
+    println!("measurement:  {}", hex::encode(r.measurement()));
+    println!("report data:  {}", hex::encode(r.report_data()));
+    println!("reported tcb: {}", r.reported_tcb());
+    println!("firmware:     {}", r.current_firmware());
+    println!("chip id:      {}", hex::encode(r.chip_id()));
+}
+
+/// A reason for a verdict.
+struct Reason {
+    code: String,
+    message: String,
+}
+
+enum Outcome {
+    Accepted,
+    Rejected(Vec<Reason>),
+    Error(Reason),
+}
+
+fn verify(a: &VerifyArgs) -> ExitCode {
+    let mut out = json!({});
+    let outcome = match verify_inner(a, &mut out) {
+        Ok(o) => o,
+        Err(e) => Outcome::Error(Reason {
+            code: "error".into(),
+            message: format!("{e:#}"),
+        }),
+    };
+    let (verdict, reasons, code) = match &outcome {
+        Outcome::Accepted => ("accepted", Vec::new(), 0),
+        Outcome::Rejected(r) => ("rejected", r.iter().collect(), 1),
+        Outcome::Error(r) => ("error", vec![r], 2),
+    };
+    if a.json {
+        out["verdict"] = json!(verdict);
+        out["reasons"] = reasons
+            .iter()
+            .map(|r| json!({"code": r.code, "message": r.message}))
+            .collect();
+        match serde_json::to_string_pretty(&out) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    } else {
+        match &outcome {
+            Outcome::Accepted => {
+                let trust = out["trust"].as_str().unwrap_or("amd");
+                println!("accepted ({trust})");
+            }
+            Outcome::Rejected(_) => {
+                println!("rejected");
+                for r in &reasons {
+                    println!("  {}: {}", r.code, r.message);
+                }
+            }
+            Outcome::Error(r) => eprintln!("error: {}", r.message),
+        }
+    }
+    ExitCode::from(code)
+}
+
+fn parse_time(at: Option<&str>) -> Result<i64> {
+    match at {
+        None => Ok(time::OffsetDateTime::now_utc().unix_timestamp()),
+        Some(s) => Ok(time::OffsetDateTime::parse(
+            s,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .with_context(|| format!("--at {s:?} is not an RFC 3339 time"))?
+        .unix_timestamp()),
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("opencvm/kds");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/opencvm/kds"),
+        None => PathBuf::from(".opencvm-kds-cache"),
+    }
+}
+
+fn fetcher(a: &VerifyArgs) -> Result<Fetcher> {
+    let dir = a.cache.clone().unwrap_or_else(default_cache_dir);
+    let cache =
+        CollateralCache::open(&dir).with_context(|| format!("opening cache {}", dir.display()))?;
+    if a.offline {
+        return Ok(Fetcher::offline(cache));
+    }
+    let config = OnlineConfig {
+        base_url: a.kds_url.clone(),
+        timeout: Duration::from_secs(10),
+        ..OnlineConfig::default()
+    };
+    Ok(Fetcher::online(cache, config)?)
+}
+
+/// The certificates given on the command line, and those fetched for what is missing.
+fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, CertChain, Vec<Crl>)> {
+    let mut certs: Vec<AmdCert> = Vec::new();
+    for path in a.vek.iter().chain(a.chain.iter()) {
+        certs.extend(
+            parse_bundle(&read(path)?).with_context(|| format!("parsing {}", path.display()))?,
+        );
+    }
+    let mut crls = Vec::new();
+    for path in &a.crl {
+        crls.push(
+            Crl::parse(&read(path)?).with_context(|| format!("parsing CRL {}", path.display()))?,
+        );
+    }
+    let vek = match certs
+        .iter()
+        .find(|c| matches!(c.subject_cn(), "SEV-VCEK" | "SEV-VLEK"))
+    {
+        Some(c) => Vek::from_cert(c.clone())?,
+        None => {
+            let product = report.product().or(a.product).ok_or_else(|| {
+                anyhow!("missing collateral: no --vek given, and a version 2 report needs --product to fetch one")
+            })?;
+            if report.signing_key() != snp::report::SigningKey::Vcek {
+                bail!("missing collateral: VLEKs are not published by AMD KDS; pass --vek");
+            }
+            let req = KdsRequest::Vcek(VcekQuery::new(
+                product,
+                report.chip_id(),
+                report.reported_tcb(),
+            )?);
+            let der = fetcher(a)?
+                .fetch(&req)
+                .context("missing collateral: fetching the VCEK")?;
+            Vek::parse(&der)?
+        }
+    };
+    let chain = match CertChain::from_certs(&certs) {
+        Ok(c) => c,
+        Err(_) if a.chain.is_none() => {
+            let kind = vek.kind();
+            let f = fetcher(a)?;
+            let pem = f
+                .fetch(&KdsRequest::CertChain {
+                    product: vek.product(),
+                    kind,
+                })
+                .context("missing collateral: fetching the ASK/ARK chain")?;
+            if a.crl.is_empty() {
+                let crl = f
+                    .fetch(&KdsRequest::Crl {
+                        product: vek.product(),
+                        kind,
+                    })
+                    .context("missing collateral: fetching the CRL")?;
+                crls.push(Crl::parse(&crl)?);
+            }
+            CertChain::from_certs(&parse_bundle(&pem)?)?
+        }
+        Err(e) => return Err(e).context("missing collateral: --chain lacks the ASK/ASVK or ARK"),
+    };
+    Ok((vek, chain, crls))
+}
+
+fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
+    let at = parse_time(a.at.as_deref())?;
+    let policy = match &a.policy {
+        Some(p) => Policy::load(p)?,
+        None => Policy::default(),
+    };
+    let ev = load_evidence(&a.report, None)?;
+    out["report"] = snp::view::report_json(ev.report());
+    if let Evidence::Hcl(h) = &ev {
+        add_hcl(out, h);
+    }
+    let (vek, chain, crls) = collect_certs(a, ev.report())?;
+    let mut anchors = TrustAnchors::amd();
+    for path in &a.dangerously_trust_ark {
+        let ark = AmdCert::from_der_or_pem(&read(path)?)?;
+        let product = ark
+            .subject_cn()
+            .strip_prefix("ARK-")
+            .and_then(|p| p.parse::<Product>().ok())
+            .ok_or_else(|| anyhow!("{} is not an ARK-<product> certificate", path.display()))?;
+        anchors.dangerous_add_root(product, ark.sha256(), &path.display().to_string());
+    }
+    let verifier = Verifier::new(anchors).with_crls(crls);
+    let verified = match verifier.verify(ev.report(), &vek, &chain, at) {
+        Ok(v) => v,
+        Err(e) if e.is_collateral_problem() => bail!("could not verify: {e}"),
+        Err(e) => {
+            return Ok(Outcome::Rejected(vec![Reason {
+                code: e.code().into(),
+                message: e.to_string(),
+            }]));
+        }
+    };
+    out["report"] = snp::view::report_json(verified.report());
+    out["signer"] = json!(vek.kind().name());
+    out["trust"] = match verified.trust() {
+        RootTrust::Amd => json!("amd"),
+        RootTrust::Dangerous { label } => json!(format!("dangerous:{label}")),
+    };
+    let mut reasons: Vec<Reason> = policy
+        .evaluate(&verified)
+        .into_iter()
+        .map(|v| Reason {
+            code: v.code.into(),
+            message: v.message,
+        })
+        .collect();
+    if let Evidence::Hcl(h) = &ev
+        && !h.runtime_data_bound()
+    {
+        reasons.push(Reason {
+            code: "runtime_data_unbound".into(),
+            message: "REPORT_DATA is not the hash of the runtime claims".into(),
+        });
+    }
+    if let Some(msg) = &a.quote {
+        let Evidence::Hcl(h) = &ev else {
+            bail!("--quote needs an HCL report: the attestation key comes from its runtime claims");
+        };
+        reasons.extend(crate::evidence::quote::check(a, msg, h, out)?);
+    }
+    Ok(if reasons.is_empty() {
+        Outcome::Accepted
+    } else {
+        Outcome::Rejected(reasons)
+    })
+}
+
+mod quote {
+    //! Checking a TPM quote against the attestation key in HCL runtime claims.
+    use super::*;
+
+    pub(super) fn check(
+        a: &VerifyArgs,
+        msg: &Path,
+        h: &HclReport,
+        out: &mut Value,
+    ) -> Result<Vec<Reason>> {
+        let _ = (a, msg, h, out);
+        bail!("quote verification is not wired yet")
+    }
+}

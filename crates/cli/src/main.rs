@@ -1,0 +1,32 @@
+//! `cvm`: the opencvm command line. A thin layer over the libraries: it parses
+//! arguments, reads files, calls the library and prints the result.
+
+#![forbid(unsafe_code)]
+
+mod evidence;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// opencvm: confidential VMs on AMD SEV-SNP with attestation before boot.
+#[derive(Parser, Debug)]
+#[command(name = "cvm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect and verify SEV-SNP attestation evidence.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Evidence(cmd) => evidence::run(cmd),
+    }
+}

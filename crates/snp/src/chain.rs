@@ -1,0 +1,400 @@
+//! Explicit verification of AMD certificate chains: ARK → ASK/ASVK → VCEK/VLEK.
+//!
+//! AMD's certificates do not satisfy RFC 5280 path validation (serial 0, no
+//! basicConstraints on the CA certificates), so each link is checked by hand:
+//! the root is pinned by the SHA-256 of its DER encoding, names chain issuer to
+//! subject, every signature is RSASSA-PSS/SHA-384/salt 48 by the issuer's key,
+//! every certificate is inside its validity window at the verification time, and
+//! no certificate is revoked by a CRL its issuer signed.
+
+use std::fmt;
+
+use aws_lc_rs::signature::ParsedPublicKey;
+
+use crate::cert::{AmdCert, CertError, Vek, VekKind};
+use crate::crl::{Crl, CrlError};
+use crate::product::Product;
+
+/// The SHA-256 fingerprints of AMD's root keys (ARK certificates, DER), as served
+/// by the AMD Key Distribution Service `cert_chain` endpoints.
+pub const AMD_ARK_SHA256: [(Product, &str); 3] = [
+    (
+        Product::Milan,
+        "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    ),
+    (
+        Product::Genoa,
+        "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+    ),
+    (
+        Product::Turin,
+        "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+    ),
+];
+
+/// Where trust in a root comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootTrust {
+    /// One of AMD's pinned root keys.
+    Amd,
+    /// A root the caller chose to trust with a `dangerous_*` option, such as the
+    /// emulated secure processor's. Evidence under it is not from AMD hardware.
+    Dangerous {
+        /// The caller's label for the root (for example `emulator`).
+        label: String,
+    },
+}
+
+impl RootTrust {
+    /// Whether this is one of AMD's roots.
+    pub fn is_amd(&self) -> bool {
+        matches!(self, RootTrust::Amd)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Anchor {
+    product: Product,
+    sha256: [u8; 32],
+    trust: RootTrust,
+}
+
+/// The set of ARKs a verifier accepts.
+#[derive(Clone, Debug)]
+pub struct TrustAnchors {
+    anchors: Vec<Anchor>,
+}
+
+impl Default for TrustAnchors {
+    fn default() -> Self {
+        Self::amd()
+    }
+}
+
+impl TrustAnchors {
+    /// AMD's roots for Milan, Genoa and Turin, and nothing else.
+    pub fn amd() -> Self {
+        let anchors = AMD_ARK_SHA256
+            .iter()
+            .filter_map(|(product, hex_fp)| {
+                let mut sha256 = [0u8; 32];
+                hex::decode_to_slice(hex_fp, &mut sha256).ok()?;
+                Some(Anchor {
+                    product: *product,
+                    sha256,
+                    trust: RootTrust::Amd,
+                })
+            })
+            .collect();
+        TrustAnchors { anchors }
+    }
+
+    /// Also trusts a root that is not AMD's, identified by the SHA-256 of its DER
+    /// certificate. Evidence verified under it is marked [`RootTrust::Dangerous`].
+    /// Never use this for production evidence: anyone holding that root's key can
+    /// produce reports that verify.
+    pub fn dangerous_add_root(&mut self, product: Product, ark_sha256: [u8; 32], label: &str) {
+        self.anchors.push(Anchor {
+            product,
+            sha256: ark_sha256,
+            trust: RootTrust::Dangerous {
+                label: label.to_owned(),
+            },
+        });
+    }
+
+    fn find(&self, ark: &AmdCert) -> Option<&Anchor> {
+        let fp = ark.sha256();
+        self.anchors.iter().find(|a| a.sha256 == fp)
+    }
+}
+
+/// Why a chain was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The chain lacks a certificate.
+    #[error("certificate chain has no {0}")]
+    Missing(&'static str),
+    /// A certificate is malformed or of the wrong kind.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// The ARK is not a trusted root.
+    #[error("root certificate (sha256 {sha256}) is not a trusted AMD root")]
+    UntrustedRoot {
+        /// Hex SHA-256 of the ARK's DER.
+        sha256: String,
+    },
+    /// A certificate's name does not fit its place in the chain.
+    #[error("{cert}: {problem}")]
+    Name {
+        /// Which certificate.
+        cert: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A signature in the chain does not verify.
+    #[error("{cert} is not signed by {issuer}")]
+    BadSignature {
+        /// The certificate.
+        cert: String,
+        /// Its purported issuer.
+        issuer: String,
+    },
+    /// A certificate is outside its validity window.
+    #[error("{cert} is not valid at {at} (valid {not_before} to {not_after})")]
+    Expired {
+        /// Which certificate.
+        cert: String,
+        /// The verification time, Unix seconds.
+        at: i64,
+        /// Not-before, Unix seconds.
+        not_before: i64,
+        /// Not-after, Unix seconds.
+        not_after: i64,
+    },
+    /// A certificate is revoked.
+    #[error("{cert} (serial {serial}) is revoked by CRL number {crl_number}")]
+    Revoked {
+        /// Which certificate.
+        cert: String,
+        /// Its serial number, hex.
+        serial: String,
+        /// The CRL that revokes it.
+        crl_number: String,
+    },
+    /// A CRL could not be used.
+    #[error(transparent)]
+    Crl(#[from] CrlError),
+    /// The VEK is of the wrong kind or product for the chain.
+    #[error("{vek} does not belong to a {chain} chain")]
+    Mismatch {
+        /// What the VEK is.
+        vek: String,
+        /// What the chain is.
+        chain: String,
+    },
+}
+
+impl ChainError {
+    /// Whether the error means "we could not check" (bad collateral such as an
+    /// unusable CRL) rather than "the evidence is bad".
+    pub fn is_collateral_problem(&self) -> bool {
+        matches!(self, ChainError::Crl(_) | ChainError::Missing(_))
+    }
+}
+
+/// An ARK with the ASK (for VCEKs) or ASVK (for VLEKs) it signed.
+#[derive(Clone, Debug)]
+pub struct CertChain {
+    ark: AmdCert,
+    ask: AmdCert,
+}
+
+impl CertChain {
+    /// Picks the ARK and the ASK/ASVK out of a set of certificates (in any order;
+    /// VEKs in the set are ignored).
+    pub fn from_certs(certs: &[AmdCert]) -> Result<Self, ChainError> {
+        let ark = certs
+            .iter()
+            .find(|c| c.subject_cn().starts_with("ARK-"))
+            .ok_or(ChainError::Missing("ARK"))?;
+        let ask = certs
+            .iter()
+            .find(|c| c.subject_cn().starts_with("SEV-") && c.issuer_cn().starts_with("ARK-"))
+            .ok_or(ChainError::Missing("ASK or ASVK"))?;
+        Ok(CertChain {
+            ark: ark.clone(),
+            ask: ask.clone(),
+        })
+    }
+
+    /// The ARK.
+    pub fn ark(&self) -> &AmdCert {
+        &self.ark
+    }
+    /// The ASK or ASVK.
+    pub fn ask(&self) -> &AmdCert {
+        &self.ask
+    }
+}
+
+/// A chain whose ARK is trusted and whose ASK/ASVK the ARK signed.
+#[derive(Clone)]
+pub struct VerifiedChain {
+    product: Product,
+    kind: VekKind,
+    trust: RootTrust,
+    ask_subject: x509_cert::name::Name,
+    ask_key: ParsedPublicKey,
+    ask_cn: String,
+    ask_sha256: [u8; 32],
+}
+
+impl fmt::Debug for VerifiedChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedChain")
+            .field("product", &self.product)
+            .field("kind", &self.kind)
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_validity(cert: &AmdCert, at: i64) -> Result<(), ChainError> {
+    if cert.valid_at(at) {
+        Ok(())
+    } else {
+        Err(ChainError::Expired {
+            cert: cert.subject_cn().to_owned(),
+            at,
+            not_before: cert.not_before(),
+            not_after: cert.not_after(),
+        })
+    }
+}
+
+fn check_revocation(
+    cert: &AmdCert,
+    issuer: &AmdCert,
+    crls: &[Crl],
+    at: i64,
+) -> Result<(), ChainError> {
+    let issuer_name = &issuer.x509().tbs_certificate.subject;
+    for crl in crls.iter().filter(|c| c.issuer() == issuer_name) {
+        crl.verify(issuer, at)?;
+        if crl.is_revoked(cert.serial()) {
+            return Err(ChainError::Revoked {
+                cert: cert.subject_cn().to_owned(),
+                serial: hex::encode(cert.serial()),
+                crl_number: crl.number_hex(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl CertChain {
+    /// Verifies the chain at time `at` (Unix seconds): a pinned root, names, signatures,
+    /// validity windows, and revocation of the ASK/ASVK by any of `crls` that the ARK
+    /// issued. A CRL whose issuer is not the ARK is ignored here.
+    pub fn verify(
+        &self,
+        anchors: &TrustAnchors,
+        crls: &[Crl],
+        at: i64,
+    ) -> Result<VerifiedChain, ChainError> {
+        let ark = &self.ark;
+        let anchor = anchors.find(ark).ok_or_else(|| ChainError::UntrustedRoot {
+            sha256: hex::encode(ark.sha256()),
+        })?;
+        let product = anchor.product;
+        let want_ark = format!("ARK-{product}");
+        if ark.subject_cn() != want_ark
+            || ark.x509().tbs_certificate.subject != ark.x509().tbs_certificate.issuer
+        {
+            return Err(ChainError::Name {
+                cert: ark.subject_cn().to_owned(),
+                problem: format!("root must be the self-issued {want_ark}"),
+            });
+        }
+        let ark_key = ark.rsa_pss_key()?;
+        if !ark.is_signed_by(&ark_key) {
+            return Err(ChainError::BadSignature {
+                cert: ark.subject_cn().to_owned(),
+                issuer: ark.subject_cn().to_owned(),
+            });
+        }
+        check_validity(ark, at)?;
+
+        let ask = &self.ask;
+        let kind = if ask.subject_cn() == format!("SEV-{product}") {
+            VekKind::Vcek
+        } else if ask.subject_cn() == format!("SEV-VLEK-{product}") {
+            VekKind::Vlek
+        } else {
+            return Err(ChainError::Name {
+                cert: ask.subject_cn().to_owned(),
+                problem: format!("expected SEV-{product} or SEV-VLEK-{product} under {want_ark}"),
+            });
+        };
+        if ask.x509().tbs_certificate.issuer != ark.x509().tbs_certificate.subject {
+            return Err(ChainError::Name {
+                cert: ask.subject_cn().to_owned(),
+                problem: format!("issuer is not {want_ark}"),
+            });
+        }
+        if !ask.is_signed_by(&ark_key) {
+            return Err(ChainError::BadSignature {
+                cert: ask.subject_cn().to_owned(),
+                issuer: want_ark,
+            });
+        }
+        check_validity(ask, at)?;
+        check_revocation(ask, ark, crls, at)?;
+        let ask_key = ask.rsa_pss_key()?;
+        Ok(VerifiedChain {
+            product,
+            kind,
+            trust: anchor.trust.clone(),
+            ask_subject: ask.x509().tbs_certificate.subject.clone(),
+            ask_key,
+            ask_cn: ask.subject_cn().to_owned(),
+            ask_sha256: ask.sha256(),
+        })
+    }
+}
+
+impl VerifiedChain {
+    /// The product whose root signed the chain.
+    pub fn product(&self) -> Product {
+        self.product
+    }
+    /// Whether the chain signs VCEKs (ASK) or VLEKs (ASVK).
+    pub fn kind(&self) -> VekKind {
+        self.kind
+    }
+    /// Where trust in the root comes from.
+    pub fn trust(&self) -> &RootTrust {
+        &self.trust
+    }
+    /// SHA-256 of the ASK/ASVK DER.
+    pub fn ask_sha256(&self) -> [u8; 32] {
+        self.ask_sha256
+    }
+
+    /// Verifies that `vek` was issued by this chain's ASK/ASVK and is valid at `at`.
+    /// `crls` issued by the ASK/ASVK are checked for the VEK's serial; `ask` is needed
+    /// only for them and may be `None` when no such CRL is given.
+    pub fn verify_vek(
+        &self,
+        vek: &Vek,
+        crls: &[Crl],
+        ask: Option<&AmdCert>,
+        at: i64,
+    ) -> Result<(), ChainError> {
+        let cert = vek.cert();
+        if vek.kind() != self.kind || vek.product() != self.product {
+            return Err(ChainError::Mismatch {
+                vek: format!("{} for {}", vek.kind(), vek.product()),
+                chain: format!("{} {}", self.product, self.ask_cn),
+            });
+        }
+        if cert.x509().tbs_certificate.issuer != self.ask_subject {
+            return Err(ChainError::Name {
+                cert: cert.subject_cn().to_owned(),
+                problem: format!("issuer is not {}", self.ask_cn),
+            });
+        }
+        if !cert.is_signed_by(&self.ask_key) {
+            return Err(ChainError::BadSignature {
+                cert: cert.subject_cn().to_owned(),
+                issuer: self.ask_cn.clone(),
+            });
+        }
+        check_validity(cert, at)?;
+        if let Some(ask) = ask {
+            check_revocation(cert, ask, crls, at)?;
+        }
+        Ok(())
+    }
+}

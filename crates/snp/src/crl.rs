@@ -1,0 +1,177 @@
+//! Certificate revocation lists published by AMD's KDS (`/vcek/v1/{product}/crl`).
+//!
+//! AMD's CRLs are issued and signed by the ARK (RSASSA-PSS/SHA-384/salt 48) and list
+//! revoked ASKs and ASVKs. A CRL is only used after its signature and validity window
+//! are checked against the issuing certificate at the verification time.
+
+use std::fmt;
+
+use der::{Decode, Encode};
+use x509_cert::crl::CertificateList;
+
+use crate::cert::{AmdCert, is_amd_pss, signed_part_range, unix_seconds};
+
+/// Why a CRL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrlError {
+    /// Not a DER or PEM X.509 CRL.
+    #[error("malformed CRL: {0}")]
+    Malformed(String),
+    /// The CRL's issuer is not the certificate it was checked against.
+    #[error("CRL issuer does not match {0}")]
+    Issuer(String),
+    /// The signature does not verify under the issuer's key.
+    #[error("CRL signature does not verify under {0}")]
+    BadSignature(String),
+    /// The verification time is outside `thisUpdate..nextUpdate`.
+    #[error("CRL is not current at {at} (thisUpdate {this_update}, nextUpdate {next_update:?})")]
+    NotCurrent {
+        /// The verification time, Unix seconds.
+        at: i64,
+        /// thisUpdate, Unix seconds.
+        this_update: i64,
+        /// nextUpdate, Unix seconds.
+        next_update: Option<i64>,
+    },
+}
+
+/// A parsed CRL that keeps its received bytes.
+#[derive(Clone)]
+pub struct Crl {
+    der: Vec<u8>,
+    tbs_range: (usize, usize),
+    list: CertificateList,
+}
+
+impl fmt::Debug for Crl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crl")
+            .field("number", &self.number_hex())
+            .field("revoked", &self.revoked_serials().len())
+            .finish_non_exhaustive()
+    }
+}
+
+const CRL_NUMBER: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("2.5.29.20");
+
+impl Crl {
+    /// Parses a DER CRL or a PEM `X509 CRL` block.
+    pub fn parse(data: &[u8]) -> Result<Self, CrlError> {
+        let der_bytes = match std::str::from_utf8(data) {
+            Ok(t) if t.contains("-----BEGIN X509 CRL-----") => pem_body(t)?,
+            _ => data.to_vec(),
+        };
+        let list = CertificateList::from_der(&der_bytes)
+            .map_err(|e| CrlError::Malformed(e.to_string()))?;
+        let tbs_range =
+            signed_part_range(&der_bytes).map_err(|e| CrlError::Malformed(e.to_string()))?;
+        Ok(Crl {
+            der: der_bytes,
+            tbs_range,
+            list,
+        })
+    }
+
+    /// The CRL as received (DER).
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+    /// The issuer's name.
+    pub fn issuer(&self) -> &x509_cert::name::Name {
+        &self.list.tbs_cert_list.issuer
+    }
+    /// thisUpdate, Unix seconds.
+    pub fn this_update(&self) -> i64 {
+        unix_seconds(self.list.tbs_cert_list.this_update)
+    }
+    /// nextUpdate, Unix seconds.
+    pub fn next_update(&self) -> Option<i64> {
+        self.list.tbs_cert_list.next_update.map(unix_seconds)
+    }
+    /// The cRLNumber extension as hex, or `unknown`.
+    pub fn number_hex(&self) -> String {
+        self.list
+            .tbs_cert_list
+            .crl_extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == CRL_NUMBER)
+            .and_then(|e| der::asn1::UintRef::from_der(e.extn_value.as_bytes()).ok())
+            .map_or_else(|| "unknown".to_owned(), |n| hex::encode(n.as_bytes()))
+    }
+    /// Serial numbers of revoked certificates.
+    pub fn revoked_serials(&self) -> Vec<&[u8]> {
+        self.list
+            .tbs_cert_list
+            .revoked_certificates
+            .iter()
+            .flatten()
+            .map(|r| r.serial_number.as_bytes())
+            .collect()
+    }
+    /// Whether a certificate with this serial is listed.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.revoked_serials().contains(&serial)
+    }
+
+    /// Checks that `issuer` issued and signed this CRL and that `at` (Unix seconds)
+    /// is inside its validity window.
+    pub fn verify(&self, issuer: &AmdCert, at: i64) -> Result<(), CrlError> {
+        let name = issuer.subject_cn().to_owned();
+        if self.issuer() != &issuer.x509().tbs_certificate.subject {
+            return Err(CrlError::Issuer(name));
+        }
+        let alg_ok = is_amd_pss(&self.list.signature_algorithm)
+            && is_amd_pss(&self.list.tbs_cert_list.signature);
+        let key = issuer
+            .rsa_pss_key()
+            .map_err(|_| CrlError::BadSignature(name.clone()))?;
+        let tbs = &self.der[self.tbs_range.0..self.tbs_range.1];
+        if !alg_ok
+            || key
+                .verify_sig(tbs, self.list.signature.raw_bytes())
+                .is_err()
+        {
+            return Err(CrlError::BadSignature(name));
+        }
+        let (this_update, next_update) = (self.this_update(), self.next_update());
+        if at < this_update || next_update.is_none_or(|n| at > n) {
+            return Err(CrlError::NotCurrent {
+                at,
+                this_update,
+                next_update,
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-encodes the parsed CRL (used by tests to check the parser is lossless).
+    pub fn reencode(&self) -> Result<Vec<u8>, CrlError> {
+        self.list
+            .to_der()
+            .map_err(|e| CrlError::Malformed(e.to_string()))
+    }
+}
+
+fn pem_body(text: &str) -> Result<Vec<u8>, CrlError> {
+    use base64::Engine as _;
+    let start = text
+        .find("-----BEGIN X509 CRL-----")
+        .map(|i| i + "-----BEGIN X509 CRL-----".len());
+    let end = text.find("-----END X509 CRL-----");
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e => {
+            let body: String = text[s..e]
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .map_err(|e| CrlError::Malformed(e.to_string()))
+        }
+        _ => Err(CrlError::Malformed(
+            "unterminated PEM X509 CRL block".into(),
+        )),
+    }
+}

@@ -1,0 +1,207 @@
+//! Signature, nonce and PCR checks producing a [`VerifiedQuote`].
+
+use aws_lc_rs::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey};
+
+use crate::alg::HashAlg;
+use crate::attest::Quote;
+use crate::der;
+use crate::error::Error;
+use crate::key::{EcCurve, EcdsaPublicKey, PublicKey, RsaPublicKey};
+use crate::pcr::PcrValues;
+use crate::signature::{RsaScheme, Signature};
+
+/// Checks that `signature` is a valid signature over `message` (the raw bytes, exactly
+/// as received) by `key`.
+///
+/// Only SHA-256 and SHA-384 schemes are accepted ([`Error::HashNotAccepted`]
+/// otherwise). RSASSA-PKCS1-v1_5 and RSA-PSS need a 2048–8192-bit key; PSS uses a
+/// salt as long as the digest, as the TPM reference implementation does. ECDSA takes
+/// `r` and `s` as big-endian integers and left-pads them to the curve size.
+pub fn verify_signature(
+    message: &[u8],
+    signature: &Signature,
+    key: &PublicKey,
+) -> Result<(), Error> {
+    let hash = signature.hash();
+    if !matches!(hash, HashAlg::Sha256 | HashAlg::Sha384) {
+        return Err(Error::HashNotAccepted { alg: hash });
+    }
+    match (key, signature) {
+        (PublicKey::Rsa(k), Signature::Rsa { scheme, sig, .. }) => {
+            verify_rsa(k, *scheme, hash, message, sig)
+        }
+        (PublicKey::Ecdsa(k), Signature::Ecdsa { r, s, .. }) => {
+            verify_ecdsa(k, hash, message, r, s)
+        }
+        _ => Err(Error::KeySignatureMismatch {
+            key: key.kind(),
+            signature: signature.kind(),
+        }),
+    }
+}
+
+fn verify_rsa(
+    key: &RsaPublicKey,
+    scheme: RsaScheme,
+    hash: HashAlg,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Error> {
+    let params: &'static sig::RsaParameters = match (scheme, hash) {
+        (RsaScheme::Pkcs1v15, HashAlg::Sha256) => &sig::RSA_PKCS1_2048_8192_SHA256,
+        (RsaScheme::Pkcs1v15, HashAlg::Sha384) => &sig::RSA_PKCS1_2048_8192_SHA384,
+        (RsaScheme::Pss, HashAlg::Sha256) => &sig::RSA_PSS_2048_8192_SHA256,
+        (RsaScheme::Pss, HashAlg::Sha384) => &sig::RSA_PSS_2048_8192_SHA384,
+        (_, other) => return Err(Error::HashNotAccepted { alg: other }),
+    };
+    if signature.len() != key.modulus_len() {
+        return Err(Error::BadSignature);
+    }
+    RsaPublicKeyComponents {
+        n: key.modulus(),
+        e: key.exponent(),
+    }
+    .verify(params, message, signature)
+    .map_err(|_| Error::BadSignature)
+}
+
+fn verify_ecdsa(
+    key: &EcdsaPublicKey,
+    hash: HashAlg,
+    message: &[u8],
+    r: &[u8],
+    s: &[u8],
+) -> Result<(), Error> {
+    let strip = |v: &[u8]| -> Vec<u8> { v.iter().copied().skip_while(|&b| b == 0).collect() };
+    let (r, s) = (strip(r), strip(s));
+    let len = key.curve().field_len();
+    if r.is_empty() || s.is_empty() || r.len() > len || s.len() > len {
+        return Err(Error::BadSignature);
+    }
+    let result = match (key.curve(), hash) {
+        (EcCurve::P256, HashAlg::Sha256) | (EcCurve::P384, HashAlg::Sha384) => {
+            let mut fixed = vec![0u8; len - r.len()];
+            fixed.extend_from_slice(&r);
+            fixed.resize(2 * len - s.len(), 0);
+            fixed.extend_from_slice(&s);
+            UnparsedPublicKey::new(key.curve().fixed_alg(), key.point()).verify(message, &fixed)
+        }
+        (EcCurve::P256, HashAlg::Sha384) => {
+            UnparsedPublicKey::new(&sig::ECDSA_P256_SHA384_ASN1, key.point())
+                .verify(message, &der::encode_ecdsa_sig(&r, &s))
+        }
+        (EcCurve::P384, HashAlg::Sha256) => {
+            UnparsedPublicKey::new(&sig::ECDSA_P384_SHA256_ASN1, key.point())
+                .verify(message, &der::encode_ecdsa_sig(&r, &s))
+        }
+        (_, other) => return Err(Error::HashNotAccepted { alg: other }),
+    };
+    result.map_err(|_| Error::BadSignature)
+}
+
+/// A quote whose signature has been verified, and whose nonce and PCR digest were
+/// checked if the caller supplied them. Only [`verify_quote`] constructs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedQuote {
+    quote: Quote,
+    hash: HashAlg,
+    nonce_checked: bool,
+    pcrs: Option<PcrValues>,
+}
+
+impl VerifiedQuote {
+    /// The verified quote.
+    pub fn quote(&self) -> &Quote {
+        &self.quote
+    }
+
+    /// Consumes `self`, returning the quote.
+    pub fn into_quote(self) -> Quote {
+        self.quote
+    }
+
+    /// The nonce (`extraData`) — signed; equal to the expected nonce if
+    /// [`VerifiedQuote::nonce_checked`].
+    pub fn nonce(&self) -> &[u8] {
+        self.quote.extra_data()
+    }
+
+    /// Whether an expected nonce was given and matched. If not, the caller must
+    /// check [`VerifiedQuote::nonce`] for freshness itself.
+    pub fn nonce_checked(&self) -> bool {
+        self.nonce_checked
+    }
+
+    /// The hash of the signature scheme (also the hash of the PCR composite digest).
+    pub fn hash_alg(&self) -> HashAlg {
+        self.hash
+    }
+
+    /// The PCR values bound by the quote's `pcrDigest` (only the selected ones), if
+    /// PCR values were supplied to [`verify_quote`].
+    pub fn pcrs(&self) -> Option<&PcrValues> {
+        self.pcrs.as_ref()
+    }
+
+    /// A verified PCR value: `Some` only if PCR values were checked and the quote
+    /// selects this PCR.
+    pub fn pcr(&self, alg: HashAlg, index: u32) -> Option<&[u8]> {
+        self.pcrs.as_ref()?.get(alg, index)
+    }
+}
+
+/// Verifies a TPM quote.
+///
+/// In order:
+/// 1. `signature` over `message` (the raw `TPMS_ATTEST` bytes) with `key`
+///    ([`verify_signature`]);
+/// 2. `message` parses as a quote ([`Quote::parse`]);
+/// 3. if `expected_nonce` is given, `extraData` equals it ([`Error::NonceMismatch`]);
+/// 4. if `pcrs` is given, `pcrDigest` equals the hash of the selected PCR values
+///    concatenated — selection entries in order, PCR indices ascending — where the
+///    hash is the **signature scheme's** hash, as `TPM2_Quote` computes it
+///    ([`Error::PcrDigestMismatch`], [`Error::MissingPcr`]).
+///
+/// Without `expected_nonce` / `pcrs` those checks are skipped, and
+/// [`VerifiedQuote::nonce_checked`] / [`VerifiedQuote::pcrs`] say so.
+pub fn verify_quote(
+    message: &[u8],
+    signature: &Signature,
+    key: &PublicKey,
+    expected_nonce: Option<&[u8]>,
+    pcrs: Option<&PcrValues>,
+) -> Result<VerifiedQuote, Error> {
+    verify_signature(message, signature, key)?;
+    let quote = Quote::parse(message)?;
+    let hash = signature.hash();
+
+    if let Some(expected) = expected_nonce {
+        if quote.extra_data() != expected {
+            return Err(Error::NonceMismatch {
+                expected: expected.to_vec(),
+                got: quote.extra_data().to_vec(),
+            });
+        }
+    }
+
+    let bound = match pcrs {
+        Some(values) => {
+            let computed = values.composite_digest(quote.pcr_selections(), hash)?;
+            if computed != quote.pcr_digest() {
+                return Err(Error::PcrDigestMismatch {
+                    quoted: quote.pcr_digest().to_vec(),
+                    computed,
+                });
+            }
+            Some(values.subset(quote.pcr_selections())?)
+        }
+        None => None,
+    };
+
+    Ok(VerifiedQuote {
+        quote,
+        hash,
+        nonce_checked: expected_nonce.is_some(),
+        pcrs: bound,
+    })
+}
