@@ -215,6 +215,17 @@ impl Verifier {
         Ok(verified)
     }
 
+    /// Verifies only that `vek` is issued under `chain` and valid at `at` (Unix
+    /// seconds), returning where trust in its root comes from.
+    pub fn verify_chain_only(
+        &self,
+        vek: &Vek,
+        chain: &CertChain,
+        at: i64,
+    ) -> Result<RootTrust, VerifyError> {
+        Ok(self.verified_vek(vek, chain, at)?.trust().clone())
+    }
+
     /// Verifies `report` against `vek` and `chain` at time `at` (Unix seconds).
     pub fn verify(
         &self,

@@ -259,12 +259,11 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
             _ => None,
         }
     }
-    let bytes = s.as_bytes();
-    if bytes.len() % 2 != 0 {
+    let pairs = s.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
         return None;
     }
-    bytes
-        .chunks_exact(2)
+    pairs
         .map(|pair| match pair {
             [hi, lo] => Some((nibble(*hi)? << 4) | nibble(*lo)?),
             _ => None,

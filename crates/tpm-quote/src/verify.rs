@@ -175,13 +175,11 @@ pub fn verify_quote(
     let quote = Quote::parse(message)?;
     let hash = signature.hash();
 
-    if let Some(expected) = expected_nonce {
-        if quote.extra_data() != expected {
-            return Err(Error::NonceMismatch {
-                expected: expected.to_vec(),
-                got: quote.extra_data().to_vec(),
-            });
-        }
+    if let Some(expected) = expected_nonce.filter(|e| quote.extra_data() != *e) {
+        return Err(Error::NonceMismatch {
+            expected: expected.to_vec(),
+            got: quote.extra_data().to_vec(),
+        });
     }
 
     let bound = match pcrs {

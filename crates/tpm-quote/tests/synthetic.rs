@@ -2,13 +2,15 @@
 //! P-256/P-384 in TSS and DER form, multi-bank PCR selections, and messages that are
 //! validly signed but malformed (so the parser, not the signature, must reject them).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
+
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, KeyPair as _};
 use tpm_quote::{
-    EcCurve, EcdsaPublicKey, Error, HashAlg, PcrSelection, PcrValues, PublicKey, Quote,
-    RsaPublicKey, RsaScheme, Signature, verify_quote,
+    EcCurve, EcdsaPublicKey, Error, HashAlg, PcrValues, PublicKey, Quote, RsaPublicKey, RsaScheme,
+    Signature, verify_quote,
 };
 
 /// A marshalled `TPMS_ATTEST`.
@@ -451,4 +453,57 @@ fn rsa_pem_pkcs1_and_jwk() {
         RsaPublicKey::from_components(&padded, key.exponent()).unwrap(),
         key
     );
+}
+
+/// Curve/hash pairs aws-lc-rs cannot sign with (fixtures made with python
+/// `cryptography`, see testdata/tpm-quote/MANIFEST.md): verified through the ASN.1 path.
+#[test]
+fn ecdsa_cross_curve_hash_fixtures() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/tpm-quote/synthetic");
+    for (base, hash, curve) in [
+        ("ecdsa-p256-sha384", HashAlg::Sha384, EcCurve::P256),
+        ("ecdsa-p384-sha256", HashAlg::Sha256, EcCurve::P384),
+    ] {
+        let read = |ext: &str| std::fs::read(dir.join(format!("{base}.{ext}"))).unwrap();
+        let msg = read("msg");
+        let pem = String::from_utf8(read("pub.pem")).unwrap();
+        let key = PublicKey::from_pem(&pem).unwrap();
+        assert!(matches!(&key, PublicKey::Ecdsa(k) if k.curve() == curve));
+        let signature = Signature::from_ecdsa_der(hash, &read("sig.der")).unwrap();
+        let nonce = format!("cross-{}", &base[6..]);
+        // No PCRs selected: pcrDigest = H(""), H being the scheme's hash.
+        let v = verify_quote(
+            &msg,
+            &signature,
+            &key,
+            Some(nonce.as_bytes()),
+            Some(&PcrValues::new()),
+        )
+        .unwrap();
+        assert_eq!(v.quote().pcr_digest(), hash.digest(b"").as_slice());
+        // Round trip through the TSS form.
+        let tss = signature.to_tss().unwrap();
+        assert_eq!(Signature::parse_tss(&tss).unwrap(), signature);
+        verify_quote(&msg, &Signature::parse_tss(&tss).unwrap(), &key, None, None).unwrap();
+        // The other hash fails.
+        let Signature::Ecdsa { r, s, .. } = signature else {
+            panic!()
+        };
+        let other = if hash == HashAlg::Sha256 {
+            HashAlg::Sha384
+        } else {
+            HashAlg::Sha256
+        };
+        assert_eq!(
+            verify_quote(
+                &msg,
+                &Signature::Ecdsa { hash: other, r, s },
+                &key,
+                None,
+                None
+            ),
+            Err(Error::BadSignature)
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Real Azure vTPM quotes: positives and negatives.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are failures
+
 mod common;
 
 use common::{Vector, expected, hcl_akpub_jwk, read, vectors};
