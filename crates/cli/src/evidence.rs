@@ -400,14 +400,56 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
 mod quote {
     //! Checking a TPM quote against the attestation key in HCL runtime claims.
     use super::*;
+    use tpm_quote::{PcrValues, PublicKey, RsaPublicKey, Signature, verify_quote};
 
+    /// Verifies the quote given by `--quote`/`--quote-sig` with `HCLAkPub`; a failed
+    /// check is a rejection reason, unreadable inputs are errors.
     pub(super) fn check(
         a: &VerifyArgs,
         msg: &Path,
         h: &HclReport,
         out: &mut Value,
     ) -> Result<Vec<Reason>> {
-        let _ = (a, msg, h, out);
-        bail!("quote verification is not wired yet")
+        let message = read(msg)?;
+        let sig_path = a
+            .quote_sig
+            .as_deref()
+            .ok_or_else(|| anyhow!("--quote needs --quote-sig"))?;
+        let signature = Signature::parse_auto(&read(sig_path)?)
+            .with_context(|| format!("parsing quote signature {}", sig_path.display()))?;
+        let (n, e) = h
+            .rsa_key_components("HCLAkPub")
+            .ok_or_else(|| anyhow!("the HCL runtime claims hold no RSA HCLAkPub key"))?;
+        let key = PublicKey::Rsa(RsaPublicKey::from_jwk_components(n, e).context("HCLAkPub")?);
+        let nonce = match &a.nonce {
+            Some(hexstr) => Some(hex::decode(hexstr.trim()).context("--nonce is not hex")?),
+            None => None,
+        };
+        let pcrs = match &a.pcrs {
+            Some(p) => Some(
+                PcrValues::from_json_str(&String::from_utf8_lossy(&read(p)?))
+                    .with_context(|| format!("parsing PCR values {}", p.display()))?,
+            ),
+            None => None,
+        };
+        match verify_quote(&message, &signature, &key, nonce.as_deref(), pcrs.as_ref()) {
+            Ok(v) => {
+                out["quote"] = json!({
+                    "verified": true,
+                    "nonce": hex::encode(v.nonce()),
+                    "nonce_checked": v.nonce_checked(),
+                    "pcr_digest": hex::encode(v.quote().pcr_digest()),
+                    "pcrs_checked": v.pcrs().is_some(),
+                });
+                Ok(Vec::new())
+            }
+            Err(e) => {
+                out["quote"] = json!({ "verified": false });
+                Ok(vec![Reason {
+                    code: format!("quote.{}", e.code()),
+                    message: format!("TPM quote: {e}"),
+                }])
+            }
+        }
     }
 }

@@ -551,3 +551,22 @@ fn decode_hwid(v: &[u8], turin: bool) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// Parses `data` as a certificate bundle and each certificate as a VEK: the body of
+/// the `cert` fuzz target.
+pub fn fuzz_cert(data: &[u8]) {
+    if let Ok(certs) = parse_bundle(data) {
+        for c in certs {
+            let _ = (
+                c.tbs().len(),
+                c.not_before(),
+                c.not_after(),
+                c.has_amd_signature_algorithm(),
+            );
+            let _ = c.rsa_pss_key();
+            if let Ok(v) = Vek::from_cert(c) {
+                let _ = v.tcb().raw();
+            }
+        }
+    }
+}

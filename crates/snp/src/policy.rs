@@ -321,6 +321,13 @@ impl Policy {
     }
 }
 
+/// Loads `data` as a policy: the body of the `policy` fuzz target.
+pub fn fuzz_policy(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Policy::from_str_any(text);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -672,6 +672,21 @@ impl AttestationReport {
     }
 }
 
+/// Parses `data` as a report with and without each product, checking that accessors
+/// never panic: the body of the `report` fuzz target.
+pub fn fuzz_report(data: &[u8]) {
+    let parsed = [
+        AttestationReport::parse(data),
+        AttestationReport::parse_for_product(data, Product::Milan),
+        AttestationReport::parse_for_product(data, Product::Turin),
+    ];
+    for r in parsed.into_iter().flatten() {
+        let _ = r.signature_fixed();
+        let _ = (r.reported_tcb().raw(), r.current_firmware().to_string());
+        let _ = crate::view::report_json(&r);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

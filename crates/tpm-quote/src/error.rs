@@ -177,3 +177,31 @@ pub enum Error {
         computed: Vec<u8>,
     },
 }
+
+impl Error {
+    /// A stable machine-readable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadSignature => "bad_signature",
+            Error::NonceMismatch { .. } => "nonce_mismatch",
+            Error::PcrDigestMismatch { .. } => "pcr_digest_mismatch",
+            Error::MissingPcr { .. } => "missing_pcr",
+            Error::HashNotAccepted { .. }
+            | Error::UnsupportedAlgorithm { .. }
+            | Error::KeySignatureMismatch { .. } => "unsupported_algorithm",
+            Error::InvalidKey { .. } => "invalid_key",
+            _ => "malformed",
+        }
+    }
+
+    /// Whether the error says the quote is bad (rather than an input being unreadable).
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            Error::BadSignature
+                | Error::NonceMismatch { .. }
+                | Error::PcrDigestMismatch { .. }
+                | Error::MissingPcr { .. }
+        )
+    }
+}

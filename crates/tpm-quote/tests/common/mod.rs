@@ -9,10 +9,16 @@ use serde_json::Value;
 use tpm_quote::azure::AzureVtpmQuote;
 use tpm_quote::{HashAlg, PcrValues, PublicKey, RsaPublicKey, Signature};
 
+/// A vector's path: the files only this crate uses are in `testdata/tpm-quote`, the
+/// real evidence shared with the `snp` crate stays in `testdata/snp`.
 pub fn testdata(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/tpm-quote")
-        .join(path)
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
+    let own = base.join("tpm-quote").join(path);
+    if own.exists() {
+        own
+    } else {
+        base.join("snp").join(path)
+    }
 }
 
 pub fn read(path: &str) -> Vec<u8> {
