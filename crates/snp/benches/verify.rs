@@ -137,7 +137,10 @@ fn benches(c: &mut Criterion) {
     c.benchmark_group("verify")
         .bench_function("cached_from_bytes", |b| {
             b.iter(|| {
-                let r = ok(AttestationReport::parse(black_box(&i.report_bytes)), "parse");
+                let r = ok(
+                    AttestationReport::parse(black_box(&i.report_bytes)),
+                    "parse",
+                );
                 verifier.verify(&r, &i.vek, &i.chain, AT)
             })
         });
@@ -145,7 +148,10 @@ fn benches(c: &mut Criterion) {
     // (d) Cold: everything from bytes, fresh verifier, full RSA-4096 chain.
     c.benchmark_group("verify").bench_function("cold", |b| {
         b.iter(|| {
-            let r = ok(AttestationReport::parse(black_box(&i.report_bytes)), "parse");
+            let r = ok(
+                AttestationReport::parse(black_box(&i.report_bytes)),
+                "parse",
+            );
             let vek = ok(Vek::parse(black_box(&i.vcek_der)), "VCEK");
             let certs = ok(parse_bundle(black_box(&i.chain_pem)), "chain");
             let chain = ok(CertChain::from_certs(&certs), "ARK/ASK");

@@ -1,0 +1,506 @@
+//! `cvm evidence` run as a process: exit codes, JSON contract, every input format.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn td(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+const AT: &str = "2025-08-01T00:00:00Z";
+
+fn cvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(args)
+        // No test may reach the network or a user's cache.
+        .env("XDG_CACHE_HOME", "/nonexistent-opencvm-test")
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn verify_json(extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["evidence", "verify", "--json", "--offline"];
+    if !extra.contains(&"--at") {
+        args.extend_from_slice(&["--at", AT]);
+    }
+    args.extend_from_slice(extra);
+    let out = cvm(&args);
+    (out.status.code().unwrap(), json_of(&out))
+}
+
+fn codes(v: &Value) -> Vec<String> {
+    v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn accepted_real_reports_exit_0_with_the_contract_fields() {
+    let cases = [
+        (
+            "snp/trustee/snp/test-report.bin",
+            "snp/trustee/snp/test-vcek.der",
+            "snp/go-sev-guest/ask_ark_milan.pem",
+            "Milan",
+        ),
+        (
+            "snp/virtee-sev/report_milan.hex",
+            "snp/virtee-sev/vcek_milan.der",
+            "snp/virtee-sev/cert_chain_milan",
+            "Milan",
+        ),
+        (
+            "snp/routex-client-lua/attestation_spec.lua.genoa-v3.report.bin",
+            "snp/routex-client-lua/vcek-chain-genoa.pem",
+            "snp/routex-client-lua/vcek-chain-genoa.pem",
+            "Genoa",
+        ),
+        (
+            "snp/trustee/snp/test-vlek-report.bin",
+            "snp/trustee/snp/test-vlek.der",
+            "snp/go-sev-guest/ask_ark_milan_vlek.pem",
+            "Milan",
+        ),
+    ];
+    for (report, vek, chain, product) in cases {
+        let (code, v) = verify_json(&[&td(report), "--vek", &td(vek), "--chain", &td(chain)]);
+        assert_eq!(code, 0, "{report}: {v}");
+        assert_eq!(v["verdict"], "accepted");
+        assert_eq!(v["reasons"].as_array().unwrap().len(), 0);
+        assert_eq!(v["trust"], "amd");
+        let r = &v["report"];
+        assert_eq!(r["product"], product, "{report}");
+        for key in [
+            "version",
+            "guest_svn",
+            "vmpl",
+            "signing_key",
+            "measurement",
+            "report_data",
+            "host_data",
+            "chip_id",
+            "id_key_digest",
+            "author_key_digest",
+            "family_id",
+            "image_id",
+            "firmware",
+        ] {
+            assert!(!r[key].is_null(), "{report}: {key}");
+        }
+        for key in [
+            "raw",
+            "debug",
+            "smt",
+            "migrate_ma",
+            "single_socket",
+            "abi_major",
+            "abi_minor",
+        ] {
+            assert!(!r["policy"][key].is_null(), "{report}: policy.{key}");
+        }
+        for key in ["bootloader", "tee", "snp", "microcode"] {
+            assert!(
+                r["reported_tcb"][key].is_u64(),
+                "{report}: reported_tcb.{key}"
+            );
+        }
+        assert!(r["platform_info"]["smt_enabled"].is_boolean());
+        let m = r["measurement"].as_str().unwrap();
+        assert_eq!(m.len(), 96);
+        assert_eq!(m, m.to_lowercase());
+    }
+}
+
+#[test]
+fn rejected_evidence_exits_1_with_a_reason() {
+    // A debug guest under the default policy.
+    let (code, v) = verify_json(&[
+        &td("snp/go-sev-guest/attestation.bin"),
+        "--vek",
+        &td("snp/go-sev-guest/vcek.testcer"),
+        "--chain",
+        &td("snp/go-sev-guest/ask_ark_milan.pem"),
+    ]);
+    assert_eq!((code, v["verdict"].as_str()), (1, Some("rejected")));
+    assert_eq!(codes(&v), vec!["policy.debug"]);
+
+    // A flipped measurement byte.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(td("snp/trustee/snp/test-report.bin")).unwrap();
+    bytes[0x90] ^= 1;
+    let bad = dir.path().join("bad.bin");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (code, v) = verify_json(&[
+        bad.to_str().unwrap(),
+        "--vek",
+        &td("snp/trustee/snp/test-vcek.der"),
+        "--chain",
+        &td("snp/go-sev-guest/ask_ark_milan.pem"),
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(codes(&v), vec!["bad_signature"]);
+
+    // The VLEK expired on 2025-12-10.
+    let out = cvm(&[
+        "evidence",
+        "verify",
+        "--json",
+        "--at",
+        "2026-01-01T00:00:00Z",
+        &td("snp/trustee/snp/test-vlek-report.bin"),
+        "--vek",
+        &td("snp/trustee/snp/test-vlek.der"),
+        "--chain",
+        &td("snp/go-sev-guest/ask_ark_milan_vlek.pem"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(codes(&json_of(&out)), vec!["certificate_expired"]);
+}
+
+#[test]
+fn vmpl_policy_file_in_toml_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("p.toml");
+    std::fs::write(&toml, "vmpl = 0\n").unwrap();
+    let json = dir.path().join("p.json");
+    std::fs::write(&json, "{\"vmpl\": 0}").unwrap();
+    for policy in [&toml, &json] {
+        let (code, v) = verify_json(&[
+            &td("snp/trustee/snp/test-vlek-report.bin"),
+            "--vek",
+            &td("snp/trustee/snp/test-vlek.der"),
+            "--chain",
+            &td("snp/go-sev-guest/ask_ark_milan_vlek.pem"),
+            "--policy",
+            policy.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1);
+        assert_eq!(codes(&v), vec!["policy.vmpl"]);
+    }
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "vmpl = \"zero\"\n").unwrap();
+    let (code, v) = verify_json(&[
+        &td("snp/trustee/snp/test-report.bin"),
+        "--policy",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!((code, v["verdict"].as_str()), (2, Some("error")));
+}
+
+#[test]
+fn revoked_ask_and_emulated_roots() {
+    let syn = |f: &str| td(&format!("synthetic/{f}"));
+    let base = [
+        syn("report.bin"),
+        "--vek".into(),
+        syn("vcek.der"),
+        "--chain".into(),
+        syn("chain.pem"),
+    ];
+    let base: Vec<&str> = base.iter().map(String::as_str).collect();
+    let at = ["--at", "2026-06-01T00:00:00Z"];
+    // Without the dangerous option the test root is not trusted.
+    let mut args = base.clone();
+    args.extend_from_slice(&at);
+    let (code, v) = verify_json(&args);
+    assert_eq!(code, 1);
+    assert_eq!(codes(&v), vec!["untrusted_root"]);
+    // With it the evidence is accepted, and labelled.
+    let ark = syn("ark.pem");
+    args.extend_from_slice(&["--dangerously-trust-ark", &ark]);
+    let (code, v) = verify_json(&args);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["trust"].as_str().unwrap().starts_with("dangerous:"));
+    // A CRL that revokes the ASK rejects it.
+    let crl = syn("crl-revokes-ask.der");
+    let mut revoked = args.clone();
+    revoked.extend_from_slice(&["--crl", &crl]);
+    let (code, v) = verify_json(&revoked);
+    assert_eq!(code, 1);
+    assert_eq!(codes(&v), vec!["revoked"]);
+    // A CRL with a bad signature means we could not check: exit 2.
+    let forged = syn("crl-revokes-ask-wrong-signer.der");
+    let mut bad = args.clone();
+    bad.extend_from_slice(&["--crl", &forged]);
+    let (code, v) = verify_json(&bad);
+    assert_eq!((code, v["verdict"].as_str()), (2, Some("error")));
+}
+
+#[test]
+fn the_real_amd_crl_is_checked() {
+    let (code, v) = verify_json(&[
+        &td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin"),
+        "--chain",
+        &td("snp/routex-client-lua/vcek-chain-milan.pem"),
+        "--crl",
+        &td("snp/atakit/milan.crl.der"),
+        "--at",
+        "2026-07-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    // Outside the CRL's window it cannot be used.
+    let (code, _) = verify_json(&[
+        &td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin"),
+        "--chain",
+        &td("snp/routex-client-lua/vcek-chain-milan.pem"),
+        "--crl",
+        &td("snp/atakit/milan.crl.der"),
+        "--at",
+        "2026-09-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn missing_collateral_offline_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cvm(&[
+        "evidence",
+        "verify",
+        "--json",
+        "--offline",
+        "--cache",
+        dir.path().to_str().unwrap(),
+        &td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v = json_of(&out);
+    assert_eq!(v["verdict"], "error");
+    assert!(
+        v["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing collateral"),
+        "{v}"
+    );
+    // The report was still parsed and shown.
+    assert_eq!(v["report"]["product"], "Milan");
+}
+
+#[test]
+fn offline_verification_from_a_filled_cache() {
+    // Fill a cache the way KDS would, then verify with only the report.
+    let dir = tempfile::tempdir().unwrap();
+    let report = td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin");
+    let bytes = std::fs::read(&report).unwrap();
+    let r = snp::AttestationReport::parse(&bytes).unwrap();
+    let cache = snp::collateral::CollateralCache::open(dir.path()).unwrap();
+    let certs = snp::cert::parse_bundle(
+        &std::fs::read(td("snp/routex-client-lua/vcek-chain-milan.pem")).unwrap(),
+    )
+    .unwrap();
+    let vcek = certs.iter().find(|c| c.subject_cn() == "SEV-VCEK").unwrap();
+    let req = snp::kds::KdsRequest::vcek_for_report(&r, snp::Product::Milan).unwrap();
+    cache.put(&req, vcek.der()).unwrap();
+    let chain = snp::kds::KdsRequest::CertChain {
+        product: snp::Product::Milan,
+        kind: snp::cert::VekKind::Vcek,
+    };
+    cache
+        .put(
+            &chain,
+            &std::fs::read(td("snp/go-sev-guest/ask_ark_milan.pem")).unwrap(),
+        )
+        .unwrap();
+    let crl = snp::kds::KdsRequest::Crl {
+        product: snp::Product::Milan,
+        kind: snp::cert::VekKind::Vcek,
+    };
+    cache
+        .put(
+            &crl,
+            &std::fs::read(td("snp/atakit/milan.crl.der")).unwrap(),
+        )
+        .unwrap();
+    let out = cvm(&[
+        "evidence",
+        "verify",
+        "--json",
+        "--offline",
+        "--at",
+        "2026-07-01T00:00:00Z",
+        "--cache",
+        dir.path().to_str().unwrap(),
+        &report,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = cvm(&["evidence", "verify"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cvm(&["evidence", "verify", "/nonexistent/report.bin", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_of(&out)["verdict"], "error");
+    let out = cvm(&[
+        "evidence",
+        "verify",
+        &td("snp/trustee/snp/test-report.bin"),
+        "--at",
+        "yesterday",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    // A truncated report is unparseable input, not a verdict on evidence.
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.bin");
+    std::fs::write(
+        &short,
+        &std::fs::read(td("snp/trustee/snp/test-report.bin")).unwrap()[..1000],
+    )
+    .unwrap();
+    let out = cvm(&["evidence", "show", short.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1184"));
+}
+
+#[test]
+fn show_prints_the_report_object() {
+    let out = cvm(&[
+        "evidence",
+        "show",
+        &td("snp/virtee-sev/report_milan.hex"),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json_of(&out);
+    assert_eq!(v["report"]["version"], 2);
+    assert!(
+        v["report"]["product"].is_null(),
+        "a v2 report does not name its product"
+    );
+    assert_eq!(v["report"]["firmware"], "1.52.4");
+    let out = cvm(&[
+        "evidence",
+        "show",
+        &td("snp/virtee-sev/report_milan.hex"),
+        "--json",
+        "--product",
+        "Milan",
+    ]);
+    assert_eq!(json_of(&out)["report"]["product"], "Milan");
+    let out = cvm(&[
+        "evidence",
+        "show",
+        &td("snp/trustee/az-snp-vtpm/hcl-report.bin"),
+        "--json",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(v["runtime_data_bound"], true);
+    assert!(v["runtime_claims"]["keys"].is_array());
+}
+
+fn write_quote_from_evidence(
+    dir: &Path,
+    name: &str,
+) -> (PathBuf, PathBuf, PathBuf, PathBuf, String) {
+    let ev: Value = serde_json::from_slice(
+        &std::fs::read(td(&format!("snp/trustee/az-snp-vtpm/{name}"))).unwrap(),
+    )
+    .unwrap();
+    let q = &ev["tpm_quote"];
+    let msg = dir.join("quote.msg");
+    std::fs::write(&msg, hex::decode(q["message"].as_str().unwrap()).unwrap()).unwrap();
+    let sig = dir.join("quote.sig");
+    std::fs::write(&sig, hex::decode(q["signature"].as_str().unwrap()).unwrap()).unwrap();
+    let mut bank = serde_json::Map::new();
+    for (i, p) in q["pcrs"].as_array().unwrap().iter().enumerate() {
+        bank.insert(i.to_string(), p.clone());
+    }
+    let pcrs = dir.join("pcrs.json");
+    std::fs::write(&pcrs, serde_json::json!({ "sha256": bank }).to_string()).unwrap();
+    let quote = tpm_quote::Quote::parse(&std::fs::read(&msg).unwrap()).unwrap();
+    (
+        msg,
+        sig,
+        pcrs,
+        PathBuf::from(td(&format!(
+            "snp/trustee/az-snp-vtpm/{name}.hcl-report.bin"
+        ))),
+        hex::encode(quote.nonce()),
+    )
+}
+
+#[test]
+fn azure_hcl_report_with_quote_nonce_and_pcrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (msg, sig, pcrs, hcl, nonce) = write_quote_from_evidence(dir.path(), "evidence-v2.json");
+    let vek = td("snp/trustee/az-snp-vtpm/evidence-v2.json.vcek.der");
+    let chain = td("snp/go-sev-guest/ask_ark_milan.pem");
+    let args = |nonce: &str| {
+        verify_json(&[
+            hcl.to_str().unwrap(),
+            "--vek",
+            &vek,
+            "--chain",
+            &chain,
+            "--quote",
+            msg.to_str().unwrap(),
+            "--quote-sig",
+            sig.to_str().unwrap(),
+            "--nonce",
+            nonce,
+            "--pcrs",
+            pcrs.to_str().unwrap(),
+        ])
+    };
+    let (code, v) = args(&nonce);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["runtime_data_bound"], true);
+    assert_eq!(v["quote"]["verified"], true);
+    assert_eq!(v["quote"]["nonce"], nonce.as_str());
+    assert!(v["runtime_claims"]["keys"].is_array());
+    // The wrong nonce.
+    let (code, v) = args("00112233");
+    assert_eq!(code, 1);
+    assert_eq!(codes(&v), vec!["quote.nonce_mismatch"]);
+    // A PCR that differs from the quoted digest.
+    let mut p: Value = serde_json::from_slice(&std::fs::read(&pcrs).unwrap()).unwrap();
+    p["sha256"]["7"] = Value::String("11".repeat(32));
+    std::fs::write(&pcrs, p.to_string()).unwrap();
+    let (code, v) = args(&nonce);
+    assert_eq!(code, 1);
+    assert_eq!(codes(&v), vec!["quote.pcr_digest_mismatch"]);
+}
+
+#[test]
+fn quote_on_a_bare_report_is_a_usage_error() {
+    let q = td("snp/trustee/az-snp-vtpm/tpm-quote.msg");
+    let s = td("snp/trustee/az-snp-vtpm/tpm-quote.sig");
+    let (code, _) = verify_json(&[
+        &td("snp/trustee/snp/test-report.bin"),
+        "--vek",
+        &td("snp/trustee/snp/test-vcek.der"),
+        "--chain",
+        &td("snp/go-sev-guest/ask_ark_milan.pem"),
+        "--quote",
+        &q,
+        "--quote-sig",
+        &s,
+    ]);
+    assert_eq!(code, 2);
+}
