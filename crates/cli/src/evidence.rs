@@ -51,7 +51,8 @@ pub struct VerifyArgs {
     /// The VCEK or VLEK certificate (DER or PEM; a PEM bundle may also hold ASK and ARK).
     #[arg(long)]
     vek: Option<PathBuf>,
-    /// The AMD chain: ASK (or ASVK) and ARK, DER or PEM; may also hold the VEK.
+    /// The AMD chain: ASK (or ASVK) and ARK, DER or PEM; may also hold the VEK. An
+    /// extended report's certificate table is accepted too.
     #[arg(long)]
     chain: Option<PathBuf>,
     /// A CRL to check (DER or PEM); repeatable.

@@ -1,5 +1,8 @@
 //! `cvm evidence` run as a process: exit codes, JSON contract, every input format.
 
+// Test helpers outside #[test] functions may panic on bad fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -503,4 +506,37 @@ fn quote_on_a_bare_report_is_a_usage_error() {
         &s,
     ]);
     assert_eq!(code, 2);
+}
+
+#[test]
+fn extended_report_certificate_table_as_chain() {
+    use snp::certtable::{CertEntry, CertKind, CertTable};
+    let certs = snp::cert::parse_bundle(
+        &std::fs::read(td("snp/routex-client-lua/vcek-chain-milan.pem")).unwrap(),
+    )
+    .unwrap();
+    let kind = |c: &snp::cert::AmdCert| match c.subject_cn() {
+        "SEV-VCEK" => CertKind::Vcek,
+        "SEV-Milan" => CertKind::Ask,
+        _ => CertKind::Ark,
+    };
+    let table = CertTable::new(
+        certs
+            .iter()
+            .map(|c| CertEntry {
+                guid: kind(c).guid(),
+                data: c.der().to_vec(),
+            })
+            .collect(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    std::fs::write(&path, table.to_bytes().unwrap()).unwrap();
+    let (code, v) = verify_json(&[
+        &td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin"),
+        "--chain",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{v}");
 }

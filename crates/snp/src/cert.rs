@@ -262,11 +262,28 @@ impl AmdCert {
     }
 }
 
-/// Parses every certificate in a PEM bundle, or a single DER certificate.
+/// Parses every certificate in a PEM bundle, a single DER certificate, or the
+/// certificate table of an extended report (`SNP_GET_EXT_REPORT`: its ARK, ASK/ASVK
+/// and VCEK/VLEK entries).
 pub fn parse_bundle(data: &[u8]) -> Result<Vec<AmdCert>, CertError> {
     let text = match std::str::from_utf8(data) {
         Ok(t) if t.contains("-----BEGIN") => t,
-        _ => return Ok(vec![AmdCert::from_der(data)?]),
+        _ => {
+            return match AmdCert::from_der(data) {
+                Ok(c) => Ok(vec![c]),
+                Err(e) => match crate::certtable::CertTable::parse(data) {
+                    Ok(table) if !table.entries().is_empty() => {
+                        use crate::certtable::CertKind;
+                        [CertKind::Vcek, CertKind::Vlek, CertKind::Ask, CertKind::Ark]
+                            .into_iter()
+                            .filter_map(|k| table.get_kind(k))
+                            .map(AmdCert::from_der)
+                            .collect()
+                    }
+                    _ => Err(e),
+                },
+            };
+        }
     };
     use base64::Engine as _;
     let mut out = Vec::new();

@@ -141,7 +141,12 @@ pub enum ChainError {
         issuer: String,
     },
     /// A certificate is outside its validity window.
-    #[error("{cert} is not valid at {at} (valid {not_before} to {not_after})")]
+    #[error(
+        "{cert} is not valid at {} (valid {} to {})",
+        rfc3339(.at),
+        rfc3339(.not_before),
+        rfc3339(.not_after)
+    )]
     Expired {
         /// Which certificate.
         cert: String,
@@ -173,6 +178,17 @@ pub enum ChainError {
         /// What the chain is.
         chain: String,
     },
+}
+
+/// Formats Unix seconds as RFC 3339 (UTC), or the number if out of range.
+pub fn rfc3339(t: &i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(*t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
 }
 
 impl ChainError {

@@ -24,7 +24,12 @@ pub enum CrlError {
     #[error("CRL signature does not verify under {0}")]
     BadSignature(String),
     /// The verification time is outside `thisUpdate..nextUpdate`.
-    #[error("CRL is not current at {at} (thisUpdate {this_update}, nextUpdate {next_update:?})")]
+    #[error(
+        "CRL is not current at {} (thisUpdate {}, nextUpdate {})",
+        crate::chain::rfc3339(.at),
+        crate::chain::rfc3339(.this_update),
+        .next_update.as_ref().map_or_else(|| "none".to_owned(), crate::chain::rfc3339)
+    )]
     NotCurrent {
         /// The verification time, Unix seconds.
         at: i64,

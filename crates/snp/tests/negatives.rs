@@ -5,6 +5,9 @@
 //! `testdata/synthetic` (AMD's certificate shapes under a test root, see its MANIFEST),
 //! trusted only through `TrustAnchors::dangerous_add_root`.
 
+// Test helpers outside #[test] functions may panic on bad fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use snp::cert::{Vek, parse_bundle};

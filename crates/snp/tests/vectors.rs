@@ -2,6 +2,9 @@
 //! `expected-values.json` records (computed independently with Python `cryptography`),
 //! and verifies with its VEK and AMD chain.
 
+// Test helpers outside #[test] functions may panic on bad fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
