@@ -285,24 +285,11 @@ pub fn parse_bundle(data: &[u8]) -> Result<Vec<AmdCert>, CertError> {
             };
         }
     };
-    use base64::Engine as _;
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let body_start = start + "-----BEGIN CERTIFICATE-----".len();
-        let Some(len) = rest[body_start..].find("-----END CERTIFICATE-----") else {
-            return Err(CertError::Pem("BEGIN CERTIFICATE without END".into()));
-        };
-        let body: String = rest[body_start..body_start + len]
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
-        let der_bytes = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .map_err(|e| CertError::Pem(e.to_string()))?;
-        out.push(AmdCert::from_der(&der_bytes)?);
-        rest = &rest[body_start + len + "-----END CERTIFICATE-----".len()..];
-    }
+    let out = crate::pem::decode_blocks(text, "CERTIFICATE", crate::pem::Outside::Ignore)
+        .map_err(CertError::Pem)?
+        .iter()
+        .map(|der_bytes| AmdCert::from_der(der_bytes))
+        .collect::<Result<Vec<_>, _>>()?;
     if out.is_empty() {
         return Err(CertError::Pem("no CERTIFICATE block".into()));
     }

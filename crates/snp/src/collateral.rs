@@ -170,42 +170,14 @@ fn format_name(format: BodyFormat) -> &'static str {
     }
 }
 
-const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-const PEM_END: &str = "-----END CERTIFICATE-----";
-
-/// The DER certificates of a PEM text that holds only `CERTIFICATE` blocks and
-/// whitespace; each must parse as an X.509 certificate.
+/// The DER certificates of a PEM text; each must parse as an X.509 certificate.
 pub fn parse_pem_certificates(data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    use base64::Engine as _;
     let text = std::str::from_utf8(data).map_err(|_| "not UTF-8 text".to_owned())?;
-    let mut rest = text;
-    let mut certs = Vec::new();
-    loop {
-        rest = rest.trim_start();
-        if rest.is_empty() {
-            return Ok(certs);
-        }
-        let Some(after_begin) = rest.strip_prefix(PEM_BEGIN) else {
-            return Err(format!(
-                "expected {PEM_BEGIN} after {} certificate(s)",
-                certs.len()
-            ));
-        };
-        let Some(end) = after_begin.find(PEM_END) else {
-            return Err(format!("certificate {} has no {PEM_END}", certs.len() + 1));
-        };
-        let b64: String = after_begin[..end]
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("certificate {}: bad base64: {e}", certs.len() + 1))?;
-        x509_cert::Certificate::from_der(&der)
-            .map_err(|e| format!("certificate {}: {e}", certs.len() + 1))?;
-        certs.push(der);
-        rest = &after_begin[end + PEM_END.len()..];
+    let certs = crate::pem::decode_blocks(text, "CERTIFICATE", crate::pem::Outside::Reject)?;
+    for (i, der) in certs.iter().enumerate() {
+        x509_cert::Certificate::from_der(der).map_err(|e| format!("certificate {}: {e}", i + 1))?;
     }
+    Ok(certs)
 }
 
 /// Checks that `data` has the shape of `format` (see the module documentation).

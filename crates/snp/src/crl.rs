@@ -160,25 +160,11 @@ impl Crl {
 }
 
 fn pem_body(text: &str) -> Result<Vec<u8>, CrlError> {
-    use base64::Engine as _;
-    let start = text
-        .find("-----BEGIN X509 CRL-----")
-        .map(|i| i + "-----BEGIN X509 CRL-----".len());
-    let end = text.find("-----END X509 CRL-----");
-    match (start, end) {
-        (Some(s), Some(e)) if s <= e => {
-            let body: String = text[s..e]
-                .chars()
-                .filter(|c| !c.is_ascii_whitespace())
-                .collect();
-            base64::engine::general_purpose::STANDARD
-                .decode(body)
-                .map_err(|e| CrlError::Malformed(e.to_string()))
-        }
-        _ => Err(CrlError::Malformed(
-            "unterminated PEM X509 CRL block".into(),
-        )),
-    }
+    crate::pem::decode_blocks(text, "X509 CRL", crate::pem::Outside::Ignore)
+        .map_err(CrlError::Malformed)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CrlError::Malformed("no X509 CRL block".into()))
 }
 
 /// Parses `data` as a CRL and reads every field: the body of the `crl` fuzz target.

@@ -23,6 +23,7 @@ pub mod crl;
 pub mod hcl;
 pub mod input;
 pub mod kds;
+mod pem;
 pub mod policy;
 pub mod product;
 pub mod report;
