@@ -303,7 +303,7 @@ fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, Cer
             Vek::parse(&der)?
         }
     };
-    let chain = match CertChain::from_certs(&certs) {
+    let chain = match CertChain::from_certs_for(&certs, vek.kind()) {
         Ok(c) => c,
         Err(_) if a.chain.is_none() => {
             let kind = vek.kind();
@@ -323,7 +323,7 @@ fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, Cer
                     .context("missing collateral: fetching the CRL")?;
                 crls.push(Crl::parse(&crl)?);
             }
-            CertChain::from_certs(&parse_bundle(&pem)?)?
+            CertChain::from_certs_for(&parse_bundle(&pem)?, kind)?
         }
         Err(e) => return Err(e).context("missing collateral: --chain lacks the ASK/ASVK or ARK"),
     };

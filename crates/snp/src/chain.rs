@@ -207,17 +207,51 @@ pub struct CertChain {
 }
 
 impl CertChain {
-    /// Picks the ARK and the ASK/ASVK out of a set of certificates (in any order;
-    /// VEKs in the set are ignored).
+    /// Picks the ARK and the ASK/ASVK out of a set of certificates (in any order).
+    /// When the set holds both an ASK and an ASVK, the one matching the VEK in the set
+    /// is taken; without a VEK that is ambiguous, see [`CertChain::from_certs_for`].
     pub fn from_certs(certs: &[AmdCert]) -> Result<Self, ChainError> {
+        let vek_kind = certs.iter().find_map(|c| match c.subject_cn() {
+            "SEV-VCEK" => Some(VekKind::Vcek),
+            "SEV-VLEK" => Some(VekKind::Vlek),
+            _ => None,
+        });
+        match vek_kind {
+            Some(kind) => Self::from_certs_for(certs, kind),
+            None => {
+                let signers: Vec<_> = certs.iter().filter(|c| is_signing_ca(c, None)).collect();
+                match signers.as_slice() {
+                    [ask] => Self::with_ark(certs, ask),
+                    [] => Err(ChainError::Missing("ASK or ASVK")),
+                    _ => Err(ChainError::Name {
+                        cert: "certificate set".into(),
+                        problem: "holds both an ASK and an ASVK; say which VEK kind it is for"
+                            .into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Picks the ARK and the ASK (for VCEKs) or ASVK (for VLEKs) out of a set of
+    /// certificates.
+    pub fn from_certs_for(certs: &[AmdCert], kind: VekKind) -> Result<Self, ChainError> {
+        let ask =
+            certs
+                .iter()
+                .find(|c| is_signing_ca(c, Some(kind)))
+                .ok_or(ChainError::Missing(match kind {
+                    VekKind::Vcek => "ASK",
+                    VekKind::Vlek => "ASVK",
+                }))?;
+        Self::with_ark(certs, ask)
+    }
+
+    fn with_ark(certs: &[AmdCert], ask: &AmdCert) -> Result<Self, ChainError> {
         let ark = certs
             .iter()
             .find(|c| c.subject_cn().starts_with("ARK-"))
             .ok_or(ChainError::Missing("ARK"))?;
-        let ask = certs
-            .iter()
-            .find(|c| c.subject_cn().starts_with("SEV-") && c.issuer_cn().starts_with("ARK-"))
-            .ok_or(ChainError::Missing("ASK or ASVK"))?;
         Ok(CertChain {
             ark: ark.clone(),
             ask: ask.clone(),
@@ -253,6 +287,21 @@ impl fmt::Debug for VerifiedChain {
             .field("kind", &self.kind)
             .field("trust", &self.trust)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether `c` is an ASK (`SEV-<product>`) or ASVK (`SEV-VLEK-<product>`) issued by
+/// an ARK, optionally of the CA kind for `kind`.
+fn is_signing_ca(c: &AmdCert, kind: Option<VekKind>) -> bool {
+    let cn = c.subject_cn();
+    if !c.issuer_cn().starts_with("ARK-") || !cn.starts_with("SEV-") {
+        return false;
+    }
+    let vlek = cn.starts_with("SEV-VLEK-");
+    match kind {
+        None => true,
+        Some(VekKind::Vlek) => vlek,
+        Some(VekKind::Vcek) => !vlek,
     }
 }
 

@@ -99,6 +99,7 @@ impl VerifyError {
 #[derive(Clone, Debug)]
 pub struct VerifiedReport {
     report: AttestationReport,
+    product: Product,
     signer: VekKind,
     trust: RootTrust,
 }
@@ -110,8 +111,7 @@ impl VerifiedReport {
     }
     /// The product.
     pub fn product(&self) -> Product {
-        // The verifier always sets the product from the VEK.
-        self.report.product().unwrap_or(Product::Milan)
+        self.product
     }
     /// The kind of key that signed it.
     pub fn signer(&self) -> VekKind {
@@ -123,6 +123,9 @@ impl VerifiedReport {
         &self.trust
     }
 }
+
+/// How many verified VEKs a [`Verifier`] remembers.
+pub const MAX_CACHED_VEKS: usize = 4096;
 
 /// SHA-256 of the ARK, the ASK/ASVK and the VEK.
 type ChainKey = ([u8; 32], [u8; 32], [u8; 32]);
@@ -203,6 +206,10 @@ impl Verifier {
             until = until.min(crl.next_update().unwrap_or(i64::MIN));
         }
         if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= MAX_CACHED_VEKS {
+                // Bounded memory for a long-running service: start over rather than grow.
+                cache.clear();
+            }
             cache.insert(
                 key,
                 CachedVek {
@@ -272,6 +279,7 @@ impl Verifier {
         }
         Ok(VerifiedReport {
             report,
+            product: vek.product(),
             signer,
             trust: verified.trust().clone(),
         })

@@ -391,3 +391,21 @@ fn ark_pins_match_the_bundled_chains() {
         assert!(pinned, "{p}");
     }
 }
+
+#[test]
+fn bundles_with_both_ask_and_asvk_pick_by_vek_kind() {
+    let certs = parse_bundle(&read("trustee/ca-bundles/milan_ask_ark_asvk.pem")).unwrap();
+    assert!(
+        CertChain::from_certs(&certs).is_err(),
+        "ambiguous without a VEK"
+    );
+    let vcek = CertChain::from_certs_for(&certs, snp::cert::VekKind::Vcek).unwrap();
+    assert_eq!(vcek.ask().subject_cn(), "SEV-Milan");
+    let vlek = CertChain::from_certs_for(&certs, snp::cert::VekKind::Vlek).unwrap();
+    assert_eq!(vlek.ask().subject_cn(), "SEV-VLEK-Milan");
+    let r = AttestationReport::parse(&read("trustee/snp/test-vlek-report.bin")).unwrap();
+    let vek = Vek::parse(&read("trustee/snp/test-vlek.der")).unwrap();
+    Verifier::new(TrustAnchors::amd())
+        .verify(&r, &vek, &vlek, AT)
+        .unwrap();
+}
