@@ -115,24 +115,16 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn load_evidence(path: &Path, product: Option<Product>) -> Result<Evidence> {
+fn load_evidence(path: &Path) -> Result<Evidence> {
     let data = read(path)?;
-    let mut ev = parse_evidence(&data).with_context(|| format!("parsing {}", path.display()))?;
-    if let Some(p) = product {
-        let r = ev.report().with_product(p)?;
-        ev = match ev {
-            Evidence::Report(_) => Evidence::Report(r),
-            Evidence::Hcl(h) => Evidence::Hcl(h),
-        };
-    }
-    Ok(ev)
+    parse_evidence(&data).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn show(a: &ShowArgs) -> Result<()> {
-    let ev = load_evidence(&a.report, a.product)?;
-    let report = match (&ev, a.product) {
-        (Evidence::Hcl(h), Some(p)) => h.report().with_product(p)?,
-        _ => ev.report().clone(),
+    let ev = load_evidence(&a.report)?;
+    let report = match a.product {
+        Some(p) => ev.report().with_product(p)?,
+        None => ev.report().clone(),
     };
     let mut out = json!({ "report": snp::view::report_json(&report) });
     if let Evidence::Hcl(h) = &ev {
@@ -192,7 +184,7 @@ fn verify(a: &VerifyArgs) -> ExitCode {
     let outcome = match verify_inner(a, &mut out) {
         Ok(o) => o,
         Err(e) => Outcome::Error(Reason {
-            code: "error".into(),
+            code: error_code(&e).into(),
             message: format!("{e:#}"),
         }),
     };
@@ -227,6 +219,49 @@ fn verify(a: &VerifyArgs) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// Collateral that is neither given nor obtainable: we could not verify.
+#[derive(Debug)]
+struct MissingCollateral(String);
+
+impl std::fmt::Display for MissingCollateral {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "missing collateral: {}", self.0)
+    }
+}
+
+impl std::error::Error for MissingCollateral {}
+
+fn missing(what: &str) -> anyhow::Error {
+    MissingCollateral(what.to_owned()).into()
+}
+
+/// A stable code for the error that stopped verification (the verdict is `error`).
+fn error_code(e: &anyhow::Error) -> &'static str {
+    for cause in e.chain() {
+        if cause.is::<MissingCollateral>() || cause.is::<snp::collateral::CollateralError>() {
+            return "missing_collateral";
+        }
+        if let Some(v) = cause.downcast_ref::<snp::verify::VerifyError>() {
+            return v.code();
+        }
+        if cause.is::<snp::policy::PolicyError>() {
+            return "invalid_policy";
+        }
+        if cause.is::<snp::input::InputError>()
+            || cause.is::<snp::report::ReportError>()
+            || cause.is::<snp::cert::CertError>()
+            || cause.is::<snp::crl::CrlError>()
+            || cause.is::<snp::chain::ChainError>()
+        {
+            return "malformed_input";
+        }
+        if cause.is::<std::io::Error>() {
+            return "io";
+        }
+    }
+    "usage"
 }
 
 fn parse_time(at: Option<&str>) -> Result<i64> {
@@ -287,19 +322,17 @@ fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, Cer
         Some(c) => Vek::from_cert(c.clone())?,
         None => {
             let product = report.product().or(a.product).ok_or_else(|| {
-                anyhow!("missing collateral: no --vek given, and a version 2 report needs --product to fetch one")
+                missing("no --vek given, and a version 2 report needs --product to fetch one")
             })?;
             if report.signing_key() != snp::report::SigningKey::Vcek {
-                bail!("missing collateral: VLEKs are not published by AMD KDS; pass --vek");
+                return Err(missing("VLEKs are not published by AMD KDS; pass --vek"));
             }
             let req = KdsRequest::Vcek(VcekQuery::new(
                 product,
                 report.chip_id(),
                 report.reported_tcb(),
             )?);
-            let der = fetcher(a)?
-                .fetch(&req)
-                .context("missing collateral: fetching the VCEK")?;
+            let der = fetcher(a)?.fetch(&req).context("missing collateral: fetching the VCEK")?;
             Vek::parse(&der)?
         }
     };
@@ -325,7 +358,7 @@ fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, Cer
             }
             CertChain::from_certs_for(&parse_bundle(&pem)?, kind)?
         }
-        Err(e) => return Err(e).context("missing collateral: --chain lacks the ASK/ASVK or ARK"),
+        Err(e) => return Err(missing(&format!("--chain: {e}"))),
     };
     Ok((vek, chain, crls))
 }
@@ -336,7 +369,7 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
-    let ev = load_evidence(&a.report, None)?;
+    let ev = load_evidence(&a.report)?;
     out["report"] = snp::view::report_json(ev.report());
     if let Evidence::Hcl(h) = &ev {
         add_hcl(out, h);
@@ -355,7 +388,9 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
     let verifier = Verifier::new(anchors).with_crls(crls);
     let verified = match verifier.verify(ev.report(), &vek, &chain, at) {
         Ok(v) => v,
-        Err(e) if e.is_collateral_problem() => bail!("could not verify: {e}"),
+        Err(e) if e.is_collateral_problem() => {
+            return Err(anyhow::Error::new(e).context("could not verify"));
+        }
         Err(e) => {
             return Ok(Outcome::Rejected(vec![Reason {
                 code: e.code().into(),

@@ -246,6 +246,7 @@ fn revoked_ask_and_emulated_roots() {
     bad.extend_from_slice(&["--crl", &forged]);
     let (code, v) = verify_json(&bad);
     assert_eq!((code, v["verdict"].as_str()), (2, Some("error")));
+    assert_eq!(codes(&v), vec!["crl_unusable"]);
 }
 
 #[test]
