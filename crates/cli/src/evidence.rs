@@ -332,7 +332,9 @@ fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, Cer
                 report.chip_id(),
                 report.reported_tcb(),
             )?);
-            let der = fetcher(a)?.fetch(&req).context("missing collateral: fetching the VCEK")?;
+            let der = fetcher(a)?
+                .fetch(&req)
+                .context("missing collateral: fetching the VCEK")?;
             Vek::parse(&der)?
         }
     };

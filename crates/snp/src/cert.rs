@@ -95,6 +95,7 @@ pub struct AmdCert {
     cert: Certificate,
     subject_cn: String,
     issuer_cn: String,
+    sha256: [u8; 32],
 }
 
 impl fmt::Debug for AmdCert {
@@ -160,12 +161,17 @@ impl AmdCert {
             signed_part_range(der_bytes).map_err(|e| CertError::Malformed(e.to_string()))?;
         let subject_cn = common_name(&cert.tbs_certificate.subject);
         let issuer_cn = common_name(&cert.tbs_certificate.issuer);
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der_bytes).as_ref(),
+        );
         Ok(AmdCert {
             der: der_bytes.to_vec(),
             tbs_range,
             cert,
             subject_cn,
             issuer_cn,
+            sha256,
         })
     }
 
@@ -197,12 +203,9 @@ impl AmdCert {
     pub fn issuer_cn(&self) -> &str {
         &self.issuer_cn
     }
-    /// SHA-256 of the DER encoding.
+    /// SHA-256 of the DER encoding (computed once, when parsed).
     pub fn sha256(&self) -> [u8; 32] {
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.der);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        out
+        self.sha256
     }
     /// The serial number's bytes (big-endian, as encoded).
     pub fn serial(&self) -> &[u8] {
