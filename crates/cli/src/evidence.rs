@@ -321,11 +321,13 @@ fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, Cer
     {
         Some(c) => Vek::from_cert(c.clone())?,
         None => {
-            let product = report.product().or(a.product).ok_or_else(|| {
+            let product = report.product().ok_or_else(|| {
                 missing("no --vek given, and a version 2 report needs --product to fetch one")
             })?;
             if report.signing_key() != snp::report::SigningKey::Vcek {
-                return Err(missing("VLEKs are not published by AMD KDS; pass --vek"));
+                return Err(missing(
+                    "only VCEKs can be fetched from AMD KDS; pass --vek",
+                ));
             }
             let req = KdsRequest::Vcek(VcekQuery::new(
                 product,
@@ -372,11 +374,15 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
         None => Policy::default(),
     };
     let ev = load_evidence(&a.report)?;
-    out["report"] = snp::view::report_json(ev.report());
+    let report = match a.product {
+        Some(p) => ev.report().with_product(p)?,
+        None => ev.report().clone(),
+    };
+    out["report"] = snp::view::report_json(&report);
     if let Evidence::Hcl(h) = &ev {
         add_hcl(out, h);
     }
-    let (vek, chain, crls) = collect_certs(a, ev.report())?;
+    let (vek, chain, crls) = collect_certs(a, &report)?;
     let mut anchors = TrustAnchors::amd();
     for path in &a.dangerously_trust_ark {
         let ark = AmdCert::from_der_or_pem(&read(path)?)?;
@@ -388,7 +394,7 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
         anchors.dangerous_add_root(product, ark.sha256(), &path.display().to_string());
     }
     let verifier = Verifier::new(anchors).with_crls(crls);
-    let verified = match verifier.verify(ev.report(), &vek, &chain, at) {
+    let verified = match verifier.verify(&report, &vek, &chain, at) {
         Ok(v) => v,
         Err(e) if e.is_collateral_problem() => {
             return Err(anyhow::Error::new(e).context("could not verify"));

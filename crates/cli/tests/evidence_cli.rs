@@ -541,3 +541,31 @@ fn extended_report_certificate_table_as_chain() {
     ]);
     assert_eq!(code, 0, "{v}");
 }
+
+#[test]
+fn product_contradicting_the_report_is_an_error() {
+    let (code, v) = verify_json(&[
+        &td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin"),
+        "--chain",
+        &td("snp/routex-client-lua/vcek-chain-milan.pem"),
+        "--product",
+        "Genoa",
+    ]);
+    assert_eq!((code, v["verdict"].as_str()), (2, Some("error")), "{v}");
+    assert!(
+        v["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Genoa"),
+        "{v}"
+    );
+    // The same flag agreeing with the report is fine.
+    let (code, v) = verify_json(&[
+        &td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin"),
+        "--chain",
+        &td("snp/routex-client-lua/vcek-chain-milan.pem"),
+        "--product",
+        "Milan",
+    ]);
+    assert_eq!(code, 0, "{v}");
+}

@@ -1,24 +1,24 @@
-//! Just enough DER and PEM for public keys and ECDSA signatures. Strict: definite,
-//! minimal lengths; positive, minimally encoded integers; no trailing data.
+//! DER and PEM for public keys and ECDSA signatures.
+//!
+//! DER goes through RustCrypto's `der`/`spki`, which are strict: definite, minimal
+//! lengths; minimally encoded, non-negative integers; exact tags; no trailing data.
+//! PEM armour is read leniently (see [`pem_decode`]).
 
+use ::der::asn1::{ObjectIdentifier, UintRef};
+use ::der::{Decode, Encode, Sequence};
 use base64::Engine as _;
+use spki::SubjectPublicKeyInfoRef;
 
 use crate::error::Error;
 
-const TAG_INTEGER: u8 = 0x02;
-const TAG_BIT_STRING: u8 = 0x03;
-const TAG_NULL: u8 = 0x05;
-const TAG_OID: u8 = 0x06;
-const TAG_SEQUENCE: u8 = 0x30;
-
 /// rsaEncryption, 1.2.840.113549.1.1.1.
-const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 /// id-ecPublicKey, 1.2.840.10045.2.1.
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// prime256v1 / secp256r1, 1.2.840.10045.3.1.7.
-const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 /// secp384r1, 1.3.132.0.34.
-const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// A named curve found in a SubjectPublicKeyInfo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,139 +36,72 @@ pub(crate) enum SpkiKey<'a> {
     Ec(SpkiCurve, &'a [u8]),
 }
 
-struct Der<'a> {
-    rest: &'a [u8],
-    what: &'static str,
+/// PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
+#[derive(Sequence)]
+struct RsaPublicKey<'a> {
+    modulus: UintRef<'a>,
+    public_exponent: UintRef<'a>,
 }
 
-impl<'a> Der<'a> {
-    fn new(input: &'a [u8], what: &'static str) -> Self {
-        Self { rest: input, what }
-    }
+/// `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 3279).
+#[derive(Sequence)]
+struct EcdsaSigValue<'a> {
+    r: UintRef<'a>,
+    s: UintRef<'a>,
+}
 
-    fn err(&self) -> Error {
-        Error::Der { what: self.what }
+/// The magnitude of a decoded unsigned INTEGER without leading zeros (zero is empty).
+fn magnitude(u: UintRef<'_>) -> &[u8] {
+    match u.as_bytes() {
+        [0] => &[],
+        bytes => bytes,
     }
+}
 
-    fn byte(&mut self) -> Result<u8, Error> {
-        let (&b, rest) = self
-            .rest
-            .split_first()
-            .ok_or(Error::Der { what: self.what })?;
-        self.rest = rest;
-        Ok(b)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        if n > self.rest.len() {
-            return Err(self.err());
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn tlv(&mut self) -> Result<(u8, &'a [u8]), Error> {
-        let tag = self.byte()?;
-        if tag & 0x1f == 0x1f {
-            return Err(self.err()); // high tag numbers never occur here
-        }
-        let first = self.byte()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 {
-                return Err(self.err()); // indefinite or absurd
-            }
-            let bytes = self.take(n)?;
-            if bytes.first() == Some(&0) {
-                return Err(self.err()); // non-minimal
-            }
-            let len = bytes
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            if len < 0x80 {
-                return Err(self.err()); // should have used the short form
-            }
-            len
-        };
-        Ok((tag, self.take(len)?))
-    }
-
-    fn expect(&mut self, tag: u8) -> Result<&'a [u8], Error> {
-        match self.tlv()? {
-            (t, value) if t == tag => Ok(value),
-            _ => Err(self.err()),
-        }
-    }
-
-    /// A positive INTEGER, returned without leading zero bytes.
-    fn positive_integer(&mut self) -> Result<&'a [u8], Error> {
-        let value = self.expect(TAG_INTEGER)?;
-        match value {
-            [] => Err(self.err()),
-            [first, ..] if first & 0x80 != 0 => Err(self.err()), // negative
-            [0, second, ..] if second & 0x80 == 0 => Err(self.err()), // non-minimal
-            [0, rest @ ..] => Ok(rest),
-            _ => Ok(value),
-        }
-    }
-
-    fn finish(&self) -> Result<(), Error> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(self.err())
-        }
+/// A big-endian unsigned magnitude as an INTEGER: leading zeros are dropped and a
+/// `0x00` is prepended on encoding when the top bit is set; zero (or empty) is `0`.
+fn uint(magnitude: &[u8]) -> Result<UintRef<'_>, ::der::Error> {
+    if magnitude.iter().all(|&b| b == 0) {
+        UintRef::new(&[0])
+    } else {
+        UintRef::new(magnitude)
     }
 }
 
 /// Parses a PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`,
 /// returning `(n, e)` without leading zeros.
 pub(crate) fn parse_pkcs1(input: &[u8]) -> Result<(&[u8], &[u8]), Error> {
-    let mut outer = Der::new(input, "RSAPublicKey");
-    let seq = outer.expect(TAG_SEQUENCE)?;
-    outer.finish()?;
-    let mut inner = Der::new(seq, "RSAPublicKey");
-    let n = inner.positive_integer()?;
-    let e = inner.positive_integer()?;
-    inner.finish()?;
-    Ok((n, e))
+    let key = RsaPublicKey::from_der(input).map_err(|_| Error::Der {
+        what: "RSAPublicKey",
+    })?;
+    Ok((magnitude(key.modulus), magnitude(key.public_exponent)))
 }
 
 /// Parses a SubjectPublicKeyInfo holding an RSA or a P-256/P-384 EC key.
 pub(crate) fn parse_spki(input: &[u8]) -> Result<SpkiKey<'_>, Error> {
-    let mut outer = Der::new(input, "SubjectPublicKeyInfo");
-    let seq = outer.expect(TAG_SEQUENCE)?;
-    outer.finish()?;
-    let mut spki = Der::new(seq, "SubjectPublicKeyInfo");
-    let alg_id = spki.expect(TAG_SEQUENCE)?;
-    let bits = spki.expect(TAG_BIT_STRING)?;
-    spki.finish()?;
-    let key = match bits {
-        [0, key @ ..] => key,
-        _ => {
-            return Err(Error::Der {
-                what: "SubjectPublicKeyInfo.subjectPublicKey",
-            });
-        }
+    let spki = SubjectPublicKeyInfoRef::from_der(input).map_err(|_| Error::Der {
+        what: "SubjectPublicKeyInfo",
+    })?;
+    // Keys are whole octets: no unused bits in the BIT STRING.
+    let key = spki.subject_public_key.as_bytes().ok_or(Error::Der {
+        what: "SubjectPublicKeyInfo.subjectPublicKey",
+    })?;
+    let bad_alg = Error::Der {
+        what: "AlgorithmIdentifier",
     };
 
-    let mut alg = Der::new(alg_id, "AlgorithmIdentifier");
-    let oid = alg.expect(TAG_OID)?;
-    if oid == OID_RSA_ENCRYPTION {
-        if !alg.rest.is_empty() {
-            let null = alg.expect(TAG_NULL)?;
-            if !null.is_empty() {
-                return Err(alg.err());
-            }
+    let alg = spki.algorithm;
+    if alg.oid == OID_RSA_ENCRYPTION {
+        // Parameters must be NULL (RFC 3279), tolerated absent.
+        match alg.parameters {
+            None => {}
+            Some(params) if params.is_null() => {}
+            Some(_) => return Err(bad_alg),
         }
-        alg.finish()?;
         Ok(SpkiKey::Rsa(key))
-    } else if oid == OID_EC_PUBLIC_KEY {
-        let curve = alg.expect(TAG_OID)?;
-        alg.finish()?;
+    } else if alg.oid == OID_EC_PUBLIC_KEY {
+        // namedCurve only: no implicitCurve, no specifiedCurve.
+        let curve = alg.parameters_oid().map_err(|_| bad_alg)?;
         let curve = if curve == OID_P256 {
             SpkiCurve::P256
         } else if curve == OID_P384 {
@@ -188,69 +121,49 @@ pub(crate) fn parse_spki(input: &[u8]) -> Result<SpkiKey<'_>, Error> {
 
 /// Parses `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`.
 pub(crate) fn parse_ecdsa_sig(input: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let mut outer = Der::new(input, "ECDSA-Sig-Value");
-    let seq = outer.expect(TAG_SEQUENCE)?;
-    outer.finish()?;
-    let mut inner = Der::new(seq, "ECDSA-Sig-Value");
-    let r = inner.positive_integer()?.to_vec();
-    let s = inner.positive_integer()?.to_vec();
-    inner.finish()?;
-    Ok((r, s))
-}
-
-fn push_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        // Short form; the cast cannot truncate.
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        let significant = bytes.get(skip..).unwrap_or_default();
-        out.push(0x80 | significant.len() as u8);
-        out.extend_from_slice(significant);
-    }
-}
-
-fn push_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
-    let skip = magnitude.iter().take_while(|&&b| b == 0).count();
-    let m = magnitude.get(skip..).unwrap_or_default();
-    let pad = m.first().is_none_or(|&b| b & 0x80 != 0);
-    out.push(TAG_INTEGER);
-    push_len(out, m.len() + usize::from(pad));
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(m);
-}
-
-fn push_sequence(out: &mut Vec<u8>, body: &[u8]) {
-    out.push(TAG_SEQUENCE);
-    push_len(out, body.len());
-    out.extend_from_slice(body);
+    let sig = EcdsaSigValue::from_der(input).map_err(|_| Error::Der {
+        what: "ECDSA-Sig-Value",
+    })?;
+    Ok((magnitude(sig.r).to_vec(), magnitude(sig.s).to_vec()))
 }
 
 /// Encodes `ECDSA-Sig-Value` from big-endian unsigned `r` and `s`.
+///
+/// Encoding fails only past DER's 256 MiB length limit; the result is then empty,
+/// which every consumer (aws-lc) rejects.
 pub(crate) fn encode_ecdsa_sig(r: &[u8], s: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    push_integer(&mut body, r);
-    push_integer(&mut body, s);
-    let mut out = Vec::new();
-    push_sequence(&mut out, &body);
-    out
+    let encode = || {
+        EcdsaSigValue {
+            r: uint(r)?,
+            s: uint(s)?,
+        }
+        .to_der()
+    };
+    encode().unwrap_or_default()
 }
 
 /// Encodes a PKCS#1 `RSAPublicKey` from big-endian unsigned `n` and `e`.
+///
+/// Encoding fails only past DER's 256 MiB length limit; the result is then empty,
+/// which every consumer (aws-lc) rejects.
 pub(crate) fn encode_pkcs1(n: &[u8], e: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    push_integer(&mut body, n);
-    push_integer(&mut body, e);
-    let mut out = Vec::new();
-    push_sequence(&mut out, &body);
-    out
+    let encode = || {
+        RsaPublicKey {
+            modulus: uint(n)?,
+            public_exponent: uint(e)?,
+        }
+        .to_der()
+    };
+    encode().unwrap_or_default()
 }
 
 /// Decodes the first PEM block of `text`, returning its label and contents.
 /// Headers (RFC 1421 `Proc-Type:` etc.) are refused.
+///
+/// Lax on purpose (RFC 7468 §3 "lax" parsers): text before `BEGIN` and after `END`,
+/// surrounding whitespace and any line width are accepted. `der::pem` is not used
+/// because it requires exact 64-column lines and at most one line break after `END`,
+/// which would refuse one-line or 76-column PEMs (or a trailing blank line) accepted so far.
 pub(crate) fn pem_decode(text: &str) -> Result<(String, Vec<u8>), Error> {
     let mut lines = text.lines().map(str::trim);
     let label = lines
@@ -322,5 +235,85 @@ mod tests {
         let n = [0xc5u8; 256];
         let der = encode_pkcs1(&n, &[1, 0, 1]);
         assert_eq!(parse_pkcs1(&der).unwrap(), (&n[..], &[1u8, 0, 1][..]));
+    }
+
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag, u8::try_from(body.len()).unwrap()];
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn spki(alg: &[&[u8]], unused_bits: u8, key: &[u8]) -> Vec<u8> {
+        let alg = tlv(0x30, &alg.concat());
+        let bits = tlv(0x03, &[&[unused_bits][..], key].concat());
+        tlv(0x30, &[alg, bits].concat())
+    }
+
+    #[test]
+    fn spki_rules() {
+        let rsa = tlv(0x06, OID_RSA_ENCRYPTION.as_bytes());
+        let ec = tlv(0x06, OID_EC_PUBLIC_KEY.as_bytes());
+        let p256 = tlv(0x06, OID_P256.as_bytes());
+        let p384 = tlv(0x06, OID_P384.as_bytes());
+        let null = [0x05, 0x00];
+        let key = [0x04, 0x01, 0x02];
+        let parse = |alg: &[&[u8]], unused: u8| {
+            parse_spki(&spki(alg, unused, &key)).map(|k| format!("{k:?}"))
+        };
+        let ok = |k: SpkiKey<'_>| Ok(format!("{k:?}"));
+        let der = |what| Err(Error::Der { what });
+        let invalid = |reason| Err(Error::InvalidKey { reason });
+
+        assert_eq!(parse(&[&rsa, &null], 0), ok(SpkiKey::Rsa(&key)));
+        assert_eq!(parse(&[&rsa], 0), ok(SpkiKey::Rsa(&key)));
+        assert_eq!(parse(&[&rsa, &p256], 0), der("AlgorithmIdentifier"));
+        assert_eq!(
+            parse(&[&ec, &p256], 0),
+            ok(SpkiKey::Ec(SpkiCurve::P256, &key))
+        );
+        assert_eq!(
+            parse(&[&ec, &p384], 0),
+            ok(SpkiKey::Ec(SpkiCurve::P384, &key))
+        );
+        assert_eq!(parse(&[&ec], 0), der("AlgorithmIdentifier"));
+        assert_eq!(parse(&[&ec, &null], 0), der("AlgorithmIdentifier"));
+        assert_eq!(
+            parse(&[&ec, &p256], 1),
+            der("SubjectPublicKeyInfo.subjectPublicKey")
+        );
+        // secp256k1 and Ed25519.
+        assert_eq!(
+            parse(&[&ec, &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a]], 0),
+            invalid("EC curve is neither P-256 nor P-384")
+        );
+        assert!(matches!(
+            parse(&[&[0x06, 0x03, 0x2b, 0x65, 0x70]], 0),
+            Err(Error::InvalidKey { .. })
+        ));
+        // Trailing data, wrong outer tag, indefinite length.
+        let mut good = spki(&[&ec, &p256], 0, &key);
+        good.push(0);
+        assert_eq!(
+            parse_spki(&good),
+            Err(Error::Der {
+                what: "SubjectPublicKeyInfo"
+            })
+        );
+        good.pop();
+        good[0] = 0x31;
+        assert!(parse_spki(&good).is_err());
+        good[0] = 0x30;
+        good[1] = 0x80;
+        assert!(parse_spki(&good).is_err());
+    }
+
+    #[test]
+    fn zero_integers() {
+        let zero_one = [0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x01];
+        assert_eq!(parse_ecdsa_sig(&zero_one).unwrap(), (vec![], vec![1]));
+        assert_eq!(encode_ecdsa_sig(&[], &[0, 0, 1]), zero_one);
+        assert_eq!(encode_pkcs1(&[0, 0], &[1]), zero_one);
+        // An empty INTEGER is not zero.
+        assert!(parse_pkcs1(&[0x30, 0x05, 0x02, 0x00, 0x02, 0x01, 0x01]).is_err());
     }
 }
