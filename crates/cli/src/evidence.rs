@@ -92,6 +92,10 @@ pub struct VerifyArgs {
     /// labelled as not from AMD hardware.
     #[arg(long = "dangerously-trust-ark", value_name = "FILE")]
     dangerously_trust_ark: Vec<PathBuf>,
+    /// Trust roots of the opencvm emulated secure processor. Evidence under them is
+    /// labelled `trust: "emulated"`: it is not from AMD hardware.
+    #[arg(long = "dangerously-trust-emulator")]
+    dangerously_trust_emulator: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -384,6 +388,9 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
     }
     let (vek, chain, crls) = collect_certs(a, &report)?;
     let mut anchors = TrustAnchors::amd();
+    if a.dangerously_trust_emulator {
+        anchors.dangerously_trust_emulator();
+    }
     for path in &a.dangerously_trust_ark {
         let ark = AmdCert::from_der_or_pem(&read(path)?)?;
         let product = ark
@@ -410,8 +417,10 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
     out["signer"] = json!(vek.kind().name());
     out["trust"] = match verified.trust() {
         RootTrust::Amd => json!("amd"),
+        RootTrust::Emulated => json!("emulated"),
         RootTrust::Dangerous { label } => json!(format!("dangerous:{label}")),
     };
+    out["emulated"] = json!(!verified.trust().is_amd());
     let mut reasons: Vec<Reason> = policy
         .evaluate(&verified)
         .into_iter()

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod evidence;
+mod snp_cmd;
 
 use std::process::ExitCode;
 
@@ -22,11 +23,15 @@ enum Command {
     /// Inspect and verify SEV-SNP attestation evidence.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// The emulated AMD secure processor: platforms, reports, launch measurements.
+    #[command(subcommand)]
+    Snp(snp_cmd::SnpCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Evidence(cmd) => evidence::run(cmd),
+        Command::Snp(cmd) => snp_cmd::run(cmd),
     }
 }

@@ -32,13 +32,21 @@ pub const AMD_ARK_SHA256: [(Product, &str); 3] = [
     ),
 ];
 
+/// The organizational unit in every certificate the opencvm emulator issues (instead
+/// of AMD's `Engineering`): it labels emulated evidence wherever it goes.
+pub const EMULATOR_OU: &str = "opencvm emulated AMD-SP";
+
 /// Where trust in a root comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RootTrust {
     /// One of AMD's pinned root keys.
     Amd,
-    /// A root the caller chose to trust with a `dangerous_*` option, such as the
-    /// emulated secure processor's. Evidence under it is not from AMD hardware.
+    /// An emulated secure processor's root, trusted because the caller enabled
+    /// [`TrustAnchors::dangerously_trust_emulator`]. The evidence is not from AMD
+    /// hardware.
+    Emulated,
+    /// A root the caller chose to trust with [`TrustAnchors::dangerous_add_root`].
+    /// Evidence under it is not from AMD hardware.
     Dangerous {
         /// The caller's label for the root (for example `emulator`).
         label: String,
@@ -63,6 +71,7 @@ struct Anchor {
 #[derive(Clone, Debug)]
 pub struct TrustAnchors {
     anchors: Vec<Anchor>,
+    emulator: bool,
 }
 
 impl Default for TrustAnchors {
@@ -86,7 +95,18 @@ impl TrustAnchors {
                 })
             })
             .collect();
-        TrustAnchors { anchors }
+        TrustAnchors {
+            anchors,
+            emulator: false,
+        }
+    }
+
+    /// Also trusts any root that says it is an emulated secure processor's (its
+    /// organizational unit is [`EMULATOR_OU`]). Evidence verified under it is marked
+    /// [`RootTrust::Emulated`]. Anyone can make such a root: use this only where
+    /// emulated evidence is acceptable (development, tests).
+    pub fn dangerously_trust_emulator(&mut self) {
+        self.emulator = true;
     }
 
     /// Also trusts a root that is not AMD's, identified by the SHA-256 of its DER
@@ -103,9 +123,30 @@ impl TrustAnchors {
         });
     }
 
-    fn find(&self, ark: &AmdCert) -> Option<&Anchor> {
+    fn find(&self, ark: &AmdCert) -> Result<Anchor, ChainError> {
         let fp = ark.sha256();
-        self.anchors.iter().find(|a| a.sha256 == fp)
+        if let Some(a) = self.anchors.iter().find(|a| a.sha256 == fp) {
+            return Ok(a.clone());
+        }
+        if is_emulated(ark) {
+            let product = ark
+                .subject_cn()
+                .strip_prefix("ARK-")
+                .and_then(|p| p.parse().ok());
+            return match (self.emulator, product) {
+                (true, Some(product)) => Ok(Anchor {
+                    product,
+                    sha256: fp,
+                    trust: RootTrust::Emulated,
+                }),
+                _ => Err(ChainError::EmulatedRoot {
+                    sha256: hex::encode(fp),
+                }),
+            };
+        }
+        Err(ChainError::UntrustedRoot {
+            sha256: hex::encode(fp),
+        })
     }
 }
 
@@ -121,6 +162,14 @@ pub enum ChainError {
     /// The ARK is not a trusted root.
     #[error("root certificate (sha256 {sha256}) is not a trusted AMD root")]
     UntrustedRoot {
+        /// Hex SHA-256 of the ARK's DER.
+        sha256: String,
+    },
+    /// The root is an emulated secure processor's and emulated roots are not trusted.
+    #[error(
+        "root certificate (sha256 {sha256}) is the opencvm emulator's, not AMD's: the evidence is emulated (trust it only with --dangerously-trust-emulator)"
+    )]
+    EmulatedRoot {
         /// Hex SHA-256 of the ARK's DER.
         sha256: String,
     },
@@ -290,6 +339,18 @@ impl fmt::Debug for VerifiedChain {
     }
 }
 
+/// Whether a certificate names the emulator's organizational unit.
+pub fn is_emulated(cert: &AmdCert) -> bool {
+    const OU: &str = "2.5.4.11";
+    cert.x509()
+        .tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .any(|atv| atv.oid.to_string() == OU && atv.value.value() == EMULATOR_OU.as_bytes())
+}
+
 /// Whether `c` is an ASK (`SEV-<product>`) or ASVK (`SEV-VLEK-<product>`) issued by
 /// an ARK, optionally of the CA kind for `kind`.
 fn is_signing_ca(c: &AmdCert, kind: Option<VekKind>) -> bool {
@@ -349,9 +410,7 @@ impl CertChain {
         at: i64,
     ) -> Result<VerifiedChain, ChainError> {
         let ark = &self.ark;
-        let anchor = anchors.find(ark).ok_or_else(|| ChainError::UntrustedRoot {
-            sha256: hex::encode(ark.sha256()),
-        })?;
+        let anchor = anchors.find(ark)?;
         let product = anchor.product;
         let want_ark = format!("ARK-{product}");
         if ark.subject_cn() != want_ark
@@ -400,7 +459,7 @@ impl CertChain {
         Ok(VerifiedChain {
             product,
             kind,
-            trust: anchor.trust.clone(),
+            trust: anchor.trust,
             ask_subject: ask.x509().tbs_certificate.subject.clone(),
             ask_key,
             ask_cn: ask.subject_cn().to_owned(),

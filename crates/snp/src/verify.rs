@@ -73,6 +73,7 @@ impl VerifyError {
                 ChainError::Missing(_) => "missing_collateral",
                 ChainError::Cert(_) => "bad_certificate",
                 ChainError::UntrustedRoot { .. } => "untrusted_root",
+                ChainError::EmulatedRoot { .. } => "emulated_root",
                 ChainError::Name { .. } | ChainError::Mismatch { .. } => "chain_mismatch",
                 ChainError::BadSignature { .. } => "chain_signature",
                 ChainError::Expired { .. } => "certificate_expired",

@@ -1,0 +1,278 @@
+//! `cvm snp`: the emulated AMD secure processor.
+//!
+//! Exit status: 0 success, 1 the platform refused (SEV-SNP disabled, policy refused),
+//! 2 usage or I/O errors.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use snp::Product;
+use snp_emu::guest::{GuestError, LaunchConfig};
+use snp_emu::platform::{Platform, PlatformConfig, PlatformError, pem};
+
+/// `cvm snp` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SnpCommand {
+    /// Create an emulated platform (chip identity, TCB, ARK/ASK/VCEK) in a directory.
+    Create(CreateArgs),
+    /// Show a platform's identity, TCB and certificates.
+    Show(ShowArgs),
+    /// Write the platform's roots (ASK then ARK) as PEM, for verifiers.
+    ExportRoots(ExportArgs),
+    /// Launch a guest and produce a signed attestation report (creates the platform
+    /// on first use).
+    Report(Box<ReportArgs>),
+    /// Compute the SEV-SNP launch digest of an OVMF image as QEMU launches it.
+    Measure(MeasureArgs),
+}
+
+/// Arguments of `cvm snp measure`.
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    /// The OVMF image (OVMF.fd, or AmdSev build for kernel hashes).
+    #[arg(long)]
+    ovmf: PathBuf,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// vCPU type, as QEMU's `-cpu` names it (EPYC-v4, EPYC-Milan, EPYC-Genoa, ...).
+    #[arg(long)]
+    vcpu_type: String,
+    /// Kernel measured into the hashes table (direct boot).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initrd measured into the hashes table.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line measured into the hashes table.
+    #[arg(long, requires = "kernel")]
+    append: Option<String>,
+    /// SEV features of the guest (VMSA sev_features), hex.
+    #[arg(long, default_value = "0x1")]
+    guest_features: String,
+}
+
+/// Arguments of `cvm snp create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The platform's state directory.
+    #[arg(long)]
+    platform: PathBuf,
+    /// The product to emulate.
+    #[arg(long, default_value = "Milan")]
+    product: Product,
+    /// Derive the chip identity and chip secret from this seed (hex), for tests.
+    #[arg(long)]
+    seed: Option<String>,
+    /// Emulate a host with SEV-SNP disabled (nothing launches there).
+    #[arg(long)]
+    snp_disabled: bool,
+}
+
+/// Arguments of `cvm snp show`.
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// The platform's state directory.
+    #[arg(long)]
+    platform: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `cvm snp export-roots`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The platform's state directory.
+    #[arg(long)]
+    platform: PathBuf,
+    /// Where to write the PEM (ASK, then ARK).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `cvm snp report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The platform's state directory (created on first use).
+    #[arg(long)]
+    platform: PathBuf,
+    /// The product, when the platform is created.
+    #[arg(long, default_value = "Milan")]
+    product: Product,
+    /// REPORT_DATA: up to 64 bytes of hex (zero-padded).
+    #[arg(long)]
+    report_data: String,
+    /// Where to write the 1184-byte report.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the VCEK, ASK and ARK as one PEM bundle.
+    #[arg(long)]
+    chain_out: Option<PathBuf>,
+    /// The guest policy (hex).
+    #[arg(long, default_value = "0x30000")]
+    policy: String,
+    /// The launch measurement (96 hex characters), as `cvm snp measure` prints it.
+    #[arg(long)]
+    measurement: Option<String>,
+    /// HOST_DATA (64 hex characters).
+    #[arg(long)]
+    host_data: Option<String>,
+    /// The VMPL the request comes from.
+    #[arg(long, default_value_t = 0)]
+    vmpl: u32,
+}
+
+/// Runs a `cvm snp` subcommand.
+pub fn run(cmd: SnpCommand) -> ExitCode {
+    let result = match cmd {
+        SnpCommand::Create(a) => create(&a),
+        SnpCommand::Show(a) => show(&a),
+        SnpCommand::ExportRoots(a) => export(&a),
+        SnpCommand::Report(a) => report(&a),
+        SnpCommand::Measure(a) => measure(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let refused = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<PlatformError>(),
+                    Some(PlatformError::SnpDisabled)
+                ) || matches!(
+                    c.downcast_ref::<GuestError>(),
+                    Some(GuestError::Policy(_) | GuestError::Platform(PlatformError::SnpDisabled))
+                )
+            });
+            ExitCode::from(if refused { 1 } else { 2 })
+        }
+    }
+}
+
+fn hex_fixed<const N: usize>(what: &str, s: &str, pad: bool) -> Result<[u8; N]> {
+    let s = s.trim().trim_start_matches("0x");
+    let bytes = hex::decode(s).with_context(|| format!("{what} is not hex"))?;
+    if bytes.len() > N || (!pad && bytes.len() != N) {
+        anyhow::bail!(
+            "{what} must be {} {N} bytes, got {}",
+            if pad { "at most" } else { "exactly" },
+            bytes.len()
+        );
+    }
+    let mut out = [0u8; N];
+    out[..bytes.len()].copy_from_slice(&bytes);
+    Ok(out)
+}
+
+fn open(dir: &Path) -> Result<Platform> {
+    Platform::open(dir).with_context(|| format!("opening platform {}", dir.display()))
+}
+
+fn create(a: &CreateArgs) -> Result<()> {
+    let mut config = PlatformConfig::new(a.product);
+    config.snp_enabled = !a.snp_disabled;
+    let seed = a
+        .seed
+        .as_deref()
+        .map(hex::decode)
+        .transpose()
+        .context("--seed is not hex")?;
+    let p = Platform::create(&a.platform, config, seed.as_deref())?;
+    println!(
+        "created emulated {} platform, chip id {}",
+        a.product,
+        hex::encode(p.chip_id())
+    );
+    Ok(())
+}
+
+fn show(a: &ShowArgs) -> Result<()> {
+    let p = open(&a.platform)?;
+    let c = p.config();
+    let out = json!({
+        "emulated": true,
+        "product": c.product.name(),
+        "chip_id": hex::encode(p.chip_id()),
+        "tcb": c.tcb(),
+        "firmware": c.firmware_version().to_string(),
+        "report_version": c.report_version,
+        "snp_enabled": c.snp_enabled,
+        "platform_info": format!("{:#x}", c.platform_info()),
+        "certificates": {
+            "vcek": pem("CERTIFICATE", p.vcek_der()),
+            "ask": pem("CERTIFICATE", p.ask_der()),
+            "ark": pem("CERTIFICATE", p.ark_der()),
+        },
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("emulated {} platform (not AMD hardware)", c.product);
+        println!("chip id:     {}", hex::encode(p.chip_id()));
+        println!("tcb:         {}", c.tcb());
+        println!("firmware:    {}", c.firmware_version());
+        println!(
+            "SEV-SNP:     {}",
+            if c.snp_enabled { "enabled" } else { "disabled" }
+        );
+    }
+    Ok(())
+}
+
+fn export(a: &ExportArgs) -> Result<()> {
+    let p = open(&a.platform)?;
+    let bundle = pem("CERTIFICATE", p.ask_der()) + &pem("CERTIFICATE", p.ark_der());
+    std::fs::write(&a.out, bundle).with_context(|| format!("writing {}", a.out.display()))
+}
+
+fn report(a: &ReportArgs) -> Result<()> {
+    let p = if a.platform.join("platform.json").exists() {
+        open(&a.platform)?
+    } else {
+        Platform::create(&a.platform, PlatformConfig::new(a.product), None)?
+    };
+    let policy = u64::from_str_radix(a.policy.trim().trim_start_matches("0x"), 16)
+        .context("--policy is not hex")?;
+    let mut launch = LaunchConfig {
+        policy,
+        ..LaunchConfig::default()
+    };
+    if let Some(m) = &a.measurement {
+        launch.measurement = hex_fixed("--measurement", m, false)?;
+    }
+    if let Some(h) = &a.host_data {
+        launch.host_data = hex_fixed("--host-data", h, false)?;
+    }
+    let report_data: [u8; 64] = hex_fixed("--report-data", &a.report_data, true)?;
+    let guest = p.launch(launch)?;
+    let report = p.get_report(&guest, &report_data, a.vmpl)?;
+    std::fs::write(&a.out, report).with_context(|| format!("writing {}", a.out.display()))?;
+    if let Some(chain) = &a.chain_out {
+        std::fs::write(chain, p.chain_pem())
+            .with_context(|| format!("writing {}", chain.display()))?;
+    }
+    Ok(())
+}
+
+fn measure(a: &MeasureArgs) -> Result<()> {
+    use snp_emu::ovmf::{MeasureOptions, VcpuType, measure_snp};
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let ovmf = read(&a.ovmf)?;
+    let opts = MeasureOptions {
+        vcpus: a.vcpus,
+        vcpu_type: a.vcpu_type.parse::<VcpuType>()?,
+        guest_features: u64::from_str_radix(a.guest_features.trim().trim_start_matches("0x"), 16)
+            .context("--guest-features is not hex")?,
+        kernel: a.kernel.as_deref().map(read).transpose()?,
+        initrd: a.initrd.as_deref().map(read).transpose()?,
+        append: a.append.clone(),
+    };
+    let digest =
+        measure_snp(&ovmf, &opts).with_context(|| format!("measuring {}", a.ovmf.display()))?;
+    println!("{}", hex::encode(digest));
+    Ok(())
+}

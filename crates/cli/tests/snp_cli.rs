@@ -1,0 +1,279 @@
+//! `cvm snp` as a process: emulated evidence is accepted by `cvm evidence verify` only
+//! with `--dangerously-trust-emulator`, and an SNP-disabled host refuses.
+
+// Test helpers outside #[test] functions may panic on bad fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+fn cvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(args)
+        .env("XDG_CACHE_HOME", "/nonexistent-opencvm-test")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn emulated_reports_verify_only_when_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    for product in ["Milan", "Genoa", "Turin"] {
+        let platform = d(&format!("platform-{product}"));
+        let (report, chain) = (d(&format!("{product}.bin")), d(&format!("{product}.pem")));
+        let out = cvm(&[
+            "snp",
+            "report",
+            "--platform",
+            &platform,
+            "--product",
+            product,
+            "--report-data",
+            "c0ffee",
+            "--out",
+            &report,
+            "--chain-out",
+            &chain,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::metadata(&report).unwrap().len(), 1184);
+
+        let out = cvm(&[
+            "evidence",
+            "verify",
+            &report,
+            "--chain",
+            &chain,
+            "--json",
+            "--offline",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["reasons"][0]["code"], "emulated_root");
+        assert!(
+            v["reasons"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("emulator")
+        );
+
+        let out = cvm(&[
+            "evidence",
+            "verify",
+            &report,
+            "--chain",
+            &chain,
+            "--json",
+            "--offline",
+            "--dangerously-trust-emulator",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["trust"], "emulated");
+        assert_eq!(v["emulated"], true);
+        assert_eq!(v["report"]["product"], product);
+        assert!(
+            v["report"]["report_data"]
+                .as_str()
+                .unwrap()
+                .starts_with("c0ffee00")
+        );
+
+        // An independent verifier (Python `cryptography`, no opencvm code) accepts it.
+        let oracle = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/oracles/verify_snp.py"
+        );
+        let out = Command::new("python3")
+            .args([oracle, &report, &chain])
+            .output()
+            .expect("python3 (CI installs it)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "OK",
+            "{product}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // The roots exported separately, with the VEK from the bundle.
+        let roots = d(&format!("{product}-roots.pem"));
+        assert!(
+            cvm(&[
+                "snp",
+                "export-roots",
+                "--platform",
+                &platform,
+                "--out",
+                &roots
+            ])
+            .status
+            .success()
+        );
+        let out = cvm(&[
+            "evidence",
+            "verify",
+            &report,
+            "--vek",
+            &chain,
+            "--chain",
+            &roots,
+            "--dangerously-trust-emulator",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+    }
+}
+
+#[test]
+fn snp_disabled_host_refuses_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = dir.path().join("p").display().to_string();
+    assert!(
+        cvm(&["snp", "create", "--platform", &platform, "--snp-disabled"])
+            .status
+            .success()
+    );
+    let out = cvm(&[
+        "snp",
+        "report",
+        "--platform",
+        &platform,
+        "--report-data",
+        "00",
+        "--out",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not SNP-capable"));
+    let out = cvm(&["snp", "show", "--platform", &platform, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["snp_enabled"], false);
+    assert_eq!(v["emulated"], true);
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = dir.path().join("p").display().to_string();
+    let out = cvm(&[
+        "snp",
+        "report",
+        "--platform",
+        &platform,
+        "--report-data",
+        "zz",
+        "--out",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let long = "00".repeat(65);
+    let out = cvm(&[
+        "snp",
+        "report",
+        "--platform",
+        &platform,
+        "--report-data",
+        &long,
+        "--out",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cvm(&["snp", "show", "--platform", "/nonexistent/platform"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn measured_launch_end_to_end() {
+    // The launch digest of Debian's OVMF, as `sev-snp-measure` computes it.
+    let ovmf = "/usr/share/ovmf/OVMF.fd";
+    let out = cvm(&[
+        "snp",
+        "measure",
+        "--ovmf",
+        ovmf,
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-Milan",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let theirs = Command::new("sev-snp-measure")
+        .args([
+            "--mode",
+            "snp",
+            "--vcpus",
+            "2",
+            "--vcpu-type",
+            "EPYC-Milan",
+            "--ovmf",
+            ovmf,
+            "--output-format",
+            "hex",
+        ])
+        .output()
+        .expect("sev-snp-measure (CI installs it with pip)");
+    assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout).trim());
+    assert_eq!(ours.len(), 96);
+
+    // A guest launched with that measurement; a policy allowing only it accepts it.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let out = cvm(&[
+        "snp",
+        "report",
+        "--platform",
+        &d("p"),
+        "--report-data",
+        "01",
+        "--measurement",
+        &ours,
+        "--out",
+        &d("r.bin"),
+        "--chain-out",
+        &d("c.pem"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        d("policy.toml"),
+        format!("allowed_measurements = [\"{ours}\"]\n"),
+    )
+    .unwrap();
+    let verify = |policy: &str| {
+        cvm(&[
+            "evidence",
+            "verify",
+            &d("r.bin"),
+            "--chain",
+            &d("c.pem"),
+            "--dangerously-trust-emulator",
+            "--policy",
+            policy,
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(verify(&d("policy.toml")), Some(0));
+    std::fs::write(
+        d("other.toml"),
+        format!("allowed_measurements = [\"{}\"]\n", "00".repeat(48)),
+    )
+    .unwrap();
+    assert_eq!(verify(&d("other.toml")), Some(1));
+}

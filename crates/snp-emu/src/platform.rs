@@ -1,0 +1,584 @@
+//! One emulated AMD secure processor per host: identity, key hierarchy, state.
+//!
+//! State lives in a directory: `platform.json` (identity and configuration),
+//! `keys/` (ARK and ASK PKCS#8, the chip secret; mode 0600) and `certs/` (ARK, ASK and
+//! one VCEK per TCB, DER). Every file is written atomically (temporary file, fsync,
+//! rename), so a crash leaves either the old or the new file. The VCEK is derived from
+//! the chip secret and the TCB, so a TCB change yields a new VCEK, as on hardware.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use snp::Product;
+use snp::report::FirmwareVersion;
+use snp::tcb::TcbVersion;
+
+use crate::certs::{self, CertSpec, IssueError, Role};
+
+/// Why a platform could not be created, opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// Reading or writing the state directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state directory holds something this version cannot use.
+    #[error("platform state {path} is invalid: {problem}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A platform already exists in the directory.
+    #[error("a platform already exists in {0}")]
+    Exists(PathBuf),
+    /// The configuration contradicts itself.
+    #[error("invalid platform configuration: {0}")]
+    Config(String),
+    /// Key generation or certificate issuance failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// SEV-SNP is disabled: the host is not SNP-capable.
+    #[error(
+        "SEV-SNP is not enabled on this host: it is not SNP-capable, so no guest can be launched or attested"
+    )]
+    SnpDisabled,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlatformError + '_ {
+    move |source| PlatformError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a platform is: product, TCB, firmware and platform flags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// The product emulated.
+    pub product: Product,
+    /// Boot loader SPL.
+    pub bootloader: u8,
+    /// TEE SPL.
+    pub tee: u8,
+    /// SNP firmware SPL.
+    pub snp: u8,
+    /// Microcode SPL.
+    pub microcode: u8,
+    /// FMC SPL (Turin only).
+    #[serde(default)]
+    pub fmc: Option<u8>,
+    /// Firmware version `major.minor.build`.
+    pub firmware: [u8; 3],
+    /// Report structure version the firmware emits (3 or 5).
+    pub report_version: u32,
+    /// SEV-SNP enabled in the BIOS and firmware.
+    pub snp_enabled: bool,
+    /// SMT enabled.
+    pub smt: bool,
+    /// Transparent SME enabled.
+    pub tsme: bool,
+    /// ECC memory.
+    pub ecc: bool,
+    /// Ciphertext hiding for DRAM enabled.
+    pub ciphertext_hiding: bool,
+}
+
+impl PlatformConfig {
+    /// A healthy, current-looking platform of `product`.
+    pub fn new(product: Product) -> Self {
+        let (bootloader, tee, snp, microcode, fmc, firmware, report_version) = match product {
+            Product::Milan => (4, 0, 24, 219, None, [1, 55, 29], 3),
+            Product::Genoa => (10, 0, 23, 25, None, [1, 55, 40], 3),
+            Product::Turin => (1, 1, 4, 5, Some(1), [1, 58, 2], 5),
+        };
+        PlatformConfig {
+            product,
+            bootloader,
+            tee,
+            snp,
+            microcode,
+            fmc,
+            firmware,
+            report_version,
+            snp_enabled: true,
+            smt: true,
+            tsme: false,
+            ecc: true,
+            ciphertext_hiding: false,
+        }
+    }
+
+    /// The TCB in the product's layout.
+    pub fn tcb(&self) -> TcbVersion {
+        match self.product {
+            Product::Turin => TcbVersion::turin(
+                self.fmc.unwrap_or(0),
+                self.bootloader,
+                self.tee,
+                self.snp,
+                self.microcode,
+            ),
+            _ => TcbVersion::milan_genoa(self.bootloader, self.tee, self.snp, self.microcode),
+        }
+    }
+
+    /// The firmware version.
+    pub fn firmware_version(&self) -> FirmwareVersion {
+        FirmwareVersion {
+            major: self.firmware[0],
+            minor: self.firmware[1],
+            build: self.firmware[2],
+        }
+    }
+
+    /// CPUID family, model, stepping of a CPU of this product.
+    pub fn cpuid(&self) -> (u8, u8, u8) {
+        match self.product {
+            Product::Milan => (0x19, 0x01, 0x01),
+            Product::Genoa => (0x19, 0x11, 0x01),
+            Product::Turin => (0x1A, 0x02, 0x00),
+        }
+    }
+
+    /// PLATFORM_INFO as the firmware reports it.
+    pub fn platform_info(&self) -> u64 {
+        u64::from(self.smt)
+            | u64::from(self.tsme) << 1
+            | u64::from(self.ecc) << 2
+            | u64::from(self.ciphertext_hiding) << 4
+            | 1 << 5
+    }
+
+    fn validate(&self) -> Result<(), PlatformError> {
+        if !matches!(self.report_version, 3 | 5) {
+            return Err(PlatformError::Config(format!(
+                "report_version must be 3 or 5, got {}",
+                self.report_version
+            )));
+        }
+        if (self.product == Product::Turin) != self.fmc.is_some() {
+            return Err(PlatformError::Config("fmc is set exactly for Turin".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    format: u32,
+    chip_id: String,
+    created: u64,
+    config: PlatformConfig,
+}
+
+const STATE_FORMAT: u32 = 1;
+/// Seven years, the validity AMD gives a VCEK.
+const VCEK_VALIDITY: u64 = 7 * 365 * 86_400;
+/// Twenty-five years, as AMD's ARK and ASK.
+const ROOT_VALIDITY: u64 = 25 * 365 * 86_400;
+
+/// An emulated AMD secure processor.
+pub struct Platform {
+    dir: PathBuf,
+    config: PlatformConfig,
+    chip_id: [u8; 64],
+    created: u64,
+    chip_secret: Zeroizing<[u8; 32]>,
+    ask: RsaKeyPair,
+    ark_cert: Vec<u8>,
+    ask_cert: Vec<u8>,
+    vcek: EcdsaKeyPair,
+    vcek_cert: Vec<u8>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("chip_id", &hex::encode(self.chip_id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes `data` to `path` atomically, with `mode` on Unix.
+pub(crate) fn write_atomic(path: &Path, data: &[u8], secret: bool) -> Result<(), PlatformError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hmac384(key: &[u8], parts: &[&[u8]]) -> [u8; 48] {
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA384, key);
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&k);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; 48];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// The VCEK for a TCB: a P-384 scalar derived from the chip secret and the TCB.
+fn derive_vcek(
+    secret: &[u8; 32],
+    product: Product,
+    tcb: TcbVersion,
+) -> Result<EcdsaKeyPair, PlatformError> {
+    for counter in 0u32..16 {
+        let scalar = Zeroizing::new(hmac384(
+            secret,
+            &[
+                b"opencvm VCEK",
+                product.name().as_bytes(),
+                &tcb.raw().to_le_bytes(),
+                &counter.to_le_bytes(),
+            ],
+        ));
+        // RFC 5915 ECPrivateKey { version 1, privateKey, [0] secp384r1 }.
+        let mut der = Zeroizing::new(vec![0x30, 0x3e, 0x02, 0x01, 0x01, 0x04, 0x30]);
+        der.extend_from_slice(&scalar[..]);
+        der.extend_from_slice(&[0xa0, 0x07, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]);
+        if let Ok(k) = EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_FIXED_SIGNING, &der) {
+            return Ok(k);
+        }
+    }
+    Err(PlatformError::Issue(IssueError::Signing))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PlatformError> {
+    fs::read(path).map_err(io(path))
+}
+
+impl Platform {
+    /// Creates a platform in `dir` (which must not hold one). With a `seed`, the chip
+    /// identity and chip secret (and so every VCEK) are derived from it; the RSA-4096
+    /// ARK and ASK are always freshly generated.
+    pub fn create(
+        dir: &Path,
+        config: PlatformConfig,
+        seed: Option<&[u8]>,
+    ) -> Result<Self, PlatformError> {
+        config.validate()?;
+        let state = dir.join("platform.json");
+        if state.exists() {
+            return Err(PlatformError::Exists(dir.to_owned()));
+        }
+        let mut chip_id = [0u8; 64];
+        let mut secret = Zeroizing::new([0u8; 32]);
+        match seed {
+            Some(seed) => {
+                let a = hmac384(seed, &[b"opencvm chip id"]);
+                let b = hmac384(seed, &[b"opencvm chip id 2"]);
+                chip_id[..48].copy_from_slice(&a);
+                chip_id[48..].copy_from_slice(&b[..16]);
+                secret.copy_from_slice(&hmac384(seed, &[b"opencvm chip secret"])[..32]);
+            }
+            None => {
+                aws_lc_rs::rand::fill(&mut chip_id).map_err(|_| IssueError::Signing)?;
+                aws_lc_rs::rand::fill(&mut secret[..]).map_err(|_| IssueError::Signing)?;
+            }
+        }
+        if config.product == Product::Turin {
+            // Turin's hwID is 8 bytes; the rest of CHIP_ID is zero.
+            chip_id[8..].fill(0);
+        }
+        let ark = RsaKeyPair::generate(KeySize::Rsa4096).map_err(|_| IssueError::Signing)?;
+        let ask = RsaKeyPair::generate(KeySize::Rsa4096).map_err(|_| IssueError::Signing)?;
+        let created = now().saturating_sub(86_400);
+        let ark_spki = certs::rsa_spki(&ark)?;
+        let ask_spki = certs::rsa_spki(&ask)?;
+        let product = config.product;
+        let ark_cert = certs::issue(
+            &CertSpec {
+                role: Role::Ark,
+                product,
+                serial: &[0x01, 0x00, 0x00],
+                not_before: created,
+                not_after: created + ROOT_VALIDITY,
+                subject_spki: &ark_spki,
+                issuer_spki: &ark_spki,
+                vcek: None,
+            },
+            &ark,
+        )?;
+        let ask_cert = certs::issue(
+            &CertSpec {
+                role: Role::Ask,
+                product,
+                serial: &[0x01, 0x00, 0x01],
+                not_before: created,
+                not_after: created + ROOT_VALIDITY,
+                subject_spki: &ask_spki,
+                issuer_spki: &ark_spki,
+                vcek: None,
+            },
+            &ark,
+        )?;
+        let pk8 = |k: &RsaKeyPair| -> Result<Zeroizing<Vec<u8>>, PlatformError> {
+            Ok(Zeroizing::new(
+                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(k)
+                    .map_err(|_| IssueError::Signing)?
+                    .as_ref()
+                    .to_vec(),
+            ))
+        };
+        write_atomic(&dir.join("keys/ark.p8"), &pk8(&ark)?, true)?;
+        write_atomic(&dir.join("keys/ask.p8"), &pk8(&ask)?, true)?;
+        write_atomic(&dir.join("keys/chip-secret"), &secret[..], true)?;
+        write_atomic(&dir.join("certs/ark.der"), &ark_cert, false)?;
+        write_atomic(&dir.join("certs/ask.der"), &ask_cert, false)?;
+        let file = StateFile {
+            format: STATE_FORMAT,
+            chip_id: hex::encode(chip_id),
+            created,
+            config,
+        };
+        let json =
+            serde_json::to_vec_pretty(&file).map_err(|e| PlatformError::Config(e.to_string()))?;
+        // platform.json last: its presence marks a complete platform.
+        write_atomic(&state, &json, false)?;
+        Self::open(dir)
+    }
+
+    /// Opens the platform in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, PlatformError> {
+        let state_path = dir.join("platform.json");
+        let bad = |problem: String| PlatformError::State {
+            path: state_path.clone(),
+            problem,
+        };
+        let state: StateFile =
+            serde_json::from_slice(&read(&state_path)?).map_err(|e| bad(e.to_string()))?;
+        if state.format != STATE_FORMAT {
+            return Err(bad(format!(
+                "format {} is not {STATE_FORMAT}",
+                state.format
+            )));
+        }
+        state.config.validate()?;
+        let mut chip_id = [0u8; 64];
+        hex::decode_to_slice(&state.chip_id, &mut chip_id)
+            .map_err(|e| bad(format!("chip_id: {e}")))?;
+        let secret_bytes = Zeroizing::new(read(&dir.join("keys/chip-secret"))?);
+        let mut chip_secret = Zeroizing::new([0u8; 32]);
+        if secret_bytes.len() != 32 {
+            return Err(bad("keys/chip-secret is not 32 bytes".into()));
+        }
+        chip_secret.copy_from_slice(&secret_bytes);
+        let load = |name: &str| -> Result<RsaKeyPair, PlatformError> {
+            let p = dir.join(name);
+            let der = Zeroizing::new(read(&p)?);
+            RsaKeyPair::from_pkcs8(&der).map_err(|e| PlatformError::State {
+                path: p,
+                problem: e.to_string(),
+            })
+        };
+        // The ARK key (keys/ark.p8) is needed only to issue ASKs and CRLs, not to run.
+        let ask = load("keys/ask.p8")?;
+        let ark_cert = read(&dir.join("certs/ark.der"))?;
+        let ask_cert = read(&dir.join("certs/ask.der"))?;
+        let vcek = derive_vcek(&chip_secret, state.config.product, state.config.tcb())?;
+        let mut p = Platform {
+            dir: dir.to_owned(),
+            config: state.config,
+            chip_id,
+            created: state.created,
+            chip_secret,
+            ask,
+            ark_cert,
+            ask_cert,
+            vcek,
+            vcek_cert: Vec::new(),
+        };
+        p.vcek_cert = p.load_or_issue_vcek_cert()?;
+        Ok(p)
+    }
+
+    /// Opens the platform in `dir`, creating it with `config` if there is none.
+    pub fn open_or_create(dir: &Path, config: PlatformConfig) -> Result<Self, PlatformError> {
+        if dir.join("platform.json").exists() {
+            Self::open(dir)
+        } else {
+            Self::create(dir, config, None)
+        }
+    }
+
+    fn load_or_issue_vcek_cert(&self) -> Result<Vec<u8>, PlatformError> {
+        let tcb = self.config.tcb();
+        let path = self.dir.join(format!("certs/vcek-{:016x}.der", tcb.raw()));
+        if let Ok(der) = fs::read(&path) {
+            return Ok(der);
+        }
+        let spki = self
+            .vcek
+            .public_key()
+            .as_der()
+            .map_err(|_| IssueError::Signing)?;
+        let ask_spki = certs::rsa_spki(&self.ask)?;
+        let cert = certs::issue(
+            &CertSpec {
+                role: Role::Vcek,
+                product: self.config.product,
+                serial: &[0],
+                not_before: self.created,
+                not_after: self.created + VCEK_VALIDITY,
+                subject_spki: spki.as_ref(),
+                issuer_spki: &ask_spki,
+                vcek: Some((self.hw_id(), tcb)),
+            },
+            &self.ask,
+        )?;
+        write_atomic(&path, &cert, false)?;
+        Ok(cert)
+    }
+
+    /// Changes the platform's TCB (a firmware or microcode update): a new VCEK.
+    pub fn set_tcb(&mut self, tcb: TcbVersion) -> Result<(), PlatformError> {
+        if tcb.layout() != self.config.product.tcb_layout() {
+            return Err(PlatformError::Config(
+                "TCB layout does not match the product".into(),
+            ));
+        }
+        let mut config = self.config.clone();
+        config.bootloader = tcb.bootloader();
+        config.tee = tcb.tee();
+        config.snp = tcb.snp();
+        config.microcode = tcb.microcode();
+        config.fmc = tcb.fmc();
+        self.reconfigure(config)
+    }
+
+    /// Replaces the platform configuration (same product), persisting it.
+    pub fn reconfigure(&mut self, config: PlatformConfig) -> Result<(), PlatformError> {
+        config.validate()?;
+        if config.product != self.config.product {
+            return Err(PlatformError::Config(
+                "a platform's product cannot change".into(),
+            ));
+        }
+        let file = StateFile {
+            format: STATE_FORMAT,
+            chip_id: hex::encode(self.chip_id),
+            created: self.created,
+            config: config.clone(),
+        };
+        let json =
+            serde_json::to_vec_pretty(&file).map_err(|e| PlatformError::Config(e.to_string()))?;
+        write_atomic(&self.dir.join("platform.json"), &json, false)?;
+        self.vcek = derive_vcek(&self.chip_secret, config.product, config.tcb())?;
+        self.config = config;
+        self.vcek_cert = self.load_or_issue_vcek_cert()?;
+        Ok(())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PlatformConfig {
+        &self.config
+    }
+    /// The 64-byte chip identifier (Turin: 8 significant bytes).
+    pub fn chip_id(&self) -> &[u8; 64] {
+        &self.chip_id
+    }
+    /// The hwID in the VCEK: the chip ID, or its first 8 bytes on Turin.
+    pub fn hw_id(&self) -> &[u8] {
+        match self.config.product {
+            Product::Turin => &self.chip_id[..8],
+            _ => &self.chip_id,
+        }
+    }
+    /// The ARK certificate (DER).
+    pub fn ark_der(&self) -> &[u8] {
+        &self.ark_cert
+    }
+    /// The ASK certificate (DER).
+    pub fn ask_der(&self) -> &[u8] {
+        &self.ask_cert
+    }
+    /// The VCEK certificate for the current TCB (DER).
+    pub fn vcek_der(&self) -> &[u8] {
+        &self.vcek_cert
+    }
+    /// The VCEK key pair for the current TCB.
+    pub(crate) fn vcek_key(&self) -> &EcdsaKeyPair {
+        &self.vcek
+    }
+    /// The chip secret, from which derived keys come.
+    pub(crate) fn chip_secret(&self) -> &[u8; 32] {
+        &self.chip_secret
+    }
+
+    /// Fails with [`PlatformError::SnpDisabled`] unless SEV-SNP is enabled.
+    pub fn require_snp(&self) -> Result<(), PlatformError> {
+        if self.config.snp_enabled {
+            Ok(())
+        } else {
+            Err(PlatformError::SnpDisabled)
+        }
+    }
+
+    /// VCEK, ASK and ARK as one PEM bundle.
+    pub fn chain_pem(&self) -> String {
+        [
+            ("VCEK", self.vcek_der()),
+            ("ASK", self.ask_der()),
+            ("ARK", self.ark_der()),
+        ]
+        .iter()
+        .map(|(_, der)| pem("CERTIFICATE", der))
+        .collect()
+    }
+}
+
+/// PEM-encodes DER with 64-column lines.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

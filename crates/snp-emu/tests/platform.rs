@@ -1,0 +1,307 @@
+//! The emulated secure processor end to end: its reports verify with the `snp`
+//! verifier only when emulator roots are trusted, every field round-trips, TCB changes
+//! rotate the VCEK, SNP-disabled hosts refuse, derived keys behave.
+
+// Test helpers outside #[test] functions may panic on bad fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use snp::Product;
+use snp::cert::{Vek, parse_bundle};
+use snp::chain::{CertChain, ChainError, RootTrust, TrustAnchors};
+use snp::verify::{Verifier, VerifyError};
+use snp_emu::guest::{FieldSelect, GuestError, LaunchConfig};
+use snp_emu::platform::{Platform, PlatformConfig, PlatformError};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn verify(
+    p: &Platform,
+    report: &[u8],
+    emulator: bool,
+) -> Result<snp::verify::VerifiedReport, VerifyError> {
+    let certs = parse_bundle(p.chain_pem().as_bytes()).unwrap();
+    let vek = Vek::from_cert(certs[0].clone()).unwrap();
+    let chain = CertChain::from_certs(&certs).unwrap();
+    let mut anchors = TrustAnchors::amd();
+    if emulator {
+        anchors.dangerously_trust_emulator();
+    }
+    let r = snp::AttestationReport::parse(report).unwrap();
+    Verifier::new(anchors).verify(&r, &vek, &chain, now())
+}
+
+#[test]
+fn every_product_verifies_only_with_emulator_roots_trusted() {
+    for product in Product::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Platform::create(dir.path(), PlatformConfig::new(product), Some(b"seed")).unwrap();
+        let guest = p.launch(LaunchConfig::default()).unwrap();
+        let rd = [7u8; 64];
+        let report = p.get_report(&guest, &rd, 0).unwrap();
+        let v = verify(&p, &report, true).unwrap_or_else(|e| panic!("{product}: {e}"));
+        assert_eq!(v.trust(), &RootTrust::Emulated);
+        assert_eq!(v.product(), product);
+        assert_eq!(v.report().report_data(), &rd);
+        let e = verify(&p, &report, false).unwrap_err();
+        assert!(
+            matches!(e, VerifyError::Chain(ChainError::EmulatedRoot { .. })),
+            "{product}: {e}"
+        );
+        assert!(e.to_string().contains("emulator"), "{e}");
+        assert_eq!(e.code(), "emulated_root");
+    }
+}
+
+#[test]
+fn fields_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::new(Product::Genoa);
+    config.tsme = true;
+    let p = Platform::create(dir.path(), config, None).unwrap();
+    let launch = LaunchConfig {
+        policy: 0x3_001f | 1 << 18,
+        measurement: [0xab; 48],
+        host_data: [0xcd; 32],
+        family_id: [1; 16],
+        image_id: [2; 16],
+        guest_svn: 9,
+        id_key_digest: [3; 48],
+        author_key_digest: [4; 48],
+        mask_chip_id: false,
+    };
+    let guest = p.launch(launch.clone()).unwrap();
+    let report = p.get_report(&guest, &[5; 64], 2).unwrap();
+    let v = verify(&p, &report, true).unwrap();
+    let r = v.report();
+    assert_eq!(r.version().number(), 3);
+    assert_eq!(r.policy().raw(), launch.policy);
+    assert!(r.policy().migrate_ma());
+    assert_eq!(r.measurement(), &launch.measurement);
+    assert_eq!(r.host_data(), &launch.host_data);
+    assert_eq!(r.family_id(), &launch.family_id);
+    assert_eq!(r.image_id(), &launch.image_id);
+    assert_eq!(r.guest_svn(), 9);
+    assert_eq!(r.id_key_digest(), &launch.id_key_digest);
+    assert_eq!(r.author_key_digest(), &launch.author_key_digest);
+    assert!(r.author_key_en());
+    assert_eq!(r.vmpl(), 2);
+    assert_eq!(r.chip_id(), p.chip_id());
+    assert_eq!(r.report_id(), guest.report_id());
+    assert_eq!(r.reported_tcb(), p.config().tcb());
+    assert_eq!(r.launch_tcb(), p.config().tcb());
+    assert!(r.platform_info().tsme_enabled() && r.platform_info().smt_enabled());
+    assert_eq!(r.current_firmware(), p.config().firmware_version());
+    assert_eq!(r.cpuid().map(|c| (c.family, c.model)), Some((0x19, 0x11)));
+
+    // Turin: version 5 layout, 8-byte hwID, fmc in the TCB.
+    let dir = tempfile::tempdir().unwrap();
+    let t = Platform::create(dir.path(), PlatformConfig::new(Product::Turin), None).unwrap();
+    let g = t
+        .launch(LaunchConfig {
+            mask_chip_id: true,
+            ..LaunchConfig::default()
+        })
+        .unwrap();
+    let v = verify(&t, &t.get_report(&g, &[0; 64], 0).unwrap(), true).unwrap();
+    assert_eq!(v.report().version().number(), 5);
+    assert_eq!(v.report().chip_id(), &[0; 64], "masked");
+    assert_eq!(v.report().reported_tcb().fmc(), Some(1));
+}
+
+#[test]
+fn state_persists_and_a_tcb_change_rotates_the_vcek() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p =
+        Platform::create(dir.path(), PlatformConfig::new(Product::Milan), Some(b"x")).unwrap();
+    let (chip, vcek) = (*p.chip_id(), p.vcek_der().to_vec());
+    assert!(matches!(
+        Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None),
+        Err(PlatformError::Exists(_))
+    ));
+    let reopened = Platform::open(dir.path()).unwrap();
+    assert_eq!(
+        (reopened.chip_id(), reopened.vcek_der()),
+        (&chip, &vcek[..])
+    );
+    // The same seed gives the same chip and the same VCEK key.
+    let dir2 = tempfile::tempdir().unwrap();
+    let twin =
+        Platform::create(dir2.path(), PlatformConfig::new(Product::Milan), Some(b"x")).unwrap();
+    assert_eq!(twin.chip_id(), &chip);
+    let key = |p: &Platform| {
+        Vek::parse(p.vcek_der())
+            .unwrap()
+            .cert()
+            .public_key_bits()
+            .to_vec()
+    };
+    assert_eq!(key(&twin), key(&reopened));
+
+    let newer = snp::TcbVersion::milan_genoa(4, 0, 25, 220);
+    p.set_tcb(newer).unwrap();
+    assert_ne!(key(&p), key(&reopened), "new TCB, new VCEK");
+    let g = p.launch(LaunchConfig::default()).unwrap();
+    let v = verify(&p, &p.get_report(&g, &[0; 64], 0).unwrap(), true).unwrap();
+    assert_eq!(v.report().reported_tcb(), newer);
+    // An old-TCB VCEK does not verify a new-TCB report.
+    let old = Vek::parse(&vcek).unwrap();
+    let certs = parse_bundle(p.chain_pem().as_bytes()).unwrap();
+    let chain = CertChain::from_certs(&certs).unwrap();
+    let mut anchors = TrustAnchors::amd();
+    anchors.dangerously_trust_emulator();
+    let r = snp::AttestationReport::parse(&p.get_report(&g, &[0; 64], 0).unwrap()).unwrap();
+    assert!(matches!(
+        Verifier::new(anchors).verify(&r, &old, &chain, now()),
+        Err(VerifyError::TcbMismatch { .. })
+    ));
+    assert_eq!(Platform::open(dir.path()).unwrap().config().tcb(), newer);
+}
+
+#[test]
+fn snp_disabled_host_launches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::new(Product::Milan);
+    config.snp_enabled = false;
+    let p = Platform::create(dir.path(), config, None).unwrap();
+    let e = p.launch(LaunchConfig::default()).unwrap_err();
+    assert!(matches!(
+        e,
+        GuestError::Platform(PlatformError::SnpDisabled)
+    ));
+    assert!(e.to_string().contains("not SNP-capable"), "{e}");
+}
+
+#[test]
+fn launch_refuses_policies_the_platform_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None).unwrap();
+    for (policy, why) in [
+        (0x1_0000u64, "bit 17"),
+        (0x2_0000, "SMT"),
+        (0x3_0000 | 1 << 24, "ciphertext hiding"),
+        (0x3_0000 | 0x0200, "ABI"),
+        (0x3_0000 | 1 << 40, "reserved"),
+    ] {
+        let e = p
+            .launch(LaunchConfig {
+                policy,
+                ..LaunchConfig::default()
+            })
+            .unwrap_err();
+        assert!(matches!(e, GuestError::Policy(_)), "{policy:#x}: {e}");
+        let _ = why;
+    }
+    // A debug guest launches (the verifier's policy decides about it).
+    p.launch(LaunchConfig {
+        policy: 0x3_0000 | 1 << 19,
+        ..LaunchConfig::default()
+    })
+    .unwrap();
+}
+
+#[test]
+fn derived_keys_are_stable_and_bound_to_selected_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), Some(b"k")).unwrap();
+    let base = LaunchConfig {
+        guest_svn: 3,
+        measurement: [1; 48],
+        ..LaunchConfig::default()
+    };
+    let g = p.launch(base.clone()).unwrap();
+    let all = FieldSelect {
+        policy: true,
+        image_id: true,
+        family_id: true,
+        measurement: true,
+        guest_svn: true,
+        tcb_version: true,
+    };
+    let tcb = p.config().tcb().raw();
+    let k = p.get_derived_key(&g, all, 0, 3, tcb).unwrap();
+    assert_eq!(
+        *k,
+        *p.get_derived_key(&g, all, 0, 3, tcb).unwrap(),
+        "stable"
+    );
+    assert_ne!(*k, *p.get_derived_key(&g, all, 1, 3, tcb).unwrap(), "VMPL");
+    assert_ne!(
+        *k,
+        *p.get_derived_key(&g, all, 0, 2, tcb).unwrap(),
+        "guest SVN"
+    );
+    assert_ne!(
+        *k,
+        *p.get_derived_key(&g, all, 0, 3, tcb - 1).unwrap(),
+        "TCB"
+    );
+    assert!(
+        p.get_derived_key(&g, all, 0, 4, tcb).is_err(),
+        "newer SVN than the guest's"
+    );
+    for change in [
+        LaunchConfig {
+            measurement: [2; 48],
+            ..base.clone()
+        },
+        LaunchConfig {
+            policy: 0x3_0001,
+            ..base.clone()
+        },
+        LaunchConfig {
+            image_id: [9; 16],
+            ..base.clone()
+        },
+        LaunchConfig {
+            family_id: [9; 16],
+            ..base.clone()
+        },
+    ] {
+        let other = p.launch(change).unwrap();
+        assert_ne!(*k, *p.get_derived_key(&other, all, 0, 3, tcb).unwrap());
+    }
+    // A field that is not selected does not matter.
+    let none = FieldSelect::default();
+    let other = p
+        .launch(LaunchConfig {
+            measurement: [2; 48],
+            ..base.clone()
+        })
+        .unwrap();
+    assert_eq!(
+        *p.get_derived_key(&g, none, 0, 0, 0).unwrap(),
+        *p.get_derived_key(&other, none, 0, 0, 0).unwrap()
+    );
+    // Another chip derives other keys.
+    let dir2 = tempfile::tempdir().unwrap();
+    let q = Platform::create(
+        dir2.path(),
+        PlatformConfig::new(Product::Milan),
+        Some(b"other"),
+    )
+    .unwrap();
+    let gq = q.launch(base).unwrap();
+    assert_ne!(*k, *q.get_derived_key(&gq, all, 0, 3, tcb).unwrap());
+}
+
+#[test]
+fn extended_report_carries_the_certificate_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None).unwrap();
+    let g = p.launch(LaunchConfig::default()).unwrap();
+    let (report, table) = p.get_ext_report(&g, &[1; 64], 0).unwrap();
+    let certs = parse_bundle(&table).unwrap();
+    let vek = Vek::from_cert(certs[0].clone()).unwrap();
+    let chain = CertChain::from_certs(&certs).unwrap();
+    let mut anchors = TrustAnchors::amd();
+    anchors.dangerously_trust_emulator();
+    let r = snp::AttestationReport::parse(&report).unwrap();
+    Verifier::new(anchors)
+        .verify(&r, &vek, &chain, now())
+        .unwrap();
+}
