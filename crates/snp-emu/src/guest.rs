@@ -11,6 +11,8 @@ use zeroize::Zeroizing;
 
 use snp::report::{REPORT_LEN, SIGNED_LEN};
 
+use crate::idblock::{IdAuth, IdBlock, IdError};
+use crate::launch::{LaunchDigest, LaunchError, PAGE_SIZE, PageType};
 use crate::platform::{Platform, PlatformError};
 
 /// Why a guest could not be launched or served.
@@ -28,6 +30,86 @@ pub enum GuestError {
     /// Signing failed.
     #[error("signing the report failed")]
     Signing,
+    /// LAUNCH_UPDATE refused a page.
+    #[error("LAUNCH_UPDATE refused: {0}")]
+    Update(#[from] LaunchError),
+    /// LAUNCH_FINISH refused the ID block or its authentication.
+    #[error("LAUNCH_FINISH refused the ID block: {0}")]
+    IdBlock(String),
+}
+
+impl From<IdError> for GuestError {
+    fn from(e: IdError) -> Self {
+        GuestError::IdBlock(e.to_string())
+    }
+}
+
+/// A launch between LAUNCH_START and LAUNCH_FINISH.
+#[derive(Debug)]
+pub struct LaunchContext<'p> {
+    platform: &'p Platform,
+    policy: u64,
+    digest: LaunchDigest,
+}
+
+impl LaunchContext<'_> {
+    /// LAUNCH_UPDATE: measures one page of `page_type` at `gpa` (contents for normal
+    /// and VMSA pages only).
+    pub fn update(
+        &mut self,
+        gpa: u64,
+        page_type: PageType,
+        page: Option<&[u8; PAGE_SIZE]>,
+    ) -> Result<(), GuestError> {
+        Ok(self.digest.update(gpa, page_type, page)?)
+    }
+
+    /// The launch digest so far.
+    pub fn measurement(&self) -> [u8; 48] {
+        self.digest.digest()
+    }
+
+    /// LAUNCH_FINISH: with an ID block, its signature (and the author key's over the
+    /// ID key) must verify, its launch digest must equal the measurement and its policy
+    /// the launch policy; the report then carries its family, image, SVN and key
+    /// digests.
+    pub fn finish(
+        self,
+        id: Option<(&IdBlock, &IdAuth)>,
+        host_data: [u8; 32],
+        mask_chip_id: bool,
+    ) -> Result<Guest, GuestError> {
+        let measurement = self.measurement();
+        let mut config = LaunchConfig {
+            policy: self.policy,
+            measurement,
+            host_data,
+            mask_chip_id,
+            ..LaunchConfig::default()
+        };
+        if let Some((block, auth)) = id {
+            auth.verify(block)?;
+            if block.ld != measurement {
+                return Err(GuestError::IdBlock(format!(
+                    "its launch digest {} is not the measurement {}",
+                    hex::encode(block.ld),
+                    hex::encode(measurement)
+                )));
+            }
+            if block.policy != self.policy {
+                return Err(GuestError::IdBlock(format!(
+                    "its policy {:#x} is not the launch policy {:#x}",
+                    block.policy, self.policy
+                )));
+            }
+            config.family_id = block.family_id;
+            config.image_id = block.image_id;
+            config.guest_svn = block.guest_svn;
+            config.id_key_digest = auth.id_key_digest();
+            config.author_key_digest = auth.author_key_digest();
+        }
+        self.platform.launch(config)
+    }
 }
 
 /// What the host supplies at launch.
@@ -107,12 +189,11 @@ pub struct FieldSelect {
 }
 
 impl Platform {
-    /// LAUNCH_START..LAUNCH_FINISH: checks the policy against the platform and
-    /// records the guest.
-    pub fn launch(&self, config: LaunchConfig) -> Result<Guest, GuestError> {
+    /// LAUNCH_START: checks `policy` against the platform.
+    fn check_policy(&self, policy: u64) -> Result<(), GuestError> {
         self.require_snp()?;
-        let p = snp::report::GuestPolicy::new(config.policy)
-            .map_err(|e| GuestError::Policy(e.to_string()))?;
+        let p =
+            snp::report::GuestPolicy::new(policy).map_err(|e| GuestError::Policy(e.to_string()))?;
         let pc = self.config();
         if !p.mbo() {
             return Err(GuestError::Policy("policy bit 17 must be one".into()));
@@ -137,12 +218,30 @@ impl Platform {
                 "policy requires ciphertext hiding, which the platform lacks".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// LAUNCH_START..LAUNCH_FINISH in one step, for a host that measured the guest
+    /// itself (for example with [`crate::ovmf::measure_snp`]): checks the policy and
+    /// records the guest with the given fields.
+    pub fn launch(&self, config: LaunchConfig) -> Result<Guest, GuestError> {
+        self.check_policy(config.policy)?;
         let mut report_id = [0u8; 32];
         aws_lc_rs::rand::fill(&mut report_id).map_err(|_| GuestError::Signing)?;
         Ok(Guest {
             config,
-            launch_tcb: pc.tcb().raw(),
+            launch_tcb: self.config().tcb().raw(),
             report_id,
+        })
+    }
+
+    /// LAUNCH_START: begins a launch whose pages are measured as they are added.
+    pub fn launch_start(&self, policy: u64) -> Result<LaunchContext<'_>, GuestError> {
+        self.check_policy(policy)?;
+        Ok(LaunchContext {
+            platform: self,
+            policy,
+            digest: LaunchDigest::new(),
         })
     }
 

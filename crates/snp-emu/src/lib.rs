@@ -7,13 +7,16 @@
 //! - [`launch`]: the launch digest (chained SHA-384 of PAGE_INFO structures).
 //! - [`ovmf`] and [`vmsa`]: a measured launch of an OVMF image as QEMU performs it.
 //! - [`platform`]: the emulated AMD-SP: chip identity, TCB, key hierarchy, state.
-//! - [`guest`]: launch with a policy, reports, extended reports, derived keys.
+//! - [`guest`]: launch with a policy (page by page, with an ID block), reports,
+//!   extended reports, derived keys.
+//! - [`idblock`]: the ID block and ID authentication structure.
 //! - `certs`: certificates in AMD's shapes under the emulator's roots.
 
 #![forbid(unsafe_code)]
 
 mod certs;
 pub mod guest;
+pub mod idblock;
 pub mod platform;
 
 pub mod launch;
