@@ -3,8 +3,11 @@
 // Test helpers outside #[test] functions may panic on bad fixtures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::cvm;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -17,15 +20,6 @@ fn td(rel: &str) -> String {
 }
 
 const AT: &str = "2025-08-01T00:00:00Z";
-
-fn cvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(args)
-        // No test may reach the network or a user's cache.
-        .env("XDG_CACHE_HOME", "/nonexistent-opencvm-test")
-        .output()
-        .unwrap()
-}
 
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

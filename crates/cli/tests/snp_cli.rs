@@ -4,15 +4,10 @@
 // Test helpers outside #[test] functions may panic on bad fixtures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Output};
+mod common;
+use common::cvm;
 
-fn cvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(args)
-        .env("XDG_CACHE_HOME", "/nonexistent-opencvm-test")
-        .output()
-        .unwrap()
-}
+use std::process::{Command, Output};
 
 #[test]
 fn emulated_reports_verify_only_when_trusted() {

@@ -131,7 +131,7 @@ pub struct LaunchConfig {
     pub id_key_digest: [u8; 48],
     /// SHA-384 of the author key, or zero.
     pub author_key_digest: [u8; 48],
-    /// Mask CHIP_ID in reports (the guest asked, through its policy or config).
+    /// Mask CHIP_ID in reports (MASK_CHIP_ID): the field is all zero.
     pub mask_chip_id: bool,
 }
 
@@ -274,7 +274,8 @@ impl Platform {
         put(&mut b, 0x38, &tcb);
         put(&mut b, 0x40, &pc.platform_info().to_le_bytes());
         let author_key_en = c.author_key_digest != [0; 48];
-        let key_info = u32::from(author_key_en) | u32::from(c.mask_chip_id) << 1;
+        // SIGNING_KEY = VCEK (0); MASK_CHIP_KEY (bit 1) stays clear: the VCEK signs.
+        let key_info = u32::from(author_key_en);
         put(&mut b, 0x48, &key_info.to_le_bytes());
         put(&mut b, 0x50, report_data);
         put(&mut b, 0x90, &c.measurement);

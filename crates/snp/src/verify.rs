@@ -6,7 +6,8 @@
 //! 2. the chain's root is pinned, each link is signed and valid at the given time,
 //!    and nothing is revoked by the CRLs given;
 //! 3. the VEK is the kind the report names (VCEK or VLEK), its SPLs equal
-//!    `REPORTED_TCB` and, for a VCEK, its hwID equals `CHIP_ID` (unless masked);
+//!    `REPORTED_TCB` and, for a VCEK, its hwID equals `CHIP_ID` (unless the guest
+//!    masked CHIP_ID, which then is all zero);
 //! 4. the ECDSA P-384/SHA-384 signature verifies over report bytes `0x000..0x2A0`
 //!    exactly as received.
 //!
@@ -261,7 +262,10 @@ impl Verifier {
                 vek: vek.tcb(),
             });
         }
-        if signer == VekKind::Vcek && !report.mask_chip_key() {
+        // A guest launched with MASK_CHIP_ID has an all-zero CHIP_ID: nothing to
+        // compare, and the VCEK's signature still binds the report to that chip.
+        let chip_id_masked = report.chip_id().iter().all(|&b| b == 0);
+        if signer == VekKind::Vcek && !chip_id_masked {
             let hw_id = vek.extensions().hw_id.as_deref().unwrap_or_default();
             let chip = report.chip_id();
             if hw_id.is_empty() || chip.get(..hw_id.len()) != Some(hw_id) {
