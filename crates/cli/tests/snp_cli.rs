@@ -7,7 +7,7 @@
 mod common;
 use common::cvm;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 #[test]
 fn emulated_reports_verify_only_when_trusted() {
