@@ -70,6 +70,61 @@ pub struct CreateArgs {
     /// Emulate a host with SEV-SNP disabled (nothing launches there).
     #[arg(long)]
     snp_disabled: bool,
+    /// The TCB: `bootloader=N,tee=N,snp=N,microcode=N` (and `fmc=N` on Turin); parts
+    /// not named keep the product's default.
+    #[arg(long)]
+    tcb: Option<String>,
+    /// The firmware version `major.minor.build`.
+    #[arg(long)]
+    firmware: Option<String>,
+    /// Disable SMT on the platform.
+    #[arg(long)]
+    no_smt: bool,
+    /// Enable transparent SME.
+    #[arg(long)]
+    tsme: bool,
+    /// Enable ciphertext hiding.
+    #[arg(long)]
+    ciphertext_hiding: bool,
+}
+
+/// Applies `--tcb` and `--firmware` to a configuration.
+fn apply_tcb_and_firmware(
+    config: &mut PlatformConfig,
+    tcb: Option<&str>,
+    firmware: Option<&str>,
+) -> Result<()> {
+    for part in tcb
+        .into_iter()
+        .flat_map(|t| t.split(','))
+        .filter(|p| !p.trim().is_empty())
+    {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--tcb part {part:?} is not name=value"))?;
+        let value: u8 = value
+            .trim()
+            .parse()
+            .with_context(|| format!("--tcb {name} is not 0..=255"))?;
+        match name.trim() {
+            "bootloader" => config.bootloader = value,
+            "tee" => config.tee = value,
+            "snp" => config.snp = value,
+            "microcode" => config.microcode = value,
+            "fmc" if config.product == Product::Turin => config.fmc = Some(value),
+            other => anyhow::bail!("--tcb has no part {other:?} for {}", config.product),
+        }
+    }
+    if let Some(fw) = firmware {
+        let parts: Vec<u8> = fw
+            .split('.')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--firmware {fw:?} is not major.minor.build"))?;
+        config.firmware = <[u8; 3]>::try_from(parts)
+            .map_err(|_| anyhow::anyhow!("--firmware {fw:?} is not major.minor.build"))?;
+    }
+    Ok(())
 }
 
 /// Arguments of `cvm snp show`.
@@ -175,6 +230,10 @@ fn open(dir: &Path) -> Result<Platform> {
 fn create(a: &CreateArgs) -> Result<()> {
     let mut config = PlatformConfig::new(a.product);
     config.snp_enabled = !a.snp_disabled;
+    config.smt = !a.no_smt;
+    config.tsme = a.tsme;
+    config.ciphertext_hiding = a.ciphertext_hiding;
+    apply_tcb_and_firmware(&mut config, a.tcb.as_deref(), a.firmware.as_deref())?;
     let seed = a
         .seed
         .as_deref()

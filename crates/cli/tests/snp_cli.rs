@@ -272,3 +272,101 @@ fn measured_launch_end_to_end() {
     .unwrap();
     assert_eq!(verify(&d("other.toml")), Some(1));
 }
+
+#[test]
+fn configured_tcb_and_firmware_reach_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let out = cvm(&[
+        "snp",
+        "create",
+        "--platform",
+        &d("p"),
+        "--product",
+        "Turin",
+        "--tcb",
+        "fmc=2,bootloader=3,snp=9,microcode=77",
+        "--firmware",
+        "1.57.3",
+        "--tsme",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cvm(&[
+        "snp",
+        "report",
+        "--platform",
+        &d("p"),
+        "--report-data",
+        "aa",
+        "--out",
+        &d("r.bin"),
+        "--chain-out",
+        &d("c.pem"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cvm(&[
+        "evidence",
+        "verify",
+        &d("r.bin"),
+        "--chain",
+        &d("c.pem"),
+        "--dangerously-trust-emulator",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tcb = &v["report"]["reported_tcb"];
+    assert_eq!(
+        (
+            tcb["fmc"].as_u64(),
+            tcb["bootloader"].as_u64(),
+            tcb["snp"].as_u64()
+        ),
+        (Some(2), Some(3), Some(9))
+    );
+    assert_eq!(tcb["microcode"], 77);
+    assert_eq!(v["report"]["firmware"], "1.57.3");
+    assert_eq!(v["report"]["platform_info"]["tsme_enabled"], true);
+    // A policy demanding a newer TCB rejects this host: the "TCB too old" path.
+    std::fs::write(d("policy.toml"), "min_tcb = { snp = 10 }\n").unwrap();
+    let out = cvm(&[
+        "evidence",
+        "verify",
+        &d("r.bin"),
+        "--chain",
+        &d("c.pem"),
+        "--dangerously-trust-emulator",
+        "--policy",
+        &d("policy.toml"),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reasons"][0]["code"], "policy.tcb");
+    // Bad values are usage errors.
+    for bad in [
+        ["--tcb", "fmc=1"],
+        ["--tcb", "snp=999"],
+        ["--firmware", "1.2"],
+    ] {
+        let out = cvm(&[
+            "snp",
+            "create",
+            "--platform",
+            &d("q"),
+            "--product",
+            "Milan",
+            bad[0],
+            bad[1],
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
