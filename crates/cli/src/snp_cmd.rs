@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use snp::Product;
-use snp_emu::guest::{GuestError, LaunchConfig};
+use snp_emu::guest::{GuestError, KeySelect, LaunchConfig};
 use snp_emu::platform::{Platform, PlatformConfig, PlatformError, pem};
 
 /// `cvm snp` subcommands.
@@ -86,6 +86,10 @@ pub struct CreateArgs {
     /// Enable ciphertext hiding.
     #[arg(long)]
     ciphertext_hiding: bool,
+    /// Load a VLEK (with its ASVK), as a cloud provider would; reports are then
+    /// signed with it unless `--key vcek` asks otherwise.
+    #[arg(long)]
+    vlek: bool,
 }
 
 /// Applies `--tcb` and `--firmware` to a configuration.
@@ -179,6 +183,9 @@ pub struct ReportArgs {
     /// The VMPL the request comes from.
     #[arg(long, default_value_t = 0)]
     vmpl: u32,
+    /// Which key signs: `default` (the VLEK if loaded, else the VCEK), `vcek`, `vlek`.
+    #[arg(long, default_value = "default", value_parser = ["default", "vcek", "vlek"])]
+    key: String,
 }
 
 /// Runs a `cvm snp` subcommand.
@@ -233,6 +240,7 @@ fn create(a: &CreateArgs) -> Result<()> {
     config.smt = !a.no_smt;
     config.tsme = a.tsme;
     config.ciphertext_hiding = a.ciphertext_hiding;
+    config.vlek = a.vlek;
     apply_tcb_and_firmware(&mut config, a.tcb.as_deref(), a.firmware.as_deref())?;
     let seed = a
         .seed
@@ -308,11 +316,21 @@ fn report(a: &ReportArgs) -> Result<()> {
     }
     let report_data: [u8; 64] = hex_fixed("--report-data", &a.report_data, true)?;
     let guest = p.launch(launch)?;
-    let report = p.get_report(&guest, &report_data, a.vmpl)?;
+    let key = match a.key.as_str() {
+        "vcek" => KeySelect::Vcek,
+        "vlek" => KeySelect::Vlek,
+        _ => KeySelect::Default,
+    };
+    let report = p.get_report_with(&guest, &report_data, a.vmpl, key)?;
     std::fs::write(&a.out, report).with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(chain) = &a.chain_out {
-        std::fs::write(chain, p.chain_pem())
-            .with_context(|| format!("writing {}", chain.display()))?;
+        // The chain of the key that signed (SIGNING_KEY, bits 4:2 of KEY_INFO).
+        let vlek_signed = (report[0x48] >> 2) & 0x7 == 1;
+        let pem = match (vlek_signed, p.vlek_chain_pem()) {
+            (true, Some(vlek_chain)) => vlek_chain,
+            _ => p.chain_pem(),
+        };
+        std::fs::write(chain, pem).with_context(|| format!("writing {}", chain.display()))?;
     }
     Ok(())
 }

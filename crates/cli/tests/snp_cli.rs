@@ -370,3 +370,62 @@ fn configured_tcb_and_firmware_reach_the_report() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
+
+#[test]
+fn vlek_platform_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    assert!(
+        cvm(&[
+            "snp",
+            "create",
+            "--platform",
+            &d("p"),
+            "--product",
+            "Genoa",
+            "--vlek"
+        ])
+        .status
+        .success()
+    );
+    for (key, signer) in [("default", "vlek"), ("vlek", "vlek"), ("vcek", "vcek")] {
+        let (r, c) = (d(&format!("{key}.bin")), d(&format!("{key}.pem")));
+        let out = cvm(&[
+            "snp",
+            "report",
+            "--platform",
+            &d("p"),
+            "--report-data",
+            "01",
+            "--key",
+            key,
+            "--out",
+            &r,
+            "--chain-out",
+            &c,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = cvm(&[
+            "evidence",
+            "verify",
+            &r,
+            "--chain",
+            &c,
+            "--dangerously-trust-emulator",
+            "--json",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{key}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["signer"], signer);
+        assert_eq!(v["report"]["signing_key"], signer);
+    }
+}

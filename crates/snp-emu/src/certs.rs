@@ -52,6 +52,10 @@ pub(crate) enum Role {
     Ask,
     /// `SEV-VCEK`.
     Vcek,
+    /// `SEV-VLEK-<product>`: the ASVK, which signs VLEKs.
+    Asvk,
+    /// `SEV-VLEK`.
+    Vlek,
 }
 
 /// AMD's name layout (OU, C, L, ST, O, CN), with the emulator's OU.
@@ -60,6 +64,8 @@ pub(crate) fn name(role: Role, product: Product) -> Result<Name, der::Error> {
         Role::Ark => format!("ARK-{product}"),
         Role::Ask => format!("SEV-{product}"),
         Role::Vcek => "SEV-VCEK".to_owned(),
+        Role::Asvk => format!("SEV-VLEK-{product}"),
+        Role::Vlek => "SEV-VLEK".to_owned(),
     };
     let attrs: [(&str, Tag, &str); 6] = [
         ("2.5.4.11", Tag::Utf8String, snp::chain::EMULATOR_OU),
@@ -133,8 +139,18 @@ pub(crate) struct CertSpec<'a> {
     pub not_after: u64,
     pub subject_spki: &'a [u8],
     pub issuer_spki: &'a [u8],
-    /// VCEK only: the chip's hwID and the TCB the key is for.
-    pub vcek: Option<(&'a [u8], TcbVersion)>,
+    /// VCEK and VLEK only: the AMD extensions.
+    pub vek: Option<VekExt<'a>>,
+}
+
+/// The AMD extensions of a VCEK or VLEK.
+pub(crate) struct VekExt<'a> {
+    /// The TCB the key is for.
+    pub tcb: TcbVersion,
+    /// The chip's hwID (VCEK).
+    pub hw_id: Option<&'a [u8]>,
+    /// The cloud provider's identity (VLEK).
+    pub csp_id: Option<&'a str>,
 }
 
 fn extensions(
@@ -147,14 +163,14 @@ fn extensions(
     const BC: &str = "2.5.29.19";
     const CRLDP: &str = "2.5.29.31";
     let ski = tlv(0x04, &key_id(subject));
-    Ok(match (spec.role, spec.vcek) {
+    Ok(match (spec.role, &spec.vek) {
         (Role::Ark, _) => vec![
             ext(KU, true, vec![0x03, 0x02, 0x01, 0x06])?,
             ext(SKI, false, ski)?,
             ext(BC, true, vec![0x30, 0x03, 0x01, 0x01, 0xff])?,
             ext(CRLDP, false, crl_dp(spec.product))?,
         ],
-        (Role::Ask, _) => {
+        (Role::Ask | Role::Asvk, _) => {
             let issuer = SubjectPublicKeyInfoOwned::from_der(spec.issuer_spki)?;
             vec![
                 ext(SKI, false, ski)?,
@@ -168,15 +184,17 @@ fn extensions(
                 ext(CRLDP, false, crl_dp(spec.product))?,
             ]
         }
-        (Role::Vcek, None) => Vec::new(),
-        (Role::Vcek, Some((hwid, tcb))) => {
+        (Role::Vcek | Role::Vlek, None) => Vec::new(),
+        (Role::Vcek | Role::Vlek, Some(vek)) => {
+            let tcb = vek.tcb;
             let amd = |suffix: &str| format!("1.3.6.1.4.1.3704.1.{suffix}");
             let spl = |suffix: &str, v: u8| ext(&amd(suffix), false, int(v.into())?);
             let turin = spec.product == Product::Turin;
-            let product_name = match spec.product {
-                Product::Milan => "Milan-B0",
-                Product::Genoa => "Genoa-B1",
-                Product::Turin => "Turin",
+            // VCEKs name the stepping (except on Turin); VLEKs do not.
+            let product_name = match (spec.role, spec.product) {
+                (Role::Vcek, Product::Milan) => "Milan-B0",
+                (Role::Vcek, Product::Genoa) => "Genoa-B1",
+                (_, p) => p.name(),
             };
             let mut v = vec![
                 ext(&amd("1"), false, int(u32::from(turin))?)?,
@@ -195,13 +213,17 @@ fn extensions(
             }
             v.push(spl("3.3", tcb.snp())?);
             v.push(spl("3.8", tcb.microcode())?);
-            v.push(ext(&amd("4"), false, hwid.to_vec())?);
+            if let Some(hwid) = vek.hw_id {
+                v.push(ext(&amd("4"), false, hwid.to_vec())?);
+            }
+            if let Some(csp) = vek.csp_id {
+                v.push(ext(&amd("5"), false, tlv(0x16, csp.as_bytes()))?);
+            }
             v
         }
     })
 }
 
-/// RFC 5280: UTCTime through 2049, GeneralizedTime from 2050 on.
 fn utc(secs: u64) -> Result<Time, der::Error> {
     /// 2050-01-01T00:00:00Z.
     const Y2050: u64 = 2_524_608_000;
@@ -219,11 +241,12 @@ pub(crate) fn issue(
     issuer: &aws_lc_rs::rsa::KeyPair,
 ) -> Result<Vec<u8>, IssueError> {
     let subject_spki = SubjectPublicKeyInfoOwned::from_der(spec.subject_spki)?;
-    let (issuer_role, subject_role) = match spec.role {
-        Role::Ark => (Role::Ark, Role::Ark),
-        Role::Ask => (Role::Ark, Role::Ask),
-        Role::Vcek => (Role::Ask, Role::Vcek),
+    let issuer_role = match spec.role {
+        Role::Ark | Role::Ask | Role::Asvk => Role::Ark,
+        Role::Vcek => Role::Ask,
+        Role::Vlek => Role::Asvk,
     };
+    let subject_role = spec.role;
     let alg = AlgorithmIdentifierOwned {
         oid: RSASSA_PSS,
         parameters: Some(Any::from_der(PSS_PARAMS_AMD)?),

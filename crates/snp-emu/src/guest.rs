@@ -171,6 +171,18 @@ impl Guest {
     }
 }
 
+/// Which key signs a report (MSG_REPORT_REQ `KEY_SEL`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeySelect {
+    /// The VLEK if one is loaded, else the VCEK.
+    #[default]
+    Default,
+    /// The VCEK.
+    Vcek,
+    /// The VLEK (an error without one).
+    Vlek,
+}
+
 /// Fields a derived-key request mixes in (GUEST_FIELD_SELECT bits 0..5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FieldSelect {
@@ -246,14 +258,34 @@ impl Platform {
     }
 
     /// SNP_GET_REPORT: a signed attestation report for `guest` with `report_data`,
-    /// requested from `vmpl`.
+    /// requested from `vmpl`, signed by the VLEK when one is loaded, else the VCEK.
     pub fn get_report(
         &self,
         guest: &Guest,
         report_data: &[u8; 64],
         vmpl: u32,
     ) -> Result<[u8; REPORT_LEN], GuestError> {
+        self.get_report_with(guest, report_data, vmpl, KeySelect::Default)
+    }
+
+    /// SNP_GET_REPORT with the request's key selection (MSG_REPORT_REQ `KEY_SEL`).
+    pub fn get_report_with(
+        &self,
+        guest: &Guest,
+        report_data: &[u8; 64],
+        vmpl: u32,
+        key: KeySelect,
+    ) -> Result<[u8; REPORT_LEN], GuestError> {
         self.require_snp()?;
+        let (signer, signing_key_bits) = match (key, self.vlek_key()) {
+            (KeySelect::Vcek, _) | (KeySelect::Default, None) => (self.vcek_key(), 0u32),
+            (KeySelect::Vlek | KeySelect::Default, Some(vlek)) => (vlek, 1u32),
+            (KeySelect::Vlek, None) => {
+                return Err(GuestError::Request(
+                    "no VLEK is loaded on this platform".into(),
+                ));
+            }
+        };
         if vmpl > 3 {
             return Err(GuestError::Request(format!("VMPL {vmpl} is not 0..=3")));
         }
@@ -274,8 +306,8 @@ impl Platform {
         put(&mut b, 0x38, &tcb);
         put(&mut b, 0x40, &pc.platform_info().to_le_bytes());
         let author_key_en = c.author_key_digest != [0; 48];
-        // SIGNING_KEY = VCEK (0); MASK_CHIP_KEY (bit 1) stays clear: the VCEK signs.
-        let key_info = u32::from(author_key_en);
+        // SIGNING_KEY (bits 4:2): 0 VCEK, 1 VLEK; MASK_CHIP_KEY (bit 1) stays clear.
+        let key_info = u32::from(author_key_en) | signing_key_bits << 2;
         put(&mut b, 0x48, &key_info.to_le_bytes());
         put(&mut b, 0x50, report_data);
         put(&mut b, 0x90, &c.measurement);
@@ -299,8 +331,7 @@ impl Platform {
             put(&mut b, 0x1F8, &0u64.to_le_bytes());
             put(&mut b, 0x200, &0u64.to_le_bytes());
         }
-        let sig = self
-            .vcek_key()
+        let sig = signer
             .sign(&SystemRandom::new(), &b[..SIGNED_LEN])
             .map_err(|_| GuestError::Signing)?;
         let rs = sig.as_ref();
@@ -315,7 +346,8 @@ impl Platform {
         Ok(b)
     }
 
-    /// SNP_GET_EXT_REPORT: the report and the certificate table (VCEK, ASK, ARK).
+    /// SNP_GET_EXT_REPORT: the report and the certificate table of its signer (VCEK,
+    /// ASK, ARK; or VLEK, ASVK, ARK).
     pub fn get_ext_report(
         &self,
         guest: &Guest,
@@ -328,13 +360,23 @@ impl Platform {
             guid: kind.guid(),
             data: der.to_vec(),
         };
-        let table = CertTable::new(vec![
-            entry(CertKind::Vcek, self.vcek_der()),
-            entry(CertKind::Ask, self.ask_der()),
-            entry(CertKind::Ark, self.ark_der()),
-        ])
-        .and_then(|t| t.to_bytes())
-        .map_err(|e| GuestError::Request(e.to_string()))?;
+        // The signer's chain: the VLEK with its ASVK (under the ASK GUID, as hosts
+        // publish it) when a VLEK signs, else the VCEK and ASK.
+        let entries = match (self.vlek_der(), self.asvk_der()) {
+            (Some(vlek), Some(asvk)) => vec![
+                entry(CertKind::Vlek, vlek),
+                entry(CertKind::Ask, asvk),
+                entry(CertKind::Ark, self.ark_der()),
+            ],
+            _ => vec![
+                entry(CertKind::Vcek, self.vcek_der()),
+                entry(CertKind::Ask, self.ask_der()),
+                entry(CertKind::Ark, self.ark_der()),
+            ],
+        };
+        let table = CertTable::new(entries)
+            .and_then(|t| t.to_bytes())
+            .map_err(|e| GuestError::Request(e.to_string()))?;
         Ok((report, table))
     }
 

@@ -20,7 +20,7 @@ use snp::Product;
 use snp::report::FirmwareVersion;
 use snp::tcb::TcbVersion;
 
-use crate::certs::{self, CertSpec, IssueError, Role};
+use crate::certs::{self, CertSpec, IssueError, Role, VekExt};
 
 /// Why a platform could not be created, opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,10 @@ pub struct PlatformConfig {
     pub ecc: bool,
     /// Ciphertext hiding for DRAM enabled.
     pub ciphertext_hiding: bool,
+    /// A VLEK is loaded (as a cloud provider would), with its ASVK chain; reports are
+    /// then signed with the VLEK unless the guest asks for the VCEK.
+    #[serde(default)]
+    pub vlek: bool,
 }
 
 impl PlatformConfig {
@@ -119,6 +123,7 @@ impl PlatformConfig {
             tsme: false,
             ecc: true,
             ciphertext_hiding: false,
+            vlek: false,
         }
     }
 
@@ -189,6 +194,10 @@ struct StateFile {
 const STATE_FORMAT: u32 = 1;
 /// Seven years, the validity AMD gives a VCEK.
 const VCEK_VALIDITY: u64 = 7 * 365 * 86_400;
+/// One year, as the VLEKs AMD issues to cloud providers.
+const VLEK_VALIDITY: u64 = 365 * 86_400;
+/// The cloud-provider identity in emulated VLEKs.
+pub const EMULATOR_CSP_ID: &str = "CN=emulator.opencvm.invalid";
 /// Twenty-five years, as AMD's ARK and ASK.
 const ROOT_VALIDITY: u64 = 25 * 365 * 86_400;
 
@@ -204,6 +213,14 @@ pub struct Platform {
     ask_cert: Vec<u8>,
     vcek: EcdsaKeyPair,
     vcek_cert: Vec<u8>,
+    /// The ASVK certificate and the VLEK key and certificate, when a VLEK is loaded.
+    vlek: Option<VlekState>,
+}
+
+struct VlekState {
+    asvk_cert: Vec<u8>,
+    key: EcdsaKeyPair,
+    cert: Vec<u8>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -265,11 +282,21 @@ fn derive_vcek(
     product: Product,
     tcb: TcbVersion,
 ) -> Result<EcdsaKeyPair, PlatformError> {
+    derive_key(secret, b"opencvm VCEK", product, tcb)
+}
+
+/// A P-384 key derived from the chip secret, a label and the TCB.
+fn derive_key(
+    secret: &[u8; 32],
+    label: &[u8],
+    product: Product,
+    tcb: TcbVersion,
+) -> Result<EcdsaKeyPair, PlatformError> {
     for counter in 0u32..16 {
         let scalar = Zeroizing::new(hmac384(
             secret,
             &[
-                b"opencvm VCEK",
+                label,
                 product.name().as_bytes(),
                 &tcb.raw().to_le_bytes(),
                 &counter.to_le_bytes(),
@@ -338,7 +365,7 @@ impl Platform {
                 not_after: created + ROOT_VALIDITY,
                 subject_spki: &ark_spki,
                 issuer_spki: &ark_spki,
-                vcek: None,
+                vek: None,
             },
             &ark,
         )?;
@@ -351,7 +378,7 @@ impl Platform {
                 not_after: created + ROOT_VALIDITY,
                 subject_spki: &ask_spki,
                 issuer_spki: &ark_spki,
-                vcek: None,
+                vek: None,
             },
             &ark,
         )?;
@@ -363,6 +390,24 @@ impl Platform {
                     .to_vec(),
             ))
         };
+        if config.vlek {
+            let asvk = RsaKeyPair::generate(KeySize::Rsa4096).map_err(|_| IssueError::Signing)?;
+            let asvk_cert = certs::issue(
+                &CertSpec {
+                    role: Role::Asvk,
+                    product,
+                    serial: &[0x01, 0x01, 0x01],
+                    not_before: created,
+                    not_after: created + ROOT_VALIDITY,
+                    subject_spki: &certs::rsa_spki(&asvk)?,
+                    issuer_spki: &ark_spki,
+                    vek: None,
+                },
+                &ark,
+            )?;
+            write_atomic(&dir.join("keys/asvk.p8"), &pk8(&asvk)?, true)?;
+            write_atomic(&dir.join("certs/asvk.der"), &asvk_cert, false)?;
+        }
         write_atomic(&dir.join("keys/ark.p8"), &pk8(&ark)?, true)?;
         write_atomic(&dir.join("keys/ask.p8"), &pk8(&ask)?, true)?;
         write_atomic(&dir.join("keys/chip-secret"), &secret[..], true)?;
@@ -430,8 +475,10 @@ impl Platform {
             ask_cert,
             vcek,
             vcek_cert: Vec::new(),
+            vlek: None,
         };
         p.vcek_cert = p.load_or_issue_vcek_cert()?;
+        p.vlek = p.load_vlek()?;
         Ok(p)
     }
 
@@ -465,12 +512,65 @@ impl Platform {
                 not_after: self.created + VCEK_VALIDITY,
                 subject_spki: spki.as_ref(),
                 issuer_spki: &ask_spki,
-                vcek: Some((self.hw_id(), tcb)),
+                vek: Some(VekExt {
+                    tcb,
+                    hw_id: Some(self.hw_id()),
+                    csp_id: None,
+                }),
             },
             &self.ask,
         )?;
         write_atomic(&path, &cert, false)?;
         Ok(cert)
+    }
+
+    /// The VLEK state for the current TCB, when the platform has a VLEK: the ASVK
+    /// certificate, the VLEK key (derived like the VCEK, under another label) and its
+    /// certificate (issued by the ASVK on first use of a TCB).
+    fn load_vlek(&self) -> Result<Option<VlekState>, PlatformError> {
+        if !self.config.vlek {
+            return Ok(None);
+        }
+        let asvk_path = self.dir.join("keys/asvk.p8");
+        let asvk_der = Zeroizing::new(read(&asvk_path)?);
+        let asvk = RsaKeyPair::from_pkcs8(&asvk_der).map_err(|e| PlatformError::State {
+            path: asvk_path,
+            problem: e.to_string(),
+        })?;
+        let asvk_cert = read(&self.dir.join("certs/asvk.der"))?;
+        let tcb = self.config.tcb();
+        let key = derive_key(&self.chip_secret, b"opencvm VLEK", self.config.product, tcb)?;
+        let path = self.dir.join(format!("certs/vlek-{:016x}.der", tcb.raw()));
+        let cert = match fs::read(&path) {
+            Ok(der) => der,
+            Err(_) => {
+                let spki = key.public_key().as_der().map_err(|_| IssueError::Signing)?;
+                let cert = certs::issue(
+                    &CertSpec {
+                        role: Role::Vlek,
+                        product: self.config.product,
+                        serial: &[0],
+                        not_before: self.created,
+                        not_after: self.created + VLEK_VALIDITY,
+                        subject_spki: spki.as_ref(),
+                        issuer_spki: &certs::rsa_spki(&asvk)?,
+                        vek: Some(VekExt {
+                            tcb,
+                            hw_id: None,
+                            csp_id: Some(EMULATOR_CSP_ID),
+                        }),
+                    },
+                    &asvk,
+                )?;
+                write_atomic(&path, &cert, false)?;
+                cert
+            }
+        };
+        Ok(Some(VlekState {
+            asvk_cert,
+            key,
+            cert,
+        }))
     }
 
     /// Changes the platform's TCB (a firmware or microcode update): a new VCEK.
@@ -507,8 +607,14 @@ impl Platform {
             serde_json::to_vec_pretty(&file).map_err(|e| PlatformError::Config(e.to_string()))?;
         write_atomic(&self.dir.join("platform.json"), &json, false)?;
         self.vcek = derive_vcek(&self.chip_secret, config.product, config.tcb())?;
+        if config.vlek != self.config.vlek {
+            return Err(PlatformError::Config(
+                "a VLEK is provisioned when the platform is created".into(),
+            ));
+        }
         self.config = config;
         self.vcek_cert = self.load_or_issue_vcek_cert()?;
+        self.vlek = self.load_vlek()?;
         Ok(())
     }
 
@@ -546,6 +652,29 @@ impl Platform {
     /// The chip secret, from which derived keys come.
     pub(crate) fn chip_secret(&self) -> &[u8; 32] {
         &self.chip_secret
+    }
+
+    /// The VLEK key pair, when one is loaded.
+    pub(crate) fn vlek_key(&self) -> Option<&EcdsaKeyPair> {
+        self.vlek.as_ref().map(|v| &v.key)
+    }
+    /// The VLEK certificate (DER), when one is loaded.
+    pub fn vlek_der(&self) -> Option<&[u8]> {
+        self.vlek.as_ref().map(|v| &v.cert[..])
+    }
+    /// The ASVK certificate (DER), when a VLEK is loaded.
+    pub fn asvk_der(&self) -> Option<&[u8]> {
+        self.vlek.as_ref().map(|v| &v.asvk_cert[..])
+    }
+    /// VLEK, ASVK and ARK as one PEM bundle, when a VLEK is loaded.
+    pub fn vlek_chain_pem(&self) -> Option<String> {
+        let v = self.vlek.as_ref()?;
+        Some(
+            [&v.cert[..], &v.asvk_cert[..], self.ark_der()]
+                .iter()
+                .map(|der| pem("CERTIFICATE", der))
+                .collect(),
+        )
     }
 
     /// Fails with [`PlatformError::SnpDisabled`] unless SEV-SNP is enabled.

@@ -305,3 +305,61 @@ fn extended_report_carries_the_certificate_table() {
         .verify(&r, &vek, &chain, now())
         .unwrap();
 }
+
+#[test]
+fn vlek_platforms_sign_with_the_vlek() {
+    use snp_emu::guest::KeySelect;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::new(Product::Milan);
+    config.vlek = true;
+    let p = Platform::create(dir.path(), config, None).unwrap();
+    let g = p.launch(LaunchConfig::default()).unwrap();
+    let mut anchors = TrustAnchors::amd();
+    anchors.dangerously_trust_emulator();
+    let verifier = Verifier::new(anchors);
+    let vlek_certs = parse_bundle(p.vlek_chain_pem().unwrap().as_bytes()).unwrap();
+    let vlek = Vek::from_cert(vlek_certs[0].clone()).unwrap();
+    assert_eq!(vlek.kind(), snp::cert::VekKind::Vlek);
+    assert_eq!(
+        vlek.extensions().csp_id.as_deref(),
+        Some(snp_emu::platform::EMULATOR_CSP_ID)
+    );
+    assert!(vlek.extensions().hw_id.is_none());
+    let vlek_chain = CertChain::from_certs(&vlek_certs).unwrap();
+
+    // Default: the VLEK signs.
+    let r = snp::AttestationReport::parse(&p.get_report(&g, &[1; 64], 0).unwrap()).unwrap();
+    assert_eq!(r.signing_key(), snp::report::SigningKey::Vlek);
+    let v = verifier.verify(&r, &vlek, &vlek_chain, now()).unwrap();
+    assert_eq!(v.signer(), snp::cert::VekKind::Vlek);
+    // Asked for, the VCEK signs; the VLEK's chain then does not fit.
+    let r = snp::AttestationReport::parse(
+        &p.get_report_with(&g, &[1; 64], 0, KeySelect::Vcek).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r.signing_key(), snp::report::SigningKey::Vcek);
+    verify(&p, r.as_bytes(), true).unwrap();
+    assert!(matches!(
+        verifier.verify(&r, &vlek, &vlek_chain, now()),
+        Err(VerifyError::SignerMismatch { .. })
+    ));
+    // The extended report carries the VLEK chain.
+    let (report, table) = p.get_ext_report(&g, &[2; 64], 0).unwrap();
+    let certs = parse_bundle(&table).unwrap();
+    let vek = Vek::from_cert(certs[0].clone()).unwrap();
+    let chain = CertChain::from_certs(&certs).unwrap();
+    let r = snp::AttestationReport::parse(&report).unwrap();
+    verifier.verify(&r, &vek, &chain, now()).unwrap();
+    // Reopened, the same VLEK.
+    let q = Platform::open(dir.path()).unwrap();
+    assert_eq!(q.vlek_der(), p.vlek_der());
+
+    // Without a VLEK, asking for one is an error.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None).unwrap();
+    let g = plain.launch(LaunchConfig::default()).unwrap();
+    assert!(matches!(
+        plain.get_report_with(&g, &[0; 64], 0, KeySelect::Vlek),
+        Err(GuestError::Request(_))
+    ));
+}
