@@ -18,6 +18,7 @@ mod certs;
 pub mod guest;
 pub mod idblock;
 pub mod platform;
+mod seeded_rsa;
 
 pub mod launch;
 pub mod ovmf;

@@ -313,14 +313,27 @@ fn derive_key(
     Err(PlatformError::Issue(IssueError::Signing))
 }
 
+/// An RSA-4096 key: from the system RNG, or derived from `seed` for tests.
+fn rsa_key(seed: Option<&[u8]>, label: &str) -> Result<RsaKeyPair, PlatformError> {
+    match seed {
+        None => RsaKeyPair::generate(KeySize::Rsa4096).map_err(|_| IssueError::Signing.into()),
+        Some(seed) => {
+            let pkcs8 =
+                crate::seeded_rsa::rsa4096_pkcs8(seed, label).map_err(IssueError::Encoding)?;
+            RsaKeyPair::from_pkcs8(&pkcs8).map_err(|_| IssueError::Signing.into())
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, PlatformError> {
     fs::read(path).map_err(io(path))
 }
 
 impl Platform {
-    /// Creates a platform in `dir` (which must not hold one). With a `seed`, the chip
-    /// identity and chip secret (and so every VCEK) are derived from it; the RSA-4096
-    /// ARK and ASK are always freshly generated.
+    /// Creates a platform in `dir` (which must not hold one). With a `seed`, every key
+    /// (chip identity and secret, so every VCEK and VLEK, and the RSA-4096 ARK, ASK and
+    /// ASVK) is derived from it, for tests; certificates still carry the creation time
+    /// and fresh RSA-PSS salts.
     pub fn create(
         dir: &Path,
         config: PlatformConfig,
@@ -350,8 +363,8 @@ impl Platform {
             // Turin's hwID is 8 bytes; the rest of CHIP_ID is zero.
             chip_id[8..].fill(0);
         }
-        let ark = RsaKeyPair::generate(KeySize::Rsa4096).map_err(|_| IssueError::Signing)?;
-        let ask = RsaKeyPair::generate(KeySize::Rsa4096).map_err(|_| IssueError::Signing)?;
+        let ark = rsa_key(seed, "ARK")?;
+        let ask = rsa_key(seed, "ASK")?;
         let created = now().saturating_sub(86_400);
         let ark_spki = certs::rsa_spki(&ark)?;
         let ask_spki = certs::rsa_spki(&ask)?;
@@ -391,7 +404,7 @@ impl Platform {
             ))
         };
         if config.vlek {
-            let asvk = RsaKeyPair::generate(KeySize::Rsa4096).map_err(|_| IssueError::Signing)?;
+            let asvk = rsa_key(seed, "ASVK")?;
             let asvk_cert = certs::issue(
                 &CertSpec {
                     role: Role::Asvk,

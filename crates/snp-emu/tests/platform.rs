@@ -141,6 +141,16 @@ fn state_persists_and_a_tcb_change_rotates_the_vcek() {
             .to_vec()
     };
     assert_eq!(key(&twin), key(&reopened));
+    // ... and the same roots.
+    let root_key = |der: &[u8]| {
+        snp::cert::AmdCert::from_der(der)
+            .unwrap()
+            .public_key_bits()
+            .to_vec()
+    };
+    assert_eq!(root_key(twin.ark_der()), root_key(reopened.ark_der()));
+    assert_eq!(root_key(twin.ask_der()), root_key(reopened.ask_der()));
+    assert_ne!(root_key(twin.ark_der()), root_key(twin.ask_der()));
 
     let newer = snp::TcbVersion::milan_genoa(4, 0, 25, 220);
     p.set_tcb(newer).unwrap();
