@@ -87,7 +87,7 @@ pub(crate) fn name(role: Role, product: Product) -> Result<Name, der::Error> {
 }
 
 /// A DER TLV with a short or long definite length.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     let len = content.len();
     if len < 0x80 {

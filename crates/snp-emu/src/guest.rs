@@ -6,7 +6,6 @@
 //! than the firmware's, SMT disallowed on a platform with SMT enabled, ciphertext
 //! hiding required on a platform without it, or reserved bits set.
 
-use aws_lc_rs::rand::SystemRandom;
 use zeroize::Zeroizing;
 
 use snp::report::{REPORT_LEN, SIGNED_LEN};
@@ -331,18 +330,10 @@ impl Platform {
             put(&mut b, 0x1F8, &0u64.to_le_bytes());
             put(&mut b, 0x200, &0u64.to_le_bytes());
         }
-        let sig = signer
-            .sign(&SystemRandom::new(), &b[..SIGNED_LEN])
-            .map_err(|_| GuestError::Signing)?;
-        let rs = sig.as_ref();
-        if rs.len() != 96 {
-            return Err(GuestError::Signing);
-        }
-        // R and S as 72-byte little-endian integers.
-        for i in 0..48 {
-            b[0x2A0 + i] = rs[47 - i];
-            b[0x2E8 + i] = rs[95 - i];
-        }
+        // The report's SIGNATURE field has the firmware's signature format.
+        let sig =
+            crate::idblock::sign(signer, &b[..SIGNED_LEN]).map_err(|_| GuestError::Signing)?;
+        b[SIGNED_LEN..].copy_from_slice(&sig);
         Ok(b)
     }
 

@@ -163,7 +163,9 @@ fn point_of(pubkey: &[u8]) -> Result<[u8; 97], IdError> {
     Ok(p)
 }
 
-fn sign(key: &EcdsaKeyPair, msg: &[u8]) -> Result<[u8; SIG_LEN], IdError> {
+/// ECDSA P-384/SHA-384 over `msg`, in the firmware's signature format (R and S as
+/// 72-byte little-endian integers, then reserved zeros), as in reports and ID_AUTH.
+pub(crate) fn sign(key: &EcdsaKeyPair, msg: &[u8]) -> Result<[u8; SIG_LEN], IdError> {
     let sig = key
         .sign(&SystemRandom::new(), msg)
         .map_err(|_| IdError::Key("signing failed"))?;

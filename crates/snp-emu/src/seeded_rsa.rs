@@ -142,18 +142,7 @@ pub(crate) fn rsa4096_pkcs8(seed: &[u8], label: &str) -> Result<Zeroizing<Vec<u8
 }
 
 fn seq(body: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x30];
-    let len = body.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let b = len.to_be_bytes();
-        let skip = b.iter().take_while(|&&x| x == 0).count();
-        out.push(0x80 | (b.len() - skip) as u8);
-        out.extend_from_slice(&b[skip..]);
-    }
-    out.extend_from_slice(body);
-    out
+    crate::certs::tlv(0x30, body)
 }
 
 #[cfg(test)]
