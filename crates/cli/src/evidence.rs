@@ -306,7 +306,11 @@ fn fetcher(a: &VerifyArgs) -> Result<Fetcher> {
 }
 
 /// The certificates given on the command line, and those fetched for what is missing.
-fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, CertChain, Vec<Crl>)> {
+fn collect_certs(
+    a: &VerifyArgs,
+    report: &AttestationReport,
+    at: i64,
+) -> Result<(Vek, CertChain, Vec<Crl>)> {
     let mut certs: Vec<AmdCert> = Vec::new();
     for path in a.vek.iter().chain(a.chain.iter()) {
         certs.extend(
@@ -356,13 +360,23 @@ fn collect_certs(a: &VerifyArgs, report: &AttestationReport) -> Result<(Vek, Cer
                 })
                 .context("missing collateral: fetching the ASK/ARK chain")?;
             if a.crl.is_empty() {
-                let crl = f
-                    .fetch(&KdsRequest::Crl {
-                        product: vek.product(),
-                        kind,
-                    })
-                    .context("missing collateral: fetching the CRL")?;
-                crls.push(Crl::parse(&crl)?);
+                let req = KdsRequest::Crl {
+                    product: vek.product(),
+                    kind,
+                };
+                let mut crl = Crl::parse(
+                    &f.fetch(&req)
+                        .context("missing collateral: fetching the CRL")?,
+                )?;
+                // A cached CRL goes stale after its nextUpdate: fetch a fresh one (online).
+                let current = crl.this_update() <= at && crl.next_update().is_some_and(|n| at <= n);
+                if !current && !a.offline {
+                    let fresh = f
+                        .refresh(&req)
+                        .context("missing collateral: refreshing the CRL")?;
+                    crl = Crl::parse(&fresh.data)?;
+                }
+                crls.push(crl);
             }
             CertChain::from_certs_for(&parse_bundle(&pem)?, kind)?
         }
@@ -386,7 +400,7 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
     if let Evidence::Hcl(h) = &ev {
         add_hcl(out, h);
     }
-    let (vek, chain, crls) = collect_certs(a, &report)?;
+    let (vek, chain, crls) = collect_certs(a, &report, at)?;
     let mut anchors = TrustAnchors::amd();
     if a.dangerously_trust_emulator {
         anchors.dangerously_trust_emulator();

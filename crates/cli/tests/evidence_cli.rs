@@ -563,3 +563,102 @@ fn product_contradicting_the_report_is_an_error() {
     ]);
     assert_eq!(code, 0, "{v}");
 }
+
+/// A loopback KDS serving the real Milan collateral for one report; counts requests.
+fn kds_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let certs = snp::cert::parse_bundle(
+        &std::fs::read(td("snp/routex-client-lua/vcek-chain-milan.pem")).unwrap(),
+    )
+    .unwrap();
+    let vcek = certs
+        .iter()
+        .find(|c| c.subject_cn() == "SEV-VCEK")
+        .unwrap()
+        .der()
+        .to_vec();
+    let chain = std::fs::read(td("snp/go-sev-guest/ask_ark_milan.pem")).unwrap();
+    let crl = std::fs::read(td("snp/atakit/milan.crl.der")).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap() <= 2 {
+                    break;
+                }
+            }
+            log.lock().unwrap().push(path.clone());
+            let body = if path.starts_with("/vcek/v1/Milan/cert_chain") {
+                chain.clone()
+            } else if path.starts_with("/vcek/v1/Milan/crl") {
+                crl.clone()
+            } else if path.starts_with("/vcek/v1/Milan/") {
+                vcek.clone()
+            } else {
+                Vec::new()
+            };
+            let status = if body.is_empty() {
+                "404 Not Found"
+            } else {
+                "200 OK"
+            };
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    (base, seen)
+}
+
+#[test]
+fn online_collateral_is_fetched_cached_and_a_stale_crl_refreshed() {
+    let (base, seen) = kds_server();
+    let cache = tempfile::tempdir().unwrap();
+    let report = td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin");
+    let run = |at: &str| {
+        cvm(&[
+            "evidence",
+            "verify",
+            &report,
+            "--cache",
+            cache.path().to_str().unwrap(),
+            "--kds-url",
+            &base,
+            "--at",
+            at,
+            "--json",
+        ])
+    };
+    // Inside the CRL's window: VCEK, chain and CRL fetched once, then from the cache.
+    let out = run("2026-07-01T00:00:00Z");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+    assert_eq!(run("2026-07-02T00:00:00Z").status.code(), Some(0));
+    assert_eq!(seen.lock().unwrap().len(), 3, "served from the cache");
+    // After its nextUpdate the cached CRL is stale: it is fetched again (KDS still
+    // serves the same one, so verification cannot complete: exit 2, crl_unusable).
+    let out = run("2026-09-01T00:00:00Z");
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reasons"][0]["code"], "crl_unusable");
+    let paths = seen.lock().unwrap().clone();
+    assert_eq!(paths.len(), 4, "{paths:?}");
+    assert!(paths[3].starts_with("/vcek/v1/Milan/crl"), "{paths:?}");
+}
