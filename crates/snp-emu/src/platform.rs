@@ -505,33 +505,48 @@ impl Platform {
     }
 
     fn load_or_issue_vcek_cert(&self) -> Result<Vec<u8>, PlatformError> {
-        let tcb = self.config.tcb();
-        let path = self.dir.join(format!("certs/vcek-{:016x}.der", tcb.raw()));
+        let ext = VekExt {
+            tcb: self.config.tcb(),
+            hw_id: Some(self.hw_id()),
+            csp_id: None,
+        };
+        self.load_or_issue_vek_cert(Role::Vcek, &self.vcek, &self.ask, VCEK_VALIDITY, ext)
+    }
+
+    /// The certificate of a VCEK or VLEK (`key`) for `ext.tcb`: the one stored in
+    /// `certs/<vcek|vlek>-<tcb>.der`, or a new one issued by `issuer` and stored there.
+    fn load_or_issue_vek_cert(
+        &self,
+        role: Role,
+        key: &EcdsaKeyPair,
+        issuer: &RsaKeyPair,
+        validity: u64,
+        ext: VekExt<'_>,
+    ) -> Result<Vec<u8>, PlatformError> {
+        let name = if matches!(role, Role::Vlek) {
+            "vlek"
+        } else {
+            "vcek"
+        };
+        let path = self
+            .dir
+            .join(format!("certs/{name}-{:016x}.der", ext.tcb.raw()));
         if let Ok(der) = fs::read(&path) {
             return Ok(der);
         }
-        let spki = self
-            .vcek
-            .public_key()
-            .as_der()
-            .map_err(|_| IssueError::Signing)?;
-        let ask_spki = certs::rsa_spki(&self.ask)?;
+        let spki = key.public_key().as_der().map_err(|_| IssueError::Signing)?;
         let cert = certs::issue(
             &CertSpec {
-                role: Role::Vcek,
+                role,
                 product: self.config.product,
                 serial: &[0],
                 not_before: self.created,
-                not_after: self.created + VCEK_VALIDITY,
+                not_after: self.created + validity,
                 subject_spki: spki.as_ref(),
-                issuer_spki: &ask_spki,
-                vek: Some(VekExt {
-                    tcb,
-                    hw_id: Some(self.hw_id()),
-                    csp_id: None,
-                }),
+                issuer_spki: &certs::rsa_spki(issuer)?,
+                vek: Some(ext),
             },
-            &self.ask,
+            issuer,
         )?;
         write_atomic(&path, &cert, false)?;
         Ok(cert)
@@ -553,32 +568,12 @@ impl Platform {
         let asvk_cert = read(&self.dir.join("certs/asvk.der"))?;
         let tcb = self.config.tcb();
         let key = derive_key(&self.chip_secret, b"opencvm VLEK", self.config.product, tcb)?;
-        let path = self.dir.join(format!("certs/vlek-{:016x}.der", tcb.raw()));
-        let cert = match fs::read(&path) {
-            Ok(der) => der,
-            Err(_) => {
-                let spki = key.public_key().as_der().map_err(|_| IssueError::Signing)?;
-                let cert = certs::issue(
-                    &CertSpec {
-                        role: Role::Vlek,
-                        product: self.config.product,
-                        serial: &[0],
-                        not_before: self.created,
-                        not_after: self.created + VLEK_VALIDITY,
-                        subject_spki: spki.as_ref(),
-                        issuer_spki: &certs::rsa_spki(&asvk)?,
-                        vek: Some(VekExt {
-                            tcb,
-                            hw_id: None,
-                            csp_id: Some(EMULATOR_CSP_ID),
-                        }),
-                    },
-                    &asvk,
-                )?;
-                write_atomic(&path, &cert, false)?;
-                cert
-            }
+        let ext = VekExt {
+            tcb,
+            hw_id: None,
+            csp_id: Some(EMULATOR_CSP_ID),
         };
+        let cert = self.load_or_issue_vek_cert(Role::Vlek, &key, &asvk, VLEK_VALIDITY, ext)?;
         Ok(Some(VlekState {
             asvk_cert,
             key,
