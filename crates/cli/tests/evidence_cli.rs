@@ -4,10 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::cvm;
+use common::{cvm, json_of};
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use serde_json::Value;
 
@@ -20,16 +19,6 @@ fn td(rel: &str) -> String {
 }
 
 const AT: &str = "2025-08-01T00:00:00Z";
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn verify_json(extra: &[&str]) -> (i32, Value) {
     let mut args = vec!["evidence", "verify", "--json", "--offline"];
@@ -656,7 +645,7 @@ fn online_collateral_is_fetched_cached_and_a_stale_crl_refreshed() {
     // serves the same one, so verification cannot complete: exit 2, crl_unusable).
     let out = run("2026-09-01T00:00:00Z");
     assert_eq!(out.status.code(), Some(2));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     assert_eq!(v["reasons"][0]["code"], "crl_unusable");
     let paths = seen.lock().unwrap().clone();
     assert_eq!(paths.len(), 4, "{paths:?}");

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::cvm;
+use common::{cvm, json_of};
 
 use std::process::Command;
 
@@ -47,7 +47,7 @@ fn emulated_reports_verify_only_when_trusted() {
             "--offline",
         ]);
         assert_eq!(out.status.code(), Some(1));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of(&out);
         assert_eq!(v["reasons"][0]["code"], "emulated_root");
         assert!(
             v["reasons"][0]["message"]
@@ -72,7 +72,7 @@ fn emulated_reports_verify_only_when_trusted() {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of(&out);
         assert_eq!(v["trust"], "emulated");
         assert_eq!(v["emulated"], true);
         assert_eq!(v["report"]["product"], product);
@@ -149,7 +149,7 @@ fn snp_disabled_host_refuses_with_a_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not SNP-capable"));
     let out = cvm(&["snp", "show", "--platform", &platform, "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     assert_eq!(v["snp_enabled"], false);
     assert_eq!(v["emulated"], true);
 }
@@ -322,7 +322,7 @@ fn configured_tcb_and_firmware_reach_the_report() {
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     let tcb = &v["report"]["reported_tcb"];
     assert_eq!(
         (
@@ -349,7 +349,7 @@ fn configured_tcb_and_firmware_reach_the_report() {
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     assert_eq!(v["reasons"][0]["code"], "policy.tcb");
     // Bad values are usage errors.
     for bad in [
@@ -424,7 +424,7 @@ fn vlek_platform_reports() {
             "{key}: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of(&out);
         assert_eq!(v["signer"], signer);
         assert_eq!(v["report"]["signing_key"], signer);
     }
