@@ -1,4 +1,5 @@
-//! TPM 2.0 algorithm identifiers (`TPM_ALG_ID`, TPM 2.0 Part 2 §6.3) used by quotes.
+//! TPM 2.0 algorithm identifiers (`TPM_ALG_ID`, TPM 2.0 Part 2 §6.3) and curve
+//! identifiers (`TPM_ECC_CURVE`, §6.4) used by quotes and public areas.
 
 use std::fmt;
 
@@ -16,6 +17,56 @@ pub const TPM_ALG_RSASSA: u16 = 0x0014;
 pub const TPM_ALG_RSAPSS: u16 = 0x0016;
 /// `TPM_ALG_ECDSA`.
 pub const TPM_ALG_ECDSA: u16 = 0x0018;
+
+/// `TPM_ALG_RSA`: an RSA object (`TPMT_PUBLIC.type`).
+pub const TPM_ALG_RSA: u16 = 0x0001;
+/// `TPM_ALG_ECC`: an elliptic-curve object (`TPMT_PUBLIC.type`).
+pub const TPM_ALG_ECC: u16 = 0x0023;
+/// `TPM_ALG_NULL`: no algorithm (no symmetric cipher, no scheme, no KDF).
+pub const TPM_ALG_NULL: u16 = 0x0010;
+/// `TPM_ALG_AES`.
+pub const TPM_ALG_AES: u16 = 0x0006;
+/// `TPM_ALG_SM4`.
+pub const TPM_ALG_SM4: u16 = 0x0013;
+/// `TPM_ALG_CAMELLIA`.
+pub const TPM_ALG_CAMELLIA: u16 = 0x0026;
+/// `TPM_ALG_CTR` block cipher mode.
+pub const TPM_ALG_CTR: u16 = 0x0040;
+/// `TPM_ALG_OFB` block cipher mode.
+pub const TPM_ALG_OFB: u16 = 0x0041;
+/// `TPM_ALG_CBC` block cipher mode.
+pub const TPM_ALG_CBC: u16 = 0x0042;
+/// `TPM_ALG_CFB` block cipher mode (the one storage keys use).
+pub const TPM_ALG_CFB: u16 = 0x0043;
+/// `TPM_ALG_ECB` block cipher mode.
+pub const TPM_ALG_ECB: u16 = 0x0044;
+/// `TPM_ALG_RSAES` (RSAES-PKCS1-v1_5 encryption; its scheme details are empty).
+pub const TPM_ALG_RSAES: u16 = 0x0015;
+/// `TPM_ALG_OAEP` (RSAES-OAEP encryption).
+pub const TPM_ALG_OAEP: u16 = 0x0017;
+/// `TPM_ALG_ECDH` key exchange.
+pub const TPM_ALG_ECDH: u16 = 0x0019;
+/// `TPM_ALG_ECDAA` (its scheme details carry a hash and a `count`).
+pub const TPM_ALG_ECDAA: u16 = 0x001a;
+/// `TPM_ALG_SM2`.
+pub const TPM_ALG_SM2: u16 = 0x001b;
+/// `TPM_ALG_ECSCHNORR`.
+pub const TPM_ALG_ECSCHNORR: u16 = 0x001c;
+/// `TPM_ALG_ECMQV` key exchange.
+pub const TPM_ALG_ECMQV: u16 = 0x001d;
+/// `TPM_ALG_MGF1` key derivation.
+pub const TPM_ALG_MGF1: u16 = 0x0007;
+/// `TPM_ALG_KDF1_SP800_56A` key derivation.
+pub const TPM_ALG_KDF1_SP800_56A: u16 = 0x0020;
+/// `TPM_ALG_KDF2` key derivation.
+pub const TPM_ALG_KDF2: u16 = 0x0021;
+/// `TPM_ALG_KDF1_SP800_108` key derivation.
+pub const TPM_ALG_KDF1_SP800_108: u16 = 0x0022;
+
+/// `TPM_ECC_NIST_P256` (`TPM_ECC_CURVE`).
+pub const TPM_ECC_NIST_P256: u16 = 0x0003;
+/// `TPM_ECC_NIST_P384` (`TPM_ECC_CURVE`).
+pub const TPM_ECC_NIST_P384: u16 = 0x0004;
 
 /// A hash algorithm a TPM uses for PCR banks and signature schemes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -2,7 +2,8 @@
 
 use crate::alg::HashAlg;
 
-/// Everything that can go wrong while parsing or verifying a TPM quote.
+/// Everything that can go wrong while parsing or verifying a TPM quote, a certify
+/// attestation or a public area.
 ///
 /// Parsing errors name the structure or field (`what`) that was being read, so a
 /// caller can report exactly where untrusted input was malformed.
@@ -32,6 +33,25 @@ pub enum Error {
     NotAQuote {
         /// The `TPMI_ST_ATTEST` value found.
         got: u16,
+    },
+
+    /// `TPMS_ATTEST.type` is not the attestation type that was asked for (used by
+    /// every parser except [`crate::Quote::parse`], which keeps [`Error::NotAQuote`]).
+    #[error("attestation type 0x{got:04x} is not the expected 0x{expected:04x}")]
+    WrongAttestType {
+        /// The `TPMI_ST_ATTEST` value that was asked for.
+        expected: u16,
+        /// The `TPMI_ST_ATTEST` value found.
+        got: u16,
+    },
+
+    /// Bits the specification reserves (they shall be zero) are set.
+    #[error("reserved bits 0x{bits:08x} set in {what}")]
+    ReservedBits {
+        /// Field being read.
+        what: &'static str,
+        /// The reserved bits that were set.
+        bits: u32,
     },
 
     /// Bytes were left over after a complete structure.
@@ -168,6 +188,25 @@ pub enum Error {
         got: Vec<u8>,
     },
 
+    /// The Name in a certify attestation (`TPMS_CERTIFY_INFO.name`) is not the Name of
+    /// the public area the caller expects to be certified.
+    #[error("certified Name does not match the Name of the given public area")]
+    CertifiedNameMismatch {
+        /// Name of the given public area (`nameAlg || H(TPMT_PUBLIC)`).
+        expected: Vec<u8>,
+        /// Name found in the attestation.
+        got: Vec<u8>,
+    },
+
+    /// `extraData` of a certify attestation is not the expected qualifying data.
+    #[error("attestation extraData does not match the expected value")]
+    ExtraDataMismatch {
+        /// The qualifying data the caller expected.
+        expected: Vec<u8>,
+        /// The `extraData` found in the attestation.
+        got: Vec<u8>,
+    },
+
     /// `pcrDigest` of the quote is not the digest of the supplied PCR values.
     #[error("quote pcrDigest does not match the supplied PCR values")]
     PcrDigestMismatch {
@@ -186,6 +225,10 @@ impl Error {
             Error::NonceMismatch { .. } => "nonce_mismatch",
             Error::PcrDigestMismatch { .. } => "pcr_digest_mismatch",
             Error::MissingPcr { .. } => "missing_pcr",
+            Error::CertifiedNameMismatch { .. } => "certified_name_mismatch",
+            Error::ExtraDataMismatch { .. } => "extra_data_mismatch",
+            Error::WrongAttestType { .. } => "wrong_attest_type",
+            Error::ReservedBits { .. } => "malformed",
             Error::HashNotAccepted { .. }
             | Error::UnsupportedAlgorithm { .. }
             | Error::KeySignatureMismatch { .. } => "unsupported_algorithm",
@@ -194,7 +237,8 @@ impl Error {
         }
     }
 
-    /// Whether the error says the quote is bad (rather than an input being unreadable).
+    /// Whether the error says the quote or certification is bad (rather than an input
+    /// being unreadable).
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,
@@ -202,6 +246,81 @@ impl Error {
                 | Error::NonceMismatch { .. }
                 | Error::PcrDigestMismatch { .. }
                 | Error::MissingPcr { .. }
+                | Error::CertifiedNameMismatch { .. }
+                | Error::ExtraDataMismatch { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_of_certify_and_public_area_errors() {
+        let cases = [
+            (
+                Error::WrongAttestType {
+                    expected: 0x8017,
+                    got: 0x8018,
+                },
+                "wrong_attest_type",
+                false,
+            ),
+            (
+                Error::ReservedBits {
+                    what: "TPMA_OBJECT",
+                    bits: 1,
+                },
+                "malformed",
+                false,
+            ),
+            (
+                Error::CertifiedNameMismatch {
+                    expected: vec![1],
+                    got: vec![2],
+                },
+                "certified_name_mismatch",
+                true,
+            ),
+            (
+                Error::ExtraDataMismatch {
+                    expected: vec![1],
+                    got: vec![2],
+                },
+                "extra_data_mismatch",
+                true,
+            ),
+            // Unchanged.
+            (Error::NotAQuote { got: 0x8017 }, "malformed", false),
+            (
+                Error::NonceMismatch {
+                    expected: vec![],
+                    got: vec![],
+                },
+                "nonce_mismatch",
+                true,
+            ),
+        ];
+        for (err, code, rejection) in cases {
+            assert_eq!(err.code(), code, "{err}");
+            assert_eq!(err.is_rejection(), rejection, "{err}");
+        }
+        assert_eq!(
+            Error::WrongAttestType {
+                expected: 0x8017,
+                got: 0x8018
+            }
+            .to_string(),
+            "attestation type 0x8018 is not the expected 0x8017"
+        );
+        assert_eq!(
+            Error::ReservedBits {
+                what: "TPMA_OBJECT",
+                bits: 0x8000_0000
+            }
+            .to_string(),
+            "reserved bits 0x80000000 set in TPMA_OBJECT"
+        );
     }
 }

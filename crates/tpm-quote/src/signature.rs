@@ -4,11 +4,12 @@ use crate::alg::{HashAlg, TPM_ALG_ECDSA, TPM_ALG_RSAPSS, TPM_ALG_RSASSA};
 use crate::der;
 use crate::error::Error;
 use crate::reader::Reader;
+use crate::writer::Writer;
 
 /// Largest `TPM2B_PUBLIC_KEY_RSA` (`TPM2_MAX_RSA_KEY_BYTES`).
-const MAX_RSA_SIG: usize = 512;
+pub(crate) const MAX_RSA_SIG: usize = 512;
 /// Largest `TPM2B_ECC_PARAMETER` (`TPM2_MAX_ECC_KEY_BYTES`).
-const MAX_ECC_PARAM: usize = 128;
+pub(crate) const MAX_ECC_PARAM: usize = 128;
 
 /// RSA signature padding scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,40 +140,17 @@ impl Signature {
     /// Marshals this signature as a TSS `TPMT_SIGNATURE` (the inverse of
     /// [`Signature::parse_tss`]). Fails if a component exceeds the TPM maxima.
     pub fn to_tss(&self) -> Result<Vec<u8>, Error> {
-        fn tpm2b(out: &mut Vec<u8>, what: &'static str, max: usize, v: &[u8]) -> Result<(), Error> {
-            let len = u16::try_from(v.len())
-                .ok()
-                .filter(|&l| usize::from(l) <= max)
-                .ok_or(Error::TooLarge {
-                    what,
-                    max,
-                    got: v.len(),
-                })?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(v);
-            Ok(())
-        }
-        let mut out = Vec::new();
-        out.extend_from_slice(&self.scheme_id().to_be_bytes());
-        out.extend_from_slice(&self.hash().tpm_id().to_be_bytes());
+        let mut w = Writer::new();
+        w.u16(self.scheme_id());
+        w.u16(self.hash().tpm_id());
         match self {
-            Self::Rsa { sig, .. } => tpm2b(&mut out, "TPMS_SIGNATURE_RSA.sig", MAX_RSA_SIG, sig)?,
+            Self::Rsa { sig, .. } => w.tpm2b("TPMS_SIGNATURE_RSA.sig", MAX_RSA_SIG, sig)?,
             Self::Ecdsa { r, s, .. } => {
-                tpm2b(
-                    &mut out,
-                    "TPMS_SIGNATURE_ECDSA.signatureR",
-                    MAX_ECC_PARAM,
-                    r,
-                )?;
-                tpm2b(
-                    &mut out,
-                    "TPMS_SIGNATURE_ECDSA.signatureS",
-                    MAX_ECC_PARAM,
-                    s,
-                )?;
+                w.tpm2b("TPMS_SIGNATURE_ECDSA.signatureR", MAX_ECC_PARAM, r)?;
+                w.tpm2b("TPMS_SIGNATURE_ECDSA.signatureS", MAX_ECC_PARAM, s)?;
             }
         }
-        Ok(out)
+        Ok(w.finish())
     }
 
     /// The hash algorithm of the signature scheme.

@@ -1,13 +1,15 @@
-//! Signature, nonce and PCR checks producing a [`VerifiedQuote`].
+//! Signature, nonce and PCR checks producing a [`VerifiedQuote`]; signature, Name and
+//! qualifying-data checks producing a [`VerifiedCertify`].
 
 use aws_lc_rs::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey};
 
 use crate::alg::HashAlg;
-use crate::attest::Quote;
+use crate::attest::{Certify, Quote};
 use crate::der;
 use crate::error::Error;
 use crate::key::{EcCurve, EcdsaPublicKey, PublicKey, RsaPublicKey};
 use crate::pcr::PcrValues;
+use crate::public::TpmPublic;
 use crate::signature::{RsaScheme, Signature};
 
 /// Checks that `signature` is a valid signature over `message` (the raw bytes, exactly
@@ -201,5 +203,101 @@ pub fn verify_quote(
         hash,
         nonce_checked: expected_nonce.is_some(),
         pcrs: bound,
+    })
+}
+
+/// A certify attestation whose signature has been verified and whose certified Name
+/// equals the Name of the expected public area; its `extraData` was checked if the
+/// caller supplied the expected value. Only [`verify_certify`] constructs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCertify {
+    certify: Certify,
+    certified: TpmPublic,
+    hash: HashAlg,
+    extra_data_checked: bool,
+}
+
+impl VerifiedCertify {
+    /// The verified attestation.
+    pub fn certify(&self) -> &Certify {
+        &self.certify
+    }
+
+    /// Consumes `self`, returning the attestation.
+    pub fn into_certify(self) -> Certify {
+        self.certify
+    }
+
+    /// The certified public area (its Name is the one the attestation names).
+    pub fn certified(&self) -> &TpmPublic {
+        &self.certified
+    }
+
+    /// `extraData` — signed; equal to the expected value if
+    /// [`VerifiedCertify::extra_data_checked`].
+    pub fn extra_data(&self) -> &[u8] {
+        self.certify.extra_data()
+    }
+
+    /// Whether expected qualifying data was given and matched. If not, the caller
+    /// must check [`VerifiedCertify::extra_data`] for freshness itself.
+    pub fn extra_data_checked(&self) -> bool {
+        self.extra_data_checked
+    }
+
+    /// The hash of the signature scheme.
+    pub fn hash_alg(&self) -> HashAlg {
+        self.hash
+    }
+}
+
+/// Verifies a `TPM2_Certify` attestation: that the key `signer` (normally a
+/// restricted signing key such as the vTPM attestation key) attests that the TPM holds
+/// the object whose public area is `certified`.
+///
+/// In order:
+/// 1. `signature` over `attest` (the raw `TPMS_ATTEST` bytes) with `signer`
+///    ([`verify_signature`]);
+/// 2. `attest` parses as a certification ([`Certify::parse`];
+///    [`Error::WrongAttestType`] for another attestation type);
+/// 3. its `TPMS_CERTIFY_INFO.name` equals [`TpmPublic::name`] of `certified`
+///    ([`Error::CertifiedNameMismatch`]);
+/// 4. if `expected_extra_data` is given, `extraData` equals it
+///    ([`Error::ExtraDataMismatch`]).
+///
+/// Not checked here: that `signer` is a restricted signing key of a genuine TPM (the
+/// caller establishes trust in it, e.g. from a quote-verified platform report or
+/// [`TpmPublic::is_restricted_signing_key`] of its public area),
+/// `qualifiedSigner`/`qualifiedName` (they depend on hierarchy data a verifier does
+/// not have), and what the certified key's attributes allow — inspect
+/// [`TpmPublic::attributes`] of [`VerifiedCertify::certified`] (e.g. `fixedTPM`,
+/// `sensitiveDataOrigin`, `decrypt`) for the policy at hand.
+pub fn verify_certify(
+    attest: &[u8],
+    signature: &Signature,
+    signer: &PublicKey,
+    certified: &TpmPublic,
+    expected_extra_data: Option<&[u8]>,
+) -> Result<VerifiedCertify, Error> {
+    verify_signature(attest, signature, signer)?;
+    let certify = Certify::parse(attest)?;
+    let expected_name = certified.name();
+    if certify.name() != expected_name.as_slice() {
+        return Err(Error::CertifiedNameMismatch {
+            expected: expected_name,
+            got: certify.name().to_vec(),
+        });
+    }
+    if let Some(expected) = expected_extra_data.filter(|e| certify.extra_data() != *e) {
+        return Err(Error::ExtraDataMismatch {
+            expected: expected.to_vec(),
+            got: certify.extra_data().to_vec(),
+        });
+    }
+    Ok(VerifiedCertify {
+        certify,
+        certified: certified.clone(),
+        hash: signature.hash(),
+        extra_data_checked: expected_extra_data.is_some(),
     })
 }

@@ -6,7 +6,10 @@
 mod common;
 
 use tpm_quote::azure::AzureVtpmQuote;
-use tpm_quote::{HashAlg, PcrValues, Quote, Signature, fuzz_parse, verify_quote};
+use tpm_quote::{
+    AttestHeader, Certify, ClockInfo, HashAlg, PcrValues, Quote, Signature, TpmPublic, fuzz_parse,
+    verify_quote,
+};
 
 /// xorshift64* with a fixed seed: reproducible, no dependencies.
 struct XorShift(u64);
@@ -170,5 +173,133 @@ fn quote_parse_is_idempotent_on_raw() {
     for v in common::vectors() {
         let q = Quote::parse(&v.message).unwrap();
         assert_eq!(Quote::parse(q.raw()).unwrap(), q);
+    }
+}
+
+/// A random `TPMT_PUBLIC` (RSA or ECC) whose sizes are mostly consistent, sometimes
+/// damaged, sometimes behind a `TPM2B_PUBLIC` size.
+fn random_public(rng: &mut XorShift) -> Vec<u8> {
+    fn pick(rng: &mut XorShift, options: &[u16]) -> u16 {
+        options[rng.below(options.len())]
+    }
+    fn scheme(rng: &mut XorShift, m: &mut Vec<u8>, ids: &[u16]) {
+        let id = pick(rng, ids);
+        m.extend(id.to_be_bytes());
+        if id != 0x0010 && id != 0x0015 {
+            m.extend(pick(rng, &[0x0004, 0x000b, 0x000c, 0x0012, 0x0099]).to_be_bytes());
+        }
+        if id == 0x001a {
+            m.extend(rng.bytes(2));
+        }
+    }
+    let rsa = rng.below(2) == 0;
+    let mut m = Vec::new();
+    m.extend(if rsa { 0x0001u16 } else { 0x0023 }.to_be_bytes());
+    m.extend(pick(rng, &[0x000b, 0x000c, 0x0004, 0x0010]).to_be_bytes());
+    let attrs = (rng.next() as u32) & if rng.below(8) == 0 { !0 } else { 0x000f_0cf6 };
+    m.extend(attrs.to_be_bytes());
+    let policy = [0usize, 32, 48, 20][rng.below(4)];
+    m.extend((policy as u16).to_be_bytes());
+    m.extend(rng.bytes(policy));
+    if rng.below(2) == 0 {
+        m.extend(0x0010u16.to_be_bytes());
+    } else {
+        m.extend(pick(rng, &[0x0006, 0x0013, 0x0026, 0x000a]).to_be_bytes());
+        m.extend(pick(rng, &[128, 192, 256, 100]).to_be_bytes());
+        m.extend(pick(rng, &[0x0043, 0x0040, 0x0010, 0x0099]).to_be_bytes());
+    }
+    if rsa {
+        scheme(
+            rng,
+            &mut m,
+            &[0x0010, 0x0014, 0x0015, 0x0016, 0x0017, 0x0018],
+        );
+        let bytes = [256usize, 384, 128, 0][rng.below(4)];
+        let bits = if rng.below(10) == 0 { 2047 } else { bytes * 8 };
+        m.extend((bits as u16).to_be_bytes());
+        m.extend(if rng.below(2) == 0 { 0 } else { 65537u32 }.to_be_bytes());
+        m.extend((bytes as u16).to_be_bytes());
+        let mut n = rng.bytes(bytes);
+        if let Some(top) = n.first_mut() {
+            *top |= 0x80;
+        }
+        m.extend(n);
+    } else {
+        scheme(rng, &mut m, &[0x0010, 0x0018, 0x001a, 0x001c, 0x0014]);
+        m.extend(pick(rng, &[0x0003, 0x0004, 0x0010]).to_be_bytes());
+        scheme(rng, &mut m, &[0x0010, 0x0007, 0x0021, 0x0017]);
+        for _ in 0..2 {
+            let len = [32usize, 48, 0, 129][rng.below(4)];
+            m.extend((len as u16).to_be_bytes());
+            m.extend(rng.bytes(len));
+        }
+    }
+    match rng.below(8) {
+        0 => m.truncate(rng.below(m.len())),
+        1 => m.push(0),
+        2 => {
+            let pos = rng.below(m.len());
+            m[pos] = rng.next() as u8;
+        }
+        _ => {}
+    }
+    if rng.below(2) == 0 {
+        let mut prefixed = (m.len() as u16).to_be_bytes().to_vec();
+        prefixed.extend(m);
+        m = prefixed;
+    }
+    m
+}
+
+#[test]
+fn random_public_areas_never_panic() {
+    let mut rng = XorShift(0x7075_626c_6963);
+    let mut parsed = 0;
+    for _ in 0..20_000 {
+        let data = random_public(&mut rng);
+        fuzz_parse(&data);
+        if let Ok(p) = TpmPublic::parse_auto(&data) {
+            parsed += 1;
+            assert!(data.ends_with(p.raw()));
+            assert_eq!(TpmPublic::parse(p.raw()).unwrap(), p);
+            assert_eq!(TpmPublic::parse_tpm2b(&p.to_tpm2b()).unwrap(), p);
+            assert_eq!(p.name().len(), 2 + p.name_alg().digest_len());
+            let _ = p.public_key();
+        }
+    }
+    assert!(parsed > 500, "only {parsed} random public areas parsed");
+}
+
+#[test]
+fn mutated_certify_never_panics() {
+    let mut rng = XorShift(0x8017);
+    let header = AttestHeader {
+        qualified_signer: vec![0x00, 0x0b, 1, 2, 3],
+        extra_data: b"nonce".to_vec(),
+        clock_info: ClockInfo {
+            clock: 1,
+            reset_count: 2,
+            restart_count: 3,
+            safe: false,
+        },
+        firmware_version: 4,
+    };
+    let good = Certify::encode(&header, &[0x00, 0x0b, 9, 9], &[0x00, 0x0b, 8]).unwrap();
+    assert_eq!(Certify::parse(&good).unwrap().header(), &header);
+    for _ in 0..10_000 {
+        let mut m = good.clone();
+        for _ in 0..1 + rng.below(3) {
+            let pos = rng.below(m.len());
+            m[pos] = rng.next() as u8;
+        }
+        if rng.below(4) == 0 {
+            m.truncate(rng.below(m.len() + 1));
+        }
+        fuzz_parse(&m);
+        if let Ok(c) = Certify::parse(&m) {
+            assert_eq!(c.raw(), m.as_slice());
+            let again = Certify::encode(c.header(), c.name(), c.qualified_name()).unwrap();
+            assert_eq!(again, m);
+        }
     }
 }
