@@ -268,7 +268,7 @@ fn error_code(e: &anyhow::Error) -> &'static str {
     "usage"
 }
 
-fn parse_time(at: Option<&str>) -> Result<i64> {
+pub(crate) fn parse_time(at: Option<&str>) -> Result<i64> {
     match at {
         None => Ok(time::OffsetDateTime::now_utc().unix_timestamp()),
         Some(s) => Ok(time::OffsetDateTime::parse(
@@ -291,14 +291,26 @@ fn default_cache_dir() -> PathBuf {
 }
 
 fn fetcher(a: &VerifyArgs) -> Result<Fetcher> {
-    let dir = a.cache.clone().unwrap_or_else(default_cache_dir);
+    collateral_fetcher(a.cache.as_deref(), a.offline, &a.kds_url)
+}
+
+/// A collateral source: the cache at `cache` (or the user's default), online through
+/// `kds_url` unless `offline`.
+pub(crate) fn collateral_fetcher(
+    cache: Option<&Path>,
+    offline: bool,
+    kds_url: &str,
+) -> Result<Fetcher> {
+    let dir = cache
+        .map(Path::to_path_buf)
+        .unwrap_or_else(default_cache_dir);
     let cache =
         CollateralCache::open(&dir).with_context(|| format!("opening cache {}", dir.display()))?;
-    if a.offline {
+    if offline {
         return Ok(Fetcher::offline(cache));
     }
     let config = OnlineConfig {
-        base_url: a.kds_url.clone(),
+        base_url: kds_url.to_string(),
         timeout: Duration::from_secs(10),
         ..OnlineConfig::default()
     };

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod attest_cmd;
 mod evidence;
 mod snp_cmd;
 
@@ -26,6 +27,9 @@ enum Command {
     /// The emulated AMD secure processor: platforms, reports, launch measurements.
     #[command(subcommand)]
     Snp(snp_cmd::SnpCommand),
+    /// The attestation service: serve it, verify its tokens, manage its policies.
+    #[command(subcommand)]
+    Attest(attest_cmd::AttestCommand),
 }
 
 fn main() -> ExitCode {
@@ -33,5 +37,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Evidence(cmd) => evidence::run(cmd),
         Command::Snp(cmd) => snp_cmd::run(cmd),
+        Command::Attest(cmd) => attest_cmd::run(cmd),
     }
 }

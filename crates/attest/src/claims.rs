@@ -1,0 +1,67 @@
+//! Claims drawn from verified evidence, named as Azure Attestation names them.
+
+use serde_json::{Map, Value, json};
+use snp::chain::RootTrust;
+use snp::verify::VerifiedReport;
+
+/// The claims of a verified SEV-SNP report (`x-ms-sevsnpvm-*`), plus opencvm's
+/// `x-opencvm-emulated` and `x-opencvm-trust` labels.
+pub fn snp_claims(v: &VerifiedReport) -> Map<String, Value> {
+    let r = v.report();
+    let tcb = r.reported_tcb();
+    let p = r.policy();
+    let fw = r.current_firmware();
+    let mut m = Map::new();
+    let mut put = |k: &str, val: Value| {
+        m.insert(format!("x-ms-sevsnpvm-{k}"), val);
+    };
+    put("authorkeydigest", hex::encode(r.author_key_digest()).into());
+    put("bootloader-svn", tcb.bootloader().into());
+    put("familyId", hex::encode_upper(r.family_id()).into());
+    put("guestsvn", r.guest_svn().into());
+    put("hostdata", hex::encode(r.host_data()).into());
+    put("idkeydigest", hex::encode(r.id_key_digest()).into());
+    put("imageId", hex::encode_upper(r.image_id()).into());
+    put("is-debuggable", p.debug().into());
+    put("launchmeasurement", hex::encode(r.measurement()).into());
+    put("microcode-svn", tcb.microcode().into());
+    put("migration-allowed", p.migrate_ma().into());
+    put("reportdata", hex::encode(r.report_data()).into());
+    put("reportid", hex::encode(r.report_id()).into());
+    put("smt-allowed", p.smt().into());
+    put("snpfw-svn", tcb.snp().into());
+    put("tee-svn", tcb.tee().into());
+    put("vmpl", r.vmpl().into());
+    put("guestpolicy", p.raw().into());
+    put("product", v.product().to_string().into());
+    put(
+        "signer",
+        format!("{:?}", v.signer()).to_ascii_lowercase().into(),
+    );
+    if let Some(fmc) = tcb.fmc() {
+        put("fmc-svn", fmc.into());
+    }
+    put(
+        "firmware-version",
+        format!("{}.{}.{}", fw.major, fw.minor, fw.build).into(),
+    );
+    let (emulated, trust) = match v.trust() {
+        RootTrust::Amd => (false, "amd".to_string()),
+        RootTrust::Emulated => (true, "emulated".to_string()),
+        RootTrust::Dangerous { label } => (true, format!("dangerous:{label}")),
+    };
+    m.insert("x-opencvm-emulated".into(), emulated.into());
+    m.insert("x-opencvm-trust".into(), trust.into());
+    m
+}
+
+/// `x-ms-compliance-status`: only evidence rooted at AMD's keys is called compliant;
+/// emulated evidence says so, so relying parties that check this claim as they do with
+/// Azure Attestation never accept it by accident.
+pub fn compliance_status(emulated: bool) -> Value {
+    if emulated {
+        json!("opencvm-emulated-not-compliant")
+    } else {
+        json!("azure-compliant-cvm")
+    }
+}

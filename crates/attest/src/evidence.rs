@@ -1,0 +1,391 @@
+//! Requests as Azure Attestation accepts them, turned into verified claims.
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use snp::cert::{AmdCert, Vek, parse_bundle};
+use snp::chain::CertChain;
+use snp::kds::{KdsRequest, VcekQuery};
+use snp::report::{AttestationReport, SigningKey};
+use snp::verify::VerifiedReport;
+
+use crate::error::ApiError;
+use crate::nonce::MAX_NONCE_LEN;
+use crate::policy::MAX_POLICY_LEN;
+use crate::service::Service;
+use crate::{AttestationType, claims};
+
+/// The largest decoded runtime or init-time data accepted.
+pub const MAX_DATA_LEN: usize = 64 * 1024;
+/// The largest encoded `report` field accepted.
+pub const MAX_REPORT_FIELD_LEN: usize = 128 * 1024;
+
+/// Verified claims and what else the request carried.
+#[derive(Debug)]
+pub struct Evaluated {
+    /// Claims for the policy and the token.
+    pub claims: Map<String, Value>,
+    /// The (verified, consumed) nonce, if any.
+    pub nonce: Option<String>,
+    /// A draft policy: the request is a dry run.
+    pub draft_policy: Option<String>,
+}
+
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const URL_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+const STD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+
+/// Decodes base64 in either alphabet, padded or not (clients differ).
+pub fn b64_any(field: &str, s: &str) -> Result<Vec<u8>, ApiError> {
+    let s = s.trim();
+    let r = if s.contains(['+', '/']) {
+        STD_LENIENT.decode(s)
+    } else {
+        URL_LENIENT.decode(s)
+    };
+    r.map_err(|_| ApiError::bad("malformed_request", format!("{field} is not base64")))
+}
+
+/// `runtimeData` / `initTimeData`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataField {
+    /// base64url of the data.
+    pub data: String,
+    /// `Binary` (default) or `JSON`.
+    #[serde(rename = "dataType", default)]
+    pub data_type: Option<String>,
+    /// `SHA256` (default) or `SHA384`: how REPORT_DATA binds it (opencvm extension).
+    #[serde(rename = "hashAlgorithm", default)]
+    pub hash_algorithm: Option<String>,
+}
+
+/// A decoded runtime/init-time data field.
+pub struct Data {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// The parsed JSON when `dataType` is `JSON`.
+    pub json: Option<Value>,
+    sha384: bool,
+}
+
+impl DataField {
+    /// Decodes and checks the field.
+    pub fn decode(&self, field: &str) -> Result<Data, ApiError> {
+        if self.data.len() > MAX_DATA_LEN * 4 / 3 + 4 {
+            return Err(ApiError::bad(
+                "field_too_large",
+                format!("{field} is larger than {MAX_DATA_LEN} bytes"),
+            ));
+        }
+        let bytes = b64_any(field, &self.data)?;
+        let json = match self.data_type.as_deref().unwrap_or("Binary") {
+            "Binary" | "binary" => None,
+            "JSON" | "Json" | "json" => Some(serde_json::from_slice(&bytes).map_err(|_| {
+                ApiError::bad(
+                    "malformed_request",
+                    format!("{field} has dataType JSON but is not JSON"),
+                )
+            })?),
+            other => {
+                return Err(ApiError::bad(
+                    "malformed_request",
+                    format!("{field}.dataType {other:?} is neither Binary nor JSON"),
+                ));
+            }
+        };
+        let sha384 = match self.hash_algorithm.as_deref().unwrap_or("SHA256") {
+            "SHA256" | "sha256" => false,
+            "SHA384" | "sha384" => true,
+            other => {
+                return Err(ApiError::bad(
+                    "malformed_request",
+                    format!("{field}.hashAlgorithm {other:?} is neither SHA256 nor SHA384"),
+                ));
+            }
+        };
+        Ok(Data {
+            bytes,
+            json,
+            sha384,
+        })
+    }
+}
+
+impl Data {
+    /// Whether `report_data` (64 bytes) is the hash of this data, zero-padded.
+    pub fn bound_by(&self, report_data: &[u8]) -> bool {
+        let (alg, n) = if self.sha384 {
+            (&aws_lc_rs::digest::SHA384, 48)
+        } else {
+            (&aws_lc_rs::digest::SHA256, 32)
+        };
+        let d = aws_lc_rs::digest::digest(alg, &self.bytes);
+        report_data.get(..n) == Some(d.as_ref())
+            && report_data
+                .get(n..)
+                .is_some_and(|t| t.iter().all(|&b| b == 0))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SevSnpRequest {
+    report: String,
+    #[serde(rename = "runtimeData", default)]
+    runtime_data: Option<DataField>,
+    #[serde(rename = "initTimeData", default)]
+    init_time_data: Option<DataField>,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(rename = "draftPolicyForAttestation", default)]
+    draft_policy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SnpProof {
+    #[serde(rename = "SnpReport")]
+    snp_report: String,
+    #[serde(rename = "VcekCertChain", default)]
+    vcek_cert_chain: Option<String>,
+}
+
+/// Parses JSON, mapping errors to `malformed_json`.
+pub fn parse_json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(
+            "malformed_json",
+            format!(
+                "{what}: {}",
+                e.to_string().chars().take(200).collect::<String>()
+            ),
+        )
+    })
+}
+
+/// Verifies the claims in `body` for `kind`.
+pub fn evaluate(svc: &Service, kind: AttestationType, body: &[u8]) -> Result<Evaluated, ApiError> {
+    match kind {
+        AttestationType::SevSnpVm => sevsnp(svc, body),
+        AttestationType::AzureGuest => crate::azure::evaluate(svc, body),
+    }
+}
+
+pub(crate) fn check_draft(draft: &Option<String>) -> Result<(), ApiError> {
+    if draft.as_ref().is_some_and(|d| d.len() > MAX_POLICY_LEN) {
+        return Err(ApiError::bad(
+            "field_too_large",
+            format!("draftPolicyForAttestation is larger than {MAX_POLICY_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_nonce_field(nonce: &Option<String>) -> Result<(), ApiError> {
+    if nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE_LEN) {
+        return Err(ApiError::bad(
+            "field_too_large",
+            format!("nonce is longer than {MAX_NONCE_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn sevsnp(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
+    let req: SevSnpRequest = parse_json("SevSnpVm request", body)?;
+    check_draft(&req.draft_policy)?;
+    check_nonce_field(&req.nonce)?;
+    if req.report.len() > MAX_REPORT_FIELD_LEN {
+        return Err(ApiError::bad(
+            "field_too_large",
+            "report field is too large",
+        ));
+    }
+    let proof_json = b64_any("report", &req.report)?;
+    let proof: SnpProof = parse_json("report", &proof_json)?;
+    let report_bytes = b64_any("SnpReport", &proof.snp_report)?;
+    let chain_pem = match &proof.vcek_cert_chain {
+        Some(c) if !c.is_empty() => Some(b64_any("VcekCertChain", c)?),
+        _ => None,
+    };
+    let verified = verify_snp(svc, &report_bytes, chain_pem.as_deref())?;
+    let report = verified.report();
+    let mut claims = claims::snp_claims(&verified);
+
+    let runtime = req
+        .runtime_data
+        .as_ref()
+        .map(|d| d.decode("runtimeData"))
+        .transpose()?;
+    if let Some(rt) = &runtime {
+        if !rt.bound_by(report.report_data()) {
+            return Err(ApiError::bad(
+                "runtime_data_unbound",
+                "REPORT_DATA is not the hash of runtimeData (zero-padded)",
+            ));
+        }
+        match &rt.json {
+            Some(j) => {
+                claims.insert("x-ms-runtime".into(), j.clone());
+            }
+            None => {
+                claims.insert(
+                    "x-opencvm-runtime-data".into(),
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .encode(&rt.bytes)
+                        .into(),
+                );
+            }
+        }
+    }
+    if let Some(it) = &req.init_time_data {
+        let it = it.decode("initTimeData")?;
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &it.bytes);
+        if report.host_data().as_slice() != d.as_ref() {
+            return Err(ApiError::bad(
+                "inittime_data_unbound",
+                "HOST_DATA is not the SHA-256 of initTimeData",
+            ));
+        }
+        if let Some(j) = it.json {
+            claims.insert("x-ms-inittime".into(), j);
+        }
+    }
+    let nonce = match &req.nonce {
+        None => None,
+        Some(n) => {
+            // The nonce must be inside the evidence, or it proves nothing about freshness.
+            let bound = runtime
+                .as_ref()
+                .and_then(|r| r.json.as_ref())
+                .and_then(|j| j.get("nonce"))
+                .and_then(Value::as_str)
+                == Some(n.as_str());
+            if !bound {
+                return Err(ApiError::bad(
+                    "nonce_not_bound",
+                    "the nonce must appear as \"nonce\" in JSON runtimeData bound by REPORT_DATA",
+                ));
+            }
+            if req.draft_policy.is_none() {
+                svc.consume_nonce(n)?;
+            }
+            Some(n.clone())
+        }
+    };
+    Ok(Evaluated {
+        claims,
+        nonce,
+        draft_policy: req.draft_policy,
+    })
+}
+
+/// Parses and verifies an SNP report with the given chain (PEM/DER bundle) or with
+/// collateral from the service's cache.
+pub(crate) fn verify_snp(
+    svc: &Service,
+    report_bytes: &[u8],
+    chain: Option<&[u8]>,
+) -> Result<VerifiedReport, ApiError> {
+    let report = AttestationReport::parse(report_bytes)
+        .map_err(|e| ApiError::bad("malformed_report", e.to_string()))?;
+    let certs: Vec<AmdCert> = match chain {
+        Some(c) => {
+            parse_bundle(c).map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?
+        }
+        None => Vec::new(),
+    };
+    let vek = match certs
+        .iter()
+        .find(|c| matches!(c.subject_cn(), "SEV-VCEK" | "SEV-VLEK"))
+    {
+        Some(c) => Vek::from_cert(c.clone())
+            .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?,
+        None => {
+            let (Some(product), SigningKey::Vcek) = (report.product(), report.signing_key()) else {
+                return Err(ApiError::bad(
+                    "missing_collateral",
+                    "no VCEK in VcekCertChain, and none can be looked up for this report",
+                ));
+            };
+            let req = KdsRequest::Vcek(
+                VcekQuery::new(product, report.chip_id(), report.reported_tcb())
+                    .map_err(|e| ApiError::bad("missing_collateral", e.to_string()))?,
+            );
+            let der = fetch(svc, &req)?;
+            Vek::parse(&der).map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?
+        }
+    };
+    let chain = match CertChain::from_certs_for(&certs, vek.kind()) {
+        Ok(c) => c,
+        Err(_) => {
+            let pem = fetch(
+                svc,
+                &KdsRequest::CertChain {
+                    product: vek.product(),
+                    kind: vek.kind(),
+                },
+            )?;
+            let certs = parse_bundle(&pem)
+                .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?;
+            CertChain::from_certs_for(&certs, vek.kind())
+                .map_err(|e| ApiError::bad("missing_collateral", e.to_string()))?
+        }
+    };
+    svc.verifier()
+        .verify(&report, &vek, &chain, svc.evidence_time())
+        .map_err(|e| {
+            let status = if e.is_collateral_problem() { 424 } else { 400 };
+            ApiError::new(status, e.code(), e.to_string())
+        })
+}
+
+fn fetch(svc: &Service, req: &KdsRequest) -> Result<Vec<u8>, ApiError> {
+    let f = svc.fetcher().ok_or_else(|| {
+        ApiError::new(
+            424,
+            "missing_collateral",
+            "the request carries no VCEK chain and this service has no collateral cache",
+        )
+    })?;
+    f.fetch(req)
+        .map_err(|e| ApiError::new(424, "missing_collateral", e.to_string()))
+}
+
+/// Runs the request parsers on `data` (a fuzz target's entry point): SevSnpVm and
+/// AzureGuest bodies down to their nested base64 and JSON, data fields, settings, and
+/// token parsing/verification. Must never panic.
+pub fn fuzz_parse(data: &[u8]) {
+    if let Ok(req) = serde_json::from_slice::<SevSnpRequest>(data) {
+        if let Ok(proof) = b64_any("report", &req.report)
+            && let Ok(p) = serde_json::from_slice::<SnpProof>(&proof)
+        {
+            let _ = b64_any("SnpReport", &p.snp_report);
+        }
+        for d in [&req.runtime_data, &req.init_time_data]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(d) = d.decode("data") {
+                let _ = d.bound_by(&[0u8; 64]);
+            }
+        }
+    }
+    crate::azure::fuzz_parse(data);
+    let _ = serde_json::from_slice::<crate::policy::ProviderSettings>(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = b64_any("x", text);
+        let _ = crate::jwt::peek(text);
+        let _ = crate::jwt::verify(
+            text,
+            &crate::jwt::Jwks::default(),
+            &crate::jwt::VerifyOptions::at(0),
+        );
+        if let Ok(jwks) = crate::jwt::Jwks::from_json(data) {
+            let _ = crate::jwt::verify("e30.e30.e30", &jwks, &crate::jwt::VerifyOptions::at(0));
+        }
+    }
+}

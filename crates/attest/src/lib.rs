@@ -1,0 +1,71 @@
+//! The opencvm attestation service.
+//!
+//! Modelled on Microsoft Azure Attestation (MAA) so its clients and habits carry over:
+//! `POST /attest/SevSnpVm` and `POST /attest/AzureGuest` take evidence, a provider's
+//! Rego policy judges the claims drawn from it, and a signed JWT says what was
+//! verified. Relying parties check tokens with the provider's OpenID Connect
+//! discovery document and JWKS.
+//!
+//! - [`jwt`]: token signing (RS256, ES384) and verification against a JWKS.
+//! - [`policy`]: Rego policies (compiled once per version), default policies, dry runs.
+//! - [`evidence`], [`azure`]: requests → verified claims.
+//! - [`service`]: providers, keys, policies, nonces, tokens.
+//! - [`server`]: the HTTP API.
+//! - [`store`], [`seal`]: SQLite state with secrets sealed under a master key.
+
+#![forbid(unsafe_code)]
+
+pub mod azure;
+pub mod claims;
+pub mod error;
+pub mod evidence;
+mod fsutil;
+pub mod jwt;
+pub mod nonce;
+pub mod policy;
+pub mod seal;
+pub mod server;
+pub mod service;
+pub mod store;
+mod x509;
+
+pub use error::ApiError;
+pub use evidence::fuzz_parse;
+pub use service::{Service, ServiceConfig};
+
+/// The kinds of evidence the service attests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttestationType {
+    /// A raw SEV-SNP report (`/attest/SevSnpVm`).
+    SevSnpVm,
+    /// vTPM evidence with an SNP isolation report (`/attest/AzureGuest`).
+    AzureGuest,
+}
+
+impl AttestationType {
+    /// Every type.
+    pub const ALL: [AttestationType; 2] = [AttestationType::SevSnpVm, AttestationType::AzureGuest];
+
+    /// The name in API paths.
+    pub fn path_name(self) -> &'static str {
+        match self {
+            AttestationType::SevSnpVm => "SevSnpVm",
+            AttestationType::AzureGuest => "AzureGuest",
+        }
+    }
+
+    /// The `x-ms-attestation-type` claim value.
+    pub fn claim_name(self) -> &'static str {
+        match self {
+            AttestationType::SevSnpVm => "sevsnpvm",
+            AttestationType::AzureGuest => "azurevm",
+        }
+    }
+
+    /// Parses a path name (case-insensitive).
+    pub fn from_path(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.path_name().eq_ignore_ascii_case(name))
+    }
+}

@@ -1,0 +1,693 @@
+//! The attestation service: providers (tenants), their keys and policies, and the
+//! evidence → claims → policy → token path. HTTP lives in [`crate::server`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde_json::{Map, Value, json};
+use snp::chain::TrustAnchors;
+use snp::collateral::Fetcher;
+use snp::verify::Verifier;
+use zeroize::Zeroizing;
+
+use crate::error::ApiError;
+use crate::jwt::{Alg, Jwks, TokenSigner};
+use crate::nonce::NonceStore;
+use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
+use crate::seal::MasterKey;
+use crate::store::{ProviderRow, SigningKeyRow, SqliteStore, Store};
+use crate::{AttestationType, evidence};
+
+/// The name of the provider served at the root paths.
+pub const DEFAULT_PROVIDER: &str = "default";
+
+/// How a service is set up.
+#[derive(Debug)]
+pub struct ServiceConfig {
+    /// Where the database, master key and admin credential live.
+    pub state_dir: PathBuf,
+    /// The master key file (default `STATE/keys/master.key`).
+    pub master_key: Option<PathBuf>,
+    /// The public base URL (the default provider's issuer).
+    pub issuer: String,
+    /// Trust evidence from the emulated AMD secure processor (labelled as such); the
+    /// default provider's settings then allow it.
+    pub allow_emulated: bool,
+    /// Signing algorithm for new providers' keys.
+    pub token_alg: Alg,
+    /// Token lifetime.
+    pub token_lifetime: Duration,
+    /// Nonce lifetime.
+    pub nonce_ttl: Duration,
+    /// Where VEKs and chains come from when a request carries none.
+    pub collateral: Option<Fetcher>,
+    /// Check certificate validity at this time (Unix seconds) instead of now, for
+    /// recorded evidence.
+    pub evidence_time: Option<i64>,
+}
+
+impl ServiceConfig {
+    /// Defaults: RS256, 8 h tokens, 5 min nonces, no emulator, no collateral source.
+    pub fn new(state_dir: PathBuf, issuer: String) -> Self {
+        ServiceConfig {
+            state_dir,
+            master_key: None,
+            issuer,
+            allow_emulated: false,
+            token_alg: Alg::RS256,
+            token_lifetime: Duration::from_secs(8 * 3600),
+            nonce_ttl: Duration::from_secs(300),
+            collateral: None,
+            evidence_time: None,
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The master key or a sealed secret failed.
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// A key could not be made or loaded.
+    #[error(transparent)]
+    Jwt(#[from] crate::jwt::JwtError),
+    /// A stored policy no longer compiles.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored settings are not valid JSON.
+    #[error("stored settings: {0}")]
+    Settings(#[from] serde_json::Error),
+}
+
+/// A policy version in force, compiled.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    /// Version (0 for the built-in default).
+    pub version: i64,
+    /// The Rego text.
+    pub text: String,
+    /// `x-ms-policy-hash`.
+    pub hash: String,
+    compiled: CompiledPolicy,
+}
+
+/// A provider (tenant) loaded in memory.
+#[derive(Debug)]
+pub struct Provider {
+    name: String,
+    admin_sha256: Vec<u8>,
+    settings: ProviderSettings,
+    /// Newest first; the first signs.
+    signers: Vec<TokenSigner>,
+    policies: HashMap<AttestationType, Arc<ActivePolicy>>,
+}
+
+impl Provider {
+    /// The provider's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its settings.
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+    /// The policy in force for `kind`.
+    pub fn policy(&self, kind: AttestationType) -> Option<&Arc<ActivePolicy>> {
+        self.policies.get(&kind)
+    }
+}
+
+/// The attestation service.
+pub struct Service {
+    issuer_base: String,
+    store: Box<dyn Store>,
+    master: MasterKey,
+    verifier: Verifier,
+    fetcher: Option<Fetcher>,
+    nonces: NonceStore,
+    providers: RwLock<HashMap<String, Arc<Provider>>>,
+    token_alg: Alg,
+    token_lifetime: i64,
+    evidence_time: Option<i64>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("issuer", &self.issuer_base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+fn new_credential() -> Result<Zeroizing<String>, ApiError> {
+    let mut raw = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| ApiError::internal("random"))?;
+    Ok(Zeroizing::new(B64URL.encode(raw.as_ref())))
+}
+
+/// Whether `name` is a valid provider name: 1-48 of `[a-z0-9-]`, not starting with `-`.
+pub fn valid_provider_name(name: &str) -> bool {
+    (1..=48).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl Service {
+    /// Opens (or initialises) the service state. On first start the default
+    /// provider is created and its administrator credential written to
+    /// `STATE/admin.token` (mode 0600); that path is returned then.
+    pub fn open(cfg: ServiceConfig) -> Result<(Self, Option<PathBuf>), ServiceError> {
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let master_path = cfg
+            .master_key
+            .clone()
+            .unwrap_or_else(|| cfg.state_dir.join("keys").join("master.key"));
+        let master = MasterKey::load_or_create(&master_path)?;
+        let store = SqliteStore::open(&cfg.state_dir.join("attest.db"))?;
+        let mut anchors = TrustAnchors::amd();
+        if cfg.allow_emulated {
+            anchors.dangerously_trust_emulator();
+        }
+        let svc = Service {
+            issuer_base: cfg.issuer.trim_end_matches('/').to_string(),
+            store: Box::new(store),
+            master,
+            verifier: Verifier::new(anchors),
+            fetcher: cfg.collateral,
+            nonces: NonceStore::new(cfg.nonce_ttl, 100_000),
+            providers: RwLock::new(HashMap::new()),
+            token_alg: cfg.token_alg,
+            token_lifetime: i64::try_from(cfg.token_lifetime.as_secs()).unwrap_or(i64::MAX),
+            evidence_time: cfg.evidence_time,
+        };
+        let mut created = None;
+        if !svc
+            .store
+            .providers()?
+            .iter()
+            .any(|p| p.name == DEFAULT_PROVIDER)
+        {
+            let settings = ProviderSettings {
+                allow_emulated: cfg.allow_emulated,
+                ..ProviderSettings::default()
+            };
+            let token = svc
+                .create_provider_row(DEFAULT_PROVIDER, &settings)
+                .map_err(|e| std::io::Error::other(e.message))?;
+            let path = cfg.state_dir.join("admin.token");
+            crate::fsutil::write_secret_file(&path, token.as_bytes())?;
+            created = Some(path);
+        }
+        for row in svc.store.providers()? {
+            let p = svc.load_provider(&row)?;
+            if let Ok(mut map) = svc.providers.write() {
+                map.insert(row.name.clone(), Arc::new(p));
+            }
+        }
+        Ok((svc, created))
+    }
+
+    fn seal_context(provider: &str) -> String {
+        format!("opencvm-attest/signing-key/{provider}")
+    }
+
+    fn new_signing_key_row(&self, provider: &str) -> Result<SigningKeyRow, ApiError> {
+        let t = now();
+        let signer = TokenSigner::generate(
+            self.token_alg,
+            &format!("opencvm attestation token signing ({provider})"),
+            t,
+            365,
+        )
+        .map_err(|_| ApiError::internal("key_generation"))?;
+        let pkcs8 = signer
+            .to_pkcs8()
+            .map_err(|_| ApiError::internal("key_generation"))?;
+        let sealed = self
+            .master
+            .seal(&Self::seal_context(provider), &pkcs8)
+            .map_err(|_| ApiError::internal("seal"))?;
+        Ok(SigningKeyRow {
+            alg: self.token_alg.name().to_string(),
+            sealed_pkcs8: sealed,
+            cert_der: signer.cert_der().to_vec(),
+            created: t,
+        })
+    }
+
+    fn create_provider_row(
+        &self,
+        name: &str,
+        settings: &ProviderSettings,
+    ) -> Result<Zeroizing<String>, ApiError> {
+        let token = new_credential()?;
+        let row = ProviderRow {
+            name: name.to_string(),
+            admin_sha256: sha256(token.as_bytes()),
+            settings_json: serde_json::to_string(settings)
+                .map_err(|_| ApiError::internal("settings"))?,
+        };
+        let key = self.new_signing_key_row(name)?;
+        self.store
+            .create_provider(&row, &key)
+            .map_err(|e| match e {
+                crate::store::StoreError::Exists(_) => ApiError::new(
+                    409,
+                    "provider_exists",
+                    format!("provider {name:?} already exists"),
+                ),
+                _ => ApiError::internal("store"),
+            })?;
+        Ok(token)
+    }
+
+    fn load_provider(&self, row: &ProviderRow) -> Result<Provider, ServiceError> {
+        let settings: ProviderSettings = serde_json::from_str(&row.settings_json)?;
+        let mut signers = Vec::new();
+        for k in self.store.signing_keys(&row.name)? {
+            let alg = Alg::from_name(&k.alg).unwrap_or(Alg::RS256);
+            let pkcs8 = self
+                .master
+                .open(&Self::seal_context(&row.name), &k.sealed_pkcs8)?;
+            signers.push(TokenSigner::from_pkcs8(alg, &pkcs8, k.cert_der)?);
+        }
+        let mut policies = HashMap::new();
+        for kind in AttestationType::ALL {
+            let active = match self.store.latest_policy(&row.name, kind.path_name())? {
+                Some(p) => ActivePolicy {
+                    version: p.version,
+                    hash: policy::policy_hash(&p.text),
+                    compiled: CompiledPolicy::compile(&p.text, &settings)?,
+                    text: p.text,
+                },
+                None => {
+                    let text = policy::default_policy(kind);
+                    ActivePolicy {
+                        version: 0,
+                        hash: policy::policy_hash(&text),
+                        compiled: CompiledPolicy::compile(&text, &settings)?,
+                        text,
+                    }
+                }
+            };
+            policies.insert(kind, Arc::new(active));
+        }
+        Ok(Provider {
+            name: row.name.clone(),
+            admin_sha256: row.admin_sha256.clone(),
+            settings,
+            signers,
+            policies,
+        })
+    }
+
+    fn reload(&self, name: &str) -> Result<Arc<Provider>, ApiError> {
+        let rows = self
+            .store
+            .providers()
+            .map_err(|_| ApiError::internal("store"))?;
+        let row = rows
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ApiError::not_found(format!("no provider {name:?}")))?;
+        let p = Arc::new(
+            self.load_provider(row)
+                .map_err(|_| ApiError::internal("load_provider"))?,
+        );
+        if let Ok(mut map) = self.providers.write() {
+            map.insert(name.to_string(), p.clone());
+        }
+        Ok(p)
+    }
+
+    /// The provider named `name`.
+    pub fn provider(&self, name: &str) -> Result<Arc<Provider>, ApiError> {
+        self.providers
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+            .ok_or_else(|| ApiError::not_found(format!("no attestation provider {name:?}")))
+    }
+
+    /// The issuer URL of a provider.
+    pub fn issuer(&self, provider: &str) -> String {
+        if provider == DEFAULT_PROVIDER {
+            self.issuer_base.clone()
+        } else {
+            format!("{}/providers/{provider}", self.issuer_base)
+        }
+    }
+
+    /// Checks a bearer credential against the provider's administrator credential.
+    pub fn check_admin(&self, provider: &str, bearer: Option<&str>) -> Result<(), ApiError> {
+        let p = self.provider(provider)?;
+        let token = bearer.ok_or_else(ApiError::unauthorized)?;
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            &sha256(token.as_bytes()),
+            &p.admin_sha256,
+        )
+        .map_err(|_| ApiError::unauthorized())
+    }
+
+    /// Creates a named provider (requires the default provider's administrator);
+    /// returns its administrator credential, shown only this once.
+    pub fn create_provider(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        settings: ProviderSettings,
+    ) -> Result<Value, ApiError> {
+        self.check_admin(DEFAULT_PROVIDER, bearer)?;
+        if !valid_provider_name(name) || name == DEFAULT_PROVIDER {
+            return Err(ApiError::bad(
+                "invalid_provider_name",
+                "a provider name is 1-48 characters of a-z, 0-9 and '-'",
+            ));
+        }
+        let token = self.create_provider_row(name, &settings)?;
+        self.reload(name)?;
+        Ok(json!({
+            "name": name,
+            "issuer": self.issuer(name),
+            "adminToken": token.as_str(),
+        }))
+    }
+
+    /// The provider's JWKS (every key it has signed with, newest first).
+    pub fn jwks(&self, provider: &str) -> Result<Jwks, ApiError> {
+        let p = self.provider(provider)?;
+        Ok(Jwks {
+            keys: p.signers.iter().map(TokenSigner::jwk).collect(),
+        })
+    }
+
+    /// The provider's OpenID Connect discovery document.
+    pub fn openid_configuration(&self, provider: &str) -> Result<Value, ApiError> {
+        let p = self.provider(provider)?;
+        let iss = self.issuer(provider);
+        let algs: Vec<&str> = p.signers.iter().map(|s| s.alg().name()).collect();
+        Ok(json!({
+            "issuer": iss,
+            "jwks_uri": format!("{iss}/certs"),
+            "id_token_signing_alg_values_supported": algs,
+            "response_types_supported": ["token", "none"],
+            "subject_types_supported": ["public"],
+            "claims_supported": [
+                "iss", "iat", "nbf", "exp", "jti", "nonce", "x-ms-ver",
+                "x-ms-attestation-type", "x-ms-compliance-status", "x-ms-policy-hash",
+                "x-ms-runtime", "x-ms-isolation-tee", "x-opencvm-emulated"
+            ],
+            "revocation_endpoint": Value::Null,
+        }))
+    }
+
+    /// Adds a new signing key; the newest signs, older ones stay in the JWKS.
+    pub fn rotate_signing_key(
+        &self,
+        provider: &str,
+        bearer: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        self.check_admin(provider, bearer)?;
+        let row = self.new_signing_key_row(provider)?;
+        self.store
+            .add_signing_key(provider, &row)
+            .map_err(|_| ApiError::internal("store"))?;
+        let p = self.reload(provider)?;
+        let kid = p.signers.first().map(|s| s.kid().to_string());
+        Ok(json!({ "kid": kid }))
+    }
+
+    /// Issues a nonce.
+    pub fn issue_nonce(&self) -> Result<Value, ApiError> {
+        let nonce = self
+            .nonces
+            .issue()
+            .map_err(|e| ApiError::new(503, e.code(), e.to_string()))?;
+        let ttl = i64::try_from(self.nonces.ttl().as_secs()).unwrap_or(i64::MAX);
+        Ok(json!({ "nonce": nonce, "expiresAt": now().saturating_add(ttl) }))
+    }
+
+    pub(crate) fn consume_nonce(&self, nonce: &str) -> Result<(), ApiError> {
+        self.nonces
+            .consume(nonce)
+            .map_err(|e| ApiError::bad(e.code(), e.to_string()))
+    }
+
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub(crate) fn fetcher(&self) -> Option<&Fetcher> {
+        self.fetcher.as_ref()
+    }
+
+    pub(crate) fn evidence_time(&self) -> i64 {
+        self.evidence_time.unwrap_or_else(now)
+    }
+
+    /// The policy in force for `kind`: `{version, policy, policyHash}`.
+    pub fn get_policy(
+        &self,
+        provider: &str,
+        bearer: Option<&str>,
+        kind: AttestationType,
+    ) -> Result<Value, ApiError> {
+        self.check_admin(provider, bearer)?;
+        let p = self.provider(provider)?;
+        let a = p
+            .policy(kind)
+            .ok_or_else(|| ApiError::internal("no_policy"))?;
+        Ok(json!({
+            "attestationType": kind.path_name(),
+            "version": a.version,
+            "default": a.version == 0,
+            "policy": a.text,
+            "policyHash": a.hash,
+        }))
+    }
+
+    /// Sets a new policy version for `kind` (it must compile).
+    pub fn set_policy(
+        &self,
+        provider: &str,
+        bearer: Option<&str>,
+        kind: AttestationType,
+        text: &str,
+    ) -> Result<Value, ApiError> {
+        self.check_admin(provider, bearer)?;
+        let p = self.provider(provider)?;
+        CompiledPolicy::compile(text, &p.settings)
+            .map_err(|e| ApiError::bad("invalid_policy", e.to_string()))?;
+        let version = self
+            .store
+            .put_policy(provider, kind.path_name(), text, now())
+            .map_err(|_| ApiError::internal("store"))?;
+        self.reload(provider)?;
+        Ok(json!({
+            "attestationType": kind.path_name(),
+            "version": version,
+            "policyHash": policy::policy_hash(text),
+        }))
+    }
+
+    /// The provider's settings.
+    pub fn get_settings(&self, provider: &str, bearer: Option<&str>) -> Result<Value, ApiError> {
+        self.check_admin(provider, bearer)?;
+        let p = self.provider(provider)?;
+        serde_json::to_value(&p.settings).map_err(|_| ApiError::internal("settings"))
+    }
+
+    /// Replaces the provider's settings (policies are recompiled with them).
+    pub fn set_settings(
+        &self,
+        provider: &str,
+        bearer: Option<&str>,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        self.check_admin(provider, bearer)?;
+        let settings: ProviderSettings = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad("invalid_settings", e.to_string()))?;
+        for m in &settings.measurements {
+            if m.len() != 96
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(ApiError::bad(
+                    "invalid_settings",
+                    "measurements are 96 lower-case hex digits",
+                ));
+            }
+        }
+        let json = serde_json::to_string(&settings).map_err(|_| ApiError::internal("settings"))?;
+        self.store
+            .set_settings(provider, &json)
+            .map_err(|_| ApiError::internal("store"))?;
+        self.reload(provider)?;
+        serde_json::to_value(&settings).map_err(|_| ApiError::internal("settings"))
+    }
+
+    /// Attests `body` (an MAA-shaped request for `kind`) for `provider`: a token, or
+    /// with `draftPolicyForAttestation` a dry run that issues none. A draft policy is
+    /// code the service runs, so it needs the provider's administrator credential.
+    pub fn attest(
+        &self,
+        provider: &str,
+        kind: AttestationType,
+        body: &[u8],
+        bearer: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let p = self.provider(provider)?;
+        let ev = evidence::evaluate(self, kind, body)?;
+        if let Some(draft) = ev.draft_policy.clone() {
+            self.check_admin(provider, bearer)?;
+            return self.dry_run(&p, kind, Some(&draft), ev);
+        }
+        let active = p
+            .policy(kind)
+            .ok_or_else(|| ApiError::internal("no_policy"))?
+            .clone();
+        let input = Value::Object(ev.claims.clone());
+        let decision = active
+            .compiled
+            .evaluate(&input)
+            .map_err(|e| ApiError::bad("policy_evaluation_failed", e.to_string()))?;
+        if !decision.allow {
+            let detail = json!({ "deny": decision.deny, "policyVersion": active.version });
+            let first = decision
+                .deny
+                .first()
+                .map(|d| format!("{}: {}", d.rule, d.message))
+                .unwrap_or_default();
+            return Err(ApiError::new(
+                403,
+                "policy_denied",
+                format!("the attestation policy denied the evidence ({first})"),
+            )
+            .with_detail(detail));
+        }
+        let token = self.token(&p, kind, ev.claims, &active.hash, ev.nonce.as_deref())?;
+        Ok(json!({ "token": token }))
+    }
+
+    /// A dry run: the decision, the claims and the reasons, with `policy` (or the
+    /// policy in force). Never issues a token. A draft policy needs the provider's
+    /// administrator credential; the policy in force does not.
+    pub fn test_policy(
+        &self,
+        provider: &str,
+        kind: AttestationType,
+        policy_text: Option<&str>,
+        evidence_body: &[u8],
+        bearer: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let p = self.provider(provider)?;
+        if policy_text.is_some() {
+            self.check_admin(provider, bearer)?;
+        }
+        let ev = evidence::evaluate(self, kind, evidence_body)?;
+        if ev.draft_policy.is_some() {
+            self.check_admin(provider, bearer)?;
+        }
+        let draft = policy_text.map(str::to_string).or(ev.draft_policy.clone());
+        self.dry_run(&p, kind, draft.as_deref(), ev)
+    }
+
+    fn dry_run(
+        &self,
+        p: &Provider,
+        kind: AttestationType,
+        draft: Option<&str>,
+        ev: evidence::Evaluated,
+    ) -> Result<Value, ApiError> {
+        let (compiled, hash, version) = match draft {
+            Some(text) => (
+                CompiledPolicy::compile(text, &p.settings)
+                    .map_err(|e| ApiError::bad("invalid_policy", e.to_string()))?,
+                policy::policy_hash(text),
+                Value::Null,
+            ),
+            None => {
+                let a = p
+                    .policy(kind)
+                    .ok_or_else(|| ApiError::internal("no_policy"))?;
+                (a.compiled.clone(), a.hash.clone(), a.version.into())
+            }
+        };
+        let input = Value::Object(ev.claims.clone());
+        let Decision { allow, deny } = compiled
+            .evaluate(&input)
+            .map_err(|e| ApiError::bad("policy_evaluation_failed", e.to_string()))?;
+        Ok(json!({
+            "dryRun": true,
+            "decision": if allow { "allow" } else { "deny" },
+            "deny": deny,
+            "policyHash": hash,
+            "policyVersion": version,
+            "claims": ev.claims,
+        }))
+    }
+
+    fn token(
+        &self,
+        p: &Provider,
+        kind: AttestationType,
+        mut claims: Map<String, Value>,
+        policy_hash: &str,
+        nonce: Option<&str>,
+    ) -> Result<String, ApiError> {
+        let signer = p
+            .signers
+            .first()
+            .ok_or_else(|| ApiError::internal("no_signing_key"))?;
+        let t = now();
+        let mut jti = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut jti).map_err(|_| ApiError::internal("random"))?;
+        let emulated = claims
+            .get("x-opencvm-emulated")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let iss = self.issuer(&p.name);
+        claims.insert("iss".into(), iss.clone().into());
+        claims.insert("iat".into(), t.into());
+        claims.insert("nbf".into(), t.into());
+        claims.insert("exp".into(), t.saturating_add(self.token_lifetime).into());
+        claims.insert("jti".into(), hex::encode(jti).into());
+        if let Some(n) = nonce {
+            claims.insert("nonce".into(), n.into());
+        }
+        claims.insert("x-ms-ver".into(), "1.0".into());
+        claims.insert("x-ms-attestation-type".into(), kind.claim_name().into());
+        claims.insert(
+            "x-ms-compliance-status".into(),
+            crate::claims::compliance_status(emulated),
+        );
+        claims.insert("x-ms-policy-hash".into(), policy_hash.into());
+        signer
+            .sign(&claims, &format!("{iss}/certs"))
+            .map_err(|_| ApiError::internal("signing"))
+    }
+}

@@ -1,0 +1,414 @@
+//! `POST /attest/AzureGuest`: real Azure vTPM evidence, and complete evidence (event
+//! log, ephemeral key) built on the emulated secure processor.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RsaPublicKeyComponents};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use common::*;
+use serde_json::{Value, json};
+use snp::hcl::HclReport;
+use snp::product::Product;
+use tpm_quote::{
+    AttestHeader, Certify, ClockInfo, HashAlg, KeyScheme, ObjectAttributes as A, PcrSelection,
+    PcrValues, Quote, RsaTemplate, TpmPublic,
+};
+
+const AK_ATTRS: u32 = 0x0005_0472;
+
+fn vector(name: &str) -> std::path::PathBuf {
+    repo_root()
+        .join("testdata/snp/trustee/az-snp-vtpm")
+        .join(name)
+}
+
+fn ak_public(modulus: &[u8]) -> Vec<u8> {
+    let mut t = RsaTemplate::new(A::from_bits(AK_ATTRS).unwrap(), modulus);
+    t.scheme = KeyScheme::rsassa(HashAlg::Sha256);
+    TpmPublic::encode_rsa(&t).unwrap()
+}
+
+struct Parts {
+    report: Vec<u8>,
+    chain_pem: String,
+    runtime: Vec<u8>,
+    ak_pub: Vec<u8>,
+    quote: Vec<u8>,
+    quote_sig: Vec<u8>,
+    pcrs: Vec<(u32, Vec<u8>)>,
+    pcr_set: Vec<u32>,
+    event_log: Option<Vec<u8>>,
+    enc: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+}
+
+fn body(p: &Parts, nonce: Option<&str>) -> Vec<u8> {
+    let proof = json!({
+        "SnpReport": B64URL.encode(&p.report),
+        "VcekCertChain": B64.encode(&p.chain_pem),
+    });
+    let mut tpm = json!({
+        "AikPub": B64.encode(&p.ak_pub),
+        "PcrQuote": B64.encode(&p.quote),
+        "PcrSignature": B64.encode(&p.quote_sig),
+        "PcrSet": p.pcr_set,
+        "PCRs": p.pcrs.iter().map(|(i, d)| json!({"Index": i, "Digest": B64.encode(d)})).collect::<Vec<_>>(),
+    });
+    if let Some((pub_, info, sig)) = &p.enc {
+        tpm["EncKeyPub"] = B64.encode(pub_).into();
+        tpm["EncKeyCertifyInfo"] = B64.encode(info).into();
+        tpm["EncKeyCertifyInfoSignature"] = B64.encode(sig).into();
+    }
+    let mut info = json!({
+        "AttestationProtocolVersion": "2.0",
+        "ClientPayload": {"nonce": B64.encode(b"client")},
+        "IsolationInfo": {
+            "Type": "SevSnp",
+            "Evidence": {
+                "Proof": B64.encode(serde_json::to_vec(&proof).unwrap()),
+                "RunTimeData": B64.encode(&p.runtime),
+            }
+        },
+        "OSType": B64.encode("Linux"),
+        "TpmInfo": tpm,
+    });
+    if let Some(log) = &p.event_log {
+        info["TcgLogs"] = B64.encode(log).into();
+    }
+    let mut req = json!({ "AttestationInfo": B64URL.encode(serde_json::to_vec(&info).unwrap()) });
+    if let Some(n) = nonce {
+        req["nonce"] = n.into();
+    }
+    serde_json::to_vec(&req).unwrap()
+}
+
+/// Real Azure evidence (trustee's az-snp-vtpm vectors): HCL report + quote + PCRs.
+fn azure_parts(name: &str) -> Parts {
+    let ev: Value = serde_json::from_slice(&std::fs::read(vector(name)).unwrap()).unwrap();
+    let hcl = HclReport::parse(&std::fs::read(vector(&format!("{name}.hcl-report.bin"))).unwrap())
+        .unwrap();
+    let vcek = std::fs::read(vector(&format!("{name}.vcek.der"))).unwrap();
+    let chain =
+        std::fs::read_to_string(repo_root().join("testdata/snp/go-sev-guest/ask_ark_milan.pem"))
+            .unwrap();
+    let (n, _) = hcl.rsa_key_components("HCLAkPub").unwrap();
+    let modulus = B64URL.decode(n.trim_end_matches('=')).unwrap();
+    let q = &ev["tpm_quote"];
+    let pcrs: Vec<(u32, Vec<u8>)> = q["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i as u32, hex::decode(h.as_str().unwrap()).unwrap()))
+        .collect();
+    Parts {
+        report: hcl.report().as_bytes().to_vec(),
+        chain_pem: snp_emu::platform::pem("CERTIFICATE", &vcek) + &chain,
+        runtime: hcl.runtime_data().to_vec(),
+        ak_pub: ak_public(&modulus),
+        quote: hex::decode(q["message"].as_str().unwrap()).unwrap(),
+        quote_sig: hex::decode(q["signature"].as_str().unwrap()).unwrap(),
+        pcr_set: (0..24).collect(),
+        pcrs,
+        event_log: None,
+        enc: None,
+    }
+}
+
+fn attest(s: &Server, body: &[u8]) -> (u16, Value) {
+    call(
+        "POST",
+        &format!("{}/attest/AzureGuest?api-version=2020-10-01", s.url),
+        None,
+        Some(body),
+    )
+}
+
+#[test]
+fn real_azure_vtpm_evidence_is_accepted() {
+    let s = start(false);
+    for name in ["evidence-v1.json", "evidence-v2.json"] {
+        let p = azure_parts(name);
+        let (st, v) = attest(&s, &body(&p, None));
+        assert_eq!(st, 200, "{name}: {v}");
+        let c = claims_of(v["token"].as_str().unwrap());
+        assert_eq!(c["x-ms-attestation-type"], "azurevm");
+        assert_eq!(c["x-opencvm-emulated"], false);
+        assert_eq!(c["x-ms-compliance-status"], "azure-compliant-cvm");
+        let tee = &c["x-ms-isolation-tee"];
+        assert_eq!(tee["x-ms-attestation-type"], "sevsnpvm");
+        assert_eq!(tee["x-ms-sevsnpvm-vmpl"], 0);
+        assert_eq!(tee["x-ms-sevsnpvm-is-debuggable"], false);
+        let hcl =
+            HclReport::parse(&std::fs::read(vector(&format!("{name}.hcl-report.bin"))).unwrap())
+                .unwrap();
+        assert_eq!(
+            tee["x-ms-sevsnpvm-launchmeasurement"],
+            hex::encode(hcl.report().measurement())
+        );
+        assert_eq!(tee["x-ms-runtime"]["keys"][0]["kid"], "HCLAkPub");
+        assert_eq!(
+            c["x-ms-azurevm-attested-pcrs"],
+            json!((0..24).collect::<Vec<u32>>())
+        );
+        let quoted = Quote::parse(&azure_parts(name).quote).unwrap();
+        assert_eq!(
+            c["x-ms-azurevm-quote-nonce"],
+            B64URL.encode(quoted.extra_data())
+        );
+        if name == "evidence-v1.json" {
+            assert_eq!(quoted.extra_data(), b"challenge");
+        }
+        assert_eq!(
+            c["x-ms-runtime"]["client-payload"]["nonce"],
+            B64.encode(b"client")
+        );
+        assert_eq!(c["x-ms-azurevm-ostype"], "Linux");
+    }
+}
+
+#[test]
+fn real_azure_evidence_refusals() {
+    let s = start(false);
+    let code = |p: &Parts, nonce: Option<&str>| {
+        let (st, v) = attest(&s, &body(p, nonce));
+        (
+            st,
+            v["error"]["code"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    // A quoted PCR value that is not the one the quote covers.
+    let mut p = azure_parts("evidence-v1.json");
+    p.pcrs[7].1[0] ^= 1;
+    assert_eq!(code(&p, None), (400, "pcr_digest_mismatch".into()));
+    // Values for fewer PCRs than the quote covers.
+    let mut p = azure_parts("evidence-v1.json");
+    p.pcrs.truncate(8);
+    assert_eq!(code(&p, None), (400, "missing_pcr".into()));
+    // PcrSet claiming other PCRs than the quote's selection.
+    let mut p = azure_parts("evidence-v1.json");
+    p.pcr_set = (0..8).collect();
+    assert_eq!(code(&p, None), (400, "pcr_set_mismatch".into()));
+    // A tampered quote.
+    let mut p = azure_parts("evidence-v1.json");
+    let last = p.quote.len() - 1;
+    p.quote[last] ^= 1;
+    assert_eq!(code(&p, None), (400, "quote_signature_invalid".into()));
+    // An AK that is not the runtime claims' HCLAkPub.
+    let mut p = azure_parts("evidence-v1.json");
+    let kp = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let comps: RsaPublicKeyComponents<Vec<u8>> = kp.public_key().into();
+    p.ak_pub = ak_public(&comps.n);
+    assert_eq!(code(&p, None), (400, "ak_unbound".into()));
+    // Runtime data the report does not bind.
+    let mut p = azure_parts("evidence-v1.json");
+    p.runtime.push(b' ');
+    assert_eq!(code(&p, None), (400, "runtime_data_unbound".into()));
+    // A service nonce the quote does not carry (the vector's quote says "challenge").
+    let (_, n) = call("GET", &format!("{}/nonce", s.url), None, None);
+    let p = azure_parts("evidence-v1.json");
+    assert_eq!(
+        code(&p, n["nonce"].as_str()),
+        (400, "nonce_not_bound".into())
+    );
+    // Malformed AttestationInfo.
+    let (st, v) = attest(&s, br#"{"AttestationInfo": "e30"}"#);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("malformed_json")),
+        "{v}"
+    );
+}
+
+/// Complete evidence on the emulated secure processor: a real OVMF event log (Secure
+/// Boot on) replayed against a quote signed by the AK, and an ephemeral key certified
+/// by the AK.
+struct Synthetic {
+    ak: KeyPair,
+    parts: Parts,
+}
+
+fn sign(ak: &KeyPair, msg: &[u8]) -> Vec<u8> {
+    let mut sig = vec![0u8; ak.public_modulus_len()];
+    ak.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg, &mut sig)
+        .unwrap();
+    sig
+}
+
+fn eventlog(name: &str) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
+    let dir = repo_root().join("testdata/eventlog/local-qemu-ovmf");
+    let log = std::fs::read(dir.join(format!("{name}.eventlog.bin"))).unwrap();
+    let pcrs: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.pcrs.json"))).unwrap())
+            .unwrap();
+    let bank = &pcrs["tpm_pcrs_read_in_guest"]["sha256"];
+    let values = (0..8)
+        .map(|i| {
+            (
+                i,
+                hex::decode(bank[i.to_string()].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    (log, values)
+}
+
+fn synthetic(emu: &Emu, nonce: &str, log_name: &str, enc_attrs: A) -> Synthetic {
+    let ak = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let comps: RsaPublicKeyComponents<Vec<u8>> = ak.public_key().into();
+    let runtime = serde_json::to_vec(&json!({
+        "keys": [{"kid": "HCLAkPub", "kty": "RSA", "key_ops": ["sign"],
+                  "n": B64URL.encode(&comps.n), "e": B64URL.encode(&comps.e)}],
+        "vm-configuration": {"secure-boot": true, "tpm-enabled": true, "console-enabled": false,
+                             "vmUniqueId": "7f0b2c61-3a9d-4c1e-9d2b-5e8f1a7c3b40"},
+        "user-data": "00".repeat(64),
+    }))
+    .unwrap();
+    let mut rd = [0u8; 64];
+    rd[..32]
+        .copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &runtime).as_ref());
+    let guest = emu.guest(false);
+    let report = emu.report(&guest, rd, 0);
+
+    let (log, values) = eventlog(log_name);
+    let mut pv = PcrValues::new();
+    for (i, d) in &values {
+        pv.insert(HashAlg::Sha256, *i, d).unwrap();
+    }
+    let sel = [PcrSelection::new(HashAlg::Sha256, &(0..8).collect::<Vec<u32>>()).unwrap()];
+    let digest = pv.composite_digest(&sel, HashAlg::Sha256).unwrap();
+    let header = AttestHeader {
+        qualified_signer: vec![0, 0x0b, 1, 2, 3],
+        extra_data: nonce.as_bytes().to_vec(),
+        clock_info: ClockInfo {
+            clock: 1000,
+            reset_count: 1,
+            restart_count: 0,
+            safe: true,
+        },
+        firmware_version: 0x2020_0312,
+    };
+    let quote = Quote::encode(&header, &sel, &digest).unwrap();
+    let quote_sig = sign(&ak, &quote);
+
+    let enc_key = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let ec: RsaPublicKeyComponents<Vec<u8>> = enc_key.public_key().into();
+    let enc_pub = TpmPublic::encode_rsa(&RsaTemplate::new(enc_attrs, &ec.n)).unwrap();
+    let enc = TpmPublic::parse(&enc_pub).unwrap();
+    let mut cheader = header.clone();
+    cheader.extra_data = Vec::new();
+    let certify = Certify::encode(&cheader, &enc.name(), &enc.name()).unwrap();
+    let certify_sig = sign(&ak, &certify);
+    Synthetic {
+        parts: Parts {
+            report,
+            chain_pem: emu.chain_pem(),
+            runtime,
+            ak_pub: ak_public(&comps.n),
+            quote,
+            quote_sig,
+            pcrs: values,
+            pcr_set: (0..8).collect(),
+            event_log: Some(log),
+            enc: Some((enc_pub, certify, certify_sig)),
+        },
+        ak,
+    }
+}
+
+fn enc_attrs() -> A {
+    A::FIXED_TPM | A::FIXED_PARENT | A::SENSITIVE_DATA_ORIGIN | A::USER_WITH_AUTH | A::DECRYPT
+}
+
+#[test]
+fn complete_emulated_evidence_with_event_log_and_ephemeral_key() {
+    let s = start(true);
+    let emu = emulator(Product::Milan);
+    let nonce = || {
+        call("GET", &format!("{}/nonce", s.url), None, None).1["nonce"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let n = nonce();
+    let syn = synthetic(&emu, &n, "sb-ms", enc_attrs());
+    let (st, v) = attest(&s, &body(&syn.parts, Some(&n)));
+    assert_eq!(st, 200, "{v}");
+    let c = claims_of(v["token"].as_str().unwrap());
+    assert_eq!(c["nonce"], n.as_str());
+    assert_eq!(c["x-opencvm-emulated"], true);
+    assert_eq!(
+        c["x-ms-compliance-status"],
+        "opencvm-emulated-not-compliant"
+    );
+    assert_eq!(c["x-ms-azurevm-secureboot"], true);
+    assert_eq!(c["x-ms-azurevm-eventlog-verified"], true);
+    assert_eq!(
+        c["x-ms-azurevm-vmid"],
+        "7f0b2c61-3a9d-4c1e-9d2b-5e8f1a7c3b40"
+    );
+    let key = &c["x-ms-runtime"]["keys"][0];
+    assert_eq!(key["kid"], "TpmEphemeralEncryptionKey");
+    assert_eq!(key["kty"], "RSA");
+    assert_eq!(key["e"], "AQAB");
+    let (enc_pub, _, _) = syn.parts.enc.as_ref().unwrap();
+    let tpm_quote::PublicDetails::Rsa(d) = TpmPublic::parse(enc_pub).unwrap().details().clone()
+    else {
+        panic!()
+    };
+    assert_eq!(key["n"], B64URL.encode(&d.modulus));
+    // The same nonce again: replayed.
+    let (st, v) = attest(&s, &body(&syn.parts, Some(&n)));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("nonce_replayed"))
+    );
+
+    // Secure Boot off (the plain OVMF log and its PCRs): a token saying so.
+    let n = nonce();
+    let plain = synthetic(&emu, &n, "plain", enc_attrs());
+    let (st, v) = attest(&s, &body(&plain.parts, Some(&n)));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        claims_of(v["token"].as_str().unwrap())["x-ms-azurevm-secureboot"],
+        false
+    );
+
+    // An event log that does not replay to the quoted PCRs.
+    let n = nonce();
+    let mut bad = synthetic(&emu, &n, "sb-ms", enc_attrs());
+    bad.parts.event_log = Some(eventlog("plain").0);
+    let (st, v) = attest(&s, &body(&bad.parts, Some(&n)));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("event_log_mismatch")),
+        "{v}"
+    );
+
+    // An encryption key certified by another key than the AK.
+    let n = nonce();
+    let mut bad = synthetic(&emu, &n, "sb-ms", enc_attrs());
+    let other = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let (p, info, _) = bad.parts.enc.take().unwrap();
+    let forged = sign(&other, &info);
+    bad.parts.enc = Some((p, info, forged));
+    let (st, v) = attest(&s, &body(&bad.parts, Some(&n)));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("enckey_certify_invalid")),
+        "{v}"
+    );
+    // A certified key that can also sign: not an encryption-only TPM key.
+    let n = nonce();
+    let bad = synthetic(&emu, &n, "sb-ms", enc_attrs() | A::SIGN_ENCRYPT);
+    let (st, v) = attest(&s, &body(&bad.parts, Some(&n)));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("enckey_invalid")),
+        "{v}"
+    );
+    drop(syn.ak);
+}

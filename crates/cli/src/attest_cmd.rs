@@ -1,0 +1,412 @@
+//! `cvm attest`: run the attestation service, verify its tokens, manage its policies.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use attest::jwt::{Alg, Jwks, VerifyOptions};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+use snp::kds;
+
+/// `cvm attest ...`
+#[derive(Subcommand, Debug)]
+pub enum AttestCommand {
+    /// Run the attestation service (HTTP). Prints `listening on http://HOST:PORT` first.
+    Serve(ServeArgs),
+    /// Relying parties: verify attestation tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Read, set and dry-run a provider's attestation policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// Token signing algorithm.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TokenAlg {
+    /// RSASSA-PKCS1-v1_5 SHA-256 (RSA-2048), as Azure Attestation.
+    Rs256,
+    /// ECDSA P-384 SHA-384.
+    Es384,
+}
+
+/// `cvm attest serve`
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// State directory (database, master key, admin credential).
+    #[arg(long)]
+    state: PathBuf,
+    /// Trust evidence from the opencvm emulated AMD secure processor. It is always
+    /// labelled `x-opencvm-emulated: true`; the default provider then allows it.
+    #[arg(long)]
+    allow_emulated: bool,
+    /// Public base URL (the token issuer); default `http://<bound address>`.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Signing algorithm for new providers' token keys.
+    #[arg(long, value_enum, default_value = "rs256")]
+    token_alg: TokenAlg,
+    /// Master key file sealing secrets at rest (default STATE/keys/master.key; keep it
+    /// elsewhere in production).
+    #[arg(long)]
+    master_key: Option<PathBuf>,
+    /// Collateral cache directory (VCEKs and chains when a request carries none).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Never fetch collateral from AMD KDS; use only the cache.
+    #[arg(long)]
+    offline: bool,
+    /// KDS base URL.
+    #[arg(long, default_value = kds::KDS_BASE_URL, hide = true)]
+    kds_url: String,
+    /// Check certificate validity at this time (RFC 3339) instead of now: for recorded
+    /// evidence only.
+    #[arg(long)]
+    at: Option<String>,
+    /// Token lifetime in seconds.
+    #[arg(long, default_value_t = 8 * 3600)]
+    token_lifetime: u64,
+}
+
+/// `cvm attest token ...`
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Verify a token's signature (against a JWKS), lifetime and issuer; print its
+    /// claims. Exit 0 valid, 1 invalid, 2 could not check.
+    Verify(TokenVerifyArgs),
+}
+
+/// `cvm attest token verify`
+#[derive(Args, Debug)]
+pub struct TokenVerifyArgs {
+    /// The token, a file holding it, or `-` for standard input.
+    token: String,
+    /// JWKS: an http(s) URL or a file. Without it, the issuer's OpenID configuration
+    /// names it (`--issuer` required).
+    #[arg(long)]
+    jwks: Option<String>,
+    /// The expected issuer (`iss`).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Accepted algorithms (default: RS256 and ES384).
+    #[arg(long, value_delimiter = ',')]
+    alg: Vec<String>,
+    /// Check exp/nbf at this time (RFC 3339) instead of now.
+    #[arg(long)]
+    at: Option<String>,
+}
+
+/// Where a provider's API is.
+#[derive(Args, Debug)]
+pub struct Endpoint {
+    /// Service base URL.
+    #[arg(long)]
+    url: String,
+    /// Provider name (default: the default provider).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Attestation type.
+    #[arg(long = "type", default_value = "SevSnpVm")]
+    kind: String,
+}
+
+impl Endpoint {
+    fn base(&self) -> String {
+        let url = self.url.trim_end_matches('/');
+        match &self.provider {
+            Some(p) => format!("{url}/providers/{p}"),
+            None => url.to_string(),
+        }
+    }
+}
+
+/// `cvm attest policy ...`
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the policy in force (needs the administrator credential).
+    Get {
+        #[command(flatten)]
+        at: Endpoint,
+        /// File with the administrator credential.
+        #[arg(long)]
+        token_file: PathBuf,
+    },
+    /// Set a new policy version from a Rego file.
+    Set {
+        #[command(flatten)]
+        at: Endpoint,
+        /// File with the administrator credential.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The Rego policy (`package policy`).
+        file: PathBuf,
+    },
+    /// Dry run: evaluate evidence (an attest request body) against a policy file or
+    /// the policy in force; prints the decision, the denying rules and the claims.
+    Test {
+        #[command(flatten)]
+        at: Endpoint,
+        /// The evidence: a JSON request body as for `POST /attest/<type>`.
+        #[arg(long)]
+        evidence: PathBuf,
+        /// A draft policy (default: the one in force); needs `--token-file`.
+        #[arg(long, requires = "token_file")]
+        policy: Option<PathBuf>,
+        /// File with the administrator credential (for a draft policy).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+/// Runs an attest subcommand.
+pub fn run(cmd: AttestCommand) -> ExitCode {
+    let r = match cmd {
+        AttestCommand::Serve(a) => serve(a),
+        AttestCommand::Token(TokenCommand::Verify(a)) => return token_verify(&a),
+        AttestCommand::Policy(p) => policy(p),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = attest::ServiceConfig::new(a.state.clone(), String::new());
+    cfg.allow_emulated = a.allow_emulated;
+    cfg.master_key = a.master_key.clone();
+    cfg.token_alg = match a.token_alg {
+        TokenAlg::Rs256 => Alg::RS256,
+        TokenAlg::Es384 => Alg::ES384,
+    };
+    cfg.token_lifetime = Duration::from_secs(a.token_lifetime);
+    cfg.collateral = Some(crate::evidence::collateral_fetcher(
+        a.cache.as_deref(),
+        a.offline,
+        &a.kds_url,
+    )?);
+    if a.at.is_some() {
+        cfg.evidence_time = Some(crate::evidence::parse_time(a.at.as_deref())?);
+    }
+    attest::server::run(&a.listen, a.issuer.clone(), cfg, |addr, created| {
+        println!("listening on http://{addr}");
+        if let Some(p) = created {
+            eprintln!("administrator credential written to {}", p.display());
+        }
+    })?;
+    Ok(())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn get_json(url: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
+    let mut req = agent().get(url);
+    if let Some(b) = bearer {
+        req = req.header("Authorization", format!("Bearer {b}"));
+    }
+    let mut resp = req.call().with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string()?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+fn send_json(method: &str, url: &str, bearer: Option<&str>, body: &[u8]) -> Result<(u16, Value)> {
+    let a = agent();
+    let mut req = if method == "PUT" {
+        a.put(url)
+    } else {
+        a.post(url)
+    };
+    if let Some(b) = bearer {
+        req = req.header("Authorization", format!("Bearer {b}"));
+    }
+    let mut resp = req
+        .header("Content-Type", "application/json")
+        .send(body)
+        .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string()?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+fn read_token(arg: &str) -> Result<String> {
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        return Ok(s.trim().to_string());
+    }
+    let p = Path::new(arg);
+    if arg.len() < 4096 && p.is_file() {
+        return Ok(std::fs::read_to_string(p)?.trim().to_string());
+    }
+    Ok(arg.trim().to_string())
+}
+
+fn load_jwks(a: &TokenVerifyArgs) -> Result<Jwks> {
+    let src = match (&a.jwks, &a.issuer) {
+        (Some(j), _) => j.clone(),
+        (None, Some(iss)) => {
+            let (st, conf) = get_json(
+                &format!(
+                    "{}/.well-known/openid-configuration",
+                    iss.trim_end_matches('/')
+                ),
+                None,
+            )?;
+            if st != 200 {
+                bail!("OpenID configuration of {iss}: HTTP {st}");
+            }
+            conf["jwks_uri"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the OpenID configuration has no jwks_uri"))?
+                .to_string()
+        }
+        (None, None) => bail!("give --jwks URL|FILE or --issuer URL"),
+    };
+    let bytes = if src.starts_with("http://") || src.starts_with("https://") {
+        let (st, v) = get_json(&src, None)?;
+        if st != 200 {
+            bail!("JWKS {src}: HTTP {st}");
+        }
+        serde_json::to_vec(&v)?
+    } else {
+        std::fs::read(&src).with_context(|| format!("reading {src}"))?
+    };
+    Ok(Jwks::from_json(&bytes)?)
+}
+
+fn token_verify(a: &TokenVerifyArgs) -> ExitCode {
+    let prepared = (|| -> Result<(String, Jwks, VerifyOptions)> {
+        let token = read_token(&a.token)?;
+        let jwks = load_jwks(a)?;
+        let mut opts = VerifyOptions::at(crate::evidence::parse_time(a.at.as_deref())?);
+        opts.issuer = a.issuer.clone();
+        opts.algs = if a.alg.is_empty() {
+            vec![Alg::RS256, Alg::ES384]
+        } else {
+            a.alg
+                .iter()
+                .map(|n| Alg::from_name(n).ok_or_else(|| anyhow!("unsupported algorithm {n:?}")))
+                .collect::<Result<_>>()?
+        };
+        Ok((token, jwks, opts))
+    })();
+    let (token, jwks, opts) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: could not check the token: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match attest::jwt::verify(&token, &jwks, &opts) {
+        Ok(v) => {
+            let out = serde_json::json!({
+                "verdict": "valid",
+                "alg": v.alg.name(),
+                "kid": v.header.get("kid"),
+                "claims": v.claims,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let out = serde_json::json!({
+                "verdict": "invalid",
+                "code": e.code(),
+                "message": e.to_string(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn admin_token(path: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+fn print_result(status: u16, v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    if !(200..300).contains(&status) {
+        bail!("HTTP {status}");
+    }
+    Ok(())
+}
+
+fn policy(cmd: PolicyCommand) -> Result<()> {
+    match cmd {
+        PolicyCommand::Get { at, token_file } => {
+            let (st, v) = get_json(
+                &format!("{}/policies/{}", at.base(), at.kind),
+                Some(&admin_token(&token_file)?),
+            )?;
+            print_result(st, &v)
+        }
+        PolicyCommand::Set {
+            at,
+            token_file,
+            file,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let body = serde_json::to_vec(&serde_json::json!({ "policy": text }))?;
+            let (st, v) = send_json(
+                "PUT",
+                &format!("{}/policies/{}", at.base(), at.kind),
+                Some(&admin_token(&token_file)?),
+                &body,
+            )?;
+            print_result(st, &v)
+        }
+        PolicyCommand::Test {
+            at,
+            evidence,
+            policy,
+            token_file,
+        } => {
+            let ev: Value = serde_json::from_slice(
+                &std::fs::read(&evidence)
+                    .with_context(|| format!("reading {}", evidence.display()))?,
+            )
+            .context("the evidence file is not JSON")?;
+            let mut body = serde_json::json!({ "evidence": ev });
+            if let Some(p) = policy {
+                body["policy"] = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .into();
+            }
+            let bearer = token_file.as_deref().map(admin_token).transpose()?;
+            let (st, v) = send_json(
+                "POST",
+                &format!("{}/policies/{}/test", at.base(), at.kind),
+                bearer.as_deref(),
+                &serde_json::to_vec(&body)?,
+            )?;
+            print_result(st, &v)
+        }
+    }
+}

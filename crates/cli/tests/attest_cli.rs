@@ -1,0 +1,330 @@
+//! `cvm attest serve|token verify|policy` as processes, over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use common::{cvm, json_of};
+use serde_json::{Value, json};
+use snp::product::Product;
+use snp_emu::guest::LaunchConfig;
+use snp_emu::platform::{Platform, PlatformConfig, pem};
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(state: &Path) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args([
+            "attest",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-emulated",
+            "--offline",
+        ])
+        .arg("--state")
+        .arg(state)
+        .arg("--cache")
+        .arg(state.join("kds-cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    Served { child, url }
+}
+
+fn post(url: &str, body: &[u8]) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap(),
+    )
+}
+
+/// An emulated guest's MAA SevSnpVm request body.
+fn request(dir: &Path, debug: bool) -> Vec<u8> {
+    let p = Platform::create(&dir.join("emu"), PlatformConfig::new(Product::Milan), None)
+        .or_else(|_| Platform::open(&dir.join("emu")))
+        .unwrap();
+    let mut cfg = LaunchConfig::default();
+    if debug {
+        cfg.policy |= 1 << 19;
+    }
+    let guest = p.launch(cfg).unwrap();
+    let rt = br#"{"purpose":"cli test"}"#;
+    let mut rd = [0u8; 64];
+    rd[..32].copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rt).as_ref());
+    let report = p.get_report(&guest, &rd, 0).unwrap();
+    let chain = pem("CERTIFICATE", p.vcek_der()) + &p.chain_pem();
+    let proof = json!({"SnpReport": B64URL.encode(report), "VcekCertChain": B64URL.encode(chain)});
+    serde_json::to_vec(&json!({
+        "report": B64URL.encode(serde_json::to_vec(&proof).unwrap()),
+        "runtimeData": {"data": B64URL.encode(rt), "dataType": "JSON"},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn serve_attest_verify_and_manage_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let s = serve(&state);
+    let token_file = state.join("admin.token");
+    let meta = std::fs::metadata(&token_file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+
+    let body = request(dir.path(), false);
+    let (st, v) = post(
+        &format!("{}/attest/SevSnpVm?api-version=2022-08-01", s.url),
+        &body,
+    );
+    assert_eq!(st, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+
+    // A relying party: the issuer's discovery document names the JWKS.
+    let out = cvm(&["attest", "token", "verify", &token, "--issuer", &s.url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json_of(&out);
+    assert_eq!(j["verdict"], "valid");
+    assert_eq!(j["claims"]["x-ms-runtime"]["purpose"], "cli test");
+    // JWKS from a file, token from a file.
+    let jwks_file = dir.path().join("jwks.json");
+    let jwks = ureq::get(&format!("{}/certs", s.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    std::fs::write(&jwks_file, &jwks).unwrap();
+    let tf = dir.path().join("token.jwt");
+    std::fs::write(&tf, &token).unwrap();
+    let out = cvm(&[
+        "attest",
+        "token",
+        "verify",
+        tf.to_str().unwrap(),
+        "--jwks",
+        jwks_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    // Invalid: tampered payload, expired, wrong issuer, only ES384 allowed.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let forged_payload = B64URL.encode(br#"{"exp": 9999999999}"#);
+    parts[1] = &forged_payload;
+    let forged = parts.join(".");
+    for (args, code) in [
+        (
+            vec![forged.as_str(), "--jwks", jwks_file.to_str().unwrap()],
+            "bad_signature",
+        ),
+        (
+            vec![
+                token.as_str(),
+                "--jwks",
+                jwks_file.to_str().unwrap(),
+                "--at",
+                "2200-01-01T00:00:00Z",
+            ],
+            "token_expired",
+        ),
+        (
+            vec![
+                token.as_str(),
+                "--jwks",
+                jwks_file.to_str().unwrap(),
+                "--issuer",
+                "http://elsewhere",
+            ],
+            "issuer_mismatch",
+        ),
+        (
+            vec![
+                token.as_str(),
+                "--jwks",
+                jwks_file.to_str().unwrap(),
+                "--alg",
+                "ES384",
+            ],
+            "alg_not_allowed",
+        ),
+    ] {
+        let mut a = vec!["attest", "token", "verify"];
+        a.extend(args);
+        let out = cvm(&a);
+        assert_eq!(out.status.code(), Some(1), "{code}");
+        assert_eq!(json_of(&out)["code"], code);
+    }
+    // Could not check: no JWKS reachable.
+    let out = cvm(&[
+        "attest",
+        "token",
+        "verify",
+        &token,
+        "--jwks",
+        "/nonexistent.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Policies through the CLI.
+    let tok = token_file.to_str().unwrap();
+    let out = cvm(&[
+        "attest",
+        "policy",
+        "get",
+        "--url",
+        &s.url,
+        "--token-file",
+        tok,
+    ]);
+    assert!(out.status.success());
+    assert_eq!(json_of(&out)["default"], true);
+    let pol = dir.path().join("p.rego");
+    std::fs::write(
+        &pol,
+        "package policy\nimport rego.v1\ndefault allow := false\nallow if count(deny) == 0\n\
+         deny contains {\"rule\": \"purpose\", \"message\": \"wrong purpose\"} if input[\"x-ms-runtime\"].purpose != \"prod\"\n",
+    )
+    .unwrap();
+    let out = cvm(&[
+        "attest",
+        "policy",
+        "set",
+        "--url",
+        &s.url,
+        "--token-file",
+        tok,
+        pol.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(json_of(&out)["version"], 1);
+    let ev = dir.path().join("ev.json");
+    std::fs::write(&ev, &body).unwrap();
+    let out = cvm(&[
+        "attest",
+        "policy",
+        "test",
+        "--url",
+        &s.url,
+        "--evidence",
+        ev.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let j = json_of(&out);
+    assert_eq!(
+        (j["decision"].as_str(), j["deny"][0]["rule"].as_str()),
+        (Some("deny"), Some("purpose"))
+    );
+    // A draft that allows it, sent by the administrator: allow, and still no token.
+    let draft = dir.path().join("draft.rego");
+    std::fs::write(&draft, "package policy\nallow := true\n").unwrap();
+    let out = cvm(&[
+        "attest",
+        "policy",
+        "test",
+        "--url",
+        &s.url,
+        "--evidence",
+        ev.to_str().unwrap(),
+        "--policy",
+        draft.to_str().unwrap(),
+        "--token-file",
+        tok,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let j = json_of(&out);
+    assert_eq!(j["decision"], "allow");
+    assert!(j.get("token").is_none());
+    // Without the credential: refused, exit 2.
+    let bad = dir.path().join("bad.token");
+    std::fs::write(&bad, "nope").unwrap();
+    let out = cvm(&[
+        "attest",
+        "policy",
+        "set",
+        "--url",
+        &s.url,
+        "--token-file",
+        bad.to_str().unwrap(),
+        pol.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_of(&out)["error"]["code"], "unauthorized");
+
+    // kill -9, restart on the same state: same signing key, same policy version; the
+    // token issued before still verifies against the new process's JWKS.
+    let kid_before = json_of(&cvm(&[
+        "attest", "token", "verify", &token, "--issuer", &s.url,
+    ]))["kid"]
+        .clone();
+    drop(s);
+    let s2 = serve(&state);
+    let out = cvm(&[
+        "attest",
+        "token",
+        "verify",
+        &token,
+        "--jwks",
+        &format!("{}/certs", s2.url),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json_of(&out)["kid"], kid_before);
+    let out = cvm(&[
+        "attest",
+        "policy",
+        "get",
+        "--url",
+        &s2.url,
+        "--token-file",
+        tok,
+    ]);
+    assert_eq!(json_of(&out)["version"], 1);
+}
