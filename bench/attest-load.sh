@@ -3,7 +3,7 @@
 # the single-thread cost of one P-384 report verification plus one RS256 token
 # signature (criterion, same run).
 #
-#   bench/attest-load.sh [SECONDS]
+#   [TOKEN_ALG=rs256|es384] bench/attest-load.sh [SECONDS]
 #
 # The server is `cvm attest serve --allow-emulated` (release build); the request is an
 # MAA SevSnpVm body with emulated evidence and its chain (collateral and policy cached
@@ -15,14 +15,16 @@ cd "$(dirname "$0")/.."
 secs="${1:-20}"
 command -v oha >/dev/null || cargo install --locked oha
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
-cargo build --release -q -p cvm -p attest --example snp_request
+cargo build --release -q -p cvm
+cargo build --release -q -p attest --example snp_request
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 target/release/examples/snp_request "$work/emu" "$work/req.json"
 target/release/cvm attest serve --listen 127.0.0.1:0 --state "$work/state" \
-  --allow-emulated --offline --cache "$work/cache" >"$work/out" 2>/dev/null &
+  --allow-emulated --offline --cache "$work/cache" --token-alg "${TOKEN_ALG:-rs256}" >"$work/out" 2>"$work/err" &
 server=$!
-until grep -q listening "$work/out" 2>/dev/null; do sleep 0.1; done
+for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
+grep -q listening "$work/out" || { echo "server did not start:" >&2; cat "$work/err" >&2; exit 1; }
 url="$(sed -n 's/^listening on //p' "$work/out")/attest/SevSnpVm?api-version=2022-08-01"
 curl -fsS -H 'Content-Type: application/json' --data-binary @"$work/req.json" "$url" >/dev/null
 run() {

@@ -164,11 +164,8 @@ pub fn evaluate(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
         &b64_any("Proof", &info.isolation_info.evidence.proof)?,
     )?;
     let report_bytes = b64_any("SnpReport", &proof.snp_report)?;
-    let chain = match &proof.vcek_cert_chain {
-        Some(c) if !c.is_empty() => Some(b64_any("VcekCertChain", c)?),
-        _ => None,
-    };
-    let verified = verify_snp(svc, &report_bytes, chain.as_deref())?;
+    let chain = proof.vcek_cert_chain.as_deref().filter(|c| !c.is_empty());
+    let verified = verify_snp(svc, &report_bytes, chain)?;
 
     // 2. The runtime claims, bound by REPORT_DATA (SHA-256 or SHA-384, zero-padded).
     let runtime = b64_any("RunTimeData", &info.isolation_info.evidence.run_time_data)?;

@@ -207,11 +207,8 @@ fn sevsnp(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
     let proof_json = b64_any("report", &req.report)?;
     let proof: SnpProof = parse_json("report", &proof_json)?;
     let report_bytes = b64_any("SnpReport", &proof.snp_report)?;
-    let chain_pem = match &proof.vcek_cert_chain {
-        Some(c) if !c.is_empty() => Some(b64_any("VcekCertChain", c)?),
-        _ => None,
-    };
-    let verified = verify_snp(svc, &report_bytes, chain_pem.as_deref())?;
+    let chain = proof.vcek_cert_chain.as_deref().filter(|c| !c.is_empty());
+    let verified = verify_snp(svc, &report_bytes, chain)?;
     let report = verified.report();
     let mut claims = claims::snp_claims(&verified);
 
@@ -283,19 +280,35 @@ fn sevsnp(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
     })
 }
 
-/// Parses and verifies an SNP report with the given chain (PEM/DER bundle) or with
-/// collateral from the service's cache.
+/// Parses and verifies an SNP report with the given chain (base64 of a PEM/DER
+/// bundle, as `VcekCertChain` carries it) or with collateral from the service's cache.
+/// Parsed chains are remembered by the SHA-256 of their encoding: the same VM sends
+/// the same chain every time.
 pub(crate) fn verify_snp(
     svc: &Service,
     report_bytes: &[u8],
-    chain: Option<&[u8]>,
+    chain_b64: Option<&str>,
 ) -> Result<VerifiedReport, ApiError> {
     let report = AttestationReport::parse(report_bytes)
         .map_err(|e| ApiError::bad("malformed_report", e.to_string()))?;
-    let certs: Vec<AmdCert> = match chain {
-        Some(c) => {
-            parse_bundle(c).map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?
-        }
+    let cache_key = chain_b64.map(|c| {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.as_bytes());
+        let mut k = [0u8; 32];
+        k.copy_from_slice(d.as_ref());
+        k
+    });
+    if let Some(k) = &cache_key
+        && let Some(hit) = svc.cached_chain(k)
+    {
+        let (vek, chain) = &*hit;
+        return svc
+            .verifier()
+            .verify(&report, vek, chain, svc.evidence_time())
+            .map_err(verify_error);
+    }
+    let certs: Vec<AmdCert> = match chain_b64 {
+        Some(c) => parse_bundle(&b64_any("VcekCertChain", c)?)
+            .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?,
         None => Vec::new(),
     };
     let vek = match certs
@@ -335,12 +348,21 @@ pub(crate) fn verify_snp(
                 .map_err(|e| ApiError::bad("missing_collateral", e.to_string()))?
         }
     };
-    svc.verifier()
+    let verified = svc
+        .verifier()
         .verify(&report, &vek, &chain, svc.evidence_time())
-        .map_err(|e| {
-            let status = if e.is_collateral_problem() { 424 } else { 400 };
-            ApiError::new(status, e.code(), e.to_string())
-        })
+        .map_err(verify_error)?;
+    // Only a chain that verified is remembered (the verifier re-checks validity times
+    // on every use).
+    if let Some(k) = cache_key {
+        svc.cache_chain(k, vek, chain);
+    }
+    Ok(verified)
+}
+
+fn verify_error(e: snp::verify::VerifyError) -> ApiError {
+    let status = if e.is_collateral_problem() { 424 } else { 400 };
+    ApiError::new(status, e.code(), e.to_string())
 }
 
 fn fetch(svc: &Service, req: &KdsRequest) -> Result<Vec<u8>, ApiError> {

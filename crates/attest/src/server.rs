@@ -348,27 +348,103 @@ pub enum ServeError {
     /// The service could not start.
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A TLS certificate chain and its private key (PEM files).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        ServeError::Tls(format!("{}: {e}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| bad(&files.cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&files.cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad(&files.cert, &"no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` over TLS: each connection's handshake is bounded in time, then HTTP/1.1.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+) -> std::io::Result<()> {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of descriptors and the like: back off instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }
 
 /// Binds `listen`, builds the service (its issuer from `issuer`, or the bound
-/// address), reports the address to `on_listening`, and serves until the process ends.
+/// address), reports the address to `on_listening`, and serves (HTTPS with `tls`)
+/// until the process ends.
 pub fn run(
     listen: &str,
     issuer: Option<String>,
+    tls: Option<TlsFiles>,
     mut cfg: crate::ServiceConfig,
     on_listening: impl FnOnce(SocketAddr, Option<&std::path::Path>),
 ) -> Result<(), ServeError> {
     crate::policy::install_time_limit(Duration::from_secs(2));
+    let acceptor = tls.as_ref().map(tls_acceptor).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        cfg.issuer = issuer.unwrap_or_else(|| format!("http://{addr}"));
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        cfg.issuer = issuer.unwrap_or_else(|| format!("{scheme}://{addr}"));
         let (svc, created) = Service::open(cfg)?;
         on_listening(addr, created.as_deref());
-        axum::serve(listener, router(Arc::new(svc))).await?;
+        let app = router(Arc::new(svc));
+        match acceptor {
+            Some(a) => serve_tls(listener, a, app).await?,
+            None => axum::serve(listener, app).await?,
+        }
         Ok(())
     })
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::{Map, Value, json};
-use snp::chain::TrustAnchors;
+use snp::cert::Vek;
+use snp::chain::{CertChain, TrustAnchors};
 use snp::collateral::Fetcher;
 use snp::verify::Verifier;
 use zeroize::Zeroizing;
@@ -21,6 +22,9 @@ use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
 use crate::seal::MasterKey;
 use crate::store::{ProviderRow, SigningKeyRow, SqliteStore, Store};
 use crate::{AttestationType, evidence};
+
+/// How many parsed certificate chains the service remembers.
+const MAX_CACHED_CHAINS: usize = 4096;
 
 /// The name of the provider served at the root paths.
 pub const DEFAULT_PROVIDER: &str = "default";
@@ -137,6 +141,7 @@ pub struct Service {
     fetcher: Option<Fetcher>,
     nonces: NonceStore,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
+    chains: RwLock<HashMap<[u8; 32], Arc<(Vek, CertChain)>>>,
     token_alg: Alg,
     token_lifetime: i64,
     evidence_time: Option<i64>,
@@ -199,6 +204,7 @@ impl Service {
             fetcher: cfg.collateral,
             nonces: NonceStore::new(cfg.nonce_ttl, 100_000),
             providers: RwLock::new(HashMap::new()),
+            chains: RwLock::new(HashMap::new()),
             token_alg: cfg.token_alg,
             token_lifetime: i64::try_from(cfg.token_lifetime.as_secs()).unwrap_or(i64::MAX),
             evidence_time: cfg.evidence_time,
@@ -454,6 +460,19 @@ impl Service {
         self.nonces
             .consume(nonce)
             .map_err(|e| ApiError::bad(e.code(), e.to_string()))
+    }
+
+    pub(crate) fn cached_chain(&self, key: &[u8; 32]) -> Option<Arc<(Vek, CertChain)>> {
+        self.chains.read().ok()?.get(key).cloned()
+    }
+
+    pub(crate) fn cache_chain(&self, key: [u8; 32], vek: Vek, chain: CertChain) {
+        if let Ok(mut m) = self.chains.write() {
+            if m.len() >= MAX_CACHED_CHAINS {
+                m.clear();
+            }
+            m.insert(key, Arc::new((vek, chain)));
+        }
     }
 
     pub(crate) fn verifier(&self) -> &Verifier {

@@ -521,3 +521,73 @@ fn signing_keys_are_sealed_at_rest() {
         0o600
     );
 }
+
+#[test]
+fn https_with_a_certificate_and_pyjwt_over_tls() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/oracles/make_tls_cert.py"))
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tls = attest::server::TlsFiles {
+        cert: certs.path().join("cert.pem"),
+        key: certs.path().join("key.pem"),
+    };
+    let s = start_full(true, Some(tls), |_| {});
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let ca = CertificateDer::from_pem_file(certs.path().join("ca.pem")).unwrap();
+    let agent = tls_agent(&ca);
+    let emu = emulator(Product::Milan);
+    let body = emu.request(&emu.guest(false), &json!({}), None);
+    let mut r = agent
+        .post(&format!("{}/attest/SevSnpVm", s.url))
+        .header("Content-Type", "application/json")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert!(
+        claims_of(token)["iss"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://")
+    );
+    // PyJWT fetches discovery and JWKS over HTTPS, trusting only our test CA.
+    let tf = certs.path().join("token");
+    std::fs::write(&tf, token).unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/oracles/verify_jwt.py"))
+        .arg(&s.url)
+        .arg(&tf)
+        .env("SSL_CERT_FILE", certs.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A client that does not trust the certificate cannot talk to it.
+    let other = tempfile::tempdir().unwrap();
+    Command::new("python3")
+        .arg(repo_root().join("tests/oracles/make_tls_cert.py"))
+        .arg(other.path())
+        .status()
+        .unwrap();
+    let wrong = CertificateDer::from_pem_file(other.path().join("ca.pem")).unwrap();
+    assert!(
+        tls_agent(&wrong)
+            .get(&format!("{}/certs", s.url))
+            .call()
+            .is_err()
+    );
+}

@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 8 * 3600)]
     token_lifetime: u64,
+    /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `cvm attest token ...`
@@ -100,6 +106,9 @@ pub struct TokenVerifyArgs {
     /// Check exp/nbf at this time (RFC 3339) instead of now.
     #[arg(long)]
     at: Option<String>,
+    /// Trust only these CA certificates (PEM) for HTTPS, instead of the Mozilla roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 /// Where a provider's API is.
@@ -114,6 +123,9 @@ pub struct Endpoint {
     /// Attestation type.
     #[arg(long = "type", default_value = "SevSnpVm")]
     kind: String,
+    /// Trust only these CA certificates (PEM) for HTTPS, instead of the Mozilla roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -197,8 +209,16 @@ fn serve(a: ServeArgs) -> Result<()> {
     if a.at.is_some() {
         cfg.evidence_time = Some(crate::evidence::parse_time(a.at.as_deref())?);
     }
-    attest::server::run(&a.listen, a.issuer.clone(), cfg, |addr, created| {
-        println!("listening on http://{addr}");
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(attest::server::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    attest::server::run(&a.listen, a.issuer.clone(), tls, cfg, |addr, created| {
+        println!("listening on {scheme}://{addr}");
         if let Some(p) = created {
             eprintln!("administrator credential written to {}", p.display());
         }
@@ -206,16 +226,45 @@ fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// An HTTP(S) client: rustls with aws-lc-rs, trusting the Mozilla roots, or only the
+/// certificates in `ca` (PEM) when given.
+fn agent(ca: Option<&Path>) -> Result<ureq::Agent> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let roots = match ca {
+        None => RootCerts::WebPki,
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            if certs.is_empty() {
+                bail!("{}: no certificate", path.display());
+            }
+            RootCerts::Specific(Arc::new(
+                certs
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                    .collect(),
+            ))
+        }
+    };
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .root_certs(roots)
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls)
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
-        .into()
+        .into())
 }
 
-fn get_json(url: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
-    let mut req = agent().get(url);
+fn get_json(ca: Option<&Path>, url: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
+    let mut req = agent(ca)?.get(url);
     if let Some(b) = bearer {
         req = req.header("Authorization", format!("Bearer {b}"));
     }
@@ -228,8 +277,14 @@ fn get_json(url: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
     ))
 }
 
-fn send_json(method: &str, url: &str, bearer: Option<&str>, body: &[u8]) -> Result<(u16, Value)> {
-    let a = agent();
+fn send_json(
+    ca: Option<&Path>,
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, Value)> {
+    let a = agent(ca)?;
     let mut req = if method == "PUT" {
         a.put(url)
     } else {
@@ -268,6 +323,7 @@ fn load_jwks(a: &TokenVerifyArgs) -> Result<Jwks> {
         (Some(j), _) => j.clone(),
         (None, Some(iss)) => {
             let (st, conf) = get_json(
+                a.ca.as_deref(),
                 &format!(
                     "{}/.well-known/openid-configuration",
                     iss.trim_end_matches('/')
@@ -285,7 +341,7 @@ fn load_jwks(a: &TokenVerifyArgs) -> Result<Jwks> {
         (None, None) => bail!("give --jwks URL|FILE or --issuer URL"),
     };
     let bytes = if src.starts_with("http://") || src.starts_with("https://") {
-        let (st, v) = get_json(&src, None)?;
+        let (st, v) = get_json(a.ca.as_deref(), &src, None)?;
         if st != 200 {
             bail!("JWKS {src}: HTTP {st}");
         }
@@ -361,6 +417,7 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
     match cmd {
         PolicyCommand::Get { at, token_file } => {
             let (st, v) = get_json(
+                at.ca.as_deref(),
                 &format!("{}/policies/{}", at.base(), at.kind),
                 Some(&admin_token(&token_file)?),
             )?;
@@ -375,6 +432,7 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let body = serde_json::to_vec(&serde_json::json!({ "policy": text }))?;
             let (st, v) = send_json(
+                at.ca.as_deref(),
                 "PUT",
                 &format!("{}/policies/{}", at.base(), at.kind),
                 Some(&admin_token(&token_file)?),
@@ -401,6 +459,7 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
             }
             let bearer = token_file.as_deref().map(admin_token).transpose()?;
             let (st, v) = send_json(
+                at.ca.as_deref(),
                 "POST",
                 &format!("{}/policies/{}/test", at.base(), at.kind),
                 bearer.as_deref(),

@@ -23,14 +23,23 @@ pub fn start(allow_emulated: bool) -> Server {
 }
 
 pub fn start_with(allow_emulated: bool, tweak: impl FnOnce(&mut attest::ServiceConfig)) -> Server {
+    start_full(allow_emulated, None, tweak)
+}
+
+pub fn start_full(
+    allow_emulated: bool,
+    tls: Option<attest::server::TlsFiles>,
+    tweak: impl FnOnce(&mut attest::ServiceConfig),
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let mut cfg = attest::ServiceConfig::new(state.clone(), String::new());
     cfg.allow_emulated = allow_emulated;
     tweak(&mut cfg);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let r = attest::server::run("127.0.0.1:0", None, cfg, |addr, _| {
+        let r = attest::server::run("127.0.0.1:0", None, tls, cfg, |addr, _| {
             tx.send(addr).unwrap();
         });
         panic!("server stopped: {r:?}");
@@ -38,11 +47,29 @@ pub fn start_with(allow_emulated: bool, tweak: impl FnOnce(&mut attest::ServiceC
     let addr = rx.recv().unwrap();
     let admin = std::fs::read_to_string(state.join("admin.token")).unwrap();
     Server {
-        url: format!("http://{addr}"),
+        url: format!("{scheme}://{addr}"),
         state,
         admin,
         _dir: dir,
     }
+}
+
+/// A client trusting only `ca_der` for HTTPS.
+pub fn tls_agent(ca_der: &[u8]) -> ureq::Agent {
+    use std::sync::Arc;
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .root_certs(RootCerts::Specific(Arc::new(vec![
+            Certificate::from_der(ca_der).to_owned(),
+        ])))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 pub fn agent() -> ureq::Agent {
