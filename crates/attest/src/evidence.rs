@@ -411,3 +411,74 @@ pub fn fuzz_parse(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(data: &[u8], kind: Option<&str>, hash: Option<&str>) -> DataField {
+        DataField {
+            data: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data),
+            data_type: kind.map(str::to_string),
+            hash_algorithm: hash.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn runtime_data_binding_sha256_and_sha384() {
+        let data = br#"{"nonce":"n"}"#;
+        let mut rd = [0u8; 64];
+        rd[..32]
+            .copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref());
+        let d256 = field(data, Some("JSON"), None)
+            .decode("runtimeData")
+            .unwrap();
+        assert!(d256.bound_by(&rd));
+        assert_eq!(d256.json.unwrap()["nonce"], "n");
+        let d384 = field(data, None, Some("SHA384"))
+            .decode("runtimeData")
+            .unwrap();
+        assert!(!d384.bound_by(&rd));
+        let mut rd384 = [0u8; 64];
+        rd384[..48]
+            .copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, data).as_ref());
+        assert!(d384.bound_by(&rd384));
+        // A non-zero tail is not a binding.
+        rd[63] = 1;
+        assert!(!field(data, None, None).decode("x").unwrap().bound_by(&rd));
+    }
+
+    #[test]
+    fn data_field_errors() {
+        for (f, code) in [
+            (field(b"not json", Some("JSON"), None), "malformed_request"),
+            (field(b"x", Some("XML"), None), "malformed_request"),
+            (field(b"x", None, Some("MD5")), "malformed_request"),
+            (
+                DataField {
+                    data: "a".repeat(MAX_DATA_LEN * 2),
+                    data_type: None,
+                    hash_algorithm: None,
+                },
+                "field_too_large",
+            ),
+            (
+                DataField {
+                    data: "!!!".into(),
+                    data_type: None,
+                    hash_algorithm: None,
+                },
+                "malformed_request",
+            ),
+        ] {
+            assert_eq!(f.decode("runtimeData").err().map(|e| e.code), Some(code));
+        }
+    }
+
+    #[test]
+    fn base64_in_either_alphabet() {
+        for s in ["-_8", "+/8=", "+/8", "-_8="] {
+            assert_eq!(b64_any("x", s).unwrap(), vec![0xfb, 0xff], "{s}");
+        }
+    }
+}
