@@ -49,23 +49,9 @@ pub struct ProviderSettings {
     pub measurements: Vec<String>,
 }
 
-/// Minimum TCB component SVNs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MinTcb {
-    /// Boot loader SVN.
-    #[serde(default)]
-    pub bootloader: u8,
-    /// TEE (PSP OS) SVN.
-    #[serde(default)]
-    pub tee: u8,
-    /// SNP firmware SVN.
-    #[serde(default)]
-    pub snp: u8,
-    /// Microcode SVN.
-    #[serde(default)]
-    pub microcode: u8,
-}
+/// Minimum TCB component SVNs (the appraisal policy's type; `fmc` applies to Turin
+/// reports only).
+pub use snp::policy::MinTcb;
 
 /// Why a policy denied, as the policy's `deny` set says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -135,7 +121,15 @@ deny contains {{"rule": "no-emulated-platform", "message": "the evidence comes f
 
 deny contains {{"rule": "min-tcb", "message": sprintf("%v SVN %v is below the minimum %v", [part, have, want])}} if {{
   some part, want in data.settings.min_tcb
+  part != "fmc"
   have := object.get(tee, sprintf("x-ms-sevsnpvm-%v-svn", [svn_claim[part]]), -1)
+  have < want
+}}
+
+# Only Turin reports have an FMC SVN.
+deny contains {{"rule": "min-tcb", "message": sprintf("fmc SVN %v is below the minimum %v", [have, want])}} if {{
+  want := data.settings.min_tcb.fmc
+  have := tee["x-ms-sevsnpvm-fmc-svn"]
   have < want
 }}
 
@@ -303,6 +297,13 @@ mod tests {
             }),
             ..ProviderSettings::default()
         };
+        let min_fmc = ProviderSettings {
+            min_tcb: Some(MinTcb {
+                fmc: 2,
+                ..MinTcb::default()
+            }),
+            ..ProviderSettings::default()
+        };
         let allow_list = ProviderSettings {
             measurements: vec!["cd".repeat(48)],
             ..ProviderSettings::default()
@@ -336,6 +337,14 @@ mod tests {
             ),
             (&min_tcb, claims(), vec!["min-tcb"]),
             (&min_tcb, with("x-ms-sevsnpvm-snpfw-svn", json!(23)), vec![]),
+            // An FMC minimum applies to Turin reports (which carry the claim) only.
+            (&min_fmc, claims(), vec![]),
+            (
+                &min_fmc,
+                with("x-ms-sevsnpvm-fmc-svn", json!(1)),
+                vec!["min-tcb"],
+            ),
+            (&min_fmc, with("x-ms-sevsnpvm-fmc-svn", json!(2)), vec![]),
             (&allow_list, claims(), vec!["measurement-allow-list"]),
             (&allow_list_ok, claims(), vec![]),
             // A claim that is missing never passes: no debug flag means "maybe debug".

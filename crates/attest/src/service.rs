@@ -23,6 +23,9 @@ use crate::seal::MasterKey;
 use crate::store::{ProviderRow, SigningKeyRow, SqliteStore, Store};
 use crate::{AttestationType, evidence};
 
+/// A parsed VEK and its chain, shared.
+pub(crate) type ParsedChain = Arc<(Vek, CertChain)>;
+
 /// How many parsed certificate chains the service remembers.
 const MAX_CACHED_CHAINS: usize = 4096;
 
@@ -141,7 +144,7 @@ pub struct Service {
     fetcher: Option<Fetcher>,
     nonces: NonceStore,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
-    chains: RwLock<HashMap<[u8; 32], Arc<(Vek, CertChain)>>>,
+    chains: RwLock<HashMap<[u8; 32], ParsedChain>>,
     token_alg: Alg,
     token_lifetime: i64,
     evidence_time: Option<i64>,
@@ -462,7 +465,7 @@ impl Service {
             .map_err(|e| ApiError::bad(e.code(), e.to_string()))
     }
 
-    pub(crate) fn cached_chain(&self, key: &[u8; 32]) -> Option<Arc<(Vek, CertChain)>> {
+    pub(crate) fn cached_chain(&self, key: &[u8; 32]) -> Option<ParsedChain> {
         self.chains.read().ok()?.get(key).cloned()
     }
 

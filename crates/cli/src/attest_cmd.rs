@@ -9,7 +9,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use attest::jwt::{Alg, Jwks, VerifyOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
-use snp::kds;
 
 /// `cvm attest ...`
 #[derive(Subcommand, Debug)]
@@ -56,15 +55,9 @@ pub struct ServeArgs {
     /// elsewhere in production).
     #[arg(long)]
     master_key: Option<PathBuf>,
-    /// Collateral cache directory (VCEKs and chains when a request carries none).
-    #[arg(long)]
-    cache: Option<PathBuf>,
-    /// Never fetch collateral from AMD KDS; use only the cache.
-    #[arg(long)]
-    offline: bool,
-    /// KDS base URL.
-    #[arg(long, default_value = kds::KDS_BASE_URL, hide = true)]
-    kds_url: String,
+    /// Collateral for requests that carry no VCEK chain.
+    #[command(flatten)]
+    collateral: crate::evidence::CollateralArgs,
     /// Check certificate validity at this time (RFC 3339) instead of now: for recorded
     /// evidence only.
     #[arg(long)]
@@ -201,11 +194,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         TokenAlg::Es384 => Alg::ES384,
     };
     cfg.token_lifetime = Duration::from_secs(a.token_lifetime);
-    cfg.collateral = Some(crate::evidence::collateral_fetcher(
-        a.cache.as_deref(),
-        a.offline,
-        &a.kds_url,
-    )?);
+    cfg.collateral = Some(a.collateral.fetcher()?);
     if a.at.is_some() {
         cfg.evidence_time = Some(crate::evidence::parse_time(a.at.as_deref())?);
     }

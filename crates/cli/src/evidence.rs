@@ -64,15 +64,8 @@ pub struct VerifyArgs {
     /// Verification time (RFC 3339); default now.
     #[arg(long)]
     at: Option<String>,
-    /// Collateral cache directory (VEKs, chains, CRLs from AMD KDS).
-    #[arg(long)]
-    cache: Option<PathBuf>,
-    /// Never use the network: collateral comes from the arguments or the cache.
-    #[arg(long)]
-    offline: bool,
-    /// KDS base URL.
-    #[arg(long, default_value = kds::KDS_BASE_URL, hide = true)]
-    kds_url: String,
+    #[command(flatten)]
+    collateral: CollateralArgs,
     /// The product, for a version 2 report whose collateral must be fetched.
     #[arg(long)]
     product: Option<Product>,
@@ -291,16 +284,31 @@ fn default_cache_dir() -> PathBuf {
 }
 
 fn fetcher(a: &VerifyArgs) -> Result<Fetcher> {
-    collateral_fetcher(a.cache.as_deref(), a.offline, &a.kds_url)
+    a.collateral.fetcher()
 }
 
-/// A collateral source: the cache at `cache` (or the user's default), online through
-/// `kds_url` unless `offline`.
-pub(crate) fn collateral_fetcher(
-    cache: Option<&Path>,
+/// Where AMD collateral (VEKs, chains, CRLs) comes from.
+#[derive(Args, Debug)]
+pub struct CollateralArgs {
+    /// Collateral cache directory (VEKs, chains, CRLs from AMD KDS).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Never use the network: collateral comes from the arguments or the cache.
+    #[arg(long)]
     offline: bool,
-    kds_url: &str,
-) -> Result<Fetcher> {
+    /// KDS base URL.
+    #[arg(long, default_value = kds::KDS_BASE_URL, hide = true)]
+    kds_url: String,
+}
+
+impl CollateralArgs {
+    /// The cache (or the user's default), online through KDS unless `--offline`.
+    pub(crate) fn fetcher(&self) -> Result<Fetcher> {
+        collateral_fetcher(self.cache.as_deref(), self.offline, &self.kds_url)
+    }
+}
+
+fn collateral_fetcher(cache: Option<&Path>, offline: bool, kds_url: &str) -> Result<Fetcher> {
     let dir = cache
         .map(Path::to_path_buf)
         .unwrap_or_else(default_cache_dir);
@@ -382,7 +390,7 @@ fn collect_certs(
                 )?;
                 // A cached CRL goes stale after its nextUpdate: fetch a fresh one (online).
                 let current = crl.this_update() <= at && crl.next_update().is_some_and(|n| at <= n);
-                if !current && !a.offline {
+                if !current && !a.collateral.offline {
                     let fresh = f
                         .refresh(&req)
                         .context("missing collateral: refreshing the CRL")?;

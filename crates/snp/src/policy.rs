@@ -66,7 +66,7 @@ impl<'de, const N: usize> Deserialize<'de> for HexBytes<N> {
 }
 
 /// Minimum security patch level per TCB component.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MinTcb {
     /// Boot loader.
