@@ -6,12 +6,12 @@
 //! verified. Relying parties check tokens with the provider's OpenID Connect
 //! discovery document and JWKS.
 //!
-//! - [`jwt`]: token signing (RS256, ES384) and verification against a JWKS.
+//! - [`jwt`] (the `jose` crate): token signing (RS256, ES384) and verification.
 //! - [`policy`]: Rego policies (compiled once per version), default policies, dry runs.
 //! - [`evidence`], [`azure`]: requests → verified claims.
 //! - [`service`]: providers, keys, policies, nonces, tokens.
 //! - [`server`]: the HTTP API.
-//! - [`store`], [`seal`]: SQLite state with secrets sealed under a master key.
+//! - [`store`]: SQLite state; secrets sealed under a master key (the `seal` crate).
 
 #![forbid(unsafe_code)]
 
@@ -19,15 +19,14 @@ pub mod azure;
 pub mod claims;
 pub mod error;
 pub mod evidence;
-mod fsutil;
-pub mod jwt;
 pub mod nonce;
 pub mod policy;
-pub mod seal;
 pub mod server;
 pub mod service;
 pub mod store;
-mod x509;
+
+/// Tokens: the `jose` crate, re-exported.
+pub use jose as jwt;
 
 pub use error::ApiError;
 pub use evidence::fuzz_parse;

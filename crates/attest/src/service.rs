@@ -19,9 +19,9 @@ use crate::error::ApiError;
 use crate::jwt::{Alg, Jwks, TokenSigner};
 use crate::nonce::NonceStore;
 use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
-use crate::seal::MasterKey;
 use crate::store::{ProviderRow, SigningKeyRow, SqliteStore, Store};
 use crate::{AttestationType, evidence};
+use seal::MasterKey;
 
 /// A parsed VEK and its chain, shared.
 pub(crate) type ParsedChain = Arc<(Vek, CertChain)>;
@@ -82,7 +82,7 @@ pub enum ServiceError {
     Store(#[from] crate::store::StoreError),
     /// The master key or a sealed secret failed.
     #[error(transparent)]
-    Seal(#[from] crate::seal::SealError),
+    Seal(#[from] seal::SealError),
     /// A key could not be made or loaded.
     #[error(transparent)]
     Jwt(#[from] crate::jwt::JwtError),
@@ -227,7 +227,7 @@ impl Service {
                 .create_provider_row(DEFAULT_PROVIDER, &settings)
                 .map_err(|e| std::io::Error::other(e.message))?;
             let path = cfg.state_dir.join("admin.token");
-            crate::fsutil::write_secret_file(&path, token.as_bytes())?;
+            seal::write_secret_file(&path, token.as_bytes())?;
             created = Some(path);
         }
         for row in svc.store.providers()? {

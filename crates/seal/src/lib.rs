@@ -1,5 +1,9 @@
-//! Secrets at rest: AES-256-GCM under a master key kept outside the database.
+//! Secrets at rest: AES-256-GCM under a master key kept outside the database, and
+//! files holding secrets written atomically with mode 0600.
 
+#![forbid(unsafe_code)]
+
+use std::io::Write;
 use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -51,8 +55,7 @@ impl MasterKey {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(io)?;
                 }
-                crate::fsutil::write_secret_file(path, hex::encode(key.as_ref()).as_bytes())
-                    .map_err(io)?;
+                write_secret_file(path, hex::encode(key.as_ref()).as_bytes()).map_err(io)?;
                 Ok(MasterKey(key))
             }
             Err(e) => Err(io(e)),
@@ -100,6 +103,31 @@ impl MasterKey {
         buf.truncate(len);
         Ok(buf)
     }
+}
+
+/// Writes `data` to `path` atomically (temporary file, fsync, rename) with mode 0600.
+pub fn write_secret_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("secret")
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

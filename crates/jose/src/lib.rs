@@ -1,9 +1,12 @@
-//! JSON Web Tokens: signing (RS256, ES384) for the service, and verification against a
-//! JWKS for relying parties.
+//! JSON Web Tokens: signing (RS256, ES384) for services that issue tokens (the
+//! attestation service), and verification against a JWKS for those that rely on them
+//! (relying parties, the key vault).
 //!
 //! Verification never trusts the token's header for the choice of algorithm family: the
 //! algorithm must be on the caller's allow-list, `none` and HMAC algorithms are never
 //! accepted, and the key named by `kid` must be of the algorithm's key type.
+
+#![forbid(unsafe_code)]
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rand::SystemRandom;
@@ -15,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::x509;
+mod x509;
 
 /// The largest token [`verify`] looks at.
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
@@ -317,8 +320,23 @@ impl TokenSigner {
             "kid": self.kid,
             "typ": "JWT",
         });
-        let header = serde_json::to_vec(&header).map_err(|_| JwtError::Signing)?;
-        let payload = serde_json::to_vec(claims).map_err(|_| JwtError::Signing)?;
+        self.sign_parts(&header, claims)
+    }
+
+    /// Signs `payload` as a compact JWS whose header carries `kid` and the signing
+    /// certificate (`x5c`), as Key Vault signs key release responses.
+    pub fn sign_with_x5c(&self, payload: &Map<String, Value>) -> Result<String, JwtError> {
+        let header = serde_json::json!({
+            "alg": self.alg.name(),
+            "kid": self.kid,
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(&self.cert_der)],
+        });
+        self.sign_parts(&header, payload)
+    }
+
+    fn sign_parts(&self, header: &Value, payload: &Map<String, Value>) -> Result<String, JwtError> {
+        let header = serde_json::to_vec(header).map_err(|_| JwtError::Signing)?;
+        let payload = serde_json::to_vec(payload).map_err(|_| JwtError::Signing)?;
         let mut out = B64URL.encode(header);
         out.push('.');
         out.push_str(&B64URL.encode(payload));

@@ -1,0 +1,269 @@
+//! Attestation tokens from configured authorities: the issuer must be one the vault was
+//! told to trust; its signing keys come from OpenID Connect discovery and its JWKS,
+//! cached and refreshed when a token names a key the cache does not have (rotation).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jose::{Alg, Jwks, JwtError, VerifyOptions};
+use serde_json::{Map, Value};
+
+/// Algorithms a token may be signed with: never `none` nor HMAC.
+pub const ALLOWED_ALGS: [Alg; 7] = Alg::ALL;
+
+/// The largest discovery document or JWKS fetched.
+const MAX_DOC: u64 = 256 * 1024;
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT, or no `iss`.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The issuer is not a configured authority.
+    #[error("issuer {0:?} is not a configured authority")]
+    UnknownIssuer(String),
+    /// The authority's keys could not be fetched.
+    #[error("could not fetch the signing keys of {issuer}: {reason}")]
+    Keys {
+        /// The authority.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
+    /// Signature, algorithm, key or lifetime check failed.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}
+
+impl TokenError {
+    /// A stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Malformed(_) => "token_malformed",
+            TokenError::UnknownIssuer(_) => "token_unknown_issuer",
+            TokenError::Keys { .. } => "token_keys_unavailable",
+            TokenError::Jwt(e) => match e {
+                JwtError::AlgNotAllowed(_) => "token_alg_not_allowed",
+                JwtError::UnknownKid(_) => "token_unknown_key",
+                JwtError::BadSignature | JwtError::KeyAlgMismatch { .. } => "token_bad_signature",
+                JwtError::Expired(_) => "token_expired",
+                JwtError::NotYetValid(_) => "token_not_yet_valid",
+                JwtError::IssuerMismatch(_) => "token_unknown_issuer",
+                _ => "token_malformed",
+            },
+        }
+    }
+}
+
+/// A verified token.
+#[derive(Clone, Debug)]
+pub struct ValidToken {
+    /// The authority that issued it (as configured).
+    pub issuer: String,
+    /// Its claims.
+    pub claims: Map<String, Value>,
+    /// `jti`, if any (for the audit log).
+    pub jti: Option<String>,
+}
+
+struct Cached {
+    jwks: Arc<Jwks>,
+    fetched: Instant,
+}
+
+/// Fetches a document; a function so tests and other transports can stand in.
+pub type Fetch = dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync;
+
+/// The configured authorities and their cached keys.
+pub struct Authorities {
+    issuers: Vec<String>,
+    fetch: Box<Fetch>,
+    ttl: Duration,
+    min_refresh: Duration,
+    leeway: i64,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl std::fmt::Debug for Authorities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorities")
+            .field("issuers", &self.issuers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn normalize(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_string()
+}
+
+/// Whether `url` may be fetched: HTTPS, or HTTP to a loopback host (tests, `cvm up`).
+pub fn fetchable(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+/// An HTTP(S) fetcher with timeouts and a size limit (rustls with aws-lc-rs, Mozilla
+/// roots).
+pub fn http_fetch() -> Box<Fetch> {
+    use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .root_certs(RootCerts::WebPki)
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    Box::new(move |url: &str| {
+        if !fetchable(url) {
+            return Err(format!(
+                "{url}: only https (or http to loopback) is fetched"
+            ));
+        }
+        let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
+        resp.body_mut()
+            .with_config()
+            .limit(MAX_DOC)
+            .read_to_vec()
+            .map_err(|e| e.to_string())
+    })
+}
+
+impl Authorities {
+    /// Trust tokens from `issuers`, fetching their keys with `fetch`.
+    pub fn new(issuers: &[String], fetch: Box<Fetch>) -> Self {
+        Authorities {
+            issuers: issuers.iter().map(|i| normalize(i)).collect(),
+            fetch,
+            ttl: Duration::from_secs(3600),
+            min_refresh: Duration::from_secs(10),
+            leeway: 60,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refetch an authority's keys for an unknown `kid` at most this often (default
+    /// 10 s), so tokens naming made-up keys cannot make the vault hammer the authority.
+    pub fn with_min_refresh(mut self, d: Duration) -> Self {
+        self.min_refresh = d;
+        self
+    }
+
+    /// Allowed clock skew for `exp`/`nbf` in seconds (default 60).
+    pub fn with_leeway(mut self, seconds: i64) -> Self {
+        self.leeway = seconds;
+        self
+    }
+
+    /// The configured issuers.
+    pub fn issuers(&self) -> &[String] {
+        &self.issuers
+    }
+
+    fn fetch_jwks(&self, issuer: &str) -> Result<Jwks, TokenError> {
+        let keys_err = |reason: String| TokenError::Keys {
+            issuer: issuer.to_string(),
+            reason,
+        };
+        let conf: Value = serde_json::from_slice(
+            &(self.fetch)(&format!("{issuer}/.well-known/openid-configuration"))
+                .map_err(keys_err)?,
+        )
+        .map_err(|e| keys_err(format!("discovery document: {e}")))?;
+        if conf
+            .get("issuer")
+            .and_then(Value::as_str)
+            .map(normalize)
+            .as_deref()
+            != Some(issuer)
+        {
+            return Err(keys_err(
+                "the discovery document names another issuer".into(),
+            ));
+        }
+        let uri = conf
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| keys_err("the discovery document has no jwks_uri".into()))?;
+        Jwks::from_json(&(self.fetch)(uri).map_err(keys_err)?).map_err(|e| keys_err(e.to_string()))
+    }
+
+    fn keys(&self, issuer: &str, refresh: bool) -> Result<Arc<Jwks>, TokenError> {
+        if let Ok(cache) = self.cache.lock()
+            && let Some(c) = cache.get(issuer)
+        {
+            let age = c.fetched.elapsed();
+            if age < self.ttl && (!refresh || age < self.min_refresh) {
+                return Ok(c.jwks.clone());
+            }
+        }
+        let jwks = Arc::new(self.fetch_jwks(issuer)?);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(
+                issuer.to_string(),
+                Cached {
+                    jwks: jwks.clone(),
+                    fetched: Instant::now(),
+                },
+            );
+        }
+        Ok(jwks)
+    }
+
+    /// Validates `token` at `now` (Unix seconds): issuer configured, signature by a key
+    /// of its JWKS with an allowed algorithm, `exp`/`nbf` within the leeway.
+    pub fn validate(&self, token: &str, now: i64) -> Result<ValidToken, TokenError> {
+        let (_, claims) = jose::peek(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .map(normalize)
+            .ok_or_else(|| TokenError::Malformed("no iss claim".into()))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| **i == iss)
+            .ok_or_else(|| TokenError::UnknownIssuer(iss.clone()))?
+            .clone();
+        let opts = VerifyOptions {
+            algs: ALLOWED_ALGS.to_vec(),
+            issuer: None,
+            now,
+            leeway: self.leeway,
+        };
+        let jwks = self.keys(&issuer, false)?;
+        let verified = match jose::verify(token, &jwks, &opts) {
+            // A key we have not seen: the authority may have rotated; look again (at
+            // most every `min_refresh`).
+            Err(JwtError::UnknownKid(_)) => {
+                jose::verify(token, &*self.keys(&issuer, true)?, &opts)?
+            }
+            other => other?,
+        };
+        let jti = verified
+            .claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(ValidToken {
+            issuer,
+            claims: verified.claims,
+            jti,
+        })
+    }
+}

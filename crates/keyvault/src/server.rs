@@ -1,0 +1,237 @@
+//! The key vault's HTTP API (axum), with Key Vault's paths and bodies; the vault is the
+//! one the bearer credential belongs to. `?api-version=` is accepted and ignored.
+//!
+//! | method | path | role |
+//! |---|---|---|
+//! | POST | `/keys/{name}/create` | administrator, crypto user |
+//! | PUT | `/keys/{name}` (import) | administrator, crypto user |
+//! | GET | `/keys`, `/keys/{name}`, `/keys/{name}/{version}` | any |
+//! | PATCH | `/keys/{name}/{version}` | administrator, crypto user |
+//! | DELETE | `/keys/{name}` | administrator |
+//! | GET, DELETE | `/deletedkeys/{name}` | any / administrator (purge) |
+//! | POST | `/deletedkeys/{name}/recover` | administrator |
+//! | POST | `/keys/{name}/{version}/release` | any |
+//! | POST | `/keys/{name}/{version}/release/test` | any (dry run) |
+//! | POST | `/credentials`, GET `/audit` | administrator |
+//! | POST | `/vaults/{name}` | the service administrator |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+
+use crate::service::{Vault, VaultConfig, VaultError};
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 256 * 1024;
+
+impl IntoResponse for VaultError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+type S = State<Arc<Vault>>;
+type R = Result<axum::Json<Value>, VaultError>;
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, VaultError> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            VaultError {
+                status: 413,
+                code: "body_too_large",
+                message: format!("request bodies are limited to {MAX_BODY} bytes"),
+                detail: None,
+            }
+        } else {
+            VaultError {
+                status: 400,
+                code: "bad_request",
+                message: "unreadable request body".into(),
+                detail: None,
+            }
+        }
+    })
+}
+
+async fn create(
+    State(v): S,
+    Path(n): Path<String>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    Ok(axum::Json(v.create_key(bearer(&h), &n, &body(b)?)?))
+}
+async fn import(
+    State(v): S,
+    Path(n): Path<String>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    Ok(axum::Json(v.import_key(bearer(&h), &n, &body(b)?)?))
+}
+async fn get_latest(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.get_key(bearer(&h), &n, None)?))
+}
+async fn get_version(State(v): S, Path((n, ver)): Path<(String, String)>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.get_key(bearer(&h), &n, Some(&ver))?))
+}
+async fn list(State(v): S, h: HeaderMap) -> R {
+    Ok(axum::Json(v.list_keys(bearer(&h))?))
+}
+async fn update(
+    State(v): S,
+    Path((n, ver)): Path<(String, String)>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    Ok(axum::Json(v.update_key(bearer(&h), &n, &ver, &body(b)?)?))
+}
+async fn delete(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.delete_key(bearer(&h), &n)?))
+}
+async fn get_deleted(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.get_deleted(bearer(&h), &n)?))
+}
+async fn purge(State(v): S, Path(n): Path<String>, h: HeaderMap) -> Result<StatusCode, VaultError> {
+    v.purge_key(bearer(&h), &n)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+async fn recover(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.recover_key(bearer(&h), &n)?))
+}
+/// Release validates a token, which may fetch the authority's keys with a blocking
+/// HTTP client: run it on the blocking pool, not on a runtime worker.
+async fn blocking(f: impl FnOnce() -> Result<Value, VaultError> + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| VaultError {
+            status: 500,
+            code: "internal",
+            message: "internal error; see the service log".into(),
+            detail: None,
+        })?
+        .map(axum::Json)
+}
+
+async fn release(
+    State(v): S,
+    Path((n, ver)): Path<(String, String)>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    let b = body(b)?;
+    let t = bearer(&h).map(str::to_string);
+    blocking(move || v.release(t.as_deref(), &n, &ver, &b)).await
+}
+async fn release_test(
+    State(v): S,
+    Path((n, ver)): Path<(String, String)>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    let b = body(b)?;
+    let t = bearer(&h).map(str::to_string);
+    blocking(move || v.release_test(t.as_deref(), &n, &ver, &b)).await
+}
+async fn credentials(State(v): S, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> R {
+    Ok(axum::Json(v.create_credential(bearer(&h), &body(b)?)?))
+}
+async fn audit(State(v): S, h: HeaderMap) -> R {
+    Ok(axum::Json(v.audit_log(bearer(&h))?))
+}
+async fn vault(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.create_vault(bearer(&h), &n)?))
+}
+async fn not_found() -> VaultError {
+    VaultError {
+        status: 404,
+        code: "not_found",
+        message: "no such endpoint".into(),
+        detail: None,
+    }
+}
+
+async fn limits(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(Duration::from_secs(30), next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => VaultError {
+            status: 503,
+            code: "timeout",
+            message: "the request took too long".into(),
+            detail: None,
+        }
+        .into_response(),
+    }
+}
+
+/// The API's router.
+pub fn router(v: Arc<Vault>) -> Router {
+    Router::new()
+        .route("/keys", get(list))
+        .route("/keys/{name}", get(get_latest).put(import).delete(delete))
+        .route("/keys/{name}/create", post(create))
+        .route("/keys/{name}/{version}", get(get_version).patch(update))
+        .route("/keys/{name}/{version}/release", post(release))
+        .route("/keys/{name}/{version}/release/test", post(release_test))
+        .route("/deletedkeys/{name}", get(get_deleted).delete(purge))
+        .route("/deletedkeys/{name}/recover", post(recover))
+        .route("/credentials", post(credentials))
+        .route("/audit", get(audit))
+        .route("/vaults/{name}", post(vault))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(limits))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(v)
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The vault could not open.
+    #[error(transparent)]
+    Open(#[from] crate::service::OpenError),
+}
+
+/// Binds `listen`, opens the vault (base URL from the bound address unless given),
+/// reports the address, and serves until the process ends.
+pub fn run(
+    listen: &str,
+    base_url: Option<String>,
+    mut cfg: VaultConfig,
+    on_listening: impl FnOnce(SocketAddr, Option<&std::path::Path>),
+) -> Result<(), ServeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        cfg.base_url = base_url.unwrap_or_else(|| format!("http://{addr}"));
+        let (vault, created) = Vault::open(cfg)?;
+        on_listening(addr, created.as_deref());
+        axum::serve(listener, router(Arc::new(vault))).await?;
+        Ok(())
+    })
+}

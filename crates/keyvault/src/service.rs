@@ -1,0 +1,1148 @@
+//! The key vault: vaults (tenants) with role-bearing credentials, versioned keys whose
+//! material is sealed at rest, soft delete, and Secure Key Release to attested callers.
+//! HTTP lives in [`crate::server`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, RsaPublicKeyComponents};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use jose::{Alg, TokenSigner};
+use seal::MasterKey;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
+
+use crate::authority::{Authorities, ValidToken};
+use crate::release_policy::ReleasePolicyEnvelope;
+use crate::store::{AuditEntry, SqliteStore, Store, StoreError, VersionRow};
+use crate::wrap::{KeyHsm, WrapMechanism, WrappingPublicKey};
+
+/// A refusal or failure as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct VaultError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable code.
+    pub code: &'static str,
+    /// Explanation; never key material.
+    pub message: String,
+    /// Extra detail (a release policy's explanation).
+    pub detail: Option<Value>,
+}
+
+impl VaultError {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        VaultError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+    fn internal(code: &'static str) -> Self {
+        Self::new(500, code, "internal error; see the service log")
+    }
+    fn unauthorized() -> Self {
+        Self::new(
+            401,
+            "unauthorized",
+            "a valid vault credential is required (Authorization: Bearer ...)",
+        )
+    }
+    fn forbidden(role: &str, op: &str) -> Self {
+        Self::new(403, "forbidden", format!("the {role} role may not {op}"))
+    }
+    fn not_found(name: &str) -> Self {
+        Self::new(
+            404,
+            "key_not_found",
+            format!("no key {name:?} in this vault"),
+        )
+    }
+    /// The JSON body: `{"error": {"code", "message", "detail"?}}`.
+    pub fn body(&self) -> Value {
+        let mut e = json!({ "code": self.code, "message": self.message });
+        if let Some(d) = &self.detail {
+            e["detail"] = d.clone();
+        }
+        json!({ "error": e })
+    }
+}
+
+fn store_err(e: StoreError) -> VaultError {
+    match e {
+        StoreError::Exists(what) => VaultError::new(409, "conflict", what),
+        _ => VaultError::internal("store"),
+    }
+}
+
+/// A credential's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, including credentials, deletion and purge.
+    Administrator,
+    /// Create, import, read, update and release keys.
+    CryptoUser,
+    /// Read public parts and release keys.
+    ReleaseUser,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::CryptoUser => "crypto_user",
+            Role::ReleaseUser => "release_user",
+        }
+    }
+    /// Parses a stored name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "administrator" => Role::Administrator,
+            "crypto_user" => Role::CryptoUser,
+            "release_user" => Role::ReleaseUser,
+            _ => return None,
+        })
+    }
+    fn may(self, op: Op) -> bool {
+        match self {
+            Role::Administrator => true,
+            Role::CryptoUser => !matches!(op, Op::Admin | Op::Delete),
+            Role::ReleaseUser => matches!(op, Op::Read | Op::Release),
+        }
+    }
+}
+
+/// What a caller wants to do (for access control).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Manage credentials, read the audit log.
+    Admin,
+    /// Create, import, update keys.
+    Write,
+    /// Read public parts, list.
+    Read,
+    /// Delete, recover, purge.
+    Delete,
+    /// Release.
+    Release,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Its vault.
+    pub vault: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// How the vault is set up.
+pub struct VaultConfig {
+    /// State directory (database, service administrator credential).
+    pub state_dir: PathBuf,
+    /// The master key (never stored in the state directory).
+    pub master_key: MasterKey,
+    /// Public base URL (key ids are `{base}/keys/{name}/{version}`).
+    pub base_url: String,
+    /// Trusted attestation authorities.
+    pub authorities: Authorities,
+}
+
+impl std::fmt::Debug for VaultConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultConfig")
+            .field("state_dir", &self.state_dir)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key vault.
+pub struct Vault {
+    store: Box<dyn Store>,
+    master: MasterKey,
+    base_url: String,
+    authorities: Authorities,
+    signer: TokenSigner,
+    service_admin_sha256: Vec<u8>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+fn random_token() -> Result<Zeroizing<String>, VaultError> {
+    let mut raw = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| VaultError::internal("random"))?;
+    Ok(Zeroizing::new(B64URL.encode(raw.as_ref())))
+}
+
+/// Key names as Key Vault allows them: 1-127 of `[0-9a-zA-Z-]`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Why the vault could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A sealed secret did not open (wrong master key?).
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+    /// The signing key failed.
+    #[error(transparent)]
+    Jwt(#[from] jose::JwtError),
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `attributes` in requests and responses.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attributes {
+    /// Enabled.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Not before (Unix seconds).
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    /// Expires (Unix seconds).
+    #[serde(default)]
+    pub exp: Option<i64>,
+    /// Exportable (create/import only).
+    #[serde(default)]
+    pub exportable: Option<bool>,
+    /// Accepted and ignored (Key Vault returns them).
+    #[serde(default)]
+    pub created: Option<i64>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub updated: Option<i64>,
+    /// Accepted and ignored.
+    #[serde(default, rename = "recoveryLevel")]
+    pub recovery_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateBody {
+    kty: String,
+    #[serde(default)]
+    key_size: Option<u32>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    key_ops: Option<Vec<String>>,
+    #[serde(default)]
+    attributes: Option<Attributes>,
+    #[serde(default)]
+    tags: Option<Map<String, Value>>,
+    #[serde(default)]
+    release_policy: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportBody {
+    key: Map<String, Value>,
+    #[serde(default)]
+    attributes: Option<Attributes>,
+    #[serde(default)]
+    tags: Option<Map<String, Value>>,
+    #[serde(default)]
+    release_policy: Option<Value>,
+    #[serde(default, rename = "Hsm")]
+    _hsm: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    attributes: Option<Attributes>,
+    #[serde(default)]
+    tags: Option<Map<String, Value>>,
+    #[serde(default)]
+    release_policy: Option<Value>,
+    #[serde(default)]
+    key_ops: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    target: String,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    enc: Option<String>,
+}
+
+fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, VaultError> {
+    serde_json::from_slice(body).map_err(|e| {
+        VaultError::bad(
+            "bad_request",
+            e.to_string().chars().take(200).collect::<String>(),
+        )
+    })
+}
+
+/// What a new key version is made of.
+struct NewKey<'a> {
+    kty: &'a str,
+    secret: &'a [u8],
+    public: Map<String, Value>,
+    attributes: Option<Attributes>,
+    tags: Option<Map<String, Value>>,
+    release_policy: Option<Value>,
+}
+
+/// New key material and its public JWK.
+struct Material {
+    kty: &'static str,
+    secret: Zeroizing<Vec<u8>>,
+    public: Map<String, Value>,
+}
+
+fn generate(body: &CreateBody) -> Result<Material, VaultError> {
+    let kty = body.kty.trim_end_matches("-HSM");
+    let mut public = Map::new();
+    match kty {
+        "RSA" => {
+            let bits = body.key_size.unwrap_or(2048);
+            let size = match bits {
+                2048 => aws_lc_rs::rsa::KeySize::Rsa2048,
+                3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
+                4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
+                _ => {
+                    return Err(VaultError::bad(
+                        "bad_parameter",
+                        "RSA key_size is 2048, 3072 or 4096",
+                    ));
+                }
+            };
+            let kp = aws_lc_rs::rsa::KeyPair::generate(size)
+                .map_err(|_| VaultError::internal("keygen"))?;
+            let der: Pkcs8V1Der<'static> =
+                kp.as_der().map_err(|_| VaultError::internal("keygen"))?;
+            let comps: RsaPublicKeyComponents<Vec<u8>> = kp.public_key().into();
+            public.insert("kty".into(), "RSA".into());
+            public.insert("n".into(), B64URL.encode(strip(&comps.n)).into());
+            public.insert("e".into(), B64URL.encode(strip(&comps.e)).into());
+            Ok(Material {
+                kty: "RSA",
+                secret: Zeroizing::new(der.as_ref().to_vec()),
+                public,
+            })
+        }
+        "EC" => {
+            let (alg, crv, n) = match body.crv.as_deref().unwrap_or("P-256") {
+                "P-256" => (
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    "P-256",
+                    32,
+                ),
+                "P-384" => (
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                    "P-384",
+                    48,
+                ),
+                _ => return Err(VaultError::bad("bad_parameter", "EC crv is P-256 or P-384")),
+            };
+            let doc = EcdsaKeyPair::generate_pkcs8(alg, &SystemRandom::new())
+                .map_err(|_| VaultError::internal("keygen"))?;
+            let kp = EcdsaKeyPair::from_pkcs8(alg, doc.as_ref())
+                .map_err(|_| VaultError::internal("keygen"))?;
+            let point = kp.public_key().as_ref();
+            let (x, y) = point
+                .get(1..)
+                .unwrap_or_default()
+                .split_at(n.min(point.len().saturating_sub(1)));
+            public.insert("kty".into(), "EC".into());
+            public.insert("crv".into(), crv.into());
+            public.insert("x".into(), B64URL.encode(x).into());
+            public.insert("y".into(), B64URL.encode(y).into());
+            Ok(Material {
+                kty: "EC",
+                secret: Zeroizing::new(doc.as_ref().to_vec()),
+                public,
+            })
+        }
+        "oct" => {
+            if body.key_size.unwrap_or(256) != 256 {
+                return Err(VaultError::bad(
+                    "bad_parameter",
+                    "oct keys are AES-256 (key_size 256)",
+                ));
+            }
+            let mut k = Zeroizing::new(vec![0u8; 32]);
+            aws_lc_rs::rand::fill(k.as_mut()).map_err(|_| VaultError::internal("random"))?;
+            public.insert("kty".into(), "oct".into());
+            Ok(Material {
+                kty: "oct",
+                secret: k,
+                public,
+            })
+        }
+        other => Err(VaultError::bad(
+            "bad_parameter",
+            format!("kty {other:?} is not RSA, EC or oct"),
+        )),
+    }
+}
+
+fn strip(b: &[u8]) -> &[u8] {
+    let i = b
+        .iter()
+        .position(|&x| x != 0)
+        .unwrap_or(b.len().saturating_sub(1));
+    &b[i..]
+}
+
+impl Vault {
+    /// Opens the vault's state. On first start a service administrator credential
+    /// (which creates vaults) is written to `STATE/admin.token` (0600); its path is
+    /// returned then.
+    pub fn open(cfg: VaultConfig) -> Result<(Self, Option<PathBuf>), OpenError> {
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let store = SqliteStore::open(&cfg.state_dir.join("keyvault.db"))?;
+        let mut created = None;
+        let admin_hash = match store.secret("service-admin-sha256")? {
+            Some(h) => h,
+            None => {
+                let token = random_token().map_err(|e| std::io::Error::other(e.message))?;
+                let path = cfg.state_dir.join("admin.token");
+                seal::write_secret_file(&path, token.as_bytes())?;
+                created = Some(path);
+                store.put_secret("service-admin-sha256", &sha256(token.as_bytes()))?
+            }
+        };
+        let sealed = match store.secret("release-signing-key")? {
+            Some(s) => s,
+            None => {
+                let signer = TokenSigner::generate(
+                    Alg::RS256,
+                    "opencvm key vault release signing",
+                    now(),
+                    3650,
+                )?;
+                let mut blob = signer.cert_der().len().to_be_bytes().to_vec();
+                blob.extend_from_slice(signer.cert_der());
+                blob.extend_from_slice(&signer.to_pkcs8()?);
+                store.put_secret(
+                    "release-signing-key",
+                    &cfg.master_key
+                        .seal("opencvm-keyvault/release-signing-key", &blob)?,
+                )?
+            }
+        };
+        let blob = cfg
+            .master_key
+            .open("opencvm-keyvault/release-signing-key", &sealed)?;
+        let (len, rest) = blob.split_at(8.min(blob.len()));
+        let cert_len = usize::try_from(u64::from_be_bytes(len.try_into().unwrap_or([0; 8])))
+            .unwrap_or(usize::MAX)
+            .min(rest.len());
+        let (cert, pkcs8) = rest.split_at(cert_len);
+        let signer = TokenSigner::from_pkcs8(Alg::RS256, pkcs8, cert.to_vec())?;
+        Ok((
+            Vault {
+                store: Box::new(store),
+                master: cfg.master_key,
+                base_url: cfg.base_url.trim_end_matches('/').to_string(),
+                authorities: cfg.authorities,
+                signer,
+                service_admin_sha256: admin_hash,
+            },
+            created,
+        ))
+    }
+
+    /// The certificate that signs release responses (DER).
+    pub fn release_signing_cert(&self) -> &[u8] {
+        self.signer.cert_der()
+    }
+
+    /// Authenticates a bearer credential.
+    pub fn caller(&self, bearer: Option<&str>) -> Result<Caller, VaultError> {
+        let token = bearer.ok_or_else(VaultError::unauthorized)?;
+        let (vault, role) = self
+            .store
+            .credential(&sha256(token.as_bytes()))
+            .map_err(store_err)?
+            .ok_or_else(VaultError::unauthorized)?;
+        Ok(Caller {
+            vault,
+            role: Role::from_name(&role).ok_or_else(|| VaultError::internal("role"))?,
+        })
+    }
+
+    fn authorize(&self, bearer: Option<&str>, op: Op, what: &str) -> Result<Caller, VaultError> {
+        let c = self.caller(bearer)?;
+        if !c.role.may(op) {
+            return Err(VaultError::forbidden(c.role.name(), what));
+        }
+        Ok(c)
+    }
+
+    fn audit(
+        &self,
+        c: &Caller,
+        op: &str,
+        key: &str,
+        version: &str,
+        outcome: Result<(), &VaultError>,
+        token: Option<&ValidToken>,
+    ) {
+        let e = AuditEntry {
+            seq: 0,
+            ts: now(),
+            vault: c.vault.clone(),
+            caller: c.role.name().to_string(),
+            op: op.to_string(),
+            key: key.to_string(),
+            version: version.to_string(),
+            outcome: match outcome {
+                Ok(()) => "allowed".into(),
+                Err(e) if e.status >= 500 => "failed".into(),
+                Err(_) => "denied".into(),
+            },
+            code: outcome
+                .err()
+                .map(|e| e.code.to_string())
+                .unwrap_or_default(),
+            jti: token.and_then(|t| t.jti.clone()).unwrap_or_default(),
+            issuer: token.map(|t| t.issuer.clone()).unwrap_or_default(),
+        };
+        // The audit log must not silently lose entries; a failure is reported in the
+        // service's own log (stderr).
+        if let Err(err) = self.store.audit(&e) {
+            eprintln!("keyvault: audit log write failed: {err}");
+        }
+    }
+
+    /// Creates a vault (service administrator); returns its administrator credential.
+    pub fn create_vault(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
+        let token = bearer.ok_or_else(VaultError::unauthorized)?;
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            &sha256(token.as_bytes()),
+            &self.service_admin_sha256,
+        )
+        .map_err(|_| VaultError::unauthorized())?;
+        if !valid_name(name) {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "a vault name is 1-127 of [0-9a-zA-Z-]",
+            ));
+        }
+        let cred = random_token()?;
+        self.store
+            .create_vault(name, &sha256(cred.as_bytes()), now())
+            .map_err(store_err)?;
+        Ok(json!({ "vault": name, "credential": cred.as_str(), "role": "administrator" }))
+    }
+
+    /// Issues a credential with `role` for the caller's vault (administrator).
+    pub fn create_credential(
+        &self,
+        bearer: Option<&str>,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Admin, "manage credentials")?;
+        let v: Value = parse_body(body)?;
+        let role = v
+            .get("role")
+            .and_then(Value::as_str)
+            .and_then(Role::from_name)
+            .ok_or_else(|| {
+                VaultError::bad(
+                    "bad_parameter",
+                    "role is administrator, crypto_user or release_user",
+                )
+            })?;
+        let cred = random_token()?;
+        self.store
+            .add_credential(&c.vault, &sha256(cred.as_bytes()), role.name(), now())
+            .map_err(store_err)?;
+        Ok(json!({ "vault": c.vault, "credential": cred.as_str(), "role": role.name() }))
+    }
+
+    fn kid(&self, name: &str, version: &str) -> String {
+        format!("{}/keys/{name}/{version}", self.base_url)
+    }
+
+    fn seal_context(vault: &str, name: &str, version: &str) -> String {
+        format!("opencvm-keyvault/key/{vault}/{name}/{version}")
+    }
+
+    fn bundle(&self, row: &VersionRow, deleted: bool) -> Value {
+        let mut key: Map<String, Value> = serde_json::from_str(&row.public_jwk).unwrap_or_default();
+        key.insert("kid".into(), self.kid(&row.name, &row.version).into());
+        let ops: &[&str] = match row.kty.as_str() {
+            "RSA" => &[
+                "encrypt",
+                "decrypt",
+                "sign",
+                "verify",
+                "wrapKey",
+                "unwrapKey",
+            ],
+            "EC" => &["sign", "verify"],
+            _ => &["encrypt", "decrypt", "wrapKey", "unwrapKey"],
+        };
+        key.insert("key_ops".into(), json!(ops));
+        let mut attrs = json!({
+            "enabled": row.enabled,
+            "created": row.created,
+            "updated": row.updated,
+            "recoveryLevel": "Recoverable+Purgeable",
+            "exportable": row.exportable,
+        });
+        if let Some(n) = row.nbf {
+            attrs["nbf"] = n.into();
+        }
+        if let Some(e) = row.exp {
+            attrs["exp"] = e.into();
+        }
+        let mut out = json!({
+            "key": key,
+            "attributes": attrs,
+            "tags": serde_json::from_str::<Value>(&row.tags).unwrap_or(json!({})),
+        });
+        if let Some(p) = &row.release_policy {
+            out["release_policy"] = serde_json::from_str(p).unwrap_or(Value::Null);
+        }
+        if deleted {
+            out["recoveryId"] = format!("{}/deletedkeys/{}", self.base_url, row.name).into();
+        }
+        out
+    }
+
+    fn new_version(
+        &self,
+        c: &Caller,
+        name: &str,
+        key: NewKey<'_>,
+    ) -> Result<VersionRow, VaultError> {
+        if !valid_name(name) {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "a key name is 1-127 of [0-9a-zA-Z-]",
+            ));
+        }
+        let NewKey {
+            kty,
+            secret,
+            public,
+            attributes,
+            tags,
+            release_policy,
+        } = key;
+        let attrs = attributes.unwrap_or_default();
+        let exportable = attrs.exportable.unwrap_or(false);
+        let policy = release_policy
+            .map(|p| ReleasePolicyEnvelope::parse(&p))
+            .transpose()
+            .map_err(|e| VaultError::bad("bad_release_policy", e.to_string()))?;
+        if exportable && policy.is_none() {
+            return Err(VaultError::bad(
+                "release_policy_required",
+                "an exportable key must have a release policy",
+            ));
+        }
+        let mut v = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut v).map_err(|_| VaultError::internal("random"))?;
+        let version = hex::encode(v);
+        let t = now();
+        let row = VersionRow {
+            name: name.to_string(),
+            version: version.clone(),
+            kty: kty.to_string(),
+            public_jwk: Value::Object(public).to_string(),
+            sealed: self
+                .master
+                .seal(&Self::seal_context(&c.vault, name, &version), secret)
+                .map_err(|_| VaultError::internal("seal"))?,
+            exportable,
+            enabled: attrs.enabled.unwrap_or(true),
+            nbf: attrs.nbf,
+            exp: attrs.exp,
+            tags: Value::Object(tags.unwrap_or_default()).to_string(),
+            release_policy: policy.map(|p| p.to_json().to_string()),
+            created: t,
+            updated: t,
+        };
+        self.store.add_version(&c.vault, &row).map_err(store_err)?;
+        Ok(row)
+    }
+
+    /// `POST /keys/{name}/create`.
+    pub fn create_key(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Write, "create keys")?;
+        let r = (|| {
+            let b: CreateBody = parse_body(body)?;
+            let _ = &b.key_ops;
+            let m = generate(&b)?;
+            self.new_version(
+                &c,
+                name,
+                NewKey {
+                    kty: m.kty,
+                    secret: &m.secret,
+                    public: m.public,
+                    attributes: b.attributes,
+                    tags: b.tags,
+                    release_policy: b.release_policy,
+                },
+            )
+        })();
+        self.audit(
+            &c,
+            "create",
+            name,
+            r.as_ref().map(|r| r.version.as_str()).unwrap_or(""),
+            r.as_ref().map(|_| ()),
+            None,
+        );
+        Ok(self.bundle(&r?, false))
+    }
+
+    /// `PUT /keys/{name}`: import a customer-managed key. Supported: `oct` (AES-256,
+    /// `k`); RSA and EC private JWKs are refused with `not_supported` for now.
+    pub fn import_key(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Write, "import keys")?;
+        let r = (|| {
+            let b: ImportBody = parse_body(body)?;
+            let kty = b.key.get("kty").and_then(Value::as_str).unwrap_or_default();
+            if kty.trim_end_matches("-HSM") != "oct" {
+                return Err(VaultError::bad(
+                    "not_supported",
+                    "only oct (AES-256) keys can be imported by this version",
+                ));
+            }
+            let k = Zeroizing::new(
+                b.key
+                    .get("k")
+                    .and_then(Value::as_str)
+                    .and_then(|k| B64URL.decode(k.trim_end_matches('=')).ok())
+                    .ok_or_else(|| {
+                        VaultError::bad("bad_parameter", "an oct key needs k (base64url)")
+                    })?,
+            );
+            if k.len() != 32 {
+                return Err(VaultError::bad(
+                    "bad_parameter",
+                    "an oct key is 32 bytes (AES-256)",
+                ));
+            }
+            let mut public = Map::new();
+            public.insert("kty".into(), "oct".into());
+            self.new_version(
+                &c,
+                name,
+                NewKey {
+                    kty: "oct",
+                    secret: &k,
+                    public,
+                    attributes: b.attributes,
+                    tags: b.tags,
+                    release_policy: b.release_policy,
+                },
+            )
+        })();
+        self.audit(
+            &c,
+            "import",
+            name,
+            r.as_ref().map(|r| r.version.as_str()).unwrap_or(""),
+            r.as_ref().map(|_| ()),
+            None,
+        );
+        Ok(self.bundle(&r?, false))
+    }
+
+    fn version(
+        &self,
+        c: &Caller,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<VersionRow, VaultError> {
+        let rows = self
+            .store
+            .versions(&c.vault, name, false)
+            .map_err(store_err)?;
+        match version.filter(|v| !v.is_empty()) {
+            None => rows.into_iter().next(),
+            Some(v) => rows.into_iter().find(|r| r.version == v),
+        }
+        .ok_or_else(|| VaultError::not_found(name))
+    }
+
+    /// `GET /keys/{name}[/{version}]`: public parts only.
+    pub fn get_key(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Read, "read keys")?;
+        Ok(self.bundle(&self.version(&c, name, version)?, false))
+    }
+
+    /// `GET /keys`.
+    pub fn list_keys(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Read, "list keys")?;
+        let names = self.store.key_names(&c.vault).map_err(store_err)?;
+        let value: Vec<Value> = names
+            .iter()
+            .map(|n| json!({ "kid": format!("{}/keys/{n}", self.base_url) }))
+            .collect();
+        Ok(json!({ "value": value, "nextLink": Value::Null }))
+    }
+
+    /// `PATCH /keys/{name}/{version}`: enabled, nbf, exp, tags, release policy (an
+    /// immutable policy never changes).
+    pub fn update_key(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        version: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Write, "update keys")?;
+        let r = (|| {
+            let b: UpdateBody = parse_body(body)?;
+            let _ = &b.key_ops;
+            let mut row = self.version(&c, name, Some(version))?;
+            if let Some(a) = b.attributes {
+                if a.exportable.is_some_and(|e| e != row.exportable) {
+                    return Err(VaultError::bad(
+                        "bad_parameter",
+                        "exportable cannot change after creation",
+                    ));
+                }
+                row.enabled = a.enabled.unwrap_or(row.enabled);
+                row.nbf = a.nbf.or(row.nbf);
+                row.exp = a.exp.or(row.exp);
+            }
+            if let Some(t) = b.tags {
+                row.tags = Value::Object(t).to_string();
+            }
+            if let Some(p) = b.release_policy {
+                let current = row
+                    .release_policy
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                    .and_then(|v| ReleasePolicyEnvelope::parse(&v).ok());
+                if current
+                    .as_ref()
+                    .is_some_and(ReleasePolicyEnvelope::immutable)
+                {
+                    return Err(VaultError::new(
+                        409,
+                        "release_policy_immutable",
+                        "the key's release policy is immutable",
+                    ));
+                }
+                let new = ReleasePolicyEnvelope::parse(&p)
+                    .map_err(|e| VaultError::bad("bad_release_policy", e.to_string()))?;
+                row.release_policy = Some(new.to_json().to_string());
+            }
+            row.updated = now();
+            self.store
+                .update_version(&c.vault, &row)
+                .map_err(store_err)?;
+            Ok(row)
+        })();
+        self.audit(&c, "update", name, version, r.as_ref().map(|_| ()), None);
+        Ok(self.bundle(&r?, false))
+    }
+
+    /// `DELETE /keys/{name}`: soft delete.
+    pub fn delete_key(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Delete, "delete keys")?;
+        let r = (|| {
+            let row = self.version(&c, name, None)?;
+            if !self
+                .store
+                .set_deleted(&c.vault, name, true, now())
+                .map_err(store_err)?
+            {
+                return Err(VaultError::not_found(name));
+            }
+            Ok(row)
+        })();
+        self.audit(&c, "delete", name, "", r.as_ref().map(|_| ()), None);
+        Ok(self.bundle(&r?, true))
+    }
+
+    /// `GET /deletedkeys/{name}`.
+    pub fn get_deleted(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Read, "read deleted keys")?;
+        let row = self
+            .store
+            .versions(&c.vault, name, true)
+            .map_err(store_err)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| VaultError::not_found(name))?;
+        Ok(self.bundle(&row, true))
+    }
+
+    /// `POST /deletedkeys/{name}/recover`.
+    pub fn recover_key(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Delete, "recover keys")?;
+        let r = (|| {
+            if !self
+                .store
+                .set_deleted(&c.vault, name, false, now())
+                .map_err(store_err)?
+            {
+                return Err(VaultError::not_found(name));
+            }
+            self.version(&c, name, None)
+        })();
+        self.audit(&c, "recover", name, "", r.as_ref().map(|_| ()), None);
+        Ok(self.bundle(&r?, false))
+    }
+
+    /// `DELETE /deletedkeys/{name}`: purge for good.
+    pub fn purge_key(&self, bearer: Option<&str>, name: &str) -> Result<(), VaultError> {
+        let c = self.authorize(bearer, Op::Delete, "purge keys")?;
+        let r = match self.store.purge(&c.vault, name).map_err(store_err) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VaultError::not_found(name)),
+            Err(e) => Err(e),
+        };
+        self.audit(&c, "purge", name, "", r.as_ref().copied(), None);
+        r
+    }
+
+    /// The vault's audit log (administrator).
+    pub fn audit_log(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Admin, "read the audit log")?;
+        let log = self.store.audit_log(&c.vault).map_err(store_err)?;
+        serde_json::to_value(json!({ "value": log })).map_err(|_| VaultError::internal("json"))
+    }
+
+    fn check_releasable(row: &VersionRow, t: i64) -> Result<ReleasePolicyEnvelope, VaultError> {
+        if !row.enabled {
+            return Err(VaultError::new(403, "key_disabled", "the key is disabled"));
+        }
+        if row.nbf.is_some_and(|n| t < n) || row.exp.is_some_and(|e| t > e) {
+            return Err(VaultError::new(
+                403,
+                "key_not_valid_now",
+                "the key is outside its nbf/exp window",
+            ));
+        }
+        if !row.exportable {
+            return Err(VaultError::new(
+                403,
+                "key_not_exportable",
+                "the key is not exportable",
+            ));
+        }
+        let p = row
+            .release_policy
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+            .ok_or_else(|| {
+                VaultError::new(403, "key_not_exportable", "the key has no release policy")
+            })?;
+        ReleasePolicyEnvelope::parse(&p).map_err(|_| VaultError::internal("stored_policy"))
+    }
+
+    /// The first RSA key in the token's `x-ms-runtime.keys` usable for encryption.
+    fn wrapping_key(claims: &Map<String, Value>) -> Result<WrappingPublicKey, VaultError> {
+        claims
+            .get("x-ms-runtime")
+            .and_then(|r| r.get("keys"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|k| k.get("kty").and_then(Value::as_str) == Some("RSA"))
+            .find_map(|k| {
+                let kid = k
+                    .get("kid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                WrappingPublicKey::from_jwk(k).ok().map(|w| w.with_kid(kid))
+            })
+            .ok_or_else(|| {
+                VaultError::new(
+                    403,
+                    "no_encryption_key",
+                    "the token's x-ms-runtime.keys holds no RSA key usable for encryption",
+                )
+            })
+    }
+
+    /// `POST /keys/{name}/{version}/release`: validates the attestation token, checks
+    /// the key's release policy, wraps the key to the token's RSA key and returns a JWS
+    /// signed by the vault.
+    pub fn release(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        version: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Release, "release keys")?;
+        let mut token = None;
+        let r = self.release_inner(&c, name, version, body, &mut token);
+        let v = r
+            .as_ref()
+            .map(|(row, _)| row.version.clone())
+            .unwrap_or_else(|_| version.to_string());
+        self.audit(
+            &c,
+            "release",
+            name,
+            &v,
+            r.as_ref().map(|_| ()),
+            token.as_ref(),
+        );
+        r.map(|(_, out)| out)
+    }
+
+    fn release_inner(
+        &self,
+        c: &Caller,
+        name: &str,
+        version: &str,
+        body: &[u8],
+        token: &mut Option<ValidToken>,
+    ) -> Result<(VersionRow, Value), VaultError> {
+        let b: ReleaseBody = parse_body(body)?;
+        let mechanism =
+            WrapMechanism::from_name(b.enc.as_deref().unwrap_or("CKM_RSA_AES_KEY_WRAP"))
+                .map_err(|e| VaultError::bad("bad_parameter", e.to_string()))?;
+        if b.nonce.as_ref().is_some_and(|n| n.len() > 256) {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "nonce is longer than 256 characters",
+            ));
+        }
+        let row = self.version(c, name, Some(version))?;
+        let t = now();
+        let envelope = Self::check_releasable(&row, t)?;
+        let valid = self
+            .authorities
+            .validate(&b.target, t)
+            .map_err(|e| VaultError::new(401, e.code(), e.to_string()))?;
+        *token = Some(valid.clone());
+        let decision = envelope
+            .policy()
+            .evaluate(&valid.issuer, &Value::Object(valid.claims.clone()));
+        if !decision.allowed {
+            let mut e = VaultError::new(
+                403,
+                "release_policy_denied",
+                "the token does not satisfy the key's release policy",
+            );
+            e.detail = Some(decision.to_json());
+            return Err(e);
+        }
+        let wrapping = Self::wrapping_key(&valid.claims)?;
+        let secret = self
+            .master
+            .open(
+                &Self::seal_context(&c.vault, name, &row.version),
+                &row.sealed,
+            )
+            .map_err(|_| VaultError::internal("unseal"))?;
+        let hsm = KeyHsm::wrap(mechanism, &wrapping, &secret)
+            .map_err(|e| VaultError::bad(e.code(), e.to_string()))?;
+        let mut bundle = self.bundle(&row, false);
+        bundle["key"]["key_hsm"] = hsm.encode().into();
+        let mut payload = Map::new();
+        let mut request = json!({ "api-version": "7.4", "enc": mechanism.name(), "kid": self.kid(name, &row.version) });
+        if let Some(n) = &b.nonce {
+            request["nonce"] = n.clone().into();
+        }
+        payload.insert("request".into(), request);
+        payload.insert("response".into(), json!({ "key": bundle }));
+        let jws = self
+            .signer
+            .sign_with_x5c(&payload)
+            .map_err(|_| VaultError::internal("signing"))?;
+        Ok((row, json!({ "value": jws })))
+    }
+
+    /// Dry run of a release (opencvm extension): the token is validated and the policy
+    /// evaluated; the answer says which condition failed. Nothing is released.
+    pub fn release_test(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        version: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Release, "test releases")?;
+        let b: ReleaseBody = parse_body(body)?;
+        let row = self.version(&c, name, Some(version))?;
+        let envelope = match Self::check_releasable(&row, now()) {
+            Ok(e) => e,
+            Err(e) => return Ok(json!({ "allowed": false, "code": e.code, "reason": e.message })),
+        };
+        let valid = match self.authorities.validate(&b.target, now()) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(json!({ "allowed": false, "code": e.code(), "reason": e.to_string() }));
+            }
+        };
+        let d = envelope
+            .policy()
+            .evaluate(&valid.issuer, &Value::Object(valid.claims.clone()));
+        let key = if d.allowed {
+            Self::wrapping_key(&valid.claims).err()
+        } else {
+            None
+        };
+        Ok(json!({
+            "allowed": d.allowed && key.is_none(),
+            "policy": d.to_json(),
+            "code": key.as_ref().map(|e| e.code),
+        }))
+    }
+}
+
+/// Shared handle.
+pub type SharedVault = Arc<Vault>;

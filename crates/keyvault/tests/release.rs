@@ -1,0 +1,626 @@
+//! The key vault and the attestation service, both real servers on 127.0.0.1:0:
+//! emulated CVM evidence → token → release → the key unwrapped by Python
+//! `cryptography`; every refusal with its code and an audit entry.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use keyvault::authority::{Authorities, http_fetch};
+use keyvault::service::VaultConfig;
+use keyvault::wrap::{KeyHsm, UnwrappingKey};
+use serde_json::{Map, Value, json};
+use snp::product::Product;
+use snp_emu::guest::LaunchConfig;
+use snp_emu::platform::{Platform, PlatformConfig, pem};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn attest_service(dir: &Path, lifetime: Duration) -> String {
+    let mut cfg = attest::ServiceConfig::new(dir.to_path_buf(), String::new());
+    cfg.allow_emulated = true;
+    cfg.token_lifetime = lifetime;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = attest::server::run("127.0.0.1:0", None, None, cfg, |a, _| tx.send(a).unwrap());
+        panic!("attestation service stopped: {r:?}");
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+struct Kv {
+    url: String,
+    admin: String,
+}
+
+fn keyvault(dir: &Path, authorities: &[String]) -> Kv {
+    let keydir = dir.join("elsewhere");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let master = seal::MasterKey::load_or_create(&keydir.join("master.key")).unwrap();
+    let state = dir.join("kv");
+    let cfg = VaultConfig {
+        state_dir: state.clone(),
+        master_key: master,
+        base_url: String::new(),
+        authorities: Authorities::new(authorities, http_fetch()).with_leeway(0),
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = keyvault::server::run("127.0.0.1:0", None, cfg, |a, _| tx.send(a).unwrap());
+        panic!("key vault stopped: {r:?}");
+    });
+    let url = format!("http://{}", rx.recv().unwrap());
+    Kv {
+        url,
+        admin: std::fs::read_to_string(state.join("admin.token")).unwrap(),
+    }
+}
+
+fn call(method: &str, url: &str, bearer: &str, body: Option<Value>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!("Bearer {bearer}");
+    let mut resp = match method {
+        "GET" => agent.get(url).header("Authorization", &auth).call(),
+        "DELETE" => agent.delete(url).header("Authorization", &auth).call(),
+        m => {
+            let b = body.unwrap_or(json!({})).to_string();
+            let r = match m {
+                "PUT" => agent.put(url),
+                "PATCH" => agent.patch(url),
+                _ => agent.post(url),
+            };
+            r.header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(b.as_bytes())
+        }
+    }
+    .unwrap();
+    let st = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (
+        st,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A token for an emulated guest whose runtime data is `runtime`.
+fn token(attest_url: &str, emu: &Platform, runtime: &Value, debug: bool) -> String {
+    let mut cfg = LaunchConfig::default();
+    if debug {
+        cfg.policy |= 1 << 19;
+    }
+    let guest = emu.launch(cfg).unwrap();
+    let rt = serde_json::to_vec(runtime).unwrap();
+    let mut rd = [0u8; 64];
+    rd[..32].copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &rt).as_ref());
+    let report = emu.get_report(&guest, &rd, 0).unwrap();
+    let chain = pem("CERTIFICATE", emu.vcek_der()) + &emu.chain_pem();
+    let proof = json!({"SnpReport": B64URL.encode(report), "VcekCertChain": B64URL.encode(chain)});
+    let body = json!({
+        "report": B64URL.encode(serde_json::to_vec(&proof).unwrap()),
+        "runtimeData": {"data": B64URL.encode(&rt), "dataType": "JSON"},
+    });
+    let mut r = ureq::post(&format!("{attest_url}/attest/SevSnpVm"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn policy(authority: &str, extra: Value) -> Value {
+    let mut all = vec![
+        json!({"claim": "x-ms-attestation-type", "equals": "sevsnpvm"}),
+        json!({"claim": "x-ms-sevsnpvm-is-debuggable", "equals": false}),
+        json!({"claim": "x-ms-sevsnpvm-vmpl", "equals": 0}),
+    ];
+    if !extra.is_null() {
+        all.push(extra);
+    }
+    let p = json!({"version": "1.0.0", "anyOf": [{"authority": authority, "allOf": all}]});
+    json!({
+        "contentType": "application/json; charset=utf-8",
+        "data": B64URL.encode(p.to_string()),
+        "immutable": false,
+    })
+}
+
+fn forge(header: Value, claims: &Map<String, Value>, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let input = format!(
+        "{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(serde_json::to_vec(claims).unwrap())
+    );
+    let sig = sign(input.as_bytes());
+    format!("{input}.{}", B64URL.encode(sig))
+}
+
+#[test]
+fn release_to_an_attested_guest_and_every_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let a1 = attest_service(&dir.path().join("a1"), Duration::from_secs(3600));
+    let short = attest_service(&dir.path().join("a2"), Duration::from_secs(1));
+    let stranger = attest_service(&dir.path().join("a3"), Duration::from_secs(3600));
+    let kv = keyvault(dir.path(), &[a1.clone(), short.clone()]);
+    let emu = Platform::create(
+        &dir.path().join("emu"),
+        PlatformConfig::new(Product::Milan),
+        None,
+    )
+    .unwrap();
+
+    // Two tenants; tenant A issues a release-only credential.
+    let (st, va) = call(
+        "POST",
+        &format!("{}/vaults/tenant-a", kv.url),
+        &kv.admin,
+        None,
+    );
+    assert_eq!(st, 200, "{va}");
+    let admin_a = va["credential"].as_str().unwrap().to_string();
+    let (_, vb) = call(
+        "POST",
+        &format!("{}/vaults/tenant-b", kv.url),
+        &kv.admin,
+        None,
+    );
+    let admin_b = vb["credential"].as_str().unwrap().to_string();
+    let (_, r) = call(
+        "POST",
+        &format!("{}/credentials", kv.url),
+        &admin_a,
+        Some(json!({"role": "release_user"})),
+    );
+    let releaser = r["credential"].as_str().unwrap().to_string();
+
+    // A customer-managed AES-256 key, exportable under a release policy.
+    let k: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(7).wrapping_add(3))
+        .collect();
+    let (st, key) = call(
+        "PUT",
+        &format!("{}/keys/disk-key?api-version=7.4", kv.url),
+        &admin_a,
+        Some(json!({
+            "key": {"kty": "oct-HSM", "k": B64URL.encode(&k)},
+            "attributes": {"exportable": true},
+            "release_policy": policy(&a1, Value::Null),
+        })),
+    );
+    assert_eq!(st, 200, "{key}");
+    let kid = key["key"]["kid"].as_str().unwrap().to_string();
+    let version = kid.rsplit('/').next().unwrap().to_string();
+    assert!(
+        key["key"].get("k").is_none(),
+        "a key's material is never returned"
+    );
+
+    // The guest's wrapping key goes into its runtime data, hence into the token.
+    let guest_key = UnwrappingKey::generate(2048).unwrap();
+    let mut jwk = guest_key.public_key().to_jwk();
+    jwk["kid"] = "guest-transfer-key".into();
+    jwk["key_ops"] = json!(["encrypt"]);
+    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+    let release_url = format!("{}/keys/disk-key/{version}/release", kv.url);
+
+    let pkcs8 = dir.path().join("guest.pk8");
+    std::fs::write(&pkcs8, guest_key.to_pkcs8().unwrap().as_bytes()).unwrap();
+    for enc in [
+        "CKM_RSA_AES_KEY_WRAP",
+        "RSA_AES_KEY_WRAP_256",
+        "RSA_AES_KEY_WRAP_384",
+    ] {
+        let (st, v) = call(
+            "POST",
+            &release_url,
+            &releaser,
+            Some(json!({"target": token_a, "enc": enc, "nonce": "n-1"})),
+        );
+        assert_eq!(st, 200, "{enc}: {v}");
+        let jws = v["value"].as_str().unwrap();
+        let payload: Value =
+            serde_json::from_slice(&B64URL.decode(jws.split('.').nth(1).unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(payload["request"]["enc"], enc);
+        assert_eq!(payload["request"]["nonce"], "n-1");
+        let hsm = KeyHsm::parse(
+            payload["response"]["key"]["key"]["key_hsm"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(hsm.kid(), "guest-transfer-key");
+        // Python `cryptography` unwraps it to the key material.
+        let ct = dir.path().join("ct.bin");
+        std::fs::write(&ct, hsm.ciphertext()).unwrap();
+        let out = Command::new("python3")
+            .arg(root().join("tests/oracles/skr_unwrap.py"))
+            .args([pkcs8.as_os_str(), enc.as_ref(), ct.as_os_str()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            hex::encode(&k),
+            "{enc}"
+        );
+        // The JWS is signed by the vault's certificate (x5c), checked by PyJWT.
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import base64,jwt,sys\n\
+                 from cryptography import x509\n\
+                 t=sys.argv[1]; h=jwt.get_unverified_header(t)\n\
+                 k=x509.load_der_x509_certificate(base64.b64decode(h['x5c'][0])).public_key()\n\
+                 print(jwt.decode(t, key=k, algorithms=['RS256'])['request']['enc'])",
+            )
+            .arg(jws)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), enc);
+    }
+
+    // Refusals, each with its own code.
+    let release = |cred: &str, url: &str, target: &str| {
+        let (st, v) = call("POST", url, cred, Some(json!({"target": target})));
+        (
+            st,
+            v["error"]["code"].as_str().unwrap_or_default().to_string(),
+            v,
+        )
+    };
+    let check = |got: (u16, String, Value), status: u16, code: &str| {
+        assert_eq!((got.0, got.1.as_str()), (status, code), "{}", got.2);
+        let text = got.2.to_string();
+        assert!(!text.contains(&hex::encode(&k)) && !text.contains(&B64URL.encode(&k)));
+    };
+    // A token from an authority the vault does not trust.
+    let t = token(&stranger, &emu, &json!({"keys": [jwk]}), false);
+    check(
+        release(&releaser, &release_url, &t),
+        401,
+        "token_unknown_issuer",
+    );
+    // An expired token.
+    let t = token(&short, &emu, &json!({"keys": [jwk]}), false);
+    std::thread::sleep(Duration::from_millis(2100));
+    check(release(&releaser, &release_url, &t), 401, "token_expired");
+    // alg none, HS256 keyed with the service's public key, a key not in the JWKS.
+    let (header, claims) = jose::peek(&token_a).unwrap();
+    let none = format!(
+        "{}.{}.",
+        B64URL.encode(json!({"alg": "none", "kid": header["kid"]}).to_string()),
+        B64URL.encode(serde_json::to_vec(&claims).unwrap())
+    );
+    check(
+        release(&releaser, &release_url, &none),
+        401,
+        "token_alg_not_allowed",
+    );
+    let jwks: Value = serde_json::from_str(
+        &ureq::get(&format!("{a1}/certs"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let n = B64URL
+        .decode(jwks["keys"][0]["n"].as_str().unwrap())
+        .unwrap();
+    let hs = forge(
+        json!({"alg": "HS256", "kid": header["kid"]}),
+        &claims,
+        |m| {
+            aws_lc_rs::hmac::sign(
+                &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &n),
+                m,
+            )
+            .as_ref()
+            .to_vec()
+        },
+    );
+    check(
+        release(&releaser, &release_url, &hs),
+        401,
+        "token_alg_not_allowed",
+    );
+    let rogue = jose::TokenSigner::generate(jose::Alg::RS256, "rogue", 0, 36500).unwrap();
+    let forged = forge(
+        json!({"alg": "RS256", "kid": header["kid"]}),
+        &claims,
+        |m| rogue.sign_raw(m).unwrap(),
+    );
+    check(
+        release(&releaser, &release_url, &forged),
+        401,
+        "token_bad_signature",
+    );
+    // A release policy the token does not match (it wants guest SVN 7), and the
+    // answer says which condition failed.
+    let (st, strict) = call(
+        "PUT",
+        &format!("{}/keys/strict-key", kv.url),
+        &admin_a,
+        Some(json!({
+            "key": {"kty": "oct", "k": B64URL.encode(&k)},
+            "attributes": {"exportable": true},
+            "release_policy": policy(&a1, json!({"claim": "x-ms-sevsnpvm-guestsvn", "equals": 7})),
+        })),
+    );
+    assert_eq!(st, 200, "{strict}");
+    let strict_v = strict["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let strict_url = format!("{}/keys/strict-key/{strict_v}/release", kv.url);
+    let got = release(&releaser, &strict_url, &token_a);
+    assert!(
+        got.2["error"]["detail"]
+            .to_string()
+            .contains("x-ms-sevsnpvm-guestsvn"),
+        "{}",
+        got.2
+    );
+    check(got, 403, "release_policy_denied");
+    // The dry run explains the same denial and releases nothing.
+    let (st, v) = call(
+        "POST",
+        &format!("{strict_url}/test"),
+        &releaser,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!((st, v["allowed"].as_bool()), (200, Some(false)), "{v}");
+    assert!(v["policy"].to_string().contains("x-ms-sevsnpvm-guestsvn"));
+    assert!(!v.to_string().contains("key_hsm"));
+    // A token without an RSA encryption key.
+    let t = token(&a1, &emu, &json!({"purpose": "no keys"}), false);
+    check(
+        release(&releaser, &release_url, &t),
+        403,
+        "no_encryption_key",
+    );
+    // Another tenant's credential does not see tenant A's key.
+    check(
+        release(&admin_b, &release_url, &token_a),
+        404,
+        "key_not_found",
+    );
+    // A non-exportable key.
+    let (_, rsa) = call(
+        "POST",
+        &format!("{}/keys/signing/create", kv.url),
+        &admin_a,
+        Some(json!({"kty": "RSA", "key_size": 2048})),
+    );
+    let rsa_v = rsa["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    check(
+        release(
+            &releaser,
+            &format!("{}/keys/signing/{rsa_v}/release", kv.url),
+            &token_a,
+        ),
+        403,
+        "key_not_exportable",
+    );
+    // A disabled key.
+    let (st, _) = call(
+        "PATCH",
+        &format!("{}/keys/disk-key/{version}", kv.url),
+        &admin_a,
+        Some(json!({"attributes": {"enabled": false}})),
+    );
+    assert_eq!(st, 200);
+    check(
+        release(&releaser, &release_url, &token_a),
+        403,
+        "key_disabled",
+    );
+    // A release user may not create keys.
+    let (st, v) = call(
+        "POST",
+        &format!("{}/keys/x/create", kv.url),
+        &releaser,
+        Some(json!({"kty": "oct"})),
+    );
+    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")));
+
+    // The audit log has an entry for each, with the token's issuer and jti, and no key.
+    let (st, log) = call("GET", &format!("{}/audit", kv.url), &admin_a, None);
+    assert_eq!(st, 200);
+    let entries = log["value"].as_array().unwrap();
+    let codes: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["op"] == "release")
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    for c in [
+        "",
+        "token_unknown_issuer",
+        "token_expired",
+        "token_alg_not_allowed",
+        "token_bad_signature",
+        "release_policy_denied",
+        "no_encryption_key",
+        "key_not_exportable",
+        "key_disabled",
+    ] {
+        assert!(
+            codes.contains(&c),
+            "no audit entry with code {c:?}: {codes:?}"
+        );
+    }
+    let allowed = entries
+        .iter()
+        .find(|e| e["op"] == "release" && e["outcome"] == "allowed")
+        .unwrap();
+    assert_eq!(allowed["issuer"], a1.as_str());
+    assert_eq!(allowed["jti"], claims["jti"]);
+    let text = log.to_string();
+    assert!(
+        !text.contains(&hex::encode(&k))
+            && !text.contains(&B64URL.encode(&k))
+            && !text.contains(&B64.encode(&k))
+    );
+    // Tenant B's log does not show tenant A's work, except its own refused attempt.
+    let (_, log_b) = call("GET", &format!("{}/audit", kv.url), &admin_b, None);
+    assert!(
+        log_b["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["vault"] == "tenant-b")
+    );
+}
+
+#[test]
+fn key_lifecycle_versions_soft_delete_and_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let a1 = attest_service(&dir.path().join("a1"), Duration::from_secs(3600));
+    let kv = keyvault(dir.path(), std::slice::from_ref(&a1));
+    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
+    let admin = va["credential"].as_str().unwrap().to_string();
+    let u = |p: &str| format!("{}{p}", kv.url);
+    // Exportable without a policy: refused.
+    let (st, v) = call(
+        "POST",
+        &u("/keys/k/create"),
+        &admin,
+        Some(json!({"kty": "EC", "crv": "P-384", "attributes": {"exportable": true}})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("release_policy_required"))
+    );
+    // Two versions; GET returns the newest; public parts only.
+    let (st, v1) = call(
+        "POST",
+        &u("/keys/k/create"),
+        &admin,
+        Some(json!({"kty": "EC", "crv": "P-384"})),
+    );
+    assert_eq!(st, 200, "{v1}");
+    assert_eq!(v1["key"]["crv"], "P-384");
+    assert!(v1["key"].get("d").is_none());
+    let mut pol = policy(&a1, Value::Null);
+    pol["immutable"] = true.into();
+    let (_, v2) = call(
+        "POST",
+        &u("/keys/k/create"),
+        &admin,
+        Some(
+            json!({"kty": "RSA", "key_size": 3072, "attributes": {"exportable": true}, "release_policy": pol, "tags": {"env": "test"}}),
+        ),
+    );
+    assert_eq!(v2["key"]["kty"], "RSA");
+    let (_, latest) = call("GET", &u("/keys/k"), &admin, None);
+    assert_eq!(latest["key"]["kid"], v2["key"]["kid"]);
+    assert_eq!(latest["tags"]["env"], "test");
+    let v1_id = v1["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, old) = call("GET", &u(&format!("/keys/k/{v1_id}")), &admin, None);
+    assert_eq!((st, old["key"]["kty"].as_str()), (200, Some("EC")));
+    // An immutable release policy never changes.
+    let v2_id = v2["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, v) = call(
+        "PATCH",
+        &u(&format!("/keys/k/{v2_id}")),
+        &admin,
+        Some(json!({"release_policy": policy(&a1, Value::Null)})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("release_policy_immutable"))
+    );
+    // A malformed release policy: refused with the grammar error.
+    let bad = json!({"contentType": "application/json; charset=utf-8", "data": B64URL.encode(r#"{"version":"1.0.0","anyOf":[{"authority":"x","allOf":[{"claim":"a","equal":"b"}]}]}"#), "immutable": false});
+    let (st, v) = call(
+        "POST",
+        &u("/keys/j/create"),
+        &admin,
+        Some(json!({"kty": "oct", "attributes": {"exportable": true}, "release_policy": bad})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("bad_release_policy")),
+        "{v}"
+    );
+    // List, soft delete, recover, purge.
+    let (_, list) = call("GET", &u("/keys"), &admin, None);
+    assert_eq!(list["value"].as_array().unwrap().len(), 1);
+    let (st, _) = call("DELETE", &u("/keys/k"), &admin, None);
+    assert_eq!(st, 200);
+    assert_eq!(call("GET", &u("/keys/k"), &admin, None).0, 404);
+    let (st, deleted) = call("GET", &u("/deletedkeys/k"), &admin, None);
+    assert_eq!((st, deleted["recoveryId"].is_string()), (200, true));
+    // A deleted name cannot be reused until recovered or purged.
+    assert_eq!(
+        call(
+            "POST",
+            &u("/keys/k/create"),
+            &admin,
+            Some(json!({"kty": "oct"}))
+        )
+        .0,
+        409
+    );
+    let (st, _) = call("POST", &u("/deletedkeys/k/recover"), &admin, None);
+    assert_eq!(st, 200);
+    let (_, again) = call("GET", &u("/keys/k"), &admin, None);
+    assert_eq!(again["key"]["kid"], v2["key"]["kid"]);
+    call("DELETE", &u("/keys/k"), &admin, None);
+    assert_eq!(call("DELETE", &u("/deletedkeys/k"), &admin, None).0, 204);
+    assert_eq!(call("GET", &u("/deletedkeys/k"), &admin, None).0, 404);
+    assert_eq!(
+        call(
+            "POST",
+            &u("/keys/k/create"),
+            &admin,
+            Some(json!({"kty": "oct"}))
+        )
+        .0,
+        200
+    );
+    // No credential, a wrong one, an unknown endpoint.
+    assert_eq!(call("GET", &u("/keys"), "wrong", None).0, 401);
+    assert_eq!(call("GET", &u("/nope"), &admin, None).0, 404);
+}
