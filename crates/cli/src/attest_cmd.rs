@@ -217,7 +217,7 @@ fn serve(a: ServeArgs) -> Result<()> {
 
 /// An HTTP(S) client: rustls with aws-lc-rs, trusting the Mozilla roots, or only the
 /// certificates in `ca` (PEM) when given.
-fn agent(ca: Option<&Path>) -> Result<ureq::Agent> {
+pub(crate) fn agent(ca: Option<&Path>) -> Result<ureq::Agent> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     use std::sync::Arc;
@@ -252,7 +252,7 @@ fn agent(ca: Option<&Path>) -> Result<ureq::Agent> {
         .into())
 }
 
-fn get_json(ca: Option<&Path>, url: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
+pub(crate) fn get_json(ca: Option<&Path>, url: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
     let mut req = agent(ca)?.get(url);
     if let Some(b) = bearer {
         req = req.header("Authorization", format!("Bearer {b}"));
@@ -266,7 +266,7 @@ fn get_json(ca: Option<&Path>, url: &str, bearer: Option<&str>) -> Result<(u16, 
     ))
 }
 
-fn send_json(
+pub(crate) fn send_json(
     ca: Option<&Path>,
     method: &str,
     url: &str,
@@ -274,18 +274,25 @@ fn send_json(
     body: &[u8],
 ) -> Result<(u16, Value)> {
     let a = agent(ca)?;
-    let mut req = if method == "PUT" {
-        a.put(url)
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut resp = if method == "DELETE" {
+        let mut req = a.delete(url);
+        if let Some(h) = &auth {
+            req = req.header("Authorization", h);
+        }
+        req.call()
     } else {
-        a.post(url)
-    };
-    if let Some(b) = bearer {
-        req = req.header("Authorization", format!("Bearer {b}"));
+        let mut req = match method {
+            "PUT" => a.put(url),
+            "PATCH" => a.patch(url),
+            _ => a.post(url),
+        };
+        if let Some(h) = &auth {
+            req = req.header("Authorization", h);
+        }
+        req.header("Content-Type", "application/json").send(body)
     }
-    let mut resp = req
-        .header("Content-Type", "application/json")
-        .send(body)
-        .with_context(|| format!("{method} {url}"))?;
+    .with_context(|| format!("{method} {url}"))?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string()?;
     Ok((
@@ -387,14 +394,14 @@ fn token_verify(a: &TokenVerifyArgs) -> ExitCode {
     }
 }
 
-fn admin_token(path: &Path) -> Result<String> {
+pub(crate) fn admin_token(path: &Path) -> Result<String> {
     Ok(std::fs::read_to_string(path)
         .with_context(|| format!("reading {}", path.display()))?
         .trim()
         .to_string())
 }
 
-fn print_result(status: u16, v: &Value) -> Result<()> {
+pub(crate) fn print_result(status: u16, v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     if !(200..300).contains(&status) {
         bail!("HTTP {status}");

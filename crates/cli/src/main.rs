@@ -5,6 +5,7 @@
 
 mod attest_cmd;
 mod evidence;
+mod keyvault_cmd;
 mod snp_cmd;
 
 use std::process::ExitCode;
@@ -30,6 +31,12 @@ enum Command {
     /// The attestation service: serve it, verify its tokens, manage its policies.
     #[command(subcommand)]
     Attest(attest_cmd::AttestCommand),
+    /// The key vault service.
+    #[command(subcommand)]
+    Keyvault(keyvault_cmd::KeyvaultCommand),
+    /// Keys in a key vault: create, import, show, list, delete, release, policies.
+    #[command(subcommand)]
+    Key(keyvault_cmd::KeyCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,5 +45,7 @@ fn main() -> ExitCode {
         Command::Evidence(cmd) => evidence::run(cmd),
         Command::Snp(cmd) => snp_cmd::run(cmd),
         Command::Attest(cmd) => attest_cmd::run(cmd),
+        Command::Keyvault(cmd) => keyvault_cmd::run(cmd),
+        Command::Key(cmd) => keyvault_cmd::run_key(cmd),
     }
 }

@@ -23,3 +23,26 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod wrap;
+
+/// Runs the vault's parsers on `data` (a fuzz target's entry point): release policies
+/// and their envelopes, `key_hsm` blobs, wrapping-key JWKs, and policy evaluation on a
+/// fixed claim set. Must never panic.
+pub fn fuzz_parse(data: &[u8]) {
+    if let Ok(p) = release_policy::ReleasePolicy::parse(data) {
+        let claims = serde_json::json!({
+            "x-ms-attestation-type": "sevsnpvm",
+            "x-ms-isolation-tee": {"x-ms-compliance-status": "azure-compliant-cvm", "svn": 3},
+        });
+        let d = p.evaluate("https://issuer", &claims);
+        let _ = d.to_json();
+        let _ = p.to_value();
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = release_policy::ReleasePolicyEnvelope::parse(&v);
+        let _ = wrap::WrappingPublicKey::from_jwk(&v);
+        let _ = wrap::KeyHsm::from_json(&v);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = wrap::KeyHsm::parse(text);
+    }
+}

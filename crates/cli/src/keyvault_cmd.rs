@@ -1,0 +1,358 @@
+//! `cvm keyvault serve` and `cvm key ...`: the key vault service and its client.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::attest_cmd::{admin_token, get_json, print_result, send_json};
+
+/// `cvm keyvault ...`
+#[derive(Subcommand, Debug)]
+pub enum KeyvaultCommand {
+    /// Run the key vault (HTTP). Prints `listening on http://HOST:PORT` first.
+    Serve(ServeArgs),
+}
+
+/// `cvm keyvault serve`
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: String,
+    /// State directory (database; the service administrator credential).
+    #[arg(long)]
+    state: PathBuf,
+    /// Attestation authority (token issuer URL) whose tokens may release keys;
+    /// repeatable.
+    #[arg(long = "authority", required = true)]
+    authorities: Vec<String>,
+    /// Master key file (64 hex digits; created if missing). It must not be inside the
+    /// state directory. Alternatively the environment variable CVM_KEYVAULT_MASTER_KEY.
+    #[arg(long)]
+    master_key: Option<PathBuf>,
+    /// Public base URL (key ids); default `http://<bound address>`.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Allowed clock skew for token lifetimes, in seconds.
+    #[arg(long, default_value_t = 60)]
+    clock_skew: i64,
+}
+
+/// Where the vault is and who is asking.
+#[derive(Args, Debug)]
+pub struct Client {
+    /// Key vault base URL.
+    #[arg(long)]
+    url: String,
+    /// File with the vault credential.
+    #[arg(long)]
+    credential_file: PathBuf,
+    /// Trust only these CA certificates (PEM) for HTTPS.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+/// `cvm key ...`
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create a key (`--kty RSA|EC|oct`).
+    Create {
+        #[command(flatten)]
+        c: Client,
+        /// Key name.
+        name: String,
+        /// Key type.
+        #[arg(long, default_value = "RSA")]
+        kty: String,
+        /// RSA size (2048, 3072, 4096).
+        #[arg(long)]
+        size: Option<u32>,
+        /// EC curve (P-256, P-384).
+        #[arg(long)]
+        crv: Option<String>,
+        /// A release policy file (Key Vault's JSON grammar); makes the key exportable.
+        #[arg(long)]
+        release_policy: Option<PathBuf>,
+        /// Make the release policy immutable.
+        #[arg(long, requires = "release_policy")]
+        immutable: bool,
+    },
+    /// Import an AES-256 key (hex file) as a customer-managed key.
+    Import {
+        #[command(flatten)]
+        c: Client,
+        /// Key name.
+        name: String,
+        /// File with the 32-byte key in hex.
+        #[arg(long)]
+        aes_key_hex: PathBuf,
+        /// A release policy file; makes the key exportable.
+        #[arg(long)]
+        release_policy: Option<PathBuf>,
+    },
+    /// Show a key's public part and attributes.
+    Show {
+        #[command(flatten)]
+        c: Client,
+        /// Key name.
+        name: String,
+        /// Version (default: the newest).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// List keys.
+    List {
+        #[command(flatten)]
+        c: Client,
+    },
+    /// Soft-delete a key.
+    Delete {
+        #[command(flatten)]
+        c: Client,
+        /// Key name.
+        name: String,
+    },
+    /// Release a key to an attested environment: prints the JWS response.
+    Release {
+        #[command(flatten)]
+        c: Client,
+        /// Key name.
+        name: String,
+        /// Version.
+        #[arg(long)]
+        version: String,
+        /// File with the attestation token.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// CKM_RSA_AES_KEY_WRAP, RSA_AES_KEY_WRAP_256 or RSA_AES_KEY_WRAP_384.
+        #[arg(long, default_value = "RSA_AES_KEY_WRAP_256")]
+        enc: String,
+    },
+    /// A key's release policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `cvm key policy ...`
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print a key's release policy (decoded).
+    Show {
+        #[command(flatten)]
+        c: Client,
+        /// Key name.
+        name: String,
+    },
+    /// Dry run: would this token release the key? Says which condition failed.
+    Test {
+        #[command(flatten)]
+        c: Client,
+        /// Key name.
+        name: String,
+        /// Version.
+        #[arg(long)]
+        version: String,
+        /// File with the attestation token.
+        #[arg(long)]
+        token_file: PathBuf,
+    },
+}
+
+fn run_result(r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a keyvault subcommand.
+pub fn run(cmd: KeyvaultCommand) -> ExitCode {
+    match cmd {
+        KeyvaultCommand::Serve(a) => run_result(serve(a)),
+    }
+}
+
+fn master_key(a: &ServeArgs) -> Result<seal::MasterKey> {
+    if let Ok(hex) = std::env::var("CVM_KEYVAULT_MASTER_KEY") {
+        return Ok(seal::MasterKey::from_hex(&hex)?);
+    }
+    let Some(path) = &a.master_key else {
+        bail!("give --master-key FILE (outside --state) or set CVM_KEYVAULT_MASTER_KEY");
+    };
+    std::fs::create_dir_all(&a.state)?;
+    let state = a.state.canonicalize()?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    if parent.canonicalize()?.starts_with(&state) {
+        bail!("the master key must not be stored beside the data (inside --state)");
+    }
+    Ok(seal::MasterKey::load_or_create(path)?)
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let master_key = master_key(&a)?;
+    let cfg = keyvault::service::VaultConfig {
+        state_dir: a.state.clone(),
+        master_key,
+        base_url: String::new(),
+        authorities: keyvault::authority::Authorities::new(
+            &a.authorities,
+            keyvault::authority::http_fetch(),
+        )
+        .with_leeway(a.clock_skew),
+    };
+    keyvault::server::run(&a.listen, a.base_url.clone(), cfg, |addr, created| {
+        println!("listening on http://{addr}");
+        if let Some(p) = created {
+            eprintln!(
+                "service administrator credential written to {}",
+                p.display()
+            );
+        }
+    })?;
+    Ok(())
+}
+
+fn policy_envelope(path: &Path, immutable: bool) -> Result<Value> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    keyvault::release_policy::ReleasePolicy::parse(&text)
+        .with_context(|| format!("{} is not a valid release policy", path.display()))?;
+    Ok(json!({
+        "contentType": "application/json; charset=utf-8",
+        "data": B64URL.encode(&text),
+        "immutable": immutable,
+    }))
+}
+
+fn req(c: &Client, method: &str, path: &str, body: Option<Value>) -> Result<()> {
+    let cred = admin_token(&c.credential_file)?;
+    let url = format!("{}{path}", c.url.trim_end_matches('/'));
+    let (st, v) = match body {
+        None if method == "GET" => get_json(c.ca.as_deref(), &url, Some(&cred))?,
+        b => send_json(
+            c.ca.as_deref(),
+            method,
+            &url,
+            Some(&cred),
+            &serde_json::to_vec(&b.unwrap_or(json!({})))?,
+        )?,
+    };
+    print_result(st, &v)
+}
+
+/// Runs a key subcommand.
+pub fn run_key(cmd: KeyCommand) -> ExitCode {
+    run_result(key(cmd))
+}
+
+fn key(cmd: KeyCommand) -> Result<()> {
+    match cmd {
+        KeyCommand::Create {
+            c,
+            name,
+            kty,
+            size,
+            crv,
+            release_policy,
+            immutable,
+        } => {
+            let mut body = json!({ "kty": kty });
+            if let Some(s) = size {
+                body["key_size"] = s.into();
+            }
+            if let Some(crv) = crv {
+                body["crv"] = crv.into();
+            }
+            if let Some(p) = release_policy {
+                body["release_policy"] = policy_envelope(&p, immutable)?;
+                body["attributes"] = json!({ "exportable": true });
+            }
+            req(&c, "POST", &format!("/keys/{name}/create"), Some(body))
+        }
+        KeyCommand::Import {
+            c,
+            name,
+            aes_key_hex,
+            release_policy,
+        } => {
+            let k = zeroize::Zeroizing::new(
+                hex::decode(std::fs::read_to_string(&aes_key_hex)?.trim())
+                    .context("the key file is not hex")?,
+            );
+            let mut body = json!({ "key": { "kty": "oct", "k": B64URL.encode(&*k) } });
+            if let Some(p) = release_policy {
+                body["release_policy"] = policy_envelope(&p, false)?;
+                body["attributes"] = json!({ "exportable": true });
+            }
+            req(&c, "PUT", &format!("/keys/{name}"), Some(body))
+        }
+        KeyCommand::Show { c, name, version } => {
+            let path = match version {
+                Some(v) => format!("/keys/{name}/{v}"),
+                None => format!("/keys/{name}"),
+            };
+            req(&c, "GET", &path, None)
+        }
+        KeyCommand::List { c } => req(&c, "GET", "/keys", None),
+        KeyCommand::Delete { c, name } => {
+            req(&c, "DELETE", &format!("/keys/{name}"), Some(json!({})))
+        }
+        KeyCommand::Release {
+            c,
+            name,
+            version,
+            token_file,
+            enc,
+        } => {
+            let target = std::fs::read_to_string(&token_file)?.trim().to_string();
+            req(
+                &c,
+                "POST",
+                &format!("/keys/{name}/{version}/release"),
+                Some(json!({ "target": target, "enc": enc })),
+            )
+        }
+        KeyCommand::Policy(PolicyCommand::Show { c, name }) => {
+            let cred = admin_token(&c.credential_file)?;
+            let url = format!("{}/keys/{name}", c.url.trim_end_matches('/'));
+            let (st, v) = get_json(c.ca.as_deref(), &url, Some(&cred))?;
+            if st != 200 {
+                return print_result(st, &v);
+            }
+            let policy = v["release_policy"]["data"]
+                .as_str()
+                .and_then(|d| B64URL.decode(d.trim_end_matches('=')).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            let out = json!({
+                "immutable": v["release_policy"]["immutable"],
+                "policy": policy,
+            });
+            print_result(st, &out)
+        }
+        KeyCommand::Policy(PolicyCommand::Test {
+            c,
+            name,
+            version,
+            token_file,
+        }) => {
+            let target = std::fs::read_to_string(&token_file)?.trim().to_string();
+            req(
+                &c,
+                "POST",
+                &format!("/keys/{name}/{version}/release/test"),
+                Some(json!({ "target": target })),
+            )
+        }
+    }
+}
