@@ -333,7 +333,12 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
              print(c.execute('PRAGMA integrity_check').fetchone()[0])\n\
              print(c.execute('SELECT COUNT(*) FROM key_versions').fetchone()[0])\n\
              print(c.execute('SELECT COUNT(*) FROM keys k WHERE NOT EXISTS (SELECT 1 FROM key_versions v WHERE v.vault=k.vault AND v.name=k.name)').fetchone()[0])\n\
-             print(c.execute('SELECT COUNT(*) FROM key_versions v WHERE NOT EXISTS (SELECT 1 FROM keys k WHERE v.vault=k.vault AND v.name=k.name)').fetchone()[0])",
+             print(c.execute('SELECT COUNT(*) FROM key_versions v WHERE NOT EXISTS (SELECT 1 FROM keys k WHERE v.vault=k.vault AND v.name=k.name)').fetchone()[0])\n\
+             print(c.execute('SELECT COUNT(*) FROM audit WHERE op = \\'create\\' AND outcome = \\'allowed\\'').fetchone()[0])\n\
+             try:\n\
+             \x20   c.execute('DELETE FROM audit'); print('audit deletable')\n\
+             except sqlite3.DatabaseError as e:\n\
+             \x20   print('append-only' if 'append-only' in str(e) else e)",
         )
         .arg(d.join("kv/keyvault.db"))
         .output()
@@ -354,6 +359,11 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
         "{versions} stored < {acknowledged} acknowledged"
     );
     assert_eq!((lines[2].as_str(), lines[3].as_str()), ("0", "0"));
+    // Every acknowledged creation was audited before it was acknowledged; the log
+    // refuses deletion.
+    let audited: u32 = lines[4].parse().unwrap();
+    assert!(audited >= acknowledged, "{audited} audited < {acknowledged} acknowledged");
+    assert_eq!(lines[5], "append-only");
     // The restarted vault serves every key; the newest version of each opens (its
     // public part is served from the same row as its sealed material).
     let kv2 = keyvault(d, "http://127.0.0.1:9");

@@ -518,7 +518,7 @@ impl Vault {
         version: &str,
         outcome: Result<(), &VaultError>,
         token: Option<&ValidToken>,
-    ) {
+    ) -> bool {
         let e = AuditEntry {
             seq: 0,
             ts: now(),
@@ -539,11 +539,14 @@ impl Vault {
             jti: token.and_then(|t| t.jti.clone()).unwrap_or_default(),
             issuer: token.map(|t| t.issuer.clone()).unwrap_or_default(),
         };
-        // The audit log must not silently lose entries; a failure is reported in the
-        // service's own log (stderr).
-        if let Err(err) = self.store.audit(&e) {
+        // The audit log must not silently lose entries: a failure is reported in the
+        // service's own log (stderr), and a release whose entry was not written does
+        // not release (see `release`).
+        let r = self.store.audit(&e);
+        if let Err(err) = &r {
             eprintln!("keyvault: audit log write failed: {err}");
         }
+        r.is_ok()
     }
 
     /// Creates a vault (service administrator); returns its administrator credential.
@@ -726,7 +729,7 @@ impl Vault {
                 },
             )
         })();
-        self.audit(
+        let _ = self.audit(
             &c,
             "create",
             name,
@@ -785,7 +788,7 @@ impl Vault {
                 },
             )
         })();
-        self.audit(
+        let _ = self.audit(
             &c,
             "import",
             name,
@@ -889,7 +892,7 @@ impl Vault {
                 .map_err(store_err)?;
             Ok(row)
         })();
-        self.audit(&c, "update", name, version, r.as_ref().map(|_| ()), None);
+        let _ = self.audit(&c, "update", name, version, r.as_ref().map(|_| ()), None);
         Ok(self.bundle(&r?, false))
     }
 
@@ -907,7 +910,7 @@ impl Vault {
             }
             Ok(row)
         })();
-        self.audit(&c, "delete", name, "", r.as_ref().map(|_| ()), None);
+        let _ = self.audit(&c, "delete", name, "", r.as_ref().map(|_| ()), None);
         Ok(self.bundle(&r?, true))
     }
 
@@ -937,7 +940,7 @@ impl Vault {
             }
             self.version(&c, name, None)
         })();
-        self.audit(&c, "recover", name, "", r.as_ref().map(|_| ()), None);
+        let _ = self.audit(&c, "recover", name, "", r.as_ref().map(|_| ()), None);
         Ok(self.bundle(&r?, false))
     }
 
@@ -949,7 +952,7 @@ impl Vault {
             Ok(false) => Err(VaultError::not_found(name)),
             Err(e) => Err(e),
         };
-        self.audit(&c, "purge", name, "", r.as_ref().copied(), None);
+        let _ = self.audit(&c, "purge", name, "", r.as_ref().copied(), None);
         r
     }
 
@@ -1031,7 +1034,7 @@ impl Vault {
             .as_ref()
             .map(|(row, _)| row.version.clone())
             .unwrap_or_else(|_| version.to_string());
-        self.audit(
+        let audited = self.audit(
             &c,
             "release",
             name,
@@ -1039,6 +1042,10 @@ impl Vault {
             r.as_ref().map(|_| ()),
             token.as_ref(),
         );
+        // No key leaves without its audit entry.
+        if !audited && r.is_ok() {
+            return Err(VaultError::internal("audit_failed"));
+        }
         r.map(|(_, out)| out)
     }
 

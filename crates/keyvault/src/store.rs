@@ -20,6 +20,9 @@ pub enum StoreError {
     /// The thing already exists.
     #[error("{0} already exists")]
     Exists(String),
+    /// The audit log could not be written.
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 /// A stored key version.
@@ -138,9 +141,15 @@ pub trait Store: Send + Sync {
     fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError>;
 }
 
-/// The SQLite store.
+type AuditAck = std::sync::mpsc::SyncSender<Result<(), String>>;
+
+/// The SQLite store. Audit entries go through one writer thread with its own
+/// connection that commits whatever is queued in one transaction (group commit): each
+/// caller still waits until its entry is durable, but concurrent releases share fsyncs,
+/// and key reads never wait behind an audit fsync.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    audit_tx: Mutex<std::sync::mpsc::Sender<(AuditEntry, AuditAck)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -207,13 +216,55 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let audit_conn = Connection::open(path)?;
+        audit_conn.pragma_update(None, "synchronous", "FULL")?;
+        audit_conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (tx, rx) = std::sync::mpsc::channel::<(AuditEntry, AuditAck)>();
+        std::thread::Builder::new()
+            .name("keyvault-audit".into())
+            .spawn(move || audit_writer(audit_conn, &rx))
+            .map_err(|e| StoreError::Audit(format!("writer thread: {e}")))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            audit_tx: Mutex::new(tx),
         })
     }
 
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+/// The most entries committed in one audit transaction.
+const MAX_AUDIT_BATCH: usize = 512;
+
+fn audit_writer(mut conn: Connection, rx: &std::sync::mpsc::Receiver<(AuditEntry, AuditAck)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_AUDIT_BATCH {
+            match rx.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for (e, _) in &batch {
+                tx.execute(
+                    "INSERT INTO audit (ts, vault, caller, op, key, version, outcome, code, jti, issuer)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        e.ts, e.vault, e.caller, e.op, e.key, e.version, e.outcome, e.code, e.jti,
+                        e.issuer
+                    ],
+                )?;
+            }
+            tx.commit()
+        })()
+        .map_err(|e| e.to_string());
+        for (_, ack) in batch {
+            let _ = ack.send(result.clone());
+        }
     }
 }
 
@@ -408,14 +459,15 @@ impl Store for SqliteStore {
     }
 
     fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO audit (ts, vault, caller, op, key, version, outcome, code, jti, issuer)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                e.ts, e.vault, e.caller, e.op, e.key, e.version, e.outcome, e.code, e.jti, e.issuer
-            ],
-        )?;
-        Ok(())
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        self.audit_tx
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .send((e.clone(), ack))
+            .map_err(|_| StoreError::Audit("the writer thread is gone".into()))?;
+        done.recv()
+            .map_err(|_| StoreError::Audit("the writer thread is gone".into()))?
+            .map_err(StoreError::Audit)
     }
 
     fn audit_log(&self, vault: &str) -> Result<Vec<AuditEntry>, StoreError> {
