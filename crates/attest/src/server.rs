@@ -22,9 +22,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -36,8 +35,6 @@ use crate::{AttestationType, policy::ProviderSettings};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// How long one request may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -49,27 +46,11 @@ impl IntoResponse for ApiError {
 type Svc = State<Arc<Service>>;
 type ApiResult = Result<axum::Json<Value>, ApiError>;
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
+use httpd::bearer;
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    b.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                413,
-                "body_too_large",
-                format!("request bodies are limited to {MAX_BODY} bytes"),
-            )
-        } else {
-            ApiError::bad("malformed_request", "unreadable request body")
-        }
-    })
+    httpd::body_rejection(b, MAX_BODY, "malformed_request")
+        .map_err(|(status, code, message)| ApiError::new(status, code, message))
 }
 
 fn kind(name: &str) -> Result<AttestationType, ApiError> {
@@ -286,17 +267,6 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-async fn limits(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(mut r) => {
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r
-        }
-        Err(_) => ApiError::new(503, "timeout", "the request took too long").into_response(),
-    }
-}
-
 /// The API's router.
 pub fn router(svc: Arc<Service>) -> Router {
     let per_provider = |prefix: &str| {
@@ -334,89 +304,12 @@ pub fn router(svc: Arc<Service>) -> Router {
         )
         .route("/providers/{provider}", post(create_provider))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(limits))
+        .layer(axum::middleware::from_fn(httpd::limits))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(svc)
 }
 
-/// Why serving failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// Binding or serving failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The service could not start.
-    #[error(transparent)]
-    Service(#[from] crate::service::ServiceError),
-    /// The TLS certificate or key is unusable.
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-/// A TLS certificate chain and its private key (PEM files).
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    /// The certificate chain, leaf first.
-    pub cert: std::path::PathBuf,
-    /// The private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: std::path::PathBuf,
-}
-
-fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
-        ServeError::Tls(format!("{}: {e}", what.display()))
-    };
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| bad(&files.cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&files.cert, &e))?;
-    if certs.is_empty() {
-        return Err(bad(&files.cert, &"no certificate"));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, &e))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServeError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Serves `app` over TLS: each connection's handshake is bounded in time, then HTTP/1.1.
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-) -> std::io::Result<()> {
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(c) => c,
-            // Out of descriptors and the like: back off instead of spinning.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
-    }
-}
+pub use httpd::{ServeError, TlsFiles};
 
 /// Binds `listen`, builds the service (its issuer from `issuer`, or the bound
 /// address), reports the address to `on_listening`, and serves (HTTPS with `tls`)
@@ -429,22 +322,10 @@ pub fn run(
     on_listening: impl FnOnce(SocketAddr, Option<&std::path::Path>),
 ) -> Result<(), ServeError> {
     crate::policy::install_time_limit(Duration::from_secs(2));
-    let acceptor = tls.as_ref().map(tls_acceptor).transpose()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        let scheme = if acceptor.is_some() { "https" } else { "http" };
-        cfg.issuer = issuer.unwrap_or_else(|| format!("{scheme}://{addr}"));
-        let (svc, created) = Service::open(cfg)?;
+    httpd::run(listen, tls, move |addr, base| {
+        cfg.issuer = issuer.unwrap_or(base);
+        let (svc, created) = Service::open(cfg).map_err(|e| ServeError::Service(e.to_string()))?;
         on_listening(addr, created.as_deref());
-        let app = router(Arc::new(svc));
-        match acceptor {
-            Some(a) => serve_tls(listener, a, app).await?,
-            None => axum::serve(listener, app).await?,
-        }
-        Ok(())
+        Ok(router(Arc::new(svc)))
     })
 }

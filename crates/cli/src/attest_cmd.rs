@@ -199,7 +199,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         cfg.evidence_time = Some(crate::evidence::parse_time(a.at.as_deref())?);
     }
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(attest::server::TlsFiles {
+        (Some(cert), Some(key)) => Some(httpd::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
         }),

@@ -41,6 +41,12 @@ pub struct ServeArgs {
     /// Allowed clock skew for token lifetimes, in seconds.
     #[arg(long, default_value_t = 60)]
     clock_skew: i64,
+    /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Where the vault is and who is asking.
@@ -212,8 +218,16 @@ fn serve(a: ServeArgs) -> Result<()> {
         )
         .with_leeway(a.clock_skew),
     };
-    keyvault::server::run(&a.listen, a.base_url.clone(), cfg, |addr, created| {
-        println!("listening on http://{addr}");
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(httpd::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    keyvault::server::run(&a.listen, a.base_url.clone(), tls, cfg, |addr, created| {
+        println!("listening on {scheme}://{addr}");
         if let Some(p) = created {
             eprintln!(
                 "service administrator credential written to {}",

@@ -3,64 +3,39 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{cvm, json_of};
+use common::{Served, cvm, json_of, spawn};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
 use snp_emu::platform::{Platform, PlatformConfig, pem};
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn serve(state: &Path) -> Served {
     serve_with(state, &[])
 }
 
 fn serve_with(state: &Path, extra: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args([
-            "attest",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-emulated",
-            "--offline",
-        ])
-        .arg("--state")
-        .arg(state)
-        .arg("--cache")
-        .arg(state.join("kds-cache"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_string();
-    assert!(url.starts_with("http"), "{url}");
-    Served { child, url }
+    let (st, cache) = (state.to_str().unwrap(), state.join("kds-cache"));
+    let mut args = vec![
+        "attest",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-emulated",
+        "--offline",
+        "--state",
+        st,
+        "--cache",
+        cache.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let s = spawn(&args);
+    assert!(s.url.starts_with("http"), "{}", s.url);
+    s
 }
 
 fn post(url: &str, body: &[u8]) -> (u16, Value) {

@@ -3,48 +3,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{cvm, json_of};
+use common::{Served, cvm, json_of, spawn};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
 use snp_emu::platform::{Platform, PlatformConfig, pem};
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_string();
-    Served { child, url }
-}
 
 fn keyvault(dir: &Path, authority: &str) -> Served {
     let state = dir.join("kv");
@@ -362,7 +330,10 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
     // Every acknowledged creation was audited before it was acknowledged; the log
     // refuses deletion.
     let audited: u32 = lines[4].parse().unwrap();
-    assert!(audited >= acknowledged, "{audited} audited < {acknowledged} acknowledged");
+    assert!(
+        audited >= acknowledged,
+        "{audited} audited < {acknowledged} acknowledged"
+    );
     assert_eq!(lines[5], "append-only");
     // The restarted vault serves every key; the newest version of each opens (its
     // public part is served from the same row as its sealed material).

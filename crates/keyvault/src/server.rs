@@ -17,14 +17,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
@@ -44,30 +42,15 @@ impl IntoResponse for VaultError {
 type S = State<Arc<Vault>>;
 type R = Result<axum::Json<Value>, VaultError>;
 
-fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
+use httpd::bearer;
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, VaultError> {
-    b.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            VaultError {
-                status: 413,
-                code: "body_too_large",
-                message: format!("request bodies are limited to {MAX_BODY} bytes"),
-                detail: None,
-            }
-        } else {
-            VaultError {
-                status: 400,
-                code: "bad_request",
-                message: "unreadable request body".into(),
-                detail: None,
-            }
+    httpd::body_rejection(b, MAX_BODY, "bad_request").map_err(|(status, code, message)| {
+        VaultError {
+            status,
+            code,
+            message,
+            detail: None,
         }
     })
 }
@@ -170,19 +153,6 @@ async fn not_found() -> VaultError {
     }
 }
 
-async fn limits(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(Duration::from_secs(30), next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => VaultError {
-            status: 503,
-            code: "timeout",
-            message: "the request took too long".into(),
-            detail: None,
-        }
-        .into_response(),
-    }
-}
-
 /// The API's router.
 pub fn router(v: Arc<Vault>) -> Router {
     Router::new()
@@ -198,40 +168,26 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/audit", get(audit))
         .route("/vaults/{name}", post(vault))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(limits))
+        .layer(axum::middleware::from_fn(httpd::limits))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(v)
 }
 
-/// Why serving failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// Binding or serving failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The vault could not open.
-    #[error(transparent)]
-    Open(#[from] crate::service::OpenError),
-}
+pub use httpd::{ServeError, TlsFiles};
 
 /// Binds `listen`, opens the vault (base URL from the bound address unless given),
-/// reports the address, and serves until the process ends.
+/// reports the address, and serves (HTTPS with `tls`) until the process ends.
 pub fn run(
     listen: &str,
     base_url: Option<String>,
+    tls: Option<TlsFiles>,
     mut cfg: VaultConfig,
     on_listening: impl FnOnce(SocketAddr, Option<&std::path::Path>),
 ) -> Result<(), ServeError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        cfg.base_url = base_url.unwrap_or_else(|| format!("http://{addr}"));
-        let (vault, created) = Vault::open(cfg)?;
+    httpd::run(listen, tls, move |addr, base| {
+        cfg.base_url = base_url.unwrap_or(base);
+        let (vault, created) = Vault::open(cfg).map_err(|e| ServeError::Service(e.to_string()))?;
         on_listening(addr, created.as_deref());
-        axum::serve(listener, router(Arc::new(vault))).await?;
-        Ok(())
+        Ok(router(Arc::new(vault)))
     })
 }

@@ -52,7 +52,7 @@ fn keyvault(dir: &Path, authorities: &[String]) -> Kv {
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let r = keyvault::server::run("127.0.0.1:0", None, cfg, |a, _| tx.send(a).unwrap());
+        let r = keyvault::server::run("127.0.0.1:0", None, None, cfg, |a, _| tx.send(a).unwrap());
         panic!("key vault stopped: {r:?}");
     });
     let url = format!("http://{}", rx.recv().unwrap());

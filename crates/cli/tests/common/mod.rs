@@ -1,6 +1,8 @@
 //! Running the `cvm` binary from integration tests.
+#![allow(dead_code)]
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -22,4 +24,40 @@ pub fn json_of(out: &Output) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// A `cvm ... serve` process, killed (SIGKILL) when dropped.
+pub struct Served {
+    /// The process.
+    pub child: Child,
+    /// The URL from its first line (`listening on URL`).
+    pub url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cvm args...` and waits for its `listening on URL` line.
+pub fn spawn(args: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(args)
+        .env("XDG_CACHE_HOME", "/nonexistent-opencvm-test")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting cvm");
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .to_string();
+    Served { child, url }
 }

@@ -1,0 +1,176 @@
+//! HTTP service plumbing shared by opencvm's services (the attestation service, the key
+//! vault): a runtime and a listener (HTTPS with rustls when given a certificate), a
+//! per-request time limit, bearer credentials, and `{"error": {"code", "message"}}`
+//! bodies.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// How long one request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A TLS certificate chain and its private key (PEM files).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The service could not start.
+    #[error("{0}")]
+    Service(String),
+}
+
+/// The credential of `Authorization: Bearer ...`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// A JSON error response: `{"error": {"code", "message"}}`.
+pub fn error(status: u16, code: &str, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+/// What went wrong reading a body: `(status, code, message)` — 413 `body_too_large`
+/// when over `limit`, else 400 with `bad_code`.
+pub fn body_rejection(
+    r: Result<Bytes, BytesRejection>,
+    limit: usize,
+    bad_code: &'static str,
+) -> Result<Bytes, (u16, &'static str, String)> {
+    r.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (
+                413,
+                "body_too_large",
+                format!("request bodies are limited to {limit} bytes"),
+            )
+        } else {
+            (400, bad_code, "unreadable request body".to_string())
+        }
+    })
+}
+
+/// Middleware: answers 503 `timeout` after [`REQUEST_TIMEOUT`], marks every response
+/// `Cache-Control: no-store` (tokens, keys and credentials must not be cached).
+pub async fn limits(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(mut r) => {
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(_) => error(503, "timeout", "the request took too long"),
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        ServeError::Tls(format!("{}: {e}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| bad(&files.cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&files.cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad(&files.cert, &"no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` over TLS: each connection's handshake is bounded in time, then HTTP/1.1.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+) -> std::io::Result<()> {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of descriptors and the like: back off instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// Builds a multi-threaded runtime, binds `listen`, calls `build` with the bound
+/// address and its base URL (`http://` or `https://`) to make the router, and serves
+/// it (HTTPS with `tls`) until the process ends.
+pub fn run(
+    listen: &str,
+    tls: Option<TlsFiles>,
+    build: impl FnOnce(SocketAddr, String) -> Result<Router, ServeError>,
+) -> Result<(), ServeError> {
+    let acceptor = tls.as_ref().map(tls_acceptor).transpose()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let app = build(addr, format!("{scheme}://{addr}"))?;
+        match acceptor {
+            Some(a) => serve_tls(listener, a, app).await?,
+            None => axum::serve(listener, app).await?,
+        }
+        Ok(())
+    })
+}
