@@ -12,6 +12,8 @@
 //! | POST | `/deletedkeys/{name}/recover` | administrator |
 //! | POST | `/keys/{name}/{version}/release` | any |
 //! | POST | `/keys/{name}/{version}/release/test` | any (dry run) |
+//! | POST | `/keys/{name}/{version}/wrapkey` (A256KW) | administrator, crypto user |
+//! | POST | `/keys/{name}/{version}/unwrapkey/attested` | any (attested unwrap) |
 //! | POST | `/credentials`, GET `/audit` | administrator |
 //! | POST | `/vaults/{name}` | the service administrator |
 
@@ -135,6 +137,24 @@ async fn release_test(
     let t = bearer(&h).map(str::to_string);
     blocking(move || v.release_test(t.as_deref(), &n, &ver, &b)).await
 }
+async fn wrapkey(
+    State(v): S,
+    Path((n, ver)): Path<(String, String)>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    Ok(axum::Json(v.wrap_key(bearer(&h), &n, &ver, &body(b)?)?))
+}
+async fn attested_unwrap(
+    State(v): S,
+    Path((n, ver)): Path<(String, String)>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    let b = body(b)?;
+    let t = bearer(&h).map(str::to_string);
+    blocking(move || v.attested_unwrap(t.as_deref(), &n, &ver, &b)).await
+}
 async fn credentials(State(v): S, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> R {
     Ok(axum::Json(v.create_credential(bearer(&h), &body(b)?)?))
 }
@@ -162,6 +182,11 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/keys/{name}/{version}", get(get_version).patch(update))
         .route("/keys/{name}/{version}/release", post(release))
         .route("/keys/{name}/{version}/release/test", post(release_test))
+        .route("/keys/{name}/{version}/wrapkey", post(wrapkey))
+        .route(
+            "/keys/{name}/{version}/unwrapkey/attested",
+            post(attested_unwrap),
+        )
         .route("/deletedkeys/{name}", get(get_deleted).delete(purge))
         .route("/deletedkeys/{name}/recover", post(recover))
         .route("/credentials", post(credentials))

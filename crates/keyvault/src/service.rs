@@ -303,6 +303,25 @@ struct ReleaseBody {
     enc: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrapBody {
+    alg: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestedUnwrapBody {
+    target: String,
+    alg: String,
+    value: String,
+    #[serde(default)]
+    enc: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, VaultError> {
     serde_json::from_slice(body).map_err(|e| {
         VaultError::bad(
@@ -414,6 +433,84 @@ fn generate(body: &CreateBody) -> Result<Material, VaultError> {
             format!("kty {other:?} is not RSA, EC or oct"),
         )),
     }
+}
+
+/// Imported key material and its public JWK.
+type Imported = (Zeroizing<Vec<u8>>, Map<String, Value>);
+
+/// Checks imported key material of type `kty` (`oct`: 32 raw bytes; `RSA`/`EC`:
+/// PKCS#8) and derives its public JWK.
+fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Imported, VaultError> {
+    let mut public = Map::new();
+    match kty {
+        "oct" => {
+            if k.len() != 32 {
+                return Err(VaultError::bad(
+                    "bad_parameter",
+                    "an oct key is 32 bytes (AES-256)",
+                ));
+            }
+            public.insert("kty".into(), "oct".into());
+        }
+        "RSA" => {
+            let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(&k).map_err(|_| {
+                VaultError::bad("bad_parameter", "the key is not an RSA PKCS#8 private key")
+            })?;
+            let comps: RsaPublicKeyComponents<Vec<u8>> = kp.public_key().into();
+            if !matches!(comps.n.len() * 8, 2048 | 3072 | 4096) {
+                return Err(VaultError::bad(
+                    "bad_parameter",
+                    "RSA keys are 2048, 3072 or 4096 bits",
+                ));
+            }
+            public.insert("kty".into(), "RSA".into());
+            public.insert("n".into(), B64URL.encode(strip(&comps.n)).into());
+            public.insert("e".into(), B64URL.encode(strip(&comps.e)).into());
+        }
+        "EC" => {
+            let curves = [
+                (
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    "P-256",
+                    32,
+                ),
+                (
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                    "P-384",
+                    48,
+                ),
+            ];
+            let (kp, crv, n) = curves
+                .iter()
+                .find_map(|(alg, crv, n)| {
+                    EcdsaKeyPair::from_pkcs8(alg, &k)
+                        .ok()
+                        .map(|kp| (kp, *crv, *n))
+                })
+                .ok_or_else(|| {
+                    VaultError::bad(
+                        "bad_parameter",
+                        "the key is not a P-256 or P-384 PKCS#8 private key",
+                    )
+                })?;
+            let point = kp.public_key().as_ref();
+            let (x, y) = point
+                .get(1..)
+                .unwrap_or_default()
+                .split_at(n.min(point.len().saturating_sub(1)));
+            public.insert("kty".into(), "EC".into());
+            public.insert("crv".into(), crv.into());
+            public.insert("x".into(), B64URL.encode(x).into());
+            public.insert("y".into(), B64URL.encode(y).into());
+        }
+        other => {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                format!("kty {other:?} is not RSA, EC or oct"),
+            ));
+        }
+    }
+    Ok((k, public))
 }
 
 fn strip(b: &[u8]) -> &[u8] {
@@ -751,35 +848,50 @@ impl Vault {
         let c = self.authorize(bearer, Op::Write, "import keys")?;
         let r = (|| {
             let b: ImportBody = parse_body(body)?;
-            let kty = b.key.get("kty").and_then(Value::as_str).unwrap_or_default();
-            if kty.trim_end_matches("-HSM") != "oct" {
-                return Err(VaultError::bad(
-                    "not_supported",
-                    "only oct (AES-256) keys can be imported by this version",
-                ));
-            }
-            let k = Zeroizing::new(
-                b.key
-                    .get("k")
-                    .and_then(Value::as_str)
-                    .and_then(|k| B64URL.decode(k.trim_end_matches('=')).ok())
-                    .ok_or_else(|| {
-                        VaultError::bad("bad_parameter", "an oct key needs k (base64url)")
-                    })?,
-            );
-            if k.len() != 32 {
-                return Err(VaultError::bad(
-                    "bad_parameter",
-                    "an oct key is 32 bytes (AES-256)",
-                ));
-            }
-            let mut public = Map::new();
-            public.insert("kty".into(), "oct".into());
+            let kty = b
+                .key
+                .get("kty")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim_end_matches("-HSM")
+                .to_string();
+            // BYOK: the key arrives wrapped (CKM_RSA_AES_KEY_WRAP...) to an RSA key of
+            // this vault (the KEK, named by the key_hsm header's kid).
+            let (k, public) = match b.key.get("key_hsm").and_then(Value::as_str) {
+                Some(hsm) => self.unwrap_byok(&c, hsm, &kty)?,
+                None => {
+                    if kty != "oct" {
+                        return Err(VaultError::bad(
+                            "not_supported",
+                            "RSA and EC keys are imported wrapped (key_hsm, BYOK); plain JWK import takes oct keys",
+                        ));
+                    }
+                    let k = Zeroizing::new(
+                        b.key
+                            .get("k")
+                            .and_then(Value::as_str)
+                            .and_then(|k| B64URL.decode(k.trim_end_matches('=')).ok())
+                            .ok_or_else(|| {
+                                VaultError::bad("bad_parameter", "an oct key needs k (base64url)")
+                            })?,
+                    );
+                    material_public("oct", k)?
+                }
+            };
+            let kty = public
+                .get("kty")
+                .and_then(Value::as_str)
+                .map(|k| match k {
+                    "RSA" => "RSA",
+                    "EC" => "EC",
+                    _ => "oct",
+                })
+                .unwrap_or("oct");
             self.new_version(
                 &c,
                 name,
                 NewKey {
-                    kty: "oct",
+                    kty,
                     secret: &k,
                     public,
                     attributes: b.attributes,
@@ -954,6 +1066,205 @@ impl Vault {
         };
         let _ = self.audit(&c, "purge", name, "", r.as_ref().copied(), None);
         r
+    }
+
+    /// The key version a `kid` (`{base}/keys/{name}/{version}`) names in the caller's
+    /// vault.
+    fn by_kid(&self, c: &Caller, kid: &str) -> Result<VersionRow, VaultError> {
+        let rest = kid
+            .strip_prefix(&format!("{}/keys/", self.base_url))
+            .ok_or_else(|| {
+                VaultError::bad(
+                    "bad_parameter",
+                    format!("kid {kid:?} is not a key of this vault"),
+                )
+            })?;
+        let (name, version) = rest.split_once('/').unwrap_or((rest, ""));
+        self.version(c, name, Some(version))
+    }
+
+    fn unseal(&self, c: &Caller, row: &VersionRow) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.master
+            .open(
+                &Self::seal_context(&c.vault, &row.name, &row.version),
+                &row.sealed,
+            )
+            .map_err(|_| VaultError::internal("unseal"))
+    }
+
+    fn unwrap_byok(&self, c: &Caller, key_hsm: &str, kty: &str) -> Result<Imported, VaultError> {
+        let hsm =
+            KeyHsm::parse(key_hsm).map_err(|e| VaultError::bad("bad_parameter", e.to_string()))?;
+        let kek = self.by_kid(c, hsm.kid())?;
+        if kek.kty != "RSA" {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "the key exchange key must be an RSA key",
+            ));
+        }
+        let private = crate::wrap::UnwrappingKey::from_pkcs8(&self.unseal(c, &kek)?)
+            .map_err(|_| VaultError::internal("kek"))?;
+        let material = crate::wrap::unwrap_key(hsm.mechanism(), &private, hsm.ciphertext())
+            .map_err(|e| VaultError::bad("byok_unwrap_failed", e.to_string()))?;
+        material_public(kty, material.into_zeroizing())
+    }
+
+    /// `POST /keys/{name}/{version}/wrapkey` with `alg: A256KW` (AES key wrap, RFC
+    /// 3394) under an oct key: how a data key gets wrapped for attested unwrap.
+    pub fn wrap_key(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        version: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
+        let c = self.authorize(bearer, Op::Write, "wrap keys")?;
+        let b: WrapBody = parse_body(body)?;
+        if b.alg != "A256KW" {
+            return Err(VaultError::bad("bad_parameter", "alg is A256KW"));
+        }
+        let row = self.version(&c, name, Some(version))?;
+        if row.kty != "oct" || !row.enabled {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "wrapkey needs an enabled oct key",
+            ));
+        }
+        let dek = Zeroizing::new(
+            B64URL
+                .decode(b.value.trim_end_matches('='))
+                .map_err(|_| VaultError::bad("bad_parameter", "value is not base64url"))?,
+        );
+        if dek.len() < 16 || dek.len() % 8 != 0 || dek.len() > 4096 {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "A256KW wraps 16-4096 bytes, a multiple of 8",
+            ));
+        }
+        let kek = AesKek::new(&AES_256, &self.unseal(&c, &row)?)
+            .map_err(|_| VaultError::internal("kek"))?;
+        let mut out = vec![0u8; dek.len() + 8];
+        let wrapped = kek
+            .wrap(&dek, &mut out)
+            .map_err(|_| VaultError::internal("wrap"))?;
+        Ok(json!({ "kid": self.kid(name, &row.version), "value": B64URL.encode(wrapped) }))
+    }
+
+    /// `POST /keys/{name}/{version}/unwrapkey/attested` (opencvm extension): the key
+    /// never leaves; for a caller whose attestation token satisfies the key's release
+    /// policy, the vault unwraps `value` (A256KW) and returns the data key wrapped to the
+    /// token's RSA key (`enc` as for release), in a JWS signed by the vault.
+    pub fn attested_unwrap(
+        &self,
+        bearer: Option<&str>,
+        name: &str,
+        version: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Release, "unwrap for attested callers")?;
+        let mut token = None;
+        let r = self.attested_unwrap_inner(&c, name, version, body, &mut token);
+        let audited = self.audit(
+            &c,
+            "attested_unwrap",
+            name,
+            version,
+            r.as_ref().map(|_| ()),
+            token.as_ref(),
+        );
+        if !audited && r.is_ok() {
+            return Err(VaultError::internal("audit_failed"));
+        }
+        r
+    }
+
+    fn attested_unwrap_inner(
+        &self,
+        c: &Caller,
+        name: &str,
+        version: &str,
+        body: &[u8],
+        token: &mut Option<ValidToken>,
+    ) -> Result<Value, VaultError> {
+        use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
+        let b: AttestedUnwrapBody = parse_body(body)?;
+        if b.alg != "A256KW" {
+            return Err(VaultError::bad("bad_parameter", "alg is A256KW"));
+        }
+        let mechanism =
+            WrapMechanism::from_name(b.enc.as_deref().unwrap_or("RSA_AES_KEY_WRAP_256"))
+                .map_err(|e| VaultError::bad("bad_parameter", e.to_string()))?;
+        let row = self.version(c, name, Some(version))?;
+        let t = now();
+        if !row.enabled || row.nbf.is_some_and(|n| t < n) || row.exp.is_some_and(|e| t > e) {
+            return Err(VaultError::new(
+                403,
+                "key_disabled",
+                "the key is disabled or outside its nbf/exp window",
+            ));
+        }
+        if row.kty != "oct" {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "attested unwrap needs an oct key",
+            ));
+        }
+        let envelope = row
+            .release_policy
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+            .and_then(|v| ReleasePolicyEnvelope::parse(&v).ok())
+            .ok_or_else(|| {
+                VaultError::new(403, "no_release_policy", "the key has no release policy")
+            })?;
+        let valid = self
+            .authorities
+            .validate(&b.target, t)
+            .map_err(|e| VaultError::new(401, e.code(), e.to_string()))?;
+        *token = Some(valid.clone());
+        let decision = envelope
+            .policy()
+            .evaluate(&valid.issuer, &Value::Object(valid.claims.clone()));
+        if !decision.allowed {
+            let mut e = VaultError::new(
+                403,
+                "release_policy_denied",
+                "the token does not satisfy the key's release policy",
+            );
+            e.detail = Some(decision.to_json());
+            return Err(e);
+        }
+        let wrapping = Self::wrapping_key(&valid.claims)?;
+        let wrapped = B64URL
+            .decode(b.value.trim_end_matches('='))
+            .map_err(|_| VaultError::bad("bad_parameter", "value is not base64url"))?;
+        if wrapped.len() < 24 || wrapped.len() > 4104 {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "value is not an A256KW-wrapped key",
+            ));
+        }
+        let kek = AesKek::new(&AES_256, &self.unseal(c, &row)?)
+            .map_err(|_| VaultError::internal("kek"))?;
+        let mut buf = Zeroizing::new(vec![0u8; wrapped.len()]);
+        let dek_len = kek
+            .unwrap(&wrapped, &mut buf)
+            .map_err(|_| VaultError::bad("unwrap_failed", "value does not unwrap under this key"))?
+            .len();
+        let hsm = KeyHsm::wrap(mechanism, &wrapping, &buf[..dek_len])
+            .map_err(|e| VaultError::bad(e.code(), e.to_string()))?;
+        let mut payload = Map::new();
+        payload.insert(
+            "request".into(),
+            json!({ "enc": mechanism.name(), "kid": self.kid(name, &row.version), "nonce": b.nonce }),
+        );
+        payload.insert("response".into(), json!({ "key_hsm": hsm.encode() }));
+        let jws = self
+            .signer
+            .sign_with_x5c(&payload)
+            .map_err(|_| VaultError::internal("signing"))?;
+        Ok(json!({ "value": jws }))
     }
 
     /// The vault's audit log (administrator).

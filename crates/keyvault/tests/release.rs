@@ -624,3 +624,230 @@ fn key_lifecycle_versions_soft_delete_and_policies() {
     assert_eq!(call("GET", &u("/keys"), "wrong", None).0, 401);
     assert_eq!(call("GET", &u("/nope"), &admin, None).0, 404);
 }
+
+#[test]
+fn byok_import_and_attested_unwrap() {
+    use keyvault::wrap::{WrapMechanism, WrappingPublicKey};
+    let dir = tempfile::tempdir().unwrap();
+    let a1 = attest_service(&dir.path().join("a1"), Duration::from_secs(3600));
+    let kv = keyvault(dir.path(), std::slice::from_ref(&a1));
+    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
+    let admin = va["credential"].as_str().unwrap().to_string();
+    let u = |p: &str| format!("{}{p}", kv.url);
+    let emu = Platform::create(
+        &dir.path().join("emu"),
+        PlatformConfig::new(Product::Milan),
+        None,
+    )
+    .unwrap();
+    let guest_key = UnwrappingKey::generate(2048).unwrap();
+    let mut jwk = guest_key.public_key().to_jwk();
+    jwk["kid"] = "guest".into();
+    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+
+    // BYOK: a key exchange key in the vault; the customer wraps its key to it.
+    let (_, kek) = call(
+        "POST",
+        &u("/keys/kek/create"),
+        &admin,
+        Some(json!({"kty": "RSA", "key_size": 3072})),
+    );
+    let kek_kid = kek["key"]["kid"].as_str().unwrap().to_string();
+    let n = B64URL.decode(kek["key"]["n"].as_str().unwrap()).unwrap();
+    let e = B64URL.decode(kek["key"]["e"].as_str().unwrap()).unwrap();
+    let kek_pub = WrappingPublicKey::from_components(&n, &e)
+        .unwrap()
+        .with_kid(kek_kid.clone());
+    let aes: Vec<u8> = (100u8..132).collect();
+    let hsm = KeyHsm::wrap(WrapMechanism::CkmRsaAesKeyWrap, &kek_pub, &aes).unwrap();
+    let (st, v) = call(
+        "PUT",
+        &u("/keys/byok"),
+        &admin,
+        Some(json!({
+            "key": {"kty": "oct-HSM", "key_hsm": hsm.encode()},
+            "attributes": {"exportable": true},
+            "release_policy": policy(&a1, Value::Null),
+        })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let ver = v["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, r) = call(
+        "POST",
+        &u(&format!("/keys/byok/{ver}/release")),
+        &admin,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!(st, 200, "{r}");
+    let payload: Value = serde_json::from_slice(
+        &B64URL
+            .decode(r["value"].as_str().unwrap().split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let released = KeyHsm::parse(
+        payload["response"]["key"]["key"]["key_hsm"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        released.unwrap_key(&guest_key).unwrap().as_bytes(),
+        &aes[..]
+    );
+    // An RSA key brought in the same way: its public part is the customer's.
+    let customer = UnwrappingKey::generate(2048).unwrap();
+    let hsm = KeyHsm::wrap(
+        WrapMechanism::RsaAesKeyWrap256,
+        &kek_pub,
+        customer.to_pkcs8().unwrap().as_bytes(),
+    )
+    .unwrap();
+    let (st, v) = call(
+        "PUT",
+        &u("/keys/byok-rsa"),
+        &admin,
+        Some(json!({"key": {"kty": "RSA-HSM", "key_hsm": hsm.encode()}})),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["key"]["n"], customer.public_key().to_jwk()["n"]);
+    // Wrapped to a key that is not in this vault: refused.
+    let stranger = UnwrappingKey::generate(2048).unwrap();
+    let hsm = KeyHsm::wrap(
+        WrapMechanism::RsaAesKeyWrap256,
+        &stranger.public_key().clone().with_kid(kek_kid.clone()),
+        &aes,
+    )
+    .unwrap();
+    let (st, v) = call(
+        "PUT",
+        &u("/keys/bad"),
+        &admin,
+        Some(json!({"key": {"kty": "oct", "key_hsm": hsm.encode()}})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("byok_unwrap_failed")),
+        "{v}"
+    );
+
+    // Attested unwrap: a non-exportable AES key wraps a data key; only an attested caller
+    // gets the data key back, wrapped to its own key. The AES key never leaves.
+    let (st, k) = call(
+        "POST",
+        &u("/keys/dek-kek/create"),
+        &admin,
+        Some(json!({"kty": "oct", "release_policy": policy(&a1, Value::Null)})),
+    );
+    assert_eq!(st, 200, "{k}");
+    let kv_ver = k["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let dek = [0x5au8; 32];
+    let (st, w) = call(
+        "POST",
+        &u(&format!("/keys/dek-kek/{kv_ver}/wrapkey")),
+        &admin,
+        Some(json!({"alg": "A256KW", "value": B64URL.encode(dek)})),
+    );
+    assert_eq!(st, 200, "{w}");
+    let wrapped = w["value"].as_str().unwrap().to_string();
+    let url = u(&format!("/keys/dek-kek/{kv_ver}/unwrapkey/attested"));
+    let (st, r) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(json!({"target": token_a, "alg": "A256KW", "value": wrapped})),
+    );
+    assert_eq!(st, 200, "{r}");
+    let payload: Value = serde_json::from_slice(
+        &B64URL
+            .decode(r["value"].as_str().unwrap().split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let got = KeyHsm::parse(payload["response"]["key_hsm"].as_str().unwrap()).unwrap();
+    assert_eq!(got.unwrap_key(&guest_key).unwrap().as_bytes(), &dek[..]);
+    // The same key cannot be released (not exportable).
+    let (st, v) = call(
+        "POST",
+        &u(&format!("/keys/dek-kek/{kv_ver}/release")),
+        &admin,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("key_not_exportable"))
+    );
+    // Refusals: a token without an RSA key, a value that is not wrapped under the key,
+    // a key without a release policy.
+    let bare = token(&a1, &emu, &json!({}), false);
+    let (st, v) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(json!({"target": bare, "alg": "A256KW", "value": wrapped})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("no_encryption_key"))
+    );
+    let junk = B64URL.encode([7u8; 40]);
+    let (st, v) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(json!({"target": token_a, "alg": "A256KW", "value": junk})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("unwrap_failed"))
+    );
+    let (_, plain) = call(
+        "POST",
+        &u("/keys/plain/create"),
+        &admin,
+        Some(json!({"kty": "oct"})),
+    );
+    let pv = plain["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, v) = call(
+        "POST",
+        &u(&format!("/keys/plain/{pv}/unwrapkey/attested")),
+        &admin,
+        Some(json!({"target": token_a, "alg": "A256KW", "value": wrapped})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("no_release_policy"))
+    );
+    // Audited.
+    let (_, log) = call("GET", &u("/audit"), &admin, None);
+    let ops: Vec<(&str, &str)> = log["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["op"] == "attested_unwrap")
+        .map(|e| (e["outcome"].as_str().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert!(
+        ops.contains(&("allowed", "")) && ops.contains(&("denied", "no_encryption_key")),
+        "{ops:?}"
+    );
+    assert!(!log.to_string().contains(&B64URL.encode(dek)));
+}
