@@ -979,11 +979,7 @@ impl Vault {
                 row.tags = Value::Object(t).to_string();
             }
             if let Some(p) = b.release_policy {
-                let current = row
-                    .release_policy
-                    .as_deref()
-                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
-                    .and_then(|v| ReleasePolicyEnvelope::parse(&v).ok());
+                let current = Self::stored_policy(&row).and_then(Result::ok);
                 if current
                     .as_ref()
                     .is_some_and(ReleasePolicyEnvelope::immutable)
@@ -1210,32 +1206,12 @@ impl Vault {
                 "attested unwrap needs an oct key",
             ));
         }
-        let envelope = row
-            .release_policy
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<Value>(s).ok())
-            .and_then(|v| ReleasePolicyEnvelope::parse(&v).ok())
+        let envelope = Self::stored_policy(&row)
+            .and_then(Result::ok)
             .ok_or_else(|| {
                 VaultError::new(403, "no_release_policy", "the key has no release policy")
             })?;
-        let valid = self
-            .authorities
-            .validate(&b.target, t)
-            .map_err(|e| VaultError::new(401, e.code(), e.to_string()))?;
-        *token = Some(valid.clone());
-        let decision = envelope
-            .policy()
-            .evaluate(&valid.issuer, &Value::Object(valid.claims.clone()));
-        if !decision.allowed {
-            let mut e = VaultError::new(
-                403,
-                "release_policy_denied",
-                "the token does not satisfy the key's release policy",
-            );
-            e.detail = Some(decision.to_json());
-            return Err(e);
-        }
-        let wrapping = Self::wrapping_key(&valid.claims)?;
+        let wrapping = self.admit(&envelope, &b.target, t, token)?;
         let wrapped = B64URL
             .decode(b.value.trim_end_matches('='))
             .map_err(|_| VaultError::bad("bad_parameter", "value is not base64url"))?;
@@ -1292,14 +1268,46 @@ impl Vault {
                 "the key is not exportable",
             ));
         }
-        let p = row
-            .release_policy
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<Value>(s).ok())
-            .ok_or_else(|| {
-                VaultError::new(403, "key_not_exportable", "the key has no release policy")
-            })?;
-        ReleasePolicyEnvelope::parse(&p).map_err(|_| VaultError::internal("stored_policy"))
+        Self::stored_policy(row).ok_or_else(|| {
+            VaultError::new(403, "key_not_exportable", "the key has no release policy")
+        })?
+    }
+
+    /// A version's stored release policy: `None` without one; an error if what is
+    /// stored no longer parses (it was validated when written).
+    fn stored_policy(row: &VersionRow) -> Option<Result<ReleasePolicyEnvelope, VaultError>> {
+        let v = serde_json::from_str::<Value>(row.release_policy.as_deref()?).ok()?;
+        Some(ReleasePolicyEnvelope::parse(&v).map_err(|_| VaultError::internal("stored_policy")))
+    }
+
+    /// Validates a release token and evaluates the key's release policy on it; returns
+    /// the RSA key of the token's `x-ms-runtime.keys` to wrap to. The validated token is
+    /// left in `token` for the audit log, whatever the outcome.
+    fn admit(
+        &self,
+        envelope: &ReleasePolicyEnvelope,
+        target: &str,
+        t: i64,
+        token: &mut Option<ValidToken>,
+    ) -> Result<WrappingPublicKey, VaultError> {
+        let valid = self
+            .authorities
+            .validate(target, t)
+            .map_err(|e| VaultError::new(401, e.code(), e.to_string()))?;
+        *token = Some(valid.clone());
+        let decision = envelope
+            .policy()
+            .evaluate(&valid.issuer, &Value::Object(valid.claims.clone()));
+        if !decision.allowed {
+            let mut e = VaultError::new(
+                403,
+                "release_policy_denied",
+                "the token does not satisfy the key's release policy",
+            );
+            e.detail = Some(decision.to_json());
+            return Err(e);
+        }
+        Self::wrapping_key(&valid.claims)
     }
 
     /// The first RSA key in the token's `x-ms-runtime.keys` usable for encryption.
@@ -1381,31 +1389,8 @@ impl Vault {
         let row = self.version(c, name, Some(version))?;
         let t = now();
         let envelope = Self::check_releasable(&row, t)?;
-        let valid = self
-            .authorities
-            .validate(&b.target, t)
-            .map_err(|e| VaultError::new(401, e.code(), e.to_string()))?;
-        *token = Some(valid.clone());
-        let decision = envelope
-            .policy()
-            .evaluate(&valid.issuer, &Value::Object(valid.claims.clone()));
-        if !decision.allowed {
-            let mut e = VaultError::new(
-                403,
-                "release_policy_denied",
-                "the token does not satisfy the key's release policy",
-            );
-            e.detail = Some(decision.to_json());
-            return Err(e);
-        }
-        let wrapping = Self::wrapping_key(&valid.claims)?;
-        let secret = self
-            .master
-            .open(
-                &Self::seal_context(&c.vault, name, &row.version),
-                &row.sealed,
-            )
-            .map_err(|_| VaultError::internal("unseal"))?;
+        let wrapping = self.admit(&envelope, &b.target, t, token)?;
+        let secret = self.unseal(c, &row)?;
         let hsm = KeyHsm::wrap(mechanism, &wrapping, &secret)
             .map_err(|e| VaultError::bad(e.code(), e.to_string()))?;
         let mut bundle = self.bundle(&row, false);
