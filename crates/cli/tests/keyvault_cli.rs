@@ -257,9 +257,11 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
     let cred = v["credential"].as_str().unwrap().to_string();
     // Clients keep creating keys and new versions (rotation) until the server dies.
     let url = kv.url.clone();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let workers: Vec<_> = (0..3)
         .map(|w| {
             let (url, cred) = (url.clone(), cred.clone());
+            let progress = progress.clone();
             std::thread::spawn(move || {
                 let mut acknowledged = 0u32;
                 for i in 0.. {
@@ -275,7 +277,10 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
                                 .as_bytes(),
                         );
                     match r {
-                        Ok(r) if r.status() == 200 => acknowledged += 1,
+                        Ok(r) if r.status() == 200 => {
+                            acknowledged += 1;
+                            progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         _ => return acknowledged,
                     }
                 }
@@ -283,7 +288,19 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Kill once enough work has been acknowledged (a slow machine takes longer to get
+    // there; the kill still lands while the workers are mid-request), plus a little
+    // random-ish extra so the kill point varies between runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while progress.load(std::sync::atomic::Ordering::SeqCst) < 12
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let extra = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_millis()) % 200);
+    std::thread::sleep(std::time::Duration::from_millis(extra));
     kv.child.kill().unwrap(); // SIGKILL
     kv.child.wait().unwrap();
     let acknowledged: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
