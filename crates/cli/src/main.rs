@@ -7,6 +7,7 @@ mod attest_cmd;
 mod evidence;
 mod keyvault_cmd;
 mod snp_cmd;
+mod vtpm_cmd;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Keys in a key vault: create, import, show, list, delete, release, policies.
     #[command(subcommand)]
     Key(keyvault_cmd::KeyCommand),
+    /// A VM's TPM 2.0 (libtpms), for QEMU and TPM software.
+    #[command(subcommand)]
+    Vtpm(vtpm_cmd::VtpmCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +51,6 @@ fn main() -> ExitCode {
         Command::Attest(cmd) => attest_cmd::run(cmd),
         Command::Keyvault(cmd) => keyvault_cmd::run(cmd),
         Command::Key(cmd) => keyvault_cmd::run_key(cmd),
+        Command::Vtpm(cmd) => vtpm_cmd::run(cmd),
     }
 }

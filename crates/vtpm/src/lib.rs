@@ -1,0 +1,101 @@
+//! A TPM 2.0 for one confidential VM, run outside the VM's reach.
+//!
+//! - [`engine`]: the [`Engine`] trait and its libtpms implementation (libtpms keeps
+//!   one TPM in process globals, so a vTPM process serves exactly one VM);
+//! - [`state`]: the TPM's state, saved atomically and durably whenever it changes,
+//!   framed with a format version;
+//! - [`ctrl`] and [`data`]: swtpm's control and data channels, as QEMU's
+//!   `-tpmdev emulator`, `swtpm_ioctl` and tpm2-tss's `swtpm` TCTI speak them;
+//! - [`mssim`]: the TPM simulator's command and platform ports (tpm2-tss `mssim`
+//!   TCTI, IBM TSS);
+//! - [`server`]: loopback TCP and Unix-socket listeners for either protocol.
+
+pub mod ctrl;
+pub mod data;
+pub mod engine;
+pub mod mssim;
+pub mod server;
+pub mod state;
+
+pub use engine::{Engine, EngineError, LibtpmsEngine};
+pub use server::{Endpoint, Protocol, Server, ServerConfig};
+pub use state::StateDir;
+
+/// `TPM_RC_FAILURE`: the answer to a command while the TPM is not running.
+pub const TPM_RC_FAILURE: u32 = 0x101;
+/// `TPM_RC_COMMAND_SIZE`: the answer to a command whose size is out of bounds.
+pub const TPM_RC_COMMAND_SIZE: u32 = 0x142;
+
+/// A bare TPM 2.0 error response (`TPM_ST_NO_SESSIONS`, 10 bytes) with `rc`.
+pub fn error_response(rc: u32) -> Vec<u8> {
+    let mut r = vec![0x80, 0x01, 0, 0, 0, 10];
+    r.extend_from_slice(&rc.to_be_bytes());
+    r
+}
+
+/// One VM's TPM as the protocols share it: the engine, the locality commands run at,
+/// whether a data channel was passed over the control channel, the buffer size.
+pub struct Vtpm {
+    pub(crate) engine: Box<dyn Engine>,
+    pub(crate) locality: u8,
+    pub(crate) data_fd_in_use: bool,
+    pub(crate) buffer_size: u32,
+}
+
+impl std::fmt::Debug for Vtpm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vtpm")
+            .field("running", &self.engine.is_running())
+            .field("locality", &self.locality)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vtpm {
+    /// Wraps an engine (started or not).
+    pub fn new(mut engine: Box<dyn Engine>) -> Self {
+        let buffer_size = engine.set_buffer_size(0).map_or(4096, |s| s.current);
+        Self {
+            engine,
+            locality: 0,
+            data_fd_in_use: false,
+            buffer_size,
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&mut self) -> &mut dyn Engine {
+        self.engine.as_mut()
+    }
+
+    /// The locality set over the control channel.
+    pub fn locality(&self) -> u8 {
+        self.locality
+    }
+
+    /// The largest command accepted (the engine's buffer size).
+    pub fn max_command(&self) -> usize {
+        self.buffer_size.max(4096) as usize
+    }
+
+    /// Executes `command` at `locality` (the control channel's when `None`) and
+    /// returns the response; a stopped TPM or an engine failure answers
+    /// `TPM_RC_FAILURE`.
+    pub fn execute(&mut self, locality: Option<u8>, command: &[u8]) -> Vec<u8> {
+        if !self.engine.is_running() {
+            return error_response(TPM_RC_FAILURE);
+        }
+        let loc = locality.unwrap_or(self.locality);
+        match self.engine.execute(loc, command) {
+            Ok(r) => r,
+            Err(e) => {
+                self.log(&format!("command failed: {e}"));
+                error_response(TPM_RC_FAILURE)
+            }
+        }
+    }
+
+    pub(crate) fn log(&self, msg: &str) {
+        eprintln!("vtpm: {msg}");
+    }
+}

@@ -1,0 +1,476 @@
+//! Listeners for the vTPM's two channels on loopback TCP or Unix sockets, one thread
+//! per connection, all sharing the one [`Vtpm`].
+
+use std::io::{self, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::data::{self, Frame, FrameError};
+use crate::{Vtpm, ctrl, error_response, mssim};
+
+/// Where a channel listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A loopback TCP address (`tcp:127.0.0.1:2321`; port 0 picks one).
+    Tcp(SocketAddr),
+    /// A Unix socket path (`unix:/run/vm1/tpm.sock`).
+    Unix(PathBuf),
+}
+
+/// Errors of endpoint syntax and of starting the listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// An endpoint that does not parse.
+    #[error("invalid endpoint {0:?}: expected tcp:HOST:PORT or unix:PATH")]
+    Syntax(String),
+    /// A TCP endpoint that is not loopback.
+    #[error("{0}: the vTPM listens only on loopback addresses")]
+    NotLoopback(String),
+    /// A configuration that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// Binding failed.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// The endpoint.
+        endpoint: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl FromStr for Endpoint {
+    type Err = ServeError;
+
+    fn from_str(s: &str) -> Result<Self, ServeError> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(ServeError::Syntax(s.into()));
+            }
+            return Ok(Self::Unix(path.into()));
+        }
+        let rest = s
+            .strip_prefix("tcp:")
+            .ok_or_else(|| ServeError::Syntax(s.into()))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| ServeError::Syntax(s.into()))?;
+        let port: u16 = port.parse().map_err(|_| ServeError::Syntax(s.into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = if host == "localhost" {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            host.parse().map_err(|_| ServeError::Syntax(s.into()))?
+        };
+        if !ip.is_loopback() {
+            return Err(ServeError::NotLoopback(s.into()));
+        }
+        Ok(Self::Tcp(SocketAddr::new(ip, port)))
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "tcp:{a}"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The protocol the two channels speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// swtpm's: data channel (raw commands) and control channel (`CMD_*`).
+    Swtpm,
+    /// The simulator's: command port and platform port.
+    Mssim,
+}
+
+/// What to listen on.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The data channel (swtpm; optional when QEMU passes it over the control
+    /// channel) or the command port (mssim).
+    pub server: Option<Endpoint>,
+    /// The control channel (swtpm) or platform port (mssim); when absent with a TCP
+    /// server it is the next port, as tpm2-tss's TCTIs assume.
+    pub ctrl: Option<Endpoint>,
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// A connection on either kind of socket.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.flush(),
+            Self::Unix(s) => s.flush(),
+        }
+    }
+}
+
+impl Conn {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(t),
+            Self::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Reads what is available (blocking for the first byte), with a descriptor passed
+    /// by `SCM_RIGHTS` on a Unix socket.
+    fn recv_with_fd(&mut self, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+        match self {
+            Self::Tcp(s) => Ok((s.read(buf)?, None)),
+            Self::Unix(s) => {
+                use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+                let msg = recvmsg(
+                    s.as_fd(),
+                    &mut [IoSliceMut::new(buf)],
+                    &mut cmsg,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .map_err(io::Error::from)?;
+                let mut fd = None;
+                for m in cmsg.drain() {
+                    if let RecvAncillaryMessage::ScmRights(fds) = m {
+                        for f in fds {
+                            // Keep the first descriptor; any others are closed on drop.
+                            if fd.is_none() {
+                                fd = Some(f);
+                            }
+                        }
+                    }
+                }
+                Ok((msg.bytes, fd))
+            }
+        }
+    }
+}
+
+impl Listener {
+    fn bind(ep: &Endpoint) -> Result<Self, ServeError> {
+        let err = |source| ServeError::Bind {
+            endpoint: ep.to_string(),
+            source,
+        };
+        match ep {
+            Endpoint::Tcp(a) => Ok(Self::Tcp(TcpListener::bind(a).map_err(err)?)),
+            Endpoint::Unix(p) => {
+                // A stale socket of an earlier run is replaced; any other file is not.
+                if let Ok(m) = std::fs::symlink_metadata(p) {
+                    if m.file_type().is_socket() {
+                        let _ = std::fs::remove_file(p);
+                    } else {
+                        return Err(err(io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "exists and is not a socket",
+                        )));
+                    }
+                }
+                let l = UnixListener::bind(p).map_err(err)?;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+                Ok(Self::Unix(l, p.clone()))
+            }
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            Self::Tcp(l) => Endpoint::Tcp(
+                l.local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+            ),
+            Self::Unix(_, p) => Endpoint::Unix(p.clone()),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Self::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nodelay(true)?;
+                Ok(Conn::Tcp(s))
+            }
+            Self::Unix(l, _) => Ok(Conn::Unix(l.accept()?.0)),
+        }
+    }
+}
+
+/// Binds `server` and the port after it, retrying when port 0 was asked for and the
+/// next port is taken.
+fn bind_pair(server: &Endpoint) -> Result<(Listener, Listener), ServeError> {
+    let Endpoint::Tcp(addr) = server else {
+        return Err(ServeError::Config(
+            "a Unix-socket server needs an explicit --ctrl endpoint".into(),
+        ));
+    };
+    for _ in 0..64 {
+        let first = Listener::bind(server)?;
+        let Endpoint::Tcp(bound) = first.endpoint() else {
+            unreachable!("a TCP listener has a TCP endpoint")
+        };
+        let Some(next) = bound.port().checked_add(1) else {
+            continue;
+        };
+        match Listener::bind(&Endpoint::Tcp(SocketAddr::new(bound.ip(), next))) {
+            Ok(second) => return Ok((first, second)),
+            Err(e) if addr.port() != 0 => return Err(e),
+            Err(_) => continue,
+        }
+    }
+    Err(ServeError::Config(
+        "no free pair of consecutive ports was found".into(),
+    ))
+}
+
+/// A running vTPM server.
+pub struct Server {
+    server: Option<Endpoint>,
+    ctrl: Endpoint,
+    done: mpsc::Receiver<()>,
+    vtpm: Arc<Mutex<Vtpm>>,
+    unix_paths: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("server", &self.server)
+            .field("ctrl", &self.ctrl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Data,
+    Ctrl,
+    MssimCommand,
+    MssimPlatform,
+}
+
+impl Server {
+    /// Binds the endpoints and starts serving `vtpm` on background threads.
+    pub fn start(vtpm: Vtpm, config: ServerConfig) -> Result<Self, ServeError> {
+        let (server, ctrl) = match (&config.server, &config.ctrl) {
+            (Some(s), Some(c)) => (Some(Listener::bind(s)?), Listener::bind(c)?),
+            (Some(s), None) => {
+                let (a, b) = bind_pair(s)?;
+                (Some(a), b)
+            }
+            (None, Some(c)) if config.protocol == Protocol::Swtpm => (None, Listener::bind(c)?),
+            _ => {
+                return Err(ServeError::Config(match config.protocol {
+                    Protocol::Swtpm => "give --server, --ctrl or both".into(),
+                    Protocol::Mssim => {
+                        "the mssim protocol needs --server (the command port)".into()
+                    }
+                }));
+            }
+        };
+        let vtpm = Arc::new(Mutex::new(vtpm));
+        let (tx, done) = mpsc::channel();
+        let mut unix_paths = Vec::new();
+        let (data_role, ctrl_role) = match config.protocol {
+            Protocol::Swtpm => (Role::Data, Role::Ctrl),
+            Protocol::Mssim => (Role::MssimCommand, Role::MssimPlatform),
+        };
+        let server_ep = server.as_ref().map(Listener::endpoint);
+        let ctrl_ep = ctrl.endpoint();
+        for (l, role) in server
+            .into_iter()
+            .map(|l| (l, data_role))
+            .chain([(ctrl, ctrl_role)])
+        {
+            if let Listener::Unix(_, p) = &l {
+                unix_paths.push(p.clone());
+            }
+            let (vtpm, tx) = (vtpm.clone(), tx.clone());
+            std::thread::spawn(move || accept_loop(l, role, vtpm, tx));
+        }
+        // Everything the process needs is open: it never gains privileges again.
+        let _ = rustix::thread::set_no_new_privs(true);
+        Ok(Self {
+            server: server_ep,
+            ctrl: ctrl_ep,
+            done,
+            vtpm,
+            unix_paths,
+        })
+    }
+
+    /// Where the data channel (or command port) listens, if anywhere.
+    pub fn server(&self) -> Option<&Endpoint> {
+        self.server.as_ref()
+    }
+
+    /// Where the control channel (or platform port) listens.
+    pub fn ctrl(&self) -> &Endpoint {
+        &self.ctrl
+    }
+
+    /// Blocks until a client sends `CMD_SHUTDOWN`; the TPM is then stopped.
+    pub fn wait(self) {
+        let _ = self.done.recv();
+        self.vtpm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .engine
+            .stop(true);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for p in &self.unix_paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Sender<()>) {
+    loop {
+        let conn = match l.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("vtpm: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let (vtpm, done) = (vtpm.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut conn = conn;
+            let r = match role {
+                Role::Data => {
+                    serve_data(&mut conn, &vtpm);
+                    Ok(())
+                }
+                Role::Ctrl => serve_ctrl(conn, &vtpm, &done),
+                Role::MssimCommand => mssim::serve_command(&mut conn, &vtpm),
+                Role::MssimPlatform => mssim::serve_platform(&mut conn, &vtpm),
+            };
+            if let Err(e) = r {
+                eprintln!("vtpm: connection ended: {e}");
+            }
+        });
+    }
+}
+
+fn serve_data(conn: &mut (impl Read + Write), vtpm: &Mutex<Vtpm>) {
+    let lock = || vtpm.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let max = lock().max_command();
+        match data::read_frame(conn, max) {
+            Ok(None) => return,
+            Ok(Some(frame)) => {
+                let response = match &frame {
+                    Frame::Raw(c) => lock().execute(None, c),
+                    Frame::Prefixed { locality, command } => {
+                        lock().execute(Some(*locality), command)
+                    }
+                };
+                if data::write_response(conn, &frame, &response).is_err() {
+                    return;
+                }
+            }
+            Err(FrameError::Size(_)) => {
+                let _ = conn.write_all(&error_response(crate::TPM_RC_COMMAND_SIZE));
+                return;
+            }
+            Err(FrameError::Io(_)) => return,
+        }
+    }
+}
+
+/// Largest first read of a control message (the biggest fixed request plus a chunk).
+const CTRL_CHUNK: usize = 4 + 12 + 4096;
+
+fn serve_ctrl(mut conn: Conn, vtpm: &Arc<Mutex<Vtpm>>, done: &mpsc::Sender<()>) -> io::Result<()> {
+    let mut chunk = vec![0u8; CTRL_CHUNK];
+    loop {
+        conn.set_read_timeout(None)?;
+        let (n, fd) = conn.recv_with_fd(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut msg = chunk[..n].to_vec();
+        // The rest of one message must follow promptly (swtpm allows 500 ms).
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        while msg.len() < ctrl::needed(&msg) {
+            let want = (ctrl::needed(&msg) - msg.len()).min(chunk.len());
+            let n = conn.read(&mut chunk[..want])?;
+            if n == 0 {
+                return Ok(());
+            }
+            msg.extend_from_slice(&chunk[..n]);
+        }
+        let (reply, after) = match ctrl::parse(&msg) {
+            Ok(req) => ctrl::handle(
+                &mut vtpm.lock().unwrap_or_else(PoisonError::into_inner),
+                req,
+                fd.is_some(),
+            ),
+            Err(code) => (code.to_be_bytes().to_vec(), ctrl::After::Continue),
+        };
+        conn.write_all(&reply)?;
+        conn.flush()?;
+        match after {
+            ctrl::After::Continue => {}
+            ctrl::After::Terminate => {
+                let _ = done.send(());
+                return Ok(());
+            }
+            ctrl::After::UseDataFd => {
+                if let Some(fd) = fd {
+                    let mut data = UnixStream::from(fd);
+                    let v = vtpm.clone();
+                    std::thread::spawn(move || {
+                        serve_data(&mut data, &v);
+                        v.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .data_fd_in_use = false;
+                    });
+                }
+            }
+        }
+    }
+}
