@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use snp_emu::guest::LaunchConfig;
+use snp_emu::platform::{Platform as SnpPlatform, PlatformConfig};
+use vtpm::ca::VtpmCa;
+use vtpm::platform::{Platform, ReportSource, VmConfig};
 use vtpm::{Endpoint, Engine, LibtpmsEngine, Protocol, Server, ServerConfig, StateDir, Vtpm};
 
 /// `cvm vtpm ...`
@@ -45,6 +49,32 @@ pub struct RunArgs {
     /// Wait for CMD_INIT (or a simulator power-on) instead of starting the TPM at once.
     #[arg(long)]
     need_init: bool,
+    /// The platform's vTPM CA directory (created on first use): issues the AK
+    /// certificate at NV 0x01C101D0. Without it there is no AK certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The host's emulated AMD secure processor (a `cvm snp create` directory, created
+    /// as a Milan platform if missing): signs the attestation report at NV
+    /// 0x01400001. Without it there is no report.
+    #[arg(long)]
+    snp_platform: Option<PathBuf>,
+    /// The VM's launch measurement in the report (96 hex characters).
+    #[arg(long)]
+    launch_measurement: Option<String>,
+    /// The VM's unique id (a UUID; default: generated once and kept in the state
+    /// directory).
+    #[arg(long)]
+    vm_id: Option<String>,
+    /// Whether the VM boots with Secure Boot (reported in `vm-configuration`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    secure_boot: bool,
+    /// Whether the VM has a serial console (reported in `vm-configuration`).
+    #[arg(long)]
+    console: bool,
+    /// Benchmarks only: write state atomically but without fsync (as swtpm does), to
+    /// measure what durability costs. A host crash can then lose acknowledged writes.
+    #[arg(long, hide = true)]
+    unsafe_no_fsync: bool,
 }
 
 /// Runs a vtpm subcommand.
@@ -76,14 +106,40 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         server: parse(&a.server)?,
         ctrl: parse(&a.ctrl)?,
     };
-    let dir = StateDir::open(&a.state).context("opening the vTPM state")?;
-    let mut engine = LibtpmsEngine::new(dir)?;
-    if !a.need_init {
-        engine
-            .start(false)
-            .context("starting the TPM from its state")?;
+    let mut dir = StateDir::open(&a.state).context("opening the vTPM state")?;
+    if a.unsafe_no_fsync {
+        eprintln!("warning: --unsafe-no-fsync: vTPM state writes are not durable");
+        dir.set_durable(false);
     }
-    let server = Server::start(Vtpm::new(Box::new(engine)), config)?;
+    let vm_id = vm_id(&a)?;
+    let mut engine = LibtpmsEngine::new(dir)?;
+    engine
+        .start(false)
+        .context("starting the TPM from its state")?;
+    let ca =
+        a.ca.as_deref()
+            .map(VtpmCa::open_or_create)
+            .transpose()
+            .context("opening the vTPM CA")?;
+    let reports = match &a.snp_platform {
+        Some(dir) => Some(
+            Box::new(EmulatedSnp::open(dir, a.launch_measurement.as_deref())?)
+                as Box<dyn ReportSource>,
+        ),
+        None => None,
+    };
+    let vm = VmConfig {
+        vm_id,
+        secure_boot: a.secure_boot,
+        tpm_enabled: true,
+        console_enabled: a.console,
+    };
+    let mut vtpm = Vtpm::with_platform(Box::new(engine), Platform::new(vm, reports, ca))
+        .context("provisioning the vTPM")?;
+    if a.need_init {
+        vtpm.engine().stop(true);
+    }
+    let server = Server::start(vtpm, config)?;
     {
         let mut out = std::io::stdout().lock();
         if let Some(s) = server.server() {
@@ -94,4 +150,63 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     }
     server.wait();
     Ok(())
+}
+
+/// The VM id: given, or kept in the state directory (generated on first start).
+fn vm_id(a: &RunArgs) -> Result<String> {
+    if let Some(id) = &a.vm_id {
+        return Ok(id.to_uppercase());
+    }
+    let path = a.state.join("vm-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode_upper(b);
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    );
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Reports from the emulated AMD secure processor, for a guest launched with the
+/// default policy (no debug) and the given measurement, requested at VMPL 0 (where a
+/// paravisor runs).
+struct EmulatedSnp {
+    platform: SnpPlatform,
+    guest: snp_emu::guest::Guest,
+}
+
+impl EmulatedSnp {
+    fn open(dir: &std::path::Path, measurement: Option<&str>) -> Result<Self> {
+        let platform =
+            SnpPlatform::open_or_create(dir, PlatformConfig::new(snp::Product::Milan))
+                .with_context(|| format!("opening the emulated SNP platform {}", dir.display()))?;
+        let mut launch = LaunchConfig::default();
+        if let Some(m) = measurement {
+            let b = hex::decode(m.trim()).context("--launch-measurement is not hex")?;
+            launch.measurement = b
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("--launch-measurement must be 48 bytes"))?;
+        }
+        let guest = platform.launch(launch)?;
+        Ok(Self { platform, guest })
+    }
+}
+
+impl ReportSource for EmulatedSnp {
+    fn report(&mut self, report_data: &[u8; 64]) -> std::result::Result<[u8; 1184], String> {
+        self.platform
+            .get_report(&self.guest, report_data, 0)
+            .map_err(|e| e.to_string())
+    }
 }

@@ -32,10 +32,15 @@ fn port_of(line: &str) -> u16 {
 }
 
 fn start(state: &Path, protocol: &str) -> Vt {
+    start_with(state, protocol, &[])
+}
+
+fn start_with(state: &Path, protocol: &str, extra: &[&str]) -> Vt {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
         .args(["vtpm", "run", "--state"])
         .arg(state)
         .args(["--server", "tcp:127.0.0.1:0", "--protocol", protocol])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -572,4 +577,356 @@ fn bad_endpoints_and_a_locked_state_are_refused() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// TPM2_PCR_Read of SHA-256 PCRs 0–7 sent raw on a data channel.
+fn read_pcrs_raw(port: u16) -> Vec<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = [0, 0, 0, 1, 0x00, 0x0b, 3, 0xff, 0, 0];
+    let mut cmd = vec![0x80, 0x01];
+    cmd.extend_from_slice(&(10 + body.len() as u32).to_be_bytes());
+    cmd.extend_from_slice(&0x17eu32.to_be_bytes());
+    cmd.extend_from_slice(&body);
+    s.write_all(&cmd).unwrap();
+    let mut head = [0u8; 10];
+    s.read_exact(&mut head).unwrap();
+    let size = u32::from_be_bytes(head[2..6].try_into().unwrap()) as usize;
+    assert_eq!(&head[6..10], &[0, 0, 0, 0], "PCR_Read failed");
+    let mut rest = vec![0u8; size - 10];
+    s.read_exact(&mut rest).unwrap();
+    // updateCounter, TPML_PCR_SELECTION (one selection of 3 bytes), TPML_DIGEST.
+    let mut at = 4 + 4 + 2 + 1 + 3;
+    let count = u32::from_be_bytes(rest[at..at + 4].try_into().unwrap());
+    at += 4;
+    (0..count)
+        .map(|_| {
+            let n = u16::from_be_bytes([rest[at], rest[at + 1]]) as usize;
+            let d = rest[at + 2..at + 2 + n].to_vec();
+            at += 2 + n;
+            d
+        })
+        .collect()
+}
+
+#[test]
+fn qemu_ovmf_boots_with_the_vtpm_and_the_measured_pcrs_are_readable() {
+    let (t, state, _work) = workdir();
+    let sock = t.path().join("ctrl.sock");
+    // The control channel on a Unix socket, as QEMU's `-tpmdev emulator` wants it (it
+    // passes its data channel over it with CMD_SET_DATAFD); a TCP data channel beside
+    // it for reading the PCRs while the guest runs.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vtpm", "run", "--state"])
+        .arg(&state)
+        .args(["--server", "tcp:127.0.0.1:0", "--ctrl"])
+        .arg(format!("unix:{}", sock.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut server = String::new();
+    out.read_line(&mut server).unwrap();
+    let vt = Vt {
+        child,
+        host: "127.0.0.1".into(),
+        port: port_of(&server),
+        ctrl_port: 0,
+    };
+
+    let serial = t.path().join("serial.log");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-nographic",
+            "-nic",
+            "none",
+        ])
+        .args([
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-bios",
+            "/usr/share/ovmf/OVMF.fd",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", sock.display()))
+        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+        .args(["-device", "tpm-tis,tpmdev=tpm0", "-serial"])
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/setup installs qemu-system-x86)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+    let reached = loop {
+        let log = std::fs::read(&serial).unwrap_or_default();
+        if String::from_utf8_lossy(&log).contains("Shell>") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        if let Ok(Some(status)) = qemu.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = qemu.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("qemu exited ({status}) before the UEFI shell: {err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    // Read the PCRs while the firmware sits at the shell, then power the guest off.
+    let pcrs = if reached {
+        Some(read_pcrs_raw(vt.port))
+    } else {
+        None
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(reached, "OVMF did not reach the UEFI shell");
+    let pcrs = pcrs.unwrap();
+    assert_eq!(pcrs.len(), 8);
+    // OVMF measured its firmware (PCR 0), configuration and boot attempts: PCRs 0–7
+    // hold measurements, all different from the reset value.
+    for (i, d) in pcrs.iter().enumerate() {
+        assert_ne!(d, &[0u8; 32], "PCR {i} was never extended");
+    }
+    // The vTPM outlives the guest's connection and still answers on its Unix control
+    // channel (swtpm_ioctl --unix).
+    let caps = Command::new("swtpm_ioctl")
+        .arg("--unix")
+        .arg(&sock)
+        .arg("-c")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&caps.stdout).contains("ptm capability is 0x"));
+    drop(vt);
+}
+
+/// The runtime claims of an HCL report, parsed by az-cvm-vtpm's parser.
+fn hcl_claims(hcl: &[u8]) -> serde_json::Value {
+    let r = az_cvm_vtpm::hcl::HclReport::new(hcl.to_vec()).expect("az-cvm-vtpm parses the report");
+    serde_json::from_slice(r.var_data()).unwrap()
+}
+
+#[test]
+fn provisioned_vtpm_holds_ek_ak_certificate_report_and_a_locked_platform_hierarchy() {
+    let (t, state, work) = workdir();
+    let ca = t.path().join("ca");
+    let snp_dir = t.path().join("snp");
+    let vm_id = "911B0EF8-9DBA-48B0-B275-4E4DF2D39252";
+    let args = [
+        "--ca",
+        ca.to_str().unwrap(),
+        "--snp-platform",
+        snp_dir.to_str().unwrap(),
+        "--vm-id",
+        vm_id,
+    ];
+    let vt = start_with(&state, "swtpm", &args);
+    let tcti = vt.tcti("swtpm");
+    let t = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
+    let read = |f: &str| std::fs::read(work.join(f)).unwrap();
+    t(&["tpm2_startup", "-c"]);
+
+    // The EK at 0x81010001 is the TCG default EK, as tpm2_createek derives it.
+    t(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+    t(&["tpm2_flushcontext", "-t"]);
+    t(&[
+        "tpm2_readpublic",
+        "-c",
+        "0x81010001",
+        "-o",
+        "ek-persistent.pub",
+    ]);
+    assert_eq!(read("ek.pub"), read("ek-persistent.pub"));
+    // The AK at 0x81000003: a restricted RSA signing key.
+    t(&["tpm2_readpublic", "-c", "0x81000003", "-o", "ak.pub"]);
+    let ak = tpm_quote::TpmPublic::parse_tpm2b(&read("ak.pub")).unwrap();
+    assert!(ak.is_restricted_signing_key());
+    let tpm_quote::PublicDetails::Rsa(ak_rsa) = ak.details() else {
+        panic!("the AK is not RSA")
+    };
+
+    // The HCL report, read the usual way (tpm2_nvread uses an HMAC session with
+    // response encryption), parses with az-cvm-vtpm, binds its claims, and names the AK.
+    t(&["tpm2_nvread", "0x01400001", "-C", "o", "-o", "hcl.bin"]);
+    let hcl = read("hcl.bin");
+    let parsed = az_cvm_vtpm::hcl::HclReport::new(hcl.clone()).unwrap();
+    assert_eq!(parsed.report_type(), az_cvm_vtpm::hcl::ReportType::Snp);
+    let claims = hcl_claims(&hcl);
+    assert_eq!(claims["vm-configuration"]["vmUniqueId"], vm_id);
+    assert_eq!(claims["vm-configuration"]["secure-boot"], true);
+    assert_eq!(claims["vm-configuration"]["tpm-enabled"], true);
+    assert_eq!(claims["user-data"], "0".repeat(128));
+    let ak_jwk = &claims["keys"][0];
+    assert_eq!(ak_jwk["kid"], "HCLAkPub");
+    assert_eq!(
+        ak_jwk["n"].as_str().unwrap(),
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            &ak_rsa.modulus
+        )
+    );
+    assert_eq!(&snp_report_data(&hcl)[..32], parsed.var_data_sha256());
+
+    // Our verifier accepts it under the emulator's roots, with a quote by the AK.
+    let roots = work.join("roots.pem");
+    assert!(
+        common::cvm(&[
+            "snp",
+            "export-roots",
+            "--platform",
+            snp_dir.to_str().unwrap(),
+            "--out",
+            roots.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let vcek = std::fs::read_dir(snp_dir.join("certs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vcek-")
+        })
+        .unwrap();
+    t(&[
+        "tpm2_quote",
+        "-c",
+        "0x81000003",
+        "-l",
+        "sha256:0,1,2,3",
+        "-q",
+        "5eed",
+        "-m",
+        "q.msg",
+        "-s",
+        "q.sig",
+        "-g",
+        "sha256",
+    ]);
+    let out = common::cvm(&[
+        "evidence",
+        "verify",
+        work.join("hcl.bin").to_str().unwrap(),
+        "--vek",
+        vcek.to_str().unwrap(),
+        "--chain",
+        roots.to_str().unwrap(),
+        "--dangerously-trust-emulator",
+        "--offline",
+        "--quote",
+        work.join("q.msg").to_str().unwrap(),
+        "--quote-sig",
+        work.join("q.sig").to_str().unwrap(),
+        "--nonce",
+        "5eed",
+        "--json",
+    ]);
+    let v = common::json_of(&out);
+    assert_eq!(v["quote"]["verified"], true, "{v}");
+    assert_eq!(v["trust"], "emulated", "{v}");
+    assert!(out.status.success(), "{v}");
+
+    // The AK certificate at 0x01C101D0 is issued by the vTPM CA for the AK, checked by
+    // Python `cryptography`.
+    t(&["tpm2_nvread", "0x01C101D0", "-C", "o", "-o", "akcert.der"]);
+    let check = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys\n\
+             from cryptography import x509\n\
+             c=x509.load_der_x509_certificate(open(sys.argv[1],'rb').read())\n\
+             ca=x509.load_der_x509_certificate(open(sys.argv[2],'rb').read())\n\
+             c.verify_directly_issued_by(ca)\n\
+             eku=c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value\n\
+             assert '2.23.133.8.3' in [o.dotted_string for o in eku]\n\
+             print('%x' % c.public_key().public_numbers().n)",
+        )
+        .arg(work.join("akcert.der"))
+        .arg(ca.join("ca-cert.der"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        hex::encode(&ak_rsa.modulus).trim_start_matches('0')
+    );
+
+    // 64 bytes of user data written to 0x01400002 come back in a fresh report.
+    let user_data: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5c).collect();
+    std::fs::write(work.join("ud.bin"), &user_data).unwrap();
+    t(&["tpm2_nvwrite", "0x01400002", "-C", "o", "-i", "ud.bin"]);
+    t(&["tpm2_nvread", "0x01400001", "-C", "o", "-o", "hcl2.bin"]);
+    let hcl2 = read("hcl2.bin");
+    let claims2 = hcl_claims(&hcl2);
+    assert_eq!(claims2["user-data"], hex::encode_upper(&user_data));
+    let parsed2 = az_cvm_vtpm::hcl::HclReport::new(hcl2.clone()).unwrap();
+    assert_eq!(&snp_report_data(&hcl2)[..32], parsed2.var_data_sha256());
+    assert_ne!(snp_report_data(&hcl2), snp_report_data(&hcl));
+    // Refreshes are rate-limited: a burst gets TPM_RC_RETRY (0x922) for some writes.
+    let refused = (0..12)
+        .filter(|_| {
+            let o = tpm(
+                &tcti,
+                &work,
+                &["tpm2_nvwrite", "0x01400002", "-C", "o", "-i", "ud.bin"],
+            );
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("0x922")
+        })
+        .count();
+    assert!(refused > 0, "no user-data write was rate-limited");
+
+    // The platform hierarchy is locked: no clear, no changes to platform indices.
+    for args in [
+        &["tpm2_clear", "-c", "p"][..],
+        &["tpm2_nvundefine", "0x01400001", "-C", "p"],
+        &["tpm2_nvwrite", "0x01400001", "-C", "p", "-i", "ud.bin"],
+        &["tpm2_changeauth", "-c", "p", "guess"],
+    ] {
+        let o = tpm(&tcti, &work, args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+    }
+    // The owner still uses its own hierarchy (the lock is the platform's only).
+    t(&["tpm2_createprimary", "-C", "o", "-c", "owner.ctx"]);
+    t(&["tpm2_flushcontext", "-t"]);
+
+    // After kill -9 and a restart: the same AK, the same certificate (not re-issued), a
+    // fresh report with zero user data.
+    let cert1 = read("akcert.der");
+    drop(vt);
+    let vt = start_with(&state, "swtpm", &args);
+    let tcti = vt.tcti("swtpm");
+    let t = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
+    t(&["tpm2_startup", "-c"]);
+    t(&["tpm2_readpublic", "-c", "0x81000003", "-o", "ak2.pub"]);
+    assert_eq!(read("ak.pub"), read("ak2.pub"));
+    t(&["tpm2_nvread", "0x01C101D0", "-C", "o", "-o", "akcert2.der"]);
+    assert_eq!(cert1, read("akcert2.der"));
+    t(&["tpm2_nvread", "0x01400001", "-C", "o", "-o", "hcl3.bin"]);
+    assert_eq!(hcl_claims(&read("hcl3.bin"))["user-data"], "0".repeat(128));
+    assert!(
+        !tpm(&tcti, &work, &["tpm2_clear", "-c", "p"])
+            .status
+            .success()
+    );
+}
+
+/// REPORT_DATA of the SNP report inside an HCL report.
+fn snp_report_data(hcl: &[u8]) -> Vec<u8> {
+    hcl[0x20 + 0x50..0x20 + 0x90].to_vec()
 }

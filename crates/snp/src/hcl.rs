@@ -82,6 +82,42 @@ impl ClaimsHash {
     }
 }
 
+/// Lays out an HCL report as Azure's paravisor writes it: header (`report_size` =
+/// the bytes up to the end of the claims, request type 2, status 0), `report`, the IGVM
+/// request data (SNP, SHA-256) and `claims`, zero-padded to `nv_size`. The caller
+/// binds the claims: `report`'s REPORT_DATA must start with SHA-256(`claims`).
+/// (Opencvm's vTPM serves it at NV index `0x01400001`.)
+pub fn encode(
+    report: &[u8; REPORT_LEN],
+    claims: &[u8],
+    nv_size: usize,
+) -> Result<Vec<u8>, HclError> {
+    let end = VAR_OFFSET + claims.len();
+    if claims.len() > MAX_VAR_DATA || end > nv_size {
+        return Err(HclError::Truncated {
+            need: end,
+            got: nv_size,
+        });
+    }
+    let (Ok(var_size), Ok(total)) = (u32::try_from(claims.len()), u32::try_from(end)) else {
+        return Err(HclError::Truncated {
+            need: end,
+            got: nv_size,
+        });
+    };
+    let mut out = Vec::with_capacity(nv_size);
+    for w in [HCL_SIGNATURE, 1, total, 2, 0, 0, 0, 0] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.extend_from_slice(report);
+    for w in [IGVM_LEN as u32 + var_size, 1, 2, 1, var_size] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.extend_from_slice(claims);
+    out.resize(nv_size, 0);
+    Ok(out)
+}
+
 /// A parsed HCL report.
 #[derive(Clone, Debug)]
 pub struct HclReport {

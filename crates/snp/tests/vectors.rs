@@ -354,6 +354,13 @@ fn azure_hcl_reports_bind_their_runtime_claims() {
             "{name}"
         );
         assert!(h.rsa_key_components("HCLAkPub").is_some(), "{name}");
+        // The encoder opencvm's vTPM uses reproduces Azure's paravisor byte for byte.
+        let raw = read(&file);
+        assert_eq!(
+            snp::hcl::encode(h.report().as_bytes(), h.runtime_data(), raw.len()).unwrap(),
+            raw,
+            "{name}"
+        );
         if e.get("measurement").is_some() {
             check_fields(h.report(), e, name);
             let vek_file = if name.ends_with(".json") {

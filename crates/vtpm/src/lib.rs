@@ -10,12 +10,15 @@
 //!   TCTI, IBM TSS);
 //! - [`server`]: loopback TCP and Unix-socket listeners for either protocol.
 
+pub mod ca;
 pub mod ctrl;
 pub mod data;
 pub mod engine;
 pub mod mssim;
+pub mod platform;
 pub mod server;
 pub mod state;
+pub mod tpm;
 
 pub use engine::{Engine, EngineError, LibtpmsEngine};
 pub use server::{Endpoint, Protocol, Server, ServerConfig};
@@ -40,6 +43,7 @@ pub struct Vtpm {
     pub(crate) locality: u8,
     pub(crate) data_fd_in_use: bool,
     pub(crate) buffer_size: u32,
+    pub(crate) platform: Option<platform::Platform>,
 }
 
 impl std::fmt::Debug for Vtpm {
@@ -60,7 +64,30 @@ impl Vtpm {
             locality: 0,
             data_fd_in_use: false,
             buffer_size,
+            platform: None,
         }
+    }
+
+    /// Wraps an engine with the host side of a confidential VM's vTPM: `platform`
+    /// provisions the engine now (EK, AK, certificate, report; the engine is left
+    /// waiting for the guest's `TPM2_Startup`) and then serves the report index and
+    /// locks the platform hierarchy at every startup.
+    pub fn with_platform(
+        mut engine: Box<dyn Engine>,
+        mut platform: platform::Platform,
+    ) -> Result<Self, EngineError> {
+        if !engine.is_running() {
+            engine.start(false)?;
+        }
+        platform.provision(engine.as_mut())?;
+        let mut v = Self::new(engine);
+        v.platform = Some(platform);
+        Ok(v)
+    }
+
+    /// The platform side, if any.
+    pub fn platform(&self) -> Option<&platform::Platform> {
+        self.platform.as_ref()
     }
 
     /// The engine.
@@ -86,8 +113,18 @@ impl Vtpm {
             return error_response(TPM_RC_FAILURE);
         }
         let loc = locality.unwrap_or(self.locality);
+        if let Some(p) = self.platform.as_mut()
+            && let Some(r) = p.before(command)
+        {
+            return r;
+        }
         match self.engine.execute(loc, command) {
-            Ok(r) => r,
+            Ok(r) => {
+                if let Some(p) = self.platform.as_mut() {
+                    p.after(self.engine.as_mut(), command, &r);
+                }
+                r
+            }
             Err(e) => {
                 self.log(&format!("command failed: {e}"));
                 error_response(TPM_RC_FAILURE)
@@ -97,5 +134,17 @@ impl Vtpm {
 
     pub(crate) fn log(&self, msg: &str) {
         eprintln!("vtpm: {msg}");
+    }
+}
+
+/// Runs every parser of untrusted vTPM input on `data` (for fuzzing): control
+/// messages, data-channel frames, state files. Never panics.
+pub fn fuzz_parse(data: &[u8]) {
+    let _ = ctrl::needed(data);
+    let _ = ctrl::parse(data);
+    let mut r = data;
+    while let Ok(Some(_)) = data::read_frame(&mut r, 4096) {}
+    for kind in libtpms::StateKind::ALL {
+        let _ = state::decode(kind, data);
     }
 }
