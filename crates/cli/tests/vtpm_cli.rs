@@ -775,6 +775,110 @@ fn provisioned_vtpm_holds_ek_ak_certificate_report_and_a_locked_platform_hierarc
         )
     );
     assert_eq!(&snp_report_data(&hcl)[..32], parsed.var_data_sha256());
+    // Azure's current layout: 2600 bytes, both keys; HCLEkPub is the EK.
+    assert_eq!(hcl.len(), 2600);
+    let ek = tpm_quote::TpmPublic::parse_tpm2b(&read("ek.pub")).unwrap();
+    let tpm_quote::PublicDetails::Rsa(ek_rsa) = ek.details() else {
+        panic!("the EK is not RSA")
+    };
+    assert_eq!(claims["keys"][1]["kid"], "HCLEkPub");
+    assert_eq!(
+        claims["keys"][1]["n"].as_str().unwrap(),
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            &ek_rsa.modulus
+        )
+    );
+    // The same bytes with a second session encrypting the response (AES-CFB), read
+    // in chunks at offsets, and with the index's own authorization.
+    t(&["tpm2_startauthsession", "-S", "enc.ctx", "--hmac-session"]);
+    t(&["tpm2_sessionconfig", "enc.ctx", "--enable-encrypt"]);
+    for (offset, size) in [(0usize, 1024usize), (1024, 1024), (2048, 552)] {
+        t(&[
+            "tpm2_nvread",
+            "0x01400001",
+            "-C",
+            "o",
+            "-S",
+            "enc.ctx",
+            "-s",
+            &size.to_string(),
+            "--offset",
+            &offset.to_string(),
+            "-o",
+            "chunk.bin",
+        ]);
+        assert_eq!(
+            read("chunk.bin"),
+            &hcl[offset..offset + size],
+            "chunk at {offset}"
+        );
+    }
+    t(&["tpm2_flushcontext", "enc.ctx"]);
+    t(&[
+        "tpm2_nvread",
+        "0x01400001",
+        "-C",
+        "0x01400001",
+        "-o",
+        "hcl-index-auth.bin",
+    ]);
+    assert_eq!(read("hcl-index-auth.bin"), hcl);
+    // A password session (as tss-esapi clients such as az-cvm-vtpm's use), sent raw:
+    // libtpms checks the password; after the owner's authorization changes, the
+    // right password reads and an empty one is refused.
+    let raw_read_at = |password: &[u8], size: u16, offset: u16| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", vt.port)).unwrap();
+        s.write_all(&vtpm::tpm::nv_read(
+            vtpm::tpm::RH_OWNER,
+            0x0140_0001,
+            password,
+            size,
+            offset,
+        ))
+        .unwrap();
+        let mut head = [0u8; 10];
+        s.read_exact(&mut head).unwrap();
+        let mut rest = vec![0u8; u32::from_be_bytes(head[2..6].try_into().unwrap()) as usize - 10];
+        s.read_exact(&mut rest).unwrap();
+        (u32::from_be_bytes(head[6..10].try_into().unwrap()), rest)
+    };
+    let raw_read = |password: &[u8]| raw_read_at(password, 64, 0);
+    let (rc, body) = raw_read(b"");
+    assert_eq!(rc, 0);
+    // Reading past the end is TPM_RC_NV_RANGE, as for any index.
+    assert_eq!(raw_read_at(b"", 16, 2590).0, 0x146);
+    assert_eq!(&body[6..6 + 64], &hcl[..64]);
+    // An HMAC session keyed with a wrong owner password fails its check.
+    let wrong = tpm(
+        &tcti,
+        &work,
+        &[
+            "tpm2_nvread",
+            "0x01400001",
+            "-C",
+            "o",
+            "-P",
+            "wrong",
+            "-s",
+            "8",
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr)
+            .to_lowercase()
+            .contains("0x98e"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    t(&["tpm2_changeauth", "-c", "o", "owner-secret"]);
+    assert_eq!(raw_read(b"").0, 0x9a2);
+    let (rc, body) = raw_read(b"owner-secret");
+    assert_eq!(rc, 0);
+    assert_eq!(&body[6..6 + 64], &hcl[..64]);
+    t(&["tpm2_changeauth", "-c", "o", "-p", "owner-secret"]);
 
     // Our verifier accepts it under the emulator's roots, with a quote by the AK.
     let roots = work.join("roots.pem");

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod mssim;
 pub mod platform;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod tpm;
 
@@ -114,7 +115,7 @@ impl Vtpm {
         }
         let loc = locality.unwrap_or(self.locality);
         if let Some(p) = self.platform.as_mut()
-            && let Some(r) = p.before(command)
+            && let Some(r) = p.before(self.engine.as_mut(), loc, command)
         {
             return r;
         }
@@ -142,6 +143,7 @@ impl Vtpm {
 pub fn fuzz_parse(data: &[u8]) {
     let _ = ctrl::needed(data);
     let _ = ctrl::parse(data);
+    let _ = sessions::split_command(data);
     let mut r = data;
     while let Ok(Some(_)) = data::read_frame(&mut r, 4096) {}
     for kind in libtpms::StateKind::ALL {

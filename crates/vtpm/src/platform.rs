@@ -14,11 +14,20 @@
 //!   the guest cannot clear the TPM through the platform hierarchy or touch platform
 //!   indices.
 //!
-//! The report index is a real libtpms NV index, so every client reads it the usual way
-//! (password, HMAC and encrypted sessions alike). libtpms caps NV indices at 2048
-//! bytes: the report uses the 2048-byte layout of Azure's earlier paravisor, whose
-//! claims carry `HCLAkPub` but not `HCLEkPub` (an RSA-2048 EK's JWK does not fit
-//! beside the AK's; the EK is at its persistent handle).
+//! libtpms caps NV indices at 2048 bytes and Azure's report index holds 2600 (its
+//! claims carry `HCLAkPub` and `HCLEkPub`), so the report is served here rather than
+//! by libtpms: `TPM2_NV_ReadPublic` of `0x01400001` answers its real size and Name,
+//! and `TPM2_NV_Read` of it is answered with the report's bytes after the
+//! authorization is checked as the TPM would:
+//! - a password session: libtpms checks it, on the same command reading one byte of a
+//!   one-byte index defined at that handle with the same attributes;
+//! - unsalted, unbound HMAC sessions (what tpm2-tools opens, with response
+//!   encryption): checked here ([`crate::sessions`]), with the authValue of the index
+//!   (always empty) or of the owner taken as empty; the response carries the
+//!   session's current `nonceTPM`, its HMAC, and the data AES-CFB encrypted when the
+//!   session asks;
+//! - anything else (salted or bound sessions, policy or audit sessions, an owner
+//!   authValue that is not empty) is refused with a TPM error.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +40,7 @@ use zeroize::Zeroizing;
 use crate::ca::VtpmCa;
 use crate::engine::{Engine, EngineError, TPM_FAIL};
 use crate::error_response;
+use crate::sessions::{self, ATTR_AUDIT, ATTR_CONTINUE, ATTR_DECRYPT, ATTR_ENCRYPT, Sessions};
 use crate::tpm::{self, RH_ENDORSEMENT, RH_PLATFORM, cc, run, run_ok, take_tpm2b};
 
 /// Persistent handle of the endorsement key (TCG default).
@@ -43,8 +53,8 @@ pub const NV_AK_CERT: u32 = 0x01C1_01D0;
 pub const NV_HCL_REPORT: u32 = 0x0140_0001;
 /// NV index a guest writes its 64 bytes of user data to.
 pub const NV_USER_DATA: u32 = 0x0140_0002;
-/// Size of the report index (libtpms's largest; Azure's earlier layout).
-pub const HCL_NV_SIZE: usize = 2048;
+/// Size of the report index, as on Azure.
+pub const HCL_NV_SIZE: usize = 2600;
 
 /// TPMA_NV bits used here.
 mod nv_attr {
@@ -66,6 +76,15 @@ const PLATFORM_INDEX: u32 = nv_attr::PPWRITE
     | nv_attr::AUTHREAD
     | nv_attr::NO_DA
     | nv_attr::PLATFORMCREATE;
+/// `TPMA_NV_WRITTEN`, set in the served public area of the report index.
+const NV_WRITTEN: u32 = 1 << 29;
+/// `TPM_RC_HANDLE` for the first handle.
+const RC_HANDLE_1: u32 = 0x18B;
+/// `TPM_RC_AUTH_UNAVAILABLE`: a session this vTPM cannot check on the report index.
+const RC_AUTH_UNAVAILABLE: u32 = 0x12F;
+/// `TPM_RC_AUTH_FAIL` for session 1 (add `n << 8` for session n + 1).
+const RC_AUTH_FAIL_SESSION: u32 = 0x98E;
+
 /// Attributes of the user-data index: the guest writes and reads it.
 const USER_INDEX: u32 = nv_attr::OWNERWRITE
     | nv_attr::AUTHWRITE
@@ -200,6 +219,7 @@ pub struct Platform {
     hcl: Option<Vec<u8>>,
     refreshes: RateLimit,
     platform_auth: Zeroizing<Vec<u8>>,
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Platform {
@@ -277,6 +297,7 @@ impl Platform {
             hcl: None,
             refreshes: RateLimit::new(5, Duration::from_millis(200)),
             platform_auth: Zeroizing::new(Vec::new()),
+            sessions: Sessions::default(),
         }
     }
 
@@ -339,12 +360,24 @@ impl Platform {
             }
         }
         if self.reports.is_some() {
-            if tpm::nv_size(engine, NV_HCL_REPORT)?.is_none() {
-                run_ok(
-                    engine,
-                    "TPM2_NV_DefineSpace",
-                    tpm::nv_define_platform(NV_HCL_REPORT, PLATFORM_INDEX, HCL_NV_SIZE as u16, &[]),
-                )?;
+            // The one-byte index libtpms authorizes password reads of the report with.
+            match tpm::nv_size(engine, NV_HCL_REPORT)? {
+                Some(1) => {}
+                other => {
+                    if other.is_some() {
+                        run_ok(
+                            engine,
+                            "TPM2_NV_UndefineSpace",
+                            tpm::nv_undefine_platform(NV_HCL_REPORT, &[]),
+                        )?;
+                    }
+                    run_ok(
+                        engine,
+                        "TPM2_NV_DefineSpace",
+                        tpm::nv_define_platform(NV_HCL_REPORT, PLATFORM_INDEX, 1, &[]),
+                    )?;
+                    tpm::nv_write_all(engine, RH_PLATFORM, NV_HCL_REPORT, &[], &[0])?;
+                }
             }
             if tpm::nv_size(engine, NV_USER_DATA)?.is_none() {
                 run_ok(
@@ -357,7 +390,7 @@ impl Platform {
         self.ek = Some(ek);
         self.ak = Some(ak);
         self.platform_auth = Zeroizing::new(Vec::new());
-        self.refresh_report(engine, &[0; 64])?;
+        self.refresh_report(&[0; 64])?;
         let _ = run(engine, tpm::shutdown_clear());
         engine.stop(false);
         engine.start(false)
@@ -365,11 +398,12 @@ impl Platform {
 
     /// The runtime claims for `user_data`, compact, in Azure's member order.
     pub fn claims(&self, user_data: &[u8; 64]) -> Option<String> {
-        let ak = self.ak.as_ref()?;
+        let (ak, ek) = (self.ak.as_ref()?, self.ek.as_ref()?);
         let vm = &self.vm;
         Some(format!(
-            r#"{{"keys":[{}],"vm-configuration":{{"console-enabled":{},"secure-boot":{},"tpm-enabled":{},"vmUniqueId":"{}"}},"user-data":"{}"}}"#,
+            r#"{{"keys":[{},{}],"vm-configuration":{{"console-enabled":{},"secure-boot":{},"tpm-enabled":{},"vmUniqueId":"{}"}},"user-data":"{}"}}"#,
             ak.jwk("HCLAkPub", "sign"),
+            ek.jwk("HCLEkPub", "encrypt"),
             vm.console_enabled,
             vm.secure_boot,
             vm.tpm_enabled,
@@ -378,13 +412,8 @@ impl Platform {
         ))
     }
 
-    /// Builds the report for `user_data` and writes it to its index (with the
-    /// platform authorization only this process holds).
-    fn refresh_report(
-        &mut self,
-        engine: &mut dyn Engine,
-        user_data: &[u8; 64],
-    ) -> Result<(), EngineError> {
+    /// Builds the report served at the report index for `user_data`.
+    fn refresh_report(&mut self, user_data: &[u8; 64]) -> Result<(), EngineError> {
         let Some(claims) = self.claims(user_data) else {
             return Ok(());
         };
@@ -399,28 +428,202 @@ impl Platform {
             .map_err(|e| EngineError::new(TPM_FAIL, format!("SNP report: {e}")))?;
         let hcl = snp::hcl::encode(&report, claims.as_bytes(), HCL_NV_SIZE)
             .map_err(|e| EngineError::new(TPM_FAIL, format!("HCL report: {e}")))?;
-        tpm::nv_write_all(
-            engine,
-            RH_PLATFORM,
-            NV_HCL_REPORT,
-            &self.platform_auth,
-            &hcl,
-        )?;
         self.hcl = Some(hcl);
         Ok(())
     }
 
+    /// The report index's public area (as served) and Name.
+    fn report_public(&self, size: usize) -> (Vec<u8>, Vec<u8>) {
+        let public = tpm::nv_public(NV_HCL_REPORT, PLATFORM_INDEX | NV_WRITTEN, size as u16);
+        let mut name = 0x000Bu16.to_be_bytes().to_vec();
+        name.extend_from_slice(digest::digest(&digest::SHA256, &public).as_ref());
+        (public, name)
+    }
+
     /// Answers a command here instead of the engine, or `None` to let the engine run
-    /// it: a user-data write over the rate limit gets `TPM_RC_RETRY`.
-    pub(crate) fn before(&mut self, command: &[u8]) -> Option<Vec<u8>> {
+    /// it: the report index's public area and contents; a user-data write over the
+    /// rate limit gets `TPM_RC_RETRY`.
+    pub(crate) fn before(
+        &mut self,
+        engine: &mut dyn Engine,
+        locality: u8,
+        command: &[u8],
+    ) -> Option<Vec<u8>> {
         let code = crate::engine::command_code(command)?;
-        let nv_index = command
-            .get(14..18)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        if code == cc::NV_WRITE && nv_index == Some(NV_USER_DATA) && !self.refreshes.allow() {
-            return Some(error_response(tpm::RC_RETRY));
+        let handle = |i: usize| {
+            command
+                .get(10 + 4 * i..14 + 4 * i)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        match code {
+            cc::NV_READ_PUBLIC if handle(0) == Some(NV_HCL_REPORT) => {
+                let size = self.hcl.as_ref()?.len();
+                let (public, name) = self.report_public(size);
+                let mut out = vec![0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+                out.extend_from_slice(&(public.len() as u16).to_be_bytes());
+                out.extend_from_slice(&public);
+                out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+                out.extend_from_slice(&name);
+                let n = (out.len() as u32).to_be_bytes();
+                out[2..6].copy_from_slice(&n);
+                Some(out)
+            }
+            cc::NV_READ if handle(1) == Some(NV_HCL_REPORT) => {
+                let hcl = self.hcl.clone()?;
+                let (_, name) = self.report_public(hcl.len());
+                Some(self.serve_report_read(engine, locality, command, &hcl, &name))
+            }
+            cc::NV_WRITE if handle(1) == Some(NV_USER_DATA) && !self.refreshes.allow() => {
+                Some(error_response(tpm::RC_RETRY))
+            }
+            _ => None,
         }
-        None
+    }
+
+    /// Answers `TPM2_NV_Read` of the report index (see the module documentation).
+    fn serve_report_read(
+        &mut self,
+        engine: &mut dyn Engine,
+        locality: u8,
+        command: &[u8],
+        hcl: &[u8],
+        index_name: &[u8],
+    ) -> Vec<u8> {
+        let Some((handles, auths, params)) = sessions::split_command(command) else {
+            return error_response(crate::TPM_RC_COMMAND_SIZE);
+        };
+        let (Some(&auth_handle), Some(p)) = (handles.first(), params.get(..4)) else {
+            return error_response(crate::TPM_RC_COMMAND_SIZE);
+        };
+        if handles.len() != 2 || params.len() != 4 {
+            return error_response(crate::TPM_RC_COMMAND_SIZE);
+        }
+        let size = u16::from_be_bytes([p[0], p[1]]) as usize;
+        let offset = u16::from_be_bytes([p[2], p[3]]) as usize;
+        // TPM_RH_OWNER, TPM_RH_PLATFORM (only with its secret) or the index itself.
+        if auth_handle != tpm::RH_OWNER
+            && auth_handle != RH_PLATFORM
+            && auth_handle != NV_HCL_REPORT
+        {
+            return error_response(RC_HANDLE_1);
+        }
+        let auth_name: Vec<u8> = if auth_handle == NV_HCL_REPORT {
+            index_name.to_vec()
+        } else {
+            auth_handle.to_be_bytes().to_vec()
+        };
+        let cp_hash = |h: sessions::SessionHash| {
+            h.hash(&[&cc::NV_READ.to_be_bytes(), &auth_name, index_name, params])
+        };
+        // The authorization session: a password session is checked by libtpms on the
+        // one-byte index; an HMAC session here.
+        let first = &auths[0];
+        if first.handle == tpm::RS_PW {
+            let mut probe = command[..18].to_vec();
+            let area = tpm::Command::new(0, false).password(&first.hmac).finish();
+            probe.extend_from_slice(&area[10..]);
+            probe.extend_from_slice(&[0, 1, 0, 0]);
+            let n = (probe.len() as u32).to_be_bytes();
+            probe[2..6].copy_from_slice(&n);
+            let raw = match engine.execute(locality, &probe) {
+                Ok(r) => r,
+                Err(_) => return error_response(crate::TPM_RC_FAILURE),
+            };
+            if crate::engine::response_code(&raw) != Some(0) {
+                return raw;
+            }
+        }
+        // Every HMAC session must be one whose key is known, and must verify.
+        let mut keys = Vec::with_capacity(auths.len());
+        for (i, a) in auths.iter().enumerate() {
+            if a.handle == tpm::RS_PW {
+                if i != 0 {
+                    return error_response(RC_AUTH_UNAVAILABLE);
+                }
+                keys.push(None);
+                continue;
+            }
+            let Some(s) = self.sessions.get(a.handle).filter(|s| s.usable).cloned() else {
+                return error_response(RC_AUTH_UNAVAILABLE);
+            };
+            if a.attrs & (ATTR_AUDIT | ATTR_DECRYPT) != 0 {
+                return error_response(RC_AUTH_UNAVAILABLE);
+            }
+            // The first session's HMAC also covers the nonceTPM of a separate
+            // encryption session.
+            let mut extra = Vec::new();
+            if i == 0 {
+                for other in auths.iter().skip(1) {
+                    if other.attrs & ATTR_ENCRYPT != 0
+                        && let Some(o) = self.sessions.get(other.handle)
+                    {
+                        extra.extend_from_slice(&o.nonce_tpm);
+                    }
+                }
+            }
+            // Session key empty (unsalted, unbound); the authValue (index: empty;
+            // owner: taken as empty) only for the authorizing session.
+            let expected = s.hash.mac(
+                &[],
+                &[&cp_hash(s.hash), &a.nonce, &s.nonce_tpm, &extra, &[a.attrs]],
+            );
+            if expected != a.hmac {
+                return error_response(RC_AUTH_FAIL_SESSION + ((i as u32) << 8));
+            }
+            keys.push(Some(s));
+        }
+        if offset + size > hcl.len() || size > 1024 {
+            return error_response(tpm::RC_NV_RANGE);
+        }
+        let mut data = hcl[offset..offset + size].to_vec();
+        if let Some((a, Some(s))) = auths
+            .iter()
+            .zip(&keys)
+            .find(|(a, _)| a.attrs & ATTR_ENCRYPT != 0)
+        {
+            let Some(bits) = s.aes_bits else {
+                return error_response(RC_AUTH_UNAVAILABLE);
+            };
+            if sessions::cfb_encrypt(s.hash, bits, &[], &s.nonce_tpm, &a.nonce, &mut data).is_none()
+            {
+                return error_response(crate::TPM_RC_FAILURE);
+            }
+        }
+        let mut params_out = (data.len() as u16).to_be_bytes().to_vec();
+        params_out.extend_from_slice(&data);
+        let mut out = vec![0x80, 0x02, 0, 0, 0, 0, 0, 0, 0, 0];
+        out.extend_from_slice(&(params_out.len() as u32).to_be_bytes());
+        out.extend_from_slice(&params_out);
+        for (a, key) in auths.iter().zip(&keys) {
+            match key {
+                None => out.extend_from_slice(&[0, 0, a.attrs | ATTR_CONTINUE, 0, 0]),
+                Some(s) => {
+                    let rp_hash = s.hash.hash(&[
+                        &0u32.to_be_bytes(),
+                        &cc::NV_READ.to_be_bytes(),
+                        &params_out,
+                    ]);
+                    let mac = s
+                        .hash
+                        .mac(&[], &[&rp_hash, &s.nonce_tpm, &a.nonce, &[a.attrs]]);
+                    out.extend_from_slice(&(s.nonce_tpm.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&s.nonce_tpm);
+                    out.push(a.attrs);
+                    out.extend_from_slice(&(mac.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&mac);
+                }
+            }
+        }
+        let n = (out.len() as u32).to_be_bytes();
+        out[2..6].copy_from_slice(&n);
+        // A session the caller ends with this command ends in libtpms too.
+        for (a, key) in auths.iter().zip(&keys) {
+            if key.is_some() && a.attrs & ATTR_CONTINUE == 0 {
+                let _ = run(engine, tpm::flush_context(a.handle));
+                self.sessions.forget(a.handle);
+            }
+        }
+        out
     }
 
     /// Sets the platform authorization to a fresh random value only this process
@@ -446,6 +649,7 @@ impl Platform {
     /// Acts on a command the engine ran: locks the platform hierarchy after
     /// `TPM2_Startup`; refreshes the report after a user-data write.
     pub(crate) fn after(&mut self, engine: &mut dyn Engine, command: &[u8], response: &[u8]) {
+        self.sessions.observe(command, response);
         if crate::engine::response_code(response) != Some(0) {
             return;
         }
@@ -461,7 +665,7 @@ impl Platform {
             let data = tpm::nv_read_all(engine, NV_USER_DATA, NV_USER_DATA, &[], 64);
             // A partial write leaves the index partly unwritten: nothing to report.
             if let Ok(Ok(user_data)) = data.map(|d| <[u8; 64]>::try_from(d.as_slice()))
-                && let Err(e) = self.refresh_report(engine, &user_data)
+                && let Err(e) = self.refresh_report(&user_data)
             {
                 eprintln!("vtpm: refreshing the attestation report failed: {e}");
             }

@@ -39,6 +39,8 @@ pub mod cc {
     pub const NV_READ_PUBLIC: u32 = 0x169;
     /// `TPM2_ReadPublic`.
     pub const READ_PUBLIC: u32 = 0x173;
+    /// `TPM2_StartAuthSession`.
+    pub const START_AUTH_SESSION: u32 = 0x176;
 }
 
 /// `TPM_RC_INITIALIZE`: `TPM2_Startup` was already done.
