@@ -113,8 +113,10 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     }
     let vm_id = vm_id(&a)?;
     let mut engine = LibtpmsEngine::new(dir)?;
+    // Volatile state saved by an orderly shutdown is resumed once, then deleted: a
+    // later start never rolls PCRs back to it.
     engine
-        .start(false)
+        .start(true)
         .context("starting the TPM from its state")?;
     let ca =
         a.ca.as_deref()

@@ -1034,3 +1034,29 @@ fn provisioned_vtpm_holds_ek_ak_certificate_report_and_a_locked_platform_hierarc
 fn snp_report_data(hcl: &[u8]) -> Vec<u8> {
     hcl[0x20 + 0x50..0x20 + 0x90].to_vec()
 }
+
+#[test]
+fn an_orderly_shutdown_is_resumed_once_and_a_kill_never_rolls_pcrs_back() {
+    let (_t, state, work) = workdir();
+    let mut vt = start(&state, "swtpm");
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    let d = format!("16:sha256={}", hex::encode([7u8; 32]));
+    ok(tpm(&tcti, &work, &["tpm2_pcrextend", &d]), "pcrextend");
+    let extended = pcr16(&tcti, &work);
+    assert_ne!(extended, [0u8; 32]);
+    // CMD_SHUTDOWN: the volatile state (PCRs included) is saved; the next start
+    // resumes it.
+    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
+    assert!(vt.child.wait().unwrap().success());
+    let vt = start(&state, "swtpm");
+    let tcti = vt.tcti("swtpm");
+    assert_eq!(pcr16(&tcti, &work), extended, "PCR 16 was not resumed");
+    // The saved volatile state was used once: after a kill -9 the TPM starts fresh
+    // (PCRs reset), never from the old volatile state.
+    drop(vt);
+    let vt = start(&state, "swtpm");
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    assert_eq!(pcr16(&tcti, &work), [0u8; 32]);
+}

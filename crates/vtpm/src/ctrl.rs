@@ -302,6 +302,11 @@ pub fn handle(vtpm: &mut Vtpm, req: Request, fd_passed: bool) -> (Vec<u8>, After
             words(&[0])
         }
         Request::Shutdown => {
+            // An orderly end: the volatile state is kept for the next start to resume
+            // (once), then the TPM gets its TPM2_Shutdown.
+            if running && let Err(e) = vtpm.engine.store_volatile() {
+                vtpm.log(&format!("saving the volatile state failed: {e}"));
+            }
             vtpm.engine.stop(true);
             return (words(&[0]), After::Terminate);
         }

@@ -321,7 +321,9 @@ impl Platform {
     /// restarted and waiting for the guest's `TPM2_Startup`.
     pub fn provision(&mut self, engine: &mut dyn Engine) -> Result<(), EngineError> {
         let r = run(engine, tpm::startup_clear())?;
-        if r.rc != 0 && r.rc != tpm::RC_INITIALIZE {
+        // A TPM resumed from saved volatile state is started already and stays so.
+        let resumed = r.rc == tpm::RC_INITIALIZE;
+        if r.rc != 0 && !resumed {
             return Err(EngineError::new(
                 TPM_FAIL,
                 format!("TPM2_Startup failed with {:#x}", r.rc),
@@ -391,6 +393,9 @@ impl Platform {
         self.ak = Some(ak);
         self.platform_auth = Zeroizing::new(Vec::new());
         self.refresh_report(&[0; 64])?;
+        if resumed {
+            return Ok(());
+        }
         let _ = run(engine, tpm::shutdown_clear());
         engine.stop(false);
         engine.start(false)
