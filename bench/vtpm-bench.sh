@@ -71,7 +71,12 @@ d = json.load(open(path))
 errs = d.get("errors", 0)
 per = d.get("per_command", {})
 extra = " ".join(f"{k}={v.get('ops_per_s', 0):.0f}/s" for k, v in per.items())
+server = d.get("server", {})
+extra += f"  server CPU {server.get('cpu_us_per_op', 0)} us/op"
 print(f"{name:16} {mix:40} {d.get('ops_per_s', 0):>9.0f} ops/s  errors={errs}  {extra}")
+with open(sys.argv[3] + ".all", "a") as f:
+    f.write(json.dumps({"name": name, "mix": mix, "ops": d.get("ops_per_s", 0),
+                        "cpu": server.get("cpu_us_per_op", 0), "errors": errs}) + "\n")
 PY
 }
 
@@ -83,3 +88,17 @@ for r in $(seq "$rounds"); do
     done
   done
 done
+
+echo "# medians over the rounds (ops/s; server CPU us/op)"
+python3 - "$work/out.json.all" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+keys = []
+for r in rows:
+    if (r["mix"], r["name"]) not in keys:
+        keys.append((r["mix"], r["name"]))
+for mix, name in keys:
+    rs = [r for r in rows if r["mix"] == mix and r["name"] == name]
+    print(f"{name:16} {mix:40} {statistics.median(r['ops'] for r in rs):>9.0f}  "
+          f"{statistics.median(r['cpu'] for r in rs):>6.1f}  errors={sum(r['errors'] for r in rs)}")
+PY

@@ -318,7 +318,9 @@ impl Platform {
 
     /// Provisions `engine` (started, before any guest command): EK, AK, AK
     /// certificate, the report and user-data indices, the report. Leaves the TPM
-    /// restarted and waiting for the guest's `TPM2_Startup`.
+    /// restarted and waiting for the guest's `TPM2_Startup`, or, when it was resumed
+    /// from saved volatile state, running as it was (its platform hierarchy still
+    /// locked by the previous process's random authorization).
     pub fn provision(&mut self, engine: &mut dyn Engine) -> Result<(), EngineError> {
         let r = run(engine, tpm::startup_clear())?;
         // A TPM resumed from saved volatile state is started already and stays so.

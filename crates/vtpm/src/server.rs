@@ -397,9 +397,12 @@ fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Send
 
 fn serve_data(conn: &mut (impl Read + Write), vtpm: &Mutex<Vtpm>) {
     let lock = || vtpm.lock().unwrap_or_else(PoisonError::into_inner);
+    // Buffered: a command usually arrives in one segment and is then read with one
+    // system call, header and body together.
+    let mut conn = std::io::BufReader::with_capacity(8192, conn);
     loop {
         let max = lock().max_command();
-        match data::read_frame(conn, max) {
+        match data::read_frame(&mut conn, max) {
             Ok(None) => return,
             Ok(Some(frame)) => {
                 let response = match &frame {
@@ -408,12 +411,14 @@ fn serve_data(conn: &mut (impl Read + Write), vtpm: &Mutex<Vtpm>) {
                         lock().execute(Some(*locality), command)
                     }
                 };
-                if data::write_response(conn, &frame, &response).is_err() {
+                if data::write_response(conn.get_mut(), &frame, &response).is_err() {
                     return;
                 }
             }
             Err(FrameError::Size(_)) => {
-                let _ = conn.write_all(&error_response(crate::TPM_RC_COMMAND_SIZE));
+                let _ = conn
+                    .get_mut()
+                    .write_all(&error_response(crate::TPM_RC_COMMAND_SIZE));
                 return;
             }
             Err(FrameError::Io(_)) => return,

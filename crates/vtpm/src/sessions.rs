@@ -224,7 +224,8 @@ impl Sessions {
         ) else {
             return;
         };
-        if rc != 0 {
+        // Nothing to track: the common case costs no parsing.
+        if rc != 0 || (self.map.is_empty() && code != cc::START_AUTH_SESSION) {
             return;
         }
         match code {
