@@ -1060,3 +1060,72 @@ fn an_orderly_shutdown_is_resumed_once_and_a_kill_never_rolls_pcrs_back() {
     ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
     assert_eq!(pcr16(&tcti, &work), [0u8; 32]);
 }
+
+/// The sha256 value of PCR `n`.
+fn pcr(tcti: &str, dir: &Path, n: u32) -> Vec<u8> {
+    let o = ok(
+        tpm(tcti, dir, &["tpm2_pcrread", &format!("sha256:{n}")]),
+        "pcrread",
+    );
+    let s = stdout(&o);
+    let prefix = format!("{n}: 0x");
+    let hexv = s
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{s}"));
+    hex::decode(hexv.trim()).unwrap()
+}
+
+#[test]
+fn swtpm_ioctl_hashing_established_locality_buffer_volatile_config_cancel() {
+    let (_t, state, work) = workdir();
+    let vt = start(&state, "swtpm");
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    // CMD_HASH_START/DATA/END: the dynamic root of trust measurement resets PCR 17
+    // and extends it with the hash of the data (at locality 4), and sets the
+    // TPM-established flag.
+    assert_eq!(pcr(&tcti, &work, 17), [0xff; 32]);
+    ok(vt.ioctl(&["-h", "opencvm drtm"]), "-h");
+    let data_hash = digest::digest(&digest::SHA256, b"opencvm drtm");
+    let expected = digest::digest(
+        &digest::SHA256,
+        &[[0u8; 32].as_slice(), data_hash.as_ref()].concat(),
+    );
+    assert_eq!(pcr(&tcti, &work, 17), expected.as_ref());
+    assert!(stdout(&ok(vt.ioctl(&["-e"]), "-e")).contains("tpmEstablished is 1"));
+    // Resetting the flag needs locality 3 or 4.
+    assert!(!vt.ioctl(&["-r", "0"]).status.success());
+    ok(vt.ioctl(&["-r", "3"]), "-r 3");
+    assert!(stdout(&ok(vt.ioctl(&["-e"]), "-e")).contains("tpmEstablished is 0"));
+    // Localities 0-4 only; commands keep working after a change.
+    assert!(!vt.ioctl(&["-l", "5"]).status.success());
+    ok(vt.ioctl(&["-l", "3"]), "-l 3");
+    ok(
+        tpm(&tcti, &work, &["tpm2_getrandom", "8"]),
+        "getrandom at locality 3",
+    );
+    ok(vt.ioctl(&["-l", "0"]), "-l 0");
+    // Buffer size: queried while running, not changed while running.
+    let sizes = stdout(&ok(vt.ioctl(&["-b", "0"]), "-b 0"));
+    assert!(
+        sizes.contains("TPM buffersize") && sizes.contains("4096"),
+        "{sizes}"
+    );
+    assert!(!vt.ioctl(&["-b", "2048"]).status.success());
+    // Configuration flags: no file or migration key.
+    assert!(stdout(&ok(vt.ioctl(&["-g"]), "-g")).contains("0x0"));
+    ok(vt.ioctl(&["-C"]), "-C");
+    // CMD_STORE_VOLATILE writes the volatile state file.
+    ok(vt.ioctl(&["-v"]), "-v");
+    assert!(state.join("volatilestate.state").exists());
+    // Unknown commands and a stopped TPM answer errors, and the channel stays usable.
+    ok(vt.ioctl(&["--stop"]), "--stop");
+    assert!(!vt.ioctl(&["-e"]).status.success());
+    assert!(!vt.ioctl(&["-h", "x"]).status.success());
+    ok(vt.ioctl(&["-i"]), "-i");
+    ok(
+        tpm(&tcti, &work, &["tpm2_startup", "-c"]),
+        "startup after init",
+    );
+}
