@@ -1129,3 +1129,61 @@ fn swtpm_ioctl_hashing_established_locality_buffer_volatile_config_cancel() {
         "startup after init",
     );
 }
+
+/// Runs an IBM TSS tool (Debian `tss2`) against the simulator ports of `vt`.
+fn ibm(vt: &Vt, dir: &Path, args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .env("TPM_INTERFACE_TYPE", "socsim")
+        .env("TPM_SERVER_TYPE", "mssim")
+        .env("TPM_SERVER_NAME", &vt.host)
+        .env("TPM_COMMAND_PORT", vt.port.to_string())
+        .env("TPM_PLATFORM_PORT", vt.ctrl_port.to_string())
+        .env("TPM_DATA_DIR", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup installs tss2)", args[0]))
+}
+
+#[test]
+fn ibm_tss_through_the_simulator_ports_power_cycles_the_tpm() {
+    let (_t, state, work) = workdir();
+    let vt = start(&state, "mssim");
+    let t = |args: &[&str]| ok(ibm(&vt, &work, args), args[0]);
+    t(&["tsspowerup"]);
+    t(&["tssstartup"]);
+    let random = stdout(&t(&["tssgetrandom", "-by", "8"]));
+    assert!(random.contains("randomBytes length 8"), "{random}");
+    t(&["tsspcrextend", "-ha", "16", "-ic", "hello"]);
+    let extended = stdout(&t(&["tsspcrread", "-ha", "16", "-halg", "sha256"]));
+    t(&[
+        "tssnvdefinespace",
+        "-hi",
+        "o",
+        "-ha",
+        "01500001",
+        "-sz",
+        "16",
+    ]);
+    t(&["tssnvwrite", "-ha", "01500001", "-ic", "abcdefgh"]);
+    // A power cycle on the platform port: PCRs reset, NV kept, Startup needed again.
+    t(&["tsspowerup"]);
+    assert!(
+        !ibm(&vt, &work, &["tssgetrandom", "-by", "8"])
+            .status
+            .success()
+    );
+    t(&["tssstartup"]);
+    let after = stdout(&t(&["tsspcrread", "-ha", "16", "-halg", "sha256"]));
+    assert_ne!(after, extended);
+    assert!(
+        after.contains("00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"),
+        "{after}"
+    );
+    let nv = stdout(&t(&["tssnvread", "-ha", "01500001", "-sz", "8"]));
+    assert!(nv.contains("61 62 63 64 65 66 67 68"), "{nv}");
+    // The platform hierarchy is locked here too.
+    let clear = ibm(&vt, &work, &["tssclear", "-hi", "p"]);
+    assert!(!clear.status.success());
+    assert!(stdout(&clear).contains("000009a2"), "{}", stdout(&clear));
+}
