@@ -1187,3 +1187,50 @@ fn ibm_tss_through_the_simulator_ports_power_cycles_the_tpm() {
     assert!(!clear.status.success());
     assert!(stdout(&clear).contains("000009a2"), "{}", stdout(&clear));
 }
+
+#[test]
+fn connections_are_bounded_and_malformed_commands_do_not_kill_the_vtpm() {
+    use std::io::{Read, Write};
+    let (_t, state, work) = workdir();
+    let vt = start(&state, "swtpm");
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", vt.port)).unwrap();
+    let idle: Vec<_> = (0..32).map(|_| connect()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut extra = connect();
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        extra.read(&mut b).unwrap_or(0),
+        0,
+        "connection 33 was served"
+    );
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A command whose size is out of bounds is answered TPM_RC_COMMAND_SIZE and the
+    // connection closed; junk likewise; the vTPM keeps serving.
+    for junk in [
+        vec![0x80, 0x01, 0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0x7b],
+        vec![0x13; 10],
+    ] {
+        let mut s = connect();
+        s.write_all(&junk).unwrap();
+        let mut r = Vec::new();
+        s.read_to_end(&mut r).unwrap();
+        assert_eq!(r, [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x42]);
+    }
+    ok(
+        tpm(&tcti, &work, &["tpm2_getrandom", "8"]),
+        "getrandom after junk",
+    );
+    // Garbage on the control channel gets an error code, not a crash.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", vt.ctrl_port)).unwrap();
+    c.write_all(&[0, 0, 0, 99]).unwrap();
+    let mut r = [0u8; 4];
+    c.read_exact(&mut r).unwrap();
+    assert_eq!(u32::from_be_bytes(r), 10); // TPM_BAD_ORDINAL
+    ok(vt.ioctl(&["-c"]), "-c after garbage");
+}

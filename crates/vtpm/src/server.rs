@@ -366,7 +366,12 @@ impl Drop for Server {
     }
 }
 
+/// Connections served at once per listener; more are closed at once (a VM's TPM has
+/// one or two clients: its VMM and perhaps a tool).
+pub const MAX_CONNECTIONS: usize = 32;
+
 fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Sender<()>) {
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let conn = match l.accept() {
             Ok(c) => c,
@@ -376,7 +381,12 @@ fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Send
                 continue;
             }
         };
-        let (vtpm, done) = (vtpm.clone(), done.clone());
+        if active.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+            eprintln!("vtpm: too many connections; closing a new one");
+            continue;
+        }
+        active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (vtpm, done, active) = (vtpm.clone(), done.clone(), active.clone());
         std::thread::spawn(move || {
             let mut conn = conn;
             let r = match role {
@@ -391,6 +401,7 @@ fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Send
             if let Err(e) = r {
                 eprintln!("vtpm: connection ended: {e}");
             }
+            active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
 }
