@@ -33,7 +33,8 @@ pub enum FrameError {
     Size(u32),
 }
 
-fn read_exact_or_eof(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+/// Fills `buf`; `false` at a clean end of stream before the first byte.
+pub(crate) fn read_exact_or_eof(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {

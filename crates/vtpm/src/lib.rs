@@ -37,6 +37,12 @@ pub fn error_response(rc: u32) -> Vec<u8> {
     r
 }
 
+/// Locks the shared [`Vtpm`]; a panic elsewhere does not make the TPM unusable (its
+/// state is libtpms's, consistent after every command).
+pub(crate) fn lock(v: &std::sync::Mutex<Vtpm>) -> std::sync::MutexGuard<'_, Vtpm> {
+    v.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One VM's TPM as the protocols share it: the engine, the locality commands run at,
 /// whether a data channel was passed over the control channel, the buffer size.
 pub struct Vtpm {

@@ -60,17 +60,7 @@ const MAX_HASH_DATA: u32 = 1 << 20;
 
 fn read_u32(r: &mut impl Read) -> io::Result<Option<u32>> {
     let mut b = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut b[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Some(u32::from_be_bytes(b)))
+    Ok(crate::data::read_exact_or_eof(r, &mut b)?.then(|| u32::from_be_bytes(b)))
 }
 
 fn read_sized(r: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
@@ -97,10 +87,7 @@ pub fn serve_command(
     conn: &mut (impl Read + Write),
     vtpm: &std::sync::Mutex<Vtpm>,
 ) -> io::Result<()> {
-    let lock = || {
-        vtpm.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
+    let lock = || crate::lock(vtpm);
     while let Some(code) = read_u32(conn)? {
         match code {
             code::SEND_COMMAND => {
@@ -155,10 +142,7 @@ pub fn serve_platform(
     conn: &mut (impl Read + Write),
     vtpm: &std::sync::Mutex<Vtpm>,
 ) -> io::Result<()> {
-    let lock = || {
-        vtpm.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
+    let lock = || crate::lock(vtpm);
     while let Some(c) = read_u32(conn)? {
         match c {
             code::POWER_ON => {

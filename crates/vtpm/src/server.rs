@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::data::{self, Frame, FrameError};
@@ -350,11 +350,7 @@ impl Server {
     /// Blocks until a client sends `CMD_SHUTDOWN`; the TPM is then stopped.
     pub fn wait(self) {
         let _ = self.done.recv();
-        self.vtpm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .engine
-            .stop(true);
+        crate::lock(&self.vtpm).engine.stop(true);
     }
 }
 
@@ -407,7 +403,7 @@ fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Send
 }
 
 fn serve_data(conn: &mut (impl Read + Write), vtpm: &Mutex<Vtpm>) {
-    let lock = || vtpm.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock = || crate::lock(vtpm);
     // Buffered: a command usually arrives in one segment and is then read with one
     // system call, header and body together.
     let mut conn = std::io::BufReader::with_capacity(8192, conn);
@@ -460,11 +456,7 @@ fn serve_ctrl(mut conn: Conn, vtpm: &Arc<Mutex<Vtpm>>, done: &mpsc::Sender<()>) 
             msg.extend_from_slice(&chunk[..n]);
         }
         let (reply, after) = match ctrl::parse(&msg) {
-            Ok(req) => ctrl::handle(
-                &mut vtpm.lock().unwrap_or_else(PoisonError::into_inner),
-                req,
-                fd.is_some(),
-            ),
+            Ok(req) => ctrl::handle(&mut crate::lock(vtpm), req, fd.is_some()),
             Err(code) => (code.to_be_bytes().to_vec(), ctrl::After::Continue),
         };
         conn.write_all(&reply)?;
@@ -481,9 +473,7 @@ fn serve_ctrl(mut conn: Conn, vtpm: &Arc<Mutex<Vtpm>>, done: &mpsc::Sender<()>) 
                     let v = vtpm.clone();
                     std::thread::spawn(move || {
                         serve_data(&mut data, &v);
-                        v.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .data_fd_in_use = false;
+                        crate::lock(&v).data_fd_in_use = false;
                     });
                 }
             }
