@@ -1,4 +1,5 @@
-//! `cvm keyvault serve` and `cvm key ...`: the key vault service and its client.
+//! `cvm keyvault serve`, `cvm keyvault region ...` and `cvm key ...`: the key vault
+//! service and its client.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::attest_cmd::{admin_token, get_json, print_result, send_json};
@@ -16,6 +17,36 @@ use crate::attest_cmd::{admin_token, get_json, print_result, send_json};
 pub enum KeyvaultCommand {
     /// Run the key vault (HTTP). Prints `listening on http://HOST:PORT` first.
     Serve(ServeArgs),
+    /// Platform key hierarchies, one per region (with the service administrator
+    /// credential, STATE/admin.token).
+    #[command(subcommand)]
+    Region(RegionCommand),
+}
+
+/// `cvm keyvault region ...`
+#[derive(Subcommand, Debug)]
+pub enum RegionCommand {
+    /// Create a region: its root key and its platform vault. Prints the platform
+    /// vault's administrator credential (shown once).
+    Create {
+        #[command(flatten)]
+        c: Client,
+        /// Region name (1-32 of a-z, 0-9, '-').
+        region: String,
+    },
+    /// Rotate a region's root key: every platform key of the region is resealed under
+    /// a new root version.
+    Rotate {
+        #[command(flatten)]
+        c: Client,
+        /// Region name.
+        region: String,
+    },
+    /// List regions with their root version and key counts.
+    List {
+        #[command(flatten)]
+        c: Client,
+    },
 }
 
 /// `cvm keyvault serve`
@@ -88,7 +119,9 @@ pub enum KeyCommand {
         #[arg(long, requires = "release_policy")]
         immutable: bool,
     },
-    /// Import an AES-256 key (hex file) as a customer-managed key.
+    /// Import a key: an AES-256 key (hex file), a plain private JWK (RSA, EC or oct)
+    /// or a BYOK file (the key wrapped to an RSA key of the vault).
+    #[command(group(ArgGroup::new("material").required(true).args(["aes_key_hex", "jwk", "byok"])))]
     Import {
         #[command(flatten)]
         c: Client,
@@ -96,7 +129,18 @@ pub enum KeyCommand {
         name: String,
         /// File with the 32-byte key in hex.
         #[arg(long)]
-        aes_key_hex: PathBuf,
+        aes_key_hex: Option<PathBuf>,
+        /// File with a private JWK (RSA: n, e, d, p, q, dp, dq, qi; EC: crv, x, y, d;
+        /// oct: k).
+        #[arg(long)]
+        jwk: Option<PathBuf>,
+        /// Key Vault BYOK file: `{"schema_version", "header": {"kid", "alg": "dir",
+        /// "enc"}, "ciphertext"}`, the key wrapped to the vault RSA key named by kid.
+        #[arg(long, requires = "kty")]
+        byok: Option<PathBuf>,
+        /// The type of the key in the BYOK file (RSA, EC or oct).
+        #[arg(long, requires = "byok")]
+        kty: Option<String>,
         /// A release policy file; makes the key exportable.
         #[arg(long)]
         release_policy: Option<PathBuf>,
@@ -183,7 +227,88 @@ fn run_result(r: Result<()>) -> ExitCode {
 pub fn run(cmd: KeyvaultCommand) -> ExitCode {
     match cmd {
         KeyvaultCommand::Serve(a) => run_result(serve(a)),
+        KeyvaultCommand::Region(r) => run_result(region(r)),
     }
+}
+
+fn region(cmd: RegionCommand) -> Result<()> {
+    match cmd {
+        RegionCommand::Create { c, region } => {
+            req(&c, "POST", &format!("/regions/{region}"), Some(json!({})))
+        }
+        RegionCommand::Rotate { c, region } => req(
+            &c,
+            "POST",
+            &format!("/regions/{region}/rotate"),
+            Some(json!({})),
+        ),
+        RegionCommand::List { c } => req(&c, "GET", "/regions", None),
+    }
+}
+
+/// Overwrites every string in `v` (a request body that carried key material).
+fn zeroize_json(v: &mut Value) {
+    use zeroize::Zeroize as _;
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(zeroize_json),
+        Value::Object(o) => o.values_mut().for_each(zeroize_json),
+        _ => {}
+    }
+}
+
+/// The `key` member of an import: from a hex AES key, a private JWK file or a BYOK
+/// file.
+fn import_key_member(
+    aes_key_hex: Option<&Path>,
+    jwk: Option<&Path>,
+    byok: Option<&Path>,
+    kty: Option<&str>,
+) -> Result<Value> {
+    if let Some(path) = aes_key_hex {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let k =
+            zeroize::Zeroizing::new(hex::decode(text.trim()).context("the key file is not hex")?);
+        if k.len() != 32 {
+            bail!(
+                "{} holds {} bytes; an AES-256 key is 32",
+                path.display(),
+                k.len()
+            );
+        }
+        return Ok(json!({ "kty": "oct", "k": B64URL.encode(&*k) }));
+    }
+    if let Some(path) = jwk {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let v: Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let is_private = v
+            .as_object()
+            .is_some_and(|o| o.contains_key("d") || o.contains_key("k"));
+        if !is_private {
+            bail!(
+                "{} is not a private JWK (it has no d or k member)",
+                path.display()
+            );
+        }
+        return Ok(v);
+    }
+    if let Some(path) = byok {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        // Checked here for a clear message; sent as it is (base64url), as Key Vault
+        // clients send BYOK files.
+        keyvault::wrap::KeyHsm::from_json(&v)
+            .with_context(|| format!("{} is not a BYOK file", path.display()))?;
+        let kty = kty.context("--byok needs --kty (RSA, EC or oct)")?;
+        return Ok(json!({ "kty": kty, "key_hsm": B64URL.encode(&text) }));
+    }
+    bail!("give --aes-key-hex, --jwk or --byok")
 }
 
 fn master_key(a: &ServeArgs) -> Result<seal::MasterKey> {
@@ -265,6 +390,16 @@ fn req(c: &Client, method: &str, path: &str, body: Option<Value>) -> Result<()> 
     print_result(st, &v)
 }
 
+/// Like [`req`] for a body that carries key material: the encoded body is zeroized
+/// after sending.
+fn req_secret(c: &Client, method: &str, path: &str, body: &Value) -> Result<()> {
+    let cred = admin_token(&c.credential_file)?;
+    let url = format!("{}{path}", c.url.trim_end_matches('/'));
+    let bytes = zeroize::Zeroizing::new(serde_json::to_vec(body)?);
+    let (st, v) = send_json(c.ca.as_deref(), method, &url, Some(&cred), &bytes)?;
+    print_result(st, &v)
+}
+
 /// Runs a key subcommand.
 pub fn run_key(cmd: KeyCommand) -> ExitCode {
     run_result(key(cmd))
@@ -298,18 +433,25 @@ fn key(cmd: KeyCommand) -> Result<()> {
             c,
             name,
             aes_key_hex,
+            jwk,
+            byok,
+            kty,
             release_policy,
         } => {
-            let k = zeroize::Zeroizing::new(
-                hex::decode(std::fs::read_to_string(&aes_key_hex)?.trim())
-                    .context("the key file is not hex")?,
-            );
-            let mut body = json!({ "key": { "kty": "oct", "k": B64URL.encode(&*k) } });
+            let key = import_key_member(
+                aes_key_hex.as_deref(),
+                jwk.as_deref(),
+                byok.as_deref(),
+                kty.as_deref(),
+            )?;
+            let mut body = json!({ "key": key });
             if let Some(p) = release_policy {
                 body["release_policy"] = policy_envelope(&p, false)?;
                 body["attributes"] = json!({ "exportable": true });
             }
-            req(&c, "PUT", &format!("/keys/{name}"), Some(body))
+            let r = req_secret(&c, "PUT", &format!("/keys/{name}"), &body);
+            zeroize_json(&mut body);
+            r
         }
         KeyCommand::Show { c, name, version } => {
             let path = match version {

@@ -378,3 +378,695 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
         }
     }
 }
+
+fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn attest_serve(d: &Path) -> Served {
+    spawn(&[
+        "attest",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-emulated",
+        "--offline",
+        "--state",
+        d.join("attest").to_str().unwrap(),
+        "--cache",
+        d.join("cache").to_str().unwrap(),
+    ])
+}
+
+/// An emulated guest attests with a fresh transfer key: the token (in a file) and the
+/// key.
+fn attested_guest(
+    d: &Path,
+    attest_url: &str,
+) -> (std::path::PathBuf, keyvault::wrap::UnwrappingKey) {
+    let p = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
+    let guest = p.launch(LaunchConfig::default()).unwrap();
+    let transfer = keyvault::wrap::UnwrappingKey::generate(2048).unwrap();
+    let mut jwk = transfer.public_key().to_jwk();
+    jwk["kid"] = "transfer".into();
+    let rt = serde_json::to_vec(&json!({"keys": [jwk]})).unwrap();
+    let mut rd = [0u8; 64];
+    rd[..32].copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &rt).as_ref());
+    let report = p.get_report(&guest, &rd, 0).unwrap();
+    let chain = pem("CERTIFICATE", p.vcek_der()) + &p.chain_pem();
+    let proof = json!({"SnpReport": B64URL.encode(report), "VcekCertChain": B64URL.encode(chain)});
+    let body = json!({
+        "report": B64URL.encode(serde_json::to_vec(&proof).unwrap()),
+        "runtimeData": {"data": B64URL.encode(&rt), "dataType": "JSON"},
+    });
+    let (st, v) = post(&format!("{attest_url}/attest/SevSnpVm"), "", &body);
+    assert_eq!(st, 200, "{v}");
+    let token_file = d.join("token.jwt");
+    std::fs::write(&token_file, v["token"].as_str().unwrap()).unwrap();
+    (token_file, transfer)
+}
+
+fn policy_file(d: &Path, authority: &str) -> std::path::PathBuf {
+    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": authority, "allOf": [
+        {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
+        {"claim": "x-ms-sevsnpvm-vmpl", "equals": 0}]}]});
+    let path = d.join("policy.json");
+    std::fs::write(&path, policy.to_string()).unwrap();
+    path
+}
+
+fn version_of(v: &Value) -> String {
+    v["key"]["kid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no kid: {v}"))
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The material of a released key (the JWS a release printed), unwrapped.
+fn released(v: &Value, transfer: &keyvault::wrap::UnwrappingKey) -> Vec<u8> {
+    let jws = v["value"].as_str().unwrap_or_else(|| panic!("{v}"));
+    let payload: Value =
+        serde_json::from_slice(&B64URL.decode(jws.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    keyvault::wrap::KeyHsm::parse(
+        payload["response"]["key"]["key"]["key_hsm"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+    .unwrap_key(transfer)
+    .unwrap()
+    .as_bytes()
+    .to_vec()
+}
+
+#[test]
+fn regions_byok_and_jwk_import_through_the_cli() {
+    use keyvault::wrap::{KeyHsm, UnwrappingKey, WrapMechanism, WrappingPublicKey};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let attest = attest_serve(d);
+    let kv = keyvault(d, &attest.url);
+    let admin_file = d.join("kv/admin.token");
+    let admin = admin_file.to_str().unwrap();
+    let (token_file, transfer) = attested_guest(d, &attest.url);
+    let t = token_file.to_str().unwrap();
+    let policy = policy_file(d, &attest.url);
+    let pol = policy.to_str().unwrap();
+    let key = |c: &str, args: &[&str]| {
+        let mut all = vec![
+            "key",
+            args[0],
+            "--url",
+            kv.url.as_str(),
+            "--credential-file",
+            c,
+        ];
+        all.extend_from_slice(&args[1..]);
+        cvm(&all)
+    };
+    let region = |args: &[&str]| {
+        let mut all = vec![
+            "keyvault",
+            "region",
+            args[0],
+            "--url",
+            kv.url.as_str(),
+            "--credential-file",
+            admin,
+        ];
+        all.extend_from_slice(&args[1..]);
+        cvm(&all)
+    };
+
+    // Regions: created, listed; the platform administrator credential is printed once.
+    let out = region(&["create", "westeu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let created = json_of(&out);
+    assert_eq!(created["root_version"], 1);
+    let platform_file = d.join("platform.cred");
+    std::fs::write(&platform_file, created["credential"].as_str().unwrap()).unwrap();
+    let p = platform_file.to_str().unwrap();
+    let out = region(&["create", "westeu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_of(&out)["error"]["code"], "conflict");
+    let out = region(&["create", "West_EU"]);
+    assert_eq!(json_of(&out)["error"]["code"], "bad_parameter");
+    let out = region(&["list"]);
+    assert!(out.status.success());
+    let list = json_of(&out);
+    assert_eq!(list["value"][0]["region"], "westeu");
+    assert_eq!(list["value"][0]["root_version"], 1);
+
+    let (st, v) = post(
+        &format!("{}/vaults/team", kv.url),
+        &std::fs::read_to_string(&admin_file).unwrap(),
+        &json!({}),
+    );
+    assert_eq!(st, 200);
+    let cred = d.join("team.cred");
+    std::fs::write(&cred, v["credential"].as_str().unwrap()).unwrap();
+    let c = cred.to_str().unwrap();
+    // A tenant credential does not rotate or list regions.
+    let out = cvm(&[
+        "keyvault",
+        "region",
+        "rotate",
+        "--url",
+        &kv.url,
+        "--credential-file",
+        c,
+        "westeu",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_of(&out)["error"]["code"], "unauthorized");
+
+    // BYOK: a key exchange key in the vault; an AES key and an RSA key wrapped to it in
+    // Key Vault's BYOK file format.
+    let out = key(c, &["create", "kek", "--kty", "RSA", "--size", "3072"]);
+    assert!(out.status.success());
+    let kek = json_of(&out);
+    let kek_kid = kek["key"]["kid"].as_str().unwrap().to_string();
+    let kek_pub = WrappingPublicKey::from_components(
+        &B64URL.decode(kek["key"]["n"].as_str().unwrap()).unwrap(),
+        &B64URL.decode(kek["key"]["e"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let byok_file = |name: &str, mechanism: WrapMechanism, material: &[u8]| {
+        let ct = keyvault::wrap::wrap_key(mechanism, &kek_pub, material).unwrap();
+        let f = d.join(name);
+        std::fs::write(
+            &f,
+            serde_json::to_string_pretty(&json!({
+                "schema_version": "1.0.0",
+                "header": {"kid": kek_kid, "alg": "dir", "enc": mechanism.name()},
+                "ciphertext": B64URL.encode(ct),
+                "generator": "test",
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        f
+    };
+    let aes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(13)).collect();
+    let f = byok_file("aes.byok", WrapMechanism::CkmRsaAesKeyWrap, &aes);
+    let out = key(
+        c,
+        &[
+            "import",
+            "byok-aes",
+            "--byok",
+            f.to_str().unwrap(),
+            "--kty",
+            "oct",
+            "--release-policy",
+            pol,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v = json_of(&out);
+    assert_eq!(v["attributes"]["managed"], "customer");
+    let out = key(
+        c,
+        &[
+            "release",
+            "byok-aes",
+            "--version",
+            &version_of(&v),
+            "--token-file",
+            t,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(released(&json_of(&out), &transfer), aes);
+    let customer = UnwrappingKey::generate(2048).unwrap();
+    let f = byok_file(
+        "rsa.byok",
+        WrapMechanism::RsaAesKeyWrap256,
+        customer.to_pkcs8().unwrap().as_bytes(),
+    );
+    let out = key(
+        c,
+        &[
+            "import",
+            "byok-rsa",
+            "--byok",
+            f.to_str().unwrap(),
+            "--kty",
+            "RSA",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        json_of(&out)["key"]["n"],
+        customer.public_key().to_jwk()["n"]
+    );
+    // Refusals: not a BYOK file (checked before sending), no --kty, wrapped to a key that
+    // is not the vault's (the server's code), no material option at all.
+    let bad = d.join("bad.byok");
+    std::fs::write(
+        &bad,
+        json!({"schema_version": "1.0.0", "header": {"kid": kek_kid, "alg": "RSA-OAEP", "enc": "CKM_RSA_AES_KEY_WRAP"}, "ciphertext": "AAAA"}).to_string(),
+    )
+    .unwrap();
+    let out = key(
+        c,
+        &[
+            "import",
+            "bad",
+            "--byok",
+            bad.to_str().unwrap(),
+            "--kty",
+            "oct",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a BYOK file"));
+    let out = key(c, &["import", "bad", "--byok", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stranger = UnwrappingKey::generate(2048).unwrap();
+    let hsm = KeyHsm::wrap(
+        WrapMechanism::RsaAesKeyWrap256,
+        &stranger.public_key().clone().with_kid(kek_kid.clone()),
+        &aes,
+    )
+    .unwrap();
+    std::fs::write(&bad, hsm.to_json().to_string()).unwrap();
+    let out = key(
+        c,
+        &[
+            "import",
+            "bad",
+            "--byok",
+            bad.to_str().unwrap(),
+            "--kty",
+            "oct",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_of(&out)["error"]["code"], "byok_unwrap_failed");
+    let out = key(c, &["import", "bad"]);
+    assert!(!out.status.success());
+    let out = key(c, &["show", "bad"]);
+    assert_eq!(json_of(&out)["error"]["code"], "key_not_found");
+
+    // Plain private JWKs made by Python `cryptography`.
+    let keys = d.join("keys");
+    let out = Command::new("python3")
+        .arg(root().join("tests/oracles/jwk_keys.py"))
+        .arg("generate")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwk = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(keys.join(f)).unwrap()).unwrap()
+    };
+    let path = |f: &str| keys.join(f).to_str().unwrap().to_string();
+    let out = key(
+        c,
+        &[
+            "import",
+            "rsa-jwk",
+            "--jwk",
+            &path("rsa.jwk.json"),
+            "--release-policy",
+            pol,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v = json_of(&out);
+    assert_eq!(v["key"]["n"], jwk("rsa.jwk.json")["n"]);
+    assert_eq!(v["key"]["e"], jwk("rsa.jwk.json")["e"]);
+    let out = key(
+        c,
+        &[
+            "release",
+            "rsa-jwk",
+            "--version",
+            &version_of(&v),
+            "--token-file",
+            t,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let der = d.join("released.der");
+    std::fs::write(&der, released(&json_of(&out), &transfer)).unwrap();
+    let out = Command::new("python3")
+        .arg(root().join("tests/oracles/jwk_keys.py"))
+        .arg("same-private-key")
+        .arg(&der)
+        .arg(keys.join("rsa.pk8"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "same");
+    let out = key(
+        c,
+        &["import", "rsa-bad", "--jwk", &path("rsa-mismatch.jwk.json")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_of(&out)["error"]["code"], "jwk_key_mismatch");
+    let out = key(c, &["show", "rsa-bad"]);
+    assert_eq!(json_of(&out)["error"]["code"], "key_not_found");
+    // A public JWK is not importable (refused before sending).
+    let public = d.join("public.jwk.json");
+    let mut pubjwk = jwk("ec.jwk.json");
+    pubjwk.as_object_mut().unwrap().remove("d");
+    std::fs::write(&public, pubjwk.to_string()).unwrap();
+    let out = key(c, &["import", "pub", "--jwk", public.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a private JWK"));
+
+    // Into the platform vault: a platform-managed key; the tenant does not see it.
+    let out = key(p, &["import", "ec-jwk", "--jwk", &path("ec.jwk.json")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v = json_of(&out);
+    assert_eq!(v["attributes"]["managed"], "platform");
+    assert_eq!(
+        (&v["key"]["x"], &v["key"]["y"]),
+        (&jwk("ec.jwk.json")["x"], &jwk("ec.jwk.json")["y"])
+    );
+    let out = key(c, &["show", "ec-jwk"]);
+    assert_eq!(json_of(&out)["error"]["code"], "key_not_found");
+    let out = key(p, &["show", "rsa-jwk"]);
+    assert_eq!(json_of(&out)["error"]["code"], "key_not_found");
+    let out = key(
+        p,
+        &[
+            "create",
+            "platform-aes",
+            "--kty",
+            "oct",
+            "--release-policy",
+            pol,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let pv = version_of(&json_of(&out));
+
+    // Rotation through the CLI; the platform key still releases.
+    let out = region(&["rotate", "westeu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rot = json_of(&out);
+    assert_eq!(
+        (rot["root_version"].as_i64(), rot["resealed"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let out = region(&["list"]);
+    let list = json_of(&out);
+    assert_eq!(
+        (
+            list["value"][0]["root_version"].as_i64(),
+            list["value"][0]["keys"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+    let out = key(
+        p,
+        &[
+            "release",
+            "platform-aes",
+            "--version",
+            &pv,
+            "--token-file",
+            t,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(released(&json_of(&out), &transfer).len(), 32);
+    let out = region(&["rotate", "nowhere"]);
+    assert_eq!(json_of(&out)["error"]["code"], "region_not_found");
+}
+
+#[test]
+fn kill_9_during_region_root_rotation_leaves_every_platform_key_openable() {
+    const KEYS: usize = 240;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let attest = attest_serve(d);
+    let mut kv = keyvault(d, &attest.url);
+    let admin = std::fs::read_to_string(d.join("kv/admin.token")).unwrap();
+    let (token_file, transfer) = attested_guest(d, &attest.url);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let (st, r) = post(&format!("{}/regions/westeu", kv.url), &admin, &json!({}));
+    assert_eq!(st, 200, "{r}");
+    let platform = r["credential"].as_str().unwrap().to_string();
+    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": attest.url, "allOf": [
+        {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"}]}]});
+    let envelope = json!({
+        "contentType": "application/json; charset=utf-8",
+        "data": B64URL.encode(policy.to_string()),
+        "immutable": false,
+    });
+    let material = |name: &str| -> Vec<u8> {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes())
+            .as_ref()
+            .to_vec()
+    };
+    let import = {
+        let (url, platform, envelope) = (kv.url.clone(), platform.clone(), envelope.clone());
+        move |name: &str| -> Result<u16, ureq::Error> {
+            let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+            let k = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
+            agent
+                .put(&format!("{url}/keys/{name}"))
+                .header("Authorization", format!("Bearer {platform}"))
+                .header("Content-Type", "application/json")
+                .send(
+                    json!({
+                        "key": {"kty": "oct", "k": B64URL.encode(k.as_ref())},
+                        "attributes": {"exportable": true},
+                        "release_policy": envelope,
+                    })
+                    .to_string()
+                    .as_bytes(),
+                )
+                .map(|r| r.status().as_u16())
+        }
+    };
+    // Many platform keys (three importers).
+    std::thread::scope(|s| {
+        for w in 0..3 {
+            let import = import.clone();
+            s.spawn(move || {
+                for i in (w..KEYS).step_by(3) {
+                    assert_eq!(import(&format!("k{i}")).unwrap(), 200);
+                }
+            });
+        }
+    });
+    // One client rotates the root again and again, another keeps importing keys, until
+    // the server is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rotations = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let rotator = {
+        let (url, admin, rotations) = (kv.url.clone(), admin.clone(), rotations.clone());
+        std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+            loop {
+                let r = agent
+                    .post(&format!("{url}/regions/westeu/rotate"))
+                    .header("Authorization", format!("Bearer {admin}"))
+                    .header("Content-Type", "application/json")
+                    .send(b"{}".as_slice());
+                match r {
+                    Ok(mut r) if r.status() == 200 => {
+                        let v: Value =
+                            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                        assert!(v["resealed"].as_u64().unwrap() >= KEYS as u64, "{v}");
+                        rotations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+            }
+        })
+    };
+    let importer = {
+        let (import, stop) = (import.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let name = format!("late{i}");
+                match import(&name) {
+                    Ok(200) => acknowledged.push(name),
+                    _ => break,
+                }
+            }
+            acknowledged
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while rotations.load(std::sync::atomic::Ordering::SeqCst) < 5
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let extra = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_millis()) % 150);
+    std::thread::sleep(std::time::Duration::from_millis(extra));
+    kv.child.kill().unwrap(); // SIGKILL, while the rotator has a rotation in flight
+    kv.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    rotator.join().unwrap();
+    let late = importer.join().unwrap();
+    let acknowledged = rotations.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        acknowledged >= 5,
+        "only {acknowledged} rotations before the kill"
+    );
+
+    // An independent reader (Python sqlite3): one root version is left, the one the
+    // acknowledged rotations made or the one in flight; every key version of the
+    // region's vault is sealed under it.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys\n\
+             c=sqlite3.connect(sys.argv[1])\n\
+             print(c.execute('PRAGMA integrity_check').fetchone()[0])\n\
+             print(c.execute('SELECT COUNT(*) FROM region_roots WHERE region = \\'westeu\\'').fetchone()[0])\n\
+             rid, ver = c.execute('SELECT id, version FROM region_roots WHERE region = \\'westeu\\'').fetchone()\n\
+             print(ver)\n\
+             print(c.execute('SELECT COUNT(*) FROM key_versions WHERE vault = \\'platform:westeu\\' AND root_id IS NOT ?', (rid,)).fetchone()[0])\n\
+             print(c.execute('SELECT COUNT(*) FROM audit WHERE op = \\'region_rotate\\' AND outcome = \\'allowed\\'').fetchone()[0])",
+        )
+        .arg(d.join("kv/keyvault.db"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines[0], "ok");
+    assert_eq!(lines[1], "1");
+    let version: u32 = lines[2].parse().unwrap();
+    eprintln!(
+        "{acknowledged} rotations acknowledged, root version {version}, {} keys imported during them",
+        late.len()
+    );
+    assert!(
+        version == acknowledged + 1 || version == acknowledged + 2,
+        "root version {version} after {acknowledged} acknowledged rotations"
+    );
+    assert_eq!(lines[3], "0");
+    // The rotation's audit entry was written in the rotation's own transaction.
+    assert_eq!(lines[4].parse::<u32>().unwrap(), version - 1);
+
+    // The restarted vault releases every key, with its material.
+    let kv2 = keyvault(d, &attest.url);
+    let (st, regions) = get(&format!("{}/regions", kv2.url), &admin);
+    assert_eq!(st, 200);
+    assert_eq!(
+        regions["value"][0]["root_version"].as_u64(),
+        Some(u64::from(version))
+    );
+    let names: Vec<String> = (0..KEYS)
+        .map(|i| format!("k{i}"))
+        .chain(late.iter().cloned())
+        .collect();
+    let release = |url: &str, name: &str| -> Option<Vec<u8>> {
+        let (st, v) = get(&format!("{url}/keys/{name}"), &platform);
+        if st != 200 {
+            return None;
+        }
+        let (st, r) = post(
+            &format!("{url}/keys/{name}/{}/release", version_of(&v)),
+            &platform,
+            &json!({"target": token.trim()}),
+        );
+        assert_eq!(st, 200, "{name}: {r}");
+        Some(released(&r, &transfer))
+    };
+    for name in &names {
+        assert_eq!(
+            release(&kv2.url, name).as_deref(),
+            Some(material(name).as_slice()),
+            "{name}"
+        );
+    }
+    // An import in flight at the kill is either there (and opens) or absent.
+    let in_flight = format!("late{}", late.len());
+    if let Some(m) = release(&kv2.url, &in_flight) {
+        assert_eq!(m, material(&in_flight));
+    }
+    // And the hierarchy still rotates.
+    let (st, rot) = post(
+        &format!("{}/regions/westeu/rotate", kv2.url),
+        &admin,
+        &json!({}),
+    );
+    assert_eq!(st, 200, "{rot}");
+    assert_eq!(rot["root_version"].as_u64(), Some(u64::from(version) + 1));
+}
+
+fn get(url: &str, bearer: &str) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .get(url)
+        .header("Authorization", format!("Bearer {bearer}"))
+        .call()
+        .unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+    )
+}

@@ -16,6 +16,9 @@
 //! | POST | `/keys/{name}/{version}/unwrapkey/attested` | any (attested unwrap) |
 //! | POST | `/credentials`, GET `/audit` | administrator |
 //! | POST | `/vaults/{name}` | the service administrator |
+//! | POST | `/regions/{region}` (root key + platform vault) | the service administrator |
+//! | POST | `/regions/{region}/rotate` (new root version) | the service administrator |
+//! | GET | `/regions` | the service administrator |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,6 +167,17 @@ async fn audit(State(v): S, h: HeaderMap) -> R {
 async fn vault(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
     Ok(axum::Json(v.create_vault(bearer(&h), &n)?))
 }
+async fn create_region(State(v): S, Path(r): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.create_region(bearer(&h), &r)?))
+}
+/// A rotation reseals every key of the region: run it on the blocking pool.
+async fn rotate_region(State(v): S, Path(r): Path<String>, h: HeaderMap) -> R {
+    let t = bearer(&h).map(str::to_string);
+    blocking(move || v.rotate_region(t.as_deref(), &r)).await
+}
+async fn regions(State(v): S, h: HeaderMap) -> R {
+    Ok(axum::Json(v.list_regions(bearer(&h))?))
+}
 async fn not_found() -> VaultError {
     VaultError {
         status: 404,
@@ -192,6 +206,9 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/credentials", post(credentials))
         .route("/audit", get(audit))
         .route("/vaults/{name}", post(vault))
+        .route("/regions", get(regions))
+        .route("/regions/{region}", post(create_region))
+        .route("/regions/{region}/rotate", post(rotate_region))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(httpd::limits))
         .layer(DefaultBodyLimit::max(MAX_BODY))

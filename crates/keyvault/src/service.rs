@@ -1,6 +1,16 @@
 //! The key vault: vaults (tenants) with role-bearing credentials, versioned keys whose
 //! material is sealed at rest, soft delete, and Secure Key Release to attested callers.
 //! HTTP lives in [`crate::server`].
+//!
+//! Two kinds of vault share the credential and role model:
+//!
+//! - tenant vaults (`POST /vaults/{name}`) hold customer-managed keys, sealed directly
+//!   under the master key;
+//! - one platform vault per region (`POST /regions/{region}`, named
+//!   `platform:{region}`, which no tenant vault name can be) holds platform-managed keys,
+//!   sealed under the region's root key, an AES-256 key-encryption key itself sealed
+//!   under the master key. `POST /regions/{region}/rotate` makes a new root version and
+//!   reseals every key of the region in one store transaction.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +28,10 @@ use zeroize::Zeroizing;
 
 use crate::authority::{Authorities, ValidToken};
 use crate::release_policy::ReleasePolicyEnvelope;
-use crate::store::{AuditEntry, SqliteStore, Store, StoreError, VersionRow};
+use crate::store::{
+    AuditEntry, NewRegion, RootRow, Rotation, SealedVersion, SqliteStore, Store, StoreError,
+    VersionRow,
+};
 use crate::wrap::{KeyHsm, WrapMechanism, WrappingPublicKey};
 
 /// A refusal or failure as the API reports it.
@@ -67,6 +80,9 @@ impl VaultError {
             format!("no key {name:?} in this vault"),
         )
     }
+    fn region_not_found(region: &str) -> Self {
+        Self::new(404, "region_not_found", format!("no region {region:?}"))
+    }
     /// The JSON body: `{"error": {"code", "message", "detail"?}}`.
     pub fn body(&self) -> Value {
         let mut e = json!({ "code": self.code, "message": self.message });
@@ -79,7 +95,9 @@ impl VaultError {
 
 fn store_err(e: StoreError) -> VaultError {
     match e {
-        StoreError::Exists(what) => VaultError::new(409, "conflict", what),
+        StoreError::Exists(what) | StoreError::Conflict(what) => {
+            VaultError::new(409, "conflict", what)
+        }
         _ => VaultError::internal("store"),
     }
 }
@@ -144,6 +162,9 @@ pub struct Caller {
     pub vault: String,
     /// Its role.
     pub role: Role,
+    /// The region, when the vault is a region's platform vault (its keys are
+    /// platform-managed, sealed under the region root).
+    pub region: Option<String>,
 }
 
 /// How the vault is set up.
@@ -175,6 +196,10 @@ pub struct Vault {
     authorities: Authorities,
     signer: TokenSigner,
     service_admin_sha256: Vec<u8>,
+    /// Platform key writes (sealing under the current root, then storing) hold this
+    /// shared; a root rotation holds it exclusively, so no key is ever stored sealed
+    /// under a root version that a rotation is retiring.
+    rotation: std::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -205,6 +230,23 @@ fn random_token() -> Result<Zeroizing<String>, VaultError> {
 pub fn valid_name(name: &str) -> bool {
     (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
+
+/// Region names: 1-32 of `[0-9a-z-]`.
+pub fn valid_region(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The platform vault of `region`. The `:` keeps it out of the tenant vault namespace
+/// (tenant vault names are [`valid_name`]s).
+pub fn platform_vault(region: &str) -> String {
+    format!("platform:{region}")
+}
+
+/// The role name the service administrator has in audit entries.
+const SERVICE_ADMIN: &str = "service_administrator";
 
 /// Why the vault could not start.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +290,10 @@ pub struct Attributes {
     /// Accepted and ignored.
     #[serde(default, rename = "recoveryLevel")]
     pub recovery_level: Option<String>,
+    /// Accepted and ignored: whether a key is platform- or customer-managed follows
+    /// from its vault.
+    #[serde(default)]
+    pub managed: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,6 +621,7 @@ impl Vault {
                 authorities: cfg.authorities,
                 signer,
                 service_admin_sha256: admin_hash,
+                rotation: std::sync::RwLock::new(()),
             },
             created,
         ))
@@ -588,14 +635,15 @@ impl Vault {
     /// Authenticates a bearer credential.
     pub fn caller(&self, bearer: Option<&str>) -> Result<Caller, VaultError> {
         let token = bearer.ok_or_else(VaultError::unauthorized)?;
-        let (vault, role) = self
+        let cred = self
             .store
             .credential(&sha256(token.as_bytes()))
             .map_err(store_err)?
             .ok_or_else(VaultError::unauthorized)?;
         Ok(Caller {
-            vault,
-            role: Role::from_name(&role).ok_or_else(|| VaultError::internal("role"))?,
+            role: Role::from_name(&cred.role).ok_or_else(|| VaultError::internal("role"))?,
+            vault: cred.vault,
+            region: cred.region,
         })
     }
 
@@ -646,14 +694,19 @@ impl Vault {
         r.is_ok()
     }
 
-    /// Creates a vault (service administrator); returns its administrator credential.
-    pub fn create_vault(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
+    /// Checks the service administrator credential.
+    fn service_admin(&self, bearer: Option<&str>) -> Result<(), VaultError> {
         let token = bearer.ok_or_else(VaultError::unauthorized)?;
         aws_lc_rs::constant_time::verify_slices_are_equal(
             &sha256(token.as_bytes()),
             &self.service_admin_sha256,
         )
-        .map_err(|_| VaultError::unauthorized())?;
+        .map_err(|_| VaultError::unauthorized())
+    }
+
+    /// Creates a vault (service administrator); returns its administrator credential.
+    pub fn create_vault(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
+        self.service_admin(bearer)?;
         if !valid_name(name) {
             return Err(VaultError::bad(
                 "bad_parameter",
@@ -722,6 +775,7 @@ impl Vault {
             "updated": row.updated,
             "recoveryLevel": "Recoverable+Purgeable",
             "exportable": row.exportable,
+            "managed": if row.root_id.is_some() { "platform" } else { "customer" },
         });
         if let Some(n) = row.nbf {
             attrs["nbf"] = n.into();
@@ -779,15 +833,45 @@ impl Vault {
         aws_lc_rs::rand::fill(&mut v).map_err(|_| VaultError::internal("random"))?;
         let version = hex::encode(v);
         let t = now();
+        let context = Self::seal_context(&c.vault, name, &version);
+        // A platform key is sealed under the region's current root, and stored before
+        // any rotation can retire that root (see `rotation`).
+        let _shared = match &c.region {
+            Some(_) => Some(
+                self.rotation
+                    .read()
+                    .map_err(|_| VaultError::internal("lock"))?,
+            ),
+            None => None,
+        };
+        let (sealed, root_id) = match &c.region {
+            None => (
+                self.master
+                    .seal(&context, secret)
+                    .map_err(|_| VaultError::internal("seal"))?,
+                None,
+            ),
+            Some(region) => {
+                let root = self
+                    .store
+                    .region_root(region)
+                    .map_err(store_err)?
+                    .ok_or_else(|| VaultError::internal("region_root"))?;
+                let kek = self.open_root(&root)?;
+                (
+                    kek.seal(&context, secret)
+                        .map_err(|_| VaultError::internal("seal"))?,
+                    Some(root.id),
+                )
+            }
+        };
         let row = VersionRow {
             name: name.to_string(),
             version: version.clone(),
             kty: kty.to_string(),
             public_jwk: Value::Object(public).to_string(),
-            sealed: self
-                .master
-                .seal(&Self::seal_context(&c.vault, name, &version), secret)
-                .map_err(|_| VaultError::internal("seal"))?,
+            sealed,
+            root_id,
             exportable,
             enabled: attrs.enabled.unwrap_or(true),
             nbf: attrs.nbf,
@@ -837,8 +921,11 @@ impl Vault {
         Ok(self.bundle(&r?, false))
     }
 
-    /// `PUT /keys/{name}`: import a customer-managed key. Supported: `oct` (AES-256,
-    /// `k`); RSA and EC private JWKs are refused with `not_supported` for now.
+    /// `PUT /keys/{name}`: import a key, either wrapped (`key.key_hsm`, BYOK) or as a
+    /// plain private JWK: `oct` (AES-256, `k`), `RSA` (`n`, `e`, `d`, `p`, `q`, `dp`,
+    /// `dq`, `qi`) or `EC` (`crv` P-256/P-384, `x`, `y`, `d`), whose public members must
+    /// belong to its private key (`jwk_key_mismatch` otherwise). In a platform vault the
+    /// key is platform-managed.
     pub fn import_key(
         &self,
         bearer: Option<&str>,
@@ -847,7 +934,7 @@ impl Vault {
     ) -> Result<Value, VaultError> {
         let c = self.authorize(bearer, Op::Write, "import keys")?;
         let r = (|| {
-            let b: ImportBody = parse_body(body)?;
+            let mut b: ImportBody = parse_body(body)?;
             let kty = b
                 .key
                 .get("kty")
@@ -860,22 +947,9 @@ impl Vault {
             let (k, public) = match b.key.get("key_hsm").and_then(Value::as_str) {
                 Some(hsm) => self.unwrap_byok(&c, hsm, &kty)?,
                 None => {
-                    if kty != "oct" {
-                        return Err(VaultError::bad(
-                            "not_supported",
-                            "RSA and EC keys are imported wrapped (key_hsm, BYOK); plain JWK import takes oct keys",
-                        ));
-                    }
-                    let k = Zeroizing::new(
-                        b.key
-                            .get("k")
-                            .and_then(Value::as_str)
-                            .and_then(|k| B64URL.decode(k.trim_end_matches('=')).ok())
-                            .ok_or_else(|| {
-                                VaultError::bad("bad_parameter", "an oct key needs k (base64url)")
-                            })?,
-                    );
-                    material_public("oct", k)?
+                    let r = Self::plain_jwk(&kty, &b.key);
+                    crate::jwk::zeroize_private_members(&mut b.key);
+                    r?
                 }
             };
             let kty = public
@@ -909,6 +983,32 @@ impl Vault {
             None,
         );
         Ok(self.bundle(&r?, false))
+    }
+
+    /// The material and public JWK of a plain (unwrapped) private JWK.
+    fn plain_jwk(kty: &str, key: &Map<String, Value>) -> Result<Imported, VaultError> {
+        match kty {
+            "oct" => {
+                let k = Zeroizing::new(
+                    key.get("k")
+                        .and_then(Value::as_str)
+                        .and_then(|k| B64URL.decode(k.trim_end_matches('=')).ok())
+                        .ok_or_else(|| {
+                            VaultError::bad("bad_parameter", "an oct key needs k (base64url)")
+                        })?,
+                );
+                material_public("oct", k)
+            }
+            "RSA" | "EC" => {
+                let p = crate::jwk::private_jwk_to_pkcs8(key)
+                    .map_err(|e| VaultError::bad(e.code(), e.to_string()))?;
+                material_public(p.kty, p.pkcs8)
+            }
+            other => Err(VaultError::bad(
+                "bad_parameter",
+                format!("kty {other:?} is not RSA, EC or oct"),
+            )),
+        }
     }
 
     fn version(
@@ -1080,12 +1180,225 @@ impl Vault {
     }
 
     fn unseal(&self, c: &Caller, row: &VersionRow) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        self.master
-            .open(
-                &Self::seal_context(&c.vault, &row.name, &row.version),
-                &row.sealed,
-            )
+        let context = Self::seal_context(&c.vault, &row.name, &row.version);
+        if row.root_id.is_none() {
+            return self
+                .master
+                .open(&context, &row.sealed)
+                .map_err(|_| VaultError::internal("unseal"));
+        }
+        // A platform key: its material and root are read together, since a rotation
+        // may have resealed it since `row` was read.
+        let (sealed, root) = self
+            .store
+            .sealed_with_root(&c.vault, &row.name, &row.version)
+            .map_err(store_err)?
+            .ok_or_else(|| VaultError::not_found(&row.name))?;
+        self.open_root(&root)?
+            .open(&context, &sealed)
             .map_err(|_| VaultError::internal("unseal"))
+    }
+
+    fn root_context(region: &str, version: i64) -> String {
+        format!("opencvm-keyvault/region-root/{region}/{version}")
+    }
+
+    /// A region root key version, opened with the master key.
+    fn open_root(&self, root: &RootRow) -> Result<MasterKey, VaultError> {
+        let raw = self
+            .master
+            .open(
+                &Self::root_context(&root.region, root.version),
+                &root.sealed,
+            )
+            .map_err(|_| VaultError::internal("unseal_root"))?;
+        Self::kek(&raw)
+    }
+
+    fn kek(raw: &[u8]) -> Result<MasterKey, VaultError> {
+        if raw.len() != 32 {
+            return Err(VaultError::internal("root_key"));
+        }
+        MasterKey::from_hex(&Zeroizing::new(hex::encode(raw)))
+            .map_err(|_| VaultError::internal("root_key"))
+    }
+
+    /// A new random root key: its bytes and the key made of them.
+    fn new_root_key() -> Result<(Zeroizing<Vec<u8>>, MasterKey), VaultError> {
+        let mut raw = Zeroizing::new(vec![0u8; 32]);
+        aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| VaultError::internal("random"))?;
+        let kek = Self::kek(&raw)?;
+        Ok((raw, kek))
+    }
+
+    fn service_audit(
+        vault: &str,
+        op: &str,
+        version: &str,
+        outcome: Result<(), &VaultError>,
+    ) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            ts: now(),
+            vault: vault.to_string(),
+            caller: SERVICE_ADMIN.to_string(),
+            op: op.to_string(),
+            key: String::new(),
+            version: version.to_string(),
+            outcome: match outcome {
+                Ok(()) => "allowed".into(),
+                Err(e) if e.status >= 500 => "failed".into(),
+                Err(_) => "denied".into(),
+            },
+            code: outcome
+                .err()
+                .map(|e| e.code.to_string())
+                .unwrap_or_default(),
+            ..AuditEntry::default()
+        }
+    }
+
+    /// `POST /regions/{region}` (service administrator): creates the region's root key
+    /// (version 1, sealed under the master key) and its platform vault; returns the
+    /// platform vault's administrator credential (once).
+    pub fn create_region(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
+        self.service_admin(bearer)?;
+        if !valid_region(region) {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "a region name is 1-32 of [0-9a-z-]",
+            ));
+        }
+        let vault = platform_vault(region);
+        let (raw, _) = Self::new_root_key()?;
+        let root_sealed = self
+            .master
+            .seal(&Self::root_context(region, 1), &raw)
+            .map_err(|_| VaultError::internal("seal"))?;
+        let cred = random_token()?;
+        let t = now();
+        let audit = Self::service_audit(&vault, "region_create", "1", Ok(()));
+        self.store
+            .create_region(&NewRegion {
+                region,
+                vault: &vault,
+                admin_sha256: &sha256(cred.as_bytes()),
+                root_sealed: &root_sealed,
+                now: t,
+                audit: &audit,
+            })
+            .map_err(store_err)?;
+        Ok(json!({
+            "region": region,
+            "vault": vault,
+            "root_version": 1,
+            "credential": cred.as_str(),
+            "role": "administrator",
+        }))
+    }
+
+    /// `POST /regions/{region}/rotate` (service administrator): a new root key version;
+    /// every key version of the region's platform vault (soft-deleted ones too) is
+    /// resealed under it and the old version deleted, in one store transaction.
+    pub fn rotate_region(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
+        self.service_admin(bearer)?;
+        if !valid_region(region) {
+            return Err(VaultError::region_not_found(region));
+        }
+        let vault = self
+            .store
+            .region_vault(region)
+            .map_err(store_err)?
+            .ok_or_else(|| VaultError::region_not_found(region))?;
+        let r = self.rotate_inner(region, &vault);
+        if let Err(e) = &r {
+            let entry = Self::service_audit(&vault, "region_rotate", "", Err(e));
+            if let Err(err) = self.store.audit(&entry) {
+                eprintln!("keyvault: audit log write failed: {err}");
+            }
+        }
+        r
+    }
+
+    fn rotate_inner(&self, region: &str, vault: &str) -> Result<Value, VaultError> {
+        let _exclusive = self
+            .rotation
+            .write()
+            .map_err(|_| VaultError::internal("lock"))?;
+        let old = self
+            .store
+            .region_root(region)
+            .map_err(store_err)?
+            .ok_or_else(|| VaultError::internal("region_root"))?;
+        let old_kek = self.open_root(&old)?;
+        let (raw, new_kek) = Self::new_root_key()?;
+        let new_version = old.version + 1;
+        let new_sealed = self
+            .master
+            .seal(&Self::root_context(region, new_version), &raw)
+            .map_err(|_| VaultError::internal("seal"))?;
+        let mut resealed = Vec::new();
+        for v in self.store.sealed_versions(vault).map_err(store_err)? {
+            if v.root_id != Some(old.id) {
+                return Err(VaultError::internal("root_mismatch"));
+            }
+            let context = Self::seal_context(vault, &v.name, &v.version);
+            let secret = old_kek
+                .open(&context, &v.sealed)
+                .map_err(|_| VaultError::internal("unseal"))?;
+            let sealed = new_kek
+                .seal(&context, &secret)
+                .map_err(|_| VaultError::internal("seal"))?;
+            resealed.push(SealedVersion {
+                sealed,
+                root_id: None,
+                ..v
+            });
+        }
+        let audit = Self::service_audit(vault, "region_rotate", &new_version.to_string(), Ok(()));
+        self.store
+            .rotate_root(&Rotation {
+                region,
+                vault,
+                old_root_id: old.id,
+                new_version,
+                new_sealed: &new_sealed,
+                resealed: &resealed,
+                now: now(),
+                audit: &audit,
+            })
+            .map_err(store_err)?;
+        Ok(json!({
+            "region": region,
+            "vault": vault,
+            "root_version": new_version,
+            "previous_root_version": old.version,
+            "resealed": resealed.len(),
+        }))
+    }
+
+    /// `GET /regions` (service administrator): every region with its current root
+    /// version and key counts.
+    pub fn list_regions(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
+        self.service_admin(bearer)?;
+        let value: Vec<Value> = self
+            .store
+            .regions()
+            .map_err(store_err)?
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "region": r.name,
+                    "vault": r.vault,
+                    "root_version": r.root_version,
+                    "root_created": r.root_created,
+                    "keys": r.keys,
+                    "key_versions": r.versions,
+                    "created": r.created,
+                })
+            })
+            .collect();
+        Ok(json!({ "value": value }))
     }
 
     fn unwrap_byok(&self, c: &Caller, key_hsm: &str, kty: &str) -> Result<Imported, VaultError> {

@@ -851,3 +851,703 @@ fn byok_import_and_attested_unwrap() {
     );
     assert!(!log.to_string().contains(&B64URL.encode(dek)));
 }
+
+fn version_of(bundle: &Value) -> String {
+    bundle["key"]["kid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no kid: {bundle}"))
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The key material in a release response, unwrapped with the guest's key.
+fn released_material(resp: &Value, guest: &UnwrappingKey) -> Vec<u8> {
+    let jws = resp["value"].as_str().unwrap_or_else(|| panic!("{resp}"));
+    let payload: Value =
+        serde_json::from_slice(&B64URL.decode(jws.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    KeyHsm::parse(
+        payload["response"]["key"]["key"]["key_hsm"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+    .unwrap_key(guest)
+    .unwrap()
+    .as_bytes()
+    .to_vec()
+}
+
+#[test]
+fn plain_private_jwk_import_rsa_and_ec() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a1 = attest_service(&d.join("a1"), Duration::from_secs(3600));
+    let kv = keyvault(d, std::slice::from_ref(&a1));
+    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
+    let admin = va["credential"].as_str().unwrap().to_string();
+    let u = |p: &str| format!("{}{p}", kv.url);
+    let emu = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
+    let guest_key = UnwrappingKey::generate(2048).unwrap();
+    let mut jwk = guest_key.public_key().to_jwk();
+    jwk["kid"] = "guest".into();
+    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+    let guest_pk8 = d.join("guest.pk8");
+    std::fs::write(&guest_pk8, guest_key.to_pkcs8().unwrap().as_bytes()).unwrap();
+
+    // Keys made by Python `cryptography`, written as private JWKs.
+    let keys = d.join("keys");
+    let out = Command::new("python3")
+        .arg(root().join("tests/oracles/jwk_keys.py"))
+        .arg("generate")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(keys.join(f)).unwrap()).unwrap()
+    };
+    let same_key = |a: &Path, b: &Path| -> bool {
+        let out = Command::new("python3")
+            .arg(root().join("tests/oracles/jwk_keys.py"))
+            .arg("same-private-key")
+            .args([a, b])
+            .output()
+            .unwrap();
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "same"
+    };
+
+    for (name, file, pk8, public) in [
+        ("rsa-jwk", "rsa.jwk.json", "rsa.pk8", &["kty", "n", "e"][..]),
+        (
+            "ec-jwk",
+            "ec.jwk.json",
+            "ec.pk8",
+            &["kty", "crv", "x", "y"][..],
+        ),
+    ] {
+        let private = read(file);
+        let (st, v) = call(
+            "PUT",
+            &u(&format!("/keys/{name}")),
+            &admin,
+            Some(json!({
+                "key": private,
+                "attributes": {"exportable": true},
+                "release_policy": policy(&a1, Value::Null),
+            })),
+        );
+        assert_eq!(st, 200, "{name}: {v}");
+        // The vault's public part is the JWK's public part; nothing private comes back.
+        for m in public {
+            assert_eq!(v["key"][m], private[m], "{name}: {m}");
+        }
+        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(v["key"].get(m).is_none(), "{name}: {m} returned");
+        }
+        assert_eq!(v["attributes"]["managed"], "customer");
+        let (_, got) = call("GET", &u(&format!("/keys/{name}")), &admin, None);
+        assert_eq!(got["key"]["kid"], v["key"]["kid"]);
+        // Released, the key unwraps (Python oracle for the transfer) to the same private
+        // key (Python compares the private numbers).
+        let ver = version_of(&v);
+        let (st, r) = call(
+            "POST",
+            &u(&format!("/keys/{name}/{ver}/release")),
+            &admin,
+            Some(json!({"target": token_a, "enc": "RSA_AES_KEY_WRAP_256"})),
+        );
+        assert_eq!(st, 200, "{r}");
+        let payload: Value = serde_json::from_slice(
+            &B64URL
+                .decode(r["value"].as_str().unwrap().split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let hsm = KeyHsm::parse(
+            payload["response"]["key"]["key"]["key_hsm"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let ct = d.join(format!("{name}.ct"));
+        std::fs::write(&ct, hsm.ciphertext()).unwrap();
+        let out = Command::new("python3")
+            .arg(root().join("tests/oracles/skr_unwrap.py"))
+            .args([
+                guest_pk8.as_os_str(),
+                "RSA_AES_KEY_WRAP_256".as_ref(),
+                ct.as_os_str(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let released = d.join(format!("{name}.released.der"));
+        std::fs::write(
+            &released,
+            hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap(),
+        )
+        .unwrap();
+        assert!(same_key(&released, &keys.join(pk8)), "{name}");
+        // The oracle does tell different keys apart.
+        let other = if pk8 == "rsa.pk8" {
+            "ec.pk8"
+        } else {
+            "rsa.pk8"
+        };
+        assert!(!same_key(&released, &keys.join(other)));
+    }
+
+    // d from another key: refused, nothing stored, the private member not echoed.
+    for (name, file) in [
+        ("rsa-bad", "rsa-mismatch.jwk.json"),
+        ("ec-bad", "ec-mismatch.jwk.json"),
+    ] {
+        let private = read(file);
+        let (st, v) = call(
+            "PUT",
+            &u(&format!("/keys/{name}")),
+            &admin,
+            Some(json!({"key": private})),
+        );
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (400, Some("jwk_key_mismatch")),
+            "{name}: {v}"
+        );
+        assert!(!v.to_string().contains(private["d"].as_str().unwrap()));
+        let (st, v) = call("GET", &u(&format!("/keys/{name}")), &admin, None);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (404, Some("key_not_found"))
+        );
+    }
+    // The modulus of another key with this key's private members: refused too.
+    let mut other_n = read("rsa.jwk.json");
+    let n = B64URL.decode(other_n["n"].as_str().unwrap()).unwrap();
+    let mut n2 = n.clone();
+    *n2.last_mut().unwrap() ^= 2;
+    other_n["n"] = B64URL.encode(&n2).into();
+    let (st, v) = call(
+        "PUT",
+        &u("/keys/rsa-bad"),
+        &admin,
+        Some(json!({"key": other_n})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("jwk_key_mismatch")),
+        "{v}"
+    );
+    // Malformed: a CRT member missing, d of the wrong length, an unknown curve.
+    let mut no_qi = read("rsa.jwk.json");
+    no_qi.as_object_mut().unwrap().remove("qi");
+    let mut short_d = read("ec.jwk.json");
+    short_d["d"] = B64URL.encode([1u8; 31]).into();
+    let mut k1 = read("ec.jwk.json");
+    k1["crv"] = "secp256k1".into();
+    let mut off_curve = read("ec.jwk.json");
+    let mut y = B64URL.decode(off_curve["y"].as_str().unwrap()).unwrap();
+    *y.last_mut().unwrap() ^= 1;
+    off_curve["y"] = B64URL.encode(&y).into();
+    let mut long_d = read("rsa.jwk.json");
+    long_d["d"] = B64URL.encode([0xffu8; 257]).into();
+    for (bad, code) in [
+        (no_qi, "malformed_jwk"),
+        (long_d, "malformed_jwk"),
+        (short_d, "malformed_jwk"),
+        (k1, "bad_parameter"),
+        (off_curve, "invalid_private_key"),
+    ] {
+        let (st, v) = call("PUT", &u("/keys/bad"), &admin, Some(json!({"key": bad})));
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some(code)), "{v}");
+    }
+    assert_eq!(call("GET", &u("/keys/bad"), &admin, None).0, 404);
+    // The audit log holds the refusals and no private member.
+    let (_, log) = call("GET", &u("/audit"), &admin, None);
+    let codes: Vec<&str> = log["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["op"] == "import")
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == "jwk_key_mismatch").count(),
+        3,
+        "{codes:?}"
+    );
+    for f in ["rsa.jwk.json", "ec.jwk.json"] {
+        assert!(!log.to_string().contains(read(f)["d"].as_str().unwrap()));
+    }
+}
+
+/// Opens a key version's sealed material the way the store layout says: directly under
+/// the master key (customer keys) or under its region root, itself under the master key.
+fn open_at_rest(db: &Path, master: &seal::MasterKey, vault: &str, name: &str) -> Vec<u8> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let (version, sealed, root_id): (String, Vec<u8>, Option<i64>) = conn
+        .query_row(
+            "SELECT version, sealed, root_id FROM key_versions WHERE vault = ?1 AND name = ?2 ORDER BY seq DESC LIMIT 1",
+            [vault, name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let ctx = format!("opencvm-keyvault/key/{vault}/{name}/{version}");
+    match root_id {
+        None => master.open(&ctx, &sealed).unwrap().to_vec(),
+        Some(id) => {
+            assert!(
+                master.open(&ctx, &sealed).is_err(),
+                "a platform key opens under the master key"
+            );
+            let root = root_key(&conn, master, id);
+            root.open(&ctx, &sealed).unwrap().to_vec()
+        }
+    }
+}
+
+fn root_key(conn: &rusqlite::Connection, master: &seal::MasterKey, id: i64) -> seal::MasterKey {
+    let (region, v, sealed): (String, i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT region, version, sealed FROM region_roots WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let raw = master
+        .open(
+            &format!("opencvm-keyvault/region-root/{region}/{v}"),
+            &sealed,
+        )
+        .unwrap();
+    assert_eq!(raw.len(), 32);
+    seal::MasterKey::from_hex(&hex::encode(&*raw)).unwrap()
+}
+
+#[test]
+fn platform_keys_under_a_rotating_region_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a1 = attest_service(&d.join("a1"), Duration::from_secs(3600));
+    let kv = keyvault(d, std::slice::from_ref(&a1));
+    let master = seal::MasterKey::load_or_create(&d.join("elsewhere/master.key")).unwrap();
+    let db = d.join("kv/keyvault.db");
+    let u = |p: &str| format!("{}{p}", kv.url);
+    let emu = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
+    let guest_key = UnwrappingKey::generate(2048).unwrap();
+    let mut jwk = guest_key.public_key().to_jwk();
+    jwk["kid"] = "guest".into();
+    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+
+    // A tenant vault named like the region: tenant and platform namespaces are apart.
+    let (st, t) = call("POST", &u("/vaults/westeu"), &kv.admin, None);
+    assert_eq!(st, 200, "{t}");
+    let tenant = t["credential"].as_str().unwrap().to_string();
+    // Only the service administrator creates regions; names are checked.
+    let (st, v) = call("POST", &u("/regions/westeu"), &tenant, None);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    for bad in ["West-EU", "west_eu", &"a".repeat(33)] {
+        let (st, v) = call("POST", &u(&format!("/regions/{bad}")), &kv.admin, None);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (400, Some("bad_parameter")),
+            "{bad}"
+        );
+    }
+    let (st, r) = call("POST", &u("/regions/westeu"), &kv.admin, None);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["root_version"], 1);
+    assert_eq!(r["role"], "administrator");
+    let platform = r["credential"].as_str().unwrap().to_string();
+    let (st, v) = call("POST", &u("/regions/westeu"), &kv.admin, None);
+    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("conflict")));
+    // The platform vault's name cannot be taken by a tenant vault.
+    let (st, _) = call(
+        "POST",
+        &u(&format!("/vaults/{}", r["vault"].as_str().unwrap())),
+        &kv.admin,
+        None,
+    );
+    assert_eq!(st, 400);
+    // The platform administrator issues credentials like a tenant administrator.
+    let (st, c) = call(
+        "POST",
+        &u("/credentials"),
+        &platform,
+        Some(json!({"role": "release_user"})),
+    );
+    assert_eq!(st, 200, "{c}");
+    let platform_releaser = c["credential"].as_str().unwrap().to_string();
+
+    // Platform keys: imported (known material) and created; a customer key beside them.
+    let material: Vec<u8> = (0u8..32).map(|i| i ^ 0xa5).collect();
+    let import = |cred: &str, name: &str, k: &[u8]| {
+        call(
+            "PUT",
+            &u(&format!("/keys/{name}")),
+            cred,
+            Some(json!({
+                "key": {"kty": "oct", "k": B64URL.encode(k)},
+                "attributes": {"exportable": true},
+                "release_policy": policy(&a1, Value::Null),
+            })),
+        )
+    };
+    let (st, pk) = import(&platform, "platform-disk", &material);
+    assert_eq!(st, 200, "{pk}");
+    assert_eq!(pk["attributes"]["managed"], "platform");
+    let tenant_material = [0x11u8; 32];
+    let (st, tk) = import(&tenant, "tenant-disk", &tenant_material);
+    assert_eq!(st, 200, "{tk}");
+    assert_eq!(tk["attributes"]["managed"], "customer");
+    // The same key name in both vaults: each sees its own.
+    assert_eq!(import(&platform, "shared", &material).0, 200);
+    assert_eq!(import(&tenant, "shared", &tenant_material).0, 200);
+    let (_, s1) = call("GET", &u("/keys/shared"), &platform, None);
+    let (_, s2) = call("GET", &u("/keys/shared"), &tenant, None);
+    assert_eq!(s1["attributes"]["managed"], "platform");
+    assert_eq!(s2["attributes"]["managed"], "customer");
+    // `managed` is read-only: sent back in an update, it is ignored.
+    let (st, v) = call(
+        "PATCH",
+        &u(&format!("/keys/shared/{}", version_of(&s1))),
+        &platform,
+        Some(json!({"attributes": {"managed": "customer", "enabled": true}})),
+    );
+    assert_eq!(
+        (st, v["attributes"]["managed"].as_str()),
+        (200, Some("platform")),
+        "{v}"
+    );
+    let (st, rsa) = call(
+        "POST",
+        &u("/keys/platform-rsa/create"),
+        &platform,
+        Some(json!({"kty": "RSA", "key_size": 2048})),
+    );
+    assert_eq!(
+        (st, rsa["attributes"]["managed"].as_str()),
+        (200, Some("platform"))
+    );
+    let (st, kek) = call(
+        "POST",
+        &u("/keys/platform-kek/create"),
+        &platform,
+        Some(json!({"kty": "oct", "release_policy": policy(&a1, Value::Null)})),
+    );
+    assert_eq!(st, 200, "{kek}");
+    let kek_v = version_of(&kek);
+
+    // At rest: the platform key is under the region root (not the master key), the
+    // customer key directly under the master key.
+    let pvault = r["vault"].as_str().unwrap();
+    assert_eq!(
+        open_at_rest(&db, &master, pvault, "platform-disk"),
+        material
+    );
+    assert_eq!(
+        open_at_rest(&db, &master, "westeu", "tenant-disk"),
+        tenant_material
+    );
+
+    // Release, dry run, wrapkey and attested unwrap work for platform keys.
+    let pv = version_of(&pk);
+    let release_url = u(&format!("/keys/platform-disk/{pv}/release"));
+    let (st, rel) = call(
+        "POST",
+        &release_url,
+        &platform_releaser,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!(st, 200, "{rel}");
+    assert_eq!(released_material(&rel, &guest_key), material);
+    let (st, dry) = call(
+        "POST",
+        &format!("{release_url}/test"),
+        &platform_releaser,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!((st, dry["allowed"].as_bool()), (200, Some(true)), "{dry}");
+    let dek = [0x3cu8; 32];
+    let (st, w) = call(
+        "POST",
+        &u(&format!("/keys/platform-kek/{kek_v}/wrapkey")),
+        &platform,
+        Some(json!({"alg": "A256KW", "value": B64URL.encode(dek)})),
+    );
+    assert_eq!(st, 200, "{w}");
+    let wrapped = w["value"].as_str().unwrap().to_string();
+    let unwrap_url = u(&format!("/keys/platform-kek/{kek_v}/unwrapkey/attested"));
+    let attested_unwrap = |cred: &str| {
+        call(
+            "POST",
+            &unwrap_url,
+            cred,
+            Some(json!({"target": token_a, "alg": "A256KW", "value": wrapped})),
+        )
+    };
+    let (st, au) = attested_unwrap(&platform_releaser);
+    assert_eq!(st, 200, "{au}");
+    let au_payload: Value = serde_json::from_slice(
+        &B64URL
+            .decode(au["value"].as_str().unwrap().split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let got = KeyHsm::parse(au_payload["response"]["key_hsm"].as_str().unwrap()).unwrap();
+    assert_eq!(got.unwrap_key(&guest_key).unwrap().as_bytes(), &dek[..]);
+    // The same release-policy rules: a policy the token does not satisfy refuses, and
+    // the dry run says which condition failed.
+    let (st, strict) = call(
+        "PUT",
+        &u("/keys/platform-strict"),
+        &platform,
+        Some(json!({
+            "key": {"kty": "oct", "k": B64URL.encode(&material)},
+            "attributes": {"exportable": true},
+            "release_policy": policy(&a1, json!({"claim": "x-ms-sevsnpvm-guestsvn", "equals": 7})),
+        })),
+    );
+    assert_eq!(st, 200, "{strict}");
+    let strict_url = u(&format!(
+        "/keys/platform-strict/{}/release",
+        version_of(&strict)
+    ));
+    let (st, v) = call(
+        "POST",
+        &strict_url,
+        &platform_releaser,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("release_policy_denied")),
+        "{v}"
+    );
+    let (st, v) = call(
+        "POST",
+        &format!("{strict_url}/test"),
+        &platform_releaser,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!((st, v["allowed"].as_bool()), (200, Some(false)), "{v}");
+    assert!(v["policy"].to_string().contains("x-ms-sevsnpvm-guestsvn"));
+    assert_eq!(
+        call("DELETE", &u("/keys/platform-strict"), &platform, None).0,
+        200
+    );
+    assert_eq!(
+        call(
+            "DELETE",
+            &u("/deletedkeys/platform-strict"),
+            &platform,
+            None
+        )
+        .0,
+        204
+    );
+
+    // Tenant credentials do not see platform keys, nor platform credentials tenant keys.
+    let tv = version_of(&tk);
+    let tenant_release_url = u(&format!("/keys/tenant-disk/{tv}/release"));
+    for (cred, url, get) in [
+        (&tenant, &release_url, "/keys/platform-disk"),
+        (&platform, &tenant_release_url, "/keys/tenant-disk"),
+        (&platform_releaser, &tenant_release_url, "/keys/tenant-disk"),
+    ] {
+        let (st, v) = call("GET", &u(get), cred, None);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (404, Some("key_not_found")),
+            "{get}"
+        );
+        let (st, v) = call("POST", url, cred, Some(json!({"target": token_a})));
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (404, Some("key_not_found")),
+            "{url}"
+        );
+        let (st, v) = call(
+            "POST",
+            &format!("{url}/test"),
+            cred,
+            Some(json!({"target": token_a})),
+        );
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (404, Some("key_not_found")),
+            "{url}"
+        );
+    }
+    let (st, v) = attested_unwrap(&tenant);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("key_not_found"))
+    );
+    let (_, list) = call("GET", &u("/keys"), &tenant, None);
+    assert!(!list.to_string().contains("platform-"), "{list}");
+    // The service administrator has no vault of its own.
+    assert_eq!(call("GET", &u("/keys"), &kv.admin, None).0, 401);
+
+    // GET /regions: service administrator only.
+    assert_eq!(call("GET", &u("/regions"), &platform, None).0, 401);
+    let (st, regions) = call("GET", &u("/regions"), &kv.admin, None);
+    assert_eq!(st, 200, "{regions}");
+    assert_eq!(regions["value"].as_array().unwrap().len(), 1);
+    assert_eq!(regions["value"][0]["region"], "westeu");
+    assert_eq!(regions["value"][0]["root_version"], 1);
+    assert_eq!(regions["value"][0]["keys"], 4);
+
+    // A soft-deleted platform key is resealed too: recovered after the rotation, it opens.
+    assert_eq!(call("DELETE", &u("/keys/shared"), &platform, None).0, 200);
+    let (st, v) = call("POST", &u("/regions/westeu/rotate"), &platform, None);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (st, v) = call("POST", &u("/regions/nowhere/rotate"), &kv.admin, None);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("region_not_found"))
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let old_id: i64 = conn
+        .query_row(
+            "SELECT id FROM region_roots WHERE region = 'westeu'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let old_root = root_key(&conn, &master, old_id);
+    let (st, rot) = call("POST", &u("/regions/westeu/rotate"), &kv.admin, None);
+    assert_eq!(st, 200, "{rot}");
+    assert_eq!(
+        (
+            rot["root_version"].as_i64(),
+            rot["previous_root_version"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(rot["resealed"], 4);
+    // One root version is left; every platform key version is sealed under it, and no
+    // longer under the old one.
+    let roots: Vec<(i64, i64)> = conn
+        .prepare("SELECT id, version FROM region_roots WHERE region = 'westeu'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(roots[0].1, 2);
+    let new_id = roots[0].0;
+    let (sealed, root_id, version): (Vec<u8>, i64, String) = conn
+        .query_row(
+            "SELECT sealed, root_id, version FROM key_versions WHERE vault = ?1 AND name = 'platform-disk'",
+            [pvault],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(root_id, new_id);
+    let ctx = format!("opencvm-keyvault/key/{pvault}/platform-disk/{version}");
+    assert!(
+        old_root.open(&ctx, &sealed).is_err(),
+        "still opens under the old root"
+    );
+    assert_eq!(
+        open_at_rest(&db, &master, pvault, "platform-disk"),
+        material
+    );
+    let untouched: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM key_versions WHERE vault = ?1 AND root_id IS NOT ?2",
+            rusqlite::params![pvault, new_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(untouched, 0);
+    // The customer key is untouched.
+    assert_eq!(
+        open_at_rest(&db, &master, "westeu", "tenant-disk"),
+        tenant_material
+    );
+
+    // After the rotation: release, attested unwrap of the data key wrapped before it, the
+    // recovered key, and a new key (sealed under the new root) all work.
+    let (st, rel) = call(
+        "POST",
+        &release_url,
+        &platform_releaser,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!(st, 200, "{rel}");
+    assert_eq!(released_material(&rel, &guest_key), material);
+    let (st, au) = attested_unwrap(&platform_releaser);
+    assert_eq!(st, 200, "{au}");
+    assert_eq!(
+        call("POST", &u("/deletedkeys/shared/recover"), &platform, None).0,
+        200
+    );
+    let (_, s1) = call("GET", &u("/keys/shared"), &platform, None);
+    let (st, rel) = call(
+        "POST",
+        &u(&format!("/keys/shared/{}/release", version_of(&s1))),
+        &platform,
+        Some(json!({"target": token_a})),
+    );
+    assert_eq!(st, 200, "{rel}");
+    assert_eq!(released_material(&rel, &guest_key), material);
+    let new_material = [0x77u8; 32];
+    assert_eq!(import(&platform, "after", &new_material).0, 200);
+    assert_eq!(open_at_rest(&db, &master, pvault, "after"), new_material);
+    let (_, regions) = call("GET", &u("/regions"), &kv.admin, None);
+    assert_eq!(regions["value"][0]["root_version"], 2);
+    assert_eq!(regions["value"][0]["keys"], 5);
+
+    // Audited in the platform vault's log, not in the tenant's.
+    let (_, log) = call("GET", &u("/audit"), &platform, None);
+    let ops: Vec<(String, String, String, String)> = log["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["op"].as_str().unwrap().starts_with("region_"))
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap().to_string();
+            (s("op"), s("caller"), s("version"), s("outcome"))
+        })
+        .collect();
+    let sa = "service_administrator".to_string();
+    assert_eq!(
+        ops,
+        vec![
+            (
+                "region_create".into(),
+                sa.clone(),
+                "1".into(),
+                "allowed".into()
+            ),
+            ("region_rotate".into(), sa, "2".into(), "allowed".into()),
+        ]
+    );
+    let (_, tlog) = call("GET", &u("/audit"), &tenant, None);
+    assert!(!tlog.to_string().contains("region_"));
+    assert!(!log.to_string().contains(&B64URL.encode(&material)));
+}
