@@ -120,31 +120,68 @@ fn take_buffer(buf: *mut c_uchar, len: u32) -> Vec<u8> {
     out
 }
 
-/// `TPMLIB_Process`: executes one TPM command and returns its response.
-pub(crate) fn process(command: &[u8]) -> Result<Vec<u8>, TpmResult> {
-    let len = u32::try_from(command.len()).map_err(|_| FAIL)?;
-    // libtpms wants a mutable command buffer (it does not write to it, but the
-    // signature says so); give it a private copy.
-    let mut cmd = command.to_vec();
-    let mut resp: *mut c_uchar = ptr::null_mut();
-    let (mut resp_size, mut resp_cap) = (0u32, 0u32);
-    // SAFETY: `cmd` is a live buffer of `len` bytes; the out-pointers are valid locals;
-    // with a null response buffer libtpms allocates one with its allocator and reports
-    // the used size and capacity; `take_buffer` frees it.
-    let rc = unsafe {
-        TPMLIB_Process(
-            &mut resp,
-            &mut resp_size,
-            &mut resp_cap,
-            cmd.as_mut_ptr(),
-            len,
-        )
-    };
-    let out = take_buffer(resp, resp_size.min(resp_cap));
-    if rc != SUCCESS {
-        return Err(rc);
+/// A response buffer libtpms allocated, reused across commands (libtpms grows it with
+/// its own allocator when a response needs more room), freed on drop.
+pub(crate) struct ResponseBuffer {
+    ptr: *mut c_uchar,
+    cap: u32,
+    /// A private copy of the command: libtpms's signature wants it mutable.
+    command: Vec<u8>,
+}
+
+// SAFETY: the buffer is owned by exactly one `ResponseBuffer` (never aliased, never
+// shared); moving it to another thread moves that ownership with it. libtpms only
+// touches it inside `process`, called with `&mut self`.
+unsafe impl Send for ResponseBuffer {}
+
+impl ResponseBuffer {
+    pub(crate) fn new() -> Self {
+        Self {
+            ptr: ptr::null_mut(),
+            cap: 0,
+            command: Vec::with_capacity(4096),
+        }
     }
-    Ok(out)
+
+    /// `TPMLIB_Process`: executes one TPM command and returns its response.
+    pub(crate) fn process(&mut self, command: &[u8]) -> Result<Vec<u8>, TpmResult> {
+        let len = u32::try_from(command.len()).map_err(|_| FAIL)?;
+        self.command.clear();
+        self.command.extend_from_slice(command);
+        let mut resp_size = 0u32;
+        // SAFETY: `self.command` is a live buffer of `len` bytes; `self.ptr`/`self.cap`
+        // are null/0 or a buffer of `cap` bytes that libtpms allocated in an earlier
+        // call (it reallocates it with its allocator when too small and updates both);
+        // the out-pointers are valid for the call.
+        let rc = unsafe {
+            TPMLIB_Process(
+                &mut self.ptr,
+                &mut resp_size,
+                &mut self.cap,
+                self.command.as_mut_ptr(),
+                len,
+            )
+        };
+        if rc != SUCCESS {
+            return Err(rc);
+        }
+        if self.ptr.is_null() {
+            return Ok(Vec::new());
+        }
+        let n = resp_size.min(self.cap) as usize;
+        // SAFETY: libtpms wrote `resp_size` bytes of response into the buffer of `cap`
+        // bytes at `self.ptr`; we copy at most `cap` of them while no one else holds it.
+        Ok(unsafe { std::slice::from_raw_parts(self.ptr, n) }.to_vec())
+    }
+}
+
+impl Drop for ResponseBuffer {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: the buffer came from libtpms's allocator and is freed once.
+            unsafe { TPM_Free(self.ptr) };
+        }
+    }
 }
 
 /// `TPMLIB_VolatileAll_Store`: the volatile state of the running TPM.

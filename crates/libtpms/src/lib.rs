@@ -154,6 +154,7 @@ pub struct BufferSizes {
 /// call goes through `&mut self` (wrap it in a mutex to share it).
 pub struct Libtpms {
     running: bool,
+    buffer: ffi::ResponseBuffer,
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
@@ -183,6 +184,7 @@ impl Libtpms {
         }
         Ok(Self {
             running: false,
+            buffer: ffi::ResponseBuffer::new(),
             _not_sync: PhantomData,
         })
     }
@@ -231,7 +233,7 @@ impl Libtpms {
     /// Executes one TPM command and returns the response (a TPM error is a normal
     /// response; `Err` means libtpms itself failed).
     pub fn process(&mut self, command: &[u8]) -> Result<Vec<u8>, Error> {
-        ffi::process(command).map_err(|code| Error::Code {
+        self.buffer.process(command).map_err(|code| Error::Code {
             op: "Process",
             code,
         })
