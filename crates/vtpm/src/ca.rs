@@ -187,7 +187,7 @@ impl VtpmCa {
             // The key last: its presence marks a complete CA.
             write_secret(&key_path, pkcs8.as_ref()).map_err(io(&key_path))?;
         }
-        let pkcs8 = std::fs::read(&key_path).map_err(io(&key_path))?;
+        let pkcs8 = zeroize::Zeroizing::new(std::fs::read(&key_path).map_err(io(&key_path))?);
         let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8)
             .map_err(|e| CaError::Invalid(dir.into(), format!("key: {e}")))?;
         let cert_der = std::fs::read(&cert_path).map_err(io(&cert_path))?;

@@ -574,7 +574,7 @@ impl Platform {
                 &[],
                 &[&cp_hash(s.hash), &a.nonce, &s.nonce_tpm, &extra, &[a.attrs]],
             );
-            if expected != a.hmac {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &a.hmac).is_err() {
                 return error_response(RC_AUTH_FAIL_SESSION + ((i as u32) << 8));
             }
             keys.push(Some(s));
