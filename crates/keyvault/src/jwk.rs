@@ -101,7 +101,8 @@ fn member(jwk: &Map<String, Value>, name: &str) -> Result<Zeroizing<Vec<u8>>, Jw
     Ok(Zeroizing::new(bytes))
 }
 
-fn strip(b: &[u8]) -> &[u8] {
+/// `b` without leading zero bytes (keeping one byte of an all-zero value).
+pub(crate) fn strip(b: &[u8]) -> &[u8] {
     let i = b
         .iter()
         .position(|&x| x != 0)

@@ -27,6 +27,7 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::authority::{Authorities, ValidToken};
+use crate::jwk::strip;
 use crate::release_policy::ReleasePolicyEnvelope;
 use crate::store::{
     AuditEntry, NewRegion, RootRow, Rotation, SealedVersion, SqliteStore, Store, StoreError,
@@ -559,12 +560,13 @@ fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Imported, VaultEr
     Ok((k, public))
 }
 
-fn strip(b: &[u8]) -> &[u8] {
-    let i = b
-        .iter()
-        .position(|&x| x != 0)
-        .unwrap_or(b.len().saturating_sub(1));
-    &b[i..]
+/// How an audit entry names an outcome: allowed, denied (4xx) or failed (5xx).
+fn outcome_name(outcome: Result<(), &VaultError>) -> &'static str {
+    match outcome {
+        Ok(()) => "allowed",
+        Err(e) if e.status >= 500 => "failed",
+        Err(_) => "denied",
+    }
 }
 
 impl Vault {
@@ -672,11 +674,7 @@ impl Vault {
             op: op.to_string(),
             key: key.to_string(),
             version: version.to_string(),
-            outcome: match outcome {
-                Ok(()) => "allowed".into(),
-                Err(e) if e.status >= 500 => "failed".into(),
-                Err(_) => "denied".into(),
-            },
+            outcome: outcome_name(outcome).into(),
             code: outcome
                 .err()
                 .map(|e| e.code.to_string())
@@ -1245,11 +1243,7 @@ impl Vault {
             op: op.to_string(),
             key: String::new(),
             version: version.to_string(),
-            outcome: match outcome {
-                Ok(()) => "allowed".into(),
-                Err(e) if e.status >= 500 => "failed".into(),
-                Err(_) => "denied".into(),
-            },
+            outcome: outcome_name(outcome).into(),
             code: outcome
                 .err()
                 .map(|e| e.code.to_string())
