@@ -154,14 +154,30 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether `s` is a UUID in its 8-4-4-4-12 hex form.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The VM id: given, or kept in the state directory (generated on first start).
 fn vm_id(a: &RunArgs) -> Result<String> {
     if let Some(id) = &a.vm_id {
+        if !is_uuid(id) {
+            anyhow::bail!("--vm-id {id:?} is not a UUID (8-4-4-4-12 hex digits)");
+        }
         return Ok(id.to_uppercase());
     }
     let path = a.state.join("vm-id");
     if let Ok(id) = std::fs::read_to_string(&path) {
-        return Ok(id.trim().to_string());
+        let id = id.trim();
+        if !is_uuid(id) {
+            anyhow::bail!("{} does not hold a UUID", path.display());
+        }
+        return Ok(id.to_uppercase());
     }
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).map_err(|_| anyhow::anyhow!("no randomness"))?;

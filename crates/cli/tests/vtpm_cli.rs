@@ -562,6 +562,19 @@ fn bad_endpoints_and_a_locked_state_are_refused() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
+    // A VM id that is not a UUID (it goes into the report's JSON claims).
+    let o = common::cvm(&[
+        "vtpm",
+        "run",
+        "--state",
+        state.to_str().unwrap(),
+        "--server",
+        "tcp:127.0.0.1:0",
+        "--vm-id",
+        "x\",\"secure-boot\":false",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a UUID"));
     let _vt = start(&state, "swtpm");
     let o = common::cvm(&[
         "vtpm",
