@@ -120,25 +120,37 @@ async fn blocking(f: impl FnOnce() -> Result<Value, VaultError> + Send + 'static
         .map(axum::Json)
 }
 
-async fn release(
-    State(v): S,
-    Path((n, ver)): Path<(String, String)>,
+/// A key operation that validates an attestation token.
+type TokenOp = fn(&Vault, Option<&str>, &str, &str, &[u8]) -> Result<Value, VaultError>;
+
+/// Runs `op` on key `n` version `ver` on the blocking pool.
+async fn token_op(
+    v: Arc<Vault>,
+    (n, ver): (String, String),
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
+    op: TokenOp,
 ) -> R {
     let b = body(b)?;
     let t = bearer(&h).map(str::to_string);
-    blocking(move || v.release(t.as_deref(), &n, &ver, &b)).await
+    blocking(move || op(&v, t.as_deref(), &n, &ver, &b)).await
+}
+
+async fn release(
+    State(v): S,
+    Path(p): Path<(String, String)>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> R {
+    token_op(v, p, h, b, Vault::release).await
 }
 async fn release_test(
     State(v): S,
-    Path((n, ver)): Path<(String, String)>,
+    Path(p): Path<(String, String)>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> R {
-    let b = body(b)?;
-    let t = bearer(&h).map(str::to_string);
-    blocking(move || v.release_test(t.as_deref(), &n, &ver, &b)).await
+    token_op(v, p, h, b, Vault::release_test).await
 }
 async fn wrapkey(
     State(v): S,
@@ -150,13 +162,11 @@ async fn wrapkey(
 }
 async fn attested_unwrap(
     State(v): S,
-    Path((n, ver)): Path<(String, String)>,
+    Path(p): Path<(String, String)>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> R {
-    let b = body(b)?;
-    let t = bearer(&h).map(str::to_string);
-    blocking(move || v.attested_unwrap(t.as_deref(), &n, &ver, &b)).await
+    token_op(v, p, h, b, Vault::attested_unwrap).await
 }
 async fn credentials(State(v): S, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> R {
     Ok(axum::Json(v.create_credential(bearer(&h), &body(b)?)?))

@@ -396,12 +396,10 @@ struct Material {
 }
 
 fn generate(body: &CreateBody) -> Result<Material, VaultError> {
-    let kty = body.kty.trim_end_matches("-HSM");
-    let mut public = Map::new();
-    match kty {
+    let (kty, secret): (&'static str, Zeroizing<Vec<u8>>) = match body.kty.trim_end_matches("-HSM")
+    {
         "RSA" => {
-            let bits = body.key_size.unwrap_or(2048);
-            let size = match bits {
+            let size = match body.key_size.unwrap_or(2048) {
                 2048 => aws_lc_rs::rsa::KeySize::Rsa2048,
                 3072 => aws_lc_rs::rsa::KeySize::Rsa3072,
                 4096 => aws_lc_rs::rsa::KeySize::Rsa4096,
@@ -416,48 +414,17 @@ fn generate(body: &CreateBody) -> Result<Material, VaultError> {
                 .map_err(|_| VaultError::internal("keygen"))?;
             let der: Pkcs8V1Der<'static> =
                 kp.as_der().map_err(|_| VaultError::internal("keygen"))?;
-            let comps: RsaPublicKeyComponents<Vec<u8>> = kp.public_key().into();
-            public.insert("kty".into(), "RSA".into());
-            public.insert("n".into(), B64URL.encode(strip(&comps.n)).into());
-            public.insert("e".into(), B64URL.encode(strip(&comps.e)).into());
-            Ok(Material {
-                kty: "RSA",
-                secret: Zeroizing::new(der.as_ref().to_vec()),
-                public,
-            })
+            ("RSA", Zeroizing::new(der.as_ref().to_vec()))
         }
         "EC" => {
-            let (alg, crv, n) = match body.crv.as_deref().unwrap_or("P-256") {
-                "P-256" => (
-                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                    "P-256",
-                    32,
-                ),
-                "P-384" => (
-                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-                    "P-384",
-                    48,
-                ),
+            let alg = match body.crv.as_deref().unwrap_or("P-256") {
+                "P-256" => &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                "P-384" => &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
                 _ => return Err(VaultError::bad("bad_parameter", "EC crv is P-256 or P-384")),
             };
             let doc = EcdsaKeyPair::generate_pkcs8(alg, &SystemRandom::new())
                 .map_err(|_| VaultError::internal("keygen"))?;
-            let kp = EcdsaKeyPair::from_pkcs8(alg, doc.as_ref())
-                .map_err(|_| VaultError::internal("keygen"))?;
-            let point = kp.public_key().as_ref();
-            let (x, y) = point
-                .get(1..)
-                .unwrap_or_default()
-                .split_at(n.min(point.len().saturating_sub(1)));
-            public.insert("kty".into(), "EC".into());
-            public.insert("crv".into(), crv.into());
-            public.insert("x".into(), B64URL.encode(x).into());
-            public.insert("y".into(), B64URL.encode(y).into());
-            Ok(Material {
-                kty: "EC",
-                secret: Zeroizing::new(doc.as_ref().to_vec()),
-                public,
-            })
+            ("EC", Zeroizing::new(doc.as_ref().to_vec()))
         }
         "oct" => {
             if body.key_size.unwrap_or(256) != 256 {
@@ -468,28 +435,24 @@ fn generate(body: &CreateBody) -> Result<Material, VaultError> {
             }
             let mut k = Zeroizing::new(vec![0u8; 32]);
             aws_lc_rs::rand::fill(k.as_mut()).map_err(|_| VaultError::internal("random"))?;
-            public.insert("kty".into(), "oct".into());
-            Ok(Material {
-                kty: "oct",
-                secret: k,
-                public,
-            })
+            ("oct", k)
         }
-        other => Err(VaultError::bad(
-            "bad_parameter",
-            format!("kty {other:?} is not RSA, EC or oct"),
-        )),
-    }
+        other => {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                format!("kty {other:?} is not RSA, EC or oct"),
+            ));
+        }
+    };
+    // The public JWK of a generated key is derived exactly as an imported one's.
+    material_public(kty, secret)
 }
-
-/// Imported key material and its public JWK.
-type Imported = (Zeroizing<Vec<u8>>, Map<String, Value>);
 
 /// Checks imported key material of type `kty` (`oct`: 32 raw bytes; `RSA`/`EC`:
 /// PKCS#8) and derives its public JWK.
-fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Imported, VaultError> {
+fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Material, VaultError> {
     let mut public = Map::new();
-    match kty {
+    let kty = match kty {
         "oct" => {
             if k.len() != 32 {
                 return Err(VaultError::bad(
@@ -497,7 +460,7 @@ fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Imported, VaultEr
                     "an oct key is 32 bytes (AES-256)",
                 ));
             }
-            public.insert("kty".into(), "oct".into());
+            "oct"
         }
         "RSA" => {
             let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(&k).map_err(|_| {
@@ -510,9 +473,9 @@ fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Imported, VaultEr
                     "RSA keys are 2048, 3072 or 4096 bits",
                 ));
             }
-            public.insert("kty".into(), "RSA".into());
             public.insert("n".into(), B64URL.encode(strip(&comps.n)).into());
             public.insert("e".into(), B64URL.encode(strip(&comps.e)).into());
+            "RSA"
         }
         "EC" => {
             let curves = [
@@ -545,10 +508,10 @@ fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Imported, VaultEr
                 .get(1..)
                 .unwrap_or_default()
                 .split_at(n.min(point.len().saturating_sub(1)));
-            public.insert("kty".into(), "EC".into());
             public.insert("crv".into(), crv.into());
             public.insert("x".into(), B64URL.encode(x).into());
             public.insert("y".into(), B64URL.encode(y).into());
+            "EC"
         }
         other => {
             return Err(VaultError::bad(
@@ -556,8 +519,13 @@ fn material_public(kty: &str, k: Zeroizing<Vec<u8>>) -> Result<Imported, VaultEr
                 format!("kty {other:?} is not RSA, EC or oct"),
             ));
         }
-    }
-    Ok((k, public))
+    };
+    public.insert("kty".into(), kty.into());
+    Ok(Material {
+        kty,
+        secret: k,
+        public,
+    })
 }
 
 /// How an audit entry names an outcome: allowed, denied (4xx) or failed (5xx).
@@ -908,9 +876,20 @@ impl Vault {
                 },
             )
         })();
+        self.audited_bundle(&c, "create", name, r)
+    }
+
+    /// Audits the creation of a key version as `action` and answers with its bundle.
+    fn audited_bundle(
+        &self,
+        c: &Caller,
+        action: &str,
+        name: &str,
+        r: Result<VersionRow, VaultError>,
+    ) -> Result<Value, VaultError> {
         let _ = self.audit(
-            &c,
-            "create",
+            c,
+            action,
             name,
             r.as_ref().map(|r| r.version.as_str()).unwrap_or(""),
             r.as_ref().map(|_| ()),
@@ -942,7 +921,7 @@ impl Vault {
                 .to_string();
             // BYOK: the key arrives wrapped (CKM_RSA_AES_KEY_WRAP...) to an RSA key of
             // this vault (the KEK, named by the key_hsm header's kid).
-            let (k, public) = match b.key.get("key_hsm").and_then(Value::as_str) {
+            let m = match b.key.get("key_hsm").and_then(Value::as_str) {
                 Some(hsm) => self.unwrap_byok(&c, hsm, &kty)?,
                 None => {
                     let r = Self::plain_jwk(&kty, &b.key);
@@ -950,41 +929,24 @@ impl Vault {
                     r?
                 }
             };
-            let kty = public
-                .get("kty")
-                .and_then(Value::as_str)
-                .map(|k| match k {
-                    "RSA" => "RSA",
-                    "EC" => "EC",
-                    _ => "oct",
-                })
-                .unwrap_or("oct");
             self.new_version(
                 &c,
                 name,
                 NewKey {
-                    kty,
-                    secret: &k,
-                    public,
+                    kty: m.kty,
+                    secret: &m.secret,
+                    public: m.public,
                     attributes: b.attributes,
                     tags: b.tags,
                     release_policy: b.release_policy,
                 },
             )
         })();
-        let _ = self.audit(
-            &c,
-            "import",
-            name,
-            r.as_ref().map(|r| r.version.as_str()).unwrap_or(""),
-            r.as_ref().map(|_| ()),
-            None,
-        );
-        Ok(self.bundle(&r?, false))
+        self.audited_bundle(&c, "import", name, r)
     }
 
     /// The material and public JWK of a plain (unwrapped) private JWK.
-    fn plain_jwk(kty: &str, key: &Map<String, Value>) -> Result<Imported, VaultError> {
+    fn plain_jwk(kty: &str, key: &Map<String, Value>) -> Result<Material, VaultError> {
         match kty {
             "oct" => {
                 let k = Zeroizing::new(
@@ -1395,7 +1357,7 @@ impl Vault {
         Ok(json!({ "value": value }))
     }
 
-    fn unwrap_byok(&self, c: &Caller, key_hsm: &str, kty: &str) -> Result<Imported, VaultError> {
+    fn unwrap_byok(&self, c: &Caller, key_hsm: &str, kty: &str) -> Result<Material, VaultError> {
         let hsm =
             KeyHsm::parse(key_hsm).map_err(|e| VaultError::bad("bad_parameter", e.to_string()))?;
         let kek = self.by_kid(c, hsm.kid())?;
