@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// measure what durability costs. A host crash can then lose acknowledged writes.
     #[arg(long, hide = true)]
     unsafe_no_fsync: bool,
+    /// Conformance tests only (IBM TSS regression suite): serve the bare TPM, with
+    /// nothing provisioned, no report index and the platform hierarchy left open, as
+    /// swtpm does. Never for a VM.
+    #[arg(long, hide = true, conflicts_with_all = ["ca", "snp_platform"])]
+    bare: bool,
 }
 
 /// Runs a vtpm subcommand.
@@ -136,8 +141,13 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         tpm_enabled: true,
         console_enabled: a.console,
     };
-    let mut vtpm = Vtpm::with_platform(Box::new(engine), Platform::new(vm, reports, ca))
-        .context("provisioning the vTPM")?;
+    let mut vtpm = if a.bare {
+        eprintln!("warning: --bare: no provisioning and an open platform hierarchy");
+        Vtpm::new(Box::new(engine))
+    } else {
+        Vtpm::with_platform(Box::new(engine), Platform::new(vm, reports, ca))
+            .context("provisioning the vTPM")?
+    };
     if a.need_init {
         vtpm.engine().stop(true);
     }

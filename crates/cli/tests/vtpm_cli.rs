@@ -1074,6 +1074,75 @@ fn an_orderly_shutdown_is_resumed_once_and_a_kill_never_rolls_pcrs_back() {
     assert_eq!(pcr16(&tcti, &work), [0u8; 32]);
 }
 
+/// The response code of a raw TPM2_GetRandom(8) sent on a data channel.
+fn raw_getrandom_rc(port: u16) -> u32 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&[0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8])
+        .unwrap();
+    let mut head = [0u8; 10];
+    s.read_exact(&mut head).unwrap();
+    u32::from_be_bytes(head[6..10].try_into().unwrap())
+}
+
+#[test]
+fn need_init_keeps_the_tpm_stopped_until_cmd_init() {
+    let (_t, state, work) = workdir();
+    let vt = start_with(&state, "swtpm", &["--need-init"]);
+    let tcti = vt.tcti("swtpm");
+    // Before CMD_INIT every command gets TPM_RC_FAILURE; the vTPM keeps serving.
+    assert_eq!(raw_getrandom_rc(vt.port), 0x101);
+    assert!(!tpm(&tcti, &work, &["tpm2_startup", "-c"]).status.success());
+    assert_eq!(raw_getrandom_rc(vt.port), 0x101);
+    ok(vt.ioctl(&["-i"]), "swtpm_ioctl -i");
+    // Now it runs, from the state provisioned before the stop: the EK is there.
+    assert_eq!(
+        raw_getrandom_rc(vt.port),
+        0x100,
+        "TPM_RC_INITIALIZE before Startup"
+    );
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    assert_eq!(raw_getrandom_rc(vt.port), 0);
+    let handles = stdout(&ok(
+        tpm(&tcti, &work, &["tpm2_getcap", "handles-persistent"]),
+        "getcap",
+    ));
+    assert!(handles.contains("0x81010001"), "{handles}");
+    // Without the flag the TPM runs at once (it only waits for TPM2_Startup).
+    drop(vt);
+    let vt = start(&state, "swtpm");
+    assert_eq!(raw_getrandom_rc(vt.port), 0x100);
+}
+
+/// `--bare` (hidden; for the IBM TSS regression suite, which needs the platform
+/// hierarchy): nothing provisioned and no lock. It cannot be combined with the
+/// platform's CA or secure processor.
+#[test]
+fn bare_mode_provisions_nothing_and_leaves_the_platform_hierarchy_open() {
+    let (_t, state, work) = workdir();
+    let ca = work.join("ca");
+    let o = common::cvm(&[
+        "vtpm",
+        "run",
+        "--state",
+        state.to_str().unwrap(),
+        "--bare",
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!ca.exists());
+    let vt = start_with(&state, "mssim", &["--bare"]);
+    let tcti = vt.tcti("mssim");
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    let handles = stdout(&ok(
+        tpm(&tcti, &work, &["tpm2_getcap", "handles-persistent"]),
+        "getcap",
+    ));
+    assert!(!handles.contains("0x81"), "{handles}");
+    ok(tpm(&tcti, &work, &["tpm2_clear", "-c", "p"]), "clear -c p");
+}
+
 /// The sha256 value of PCR `n`.
 fn pcr(tcti: &str, dir: &Path, n: u32) -> Vec<u8> {
     let o = ok(
