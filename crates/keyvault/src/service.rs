@@ -1218,6 +1218,32 @@ impl Vault {
     /// (version 1, sealed under the master key) and its platform vault; returns the
     /// platform vault's administrator credential (once).
     pub fn create_region(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
+        let r = self.create_region_inner(bearer, region);
+        self.audit_region_failure(region, "region_create", r.as_ref().err());
+        r
+    }
+
+    /// Audits a failed region operation in the region's platform vault log (under
+    /// `service` when the name is not a region name at all); successes are audited in
+    /// the operation's own transaction.
+    fn audit_region_failure(&self, region: &str, op: &str, e: Option<&VaultError>) {
+        let Some(e) = e else { return };
+        let vault = if valid_region(region) {
+            platform_vault(region)
+        } else {
+            "service".to_string()
+        };
+        let mut entry = Self::service_audit(&vault, op, "", Err(e));
+        if e.status == 401 {
+            // Not the service administrator: a caller without its credential.
+            entry.caller = "unauthenticated".into();
+        }
+        if let Err(err) = self.store.audit(&entry) {
+            eprintln!("keyvault: audit log write failed: {err}");
+        }
+    }
+
+    fn create_region_inner(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
         self.service_admin(bearer)?;
         if !valid_region(region) {
             return Err(VaultError::bad(
@@ -1257,22 +1283,19 @@ impl Vault {
     /// every key version of the region's platform vault (soft-deleted ones too) is
     /// resealed under it and the old version deleted, in one store transaction.
     pub fn rotate_region(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
-        self.service_admin(bearer)?;
-        if !valid_region(region) {
-            return Err(VaultError::region_not_found(region));
-        }
-        let vault = self
-            .store
-            .region_vault(region)
-            .map_err(store_err)?
-            .ok_or_else(|| VaultError::region_not_found(region))?;
-        let r = self.rotate_inner(region, &vault);
-        if let Err(e) = &r {
-            let entry = Self::service_audit(&vault, "region_rotate", "", Err(e));
-            if let Err(err) = self.store.audit(&entry) {
-                eprintln!("keyvault: audit log write failed: {err}");
+        let r = (|| {
+            self.service_admin(bearer)?;
+            if !valid_region(region) {
+                return Err(VaultError::region_not_found(region));
             }
-        }
+            let vault = self
+                .store
+                .region_vault(region)
+                .map_err(store_err)?
+                .ok_or_else(|| VaultError::region_not_found(region))?;
+            self.rotate_inner(region, &vault)
+        })();
+        self.audit_region_failure(region, "region_rotate", r.as_ref().err());
         r
     }
 

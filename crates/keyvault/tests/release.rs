@@ -1534,17 +1534,20 @@ fn platform_keys_under_a_rotating_region_root() {
             (s("op"), s("caller"), s("version"), s("outcome"))
         })
         .collect();
-    let sa = "service_administrator".to_string();
+    // Refusals too: a tenant's create, the second create (conflict), the platform
+    // administrator's rotate.
+    let row = |op: &str, caller: &str, version: &str, outcome: &str| {
+        (op.into(), caller.into(), version.into(), outcome.into())
+    };
+    let (sa, anon) = ("service_administrator", "unauthenticated");
     assert_eq!(
         ops,
         vec![
-            (
-                "region_create".into(),
-                sa.clone(),
-                "1".into(),
-                "allowed".into()
-            ),
-            ("region_rotate".into(), sa, "2".into(), "allowed".into()),
+            row("region_create", anon, "", "denied"),
+            row("region_create", sa, "1", "allowed"),
+            row("region_create", sa, "", "denied"),
+            row("region_rotate", anon, "", "denied"),
+            row("region_rotate", sa, "2", "allowed"),
         ]
     );
     let (_, tlog) = call("GET", &u("/audit"), &tenant, None);
