@@ -96,11 +96,7 @@ fn emulated_evidence_to_token_checked_by_pyjwt() {
         None,
         Some(&body),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("nonce_replayed")),
-        "{v}"
-    );
+    common::assert_refused(st, &v, 400, "nonce_replayed");
 }
 
 #[test]
@@ -203,7 +199,7 @@ fn refusals_have_their_own_codes() {
     assert_eq!(code(&big), (413, "body_too_large".into()));
     // Unknown attestation type and unknown endpoint: JSON 404s.
     let (st, v) = call("POST", &format!("{}/attest/Tdx", s.url), None, Some(b"{}"));
-    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")));
+    common::assert_refused(st, &v, 404, "not_found");
 }
 
 #[test]
@@ -219,11 +215,7 @@ fn emulated_evidence_needs_the_service_and_the_provider_to_allow_it() {
         None,
         Some(&body),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("emulated_root")),
-        "{v}"
-    );
+    common::assert_refused(st, &v, 400, "emulated_root");
 
     // Service trusts the emulator, but a named provider does not allow it by default.
     let s = start(true);
@@ -299,10 +291,7 @@ fn policies_are_versioned_and_dry_runs_name_the_rule() {
     let purl = format!("{}/policies/SevSnpVm", s.url);
     // Without the credential: refused.
     let (st, v) = call("PUT", &purl, None, Some(b"package policy\nallow := true"));
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
+    common::assert_refused(st, &v, 401, "unauthorized");
     // Not Rego: refused with the parser's message.
     let (st, v) = call(
         "PUT",
@@ -310,11 +299,7 @@ fn policies_are_versioned_and_dry_runs_name_the_rule() {
         Some(&s.admin),
         Some(br#"{"policy": "package policy\nallow := ("}"#),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("invalid_policy")),
-        "{v}"
-    );
+    common::assert_refused(st, &v, 400, "invalid_policy");
     // A policy that requires guest SVN >= 5.
     let policy = r#"package policy
 import rego.v1
@@ -362,10 +347,7 @@ deny contains {"rule": "min-guest-svn", "message": sprintf("guest SVN %v < 5", [
         None,
         Some(draft_body.as_bytes()),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
+    common::assert_refused(st, &v, 401, "unauthorized");
     let (st, v) = call(
         "POST",
         &format!("{purl}/test"),

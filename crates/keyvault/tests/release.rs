@@ -18,6 +18,16 @@ use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
 use snp_emu::platform::{Platform, PlatformConfig, pem};
 
+/// Asserts an error response: its status and its stable `code`.
+#[track_caller]
+fn assert_refused(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (want_status, Some(want_code)),
+        "{body}"
+    );
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -227,17 +237,10 @@ fn release_to_an_attested_guest_and_every_refusal() {
         );
         assert_eq!(st, 200, "{enc}: {v}");
         let jws = v["value"].as_str().unwrap();
-        let payload: Value =
-            serde_json::from_slice(&B64URL.decode(jws.split('.').nth(1).unwrap()).unwrap())
-                .unwrap();
+        let payload = jws_payload(&v);
         assert_eq!(payload["request"]["enc"], enc);
         assert_eq!(payload["request"]["nonce"], "n-1");
-        let hsm = KeyHsm::parse(
-            payload["response"]["key"]["key"]["key_hsm"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
+        let hsm = released_hsm(&v);
         assert_eq!(hsm.kid(), "guest-transfer-key");
         // Python `cryptography` unwraps it to the key material.
         let ct = dir.path().join("ct.bin");
@@ -451,7 +454,7 @@ fn release_to_an_attested_guest_and_every_refusal() {
         &releaser,
         Some(json!({"kty": "oct"})),
     );
-    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_refused(st, &v, 403, "forbidden");
 
     // The audit log has an entry for each, with the token's issuer and jti, and no key.
     let (st, log) = call("GET", &format!("{}/audit", kv.url), &admin_a, None);
@@ -516,10 +519,7 @@ fn key_lifecycle_versions_soft_delete_and_policies() {
         &admin,
         Some(json!({"kty": "EC", "crv": "P-384", "attributes": {"exportable": true}})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("release_policy_required"))
-    );
+    assert_refused(st, &v, 400, "release_policy_required");
     // Two versions; GET returns the newest; public parts only.
     let (st, v1) = call(
         "POST",
@@ -567,10 +567,7 @@ fn key_lifecycle_versions_soft_delete_and_policies() {
         &admin,
         Some(json!({"release_policy": policy(&a1, Value::Null)})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (409, Some("release_policy_immutable"))
-    );
+    assert_refused(st, &v, 409, "release_policy_immutable");
     // A malformed release policy: refused with the grammar error.
     let bad = json!({"contentType": "application/json; charset=utf-8", "data": B64URL.encode(r#"{"version":"1.0.0","anyOf":[{"authority":"x","allOf":[{"claim":"a","equal":"b"}]}]}"#), "immutable": false});
     let (st, v) = call(
@@ -579,11 +576,7 @@ fn key_lifecycle_versions_soft_delete_and_policies() {
         &admin,
         Some(json!({"kty": "oct", "attributes": {"exportable": true}, "release_policy": bad})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("bad_release_policy")),
-        "{v}"
-    );
+    assert_refused(st, &v, 400, "bad_release_policy");
     // List, soft delete, recover, purge.
     let (_, list) = call("GET", &u("/keys"), &admin, None);
     assert_eq!(list["value"].as_array().unwrap().len(), 1);
@@ -685,18 +678,7 @@ fn byok_import_and_attested_unwrap() {
         Some(json!({"target": token_a})),
     );
     assert_eq!(st, 200, "{r}");
-    let payload: Value = serde_json::from_slice(
-        &B64URL
-            .decode(r["value"].as_str().unwrap().split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let released = KeyHsm::parse(
-        payload["response"]["key"]["key"]["key_hsm"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let released = released_hsm(&r);
     assert_eq!(
         released.unwrap_key(&guest_key).unwrap().as_bytes(),
         &aes[..]
@@ -731,11 +713,7 @@ fn byok_import_and_attested_unwrap() {
         &admin,
         Some(json!({"key": {"kty": "oct", "key_hsm": hsm.encode()}})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("byok_unwrap_failed")),
-        "{v}"
-    );
+    assert_refused(st, &v, 400, "byok_unwrap_failed");
 
     // Attested unwrap: a non-exportable AES key wraps a data key; only an attested caller
     // gets the data key back, wrapped to its own key. The AES key never leaves.
@@ -770,13 +748,7 @@ fn byok_import_and_attested_unwrap() {
         Some(json!({"target": token_a, "alg": "A256KW", "value": wrapped})),
     );
     assert_eq!(st, 200, "{r}");
-    let payload: Value = serde_json::from_slice(
-        &B64URL
-            .decode(r["value"].as_str().unwrap().split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let got = KeyHsm::parse(payload["response"]["key_hsm"].as_str().unwrap()).unwrap();
+    let got = unwrapped_hsm(&r);
     assert_eq!(got.unwrap_key(&guest_key).unwrap().as_bytes(), &dek[..]);
     // The same key cannot be released (not exportable).
     let (st, v) = call(
@@ -785,10 +757,7 @@ fn byok_import_and_attested_unwrap() {
         &admin,
         Some(json!({"target": token_a})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (403, Some("key_not_exportable"))
-    );
+    assert_refused(st, &v, 403, "key_not_exportable");
     // Refusals: a token without an RSA key, a value that is not wrapped under the key,
     // a key without a release policy.
     let bare = token(&a1, &emu, &json!({}), false);
@@ -798,10 +767,7 @@ fn byok_import_and_attested_unwrap() {
         &admin,
         Some(json!({"target": bare, "alg": "A256KW", "value": wrapped})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (403, Some("no_encryption_key"))
-    );
+    assert_refused(st, &v, 403, "no_encryption_key");
     let junk = B64URL.encode([7u8; 40]);
     let (st, v) = call(
         "POST",
@@ -809,10 +775,7 @@ fn byok_import_and_attested_unwrap() {
         &admin,
         Some(json!({"target": token_a, "alg": "A256KW", "value": junk})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("unwrap_failed"))
-    );
+    assert_refused(st, &v, 400, "unwrap_failed");
     let (_, plain) = call(
         "POST",
         &u("/keys/plain/create"),
@@ -832,10 +795,7 @@ fn byok_import_and_attested_unwrap() {
         &admin,
         Some(json!({"target": token_a, "alg": "A256KW", "value": wrapped})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (403, Some("no_release_policy"))
-    );
+    assert_refused(st, &v, 403, "no_release_policy");
     // Audited.
     let (_, log) = call("GET", &u("/audit"), &admin, None);
     let ops: Vec<(&str, &str)> = log["value"]
@@ -863,20 +823,34 @@ fn version_of(bundle: &Value) -> String {
 }
 
 /// The key material in a release response, unwrapped with the guest's key.
-fn released_material(resp: &Value, guest: &UnwrappingKey) -> Vec<u8> {
+/// The payload of the JWS in a release or attested-unwrap response.
+fn jws_payload(resp: &Value) -> Value {
     let jws = resp["value"].as_str().unwrap_or_else(|| panic!("{resp}"));
-    let payload: Value =
-        serde_json::from_slice(&B64URL.decode(jws.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    serde_json::from_slice(&B64URL.decode(jws.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
+/// The wrapped key of a release response (`response.key.key.key_hsm`).
+fn released_hsm(resp: &Value) -> KeyHsm {
+    let payload = jws_payload(resp);
     KeyHsm::parse(
         payload["response"]["key"]["key"]["key_hsm"]
             .as_str()
             .unwrap(),
     )
     .unwrap()
-    .unwrap_key(guest)
-    .unwrap()
-    .as_bytes()
-    .to_vec()
+}
+
+/// The wrapped data key of an attested-unwrap response (`response.key_hsm`).
+fn unwrapped_hsm(resp: &Value) -> KeyHsm {
+    KeyHsm::parse(jws_payload(resp)["response"]["key_hsm"].as_str().unwrap()).unwrap()
+}
+
+fn released_material(resp: &Value, guest: &UnwrappingKey) -> Vec<u8> {
+    released_hsm(resp)
+        .unwrap_key(guest)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
 }
 
 #[test]
@@ -968,18 +942,7 @@ fn plain_private_jwk_import_rsa_and_ec() {
             Some(json!({"target": token_a, "enc": "RSA_AES_KEY_WRAP_256"})),
         );
         assert_eq!(st, 200, "{r}");
-        let payload: Value = serde_json::from_slice(
-            &B64URL
-                .decode(r["value"].as_str().unwrap().split('.').nth(1).unwrap())
-                .unwrap(),
-        )
-        .unwrap();
-        let hsm = KeyHsm::parse(
-            payload["response"]["key"]["key"]["key_hsm"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
+        let hsm = released_hsm(&r);
         let ct = d.join(format!("{name}.ct"));
         std::fs::write(&ct, hsm.ciphertext()).unwrap();
         let out = Command::new("python3")
@@ -1031,10 +994,7 @@ fn plain_private_jwk_import_rsa_and_ec() {
         );
         assert!(!v.to_string().contains(private["d"].as_str().unwrap()));
         let (st, v) = call("GET", &u(&format!("/keys/{name}")), &admin, None);
-        assert_eq!(
-            (st, v["error"]["code"].as_str()),
-            (404, Some("key_not_found"))
-        );
+        assert_refused(st, &v, 404, "key_not_found");
     }
     // The modulus of another key with this key's private members: refused too.
     let mut other_n = read("rsa.jwk.json");
@@ -1048,11 +1008,7 @@ fn plain_private_jwk_import_rsa_and_ec() {
         &admin,
         Some(json!({"key": other_n})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (400, Some("jwk_key_mismatch")),
-        "{v}"
-    );
+    assert_refused(st, &v, 400, "jwk_key_mismatch");
     // Malformed: a CRT member missing, d of the wrong length, an unknown curve.
     let mut no_qi = read("rsa.jwk.json");
     no_qi.as_object_mut().unwrap().remove("qi");
@@ -1074,7 +1030,7 @@ fn plain_private_jwk_import_rsa_and_ec() {
         (off_curve, "invalid_private_key"),
     ] {
         let (st, v) = call("PUT", &u("/keys/bad"), &admin, Some(json!({"key": bad})));
-        assert_eq!((st, v["error"]["code"].as_str()), (400, Some(code)), "{v}");
+        assert_refused(st, &v, 400, code);
     }
     assert_eq!(call("GET", &u("/keys/bad"), &admin, None).0, 404);
     // The audit log holds the refusals and no private member.
@@ -1160,10 +1116,7 @@ fn platform_keys_under_a_rotating_region_root() {
     let tenant = t["credential"].as_str().unwrap().to_string();
     // Only the service administrator creates regions; names are checked.
     let (st, v) = call("POST", &u("/regions/westeu"), &tenant, None);
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
+    assert_refused(st, &v, 401, "unauthorized");
     for bad in ["West-EU", "west_eu", &"a".repeat(33)] {
         let (st, v) = call("POST", &u(&format!("/regions/{bad}")), &kv.admin, None);
         assert_eq!(
@@ -1178,7 +1131,7 @@ fn platform_keys_under_a_rotating_region_root() {
     assert_eq!(r["role"], "administrator");
     let platform = r["credential"].as_str().unwrap().to_string();
     let (st, v) = call("POST", &u("/regions/westeu"), &kv.admin, None);
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_refused(st, &v, 409, "conflict");
     // The platform vault's name cannot be taken by a tenant vault.
     let (st, _) = call(
         "POST",
@@ -1306,13 +1259,7 @@ fn platform_keys_under_a_rotating_region_root() {
     };
     let (st, au) = attested_unwrap(&platform_releaser);
     assert_eq!(st, 200, "{au}");
-    let au_payload: Value = serde_json::from_slice(
-        &B64URL
-            .decode(au["value"].as_str().unwrap().split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let got = KeyHsm::parse(au_payload["response"]["key_hsm"].as_str().unwrap()).unwrap();
+    let got = unwrapped_hsm(&au);
     assert_eq!(got.unwrap_key(&guest_key).unwrap().as_bytes(), &dek[..]);
     // The same release-policy rules: a policy the token does not satisfy refuses, and
     // the dry run says which condition failed.
@@ -1337,11 +1284,7 @@ fn platform_keys_under_a_rotating_region_root() {
         &platform_releaser,
         Some(json!({"target": token_a})),
     );
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (403, Some("release_policy_denied")),
-        "{v}"
-    );
+    assert_refused(st, &v, 403, "release_policy_denied");
     let (st, v) = call(
         "POST",
         &format!("{strict_url}/test"),
@@ -1398,10 +1341,7 @@ fn platform_keys_under_a_rotating_region_root() {
         );
     }
     let (st, v) = attested_unwrap(&tenant);
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (404, Some("key_not_found"))
-    );
+    assert_refused(st, &v, 404, "key_not_found");
     let (_, list) = call("GET", &u("/keys"), &tenant, None);
     assert!(!list.to_string().contains("platform-"), "{list}");
     // The service administrator has no vault of its own.
@@ -1419,15 +1359,9 @@ fn platform_keys_under_a_rotating_region_root() {
     // A soft-deleted platform key is resealed too: recovered after the rotation, it opens.
     assert_eq!(call("DELETE", &u("/keys/shared"), &platform, None).0, 200);
     let (st, v) = call("POST", &u("/regions/westeu/rotate"), &platform, None);
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
+    assert_refused(st, &v, 401, "unauthorized");
     let (st, v) = call("POST", &u("/regions/nowhere/rotate"), &kv.admin, None);
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (404, Some("region_not_found"))
-    );
+    assert_refused(st, &v, 404, "region_not_found");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let old_id: i64 = conn
         .query_row(

@@ -185,3 +185,13 @@ pub fn claims_of(token: &str) -> Value {
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// Asserts an error response: its status and its stable `code`.
+#[track_caller]
+pub fn assert_refused(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (want_status, Some(want_code)),
+        "{body}"
+    );
+}
