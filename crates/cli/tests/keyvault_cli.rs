@@ -53,18 +53,7 @@ fn post(url: &str, bearer: &str, body: &Value) -> (u16, Value) {
 fn serve_import_release_and_policy_test_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let attest = spawn(&[
-        "attest",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--allow-emulated",
-        "--offline",
-        "--state",
-        d.join("attest").to_str().unwrap(),
-        "--cache",
-        d.join("cache").to_str().unwrap(),
-    ]);
+    let attest = attest_serve(d);
     // The master key may not live inside the state directory.
     let out = cvm(&[
         "keyvault",
@@ -93,10 +82,8 @@ fn serve_import_release_and_policy_test_through_the_cli() {
     // Import an AES key with a release policy bound to the attestation service.
     let k = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     std::fs::write(d.join("k.hex"), k).unwrap();
-    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": attest.url, "allOf": [
-        {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
-        {"claim": "x-ms-sevsnpvm-vmpl", "equals": 0}]}]});
-    std::fs::write(d.join("policy.json"), policy.to_string()).unwrap();
+    let policy_path = policy_file(d, &attest.url);
+    let policy: Value = serde_json::from_slice(&std::fs::read(&policy_path).unwrap()).unwrap();
     let out = cvm(&[
         "key",
         "import",
@@ -108,20 +95,14 @@ fn serve_import_release_and_policy_test_through_the_cli() {
         "--aes-key-hex",
         d.join("k.hex").to_str().unwrap(),
         "--release-policy",
-        d.join("policy.json").to_str().unwrap(),
+        policy_path.to_str().unwrap(),
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let version = json_of(&out)["key"]["kid"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let version = version_of(&json_of(&out));
     let out = cvm(&["key", "list", "--url", &kv.url, "--credential-file", c]);
     assert_eq!(json_of(&out)["value"].as_array().unwrap().len(), 1);
     let out = cvm(&[
@@ -152,25 +133,7 @@ fn serve_import_release_and_policy_test_through_the_cli() {
     assert_eq!(json_of(&out)["key"]["crv"], "P-384");
 
     // An emulated guest attests with its transfer key; the CLI releases the key to it.
-    let p = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
-    let guest = p.launch(LaunchConfig::default()).unwrap();
-    let transfer = keyvault::wrap::UnwrappingKey::generate(2048).unwrap();
-    let mut jwk = transfer.public_key().to_jwk();
-    jwk["kid"] = "transfer".into();
-    let rt = serde_json::to_vec(&json!({"keys": [jwk]})).unwrap();
-    let mut rd = [0u8; 64];
-    rd[..32].copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &rt).as_ref());
-    let report = p.get_report(&guest, &rd, 0).unwrap();
-    let chain = pem("CERTIFICATE", p.vcek_der()) + &p.chain_pem();
-    let proof = json!({"SnpReport": B64URL.encode(report), "VcekCertChain": B64URL.encode(chain)});
-    let body = json!({
-        "report": B64URL.encode(serde_json::to_vec(&proof).unwrap()),
-        "runtimeData": {"data": B64URL.encode(&rt), "dataType": "JSON"},
-    });
-    let (st, v) = post(&format!("{}/attest/SevSnpVm", attest.url), "", &body);
-    assert_eq!(st, 200, "{v}");
-    let token_file = d.join("token.jwt");
-    std::fs::write(&token_file, v["token"].as_str().unwrap()).unwrap();
+    let (token_file, transfer) = attested_guest(d, &attest.url);
     let t = token_file.to_str().unwrap();
     let out = cvm(&[
         "key",
@@ -207,19 +170,7 @@ fn serve_import_release_and_policy_test_through_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let jws = json_of(&out)["value"].as_str().unwrap().to_string();
-    let payload: Value =
-        serde_json::from_slice(&B64URL.decode(jws.split('.').nth(1).unwrap()).unwrap()).unwrap();
-    let hsm = keyvault::wrap::KeyHsm::parse(
-        payload["response"]["key"]["key"]["key_hsm"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        hex::encode(hsm.unwrap_key(&transfer).unwrap().as_bytes()),
-        k
-    );
+    assert_eq!(hex::encode(released(&json_of(&out), &transfer)), k);
     // Delete: gone from show (exit 2, key_not_found).
     assert!(
         cvm(&[
