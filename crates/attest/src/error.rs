@@ -52,6 +52,12 @@ impl ApiError {
         Self::new(500, code, "internal error; see the service log")
     }
 
+    /// 500 for a failure whose cause goes to the service log (stderr) only.
+    pub fn logged(code: &'static str, cause: impl std::fmt::Display) -> Self {
+        eprintln!("attest: internal error ({code}): {cause}");
+        Self::internal(code)
+    }
+
     /// With extra detail.
     pub fn with_detail(mut self, detail: Value) -> Self {
         self.detail = Some(detail);

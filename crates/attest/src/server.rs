@@ -87,7 +87,7 @@ async fn attest_default(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, DEFAULT_PROVIDER.into(), t, &h, b)
+    attest(s, DEFAULT_PROVIDER.into(), t, &h, b).await
 }
 
 async fn attest_named(
@@ -96,10 +96,20 @@ async fn attest_named(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, p, t, &h, b)
+    attest(s, p, t, &h, b).await
 }
 
-fn attest(
+/// Runs CPU-bound work (report verification, Rego, a collateral fetch) on the
+/// blocking pool: runtime workers stay free, and the request timeout can answer while
+/// the work goes on.
+async fn blocking(f: impl FnOnce() -> Result<Value, ApiError> + Send + 'static) -> ApiResult {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::internal("task"))?
+        .map(axum::Json)
+}
+
+async fn attest(
     s: Arc<Service>,
     p: String,
     t: String,
@@ -108,7 +118,8 @@ fn attest(
 ) -> ApiResult {
     let k = kind(&t)?;
     let b = body(b)?;
-    Ok(axum::Json(s.attest(&p, k, &b, bearer(h))?))
+    let bearer = bearer(h).map(str::to_string);
+    blocking(move || s.attest(&p, k, &b, bearer.as_deref())).await
 }
 
 #[derive(Deserialize)]
@@ -188,9 +199,9 @@ struct TestBody {
     evidence: Value,
 }
 
-fn policy_test(
+async fn policy_test(
     s: Arc<Service>,
-    p: &str,
+    p: String,
     t: &str,
     h: &HeaderMap,
     b: Result<Bytes, BytesRejection>,
@@ -199,13 +210,8 @@ fn policy_test(
     let b = body(b)?;
     let tb: TestBody = crate::evidence::parse_json("policy test body", &b)?;
     let ev = serde_json::to_vec(&tb.evidence).map_err(|_| ApiError::internal("json"))?;
-    Ok(axum::Json(s.test_policy(
-        p,
-        k,
-        tb.policy.as_deref(),
-        &ev,
-        bearer(h),
-    )?))
+    let bearer = bearer(h).map(str::to_string);
+    blocking(move || s.test_policy(&p, k, tb.policy.as_deref(), &ev, bearer.as_deref())).await
 }
 
 async fn policy_test_default(
@@ -214,7 +220,7 @@ async fn policy_test_default(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, DEFAULT_PROVIDER, &t, &h, b)
+    policy_test(s, DEFAULT_PROVIDER.into(), &t, &h, b).await
 }
 
 async fn policy_test_named(
@@ -223,7 +229,7 @@ async fn policy_test_named(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, &p, &t, &h, b)
+    policy_test(s, p, &t, &h, b).await
 }
 
 async fn settings_get(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
@@ -267,6 +273,14 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        405,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
 /// The API's router.
 pub fn router(svc: Arc<Service>) -> Router {
     let per_provider = |prefix: &str| {
@@ -304,6 +318,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         )
         .route("/providers/{provider}", post(create_provider))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(httpd::limits))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(svc)

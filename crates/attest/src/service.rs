@@ -288,7 +288,7 @@ impl Service {
                     "provider_exists",
                     format!("provider {name:?} already exists"),
                 ),
-                _ => ApiError::internal("store"),
+                e => ApiError::logged("store", e),
             })?;
         Ok(token)
     }
@@ -337,7 +337,7 @@ impl Service {
         let rows = self
             .store
             .providers()
-            .map_err(|_| ApiError::internal("store"))?;
+            .map_err(|e| ApiError::logged("store", e))?;
         let row = rows
             .iter()
             .find(|r| r.name == name)
@@ -443,7 +443,7 @@ impl Service {
         let row = self.new_signing_key_row(provider)?;
         self.store
             .add_signing_key(provider, &row)
-            .map_err(|_| ApiError::internal("store"))?;
+            .map_err(|e| ApiError::logged("store", e))?;
         let p = self.reload(provider)?;
         let kid = p.signers.first().map(|s| s.kid().to_string());
         Ok(json!({ "kid": kid }))
@@ -526,7 +526,7 @@ impl Service {
         let version = self
             .store
             .put_policy(provider, kind.path_name(), text, now())
-            .map_err(|_| ApiError::internal("store"))?;
+            .map_err(|e| ApiError::logged("store", e))?;
         self.reload(provider)?;
         Ok(json!({
             "attestationType": kind.path_name(),
@@ -567,7 +567,7 @@ impl Service {
         let json = serde_json::to_string(&settings).map_err(|_| ApiError::internal("settings"))?;
         self.store
             .set_settings(provider, &json)
-            .map_err(|_| ApiError::internal("store"))?;
+            .map_err(|e| ApiError::logged("store", e))?;
         self.reload(provider)?;
         serde_json::to_value(&settings).map_err(|_| ApiError::internal("settings"))
     }

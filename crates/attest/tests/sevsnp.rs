@@ -200,6 +200,9 @@ fn refusals_have_their_own_codes() {
     // Unknown attestation type and unknown endpoint: JSON 404s.
     let (st, v) = call("POST", &format!("{}/attest/Tdx", s.url), None, Some(b"{}"));
     common::assert_refused(st, &v, 404, "not_found");
+    // A known path with another method: a JSON 405.
+    let (st, v) = call("GET", &format!("{}/attest/SevSnpVm", s.url), None, None);
+    common::assert_refused(st, &v, 405, "method_not_allowed");
 }
 
 #[test]

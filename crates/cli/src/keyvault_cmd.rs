@@ -69,8 +69,9 @@ pub struct ServeArgs {
     /// Public base URL (key ids); default `http://<bound address>`.
     #[arg(long)]
     base_url: Option<String>,
-    /// Allowed clock skew for token lifetimes, in seconds.
-    #[arg(long, default_value_t = 60)]
+    /// Allowed clock skew for token lifetimes, in seconds (0-300: a larger leeway
+    /// would keep expired attestation tokens usable).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(i64).range(0..=300))]
     clock_skew: i64,
     /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`.
     #[arg(long, requires = "tls_key")]

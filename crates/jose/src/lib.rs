@@ -92,7 +92,14 @@ pub enum JwtError {
     /// Not three base64url parts of JSON, or too large.
     #[error("malformed token: {0}")]
     Malformed(String),
-    /// The header names an algorithm not on the allow-list (`none`, HMAC, ...).
+    /// `alg: none`: an unsigned token, never accepted.
+    #[error("the token is unsigned (alg \"none\")")]
+    Unsigned,
+    /// An HMAC algorithm (`HS256`, ...): a shared-secret signature, never accepted from
+    /// an authority that publishes public keys (the classic key-confusion attack).
+    #[error("symmetric algorithm {0:?} is not allowed")]
+    SymmetricAlg(String),
+    /// The header names another algorithm not on the allow-list.
     #[error("algorithm {0:?} is not allowed")]
     AlgNotAllowed(String),
     /// No key in the JWKS has the token's `kid`.
@@ -134,6 +141,8 @@ impl JwtError {
     pub fn code(&self) -> &'static str {
         match self {
             JwtError::Malformed(_) => "malformed_token",
+            JwtError::Unsigned => "alg_none",
+            JwtError::SymmetricAlg(_) => "alg_symmetric",
             JwtError::AlgNotAllowed(_) => "alg_not_allowed",
             JwtError::UnknownKid(_) => "unknown_kid",
             JwtError::KeyAlgMismatch { .. } => "key_alg_mismatch",
@@ -579,7 +588,15 @@ pub fn verify(token: &str, jwks: &Jwks, opts: &VerifyOptions) -> Result<Verified
         .ok_or(JwtError::MissingClaim("alg"))?;
     let alg = Alg::from_name(alg_name)
         .filter(|a| opts.algs.contains(a))
-        .ok_or_else(|| JwtError::AlgNotAllowed(alg_name.to_string()))?;
+        .ok_or_else(|| {
+            if alg_name.eq_ignore_ascii_case("none") {
+                JwtError::Unsigned
+            } else if alg_name.to_ascii_uppercase().starts_with("HS") {
+                JwtError::SymmetricAlg(alg_name.to_string())
+            } else {
+                JwtError::AlgNotAllowed(alg_name.to_string())
+            }
+        })?;
     let jwk = match header.get("kid").and_then(Value::as_str) {
         Some(kid) => jwks
             .keys
@@ -692,14 +709,21 @@ mod tests {
             keys: vec![s.jwk()],
         };
         let payload = B64URL.encode(serde_json::to_vec(&claims(5000)).unwrap());
-        for alg in ["none", "HS256", "HS512", "rs256"] {
+        for (alg, code) in [
+            ("none", "alg_none"),
+            ("None", "alg_none"),
+            ("HS256", "alg_symmetric"),
+            ("HS512", "alg_symmetric"),
+            ("rs256", "alg_not_allowed"),
+            ("RS1", "alg_not_allowed"),
+        ] {
             let header = B64URL.encode(format!(r#"{{"alg":"{alg}","kid":"{}"}}"#, s.kid()));
             let t = format!("{header}.{payload}.");
             assert_eq!(
                 verify(&t, &jwks, &VerifyOptions::at(2000))
                     .unwrap_err()
                     .code(),
-                "alg_not_allowed",
+                code,
                 "{alg}"
             );
         }

@@ -45,6 +45,8 @@ impl TokenError {
             TokenError::UnknownIssuer(_) => "token_unknown_issuer",
             TokenError::Keys { .. } => "token_keys_unavailable",
             TokenError::Jwt(e) => match e {
+                JwtError::Unsigned => "token_unsigned",
+                JwtError::SymmetricAlg(_) => "token_alg_symmetric",
                 JwtError::AlgNotAllowed(_) => "token_alg_not_allowed",
                 JwtError::UnknownKid(_) => "token_unknown_key",
                 JwtError::BadSignature | JwtError::KeyAlgMismatch { .. } => "token_bad_signature",

@@ -196,6 +196,14 @@ async fn not_found() -> VaultError {
         detail: None,
     }
 }
+async fn method_not_allowed() -> VaultError {
+    VaultError {
+        status: 405,
+        code: "method_not_allowed",
+        message: "this endpoint does not take that method".into(),
+        detail: None,
+    }
+}
 
 /// The API's router.
 pub fn router(v: Arc<Vault>) -> Router {
@@ -220,6 +228,7 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/regions/{region}", post(create_region))
         .route("/regions/{region}/rotate", post(rotate_region))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(httpd::limits))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(v)

@@ -99,7 +99,11 @@ fn store_err(e: StoreError) -> VaultError {
         StoreError::Exists(what) | StoreError::Conflict(what) => {
             VaultError::new(409, "conflict", what)
         }
-        _ => VaultError::internal("store"),
+        e => {
+            // The cause goes to the service log only; the caller gets a plain 500.
+            eprintln!("keyvault: store error: {e}");
+            VaultError::internal("store")
+        }
     }
 }
 
@@ -159,6 +163,8 @@ pub enum Op {
 /// An authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// Its credential's id (`credential_id`), named in audit entries.
+    pub id: String,
     /// Its vault.
     pub vault: String,
     /// Its role.
@@ -209,6 +215,12 @@ impl std::fmt::Debug for Vault {
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
+}
+
+/// A credential's id: the first 8 bytes of its SHA-256, in hex. It names the
+/// credential in audit entries and reveals nothing of it.
+pub fn credential_id(sha256: &[u8]) -> String {
+    hex::encode(sha256.get(..8).unwrap_or(sha256))
 }
 
 fn now() -> i64 {
@@ -605,12 +617,14 @@ impl Vault {
     /// Authenticates a bearer credential.
     pub fn caller(&self, bearer: Option<&str>) -> Result<Caller, VaultError> {
         let token = bearer.ok_or_else(VaultError::unauthorized)?;
+        let hash = sha256(token.as_bytes());
         let cred = self
             .store
-            .credential(&sha256(token.as_bytes()))
+            .credential(&hash)
             .map_err(store_err)?
             .ok_or_else(VaultError::unauthorized)?;
         Ok(Caller {
+            id: credential_id(&hash),
             role: Role::from_name(&cred.role).ok_or_else(|| VaultError::internal("role"))?,
             vault: cred.vault,
             region: cred.region,
@@ -620,7 +634,10 @@ impl Vault {
     fn authorize(&self, bearer: Option<&str>, op: Op, what: &str) -> Result<Caller, VaultError> {
         let c = self.caller(bearer)?;
         if !c.role.may(op) {
-            return Err(VaultError::forbidden(c.role.name(), what));
+            // An authenticated caller refused by its role: audited in its vault.
+            let e = VaultError::forbidden(c.role.name(), what);
+            self.audit(&c, &what.replace(' ', "_"), "", "", Err(&e), None);
+            return Err(e);
         }
         Ok(c)
     }
@@ -638,7 +655,7 @@ impl Vault {
             seq: 0,
             ts: now(),
             vault: c.vault.clone(),
-            caller: c.role.name().to_string(),
+            caller: format!("{}:{}", c.role.name(), c.id),
             op: op.to_string(),
             key: key.to_string(),
             version: version.to_string(),
@@ -680,10 +697,23 @@ impl Vault {
             ));
         }
         let cred = random_token()?;
+        let hash = sha256(cred.as_bytes());
         self.store
-            .create_vault(name, &sha256(cred.as_bytes()), now())
+            .create_vault(name, &hash, now())
             .map_err(store_err)?;
-        Ok(json!({ "vault": name, "credential": cred.as_str(), "role": "administrator" }))
+        let id = credential_id(&hash);
+        if let Err(err) = self
+            .store
+            .audit(&Self::service_audit(name, "vault_create", &id, Ok(())))
+        {
+            eprintln!("keyvault: audit log write failed: {err}");
+        }
+        Ok(json!({
+            "vault": name,
+            "credential": cred.as_str(),
+            "id": id,
+            "role": "administrator",
+        }))
     }
 
     /// Issues a credential with `role` for the caller's vault (administrator).
@@ -705,10 +735,18 @@ impl Vault {
                 )
             })?;
         let cred = random_token()?;
+        let hash = sha256(cred.as_bytes());
         self.store
-            .add_credential(&c.vault, &sha256(cred.as_bytes()), role.name(), now())
+            .add_credential(&c.vault, &hash, role.name(), now())
             .map_err(store_err)?;
-        Ok(json!({ "vault": c.vault, "credential": cred.as_str(), "role": role.name() }))
+        let id = credential_id(&hash);
+        self.audit(&c, "credential_create", role.name(), &id, Ok(()), None);
+        Ok(json!({
+            "vault": c.vault,
+            "credential": cred.as_str(),
+            "id": id,
+            "role": role.name(),
+        }))
     }
 
     fn kid(&self, name: &str, version: &str) -> String {
@@ -1275,6 +1313,7 @@ impl Vault {
             "vault": vault,
             "root_version": 1,
             "credential": cred.as_str(),
+            "id": credential_id(&sha256(cred.as_bytes())),
             "role": "administrator",
         }))
     }

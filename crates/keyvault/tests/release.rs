@@ -191,6 +191,9 @@ fn release_to_an_attested_guest_and_every_refusal() {
         Some(json!({"role": "release_user"})),
     );
     let releaser = r["credential"].as_str().unwrap().to_string();
+    // Audit entries name a credential by its id (a hash prefix), never by itself.
+    let releaser_id = format!("release_user:{}", r["id"].as_str().unwrap());
+    assert_eq!(releaser_id.len(), "release_user:".len() + 16);
 
     // A customer-managed AES-256 key, exportable under a release policy.
     let k: Vec<u8> = (0u8..32)
@@ -316,7 +319,7 @@ fn release_to_an_attested_guest_and_every_refusal() {
     check(
         release(&releaser, &release_url, &none),
         401,
-        "token_alg_not_allowed",
+        "token_unsigned",
     );
     let jwks: Value = serde_json::from_str(
         &ureq::get(&format!("{a1}/certs"))
@@ -345,7 +348,7 @@ fn release_to_an_attested_guest_and_every_refusal() {
     check(
         release(&releaser, &release_url, &hs),
         401,
-        "token_alg_not_allowed",
+        "token_alg_symmetric",
     );
     let rogue = jose::TokenSigner::generate(jose::Alg::RS256, "rogue", 0, 36500).unwrap();
     let forged = forge(
@@ -455,6 +458,9 @@ fn release_to_an_attested_guest_and_every_refusal() {
         Some(json!({"kty": "oct"})),
     );
     assert_refused(st, &v, 403, "forbidden");
+    // A known path with another method: a JSON 405.
+    let (st, v) = call("GET", &format!("{}/keys/x/create", kv.url), &releaser, None);
+    assert_refused(st, &v, 405, "method_not_allowed");
 
     // The audit log has an entry for each, with the token's issuer and jti, and no key.
     let (st, log) = call("GET", &format!("{}/audit", kv.url), &admin_a, None);
@@ -469,7 +475,8 @@ fn release_to_an_attested_guest_and_every_refusal() {
         "",
         "token_unknown_issuer",
         "token_expired",
-        "token_alg_not_allowed",
+        "token_unsigned",
+        "token_alg_symmetric",
         "token_bad_signature",
         "release_policy_denied",
         "no_encryption_key",
@@ -486,6 +493,21 @@ fn release_to_an_attested_guest_and_every_refusal() {
         .find(|e| e["op"] == "release" && e["outcome"] == "allowed")
         .unwrap();
     assert_eq!(allowed["issuer"], a1.as_str());
+    assert_eq!(allowed["caller"], releaser_id.as_str());
+    // The refused create (role) is audited too, as are the credentials issued.
+    assert!(
+        entries.iter().any(|e| e["op"] == "create_keys"
+            && e["outcome"] == "denied"
+            && e["code"] == "forbidden"
+            && e["caller"] == releaser_id.as_str()),
+        "{entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["op"] == "credential_create" && e["key"] == "release_user")
+    );
+    assert!(!log.to_string().contains(&releaser));
     assert_eq!(allowed["jti"], claims["jti"]);
     let text = log.to_string();
     assert!(
@@ -495,12 +517,13 @@ fn release_to_an_attested_guest_and_every_refusal() {
     );
     // Tenant B's log does not show tenant A's work, except its own refused attempt.
     let (_, log_b) = call("GET", &format!("{}/audit", kv.url), &admin_b, None);
+    let log_b = log_b["value"].as_array().unwrap();
+    assert!(log_b.iter().all(|e| e["vault"] == "tenant-b"), "{log_b:?}");
     assert!(
-        log_b["value"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["vault"] == "tenant-b")
+        log_b.iter().any(|e| e["op"] == "release"
+            && e["outcome"] == "denied"
+            && e["code"] == "key_not_found"),
+        "tenant B's refused release is not in its log: {log_b:?}"
     );
 }
 
