@@ -398,9 +398,7 @@ pub fn evaluate(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
 
     let nonce = match nonce {
         Some(n) => {
-            if req.draft_policy.is_none() {
-                svc.consume_nonce(&n)?;
-            }
+            svc.check_nonce(&n)?;
             Some(n)
         }
         None => None,

@@ -267,9 +267,7 @@ fn sevsnp(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
                     "the nonce must appear as \"nonce\" in JSON runtimeData bound by REPORT_DATA",
                 ));
             }
-            if req.draft_policy.is_none() {
-                svc.consume_nonce(n)?;
-            }
+            svc.check_nonce(n)?;
             Some(n.clone())
         }
     };

@@ -1,18 +1,29 @@
 //! Short-lived, single-use nonces issued by `GET /nonce`.
 //!
-//! Nonces live in memory: a restart invalidates outstanding ones (callers ask again).
-//! A used nonce is remembered until it would have expired, so a replay is reported as
-//! such rather than as unknown.
+//! A nonce is self-authenticating: its issue time and 128 random bits, with an
+//! HMAC-SHA-256 tag under a key that lives only in this process's memory. Issuing one
+//! therefore stores nothing, so `GET /nonce` (which anyone may call) cannot fill the
+//! service's memory. A nonce is remembered only once it is *used*, i.e. when a token
+//! is issued for evidence bound to it, until it would have expired; that set is bounded
+//! and grows only as fast as evidence passes the policy. A restart invalidates
+//! outstanding nonces (callers ask again).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 
 /// The longest nonce string a request may carry.
 pub const MAX_NONCE_LEN: usize = 128;
+
+/// Issue time (8 bytes, big-endian seconds) ‖ random (16) ‖ tag (16).
+const RAW_LEN: usize = 40;
+
+/// How far in the future an issue time may lie (clock steps) before it is refused.
+const FUTURE_SKEW_SECS: u64 = 5;
 
 /// Why a nonce was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,8 +37,8 @@ pub enum NonceError {
     /// Already used by an earlier attestation.
     #[error("nonce was already used")]
     Replayed,
-    /// Too many nonces outstanding.
-    #[error("too many outstanding nonces; try again later")]
+    /// Too many nonces used within one lifetime.
+    #[error("too many nonces in use; try again later")]
     Full,
 }
 
@@ -43,16 +54,13 @@ impl NonceError {
     }
 }
 
-struct Entry {
-    expires: Instant,
-    used: bool,
-}
-
-/// Outstanding and recently used nonces.
+/// Issues and checks nonces; remembers the used ones until they expire.
 pub struct NonceStore {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<String, Entry>>,
+    key: hmac::Key,
+    /// Used nonces (their raw bytes) and when they expire (Unix seconds).
+    used: Mutex<HashMap<[u8; RAW_LEN], u64>>,
 }
 
 impl std::fmt::Debug for NonceStore {
@@ -63,14 +71,23 @@ impl std::fmt::Debug for NonceStore {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl NonceStore {
-    /// Nonces valid for `ttl`, at most `capacity` remembered at once.
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
-        NonceStore {
+    /// Nonces valid for `ttl`; at most `capacity` used ones remembered at once.
+    pub fn new(ttl: Duration, capacity: usize) -> Result<Self, NonceError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| NonceError::Unknown)?;
+        Ok(NonceStore {
             ttl,
             capacity,
-            entries: Mutex::new(HashMap::new()),
-        }
+            key,
+            used: Mutex::new(HashMap::new()),
+        })
     }
 
     /// How long a nonce lives.
@@ -78,42 +95,77 @@ impl NonceStore {
         self.ttl
     }
 
-    /// Issues a fresh nonce (256 random bits, base64url).
+    fn tag(&self, body: &[u8]) -> [u8; 16] {
+        let t = hmac::sign(&self.key, body);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(t.as_ref().get(..16).unwrap_or(&[0; 16]));
+        out
+    }
+
+    /// Issues a fresh nonce (base64url, 54 characters). Stores nothing.
     pub fn issue(&self) -> Result<String, NonceError> {
-        let mut raw = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut raw).map_err(|_| NonceError::Full)?;
-        let nonce = B64URL.encode(raw);
-        let now = Instant::now();
-        let mut entries = self.entries.lock().map_err(|_| NonceError::Full)?;
-        if entries.len() >= self.capacity {
-            entries.retain(|_, e| e.expires > now);
-            if entries.len() >= self.capacity {
+        self.issue_at(unix_now())
+    }
+
+    fn issue_at(&self, now: u64) -> Result<String, NonceError> {
+        let mut raw = [0u8; RAW_LEN];
+        raw[..8].copy_from_slice(&now.to_be_bytes());
+        aws_lc_rs::rand::fill(&mut raw[8..24]).map_err(|_| NonceError::Full)?;
+        let tag = self.tag(&raw[..24]);
+        raw[24..].copy_from_slice(&tag);
+        Ok(B64URL.encode(raw))
+    }
+
+    /// Checks that `nonce` was issued here, is unexpired and unused, without using it;
+    /// returns its raw bytes and when it expires.
+    fn check_at(&self, nonce: &str, now: u64) -> Result<([u8; RAW_LEN], u64), NonceError> {
+        let bytes = B64URL
+            .decode(nonce.as_bytes())
+            .map_err(|_| NonceError::Unknown)?;
+        let raw: [u8; RAW_LEN] = bytes.try_into().map_err(|_| NonceError::Unknown)?;
+        let tag = self.tag(&raw[..24]);
+        aws_lc_rs::constant_time::verify_slices_are_equal(&tag, &raw[24..])
+            .map_err(|_| NonceError::Unknown)?;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&raw[..8]);
+        let issued = u64::from_be_bytes(ts);
+        if issued > now.saturating_add(FUTURE_SKEW_SECS) {
+            return Err(NonceError::Unknown);
+        }
+        let expires = issued.saturating_add(self.ttl.as_secs());
+        if now >= expires {
+            return Err(NonceError::Expired);
+        }
+        let used = self.used.lock().map_err(|_| NonceError::Unknown)?;
+        if used.contains_key(&raw) {
+            return Err(NonceError::Replayed);
+        }
+        Ok((raw, expires))
+    }
+
+    /// Checks `nonce` (issued here, unexpired, unused) without using it.
+    pub fn check(&self, nonce: &str) -> Result<(), NonceError> {
+        self.check_at(nonce, unix_now()).map(|_| ())
+    }
+
+    /// Uses `nonce`: it must pass `check`, and can never be used again.
+    pub fn consume(&self, nonce: &str) -> Result<(), NonceError> {
+        self.consume_at(nonce, unix_now())
+    }
+
+    fn consume_at(&self, nonce: &str, now: u64) -> Result<(), NonceError> {
+        let (raw, expires) = self.check_at(nonce, now)?;
+        let mut used = self.used.lock().map_err(|_| NonceError::Unknown)?;
+        if used.len() >= self.capacity {
+            used.retain(|_, e| *e > now);
+            if used.len() >= self.capacity {
                 return Err(NonceError::Full);
             }
         }
-        entries.insert(
-            nonce.clone(),
-            Entry {
-                expires: now + self.ttl,
-                used: false,
-            },
-        );
-        Ok(nonce)
-    }
-
-    /// Uses `nonce`: it must have been issued here, be unexpired and unused.
-    pub fn consume(&self, nonce: &str) -> Result<(), NonceError> {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().map_err(|_| NonceError::Unknown)?;
-        let entry = entries.get_mut(nonce).ok_or(NonceError::Unknown)?;
-        if entry.used {
+        // A concurrent use of the same nonce since `check_at` is caught here.
+        if used.insert(raw, expires).is_some() {
             return Err(NonceError::Replayed);
         }
-        if entry.expires <= now {
-            entries.remove(nonce);
-            return Err(NonceError::Expired);
-        }
-        entry.used = true;
         Ok(())
     }
 }
@@ -124,17 +176,35 @@ mod tests {
 
     #[test]
     fn single_use_expiry_and_capacity() {
-        let s = NonceStore::new(Duration::from_secs(60), 2);
-        let a = s.issue().unwrap();
-        assert_eq!(s.consume("nope"), Err(NonceError::Unknown));
-        assert_eq!(s.consume(&a), Ok(()));
-        assert_eq!(s.consume(&a), Err(NonceError::Replayed));
-        let _b = s.issue().unwrap();
-        assert_eq!(s.issue(), Err(NonceError::Full));
-        let short = NonceStore::new(Duration::from_millis(1), 10);
-        let c = short.issue().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(short.consume(&c), Err(NonceError::Expired));
-        assert_eq!(short.consume(&c), Err(NonceError::Unknown));
+        let s = NonceStore::new(Duration::from_secs(60), 2).unwrap();
+        let now = 1_000_000;
+        let a = s.issue_at(now).unwrap();
+        assert_eq!(a.len(), 54);
+        assert_eq!(s.consume_at("nope", now), Err(NonceError::Unknown));
+        assert_eq!(s.check(&a), Err(NonceError::Expired), "issued long ago");
+        assert!(s.check_at(&a, now).is_ok());
+        assert_eq!(s.consume_at(&a, now + 1), Ok(()));
+        assert_eq!(s.consume_at(&a, now + 2), Err(NonceError::Replayed));
+        assert_eq!(s.check_at(&a, now + 2).unwrap_err(), NonceError::Replayed);
+        // Issuing stores nothing: any number may be outstanding.
+        let many: Vec<String> = (0..1000).map(|_| s.issue_at(now).unwrap()).collect();
+        assert_eq!(s.consume_at(&many[0], now), Ok(()));
+        // Two used within a lifetime fill a store of capacity 2; once they expire there
+        // is room again.
+        assert_eq!(s.consume_at(&many[1], now), Err(NonceError::Full));
+        let later = s.issue_at(now + 60).unwrap();
+        assert_eq!(s.consume_at(&later, now + 60), Ok(()));
+        // Expiry, a future issue time, a flipped bit, another process's key.
+        assert_eq!(s.check_at(&many[2], now + 60), Err(NonceError::Expired));
+        assert_eq!(s.check_at(&later, now + 54), Err(NonceError::Unknown));
+        let mut raw = B64URL.decode(&many[3]).unwrap();
+        raw[10] ^= 1;
+        assert_eq!(
+            s.check_at(&B64URL.encode(&raw), now),
+            Err(NonceError::Unknown)
+        );
+        let other = NonceStore::new(Duration::from_secs(60), 2).unwrap();
+        assert_eq!(other.check_at(&many[3], now), Err(NonceError::Unknown));
+        assert!(s.check_at(&many[3], now).is_ok());
     }
 }

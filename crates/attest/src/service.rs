@@ -95,6 +95,9 @@ pub enum ServiceError {
     /// Stored settings are not valid JSON.
     #[error("stored settings: {0}")]
     Settings(#[from] serde_json::Error),
+    /// The nonce key could not be made.
+    #[error("nonces: {0}")]
+    Nonces(#[from] crate::nonce::NonceError),
 }
 
 /// A policy version in force, compiled.
@@ -205,7 +208,7 @@ impl Service {
             master,
             verifier: Verifier::new(anchors),
             fetcher: cfg.collateral,
-            nonces: NonceStore::new(cfg.nonce_ttl, 100_000),
+            nonces: NonceStore::new(cfg.nonce_ttl, 100_000)?,
             providers: RwLock::new(HashMap::new()),
             chains: RwLock::new(HashMap::new()),
             token_alg: cfg.token_alg,
@@ -459,10 +462,10 @@ impl Service {
         Ok(json!({ "nonce": nonce, "expiresAt": now().saturating_add(ttl) }))
     }
 
-    pub(crate) fn consume_nonce(&self, nonce: &str) -> Result<(), ApiError> {
-        self.nonces
-            .consume(nonce)
-            .map_err(|e| ApiError::bad(e.code(), e.to_string()))
+    /// Checks a nonce named by evidence (issued here, unexpired, unused); it is used
+    /// up only when a token is issued for that evidence.
+    pub(crate) fn check_nonce(&self, nonce: &str) -> Result<(), ApiError> {
+        self.nonces.check(nonce).map_err(nonce_error)
     }
 
     pub(crate) fn cached_chain(&self, key: &[u8; 32]) -> Option<ParsedChain> {
@@ -611,6 +614,9 @@ impl Service {
             )
             .with_detail(detail));
         }
+        if let Some(n) = &ev.nonce {
+            self.nonces.consume(n).map_err(nonce_error)?;
+        }
         let token = self.token(&p, kind, ev.claims, &active.hash, ev.nonce.as_deref())?;
         Ok(json!({ "token": token }))
     }
@@ -711,5 +717,12 @@ impl Service {
         signer
             .sign(&claims, &format!("{iss}/certs"))
             .map_err(|_| ApiError::internal("signing"))
+    }
+}
+
+fn nonce_error(e: crate::nonce::NonceError) -> ApiError {
+    match e {
+        crate::nonce::NonceError::Full => ApiError::new(503, e.code(), e.to_string()),
+        _ => ApiError::bad(e.code(), e.to_string()),
     }
 }

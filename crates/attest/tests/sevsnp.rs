@@ -31,6 +31,24 @@ fn emulated_evidence_to_token_checked_by_pyjwt() {
     let runtime =
         json!({ "nonce": nonce, "keys": [{"kid": "k1", "kty": "RSA", "n": "AQAB", "e": "AQAB"}] });
     let body = emu.request(&guest, &runtime, Some(&nonce));
+    // A nonce is used up only by a token: neither evidence the policy denies nor a dry
+    // run uses it.
+    let debug = emu.request(&emu.guest(true), &runtime, Some(&nonce));
+    let (st, v) = call(
+        "POST",
+        &format!("{}/attest/SevSnpVm", s.url),
+        None,
+        Some(&debug),
+    );
+    common::assert_refused(st, &v, 403, "policy_denied");
+    let dry = json!({"evidence": serde_json::from_slice::<Value>(&body).unwrap()});
+    let (st, v) = call(
+        "POST",
+        &format!("{}/policies/SevSnpVm/test", s.url),
+        None,
+        Some(dry.to_string().as_bytes()),
+    );
+    assert_eq!((st, &v["decision"]), (200, &json!("allow")), "{v}");
     let (st, v) = call(
         "POST",
         &format!("{}/attest/SevSnpVm?api-version=2022-08-01", s.url),
