@@ -1445,13 +1445,25 @@ impl Vault {
         version: &str,
         body: &[u8],
     ) -> Result<Value, VaultError> {
-        use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
         let c = self.authorize(bearer, Op::Write, "wrap keys")?;
+        let r = self.wrap_key_inner(&c, name, version, body);
+        let _ = self.audit(&c, "wrapkey", name, version, r.as_ref().map(|_| ()), None);
+        r
+    }
+
+    fn wrap_key_inner(
+        &self,
+        c: &Caller,
+        name: &str,
+        version: &str,
+        body: &[u8],
+    ) -> Result<Value, VaultError> {
+        use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
         let b: WrapBody = parse_body(body)?;
         if b.alg != "A256KW" {
             return Err(VaultError::bad("bad_parameter", "alg is A256KW"));
         }
-        let row = self.version(&c, name, Some(version))?;
+        let row = self.version(c, name, Some(version))?;
         if row.kty != "oct" || !row.enabled {
             return Err(VaultError::bad(
                 "bad_parameter",
@@ -1469,7 +1481,7 @@ impl Vault {
                 "A256KW wraps 16-4096 bytes, a multiple of 8",
             ));
         }
-        let kek = AesKek::new(&AES_256, &self.unseal(&c, &row)?)
+        let kek = AesKek::new(&AES_256, &self.unseal(c, &row)?)
             .map_err(|_| VaultError::internal("kek"))?;
         let mut out = vec![0u8; dek.len() + 8];
         let wrapped = kek

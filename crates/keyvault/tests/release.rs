@@ -832,6 +832,13 @@ fn byok_import_and_attested_unwrap() {
         ops.contains(&("allowed", "")) && ops.contains(&("denied", "no_encryption_key")),
         "{ops:?}"
     );
+    assert!(
+        log["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["op"] == "wrapkey" && e["key"] == "dek-kek" && e["outcome"] == "allowed")
+    );
     assert!(!log.to_string().contains(&B64URL.encode(dek)));
 }
 
@@ -845,7 +852,6 @@ fn version_of(bundle: &Value) -> String {
         .to_string()
 }
 
-/// The key material in a release response, unwrapped with the guest's key.
 /// The payload of the JWS in a release or attested-unwrap response.
 fn jws_payload(resp: &Value) -> Value {
     let jws = resp["value"].as_str().unwrap_or_else(|| panic!("{resp}"));
@@ -868,6 +874,7 @@ fn unwrapped_hsm(resp: &Value) -> KeyHsm {
     KeyHsm::parse(jws_payload(resp)["response"]["key_hsm"].as_str().unwrap()).unwrap()
 }
 
+/// The key material in a release response, unwrapped with the guest's key.
 fn released_material(resp: &Value, guest: &UnwrappingKey) -> Vec<u8> {
     released_hsm(resp)
         .unwrap_key(guest)
