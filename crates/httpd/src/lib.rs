@@ -21,6 +21,26 @@ use axum::response::{IntoResponse, Response};
 /// How long one request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many connections are served at once; further ones wait in the listen backlog
+/// until one closes.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// How long a client may take to send a request's headers (so slow or silent clients
+/// cannot hold connections), and to finish a TLS handshake.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection limits of a listener.
+#[derive(Clone, Copy, Debug)]
+struct ConnLimits {
+    max_connections: usize,
+    header_timeout: Duration,
+}
+
+const LIMITS: ConnLimits = ConnLimits {
+    max_connections: MAX_CONNECTIONS,
+    header_timeout: HEADER_TIMEOUT,
+};
+
 /// A TLS certificate chain and its private key (PEM files).
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -119,13 +139,22 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeErro
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` over TLS: each connection's handshake is bounded in time, then HTTP/1.1.
-async fn serve_tls(
+/// Serves `app` (HTTP/1.1, over TLS with `acceptor`): at most `limits.max_connections`
+/// at once, and each request's headers (and the TLS handshake) within
+/// `limits.header_timeout`.
+async fn serve(
     listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
+    limits: ConnLimits,
 ) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
             // Out of descriptors and the like: back off instead of spinning.
@@ -134,18 +163,30 @@ async fn serve_tls(
                 continue;
             }
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
+            let _permit = permit;
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            match acceptor {
+                Some(acceptor) => {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = http.serve_connection(io, service).await;
+                }
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    let _ = http.serve_connection(io, service).await;
+                }
+            }
         });
     }
 }
@@ -167,10 +208,94 @@ pub fn run(
         let addr = listener.local_addr()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let app = build(addr, format!("{scheme}://{addr}"))?;
-        match acceptor {
-            Some(a) => serve_tls(listener, a, app).await?,
-            None => axum::serve(listener, app).await?,
-        }
+        serve(listener, acceptor, app, LIMITS).await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A server on 127.0.0.1:0 with `limits`, answering `GET /` with "ok".
+    fn server(limits: ConnLimits) -> SocketAddr {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+                let _ = serve(listener, None, app, limits).await;
+            });
+        });
+        addr
+    }
+
+    fn get(s: &mut std::net::TcpStream) -> String {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_client_that_never_finishes_its_headers_is_cut_off() {
+        let addr = server(ConnLimits {
+            max_connections: 8,
+            header_timeout: Duration::from_millis(300),
+        });
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        // Without the header timeout this read would wait for ever (the guard below
+        // only turns a hang into a failure).
+        slow.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let r = slow.read_to_end(&mut buf);
+        assert!(r.is_ok(), "the connection was not closed: {r:?}");
+        // A well-behaved client is still served.
+        let mut ok = std::net::TcpStream::connect(addr).unwrap();
+        assert!(get(&mut ok).ends_with("ok"));
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_wait_for_a_free_slot() {
+        let addr = server(ConnLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(60),
+        });
+        // Two connections that send nothing hold both slots.
+        let idle1 = std::net::TcpStream::connect(addr).unwrap();
+        let _idle2 = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut third = std::net::TcpStream::connect(addr).unwrap();
+        third
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let waited = third.read(&mut buf);
+        assert!(
+            waited.is_err(),
+            "a third connection was served while two held the slots: {waited:?}"
+        );
+        // One closes: the third is served.
+        drop(idle1);
+        third
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut out = String::new();
+        third.read_to_string(&mut out).unwrap();
+        assert!(out.ends_with("ok"), "{out}");
+    }
 }
