@@ -594,3 +594,68 @@ fn https_with_a_certificate_and_pyjwt_over_tls() {
             .is_err()
     );
 }
+
+/// Binary and SHA-384-bound runtime data, init-time data bound by HOST_DATA, field
+/// limits, and nonce expiry, over HTTP.
+#[test]
+fn runtime_and_init_time_data_forms_limits_and_nonce_expiry() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use snp_emu::guest::LaunchConfig;
+    let s = start_with(true, |c| c.nonce_ttl = std::time::Duration::from_secs(1));
+    let emu = emulator(Product::Milan);
+    let init = br#"{"tenant":"t1"}"#;
+    let host_data: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, init)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let guest = emu
+        .platform
+        .launch(LaunchConfig {
+            measurement: [0x11; 48],
+            host_data,
+            ..LaunchConfig::default()
+        })
+        .unwrap();
+    let url = format!("{}/attest/SevSnpVm", s.url);
+    let post = |req: &Value| call("POST", &url, None, Some(req.to_string().as_bytes()));
+    let data = |bytes: &[u8], kind: &str| json!({"data": B64URL.encode(bytes), "dataType": kind});
+    // Binary runtime data, SHA-384 (opencvm's hashAlgorithm), plus init-time data.
+    let bin = [0xa5u8; 100];
+    let mut rd = [0u8; 64];
+    rd[..48].copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, &bin).as_ref());
+    let report = emu.report(&guest, rd, 0);
+    let mut req: Value =
+        serde_json::from_slice(&request_json(&report, Some(&emu.chain_pem()), None, None)).unwrap();
+    let mut rt = data(&bin, "Binary");
+    rt["hashAlgorithm"] = "SHA384".into();
+    req["runtimeData"] = rt.clone();
+    req["initTimeData"] = data(init, "JSON");
+    let (st, v) = post(&req);
+    assert_eq!(st, 200, "{v}");
+    let c = claims_of(v["token"].as_str().unwrap());
+    assert_eq!(c["x-ms-sevsnpvm-reportdata"], hex::encode(rd));
+    assert_eq!(c["x-ms-sevsnpvm-hostdata"], hex::encode(host_data));
+    assert_eq!(c["x-ms-inittime"], json!({"tenant": "t1"}));
+    // The same data declared SHA-256 is not what REPORT_DATA holds.
+    req["runtimeData"]["hashAlgorithm"] = "SHA256".into();
+    let (st, v) = post(&req);
+    assert_refused(st, &v, 400, "runtime_data_unbound");
+    // Init-time data that HOST_DATA does not hold.
+    req["runtimeData"] = rt;
+    req["initTimeData"] = data(br#"{"tenant":"t2"}"#, "JSON");
+    let (st, v) = post(&req);
+    assert_refused(st, &v, 400, "inittime_data_unbound");
+    // A runtime data field over its limit (the body is still under 1 MiB).
+    req["runtimeData"] = data(&vec![0u8; 100 * 1024], "Binary");
+    let (st, v) = post(&req);
+    assert_refused(st, &v, 400, "field_too_large");
+
+    // A nonce used after its lifetime: expired.
+    let (_, n) = call("GET", &format!("{}/nonce", s.url), None, None);
+    let nonce = n["nonce"].as_str().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let body = emu.request(&emu.guest(false), &json!({"nonce": nonce}), Some(nonce));
+    let (st, v) = call("POST", &url, None, Some(&body));
+    assert_refused(st, &v, 400, "nonce_expired");
+}

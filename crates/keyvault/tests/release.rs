@@ -1518,3 +1518,171 @@ fn platform_keys_under_a_rotating_region_root() {
     assert!(!tlog.to_string().contains("region_"));
     assert!(!log.to_string().contains(&B64URL.encode(&material)));
 }
+
+#[test]
+fn key_types_validity_window_and_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let a1 = attest_service(&dir.path().join("a1"), Duration::from_secs(3600));
+    let kv = keyvault(dir.path(), std::slice::from_ref(&a1));
+    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
+    let admin = va["credential"].as_str().unwrap().to_string();
+    let u = |p: &str| format!("{}{p}", kv.url);
+    let b64len = |v: &Value| B64URL.decode(v.as_str().unwrap()).unwrap().len();
+
+    // Every key type and size the issue lists: public parts of the right sizes.
+    for (body, n_or_x) in [
+        (json!({"kty": "RSA", "key_size": 2048}), 256),
+        (json!({"kty": "RSA", "key_size": 4096}), 512),
+        (json!({"kty": "RSA-HSM"}), 256),
+        (json!({"kty": "EC", "crv": "P-256"}), 32),
+        (json!({"kty": "EC-HSM", "crv": "P-384"}), 48),
+    ] {
+        let (st, v) = call("POST", &u("/keys/t1/create"), &admin, Some(body.clone()));
+        assert_eq!(st, 200, "{body}: {v}");
+        let k = &v["key"];
+        assert!(k.get("d").is_none() && k.get("p").is_none(), "{k}");
+        if k["kty"] == "RSA" {
+            assert_eq!(b64len(&k["n"]), n_or_x, "{body}");
+            assert_eq!(b64len(&k["e"]), 3);
+        } else {
+            assert_eq!((b64len(&k["x"]), b64len(&k["y"])), (n_or_x, n_or_x));
+        }
+    }
+    for bad in [
+        json!({"kty": "RSA", "key_size": 1024}),
+        json!({"kty": "EC", "crv": "P-521"}),
+        json!({"kty": "oct", "key_size": 128}),
+        json!({"kty": "DES"}),
+    ] {
+        let (st, v) = call("POST", &u("/keys/t2/create"), &admin, Some(bad.clone()));
+        assert_refused(st, &v, 400, "bad_parameter");
+    }
+
+    // nbf/exp: a key outside its window is not released (checked before the token).
+    let (_, k) = call(
+        "POST",
+        &u("/keys/w/create"),
+        &admin,
+        Some(json!({"kty": "oct", "attributes": {"exportable": true},
+                    "release_policy": policy(&a1, Value::Null)})),
+    );
+    let ver = version_of(&k);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let patch = |attrs: Value| {
+        let (st, v) = call(
+            "PATCH",
+            &u(&format!("/keys/w/{ver}")),
+            &admin,
+            Some(json!({"attributes": attrs, "tags": {"stage": "window"}})),
+        );
+        assert_eq!(st, 200, "{v}");
+        v
+    };
+    let release = |t: &str| {
+        call(
+            "POST",
+            &u(&format!("/keys/w/{ver}/release")),
+            &admin,
+            Some(json!({"target": t})),
+        )
+    };
+    let v = patch(json!({"exp": now - 60}));
+    assert_eq!(
+        (v["attributes"]["exp"].as_i64(), &v["tags"]["stage"]),
+        (Some(now - 60), &json!("window"))
+    );
+    let (st, v) = release("not-a-token");
+    assert_refused(st, &v, 403, "key_not_valid_now");
+    patch(json!({"exp": now + 3600, "nbf": now + 600}));
+    let (st, v) = release("not-a-token");
+    assert_refused(st, &v, 403, "key_not_valid_now");
+    patch(json!({"nbf": now - 600}));
+    let (st, v) = release("not-a-token");
+    assert_refused(st, &v, 401, "token_malformed");
+    // exportable never changes after creation.
+    let (st, v) = call(
+        "PATCH",
+        &u(&format!("/keys/w/{ver}")),
+        &admin,
+        Some(json!({"attributes": {"exportable": false}})),
+    );
+    assert_refused(st, &v, 400, "bad_parameter");
+
+    // Roles: a crypto user creates, imports, reads and updates, but does not delete,
+    // purge, issue credentials or read the audit log; a release user only reads and
+    // releases.
+    let cred = |role: &str| {
+        let (st, c) = call(
+            "POST",
+            &u("/credentials"),
+            &admin,
+            Some(json!({"role": role})),
+        );
+        assert_eq!(st, 200, "{c}");
+        c["credential"].as_str().unwrap().to_string()
+    };
+    let crypto = cred("crypto_user");
+    let releaser = cred("release_user");
+    let (st, c) = call(
+        "POST",
+        &u("/keys/c/create"),
+        &crypto,
+        Some(json!({"kty": "oct"})),
+    );
+    assert_eq!(st, 200, "{c}");
+    let cv = version_of(&c);
+    let aes = B64URL.encode([9u8; 32]);
+    let (st, _) = call(
+        "PUT",
+        &u("/keys/ci"),
+        &crypto,
+        Some(json!({"key": {"kty": "oct", "k": aes}})),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(call("GET", &u("/keys/c"), &crypto, None).0, 200);
+    assert_eq!(
+        call(
+            "PATCH",
+            &u(&format!("/keys/c/{cv}")),
+            &crypto,
+            Some(json!({"tags": {"a": "b"}}))
+        )
+        .0,
+        200
+    );
+    for (method, path, who) in [
+        ("DELETE", "/keys/c", &crypto),
+        ("DELETE", "/deletedkeys/c", &crypto),
+        ("POST", "/deletedkeys/c/recover", &crypto),
+        ("POST", "/credentials", &crypto),
+        ("GET", "/audit", &crypto),
+        ("POST", "/keys/r/create", &releaser),
+        ("PUT", "/keys/r", &releaser),
+        ("DELETE", "/keys/c", &releaser),
+        ("GET", "/audit", &releaser),
+    ] {
+        let body = (method != "GET" && method != "DELETE").then(|| json!({"role": "release_user"}));
+        let (st, v) = call(method, &u(path), who, body);
+        assert_refused(st, &v, 403, "forbidden");
+    }
+    let (st, v) = call(
+        "PATCH",
+        &u(&format!("/keys/c/{cv}")),
+        &releaser,
+        Some(json!({"tags": {}})),
+    );
+    assert_refused(st, &v, 403, "forbidden");
+    assert_eq!(call("GET", &u("/keys/c"), &releaser, None).0, 200);
+    // The administrator sees every refusal in the log.
+    let (_, log) = call("GET", &u("/audit"), &admin, None);
+    let refused = log["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["code"] == "forbidden")
+        .count();
+    assert_eq!(refused, 10, "{log}");
+}
