@@ -314,6 +314,9 @@ fn import_key_member(
 
 fn master_key(a: &ServeArgs) -> Result<seal::MasterKey> {
     if let Ok(hex) = std::env::var("CVM_KEYVAULT_MASTER_KEY") {
+        // Our copy is wiped; the process environment itself still holds the value
+        // (removing it needs `unsafe`, which this crate forbids).
+        let hex = zeroize::Zeroizing::new(hex);
         return Ok(seal::MasterKey::from_hex(&hex)?);
     }
     let Some(path) = &a.master_key else {

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{Served, cvm, json_of, spawn};
+use common::{Served, cvm, json_of, spawn, spawn_with_env};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
@@ -1020,4 +1020,58 @@ fn get(url: &str, bearer: &str) -> (u16, Value) {
         st,
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
     )
+}
+
+/// The master key from `CVM_KEYVAULT_MASTER_KEY` (nothing written beside the data);
+/// the service administrator's credential in a 0600 file; the wrong key opens nothing.
+#[test]
+fn master_key_from_the_environment_and_a_private_admin_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("kv");
+    let args = [
+        "keyvault",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+        "--authority",
+        "http://127.0.0.1:9",
+    ];
+    let key = "ab".repeat(32);
+    let kv = spawn_with_env(&args, &[("CVM_KEYVAULT_MASTER_KEY", &key)]);
+    let token_file = state.join("admin.token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let admin = std::fs::read_to_string(&token_file).unwrap();
+    let (st, v) = post(&format!("{}/vaults/t", kv.url), admin.trim(), &json!({}));
+    assert_eq!(st, 200, "{v}");
+    let cred = v["credential"].as_str().unwrap().to_string();
+    let (st, k) = post(
+        &format!("{}/keys/k/create", kv.url),
+        &cred,
+        &json!({"kty": "EC", "crv": "P-256"}),
+    );
+    assert_eq!(st, 200, "{k}");
+    drop(kv);
+    // Nothing but the database and the admin credential is in the state directory.
+    for entry in std::fs::read_dir(&state).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            name == "admin.token" || name.starts_with("keyvault.db"),
+            "{name} in the state directory"
+        );
+    }
+    // The same key opens the store again; another key does not (the service exits 2).
+    let kv = spawn_with_env(&args, &[("CVM_KEYVAULT_MASTER_KEY", &key)]);
+    let (st, again) = get(&format!("{}/keys/k", kv.url), &cred);
+    assert_eq!((st, &again["key"]["x"]), (200, &k["key"]["x"]));
+    drop(kv);
+    let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(args)
+        .env("CVM_KEYVAULT_MASTER_KEY", "cd".repeat(32))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

@@ -43,8 +43,14 @@ impl Drop for Served {
 
 /// Starts `cvm args...` and waits for its `listening on URL` line.
 pub fn spawn(args: &[&str]) -> Served {
+    spawn_with_env(args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
         .args(args)
+        .envs(env.iter().copied())
         .env("XDG_CACHE_HOME", "/nonexistent-opencvm-test")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
