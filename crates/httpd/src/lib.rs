@@ -101,11 +101,32 @@ pub fn body_rejection(
     })
 }
 
-/// Middleware: answers 503 `timeout` after [`REQUEST_TIMEOUT`], marks every response
-/// `Cache-Control: no-store` (tokens, keys and credentials must not be cached).
+/// Middleware: answers 503 `timeout` after [`REQUEST_TIMEOUT`], turns the framework's
+/// own plain-text refusals (a path segment that is not UTF-8, say) into JSON errors,
+/// and marks every response `Cache-Control: no-store` (tokens, keys and credentials
+/// must not be cached).
 pub async fn limits(req: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(mut r) => {
+        Ok(r) => {
+            let json = r
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            let status = r.status();
+            let mut r = if (status.is_client_error() || status.is_server_error()) && !json {
+                let code = status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase()
+                    .replace([' ', '-'], "_");
+                error(
+                    status.as_u16(),
+                    &code,
+                    "the request was refused before it reached the service",
+                )
+            } else {
+                r
+            };
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r

@@ -461,6 +461,9 @@ fn release_to_an_attested_guest_and_every_refusal() {
     // A known path with another method: a JSON 405.
     let (st, v) = call("GET", &format!("{}/keys/x/create", kv.url), &releaser, None);
     assert_refused(st, &v, 405, "method_not_allowed");
+    // A key name that is not UTF-8: the framework's refusal, still as JSON.
+    let (st, v) = call("GET", &format!("{}/keys/%FF", kv.url), &releaser, None);
+    assert_refused(st, &v, 400, "bad_request");
 
     // The audit log has an entry for each, with the token's issuer and jti, and no key.
     let (st, log) = call("GET", &format!("{}/audit", kv.url), &admin_a, None);
