@@ -371,8 +371,16 @@ fn fetch(svc: &Service, req: &KdsRequest) -> Result<Vec<u8>, ApiError> {
             "the request carries no VCEK chain and this service has no collateral cache",
         )
     })?;
-    f.fetch(req)
-        .map_err(|e| ApiError::new(424, "missing_collateral", e.to_string()))
+    // A fetch may wait on the network: on the server's runtime, tell it to move other
+    // tasks off this worker meanwhile (a hit in the collateral cache is quick anyway).
+    let run = || f.fetch(req);
+    let r = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(run)
+        }
+        _ => run(),
+    };
+    r.map_err(|e| ApiError::new(424, "missing_collateral", e.to_string()))
 }
 
 /// Runs the request parsers on `data` (a fuzz target's entry point): SevSnpVm and
