@@ -87,7 +87,7 @@ async fn attest_default(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, DEFAULT_PROVIDER.into(), t, &h, b).await
+    attest(s, DEFAULT_PROVIDER.into(), t, &h, b)
 }
 
 async fn attest_named(
@@ -96,19 +96,16 @@ async fn attest_named(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, p, t, &h, b).await
+    attest(s, p, t, &h, b)
 }
 
-/// Runs an attestation's work on this runtime worker. It is CPU-bound (about 1.4 ms:
-/// report verification, Rego capped at 2 s, token signing), and the runtime has one
-/// worker per core, so this is the cheapest place for it: moving it to the blocking
-/// pool cost 15 % of the throughput (BENCHMARKS.md §4). The one blocking I/O, a
-/// collateral fetch from the KDS, steps off the worker itself (`evidence.rs`).
-async fn answer(f: impl FnOnce() -> Result<Value, ApiError>) -> ApiResult {
-    f().map(axum::Json)
-}
-
-async fn attest(
+/// An attestation runs on the runtime worker that received it. Its work is CPU-bound
+/// (about 1.4 ms: report verification, Rego capped at 2 s, token signing) and the
+/// runtime has one worker per core, so this is the cheapest place for it: moving it
+/// to the blocking pool cost 15 % of the throughput (BENCHMARKS.md §4). The one
+/// blocking I/O, a collateral fetch from the KDS, steps off the worker itself
+/// (`evidence.rs`).
+fn attest(
     s: Arc<Service>,
     p: String,
     t: String,
@@ -117,8 +114,7 @@ async fn attest(
 ) -> ApiResult {
     let k = kind(&t)?;
     let b = body(b)?;
-    let bearer = bearer(h).map(str::to_string);
-    answer(move || s.attest(&p, k, &b, bearer.as_deref())).await
+    Ok(axum::Json(s.attest(&p, k, &b, bearer(h))?))
 }
 
 #[derive(Deserialize)]
@@ -198,9 +194,10 @@ struct TestBody {
     evidence: Value,
 }
 
-async fn policy_test(
+/// A dry run; like an attestation, it runs on the receiving worker.
+fn policy_test(
     s: Arc<Service>,
-    p: String,
+    p: &str,
     t: &str,
     h: &HeaderMap,
     b: Result<Bytes, BytesRejection>,
@@ -209,8 +206,13 @@ async fn policy_test(
     let b = body(b)?;
     let tb: TestBody = crate::evidence::parse_json("policy test body", &b)?;
     let ev = serde_json::to_vec(&tb.evidence).map_err(|_| ApiError::internal("json"))?;
-    let bearer = bearer(h).map(str::to_string);
-    answer(move || s.test_policy(&p, k, tb.policy.as_deref(), &ev, bearer.as_deref())).await
+    Ok(axum::Json(s.test_policy(
+        p,
+        k,
+        tb.policy.as_deref(),
+        &ev,
+        bearer(h),
+    )?))
 }
 
 async fn policy_test_default(
@@ -219,7 +221,7 @@ async fn policy_test_default(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, DEFAULT_PROVIDER.into(), &t, &h, b).await
+    policy_test(s, DEFAULT_PROVIDER, &t, &h, b)
 }
 
 async fn policy_test_named(
@@ -228,7 +230,7 @@ async fn policy_test_named(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, p, &t, &h, b).await
+    policy_test(s, &p, &t, &h, b)
 }
 
 async fn settings_get(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {

@@ -271,6 +271,8 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
              print(c.execute('SELECT COUNT(*) FROM keys k WHERE NOT EXISTS (SELECT 1 FROM key_versions v WHERE v.vault=k.vault AND v.name=k.name)').fetchone()[0])\n\
              print(c.execute('SELECT COUNT(*) FROM key_versions v WHERE NOT EXISTS (SELECT 1 FROM keys k WHERE v.vault=k.vault AND v.name=k.name)').fetchone()[0])\n\
              print(c.execute('SELECT COUNT(*) FROM audit WHERE op = \\'create\\' AND outcome = \\'allowed\\'').fetchone()[0])\n\
+             print(c.execute('SELECT COUNT(*) FROM key_versions v WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.vault=v.vault AND a.key=v.name AND a.version=v.version AND a.op=\\'create\\' AND a.outcome=\\'allowed\\')').fetchone()[0])\n\
+             print(c.execute('SELECT COUNT(*) FROM audit a WHERE a.op=\\'create\\' AND a.outcome=\\'allowed\\' AND NOT EXISTS (SELECT 1 FROM key_versions v WHERE a.vault=v.vault AND a.key=v.name AND a.version=v.version)').fetchone()[0])\n\
              try:\n\
              \x20   c.execute('DELETE FROM audit'); print('audit deletable')\n\
              except sqlite3.DatabaseError as e:\n\
@@ -295,14 +297,21 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
         "{versions} stored < {acknowledged} acknowledged"
     );
     assert_eq!((lines[2].as_str(), lines[3].as_str()), ("0", "0"));
-    // Every acknowledged creation was audited before it was acknowledged; the log
+    // Every acknowledged creation was audited before it was acknowledged, and a version
+    // and its audit entry are committed together: no version without its entry, no
+    // entry without its version, even for the creation the kill interrupted. The log
     // refuses deletion.
     let audited: u32 = lines[4].parse().unwrap();
     assert!(
         audited >= acknowledged,
         "{audited} audited < {acknowledged} acknowledged"
     );
-    assert_eq!(lines[5], "append-only");
+    assert_eq!(
+        (lines[5].as_str(), lines[6].as_str()),
+        ("0", "0"),
+        "versions without their audit entry, entries without their version"
+    );
+    assert_eq!(lines[7], "append-only");
     // The restarted vault serves every key; the newest version of each opens (its
     // public part is served from the same row as its sealed material).
     let kv2 = keyvault(d, "http://127.0.0.1:9");

@@ -103,10 +103,20 @@ pub fn body_rejection(
 
 /// Middleware: answers 503 `timeout` after [`REQUEST_TIMEOUT`], turns the framework's
 /// own plain-text refusals (a path segment that is not UTF-8, say) into JSON errors,
-/// and marks every response `Cache-Control: no-store` (tokens, keys and credentials
-/// must not be cached).
+/// notes every 5xx in the service log (stderr: method, path, status; never a body or a
+/// header), and marks every response `Cache-Control: no-store` (tokens, keys and
+/// credentials must not be cached).
 pub async fn limits(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(200).collect();
+    let r = tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await;
+    let status = r
+        .as_ref()
+        .map_or(StatusCode::SERVICE_UNAVAILABLE, |r| r.status());
+    if status.is_server_error() {
+        eprintln!("{method} {path}: {status}");
+    }
+    match r {
         Ok(r) => {
             let json = r
                 .headers()

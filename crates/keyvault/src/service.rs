@@ -642,16 +642,16 @@ impl Vault {
         Ok(c)
     }
 
-    fn audit(
-        &self,
+    /// An audit entry for `c`'s `op` on `key`/`version`.
+    fn audit_entry(
         c: &Caller,
         op: &str,
         key: &str,
         version: &str,
         outcome: Result<(), &VaultError>,
         token: Option<&ValidToken>,
-    ) -> bool {
-        let e = AuditEntry {
+    ) -> AuditEntry {
+        AuditEntry {
             seq: 0,
             ts: now(),
             vault: c.vault.clone(),
@@ -666,7 +666,22 @@ impl Vault {
                 .unwrap_or_default(),
             jti: token.and_then(|t| t.jti.clone()).unwrap_or_default(),
             issuer: token.map(|t| t.issuer.clone()).unwrap_or_default(),
-        };
+        }
+    }
+
+    /// Writes an audit entry on its own. Key changes are audited in their own store
+    /// transaction instead (`add_version` and the like); this is for everything else
+    /// and for refusals.
+    fn audit(
+        &self,
+        c: &Caller,
+        op: &str,
+        key: &str,
+        version: &str,
+        outcome: Result<(), &VaultError>,
+        token: Option<&ValidToken>,
+    ) -> bool {
+        let e = Self::audit_entry(c, op, key, version, outcome, token);
         // The audit log must not silently lose entries: a failure is reported in the
         // service's own log (stderr), and a release whose entry was not written does
         // not release (see `release`).
@@ -801,9 +816,11 @@ impl Vault {
         out
     }
 
+    /// Stores a new version of key `name`, audited as `op` in the same transaction.
     fn new_version(
         &self,
         c: &Caller,
+        op: &str,
         name: &str,
         key: NewKey<'_>,
     ) -> Result<VersionRow, VaultError> {
@@ -885,7 +902,10 @@ impl Vault {
             created: t,
             updated: t,
         };
-        self.store.add_version(&c.vault, &row).map_err(store_err)?;
+        let audit = Self::audit_entry(c, op, name, &row.version, Ok(()), None);
+        self.store
+            .add_version(&c.vault, &row, &audit)
+            .map_err(store_err)?;
         Ok(row)
     }
 
@@ -903,6 +923,7 @@ impl Vault {
             let m = generate(&b)?;
             self.new_version(
                 &c,
+                "create",
                 name,
                 NewKey {
                     kty: m.kty,
@@ -925,14 +946,10 @@ impl Vault {
         name: &str,
         r: Result<VersionRow, VaultError>,
     ) -> Result<Value, VaultError> {
-        let _ = self.audit(
-            c,
-            action,
-            name,
-            r.as_ref().map(|r| r.version.as_str()).unwrap_or(""),
-            r.as_ref().map(|_| ()),
-            None,
-        );
+        // A created version's entry was written with it; a refusal's is written here.
+        if let Err(e) = &r {
+            self.audit(c, action, name, "", Err(e), None);
+        }
         Ok(self.bundle(&r?, false))
     }
 
@@ -969,6 +986,7 @@ impl Vault {
             };
             self.new_version(
                 &c,
+                "import",
                 name,
                 NewKey {
                     kty: m.kty,
@@ -1093,12 +1111,15 @@ impl Vault {
                 row.release_policy = Some(new.to_json().to_string());
             }
             row.updated = now();
+            let audit = Self::audit_entry(&c, "update", name, version, Ok(()), None);
             self.store
-                .update_version(&c.vault, &row)
+                .update_version(&c.vault, &row, &audit)
                 .map_err(store_err)?;
             Ok(row)
         })();
-        let _ = self.audit(&c, "update", name, version, r.as_ref().map(|_| ()), None);
+        if let Err(e) = &r {
+            self.audit(&c, "update", name, version, Err(e), None);
+        }
         Ok(self.bundle(&r?, false))
     }
 
@@ -1107,16 +1128,19 @@ impl Vault {
         let c = self.authorize(bearer, Op::Delete, "delete keys")?;
         let r = (|| {
             let row = self.version(&c, name, None)?;
+            let audit = Self::audit_entry(&c, "delete", name, "", Ok(()), None);
             if !self
                 .store
-                .set_deleted(&c.vault, name, true, now())
+                .set_deleted(&c.vault, name, true, now(), &audit)
                 .map_err(store_err)?
             {
                 return Err(VaultError::not_found(name));
             }
             Ok(row)
         })();
-        let _ = self.audit(&c, "delete", name, "", r.as_ref().map(|_| ()), None);
+        if let Err(e) = &r {
+            self.audit(&c, "delete", name, "", Err(e), None);
+        }
         Ok(self.bundle(&r?, true))
     }
 
@@ -1137,28 +1161,34 @@ impl Vault {
     pub fn recover_key(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
         let c = self.authorize(bearer, Op::Delete, "recover keys")?;
         let r = (|| {
+            let audit = Self::audit_entry(&c, "recover", name, "", Ok(()), None);
             if !self
                 .store
-                .set_deleted(&c.vault, name, false, now())
+                .set_deleted(&c.vault, name, false, now(), &audit)
                 .map_err(store_err)?
             {
                 return Err(VaultError::not_found(name));
             }
             self.version(&c, name, None)
         })();
-        let _ = self.audit(&c, "recover", name, "", r.as_ref().map(|_| ()), None);
+        if let Err(e) = &r {
+            self.audit(&c, "recover", name, "", Err(e), None);
+        }
         Ok(self.bundle(&r?, false))
     }
 
     /// `DELETE /deletedkeys/{name}`: purge for good.
     pub fn purge_key(&self, bearer: Option<&str>, name: &str) -> Result<(), VaultError> {
         let c = self.authorize(bearer, Op::Delete, "purge keys")?;
-        let r = match self.store.purge(&c.vault, name).map_err(store_err) {
+        let audit = Self::audit_entry(&c, "purge", name, "", Ok(()), None);
+        let r = match self.store.purge(&c.vault, name, &audit).map_err(store_err) {
             Ok(true) => Ok(()),
             Ok(false) => Err(VaultError::not_found(name)),
             Err(e) => Err(e),
         };
-        let _ = self.audit(&c, "purge", name, "", r.as_ref().copied(), None);
+        if let Err(e) = &r {
+            self.audit(&c, "purge", name, "", Err(e), None);
+        }
         r
     }
 

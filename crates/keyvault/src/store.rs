@@ -278,7 +278,13 @@ pub trait Store: Send + Sync {
     fn credential(&self, sha256: &[u8]) -> Result<Option<CredentialRow>, StoreError>;
     /// Adds a key version (creating the key if needed). Refused while the key is
     /// deleted.
-    fn add_version(&self, vault: &str, row: &VersionRow) -> Result<(), StoreError>;
+    /// `audit` is the change's audit entry, written in the same transaction.
+    fn add_version(
+        &self,
+        vault: &str,
+        row: &VersionRow,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// A key's versions, newest first; `deleted` selects live or soft-deleted keys.
     fn versions(
         &self,
@@ -288,18 +294,27 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<VersionRow>, StoreError>;
     /// Live key names.
     fn key_names(&self, vault: &str) -> Result<Vec<String>, StoreError>;
-    /// Replaces a version's mutable attributes.
-    fn update_version(&self, vault: &str, row: &VersionRow) -> Result<(), StoreError>;
+    /// Replaces a version's mutable attributes, with its audit entry in the same
+    /// transaction.
+    fn update_version(
+        &self,
+        vault: &str,
+        row: &VersionRow,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// Soft-deletes (or recovers, with `deleted == false`) a key; false if no such key.
+    /// The audit entry is written, in the same transaction, only when the key changed.
     fn set_deleted(
         &self,
         vault: &str,
         name: &str,
         deleted: bool,
         now: i64,
+        audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
-    /// Removes a soft-deleted key and its versions for good.
-    fn purge(&self, vault: &str, name: &str) -> Result<bool, StoreError>;
+    /// Removes a soft-deleted key and its versions for good; false if there was none.
+    /// The audit entry is written, in the same transaction, only when something was.
+    fn purge(&self, vault: &str, name: &str, audit: &AuditEntry) -> Result<bool, StoreError>;
     /// Appends to the audit log.
     fn audit(&self, e: &AuditEntry) -> Result<(), StoreError>;
     /// The vault's audit log, oldest first.
@@ -580,7 +595,12 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn add_version(&self, vault: &str, row: &VersionRow) -> Result<(), StoreError> {
+    fn add_version(
+        &self,
+        vault: &str,
+        row: &VersionRow,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let deleted: Option<bool> = tx
@@ -632,6 +652,7 @@ impl Store for SqliteStore {
                 row.root_id
             ],
         )?;
+        insert_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -660,8 +681,15 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn update_version(&self, vault: &str, row: &VersionRow) -> Result<(), StoreError> {
-        self.conn()?.execute(
+    fn update_version(
+        &self,
+        vault: &str,
+        row: &VersionRow,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
             "UPDATE key_versions SET enabled = ?4, nbf = ?5, exp = ?6, tags = ?7, release_policy = ?8, updated = ?9
              WHERE vault = ?1 AND name = ?2 AND version = ?3",
             params![
@@ -676,6 +704,8 @@ impl Store for SqliteStore {
                 row.updated
             ],
         )?;
+        insert_audit(&tx, audit)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -685,15 +715,22 @@ impl Store for SqliteStore {
         name: &str,
         deleted: bool,
         now: i64,
+        audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
-        let n = self.conn()?.execute(
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE keys SET deleted = ?3, deleted_at = ?4 WHERE vault = ?1 AND name = ?2 AND deleted = ?5",
             params![vault, name, deleted, deleted.then_some(now), !deleted],
         )?;
+        if n > 0 {
+            insert_audit(&tx, audit)?;
+        }
+        tx.commit()?;
         Ok(n > 0)
     }
 
-    fn purge(&self, vault: &str, name: &str) -> Result<bool, StoreError> {
+    fn purge(&self, vault: &str, name: &str, audit: &AuditEntry) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
@@ -705,6 +742,9 @@ impl Store for SqliteStore {
             "DELETE FROM keys WHERE vault = ?1 AND name = ?2 AND deleted = 1",
             params![vault, name],
         )?;
+        if n + k > 0 {
+            insert_audit(&tx, audit)?;
+        }
         tx.commit()?;
         Ok(n + k > 0)
     }
@@ -1063,11 +1103,19 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
         let root = region(&s);
         let v = "platform:r1";
-        s.add_version(v, &row("a", "1", Some(root.id), b"a-old"))
-            .unwrap();
-        s.add_version(v, &row("b", "1", Some(root.id), b"b-old"))
-            .unwrap();
-        assert!(s.set_deleted(v, "b", true, 5).unwrap());
+        s.add_version(
+            v,
+            &row("a", "1", Some(root.id), b"a-old"),
+            &audit(v, "create"),
+        )
+        .unwrap();
+        s.add_version(
+            v,
+            &row("b", "1", Some(root.id), b"b-old"),
+            &audit(v, "create"),
+        )
+        .unwrap();
+        assert!(s.set_deleted(v, "b", true, 5, &audit(v, "delete")).unwrap());
         let resealed = |names: &[&str]| -> Vec<SealedVersion> {
             names
                 .iter()
@@ -1103,7 +1151,8 @@ mod tests {
                     (b"b-old".to_vec(), Some(root.id))
                 ]
             );
-            assert_eq!(s.audit_log(v).unwrap().len(), 1);
+            // region_create, two creates and a delete; no rotation entry.
+            assert_eq!(s.audit_log(v).unwrap().len(), 4);
         };
         // A key version left out (here the soft-deleted one), a stale root, a wrong new
         // version: refused, nothing written.
@@ -1139,7 +1188,7 @@ mod tests {
                 .iter()
                 .map(|e| e.op.as_str())
                 .collect::<Vec<_>>(),
-            ["region_create", "region_rotate"]
+            ["region_create", "create", "create", "delete", "region_rotate"]
         );
         let listed = s.regions().unwrap();
         assert_eq!(
@@ -1153,9 +1202,11 @@ mod tests {
         );
         // A version sealed under the retired root cannot be stored any more.
         assert!(
-            s.add_version(v, &row("c", "1", Some(root.id), b"c"))
+            s.add_version(v, &row("c", "1", Some(root.id), b"c"), &audit(v, "create"))
                 .is_err()
         );
         assert!(s.versions(v, "c", false).unwrap().is_empty());
+        // ... and its audit entry, written in the same transaction, is not there either.
+        assert_eq!(s.audit_log(v).unwrap().len(), 5);
     }
 }
