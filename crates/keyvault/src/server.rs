@@ -5,9 +5,10 @@
 //! |---|---|---|
 //! | POST | `/keys/{name}/create` | administrator, crypto user |
 //! | PUT | `/keys/{name}` (import) | administrator, crypto user |
-//! | GET | `/keys`, `/keys/{name}`, `/keys/{name}/{version}` | any |
+//! | GET | `/keys`, `/keys/{name}`, `/keys/{name}/versions`, `/keys/{name}/{version}` | any |
 //! | PATCH | `/keys/{name}/{version}` | administrator, crypto user |
 //! | DELETE | `/keys/{name}` | administrator |
+//! | GET | `/deletedkeys` | any |
 //! | GET, DELETE | `/deletedkeys/{name}` | any / administrator (purge) |
 //! | POST | `/deletedkeys/{name}/recover` | administrator |
 //! | POST | `/keys/{name}/{version}/release` | any |
@@ -81,6 +82,12 @@ async fn get_latest(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
 }
 async fn get_version(State(v): S, Path((n, ver)): Path<(String, String)>, h: HeaderMap) -> R {
     Ok(axum::Json(v.get_key(bearer(&h), &n, Some(&ver))?))
+}
+async fn versions(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.list_versions(bearer(&h), &n)?))
+}
+async fn deleted(State(v): S, h: HeaderMap) -> R {
+    Ok(axum::Json(v.list_deleted(bearer(&h))?))
 }
 async fn list(State(v): S, h: HeaderMap) -> R {
     Ok(axum::Json(v.list_keys(bearer(&h))?))
@@ -211,6 +218,7 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/keys", get(list))
         .route("/keys/{name}", get(get_latest).put(import).delete(delete))
         .route("/keys/{name}/create", post(create))
+        .route("/keys/{name}/versions", get(versions))
         .route("/keys/{name}/{version}", get(get_version).patch(update))
         .route("/keys/{name}/{version}/release", post(release))
         .route("/keys/{name}/{version}/release/test", post(release_test))
@@ -219,6 +227,7 @@ pub fn router(v: Arc<Vault>) -> Router {
             "/keys/{name}/{version}/unwrapkey/attested",
             post(attested_unwrap),
         )
+        .route("/deletedkeys", get(deleted))
         .route("/deletedkeys/{name}", get(get_deleted).delete(purge))
         .route("/deletedkeys/{name}/recover", post(recover))
         .route("/credentials", post(credentials))

@@ -1058,7 +1058,7 @@ impl Vault {
     /// `GET /keys`.
     pub fn list_keys(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
         let c = self.authorize(bearer, Op::Read, "list keys")?;
-        let names = self.store.key_names(&c.vault).map_err(store_err)?;
+        let names = self.store.key_names(&c.vault, false).map_err(store_err)?;
         let value: Vec<Value> = names
             .iter()
             .map(|n| json!({ "kid": format!("{}/keys/{n}", self.base_url) }))
@@ -1142,6 +1142,50 @@ impl Vault {
             self.audit(&c, "delete", name, "", Err(e), None);
         }
         Ok(self.bundle(&r?, true))
+    }
+
+    /// `GET /keys/{name}/versions`: every version of a live key, newest first, as Key
+    /// Vault's key items (kid, attributes, tags).
+    pub fn list_versions(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Read, "list key versions")?;
+        let rows = self
+            .store
+            .versions(&c.vault, name, false)
+            .map_err(store_err)?;
+        if rows.is_empty() {
+            return Err(VaultError::not_found(name));
+        }
+        let value: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let b = self.bundle(r, false);
+                json!({ "kid": b["key"]["kid"], "attributes": b["attributes"], "tags": b["tags"] })
+            })
+            .collect();
+        Ok(json!({ "value": value, "nextLink": Value::Null }))
+    }
+
+    /// `GET /deletedkeys`: the soft-deleted keys (their newest version's attributes).
+    pub fn list_deleted(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Read, "list deleted keys")?;
+        let mut value = Vec::new();
+        for name in self.store.key_names(&c.vault, true).map_err(store_err)? {
+            if let Some(r) = self
+                .store
+                .versions(&c.vault, &name, true)
+                .map_err(store_err)?
+                .first()
+            {
+                let b = self.bundle(r, true);
+                value.push(json!({
+                    "kid": format!("{}/keys/{name}", self.base_url),
+                    "recoveryId": b["recoveryId"],
+                    "attributes": b["attributes"],
+                    "tags": b["tags"],
+                }));
+            }
+        }
+        Ok(json!({ "value": value, "nextLink": Value::Null }))
     }
 
     /// `GET /deletedkeys/{name}`.

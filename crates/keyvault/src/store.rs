@@ -292,8 +292,8 @@ pub trait Store: Send + Sync {
         name: &str,
         deleted: bool,
     ) -> Result<Vec<VersionRow>, StoreError>;
-    /// Live key names.
-    fn key_names(&self, vault: &str) -> Result<Vec<String>, StoreError>;
+    /// Key names, live or (with `deleted`) soft-deleted.
+    fn key_names(&self, vault: &str, deleted: bool) -> Result<Vec<String>, StoreError>;
     /// Replaces a version's mutable attributes, with its audit entry in the same
     /// transaction.
     fn update_version(
@@ -673,11 +673,11 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn key_names(&self, vault: &str) -> Result<Vec<String>, StoreError> {
+    fn key_names(&self, vault: &str, deleted: bool) -> Result<Vec<String>, StoreError> {
         let conn = self.conn()?;
         let mut stmt =
-            conn.prepare("SELECT name FROM keys WHERE vault = ?1 AND deleted = 0 ORDER BY name")?;
-        let rows = stmt.query_map([vault], |r| r.get(0))?;
+            conn.prepare("SELECT name FROM keys WHERE vault = ?1 AND deleted = ?2 ORDER BY name")?;
+        let rows = stmt.query_map(params![vault, deleted], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1188,7 +1188,13 @@ mod tests {
                 .iter()
                 .map(|e| e.op.as_str())
                 .collect::<Vec<_>>(),
-            ["region_create", "create", "create", "delete", "region_rotate"]
+            [
+                "region_create",
+                "create",
+                "create",
+                "delete",
+                "region_rotate"
+            ]
         );
         let listed = s.regions().unwrap();
         assert_eq!(

@@ -579,6 +579,18 @@ fn key_lifecycle_versions_soft_delete_and_policies() {
         .to_string();
     let (st, old) = call("GET", &u(&format!("/keys/k/{v1_id}")), &admin, None);
     assert_eq!((st, old["key"]["kty"].as_str()), (200, Some("EC")));
+    // Key Vault's version listing: newest first, no key material.
+    let (st, list) = call("GET", &u("/keys/k/versions?api-version=7.4"), &admin, None);
+    assert_eq!(st, 200, "{list}");
+    let kids: Vec<&Value> = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["kid"])
+        .collect();
+    assert_eq!(kids, [&v2["key"]["kid"], &v1["key"]["kid"]]);
+    assert_eq!(list["value"][0]["tags"]["env"], "test");
+    assert_eq!(call("GET", &u("/keys/nokey/versions"), &admin, None).0, 404);
     // An immutable release policy never changes.
     let v2_id = v2["key"]["kid"]
         .as_str()
@@ -611,6 +623,16 @@ fn key_lifecycle_versions_soft_delete_and_policies() {
     assert_eq!(call("GET", &u("/keys/k"), &admin, None).0, 404);
     let (st, deleted) = call("GET", &u("/deletedkeys/k"), &admin, None);
     assert_eq!((st, deleted["recoveryId"].is_string()), (200, true));
+    let (st, all_deleted) = call("GET", &u("/deletedkeys"), &admin, None);
+    assert_eq!(st, 200, "{all_deleted}");
+    assert_eq!(all_deleted["value"].as_array().unwrap().len(), 1);
+    assert_eq!(all_deleted["value"][0]["recoveryId"], deleted["recoveryId"]);
+    assert!(
+        all_deleted["value"][0]["kid"]
+            .as_str()
+            .unwrap()
+            .ends_with("/keys/k")
+    );
     // A deleted name cannot be reused until recovered or purged.
     assert_eq!(
         call(
