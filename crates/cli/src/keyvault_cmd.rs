@@ -346,6 +346,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             keyvault::authority::http_fetch(),
         )
         .with_leeway(a.clock_skew),
+        store: None,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(httpd::TlsFiles {

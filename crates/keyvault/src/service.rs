@@ -184,6 +184,9 @@ pub struct VaultConfig {
     pub base_url: String,
     /// Trusted attestation authorities.
     pub authorities: Authorities,
+    /// The store; `None` opens SQLite at `state_dir/keyvault.db`. The seam for other
+    /// stores (PostgreSQL for a fleet).
+    pub store: Option<Box<dyn Store>>,
 }
 
 impl std::fmt::Debug for VaultConfig {
@@ -555,7 +558,10 @@ impl Vault {
     /// returned then.
     pub fn open(cfg: VaultConfig) -> Result<(Self, Option<PathBuf>), OpenError> {
         std::fs::create_dir_all(&cfg.state_dir)?;
-        let store = SqliteStore::open(&cfg.state_dir.join("keyvault.db"))?;
+        let store: Box<dyn Store> = match cfg.store {
+            Some(s) => s,
+            None => Box::new(SqliteStore::open(&cfg.state_dir.join("keyvault.db"))?),
+        };
         let mut created = None;
         let admin_hash = match store.secret("service-admin-sha256")? {
             Some(h) => h,
@@ -597,7 +603,7 @@ impl Vault {
         let signer = TokenSigner::from_pkcs8(Alg::RS256, pkcs8, cert.to_vec())?;
         Ok((
             Vault {
-                store: Box::new(store),
+                store,
                 master: cfg.master_key,
                 base_url: cfg.base_url.trim_end_matches('/').to_string(),
                 authorities: cfg.authorities,

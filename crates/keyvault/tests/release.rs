@@ -59,6 +59,7 @@ fn keyvault(dir: &Path, authorities: &[String]) -> Kv {
         master_key: master,
         base_url: String::new(),
         authorities: Authorities::new(authorities, http_fetch()).with_leeway(0),
+        store: None,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -1710,4 +1711,37 @@ fn key_types_validity_window_and_roles() {
         .filter(|e| e["code"] == "forbidden")
         .count();
     assert_eq!(refused, 10, "{log}");
+}
+
+/// The store is chosen by the embedder (`VaultConfig::store`): the vault keeps
+/// everything there and nothing in its state directory's default database.
+#[test]
+fn the_store_is_injectable() {
+    use keyvault::store::{SqliteStore, Store, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("db");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let db = elsewhere.join("vaults.db");
+    let cfg = VaultConfig {
+        state_dir: dir.path().join("state"),
+        master_key: seal::MasterKey::load_or_create(&elsewhere.join("master.key")).unwrap(),
+        base_url: "http://vault.test".into(),
+        authorities: Authorities::new(&[], http_fetch()),
+        store: Some(Box::new(SqliteStore::open(&db).unwrap())),
+    };
+    let (vault, created) = keyvault::service::Vault::open(cfg).unwrap();
+    let admin = std::fs::read_to_string(created.unwrap()).unwrap();
+    let v = vault.create_vault(Some(&admin), "t").unwrap();
+    let cred = v["credential"].as_str().unwrap();
+    vault
+        .create_key(Some(cred), "k", br#"{"kty": "oct"}"#)
+        .unwrap();
+    drop(vault);
+    assert!(!dir.path().join("state/keyvault.db").exists());
+    let s = SqliteStore::open(&db).unwrap();
+    assert!(matches!(
+        s.create_vault("t", b"x", 0),
+        Err(StoreError::Exists(_))
+    ));
+    assert_eq!(s.key_names("t", false).unwrap(), ["k"]);
 }
