@@ -1129,6 +1129,38 @@ fn bare_mode_provisions_nothing_and_leaves_the_platform_hierarchy_open() {
     ok(tpm(&tcti, &work, &["tpm2_clear", "-c", "p"]), "clear -c p");
 }
 
+/// A TPM resumed from saved volatile state cannot write its platform hierarchy (the
+/// authorization died with the previous process). When provisioning must (here: a CA
+/// given for the first time, so an AK certificate to store), the vTPM drops the
+/// resumed state and starts the TPM fresh instead of failing to start.
+#[test]
+fn a_resumed_tpm_that_must_be_reprovisioned_starts_fresh() {
+    let (_t, state, work) = workdir();
+    let mut vt = start(&state, "swtpm");
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    let d = format!("16:sha256={}", hex::encode([7u8; 32]));
+    ok(tpm(&tcti, &work, &["tpm2_pcrextend", &d]), "pcrextend");
+    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
+    assert!(vt.child.wait().unwrap().success());
+    let ca = work.join("ca");
+    let vt = start_with(&state, "swtpm", &["--ca", ca.to_str().unwrap()]);
+    let tcti = vt.tcti("swtpm");
+    // Fresh: the guest starts it (a resumed TPM would refuse TPM2_Startup), PCR 16 is
+    // reset, and the new AK certificate is there.
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    assert_eq!(pcr16(&tcti, &work), [0u8; 32]);
+    ok(
+        tpm(
+            &tcti,
+            &work,
+            &["tpm2_nvread", "0x01C101D0", "-C", "o", "-o", "ak.der"],
+        ),
+        "nvread AK certificate",
+    );
+    assert!(std::fs::metadata(work.join("ak.der")).unwrap().len() > 100);
+}
+
 /// The sha256 value of PCR `n`.
 fn pcr(tcti: &str, dir: &Path, n: u32) -> Vec<u8> {
     let o = ok(

@@ -321,6 +321,12 @@ impl Platform {
     /// restarted and waiting for the guest's `TPM2_Startup`, or, when it was resumed
     /// from saved volatile state, running as it was (its platform hierarchy still
     /// locked by the previous process's random authorization).
+    ///
+    /// A resumed TPM's platform hierarchy cannot be written (its authorization died
+    /// with the previous process). If provisioning needs to write it (an AK certificate
+    /// or report index that was not there before), the resumed state is dropped and the
+    /// TPM starts fresh, as after a reset: the guest loses its PCRs and sessions, not
+    /// its keys or NV.
     pub fn provision(&mut self, engine: &mut dyn Engine) -> Result<(), EngineError> {
         let r = run(engine, tpm::startup_clear())?;
         // A TPM resumed from saved volatile state is started already and stays so.
@@ -331,6 +337,30 @@ impl Platform {
                 format!("TPM2_Startup failed with {:#x}", r.rc),
             ));
         }
+        match self.provision_started(engine, resumed) {
+            Err(e) if resumed => {
+                eprintln!("vtpm: the resumed TPM cannot be provisioned ({e}); starting it fresh");
+                engine.stop(false);
+                engine.start(false)?;
+                let r = run(engine, tpm::startup_clear())?;
+                if r.rc != 0 {
+                    return Err(EngineError::new(
+                        TPM_FAIL,
+                        format!("TPM2_Startup failed with {:#x}", r.rc),
+                    ));
+                }
+                self.provision_started(engine, false)
+            }
+            r => r,
+        }
+    }
+
+    /// Provisions a started TPM (see [`Platform::provision`]).
+    fn provision_started(
+        &mut self,
+        engine: &mut dyn Engine,
+        resumed: bool,
+    ) -> Result<(), EngineError> {
         let ek = ensure_key(engine, EK_HANDLE, &ek_template())?;
         let ak = ensure_key(engine, AK_HANDLE, &ak_template())?;
         if let Some(ca) = &self.ca {
