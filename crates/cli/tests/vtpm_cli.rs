@@ -1034,20 +1034,26 @@ fn snp_report_data(hcl: &[u8]) -> Vec<u8> {
     hcl[0x20 + 0x50..0x20 + 0x90].to_vec()
 }
 
+/// Starts the vTPM on `state`, extends PCR 16 and shuts it down in order
+/// (`CMD_SHUTDOWN`: the volatile state, PCRs included, is saved for the next start);
+/// returns PCR 16.
+fn extend_pcr16_and_shut_down(state: &Path, work: &Path) -> Vec<u8> {
+    let mut vt = start(state, "swtpm");
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, work, &["tpm2_startup", "-c"]), "startup");
+    let d = format!("16:sha256={}", hex::encode([7u8; 32]));
+    ok(tpm(&tcti, work, &["tpm2_pcrextend", &d]), "pcrextend");
+    let extended = pcr16(&tcti, work);
+    assert_ne!(extended, [0u8; 32]);
+    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
+    assert!(vt.child.wait().unwrap().success());
+    extended
+}
+
 #[test]
 fn an_orderly_shutdown_is_resumed_once_and_a_kill_never_rolls_pcrs_back() {
     let (_t, state, work) = workdir();
-    let mut vt = start(&state, "swtpm");
-    let tcti = vt.tcti("swtpm");
-    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
-    let d = format!("16:sha256={}", hex::encode([7u8; 32]));
-    ok(tpm(&tcti, &work, &["tpm2_pcrextend", &d]), "pcrextend");
-    let extended = pcr16(&tcti, &work);
-    assert_ne!(extended, [0u8; 32]);
-    // CMD_SHUTDOWN: the volatile state (PCRs included) is saved; the next start
-    // resumes it.
-    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-    assert!(vt.child.wait().unwrap().success());
+    let extended = extend_pcr16_and_shut_down(&state, &work);
     let vt = start(&state, "swtpm");
     let tcti = vt.tcti("swtpm");
     assert_eq!(pcr16(&tcti, &work), extended, "PCR 16 was not resumed");
@@ -1136,13 +1142,7 @@ fn bare_mode_provisions_nothing_and_leaves_the_platform_hierarchy_open() {
 #[test]
 fn a_resumed_tpm_that_must_be_reprovisioned_starts_fresh() {
     let (_t, state, work) = workdir();
-    let mut vt = start(&state, "swtpm");
-    let tcti = vt.tcti("swtpm");
-    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
-    let d = format!("16:sha256={}", hex::encode([7u8; 32]));
-    ok(tpm(&tcti, &work, &["tpm2_pcrextend", &d]), "pcrextend");
-    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-    assert!(vt.child.wait().unwrap().success());
+    extend_pcr16_and_shut_down(&state, &work);
     let ca = work.join("ca");
     let vt = start_with(&state, "swtpm", &["--ca", ca.to_str().unwrap()]);
     let tcti = vt.tcti("swtpm");

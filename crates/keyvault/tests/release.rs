@@ -49,6 +49,16 @@ struct Kv {
     admin: String,
 }
 
+/// An attestation service and a key vault with one tenant vault `t`: the authority's
+/// URL, the vault, and `t`'s administrator credential.
+fn one_tenant(dir: &Path) -> (String, Kv, String) {
+    let a1 = attest_service(&dir.join("a1"), Duration::from_secs(3600));
+    let kv = keyvault(dir, std::slice::from_ref(&a1));
+    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
+    let admin = va["credential"].as_str().unwrap().to_string();
+    (a1, kv, admin)
+}
+
 fn keyvault(dir: &Path, authorities: &[String]) -> Kv {
     let keydir = dir.join("elsewhere");
     std::fs::create_dir_all(&keydir).unwrap();
@@ -534,10 +544,7 @@ fn release_to_an_attested_guest_and_every_refusal() {
 #[test]
 fn key_lifecycle_versions_soft_delete_and_policies() {
     let dir = tempfile::tempdir().unwrap();
-    let a1 = attest_service(&dir.path().join("a1"), Duration::from_secs(3600));
-    let kv = keyvault(dir.path(), std::slice::from_ref(&a1));
-    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
-    let admin = va["credential"].as_str().unwrap().to_string();
+    let (a1, kv, admin) = one_tenant(dir.path());
     let u = |p: &str| format!("{}{p}", kv.url);
     // Exportable without a policy: refused.
     let (st, v) = call(
@@ -671,10 +678,7 @@ fn key_lifecycle_versions_soft_delete_and_policies() {
 fn byok_import_and_attested_unwrap() {
     use keyvault::wrap::{WrapMechanism, WrappingPublicKey};
     let dir = tempfile::tempdir().unwrap();
-    let a1 = attest_service(&dir.path().join("a1"), Duration::from_secs(3600));
-    let kv = keyvault(dir.path(), std::slice::from_ref(&a1));
-    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
-    let admin = va["credential"].as_str().unwrap().to_string();
+    let (a1, kv, admin) = one_tenant(dir.path());
     let u = |p: &str| format!("{}{p}", kv.url);
     let emu = Platform::create(
         &dir.path().join("emu"),
@@ -913,10 +917,7 @@ fn released_material(resp: &Value, guest: &UnwrappingKey) -> Vec<u8> {
 fn plain_private_jwk_import_rsa_and_ec() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let a1 = attest_service(&d.join("a1"), Duration::from_secs(3600));
-    let kv = keyvault(d, std::slice::from_ref(&a1));
-    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
-    let admin = va["credential"].as_str().unwrap().to_string();
+    let (a1, kv, admin) = one_tenant(d);
     let u = |p: &str| format!("{}{p}", kv.url);
     let emu = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
     let guest_key = UnwrappingKey::generate(2048).unwrap();
@@ -1548,10 +1549,7 @@ fn platform_keys_under_a_rotating_region_root() {
 #[test]
 fn key_types_validity_window_and_roles() {
     let dir = tempfile::tempdir().unwrap();
-    let a1 = attest_service(&dir.path().join("a1"), Duration::from_secs(3600));
-    let kv = keyvault(dir.path(), std::slice::from_ref(&a1));
-    let (_, va) = call("POST", &format!("{}/vaults/t", kv.url), &kv.admin, None);
-    let admin = va["credential"].as_str().unwrap().to_string();
+    let (a1, kv, admin) = one_tenant(dir.path());
     let u = |p: &str| format!("{}{p}", kv.url);
     let b64len = |v: &Value| B64URL.decode(v.as_str().unwrap()).unwrap().len();
 
