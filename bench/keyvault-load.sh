@@ -20,12 +20,13 @@ command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; 
 cargo build --release -q -p cvm
 cargo build --release -q -p keyvault --example release_setup
 work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# `start` runs in a command substitution (a subshell), so the servers' pids go to a
+# file, not a variable, for the exit trap to find.
+trap 'kill $(cat "$work/pids" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 start() { # name, args...
   local name=$1; shift
   target/release/cvm "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  pids+=($!)
+  echo $! >>"$work/pids"
   for _ in $(seq 100); do grep -q listening "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
   grep -q listening "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
   sed -n 's/^listening on //p' "$work/$name.out"
