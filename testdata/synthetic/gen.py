@@ -696,6 +696,36 @@ def main():
     r[0x1A0:0x1E0] = turin_hw + b"\x00" * 56
     put("turin/report.bin", sign_report(r, e_vcek_t))
 
+    # ---- 11. CA-constraint negatives: the same keys as the Milan chain, one
+    # constraint broken each, so only that constraint can make the chain fail.
+    def without_bc(exts, bc):
+        return [(bc, True) if isinstance(e, x509.BasicConstraints) else (e, c) for e, c in exts]
+
+    def with_ku(exts, ku):
+        return [(ku, True) if isinstance(e, x509.KeyUsage) else (e, c) for e, c in exts]
+
+    ask_not_ca = make_cert("ask-not-ca", "SEV-Milan", "ARK-Milan", k_ask.public_key(), k_ark, 0x10001,
+                           AB, AA, without_bc(ask_exts(k_ask.public_key(), k_ark.public_key(), MILAN_CRL),
+                                              x509.BasicConstraints(ca=False, path_length=None)),
+                           trailer=True)
+    put("constraints/chain-ask-not-ca.pem", pem(ask_not_ca) + pem(ark))
+    ku_sign_only = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    ask_no_kcs = make_cert("ask-no-keycertsign", "SEV-Milan", "ARK-Milan", k_ask.public_key(), k_ark,
+                           0x10001, AB, AA,
+                           with_ku(ask_exts(k_ask.public_key(), k_ark.public_key(), MILAN_CRL), ku_sign_only),
+                           trailer=True)
+    put("constraints/chain-ask-no-keycertsign.pem", pem(ask_no_kcs) + pem(ark))
+    ku_cert_only = x509.KeyUsage(False, False, False, False, False, True, False, False, False)
+    ark_no_crl = make_cert("ark-no-crlsign", "ARK-Milan", "ARK-Milan", k_ark.public_key(), k_ark, 0x10000,
+                           AB, AA, with_ku(ark_exts(k_ark.public_key(), MILAN_CRL), ku_cert_only),
+                           trailer=True)
+    put("constraints/chain-ark-no-crlsign.pem", pem(ask) + pem(ark_no_crl))
+    put("constraints/ark-no-crlsign.sha256", (hashlib.sha256(ark_no_crl).hexdigest() + "\n").encode())
+    vcek_ca = make_cert("vcek-ca", "SEV-VCEK", "SEV-Milan", e_vcek.public_key(), k_ask, 0, VB, VA,
+                        milan_vek_exts("Milan-B0", base_tcb, hwid=hw)
+                        + [(x509.BasicConstraints(ca=True, path_length=None), True)], trailer=True)
+    put("constraints/vcek-ca.der", vcek_ca)
+
     # ======================================================================
     # Independent verification (re-load everything from the produced bytes)
     # ======================================================================

@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use snp::cert::{AmdCert, Vek, parse_bundle};
-use snp::chain::{CertChain, RootTrust, TrustAnchors};
+use snp::cert::{AmdCert, parse_bundle};
+use snp::chain::{RootTrust, TrustAnchors};
 use snp::collateral::{CollateralCache, Fetcher, OnlineConfig};
 use snp::crl::Crl;
 use snp::hcl::HclReport;
 use snp::input::{Evidence, parse_evidence};
-use snp::kds::{self, KdsRequest, VcekQuery};
+use snp::kds;
 use snp::policy::Policy;
 use snp::verify::Verifier;
 use snp::{AttestationReport, Product};
@@ -190,6 +190,17 @@ fn verify(a: &VerifyArgs) -> ExitCode {
         Outcome::Rejected(r) => ("rejected", r.iter().collect(), 1),
         Outcome::Error(r) => ("error", vec![r], 2),
     };
+    if !matches!(outcome, Outcome::Accepted) {
+        // Nothing of a report that was not accepted may be read as verified.
+        out["verified"] = json!(false);
+        for key in ["report", "runtime_claims", "runtime_data_bound"] {
+            if let Some(v) = out.as_object_mut().and_then(|m| m.remove(key)) {
+                out[format!("unverified_{key}")] = v;
+            }
+        }
+    } else {
+        out["verified"] = json!(true);
+    }
     if a.json {
         out["verdict"] = json!(verdict);
         out["reasons"] = reasons
@@ -205,6 +216,31 @@ fn verify(a: &VerifyArgs) -> ExitCode {
             Outcome::Accepted => {
                 let trust = out["trust"].as_str().unwrap_or("amd");
                 println!("accepted ({trust})");
+                match &out["revocation_detail"] {
+                    d if d["crl_numbers"].is_array() => println!(
+                        "  revocation: checked (CRL {})",
+                        d["crl_numbers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    d => println!(
+                        "  revocation: not checked ({})",
+                        d["reason"].as_str().unwrap_or("no CRL")
+                    ),
+                }
+                for n in out["not_checked"].as_array().into_iter().flatten() {
+                    if n["check"] != "revocation" {
+                        println!(
+                            "  not checked: {} ({})",
+                            n["check"].as_str().unwrap_or_default(),
+                            n["why"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
             }
             Outcome::Rejected(_) => {
                 println!("rejected");
@@ -325,12 +361,14 @@ fn collateral_fetcher(cache: Option<&Path>, offline: bool, kds_url: &str) -> Res
     Ok(Fetcher::online(cache, config)?)
 }
 
-/// The certificates given on the command line, and those fetched for what is missing.
-fn collect_certs(
+/// The collateral for `report`: what the command line gives (`--vek`, `--chain`, a cert
+/// table, `--crl`), then the cache and KDS, through the same lookup the attestation
+/// service uses.
+fn collect_collateral(
     a: &VerifyArgs,
     report: &AttestationReport,
     at: i64,
-) -> Result<(Vek, CertChain, Vec<Crl>)> {
+) -> Result<snp::lookup::Collateral> {
     let mut certs: Vec<AmdCert> = Vec::new();
     for path in a.vek.iter().chain(a.chain.iter()) {
         certs.extend(
@@ -339,79 +377,71 @@ fn collect_certs(
     }
     let mut crls = Vec::new();
     for path in &a.crl {
-        crls.push(
-            Crl::parse(&read(path)?).with_context(|| format!("parsing CRL {}", path.display()))?,
+        crls.extend(
+            Crl::parse_all(&read(path)?)
+                .with_context(|| format!("parsing CRL {}", path.display()))?,
         );
     }
-    let vek = match certs
-        .iter()
-        .find(|c| matches!(c.subject_cn(), "SEV-VCEK" | "SEV-VLEK"))
-    {
-        Some(c) => Vek::from_cert(c.clone())?,
-        None => {
-            let product = report.product().ok_or_else(|| {
-                missing("no --vek given, and a version 2 report needs --product to fetch one")
-            })?;
-            if report.signing_key() != snp::report::SigningKey::Vcek {
-                return Err(missing(
-                    "only VCEKs can be fetched from AMD KDS; pass --vek",
-                ));
-            }
-            let req = KdsRequest::Vcek(VcekQuery::new(
-                product,
-                report.chip_id(),
-                report.reported_tcb(),
-            )?);
-            let der = fetcher(a)?
-                .fetch(&req)
-                .context("missing collateral: fetching the VCEK")?;
-            Vek::parse(&der)?
-        }
+    let fetcher = fetcher(a)?;
+    let sources = snp::lookup::Sources {
+        certs,
+        crls,
+        fetcher: Some(&fetcher),
+        root_crls: None,
+        product: a.product,
     };
-    let chain = match CertChain::from_certs_for(&certs, vek.kind()) {
-        Ok(c) => c,
-        Err(_) if a.chain.is_none() => {
-            let kind = vek.kind();
-            let f = fetcher(a)?;
-            let pem = f
-                .fetch(&KdsRequest::CertChain {
-                    product: vek.product(),
-                    kind,
-                })
-                .context("missing collateral: fetching the ASK/ARK chain")?;
-            if a.crl.is_empty() {
-                let req = KdsRequest::Crl {
-                    product: vek.product(),
-                    kind,
-                };
-                let mut crl = Crl::parse(
-                    &f.fetch(&req)
-                        .context("missing collateral: fetching the CRL")?,
-                )?;
-                // A cached CRL goes stale after its nextUpdate: fetch a fresh one (online).
-                let current = crl.this_update() <= at && crl.next_update().is_some_and(|n| at <= n);
-                if !current && !a.collateral.offline {
-                    let fresh = f
-                        .refresh(&req)
-                        .context("missing collateral: refreshing the CRL")?;
-                    crl = Crl::parse(&fresh.data)?;
-                }
-                crls.push(crl);
-            }
-            CertChain::from_certs_for(&parse_bundle(&pem)?, kind)?
-        }
-        Err(e) => return Err(missing(&format!("--chain: {e}"))),
-    };
-    Ok((vek, chain, crls))
+    snp::lookup::lookup(report, &sources, at).map_err(|e| match e {
+        e @ (snp::lookup::LookupError::Missing(_)
+        | snp::lookup::LookupError::Fetch { .. }
+        | snp::lookup::LookupError::Kds(_)
+        | snp::lookup::LookupError::Chain(_)) => missing(&e.to_string()),
+        e => anyhow::Error::new(e),
+    })
+}
+
+/// What the verdict did not check, each with why: `{"check", "why"}`.
+fn not_checked(
+    policy: &Policy,
+    revocation: Option<&snp::verify::Revocation>,
+    nonce_checked: bool,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let skipped = policy.unchecked();
+    if skipped.contains(&"measurement") {
+        out.push((
+            "measurement",
+            "no allowed_measurements in the policy: any launched image is accepted".to_owned(),
+        ));
+    }
+    if skipped.contains(&"report_data") && !nonce_checked {
+        out.push((
+            "freshness",
+            "no expected report_data in the policy and no quote nonce: the evidence may be replayed"
+                .to_owned(),
+        ));
+    }
+    if let Some(snp::verify::Revocation::NotChecked { reason }) = revocation {
+        out.push(("revocation", reason.clone()));
+    }
+    if skipped.contains(&"min_tcb") {
+        out.push((
+            "min_tcb",
+            "no min_tcb in the policy: any firmware and microcode level is accepted".to_owned(),
+        ));
+    }
+    out
 }
 
 fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
     let at = parse_time(a.at.as_deref())?;
-    let policy = match &a.policy {
+    let ev = load_evidence(&a.report)?;
+    let mut policy = match &a.policy {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
-    let ev = load_evidence(&a.report)?;
+    if let Evidence::Hcl(_) = &ev {
+        policy = policy.for_hcl();
+    }
     let report = match a.product {
         Some(p) => ev.report().with_product(p)?,
         None => ev.report().clone(),
@@ -420,7 +450,7 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
     if let Evidence::Hcl(h) = &ev {
         add_hcl(out, h);
     }
-    let (vek, chain, crls) = collect_certs(a, &report, at)?;
+    let collateral = collect_collateral(a, &report, at)?;
     let mut anchors = TrustAnchors::amd();
     if a.dangerously_trust_emulator {
         anchors.dangerously_trust_emulator();
@@ -434,8 +464,8 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
             .ok_or_else(|| anyhow!("{} is not an ARK-<product> certificate", path.display()))?;
         anchors.dangerous_add_root(product, ark.sha256(), &path.display().to_string());
     }
-    let verifier = Verifier::new(anchors).with_crls(crls);
-    let verified = match verifier.verify(&report, &vek, &chain, at) {
+    let verifier = Verifier::new(anchors);
+    let verified = match verifier.verify_collateral(&report, &collateral, at) {
         Ok(v) => v,
         Err(e) if e.is_collateral_problem() => {
             return Err(anyhow::Error::new(e).context("could not verify"));
@@ -447,6 +477,7 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
             }]));
         }
     };
+    let vek = &collateral.vek;
     out["report"] = snp::view::report_json(verified.report());
     out["signer"] = json!(vek.kind().name());
     out["trust"] = match verified.trust() {
@@ -455,6 +486,11 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
         RootTrust::Dangerous { label } => json!(format!("dangerous:{label}")),
     };
     out["emulated"] = json!(!verified.trust().is_amd());
+    out["revocation"] = json!(verified.revocation().name());
+    out["revocation_detail"] = match verified.revocation() {
+        snp::verify::Revocation::Checked { crl_numbers } => json!({ "crl_numbers": crl_numbers }),
+        snp::verify::Revocation::NotChecked { reason } => json!({ "reason": reason }),
+    };
     let mut reasons: Vec<Reason> = policy
         .evaluate(&verified)
         .into_iter()
@@ -477,6 +513,11 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
         };
         reasons.extend(crate::evidence::quote::check(a, msg, h, out)?);
     }
+    let nonce_checked = out["quote"]["nonce_checked"].as_bool() == Some(true);
+    out["not_checked"] = not_checked(&policy, Some(verified.revocation()), nonce_checked)
+        .into_iter()
+        .map(|(check, why)| json!({ "check": check, "why": why }))
+        .collect();
     Ok(if reasons.is_empty() {
         Outcome::Accepted
     } else {
@@ -521,12 +562,22 @@ mod quote {
         };
         match verify_quote(&message, &signature, &key, nonce.as_deref(), pcrs.as_ref()) {
             Ok(v) => {
+                // The PCRs whose values were checked against the quote, by bank.
+                let mut checked = serde_json::Map::new();
+                for (alg, index, _) in v.pcrs().iter().flat_map(|p| p.iter()) {
+                    let bank = checked
+                        .entry(alg.name().to_owned())
+                        .or_insert_with(|| json!([]));
+                    if let Some(list) = bank.as_array_mut() {
+                        list.push(json!(index));
+                    }
+                }
                 out["quote"] = json!({
                     "verified": true,
                     "nonce": hex::encode(v.nonce()),
                     "nonce_checked": v.nonce_checked(),
                     "pcr_digest": hex::encode(v.quote().pcr_digest()),
-                    "pcrs_checked": v.pcrs().is_some(),
+                    "pcrs_checked": checked,
                 });
                 Ok(Vec::new())
             }

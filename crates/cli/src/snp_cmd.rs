@@ -20,8 +20,12 @@ pub enum SnpCommand {
     Create(CreateArgs),
     /// Show a platform's identity, TCB and certificates.
     Show(ShowArgs),
-    /// Write the platform's roots (ASK then ARK) as PEM, for verifiers.
+    /// Write the platform's roots (ASK, ASVK if a VLEK is loaded, ARK) and a fresh CRL
+    /// of its ARK as one PEM file, for verifiers that pin this platform
+    /// (`cvm attest serve --dangerously-trust-emulator-roots`).
     ExportRoots(ExportArgs),
+    /// Write a fresh CRL of the platform's ARK (PEM), optionally revoking certificates.
+    Crl(CrlArgs),
     /// Launch a guest and produce a signed attestation report (creates the platform
     /// on first use).
     Report(Box<ReportArgs>),
@@ -148,9 +152,23 @@ pub struct ExportArgs {
     /// The platform's state directory.
     #[arg(long)]
     platform: PathBuf,
-    /// Where to write the PEM (ASK, then ARK).
+    /// Where to write the PEM (ASK, ASVK, ARK, then the CRL).
     #[arg(long)]
     out: PathBuf,
+}
+
+/// Arguments of `cvm snp crl`.
+#[derive(Args, Debug)]
+pub struct CrlArgs {
+    /// The platform's state directory.
+    #[arg(long)]
+    platform: PathBuf,
+    /// Where to write the CRL (PEM).
+    #[arg(long)]
+    out: PathBuf,
+    /// Revoke the platform's ASK (and ASVK, if any): to test that verifiers refuse.
+    #[arg(long)]
+    revoke_ask: bool,
 }
 
 /// Arguments of `cvm snp report`.
@@ -194,6 +212,7 @@ pub fn run(cmd: SnpCommand) -> ExitCode {
         SnpCommand::Create(a) => create(&a),
         SnpCommand::Show(a) => show(&a),
         SnpCommand::ExportRoots(a) => export(&a),
+        SnpCommand::Crl(a) => crl(&a),
         SnpCommand::Report(a) => report(&a),
         SnpCommand::Measure(a) => measure(&a),
     };
@@ -292,8 +311,26 @@ fn show(a: &ShowArgs) -> Result<()> {
 
 fn export(a: &ExportArgs) -> Result<()> {
     let p = open(&a.platform)?;
-    let bundle = pem("CERTIFICATE", p.ask_der()) + &pem("CERTIFICATE", p.ark_der());
+    let mut bundle = pem("CERTIFICATE", p.ask_der());
+    if let Some(asvk) = p.asvk_der() {
+        bundle += &pem("CERTIFICATE", asvk);
+    }
+    bundle += &pem("CERTIFICATE", p.ark_der());
+    bundle += &pem("X509 CRL", &p.issue_crl(&[])?);
     std::fs::write(&a.out, bundle).with_context(|| format!("writing {}", a.out.display()))
+}
+
+fn crl(a: &CrlArgs) -> Result<()> {
+    let p = open(&a.platform)?;
+    let mut revoked = Vec::new();
+    if a.revoke_ask {
+        for der in [Some(p.ask_der()), p.asvk_der()].into_iter().flatten() {
+            revoked.push(snp::cert::AmdCert::from_der(der)?.serial().to_vec());
+        }
+    }
+    let refs: Vec<&[u8]> = revoked.iter().map(Vec::as_slice).collect();
+    let crl = pem("X509 CRL", &p.issue_crl(&refs)?);
+    std::fs::write(&a.out, crl).with_context(|| format!("writing {}", a.out.display()))
 }
 
 fn report(a: &ReportArgs) -> Result<()> {

@@ -257,6 +257,253 @@ fn the_real_amd_crl_is_checked() {
     assert_eq!(code, 2);
 }
 
+/// The real Milan CRL is applied and the verdict says so; a CRL of another product's
+/// ARK (given, or planted in the cache) is not skipped but means "could not verify".
+#[test]
+fn revocation_state_and_foreign_crls() {
+    let milan = [
+        td("snp/trustee/snp/test-report.bin"),
+        "--vek".into(),
+        td("snp/trustee/snp/test-vcek.der"),
+        "--chain".into(),
+        td("snp/go-sev-guest/ask_ark_milan.pem"),
+    ];
+    let milan: Vec<&str> = milan.iter().map(String::as_str).collect();
+    let crl = td("snp/atakit/milan.crl.der");
+    let mut with_crl = milan.clone();
+    with_crl.extend_from_slice(&["--crl", &crl, "--at", "2026-07-01T00:00:00Z"]);
+    let (code, v) = verify_json(&with_crl);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["revocation"], "checked");
+    assert_eq!(v["revocation_detail"]["crl_numbers"][0], "09");
+    let human = cvm(&[&["evidence", "verify", "--offline"], &with_crl[..]].concat());
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.starts_with("accepted (amd)\n"), "{text}");
+    assert!(text.contains("revocation: checked (CRL 09)"), "{text}");
+    // Without a CRL: not_checked, named in JSON and in the human output, and a policy
+    // can require it.
+    let (code, v) = verify_json(&milan);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["revocation"], "not_checked");
+    let skipped: Vec<&str> = v["not_checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        skipped,
+        vec!["measurement", "freshness", "revocation", "min_tcb"]
+    );
+    let human = cvm(&[&["evidence", "verify", "--offline", "--at", AT], &milan[..]].concat());
+    assert!(
+        String::from_utf8_lossy(&human.stdout)
+            .contains("revocation: not checked (no Milan CRL is cached"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "require_revocation_check = true\n").unwrap();
+    let mut strict = milan.clone();
+    strict.extend_from_slice(&["--policy", policy.to_str().unwrap()]);
+    let (code, v) = verify_json(&strict);
+    assert_eq!(code, 1);
+    assert_eq!(codes(&v), vec!["policy.revocation"]);
+    let mut strict_ok = with_crl.clone();
+    strict_ok.extend_from_slice(&["--policy", policy.to_str().unwrap()]);
+    assert_eq!(verify_json(&strict_ok).0, 0);
+
+    // A Milan CRL given for a Genoa chain.
+    let genoa = [
+        td("snp/routex-client-lua/attestation_spec.lua.genoa-v3.report.bin"),
+        "--chain".into(),
+        td("snp/routex-client-lua/vcek-chain-genoa.pem"),
+    ];
+    let genoa: Vec<&str> = genoa.iter().map(String::as_str).collect();
+    let at = ["--at", "2026-07-01T00:00:00Z"];
+    let mut foreign = genoa.clone();
+    foreign.extend_from_slice(&["--crl", &crl]);
+    foreign.extend_from_slice(&at);
+    let (code, v) = verify_json(&foreign);
+    assert_eq!((code, v["verdict"].as_str()), (2, Some("error")), "{v}");
+    assert_eq!(codes(&v), vec!["crl_unusable"]);
+    assert!(
+        v["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ARK-Milan"),
+        "{v}"
+    );
+    // The same CRL planted in the cache as Genoa's.
+    let cache = tempfile::tempdir().unwrap();
+    let c = snp::collateral::CollateralCache::open(cache.path()).unwrap();
+    c.put(
+        &snp::kds::KdsRequest::Crl {
+            product: snp::Product::Genoa,
+            kind: snp::cert::VekKind::Vcek,
+        },
+        &std::fs::read(&crl).unwrap(),
+    )
+    .unwrap();
+    let mut planted = genoa.clone();
+    planted.extend_from_slice(&["--cache", cache.path().to_str().unwrap()]);
+    planted.extend_from_slice(&at);
+    let (code, v) = verify_json(&planted);
+    assert_eq!((code, v["verdict"].as_str()), (2, Some("error")), "{v}");
+    assert_eq!(codes(&v), vec!["crl_unusable"]);
+}
+
+/// A quote whose selection omits a PCR the caller appraises is refused (before, it was
+/// accepted with `pcrs_checked: true`); `pcrs_checked` lists the PCRs checked. (The
+/// vTPM tests check the same with a quote of a few PCRs from tpm2-tools.)
+#[test]
+fn quoted_pcrs_must_cover_the_appraised_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev: Value = serde_json::from_slice(
+        &std::fs::read(td("snp/trustee/az-snp-vtpm/tpm-quote-v1.json")).unwrap(),
+    )
+    .unwrap();
+    let msg = dir.path().join("q.msg");
+    std::fs::write(&msg, hex::decode(ev["message"].as_str().unwrap()).unwrap()).unwrap();
+    let sig = dir.path().join("q.sig");
+    std::fs::write(
+        &sig,
+        hex::decode(ev["signature"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut bank = serde_json::Map::new();
+    for (i, p) in ev["pcrs"].as_array().unwrap().iter().enumerate() {
+        bank.insert(i.to_string(), p.clone());
+    }
+    let run = |pcrs: &Value| {
+        let path = dir.path().join("pcrs.json");
+        std::fs::write(&path, pcrs.to_string()).unwrap();
+        verify_json(&[
+            &td("snp/trustee/az-snp-vtpm/hcl-report.bin"),
+            "--chain",
+            &td("snp/trustee/az-snp-vtpm/vcek.pem"),
+            "--quote",
+            msg.to_str().unwrap(),
+            "--quote-sig",
+            sig.to_str().unwrap(),
+            "--pcrs",
+            path.to_str().unwrap(),
+        ])
+    };
+    let (code, v) = run(&serde_json::json!({ "sha256": bank }));
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["quote"]["pcrs_checked"]["sha256"],
+        serde_json::json!((0..24).collect::<Vec<u32>>())
+    );
+    // The quote selects no SHA-1 bank: a SHA-1 value cannot be checked.
+    let (code, v) = run(&serde_json::json!({ "sha256": bank, "sha1": {"0": "00".repeat(20)} }));
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(codes(&v), vec!["quote.pcr_not_quoted"]);
+    // Nothing to check is not "checked".
+    let (code, v) = run(&serde_json::json!({ "sha256": {} }));
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(codes(&v), vec!["quote.no_pcrs_appraised"]);
+}
+
+/// A paravisor (HCL) report must come from VMPL 0 unless the policy names a VMPL; a
+/// guest policy allowing a migration agent is refused unless the agent is pinned.
+#[test]
+fn hcl_reports_need_vmpl_0_and_migration_agents_need_a_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = dir.path().join("amd-sp");
+    let claims = br#"{"keys":[],"vm-configuration":{"secure-boot":true}}"#;
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, claims);
+    let emulate = |name: &str, policy: &str, vmpl: &str| {
+        let out = dir.path().join(format!("{name}.bin"));
+        let chain = dir.path().join(format!("{name}.pem"));
+        let r = cvm(&[
+            "snp",
+            "report",
+            "--platform",
+            platform.to_str().unwrap(),
+            "--product",
+            "Genoa",
+            "--report-data",
+            &hex::encode(hash.as_ref()),
+            "--policy",
+            policy,
+            "--vmpl",
+            vmpl,
+            "--out",
+            out.to_str().unwrap(),
+            "--chain-out",
+            chain.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        (out, chain)
+    };
+    let hcl_of = |report: &Path| {
+        let bytes: [u8; 1184] = std::fs::read(report).unwrap().try_into().unwrap();
+        let path = report.with_extension("hcl");
+        std::fs::write(&path, snp::hcl::encode(&bytes, claims, 2600).unwrap()).unwrap();
+        path
+    };
+    let verify = |evidence: &Path, chain: &Path, extra: &[&str]| {
+        let mut args = vec![
+            evidence.to_str().unwrap(),
+            "--chain",
+            chain.to_str().unwrap(),
+            "--dangerously-trust-emulator",
+        ];
+        args.extend_from_slice(extra);
+        let mut full = vec!["evidence", "verify", "--json", "--offline"];
+        full.extend_from_slice(&args);
+        let out = cvm(&full);
+        (out.status.code().unwrap(), json_of(&out))
+    };
+    let (vmpl1, chain) = emulate("vmpl1", "0x30000", "1");
+    // A bare report from VMPL 1 passes the default policy; the same inside an HCL
+    // report does not.
+    assert_eq!(verify(&vmpl1, &chain, &[]).0, 0);
+    let (code, v) = verify(&hcl_of(&vmpl1), &chain, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(codes(&v), vec!["policy.vmpl"]);
+    let p1 = dir.path().join("vmpl1.toml");
+    std::fs::write(&p1, "vmpl = 1\n").unwrap();
+    assert_eq!(
+        verify(&hcl_of(&vmpl1), &chain, &["--policy", p1.to_str().unwrap()]).0,
+        0
+    );
+    // Bit 18 of the guest policy: a migration agent may be associated.
+    let (ma, chain) = emulate("ma", "0x70000", "0");
+    let (code, v) = verify(&ma, &chain, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(codes(&v), vec!["policy.migration_agent"]);
+    let report_id_ma = v["unverified_report"]["report_id_ma"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pinned = dir.path().join("ma.toml");
+    std::fs::write(
+        &pinned,
+        format!("allow_migration_agent = true\nallowed_report_id_ma = [\"{report_id_ma}\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        verify(&ma, &chain, &["--policy", pinned.to_str().unwrap()]).0,
+        0
+    );
+    let other = dir.path().join("ma-other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "allow_migration_agent = true\nallowed_report_id_ma = [\"{}\"]\n",
+            "00".repeat(32)
+        ),
+    )
+    .unwrap();
+    let (code, v) = verify(&ma, &chain, &["--policy", other.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(codes(&v), vec!["policy.migration_agent"]);
+}
+
 #[test]
 fn missing_collateral_offline_exits_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,8 +526,11 @@ fn missing_collateral_offline_exits_2() {
             .contains("missing collateral"),
         "{v}"
     );
-    // The report was still parsed and shown.
-    assert_eq!(v["report"]["product"], "Milan");
+    // The report was still parsed and shown, marked as unverified: nothing of it sits
+    // where an accepted verdict puts verified fields.
+    assert_eq!(v["verified"], false);
+    assert!(v.get("report").is_none(), "{v}");
+    assert_eq!(v["unverified_report"]["product"], "Milan");
 }
 
 #[test]

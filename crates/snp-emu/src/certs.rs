@@ -288,3 +288,59 @@ pub(crate) fn rsa_spki(key: &aws_lc_rs::rsa::KeyPair) -> Result<Vec<u8>, IssueEr
         .as_ref()
         .to_vec())
 }
+
+/// Issues the ARK's CRL as AMD's KDS serves it: issuer the ARK, thisUpdate `this_update`,
+/// nextUpdate `next_update`, the ARK's authority key identifier and cRLNumber
+/// `number`, listing `revoked` serials (revoked at `this_update`), RSASSA-PSS-signed by
+/// the ARK.
+pub(crate) fn issue_crl(
+    product: Product,
+    ark: &aws_lc_rs::rsa::KeyPair,
+    number: u32,
+    this_update: u64,
+    next_update: u64,
+    revoked: &[&[u8]],
+) -> Result<Vec<u8>, IssueError> {
+    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+    let ark_spki = SubjectPublicKeyInfoOwned::from_der(&rsa_spki(ark)?)?;
+    let alg = AlgorithmIdentifierOwned {
+        oid: RSASSA_PSS,
+        parameters: Some(Any::from_der(PSS_PARAMS_AMD)?),
+    };
+    let revoked_certificates = revoked
+        .iter()
+        .map(|serial| {
+            Ok(RevokedCert {
+                serial_number: SerialNumber::new(serial)?,
+                revocation_date: utc(this_update)?,
+                crl_entry_extensions: None,
+            })
+        })
+        .collect::<Result<Vec<_>, der::Error>>()?;
+    let tbs = TbsCertList {
+        version: Version::V2,
+        signature: alg.clone(),
+        issuer: name(Role::Ark, product)?,
+        this_update: utc(this_update)?,
+        next_update: Some(utc(next_update)?),
+        revoked_certificates: Some(revoked_certificates).filter(|r| !r.is_empty()),
+        crl_extensions: Some(vec![
+            ext(
+                "2.5.29.35",
+                false,
+                tlv(0x30, &tlv(0x80, &key_id(&ark_spki))),
+            )?,
+            ext("2.5.29.20", false, int(number)?)?,
+        ]),
+    };
+    let tbs_der = tbs.to_der()?;
+    let mut sig = vec![0u8; ark.public_modulus_len()];
+    ark.sign(&RSA_PSS_SHA384, &SystemRandom::new(), &tbs_der, &mut sig)
+        .map_err(|_| IssueError::Signing)?;
+    let crl = CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: alg,
+        signature: BitString::from_bytes(&sig)?,
+    };
+    Ok(crl.to_der()?)
+}

@@ -198,6 +198,10 @@ const VCEK_VALIDITY: u64 = 7 * 365 * 86_400;
 const VLEK_VALIDITY: u64 = 365 * 86_400;
 /// The cloud-provider identity in emulated VLEKs.
 pub const EMULATOR_CSP_ID: &str = "CN=emulator.opencvm.invalid";
+/// How long an emulated CRL is current: a year (AMD's are shorter; an emulated
+/// platform is for development, and a CRL pinned in a long-running service should not
+/// go stale under it).
+pub const EMULATOR_CRL_VALIDITY: u64 = 365 * 86_400;
 /// Twenty-five years, as AMD's ARK and ASK.
 const ROOT_VALIDITY: u64 = 25 * 365 * 86_400;
 
@@ -641,6 +645,30 @@ impl Platform {
             _ => &self.chip_id,
         }
     }
+    /// A CRL of this platform's ARK, as AMD's KDS serves one per product: valid from a
+    /// minute ago for [`EMULATOR_CRL_VALIDITY`], cRLNumber the issue time in seconds,
+    /// listing `revoked` certificate serials (for instance an ASK's, to test
+    /// revocation). Signed with the ARK key kept in the platform's `keys/ark.p8`.
+    pub fn issue_crl(&self, revoked: &[&[u8]]) -> Result<Vec<u8>, PlatformError> {
+        let path = self.dir.join("keys/ark.p8");
+        let pkcs8 = Zeroizing::new(read(&path)?);
+        let ark = RsaKeyPair::from_pkcs8(&pkcs8).map_err(|_| PlatformError::State {
+            path: path.clone(),
+            problem: "the ARK key does not load".into(),
+        })?;
+        let now = now();
+        let this_update = now.saturating_sub(60);
+        let number = u32::try_from(now).unwrap_or(u32::MAX);
+        Ok(certs::issue_crl(
+            self.config.product,
+            &ark,
+            number,
+            this_update,
+            this_update + EMULATOR_CRL_VALIDITY,
+            revoked,
+        )?)
+    }
+
     /// The ARK certificate (DER).
     pub fn ark_der(&self) -> &[u8] {
         &self.ark_cert

@@ -373,3 +373,110 @@ fn vlek_platforms_sign_with_the_vlek() {
         Err(GuestError::Request(_))
     ));
 }
+
+/// The emulator issues a CRL for its own ARK, so emulated evidence can meet a policy
+/// that requires revocation checking; an ASK it revokes is refused; and a verifier that
+/// pins this platform's root trusts no other emulator's.
+#[test]
+fn emulator_crl_and_pinned_emulator_roots() {
+    use snp::crl::Crl;
+    use snp::lookup::{RootCrls, Sources, lookup};
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::create(dir.path(), PlatformConfig::new(Product::Genoa), None).unwrap();
+    let guest = p.launch(LaunchConfig::default()).unwrap();
+    let report = p.get_report(&guest, &[1; 64], 0).unwrap();
+    let r = snp::AttestationReport::parse(&report).unwrap();
+    let certs = parse_bundle(p.chain_pem().as_bytes()).unwrap();
+    let ark = certs
+        .iter()
+        .find(|c| c.subject_cn() == "ARK-Genoa")
+        .unwrap()
+        .clone();
+    let mut anchors = TrustAnchors::amd();
+    anchors.dangerously_trust_emulator_root(&ark).unwrap();
+
+    // The CRL verifies under the ARK, is current, and is applied through the lookup.
+    let crl = Crl::parse(&p.issue_crl(&[]).unwrap()).unwrap();
+    crl.verify(&ark, now()).unwrap();
+    let mut roots = RootCrls::new();
+    roots.add(ark.sha256(), crl);
+    let sources = Sources {
+        certs: certs.clone(),
+        root_crls: Some(&roots),
+        ..Sources::default()
+    };
+    let collateral = lookup(&r, &sources, now()).unwrap();
+    let v = Verifier::new(anchors.clone())
+        .verify_collateral(&r, &collateral, now())
+        .unwrap();
+    assert_eq!(v.trust(), &RootTrust::Emulated);
+    assert_eq!(v.revocation().name(), "checked");
+    // Without a registered CRL the verdict says so.
+    let bare = lookup(
+        &r,
+        &Sources {
+            certs: certs.clone(),
+            ..Sources::default()
+        },
+        now(),
+    )
+    .unwrap();
+    let v = Verifier::new(anchors.clone())
+        .verify_collateral(&r, &bare, now())
+        .unwrap();
+    assert!(
+        matches!(v.revocation(), snp::verify::Revocation::NotChecked { reason } if reason.contains("no CRL is registered")),
+        "{:?}",
+        v.revocation()
+    );
+
+    // A CRL revoking the ASK.
+    let ask = certs
+        .iter()
+        .find(|c| c.subject_cn() == "SEV-Genoa")
+        .unwrap();
+    let revoking = Crl::parse(&p.issue_crl(&[ask.serial()]).unwrap()).unwrap();
+    let mut roots = RootCrls::new();
+    roots.add(ark.sha256(), revoking);
+    let collateral = lookup(
+        &r,
+        &Sources {
+            certs: certs.clone(),
+            root_crls: Some(&roots),
+            ..Sources::default()
+        },
+        now(),
+    )
+    .unwrap();
+    let e = Verifier::new(anchors.clone())
+        .verify_collateral(&r, &collateral, now())
+        .unwrap_err();
+    assert_eq!(e.code(), "revoked", "{e}");
+
+    // Another emulated platform's evidence is not trusted by this pin.
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = Platform::create(dir2.path(), PlatformConfig::new(Product::Genoa), None).unwrap();
+    let g2 = other.launch(LaunchConfig::default()).unwrap();
+    let r2 = snp::AttestationReport::parse(&other.get_report(&g2, &[1; 64], 0).unwrap()).unwrap();
+    let c2 = parse_bundle(other.chain_pem().as_bytes()).unwrap();
+    let e = Verifier::new(anchors.clone())
+        .verify(
+            &r2,
+            &Vek::from_cert(c2[0].clone()).unwrap(),
+            &CertChain::from_certs(&c2).unwrap(),
+            now(),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "emulated_root", "{e}");
+    // A real AMD ARK cannot be pinned as an emulator's.
+    let amd = parse_bundle(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../testdata/snp/go-sev-guest/ask_ark_genoa.pem"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let amd_ark = amd.iter().find(|c| c.subject_cn() == "ARK-Genoa").unwrap();
+    assert!(anchors.dangerously_trust_emulator_root(amd_ark).is_err());
+}

@@ -7,8 +7,11 @@
 //! a 48-byte salt. VEK certificates carry AMD extensions under `1.3.6.1.4.1.3704.1`
 //! that name the product, the TCB the key was derived for and the chip.
 //!
-//! These certificates have serial number 0 and no basicConstraints, so generic path
-//! validators reject them: [`crate::chain`] checks them explicitly instead.
+//! AMD's ARK carries basicConstraints `CA:TRUE` and keyUsage `keyCertSign, cRLSign`;
+//! ASKs and ASVKs `CA:TRUE, pathlen:0` and `keyCertSign` (both critical); VEKs carry
+//! neither. VEKs have serial number 0 and the signatures are RSASSA-PSS, which many
+//! generic path validators do not handle: [`crate::chain`] checks each link
+//! explicitly, these constraints included ([`AmdCert::constraints`]).
 
 use std::fmt;
 
@@ -68,6 +71,10 @@ const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.1
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// `1.3.132.0.34`, secp384r1.
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// `2.5.29.19`, basicConstraints.
+const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+/// `2.5.29.15`, keyUsage.
+const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 /// `2.5.4.3`, commonName.
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
@@ -86,6 +93,21 @@ const PSS_PARAMS_DER: &[u8] = &[
     0x01, 0x08, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05,
     0x00, 0xa2, 0x03, 0x02, 0x01, 0x30,
 ];
+
+/// What a certificate's basicConstraints and keyUsage extensions allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Constraints {
+    /// basicConstraints is present and says `cA: TRUE`.
+    pub ca: bool,
+    /// The pathLenConstraint, when present.
+    pub path_len: Option<u8>,
+    /// keyUsage is present.
+    pub key_usage_present: bool,
+    /// keyUsage allows `keyCertSign`.
+    pub key_cert_sign: bool,
+    /// keyUsage allows `cRLSign`.
+    pub crl_sign: bool,
+}
 
 /// A parsed X.509 certificate that keeps its received DER and its signed bytes.
 #[derive(Clone)]
@@ -107,7 +129,7 @@ impl fmt::Debug for AmdCert {
     }
 }
 
-fn common_name(name: &x509_cert::name::Name) -> String {
+pub(crate) fn common_name(name: &x509_cert::name::Name) -> String {
     for rdn in name.0.iter() {
         for atv in rdn.0.iter() {
             if atv.oid == COMMON_NAME {
@@ -239,6 +261,42 @@ impl AmdCert {
     /// The signature bits.
     pub fn signature(&self) -> &[u8] {
         self.cert.signature.raw_bytes()
+    }
+
+    /// The basicConstraints and keyUsage this certificate carries. Either extension
+    /// appearing twice, or not decoding, is an error.
+    pub fn constraints(&self) -> Result<Constraints, CertError> {
+        use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
+        let mut out = Constraints::default();
+        let (mut seen_bc, mut seen_ku) = (false, false);
+        let bad =
+            |name: &'static str, oid: &ObjectIdentifier, problem: &str| CertError::Extension {
+                cert: self.subject_cn.clone(),
+                name,
+                oid: oid.to_string(),
+                problem: problem.to_owned(),
+            };
+        for e in self.cert.tbs_certificate.extensions.iter().flatten() {
+            if e.extn_id == BASIC_CONSTRAINTS {
+                if std::mem::replace(&mut seen_bc, true) {
+                    return Err(bad("basicConstraints", &e.extn_id, "appears twice"));
+                }
+                let bc = BasicConstraints::from_der(e.extn_value.as_bytes())
+                    .map_err(|_| bad("basicConstraints", &e.extn_id, "does not decode"))?;
+                out.ca = bc.ca;
+                out.path_len = bc.path_len_constraint;
+            } else if e.extn_id == KEY_USAGE {
+                if std::mem::replace(&mut seen_ku, true) {
+                    return Err(bad("keyUsage", &e.extn_id, "appears twice"));
+                }
+                let ku = KeyUsage::from_der(e.extn_value.as_bytes())
+                    .map_err(|_| bad("keyUsage", &e.extn_id, "does not decode"))?;
+                out.key_usage_present = true;
+                out.key_cert_sign = ku.0.contains(KeyUsages::KeyCertSign);
+                out.crl_sign = ku.0.contains(KeyUsages::CRLSign);
+            }
+        }
+        Ok(out)
     }
 
     /// This certificate's RSA key (an ARK, ASK or ASVK), ready to verify PSS signatures.
@@ -570,6 +628,7 @@ pub fn fuzz_cert(data: &[u8]) {
                 c.not_after(),
                 c.has_amd_signature_algorithm(),
             );
+            let _ = c.constraints();
             let _ = c.rsa_pss_key();
             if let Ok(v) = Vek::from_cert(c) {
                 let _ = v.tcb().raw();

@@ -1,11 +1,15 @@
 //! Explicit verification of AMD certificate chains: ARK → ASK/ASVK → VCEK/VLEK.
 //!
-//! AMD's certificates do not satisfy RFC 5280 path validation (serial 0, no
-//! basicConstraints on the CA certificates), so each link is checked by hand:
+//! Each link is checked by hand rather than by a generic RFC 5280 path validator
+//! (AMD's VEKs have serial 0, every signature is RSASSA-PSS, and the hierarchy is fixed):
 //! the root is pinned by the SHA-256 of its DER encoding, names chain issuer to
 //! subject, every signature is RSASSA-PSS/SHA-384/salt 48 by the issuer's key,
-//! every certificate is inside its validity window at the verification time, and
-//! no certificate is revoked by a CRL its issuer signed.
+//! every certificate is inside its validity window at the verification time, the ARK
+//! and ASK/ASVK are CAs allowed to sign certificates (basicConstraints `cA`, keyUsage
+//! `keyCertSign`, and `cRLSign` for the ARK, which signs the CRL) while the VEK is not
+//! a CA, and the ASK/ASVK is not revoked by the CRLs given. Every CRL given must be
+//! the chain ARK's, verify under it and be current; otherwise the chain cannot be
+//! checked ([`ChainError::Crl`], a collateral problem).
 
 use std::fmt;
 
@@ -31,6 +35,14 @@ pub const AMD_ARK_SHA256: [(Product, &str); 3] = [
         "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
     ),
 ];
+
+/// Whether `sha256` is the fingerprint of one of AMD's pinned ARKs.
+pub fn is_amd_ark(sha256: &[u8; 32]) -> bool {
+    AMD_ARK_SHA256.iter().any(|(_, fp)| {
+        let mut want = [0u8; 32];
+        hex::decode_to_slice(fp, &mut want).is_ok() && &want == sha256
+    })
+}
 
 /// The organizational unit in every certificate the opencvm emulator issues (instead
 /// of AMD's `Engineering`): it labels emulated evidence wherever it goes.
@@ -107,6 +119,34 @@ impl TrustAnchors {
     /// emulated evidence is acceptable (development, tests).
     pub fn dangerously_trust_emulator(&mut self) {
         self.emulator = true;
+    }
+
+    /// Also trusts one emulated secure processor's root, pinned by the SHA-256 of its
+    /// DER certificate (as `cvm snp export-roots` writes it). The certificate must be
+    /// an emulator's ARK (organizational unit [`EMULATOR_OU`], subject `ARK-<product>`).
+    /// Evidence verified under it is marked [`RootTrust::Emulated`]; any other root
+    /// that calls itself an emulator's stays untrusted.
+    pub fn dangerously_trust_emulator_root(&mut self, ark: &AmdCert) -> Result<(), ChainError> {
+        let product = ark
+            .subject_cn()
+            .strip_prefix("ARK-")
+            .and_then(|p| p.parse::<Product>().ok());
+        match product {
+            Some(product) if is_emulated(ark) => {
+                self.anchors.push(Anchor {
+                    product,
+                    sha256: ark.sha256(),
+                    trust: RootTrust::Emulated,
+                });
+                Ok(())
+            }
+            _ => Err(ChainError::Name {
+                cert: ark.subject_cn().to_owned(),
+                problem: format!(
+                    "is not an emulated ARK (subject ARK-<product>, OU {EMULATOR_OU:?})"
+                ),
+            }),
+        }
     }
 
     /// Also trusts a root that is not AMD's, identified by the SHA-256 of its DER
@@ -219,6 +259,14 @@ pub enum ChainError {
     /// A CRL could not be used.
     #[error(transparent)]
     Crl(#[from] CrlError),
+    /// A certificate's basicConstraints or keyUsage do not fit its place in the chain.
+    #[error("{cert}: {problem}")]
+    Constraints {
+        /// Which certificate.
+        cert: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The VEK is of the wrong kind or product for the chain.
     #[error("{vek} does not belong to a {chain} chain")]
     Mismatch {
@@ -366,6 +414,40 @@ fn is_signing_ca(c: &AmdCert, kind: Option<VekKind>) -> bool {
     }
 }
 
+/// Checks that `cert` may sign certificates (and CRLs, for an ARK).
+fn check_ca(cert: &AmdCert, crl_signer: bool) -> Result<(), ChainError> {
+    let c = cert.constraints()?;
+    let problem = if !c.ca {
+        Some("basicConstraints does not say cA: TRUE")
+    } else if !c.key_usage_present || !c.key_cert_sign {
+        Some("keyUsage does not allow keyCertSign")
+    } else if crl_signer && !c.crl_sign {
+        Some("keyUsage does not allow cRLSign")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(ChainError::Constraints {
+            cert: cert.subject_cn().to_owned(),
+            problem: p.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks that a VEK is an end-entity certificate.
+fn check_end_entity(cert: &AmdCert) -> Result<(), ChainError> {
+    let c = cert.constraints()?;
+    if c.ca || c.key_cert_sign || c.crl_sign {
+        return Err(ChainError::Constraints {
+            cert: cert.subject_cn().to_owned(),
+            problem: "a VEK must not be a CA (basicConstraints cA or keyUsage keyCertSign/cRLSign)"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn check_validity(cert: &AmdCert, at: i64) -> Result<(), ChainError> {
     if cert.valid_at(at) {
         Ok(())
@@ -379,19 +461,16 @@ fn check_validity(cert: &AmdCert, at: i64) -> Result<(), ChainError> {
     }
 }
 
-fn check_revocation(
-    cert: &AmdCert,
-    issuer: &AmdCert,
-    crls: &[Crl],
-    at: i64,
-) -> Result<(), ChainError> {
-    let issuer_name = &issuer.x509().tbs_certificate.subject;
-    for crl in crls.iter().filter(|c| c.issuer() == issuer_name) {
-        crl.verify(issuer, at)?;
-        if crl.is_revoked(cert.serial()) {
+/// Verifies every CRL under the ARK (a CRL of another issuer, a bad signature or a CRL
+/// that is not current is a [`ChainError::Crl`]: we cannot tell whether the chain is
+/// revoked) and checks the ASK/ASVK against each.
+fn check_revocation(ask: &AmdCert, ark: &AmdCert, crls: &[Crl], at: i64) -> Result<(), ChainError> {
+    for crl in crls {
+        crl.verify(ark, at)?;
+        if crl.is_revoked(ask.serial()) {
             return Err(ChainError::Revoked {
-                cert: cert.subject_cn().to_owned(),
-                serial: hex::encode(cert.serial()),
+                cert: ask.subject_cn().to_owned(),
+                serial: hex::encode(ask.serial()),
                 crl_number: crl.number_hex(),
             });
         }
@@ -401,8 +480,8 @@ fn check_revocation(
 
 impl CertChain {
     /// Verifies the chain at time `at` (Unix seconds): a pinned root, names, signatures,
-    /// validity windows, and revocation of the ASK/ASVK by any of `crls` that the ARK
-    /// issued. A CRL whose issuer is not the ARK is ignored here.
+    /// validity windows, CA constraints, and revocation of the ASK/ASVK by `crls`, each
+    /// of which must be this ARK's, verify under it and be current.
     pub fn verify(
         &self,
         anchors: &TrustAnchors,
@@ -429,6 +508,7 @@ impl CertChain {
             });
         }
         check_validity(ark, at)?;
+        check_ca(ark, true)?;
 
         let ask = &self.ask;
         let kind = if ask.subject_cn() == format!("SEV-{product}") {
@@ -454,6 +534,7 @@ impl CertChain {
             });
         }
         check_validity(ask, at)?;
+        check_ca(ask, false)?;
         check_revocation(ask, ark, crls, at)?;
         let ask_key = ask.rsa_pss_key()?;
         Ok(VerifiedChain {
@@ -486,16 +567,10 @@ impl VerifiedChain {
         self.ask_sha256
     }
 
-    /// Verifies that `vek` was issued by this chain's ASK/ASVK and is valid at `at`.
-    /// `crls` issued by the ASK/ASVK are checked for the VEK's serial; `ask` is needed
-    /// only for them and may be `None` when no such CRL is given.
-    pub fn verify_vek(
-        &self,
-        vek: &Vek,
-        crls: &[Crl],
-        ask: Option<&AmdCert>,
-        at: i64,
-    ) -> Result<(), ChainError> {
+    /// Verifies that `vek` was issued by this chain's ASK/ASVK, is an end-entity
+    /// certificate and is valid at `at`. (AMD revokes ASKs and ASVKs, in the ARK's CRL,
+    /// not individual VEKs: a VEK is retired by raising the minimum TCB.)
+    pub fn verify_vek(&self, vek: &Vek, at: i64) -> Result<(), ChainError> {
         let cert = vek.cert();
         if vek.kind() != self.kind || vek.product() != self.product {
             return Err(ChainError::Mismatch {
@@ -516,9 +591,7 @@ impl VerifiedChain {
             });
         }
         check_validity(cert, at)?;
-        if let Some(ask) = ask {
-            check_revocation(cert, ask, crls, at)?;
-        }
+        check_end_entity(cert)?;
         Ok(())
     }
 }

@@ -18,8 +18,15 @@ pub enum CrlError {
     #[error("malformed CRL: {0}")]
     Malformed(String),
     /// The CRL's issuer is not the certificate it was checked against.
-    #[error("CRL issuer does not match {0}")]
-    Issuer(String),
+    #[error(
+        "CRL issued by {crl_issuer:?} does not belong to {expected} (a CRL given or cached for a product must be its ARK's)"
+    )]
+    Issuer {
+        /// The CRL's issuer common name.
+        crl_issuer: String,
+        /// The certificate it was checked against.
+        expected: String,
+    },
     /// The signature does not verify under the issuer's key.
     #[error("CRL signature does not verify under {0}")]
     BadSignature(String),
@@ -44,6 +51,7 @@ pub enum CrlError {
 #[derive(Clone)]
 pub struct Crl {
     der: Vec<u8>,
+    sha256: [u8; 32],
     tbs_range: (usize, usize),
     list: CertificateList,
 }
@@ -71,16 +79,44 @@ impl Crl {
             .map_err(|e| CrlError::Malformed(e.to_string()))?;
         let tbs_range =
             signed_part_range(&der_bytes).map_err(|e| CrlError::Malformed(e.to_string()))?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der_bytes).as_ref(),
+        );
         Ok(Crl {
+            sha256,
             der: der_bytes,
             tbs_range,
             list,
         })
     }
 
+    /// Every CRL in `data`: the `X509 CRL` blocks of a PEM text (other blocks, such as
+    /// certificates, are skipped), or one DER CRL.
+    pub fn parse_all(data: &[u8]) -> Result<Vec<Self>, CrlError> {
+        match std::str::from_utf8(data) {
+            Ok(t) if t.contains("-----BEGIN") => {
+                crate::pem::decode_blocks(t, "X509 CRL", crate::pem::Outside::Ignore)
+                    .map_err(CrlError::Malformed)?
+                    .iter()
+                    .map(|der| Self::parse(der))
+                    .collect()
+            }
+            _ => Self::parse(data).map(|c| vec![c]),
+        }
+    }
+
     /// The CRL as received (DER).
     pub fn der(&self) -> &[u8] {
         &self.der
+    }
+    /// SHA-256 of the DER encoding.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+    /// The issuer's common name (empty if it has none).
+    pub fn issuer_cn(&self) -> String {
+        crate::cert::common_name(self.issuer())
     }
     /// The issuer's name.
     pub fn issuer(&self) -> &x509_cert::name::Name {
@@ -125,7 +161,10 @@ impl Crl {
     pub fn verify(&self, issuer: &AmdCert, at: i64) -> Result<(), CrlError> {
         let name = issuer.subject_cn().to_owned();
         if self.issuer() != &issuer.x509().tbs_certificate.subject {
-            return Err(CrlError::Issuer(name));
+            return Err(CrlError::Issuer {
+                crl_issuer: self.issuer_cn(),
+                expected: name,
+            });
         }
         let alg_ok = is_amd_pss(&self.list.signature_algorithm)
             && is_amd_pss(&self.list.tbs_cert_list.signature);

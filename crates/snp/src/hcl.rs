@@ -4,12 +4,16 @@
 //!
 //! | offset | size | field |
 //! |--------|------|-------|
-//! | 0x000  | 32   | header: signature `HCLA` (u32 0x414c4348), version (1), report_size, request_type, status, reserved\[3\] |
+//! | 0x000  | 32   | header: signature `HCLA` (u32 0x414c4348), version (1 or 2), report_size, request_type, status, reserved\[3\] |
 //! | 0x020  | 1184 | the SNP attestation report |
 //! | 0x4C0  | 20   | IGVM request data: data_size, version (1), report_type (2 = SNP), report_data_hash_type (1 SHA-256, 2 SHA-384, 3 SHA-512), variable_data_size |
 //! | 0x4D4  | var  | runtime claims (JSON) |
 //!
-//! followed by zero padding up to the NV index size. The SNP report binds the runtime
+//! followed by zero padding up to the NV index size. Header version 2 is what newer
+//! Azure paravisors write (OpenVMM's `IgvmAttestRequestHeader`): its layout is version
+//! 1's, so both parse and verify the same way; any other header version is refused.
+//! The IGVM request data stays at version 1 in this blob (version 2 of the *request*
+//! data adds a capability bitmap for host requests only) and other versions are refused. The SNP report binds the runtime
 //! claims: `REPORT_DATA` starts with their hash (type above) and the rest is zero.
 
 use aws_lc_rs::digest;
@@ -160,8 +164,8 @@ impl HclReport {
             problem,
         };
         let version = u32_at(data, 4);
-        if version != 1 {
-            return Err(field("version", version, "only version 1 is known"));
+        if !matches!(version, 1 | 2) {
+            return Err(field("version", version, "only versions 1 and 2 are known"));
         }
         let report_size = u32_at(data, 8);
         let request_type = u32_at(data, 12);

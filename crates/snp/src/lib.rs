@@ -11,6 +11,8 @@
 //! - [`hcl`]: Azure's HCL report (vTPM NV index 0x01400001) around an SNP report.
 //! - [`input`]: detection of the input formats the CLI accepts.
 //! - [`kds`], [`collateral`], [`certtable`]: fetching and caching AMD collateral.
+//! - [`lookup`]: finding a report's VEK, chain and CRLs (given, cert table, cache, KDS),
+//!   the one collateral path of the CLI and the attestation service.
 //! - [`view`]: the JSON shape of a report.
 
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ pub mod crl;
 pub mod hcl;
 pub mod input;
 pub mod kds;
+pub mod lookup;
 mod pem;
 pub mod policy;
 pub mod product;

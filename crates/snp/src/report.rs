@@ -1,9 +1,15 @@
 //! `ATTESTATION_REPORT`: the structure the AMD secure processor signs for a guest.
 //!
 //! Layout from the SEV-SNP Firmware ABI specification (publication 56860), table
-//! "ATTESTATION_REPORT Structure". Versions 2, 3 and 5 are understood; version 3
+//! "ATTESTATION_REPORT Structure". Versions 2, 3, 4 and 5 are understood; version 3
 //! added the CPUID family/model/stepping bytes, version 5 the mitigation vectors.
-//! Any other version is rejected rather than read with a guessed layout.
+//! Version 4 is read with version 3's layout, as go-sev-guest and virtee/sev read it
+//! (firmware between the two emitted it without new fields); because every byte that
+//! version 3 reserves must still be zero, a version 4 report that used any of them
+//! would be rejected, never misread. Any other version is rejected rather than read
+//! with a guessed layout.
+//!
+//! On Turin the chip identifier is 8 bytes: bytes 8..64 of `CHIP_ID` must be zero.
 //!
 //! Parsing checks every reserved field and reserved bit. The received bytes are
 //! kept: the signature is verified over them, never over a re-encoding.
@@ -28,7 +34,7 @@ pub enum ReportError {
         got: usize,
     },
     /// A version this parser does not understand.
-    #[error("unsupported attestation report version {0} (supported: 2, 3, 5)")]
+    #[error("unsupported attestation report version {0} (supported: 2, 3, 4, 5)")]
     UnsupportedVersion(u32),
     /// A reserved field holds non-zero bytes.
     #[error("reserved field {field} at offset {offset:#05x} is not zero")]
@@ -90,6 +96,8 @@ pub enum ReportVersion {
     V2,
     /// Version 3: adds CPUID family/model/stepping.
     V3,
+    /// Version 4: version 3's layout.
+    V4,
     /// Version 5: adds launch and current mitigation vectors.
     V5,
 }
@@ -100,6 +108,7 @@ impl ReportVersion {
         match self {
             ReportVersion::V2 => 2,
             ReportVersion::V3 => 3,
+            ReportVersion::V4 => 4,
             ReportVersion::V5 => 5,
         }
     }
@@ -107,6 +116,7 @@ impl ReportVersion {
         match v {
             2 => Ok(ReportVersion::V2),
             3 => Ok(ReportVersion::V3),
+            4 => Ok(ReportVersion::V4),
             5 => Ok(ReportVersion::V5),
             other => Err(ReportError::UnsupportedVersion(other)),
         }
@@ -314,6 +324,7 @@ pub struct Cpuid {
 pub struct AttestationReport {
     bytes: Box<[u8; REPORT_LEN]>,
     version: ReportVersion,
+    signature_algo: u32,
     guest_svn: u32,
     policy: GuestPolicy,
     vmpl: u32,
@@ -474,6 +485,10 @@ impl AttestationReport {
             }
             (r, c) => r.or(c),
         };
+        // Turin's chip identifier is 8 bytes; the rest of CHIP_ID is reserved.
+        if product == Some(Product::Turin) {
+            zero(b, "CHIP_ID bytes 8..64 (Turin)", 0x1A8, 0x1E0)?;
+        }
         // A version 2 report comes from Milan or Genoa, which share one TCB layout.
         let layout = product.map_or(TcbLayout::MilanGenoa, Product::tcb_layout);
         let tcb = |field: &'static str, off: usize| {
@@ -503,6 +518,7 @@ impl AttestationReport {
 
         Ok(AttestationReport {
             version,
+            signature_algo: sig_algo,
             guest_svn: u32_at(b, 0x04),
             policy,
             vmpl,
@@ -553,6 +569,11 @@ impl AttestationReport {
     /// Structure version.
     pub fn version(&self) -> ReportVersion {
         self.version
+    }
+    /// `SIGNATURE_ALGO` as read (1 = ECDSA P-384 with SHA-384; any value when the
+    /// report is unsigned).
+    pub fn signature_algo(&self) -> u32 {
+        self.signature_algo
     }
     /// The guest's security version number.
     pub fn guest_svn(&self) -> u32 {
@@ -709,10 +730,22 @@ mod tests {
             let r = AttestationReport::parse(&blank(v)).unwrap();
             assert_eq!(r.version().number(), v);
         }
-        assert_eq!(
-            AttestationReport::parse(&blank(4)).unwrap_err(),
-            ReportError::UnsupportedVersion(4)
-        );
+        // Version 4 is read with version 3's layout: CPUID, no mitigation vectors.
+        let v4 = AttestationReport::parse(&blank(4)).unwrap();
+        assert_eq!(v4.version(), ReportVersion::V4);
+        assert!(v4.cpuid().is_some() && v4.launch_mit_vector().is_none());
+        let mut b = blank(4);
+        b[0x1F8] = 1; // a v5 field is reserved in v4
+        assert!(matches!(
+            AttestationReport::parse(&b),
+            Err(ReportError::Reserved { .. })
+        ));
+        for v in [0, 1, 6, 0xffff_ffff] {
+            assert_eq!(
+                AttestationReport::parse(&blank(v)).unwrap_err(),
+                ReportError::UnsupportedVersion(v)
+            );
+        }
     }
 
     #[test]
@@ -743,6 +776,50 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn turin_chip_id_is_eight_bytes() {
+        let mut b = blank(3);
+        b[0x188] = 0x1A; // Turin: family 0x1A, model 0x02
+        b[0x189] = 0x02;
+        b[0x1A0..0x1A8].copy_from_slice(&[7; 8]);
+        let r = AttestationReport::parse(&b).unwrap();
+        assert_eq!(r.product(), Some(Product::Turin));
+        for off in [0x1A8, 0x1C0, 0x1DF] {
+            let mut bad = b;
+            bad[off] = 1;
+            assert!(
+                matches!(
+                    AttestationReport::parse(&bad),
+                    Err(ReportError::Reserved { offset: 0x1A8, .. })
+                ),
+                "{off:#x}"
+            );
+        }
+        // On Milan all 64 bytes are the chip ID.
+        let mut milan = blank(3);
+        milan[0x1DF] = 1;
+        assert!(AttestationReport::parse(&milan).is_ok());
+    }
+
+    #[test]
+    fn signature_algo_is_kept_as_read() {
+        assert_eq!(
+            AttestationReport::parse(&blank(3))
+                .unwrap()
+                .signature_algo(),
+            1
+        );
+        let mut unsigned = blank(3);
+        unsigned[0x48] = 7 << 2; // SIGNING_KEY = none
+        unsigned[0x34] = 9;
+        assert_eq!(
+            AttestationReport::parse(&unsigned)
+                .unwrap()
+                .signature_algo(),
+            9
+        );
     }
 
     #[test]

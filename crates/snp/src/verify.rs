@@ -3,8 +3,9 @@
 //!
 //! The checks, in order:
 //! 1. the VEK names the report's product (a version 3+ report's CPUID must agree);
-//! 2. the chain's root is pinned, each link is signed and valid at the given time,
-//!    and nothing is revoked by the CRLs given;
+//! 2. the chain's root is pinned, each link is signed, valid at the given time and
+//!    fit for its place (CA constraints), every CRL given is the ARK's, verifies and is
+//!    current, and the ASK/ASVK is not revoked by any of them;
 //! 3. the VEK is the kind the report names (VCEK or VLEK), its SPLs equal
 //!    `REPORTED_TCB` and, for a VCEK, its hwID equals `CHIP_ID` (unless the guest
 //!    masked CHIP_ID, which then is all zero);
@@ -78,6 +79,7 @@ impl VerifyError {
                 ChainError::Name { .. } | ChainError::Mismatch { .. } => "chain_mismatch",
                 ChainError::BadSignature { .. } => "chain_signature",
                 ChainError::Expired { .. } => "certificate_expired",
+                ChainError::Constraints { .. } => "certificate_constraints",
                 ChainError::Revoked { .. } => "revoked",
                 ChainError::Crl(_) => "crl_unusable",
             },
@@ -96,6 +98,49 @@ impl VerifyError {
     }
 }
 
+/// Whether the chain was checked against a revocation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// At least one CRL of the chain's ARK verified, was current, and does not list the
+    /// ASK/ASVK.
+    Checked {
+        /// The cRLNumber of each CRL applied (hex).
+        crl_numbers: Vec<String>,
+    },
+    /// No CRL was applied, for this reason.
+    NotChecked {
+        /// Why (no CRL cached and offline, the fetch failed, ...).
+        reason: String,
+    },
+}
+
+impl Revocation {
+    /// `checked` or `not_checked`, as JSON and claims name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Revocation::Checked { .. } => "checked",
+            Revocation::NotChecked { .. } => "not_checked",
+        }
+    }
+    /// Whether a CRL was applied.
+    pub fn is_checked(&self) -> bool {
+        matches!(self, Revocation::Checked { .. })
+    }
+}
+
+/// A VEK, its chain and the CRLs to apply: what [`crate::lookup`] finds for a report.
+#[derive(Clone, Debug)]
+pub struct Collateral {
+    /// The VCEK or VLEK.
+    pub vek: Vek,
+    /// The ASK/ASVK and ARK.
+    pub chain: CertChain,
+    /// The ARK's CRLs to apply (each must verify and be current).
+    pub crls: Vec<Crl>,
+    /// Why no CRL is given, when `crls` is empty.
+    pub no_crl_reason: Option<String>,
+}
+
 /// A report whose signature, chain and VEK binding verified. Only [`Verifier`] makes
 /// these.
 #[derive(Clone, Debug)]
@@ -104,6 +149,7 @@ pub struct VerifiedReport {
     product: Product,
     signer: VekKind,
     trust: RootTrust,
+    revocation: Revocation,
 }
 
 impl VerifiedReport {
@@ -124,13 +170,17 @@ impl VerifiedReport {
     pub fn trust(&self) -> &RootTrust {
         &self.trust
     }
+    /// Whether, and against which CRLs, the chain's revocation was checked.
+    pub fn revocation(&self) -> &Revocation {
+        &self.revocation
+    }
 }
 
 /// How many verified VEKs a [`Verifier`] remembers.
 pub const MAX_CACHED_VEKS: usize = 4096;
 
-/// SHA-256 of the ARK, the ASK/ASVK and the VEK.
-type ChainKey = ([u8; 32], [u8; 32], [u8; 32]);
+/// SHA-256 of the ARK, the ASK/ASVK, the VEK and the CRLs applied.
+type ChainKey = ([u8; 32], [u8; 32], [u8; 32], [u8; 32]);
 
 #[derive(Clone)]
 struct CachedVek {
@@ -165,7 +215,8 @@ impl Verifier {
         }
     }
 
-    /// Adds CRLs to check; each must verify and be current whenever it applies.
+    /// Adds CRLs to check on every verification; each must be the chain ARK's, verify
+    /// and be current.
     pub fn with_crls(mut self, crls: Vec<Crl>) -> Self {
         self.crls = crls;
         self
@@ -175,12 +226,20 @@ impl Verifier {
         &self,
         vek: &Vek,
         chain: &CertChain,
+        crls: &[&Crl],
         at: i64,
     ) -> Result<VerifiedChain, ChainError> {
+        let mut crl_digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for crl in crls {
+            crl_digest.update(&crl.sha256());
+        }
+        let mut crl_key = [0u8; 32];
+        crl_key.copy_from_slice(crl_digest.finish().as_ref());
         let key = (
             chain.ark().sha256(),
             chain.ask().sha256(),
             vek.cert().sha256(),
+            crl_key,
         );
         if let Ok(cache) = self.cache.read()
             && let Some(c) = cache.get(&key)
@@ -189,8 +248,9 @@ impl Verifier {
         {
             return Ok(c.chain.clone());
         }
-        let verified = chain.verify(&self.anchors, &self.crls, at)?;
-        verified.verify_vek(vek, &self.crls, Some(chain.ask()), at)?;
+        let owned: Vec<Crl> = crls.iter().map(|c| (*c).clone()).collect();
+        let verified = chain.verify(&self.anchors, &owned, at)?;
+        verified.verify_vek(vek, at)?;
         // Cache only while every certificate and CRL involved stays current.
         let certs = [chain.ark(), chain.ask(), vek.cert()];
         let mut from = certs
@@ -203,7 +263,7 @@ impl Verifier {
             .map(|c| c.not_after())
             .min()
             .unwrap_or(i64::MIN);
-        for crl in &self.crls {
+        for crl in crls {
             from = from.max(crl.this_update());
             until = until.min(crl.next_update().unwrap_or(i64::MIN));
         }
@@ -232,10 +292,35 @@ impl Verifier {
         chain: &CertChain,
         at: i64,
     ) -> Result<RootTrust, VerifyError> {
-        Ok(self.verified_vek(vek, chain, at)?.trust().clone())
+        let crls: Vec<&Crl> = self.crls.iter().collect();
+        Ok(self.verified_vek(vek, chain, &crls, at)?.trust().clone())
     }
 
-    /// Verifies `report` against `vek` and `chain` at time `at` (Unix seconds).
+    /// Verifies `report` against the collateral [`crate::lookup`] found (its CRLs and
+    /// this verifier's) at time `at` (Unix seconds).
+    pub fn verify_collateral(
+        &self,
+        report: &AttestationReport,
+        collateral: &Collateral,
+        at: i64,
+    ) -> Result<VerifiedReport, VerifyError> {
+        let crls: Vec<&Crl> = self.crls.iter().chain(collateral.crls.iter()).collect();
+        let reason = collateral
+            .no_crl_reason
+            .clone()
+            .unwrap_or_else(|| "no CRL was given".to_owned());
+        self.verify_inner(
+            report,
+            &collateral.vek,
+            &collateral.chain,
+            &crls,
+            reason,
+            at,
+        )
+    }
+
+    /// Verifies `report` against `vek` and `chain` at time `at` (Unix seconds), with
+    /// this verifier's CRLs.
     pub fn verify(
         &self,
         report: &AttestationReport,
@@ -243,8 +328,22 @@ impl Verifier {
         chain: &CertChain,
         at: i64,
     ) -> Result<VerifiedReport, VerifyError> {
+        let crls: Vec<&Crl> = self.crls.iter().collect();
+        let reason = "no CRL was given".to_owned();
+        self.verify_inner(report, vek, chain, &crls, reason, at)
+    }
+
+    fn verify_inner(
+        &self,
+        report: &AttestationReport,
+        vek: &Vek,
+        chain: &CertChain,
+        crls: &[&Crl],
+        no_crl_reason: String,
+        at: i64,
+    ) -> Result<VerifiedReport, VerifyError> {
         let report = report.with_product(vek.product())?;
-        let verified = self.verified_vek(vek, chain, at)?;
+        let verified = self.verified_vek(vek, chain, crls, at)?;
         let signer = match report.signing_key() {
             SigningKey::None => return Err(VerifyError::Unsigned),
             SigningKey::Vcek => VekKind::Vcek,
@@ -282,11 +381,21 @@ impl Verifier {
         {
             return Err(VerifyError::BadSignature(vek.kind()));
         }
+        let revocation = if crls.is_empty() {
+            Revocation::NotChecked {
+                reason: no_crl_reason,
+            }
+        } else {
+            Revocation::Checked {
+                crl_numbers: crls.iter().map(|c| c.number_hex()).collect(),
+            }
+        };
         Ok(VerifiedReport {
             report,
             product: vek.product(),
             signer,
             trust: verified.trust().clone(),
+            revocation,
         })
     }
 }

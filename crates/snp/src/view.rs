@@ -36,7 +36,11 @@ pub fn report_json(r: &AttestationReport) -> Value {
         "family_id": hex::encode(r.family_id()),
         "image_id": hex::encode(r.image_id()),
         "vmpl": r.vmpl(),
-        "signature_algo": "ecdsa-p384-sha384",
+        "signature_algo": r.signature_algo(),
+        "signature_algo_name": match r.signature_algo() {
+            1 => "ecdsa-p384-sha384",
+            _ => "unknown",
+        },
         "signing_key": r.signing_key().name(),
         "author_key_en": r.author_key_en(),
         "mask_chip_key": r.mask_chip_key(),

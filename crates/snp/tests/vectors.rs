@@ -384,6 +384,36 @@ fn azure_hcl_reports_bind_their_runtime_claims() {
     }
 }
 
+/// Newer Azure paravisors write header version 2 (same layout). The header is not
+/// signed, so a real version 1 report with its version field set to 2 is exactly what
+/// such a host writes for the same guest: it must parse and verify like the original.
+#[test]
+fn azure_hcl_header_version_2_reads_like_version_1() {
+    let raw = read("trustee/az-snp-vtpm/hcl-report.bin");
+    let v1 = HclReport::parse(&raw).unwrap();
+    let mut v2_bytes = raw.clone();
+    v2_bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let v2 = HclReport::parse(&v2_bytes).unwrap();
+    assert_eq!(v2.version(), 2);
+    assert_eq!(v2.report().as_bytes(), v1.report().as_bytes());
+    assert_eq!(v2.claims(), v1.claims());
+    assert!(v2.runtime_data_bound());
+    let (vek, chain) = collateral("trustee/az-snp-vtpm/vcek.pem");
+    Verifier::new(TrustAnchors::amd())
+        .verify(v2.report(), &vek, &chain, AT)
+        .unwrap();
+    for unknown in [0u32, 3, 0x100] {
+        let mut b = raw.clone();
+        b[4..8].copy_from_slice(&unknown.to_le_bytes());
+        let e = HclReport::parse(&b).unwrap_err();
+        assert!(e.to_string().contains("version"), "{unknown}: {e}");
+    }
+    // The IGVM request data stays at version 1.
+    let mut b = v2_bytes;
+    b[0x4C0 + 4..0x4C0 + 8].copy_from_slice(&2u32.to_le_bytes());
+    assert!(HclReport::parse(&b).is_err());
+}
+
 #[test]
 fn ark_pins_match_the_bundled_chains() {
     for p in ["milan", "genoa", "turin_vcek"] {

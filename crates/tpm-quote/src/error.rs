@@ -175,6 +175,21 @@ pub enum Error {
         index: u32,
     },
 
+    /// A PCR value to appraise is not covered by the quote's selection (in its bank).
+    #[error("PCR {index} of bank {alg} is to be checked but the quote does not select it")]
+    PcrNotQuoted {
+        /// Bank.
+        alg: HashAlg,
+        /// PCR index.
+        index: u32,
+    },
+
+    /// PCR values were to be checked, but none were given (or the quote selects none).
+    #[error(
+        "no PCR values to check: the quote's selection and the values given must name at least one PCR"
+    )]
+    NoPcrsAppraised,
+
     /// The signature does not verify over the message with the given key.
     #[error("signature verification failed")]
     BadSignature,
@@ -225,6 +240,8 @@ impl Error {
             Error::NonceMismatch { .. } => "nonce_mismatch",
             Error::PcrDigestMismatch { .. } => "pcr_digest_mismatch",
             Error::MissingPcr { .. } => "missing_pcr",
+            Error::PcrNotQuoted { .. } => "pcr_not_quoted",
+            Error::NoPcrsAppraised => "no_pcrs_appraised",
             Error::CertifiedNameMismatch { .. } => "certified_name_mismatch",
             Error::ExtraDataMismatch { .. } => "extra_data_mismatch",
             Error::WrongAttestType { .. } => "wrong_attest_type",
@@ -246,6 +263,8 @@ impl Error {
                 | Error::NonceMismatch { .. }
                 | Error::PcrDigestMismatch { .. }
                 | Error::MissingPcr { .. }
+                | Error::PcrNotQuoted { .. }
+                | Error::NoPcrsAppraised
                 | Error::CertifiedNameMismatch { .. }
                 | Error::ExtraDataMismatch { .. }
         )

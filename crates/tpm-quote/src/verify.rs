@@ -159,10 +159,13 @@ impl VerifiedQuote {
 ///    ([`verify_signature`]);
 /// 2. `message` parses as a quote ([`Quote::parse`]);
 /// 3. if `expected_nonce` is given, `extraData` equals it ([`Error::NonceMismatch`]);
-/// 4. if `pcrs` is given, `pcrDigest` equals the hash of the selected PCR values
-///    concatenated — selection entries in order, PCR indices ascending — where the
-///    hash is the **signature scheme's** hash, as `TPM2_Quote` computes it
-///    ([`Error::PcrDigestMismatch`], [`Error::MissingPcr`]).
+/// 4. if `pcrs` is given, every value in it is selected by the quote in the same bank
+///    ([`Error::PcrNotQuoted`]; at least one value, [`Error::NoPcrsAppraised`]), and
+///    `pcrDigest` equals the hash of the selected PCR values concatenated — selection
+///    entries in order, PCR indices ascending — where the hash is the **signature
+///    scheme's** hash, as `TPM2_Quote` computes it ([`Error::PcrDigestMismatch`],
+///    [`Error::MissingPcr`]). A value the quote does not cover is never reported as
+///    checked.
 ///
 /// Without `expected_nonce` / `pcrs` those checks are skipped, and
 /// [`VerifiedQuote::nonce_checked`] / [`VerifiedQuote::pcrs`] say so.
@@ -186,7 +189,19 @@ pub fn verify_quote(
 
     let bound = match pcrs {
         Some(values) => {
+            if values.is_empty() {
+                return Err(Error::NoPcrsAppraised);
+            }
             let computed = values.composite_digest(quote.pcr_selections(), hash)?;
+            for (alg, index, _) in values.iter() {
+                let covered = quote
+                    .pcr_selections()
+                    .iter()
+                    .any(|s| s.hash_alg() == Some(alg) && s.pcrs().contains(&index));
+                if !covered {
+                    return Err(Error::PcrNotQuoted { alg, index });
+                }
+            }
             if computed != quote.pcr_digest() {
                 return Err(Error::PcrDigestMismatch {
                     quoted: quote.pcr_digest().to_vec(),

@@ -55,6 +55,20 @@ fn pcr_values() -> PcrValues {
     v
 }
 
+/// Exactly the values [`quote_message`] selects.
+fn quoted_values() -> PcrValues {
+    let mut v = PcrValues::new();
+    for (alg, i) in [
+        (HashAlg::Sha256, 1),
+        (HashAlg::Sha256, 16),
+        (HashAlg::Sha1, 0),
+        (HashAlg::Sha1, 3),
+    ] {
+        v.insert(alg, i, pcr_values().get(alg, i).unwrap()).unwrap();
+    }
+    v
+}
+
 /// A quote over sha256 {1, 16} and sha1 {0, 3} with a digest computed with `hash`.
 fn quote_message(nonce: &[u8], hash: HashAlg) -> Vec<u8> {
     let sels = [
@@ -151,7 +165,7 @@ fn rsa_schemes_in_tss_form() {
         );
         assert_eq!(Signature::parse_auto(&tss).unwrap(), signature);
 
-        let pcrs = pcr_values();
+        let pcrs = quoted_values();
         let v = verify_quote(&msg, &signature, &key, Some(nonce), Some(&pcrs)).unwrap();
         assert_eq!(v.hash_alg(), hash);
         assert_eq!(v.pcrs().unwrap().len(), 4);
@@ -190,6 +204,48 @@ fn rsa_schemes_in_tss_form() {
     }
 }
 
+/// A PCR value to appraise that the quote does not select is refused, never reported
+/// as checked: in another bank, or not selected at all.
+#[test]
+fn appraised_pcrs_must_be_quoted() {
+    let rsa = Rsa::new();
+    let key = rsa.public();
+    let msg = quote_message(b"n", HashAlg::Sha256);
+    let signature = Signature::from_plain_rsa(&rsa.sign(&sig::RSA_PKCS1_SHA256, &msg));
+    let v = verify_quote(&msg, &signature, &key, None, Some(&quoted_values())).unwrap();
+    assert_eq!(v.pcrs().unwrap().len(), 4);
+    // All 24 SHA-256 PCRs and 4 SHA-1 PCRs: most of them are not quoted.
+    assert!(matches!(
+        verify_quote(&msg, &signature, &key, None, Some(&pcr_values())),
+        Err(Error::PcrNotQuoted { .. })
+    ));
+    let mut extra = quoted_values();
+    extra.insert(HashAlg::Sha256, 0, &[0; 32]).unwrap();
+    assert!(matches!(
+        verify_quote(&msg, &signature, &key, None, Some(&extra)),
+        Err(Error::PcrNotQuoted {
+            alg: HashAlg::Sha256,
+            index: 0
+        })
+    ));
+    // PCR 1 is quoted in SHA-256, not SHA-1.
+    let mut other_bank = quoted_values();
+    other_bank.insert(HashAlg::Sha1, 1, &[0x81; 20]).unwrap();
+    let e = verify_quote(&msg, &signature, &key, None, Some(&other_bank)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::PcrNotQuoted {
+                alg: HashAlg::Sha1,
+                index: 1
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(e.code(), "pcr_not_quoted");
+    assert!(e.is_rejection());
+}
+
 #[test]
 fn signed_but_malformed_messages_are_rejected_by_the_parser() {
     let rsa = Rsa::new();
@@ -197,7 +253,14 @@ fn signed_but_malformed_messages_are_rejected_by_the_parser() {
     let sign = |m: &[u8]| Signature::from_plain_rsa(&rsa.sign(&sig::RSA_PKCS1_SHA256, m));
 
     let good = quote_message(b"n", HashAlg::Sha256);
-    verify_quote(&good, &sign(&good), &key, Some(b"n"), Some(&pcr_values())).unwrap();
+    verify_quote(
+        &good,
+        &sign(&good),
+        &key,
+        Some(b"n"),
+        Some(&quoted_values()),
+    )
+    .unwrap();
 
     let mut trailing = good.clone();
     trailing.push(0xaa);
@@ -323,7 +386,7 @@ fn ecdsa_case(curve: EcCurve) {
 
     let nonce = [0x42u8; 48];
     let msg = quote_message(&nonce, hash);
-    let pcrs = pcr_values();
+    let pcrs = quoted_values();
 
     // TSS form: r and s as TPM2B, with leading zeros stripped as a TPM may do.
     for _ in 0..8 {
@@ -472,16 +535,20 @@ fn ecdsa_cross_curve_hash_fixtures() {
         assert!(matches!(&key, PublicKey::Ecdsa(k) if k.curve() == curve));
         let signature = Signature::from_ecdsa_der(hash, &read("sig.der")).unwrap();
         let nonce = format!("cross-{}", &base[6..]);
-        // No PCRs selected: pcrDigest = H(""), H being the scheme's hash.
-        let v = verify_quote(
-            &msg,
-            &signature,
-            &key,
-            Some(nonce.as_bytes()),
-            Some(&PcrValues::new()),
-        )
-        .unwrap();
+        // No PCRs selected: pcrDigest = H(""), H being the scheme's hash; with nothing
+        // quoted there is nothing to appraise.
+        let v = verify_quote(&msg, &signature, &key, Some(nonce.as_bytes()), None).unwrap();
         assert_eq!(v.quote().pcr_digest(), hash.digest(b"").as_slice());
+        assert!(matches!(
+            verify_quote(&msg, &signature, &key, None, Some(&PcrValues::new())),
+            Err(Error::NoPcrsAppraised)
+        ));
+        let mut one = PcrValues::new();
+        one.insert(HashAlg::Sha256, 7, &[7; 32]).unwrap();
+        assert!(matches!(
+            verify_quote(&msg, &signature, &key, None, Some(&one)),
+            Err(Error::PcrNotQuoted { index: 7, .. })
+        ));
         // Round trip through the TSS form.
         let tss = signature.to_tss().unwrap();
         assert_eq!(Signature::parse_tss(&tss).unwrap(), signature);

@@ -260,11 +260,17 @@ fn wrong_pcr_is_pcr_digest_mismatch() {
                 other => panic!("{} PCR {index}: {other:?}", v.name),
             }
         }
-        // A value for a PCR the quote does not select changes nothing.
+        // A value for a PCR the quote does not select is refused: it would be reported
+        // as checked without being covered by the signature.
         let mut extra = pcrs.clone();
         extra.insert(HashAlg::Sha1, 0, &[0; 20]).unwrap();
-        let ok = verify_quote(&v.message, &v.signature(), &v.key, None, Some(&extra)).unwrap();
-        assert_eq!(ok.pcr(HashAlg::Sha1, 0), None);
+        assert_eq!(
+            verify_quote(&v.message, &v.signature(), &v.key, None, Some(&extra)),
+            Err(Error::PcrNotQuoted {
+                alg: HashAlg::Sha1,
+                index: 0
+            })
+        );
         // A missing PCR.
         let mut missing = PcrValues::new();
         for i in 1..24 {
@@ -282,11 +288,18 @@ fn wrong_pcr_is_pcr_digest_mismatch() {
     }
     // tpm-quote.msg selects PCRs 0-7 and 14 only; values of another machine do not match.
     let vs = vectors();
-    let other = vs[1].pcrs.as_ref().unwrap();
     let v = &vs[0];
+    let selections = Quote::parse(&v.message).unwrap().pcr_selections().to_vec();
+    let other_all = vs[1].pcrs.as_ref().unwrap();
+    let other = other_all.subset(&selections).unwrap();
     assert!(matches!(
-        verify_quote(&v.message, &v.signature(), &v.key, None, Some(other)),
+        verify_quote(&v.message, &v.signature(), &v.key, None, Some(&other)),
         Err(Error::PcrDigestMismatch { .. })
+    ));
+    // All 24 of them: the unquoted ones are refused first.
+    assert!(matches!(
+        verify_quote(&v.message, &v.signature(), &v.key, None, Some(other_all)),
+        Err(Error::PcrNotQuoted { .. })
     ));
 }
 
