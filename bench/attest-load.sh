@@ -5,9 +5,10 @@
 #
 #   [TOKEN_ALG=rs256|es384] bench/attest-load.sh [SECONDS]
 #
-# The server is `cvm attest serve --allow-emulated` (release build); the request is an
-# MAA SevSnpVm body with emulated evidence and its chain (collateral and policy cached
-# after the first request). Phase 1: closed loop, 32 connections, for the sustained
+# The server is `cvm attest serve --dangerously-trust-emulator-roots` (release build,
+# the emulator's roots and CRL pinned, so every attestation applies a CRL); the request
+# is an MAA SevSnpVm body with emulated evidence and its chain (collateral and policy
+# cached after the first request). Phase 1: closed loop, 32 connections, for the sustained
 # rate. Phase 2: open loop at half that rate, for latency. Both the server and oha share
 # the machine's cores.
 set -euo pipefail
@@ -20,8 +21,10 @@ cargo build --release -q -p attest --example snp_request
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 target/release/examples/snp_request "$work/emu" "$work/req.json"
-target/release/cvm attest serve --listen 127.0.0.1:0 --state "$work/state" \
-  --allow-emulated --offline --cache "$work/cache" --token-alg "${TOKEN_ALG:-rs256}" >"$work/out" 2>"$work/err" &
+target/release/cvm snp export-roots --platform "$work/emu" --out "$work/roots.pem"
+target/release/cvm attest serve --listen 127.0.0.1:0 --state "$work/state" --master-key "$work/master.key" \
+  --dangerously-trust-emulator-roots "$work/roots.pem" --offline --cache "$work/cache" \
+  --token-alg "${TOKEN_ALG:-rs256}" >"$work/out" 2>"$work/err" &
 server=$!
 for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$work/out" || { echo "server did not start:" >&2; cat "$work/err" >&2; exit 1; }

@@ -4,7 +4,7 @@
 #
 #   bench/keyvault-load.sh [SECONDS]
 #
-# Runs `cvm attest serve --allow-emulated` and `cvm keyvault serve` (release builds),
+# Runs `cvm attest serve` (trusting the emulator's roots) and `cvm keyvault serve` (release builds),
 # prepares one exportable AES key and one attestation token for an emulated guest
 # (`cargo run -p keyvault --example release_setup`), then drives
 # `POST /keys/bench-key/{version}/release` with 32 connections (closed loop). Every
@@ -31,7 +31,10 @@ start() { # name, args...
   grep -q listening "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
   sed -n 's/^listening on //p' "$work/$name.out"
 }
-attest=$(start attest attest serve --listen 127.0.0.1:0 --state "$work/attest" --allow-emulated --offline --cache "$work/cache")
+target/release/cvm snp create --platform "$work/emu" --product Milan >/dev/null
+target/release/cvm snp export-roots --platform "$work/emu" --out "$work/roots.pem"
+attest=$(start attest attest serve --listen 127.0.0.1:0 --state "$work/attest" --master-key "$work/secret/attest.key" \
+  --dangerously-trust-emulator-roots "$work/roots.pem" --offline --cache "$work/cache")
 kv=$(start kv keyvault serve --listen 127.0.0.1:0 --state "$work/kv" --master-key "$work/secret/master.key" --authority "$attest")
 target/release/examples/release_setup "$attest" "$kv" "$work/kv/admin.token" "$work"
 url="$(cat "$work/release_url")?api-version=7.4"

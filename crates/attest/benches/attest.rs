@@ -59,9 +59,19 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // The whole in-process path.
-    let mut cfg = ServiceConfig::new(dir.path().join("state"), "http://127.0.0.1:1".into());
-    cfg.allow_emulated = true;
+    // The whole in-process path, the emulator's roots pinned with their CRL (so every
+    // attestation applies a CRL, as with AMD's).
+    let master = seal::MasterKey::load_or_create(&dir.path().join("master.key")).expect("key");
+    let mut cfg = ServiceConfig::new(
+        dir.path().join("state"),
+        "http://127.0.0.1:1".into(),
+        master,
+    );
+    let roots = pem("CERTIFICATE", p.ask_der())
+        + &pem("CERTIFICATE", p.ark_der())
+        + &pem("X509 CRL", &p.issue_crl(&[]).expect("crl"));
+    cfg.emulator_roots
+        .push(attest::EmulatorRoots::from_pem(roots.as_bytes()).expect("roots"));
     let (svc, _) = Service::open(cfg).expect("service");
     let proof =
         json!({"SnpReport": B64URL.encode(report), "VcekCertChain": B64URL.encode(&chain_pem)});

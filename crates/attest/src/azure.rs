@@ -9,7 +9,9 @@
 //!   `PcrSignature`) over `PcrSet` with values `PCRs`, and an ephemeral encryption key
 //!   (`EncKeyPub`) certified by the AK (`EncKeyCertifyInfo[Signature]`);
 //! - `TcgLogs`: the firmware event log, replayed against the quoted PCRs;
-//! - `ClientPayload`: echoed in `x-ms-runtime.client-payload`.
+//! - `ClientPayload`, `OSType`, `OSDistro`: not bound to any evidence (the guest sends
+//!   them beside it), so they are echoed only under `x-opencvm-unverified`, never in
+//!   `x-ms-runtime` or `x-ms-azurevm-*` where verified claims go.
 //!
 //! Verification order: SNP report → runtime data binding → AK == `HCLAkPub` → quote
 //! (signature, nonce, PCR digest) → event log replay → encryption key certification.
@@ -112,6 +114,8 @@ fn tpm_err(code_prefix: &'static str, e: &tpm_quote::Error) -> ApiError {
         "nonce_mismatch" => "nonce_not_bound",
         "pcr_digest_mismatch" => "pcr_digest_mismatch",
         "missing_pcr" => "missing_pcr",
+        "pcr_not_quoted" => "pcr_not_quoted",
+        "no_pcrs_appraised" => "no_pcrs_appraised",
         _ => code_prefix,
     };
     ApiError::bad(code, e.to_string())
@@ -134,7 +138,7 @@ fn rsa_jwk(kid: &str, key: &TpmPublic, ops: &[&str]) -> Result<Value, ApiError> 
 }
 
 /// Verifies an AzureGuest request into claims.
-pub fn evaluate(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
+pub fn evaluate(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated, ApiError> {
     let req: Request = parse_json("AzureGuest request", body)?;
     check_draft(&req.draft_policy)?;
     check_nonce_field(&req.nonce)?;
@@ -319,16 +323,18 @@ pub fn evaluate(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
     {
         azure_claims.insert("x-ms-azurevm-vmid".into(), vm_id.into());
     }
-    for (claim, field) in [
-        ("x-ms-azurevm-ostype", &info.os_type),
-        ("x-ms-azurevm-osdistro", &info.os_distro),
-    ] {
+    // What the guest says beside the evidence, bound to nothing: kept apart.
+    let mut unverified = Map::new();
+    for (claim, field) in [("ostype", &info.os_type), ("osdistro", &info.os_distro)] {
         if let Some(v) = field
             && let Ok(bytes) = b64_any(claim, v)
             && let Ok(s) = String::from_utf8(bytes)
         {
-            azure_claims.insert(claim.into(), s.into());
+            unverified.insert(claim.into(), s.into());
         }
+    }
+    if let Some(cp) = &info.client_payload {
+        unverified.insert("client-payload".into(), cp.clone());
     }
 
     // 6. The ephemeral encryption key, certified by the AK.
@@ -386,23 +392,26 @@ pub fn evaluate(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
     out.insert("x-ms-isolation-tee".into(), Value::Object(tee));
     out.insert("x-opencvm-emulated".into(), emulated);
     let mut rt = Map::new();
-    if let Some(cp) = &info.client_payload {
-        rt.insert("client-payload".into(), cp.clone());
-    }
     rt.insert("keys".into(), Value::Array(runtime_keys));
     out.insert("x-ms-runtime".into(), Value::Object(rt));
+    if !unverified.is_empty() {
+        out.insert("x-opencvm-unverified".into(), Value::Object(unverified));
+    }
     out.insert(
         "x-ms-azurevm-quote-nonce".into(),
         B64URL.encode(vq.quote().extra_data()).into(),
     );
 
-    let nonce = match nonce {
-        Some(n) => {
-            svc.check_nonce(&n)?;
-            Some(n)
-        }
-        None => None,
-    };
+    // The request's nonce was checked against the quote's extraData above; without
+    // one, extraData that has a service nonce's shape is held to it all the same.
+    let extra = std::str::from_utf8(vq.quote().extra_data()).ok();
+    let nonce = crate::evidence::bound_nonce(
+        svc,
+        provider,
+        nonce.as_deref(),
+        extra,
+        "as the quote's qualifying data (extraData)",
+    )?;
     Ok(Evaluated {
         claims: out,
         nonce,

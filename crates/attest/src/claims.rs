@@ -5,7 +5,9 @@ use snp::chain::RootTrust;
 use snp::verify::VerifiedReport;
 
 /// The claims of a verified SEV-SNP report (`x-ms-sevsnpvm-*`), plus opencvm's
-/// `x-opencvm-emulated` and `x-opencvm-trust` labels.
+/// `x-opencvm-emulated` and `x-opencvm-trust` labels, `x-opencvm-revocation`
+/// (`checked` when the chain's CRL was applied, else `not_checked`) and
+/// `x-opencvm-sevsnpvm-reportid-ma` (the migration agent's report ID).
 pub fn snp_claims(v: &VerifiedReport) -> Map<String, Value> {
     let r = v.report();
     let tcb = r.reported_tcb();
@@ -52,6 +54,11 @@ pub fn snp_claims(v: &VerifiedReport) -> Map<String, Value> {
     };
     m.insert("x-opencvm-emulated".into(), emulated.into());
     m.insert("x-opencvm-trust".into(), trust.into());
+    m.insert("x-opencvm-revocation".into(), v.revocation().name().into());
+    m.insert(
+        "x-opencvm-sevsnpvm-reportid-ma".into(),
+        hex::encode(r.report_id_ma()).into(),
+    );
     m
 }
 

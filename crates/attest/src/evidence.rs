@@ -5,10 +5,9 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use snp::cert::{AmdCert, Vek, parse_bundle};
-use snp::chain::CertChain;
-use snp::kds::{KdsRequest, VcekQuery};
-use snp::report::{AttestationReport, SigningKey};
+use snp::cert::{AmdCert, parse_bundle};
+use snp::lookup;
+use snp::report::AttestationReport;
 use snp::verify::VerifiedReport;
 
 use crate::error::ApiError;
@@ -166,12 +165,44 @@ pub fn parse_json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<
     })
 }
 
-/// Verifies the claims in `body` for `kind`.
-pub fn evaluate(svc: &Service, kind: AttestationType, body: &[u8]) -> Result<Evaluated, ApiError> {
+/// Verifies the claims in `body` for `kind`, attested to `provider`.
+pub fn evaluate(
+    svc: &Service,
+    provider: &str,
+    kind: AttestationType,
+    body: &[u8],
+) -> Result<Evaluated, ApiError> {
     match kind {
-        AttestationType::SevSnpVm => sevsnp(svc, body),
-        AttestationType::AzureGuest => crate::azure::evaluate(svc, body),
+        AttestationType::SevSnpVm => sevsnp(svc, provider, body),
+        AttestationType::AzureGuest => crate::azure::evaluate(svc, provider, body),
     }
+}
+
+/// The service nonce evidence is held to: the one the request names, which must be
+/// the one bound in the evidence (`bound`); or, when the request names none, a bound
+/// value that has a service nonce's shape. Either is checked (issued for `provider`,
+/// unexpired, unused) and used up when a token is issued, so replaying evidence
+/// without the request's `nonce` field gets no second token.
+pub(crate) fn bound_nonce(
+    svc: &Service,
+    provider: &str,
+    requested: Option<&str>,
+    bound: Option<&str>,
+    where_bound: &str,
+) -> Result<Option<String>, ApiError> {
+    let nonce = match (requested, bound) {
+        (Some(r), Some(b)) if r == b => r,
+        (Some(_), _) => {
+            return Err(ApiError::bad(
+                "nonce_not_bound",
+                format!("the nonce must appear {where_bound}"),
+            ));
+        }
+        (None, Some(b)) if crate::nonce::looks_like_service_nonce(b) => b,
+        (None, _) => return Ok(None),
+    };
+    svc.check_nonce(provider, nonce)?;
+    Ok(Some(nonce.to_owned()))
 }
 
 pub(crate) fn check_draft(draft: &Option<String>) -> Result<(), ApiError> {
@@ -194,7 +225,7 @@ pub(crate) fn check_nonce_field(nonce: &Option<String>) -> Result<(), ApiError> 
     Ok(())
 }
 
-fn sevsnp(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
+fn sevsnp(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated, ApiError> {
     let req: SevSnpRequest = parse_json("SevSnpVm request", body)?;
     check_draft(&req.draft_policy)?;
     check_nonce_field(&req.nonce)?;
@@ -251,26 +282,18 @@ fn sevsnp(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
             claims.insert("x-ms-inittime".into(), j);
         }
     }
-    let nonce = match &req.nonce {
-        None => None,
-        Some(n) => {
-            // The nonce must be inside the evidence, or it proves nothing about freshness.
-            let bound = runtime
-                .as_ref()
-                .and_then(|r| r.json.as_ref())
-                .and_then(|j| j.get("nonce"))
-                .and_then(Value::as_str)
-                == Some(n.as_str());
-            if !bound {
-                return Err(ApiError::bad(
-                    "nonce_not_bound",
-                    "the nonce must appear as \"nonce\" in JSON runtimeData bound by REPORT_DATA",
-                ));
-            }
-            svc.check_nonce(n)?;
-            Some(n.clone())
-        }
-    };
+    let in_runtime = runtime
+        .as_ref()
+        .and_then(|r| r.json.as_ref())
+        .and_then(|j| j.get("nonce"))
+        .and_then(Value::as_str);
+    let nonce = bound_nonce(
+        svc,
+        provider,
+        req.nonce.as_deref(),
+        in_runtime,
+        "as \"nonce\" in JSON runtimeData bound by REPORT_DATA",
+    )?;
     Ok(Evaluated {
         claims,
         nonce,
@@ -279,9 +302,10 @@ fn sevsnp(svc: &Service, body: &[u8]) -> Result<Evaluated, ApiError> {
 }
 
 /// Parses and verifies an SNP report with the given chain (base64 of a PEM/DER
-/// bundle, as `VcekCertChain` carries it) or with collateral from the service's cache.
-/// Parsed chains are remembered by the SHA-256 of their encoding: the same VM sends
-/// the same chain every time.
+/// bundle, as `VcekCertChain` carries it) or with collateral from the service's cache,
+/// through [`snp::lookup`] (the path `cvm evidence` takes too), and applies the CRL of
+/// the chain's ARK. Parsed chains are remembered by the SHA-256 of their encoding: the
+/// same VM sends the same chain every time.
 pub(crate) fn verify_snp(
     svc: &Service,
     report_bytes: &[u8],
@@ -289,73 +313,61 @@ pub(crate) fn verify_snp(
 ) -> Result<VerifiedReport, ApiError> {
     let report = AttestationReport::parse(report_bytes)
         .map_err(|e| ApiError::bad("malformed_report", e.to_string()))?;
+    let at = svc.evidence_time();
     let cache_key = chain_b64.map(|c| {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.as_bytes());
         let mut k = [0u8; 32];
         k.copy_from_slice(d.as_ref());
         k
     });
-    if let Some(k) = &cache_key
-        && let Some(hit) = svc.cached_chain(k)
-    {
-        let (vek, chain) = &*hit;
-        return svc
-            .verifier()
-            .verify(&report, vek, chain, svc.evidence_time())
-            .map_err(verify_error);
-    }
-    let certs: Vec<AmdCert> = match chain_b64 {
-        Some(c) => parse_bundle(&b64_any("VcekCertChain", c)?)
-            .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?,
-        None => Vec::new(),
-    };
-    let vek = match certs
-        .iter()
-        .find(|c| matches!(c.subject_cn(), "SEV-VCEK" | "SEV-VLEK"))
-    {
-        Some(c) => Vek::from_cert(c.clone())
-            .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?,
+    let cached = cache_key.as_ref().and_then(|k| svc.cached_chain(k));
+    let hit = cached.is_some();
+    let parsed = match cached {
+        Some(hit) => hit,
         None => {
-            let (Some(product), SigningKey::Vcek) = (report.product(), report.signing_key()) else {
-                return Err(ApiError::bad(
-                    "missing_collateral",
-                    "no VCEK in VcekCertChain, and none can be looked up for this report",
-                ));
+            let certs: Vec<AmdCert> = match chain_b64 {
+                Some(c) => parse_bundle(&b64_any("VcekCertChain", c)?)
+                    .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?,
+                None => Vec::new(),
             };
-            let req = KdsRequest::Vcek(
-                VcekQuery::new(product, report.chip_id(), report.reported_tcb())
-                    .map_err(|e| ApiError::bad("missing_collateral", e.to_string()))?,
-            );
-            let der = fetch(svc, &req)?;
-            Vek::parse(&der).map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?
+            let sources = lookup::Sources {
+                certs,
+                fetcher: svc.fetcher(),
+                ..lookup::Sources::default()
+            };
+            let (vek, chain) =
+                off_worker(|| lookup::find_chain(&report, &sources)).map_err(lookup_error)?;
+            std::sync::Arc::new((vek, chain))
         }
     };
-    let chain = match CertChain::from_certs_for(&certs, vek.kind()) {
-        Ok(c) => c,
-        Err(_) => {
-            let pem = fetch(
-                svc,
-                &KdsRequest::CertChain {
-                    product: vek.product(),
-                    kind: vek.kind(),
-                },
-            )?;
-            let certs = parse_bundle(&pem)
-                .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?;
-            CertChain::from_certs_for(&certs, vek.kind())
-                .map_err(|e| ApiError::bad("missing_collateral", e.to_string()))?
-        }
+    let (vek, chain) = &*parsed;
+    let crl_provider = svc.crl_provider();
+    let sources = lookup::Sources {
+        root_crls: Some(svc.root_crls()),
+        crl_provider: Some(&crl_provider),
+        fetcher: svc.fetcher(),
+        ..lookup::Sources::default()
     };
+    let (crls, no_crl) =
+        lookup::find_crls(chain, vek.kind(), &sources, at).map_err(lookup_error)?;
     let verified = svc
         .verifier()
-        .verify(&report, &vek, &chain, svc.evidence_time())
+        .verify_with_crls(&report, vek, chain, &crls, no_crl, at)
         .map_err(verify_error)?;
     // Only a chain that verified is remembered (the verifier re-checks validity times
-    // on every use).
-    if let Some(k) = cache_key {
-        svc.cache_chain(k, vek, chain);
+    // and CRLs on every use).
+    if let (Some(k), false) = (cache_key, hit) {
+        svc.cache_chain(k, parsed);
     }
     Ok(verified)
+}
+
+fn lookup_error(e: lookup::LookupError) -> ApiError {
+    let status = match e {
+        lookup::LookupError::Cert { .. } => 400,
+        _ => 424,
+    };
+    ApiError::new(status, e.code(), e.to_string())
 }
 
 fn verify_error(e: snp::verify::VerifyError) -> ApiError {
@@ -363,24 +375,16 @@ fn verify_error(e: snp::verify::VerifyError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
-fn fetch(svc: &Service, req: &KdsRequest) -> Result<Vec<u8>, ApiError> {
-    let f = svc.fetcher().ok_or_else(|| {
-        ApiError::new(
-            424,
-            "missing_collateral",
-            "the request carries no VCEK chain and this service has no collateral cache",
-        )
-    })?;
-    // A fetch may wait on the network: on the server's runtime, tell it to move other
-    // tasks off this worker meanwhile (a hit in the collateral cache is quick anyway).
-    let run = || f.fetch(req);
-    let r = match tokio::runtime::Handle::try_current() {
+/// Runs `f`, which may wait on the network (a KDS fetch): on the server's runtime, tell
+/// it to move other tasks off this worker meanwhile (a hit in the collateral cache is
+/// quick anyway).
+pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(run)
+            tokio::task::block_in_place(f)
         }
-        _ => run(),
-    };
-    r.map_err(|e| ApiError::new(424, "missing_collateral", e.to_string()))
+        _ => f(),
+    }
 }
 
 /// Runs the request parsers on `data` (a fuzz target's entry point): SevSnpVm and

@@ -17,6 +17,7 @@
 
 pub mod azure;
 pub mod claims;
+pub mod collateral;
 pub mod error;
 pub mod evidence;
 pub mod nonce;
@@ -28,6 +29,7 @@ pub mod store;
 /// Tokens: the `jose` crate, re-exported.
 pub use jose as jwt;
 
+pub use collateral::EmulatorRoots;
 pub use error::ApiError;
 pub use evidence::fuzz_parse;
 pub use service::{Service, ServiceConfig};

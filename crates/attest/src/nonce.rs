@@ -1,12 +1,18 @@
 //! Short-lived, single-use nonces issued by `GET /nonce`.
 //!
 //! A nonce is self-authenticating: its issue time and 128 random bits, with an
-//! HMAC-SHA-256 tag under a key that lives only in this process's memory. Issuing one
-//! therefore stores nothing, so `GET /nonce` (which anyone may call) cannot fill the
-//! service's memory. A nonce is remembered only once it is *used*, i.e. when a token
-//! is issued for evidence bound to it, until it would have expired; that set is bounded
-//! and grows only as fast as evidence passes the policy. A restart invalidates
-//! outstanding nonces (callers ask again).
+//! HMAC-SHA-256 tag under a key that lives only in this process's memory, over those
+//! and the provider (tenant) it was issued for. Issuing one therefore stores nothing,
+//! so `GET /nonce` (which anyone may call) cannot fill the service's memory, and a
+//! nonce issued for one provider is unknown to every other. A nonce is remembered only
+//! once it is *used*, i.e. when a token is issued for evidence bound to it, until it
+//! would have expired; each provider has its own bounded set, so one tenant's traffic
+//! cannot exhaust another's. A restart invalidates outstanding nonces (callers ask
+//! again).
+//!
+//! A service nonce has one shape, 54 base64url characters ([`looks_like_service_nonce`]):
+//! evidence that carries a string of that shape where a nonce goes is held to it
+//! whether or not the request names it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,13 +60,21 @@ impl NonceError {
     }
 }
 
+/// Whether `s` has the shape of a nonce this service issues (base64url of 40 bytes).
+/// A client's own freshness value of that exact shape is taken for one of ours.
+pub fn looks_like_service_nonce(s: &str) -> bool {
+    s.len() == 54
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Issues and checks nonces; remembers the used ones until they expire.
 pub struct NonceStore {
     ttl: Duration,
     capacity: usize,
     key: hmac::Key,
-    /// Used nonces (their raw bytes) and when they expire (Unix seconds).
-    used: Mutex<HashMap<[u8; RAW_LEN], u64>>,
+    /// Per provider: used nonces (their raw bytes) and when they expire (Unix seconds).
+    used: Mutex<HashMap<String, HashMap<[u8; RAW_LEN], u64>>>,
 }
 
 impl std::fmt::Debug for NonceStore {
@@ -78,7 +92,8 @@ fn unix_now() -> u64 {
 }
 
 impl NonceStore {
-    /// Nonces valid for `ttl`; at most `capacity` used ones remembered at once.
+    /// Nonces valid for `ttl`; at most `capacity` used ones remembered at once per
+    /// provider.
     pub fn new(ttl: Duration, capacity: usize) -> Result<Self, NonceError> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| NonceError::Unknown)?;
@@ -95,35 +110,43 @@ impl NonceStore {
         self.ttl
     }
 
-    fn tag(&self, body: &[u8]) -> [u8; 16] {
-        let t = hmac::sign(&self.key, body);
+    fn tag(&self, provider: &str, body: &[u8]) -> [u8; 16] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(body);
+        ctx.update(provider.as_bytes());
+        let t = ctx.sign();
         let mut out = [0u8; 16];
         out.copy_from_slice(t.as_ref().get(..16).unwrap_or(&[0; 16]));
         out
     }
 
-    /// Issues a fresh nonce (base64url, 54 characters). Stores nothing.
-    pub fn issue(&self) -> Result<String, NonceError> {
-        self.issue_at(unix_now())
+    /// Issues a fresh nonce for `provider` (base64url, 54 characters). Stores nothing.
+    pub fn issue(&self, provider: &str) -> Result<String, NonceError> {
+        self.issue_at(provider, unix_now())
     }
 
-    fn issue_at(&self, now: u64) -> Result<String, NonceError> {
+    fn issue_at(&self, provider: &str, now: u64) -> Result<String, NonceError> {
         let mut raw = [0u8; RAW_LEN];
         raw[..8].copy_from_slice(&now.to_be_bytes());
         aws_lc_rs::rand::fill(&mut raw[8..24]).map_err(|_| NonceError::Full)?;
-        let tag = self.tag(&raw[..24]);
+        let tag = self.tag(provider, &raw[..24]);
         raw[24..].copy_from_slice(&tag);
         Ok(B64URL.encode(raw))
     }
 
     /// Checks that `nonce` was issued here, is unexpired and unused, without using it;
     /// returns its raw bytes and when it expires.
-    fn check_at(&self, nonce: &str, now: u64) -> Result<([u8; RAW_LEN], u64), NonceError> {
+    fn check_at(
+        &self,
+        provider: &str,
+        nonce: &str,
+        now: u64,
+    ) -> Result<([u8; RAW_LEN], u64), NonceError> {
         let bytes = B64URL
             .decode(nonce.as_bytes())
             .map_err(|_| NonceError::Unknown)?;
         let raw: [u8; RAW_LEN] = bytes.try_into().map_err(|_| NonceError::Unknown)?;
-        let tag = self.tag(&raw[..24]);
+        let tag = self.tag(provider, &raw[..24]);
         aws_lc_rs::constant_time::verify_slices_are_equal(&tag, &raw[24..])
             .map_err(|_| NonceError::Unknown)?;
         let mut ts = [0u8; 8];
@@ -137,25 +160,26 @@ impl NonceStore {
             return Err(NonceError::Expired);
         }
         let used = self.used.lock().map_err(|_| NonceError::Unknown)?;
-        if used.contains_key(&raw) {
+        if used.get(provider).is_some_and(|u| u.contains_key(&raw)) {
             return Err(NonceError::Replayed);
         }
         Ok((raw, expires))
     }
 
-    /// Checks `nonce` (issued here, unexpired, unused) without using it.
-    pub fn check(&self, nonce: &str) -> Result<(), NonceError> {
-        self.check_at(nonce, unix_now()).map(|_| ())
+    /// Checks `nonce` (issued here for `provider`, unexpired, unused) without using it.
+    pub fn check(&self, provider: &str, nonce: &str) -> Result<(), NonceError> {
+        self.check_at(provider, nonce, unix_now()).map(|_| ())
     }
 
     /// Uses `nonce`: it must pass `check`, and can never be used again.
-    pub fn consume(&self, nonce: &str) -> Result<(), NonceError> {
-        self.consume_at(nonce, unix_now())
+    pub fn consume(&self, provider: &str, nonce: &str) -> Result<(), NonceError> {
+        self.consume_at(provider, nonce, unix_now())
     }
 
-    fn consume_at(&self, nonce: &str, now: u64) -> Result<(), NonceError> {
-        let (raw, expires) = self.check_at(nonce, now)?;
-        let mut used = self.used.lock().map_err(|_| NonceError::Unknown)?;
+    fn consume_at(&self, provider: &str, nonce: &str, now: u64) -> Result<(), NonceError> {
+        let (raw, expires) = self.check_at(provider, nonce, now)?;
+        let mut all = self.used.lock().map_err(|_| NonceError::Unknown)?;
+        let used = all.entry(provider.to_owned()).or_default();
         if used.len() >= self.capacity {
             used.retain(|_, e| *e > now);
             if used.len() >= self.capacity {
@@ -178,33 +202,54 @@ mod tests {
     fn single_use_expiry_and_capacity() {
         let s = NonceStore::new(Duration::from_secs(60), 2).unwrap();
         let now = 1_000_000;
-        let a = s.issue_at(now).unwrap();
+        let p = "default";
+        let a = s.issue_at(p, now).unwrap();
         assert_eq!(a.len(), 54);
-        assert_eq!(s.consume_at("nope", now), Err(NonceError::Unknown));
-        assert_eq!(s.check(&a), Err(NonceError::Expired), "issued long ago");
-        assert!(s.check_at(&a, now).is_ok());
-        assert_eq!(s.consume_at(&a, now + 1), Ok(()));
-        assert_eq!(s.consume_at(&a, now + 2), Err(NonceError::Replayed));
-        assert_eq!(s.check_at(&a, now + 2).unwrap_err(), NonceError::Replayed);
+        assert!(looks_like_service_nonce(&a));
+        assert!(!looks_like_service_nonce("challenge"));
+        assert_eq!(s.consume_at(p, "nope", now), Err(NonceError::Unknown));
+        assert_eq!(s.check(p, &a), Err(NonceError::Expired), "issued long ago");
+        assert!(s.check_at(p, &a, now).is_ok());
+        assert_eq!(s.consume_at(p, &a, now + 1), Ok(()));
+        assert_eq!(s.consume_at(p, &a, now + 2), Err(NonceError::Replayed));
+        assert_eq!(
+            s.check_at(p, &a, now + 2).unwrap_err(),
+            NonceError::Replayed
+        );
         // Issuing stores nothing: any number may be outstanding.
-        let many: Vec<String> = (0..1000).map(|_| s.issue_at(now).unwrap()).collect();
-        assert_eq!(s.consume_at(&many[0], now), Ok(()));
-        // Two used within a lifetime fill a store of capacity 2; once they expire there
-        // is room again.
-        assert_eq!(s.consume_at(&many[1], now), Err(NonceError::Full));
-        let later = s.issue_at(now + 60).unwrap();
-        assert_eq!(s.consume_at(&later, now + 60), Ok(()));
+        let many: Vec<String> = (0..1000).map(|_| s.issue_at(p, now).unwrap()).collect();
+        assert_eq!(s.consume_at(p, &many[0], now), Ok(()));
+        // Two used within a lifetime fill a provider's store of capacity 2; once they
+        // expire there is room again.
+        assert_eq!(s.consume_at(p, &many[1], now), Err(NonceError::Full));
+        let later = s.issue_at(p, now + 60).unwrap();
+        assert_eq!(s.consume_at(p, &later, now + 60), Ok(()));
         // Expiry, a future issue time, a flipped bit, another process's key.
-        assert_eq!(s.check_at(&many[2], now + 60), Err(NonceError::Expired));
-        assert_eq!(s.check_at(&later, now + 54), Err(NonceError::Unknown));
+        assert_eq!(s.check_at(p, &many[2], now + 60), Err(NonceError::Expired));
+        assert_eq!(s.check_at(p, &later, now + 54), Err(NonceError::Unknown));
         let mut raw = B64URL.decode(&many[3]).unwrap();
         raw[10] ^= 1;
         assert_eq!(
-            s.check_at(&B64URL.encode(&raw), now),
+            s.check_at(p, &B64URL.encode(&raw), now),
             Err(NonceError::Unknown)
         );
         let other = NonceStore::new(Duration::from_secs(60), 2).unwrap();
-        assert_eq!(other.check_at(&many[3], now), Err(NonceError::Unknown));
-        assert!(s.check_at(&many[3], now).is_ok());
+        assert_eq!(other.check_at(p, &many[3], now), Err(NonceError::Unknown));
+        assert!(s.check_at(p, &many[3], now).is_ok());
+    }
+
+    #[test]
+    fn providers_have_their_own_nonces_and_used_sets() {
+        let s = NonceStore::new(Duration::from_secs(60), 1).unwrap();
+        let now = 2_000_000;
+        let a = s.issue_at("a", now).unwrap();
+        // A nonce issued for one provider is unknown to another.
+        assert_eq!(s.check_at("b", &a, now), Err(NonceError::Unknown));
+        assert_eq!(s.consume_at("a", &a, now), Ok(()));
+        // Provider a's used set is full; b's is not.
+        let a2 = s.issue_at("a", now).unwrap();
+        assert_eq!(s.consume_at("a", &a2, now), Err(NonceError::Full));
+        let b = s.issue_at("b", now).unwrap();
+        assert_eq!(s.consume_at("b", &b, now), Ok(()));
     }
 }

@@ -47,6 +47,14 @@ pub struct ProviderSettings {
     /// Allowed launch measurements (hex, lower case); empty means any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measurements: Vec<String>,
+    /// Refuse evidence whose certificate chain was not checked against AMD's CRL (the
+    /// emulator's, for emulated evidence).
+    #[serde(default)]
+    pub require_revocation_check: bool,
+    /// Migration agents (their REPORT_ID_MA, 64 lower-case hex digits) a guest whose
+    /// policy allows one may be bound to; empty: such guests are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migration_agents: Vec<String>,
 }
 
 /// Minimum TCB component SVNs (the appraisal policy's type; `fmc` applies to Turin
@@ -97,9 +105,10 @@ pub fn default_policy(kind: AttestationType) -> String {
         r#"package policy
 import rego.v1
 
-# opencvm default policy for {name}: no debug, VMPL 0, no emulated platform unless the
-# provider allows it; a minimum TCB and a measurement allow-list when the provider sets
-# them (data.settings). A missing claim never passes a check.
+# opencvm default policy for {name}: no debug, VMPL 0, no migration agent unless the
+# provider pins it, no emulated platform unless the provider allows it; a minimum TCB,
+# a measurement allow-list and a checked CRL when the provider asks for them
+# (data.settings). A missing claim never passes a check.
 
 tee := {tee}
 
@@ -112,6 +121,22 @@ deny contains {{"rule": "no-debug", "message": "the guest policy allows debuggin
 
 deny contains {{"rule": "vmpl-0", "message": sprintf("the report was requested from VMPL %v, not 0", [object.get(tee, "x-ms-sevsnpvm-vmpl", "(unknown)")])}} if {{
   object.get(tee, "x-ms-sevsnpvm-vmpl", -1) != 0
+}}
+
+deny contains {{"rule": "no-migration-agent", "message": "the guest policy allows a migration agent and this provider pins none"}} if {{
+  object.get(tee, "x-ms-sevsnpvm-migration-allowed", true) != false
+  count(object.get(data.settings, "migration_agents", [])) == 0
+}}
+
+deny contains {{"rule": "no-migration-agent", "message": sprintf("migration agent %v is not one this provider pins", [object.get(tee, "x-opencvm-sevsnpvm-reportid-ma", "(unknown)")])}} if {{
+  object.get(tee, "x-ms-sevsnpvm-migration-allowed", true) != false
+  count(object.get(data.settings, "migration_agents", [])) > 0
+  not object.get(tee, "x-opencvm-sevsnpvm-reportid-ma", "") in data.settings.migration_agents
+}}
+
+deny contains {{"rule": "revocation-checked", "message": "the certificate chain was not checked against a CRL and this provider requires it"}} if {{
+  data.settings.require_revocation_check
+  object.get(tee, "x-opencvm-revocation", "not_checked") != "checked"
 }}
 
 deny contains {{"rule": "no-emulated-platform", "message": "the evidence comes from an emulated AMD secure processor and this provider does not allow emulated platforms"}} if {{
@@ -266,6 +291,9 @@ mod tests {
     fn claims() -> Value {
         json!({
             "x-ms-sevsnpvm-is-debuggable": false,
+            "x-ms-sevsnpvm-migration-allowed": false,
+            "x-opencvm-sevsnpvm-reportid-ma": "ff".repeat(32),
+            "x-opencvm-revocation": "not_checked",
             "x-ms-sevsnpvm-vmpl": 0,
             "x-opencvm-emulated": false,
             "x-ms-sevsnpvm-bootloader-svn": 4,
@@ -312,6 +340,14 @@ mod tests {
             measurements: vec!["cd".repeat(48), "ab".repeat(48)],
             ..ProviderSettings::default()
         };
+        let revocation = ProviderSettings {
+            require_revocation_check: true,
+            ..ProviderSettings::default()
+        };
+        let ma = ProviderSettings {
+            migration_agents: vec!["ab".repeat(32)],
+            ..ProviderSettings::default()
+        };
         // (settings, claims, expected denying rules)
         let cases: Vec<(&ProviderSettings, Value, Vec<&str>)> = vec![
             (&lenient, claims(), vec![]),
@@ -346,6 +382,31 @@ mod tests {
             ),
             (&min_fmc, with("x-ms-sevsnpvm-fmc-svn", json!(2)), vec![]),
             (&allow_list, claims(), vec!["measurement-allow-list"]),
+            (&revocation, claims(), vec!["revocation-checked"]),
+            (
+                &revocation,
+                with("x-opencvm-revocation", json!("checked")),
+                vec![],
+            ),
+            (
+                &lenient,
+                with("x-ms-sevsnpvm-migration-allowed", json!(true)),
+                vec!["no-migration-agent"],
+            ),
+            (
+                &ma,
+                with("x-ms-sevsnpvm-migration-allowed", json!(true)),
+                vec!["no-migration-agent"],
+            ),
+            (
+                &ma,
+                {
+                    let mut c = with("x-ms-sevsnpvm-migration-allowed", json!(true));
+                    c["x-opencvm-sevsnpvm-reportid-ma"] = json!("ab".repeat(32));
+                    c
+                },
+                vec![],
+            ),
             (&allow_list_ok, claims(), vec![]),
             // A claim that is missing never passes: no debug flag means "maybe debug".
             (

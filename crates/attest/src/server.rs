@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | GET | `/.well-known/openid-configuration` | anyone |
 //! | GET | `/certs` | anyone (JWKS) |
-//! | GET | `/nonce` | anyone |
+//! | GET | `/nonce` | anyone (a nonce for this provider only) |
 //! | POST | `/attest/{SevSnpVm,AzureGuest}` | anyone |
 //! | GET/PUT | `/policies/{type}` | provider administrator |
 //! | POST | `/policies/{type}/test` | anyone (dry run; never issues a token) |
@@ -72,8 +72,8 @@ async fn certs(State(s): Svc, p: Option<Path<String>>) -> ApiResult {
     ))
 }
 
-async fn nonce(State(s): Svc) -> ApiResult {
-    Ok(axum::Json(s.issue_nonce()?))
+async fn nonce(State(s): Svc, p: Option<Path<String>>) -> ApiResult {
+    Ok(axum::Json(s.issue_nonce(&provider(p))?))
 }
 
 fn provider(p: Option<Path<String>>) -> String {
@@ -291,6 +291,7 @@ pub fn router(svc: Arc<Service>) -> Router {
                 get(openid),
             )
             .route(&format!("{prefix}/certs"), get(certs))
+            .route(&format!("{prefix}/nonce"), get(nonce))
             .route(
                 &format!("{prefix}/settings"),
                 get(settings_get).put(settings_put),
@@ -300,7 +301,6 @@ pub fn router(svc: Arc<Service>) -> Router {
     Router::new()
         .merge(per_provider(""))
         .merge(per_provider("/providers/{provider}"))
-        .route("/nonce", get(nonce))
         .route("/health", get(health))
         .route("/attest/{type}", post(attest_default))
         .route("/providers/{provider}/attest/{type}", post(attest_named))

@@ -12,9 +12,11 @@ use serde_json::{Map, Value, json};
 use snp::cert::Vek;
 use snp::chain::{CertChain, TrustAnchors};
 use snp::collateral::Fetcher;
+use snp::lookup::RootCrls;
 use snp::verify::Verifier;
 use zeroize::Zeroizing;
 
+use crate::collateral::{CrlMemo, EmulatorRoots, ServiceCrls};
 use crate::error::ApiError;
 use crate::jwt::{Alg, Jwks, TokenSigner};
 use crate::nonce::NonceStore;
@@ -35,15 +37,17 @@ pub const DEFAULT_PROVIDER: &str = "default";
 /// How a service is set up.
 #[derive(Debug)]
 pub struct ServiceConfig {
-    /// Where the database, master key and admin credential live.
+    /// Where the database and the admin credential live.
     pub state_dir: PathBuf,
-    /// The master key file (default `STATE/keys/master.key`).
-    pub master_key: Option<PathBuf>,
+    /// The master key that seals the signing keys; it must not be stored in the state
+    /// directory (the CLI refuses that), so a copy of the database alone opens nothing.
+    pub master_key: MasterKey,
     /// The public base URL (the default provider's issuer).
     pub issuer: String,
-    /// Trust evidence from the emulated AMD secure processor (labelled as such); the
-    /// default provider's settings then allow it.
-    pub allow_emulated: bool,
+    /// Emulated secure processors whose evidence is trusted (labelled emulated), each
+    /// pinned by its ARK's fingerprint; on first start the default provider's settings
+    /// then allow emulated evidence. Empty: no emulated evidence verifies.
+    pub emulator_roots: Vec<EmulatorRoots>,
     /// Signing algorithm for new providers' keys.
     pub token_alg: Alg,
     /// Token lifetime.
@@ -59,12 +63,12 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// Defaults: RS256, 8 h tokens, 5 min nonces, no emulator, no collateral source.
-    pub fn new(state_dir: PathBuf, issuer: String) -> Self {
+    pub fn new(state_dir: PathBuf, issuer: String, master_key: MasterKey) -> Self {
         ServiceConfig {
             state_dir,
-            master_key: None,
+            master_key,
             issuer,
-            allow_emulated: false,
+            emulator_roots: Vec::new(),
             token_alg: Alg::RS256,
             token_lifetime: Duration::from_secs(8 * 3600),
             nonce_ttl: Duration::from_secs(300),
@@ -144,6 +148,8 @@ pub struct Service {
     store: Box<dyn Store>,
     master: MasterKey,
     verifier: Verifier,
+    root_crls: RootCrls,
+    crl_memo: CrlMemo,
     fetcher: Option<Fetcher>,
     nonces: NonceStore,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
@@ -192,21 +198,20 @@ impl Service {
     /// `STATE/admin.token` (mode 0600); that path is returned then.
     pub fn open(cfg: ServiceConfig) -> Result<(Self, Option<PathBuf>), ServiceError> {
         std::fs::create_dir_all(&cfg.state_dir)?;
-        let master_path = cfg
-            .master_key
-            .clone()
-            .unwrap_or_else(|| cfg.state_dir.join("keys").join("master.key"));
-        let master = MasterKey::load_or_create(&master_path)?;
         let store = SqliteStore::open(&cfg.state_dir.join("attest.db"))?;
         let mut anchors = TrustAnchors::amd();
-        if cfg.allow_emulated {
-            anchors.dangerously_trust_emulator();
+        let mut root_crls = RootCrls::new();
+        for roots in &cfg.emulator_roots {
+            roots.install(&mut anchors, &mut root_crls);
         }
+        let allow_emulated = !cfg.emulator_roots.is_empty();
         let svc = Service {
             issuer_base: cfg.issuer.trim_end_matches('/').to_string(),
             store: Box::new(store),
-            master,
+            master: cfg.master_key,
             verifier: Verifier::new(anchors),
+            root_crls,
+            crl_memo: CrlMemo::default(),
             fetcher: cfg.collateral,
             nonces: NonceStore::new(cfg.nonce_ttl, 100_000)?,
             providers: RwLock::new(HashMap::new()),
@@ -223,7 +228,7 @@ impl Service {
             .any(|p| p.name == DEFAULT_PROVIDER)
         {
             let settings = ProviderSettings {
-                allow_emulated: cfg.allow_emulated,
+                allow_emulated,
                 ..ProviderSettings::default()
             };
             let token = svc
@@ -452,32 +457,44 @@ impl Service {
         Ok(json!({ "kid": kid }))
     }
 
-    /// Issues a nonce.
-    pub fn issue_nonce(&self) -> Result<Value, ApiError> {
+    /// Issues a nonce for `provider` (it is unknown to every other provider).
+    pub fn issue_nonce(&self, provider: &str) -> Result<Value, ApiError> {
+        self.provider(provider)?;
         let nonce = self
             .nonces
-            .issue()
+            .issue(provider)
             .map_err(|e| ApiError::new(503, e.code(), e.to_string()))?;
         let ttl = i64::try_from(self.nonces.ttl().as_secs()).unwrap_or(i64::MAX);
         Ok(json!({ "nonce": nonce, "expiresAt": now().saturating_add(ttl) }))
     }
 
-    /// Checks a nonce named by evidence (issued here, unexpired, unused); it is used
-    /// up only when a token is issued for that evidence.
-    pub(crate) fn check_nonce(&self, nonce: &str) -> Result<(), ApiError> {
-        self.nonces.check(nonce).map_err(nonce_error)
+    /// Checks a nonce named by evidence (issued here for `provider`, unexpired,
+    /// unused); it is used up only when a token is issued for that evidence.
+    pub(crate) fn check_nonce(&self, provider: &str, nonce: &str) -> Result<(), ApiError> {
+        self.nonces.check(provider, nonce).map_err(nonce_error)
     }
 
     pub(crate) fn cached_chain(&self, key: &[u8; 32]) -> Option<ParsedChain> {
         self.chains.read().ok()?.get(key).cloned()
     }
 
-    pub(crate) fn cache_chain(&self, key: [u8; 32], vek: Vek, chain: CertChain) {
+    pub(crate) fn cache_chain(&self, key: [u8; 32], parsed: ParsedChain) {
         if let Ok(mut m) = self.chains.write() {
             if m.len() >= MAX_CACHED_CHAINS {
                 m.clear();
             }
-            m.insert(key, Arc::new((vek, chain)));
+            m.insert(key, parsed);
+        }
+    }
+
+    pub(crate) fn root_crls(&self) -> &RootCrls {
+        &self.root_crls
+    }
+
+    pub(crate) fn crl_provider(&self) -> ServiceCrls<'_> {
+        ServiceCrls {
+            fetcher: self.fetcher.as_ref(),
+            memo: &self.crl_memo,
         }
     }
 
@@ -586,7 +603,7 @@ impl Service {
         bearer: Option<&str>,
     ) -> Result<Value, ApiError> {
         let p = self.provider(provider)?;
-        let ev = evidence::evaluate(self, kind, body)?;
+        let ev = evidence::evaluate(self, provider, kind, body)?;
         if let Some(draft) = ev.draft_policy.clone() {
             self.check_admin(provider, bearer)?;
             return self.dry_run(&p, kind, Some(&draft), ev);
@@ -615,7 +632,7 @@ impl Service {
             .with_detail(detail));
         }
         if let Some(n) = &ev.nonce {
-            self.nonces.consume(n).map_err(nonce_error)?;
+            self.nonces.consume(provider, n).map_err(nonce_error)?;
         }
         let token = self.token(&p, kind, ev.claims, &active.hash, ev.nonce.as_deref())?;
         Ok(json!({ "token": token }))
@@ -636,7 +653,7 @@ impl Service {
         if policy_text.is_some() {
             self.check_admin(provider, bearer)?;
         }
-        let ev = evidence::evaluate(self, kind, evidence_body)?;
+        let ev = evidence::evaluate(self, provider, kind, evidence_body)?;
         if ev.draft_policy.is_some() {
             self.check_admin(provider, bearer)?;
         }

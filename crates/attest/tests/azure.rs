@@ -162,11 +162,15 @@ fn real_azure_vtpm_evidence_is_accepted() {
         if name == "evidence-v1.json" {
             assert_eq!(quoted.extra_data(), b"challenge");
         }
+        // ClientPayload and OSType are not bound to any evidence: kept apart from the
+        // verified claims.
+        assert!(c["x-ms-runtime"].get("client-payload").is_none(), "{c}");
+        assert!(c.get("x-ms-azurevm-ostype").is_none(), "{c}");
         assert_eq!(
-            c["x-ms-runtime"]["client-payload"]["nonce"],
+            c["x-opencvm-unverified"]["client-payload"]["nonce"],
             B64.encode(b"client")
         );
-        assert_eq!(c["x-ms-azurevm-ostype"], "Linux");
+        assert_eq!(c["x-opencvm-unverified"]["ostype"], "Linux");
     }
 }
 
@@ -330,7 +334,7 @@ fn complete_emulated_evidence_with_event_log_and_ephemeral_key() {
             .to_string()
     };
     let n = nonce();
-    let syn = synthetic(&emu, &n, "sb-ms", enc_attrs());
+    let syn = synthetic(emu, &n, "sb-ms", enc_attrs());
     let (st, v) = attest(&s, &body(&syn.parts, Some(&n)));
     assert_eq!(st, 200, "{v}");
     let c = claims_of(v["token"].as_str().unwrap());
@@ -356,13 +360,50 @@ fn complete_emulated_evidence_with_event_log_and_ephemeral_key() {
         panic!()
     };
     assert_eq!(key["n"], B64URL.encode(&d.modulus));
-    // The same nonce again: replayed.
+    // The same nonce again: replayed; and the same evidence without the request's
+    // `nonce` field too: the quote carries the service nonce, which is held to it.
     let (st, v) = attest(&s, &body(&syn.parts, Some(&n)));
     common::assert_refused(st, &v, 400, "nonce_replayed");
+    let (st, v) = attest(&s, &body(&syn.parts, None));
+    common::assert_refused(st, &v, 400, "nonce_replayed");
+
+    // A PCR value sent beside the evidence that the quote does not cover.
+    let n = nonce();
+    let mut extra = synthetic(emu, &n, "sb-ms", enc_attrs());
+    extra.parts.pcrs.push((8, vec![0; 32]));
+    let (st, v) = attest(&s, &body(&extra.parts, Some(&n)));
+    common::assert_refused(st, &v, 400, "pcr_not_quoted");
+    // Nothing quoted at all.
+    let n = nonce();
+    let mut none = synthetic(emu, &n, "sb-ms", enc_attrs());
+    none.parts.pcrs.clear();
+    let (st, v) = attest(&s, &body(&none.parts, Some(&n)));
+    common::assert_refused(st, &v, 400, "no_pcrs_appraised");
+    // A nonce issued for another provider is unknown here.
+    let (st, _) = call(
+        "POST",
+        &format!("{}/providers/tenant-x", s.url),
+        Some(&s.admin),
+        Some(b"{}"),
+    );
+    assert_eq!(st, 200);
+    let foreign = call(
+        "GET",
+        &format!("{}/providers/tenant-x/nonce", s.url),
+        None,
+        None,
+    )
+    .1["nonce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = synthetic(emu, &foreign, "sb-ms", enc_attrs());
+    let (st, v) = attest(&s, &body(&other.parts, None));
+    common::assert_refused(st, &v, 400, "nonce_unknown");
 
     // Secure Boot off (the plain OVMF log and its PCRs): a token saying so.
     let n = nonce();
-    let plain = synthetic(&emu, &n, "plain", enc_attrs());
+    let plain = synthetic(emu, &n, "plain", enc_attrs());
     let (st, v) = attest(&s, &body(&plain.parts, Some(&n)));
     assert_eq!(st, 200, "{v}");
     assert_eq!(
@@ -372,14 +413,14 @@ fn complete_emulated_evidence_with_event_log_and_ephemeral_key() {
 
     // An event log that does not replay to the quoted PCRs.
     let n = nonce();
-    let mut bad = synthetic(&emu, &n, "sb-ms", enc_attrs());
+    let mut bad = synthetic(emu, &n, "sb-ms", enc_attrs());
     bad.parts.event_log = Some(eventlog("plain").0);
     let (st, v) = attest(&s, &body(&bad.parts, Some(&n)));
     common::assert_refused(st, &v, 400, "event_log_mismatch");
 
     // An encryption key certified by another key than the AK.
     let n = nonce();
-    let mut bad = synthetic(&emu, &n, "sb-ms", enc_attrs());
+    let mut bad = synthetic(emu, &n, "sb-ms", enc_attrs());
     let other = KeyPair::generate(KeySize::Rsa2048).unwrap();
     let (p, info, _) = bad.parts.enc.take().unwrap();
     let forged = sign(&other, &info);
@@ -388,7 +429,7 @@ fn complete_emulated_evidence_with_event_log_and_ephemeral_key() {
     common::assert_refused(st, &v, 400, "enckey_certify_invalid");
     // A certified key that can also sign: not an encryption-only TPM key.
     let n = nonce();
-    let bad = synthetic(&emu, &n, "sb-ms", enc_attrs() | A::SIGN_ENCRYPT);
+    let bad = synthetic(emu, &n, "sb-ms", enc_attrs() | A::SIGN_ENCRYPT);
     let (st, v) = attest(&s, &body(&bad.parts, Some(&n)));
     common::assert_refused(st, &v, 400, "enckey_invalid");
     drop(syn.ak);

@@ -115,6 +115,41 @@ fn emulated_evidence_to_token_checked_by_pyjwt() {
         Some(&body),
     );
     common::assert_refused(st, &v, 400, "nonce_replayed");
+    // The same evidence without the request's `nonce` field: the runtime data still
+    // binds the used service nonce, so no second token either.
+    let mut stripped: Value = serde_json::from_slice(&body).unwrap();
+    stripped.as_object_mut().unwrap().remove("nonce");
+    let (st, v) = call(
+        "POST",
+        &format!("{}/attest/SevSnpVm", s.url),
+        None,
+        Some(stripped.to_string().as_bytes()),
+    );
+    common::assert_refused(st, &v, 400, "nonce_replayed");
+    // A fresh service nonce bound only in the runtime data is checked and used up too.
+    let fresh = call("GET", &format!("{}/nonce", s.url), None, None).1["nonce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let implicit = emu.request(&guest, &json!({ "nonce": fresh }), None);
+    let (st, v) = call(
+        "POST",
+        &format!("{}/attest/SevSnpVm", s.url),
+        None,
+        Some(&implicit),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        claims_of(v["token"].as_str().unwrap())["nonce"],
+        fresh.as_str()
+    );
+    let (st, v) = call(
+        "POST",
+        &format!("{}/attest/SevSnpVm", s.url),
+        None,
+        Some(&implicit),
+    );
+    common::assert_refused(st, &v, 400, "nonce_replayed");
 }
 
 #[test]
@@ -517,8 +552,9 @@ fn signing_keys_are_sealed_at_rest() {
         !all.windows(pkcs8_marker.len()).any(|w| w == pkcs8_marker),
         "a private key is in plaintext"
     );
-    // The master key lives in its own file, mode 0600.
-    let meta = std::fs::metadata(s.state.join("keys/master.key")).unwrap();
+    // The master key lives in its own file, mode 0600, outside the state directory.
+    assert!(!s.state.join("keys").exists());
+    let meta = std::fs::metadata(s.state.parent().unwrap().join("master.key")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
         0o600

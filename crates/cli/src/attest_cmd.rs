@@ -41,18 +41,21 @@ pub struct ServeArgs {
     /// State directory (database, master key, admin credential).
     #[arg(long)]
     state: PathBuf,
-    /// Trust evidence from the opencvm emulated AMD secure processor. It is always
-    /// labelled `x-opencvm-emulated: true`; the default provider then allows it.
-    #[arg(long)]
-    allow_emulated: bool,
+    /// Trust evidence from this emulated AMD secure processor: its roots file, as
+    /// `cvm snp export-roots` writes it (ARK pinned by fingerprint, its CRL applied);
+    /// repeatable. Such evidence is always labelled `x-opencvm-emulated: true`, and on
+    /// first start the default provider allows it. No other emulator's evidence
+    /// verifies, whatever its certificates call themselves.
+    #[arg(long = "dangerously-trust-emulator-roots", value_name = "FILE")]
+    emulator_roots: Vec<PathBuf>,
     /// Public base URL (the token issuer); default `http://<bound address>`.
     #[arg(long)]
     issuer: Option<String>,
     /// Signing algorithm for new providers' token keys.
     #[arg(long, value_enum, default_value = "rs256")]
     token_alg: TokenAlg,
-    /// Master key file sealing secrets at rest (default STATE/keys/master.key; keep it
-    /// elsewhere in production).
+    /// Master key file sealing secrets at rest (created if missing); it must not be
+    /// inside --state. Or set CVM_ATTEST_MASTER_KEY (64 hex digits).
     #[arg(long)]
     master_key: Option<PathBuf>,
     /// Collateral for requests that carry no VCEK chain.
@@ -186,9 +189,22 @@ pub fn run(cmd: AttestCommand) -> ExitCode {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    let mut cfg = attest::ServiceConfig::new(a.state.clone(), String::new());
-    cfg.allow_emulated = a.allow_emulated;
-    cfg.master_key = a.master_key.clone();
+    let legacy = a.state.join("keys").join("master.key");
+    if legacy.exists() {
+        bail!(
+            "{} holds the master key inside the state directory; move it elsewhere and pass --master-key with its new path (or set CVM_ATTEST_MASTER_KEY)",
+            legacy.display()
+        );
+    }
+    let master =
+        crate::master_key::load("CVM_ATTEST_MASTER_KEY", a.master_key.as_deref(), &a.state)?;
+    let mut cfg = attest::ServiceConfig::new(a.state.clone(), String::new(), master);
+    for path in &a.emulator_roots {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        cfg.emulator_roots.push(
+            attest::EmulatorRoots::from_pem(&pem).with_context(|| format!("{}", path.display()))?,
+        );
+    }
     cfg.token_alg = match a.token_alg {
         TokenAlg::Rs256 => Alg::RS256,
         TokenAlg::Es384 => Alg::ES384,

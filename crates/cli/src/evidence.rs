@@ -388,6 +388,7 @@ fn collect_collateral(
         crls,
         fetcher: Some(&fetcher),
         root_crls: None,
+        crl_provider: None,
         product: a.product,
     };
     snp::lookup::lookup(report, &sources, at).map_err(|e| match e {

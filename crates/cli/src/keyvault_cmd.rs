@@ -313,26 +313,7 @@ fn import_key_member(
 }
 
 fn master_key(a: &ServeArgs) -> Result<seal::MasterKey> {
-    if let Ok(hex) = std::env::var("CVM_KEYVAULT_MASTER_KEY") {
-        // Our copy is wiped; the process environment itself still holds the value
-        // (removing it needs `unsafe`, which this crate forbids).
-        let hex = zeroize::Zeroizing::new(hex);
-        return Ok(seal::MasterKey::from_hex(&hex)?);
-    }
-    let Some(path) = &a.master_key else {
-        bail!("give --master-key FILE (outside --state) or set CVM_KEYVAULT_MASTER_KEY");
-    };
-    std::fs::create_dir_all(&a.state)?;
-    let state = a.state.canonicalize()?;
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    if parent.canonicalize()?.starts_with(&state) {
-        bail!("the master key must not be stored beside the data (inside --state)");
-    }
-    Ok(seal::MasterKey::load_or_create(path)?)
+    crate::master_key::load("CVM_KEYVAULT_MASTER_KEY", a.master_key.as_deref(), &a.state)
 }
 
 fn serve(a: ServeArgs) -> Result<()> {

@@ -6,6 +6,7 @@
 mod attest_cmd;
 mod evidence;
 mod keyvault_cmd;
+mod master_key;
 mod snp_cmd;
 mod vtpm_cmd;
 

@@ -18,14 +18,22 @@ fn serve(state: &Path) -> Served {
     serve_with(state, &[])
 }
 
+/// `cvm attest serve` trusting the roots of the emulated platform beside `state` (the
+/// one [`request`] launches guests on), its master key beside `state` too.
 fn serve_with(state: &Path, extra: &[&str]) -> Served {
     let (st, cache) = (state.to_str().unwrap(), state.join("kds-cache"));
+    let parent = state.parent().unwrap();
+    let roots = common::emulator_roots(parent);
+    let master = parent.join("master.key");
     let mut args = vec![
         "attest",
         "serve",
         "--listen",
         "127.0.0.1:0",
-        "--allow-emulated",
+        "--dangerously-trust-emulator-roots",
+        roots.to_str().unwrap(),
+        "--master-key",
+        master.to_str().unwrap(),
         "--offline",
         "--state",
         st,
@@ -57,8 +65,8 @@ fn post(url: &str, body: &[u8]) -> (u16, Value) {
 
 /// An emulated guest's MAA SevSnpVm request body.
 fn request(dir: &Path, debug: bool) -> Vec<u8> {
-    let p = Platform::create(&dir.join("emu"), PlatformConfig::new(Product::Milan), None)
-        .or_else(|_| Platform::open(&dir.join("emu")))
+    let p = Platform::open(&dir.join("emu"))
+        .or_else(|_| Platform::create(&dir.join("emu"), PlatformConfig::new(Product::Milan), None))
         .unwrap();
     let mut cfg = LaunchConfig::default();
     if debug {
@@ -383,4 +391,61 @@ fn https_serve_and_verify_with_a_private_ca() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(json_of(&out)["code"], "malformed_token");
+}
+
+/// The master key must live outside the state directory (as the key vault's does), and
+/// only an emulator's roots can be pinned as emulator roots.
+#[test]
+fn master_key_outside_the_state_and_emulator_roots_by_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "attest",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            st,
+            "--offline",
+        ];
+        args.extend_from_slice(extra);
+        cvm(&args)
+    };
+    let out = serve(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--master-key"));
+    let inside = state.join("master.key");
+    let out = serve(&["--master-key", inside.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("inside --state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!inside.exists());
+    // A state directory from before, with its key inside: refused with what to do.
+    std::fs::create_dir_all(state.join("keys")).unwrap();
+    std::fs::write(state.join("keys/master.key"), "00".repeat(32)).unwrap();
+    let outside = dir.path().join("master.key");
+    let out = serve(&["--master-key", outside.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("move it elsewhere"));
+    std::fs::remove_dir_all(state.join("keys")).unwrap();
+    // AMD's own roots are not an emulator's.
+    let amd = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/snp/go-sev-guest/ask_ark_milan.pem");
+    let out = serve(&[
+        "--master-key",
+        outside.to_str().unwrap(),
+        "--dangerously-trust-emulator-roots",
+        amd.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an emulated ARK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

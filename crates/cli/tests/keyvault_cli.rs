@@ -343,13 +343,19 @@ fn root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `cvm attest serve` trusting the emulated platform in `d/emu` ([`attested_guest`]'s).
 fn attest_serve(d: &Path) -> Served {
+    let roots = common::emulator_roots(d);
+    let master = d.join("attest-master.key");
     spawn(&[
         "attest",
         "serve",
         "--listen",
         "127.0.0.1:0",
-        "--allow-emulated",
+        "--dangerously-trust-emulator-roots",
+        roots.to_str().unwrap(),
+        "--master-key",
+        master.to_str().unwrap(),
         "--offline",
         "--state",
         d.join("attest").to_str().unwrap(),
@@ -364,7 +370,9 @@ fn attested_guest(
     d: &Path,
     attest_url: &str,
 ) -> (std::path::PathBuf, keyvault::wrap::UnwrappingKey) {
-    let p = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
+    let p = Platform::open(&d.join("emu"))
+        .or_else(|_| Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None))
+        .unwrap();
     let guest = p.launch(LaunchConfig::default()).unwrap();
     let transfer = keyvault::wrap::UnwrappingKey::generate(2048).unwrap();
     let mut jwk = transfer.public_key().to_jwk();

@@ -18,11 +18,17 @@ struct Attest {
     _dir: tempfile::TempDir,
 }
 
-fn attest_service() -> Attest {
+/// An attestation service trusting `emu`'s roots.
+fn attest_service(emu: &Platform) -> Attest {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut cfg = attest::ServiceConfig::new(state.clone(), String::new());
-    cfg.allow_emulated = true;
+    let master = seal::MasterKey::load_or_create(&dir.path().join("master.key")).unwrap();
+    let mut cfg = attest::ServiceConfig::new(state.clone(), String::new(), master);
+    let roots = pem("CERTIFICATE", emu.ask_der())
+        + &pem("CERTIFICATE", emu.ark_der())
+        + &pem("X509 CRL", &emu.issue_crl(&[]).unwrap());
+    cfg.emulator_roots
+        .push(attest::EmulatorRoots::from_pem(roots.as_bytes()).unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let r = attest::server::run("127.0.0.1:0", None, None, cfg, |addr, _| {
@@ -89,9 +95,9 @@ fn forge(header: Value, claims: &Map<String, Value>, sign: impl Fn(&[u8]) -> Vec
 
 #[test]
 fn tokens_from_the_attestation_service_and_every_refusal() {
-    let a = attest_service();
     let dir = tempfile::tempdir().unwrap();
     let emu = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None).unwrap();
+    let a = attest_service(&emu);
     let t = token(&a, &emu);
     let auth = Authorities::new(&[format!("{}/", a.url)], http_fetch());
     let v = auth.validate(&t, now()).unwrap();

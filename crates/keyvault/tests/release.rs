@@ -32,9 +32,31 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The emulated platform this test binary's guests run on; every attestation service
+/// here trusts its roots (as `--dangerously-trust-emulator-roots` would).
+fn emu() -> &'static Platform {
+    static EMU: std::sync::OnceLock<(tempfile::TempDir, Platform)> = std::sync::OnceLock::new();
+    &EMU.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None).unwrap();
+        (dir, p)
+    })
+    .1
+}
+
+fn emu_roots() -> attest::EmulatorRoots {
+    let p = emu();
+    let pem = pem("CERTIFICATE", p.ask_der())
+        + &pem("CERTIFICATE", p.ark_der())
+        + &pem("X509 CRL", &p.issue_crl(&[]).unwrap());
+    attest::EmulatorRoots::from_pem(pem.as_bytes()).unwrap()
+}
+
 fn attest_service(dir: &Path, lifetime: Duration) -> String {
-    let mut cfg = attest::ServiceConfig::new(dir.to_path_buf(), String::new());
-    cfg.allow_emulated = true;
+    std::fs::create_dir_all(dir).unwrap();
+    let master = seal::MasterKey::load_or_create(&dir.join("master.key")).unwrap();
+    let mut cfg = attest::ServiceConfig::new(dir.join("state"), String::new(), master);
+    cfg.emulator_roots.push(emu_roots());
     cfg.token_lifetime = lifetime;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -172,12 +194,7 @@ fn release_to_an_attested_guest_and_every_refusal() {
     let short = attest_service(&dir.path().join("a2"), Duration::from_secs(1));
     let stranger = attest_service(&dir.path().join("a3"), Duration::from_secs(3600));
     let kv = keyvault(dir.path(), &[a1.clone(), short.clone()]);
-    let emu = Platform::create(
-        &dir.path().join("emu"),
-        PlatformConfig::new(Product::Milan),
-        None,
-    )
-    .unwrap();
+    let emu = emu();
 
     // Two tenants; tenant A issues a release-only credential.
     let (st, va) = call(
@@ -233,7 +250,7 @@ fn release_to_an_attested_guest_and_every_refusal() {
     let mut jwk = guest_key.public_key().to_jwk();
     jwk["kid"] = "guest-transfer-key".into();
     jwk["key_ops"] = json!(["encrypt"]);
-    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+    let token_a = token(&a1, emu, &json!({"keys": [jwk]}), false);
     let release_url = format!("{}/keys/disk-key/{version}/release", kv.url);
 
     let pkcs8 = dir.path().join("guest.pk8");
@@ -310,14 +327,14 @@ fn release_to_an_attested_guest_and_every_refusal() {
         assert!(!text.contains(&hex::encode(&k)) && !text.contains(&B64URL.encode(&k)));
     };
     // A token from an authority the vault does not trust.
-    let t = token(&stranger, &emu, &json!({"keys": [jwk]}), false);
+    let t = token(&stranger, emu, &json!({"keys": [jwk]}), false);
     check(
         release(&releaser, &release_url, &t),
         401,
         "token_unknown_issuer",
     );
     // An expired token.
-    let t = token(&short, &emu, &json!({"keys": [jwk]}), false);
+    let t = token(&short, emu, &json!({"keys": [jwk]}), false);
     std::thread::sleep(Duration::from_millis(2100));
     check(release(&releaser, &release_url, &t), 401, "token_expired");
     // alg none, HS256 keyed with the service's public key, a key not in the JWKS.
@@ -413,7 +430,7 @@ fn release_to_an_attested_guest_and_every_refusal() {
     assert!(v["policy"].to_string().contains("x-ms-sevsnpvm-guestsvn"));
     assert!(!v.to_string().contains("key_hsm"));
     // A token without an RSA encryption key.
-    let t = token(&a1, &emu, &json!({"purpose": "no keys"}), false);
+    let t = token(&a1, emu, &json!({"purpose": "no keys"}), false);
     check(
         release(&releaser, &release_url, &t),
         403,
@@ -680,16 +697,11 @@ fn byok_import_and_attested_unwrap() {
     let dir = tempfile::tempdir().unwrap();
     let (a1, kv, admin) = one_tenant(dir.path());
     let u = |p: &str| format!("{}{p}", kv.url);
-    let emu = Platform::create(
-        &dir.path().join("emu"),
-        PlatformConfig::new(Product::Milan),
-        None,
-    )
-    .unwrap();
+    let emu = emu();
     let guest_key = UnwrappingKey::generate(2048).unwrap();
     let mut jwk = guest_key.public_key().to_jwk();
     jwk["kid"] = "guest".into();
-    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+    let token_a = token(&a1, emu, &json!({"keys": [jwk]}), false);
 
     // BYOK: a key exchange key in the vault; the customer wraps its key to it.
     let (_, kek) = call(
@@ -813,7 +825,7 @@ fn byok_import_and_attested_unwrap() {
     assert_refused(st, &v, 403, "key_not_exportable");
     // Refusals: a token without an RSA key, a value that is not wrapped under the key,
     // a key without a release policy.
-    let bare = token(&a1, &emu, &json!({}), false);
+    let bare = token(&a1, emu, &json!({}), false);
     let (st, v) = call(
         "POST",
         &url,
@@ -919,11 +931,11 @@ fn plain_private_jwk_import_rsa_and_ec() {
     let d = dir.path();
     let (a1, kv, admin) = one_tenant(d);
     let u = |p: &str| format!("{}{p}", kv.url);
-    let emu = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
+    let emu = emu();
     let guest_key = UnwrappingKey::generate(2048).unwrap();
     let mut jwk = guest_key.public_key().to_jwk();
     jwk["kid"] = "guest".into();
-    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+    let token_a = token(&a1, emu, &json!({"keys": [jwk]}), false);
     let guest_pk8 = d.join("guest.pk8");
     std::fs::write(&guest_pk8, guest_key.to_pkcs8().unwrap().as_bytes()).unwrap();
 
@@ -1161,11 +1173,11 @@ fn platform_keys_under_a_rotating_region_root() {
     let master = seal::MasterKey::load_or_create(&d.join("elsewhere/master.key")).unwrap();
     let db = d.join("kv/keyvault.db");
     let u = |p: &str| format!("{}{p}", kv.url);
-    let emu = Platform::create(&d.join("emu"), PlatformConfig::new(Product::Milan), None).unwrap();
+    let emu = emu();
     let guest_key = UnwrappingKey::generate(2048).unwrap();
     let mut jwk = guest_key.public_key().to_jwk();
     jwk["kid"] = "guest".into();
-    let token_a = token(&a1, &emu, &json!({"keys": [jwk]}), false);
+    let token_a = token(&a1, emu, &json!({"keys": [jwk]}), false);
 
     // A tenant vault named like the region: tenant and platform namespaces are apart.
     let (st, t) = call("POST", &u("/vaults/westeu"), &kv.admin, None);

@@ -44,6 +44,19 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
+    /// A 256-bit key for one purpose, derived from the master key: HMAC-SHA-256 of
+    /// `opencvm derive` and `context` under it. Keys for different contexts are
+    /// independent; the master key cannot be recovered from them.
+    pub fn derive(&self, context: &str) -> Zeroizing<[u8; 32]> {
+        let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, self.0.as_ref());
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&k);
+        ctx.update(b"opencvm derive\0");
+        ctx.update(context.as_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
     /// Loads the key from `path`, creating it (mode 0600, random) if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, SealError> {
         let io = |e: std::io::Error| SealError::MasterKey(format!("{}: {e}", path.display()));

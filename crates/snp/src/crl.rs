@@ -47,9 +47,11 @@ pub enum CrlError {
     },
 }
 
-/// A parsed CRL that keeps its received bytes.
+/// A parsed CRL that keeps its received bytes. Cloning is cheap (shared).
 #[derive(Clone)]
-pub struct Crl {
+pub struct Crl(std::sync::Arc<CrlInner>);
+
+struct CrlInner {
     der: Vec<u8>,
     sha256: [u8; 32],
     tbs_range: (usize, usize),
@@ -83,12 +85,12 @@ impl Crl {
         sha256.copy_from_slice(
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der_bytes).as_ref(),
         );
-        Ok(Crl {
+        Ok(Crl(std::sync::Arc::new(CrlInner {
             sha256,
             der: der_bytes,
             tbs_range,
             list,
-        })
+        })))
     }
 
     /// Every CRL in `data`: the `X509 CRL` blocks of a PEM text (other blocks, such as
@@ -108,11 +110,11 @@ impl Crl {
 
     /// The CRL as received (DER).
     pub fn der(&self) -> &[u8] {
-        &self.der
+        &self.0.der
     }
     /// SHA-256 of the DER encoding.
     pub fn sha256(&self) -> [u8; 32] {
-        self.sha256
+        self.0.sha256
     }
     /// The issuer's common name (empty if it has none).
     pub fn issuer_cn(&self) -> String {
@@ -120,19 +122,20 @@ impl Crl {
     }
     /// The issuer's name.
     pub fn issuer(&self) -> &x509_cert::name::Name {
-        &self.list.tbs_cert_list.issuer
+        &self.0.list.tbs_cert_list.issuer
     }
     /// thisUpdate, Unix seconds.
     pub fn this_update(&self) -> i64 {
-        unix_seconds(self.list.tbs_cert_list.this_update)
+        unix_seconds(self.0.list.tbs_cert_list.this_update)
     }
     /// nextUpdate, Unix seconds.
     pub fn next_update(&self) -> Option<i64> {
-        self.list.tbs_cert_list.next_update.map(unix_seconds)
+        self.0.list.tbs_cert_list.next_update.map(unix_seconds)
     }
     /// The cRLNumber extension as hex, or `unknown`.
     pub fn number_hex(&self) -> String {
-        self.list
+        self.0
+            .list
             .tbs_cert_list
             .crl_extensions
             .iter()
@@ -143,7 +146,8 @@ impl Crl {
     }
     /// Serial numbers of revoked certificates.
     pub fn revoked_serials(&self) -> Vec<&[u8]> {
-        self.list
+        self.0
+            .list
             .tbs_cert_list
             .revoked_certificates
             .iter()
@@ -166,15 +170,15 @@ impl Crl {
                 expected: name,
             });
         }
-        let alg_ok = is_amd_pss(&self.list.signature_algorithm)
-            && is_amd_pss(&self.list.tbs_cert_list.signature);
+        let alg_ok = is_amd_pss(&self.0.list.signature_algorithm)
+            && is_amd_pss(&self.0.list.tbs_cert_list.signature);
         let key = issuer
             .rsa_pss_key()
             .map_err(|_| CrlError::BadSignature(name.clone()))?;
-        let tbs = &self.der[self.tbs_range.0..self.tbs_range.1];
+        let tbs = &self.0.der[self.0.tbs_range.0..self.0.tbs_range.1];
         if !alg_ok
             || key
-                .verify_sig(tbs, self.list.signature.raw_bytes())
+                .verify_sig(tbs, self.0.list.signature.raw_bytes())
                 .is_err()
         {
             return Err(CrlError::BadSignature(name));
@@ -192,7 +196,8 @@ impl Crl {
 
     /// Re-encodes the parsed CRL (used by tests to check the parser is lossless).
     pub fn reencode(&self) -> Result<Vec<u8>, CrlError> {
-        self.list
+        self.0
+            .list
             .to_der()
             .map_err(|e| CrlError::Malformed(e.to_string()))
     }

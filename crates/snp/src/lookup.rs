@@ -106,8 +106,39 @@ impl RootCrls {
     }
 }
 
+/// Where the CRL of an AMD product comes from when none is given: by default the
+/// [`Fetcher`] (cache, then KDS); a long-running service puts a memory cache with
+/// negative caching in front ([`FetcherCrls`] is the plain one).
+pub trait CrlProvider: Send + Sync {
+    /// The CRLs of `product`'s ARK for `kind` chains at time `at`, or why there are
+    /// none.
+    fn amd_crls(
+        &self,
+        product: Product,
+        kind: VekKind,
+        at: i64,
+    ) -> Result<(Vec<Crl>, Option<String>), LookupError>;
+}
+
+/// CRLs straight from a [`Fetcher`]: the cached CRL, refreshed online when it is past
+/// its `nextUpdate`; none (with the reason) when it is not cached and cannot be
+/// fetched.
+#[derive(Debug)]
+pub struct FetcherCrls<'a>(pub &'a Fetcher);
+
+impl CrlProvider for FetcherCrls<'_> {
+    fn amd_crls(
+        &self,
+        product: Product,
+        kind: VekKind,
+        at: i64,
+    ) -> Result<(Vec<Crl>, Option<String>), LookupError> {
+        fetch_crl(self.0, product, kind, at)
+    }
+}
+
 /// What a lookup may use.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Sources<'a> {
     /// Certificates given with the evidence (VEK, ASK/ASVK, ARK in any order).
     pub certs: Vec<AmdCert>,
@@ -117,9 +148,22 @@ pub struct Sources<'a> {
     pub fetcher: Option<&'a Fetcher>,
     /// CRLs for non-AMD roots.
     pub root_crls: Option<&'a RootCrls>,
+    /// Where AMD CRLs come from when none is given (default: [`FetcherCrls`] over
+    /// `fetcher`).
+    pub crl_provider: Option<&'a dyn CrlProvider>,
     /// The product, for a version 2 report (which does not say) whose VCEK must be
     /// fetched.
     pub product: Option<Product>,
+}
+
+impl std::fmt::Debug for Sources<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("certs", &self.certs.len())
+            .field("crls", &self.crls.len())
+            .field("fetcher", &self.fetcher)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Finds the VEK and chain for `report`, then the CRLs for that chain, at time `at`.
@@ -236,12 +280,6 @@ pub fn find_crls(
             (registered.to_vec(), None)
         });
     }
-    let Some(fetcher) = sources.fetcher else {
-        return Ok((
-            Vec::new(),
-            Some("no CRL given and no collateral cache to look in".into()),
-        ));
-    };
     let product = chain
         .ark()
         .subject_cn()
@@ -250,6 +288,25 @@ pub fn find_crls(
     let Some(product) = product else {
         return Ok((Vec::new(), Some("the ARK names no product".into())));
     };
+    if let Some(provider) = sources.crl_provider {
+        return provider.amd_crls(product, kind, at);
+    }
+    match sources.fetcher {
+        Some(fetcher) => fetch_crl(fetcher, product, kind, at),
+        None => Ok((
+            Vec::new(),
+            Some("no CRL given and no collateral cache to look in".into()),
+        )),
+    }
+}
+
+/// The product's CRL from the cache, refreshed online when stale.
+fn fetch_crl(
+    fetcher: &Fetcher,
+    product: Product,
+    kind: VekKind,
+    at: i64,
+) -> Result<(Vec<Crl>, Option<String>), LookupError> {
     let req = KdsRequest::Crl { product, kind };
     let crl = match fetcher.fetch(&req) {
         Ok(der) => Crl::parse(&der).map_err(|source| LookupError::Crl {

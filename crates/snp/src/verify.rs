@@ -333,6 +333,22 @@ impl Verifier {
         self.verify_inner(report, vek, chain, &crls, reason, at)
     }
 
+    /// Verifies `report` against `vek` and `chain` with `crls` (and this verifier's
+    /// own) at time `at`; `no_crl_reason` says why there are none, when there are none.
+    pub fn verify_with_crls(
+        &self,
+        report: &AttestationReport,
+        vek: &Vek,
+        chain: &CertChain,
+        crls: &[Crl],
+        no_crl_reason: Option<String>,
+        at: i64,
+    ) -> Result<VerifiedReport, VerifyError> {
+        let all: Vec<&Crl> = self.crls.iter().chain(crls.iter()).collect();
+        let reason = no_crl_reason.unwrap_or_else(|| "no CRL was given".to_owned());
+        self.verify_inner(report, vek, chain, &all, reason, at)
+    }
+
     fn verify_inner(
         &self,
         report: &AttestationReport,

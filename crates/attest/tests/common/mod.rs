@@ -26,6 +26,9 @@ pub fn start_with(allow_emulated: bool, tweak: impl FnOnce(&mut attest::ServiceC
     start_full(allow_emulated, None, tweak)
 }
 
+/// A service; with `allow_emulated`, it trusts the roots of the shared emulated
+/// platforms of [`emulator`] (one per product), as `cvm attest serve
+/// --dangerously-trust-emulator-roots` would.
 pub fn start_full(
     allow_emulated: bool,
     tls: Option<attest::server::TlsFiles>,
@@ -33,8 +36,13 @@ pub fn start_full(
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut cfg = attest::ServiceConfig::new(state.clone(), String::new());
-    cfg.allow_emulated = allow_emulated;
+    let master = seal::MasterKey::load_or_create(&dir.path().join("master.key")).unwrap();
+    let mut cfg = attest::ServiceConfig::new(state.clone(), String::new(), master);
+    if allow_emulated {
+        for product in Product::ALL {
+            cfg.emulator_roots.push(emulator(product).roots());
+        }
+    }
     tweak(&mut cfg);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let (tx, rx) = mpsc::channel();
@@ -113,7 +121,25 @@ pub struct Emu {
     _dir: tempfile::TempDir,
 }
 
-pub fn emulator(product: Product) -> Emu {
+/// The emulated platform of `product` shared by this test binary (its roots are the
+/// ones [`start`] trusts).
+pub fn emulator(product: Product) -> &'static Emu {
+    use std::sync::{Mutex, OnceLock};
+    static SHARED: OnceLock<Mutex<Vec<(Product, &'static Emu)>>> = OnceLock::new();
+    let mut all = SHARED
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap();
+    if let Some((_, e)) = all.iter().find(|(p, _)| *p == product) {
+        return e;
+    }
+    let e: &'static Emu = Box::leak(Box::new(unshared_emulator(product)));
+    all.push((product, e));
+    e
+}
+
+/// A platform of its own, whose roots no test service trusts.
+pub fn unshared_emulator(product: Product) -> Emu {
     let dir = tempfile::tempdir().unwrap();
     let platform = Platform::create(dir.path(), PlatformConfig::new(product), None).unwrap();
     Emu {
@@ -123,6 +149,18 @@ pub fn emulator(product: Product) -> Emu {
 }
 
 impl Emu {
+    /// The platform's roots file, as `cvm snp export-roots` writes it.
+    pub fn roots_pem(&self) -> String {
+        let p = &self.platform;
+        snp_emu::platform::pem("CERTIFICATE", p.ask_der())
+            + &snp_emu::platform::pem("CERTIFICATE", p.ark_der())
+            + &snp_emu::platform::pem("X509 CRL", &p.issue_crl(&[]).unwrap())
+    }
+
+    pub fn roots(&self) -> attest::EmulatorRoots {
+        attest::EmulatorRoots::from_pem(self.roots_pem().as_bytes()).unwrap()
+    }
+
     pub fn guest(&self, debug: bool) -> Guest {
         let mut cfg = LaunchConfig {
             measurement: [0x11; 48],

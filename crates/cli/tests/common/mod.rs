@@ -67,3 +67,40 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Served {
         .to_string();
     Served { child, url }
 }
+
+/// The emulated platform in `dir/emu` (created by `cvm snp create` if missing) and its
+/// roots file written by `cvm snp export-roots`, for `cvm attest serve
+/// --dangerously-trust-emulator-roots`.
+pub fn emulator_roots(dir: &std::path::Path) -> std::path::PathBuf {
+    let platform = dir.join("emu");
+    if !platform.join("platform.json").exists() {
+        let out = cvm(&[
+            "snp",
+            "create",
+            "--platform",
+            platform.to_str().unwrap(),
+            "--product",
+            "Milan",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let roots = dir.join("emu-roots.pem");
+    let out = cvm(&[
+        "snp",
+        "export-roots",
+        "--platform",
+        platform.to_str().unwrap(),
+        "--out",
+        roots.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    roots
+}

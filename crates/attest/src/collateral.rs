@@ -1,0 +1,162 @@
+//! Collateral the service holds itself: the emulator roots it pins, with their CRLs,
+//! and AMD's CRLs in memory in front of the collateral cache.
+//!
+//! Evidence is verified through [`snp::lookup`], the same path as `cvm evidence`; this
+//! module only decides where CRLs come from for a long-running service:
+//! - AMD products: the CRL from the [`Fetcher`] (cache, then KDS when online), kept in
+//!   memory while it is current and re-read at most every [`CRL_RECHECK`]; a failure to
+//!   get one is remembered for [`CRL_RETRY`] (negative cache), so a KDS outage does not
+//!   turn every attestation into a slow fetch;
+//! - emulated platforms: only the CRLs in the roots file the operator gave
+//!   (`cvm snp export-roots`), registered by the ARK's fingerprint.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use snp::Product;
+use snp::cert::{AmdCert, VekKind, parse_bundle};
+use snp::chain::TrustAnchors;
+use snp::collateral::Fetcher;
+use snp::crl::Crl;
+use snp::lookup::{CrlProvider, FetcherCrls, LookupError, RootCrls};
+
+/// How often a CRL held in memory is read again from the cache (or KDS).
+pub const CRL_RECHECK: Duration = Duration::from_secs(3600);
+/// How long a failure to get a CRL is remembered before the next try.
+pub const CRL_RETRY: Duration = Duration::from_secs(60);
+
+/// Why an emulator roots file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    /// Not PEM certificates and CRLs.
+    #[error("emulator roots: {0}")]
+    Malformed(String),
+    /// No ARK in it.
+    #[error("emulator roots: no ARK-<product> certificate in the file")]
+    NoArk,
+    /// A certificate is not an emulator's ARK.
+    #[error("emulator roots: {0}")]
+    NotEmulated(String),
+}
+
+/// One emulated secure processor's roots, as `cvm snp export-roots` writes them: its
+/// ARK (pinned by fingerprint) and that ARK's CRLs.
+#[derive(Clone, Debug)]
+pub struct EmulatorRoots {
+    arks: Vec<AmdCert>,
+    crls: Vec<Crl>,
+}
+
+impl EmulatorRoots {
+    /// Parses a roots file: certificates (ASK, ASVK, ARK) and `X509 CRL` blocks.
+    pub fn from_pem(data: &[u8]) -> Result<Self, RootsError> {
+        let certs = parse_bundle(data).map_err(|e| RootsError::Malformed(e.to_string()))?;
+        let arks: Vec<AmdCert> = certs
+            .into_iter()
+            .filter(|c| c.subject_cn().starts_with("ARK-"))
+            .collect();
+        if arks.is_empty() {
+            return Err(RootsError::NoArk);
+        }
+        let crls = Crl::parse_all(data).map_err(|e| RootsError::Malformed(e.to_string()))?;
+        let mut check = TrustAnchors::amd();
+        for ark in &arks {
+            check
+                .dangerously_trust_emulator_root(ark)
+                .map_err(|e| RootsError::NotEmulated(e.to_string()))?;
+        }
+        Ok(EmulatorRoots { arks, crls })
+    }
+
+    /// Adds these roots to `anchors` (labelled emulated) and their CRLs to `crls`.
+    pub(crate) fn install(&self, anchors: &mut TrustAnchors, crls: &mut RootCrls) {
+        for ark in &self.arks {
+            // `from_pem` checked each ARK already.
+            if anchors.dangerously_trust_emulator_root(ark).is_ok() {
+                for crl in self
+                    .crls
+                    .iter()
+                    .filter(|c| c.issuer() == &ark.x509().tbs_certificate.subject)
+                {
+                    crls.add(ark.sha256(), crl.clone());
+                }
+            }
+        }
+    }
+}
+
+struct Held {
+    result: Result<Crl, String>,
+    read_at: Instant,
+}
+
+/// AMD CRLs in memory, in front of a [`Fetcher`].
+#[derive(Default)]
+pub(crate) struct CrlMemo {
+    held: Mutex<HashMap<(Product, VekKind), Held>>,
+}
+
+impl std::fmt::Debug for CrlMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CrlMemo")
+    }
+}
+
+/// A [`CrlProvider`] over the service's fetcher and memo.
+pub(crate) struct ServiceCrls<'a> {
+    pub fetcher: Option<&'a Fetcher>,
+    pub memo: &'a CrlMemo,
+}
+
+impl CrlProvider for ServiceCrls<'_> {
+    fn amd_crls(
+        &self,
+        product: Product,
+        kind: VekKind,
+        at: i64,
+    ) -> Result<(Vec<Crl>, Option<String>), LookupError> {
+        let Some(fetcher) = self.fetcher else {
+            return Ok((
+                Vec::new(),
+                Some("this service has no collateral cache to take AMD's CRL from".into()),
+            ));
+        };
+        let key = (product, kind);
+        if let Ok(held) = self.memo.held.lock()
+            && let Some(h) = held.get(&key)
+        {
+            let age = h.read_at.elapsed();
+            match &h.result {
+                Ok(crl)
+                    if age < CRL_RECHECK
+                        && crl.this_update() <= at
+                        && crl.next_update().is_some_and(|n| at <= n) =>
+                {
+                    return Ok((vec![crl.clone()], None));
+                }
+                Err(reason) if age < CRL_RETRY => {
+                    return Ok((Vec::new(), Some(reason.clone())));
+                }
+                _ => {}
+            }
+        }
+        let (crls, reason) =
+            crate::evidence::off_worker(|| FetcherCrls(fetcher).amd_crls(product, kind, at))?;
+        let result = match (crls.first(), &reason) {
+            (Some(crl), _) => Ok(crl.clone()),
+            (None, Some(r)) => Err(r.clone()),
+            (None, None) => Err(format!("no {product} CRL")),
+        };
+        if let Ok(mut held) = self.memo.held.lock() {
+            held.insert(
+                key,
+                Held {
+                    result,
+                    read_at: Instant::now(),
+                },
+            );
+        }
+        Ok((crls, reason))
+    }
+}

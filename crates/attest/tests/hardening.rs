@@ -1,0 +1,167 @@
+//! Issue 10's attestation-service findings, each against a real server on 127.0.0.1:0:
+//! CRLs applied and named in the claims, emulator roots trusted only by pin.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use snp::collateral::{CollateralCache, Fetcher};
+use snp::kds::KdsRequest;
+use snp::product::Product;
+
+/// 2026-07-01T00:00:00Z: inside the real Milan CRL's window (2026-06-22..08-08).
+const IN_CRL_WINDOW: i64 = 1_782_864_000;
+
+fn td(rel: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join("testdata").join(rel)).unwrap()
+}
+
+/// A SevSnpVm request for a real report with its VCEK chain.
+fn real_request(report: &str, chain: &str) -> Vec<u8> {
+    request_json(
+        &td(report),
+        Some(&String::from_utf8(td(chain)).unwrap()),
+        None,
+        None,
+    )
+}
+
+fn attest(s: &Server, body: &[u8]) -> (u16, Value) {
+    call(
+        "POST",
+        &format!("{}/attest/SevSnpVm", s.url),
+        None,
+        Some(body),
+    )
+}
+
+fn cache_with(crl_for: Option<(Product, &[u8])>) -> (tempfile::TempDir, Fetcher) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CollateralCache::open(dir.path()).unwrap();
+    if let Some((product, der)) = crl_for {
+        cache
+            .put(
+                &KdsRequest::Crl {
+                    product,
+                    kind: snp::cert::VekKind::Vcek,
+                },
+                der,
+            )
+            .unwrap();
+    }
+    (dir, Fetcher::offline(cache))
+}
+
+#[test]
+fn amd_crls_are_applied_and_named_in_the_claims() {
+    let milan_crl = td("snp/atakit/milan.crl.der");
+    // The quick start's real Milan report, its VCEK and AMD's Milan chain.
+    let milan = {
+        let chain = String::from_utf8(td("snp/go-sev-guest/ask_ark_milan.pem")).unwrap()
+            + &snp_emu::platform::pem("CERTIFICATE", &td("snp/trustee/snp/test-vcek.der"));
+        request_json(
+            &td("snp/trustee/snp/test-report.bin"),
+            Some(&chain),
+            None,
+            None,
+        )
+    };
+
+    // The product's CRL in the collateral cache: applied, and the claim says so.
+    let (_d1, with_crl) = cache_with(Some((Product::Milan, &milan_crl)));
+    let s = start_with(false, |c| {
+        c.collateral = Some(with_crl);
+        c.evidence_time = Some(IN_CRL_WINDOW);
+    });
+    let (st, v) = attest(&s, &milan);
+    assert_eq!(st, 200, "{v}");
+    let claims = claims_of(v["token"].as_str().unwrap());
+    assert_eq!(claims["x-opencvm-revocation"], "checked");
+    assert_eq!(claims["x-opencvm-emulated"], false);
+
+    // No CRL to be had: not_checked, and a provider can require the check.
+    let (_d2, empty) = cache_with(None);
+    let s = start_with(false, |c| {
+        c.collateral = Some(empty);
+        c.evidence_time = Some(IN_CRL_WINDOW);
+    });
+    let (st, v) = attest(&s, &milan);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        claims_of(v["token"].as_str().unwrap())["x-opencvm-revocation"],
+        "not_checked"
+    );
+    let (st, v) = call(
+        "PUT",
+        &format!("{}/settings", s.url),
+        Some(&s.admin),
+        Some(br#"{"require_revocation_check": true}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = attest(&s, &milan);
+    assert_refused(st, &v, 403, "policy_denied");
+    assert_eq!(
+        v["error"]["detail"]["deny"][0]["rule"],
+        "revocation-checked"
+    );
+
+    // The Milan CRL planted in the cache as Genoa's: could not verify, not skipped.
+    let (_d3, planted) = cache_with(Some((Product::Genoa, &milan_crl)));
+    let s = start_with(false, |c| {
+        c.collateral = Some(planted);
+        c.evidence_time = Some(IN_CRL_WINDOW);
+    });
+    let genoa = real_request(
+        "snp/routex-client-lua/attestation_spec.lua.genoa-v3.report.bin",
+        "snp/routex-client-lua/vcek-chain-genoa.pem",
+    );
+    let (st, v) = attest(&s, &genoa);
+    assert_refused(st, &v, 424, "crl_unusable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ARK-Milan"),
+        "{v}"
+    );
+}
+
+#[test]
+fn emulator_roots_are_trusted_by_pin_with_their_crl() {
+    let s = start(true);
+    let emu = emulator(Product::Milan);
+    let guest = emu.guest(false);
+    let (st, v) = attest(&s, &emu.request(&guest, &json!({}), None));
+    assert_eq!(st, 200, "{v}");
+    let claims = claims_of(v["token"].as_str().unwrap());
+    assert_eq!(claims["x-opencvm-emulated"], true);
+    // The roots file carries the emulator's CRL: emulated evidence can meet a policy
+    // that requires revocation checking.
+    assert_eq!(claims["x-opencvm-revocation"], "checked");
+
+    // Another emulated platform calls itself an emulator too, but is not pinned.
+    let other = unshared_emulator(Product::Milan);
+    let g2 = other.guest(false);
+    let (st, v) = attest(&s, &other.request(&g2, &json!({}), None));
+    assert_refused(st, &v, 400, "emulated_root");
+
+    // A roots file whose CRL revokes the platform's ASK.
+    let revoked_emu = unshared_emulator(Product::Genoa);
+    let ask = snp::cert::AmdCert::from_der(revoked_emu.platform.ask_der()).unwrap();
+    let pem = snp_emu::platform::pem("CERTIFICATE", revoked_emu.platform.ask_der())
+        + &snp_emu::platform::pem("CERTIFICATE", revoked_emu.platform.ark_der())
+        + &snp_emu::platform::pem(
+            "X509 CRL",
+            &revoked_emu.platform.issue_crl(&[ask.serial()]).unwrap(),
+        );
+    let roots = attest::EmulatorRoots::from_pem(pem.as_bytes()).unwrap();
+    let s = start_with(false, move |c| c.emulator_roots.push(roots));
+    let g3 = revoked_emu.guest(false);
+    let (st, v) = attest(&s, &revoked_emu.request(&g3, &json!({}), None));
+    assert_refused(st, &v, 400, "revoked");
+
+    // Only an emulator's ARK can be pinned this way.
+    let amd = td("snp/go-sev-guest/ask_ark_milan.pem");
+    assert!(attest::EmulatorRoots::from_pem(&amd).is_err());
+}
