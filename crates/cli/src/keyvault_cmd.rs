@@ -21,6 +21,35 @@ pub enum KeyvaultCommand {
     /// credential, STATE/admin.token).
     #[command(subcommand)]
     Region(RegionCommand),
+    /// The tamper-evident audit log, read from the state directory (no server needed).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `cvm keyvault audit ...`
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check every entry's link and every checkpoint. Exit 0 intact, 1 tampered (the
+    /// first entry that does not fit is named), 2 could not check.
+    Verify(AuditArgs),
+    /// Print a signed checkpoint of the newest entry (JSON), to keep elsewhere and
+    /// give to `verify --expect` later; and the key that checks it.
+    Checkpoint(AuditArgs),
+}
+
+/// Arguments of `cvm keyvault audit ...`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// The vault's state directory.
+    #[arg(long)]
+    state: PathBuf,
+    /// The master key file (or CVM_KEYVAULT_MASTER_KEY): the audit keys derive from it.
+    #[arg(long)]
+    master_key: Option<PathBuf>,
+    /// Checkpoints kept elsewhere (from `audit checkpoint`) that the log must still
+    /// hold; repeatable.
+    #[arg(long)]
+    expect: Vec<PathBuf>,
 }
 
 /// `cvm keyvault region ...`
@@ -229,6 +258,7 @@ pub fn run(cmd: KeyvaultCommand) -> ExitCode {
     match cmd {
         KeyvaultCommand::Serve(a) => run_result(serve(a)),
         KeyvaultCommand::Region(r) => run_result(region(r)),
+        KeyvaultCommand::Audit(a) => audit(a),
     }
 }
 
@@ -310,6 +340,91 @@ fn import_key_member(
         return Ok(json!({ "kty": kty, "key_hsm": B64URL.encode(&text) }));
     }
     bail!("give --aes-key-hex, --jwk or --byok")
+}
+
+fn audit_keys(a: &AuditArgs) -> Result<keyvault::store::AuditKeys> {
+    let db = a.state.join("keyvault.db");
+    if !db.exists() {
+        bail!("{} does not exist", db.display());
+    }
+    let master =
+        crate::master_key::load("CVM_KEYVAULT_MASTER_KEY", a.master_key.as_deref(), &a.state)?;
+    Ok(keyvault::store::AuditKeys::from_master(&master)?)
+}
+
+fn audit(cmd: AuditCommand) -> ExitCode {
+    let (AuditCommand::Verify(a) | AuditCommand::Checkpoint(a)) = &cmd;
+    let keys = match audit_keys(a) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let db = a.state.join("keyvault.db");
+    if let AuditCommand::Checkpoint(_) = cmd {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        return match keyvault::store::checkpoint_head(&db, &keys, now) {
+            Ok(Some(cp)) => {
+                let out = json!({
+                    "checkpoint": cp,
+                    "public_key": hex::encode(keys.checkpoint_public_key()),
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("error: the audit log is empty");
+                ExitCode::from(2)
+            }
+            Err(keyvault::store::VerifyAuditError::Tampered(t)) => {
+                println!("tampered: {t}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let mut expect = Vec::new();
+    for path in &a.expect {
+        let parsed = std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| {
+                let v: Value = serde_json::from_slice(&b)?;
+                let cp = v.get("checkpoint").cloned().unwrap_or(v);
+                Ok(serde_json::from_value::<audit::Checkpoint>(cp)?)
+            });
+        match parsed {
+            Ok(cp) => expect.push(cp),
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match keyvault::store::verify_audit(&db, &keys, &expect) {
+        Ok(i) => {
+            println!(
+                "intact: {} entries, {} checkpoints{}",
+                i.entries,
+                i.checkpoints,
+                i.head
+                    .map(|(seq, _)| format!(", newest entry {seq}"))
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(keyvault::store::VerifyAuditError::Tampered(t)) => {
+            println!("tampered: {t}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn master_key(a: &ServeArgs) -> Result<seal::MasterKey> {

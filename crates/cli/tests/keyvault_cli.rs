@@ -1092,3 +1092,152 @@ fn master_key_from_the_environment_and_a_private_admin_token() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// Rewrites of the audit log that the append-only triggers let through (the triggers
+/// dropped, `INSERT OR REPLACE`, a deleted entry, a cut-off tail) are each found by
+/// `cvm keyvault audit verify`, which names the first entry that does not fit.
+#[test]
+fn audit_log_rewrites_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kv = keyvault(d, "http://127.0.0.1:1");
+    let admin = std::fs::read_to_string(d.join("kv/admin.token")).unwrap();
+    let (st, v) = post(&format!("{}/vaults/t", kv.url), &admin, &json!({}));
+    assert_eq!(st, 200, "{v}");
+    let cred = v["credential"].as_str().unwrap().to_string();
+    for i in 0..6 {
+        let (st, v) = post(
+            &format!("{}/keys/k{i}/create", kv.url),
+            &cred,
+            &json!({"kty": "oct"}),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    drop(kv);
+    let state = d.join("kv");
+    let key = d.join("secrets/master.key");
+    let run = |state: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "keyvault",
+            "audit",
+            "verify",
+            "--state",
+            state.to_str().unwrap(),
+            "--master-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = cvm(&args);
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run(&state, &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("intact: 7 entries"), "{text}");
+    // A checkpoint kept elsewhere.
+    let out = cvm(&[
+        "keyvault",
+        "audit",
+        "checkpoint",
+        "--state",
+        state.to_str().unwrap(),
+        "--master-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let cp_file = d.join("checkpoint.json");
+    std::fs::write(&cp_file, &out.stdout).unwrap();
+    assert_eq!(json_of(&out)["checkpoint"]["seq"], 7);
+
+    // Each rewrite on a fresh copy of the database (with its write-ahead log: the
+    // server was killed), with Python's sqlite3.
+    let copy_db = |to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for f in ["keyvault.db", "keyvault.db-wal"] {
+            if state.join(f).exists() {
+                std::fs::copy(state.join(f), to.join(f)).unwrap();
+            }
+        }
+    };
+    let tamper = |name: &str, sql: &str| {
+        let copy = d.join(name);
+        copy_db(&copy);
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+                copy.join("keyvault.db").to_str().unwrap(),
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        copy
+    };
+    // The triggers refuse a plain UPDATE and DELETE...
+    let copy = d.join("plain");
+    copy_db(&copy);
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit SET outcome='denied' WHERE seq=3\")",
+            copy.join("keyvault.db").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // ...but not these.
+    for (name, sql, first_bad) in [
+        (
+            "dropped-trigger",
+            "DROP TRIGGER audit_append_only_update; UPDATE audit SET outcome = 'denied' WHERE seq = 3;",
+            "entry 3",
+        ),
+        (
+            "insert-or-replace",
+            "INSERT OR REPLACE INTO audit SELECT seq, ts, vault, 'administrator:forged', op, key, version, outcome, code, jti, issuer, prev, link FROM audit WHERE seq = 4;",
+            "entry 4",
+        ),
+        (
+            "deleted",
+            "DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 5;",
+            "entry 6",
+        ),
+        (
+            "reordered",
+            "DROP TRIGGER audit_append_only_update; UPDATE audit SET ts = ts + 1000 WHERE seq = 2;",
+            "entry 2",
+        ),
+    ] {
+        let copy = tamper(name, sql);
+        let (code, text) = run(&copy, &[]);
+        assert_eq!(code, 1, "{name}: {text}");
+        assert!(text.contains(first_bad), "{name}: {text}");
+    }
+    // The tail cut off (with everything after the kept checkpoint): only a checkpoint
+    // kept elsewhere shows it.
+    let cut = tamper(
+        "cut",
+        "DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq >= 6;",
+    );
+    assert_eq!(run(&cut, &[]).0, 0);
+    let (code, text) = run(&cut, &["--expect", cp_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("entry 7") && text.contains("cut off"), "{text}");
+    assert_eq!(run(&state, &["--expect", cp_file.to_str().unwrap()]).0, 0);
+    // The wrong master key cannot check (or forge) anything.
+    let other = d.join("other.key");
+    std::fs::write(&other, "22".repeat(32)).unwrap();
+    let out = cvm(&[
+        "keyvault",
+        "audit",
+        "verify",
+        "--state",
+        state.to_str().unwrap(),
+        "--master-key",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -128,6 +128,21 @@ pub enum JwtError {
     /// `iss` is not the expected issuer.
     #[error("issuer {0:?} is not the expected one")]
     IssuerMismatch(String),
+    /// The header names extensions the recipient must understand (`crit`); none is
+    /// understood here, so such a token is refused (RFC 7515 §4.1.11).
+    #[error("the token names critical header extensions {0:?}, which are not supported")]
+    CriticalHeader(String),
+    /// The key named by `kid` is not for signatures (`use` other than `sig`).
+    #[error("key {kid:?} is for {key_use:?}, not signatures")]
+    KeyUse {
+        /// The key.
+        kid: String,
+        /// Its `use`.
+        key_use: String,
+    },
+    /// `iat` is in the future (beyond the leeway).
+    #[error("token issued in the future ({0})")]
+    IssuedInFuture(i64),
     /// A JWK could not be used.
     #[error("unusable key: {0}")]
     BadKey(String),
@@ -151,6 +166,9 @@ impl JwtError {
             JwtError::NotYetValid(_) => "token_not_yet_valid",
             JwtError::MissingClaim(_) => "missing_claim",
             JwtError::IssuerMismatch(_) => "issuer_mismatch",
+            JwtError::CriticalHeader(_) => "crit_unsupported",
+            JwtError::KeyUse { .. } => "key_use",
+            JwtError::IssuedInFuture(_) => "token_issued_in_future",
             JwtError::BadKey(_) => "bad_key",
             JwtError::Signing => "signing_failed",
         }
@@ -577,11 +595,16 @@ fn verify_sig(alg: Alg, jwk: &Jwk, msg: &[u8], sig: &[u8]) -> Result<(), JwtErro
     }
 }
 
-/// Verifies a compact JWS token against `jwks`: algorithm allow-list, key by `kid`,
-/// signature, `exp` (required) and `nbf` with leeway, and the issuer if asked.
+/// Verifies a compact JWS token against `jwks`: no `crit` header, algorithm
+/// allow-list, key by `kid` (its `alg`, when it names one, must be the token's, and its
+/// `use`, when given, `sig`), signature, `exp` (required), `nbf` and `iat` (not in the
+/// future) with leeway, and the issuer if asked.
 pub fn verify(token: &str, jwks: &Jwks, opts: &VerifyOptions) -> Result<Verified, JwtError> {
     let (h, p, s) = split(token)?;
     let header = decode_json(h, "header")?;
+    if let Some(crit) = header.get("crit") {
+        return Err(JwtError::CriticalHeader(crit.to_string()));
+    }
     let alg_name = header
         .get("alg")
         .and_then(Value::as_str)
@@ -606,6 +629,19 @@ pub fn verify(token: &str, jwks: &Jwks, opts: &VerifyOptions) -> Result<Verified
         None if jwks.keys.len() == 1 => &jwks.keys[0],
         None => return Err(JwtError::UnknownKid(String::new())),
     };
+    let kid = || jwk.kid.clone().unwrap_or_default();
+    if jwk.alg.as_deref().is_some_and(|a| a != alg.name()) {
+        return Err(JwtError::KeyAlgMismatch {
+            kid: kid(),
+            alg: alg.name(),
+        });
+    }
+    if let Some(u) = jwk.use_.as_deref().filter(|u| *u != "sig") {
+        return Err(JwtError::KeyUse {
+            kid: kid(),
+            key_use: u.to_string(),
+        });
+    }
     let sig = decode_part(s, "signature")?;
     let signed_len = h.len() + 1 + p.len();
     let msg = token
@@ -626,6 +662,12 @@ pub fn verify(token: &str, jwks: &Jwks, opts: &VerifyOptions) -> Result<Verified
         let nbf = nbf.as_i64().ok_or(JwtError::MissingClaim("nbf"))?;
         if opts.now.saturating_add(opts.leeway) < nbf {
             return Err(JwtError::NotYetValid(nbf));
+        }
+    }
+    if let Some(iat) = claims.get("iat") {
+        let iat = iat.as_i64().ok_or(JwtError::MissingClaim("iat"))?;
+        if opts.now.saturating_add(opts.leeway) < iat {
+            return Err(JwtError::IssuedInFuture(iat));
         }
     }
     if let Some(want) = &opts.issuer {
@@ -727,6 +769,66 @@ mod tests {
                 "{alg}"
             );
         }
+    }
+
+    /// Validly signed tokens that are still refused: a `crit` header, a key whose
+    /// `alg` or `use` says it is not for this, an `iat` in the future.
+    #[test]
+    fn crit_key_alg_and_use_and_iat() {
+        let s = TokenSigner::generate(Alg::RS256, "test", 1000, 1).unwrap();
+        let jwks = Jwks {
+            keys: vec![s.jwk()],
+        };
+        let crit = s
+            .sign_parts(
+                &serde_json::json!({"alg": "RS256", "kid": s.kid(), "crit": ["exp"], "exp": 1}),
+                &claims(5000),
+            )
+            .unwrap();
+        assert_eq!(
+            verify(&crit, &jwks, &VerifyOptions::at(2000))
+                .unwrap_err()
+                .code(),
+            "crit_unsupported"
+        );
+        let t = s.sign(&claims(5000), "http://issuer/certs").unwrap();
+        verify(&t, &jwks, &VerifyOptions::at(2000)).unwrap();
+        let mut other_alg = jwks.clone();
+        other_alg.keys[0].alg = Some("PS256".into());
+        assert_eq!(
+            verify(&t, &other_alg, &VerifyOptions::at(2000))
+                .unwrap_err()
+                .code(),
+            "key_alg_mismatch"
+        );
+        let mut enc = jwks.clone();
+        enc.keys[0].use_ = Some("enc".into());
+        assert_eq!(
+            verify(&t, &enc, &VerifyOptions::at(2000))
+                .unwrap_err()
+                .code(),
+            "key_use"
+        );
+        let mut no_hints = jwks.clone();
+        no_hints.keys[0].alg = None;
+        no_hints.keys[0].use_ = None;
+        verify(&t, &no_hints, &VerifyOptions::at(2000)).unwrap();
+        let mut future = claims(9000);
+        future.insert("iat".into(), 3000.into());
+        let t = s.sign(&future, "http://issuer/certs").unwrap();
+        let e = verify(&t, &jwks, &VerifyOptions::at(2000)).unwrap_err();
+        assert_eq!(e.code(), "token_issued_in_future");
+        // Within the leeway, or in the past, it is fine.
+        verify(&t, &jwks, &VerifyOptions::at(2950)).unwrap();
+        let mut bad = claims(9000);
+        bad.insert("iat".into(), "yesterday".into());
+        let t = s.sign(&bad, "http://issuer/certs").unwrap();
+        assert_eq!(
+            verify(&t, &jwks, &VerifyOptions::at(2000))
+                .unwrap_err()
+                .code(),
+            "missing_claim"
+        );
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! Attestation tokens from configured authorities: the issuer must be one the vault was
 //! told to trust; its signing keys come from OpenID Connect discovery and its JWKS,
 //! cached and refreshed when a token names a key the cache does not have (rotation).
+//!
+//! Fetches are rate-limited per issuer whatever their outcome (a failed fetch is not
+//! retried for `min_refresh` either, so tokens naming made-up issuers' keys or a dead
+//! authority cannot make the vault hammer it), and single-flight (concurrent requests
+//! for the same issuer wait for one fetch). Why a fetch failed goes to the service log;
+//! callers only learn that the keys were unavailable.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use jose::{Alg, Jwks, JwtError, VerifyOptions};
@@ -24,12 +30,13 @@ pub enum TokenError {
     /// The issuer is not a configured authority.
     #[error("issuer {0:?} is not a configured authority")]
     UnknownIssuer(String),
-    /// The authority's keys could not be fetched.
-    #[error("could not fetch the signing keys of {issuer}: {reason}")]
+    /// The authority's keys could not be fetched (why is in the service log, not here:
+    /// an upstream's answer is not the caller's business).
+    #[error("could not fetch the signing keys of {issuer}")]
     Keys {
         /// The authority.
         issuer: String,
-        /// Why.
+        /// Why (for the service log).
         reason: String,
     },
     /// Signature, algorithm, key or lifetime check failed.
@@ -53,6 +60,9 @@ impl TokenError {
                 JwtError::Expired(_) => "token_expired",
                 JwtError::NotYetValid(_) => "token_not_yet_valid",
                 JwtError::IssuerMismatch(_) => "token_unknown_issuer",
+                JwtError::CriticalHeader(_) => "token_crit_unsupported",
+                JwtError::KeyUse { .. } => "token_bad_key_use",
+                JwtError::IssuedInFuture(_) => "token_issued_in_future",
                 _ => "token_malformed",
             },
         }
@@ -70,9 +80,14 @@ pub struct ValidToken {
     pub jti: Option<String>,
 }
 
-struct Cached {
-    jwks: Arc<Jwks>,
-    fetched: Instant,
+/// What is known of one issuer's keys.
+#[derive(Default)]
+struct IssuerKeys {
+    jwks: Option<Arc<Jwks>>,
+    fetched: Option<Instant>,
+    last_attempt: Option<Instant>,
+    last_error: Option<String>,
+    in_flight: bool,
 }
 
 /// Fetches a document; a function so tests and other transports can stand in.
@@ -85,7 +100,8 @@ pub struct Authorities {
     ttl: Duration,
     min_refresh: Duration,
     leeway: i64,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<HashMap<String, IssuerKeys>>,
+    fetched: Condvar,
 }
 
 impl std::fmt::Debug for Authorities {
@@ -156,6 +172,7 @@ impl Authorities {
             min_refresh: Duration::from_secs(10),
             leeway: 60,
             cache: Mutex::new(HashMap::new()),
+            fetched: Condvar::new(),
         }
     }
 
@@ -206,25 +223,65 @@ impl Authorities {
     }
 
     fn keys(&self, issuer: &str, refresh: bool) -> Result<Arc<Jwks>, TokenError> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some(c) = cache.get(issuer)
-        {
-            let age = c.fetched.elapsed();
-            if age < self.ttl && (!refresh || age < self.min_refresh) {
-                return Ok(c.jwks.clone());
+        let unavailable = |reason: String| TokenError::Keys {
+            issuer: issuer.to_string(),
+            reason,
+        };
+        let poisoned = || unavailable("key cache lock poisoned".into());
+        let mut cache = self.cache.lock().map_err(|_| poisoned())?;
+        loop {
+            let k = cache.entry(issuer.to_string()).or_default();
+            if k.in_flight {
+                // Single flight: someone is fetching this issuer's keys; wait for them.
+                cache = self.fetched.wait(cache).map_err(|_| poisoned())?;
+                continue;
             }
+            let fresh = k.fetched.is_some_and(|f| f.elapsed() < self.ttl);
+            let recently_tried = k.last_attempt.is_some_and(|a| a.elapsed() < self.min_refresh);
+            match (&k.jwks, fresh, recently_tried) {
+                (Some(j), true, _) if !refresh => return Ok(j.clone()),
+                // A refresh (or a stale cache) is not tried again so soon, success or not.
+                (Some(j), _, true) => return Ok(j.clone()),
+                (None, _, true) => {
+                    return Err(unavailable(
+                        k.last_error.clone().unwrap_or_else(|| "not fetched yet".into()),
+                    ));
+                }
+                _ => {}
+            }
+            k.in_flight = true;
+            k.last_attempt = Some(Instant::now());
+            break;
         }
-        let jwks = Arc::new(self.fetch_jwks(issuer)?);
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(
-                issuer.to_string(),
-                Cached {
-                    jwks: jwks.clone(),
-                    fetched: Instant::now(),
-                },
-            );
-        }
-        Ok(jwks)
+        drop(cache);
+        let result = self.fetch_jwks(issuer);
+        let mut cache = self.cache.lock().map_err(|_| poisoned())?;
+        let k = cache.entry(issuer.to_string()).or_default();
+        k.in_flight = false;
+        let out = match result {
+            Ok(jwks) => {
+                let jwks = Arc::new(jwks);
+                k.jwks = Some(jwks.clone());
+                k.fetched = Some(Instant::now());
+                k.last_error = None;
+                Ok(jwks)
+            }
+            Err(e) => {
+                let reason = match &e {
+                    TokenError::Keys { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                eprintln!("keyvault: fetching the signing keys of {issuer} failed: {reason}");
+                k.last_error = Some(reason);
+                match &k.jwks {
+                    // Keep serving the keys we have while the authority is down.
+                    Some(j) if refresh => Ok(j.clone()),
+                    _ => Err(e),
+                }
+            }
+        };
+        self.fetched.notify_all();
+        out
     }
 
     /// Validates `token` at `now` (Unix seconds): issuer configured, signature by a key
@@ -267,5 +324,64 @@ impl Authorities {
             claims: verified.claims,
             jti,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const ISSUER: &str = "https://attest.invalid";
+
+    fn token_from(issuer: &str) -> String {
+        let h = B64URL.encode(br#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#);
+        let c = B64URL.encode(format!(r#"{{"iss":"{issuer}","exp":9999999999}}"#));
+        format!("{h}.{c}.AAAA")
+    }
+
+    fn failing(calls: Arc<AtomicUsize>, delay: Duration) -> Box<Fetch> {
+        Box::new(move |_url: &str| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(delay);
+            Err("upstream said: secret internal detail".to_string())
+        })
+    }
+
+    /// A dead authority is asked at most once per `min_refresh`, however many tokens
+    /// arrive, and the upstream's words never reach the caller.
+    #[test]
+    fn failed_fetches_are_rate_limited_and_not_echoed() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = Authorities::new(&[ISSUER.into()], failing(calls.clone(), Duration::ZERO))
+            .with_min_refresh(Duration::from_secs(60));
+        for _ in 0..20 {
+            let e = a.validate(&token_from(ISSUER), 1).unwrap_err();
+            assert_eq!(e.code(), "token_keys_unavailable");
+            assert!(!e.to_string().contains("secret internal detail"), "{e}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Concurrent requests for one issuer share one fetch.
+    #[test]
+    fn fetches_are_single_flight() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = Arc::new(
+            Authorities::new(&[ISSUER.into()], failing(calls.clone(), Duration::from_millis(300)))
+                .with_min_refresh(Duration::from_secs(60)),
+        );
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || a.validate(&token_from(ISSUER), 1).is_err())
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

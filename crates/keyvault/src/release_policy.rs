@@ -20,7 +20,8 @@
 //! ```
 //!
 //! - The top level is always `anyOf` a list of *authority blocks*; `version` is
-//!   `"1.0.0"` (or `"1.0"`).
+//!   `"1.0.0"`, the only version Key Vault defines (anything else, `"1.0"` included, is
+//!   refused).
 //! - An authority block names the token issuer (`authority`) and has exactly one of
 //!   `anyOf` / `allOf`, a non-empty list of conditions.
 //! - A condition is either a group (`{"anyOf": [...]}` or `{"allOf": [...]}`, nested at
@@ -53,8 +54,9 @@
 //!   the wild write boolean claims both as JSON booleans and as strings, the strings
 //!   `"true"` and `"false"` (lower case only) also equal the booleans `true` and
 //!   `false`, in either direction. Nothing else is coerced: the string `"1"` does not
-//!   equal the number `1`, and a claim that is an array, object or null equals no
-//!   operand (so `notEquals` holds for it).
+//!   equal the number `1`. A claim that is an array, object or null is not comparable:
+//!   `equals` and `notEquals` are both false for it (a type mismatch), so `notEquals`
+//!   cannot be satisfied by handing the vault an unexpected shape.
 //! - `less`, `lessOrEquals`, `greater`, `greaterOrEquals` compare the claim (left) with
 //!   the operand (right): numbers with numbers, strings with strings (byte-wise
 //!   lexicographic order); any other pairing is false and reported as a type mismatch.
@@ -129,8 +131,8 @@ pub enum PolicyError {
         /// The operator as written.
         name: String,
     },
-    /// `version` is neither `"1.0.0"` nor `"1.0"`.
-    #[error("version: unsupported release policy version {0:?} (expected \"1.0.0\" or \"1.0\")")]
+    /// `version` is not `"1.0.0"`.
+    #[error("version: unsupported release policy version {0:?} (expected \"1.0.0\")")]
     UnsupportedVersion(String),
     /// `anyOf` / `allOf` lists nest deeper than [`MAX_DEPTH`].
     #[error("{path}: anyOf/allOf nested deeper than {MAX_DEPTH} levels")]
@@ -196,8 +198,6 @@ impl PolicyError {
 /// The grammar version a policy declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicyVersion {
-    /// `"1.0"`.
-    V1_0,
     /// `"1.0.0"`.
     V1_0_0,
 }
@@ -206,7 +206,6 @@ impl PolicyVersion {
     /// The version as written in the policy.
     pub fn as_str(self) -> &'static str {
         match self {
-            PolicyVersion::V1_0 => "1.0",
             PolicyVersion::V1_0_0 => "1.0.0",
         }
     }
@@ -529,7 +528,6 @@ impl ReleasePolicy {
         let version = match obj.get("version") {
             None => return Err(PolicyError::invalid(ROOT, "missing \"version\"")),
             Some(Value::String(s)) if s == "1.0.0" => PolicyVersion::V1_0_0,
-            Some(Value::String(s)) if s == "1.0" => PolicyVersion::V1_0,
             Some(Value::String(s)) => return Err(PolicyError::UnsupportedVersion(s.clone())),
             Some(_) => return Err(PolicyError::invalid("version", "must be a string")),
         };
@@ -1144,6 +1142,11 @@ fn check(op: &Operator, actual: Option<&Value>) -> Result<(), FailureReason> {
     match op {
         Operator::Exists(want) => holds(*want),
         Operator::Equals(s) => holds(scalar_eq(s, actual)),
+        Operator::NotEquals(_)
+            if matches!(actual, Value::Array(_) | Value::Object(_) | Value::Null) =>
+        {
+            Err(FailureReason::TypeMismatch)
+        }
         Operator::NotEquals(s) => holds(!scalar_eq(s, actual)),
         Operator::Less(c) => ordering(c, actual).and_then(|o| holds(o == Ordering::Less)),
         Operator::LessOrEquals(c) => {

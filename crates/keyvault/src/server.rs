@@ -15,7 +15,9 @@
 //! | POST | `/keys/{name}/{version}/release/test` | any (dry run) |
 //! | POST | `/keys/{name}/{version}/wrapkey` (A256KW) | administrator, crypto user |
 //! | POST | `/keys/{name}/{version}/unwrapkey/attested` | any (attested unwrap) |
-//! | POST | `/credentials`, GET `/audit` | administrator |
+//! | POST/GET | `/credentials`, GET `/audit` | administrator |
+//! | DELETE | `/credentials/{id}` | administrator (revoke) |
+//! | POST | `/credentials/{id}/rotate` | administrator, or the credential's holder |
 //! | POST | `/vaults/{name}` | the service administrator |
 //! | POST | `/regions/{region}` (root key + platform vault) | the service administrator |
 //! | POST | `/regions/{region}/rotate` (new root version) | the service administrator |
@@ -178,6 +180,15 @@ async fn attested_unwrap(
 async fn credentials(State(v): S, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> R {
     Ok(axum::Json(v.create_credential(bearer(&h), &body(b)?)?))
 }
+async fn list_credentials(State(v): S, h: HeaderMap) -> R {
+    Ok(axum::Json(v.list_credentials(bearer(&h))?))
+}
+async fn revoke_credential(State(v): S, Path(id): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.revoke_credential(bearer(&h), &id)?))
+}
+async fn rotate_credential(State(v): S, Path(id): Path<String>, h: HeaderMap) -> R {
+    Ok(axum::Json(v.rotate_credential(bearer(&h), &id)?))
+}
 async fn audit(State(v): S, h: HeaderMap) -> R {
     Ok(axum::Json(v.audit_log(bearer(&h))?))
 }
@@ -230,7 +241,9 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/deletedkeys", get(deleted))
         .route("/deletedkeys/{name}", get(get_deleted).delete(purge))
         .route("/deletedkeys/{name}/recover", post(recover))
-        .route("/credentials", post(credentials))
+        .route("/credentials", post(credentials).get(list_credentials))
+        .route("/credentials/{id}", axum::routing::delete(revoke_credential))
+        .route("/credentials/{id}/rotate", post(rotate_credential))
         .route("/audit", get(audit))
         .route("/vaults/{name}", post(vault))
         .route("/regions", get(regions))

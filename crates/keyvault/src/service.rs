@@ -242,6 +242,10 @@ fn random_token() -> Result<Zeroizing<String>, VaultError> {
     Ok(Zeroizing::new(B64URL.encode(raw.as_ref())))
 }
 
+/// The audit log's name for entries that belong to no vault (service-level refusals);
+/// no vault may take it.
+pub const SERVICE_VAULT: &str = "service";
+
 /// Key names as Key Vault allows them: 1-127 of `[0-9a-zA-Z-]`.
 pub fn valid_name(name: &str) -> bool {
     (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -560,7 +564,10 @@ impl Vault {
         std::fs::create_dir_all(&cfg.state_dir)?;
         let store: Box<dyn Store> = match cfg.store {
             Some(s) => s,
-            None => Box::new(SqliteStore::open(&cfg.state_dir.join("keyvault.db"))?),
+            None => Box::new(SqliteStore::open(
+                &cfg.state_dir.join("keyvault.db"),
+                crate::store::AuditKeys::from_master(&cfg.master_key)?,
+            )?),
         };
         let mut created = None;
         let admin_hash = match store.secret("service-admin-sha256")? {
@@ -717,6 +724,12 @@ impl Vault {
                 "a vault name is 1-127 of [0-9a-zA-Z-]",
             ));
         }
+        if name.eq_ignore_ascii_case(SERVICE_VAULT) {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "the vault name \"service\" is reserved (the service's own audit entries)",
+            ));
+        }
         let cred = random_token()?;
         let hash = sha256(cred.as_bytes());
         self.store
@@ -768,6 +781,95 @@ impl Vault {
             "id": id,
             "role": role.name(),
         }))
+    }
+
+    /// `GET /credentials` (administrator): the vault's credentials (id, role, created);
+    /// never the credentials themselves, which are stored only as hashes.
+    pub fn list_credentials(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Admin, "manage credentials")?;
+        let value: Vec<Value> = self
+            .store
+            .credentials(&c.vault)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(sha, role, created)| {
+                json!({ "id": credential_id(&sha), "role": role, "created": created })
+            })
+            .collect();
+        Ok(json!({ "value": value }))
+    }
+
+    fn credential_by_id(&self, c: &Caller, id: &str) -> Result<Vec<u8>, VaultError> {
+        self.store
+            .credentials(&c.vault)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(sha, _, _)| sha)
+            .find(|sha| credential_id(sha) == id)
+            .ok_or_else(|| {
+                VaultError::new(404, "credential_not_found", format!("no credential {id:?}"))
+            })
+    }
+
+    /// `DELETE /credentials/{id}` (administrator): the credential stops working at once.
+    /// The vault's last administrator credential cannot be revoked (409).
+    pub fn revoke_credential(&self, bearer: Option<&str>, id: &str) -> Result<Value, VaultError> {
+        let c = self.authorize(bearer, Op::Admin, "manage credentials")?;
+        let r = (|| {
+            let sha = self.credential_by_id(&c, id)?;
+            let audit = Self::audit_entry(&c, "credential_revoke", "", id, Ok(()), None);
+            match self.store.retire_credential(&c.vault, &sha, None, now(), &audit) {
+                Ok(true) => Ok(json!({ "id": id, "revoked": true })),
+                Ok(false) => Err(VaultError::new(404, "credential_not_found", id.to_string())),
+                Err(StoreError::Exists(_)) => Err(VaultError::new(
+                    409,
+                    "last_administrator",
+                    "the vault's last administrator credential cannot be revoked",
+                )),
+                Err(e) => Err(store_err(e)),
+            }
+        })();
+        if let Err(e) = &r {
+            self.audit(&c, "credential_revoke", "", id, Err(e), None);
+        }
+        r
+    }
+
+    /// `POST /credentials/{id}/rotate`: a new credential with the same role replaces
+    /// the one named (which stops working at once); an administrator rotates any of the
+    /// vault's credentials, any other caller only its own. The new credential is shown
+    /// this once.
+    pub fn rotate_credential(&self, bearer: Option<&str>, id: &str) -> Result<Value, VaultError> {
+        let c = self.caller(bearer)?;
+        if c.id != id && !c.role.may(Op::Admin) {
+            let e = VaultError::forbidden(c.role.name(), "rotate other credentials");
+            self.audit(&c, "credential_rotate", "", id, Err(&e), None);
+            return Err(e);
+        }
+        let r = (|| {
+            let sha = self.credential_by_id(&c, id)?;
+            let cred = random_token()?;
+            let new_sha = sha256(cred.as_bytes());
+            let new_id = credential_id(&new_sha);
+            let audit = Self::audit_entry(&c, "credential_rotate", &new_id, id, Ok(()), None);
+            match self
+                .store
+                .retire_credential(&c.vault, &sha, Some(&new_sha), now(), &audit)
+                .map_err(store_err)?
+            {
+                true => Ok(json!({
+                    "vault": c.vault,
+                    "credential": cred.as_str(),
+                    "id": new_id,
+                    "replaces": id,
+                })),
+                false => Err(VaultError::new(404, "credential_not_found", id.to_string())),
+            }
+        })();
+        if let Err(e) = &r {
+            self.audit(&c, "credential_rotate", "", id, Err(e), None);
+        }
+        r
     }
 
     fn kid(&self, name: &str, version: &str) -> String {
@@ -1101,11 +1203,15 @@ impl Vault {
                 row.tags = Value::Object(t).to_string();
             }
             if let Some(p) = b.release_policy {
-                let current = Self::stored_policy(&row).and_then(Result::ok);
-                if current
-                    .as_ref()
-                    .is_some_and(ReleasePolicyEnvelope::immutable)
-                {
+                // A stored policy that no longer parses may have been immutable: fail
+                // closed and keep it (it was valid when written; only a newer grammar
+                // or a damaged row makes it unreadable).
+                let immutable = match Self::stored_policy(&row) {
+                    None => false,
+                    Some(Ok(current)) => current.immutable(),
+                    Some(Err(_)) => true,
+                };
+                if immutable {
                     return Err(VaultError::new(
                         409,
                         "release_policy_immutable",
@@ -1346,16 +1452,17 @@ impl Vault {
     /// the operation's own transaction.
     fn audit_region_failure(&self, region: &str, op: &str, e: Option<&VaultError>) {
         let Some(e) = e else { return };
+        if e.status == 401 {
+            // A caller without a valid credential writes nothing: otherwise anyone could
+            // fill the log (and the disk) without authenticating.
+            return;
+        }
         let vault = if valid_region(region) {
             platform_vault(region)
         } else {
-            "service".to_string()
+            SERVICE_VAULT.to_string()
         };
-        let mut entry = Self::service_audit(&vault, op, "", Err(e));
-        if e.status == 401 {
-            // Not the service administrator: a caller without its credential.
-            entry.caller = "unauthenticated".into();
-        }
+        let entry = Self::service_audit(&vault, op, "", Err(e));
         if let Err(err) = self.store.audit(&entry) {
             eprintln!("keyvault: audit log write failed: {err}");
         }
@@ -1509,6 +1616,8 @@ impl Vault {
                 "the key exchange key must be an RSA key",
             ));
         }
+        // A disabled or expired key exchange key imports nothing.
+        Self::check_usable(&kek, now())?;
         let private = crate::wrap::UnwrappingKey::from_pkcs8(&self.unseal(c, &kek)?)
             .map_err(|_| VaultError::internal("kek"))?;
         let material = crate::wrap::unwrap_key(hsm.mechanism(), &private, hsm.ciphertext())
@@ -1527,7 +1636,15 @@ impl Vault {
     ) -> Result<Value, VaultError> {
         let c = self.authorize(bearer, Op::Write, "wrap keys")?;
         let r = self.wrap_key_inner(&c, name, version, body);
-        let _ = self.audit(&c, "wrapkey", name, version, r.as_ref().map(|_| ()), None);
+        let logged = self.audit(&c, "wrapkey", name, version, r.as_ref().map(|_| ()), None);
+        // As with a release: no wrapped key leaves unless its audit entry was written.
+        if r.is_ok() && !logged {
+            return Err(VaultError::new(
+                503,
+                "audit_unavailable",
+                "the audit log could not be written; nothing was wrapped",
+            ));
+        }
         r
     }
 
@@ -1544,12 +1661,10 @@ impl Vault {
             return Err(VaultError::bad("bad_parameter", "alg is A256KW"));
         }
         let row = self.version(c, name, Some(version))?;
-        if row.kty != "oct" || !row.enabled {
-            return Err(VaultError::bad(
-                "bad_parameter",
-                "wrapkey needs an enabled oct key",
-            ));
+        if row.kty != "oct" {
+            return Err(VaultError::bad("bad_parameter", "wrapkey needs an oct key"));
         }
+        Self::check_usable(&row, now())?;
         let dek = Zeroizing::new(
             B64URL
                 .decode(b.value.trim_end_matches('='))
@@ -1673,7 +1788,8 @@ impl Vault {
         serde_json::to_value(json!({ "value": log })).map_err(|_| VaultError::internal("json"))
     }
 
-    fn check_releasable(row: &VersionRow, t: i64) -> Result<ReleasePolicyEnvelope, VaultError> {
+    /// A key version may be used at `t`: enabled and inside its nbf/exp window.
+    fn check_usable(row: &VersionRow, t: i64) -> Result<(), VaultError> {
         if !row.enabled {
             return Err(VaultError::new(403, "key_disabled", "the key is disabled"));
         }
@@ -1684,6 +1800,11 @@ impl Vault {
                 "the key is outside its nbf/exp window",
             ));
         }
+        Ok(())
+    }
+
+    fn check_releasable(row: &VersionRow, t: i64) -> Result<ReleasePolicyEnvelope, VaultError> {
+        Self::check_usable(row, t)?;
         if !row.exportable {
             return Err(VaultError::new(
                 403,
@@ -1699,8 +1820,13 @@ impl Vault {
     /// A version's stored release policy: `None` without one; an error if what is
     /// stored no longer parses (it was validated when written).
     fn stored_policy(row: &VersionRow) -> Option<Result<ReleasePolicyEnvelope, VaultError>> {
-        let v = serde_json::from_str::<Value>(row.release_policy.as_deref()?).ok()?;
-        Some(ReleasePolicyEnvelope::parse(&v).map_err(|_| VaultError::internal("stored_policy")))
+        let text = row.release_policy.as_deref()?;
+        let unreadable = || VaultError::internal("stored_policy");
+        Some(
+            serde_json::from_str::<Value>(text)
+                .map_err(|_| unreadable())
+                .and_then(|v| ReleasePolicyEnvelope::parse(&v).map_err(|_| unreadable())),
+        )
     }
 
     /// Validates a release token and evaluates the key's release policy on it; returns

@@ -5,9 +5,15 @@
 //! write lock when they begin (`BEGIN IMMEDIATE`): a deferred one could not upgrade its
 //! read snapshot once the audit writer's connection had committed, and would fail with
 //! `SQLITE_BUSY` instead of waiting. The store is a trait so PostgreSQL can follow.
+//!
+//! The audit log is tamper-evident (the `audit` crate): every entry is linked to the
+//! previous one by an HMAC under a key derived from the master key, and every
+//! [`CHECKPOINT_EVERY`]th entry gets a signed checkpoint; [`verify_audit`] checks a
+//! database file, naming the first entry that does not fit. The append-only triggers
+//! stay as a first line; the chain is what holds when they are dropped.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -276,6 +282,20 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// The vault, role (and the vault's region, for a platform vault) of a credential.
     fn credential(&self, sha256: &[u8]) -> Result<Option<CredentialRow>, StoreError>;
+    /// A vault's credentials: SHA-256, role, creation time.
+    fn credentials(&self, vault: &str) -> Result<Vec<(Vec<u8>, String, i64)>, StoreError>;
+    /// Revokes a credential (`new_sha256: None`) or replaces it by one with the same
+    /// role, with the audit entry, in one transaction; false if the vault has no such
+    /// credential. Refused (nothing written) when it would leave the vault without an
+    /// administrator credential.
+    fn retire_credential(
+        &self,
+        vault: &str,
+        sha256: &[u8],
+        new_sha256: Option<&[u8]>,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
     /// Adds a key version (creating the key if needed). Refused while the key is
     /// deleted.
     /// `audit` is the change's audit entry, written in the same transaction.
@@ -351,6 +371,38 @@ pub trait Store: Send + Sync {
 
 type AuditAck = std::sync::mpsc::SyncSender<Result<(), String>>;
 
+/// Every how many entries a signed checkpoint is stored.
+pub const CHECKPOINT_EVERY: i64 = 256;
+
+/// The keys that protect the audit log, derived from the master key.
+pub struct AuditKeys {
+    chain: audit::ChainKey,
+    checkpoint: audit::CheckpointKey,
+}
+
+impl std::fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKeys(..)")
+    }
+}
+
+impl AuditKeys {
+    /// The audit keys of the vault whose master key is `master`.
+    pub fn from_master(master: &seal::MasterKey) -> Result<Self, StoreError> {
+        let secret = master.derive("opencvm-keyvault/audit-chain");
+        Ok(AuditKeys {
+            chain: audit::ChainKey::new(&secret),
+            checkpoint: audit::CheckpointKey::derive(&secret)
+                .map_err(|e| StoreError::Audit(e.to_string()))?,
+        })
+    }
+
+    /// The public key that verifies the log's checkpoints (SEC1, uncompressed).
+    pub fn checkpoint_public_key(&self) -> Vec<u8> {
+        self.checkpoint.public_key()
+    }
+}
+
 /// The SQLite store. Audit entries go through one writer thread with its own
 /// connection that commits whatever is queued in one transaction (group commit): each
 /// caller still waits until its entry is durable, but concurrent releases share fsyncs,
@@ -358,6 +410,7 @@ type AuditAck = std::sync::mpsc::SyncSender<Result<(), String>>;
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     audit_tx: Mutex<std::sync::mpsc::Sender<(AuditEntry, AuditAck)>>,
+    keys: Arc<AuditKeys>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -437,39 +490,131 @@ CREATE INDEX key_versions_root ON key_versions(root_id);
 UPDATE meta SET value = '2' WHERE key = 'schema';
 ";
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Schema 2 → 3: the audit log's links and checkpoints. Entries written before are
+/// linked now, in order (they were not protected before this migration).
+const MIGRATE_3: &str = "
+ALTER TABLE audit ADD COLUMN prev BLOB;
+ALTER TABLE audit ADD COLUMN link BLOB;
+CREATE TABLE audit_checkpoints (
+  seq INTEGER PRIMARY KEY, link BLOB NOT NULL, ts INTEGER NOT NULL, signature TEXT NOT NULL
+);
+CREATE TRIGGER audit_checkpoints_append_only_update BEFORE UPDATE ON audit_checkpoints
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_checkpoints_append_only_delete BEFORE DELETE ON audit_checkpoints
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+UPDATE meta SET value = '3' WHERE key = 'schema';
+";
+
+fn migrate(conn: &mut Connection, keys: &AuditKeys) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let schema: String = tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+    let mut schema: String = tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
         r.get(0)
     })?;
     if schema == "1" {
         tx.execute_batch(MIGRATE_2)?;
+        schema = "2".into();
+    }
+    if schema == "2" {
+        tx.execute_batch(MIGRATE_3)?;
+        // Link the entries written before: the update trigger is lifted for this,
+        // inside the migration's transaction, and put back.
+        tx.execute_batch("DROP TRIGGER audit_append_only_update;")?;
+        let rows: Vec<AuditEntry> = {
+            let mut stmt = tx.prepare(&format!("{AUDIT_SELECT} ORDER BY seq"))?;
+            stmt.query_map([], audit_row)?
+                .collect::<Result<_, _>>()?
+        };
+        let mut prev = audit::GENESIS;
+        for e in &rows {
+            let link = entry_link(keys, &prev, e.seq, e);
+            tx.execute(
+                "UPDATE audit SET prev = ?2, link = ?3 WHERE seq = ?1",
+                params![e.seq, prev.to_vec(), link.to_vec()],
+            )?;
+            prev = link;
+        }
+        tx.execute_batch(
+            "CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+               BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+        )?;
     }
     tx.commit()?;
     Ok(())
 }
 
+const AUDIT_SELECT: &str =
+    "SELECT seq, ts, vault, caller, op, key, version, outcome, code, jti, issuer FROM audit";
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: r.get(0)?,
+        ts: r.get(1)?,
+        vault: r.get(2)?,
+        caller: r.get(3)?,
+        op: r.get(4)?,
+        key: r.get(5)?,
+        version: r.get(6)?,
+        outcome: r.get(7)?,
+        code: r.get(8)?,
+        jti: r.get(9)?,
+        issuer: r.get(10)?,
+    })
+}
+
+/// The fields an entry's link covers, in order (the sequence number is linked apart;
+/// the time as 8 bytes, big-endian).
+fn audit_fields(e: &AuditEntry) -> Vec<Option<Vec<u8>>> {
+    [
+        e.ts.to_be_bytes().to_vec(),
+        e.vault.as_bytes().to_vec(),
+        e.caller.as_bytes().to_vec(),
+        e.op.as_bytes().to_vec(),
+        e.key.as_bytes().to_vec(),
+        e.version.as_bytes().to_vec(),
+        e.outcome.as_bytes().to_vec(),
+        e.code.as_bytes().to_vec(),
+        e.jti.as_bytes().to_vec(),
+        e.issuer.as_bytes().to_vec(),
+    ]
+    .into_iter()
+    .map(Some)
+    .collect()
+}
+
+fn entry_link(keys: &AuditKeys, prev: &[u8; 32], seq: i64, e: &AuditEntry) -> [u8; 32] {
+    let fields = audit_fields(e);
+    let refs: Vec<Option<&[u8]>> = fields.iter().map(|f| f.as_deref()).collect();
+    keys.chain.link(prev, seq, &refs)
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database at `path`; `keys` link its audit log.
+    pub fn open(path: &Path, keys: AuditKeys) -> Result<Self, StoreError> {
+        let keys = Arc::new(keys);
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows (purged key material) are overwritten with zeros, not left in
+        // free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, &keys)?;
         let audit_conn = Connection::open(path)?;
         audit_conn.pragma_update(None, "synchronous", "FULL")?;
+        audit_conn.pragma_update(None, "secure_delete", "ON")?;
         audit_conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let (tx, rx) = std::sync::mpsc::channel::<(AuditEntry, AuditAck)>();
+        let writer_keys = keys.clone();
         std::thread::Builder::new()
             .name("keyvault-audit".into())
-            .spawn(move || audit_writer(audit_conn, &rx))
+            .spawn(move || audit_writer(audit_conn, &rx, &writer_keys))
             .map_err(|e| StoreError::Audit(format!("writer thread: {e}")))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             audit_tx: Mutex::new(tx),
+            keys,
         })
     }
 
@@ -481,7 +626,11 @@ impl SqliteStore {
 /// The most entries committed in one audit transaction.
 const MAX_AUDIT_BATCH: usize = 512;
 
-fn audit_writer(mut conn: Connection, rx: &std::sync::mpsc::Receiver<(AuditEntry, AuditAck)>) {
+fn audit_writer(
+    mut conn: Connection,
+    rx: &std::sync::mpsc::Receiver<(AuditEntry, AuditAck)>,
+    keys: &AuditKeys,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_AUDIT_BATCH {
@@ -491,9 +640,10 @@ fn audit_writer(mut conn: Connection, rx: &std::sync::mpsc::Receiver<(AuditEntry
             }
         }
         let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            // IMMEDIATE: the chain's head is read and extended under the write lock.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (e, _) in &batch {
-                insert_audit(&tx, e)?;
+                insert_audit(&tx, e, keys)?;
             }
             tx.commit()
         })()
@@ -533,15 +683,132 @@ fn root_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RootRow> {
     })
 }
 
-fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEntry) -> rusqlite::Result<()> {
+/// Appends `e` to the chain: after the newest entry, linked to it, in the caller's
+/// (immediate) transaction; every [`CHECKPOINT_EVERY`]th entry is checkpointed.
+fn insert_audit(
+    tx: &rusqlite::Transaction<'_>,
+    e: &AuditEntry,
+    keys: &AuditKeys,
+) -> rusqlite::Result<()> {
+    let head: Option<(i64, Option<Vec<u8>>)> = tx
+        .query_row(
+            "SELECT seq, link FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match head {
+        None => (1, audit::GENESIS),
+        Some((seq, link)) => (
+            seq + 1,
+            link.and_then(|l| <[u8; 32]>::try_from(l).ok())
+                .unwrap_or(audit::GENESIS),
+        ),
+    };
+    let link = entry_link(keys, &prev, seq, e);
     tx.execute(
-        "INSERT INTO audit (ts, vault, caller, op, key, version, outcome, code, jti, issuer)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO audit (seq, ts, vault, caller, op, key, version, outcome, code, jti, issuer, prev, link)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
-            e.ts, e.vault, e.caller, e.op, e.key, e.version, e.outcome, e.code, e.jti, e.issuer
+            seq,
+            e.ts,
+            e.vault,
+            e.caller,
+            e.op,
+            e.key,
+            e.version,
+            e.outcome,
+            e.code,
+            e.jti,
+            e.issuer,
+            prev.to_vec(),
+            link.to_vec()
         ],
     )?;
+    if seq % CHECKPOINT_EVERY == 0 {
+        let cp = keys
+            .checkpoint
+            .sign(seq, &link, e.ts)
+            .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
+        tx.execute(
+            "INSERT INTO audit_checkpoints (seq, link, ts, signature) VALUES (?1, ?2, ?3, ?4)",
+            params![seq, link.to_vec(), cp.ts, cp.signature],
+        )?;
+    }
     Ok(())
+}
+
+/// Why a database's audit log could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyAuditError {
+    /// The database could not be read.
+    #[error("reading the audit log: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The log was changed.
+    #[error("tampered: {0}")]
+    Tampered(#[from] audit::Tampered),
+}
+
+/// Checks the audit log of the database at `path` (read-only): every entry's link and
+/// every stored checkpoint, and that each of `expect` (checkpoints kept elsewhere) is
+/// still in it.
+pub fn verify_audit(
+    path: &Path,
+    keys: &AuditKeys,
+    expect: &[audit::Checkpoint],
+) -> Result<audit::Intact, VerifyAuditError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, ts, vault, caller, op, key, version, outcome, code, jti, issuer, prev, link FROM audit ORDER BY seq",
+    )?;
+    let entries = stmt
+        .query_map([], |r| {
+            let e = audit_row(r)?;
+            let prev: Option<Vec<u8>> = r.get(11)?;
+            let link: Option<Vec<u8>> = r.get(12)?;
+            Ok(audit::StoredEntry {
+                seq: e.seq,
+                fields: audit_fields(&e),
+                prev: prev.unwrap_or_default(),
+                link: link.unwrap_or_default(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = conn.prepare("SELECT seq, link, ts, signature FROM audit_checkpoints ORDER BY seq")?;
+    let checkpoints = stmt
+        .query_map([], |r| {
+            let link: Vec<u8> = r.get(1)?;
+            Ok(audit::Checkpoint {
+                seq: r.get(0)?,
+                link: hex::encode(link),
+                ts: r.get(2)?,
+                signature: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(audit::verify(
+        &keys.chain,
+        &keys.checkpoint.public_key(),
+        entries,
+        &checkpoints,
+        expect,
+    )?)
+}
+
+/// A signed checkpoint of the newest entry of the database at `path` (read-only), to
+/// keep elsewhere and pass to [`verify_audit`] later; `None` for an empty log.
+pub fn checkpoint_head(
+    path: &Path,
+    keys: &AuditKeys,
+    now: i64,
+) -> Result<Option<audit::Checkpoint>, VerifyAuditError> {
+    let intact = verify_audit(path, keys, &[])?;
+    match intact.head {
+        None => Ok(None),
+        Some((seq, link)) => Ok(Some(keys.checkpoint.sign(seq, &link, now).map_err(|e| {
+            VerifyAuditError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        })?)),
+    }
 }
 
 impl Store for SqliteStore {
@@ -593,6 +860,62 @@ impl Store for SqliteStore {
                 },
             )
             .optional()?)
+    }
+
+    fn credentials(&self, vault: &str) -> Result<Vec<(Vec<u8>, String, i64)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT sha256, role, created FROM credentials WHERE vault = ?1 ORDER BY created, sha256",
+        )?;
+        let rows = stmt.query_map([vault], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn retire_credential(
+        &self,
+        vault: &str,
+        sha256: &[u8],
+        new_sha256: Option<&[u8]>,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let role: Option<String> = tx
+            .query_row(
+                "SELECT role FROM credentials WHERE vault = ?1 AND sha256 = ?2",
+                params![vault, sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(role) = role else {
+            return Ok(false);
+        };
+        if new_sha256.is_none() && role == "administrator" {
+            let admins: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM credentials WHERE vault = ?1 AND role = 'administrator'",
+                [vault],
+                |r| r.get(0),
+            )?;
+            if admins <= 1 {
+                return Err(StoreError::Exists(
+                    "the vault's last administrator credential".into(),
+                ));
+            }
+        }
+        tx.execute(
+            "DELETE FROM credentials WHERE vault = ?1 AND sha256 = ?2",
+            params![vault, sha256],
+        )?;
+        if let Some(new) = new_sha256 {
+            tx.execute(
+                "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, ?3, ?4)",
+                params![new, vault, role, now],
+            )?;
+        }
+        insert_audit(&tx, audit, &self.keys)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     fn add_version(
@@ -652,7 +975,7 @@ impl Store for SqliteStore {
                 row.root_id
             ],
         )?;
-        insert_audit(&tx, audit)?;
+        insert_audit(&tx, audit, &self.keys)?;
         tx.commit()?;
         Ok(())
     }
@@ -704,7 +1027,7 @@ impl Store for SqliteStore {
                 row.updated
             ],
         )?;
-        insert_audit(&tx, audit)?;
+        insert_audit(&tx, audit, &self.keys)?;
         tx.commit()?;
         Ok(())
     }
@@ -724,7 +1047,7 @@ impl Store for SqliteStore {
             params![vault, name, deleted, deleted.then_some(now), !deleted],
         )?;
         if n > 0 {
-            insert_audit(&tx, audit)?;
+            insert_audit(&tx, audit, &self.keys)?;
         }
         tx.commit()?;
         Ok(n > 0)
@@ -743,9 +1066,15 @@ impl Store for SqliteStore {
             params![vault, name],
         )?;
         if n + k > 0 {
-            insert_audit(&tx, audit)?;
+            insert_audit(&tx, audit, &self.keys)?;
         }
         tx.commit()?;
+        if n + k > 0 {
+            // The purged rows are zeroed in their pages (secure_delete); copy those pages
+            // into the database file now and empty the write-ahead log, which still holds
+            // earlier images of them. Best effort: a busy checkpoint happens later.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
         Ok(n + k > 0)
     }
 
@@ -763,24 +1092,8 @@ impl Store for SqliteStore {
 
     fn audit_log(&self, vault: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT seq, ts, vault, caller, op, key, version, outcome, code, jti, issuer FROM audit WHERE vault = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([vault], |r| {
-            Ok(AuditEntry {
-                seq: r.get(0)?,
-                ts: r.get(1)?,
-                vault: r.get(2)?,
-                caller: r.get(3)?,
-                op: r.get(4)?,
-                key: r.get(5)?,
-                version: r.get(6)?,
-                outcome: r.get(7)?,
-                code: r.get(8)?,
-                jti: r.get(9)?,
-                issuer: r.get(10)?,
-            })
-        })?;
+        let mut stmt = conn.prepare(&format!("{AUDIT_SELECT} WHERE vault = ?1 ORDER BY seq"))?;
+        let rows = stmt.query_map([vault], audit_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -834,7 +1147,7 @@ impl Store for SqliteStore {
             "INSERT INTO region_roots (region, version, sealed, created) VALUES (?1, 1, ?2, ?3)",
             params![r.region, r.root_sealed, r.now],
         )?;
-        insert_audit(&tx, r.audit)?;
+        insert_audit(&tx, r.audit, &self.keys)?;
         tx.commit()?;
         Ok(())
     }
@@ -945,7 +1258,7 @@ impl Store for SqliteStore {
             )));
         }
         tx.execute("DELETE FROM region_roots WHERE id = ?1", [r.old_root_id])?;
-        insert_audit(&tx, r.audit)?;
+        insert_audit(&tx, r.audit, &self.keys)?;
         tx.commit()?;
         Ok(())
     }
@@ -979,6 +1292,10 @@ impl Store for SqliteStore {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    fn test_keys() -> AuditKeys {
+        AuditKeys::from_master(&seal::MasterKey::from_hex(&"11".repeat(32)).unwrap()).unwrap()
+    }
 
     fn row(name: &str, version: &str, root_id: Option<i64>, sealed: &[u8]) -> VersionRow {
         VersionRow {
@@ -1032,12 +1349,16 @@ mod tests {
                  INSERT INTO credentials VALUES (x'01', 't', 'administrator', 1);
                  INSERT INTO keys (vault, name) VALUES ('t', 'k');
                  INSERT INTO key_versions (vault, name, version, kty, public_jwk, sealed, exportable, enabled, tags, created, updated, seq)
-                   VALUES ('t', 'k', 'v1', 'oct', '{}', x'99', 0, 1, '{}', 1, 1, 1);",
+                   VALUES ('t', 'k', 'v1', 'oct', '{}', x'99', 0, 1, '{}', 1, 1, 1);
+                 INSERT INTO audit (ts, vault, caller, op, key, version, outcome, code, jti, issuer)
+                   VALUES (1, 't', 'administrator', 'create', 'k', 'v1', 'allowed', '', '', '');
+                 INSERT INTO audit (ts, vault, caller, op, key, version, outcome, code, jti, issuer)
+                   VALUES (2, 't', 'release_user', 'release', 'k', 'v1', 'denied', 'x', '', '');",
             )
             .unwrap();
         }
         for _ in 0..2 {
-            let s = SqliteStore::open(&path).unwrap();
+            let s = SqliteStore::open(&path, test_keys()).unwrap();
             let cred = s.credential(&[1]).unwrap().unwrap();
             assert_eq!((cred.vault.as_str(), cred.region), ("t", None));
             let v = s.versions("t", "k", false).unwrap();
@@ -1052,14 +1373,24 @@ mod tests {
                     r.get(0)
                 })
                 .unwrap();
-            assert_eq!(schema, "2");
+            assert_eq!(schema, "3");
+            // The entries from before the migration are linked, and new ones follow.
+            s.audit(&AuditEntry {
+                ts: 3,
+                vault: "t".into(),
+                op: "after".into(),
+                ..AuditEntry::default()
+            })
+            .unwrap();
         }
+        let intact = verify_audit(&path, &test_keys(), &[]).unwrap();
+        assert_eq!(intact.entries, 4);
     }
 
     #[test]
     fn regions_are_platform_vaults_apart_from_tenants() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
+        let s = SqliteStore::open(&dir.path().join("kv.db"), test_keys()).unwrap();
         s.create_vault("r1", b"tenant", 1).unwrap();
         let root = region(&s);
         assert_eq!((root.version, root.sealed.as_slice()), (1, &b"root-1"[..]));
@@ -1100,7 +1431,7 @@ mod tests {
     #[test]
     fn a_rotation_is_all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("kv.db")).unwrap();
+        let s = SqliteStore::open(&dir.path().join("kv.db"), test_keys()).unwrap();
         let root = region(&s);
         let v = "platform:r1";
         s.add_version(

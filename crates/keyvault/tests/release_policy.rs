@@ -55,7 +55,7 @@ const DOC_SGX_POLICY: &str = r#"{
       ]
     }
   ],
-  "version": "1.0"
+  "version": "1.0.0"
 }"#;
 
 const CVM_ISSUER: &str = "https://sharedeus2.eus2.attest.azure.net";
@@ -529,7 +529,11 @@ fn operator_semantics() {
     assert!(t(json!({"claim": "s", "notEquals": "xyz"})));
     assert!(!t(json!({"claim": "s", "notEquals": "abc"})));
     assert!(t(json!({"claim": "n", "notEquals": "10"})));
-    assert!(t(json!({"claim": "arr", "notEquals": "a"})));
+    // An array, object or null claim is not comparable: notEquals is false for it (it
+    // was true before, so an unexpected claim shape passed a notEquals condition).
+    assert!(!t(json!({"claim": "arr", "notEquals": "a"})));
+    assert!(!t(json!({"claim": "obj", "notEquals": "a"})));
+    assert!(!t(json!({"claim": "nul", "notEquals": "a"})));
     assert!(!t(json!({"claim": "missing", "notEquals": "abc"})));
     // arrays are not indexed and not searched
     assert!(!t(json!({"claim": "arr", "equals": "a"})));
@@ -910,13 +914,19 @@ fn grammar_violations() {
             "{policy}: got {e}, want {msg}"
         );
     }
-    // Version "1.0" is accepted too.
-    let p = ReleasePolicy::from_value(&json!({"version": "1.0", "anyOf": [
+    // Only Key Vault's "1.0.0": "1.0" (accepted before) and others are refused.
+    for v in ["1.0", "1", "2.0.0", "1.0.0 "] {
+        let e = ReleasePolicy::from_value(&json!({"version": v, "anyOf": [
+            {"authority": "https://a", "anyOf": [{"claim": "a", "exists": true}]}
+        ]}))
+        .unwrap_err();
+        assert_eq!(e.code(), "policy_unsupported_version", "{v}");
+    }
+    let p = ReleasePolicy::from_value(&json!({"version": "1.0.0", "anyOf": [
         {"authority": "https://a", "anyOf": [{"claim": "a", "exists": true}]}
     ]}))
     .unwrap();
-    assert_eq!(p.version(), PolicyVersion::V1_0);
-    assert_eq!(p.to_value()["version"], json!("1.0"));
+    assert_eq!(p.version(), PolicyVersion::V1_0_0);
     // 256-byte, 16-segment claims are fine.
     let long = format!("{}.{}", vec!["a"; 15].join("."), "b".repeat(256 - 30));
     assert_eq!(long.len(), 256);
