@@ -282,8 +282,47 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Whether a request, by method and path, needs the administrator credential of the
+/// provider it names (`None` for requests anyone may make).
+fn admin_of(method: &axum::http::Method, path: &str) -> Option<String> {
+    use axum::http::Method;
+    let (provider, rest) = match path.strip_prefix("/providers/") {
+        Some(r) => match r.split_once('/') {
+            Some((p, rest)) => (p.to_string(), format!("/{rest}")),
+            // `POST /providers/{name}` creates a provider: the default's administrator.
+            None => (DEFAULT_PROVIDER.to_string(), String::new()),
+        },
+        None => (DEFAULT_PROVIDER.to_string(), path.to_string()),
+    };
+    let admin = match (method, rest.as_str()) {
+        (&Method::POST, "") => true,
+        (&Method::PUT, _) => true,
+        (&Method::POST, r) => {
+            r.starts_with("/signing-keys")
+                || r.starts_with("/admin-credential")
+                || r.starts_with("/reference-values")
+        }
+        (&Method::DELETE, _) => true,
+        _ => false,
+    };
+    admin.then_some(provider)
+}
+
 /// The API's router.
 pub fn router(svc: Arc<Service>) -> Router {
+    // Administrator routes read a large body only once the credential is valid;
+    // `/attest` is open to anyone (its bodies are bounded and must arrive promptly).
+    let gate = svc.clone();
+    let check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync> =
+        Arc::new(move |p| {
+            if !httpd::large_body(p) {
+                return true;
+            }
+            match admin_of(&p.method, p.uri.path()) {
+                None => true,
+                Some(provider) => gate.check_admin(&provider, bearer(&p.headers)).is_ok(),
+            }
+        });
     let per_provider = |prefix: &str| {
         Router::new()
             .route(
@@ -320,6 +359,12 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/providers/{provider}", post(create_provider))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(|req, next| {
+            httpd::body_deadline(httpd::BodyLimits::new(MAX_BODY), req, next)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            httpd::authenticate_first(check.clone(), req, next)
+        }))
         .layer(axum::middleware::from_fn(httpd::limits))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(svc)

@@ -114,7 +114,8 @@ impl CheckpointKey {
             der.extend_from_slice(&[
                 0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
             ]);
-            if let Ok(k) = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+            if let Ok(k) =
+                EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
             {
                 return Ok(CheckpointKey(k));
             }
@@ -131,7 +132,10 @@ impl CheckpointKey {
     pub fn sign(&self, seq: i64, link: &[u8; 32], ts: i64) -> Result<Checkpoint, AuditError> {
         let sig = self
             .0
-            .sign(&aws_lc_rs::rand::SystemRandom::new(), &checkpoint_message(seq, link, ts))
+            .sign(
+                &aws_lc_rs::rand::SystemRandom::new(),
+                &checkpoint_message(seq, link, ts),
+            )
             .map_err(|_| AuditError::Sign)?;
         Ok(Checkpoint {
             seq,
@@ -265,7 +269,9 @@ pub fn verify(
             if !cp.verifies(public_key) {
                 return Err(Tampered {
                     seq: cp.seq,
-                    problem: format!("the {origin} checkpoint of this entry is not signed by the log's key"),
+                    problem: format!(
+                        "the {origin} checkpoint of this entry is not signed by the log's key"
+                    ),
                 });
             }
             match links.get(&cp.seq) {
@@ -324,7 +330,11 @@ mod tests {
         let pk = cpk.public_key();
         let log = chain(&key, 10);
         let cp = cpk
-            .sign(8, &<[u8; 32]>::try_from(log[7].link.as_slice()).unwrap(), 100)
+            .sign(
+                8,
+                &<[u8; 32]>::try_from(log[7].link.as_slice()).unwrap(),
+                100,
+            )
             .unwrap();
         let ok = verify(&key, &pk, log.clone(), std::slice::from_ref(&cp), &[]).unwrap();
         assert_eq!(ok.entries, 10);
@@ -348,7 +358,11 @@ mod tests {
         let other = ChainKey::new(&[8; 32]);
         let mut l = log.clone();
         l[2].link = other
-            .link(&<[u8; 32]>::try_from(l[2].prev.as_slice()).unwrap(), 3, &[Some(b"x"), None])
+            .link(
+                &<[u8; 32]>::try_from(l[2].prev.as_slice()).unwrap(),
+                3,
+                &[Some(b"x"), None],
+            )
             .to_vec();
         l[2].fields[0] = Some(b"x".to_vec());
         assert_eq!(verify(&key, &pk, l, &[], &[]).unwrap_err().seq, 3);
@@ -364,13 +378,25 @@ mod tests {
         let e = verify(&key, &pk, cut.clone(), &[], std::slice::from_ref(&cp)).unwrap_err();
         assert_eq!(e.seq, 8);
         assert!(e.problem.contains("cut off"), "{e}");
-        assert!(verify(&key, &pk, cut, &[], &[]).is_ok(), "a bare truncation needs a checkpoint");
+        assert!(
+            verify(&key, &pk, cut, &[], &[]).is_ok(),
+            "a bare truncation needs a checkpoint"
+        );
         let mut wrong = cp.clone();
         wrong.seq = 9;
-        assert_eq!(verify(&key, &pk, log.clone(), &[wrong], &[]).unwrap_err().seq, 9);
+        assert_eq!(
+            verify(&key, &pk, log.clone(), &[wrong], &[])
+                .unwrap_err()
+                .seq,
+            9
+        );
         let forged = CheckpointKey::derive(&[9; 32])
             .unwrap()
-            .sign(8, &<[u8; 32]>::try_from(log[7].link.as_slice()).unwrap(), 100)
+            .sign(
+                8,
+                &<[u8; 32]>::try_from(log[7].link.as_slice()).unwrap(),
+                100,
+            )
             .unwrap();
         let e = verify(&key, &pk, log, &[forged], &[]).unwrap_err();
         assert!(e.problem.contains("not signed"), "{e}");
@@ -381,6 +407,9 @@ mod tests {
         let a = CheckpointKey::derive(&[1; 32]).unwrap();
         let b = CheckpointKey::derive(&[1; 32]).unwrap();
         assert_eq!(a.public_key(), b.public_key());
-        assert_ne!(a.public_key(), CheckpointKey::derive(&[2; 32]).unwrap().public_key());
+        assert_ne!(
+            a.public_key(),
+            CheckpointKey::derive(&[2; 32]).unwrap().public_key()
+        );
     }
 }

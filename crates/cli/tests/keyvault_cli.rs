@@ -1173,7 +1173,11 @@ fn audit_log_rewrites_are_detected() {
             ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         copy
     };
     // The triggers refuse a plain UPDATE and DELETE...
@@ -1225,7 +1229,10 @@ fn audit_log_rewrites_are_detected() {
     assert_eq!(run(&cut, &[]).0, 0);
     let (code, text) = run(&cut, &["--expect", cp_file.to_str().unwrap()]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("entry 7") && text.contains("cut off"), "{text}");
+    assert!(
+        text.contains("entry 7") && text.contains("cut off"),
+        "{text}"
+    );
     assert_eq!(run(&state, &["--expect", cp_file.to_str().unwrap()]).0, 0);
     // The wrong master key cannot check (or forge) anything.
     let other = d.join("other.key");
@@ -1240,4 +1247,30 @@ fn audit_log_rewrites_are_detected() {
         other.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A large body is read only once its credential is valid: without one the vault
+/// answers 401 at once; with one it waits for the body (and cuts off one that stalls).
+#[test]
+fn credentials_are_checked_before_large_bodies() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let kv = keyvault(dir.path(), "http://127.0.0.1:1");
+    let admin = std::fs::read_to_string(dir.path().join("kv/admin.token")).unwrap();
+    let status = |auth: &str| {
+        let mut s = std::net::TcpStream::connect(kv.url.trim_start_matches("http://")).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        s.write_all(
+            format!("PUT /keys/big HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 500000\r\nConnection: close\r\n\r\n{{")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split(' ').nth(1).unwrap_or_default().to_string()
+    };
+    assert_eq!(status(""), "401");
+    assert_eq!(status("Authorization: Bearer nope\r\n"), "401");
+    assert_eq!(status(&format!("Authorization: Bearer {admin}\r\n")), "408");
 }

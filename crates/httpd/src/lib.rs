@@ -2,6 +2,14 @@
 //! vault): a runtime and a listener (HTTPS with rustls when given a certificate), a
 //! per-request time limit, bearer credentials, and `{"error": {"code", "message"}}`
 //! bodies.
+//!
+//! Limits against clients that hold resources: at most [`MAX_CONNECTIONS`] connections
+//! at once and [`MAX_CONNECTIONS_PER_ADDRESS`] from one address (more are closed at
+//! once); headers within [`HEADER_TIMEOUT`]; a body must keep arriving
+//! ([`BODY_STALL_TIMEOUT`] without a byte ends it) and, after [`BODY_GRACE`], at
+//! [`BODY_MIN_RATE`] on average ([`body_deadline`]); routes that need a credential check
+//! it before reading a body ([`authenticate_first`]). Each request carries its peer
+//! address ([`Peer`]).
 
 #![forbid(unsafe_code)]
 
@@ -25,21 +33,70 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// until one closes.
 pub const MAX_CONNECTIONS: usize = 512;
 
+/// How many connections one client address may hold at once; further ones are closed
+/// as soon as they are accepted, so one client cannot take every slot.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+
 /// How long a client may take to send a request's headers (so slow or silent clients
 /// cannot hold connections), and to finish a TLS handshake.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request body may pause without a byte arriving.
+pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After this long, a body must have arrived at [`BODY_MIN_RATE`] on average.
+pub const BODY_GRACE: Duration = Duration::from_secs(2);
+/// The slowest average rate a body may arrive at after [`BODY_GRACE`] (bytes/s).
+pub const BODY_MIN_RATE: u64 = 16 * 1024;
+
+/// The address a request came from (a request extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
 
 /// Connection limits of a listener.
 #[derive(Clone, Copy, Debug)]
 struct ConnLimits {
     max_connections: usize,
+    max_per_address: usize,
     header_timeout: Duration,
 }
 
 const LIMITS: ConnLimits = ConnLimits {
     max_connections: MAX_CONNECTIONS,
+    max_per_address: MAX_CONNECTIONS_PER_ADDRESS,
     header_timeout: HEADER_TIMEOUT,
 };
+
+/// Connections held per client address.
+#[derive(Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`PerAddress`], given back when dropped.
+struct AddressSlot(Arc<PerAddress>, std::net::IpAddr);
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.0.lock()
+            && let Some(n) = m.get_mut(&self.1)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// A TLS certificate chain and its private key (PEM files).
 #[derive(Clone, Debug)]
@@ -171,8 +228,9 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeErro
 }
 
 /// Serves `app` (HTTP/1.1, over TLS with `acceptor`): at most `limits.max_connections`
-/// at once, and each request's headers (and the TLS handshake) within
-/// `limits.header_timeout`.
+/// at once and `limits.max_per_address` from one address, each request's headers (and
+/// the TLS handshake) within `limits.header_timeout`, each request tagged with its
+/// [`Peer`].
 async fn serve(
     listener: tokio::net::TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -180,13 +238,14 @@ async fn serve(
     limits: ConnLimits,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     loop {
         let permit = slots
             .clone()
             .acquire_owned()
             .await
             .map_err(std::io::Error::other)?;
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             // Out of descriptors and the like: back off instead of spinning.
             Err(_) => {
@@ -194,11 +253,23 @@ async fn serve(
                 continue;
             }
         };
+        let Some(address_slot) = per_address.take(peer.ip(), limits.max_per_address) else {
+            // This address holds its share already: close at once.
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let app = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                req
+            },
+        );
         tokio::spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
             let service = hyper_util::service::TowerToHyperService::new(app);
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
@@ -220,6 +291,121 @@ async fn serve(
             }
         });
     }
+}
+
+/// How request bodies must arrive.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// The largest body.
+    pub max: usize,
+    /// The longest pause without a byte.
+    pub stall: Duration,
+    /// How long before the average rate is enforced.
+    pub grace: Duration,
+    /// The slowest average rate after `grace` (bytes/s).
+    pub min_rate: u64,
+}
+
+impl BodyLimits {
+    /// Bodies up to `max` bytes, with [`BODY_STALL_TIMEOUT`], [`BODY_GRACE`] and
+    /// [`BODY_MIN_RATE`].
+    pub fn new(max: usize) -> Self {
+        BodyLimits {
+            max,
+            stall: BODY_STALL_TIMEOUT,
+            grace: BODY_GRACE,
+            min_rate: BODY_MIN_RATE,
+        }
+    }
+}
+
+/// Middleware: reads the request body within `limits` (a pause longer than `stall`, or
+/// an average below `min_rate` after `grace`, ends it with 408 `body_too_slow`; more than
+/// `max` bytes is 413 `body_too_large`), then hands the request on with the body in
+/// memory.
+pub async fn body_deadline(limits: BodyLimits, req: Request, next: Next) -> Response {
+    let BodyLimits {
+        max: limit,
+        stall,
+        grace,
+        min_rate,
+    } = limits;
+    use http_body_util::BodyExt as _;
+    let (parts, mut body) = req.into_parts();
+    let started = tokio::time::Instant::now();
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => return error(408, "body_too_slow", "the request body stopped arriving"),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return error(400, "bad_request", "unreadable request body"),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return error(
+                    413,
+                    "body_too_large",
+                    &format!("request bodies are limited to {limit} bytes"),
+                );
+            }
+            buf.extend_from_slice(&data);
+        }
+        let elapsed = started.elapsed();
+        if elapsed > grace {
+            let rate = u128::from(min_rate) * elapsed.as_millis() / 1000;
+            if (buf.len() as u128) < rate {
+                return error(
+                    408,
+                    "body_too_slow",
+                    &format!("request bodies must arrive at {min_rate} bytes/s or faster"),
+                );
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
+        .await
+}
+
+/// Bodies up to this size are read before the credential is checked (they cost little);
+/// larger ones, and bodies of unknown size, only after ([`authenticate_first`]).
+pub const PREAUTH_BODY: u64 = 16 * 1024;
+
+/// Whether a request's body is large enough (or of unknown size) that its credential
+/// must be checked before it is read.
+pub fn large_body(parts: &axum::http::request::Parts) -> bool {
+    use axum::http::Method;
+    if matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    ) {
+        return false;
+    }
+    match parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(n) => n > PREAUTH_BODY,
+        None => true,
+    }
+}
+
+/// Middleware: refuses, with 401 and before any of its body is read, a request to a
+/// route `needs_credential` says needs one when `authenticated` does not accept its
+/// credential. Services put this in front of [`body_deadline`], so an unauthenticated
+/// client cannot make them read large bodies.
+pub async fn authenticate_first(
+    check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    if !check(&parts) {
+        return error(401, "unauthorized", "a valid credential is required");
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Builds a multi-threaded runtime, binds `listen`, calls `build` with the bound
@@ -281,6 +467,7 @@ mod tests {
     fn a_client_that_never_finishes_its_headers_is_cut_off() {
         let addr = server(ConnLimits {
             max_connections: 8,
+            max_per_address: 8,
             header_timeout: Duration::from_millis(300),
         });
         let mut slow = std::net::TcpStream::connect(addr).unwrap();
@@ -298,9 +485,141 @@ mod tests {
     }
 
     #[test]
+    fn one_address_holds_at_most_its_share() {
+        let addr = server(ConnLimits {
+            max_connections: 16,
+            max_per_address: 2,
+            header_timeout: Duration::from_secs(60),
+        });
+        let _a = std::net::TcpStream::connect(addr).unwrap();
+        let _b = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // A third from the same address is closed without an answer...
+        let mut third = std::net::TcpStream::connect(addr).unwrap();
+        let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        third
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = third.read_to_end(&mut out);
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        // ...while another address (127.0.0.2 is loopback too) is served.
+        let mut c = connect_from([127, 0, 0, 2], addr);
+        assert!(get(&mut c).ends_with("ok"));
+    }
+
+    /// A server echoing the body's length behind `body_deadline(limits)` and, for
+    /// `/private`, `authenticate_first` accepting the bearer `ok`.
+    fn body_server(limits: BodyLimits) -> SocketAddr {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync> =
+                    Arc::new(|p| {
+                        p.uri.path() != "/private"
+                            || p.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
+                                == Some(b"Bearer ok")
+                    });
+                let app = Router::new()
+                    .route(
+                        "/{*p}",
+                        axum::routing::post(|b: Bytes| async move { b.len().to_string() }),
+                    )
+                    .layer(axum::middleware::from_fn(move |req, next| {
+                        body_deadline(limits, req, next)
+                    }))
+                    .layer(axum::middleware::from_fn(move |req, next| {
+                        authenticate_first(check.clone(), req, next)
+                    }));
+                let _ = serve(listener, None, app, LIMITS).await;
+            });
+        });
+        addr
+    }
+
+    fn status_of(reply: &str) -> &str {
+        reply.split(' ').nth(1).unwrap_or_default()
+    }
+
+    #[test]
+    fn slow_and_stalled_bodies_are_cut_off_and_credentials_come_first() {
+        let limits = BodyLimits {
+            max: 1 << 20,
+            stall: Duration::from_millis(600),
+            grace: Duration::from_millis(300),
+            min_rate: 1000,
+        };
+        let addr = body_server(limits);
+        let send = |path: &str, auth: &str, len: usize, chunks: &[(usize, u64)]| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(
+                format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {len}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            for &(n, pause_ms) in chunks {
+                std::thread::sleep(Duration::from_millis(pause_ms));
+                if s.write_all(&vec![b'x'; n]).is_err() {
+                    break;
+                }
+            }
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        };
+        // A body that arrives promptly is read whole.
+        let ok = send("/open", "", 5000, &[(5000, 0)]);
+        assert_eq!(status_of(&ok), "200", "{ok}");
+        assert!(ok.ends_with("5000"));
+        // A body that stops arriving.
+        let stalled = send("/open", "", 5000, &[(10, 0)]);
+        assert_eq!(status_of(&stalled), "408", "{stalled}");
+        assert!(stalled.contains("body_too_slow"));
+        // A body that trickles: a byte at a time, never pausing long enough to stall.
+        let trickle: Vec<(usize, u64)> = (0..20).map(|_| (1, 100)).collect();
+        let slow = send("/open", "", 5000, &trickle);
+        assert_eq!(status_of(&slow), "408", "{slow}");
+        // Too large.
+        let big = send("/open", "", (1 << 20) + 1, &[((1 << 20) + 1, 0)]);
+        assert_eq!(status_of(&big), "413", "{big}");
+        // A route that needs a credential refuses before reading a byte of the body
+        // (had it waited for the body, the stall limit would have answered 408).
+        let refused = send("/private", "", 1 << 20, &[]);
+        assert_eq!(status_of(&refused), "401", "{refused}");
+        let allowed = send("/private", "Authorization: Bearer ok\r\n", 3, &[(3, 0)]);
+        assert_eq!(status_of(&allowed), "200", "{allowed}");
+    }
+
+    /// A TCP connection from a given local address.
+    fn connect_from(ip: [u8; 4], to: SocketAddr) -> std::net::TcpStream {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = rt.block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(SocketAddr::from((ip, 0))).unwrap();
+            sock.connect(to).await.unwrap()
+        });
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    }
+
+    #[test]
     fn connections_beyond_the_limit_wait_for_a_free_slot() {
         let addr = server(ConnLimits {
             max_connections: 2,
+            max_per_address: 8,
             header_timeout: Duration::from_secs(60),
         });
         // Two connections that send nothing hold both slots.

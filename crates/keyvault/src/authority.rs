@@ -237,14 +237,18 @@ impl Authorities {
                 continue;
             }
             let fresh = k.fetched.is_some_and(|f| f.elapsed() < self.ttl);
-            let recently_tried = k.last_attempt.is_some_and(|a| a.elapsed() < self.min_refresh);
+            let recently_tried = k
+                .last_attempt
+                .is_some_and(|a| a.elapsed() < self.min_refresh);
             match (&k.jwks, fresh, recently_tried) {
                 (Some(j), true, _) if !refresh => return Ok(j.clone()),
                 // A refresh (or a stale cache) is not tried again so soon, success or not.
                 (Some(j), _, true) => return Ok(j.clone()),
                 (None, _, true) => {
                     return Err(unavailable(
-                        k.last_error.clone().unwrap_or_else(|| "not fetched yet".into()),
+                        k.last_error
+                            .clone()
+                            .unwrap_or_else(|| "not fetched yet".into()),
                     ));
                 }
                 _ => {}
@@ -370,8 +374,11 @@ mod tests {
     fn fetches_are_single_flight() {
         let calls = Arc::new(AtomicUsize::new(0));
         let a = Arc::new(
-            Authorities::new(&[ISSUER.into()], failing(calls.clone(), Duration::from_millis(300)))
-                .with_min_refresh(Duration::from_secs(60)),
+            Authorities::new(
+                &[ISSUER.into()],
+                failing(calls.clone(), Duration::from_millis(300)),
+            )
+            .with_min_refresh(Duration::from_secs(60)),
         );
         let threads: Vec<_> = (0..8)
             .map(|_| {

@@ -225,6 +225,10 @@ async fn method_not_allowed() -> VaultError {
 
 /// The API's router.
 pub fn router(v: Arc<Vault>) -> Router {
+    // Every route needs a credential: a large body is read only once it is valid.
+    let gate = v.clone();
+    let check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync> =
+        Arc::new(move |p| !httpd::large_body(p) || gate.authenticated(bearer(&p.headers)));
     Router::new()
         .route("/keys", get(list))
         .route("/keys/{name}", get(get_latest).put(import).delete(delete))
@@ -242,7 +246,10 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/deletedkeys/{name}", get(get_deleted).delete(purge))
         .route("/deletedkeys/{name}/recover", post(recover))
         .route("/credentials", post(credentials).get(list_credentials))
-        .route("/credentials/{id}", axum::routing::delete(revoke_credential))
+        .route(
+            "/credentials/{id}",
+            axum::routing::delete(revoke_credential),
+        )
         .route("/credentials/{id}/rotate", post(rotate_credential))
         .route("/audit", get(audit))
         .route("/vaults/{name}", post(vault))
@@ -251,6 +258,12 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/regions/{region}/rotate", post(rotate_region))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(|req, next| {
+            httpd::body_deadline(httpd::BodyLimits::new(MAX_BODY), req, next)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            httpd::authenticate_first(check.clone(), req, next)
+        }))
         .layer(axum::middleware::from_fn(httpd::limits))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(v)

@@ -627,6 +627,11 @@ impl Vault {
         self.signer.cert_der()
     }
 
+    /// Whether `bearer` is a vault credential or the service administrator's.
+    pub fn authenticated(&self, bearer: Option<&str>) -> bool {
+        self.caller(bearer).is_ok() || self.service_admin(bearer).is_ok()
+    }
+
     /// Authenticates a bearer credential.
     pub fn caller(&self, bearer: Option<&str>) -> Result<Caller, VaultError> {
         let token = bearer.ok_or_else(VaultError::unauthorized)?;
@@ -818,7 +823,10 @@ impl Vault {
         let r = (|| {
             let sha = self.credential_by_id(&c, id)?;
             let audit = Self::audit_entry(&c, "credential_revoke", "", id, Ok(()), None);
-            match self.store.retire_credential(&c.vault, &sha, None, now(), &audit) {
+            match self
+                .store
+                .retire_credential(&c.vault, &sha, None, now(), &audit)
+            {
                 Ok(true) => Ok(json!({ "id": id, "revoked": true })),
                 Ok(false) => Err(VaultError::new(404, "credential_not_found", id.to_string())),
                 Err(StoreError::Exists(_)) => Err(VaultError::new(

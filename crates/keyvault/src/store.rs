@@ -507,9 +507,10 @@ UPDATE meta SET value = '3' WHERE key = 'schema';
 
 fn migrate(conn: &mut Connection, keys: &AuditKeys) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut schema: String = tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-        r.get(0)
-    })?;
+    let mut schema: String =
+        tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })?;
     if schema == "1" {
         tx.execute_batch(MIGRATE_2)?;
         schema = "2".into();
@@ -521,8 +522,7 @@ fn migrate(conn: &mut Connection, keys: &AuditKeys) -> Result<(), StoreError> {
         tx.execute_batch("DROP TRIGGER audit_append_only_update;")?;
         let rows: Vec<AuditEntry> = {
             let mut stmt = tx.prepare(&format!("{AUDIT_SELECT} ORDER BY seq"))?;
-            stmt.query_map([], audit_row)?
-                .collect::<Result<_, _>>()?
+            stmt.query_map([], audit_row)?.collect::<Result<_, _>>()?
         };
         let mut prev = audit::GENESIS;
         for e in &rows {
@@ -774,7 +774,8 @@ pub fn verify_audit(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut stmt = conn.prepare("SELECT seq, link, ts, signature FROM audit_checkpoints ORDER BY seq")?;
+    let mut stmt =
+        conn.prepare("SELECT seq, link, ts, signature FROM audit_checkpoints ORDER BY seq")?;
     let checkpoints = stmt
         .query_map([], |r| {
             let link: Vec<u8> = r.get(1)?;
@@ -805,9 +806,9 @@ pub fn checkpoint_head(
     let intact = verify_audit(path, keys, &[])?;
     match intact.head {
         None => Ok(None),
-        Some((seq, link)) => Ok(Some(keys.checkpoint.sign(seq, &link, now).map_err(|e| {
-            VerifyAuditError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-        })?)),
+        Some((seq, link)) => Ok(Some(keys.checkpoint.sign(seq, &link, now).map_err(
+            |e| VerifyAuditError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
+        )?)),
     }
 }
 

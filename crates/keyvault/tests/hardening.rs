@@ -66,7 +66,10 @@ fn wrapkey_checks_the_window_and_needs_its_audit_entry() {
     s.vault
         .update_key(a, "kek", &ver, br#"{"attributes": {"exp": 1000}}"#)
         .unwrap();
-    let e = s.vault.wrap_key(a, "kek", &ver, body.as_bytes()).unwrap_err();
+    let e = s
+        .vault
+        .wrap_key(a, "kek", &ver, body.as_bytes())
+        .unwrap_err();
     assert_eq!(e.code, "key_not_valid_now");
     s.vault
         .update_key(
@@ -76,7 +79,10 @@ fn wrapkey_checks_the_window_and_needs_its_audit_entry() {
             br#"{"attributes": {"exp": 99999999999, "nbf": 99999999990}}"#,
         )
         .unwrap();
-    let e = s.vault.wrap_key(a, "kek", &ver, body.as_bytes()).unwrap_err();
+    let e = s
+        .vault
+        .wrap_key(a, "kek", &ver, body.as_bytes())
+        .unwrap_err();
     assert_eq!(e.code, "key_not_valid_now");
     s.vault
         .update_key(a, "kek", &ver, br#"{"attributes": {"nbf": 0}}"#)
@@ -89,7 +95,10 @@ fn wrapkey_checks_the_window_and_needs_its_audit_entry() {
                BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END;",
         )
         .unwrap();
-    let e = s.vault.wrap_key(a, "kek", &ver, body.as_bytes()).unwrap_err();
+    let e = s
+        .vault
+        .wrap_key(a, "kek", &ver, body.as_bytes())
+        .unwrap_err();
     assert_eq!((e.status, e.code), (503, "audit_unavailable"));
 }
 
@@ -118,8 +127,13 @@ fn byok_needs_a_usable_key_exchange_key() {
             "key_not_valid_now",
         ),
     ] {
-        s.vault.update_key(a, "kek", &ver, attrs.as_bytes()).unwrap();
-        let err = s.vault.import_key(a, "byok", import.as_bytes()).unwrap_err();
+        s.vault
+            .update_key(a, "kek", &ver, attrs.as_bytes())
+            .unwrap();
+        let err = s
+            .vault
+            .import_key(a, "byok", import.as_bytes())
+            .unwrap_err();
         assert_eq!(err.code, code, "{attrs}");
     }
     s.vault
@@ -238,10 +252,11 @@ fn credentials_rotate_and_revoke() {
     assert!(s.vault.caller(Some(&user)).is_err());
     assert!(s.vault.caller(Some(&new_user)).is_ok());
     // It cannot rotate the administrator's.
-    let admin_id = keyvault::service::credential_id(&aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        s.admin.as_bytes(),
-    ).as_ref().to_vec());
+    let admin_id = keyvault::service::credential_id(
+        &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.admin.as_bytes())
+            .as_ref()
+            .to_vec(),
+    );
     let e = s
         .vault
         .rotate_credential(Some(&new_user), &admin_id)
@@ -279,7 +294,10 @@ fn unauthenticated_requests_write_nothing_and_service_is_reserved() {
     for _ in 0..5 {
         assert_eq!(s.vault.create_region(None, "r1").unwrap_err().status, 401);
         assert_eq!(
-            s.vault.create_region(Some("wrong"), "r1").unwrap_err().status,
+            s.vault
+                .create_region(Some("wrong"), "r1")
+                .unwrap_err()
+                .status,
             401
         );
         assert_eq!(s.vault.rotate_region(None, "r1").unwrap_err().status, 401);
