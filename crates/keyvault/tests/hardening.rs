@@ -253,7 +253,7 @@ fn credentials_rotate_and_revoke() {
     assert!(s.vault.caller(Some(&new_user)).is_ok());
     // It cannot rotate the administrator's.
     let admin_id = keyvault::service::credential_id(
-        &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.admin.as_bytes()).as_ref(),
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.admin.as_bytes()).as_ref(),
     );
     let e = s
         .vault
