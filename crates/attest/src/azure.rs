@@ -383,12 +383,16 @@ pub fn evaluate(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated,
         .cloned()
         .unwrap_or(Value::Bool(true));
     tee.insert("x-ms-attestation-type".into(), "sevsnpvm".into());
-    tee.insert(
-        "x-ms-compliance-status".into(),
-        claims::compliance_status(emulated != Value::Bool(false)),
+    claims::add_compliance(
+        &mut tee,
+        svc.reference_value(verified.report().measurement())
+            .as_ref(),
     );
     tee.insert("x-ms-runtime".into(), runtime_claims);
     let mut out = azure_claims;
+    if let Some(c) = tee.get("x-ms-compliance-status") {
+        out.insert("x-ms-compliance-status".into(), c.clone());
+    }
     out.insert("x-ms-isolation-tee".into(), Value::Object(tee));
     out.insert("x-opencvm-emulated".into(), emulated);
     let mut rt = Map::new();

@@ -62,13 +62,33 @@ pub fn snp_claims(v: &VerifiedReport) -> Map<String, Value> {
     m
 }
 
-/// `x-ms-compliance-status`: only evidence rooted at AMD's keys is called compliant;
-/// emulated evidence says so, so relying parties that check this claim as they do with
-/// Azure Attestation never accept it by accident.
-pub fn compliance_status(emulated: bool) -> Value {
+/// Sets `x-ms-compliance-status` in `claims` (a report's claims, from [`snp_claims`]):
+/// `azure-compliant-cvm` only for evidence rooted at AMD's keys whose launch
+/// measurement is one the platform registered (`registered`: the reference value
+/// found for it, then also named in `x-opencvm-reference-value`);
+/// `opencvm-emulated-not-compliant` for emulated evidence, so relying parties that
+/// check this claim as they do with Azure Attestation never accept it by accident; and
+/// no claim at all for a genuine AMD report of firmware the platform does not run (an
+/// attacker's own launch, say).
+pub fn add_compliance(
+    claims: &mut Map<String, Value>,
+    registered: Option<&crate::store::ReferenceValue>,
+) {
+    let emulated = claims.get("x-opencvm-emulated") != Some(&Value::Bool(false));
+    claims.remove("x-ms-compliance-status");
     if emulated {
-        json!("opencvm-emulated-not-compliant")
-    } else {
-        json!("azure-compliant-cvm")
+        claims.insert(
+            "x-ms-compliance-status".into(),
+            json!("opencvm-emulated-not-compliant"),
+        );
+    } else if let Some(rv) = registered {
+        claims.insert(
+            "x-ms-compliance-status".into(),
+            json!("azure-compliant-cvm"),
+        );
+        claims.insert(
+            "x-opencvm-reference-value".into(),
+            json!({ "region": rv.region, "component": rv.component }),
+        );
     }
 }

@@ -242,6 +242,10 @@ fn sevsnp(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated, ApiEr
     let verified = verify_snp(svc, &report_bytes, chain)?;
     let report = verified.report();
     let mut claims = claims::snp_claims(&verified);
+    claims::add_compliance(
+        &mut claims,
+        svc.reference_value(report.measurement()).as_ref(),
+    );
 
     let runtime = req
         .runtime_data

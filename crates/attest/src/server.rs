@@ -12,8 +12,14 @@
 //! | GET/PUT | `/policies/{type}` | provider administrator |
 //! | POST | `/policies/{type}/test` | anyone (dry run; never issues a token) |
 //! | GET/PUT | `/settings` | provider administrator |
-//! | POST | `/signing-keys/rotate` | provider administrator |
+//! | POST | `/signing-keys/rotate` | provider administrator (old keys retire after the grace period) |
+//! | POST | `/signing-keys/{kid}/revoke` | provider administrator (out of the JWKS at once) |
+//! | POST | `/admin-credential/rotate` | provider administrator |
+//! | POST, DELETE | `/admin-credential` | reset: default provider's administrator; revoke: either |
+//! | GET | `/audit` | provider administrator |
 //! | POST | `/providers/{name}` | default provider's administrator |
+//! | GET | `/reference-values` | anyone |
+//! | POST, DELETE | `/reference-values/{region}[/{measurement}]` | default provider's administrator |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -266,6 +272,81 @@ async fn create_provider(
     Ok(axum::Json(s.create_provider(bearer(&h), &p, settings)?))
 }
 
+async fn revoke_key(
+    State(s): Svc,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    h: HeaderMap,
+) -> ApiResult {
+    let provider = params
+        .get("provider")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_PROVIDER.to_string());
+    let kid = params
+        .get("kid")
+        .ok_or_else(|| ApiError::not_found("no such endpoint"))?;
+    Ok(axum::Json(s.revoke_signing_key(
+        &provider,
+        bearer(&h),
+        kid,
+    )?))
+}
+
+async fn admin_rotate(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+    Ok(axum::Json(s.new_admin_credential(
+        &provider(p),
+        bearer(&h),
+        false,
+    )?))
+}
+
+async fn admin_reset(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+    Ok(axum::Json(s.new_admin_credential(
+        &provider(p),
+        bearer(&h),
+        true,
+    )?))
+}
+
+async fn admin_revoke(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+    Ok(axum::Json(
+        s.revoke_admin_credential(&provider(p), bearer(&h))?,
+    ))
+}
+
+async fn audit_log(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+    Ok(axum::Json(s.audit_log(&provider(p), bearer(&h))?))
+}
+
+async fn reference_values(State(s): Svc) -> ApiResult {
+    Ok(axum::Json(s.reference_values()?))
+}
+
+async fn reference_value_add(
+    State(s): Svc,
+    Path(region): Path<String>,
+    h: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let b = body(b)?;
+    Ok(axum::Json(s.add_reference_value(
+        bearer(&h),
+        &region,
+        &b,
+    )?))
+}
+
+async fn reference_value_remove(
+    State(s): Svc,
+    Path((region, m)): Path<(String, String)>,
+    h: HeaderMap,
+) -> ApiResult {
+    Ok(axum::Json(s.remove_reference_value(
+        bearer(&h),
+        &region,
+        &m,
+    )?))
+}
+
 async fn health() -> &'static str {
     "ok"
 }
@@ -336,6 +417,19 @@ pub fn router(svc: Arc<Service>) -> Router {
                 get(settings_get).put(settings_put),
             )
             .route(&format!("{prefix}/signing-keys/rotate"), post(rotate))
+            .route(
+                &format!("{prefix}/signing-keys/{{kid}}/revoke"),
+                post(revoke_key),
+            )
+            .route(
+                &format!("{prefix}/admin-credential"),
+                post(admin_reset).delete(admin_revoke),
+            )
+            .route(
+                &format!("{prefix}/admin-credential/rotate"),
+                post(admin_rotate),
+            )
+            .route(&format!("{prefix}/audit"), get(audit_log))
     };
     Router::new()
         .merge(per_provider(""))
@@ -357,6 +451,12 @@ pub fn router(svc: Arc<Service>) -> Router {
             post(policy_test_named),
         )
         .route("/providers/{provider}", post(create_provider))
+        .route("/reference-values", get(reference_values))
+        .route("/reference-values/{region}", post(reference_value_add))
+        .route(
+            "/reference-values/{region}/{measurement}",
+            axum::routing::delete(reference_value_remove),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(|req, next| {

@@ -137,7 +137,9 @@ fn real_azure_vtpm_evidence_is_accepted() {
         let c = claims_of(v["token"].as_str().unwrap());
         assert_eq!(c["x-ms-attestation-type"], "azurevm");
         assert_eq!(c["x-opencvm-emulated"], false);
-        assert_eq!(c["x-ms-compliance-status"], "azure-compliant-cvm");
+        // Not a measurement this platform registered: genuine, but not "compliant"
+        // (see compliance_needs_a_registered_measurement).
+        assert!(c.get("x-ms-compliance-status").is_none(), "{c}");
         let tee = &c["x-ms-isolation-tee"];
         assert_eq!(tee["x-ms-attestation-type"], "sevsnpvm");
         assert_eq!(tee["x-ms-sevsnpvm-vmpl"], 0);
@@ -433,4 +435,131 @@ fn complete_emulated_evidence_with_event_log_and_ephemeral_key() {
     let (st, v) = attest(&s, &body(&bad.parts, Some(&n)));
     common::assert_refused(st, &v, 400, "enckey_invalid");
     drop(syn.ak);
+}
+
+/// The documented CVM release policy (Key Vault's, pinned to this authority):
+/// isolation TEE SEV-SNP and `x-ms-compliance-status` `azure-compliant-cvm`.
+fn documented_cvm_policy(authority: &str) -> Value {
+    let p = json!({"version": "1.0.0", "anyOf": [{"authority": authority, "allOf": [
+        {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"},
+        {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"}
+    ]}]});
+    json!({
+        "contentType": "application/json; charset=utf-8",
+        "data": B64URL.encode(p.to_string()),
+        "immutable": false,
+    })
+}
+
+/// "Compliant" means the platform runs that firmware: a genuine AMD report whose launch
+/// measurement is not registered gets no compliance claim, and the documented release
+/// policy refuses its key (through a real key vault); once the platform registers the
+/// measurement, the claim is there and the policy admits it.
+#[test]
+fn compliance_needs_a_registered_measurement() {
+    let s = start(false);
+    let p = azure_parts("evidence-v1.json");
+    let measurement = {
+        let hcl =
+            HclReport::parse(&std::fs::read(vector("evidence-v1.json.hcl-report.bin")).unwrap())
+                .unwrap();
+        hex::encode(hcl.report().measurement())
+    };
+    let (st, v) = attest(&s, &body(&p, None));
+    assert_eq!(st, 200, "{v}");
+    let before = v["token"].as_str().unwrap().to_string();
+    let c = claims_of(&before);
+    assert_eq!(c["x-opencvm-emulated"], false);
+    assert!(
+        c["x-ms-isolation-tee"]
+            .get("x-ms-compliance-status")
+            .is_none(),
+        "{c}"
+    );
+    assert!(c.get("x-ms-compliance-status").is_none(), "{c}");
+
+    // A key vault trusting this service, a key under the documented CVM policy.
+    let dir = tempfile::tempdir().unwrap();
+    let master = seal::MasterKey::load_or_create(&dir.path().join("kv-master.key")).unwrap();
+    let cfg = keyvault::service::VaultConfig {
+        state_dir: dir.path().join("kv"),
+        master_key: master,
+        base_url: String::new(),
+        authorities: keyvault::authority::Authorities::new(
+            std::slice::from_ref(&s.url),
+            keyvault::authority::http_fetch(),
+        ),
+        store: None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = keyvault::server::run("127.0.0.1:0", None, None, cfg, |a, _| tx.send(a).unwrap());
+        panic!("key vault stopped: {r:?}");
+    });
+    let kv = format!("http://{}", rx.recv().unwrap());
+    let service = std::fs::read_to_string(dir.path().join("kv/admin.token")).unwrap();
+    let (st, vault) = call("POST", &format!("{kv}/vaults/t"), Some(&service), None);
+    assert_eq!(st, 200, "{vault}");
+    let cred = vault["credential"].as_str().unwrap().to_string();
+    let key = json!({"kty": "oct", "attributes": {"exportable": true},
+                     "release_policy": documented_cvm_policy(&s.url)});
+    let (st, k) = call(
+        "POST",
+        &format!("{kv}/keys/disk/create"),
+        Some(&cred),
+        Some(key.to_string().as_bytes()),
+    );
+    assert_eq!(st, 200, "{k}");
+    let release = |token: &str| {
+        let kid = k["key"]["kid"].as_str().unwrap();
+        let version = kid.rsplit('/').next().unwrap();
+        call(
+            "POST",
+            &format!("{kv}/keys/disk/{version}/release"),
+            Some(&cred),
+            Some(json!({ "target": token }).to_string().as_bytes()),
+        )
+    };
+    let (st, v) = release(&before);
+    assert_refused(st, &v, 403, "release_policy_denied");
+
+    // The platform registers the firmware its hosts run.
+    let (st, v) = call(
+        "POST",
+        &format!("{}/reference-values/westeurope", s.url),
+        Some(&s.admin),
+        Some(
+            json!({"measurement": measurement, "component": "paravisor",
+                    "source": "recorded Azure CVM (trustee vector evidence-v1)"})
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    // Only the platform operator registers.
+    let (st, v) = call(
+        "POST",
+        &format!("{}/reference-values/westeurope", s.url),
+        None,
+        Some(json!({"measurement": measurement}).to_string().as_bytes()),
+    );
+    assert_refused(st, &v, 401, "unauthorized");
+    let (st, v) = attest(&s, &body(&p, None));
+    assert_eq!(st, 200, "{v}");
+    let after = v["token"].as_str().unwrap().to_string();
+    let c = claims_of(&after);
+    assert_eq!(
+        c["x-ms-isolation-tee"]["x-ms-compliance-status"],
+        "azure-compliant-cvm"
+    );
+    assert_eq!(
+        c["x-ms-isolation-tee"]["x-opencvm-reference-value"],
+        json!({"region": "westeurope", "component": "paravisor"})
+    );
+    // The policy admits it now; the evidence has no ephemeral key to wrap to.
+    let (st, v) = release(&after);
+    assert_refused(st, &v, 403, "no_encryption_key");
+    let (st, list) = call("GET", &format!("{}/reference-values", s.url), None, None);
+    assert_eq!(st, 200);
+    assert_eq!(list["value"][0]["measurement"], measurement.as_str());
 }

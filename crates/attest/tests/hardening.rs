@@ -216,3 +216,196 @@ fn credentials_before_large_bodies_and_stalled_bodies() {
     let attest = "POST /attest/SevSnpVm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900000\r\nConnection: close\r\n\r\n";
     assert_eq!(raw_status(&s.url, attest, 10), "408");
 }
+
+fn jwks_kids(s: &Server, prefix: &str) -> Vec<String> {
+    let (st, v) = call("GET", &format!("{}{prefix}/certs", s.url), None, None);
+    assert_eq!(st, 200);
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn token_kid(token: &str) -> String {
+    use base64::Engine as _;
+    let h = token.split('.').next().unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(h)
+            .unwrap(),
+    )
+    .unwrap();
+    v["kid"].as_str().unwrap().to_string()
+}
+
+/// Rotation retires the old signing key after the grace period (here none); revoking
+/// takes a key out of the JWKS at once, the key in use included (a new one signs).
+#[test]
+fn signing_keys_retire_and_are_revoked() {
+    let emu = emulator(Product::Milan);
+    let guest = emu.guest(false);
+    let body = emu.request(&guest, &json!({}), None);
+    // Default grace (the token lifetime): both keys are published after a rotation.
+    let s = start(true);
+    let first = jwks_kids(&s, "");
+    let (st, v) = call(
+        "POST",
+        &format!("{}/signing-keys/rotate", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let kids = jwks_kids(&s, "");
+    assert_eq!(kids.len(), 2);
+    assert!(kids.contains(&first[0]));
+    // Revoke the key in use: a new key signs, the revoked one is gone.
+    let (_, t) = attest(&s, &body);
+    let signing = token_kid(t["token"].as_str().unwrap());
+    let (st, v) = call(
+        "POST",
+        &format!("{}/signing-keys/{signing}/revoke", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(!jwks_kids(&s, "").contains(&signing));
+    let (_, t) = attest(&s, &body);
+    assert_ne!(token_kid(t["token"].as_str().unwrap()), signing);
+    let (st, v) = call(
+        "POST",
+        &format!("{}/signing-keys/{signing}/revoke", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_refused(st, &v, 404, "signing_key_not_found");
+    // No grace: the old key leaves the JWKS with the rotation.
+    let s = start_with(true, |c| {
+        c.signing_key_grace = Some(std::time::Duration::ZERO)
+    });
+    let (st, _) = call(
+        "POST",
+        &format!("{}/signing-keys/rotate", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(jwks_kids(&s, "").len(), 1);
+    // Each change is audited, and the log verifies.
+    let (st, log) = call("GET", &format!("{}/audit", s.url), Some(&s.admin), None);
+    assert_eq!(st, 200, "{log}");
+    let ops: Vec<&str> = log["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["provider_create", "signing_key_rotate"]);
+}
+
+/// Administrator credentials rotate (the old one stops working), a named provider's
+/// can be revoked and reset by the default administrator, the default one cannot be
+/// revoked; each change is in the audit log, which verifies.
+#[test]
+fn admin_credentials_rotate_revoke_and_reset() {
+    let s = start(false);
+    let (st, v) = call(
+        "POST",
+        &format!("{}/providers/tenant-a", s.url),
+        Some(&s.admin),
+        Some(b"{}"),
+    );
+    assert_eq!(st, 200, "{v}");
+    let tenant = v["adminToken"].as_str().unwrap().to_string();
+    let settings = |cred: &str| {
+        call(
+            "GET",
+            &format!("{}/providers/tenant-a/settings", s.url),
+            Some(cred),
+            None,
+        )
+        .0
+    };
+    assert_eq!(settings(&tenant), 200);
+    // The tenant rotates its own credential.
+    let (st, v) = call(
+        "POST",
+        &format!("{}/providers/tenant-a/admin-credential/rotate", s.url),
+        Some(&tenant),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let rotated = v["adminToken"].as_str().unwrap().to_string();
+    assert_eq!(settings(&tenant), 401);
+    assert_eq!(settings(&rotated), 200);
+    // The default administrator revokes it, then issues a new one.
+    let (st, _) = call(
+        "DELETE",
+        &format!("{}/providers/tenant-a/admin-credential", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(settings(&rotated), 401);
+    let (st, v) = call(
+        "POST",
+        &format!("{}/providers/tenant-a/admin-credential", s.url),
+        Some(&rotated),
+        None,
+    );
+    assert_refused(st, &v, 401, "unauthorized");
+    let (st, v) = call(
+        "POST",
+        &format!("{}/providers/tenant-a/admin-credential", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(settings(v["adminToken"].as_str().unwrap()), 200);
+    // The default provider's credential can be rotated, not revoked.
+    let (st, v) = call(
+        "DELETE",
+        &format!("{}/admin-credential", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_refused(st, &v, 409, "default_admin_required");
+    let (st, v) = call(
+        "POST",
+        &format!("{}/admin-credential/rotate", s.url),
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let new_default = v["adminToken"].as_str().unwrap().to_string();
+    assert!(
+        !s.state.join("admin.token").exists(),
+        "the stale credential file is removed"
+    );
+    let (st, log) = call(
+        "GET",
+        &format!("{}/providers/tenant-a/audit", s.url),
+        Some(&new_default),
+        None,
+    );
+    assert_eq!(
+        st, 401,
+        "another provider's administrator does not read its log: {log}"
+    );
+    let (st, log) = call("GET", &format!("{}/audit", s.url), Some(&new_default), None);
+    assert_eq!(st, 200);
+    let ops: Vec<&str> = log["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["provider_create", "admin_credential_rotate"]);
+    // The whole log (every provider's entries) verifies with the master key.
+    let master =
+        seal::MasterKey::load_or_create(&s.state.parent().unwrap().join("master.key")).unwrap();
+    let keys = attest::store::audit_keys(&master).unwrap();
+    let intact = attest::store::verify_audit(&s.state.join("attest.db"), &keys, &[]).unwrap();
+    assert_eq!(intact.entries, 6, "{intact:?}");
+}

@@ -17,6 +17,9 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
@@ -38,6 +41,26 @@ pub enum AuditError {
     /// Signing failed.
     #[error("signing a checkpoint failed")]
     Sign,
+}
+
+/// Both keys of a log, derived from one 32-byte secret (which the service derives
+/// from its master key).
+#[derive(Debug)]
+pub struct Keys {
+    /// Links entries.
+    pub chain: ChainKey,
+    /// Signs checkpoints.
+    pub checkpoint: CheckpointKey,
+}
+
+impl Keys {
+    /// Both keys from `secret`.
+    pub fn derive(secret: &[u8; 32]) -> Result<Self, AuditError> {
+        Ok(Keys {
+            chain: ChainKey::new(secret),
+            checkpoint: CheckpointKey::derive(secret)?,
+        })
+    }
 }
 
 /// The key that links entries, derived by the service from its master key.

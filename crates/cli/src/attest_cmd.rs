@@ -21,6 +21,84 @@ pub enum AttestCommand {
     /// Read, set and dry-run a provider's attestation policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The launch measurements the platform runs (only evidence with one of them is
+    /// called compliant).
+    #[command(subcommand)]
+    ReferenceValue(ReferenceValueCommand),
+    /// The tamper-evident audit log of administrative changes, read from the state
+    /// directory. Exit 0 intact, 1 tampered (naming the first bad entry), 2 could not
+    /// check.
+    AuditVerify {
+        /// The service's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The master key file (or CVM_ATTEST_MASTER_KEY).
+        #[arg(long)]
+        master_key: Option<PathBuf>,
+    },
+}
+
+/// `cvm attest reference-value ...`
+#[derive(Subcommand, Debug)]
+pub enum ReferenceValueCommand {
+    /// Register a launch measurement hosts of a region run: given (`--measurement`) or
+    /// computed from the firmware image as `cvm snp measure` does.
+    Add {
+        /// Service base URL.
+        #[arg(long)]
+        url: String,
+        /// File with the default provider's administrator credential.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The region.
+        #[arg(long)]
+        region: String,
+        /// The measurement (96 hex digits).
+        #[arg(long, conflicts_with = "ovmf")]
+        measurement: Option<String>,
+        /// Compute it from this OVMF image (with --vcpus and --vcpu-type).
+        #[arg(long, requires = "vcpu_type")]
+        ovmf: Option<PathBuf>,
+        /// vCPUs the guests launch with.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// vCPU type, as QEMU names it.
+        #[arg(long)]
+        vcpu_type: Option<String>,
+        /// What it measures.
+        #[arg(long, default_value = "ovmf")]
+        component: String,
+        /// Trust only these CA certificates (PEM) for HTTPS.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// List the registered measurements.
+    List {
+        /// Service base URL.
+        #[arg(long)]
+        url: String,
+        /// Trust only these CA certificates (PEM) for HTTPS.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Remove one.
+    Remove {
+        /// Service base URL.
+        #[arg(long)]
+        url: String,
+        /// File with the default provider's administrator credential.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The region.
+        #[arg(long)]
+        region: String,
+        /// The measurement.
+        #[arg(long)]
+        measurement: String,
+        /// Trust only these CA certificates (PEM) for HTTPS.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
 }
 
 /// Token signing algorithm.
@@ -178,6 +256,10 @@ pub fn run(cmd: AttestCommand) -> ExitCode {
         AttestCommand::Serve(a) => serve(a),
         AttestCommand::Token(TokenCommand::Verify(a)) => return token_verify(&a),
         AttestCommand::Policy(p) => policy(p),
+        AttestCommand::ReferenceValue(r) => reference_value(r),
+        AttestCommand::AuditVerify { state, master_key } => {
+            return audit_verify(&state, master_key.as_deref());
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -423,6 +505,124 @@ pub(crate) fn print_result(status: u16, v: &Value) -> Result<()> {
         bail!("HTTP {status}");
     }
     Ok(())
+}
+
+fn audit_verify(state: &Path, master_key: Option<&Path>) -> ExitCode {
+    let db = state.join("attest.db");
+    let keys = (|| -> Result<audit::Keys> {
+        if !db.exists() {
+            bail!("{} does not exist", db.display());
+        }
+        let master = crate::master_key::load("CVM_ATTEST_MASTER_KEY", master_key, state)?;
+        Ok(attest::store::audit_keys(&master)?)
+    })();
+    let keys = match keys {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match attest::store::verify_audit(&db, &keys, &[]) {
+        Ok(i) => {
+            println!(
+                "intact: {} entries, {} checkpoints",
+                i.entries, i.checkpoints
+            );
+            ExitCode::SUCCESS
+        }
+        Err(audit::sqlite::VerifyError::Tampered(t)) => {
+            println!("tampered: {t}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn reference_value(cmd: ReferenceValueCommand) -> Result<()> {
+    match cmd {
+        ReferenceValueCommand::Add {
+            url,
+            token_file,
+            region,
+            measurement,
+            ovmf,
+            vcpus,
+            vcpu_type,
+            component,
+            ca,
+        } => {
+            let (measurement, source) = match (measurement, ovmf, vcpu_type) {
+                (Some(m), _, _) => (m, "given".to_string()),
+                (None, Some(path), Some(vcpu)) => {
+                    use snp_emu::ovmf::{MeasureOptions, VcpuType, measure_snp};
+                    let image = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let opts = MeasureOptions {
+                        vcpus,
+                        vcpu_type: vcpu.parse::<VcpuType>()?,
+                        guest_features: 1,
+                        kernel: None,
+                        initrd: None,
+                        append: None,
+                    };
+                    let digest = measure_snp(&image, &opts)
+                        .with_context(|| format!("measuring {}", path.display()))?;
+                    (
+                        hex::encode(digest),
+                        format!(
+                            "cvm snp measure --ovmf {} --vcpus {vcpus} --vcpu-type {vcpu}",
+                            path.display()
+                        ),
+                    )
+                }
+                _ => bail!("give --measurement, or --ovmf with --vcpu-type"),
+            };
+            let body = serde_json::to_vec(&serde_json::json!({
+                "measurement": measurement,
+                "component": component,
+                "source": source,
+            }))?;
+            let (st, v) = send_json(
+                ca.as_deref(),
+                "POST",
+                &format!("{}/reference-values/{region}", url.trim_end_matches('/')),
+                Some(&admin_token(&token_file)?),
+                &body,
+            )?;
+            print_result(st, &v)
+        }
+        ReferenceValueCommand::List { url, ca } => {
+            let (st, v) = get_json(
+                ca.as_deref(),
+                &format!("{}/reference-values", url.trim_end_matches('/')),
+                None,
+            )?;
+            print_result(st, &v)
+        }
+        ReferenceValueCommand::Remove {
+            url,
+            token_file,
+            region,
+            measurement,
+            ca,
+        } => {
+            let (st, v) = send_json(
+                ca.as_deref(),
+                "DELETE",
+                &format!(
+                    "{}/reference-values/{region}/{measurement}",
+                    url.trim_end_matches('/')
+                ),
+                Some(&admin_token(&token_file)?),
+                &[],
+            )?;
+            print_result(st, &v)
+        }
+    }
 }
 
 fn policy(cmd: PolicyCommand) -> Result<()> {

@@ -449,3 +449,87 @@ fn master_key_outside_the_state_and_emulator_roots_by_pin() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reference values from the CLI (computed from a real OVMF image as `cvm snp
+/// measure` computes it), and the audit log checked offline, then tampered with.
+#[test]
+fn reference_values_and_the_audit_log_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let s = serve(&state);
+    let token = state.join("admin.token");
+    let out = cvm(&[
+        "attest",
+        "reference-value",
+        "add",
+        "--url",
+        &s.url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--region",
+        "lab",
+        "--ovmf",
+        "/usr/share/ovmf/OVMF.fd",
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added = json_of(&out);
+    let measured = cvm(&[
+        "snp",
+        "measure",
+        "--ovmf",
+        "/usr/share/ovmf/OVMF.fd",
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+    ]);
+    assert_eq!(
+        added["measurement"].as_str().unwrap(),
+        String::from_utf8_lossy(&measured.stdout).trim()
+    );
+    let out = cvm(&["attest", "reference-value", "list", "--url", &s.url]);
+    assert_eq!(json_of(&out)["value"][0]["region"], "lab");
+    drop(s);
+    let master = dir.path().join("master.key");
+    let verify = || {
+        cvm(&[
+            "attest",
+            "audit-verify",
+            "--state",
+            state.to_str().unwrap(),
+            "--master-key",
+            master.to_str().unwrap(),
+        ])
+    };
+    let out = verify();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(\"DROP TRIGGER audit_append_only_update; UPDATE audit SET caller='someone else' WHERE seq=1;\"); c.commit()",
+            state.join("attest.db").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("entry 1"));
+}

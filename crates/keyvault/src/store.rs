@@ -375,10 +375,7 @@ type AuditAck = std::sync::mpsc::SyncSender<Result<(), String>>;
 pub const CHECKPOINT_EVERY: i64 = 256;
 
 /// The keys that protect the audit log, derived from the master key.
-pub struct AuditKeys {
-    chain: audit::ChainKey,
-    checkpoint: audit::CheckpointKey,
-}
+pub struct AuditKeys(audit::Keys);
 
 impl std::fmt::Debug for AuditKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -390,18 +387,25 @@ impl AuditKeys {
     /// The audit keys of the vault whose master key is `master`.
     pub fn from_master(master: &seal::MasterKey) -> Result<Self, StoreError> {
         let secret = master.derive("opencvm-keyvault/audit-chain");
-        Ok(AuditKeys {
-            chain: audit::ChainKey::new(&secret),
-            checkpoint: audit::CheckpointKey::derive(&secret)
-                .map_err(|e| StoreError::Audit(e.to_string()))?,
-        })
+        Ok(AuditKeys(
+            audit::Keys::derive(&secret).map_err(|e| StoreError::Audit(e.to_string()))?,
+        ))
     }
 
     /// The public key that verifies the log's checkpoints (SEC1, uncompressed).
     pub fn checkpoint_public_key(&self) -> Vec<u8> {
-        self.checkpoint.public_key()
+        self.0.checkpoint.public_key()
     }
 }
+
+/// The audit table: its columns in link order.
+const AUDIT: audit::sqlite::Table<'static> = audit::sqlite::Table {
+    name: "audit",
+    columns: &[
+        "ts", "vault", "caller", "op", "key", "version", "outcome", "code", "jti", "issuer",
+    ],
+    checkpoint_every: CHECKPOINT_EVERY,
+};
 
 /// The SQLite store. Audit entries go through one writer thread with its own
 /// connection that commits whatever is queued in one transaction (group commit): each
@@ -495,13 +499,6 @@ UPDATE meta SET value = '2' WHERE key = 'schema';
 const MIGRATE_3: &str = "
 ALTER TABLE audit ADD COLUMN prev BLOB;
 ALTER TABLE audit ADD COLUMN link BLOB;
-CREATE TABLE audit_checkpoints (
-  seq INTEGER PRIMARY KEY, link BLOB NOT NULL, ts INTEGER NOT NULL, signature TEXT NOT NULL
-);
-CREATE TRIGGER audit_checkpoints_append_only_update BEFORE UPDATE ON audit_checkpoints
-  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER audit_checkpoints_append_only_delete BEFORE DELETE ON audit_checkpoints
-  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 UPDATE meta SET value = '3' WHERE key = 'schema';
 ";
 
@@ -517,26 +514,8 @@ fn migrate(conn: &mut Connection, keys: &AuditKeys) -> Result<(), StoreError> {
     }
     if schema == "2" {
         tx.execute_batch(MIGRATE_3)?;
-        // Link the entries written before: the update trigger is lifted for this,
-        // inside the migration's transaction, and put back.
-        tx.execute_batch("DROP TRIGGER audit_append_only_update;")?;
-        let rows: Vec<AuditEntry> = {
-            let mut stmt = tx.prepare(&format!("{AUDIT_SELECT} ORDER BY seq"))?;
-            stmt.query_map([], audit_row)?.collect::<Result<_, _>>()?
-        };
-        let mut prev = audit::GENESIS;
-        for e in &rows {
-            let link = entry_link(keys, &prev, e.seq, e);
-            tx.execute(
-                "UPDATE audit SET prev = ?2, link = ?3 WHERE seq = ?1",
-                params![e.seq, prev.to_vec(), link.to_vec()],
-            )?;
-            prev = link;
-        }
-        tx.execute_batch(
-            "CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
-               BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
-        )?;
+        tx.execute_batch(&AUDIT.create_sql())?;
+        AUDIT.link_unlinked(&tx, &keys.0)?;
     }
     tx.commit()?;
     Ok(())
@@ -559,32 +538,6 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
         jti: r.get(9)?,
         issuer: r.get(10)?,
     })
-}
-
-/// The fields an entry's link covers, in order (the sequence number is linked apart;
-/// the time as 8 bytes, big-endian).
-fn audit_fields(e: &AuditEntry) -> Vec<Option<Vec<u8>>> {
-    [
-        e.ts.to_be_bytes().to_vec(),
-        e.vault.as_bytes().to_vec(),
-        e.caller.as_bytes().to_vec(),
-        e.op.as_bytes().to_vec(),
-        e.key.as_bytes().to_vec(),
-        e.version.as_bytes().to_vec(),
-        e.outcome.as_bytes().to_vec(),
-        e.code.as_bytes().to_vec(),
-        e.jti.as_bytes().to_vec(),
-        e.issuer.as_bytes().to_vec(),
-    ]
-    .into_iter()
-    .map(Some)
-    .collect()
-}
-
-fn entry_link(keys: &AuditKeys, prev: &[u8; 32], seq: i64, e: &AuditEntry) -> [u8; 32] {
-    let fields = audit_fields(e);
-    let refs: Vec<Option<&[u8]>> = fields.iter().map(|f| f.as_deref()).collect();
-    keys.chain.link(prev, seq, &refs)
 }
 
 impl SqliteStore {
@@ -683,71 +636,36 @@ fn root_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RootRow> {
     })
 }
 
-/// Appends `e` to the chain: after the newest entry, linked to it, in the caller's
-/// (immediate) transaction; every [`CHECKPOINT_EVERY`]th entry is checkpointed.
+/// Appends `e` to the chain, in the caller's (immediate) transaction.
 fn insert_audit(
     tx: &rusqlite::Transaction<'_>,
     e: &AuditEntry,
     keys: &AuditKeys,
 ) -> rusqlite::Result<()> {
-    let head: Option<(i64, Option<Vec<u8>>)> = tx
-        .query_row(
-            "SELECT seq, link FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let (seq, prev) = match head {
-        None => (1, audit::GENESIS),
-        Some((seq, link)) => (
-            seq + 1,
-            link.and_then(|l| <[u8; 32]>::try_from(l).ok())
-                .unwrap_or(audit::GENESIS),
-        ),
-    };
-    let link = entry_link(keys, &prev, seq, e);
-    tx.execute(
-        "INSERT INTO audit (seq, ts, vault, caller, op, key, version, outcome, code, jti, issuer, prev, link)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        params![
-            seq,
-            e.ts,
-            e.vault,
-            e.caller,
-            e.op,
-            e.key,
-            e.version,
-            e.outcome,
-            e.code,
-            e.jti,
-            e.issuer,
-            prev.to_vec(),
-            link.to_vec()
+    use rusqlite::types::Value as V;
+    let t = |s: &str| V::Text(s.to_owned());
+    AUDIT.append(
+        tx,
+        &keys.0,
+        e.ts,
+        &[
+            V::Integer(e.ts),
+            t(&e.vault),
+            t(&e.caller),
+            t(&e.op),
+            t(&e.key),
+            t(&e.version),
+            t(&e.outcome),
+            t(&e.code),
+            t(&e.jti),
+            t(&e.issuer),
         ],
     )?;
-    if seq % CHECKPOINT_EVERY == 0 {
-        let cp = keys
-            .checkpoint
-            .sign(seq, &link, e.ts)
-            .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
-        tx.execute(
-            "INSERT INTO audit_checkpoints (seq, link, ts, signature) VALUES (?1, ?2, ?3, ?4)",
-            params![seq, link.to_vec(), cp.ts, cp.signature],
-        )?;
-    }
     Ok(())
 }
 
 /// Why a database's audit log could not be checked.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyAuditError {
-    /// The database could not be read.
-    #[error("reading the audit log: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The log was changed.
-    #[error("tampered: {0}")]
-    Tampered(#[from] audit::Tampered),
-}
+pub use audit::sqlite::VerifyError as VerifyAuditError;
 
 /// Checks the audit log of the database at `path` (read-only): every entry's link and
 /// every stored checkpoint, and that each of `expect` (checkpoints kept elsewhere) is
@@ -758,42 +676,7 @@ pub fn verify_audit(
     expect: &[audit::Checkpoint],
 ) -> Result<audit::Intact, VerifyAuditError> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt = conn.prepare(
-        "SELECT seq, ts, vault, caller, op, key, version, outcome, code, jti, issuer, prev, link FROM audit ORDER BY seq",
-    )?;
-    let entries = stmt
-        .query_map([], |r| {
-            let e = audit_row(r)?;
-            let prev: Option<Vec<u8>> = r.get(11)?;
-            let link: Option<Vec<u8>> = r.get(12)?;
-            Ok(audit::StoredEntry {
-                seq: e.seq,
-                fields: audit_fields(&e),
-                prev: prev.unwrap_or_default(),
-                link: link.unwrap_or_default(),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut stmt =
-        conn.prepare("SELECT seq, link, ts, signature FROM audit_checkpoints ORDER BY seq")?;
-    let checkpoints = stmt
-        .query_map([], |r| {
-            let link: Vec<u8> = r.get(1)?;
-            Ok(audit::Checkpoint {
-                seq: r.get(0)?,
-                link: hex::encode(link),
-                ts: r.get(2)?,
-                signature: r.get(3)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(audit::verify(
-        &keys.chain,
-        &keys.checkpoint.public_key(),
-        entries,
-        &checkpoints,
-        expect,
-    )?)
+    AUDIT.verify(&conn, &keys.0, expect)
 }
 
 /// A signed checkpoint of the newest entry of the database at `path` (read-only), to
@@ -803,13 +686,8 @@ pub fn checkpoint_head(
     keys: &AuditKeys,
     now: i64,
 ) -> Result<Option<audit::Checkpoint>, VerifyAuditError> {
-    let intact = verify_audit(path, keys, &[])?;
-    match intact.head {
-        None => Ok(None),
-        Some((seq, link)) => Ok(Some(keys.checkpoint.sign(seq, &link, now).map_err(
-            |e| VerifyAuditError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))),
-        )?)),
-    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    AUDIT.checkpoint_head(&conn, &keys.0, now)
 }
 
 impl Store for SqliteStore {

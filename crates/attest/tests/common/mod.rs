@@ -91,6 +91,13 @@ pub fn agent() -> ureq::Agent {
 pub fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
     let a = agent();
     let mut resp = match (method, body) {
+        ("DELETE", _) => {
+            let mut r = a.delete(url);
+            if let Some(b) = bearer {
+                r = r.header("Authorization", format!("Bearer {b}"));
+            }
+            r.call().unwrap()
+        }
         ("GET", _) => {
             let mut r = a.get(url);
             if let Some(b) = bearer {
