@@ -80,12 +80,12 @@ fn bench(c: &mut Criterion) {
         "runtimeData": {"data": B64URL.encode(runtime), "dataType": "JSON"},
     }))
     .expect("json");
-    svc.attest("default", AttestationType::SevSnpVm, &body, None)
+    svc.attest("default", AttestationType::SevSnpVm, &body, None, None)
         .expect("attest");
     c.bench_function("attest/SevSnpVm in process", |b| {
         b.iter(|| {
             black_box(
-                svc.attest("default", AttestationType::SevSnpVm, &body, None)
+                svc.attest("default", AttestationType::SevSnpVm, &body, None, None)
                     .expect("attest"),
             )
         })

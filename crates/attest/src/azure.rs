@@ -138,7 +138,12 @@ fn rsa_jwk(kid: &str, key: &TpmPublic, ops: &[&str]) -> Result<Value, ApiError> 
 }
 
 /// Verifies an AzureGuest request into claims.
-pub fn evaluate(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated, ApiError> {
+pub fn evaluate(
+    svc: &Service,
+    provider: &str,
+    body: &[u8],
+    peer: Option<std::net::IpAddr>,
+) -> Result<Evaluated, ApiError> {
     let req: Request = parse_json("AzureGuest request", body)?;
     check_draft(&req.draft_policy)?;
     check_nonce_field(&req.nonce)?;
@@ -169,7 +174,7 @@ pub fn evaluate(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated,
     )?;
     let report_bytes = b64_any("SnpReport", &proof.snp_report)?;
     let chain = proof.vcek_cert_chain.as_deref().filter(|c| !c.is_empty());
-    let verified = verify_snp(svc, &report_bytes, chain)?;
+    let verified = verify_snp(svc, &report_bytes, chain, peer)?;
 
     // 2. The runtime claims, bound by REPORT_DATA (SHA-256 or SHA-384, zero-padded).
     let runtime = b64_any("RunTimeData", &info.isolation_info.evidence.run_time_data)?;

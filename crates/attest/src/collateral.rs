@@ -160,3 +160,90 @@ impl CrlProvider for ServiceCrls<'_> {
         Ok((crls, reason))
     }
 }
+
+/// How long a failed KDS fetch (404: no such VCEK, or unreachable) is remembered.
+pub const KDS_MISS_TTL: Duration = Duration::from_secs(300);
+/// KDS fetches one client address may cause per minute.
+pub const KDS_FETCHES_PER_CLIENT: u32 = 10;
+/// How many misses and clients are remembered at most.
+const KDS_MEMO_CAP: usize = 4096;
+
+/// Remembered KDS misses and per-client fetch counts: a client sending reports of made
+/// up chips cannot make the service hammer AMD's KDS (and be rate-limited by it for
+/// everyone).
+#[derive(Default)]
+pub(crate) struct KdsGuard {
+    misses: Mutex<HashMap<String, (Instant, String)>>,
+    clients: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
+}
+
+impl std::fmt::Debug for KdsGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KdsGuard")
+    }
+}
+
+/// Why a guarded fetch was not made or failed.
+#[derive(Debug)]
+pub(crate) enum GuardError {
+    /// KDS failed for this recently; the reason.
+    Miss(String),
+    /// This client caused too many fetches this minute.
+    RateLimited,
+}
+
+impl KdsGuard {
+    /// Fetches `req` through `fetcher` unless it is cached (then nothing happens), it
+    /// failed within [`KDS_MISS_TTL`], or `client` is over its budget.
+    pub(crate) fn fetch(
+        &self,
+        fetcher: &Fetcher,
+        req: &snp::kds::KdsRequest,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(), GuardError> {
+        if fetcher.cache().get(req).ok().flatten().is_some()
+            || !matches!(fetcher.mode(), snp::collateral::FetchMode::Online(_))
+        {
+            // Cached, or offline (the lookup then reports the miss itself).
+            return Ok(());
+        }
+        let key = req.cache_key();
+        if let Ok(mut m) = self.misses.lock() {
+            match m.get(&key) {
+                Some((at, why)) if at.elapsed() < KDS_MISS_TTL => {
+                    return Err(GuardError::Miss(why.clone()));
+                }
+                Some(_) => {
+                    m.remove(&key);
+                }
+                None => {}
+            }
+        }
+        if let (Some(ip), Ok(mut c)) = (client, self.clients.lock()) {
+            if c.len() >= KDS_MEMO_CAP {
+                c.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));
+            }
+            let e = c.entry(ip).or_insert((Instant::now(), 0));
+            if e.0.elapsed() >= Duration::from_secs(60) {
+                *e = (Instant::now(), 0);
+            }
+            if e.1 >= KDS_FETCHES_PER_CLIENT {
+                return Err(GuardError::RateLimited);
+            }
+            e.1 += 1;
+        }
+        match crate::evidence::off_worker(|| fetcher.fetch(req)) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = e.to_string();
+                if let Ok(mut m) = self.misses.lock() {
+                    if m.len() >= KDS_MEMO_CAP {
+                        m.retain(|_, (at, _)| at.elapsed() < KDS_MISS_TTL);
+                    }
+                    m.insert(key, (Instant::now(), why.clone()));
+                }
+                Err(GuardError::Miss(why))
+            }
+        }
+    }
+}

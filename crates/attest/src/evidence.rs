@@ -171,10 +171,11 @@ pub fn evaluate(
     provider: &str,
     kind: AttestationType,
     body: &[u8],
+    peer: Option<std::net::IpAddr>,
 ) -> Result<Evaluated, ApiError> {
     match kind {
-        AttestationType::SevSnpVm => sevsnp(svc, provider, body),
-        AttestationType::AzureGuest => crate::azure::evaluate(svc, provider, body),
+        AttestationType::SevSnpVm => sevsnp(svc, provider, body, peer),
+        AttestationType::AzureGuest => crate::azure::evaluate(svc, provider, body, peer),
     }
 }
 
@@ -225,7 +226,12 @@ pub(crate) fn check_nonce_field(nonce: &Option<String>) -> Result<(), ApiError> 
     Ok(())
 }
 
-fn sevsnp(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated, ApiError> {
+fn sevsnp(
+    svc: &Service,
+    provider: &str,
+    body: &[u8],
+    peer: Option<std::net::IpAddr>,
+) -> Result<Evaluated, ApiError> {
     let req: SevSnpRequest = parse_json("SevSnpVm request", body)?;
     check_draft(&req.draft_policy)?;
     check_nonce_field(&req.nonce)?;
@@ -239,7 +245,7 @@ fn sevsnp(svc: &Service, provider: &str, body: &[u8]) -> Result<Evaluated, ApiEr
     let proof: SnpProof = parse_json("report", &proof_json)?;
     let report_bytes = b64_any("SnpReport", &proof.snp_report)?;
     let chain = proof.vcek_cert_chain.as_deref().filter(|c| !c.is_empty());
-    let verified = verify_snp(svc, &report_bytes, chain)?;
+    let verified = verify_snp(svc, &report_bytes, chain, peer)?;
     let report = verified.report();
     let mut claims = claims::snp_claims(&verified);
     claims::add_compliance(
@@ -314,6 +320,7 @@ pub(crate) fn verify_snp(
     svc: &Service,
     report_bytes: &[u8],
     chain_b64: Option<&str>,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<VerifiedReport, ApiError> {
     let report = AttestationReport::parse(report_bytes)
         .map_err(|e| ApiError::bad("malformed_report", e.to_string()))?;
@@ -334,6 +341,10 @@ pub(crate) fn verify_snp(
                     .map_err(|e| ApiError::bad("malformed_certificate", e.to_string()))?,
                 None => Vec::new(),
             };
+            // What the lookup would fetch from KDS goes through the service's guard
+            // first (misses remembered, fetches capped per client); the lookup then
+            // finds it in the cache.
+            svc.prefetch(&report, &certs, peer)?;
             let sources = lookup::Sources {
                 certs,
                 fetcher: svc.fetcher(),

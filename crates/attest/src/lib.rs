@@ -8,6 +8,7 @@
 //!
 //! - [`jwt`] (the `jose` crate): token signing (RS256, ES384) and verification.
 //! - [`policy`]: Rego policies (compiled once per version), default policies, dry runs.
+//! - [`sandbox`]: tenant policies in worker processes with bounded memory and time.
 //! - [`evidence`], [`azure`]: requests → verified claims.
 //! - [`service`]: providers, keys, policies, nonces, tokens.
 //! - [`server`]: the HTTP API.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod evidence;
 pub mod nonce;
 pub mod policy;
+pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod store;

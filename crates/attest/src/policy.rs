@@ -62,7 +62,7 @@ pub struct ProviderSettings {
 pub use snp::policy::MinTcb;
 
 /// Why a policy denied, as the policy's `deny` set says.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DenyReason {
     /// The rule's name.
     pub rule: String,

@@ -87,22 +87,31 @@ fn provider(p: Option<Path<String>>) -> String {
         .unwrap_or_else(|| DEFAULT_PROVIDER.to_string())
 }
 
+/// The client's address, when the listener recorded it.
+type PeerExt = Option<axum::Extension<httpd::Peer>>;
+
+fn peer_ip(p: PeerExt) -> Option<std::net::IpAddr> {
+    p.map(|axum::Extension(httpd::Peer(a))| a.ip())
+}
+
 async fn attest_default(
     State(s): Svc,
     Path(t): Path<String>,
+    peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, DEFAULT_PROVIDER.into(), t, &h, b)
+    attest(s, DEFAULT_PROVIDER.into(), t, &h, peer_ip(peer), b)
 }
 
 async fn attest_named(
     State(s): Svc,
     Path((p, t)): Path<(String, String)>,
+    peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, p, t, &h, b)
+    attest(s, p, t, &h, peer_ip(peer), b)
 }
 
 /// An attestation runs on the runtime worker that received it. Its work is CPU-bound
@@ -116,11 +125,12 @@ fn attest(
     p: String,
     t: String,
     h: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let k = kind(&t)?;
     let b = body(b)?;
-    Ok(axum::Json(s.attest(&p, k, &b, bearer(h))?))
+    Ok(axum::Json(s.attest(&p, k, &b, bearer(h), peer)?))
 }
 
 #[derive(Deserialize)]
@@ -206,6 +216,7 @@ fn policy_test(
     p: &str,
     t: &str,
     h: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let k = kind(t)?;
@@ -218,25 +229,28 @@ fn policy_test(
         tb.policy.as_deref(),
         &ev,
         bearer(h),
+        peer,
     )?))
 }
 
 async fn policy_test_default(
     State(s): Svc,
     Path(t): Path<String>,
+    peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, DEFAULT_PROVIDER, &t, &h, b)
+    policy_test(s, DEFAULT_PROVIDER, &t, &h, peer_ip(peer), b)
 }
 
 async fn policy_test_named(
     State(s): Svc,
     Path((p, t)): Path<(String, String)>,
+    peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, &p, &t, &h, b)
+    policy_test(s, &p, &t, &h, peer_ip(peer), b)
 }
 
 async fn settings_get(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {

@@ -62,6 +62,9 @@ pub struct ServiceConfig {
     /// How long a signing key stays in the JWKS after a rotation replaced it (default:
     /// the token lifetime, so tokens it signed verify until they expire).
     pub signing_key_grace: Option<Duration>,
+    /// Where tenant policies run (`None`: in this process, unbounded; only for
+    /// embedders that trust every policy author, since a policy can exhaust memory).
+    pub policy_sandbox: Option<crate::sandbox::SandboxConfig>,
 }
 
 impl ServiceConfig {
@@ -78,6 +81,7 @@ impl ServiceConfig {
             collateral: None,
             evidence_time: None,
             signing_key_grace: None,
+            policy_sandbox: None,
         }
     }
 }
@@ -108,7 +112,8 @@ pub enum ServiceError {
     Nonces(#[from] crate::nonce::NonceError),
 }
 
-/// A policy version in force, compiled.
+/// A policy version in force: compiled here when it is the service's own default, run
+/// in the sandbox when a tenant wrote it (and the service has a sandbox).
 #[derive(Debug)]
 pub struct ActivePolicy {
     /// Version (0 for the built-in default).
@@ -117,7 +122,7 @@ pub struct ActivePolicy {
     pub text: String,
     /// `x-ms-policy-hash`.
     pub hash: String,
-    compiled: CompiledPolicy,
+    compiled: Option<CompiledPolicy>,
 }
 
 /// A token-signing key in memory, with when it leaves the JWKS.
@@ -168,6 +173,7 @@ pub struct Service {
     verifier: Verifier,
     root_crls: RootCrls,
     crl_memo: CrlMemo,
+    kds_guard: crate::collateral::KdsGuard,
     /// The launch measurements the platform runs, by measurement (hex).
     reference: RwLock<HashMap<String, crate::store::ReferenceValue>>,
     fetcher: Option<Fetcher>,
@@ -179,6 +185,7 @@ pub struct Service {
     key_grace: i64,
     evidence_time: Option<i64>,
     state_dir: PathBuf,
+    sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 impl std::fmt::Debug for Service {
@@ -237,6 +244,7 @@ impl Service {
             verifier: Verifier::new(anchors),
             root_crls,
             crl_memo: CrlMemo::default(),
+            kds_guard: crate::collateral::KdsGuard::default(),
             reference: RwLock::new(HashMap::new()),
             fetcher: cfg.collateral,
             nonces: NonceStore::new(cfg.nonce_ttl, 100_000)?,
@@ -252,6 +260,7 @@ impl Service {
             .unwrap_or(i64::MAX),
             evidence_time: cfg.evidence_time,
             state_dir: cfg.state_dir.clone(),
+            sandbox: cfg.policy_sandbox.map(crate::sandbox::Sandbox::new),
         };
         let mut created = None;
         if !svc
@@ -365,10 +374,15 @@ impl Service {
         let mut policies = HashMap::new();
         for kind in AttestationType::ALL {
             let active = match self.store.latest_policy(&row.name, kind.path_name())? {
+                // A tenant's policy never runs in this process when there is a sandbox
+                // (not even to compile: a policy stored before could be a bomb).
                 Some(p) => ActivePolicy {
                     version: p.version,
                     hash: policy::policy_hash(&p.text),
-                    compiled: CompiledPolicy::compile(&p.text, &settings)?,
+                    compiled: match self.sandbox {
+                        Some(_) => None,
+                        None => Some(CompiledPolicy::compile(&p.text, &settings)?),
+                    },
                     text: p.text,
                 },
                 None => {
@@ -376,7 +390,7 @@ impl Service {
                     ActivePolicy {
                         version: 0,
                         hash: policy::policy_hash(&text),
-                        compiled: CompiledPolicy::compile(&text, &settings)?,
+                        compiled: Some(CompiledPolicy::compile(&text, &settings)?),
                         text,
                     }
                 }
@@ -786,6 +800,59 @@ impl Service {
         }
     }
 
+    /// Fetches through the KDS guard what looking up `report`'s VCEK and chain would
+    /// fetch, given the certificates the request carries.
+    pub(crate) fn prefetch(
+        &self,
+        report: &snp::AttestationReport,
+        certs: &[snp::cert::AmdCert],
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), ApiError> {
+        use crate::collateral::GuardError;
+        use snp::kds::KdsRequest;
+        let Some(fetcher) = self.fetcher.as_ref() else {
+            return Ok(());
+        };
+        let has = |cn: &str| certs.iter().any(|c| c.subject_cn() == cn);
+        let mut wanted = Vec::new();
+        if let Some(product) = report.product() {
+            if !has("SEV-VCEK")
+                && !has("SEV-VLEK")
+                && report.signing_key() == snp::report::SigningKey::Vcek
+                && let Ok(req) = KdsRequest::vcek(product, report.chip_id(), report.reported_tcb())
+            {
+                wanted.push(req);
+            }
+            if !certs.iter().any(|c| c.subject_cn().starts_with("ARK-")) {
+                let kind = match report.signing_key() {
+                    snp::report::SigningKey::Vlek => snp::cert::VekKind::Vlek,
+                    _ => snp::cert::VekKind::Vcek,
+                };
+                wanted.push(KdsRequest::CertChain { product, kind });
+            }
+        }
+        for req in wanted {
+            match self.kds_guard.fetch(fetcher, &req, peer) {
+                Ok(()) => {}
+                Err(GuardError::Miss(why)) => {
+                    return Err(ApiError::new(
+                        424,
+                        "missing_collateral",
+                        format!("{req} could not be fetched from AMD KDS recently ({why})"),
+                    ));
+                }
+                Err(GuardError::RateLimited) => {
+                    return Err(ApiError::new(
+                        429,
+                        "kds_rate_limited",
+                        "this client has caused too many collateral fetches; send the VCEK chain with the report",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn root_crls(&self) -> &RootCrls {
         &self.root_crls
     }
@@ -840,8 +907,20 @@ impl Service {
     ) -> Result<Value, ApiError> {
         self.check_admin(provider, bearer)?;
         let p = self.provider(provider)?;
-        CompiledPolicy::compile(text, &p.settings)
-            .map_err(|e| ApiError::bad("invalid_policy", e.to_string()))?;
+        if text.len() > policy::MAX_POLICY_LEN {
+            return Err(ApiError::bad(
+                "invalid_policy",
+                format!("longer than {} bytes", policy::MAX_POLICY_LEN),
+            ));
+        }
+        match &self.sandbox {
+            Some(sb) => evidence::off_worker(|| sb.compile(provider, text, &p.settings))
+                .map_err(sandbox_error)?,
+            None => {
+                CompiledPolicy::compile(text, &p.settings)
+                    .map_err(|e| ApiError::bad("invalid_policy", e.to_string()))?;
+            }
+        }
         let audit = audit_entry(provider, "administrator", "policy_set", kind.path_name());
         let version = self
             .store
@@ -902,9 +981,10 @@ impl Service {
         kind: AttestationType,
         body: &[u8],
         bearer: Option<&str>,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Value, ApiError> {
         let p = self.provider(provider)?;
-        let ev = evidence::evaluate(self, provider, kind, body)?;
+        let ev = evidence::evaluate(self, provider, kind, body, peer)?;
         if let Some(draft) = ev.draft_policy.clone() {
             self.check_admin(provider, bearer)?;
             return self.dry_run(&p, kind, Some(&draft), ev);
@@ -914,10 +994,7 @@ impl Service {
             .ok_or_else(|| ApiError::internal("no_policy"))?
             .clone();
         let input = Value::Object(ev.claims.clone());
-        let decision = active
-            .compiled
-            .evaluate(&input)
-            .map_err(|e| ApiError::bad("policy_evaluation_failed", e.to_string()))?;
+        let decision = self.decide(&p, active.compiled.as_ref(), &active.text, &input)?;
         if !decision.allow {
             let detail = json!({ "deny": decision.deny, "policyVersion": active.version });
             let first = decision
@@ -949,12 +1026,13 @@ impl Service {
         policy_text: Option<&str>,
         evidence_body: &[u8],
         bearer: Option<&str>,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Value, ApiError> {
         let p = self.provider(provider)?;
         if policy_text.is_some() {
             self.check_admin(provider, bearer)?;
         }
-        let ev = evidence::evaluate(self, provider, kind, evidence_body)?;
+        let ev = evidence::evaluate(self, provider, kind, evidence_body, peer)?;
         if ev.draft_policy.is_some() {
             self.check_admin(provider, bearer)?;
         }
@@ -969,10 +1047,11 @@ impl Service {
         draft: Option<&str>,
         ev: evidence::Evaluated,
     ) -> Result<Value, ApiError> {
-        let (compiled, hash, version) = match draft {
+        let input = Value::Object(ev.claims.clone());
+        let (Decision { allow, deny }, hash, version) = match draft {
+            // A draft is untrusted Rego: the sandbox when there is one.
             Some(text) => (
-                CompiledPolicy::compile(text, &p.settings)
-                    .map_err(|e| ApiError::bad("invalid_policy", e.to_string()))?,
+                self.decide(p, None, text, &input)?,
                 policy::policy_hash(text),
                 Value::Null,
             ),
@@ -980,13 +1059,13 @@ impl Service {
                 let a = p
                     .policy(kind)
                     .ok_or_else(|| ApiError::internal("no_policy"))?;
-                (a.compiled.clone(), a.hash.clone(), a.version.into())
+                (
+                    self.decide(p, a.compiled.as_ref(), &a.text, &input)?,
+                    a.hash.clone(),
+                    a.version.into(),
+                )
             }
         };
-        let input = Value::Object(ev.claims.clone());
-        let Decision { allow, deny } = compiled
-            .evaluate(&input)
-            .map_err(|e| ApiError::bad("policy_evaluation_failed", e.to_string()))?;
         Ok(json!({
             "dryRun": true,
             "decision": if allow { "allow" } else { "deny" },
@@ -995,6 +1074,31 @@ impl Service {
             "policyVersion": version,
             "claims": ev.claims,
         }))
+    }
+
+    /// Evaluates a policy: `compiled` in process (the default policies), else `text` in
+    /// the sandbox, or compiled here when the service has none.
+    fn decide(
+        &self,
+        p: &Provider,
+        compiled: Option<&CompiledPolicy>,
+        text: &str,
+        input: &Value,
+    ) -> Result<Decision, ApiError> {
+        let eval_err = |e: crate::policy::PolicyError| match e {
+            crate::policy::PolicyError::Invalid(m) => ApiError::bad("invalid_policy", m),
+            e => ApiError::bad("policy_evaluation_failed", e.to_string()),
+        };
+        if let Some(c) = compiled {
+            return c.evaluate(input).map_err(eval_err);
+        }
+        match &self.sandbox {
+            Some(sb) => evidence::off_worker(|| sb.evaluate(&p.name, text, &p.settings, input))
+                .map_err(sandbox_error),
+            None => CompiledPolicy::compile(text, &p.settings)
+                .and_then(|c| c.evaluate(input))
+                .map_err(eval_err),
+        }
     }
 
     fn token(
@@ -1044,6 +1148,17 @@ fn audit_entry(provider: &str, caller: &str, op: &str, subject: &str) -> AuditEn
         subject: subject.to_string(),
         outcome: "allowed".into(),
         code: String::new(),
+    }
+}
+
+fn sandbox_error(e: crate::sandbox::SandboxError) -> ApiError {
+    use crate::sandbox::SandboxError as E;
+    match e {
+        E::Limit(_) => ApiError::new(403, "policy_limit_exceeded", e.to_string()),
+        E::Invalid(m) => ApiError::bad("invalid_policy", m),
+        E::Policy(m) => ApiError::bad("policy_evaluation_failed", m),
+        E::Busy => ApiError::new(503, "policy_busy", e.to_string()),
+        e @ E::Worker(_) => ApiError::logged("policy_worker", e),
     }
 }
 

@@ -5,6 +5,8 @@
 mod common;
 
 use common::*;
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 use snp::collateral::{CollateralCache, Fetcher};
 use snp::kds::KdsRequest;
@@ -408,4 +410,193 @@ fn admin_credentials_rotate_revoke_and_reset() {
     let keys = attest::store::audit_keys(&master).unwrap();
     let intact = attest::store::verify_audit(&s.state.join("attest.db"), &keys, &[]).unwrap();
     assert_eq!(intact.entries, 6, "{intact:?}");
+}
+
+/// Memory bombs (a range, an array, a string, deep recursion) and a CPU loop in one
+/// tenant's policy are each stopped with a denial of their own code; the service stays
+/// up, and another tenant's attestations all succeed meanwhile (the bombing tenant
+/// holds at most one of the two workers).
+#[test]
+fn tenant_policies_cannot_crash_or_stall_the_service() {
+    let s = start(true);
+    let emu = emulator(Product::Genoa);
+    let guest = emu.guest(false);
+    let body = emu.request(&guest, &json!({}), None);
+    let mut creds = HashMap::new();
+    for name in ["bombs", "calm"] {
+        let (st, v) = call(
+            "POST",
+            &format!("{}/providers/{name}", s.url),
+            Some(&s.admin),
+            Some(br#"{"allow_emulated": true}"#),
+        );
+        assert_eq!(st, 200, "{v}");
+        creds.insert(name, v["adminToken"].as_str().unwrap().to_string());
+    }
+    let set = |provider: &str, text: &str| {
+        call(
+            "PUT",
+            &format!("{}/providers/{provider}/policies/SevSnpVm", s.url),
+            Some(&creds[provider]),
+            Some(serde_json::json!({ "policy": text }).to_string().as_bytes()),
+        )
+    };
+    let (st, v) = set(
+        "calm",
+        "package policy\nimport rego.v1\ndefault allow := false\nallow if input[\"x-ms-sevsnpvm-vmpl\"] == 0\n",
+    );
+    assert_eq!(st, 200, "{v}");
+    // The calm tenant attests in a loop while the bombs go off.
+    let url = s.url.clone();
+    let calm_body = body.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let calm = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) || results.len() < 5 {
+            let t = std::time::Instant::now();
+            let (st, v) = call(
+                "POST",
+                &format!("{url}/providers/calm/attest/SevSnpVm"),
+                None,
+                Some(&calm_body),
+            );
+            results.push((st, t.elapsed(), v));
+        }
+        results
+    });
+    let bombs = [
+        ("range", "allow if count(numbers.range(1, 1e15)) > 0"),
+        (
+            "array",
+            "allow if count([i | some i in numbers.range(1, 1000000000)]) > 0",
+        ),
+        (
+            "string",
+            "s := concat(\"\", [x | some i in numbers.range(1, 100000000); x := \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"])\nallow if count(s) > 0",
+        ),
+        ("recursion", "f(x) := f(x)\nallow if f(1)"),
+        (
+            "loop",
+            "r := numbers.range(1, 3000)\nallow if count([1 | some a in r; some b in r; some c in r]) > 0",
+        ),
+    ];
+    for (name, rule) in bombs {
+        let text = format!("package policy\nimport rego.v1\n{rule}\n");
+        let (st, v) = set("bombs", &text);
+        assert_eq!(st, 200, "{name}: {v}");
+        let (st, v) = call(
+            "POST",
+            &format!("{}/providers/bombs/attest/SevSnpVm", s.url),
+            None,
+            Some(&body),
+        );
+        assert_refused(st, &v, 403, "policy_limit_exceeded");
+        // The same bomb as a draft in a dry run.
+        let (st, v) = call(
+            "POST",
+            &format!("{}/providers/bombs/policies/SevSnpVm/test", s.url),
+            Some(&creds["bombs"]),
+            Some(
+                json!({"policy": text, "evidence": serde_json::from_slice::<Value>(&body).unwrap()})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        );
+        assert_refused(st, &v, 403, "policy_limit_exceeded");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let results = calm.join().unwrap();
+    for (st, _, v) in &results {
+        assert_eq!(*st, 200, "{v}");
+    }
+    let mut latencies: Vec<_> = results.iter().map(|(_, d, _)| *d).collect();
+    latencies.sort();
+    eprintln!(
+        "calm tenant during the bombs: {} attestations, median {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    let (st, _) = call("GET", &format!("{}/health", s.url), None, None);
+    assert_eq!(st, 200);
+}
+
+/// A fake AMD KDS on loopback that answers 404 to everything and counts requests.
+fn fake_kds() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, count)
+}
+
+/// Reports of chips KDS does not know: a miss is remembered (not asked again), and one
+/// client may cause only so many KDS fetches a minute.
+#[test]
+fn kds_misses_are_remembered_and_fetches_capped_per_client() {
+    use snp::collateral::OnlineConfig;
+    let (kds, hits) = fake_kds();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = CollateralCache::open(cache_dir.path()).unwrap();
+    let fetcher = Fetcher::online(
+        cache,
+        OnlineConfig {
+            base_url: kds,
+            attempts: 1,
+            ..OnlineConfig::default()
+        },
+    )
+    .unwrap();
+    let s = start_with(false, |c| c.collateral = Some(fetcher));
+    // A real Milan v3 report with its CHIP_ID changed: an unknown chip (the request
+    // fails at the VCEK lookup, before the signature is checked).
+    let report_of = |chip: u8| {
+        let mut r = td("snp/routex-client-lua/attestation_spec.lua.milan-v3.report.bin");
+        r[0x1A0] = chip;
+        request_json(&r, None, None, None)
+    };
+    let count = || hits.load(std::sync::atomic::Ordering::SeqCst);
+    let (st, v) = attest(&s, &report_of(1));
+    assert_refused(st, &v, 424, "missing_collateral");
+    let after_first = count();
+    assert!(after_first >= 1);
+    for _ in 0..5 {
+        let (st, v) = attest(&s, &report_of(1));
+        assert_refused(st, &v, 424, "missing_collateral");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("recently"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        count(),
+        after_first,
+        "a remembered miss is not fetched again"
+    );
+    // Other chips from the same client: ten fetches a minute, then 429.
+    let mut limited = 0;
+    for chip in 2..=20u8 {
+        let (st, v) = attest(&s, &report_of(chip));
+        if st == 429 {
+            assert_eq!(v["error"]["code"], "kds_rate_limited");
+            limited += 1;
+        }
+    }
+    assert_eq!(
+        limited,
+        19 - 9,
+        "chips 2..=10 are fetched (the budget is 10), the rest refused"
+    );
 }

@@ -28,6 +28,9 @@ pub enum AttestCommand {
     /// The tamper-evident audit log of administrative changes, read from the state
     /// directory. Exit 0 intact, 1 tampered (naming the first bad entry), 2 could not
     /// check.
+    /// The sandbox's policy worker (started by `serve`; speaks frames on stdin/stdout).
+    #[command(hide = true)]
+    PolicyWorker,
     AuditVerify {
         /// The service's state directory.
         #[arg(long)]
@@ -152,6 +155,15 @@ pub struct ServeArgs {
     /// The TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Worker processes that run tenants' policies (default: one per CPU, at least 2).
+    #[arg(long)]
+    policy_workers: Option<usize>,
+    /// Address space of each policy worker, MiB.
+    #[arg(long, default_value_t = 768)]
+    policy_memory_mib: u64,
+    /// Time limit of one policy evaluation, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    policy_time_ms: u64,
 }
 
 /// `cvm attest token ...`
@@ -257,6 +269,9 @@ pub fn run(cmd: AttestCommand) -> ExitCode {
         AttestCommand::Token(TokenCommand::Verify(a)) => return token_verify(&a),
         AttestCommand::Policy(p) => policy(p),
         AttestCommand::ReferenceValue(r) => reference_value(r),
+        AttestCommand::PolicyWorker => {
+            return ExitCode::from(u8::try_from(attest::sandbox::worker_main()).unwrap_or(2));
+        }
         AttestCommand::AuditVerify { state, master_key } => {
             return audit_verify(&state, master_key.as_deref());
         }
@@ -296,6 +311,16 @@ fn serve(a: ServeArgs) -> Result<()> {
     if a.at.is_some() {
         cfg.evidence_time = Some(crate::evidence::parse_time(a.at.as_deref())?);
     }
+    let exe = std::env::current_exe().context("finding the cvm binary for policy workers")?;
+    let mut sandbox =
+        attest::sandbox::SandboxConfig::new(exe, vec!["attest".into(), "policy-worker".into()]);
+    if let Some(n) = a.policy_workers {
+        sandbox.workers = n.max(1);
+        sandbox.per_provider = (sandbox.workers / 2).max(1);
+    }
+    sandbox.memory = a.policy_memory_mib.saturating_mul(1024 * 1024);
+    sandbox.time = Duration::from_millis(a.policy_time_ms);
+    cfg.policy_sandbox = Some(sandbox);
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(httpd::TlsFiles {
             cert: cert.clone(),

@@ -43,6 +43,14 @@ pub fn start_full(
             cfg.emulator_roots.push(emulator(product).roots());
         }
     }
+    // Tenant policies run in worker processes, as `cvm attest serve` runs them.
+    let mut sandbox = attest::sandbox::SandboxConfig::new(
+        env!("CARGO_BIN_EXE_attest-policy-worker").into(),
+        Vec::new(),
+    );
+    sandbox.workers = 2;
+    sandbox.per_provider = 1;
+    cfg.policy_sandbox = Some(sandbox);
     tweak(&mut cfg);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let (tx, rx) = mpsc::channel();
