@@ -213,6 +213,7 @@ fn pem_body(text: &str) -> Result<Vec<u8>, CrlError> {
 
 /// Parses `data` as a CRL and reads every field: the body of the `crl` fuzz target.
 pub fn fuzz_crl(data: &[u8]) {
+    let _ = Crl::parse_all(data).map(|all| all.len());
     if let Ok(c) = Crl::parse(data) {
         let _ = (
             c.this_update(),
