@@ -8,9 +8,14 @@
 # The server is `cvm attest serve --dangerously-trust-emulator-roots` (release build,
 # the emulator's roots and CRL pinned, so every attestation applies a CRL); the request
 # is an MAA SevSnpVm body with emulated evidence and its chain (collateral and policy
-# cached after the first request). Phase 1: closed loop, 32 connections, for the sustained
-# rate. Phase 2: open loop at half that rate, for latency. Both the server and oha share
-# the machine's cores.
+# cached after the first request). Phases:
+#   1. default provider, built-in policy (in process): closed loop, 32 connections;
+#   2. the same at half that rate (open loop), for latency;
+#   3. a tenant whose own policy (the same rules, written by the tenant) runs in the
+#      policy sandbox's worker processes: closed loop, 32 connections;
+#   4. that tenant again while a second tenant's policy is a memory or CPU bomb, fired
+#      continuously by another client: the first tenant's rate and p99.
+# The server, oha and the bomb loop share the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-20}"
@@ -19,7 +24,7 @@ command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; 
 cargo build --release -q -p cvm
 cargo build --release -q -p attest --example snp_request
 work=$(mktemp -d)
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $server ${bomber:-} 2>/dev/null || true; rm -rf "$work"' EXIT
 target/release/examples/snp_request "$work/emu" "$work/req.json"
 target/release/cvm snp export-roots --platform "$work/emu" --out "$work/roots.pem"
 target/release/cvm attest serve --listen 127.0.0.1:0 --state "$work/state" --master-key "$work/master.key" \
@@ -28,18 +33,46 @@ target/release/cvm attest serve --listen 127.0.0.1:0 --state "$work/state" --mas
 server=$!
 for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$work/out" || { echo "server did not start:" >&2; cat "$work/err" >&2; exit 1; }
-url="$(sed -n 's/^listening on //p' "$work/out")/attest/SevSnpVm?api-version=2022-08-01"
+base="$(sed -n 's/^listening on //p' "$work/out")"
+url="$base/attest/SevSnpVm?api-version=2022-08-01"
+admin=$(cat "$work/state/admin.token")
 curl -fsS -H 'Content-Type: application/json' --data-binary @"$work/req.json" "$url" >/dev/null
 run() {
+  local target=$1; shift
   oha --no-tui --output-format json -m POST -H 'Content-Type: application/json' \
-    -D "$work/req.json" "$@" "$url" >"$work/oha.json"
+    -D "$work/req.json" "$@" "$target" >"$work/oha.json"
   jq -r '"  \(.summary.requestsPerSec | floor) req/s, success \(.summary.successRate * 100)%, p50 \(.latencyPercentiles.p50 * 1000 | . * 100 | floor / 100) ms, p99 \(.latencyPercentiles.p99 * 1000 | . * 100 | floor / 100) ms, statuses \(.statusCodeDistribution)"' "$work/oha.json"
 }
-echo "closed loop, 32 connections, ${secs}s:"
-run -c 32 -z "${secs}s"
+echo "1. built-in policy, closed loop, 32 connections, ${secs}s:"
+run "$url" -c 32 -z "${secs}s"
 rate=$(jq -r '.summary.requestsPerSec | floor' "$work/oha.json")
 half=$((rate / 2))
-echo "open loop at ${half} req/s (half the sustained rate), ${secs}s:"
-run -c 32 -q "$half" -z "${secs}s"
+echo "2. built-in policy, open loop at ${half} req/s (half the sustained rate), ${secs}s:"
+run "$url" -c 32 -q "$half" -z "${secs}s"
+# Two tenants: "calm" with the default rules as its own policy, "bombs" with a bomb.
+tenant() { # name -> its administrator credential
+  curl -fsS -X POST -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+    --data '{"allow_emulated": true}' "$base/providers/$1" | jq -r .adminToken
+}
+calm=$(tenant calm)
+bombs=$(tenant bombs)
+target/release/cvm attest policy get --url "$base" --type SevSnpVm --token-file "$work/state/admin.token" \
+  | jq -r .policy >"$work/rules.rego"
+set_policy() { # provider credential file
+  jq -Rs '{policy: .}' "$3" | curl -fsS -X PUT -H "Authorization: Bearer $2" \
+    -H 'Content-Type: application/json' --data-binary @- "$base/providers/$1/policies/SevSnpVm" >/dev/null
+}
+set_policy calm "$calm" "$work/rules.rego"
+printf 'package policy\nimport rego.v1\nallow if count(numbers.range(1, 1e15)) > 0\n' >"$work/bomb.rego"
+set_policy bombs "$bombs" "$work/bomb.rego"
+curl -fsS -H 'Content-Type: application/json' --data-binary @"$work/req.json" "$base/providers/calm/attest/SevSnpVm" >/dev/null
+echo "3. tenant policy (sandboxed worker processes), closed loop, 32 connections, ${secs}s:"
+run "$base/providers/calm/attest/SevSnpVm" -c 32 -z "${secs}s"
+( while :; do curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary @"$work/req.json" \
+    "$base/providers/bombs/attest/SevSnpVm"; done ) &
+bomber=$!
+echo "4. the same while another tenant's memory bomb is fired continuously, ${secs}s:"
+run "$base/providers/calm/attest/SevSnpVm" -c 32 -z "${secs}s"
+kill $bomber; bomber=
 echo "single-thread costs (criterion):"
 cargo bench -q -p attest --bench attest 2>/dev/null | grep -E '^(baseline|attest)|time:'

@@ -377,14 +377,7 @@ fn audit(cmd: AuditCommand) -> ExitCode {
                 eprintln!("error: the audit log is empty");
                 ExitCode::from(2)
             }
-            Err(keyvault::store::VerifyAuditError::Tampered(t)) => {
-                println!("tampered: {t}");
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => audit_failure(e),
         };
     }
     let mut expect = Vec::new();
@@ -416,11 +409,18 @@ fn audit(cmd: AuditCommand) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(keyvault::store::VerifyAuditError::Tampered(t)) => {
+        Err(e) => audit_failure(e),
+    }
+}
+
+/// Exit 1 for a tampered audit log (named on stdout), 2 for one that could not be read.
+pub(crate) fn audit_failure(e: audit::sqlite::VerifyError) -> ExitCode {
+    match e {
+        audit::sqlite::VerifyError::Tampered(t) => {
             println!("tampered: {t}");
             ExitCode::from(1)
         }
-        Err(e) => {
+        e => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }

@@ -437,6 +437,14 @@ mod tests {
 
     /// A server on 127.0.0.1:0 with `limits`, answering `GET /` with "ok".
     fn server(limits: ConnLimits) -> SocketAddr {
+        serve_app(
+            limits,
+            Box::new(|| Router::new().route("/", axum::routing::get(|| async { "ok" }))),
+        )
+    }
+
+    /// Serves the router `app` makes on 127.0.0.1:0 (on its own runtime) with `limits`.
+    fn serve_app(limits: ConnLimits, app: Box<dyn FnOnce() -> Router + Send>) -> SocketAddr {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = std_listener.local_addr().unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -448,8 +456,7 @@ mod tests {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-                let _ = serve(listener, None, app, limits).await;
+                let _ = serve(listener, None, app(), limits).await;
             });
         });
         addr
@@ -511,24 +518,16 @@ mod tests {
     /// A server echoing the body's length behind `body_deadline(limits)` and, for
     /// `/private`, `authenticate_first` accepting the bearer `ok`.
     fn body_server(limits: BodyLimits) -> SocketAddr {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = std_listener.local_addr().unwrap();
-        std_listener.set_nonblocking(true).unwrap();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        serve_app(
+            LIMITS,
+            Box::new(move || {
                 let check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync> =
                     Arc::new(|p| {
                         p.uri.path() != "/private"
                             || p.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
                                 == Some(b"Bearer ok")
                     });
-                let app = Router::new()
+                Router::new()
                     .route(
                         "/{*p}",
                         axum::routing::post(|b: Bytes| async move { b.len().to_string() }),
@@ -538,11 +537,9 @@ mod tests {
                     }))
                     .layer(axum::middleware::from_fn(move |req, next| {
                         authenticate_first(check.clone(), req, next)
-                    }));
-                let _ = serve(listener, None, app, LIMITS).await;
-            });
-        });
-        addr
+                    }))
+            }),
+        )
     }
 
     fn status_of(reply: &str) -> &str {
