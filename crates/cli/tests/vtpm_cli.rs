@@ -1001,9 +1001,12 @@ fn provisioned_vtpm_holds_ek_ak_certificate_report_and_a_locked_platform_hierarc
         &["tpm2_nvwrite", "0x01400001", "-C", "p", "-i", "ud.bin"],
         &["tpm2_changeauth", "-c", "p", "guess"],
     ] {
-        let o = tpm(&tcti, &work, args);
-        assert!(!o.status.success(), "{args:?} succeeded");
+        // Exactly an authorization failure of the platform hierarchy, not any error
+        // (session exhaustion, say, would fail these commands too).
+        refused_with(tpm(&tcti, &work, args), "0x9A2");
     }
+    // Nor through the lockout hierarchy: disableClear is set by the platform.
+    refused_with(tpm(&tcti, &work, &["tpm2_clear", "-c", "l"]), "0x120");
     // The owner still uses its own hierarchy (the lock is the platform's only).
     t(&["tpm2_createprimary", "-C", "o", "-c", "owner.ctx"]);
     t(&["tpm2_flushcontext", "-t"]);
@@ -1027,6 +1030,170 @@ fn provisioned_vtpm_holds_ek_ak_certificate_report_and_a_locked_platform_hierarc
             .status
             .success()
     );
+}
+
+/// Asserts that a tpm2-tools command failed with the TPM response code `rc` (as the
+/// tools print it, e.g. `0x9A2`).
+fn refused_with(o: Output, rc: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "succeeded: {}", stdout(&o));
+    assert!(
+        err.to_ascii_uppercase()
+            .contains(&format!("({})", rc.to_ascii_uppercase())),
+        "expected TPM response {rc}, got: {err}"
+    );
+}
+
+#[test]
+fn a_key_the_guest_puts_at_the_ak_handle_never_becomes_hclakpub() {
+    let (t, state, work) = workdir();
+    let ca = t.path().join("ca");
+    let snp_dir = t.path().join("snp");
+    let args = [
+        "--ca",
+        ca.to_str().unwrap(),
+        "--snp-platform",
+        snp_dir.to_str().unwrap(),
+    ];
+    let read = |f: &str| std::fs::read(work.join(f)).unwrap();
+    let vt = start_with(&state, "swtpm", &args);
+    let tcti = vt.tcti("swtpm");
+    let t = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
+    t(&["tpm2_startup", "-c"]);
+    t(&["tpm2_readpublic", "-c", "0x81000003", "-o", "ak.pub"]);
+    t(&["tpm2_readpublic", "-c", "0x81010001", "-o", "ek.pub"]);
+    t(&["tpm2_nvread", "0x01400001", "-C", "o", "-o", "hcl1.bin"]);
+    let claims1 = hcl_claims(&read("hcl1.bin"));
+
+    // The guest (owner authorization is empty) evicts the AK and the EK, and puts an
+    // RSA key it generated outside the TPM at the AK's handle.
+    t(&["tpm2_evictcontrol", "-C", "o", "-c", "0x81000003"]);
+    t(&["tpm2_evictcontrol", "-C", "o", "-c", "0x81010001"]);
+    let key = work.join("guest.pem");
+    let o = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    t(&["tpm2_createprimary", "-C", "o", "-c", "parent.ctx"]);
+    t(&["tpm2_flushcontext", "-t"]);
+    t(&[
+        "tpm2_import",
+        "-C",
+        "parent.ctx",
+        "-G",
+        "rsa",
+        "-i",
+        "guest.pem",
+        "-u",
+        "imp.pub",
+        "-r",
+        "imp.priv",
+    ]);
+    t(&["tpm2_flushcontext", "-t"]);
+    t(&[
+        "tpm2_load",
+        "-C",
+        "parent.ctx",
+        "-u",
+        "imp.pub",
+        "-r",
+        "imp.priv",
+        "-c",
+        "imp.ctx",
+    ]);
+    t(&[
+        "tpm2_evictcontrol",
+        "-C",
+        "o",
+        "-c",
+        "imp.ctx",
+        "0x81000003",
+    ]);
+    t(&["tpm2_flushcontext", "-t"]);
+    t(&["tpm2_readpublic", "-c", "0x81000003", "-o", "planted.pub"]);
+    assert_ne!(read("planted.pub"), read("ak.pub"));
+
+    // The VM is powered off and on: the vTPM derives its own keys again, evicts the
+    // planted one and reports and certifies only what it derived.
+    drop(vt);
+    let vt = start_with(&state, "swtpm", &args);
+    let tcti = vt.tcti("swtpm");
+    let t = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
+    t(&["tpm2_startup", "-c"]);
+    t(&["tpm2_readpublic", "-c", "0x81000003", "-o", "ak2.pub"]);
+    assert_eq!(
+        read("ak.pub"),
+        read("ak2.pub"),
+        "the AK handle holds the vTPM's AK"
+    );
+    t(&["tpm2_readpublic", "-c", "0x81010001", "-o", "ek2.pub"]);
+    assert_eq!(
+        read("ek.pub"),
+        read("ek2.pub"),
+        "the EK handle holds the vTPM's EK"
+    );
+    t(&["tpm2_nvread", "0x01400001", "-C", "o", "-o", "hcl2.bin"]);
+    let claims2 = hcl_claims(&read("hcl2.bin"));
+    assert_eq!(
+        claims1["keys"], claims2["keys"],
+        "HCLAkPub/HCLEkPub unchanged"
+    );
+    t(&["tpm2_nvread", "0x01C101D0", "-C", "o", "-o", "akcert.der"]);
+    let planted = tpm_quote::TpmPublic::parse_tpm2b(&read("planted.pub")).unwrap();
+    let tpm_quote::PublicDetails::Rsa(planted) = planted.details() else {
+        panic!("not RSA")
+    };
+    let cert = read("akcert.der");
+    assert!(
+        !cert
+            .windows(planted.modulus.len())
+            .any(|w| w == planted.modulus.as_slice()),
+        "the AK certificate certifies the planted key"
+    );
+
+    // If the guest also changes the owner authorization, so that the handle cannot
+    // be restored, the report still names the vTPM's own AK, never the planted key.
+    t(&["tpm2_createprimary", "-C", "o", "-c", "parent.ctx"]);
+    t(&["tpm2_flushcontext", "-t"]);
+    t(&[
+        "tpm2_load",
+        "-C",
+        "parent.ctx",
+        "-u",
+        "imp.pub",
+        "-r",
+        "imp.priv",
+        "-c",
+        "imp.ctx",
+    ]);
+    t(&["tpm2_evictcontrol", "-C", "o", "-c", "0x81000003"]);
+    t(&[
+        "tpm2_evictcontrol",
+        "-C",
+        "o",
+        "-c",
+        "imp.ctx",
+        "0x81000003",
+    ]);
+    t(&["tpm2_flushcontext", "-t"]);
+    t(&["tpm2_changeauth", "-c", "o", "owner-secret"]);
+    drop(vt);
+    let vt = start_with(&state, "swtpm", &args);
+    let tcti = vt.tcti("swtpm");
+    let t = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
+    t(&["tpm2_startup", "-c"]);
+    t(&[
+        "tpm2_nvread",
+        "0x01400001",
+        "-C",
+        "0x01400001",
+        "-o",
+        "hcl3.bin",
+    ]);
+    assert_eq!(claims1["keys"], hcl_claims(&read("hcl3.bin"))["keys"]);
 }
 
 /// REPORT_DATA of the SNP report inside an HCL report.

@@ -12,7 +12,11 @@
 //! - the platform hierarchy lock: right after every `TPM2_Startup` the platform
 //!   authorization is set to a fresh random value that only this process holds, so
 //!   the guest cannot clear the TPM through the platform hierarchy or touch platform
-//!   indices.
+//!   indices, and `disableClear` is set, so it cannot clear it through the lockout
+//!   hierarchy either;
+//! - the EK and AK are always derived anew from their templates at provisioning and
+//!   compared with what sits at their persistent handles: an object the guest put
+//!   there is evicted and never reported or certified.
 //!
 //! libtpms caps NV indices at 2048 bytes and Azure's report index holds 2600 (its
 //! claims carry `HCLAkPub` and `HCLEkPub`), so the report is served here rather than
@@ -249,39 +253,85 @@ fn rsa_key(public_tpm2b: &[u8]) -> Result<RsaKey, EngineError> {
     }
 }
 
-/// Returns the key at `handle`, creating it as a primary of the endorsement hierarchy
-/// from `template` and making it persistent when it is not there.
+/// Derives the vTPM's own key from `template` (a primary of the endorsement
+/// hierarchy: the same seed and template always give the same key) and makes sure
+/// `handle` holds exactly it, replacing whatever else sits there.
+///
+/// The key returned is always the derived one, never whatever object the guest left
+/// at `handle` (it may evict the vTPM's key with owner authorization and put its own
+/// there): only a key this process derived goes into the report and the certificate.
+/// When the handle holds another object and cannot be restored (the guest changed the
+/// owner authorization), the derived key is still the one reported, so quotes by the
+/// guest's substitute never verify against the report.
 fn ensure_key(
     engine: &mut dyn Engine,
     handle: u32,
     template: &[u8],
+    platform_auth: &[u8],
 ) -> Result<RsaKey, EngineError> {
-    let r = run(engine, tpm::read_public(handle))?;
-    if r.rc == 0 {
-        let (public, _) = take_tpm2b(&r.body).ok_or_else(|| malformed("ReadPublic"))?;
-        let mut tpm2b = (public.len() as u16).to_be_bytes().to_vec();
-        tpm2b.extend_from_slice(public);
-        return rsa_key(&tpm2b);
-    }
     let r = run_ok(
         engine,
-        "TPM2_CreatePrimary",
+        "TPM2_CreatePrimary (deriving the vTPM's own key; was the endorsement \
+         hierarchy's authorization changed?)",
         tpm::create_primary(RH_ENDORSEMENT, template),
     )?;
     let transient = r.handle().ok_or_else(|| malformed("CreatePrimary"))?;
-    let params = r.params(1).ok_or_else(|| malformed("CreatePrimary"))?;
-    let (public, _) = take_tpm2b(params).ok_or_else(|| malformed("CreatePrimary"))?;
-    let mut tpm2b = (public.len() as u16).to_be_bytes().to_vec();
-    tpm2b.extend_from_slice(public);
-    let key = rsa_key(&tpm2b)?;
-    let evicted = run_ok(
-        engine,
-        "TPM2_EvictControl",
-        tpm::evict_control(transient, handle),
-    );
+    let result = persist_derived(engine, handle, transient, &r, platform_auth);
     let _ = run(engine, tpm::flush_context(transient));
-    evicted?;
+    result
+}
+
+/// The second half of [`ensure_key`]: `created` is the `TPM2_CreatePrimary` response
+/// for the loaded `transient` object.
+fn persist_derived(
+    engine: &mut dyn Engine,
+    handle: u32,
+    transient: u32,
+    created: &tpm::Response,
+    platform_auth: &[u8],
+) -> Result<RsaKey, EngineError> {
+    let params = created
+        .params(1)
+        .ok_or_else(|| malformed("CreatePrimary"))?;
+    let (derived, _) = take_tpm2b(params).ok_or_else(|| malformed("CreatePrimary"))?;
+    let key = rsa_key(&tpm2b(derived))?;
+    let r = run(engine, tpm::read_public(handle))?;
+    if r.rc == 0 {
+        let (present, _) = take_tpm2b(&r.body).ok_or_else(|| malformed("ReadPublic"))?;
+        if present == derived {
+            return Ok(key);
+        }
+        eprintln!("vtpm: the object at {handle:#010x} is not the vTPM's own key; replacing it");
+        let evicted = [(RH_PLATFORM, platform_auth), (tpm::RH_OWNER, &[][..])]
+            .into_iter()
+            .any(|(auth, pw)| {
+                run(engine, tpm::evict_control_as(auth, pw, handle, handle))
+                    .is_ok_and(|r| r.rc == 0)
+            });
+        if !evicted {
+            eprintln!(
+                "vtpm: {handle:#010x} could not be evicted; the report names the vTPM's \
+                 own key, not that object"
+            );
+            return Ok(key);
+        }
+    }
+    let persisted = run(engine, tpm::evict_control(transient, handle))?;
+    if persisted.rc != 0 {
+        eprintln!(
+            "vtpm: making the vTPM's own key persistent at {handle:#010x} failed with \
+             {:#x} (owner authorization changed?); the report names it all the same",
+            persisted.rc
+        );
+    }
     Ok(key)
+}
+
+/// `b` as a TPM2B.
+fn tpm2b(b: &[u8]) -> Vec<u8> {
+    let mut v = (b.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(b);
+    v
 }
 
 impl Platform {
@@ -361,8 +411,11 @@ impl Platform {
         engine: &mut dyn Engine,
         resumed: bool,
     ) -> Result<(), EngineError> {
-        let ek = ensure_key(engine, EK_HANDLE, &ek_template())?;
-        let ak = ensure_key(engine, AK_HANDLE, &ak_template())?;
+        // Platform authorization is empty after a fresh TPM2_Startup(SU_CLEAR); a
+        // resumed TPM's is the previous process's, and is not needed unless an object
+        // must be evicted (which then fails and the TPM is started fresh).
+        let ek = ensure_key(engine, EK_HANDLE, &ek_template(), &[])?;
+        let ak = ensure_key(engine, AK_HANDLE, &ak_template(), &[])?;
         if let Some(ca) = &self.ca {
             let spki = crate::ca::rsa_spki_der(&ak.modulus, ak.exponent);
             let current = match tpm::nv_size(engine, NV_AK_CERT)? {
@@ -670,17 +723,29 @@ impl Platform {
         let mut auth = Zeroizing::new(vec![0u8; 32]);
         aws_lc_rs::rand::fill(auth.as_mut_slice())
             .map_err(|_| EngineError::new(TPM_FAIL, "no randomness"))?;
+        let mut locked = false;
         for current in [Zeroizing::new(Vec::new()), self.platform_auth.clone()] {
             let r = run(engine, tpm::change_platform_auth(&current, &auth))?;
             if r.rc == 0 {
                 self.platform_auth = auth;
-                return Ok(());
+                locked = true;
+                break;
             }
         }
-        Err(EngineError::new(
-            TPM_FAIL,
-            "TPM2_HierarchyChangeAuth(platform) was refused",
-        ))
+        if !locked {
+            return Err(EngineError::new(
+                TPM_FAIL,
+                "TPM2_HierarchyChangeAuth(platform) was refused",
+            ));
+        }
+        // The guest cannot clear the TPM either (TPM2_Clear through the lockout
+        // hierarchy): disableClear can only be unset with platform authorization.
+        run_ok(
+            engine,
+            "TPM2_ClearControl(platform, disable)",
+            tpm::clear_control_platform(&self.platform_auth, true),
+        )?;
+        Ok(())
     }
 
     /// Acts on a command the engine ran: locks the platform hierarchy after

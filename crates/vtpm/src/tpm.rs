@@ -19,6 +19,10 @@ pub mod cc {
     pub const NV_UNDEFINE_SPACE: u32 = 0x122;
     /// `TPM2_EvictControl`.
     pub const EVICT_CONTROL: u32 = 0x120;
+    /// `TPM2_Clear`.
+    pub const CLEAR: u32 = 0x126;
+    /// `TPM2_ClearControl`.
+    pub const CLEAR_CONTROL: u32 = 0x127;
     /// `TPM2_HierarchyChangeAuth`.
     pub const HIERARCHY_CHANGE_AUTH: u32 = 0x129;
     /// `TPM2_NV_DefineSpace`.
@@ -221,13 +225,29 @@ pub fn read_public(handle: u32) -> Vec<u8> {
     Command::new(cc::READ_PUBLIC, false).u32(handle).finish()
 }
 
-/// `TPM2_EvictControl(owner, object, persistent)`.
+/// `TPM2_EvictControl(owner, object, persistent)` with an empty owner password.
 pub fn evict_control(object: u32, persistent: u32) -> Vec<u8> {
+    evict_control_as(RH_OWNER, &[], object, persistent)
+}
+
+/// `TPM2_EvictControl(auth, object, persistent)` with `password` for `auth` (owner or
+/// platform). With `object == persistent` it removes a persistent object.
+pub fn evict_control_as(auth: u32, password: &[u8], object: u32, persistent: u32) -> Vec<u8> {
     Command::new(cc::EVICT_CONTROL, true)
-        .u32(RH_OWNER)
+        .u32(auth)
         .u32(object)
-        .password(&[])
+        .password(password)
         .u32(persistent)
+        .finish()
+}
+
+/// `TPM2_ClearControl(platform, disable)`: with `disable` set, `TPM2_Clear` is refused
+/// (`TPM_RC_DISABLED`) until the platform hierarchy clears the flag again.
+pub fn clear_control_platform(platform_auth: &[u8], disable: bool) -> Vec<u8> {
+    Command::new(cc::CLEAR_CONTROL, true)
+        .u32(RH_PLATFORM)
+        .password(platform_auth)
+        .bytes(&[u8::from(disable)])
         .finish()
 }
 
