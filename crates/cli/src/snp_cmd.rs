@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use snp::Product;
 use snp_emu::guest::{GuestError, KeySelect, LaunchConfig};
-use snp_emu::platform::{Platform, PlatformConfig, PlatformError, pem};
+use snp_emu::platform::{MIN_SEED_LEN, Platform, PlatformConfig, PlatformError, pem};
+use zeroize::Zeroizing;
 
 /// `cvm snp` subcommands.
 #[derive(Subcommand, Debug)]
@@ -68,9 +69,13 @@ pub struct CreateArgs {
     /// The product to emulate.
     #[arg(long, default_value = "Milan")]
     product: Product,
-    /// Derive the chip identity and chip secret from this seed (hex), for tests.
-    #[arg(long)]
-    seed: Option<String>,
+    /// DANGEROUS, for tests only: derive every key (chip identity and secret, VCEK,
+    /// VLEK, derived keys, ARK, ASK, ASVK) from this seed, so anyone who knows it can
+    /// forge this platform's evidence. HEX is the seed in hexadecimal (an optional 0x
+    /// prefix), at least 16 bytes once decoded, that is at least 32 hex digits. The
+    /// platform records `seeded: true` and `cvm snp show` says so.
+    #[arg(long = "dangerously-seed", value_name = "HEX")]
+    dangerously_seed: Option<String>,
     /// Emulate a host with SEV-SNP disabled (nothing launches there).
     #[arg(long)]
     snp_disabled: bool,
@@ -261,19 +266,34 @@ fn create(a: &CreateArgs) -> Result<()> {
     config.ciphertext_hiding = a.ciphertext_hiding;
     config.vlek = a.vlek;
     apply_tcb_and_firmware(&mut config, a.tcb.as_deref(), a.firmware.as_deref())?;
-    let seed = a
-        .seed
-        .as_deref()
-        .map(hex::decode)
-        .transpose()
-        .context("--seed is not hex")?;
-    let p = Platform::create(&a.platform, config, seed.as_deref())?;
+    let seed = a.dangerously_seed.as_deref().map(parse_seed).transpose()?;
+    let p = Platform::create(&a.platform, config, seed.as_deref().map(|s| &s[..]))?;
     println!(
-        "created emulated {} platform, chip id {}",
+        "created emulated {} platform, chip id {}{}",
         a.product,
-        hex::encode(p.chip_id())
+        hex::encode(p.chip_id()),
+        if p.seeded() {
+            " (seeded: every key follows from the seed; for tests only)"
+        } else {
+            ""
+        }
     );
     Ok(())
+}
+
+/// `--dangerously-seed`: hex (optional `0x`), at least [`MIN_SEED_LEN`] bytes decoded.
+fn parse_seed(s: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let seed = Zeroizing::new(
+        hex::decode(s.trim().trim_start_matches("0x")).context("--dangerously-seed is not hex")?,
+    );
+    if seed.len() < MIN_SEED_LEN {
+        anyhow::bail!(
+            "--dangerously-seed must be at least {MIN_SEED_LEN} bytes ({} hex digits), got {}",
+            2 * MIN_SEED_LEN,
+            seed.len()
+        );
+    }
+    Ok(seed)
 }
 
 fn show(a: &ShowArgs) -> Result<()> {
@@ -287,6 +307,7 @@ fn show(a: &ShowArgs) -> Result<()> {
         "firmware": c.firmware_version().to_string(),
         "report_version": c.report_version,
         "snp_enabled": c.snp_enabled,
+        "seeded": p.seeded(),
         "platform_info": format!("{:#x}", c.platform_info()),
         "certificates": {
             "vcek": pem("CERTIFICATE", p.vcek_der()),
@@ -304,6 +325,14 @@ fn show(a: &ShowArgs) -> Result<()> {
         println!(
             "SEV-SNP:     {}",
             if c.snp_enabled { "enabled" } else { "disabled" }
+        );
+        println!(
+            "seeded:      {}",
+            if p.seeded() {
+                "yes: every key follows from a test seed (DANGEROUS, tests only)"
+            } else {
+                "no"
+            }
         );
     }
     Ok(())

@@ -186,6 +186,102 @@ fn bad_arguments_exit_2() {
 }
 
 #[test]
+fn short_or_empty_seeds_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = dir.path().join("p");
+    let p = platform.display().to_string();
+    let fifteen = "ab".repeat(15);
+    for (seed, why) in [
+        ("", "at least 16 bytes"),
+        ("00", "at least 16 bytes"),
+        (fifteen.as_str(), "got 15"),
+        ("zz".repeat(16).as_str(), "not hex"),
+    ] {
+        let out = cvm(&[
+            "snp",
+            "create",
+            "--platform",
+            &p,
+            "--dangerously-seed",
+            seed,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{seed:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{seed:?}: {err}");
+        assert!(!platform.join("platform.json").exists(), "{seed:?}");
+    }
+    // The old, innocent-looking flag is gone.
+    let out = cvm(&[
+        "snp",
+        "create",
+        "--platform",
+        &p,
+        "--seed",
+        &"ab".repeat(16),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!platform.join("platform.json").exists());
+}
+
+#[test]
+fn a_seeded_platform_is_recorded_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeded = dir.path().join("seeded").display().to_string();
+    let twin = dir.path().join("twin").display().to_string();
+    let plain = dir.path().join("plain").display().to_string();
+    // 16 bytes exactly, with the optional 0x prefix.
+    let seed = format!("0x{}", "5e".repeat(16));
+    for platform in [&seeded, &twin] {
+        let out = cvm(&[
+            "snp",
+            "create",
+            "--platform",
+            platform,
+            "--dangerously-seed",
+            &seed,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("seeded"));
+    }
+    assert!(
+        cvm(&["snp", "create", "--platform", &plain])
+            .status
+            .success()
+    );
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("seeded/platform.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["seeded"], true);
+
+    let show = |platform: &str| json_of(&cvm(&["snp", "show", "--platform", platform, "--json"]));
+    let (s, t, p) = (show(&seeded), show(&twin), show(&plain));
+    assert_eq!(s["seeded"], true);
+    assert_eq!(p["seeded"], false);
+    assert_eq!(s["chip_id"], t["chip_id"], "the same seed, the same chip");
+    assert_ne!(s["chip_id"], p["chip_id"]);
+
+    let text = cvm(&["snp", "show", "--platform", &seeded]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("seeded:      yes"), "{text}");
+    assert!(text.contains("DANGEROUS"), "{text}");
+    let text = cvm(&["snp", "show", "--platform", &plain]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("seeded:      no"));
+
+    // A platform stored before `seeded` existed shows as unseeded.
+    let path = dir.path().join("plain/platform.json");
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("seeded");
+    std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+    assert_eq!(show(&plain)["seeded"], false);
+}
+
+#[test]
 fn measured_launch_end_to_end() {
     // The launch digest of Debian's OVMF, as `sev-snp-measure` computes it.
     let ovmf = "/usr/share/ovmf/OVMF.fd";

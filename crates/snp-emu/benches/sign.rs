@@ -26,7 +26,7 @@ fn benches(c: &mut Criterion) {
         Platform::create(
             dir.path(),
             PlatformConfig::new(Product::Milan),
-            Some(b"bench"),
+            Some(b"snp-emu sign benchmark"),
         ),
         "platform",
     );

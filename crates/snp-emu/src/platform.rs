@@ -1,6 +1,7 @@
 //! One emulated AMD secure processor per host: identity, key hierarchy, state.
 //!
-//! State lives in a directory: `platform.json` (identity and configuration),
+//! State lives in a directory: `platform.json` (identity, configuration and whether
+//! the keys come from a test seed),
 //! `keys/` (ARK and ASK PKCS#8, the chip secret; mode 0600) and `certs/` (ARK, ASK and
 //! one VCEK per TCB, DER). Every file is written atomically (temporary file, fsync,
 //! rename), so a crash leaves either the old or the new file. The VCEK is derived from
@@ -50,6 +51,12 @@ pub enum PlatformError {
     /// Key generation or certificate issuance failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// A test seed is shorter than [`MIN_SEED_LEN`] bytes.
+    #[error("a seed must be at least {MIN_SEED_LEN} bytes, got {got}")]
+    SeedTooShort {
+        /// Its length in bytes.
+        got: usize,
+    },
     /// SEV-SNP is disabled: the host is not SNP-capable.
     #[error(
         "SEV-SNP is not enabled on this host: it is not SNP-capable, so no guest can be launched or attested"
@@ -189,7 +196,15 @@ struct StateFile {
     chip_id: String,
     created: u64,
     config: PlatformConfig,
+    /// Every key was derived from a test seed. Absent in platforms created before the
+    /// field existed: read as `false`, although the old `--seed` may have made them
+    /// (ADR 0009).
+    #[serde(default)]
+    seeded: bool,
 }
+
+/// The shortest seed [`Platform::create`] accepts: 16 bytes, 128 bits.
+pub const MIN_SEED_LEN: usize = 16;
 
 const STATE_FORMAT: u32 = 1;
 /// Seven years, the validity AMD gives a VCEK.
@@ -211,6 +226,7 @@ pub struct Platform {
     config: PlatformConfig,
     chip_id: [u8; 64],
     created: u64,
+    seeded: bool,
     chip_secret: Zeroizing<[u8; 32]>,
     ask: RsaKeyPair,
     ark_cert: Vec<u8>,
@@ -334,16 +350,24 @@ fn read(path: &Path) -> Result<Vec<u8>, PlatformError> {
 }
 
 impl Platform {
-    /// Creates a platform in `dir` (which must not hold one). With a `seed`, every key
-    /// (chip identity and secret, so every VCEK and VLEK, and the RSA-4096 ARK, ASK and
-    /// ASVK) is derived from it, for tests; certificates still carry the creation time
-    /// and fresh RSA-PSS salts.
+    /// Creates a platform in `dir` (which must not hold one).
+    ///
+    /// Dangerous: with a `seed` (at least [`MIN_SEED_LEN`] bytes), every key (chip
+    /// identity and secret, so every VCEK, VLEK and derived key, and the RSA-4096
+    /// ARK, ASK and ASVK) is derived from it, so anyone who knows the seed holds them
+    /// all. For tests only; the platform records it ([`Platform::seeded`]).
+    /// Certificates still carry the creation time and fresh RSA-PSS salts.
     pub fn create(
         dir: &Path,
         config: PlatformConfig,
         seed: Option<&[u8]>,
     ) -> Result<Self, PlatformError> {
         config.validate()?;
+        if let Some(seed) = seed
+            && seed.len() < MIN_SEED_LEN
+        {
+            return Err(PlatformError::SeedTooShort { got: seed.len() });
+        }
         let state = dir.join("platform.json");
         if state.exists() {
             return Err(PlatformError::Exists(dir.to_owned()));
@@ -435,6 +459,7 @@ impl Platform {
             chip_id: hex::encode(chip_id),
             created,
             config,
+            seeded: seed.is_some(),
         };
         let json =
             serde_json::to_vec_pretty(&file).map_err(|e| PlatformError::Config(e.to_string()))?;
@@ -486,6 +511,7 @@ impl Platform {
             config: state.config,
             chip_id,
             created: state.created,
+            seeded: state.seeded,
             chip_secret,
             ask,
             ark_cert,
@@ -614,6 +640,7 @@ impl Platform {
             chip_id: hex::encode(self.chip_id),
             created: self.created,
             config: config.clone(),
+            seeded: self.seeded,
         };
         let json =
             serde_json::to_vec_pretty(&file).map_err(|e| PlatformError::Config(e.to_string()))?;
@@ -633,6 +660,11 @@ impl Platform {
     /// The configuration.
     pub fn config(&self) -> &PlatformConfig {
         &self.config
+    }
+    /// Whether every key was derived from a test seed (`cvm snp create
+    /// --dangerously-seed`): its evidence proves nothing to anyone who knows the seed.
+    pub fn seeded(&self) -> bool {
+        self.seeded
     }
     /// The 64-byte chip identifier (Turin: 8 significant bytes).
     pub fn chip_id(&self) -> &[u8; 64] {
@@ -746,4 +778,55 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn seeds_shorter_than_16_bytes_are_refused() {
+        for seed in [&b""[..], b"k", &[7u8; MIN_SEED_LEN - 1]] {
+            let dir = tempfile::tempdir().unwrap();
+            let e = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), Some(seed))
+                .unwrap_err();
+            assert!(
+                matches!(e, PlatformError::SeedTooShort { got } if got == seed.len()),
+                "{e}"
+            );
+            assert!(
+                !dir.path().join("platform.json").exists(),
+                "nothing is created"
+            );
+        }
+    }
+
+    #[test]
+    fn a_seeded_platform_says_so_and_old_state_reads_as_unseeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [0x5e; MIN_SEED_LEN];
+        let p =
+            Platform::create(dir.path(), PlatformConfig::new(Product::Milan), Some(&seed)).unwrap();
+        assert!(p.seeded());
+        let state = dir.path().join("platform.json");
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+        assert_eq!(json["seeded"], true);
+        // Kept across a reconfiguration and a reopen.
+        let mut p = Platform::open(dir.path()).unwrap();
+        assert!(p.seeded());
+        p.set_tcb(TcbVersion::milan_genoa(4, 0, 24, 220)).unwrap();
+        assert!(Platform::open(dir.path()).unwrap().seeded());
+
+        // A platform written before the field existed opens, unseeded.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("seeded");
+        fs::write(&state, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(!Platform::open(dir.path()).unwrap().seeded());
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None).unwrap();
+        assert!(!p.seeded());
+    }
 }

@@ -9,7 +9,7 @@ use snp::Product;
 use snp::cert::{Vek, parse_bundle};
 use snp::chain::{CertChain, ChainError, RootTrust, TrustAnchors};
 use snp::verify::{Verifier, VerifyError};
-use snp_emu::guest::{FieldSelect, GuestError, LaunchConfig};
+use snp_emu::guest::{FieldSelect, Guest, GuestError, KeyRequest, LaunchConfig};
 use snp_emu::platform::{Platform, PlatformConfig, PlatformError};
 
 fn now() -> i64 {
@@ -17,6 +17,13 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// Trusts this platform's ARK, pinned (as `cvm snp export-roots` and
+/// `--dangerously-trust-emulator-roots` do), not every root labelled an emulator's.
+fn pin_roots(anchors: &mut TrustAnchors, p: &Platform) {
+    let ark = snp::cert::AmdCert::from_der(p.ark_der()).unwrap();
+    anchors.dangerously_trust_emulator_root(&ark).unwrap();
 }
 
 fn verify(
@@ -29,7 +36,7 @@ fn verify(
     let chain = CertChain::from_certs(&certs).unwrap();
     let mut anchors = TrustAnchors::amd();
     if emulator {
-        anchors.dangerously_trust_emulator();
+        pin_roots(&mut anchors, p);
     }
     let r = snp::AttestationReport::parse(report).unwrap();
     Verifier::new(anchors).verify(&r, &vek, &chain, now())
@@ -39,7 +46,12 @@ fn verify(
 fn every_product_verifies_only_with_emulator_roots_trusted() {
     for product in Product::ALL {
         let dir = tempfile::tempdir().unwrap();
-        let p = Platform::create(dir.path(), PlatformConfig::new(product), Some(b"seed")).unwrap();
+        let p = Platform::create(
+            dir.path(),
+            PlatformConfig::new(product),
+            Some(b"snp-emu test seed: products"),
+        )
+        .unwrap();
         let guest = p.launch(LaunchConfig::default()).unwrap();
         let rd = [7u8; 64];
         let report = p.get_report(&guest, &rd, 0).unwrap();
@@ -116,8 +128,12 @@ fn fields_round_trip() {
 #[test]
 fn state_persists_and_a_tcb_change_rotates_the_vcek() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p =
-        Platform::create(dir.path(), PlatformConfig::new(Product::Milan), Some(b"x")).unwrap();
+    let mut p = Platform::create(
+        dir.path(),
+        PlatformConfig::new(Product::Milan),
+        Some(b"snp-emu test seed: persistence"),
+    )
+    .unwrap();
     let (chip, vcek) = (*p.chip_id(), p.vcek_der().to_vec());
     assert!(matches!(
         Platform::create(dir.path(), PlatformConfig::new(Product::Milan), None),
@@ -130,8 +146,12 @@ fn state_persists_and_a_tcb_change_rotates_the_vcek() {
     );
     // The same seed gives the same chip and the same VCEK key.
     let dir2 = tempfile::tempdir().unwrap();
-    let twin =
-        Platform::create(dir2.path(), PlatformConfig::new(Product::Milan), Some(b"x")).unwrap();
+    let twin = Platform::create(
+        dir2.path(),
+        PlatformConfig::new(Product::Milan),
+        Some(b"snp-emu test seed: persistence"),
+    )
+    .unwrap();
     assert_eq!(twin.chip_id(), &chip);
     let key = |p: &Platform| {
         Vek::parse(p.vcek_der())
@@ -163,7 +183,7 @@ fn state_persists_and_a_tcb_change_rotates_the_vcek() {
     let certs = parse_bundle(p.chain_pem().as_bytes()).unwrap();
     let chain = CertChain::from_certs(&certs).unwrap();
     let mut anchors = TrustAnchors::amd();
-    anchors.dangerously_trust_emulator();
+    pin_roots(&mut anchors, &p);
     let r = snp::AttestationReport::parse(&p.get_report(&g, &[0; 64], 0).unwrap()).unwrap();
     assert!(matches!(
         Verifier::new(anchors).verify(&r, &old, &chain, now()),
@@ -217,41 +237,67 @@ fn launch_refuses_policies_the_platform_cannot_honour() {
 #[test]
 fn derived_keys_are_stable_and_bound_to_selected_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Platform::create(dir.path(), PlatformConfig::new(Product::Milan), Some(b"k")).unwrap();
+    let p = Platform::create(
+        dir.path(),
+        PlatformConfig::new(Product::Milan),
+        Some(b"snp-emu test seed: derived keys"),
+    )
+    .unwrap();
     let base = LaunchConfig {
         guest_svn: 3,
         measurement: [1; 48],
         ..LaunchConfig::default()
     };
     let g = p.launch(base.clone()).unwrap();
-    let all = FieldSelect {
-        policy: true,
-        image_id: true,
-        family_id: true,
-        measurement: true,
-        guest_svn: true,
-        tcb_version: true,
+    let all = KeyRequest {
+        fields: FieldSelect::from_bits(0x3f).unwrap(),
+        guest_svn: 3,
+        tcb_version: p.config().tcb().raw(),
+        ..KeyRequest::default()
     };
-    let tcb = p.config().tcb().raw();
-    let k = p.get_derived_key(&g, all, 0, 3, tcb).unwrap();
+    let derive = |g: &Guest, r: KeyRequest| *p.get_derived_key(g, 0, &r).unwrap();
+    let k = derive(&g, all);
+    assert_eq!(k, derive(&g, all), "stable");
     assert_eq!(
-        *k,
-        *p.get_derived_key(&g, all, 0, 3, tcb).unwrap(),
-        "stable"
+        k,
+        *p.get_derived_key(&g, 0, &KeyRequest::parse(&all.to_bytes()).unwrap())
+            .unwrap(),
+        "the same through the message bytes"
     );
-    assert_ne!(*k, *p.get_derived_key(&g, all, 1, 3, tcb).unwrap(), "VMPL");
+    assert_ne!(k, derive(&g, KeyRequest { vmpl: 1, ..all }), "VMPL");
     assert_ne!(
-        *k,
-        *p.get_derived_key(&g, all, 0, 2, tcb).unwrap(),
+        k,
+        derive(
+            &g,
+            KeyRequest {
+                guest_svn: 2,
+                ..all
+            }
+        ),
         "guest SVN"
     );
+    let older = snp::TcbVersion::milan_genoa(4, 0, 24, 218).raw();
     assert_ne!(
-        *k,
-        *p.get_derived_key(&g, all, 0, 3, tcb - 1).unwrap(),
+        k,
+        derive(
+            &g,
+            KeyRequest {
+                tcb_version: older,
+                ..all
+            }
+        ),
         "TCB"
     );
     assert!(
-        p.get_derived_key(&g, all, 0, 4, tcb).is_err(),
+        p.get_derived_key(
+            &g,
+            0,
+            &KeyRequest {
+                guest_svn: 4,
+                ..all
+            }
+        )
+        .is_err(),
         "newer SVN than the guest's"
     );
     for change in [
@@ -273,30 +319,27 @@ fn derived_keys_are_stable_and_bound_to_selected_fields() {
         },
     ] {
         let other = p.launch(change).unwrap();
-        assert_ne!(*k, *p.get_derived_key(&other, all, 0, 3, tcb).unwrap());
+        assert_ne!(k, derive(&other, all));
     }
     // A field that is not selected does not matter.
-    let none = FieldSelect::default();
+    let none = KeyRequest::default();
     let other = p
         .launch(LaunchConfig {
             measurement: [2; 48],
             ..base.clone()
         })
         .unwrap();
-    assert_eq!(
-        *p.get_derived_key(&g, none, 0, 0, 0).unwrap(),
-        *p.get_derived_key(&other, none, 0, 0, 0).unwrap()
-    );
+    assert_eq!(derive(&g, none), derive(&other, none));
     // Another chip derives other keys.
     let dir2 = tempfile::tempdir().unwrap();
     let q = Platform::create(
         dir2.path(),
         PlatformConfig::new(Product::Milan),
-        Some(b"other"),
+        Some(b"snp-emu test seed: another chip"),
     )
     .unwrap();
     let gq = q.launch(base).unwrap();
-    assert_ne!(*k, *q.get_derived_key(&gq, all, 0, 3, tcb).unwrap());
+    assert_ne!(k, *q.get_derived_key(&gq, 0, &all).unwrap());
 }
 
 #[test]
@@ -309,7 +352,7 @@ fn extended_report_carries_the_certificate_table() {
     let vek = Vek::from_cert(certs[0].clone()).unwrap();
     let chain = CertChain::from_certs(&certs).unwrap();
     let mut anchors = TrustAnchors::amd();
-    anchors.dangerously_trust_emulator();
+    pin_roots(&mut anchors, &p);
     let r = snp::AttestationReport::parse(&report).unwrap();
     Verifier::new(anchors)
         .verify(&r, &vek, &chain, now())
@@ -325,7 +368,7 @@ fn vlek_platforms_sign_with_the_vlek() {
     let p = Platform::create(dir.path(), config, None).unwrap();
     let g = p.launch(LaunchConfig::default()).unwrap();
     let mut anchors = TrustAnchors::amd();
-    anchors.dangerously_trust_emulator();
+    pin_roots(&mut anchors, &p);
     let verifier = Verifier::new(anchors);
     let vlek_certs = parse_bundle(p.vlek_chain_pem().unwrap().as_bytes()).unwrap();
     let vlek = Vek::from_cert(vlek_certs[0].clone()).unwrap();
