@@ -13,7 +13,9 @@
 //! (a tenant whose policy spins cannot take every worker), and a request that waits
 //! longer than `queue_timeout` for a worker is refused (503 `policy_busy`).
 //!
-//! The built-in default policies are the service's own code and run in process.
+//! The built-in default policies are the service's own code and run in process. A
+//! service configured without a sandbox runs no tenant policy at all: it refuses them
+//! (501 `policy_sandbox_unavailable`) rather than run them in process.
 //!
 //! Protocol on the worker's stdin/stdout: frames of a 4-byte big-endian length and a
 //! JSON document, one request and one response at a time.

@@ -62,8 +62,11 @@ pub struct ServiceConfig {
     /// How long a signing key stays in the JWKS after a rotation replaced it (default:
     /// the token lifetime, so tokens it signed verify until they expire).
     pub signing_key_grace: Option<Duration>,
-    /// Where tenant policies run (`None`: in this process, unbounded; only for
-    /// embedders that trust every policy author, since a policy can exhaust memory).
+    /// Where tenant policies run. `None`: nowhere. Only the built-in default policies
+    /// apply; setting a tenant policy, a dry run with a draft, and attesting to a
+    /// provider whose stored policy a tenant wrote are refused (501
+    /// `policy_sandbox_unavailable`), since tenant Rego in this process could exhaust
+    /// its memory or stall it.
     pub policy_sandbox: Option<crate::sandbox::SandboxConfig>,
 }
 
@@ -113,7 +116,7 @@ pub enum ServiceError {
 }
 
 /// A policy version in force: compiled here when it is the service's own default, run
-/// in the sandbox when a tenant wrote it (and the service has a sandbox).
+/// in the sandbox when a tenant wrote it (refused when the service has no sandbox).
 #[derive(Debug)]
 pub struct ActivePolicy {
     /// Version (0 for the built-in default).
@@ -374,15 +377,13 @@ impl Service {
         let mut policies = HashMap::new();
         for kind in AttestationType::ALL {
             let active = match self.store.latest_policy(&row.name, kind.path_name())? {
-                // A tenant's policy never runs in this process when there is a sandbox
-                // (not even to compile: a policy stored before could be a bomb).
+                // A tenant's policy never runs in this process (not even to compile: a
+                // policy stored before could be a bomb); without a sandbox it is refused
+                // when used.
                 Some(p) => ActivePolicy {
                     version: p.version,
                     hash: policy::policy_hash(&p.text),
-                    compiled: match self.sandbox {
-                        Some(_) => None,
-                        None => Some(CompiledPolicy::compile(&p.text, &settings)?),
-                    },
+                    compiled: None,
                     text: p.text,
                 },
                 None => {
@@ -913,14 +914,8 @@ impl Service {
                 format!("longer than {} bytes", policy::MAX_POLICY_LEN),
             ));
         }
-        match &self.sandbox {
-            Some(sb) => evidence::off_worker(|| sb.compile(provider, text, &p.settings))
-                .map_err(sandbox_error)?,
-            None => {
-                CompiledPolicy::compile(text, &p.settings)
-                    .map_err(|e| ApiError::bad("invalid_policy", e.to_string()))?;
-            }
-        }
+        let sb = self.sandbox.as_ref().ok_or_else(no_sandbox)?;
+        evidence::off_worker(|| sb.compile(provider, text, &p.settings)).map_err(sandbox_error)?;
         let audit = audit_entry(provider, "administrator", "policy_set", kind.path_name());
         let version = self
             .store
@@ -1049,7 +1044,7 @@ impl Service {
     ) -> Result<Value, ApiError> {
         let input = Value::Object(ev.claims.clone());
         let (Decision { allow, deny }, hash, version) = match draft {
-            // A draft is untrusted Rego: the sandbox when there is one.
+            // A draft is untrusted Rego: the sandbox, or refused without one.
             Some(text) => (
                 self.decide(p, None, text, &input)?,
                 policy::policy_hash(text),
@@ -1077,7 +1072,7 @@ impl Service {
     }
 
     /// Evaluates a policy: `compiled` in process (the default policies), else `text` in
-    /// the sandbox, or compiled here when the service has none.
+    /// the sandbox; tenant Rego is refused when the service has none.
     fn decide(
         &self,
         p: &Provider,
@@ -1092,13 +1087,9 @@ impl Service {
         if let Some(c) = compiled {
             return c.evaluate(input).map_err(eval_err);
         }
-        match &self.sandbox {
-            Some(sb) => evidence::off_worker(|| sb.evaluate(&p.name, text, &p.settings, input))
-                .map_err(sandbox_error),
-            None => CompiledPolicy::compile(text, &p.settings)
-                .and_then(|c| c.evaluate(input))
-                .map_err(eval_err),
-        }
+        let sb = self.sandbox.as_ref().ok_or_else(no_sandbox)?;
+        evidence::off_worker(|| sb.evaluate(&p.name, text, &p.settings, input))
+            .map_err(sandbox_error)
     }
 
     fn token(
@@ -1149,6 +1140,16 @@ fn audit_entry(provider: &str, caller: &str, op: &str, subject: &str) -> AuditEn
         outcome: "allowed".into(),
         code: String::new(),
     }
+}
+
+/// Tenant Rego without a sandbox to run it in: refused, never run in this process.
+fn no_sandbox() -> ApiError {
+    ApiError::new(
+        501,
+        "policy_sandbox_unavailable",
+        "this service runs no tenant policies: it has no policy sandbox (only the built-in \
+         default policies apply)",
+    )
 }
 
 fn sandbox_error(e: crate::sandbox::SandboxError) -> ApiError {

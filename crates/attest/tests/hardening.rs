@@ -522,6 +522,145 @@ fn tenant_policies_cannot_crash_or_stall_the_service() {
     assert_eq!(st, 200);
 }
 
+/// Creates provider `name` (emulated evidence allowed) with `policy` for SevSnpVm.
+fn provider_with_policy(s: &Server, name: &str, policy: &str) {
+    let (st, v) = call(
+        "POST",
+        &format!("{}/providers/{name}", s.url),
+        Some(&s.admin),
+        Some(br#"{"allow_emulated": true}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    let cred = v["adminToken"].as_str().unwrap().to_string();
+    let (st, v) = call(
+        "PUT",
+        &format!("{}/providers/{name}/policies/SevSnpVm", s.url),
+        Some(&cred),
+        Some(json!({ "policy": policy }).to_string().as_bytes()),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+/// A tenant policy that allows VMPL 0.
+const VMPL0_POLICY: &str = "package policy\nimport rego.v1\ndefault allow := false\nallow if input[\"x-ms-sevsnpvm-vmpl\"] == 0\n";
+
+/// The per-provider share of the policy workers is a limit, not a hint: with two
+/// workers and a share of one, three concurrent evaluations of one provider's spinning
+/// policy get one worker (stopped at the time limit, 403 `policy_limit_exceeded`) and
+/// two 503 `policy_busy` although the other worker is free; that worker meanwhile
+/// serves another provider (200).
+#[test]
+fn one_provider_cannot_take_more_than_its_share_of_policy_workers() {
+    let s = start_with(true, |c| {
+        let sb = c.policy_sandbox.as_mut().unwrap();
+        sb.workers = 2;
+        sb.per_provider = 1;
+        // A spinning evaluation holds its worker for the whole time limit; a request
+        // gives up waiting for a worker after a small part of it.
+        sb.time = std::time::Duration::from_secs(8);
+        sb.queue_timeout = std::time::Duration::from_millis(500);
+    });
+    let emu = emulator(Product::Genoa);
+    let guest = emu.guest(false);
+    let body = emu.request(&guest, &json!({}), None);
+    provider_with_policy(
+        &s,
+        "spin",
+        "package policy\nimport rego.v1\nr := numbers.range(1, 3000)\nallow if count([1 | some a in r; some b in r; some c in r]) > 0\n",
+    );
+    provider_with_policy(&s, "calm", VMPL0_POLICY);
+    let attest_to = |provider: &str| {
+        call(
+            "POST",
+            &format!("{}/providers/{provider}/attest/SevSnpVm", s.url),
+            None,
+            Some(&body),
+        )
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            let tx = tx.clone();
+            scope.spawn(move || tx.send(attest_to("spin")).unwrap());
+        }
+        // The two requests beyond the share are refused first, while the third still
+        // spins in its worker.
+        for _ in 0..2 {
+            let (st, v) = rx.recv().unwrap();
+            assert_refused(st, &v, 503, "policy_busy");
+        }
+        // The other worker is free for another provider.
+        let (st, v) = attest_to("calm");
+        assert_eq!(st, 200, "{v}");
+        let (st, v) = rx.recv().unwrap();
+        assert_refused(st, &v, 403, "policy_limit_exceeded");
+    });
+}
+
+/// Without a policy sandbox the service runs no tenant Rego (fail closed): setting a
+/// policy and a dry run of a draft are refused, a tenant policy stored while there was
+/// a sandbox is refused when used, and the built-in default policy still applies.
+#[test]
+fn without_a_sandbox_tenant_policies_are_refused() {
+    use attest::AttestationType::SevSnpVm;
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator(Product::Milan);
+    let guest = emu.guest(false);
+    let body = emu.request(&guest, &json!({}), None);
+    let open = |sandbox: bool| {
+        let master = seal::MasterKey::load_or_create(&dir.path().join("master.key")).unwrap();
+        let mut cfg = attest::ServiceConfig::new(dir.path().join("state"), String::new(), master);
+        cfg.emulator_roots.push(emu.roots());
+        if sandbox {
+            let mut sb = attest::sandbox::SandboxConfig::new(
+                env!("CARGO_BIN_EXE_attest-policy-worker").into(),
+                Vec::new(),
+            );
+            sb.workers = 1;
+            cfg.policy_sandbox = Some(sb);
+        }
+        attest::Service::open(cfg).unwrap().0
+    };
+    let refused = |r: Result<Value, attest::ApiError>| {
+        let e = r.unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (501, "policy_sandbox_unavailable"),
+            "{e}"
+        );
+    };
+    let svc = open(true);
+    let admin = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
+    svc.set_policy("default", Some(&admin), SevSnpVm, VMPL0_POLICY)
+        .unwrap();
+    svc.attest("default", SevSnpVm, &body, None, None).unwrap();
+    drop(svc);
+
+    let svc = open(false);
+    refused(svc.attest("default", SevSnpVm, &body, None, None));
+    refused(svc.test_policy("default", SevSnpVm, None, &body, None, None));
+    refused(svc.set_policy("default", Some(&admin), SevSnpVm, VMPL0_POLICY));
+    let settings = attest::policy::ProviderSettings {
+        allow_emulated: true,
+        ..Default::default()
+    };
+    let plain = svc
+        .create_provider(Some(&admin), "plain", settings)
+        .unwrap();
+    let plain_admin = plain["adminToken"].as_str().unwrap();
+    refused(svc.test_policy(
+        "plain",
+        SevSnpVm,
+        Some(VMPL0_POLICY),
+        &body,
+        Some(plain_admin),
+        None,
+    ));
+    // A provider on the built-in default policy attests as before.
+    let v = svc.attest("plain", SevSnpVm, &body, None, None).unwrap();
+    assert!(v["token"].is_string(), "{v}");
+}
+
 /// A fake AMD KDS on loopback that answers 404 to everything and counts requests.
 fn fake_kds() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};

@@ -232,26 +232,34 @@ fn verify(a: &VerifyArgs) -> ExitCode {
                         d["reason"].as_str().unwrap_or("no CRL")
                     ),
                 }
-                for n in out["not_checked"].as_array().into_iter().flatten() {
-                    if n["check"] != "revocation" {
-                        println!(
-                            "  not checked: {} ({})",
-                            n["check"].as_str().unwrap_or_default(),
-                            n["why"].as_str().unwrap_or_default()
-                        );
-                    }
-                }
+                print_not_checked(&out, false);
             }
             Outcome::Rejected(_) => {
                 println!("rejected");
                 for r in &reasons {
                     println!("  {}: {}", r.code, r.message);
                 }
+                // What the verdict would not have vouched for had nothing failed.
+                print_not_checked(&out, true);
             }
             Outcome::Error(r) => eprintln!("error: {}", r.message),
         }
     }
     ExitCode::from(code)
+}
+
+/// Prints the verdict's `not_checked` entries, one line each (revocation only with
+/// `with_revocation`: an accepted verdict names it on a line of its own).
+fn print_not_checked(out: &Value, with_revocation: bool) {
+    for n in out["not_checked"].as_array().into_iter().flatten() {
+        if with_revocation || n["check"] != "revocation" {
+            println!(
+                "  not checked: {} ({})",
+                n["check"].as_str().unwrap_or_default(),
+                n["why"].as_str().unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// Collateral that is neither given nor obtainable: we could not verify.
@@ -472,6 +480,12 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
             return Err(anyhow::Error::new(e).context("could not verify"));
         }
         Err(e) => {
+            // Rejected before the policy ran: what the policy leaves open is listed too
+            // (the revocation state is not known here, so it is not listed).
+            out["not_checked"] = not_checked(&policy, None, false)
+                .into_iter()
+                .map(|(check, why)| json!({ "check": check, "why": why }))
+                .collect();
             return Ok(Outcome::Rejected(vec![Reason {
                 code: e.code().into(),
                 message: e.to_string(),

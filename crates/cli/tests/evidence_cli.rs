@@ -651,6 +651,150 @@ fn show_prints_the_report_object() {
     assert!(v["runtime_claims"]["keys"].is_array());
 }
 
+/// SIGNATURE_ALGO (offset 0x34) is shown as read, a number with its name: a real
+/// report's 1, and an altered value as altered. A signed report (VCEK or VLEK) with an
+/// algorithm other than 1 is refused when parsed, naming the field and its value.
+#[test]
+fn show_prints_signature_algo_as_read() {
+    let show = |path: &str| cvm(&["evidence", "show", path, "--json"]);
+    let real_path = td("snp/trustee/snp/test-report.bin");
+    let out = show(&real_path);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json_of(&out);
+    assert!(v["report"]["signature_algo"].is_u64(), "{v}");
+    assert_eq!(v["report"]["signature_algo"], 1);
+    assert_eq!(v["report"]["signature_algo_name"], "ecdsa-p384-sha384");
+
+    let real = std::fs::read(&real_path).unwrap();
+    assert_eq!(real.len(), 1184);
+    assert_eq!(
+        real[0x34..0x38],
+        1u32.to_le_bytes(),
+        "SIGNATURE_ALGO at 0x34"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let altered = 0x0102_0309u32;
+    // No signing key (KEY_INFO.SIGNING_KEY, bits 4:2 at 0x48, = 7): the report is
+    // unsigned and its SIGNATURE_ALGO is whatever it says.
+    let mut unsigned = real.clone();
+    unsigned[0x34..0x38].copy_from_slice(&altered.to_le_bytes());
+    unsigned[0x48] = (unsigned[0x48] & !0x1c) | (7 << 2);
+    let out = show(&write("unsigned.bin", &unsigned));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out);
+    assert_eq!(v["report"]["signing_key"], "none");
+    assert_eq!(v["report"]["signature_algo"], u64::from(altered));
+    assert_eq!(v["report"]["signature_algo_name"], "unknown");
+    // The same value in the report as signed by its VCEK.
+    let mut signed = real.clone();
+    signed[0x34..0x38].copy_from_slice(&altered.to_le_bytes());
+    let out = show(&write("signed.bin", &signed));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SIGNATURE_ALGO") && err.contains("0x1020309"),
+        "{err}"
+    );
+}
+
+/// A rejected verdict shows the report (and an HCL report's runtime claims) only as
+/// unverified, and names what the appraisal did not check, in JSON and in the human
+/// output.
+#[test]
+fn rejected_verdicts_are_unverified_and_name_what_was_not_checked() {
+    let debug = [
+        td("snp/go-sev-guest/attestation.bin"),
+        "--vek".into(),
+        td("snp/go-sev-guest/vcek.testcer"),
+        "--chain".into(),
+        td("snp/go-sev-guest/ask_ark_milan.pem"),
+    ];
+    let debug: Vec<&str> = debug.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut forged = std::fs::read(td("snp/trustee/snp/test-report.bin")).unwrap();
+    forged[0x90] ^= 1;
+    let forged_path = dir.path().join("forged.bin");
+    std::fs::write(&forged_path, &forged).unwrap();
+    let bad_signature = [
+        forged_path.to_str().unwrap().to_owned(),
+        "--vek".into(),
+        td("snp/trustee/snp/test-vcek.der"),
+        "--chain".into(),
+        td("snp/go-sev-guest/ask_ark_milan.pem"),
+    ];
+    let bad_signature: Vec<&str> = bad_signature.iter().map(String::as_str).collect();
+    // Rejected by the policy (a debug guest), and before it (a bad signature).
+    for (args, code) in [(&debug, "policy.debug"), (&bad_signature, "bad_signature")] {
+        let (exit, v) = verify_json(args);
+        assert_eq!((exit, v["verdict"].as_str()), (1, Some("rejected")), "{v}");
+        assert_eq!(codes(&v), vec![code]);
+        assert_eq!(v["verified"], false);
+        assert!(v.get("report").is_none(), "{v}");
+        assert_eq!(v["unverified_report"]["signing_key"], "vcek", "{v}");
+        assert!(v["unverified_report"]["measurement"].is_string(), "{v}");
+        let unchecked: Vec<&str> = v["not_checked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["check"].as_str().unwrap())
+            .collect();
+        for check in ["measurement", "freshness", "min_tcb"] {
+            assert!(unchecked.contains(&check), "{code}: {check}: {v}");
+        }
+
+        let mut human = vec!["evidence", "verify", "--offline", "--at", AT];
+        human.extend_from_slice(args);
+        let out = cvm(&human);
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("rejected\n"), "{text}");
+        assert!(text.contains(code), "{text}");
+        for check in ["measurement", "freshness", "min_tcb"] {
+            assert!(
+                text.contains(&format!("  not checked: {check} (")),
+                "{code}: {check}: {text}"
+            );
+        }
+    }
+
+    // An HCL report rejected (its quote carries another nonce): the runtime claims
+    // are unverified too.
+    let (msg, sig, pcrs, hcl, _) = write_quote_from_evidence(dir.path(), "evidence-v2.json");
+    let (exit, v) = verify_json(&[
+        hcl.to_str().unwrap(),
+        "--vek",
+        &td("snp/trustee/az-snp-vtpm/evidence-v2.json.vcek.der"),
+        "--chain",
+        &td("snp/go-sev-guest/ask_ark_milan.pem"),
+        "--quote",
+        msg.to_str().unwrap(),
+        "--quote-sig",
+        sig.to_str().unwrap(),
+        "--nonce",
+        "00112233",
+        "--pcrs",
+        pcrs.to_str().unwrap(),
+    ]);
+    assert_eq!(exit, 1, "{v}");
+    assert_eq!(codes(&v), vec!["quote.nonce_mismatch"]);
+    assert_eq!(v["verified"], false);
+    for key in ["report", "runtime_claims", "runtime_data_bound"] {
+        assert!(v.get(key).is_none(), "{key}: {v}");
+        assert!(!v[format!("unverified_{key}")].is_null(), "{key}: {v}");
+    }
+    assert!(v["unverified_runtime_claims"]["keys"].is_array(), "{v}");
+}
+
 fn write_quote_from_evidence(
     dir: &Path,
     name: &str,

@@ -88,6 +88,9 @@ struct IssuerKeys {
     last_attempt: Option<Instant>,
     last_error: Option<String>,
     in_flight: bool,
+    /// Callers waiting for the fetch in flight (tests watch it).
+    #[cfg(test)]
+    waiting: usize,
 }
 
 /// Fetches a document; a function so tests and other transports can stand in.
@@ -233,7 +236,15 @@ impl Authorities {
             let k = cache.entry(issuer.to_string()).or_default();
             if k.in_flight {
                 // Single flight: someone is fetching this issuer's keys; wait for them.
+                #[cfg(test)]
+                {
+                    k.waiting += 1;
+                }
                 cache = self.fetched.wait(cache).map_err(|_| poisoned())?;
+                #[cfg(test)]
+                if let Some(k) = cache.get_mut(issuer) {
+                    k.waiting -= 1;
+                }
                 continue;
             }
             let fresh = k.fetched.is_some_and(|f| f.elapsed() < self.ttl);
@@ -369,26 +380,139 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    /// Concurrent requests for one issuer share one fetch.
+    /// An authority serving a JWKS that the test can change, counting JWKS fetches;
+    /// each JWKS fetch waits until `open` is true.
+    struct Upstream {
+        jwks: Mutex<Jwks>,
+        fetches: AtomicUsize,
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Upstream {
+        fn new(keys: Vec<jose::Jwk>, open: bool) -> Arc<Self> {
+            Arc::new(Upstream {
+                jwks: Mutex::new(Jwks { keys }),
+                fetches: AtomicUsize::new(0),
+                open: Mutex::new(open),
+                opened: Condvar::new(),
+            })
+        }
+
+        fn fetch(self: Arc<Self>) -> Box<Fetch> {
+            Box::new(move |url: &str| {
+                if url == format!("{ISSUER}/.well-known/openid-configuration") {
+                    let conf =
+                        serde_json::json!({"issuer": ISSUER, "jwks_uri": format!("{ISSUER}/keys")});
+                    return Ok(conf.to_string().into_bytes());
+                }
+                self.fetches.fetch_add(1, Ordering::SeqCst);
+                let mut open = self.open.lock().unwrap();
+                while !*open {
+                    open = self.opened.wait(open).unwrap();
+                }
+                drop(open);
+                Ok(serde_json::to_vec(&*self.jwks.lock().unwrap()).unwrap())
+            })
+        }
+
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+    }
+
+    fn signer() -> jose::TokenSigner {
+        jose::TokenSigner::generate(Alg::ES384, "authority test", 0, 1).unwrap()
+    }
+
+    fn signed(signer: &jose::TokenSigner) -> String {
+        let mut claims = Map::new();
+        claims.insert("iss".into(), ISSUER.into());
+        claims.insert("exp".into(), 9_999_999_999i64.into());
+        signer.sign(&claims, &format!("{ISSUER}/keys")).unwrap()
+    }
+
+    /// Concurrent requests for one issuer share one fetch, and all of them get its
+    /// keys: while one caller's fetch is held open, the others wait for it (rather than
+    /// being refused as "recently tried", which rate limiting alone would do).
     #[test]
     fn fetches_are_single_flight() {
-        let calls = Arc::new(AtomicUsize::new(0));
+        const CALLERS: usize = 8;
+        let key = signer();
+        let up = Upstream::new(vec![key.jwk()], false);
         let a = Arc::new(
-            Authorities::new(
-                &[ISSUER.into()],
-                failing(calls.clone(), Duration::from_millis(300)),
-            )
-            .with_min_refresh(Duration::from_secs(60)),
+            Authorities::new(&[ISSUER.into()], up.clone().fetch())
+                .with_min_refresh(Duration::from_secs(60)),
         );
-        let threads: Vec<_> = (0..8)
+        let token = signed(&key);
+        let threads: Vec<_> = (0..CALLERS)
             .map(|_| {
-                let a = a.clone();
-                std::thread::spawn(move || a.validate(&token_from(ISSUER), 1).is_err())
+                let (a, token) = (a.clone(), token.clone());
+                std::thread::spawn(move || a.validate(&token, 1).map(|_| ()).map_err(|e| e.code()))
             })
             .collect();
-        for t in threads {
-            assert!(t.join().unwrap());
+        // Hold the fetch until every other caller waits for it (the deadline only
+        // keeps a broken single flight from hanging the test; the asserts then fail).
+        let waiting = || a.cache.lock().unwrap().get(ISSUER).map_or(0, |k| k.waiting);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (up.fetches() == 0 || waiting() < CALLERS - 1) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        up.open();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), Ok(()));
+        }
+        assert_eq!(up.fetches(), 1);
+    }
+
+    /// A token naming a key the cached JWKS lacks makes the vault fetch the JWKS again
+    /// (the authority rotated) once; another unknown key within `min_refresh` of that
+    /// fetch does not.
+    #[test]
+    fn an_unknown_kid_refetches_once_per_window() {
+        let (old, new, later) = (signer(), signer(), signer());
+        let up = Upstream::new(vec![old.jwk()], true);
+        let a = Authorities::new(&[ISSUER.into()], up.clone().fetch())
+            .with_min_refresh(Duration::from_secs(60));
+        a.validate(&signed(&old), 1).unwrap();
+        a.validate(&signed(&old), 1).unwrap();
+        assert_eq!(up.fetches(), 1, "a known kid is served from the cache");
+        // Within the window of the first fetch an unknown kid is not fetched for.
+        assert_eq!(
+            a.validate(&signed(&new), 1).unwrap_err().code(),
+            "token_unknown_key"
+        );
+        assert_eq!(up.fetches(), 1);
+        // `min_refresh` later (the last attempt moved back), the authority has rotated.
+        up.jwks.lock().unwrap().keys.push(new.jwk());
+        let back_date = |a: &Authorities| {
+            let mut cache = a.cache.lock().unwrap();
+            let k = cache.get_mut(ISSUER).unwrap();
+            k.last_attempt = k
+                .last_attempt
+                .and_then(|t| t.checked_sub(Duration::from_secs(61)));
+        };
+        back_date(&a);
+        a.validate(&signed(&new), 1).unwrap();
+        assert_eq!(up.fetches(), 2, "the unknown kid was fetched for, once");
+        a.validate(&signed(&new), 1).unwrap();
+        assert_eq!(up.fetches(), 2);
+        // A second unknown kid within the window: no fetch, although the authority
+        // has the key by now.
+        up.jwks.lock().unwrap().keys.push(later.jwk());
+        assert_eq!(
+            a.validate(&signed(&later), 1).unwrap_err().code(),
+            "token_unknown_key"
+        );
+        assert_eq!(up.fetches(), 2);
+        // And once the window has passed, it is.
+        back_date(&a);
+        a.validate(&signed(&later), 1).unwrap();
+        assert_eq!(up.fetches(), 3);
     }
 }

@@ -4,7 +4,7 @@
 //! a [`VerifiedReport`]. Policies are typed and load from TOML or JSON; unknown keys
 //! and malformed values are load errors, never ignored.
 //!
-//! Defaults (ADR 0005 says why): debugging and a migration agent are refused; a
+//! Defaults (ADR 0007 says why): debugging and a migration agent are refused; a
 //! migration agent is accepted only with `allow_migration_agent = true` *and* the
 //! agent's REPORT_ID_MA pinned in `allowed_report_id_ma`; VMPL 0 is required of a
 //! paravisor (HCL) report unless `vmpl` says otherwise ([`Policy::for_hcl`]);
