@@ -43,11 +43,11 @@ start() { # start NAME → sets PORT and PID
       ;;
     opencvm)
       taskset -c "$cpu" "$cvm" vtpm run --state "$work/$name" \
-        --server tcp:127.0.0.1:"$port" >/dev/null 2>&1 &
+        --server tcp:127.0.0.1:"$port" --dangerously-allow-tcp >/dev/null 2>&1 &
       ;;
     opencvm-nofsync)
       taskset -c "$cpu" "$cvm" vtpm run --state "$work/$name" --unsafe-no-fsync \
-        --server tcp:127.0.0.1:"$port" >/dev/null 2>&1 &
+        --server tcp:127.0.0.1:"$port" --dangerously-allow-tcp >/dev/null 2>&1 &
       ;;
   esac
   PID=$!

@@ -35,8 +35,10 @@ pub struct RunArgs {
     /// State directory (created 0700; locked while running).
     #[arg(long)]
     state: PathBuf,
-    /// Data channel (swtpm) or command port (mssim): tcp:HOST:PORT (loopback only;
-    /// port 0 picks a free pair) or unix:PATH.
+    /// Data channel (swtpm) or command port (mssim): unix:PATH (its directory is
+    /// created 0700, or must be this user's with mode 0700; only this user or root may
+    /// connect) or, with --dangerously-allow-tcp, tcp:HOST:PORT (loopback only; port 0
+    /// picks a free pair).
     #[arg(long)]
     server: Option<String>,
     /// Control channel (swtpm) or platform port (mssim); default: the server's port
@@ -46,6 +48,14 @@ pub struct RunArgs {
     /// Protocol.
     #[arg(long, value_enum, default_value = "swtpm")]
     protocol: ProtocolArg,
+    /// Allow TCP endpoints. Any local user can connect to a TCP port, and the control
+    /// channel reads and replaces every secret of the TPM: for tests, benchmarks and
+    /// tools that speak only TCP, never for a VM.
+    #[arg(long)]
+    dangerously_allow_tcp: bool,
+    /// Refuse CMD_SET_LOCALITY to locality 4 (as swtpm's `reject-locality-4`).
+    #[arg(long)]
+    refuse_locality_4: bool,
     /// Wait for CMD_INIT (or a simulator power-on) instead of starting the TPM at once.
     #[arg(long)]
     need_init: bool,
@@ -110,7 +120,15 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         },
         server: parse(&a.server)?,
         ctrl: parse(&a.ctrl)?,
+        allow_tcp: a.dangerously_allow_tcp,
+        refuse_locality_4: a.refuse_locality_4,
     };
+    if a.dangerously_allow_tcp {
+        eprintln!(
+            "warning: --dangerously-allow-tcp: every local user can reach this TPM's TCP \
+             endpoints"
+        );
+    }
     let mut dir = StateDir::open(&a.state).context("opening the vTPM state")?;
     if a.unsafe_no_fsync {
         eprintln!("warning: --unsafe-no-fsync: vTPM state writes are not durable");

@@ -40,6 +40,7 @@ fn start_with(state: &Path, protocol: &str, extra: &[&str]) -> Vt {
         .args(["vtpm", "run", "--state"])
         .arg(state)
         .args(["--server", "tcp:127.0.0.1:0", "--protocol", protocol])
+        .arg("--dangerously-allow-tcp")
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -545,9 +546,25 @@ fn bad_endpoints_and_a_locked_state_are_refused() {
         state.to_str().unwrap(),
         "--server",
         "tcp:0.0.0.0:0",
+        "--dangerously-allow-tcp",
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
+    // TCP at all only when explicitly allowed: any local user can connect to a port.
+    let o = common::cvm(&[
+        "vtpm",
+        "run",
+        "--state",
+        state.to_str().unwrap(),
+        "--server",
+        "tcp:127.0.0.1:0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--dangerously-allow-tcp"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A VM id that is not a UUID (it goes into the report's JSON claims).
     let o = common::cvm(&[
         "vtpm",
@@ -556,6 +573,7 @@ fn bad_endpoints_and_a_locked_state_are_refused() {
         state.to_str().unwrap(),
         "--server",
         "tcp:127.0.0.1:0",
+        "--dangerously-allow-tcp",
         "--vm-id",
         "x\",\"secure-boot\":false",
     ]);
@@ -569,6 +587,7 @@ fn bad_endpoints_and_a_locked_state_are_refused() {
         state.to_str().unwrap(),
         "--server",
         "tcp:127.0.0.1:0",
+        "--dangerously-allow-tcp",
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -582,6 +601,8 @@ fn bad_endpoints_and_a_locked_state_are_refused() {
 fn read_pcrs_raw(port: u16) -> Vec<Vec<u8>> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     let body = [0, 0, 0, 1, 0x00, 0x0b, 3, 0xff, 0, 0];
     let mut cmd = vec![0x80, 0x01];
     cmd.extend_from_slice(&(10 + body.len() as u32).to_be_bytes());
@@ -611,14 +632,20 @@ fn read_pcrs_raw(port: u16) -> Vec<Vec<u8>> {
 #[test]
 fn qemu_ovmf_boots_with_the_vtpm_and_the_measured_pcrs_are_readable() {
     let (t, state, _work) = workdir();
-    let sock = t.path().join("ctrl.sock");
+    // In a directory the vTPM creates private (0700).
+    let sock = t.path().join("run").join("ctrl.sock");
     // The control channel on a Unix socket, as QEMU's `-tpmdev emulator` wants it (it
     // passes its data channel over it with CMD_SET_DATAFD); a TCP data channel beside
-    // it for reading the PCRs while the guest runs.
+    // it for reading the PCRs once the guest is gone.
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
         .args(["vtpm", "run", "--state"])
         .arg(&state)
-        .args(["--server", "tcp:127.0.0.1:0", "--ctrl"])
+        .args([
+            "--server",
+            "tcp:127.0.0.1:0",
+            "--dangerously-allow-tcp",
+            "--ctrl",
+        ])
         .arg(format!("unix:{}", sock.display()))
         .stdout(Stdio::piped())
         .spawn()
@@ -680,16 +707,13 @@ fn qemu_ovmf_boots_with_the_vtpm_and_the_measured_pcrs_are_readable() {
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     };
-    // Read the PCRs while the firmware sits at the shell, then power the guest off.
-    let pcrs = if reached {
-        Some(read_pcrs_raw(vt.port))
-    } else {
-        None
-    };
+    // Power the guest off (QEMU holds the one data channel a vTPM serves at a time
+    // while it runs), then read the PCRs the firmware extended: the TPM keeps them
+    // until it is initialised again.
     let _ = qemu.kill();
     let _ = qemu.wait();
     assert!(reached, "OVMF did not reach the UEFI shell");
-    let pcrs = pcrs.unwrap();
+    let pcrs = read_pcrs_raw(vt.port);
     assert_eq!(pcrs.len(), 8);
     // OVMF measured its firmware (PCR 0), configuration and boot attempts: PCRs 0–7
     // hold measurements, all different from the reset value.
@@ -1479,16 +1503,31 @@ fn connections_are_bounded_and_malformed_commands_do_not_kill_the_vtpm() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     // A command whose size is out of bounds is answered TPM_RC_COMMAND_SIZE and the
     // connection closed; junk likewise; the vTPM keeps serving.
-    for junk in [
-        vec![0x80, 0x01, 0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0x7b],
-        vec![0x13; 10],
-    ] {
-        let mut s = connect();
-        s.write_all(&junk).unwrap();
-        let mut r = Vec::new();
-        s.read_to_end(&mut r).unwrap();
-        assert_eq!(r, [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x42]);
-    }
+    let mut s = connect();
+    s.write_all(&[0x80, 0x01, 0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0x7b])
+        .unwrap();
+    let mut r = Vec::new();
+    s.read_to_end(&mut r).unwrap();
+    assert_eq!(r, [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x42]);
+    // A message that is not a TPM command is refused (TPM_RC_BAD_TAG) as a whole,
+    // and the connection stays in step.
+    let mut s = connect();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(&[0x13; 10]).unwrap();
+    let mut r = [0u8; 10];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r, [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0, 0x1e]);
+    s.write_all(&[0x80, 1, 0, 0, 0, 12, 0, 0, 1, 0x7b, 0, 8])
+        .unwrap();
+    let mut r = [0u8; 10];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(
+        r[..2],
+        [0x80, 0x01],
+        "a TPM response after the refused message"
+    );
+    drop(s);
     ok(
         tpm(&tcti, &work, &["tpm2_getrandom", "8"]),
         "getrandom after junk",
@@ -1500,4 +1539,196 @@ fn connections_are_bounded_and_malformed_commands_do_not_kill_the_vtpm() {
     c.read_exact(&mut r).unwrap();
     assert_eq!(u32::from_be_bytes(r), 10); // TPM_BAD_ORDINAL
     ok(vt.ioctl(&["-c"]), "-c after garbage");
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `cvm vtpm run` on Unix sockets only (the host side as a VM gets it).
+fn start_unix(state: &Path, dir: &Path, protocol: &str, extra: &[&str]) -> KillOnDrop {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vtpm", "run", "--state"])
+        .arg(state)
+        .args(["--protocol", protocol, "--server"])
+        .arg(format!("unix:{}", dir.join("data.sock").display()))
+        .arg("--ctrl")
+        .arg(format!("unix:{}", dir.join("ctrl.sock").display()))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut server, mut ctrl) = (String::new(), String::new());
+    out.read_line(&mut server).unwrap();
+    out.read_line(&mut ctrl).unwrap();
+    assert!(server.starts_with("server unix:"), "{server:?}");
+    assert!(ctrl.starts_with("ctrl unix:"), "{ctrl:?}");
+    KillOnDrop(child)
+}
+
+/// Sends `msg` on `s` and reads `n` bytes of answer.
+fn exchange(s: &mut std::os::unix::net::UnixStream, msg: &[u8], n: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    s.write_all(msg).unwrap();
+    let mut r = vec![0u8; n];
+    s.read_exact(&mut r).unwrap();
+    r
+}
+
+/// The response code of a raw TPM response.
+fn rc_of(r: &[u8]) -> u32 {
+    u32::from_be_bytes(r[6..10].try_into().unwrap())
+}
+
+const STARTUP_CLEAR: [u8; 12] = [0x80, 1, 0, 0, 0, 12, 0, 0, 1, 0x44, 0, 0];
+const GET_RANDOM_8: [u8; 12] = [0x80, 1, 0, 0, 0, 12, 0, 0, 1, 0x7b, 0, 8];
+
+#[test]
+fn host_channels_are_private_unix_sockets_and_carry_exactly_one_command_per_message() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let (t, state, _work) = workdir();
+    let dir = t.path().join("run").join("vm1");
+
+    // A socket directory that others can enter is refused.
+    let open_dir = t.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = common::cvm(&[
+        "vtpm",
+        "run",
+        "--state",
+        state.to_str().unwrap(),
+        "--ctrl",
+        &format!("unix:{}/ctrl.sock", open_dir.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("mode 0700"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    std::fs::create_dir(t.path().join("run")).unwrap();
+    let mut child = start_unix(&state, &dir, "swtpm", &["--refuse-locality-4"]);
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the socket directory is created private");
+    let ctrl = dir.join("ctrl.sock");
+    let data = dir.join("data.sock");
+
+    // Another user cannot talk to the control channel even when the directory and the
+    // socket are opened up: the peer's uid is checked.
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&ctrl, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let probe = |uid: u32| {
+            let o = Command::new("python3")
+                .args([
+                    "-c",
+                    "import os,socket,sys\n\
+                     u=int(sys.argv[2])\n\
+                     if u: os.setgid(u); os.setuid(u)\n\
+                     s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n\
+                     try: s.sendall(b'\\0\\0\\0\\1'); print(len(s.recv(100)))\n\
+                     except OSError as e: print('error', e)",
+                ])
+                .arg(&ctrl)
+                .arg(uid.to_string())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        assert_eq!(probe(0), "8", "the owner gets CMD_GET_CAPABILITY's answer");
+        let other = probe(65534);
+        assert!(
+            other == "0" || other.starts_with("error"),
+            "uid 65534 got {other}"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: the other-uid check must run there"
+        );
+        eprintln!("not root: the other-uid connection check needs root to switch users");
+    }
+
+    // The data channel: raw commands, one per message.
+    let mut d = UnixStream::connect(&data).unwrap();
+    d.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(rc_of(&exchange(&mut d, &STARTUP_CLEAR, 10)), 0);
+    // The simulator's prefix (locality 2) is refused, and the channel goes on.
+    let mut pre = vec![0, 0, 0, 8, 2, 0, 0, 0, 12];
+    pre.extend_from_slice(&GET_RANDOM_8);
+    assert_eq!(rc_of(&exchange(&mut d, &pre, 10)), 0x1E, "TPM_RC_BAD_TAG");
+    // Two commands in one message are one refused message, not two commands.
+    let two = [GET_RANDOM_8, GET_RANDOM_8].concat();
+    assert_eq!(rc_of(&exchange(&mut d, &two, 10)), 0x142);
+    let r = exchange(&mut d, &GET_RANDOM_8, 20);
+    assert_eq!((rc_of(&r), r.len()), (0, 20), "still in step");
+
+    // One data connection at a time: a second waits until the first is gone.
+    let mut d2 = UnixStream::connect(&data).unwrap();
+    std::io::Write::write_all(&mut d2, &GET_RANDOM_8).unwrap();
+    d2.set_read_timeout(Some(std::time::Duration::from_millis(700)))
+        .unwrap();
+    let mut b = [0u8; 20];
+    assert!(
+        d2.read(&mut b).is_err(),
+        "served beside the first connection"
+    );
+    drop(d);
+    d2.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    d2.read_exact(&mut b).unwrap();
+    assert_eq!(rc_of(&b), 0);
+    drop(d2);
+
+    // Locality comes from the control channel only; 4 is refused with the option.
+    let mut c = UnixStream::connect(&ctrl).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(exchange(&mut c, &[0, 0, 0, 5, 3], 4), [0, 0, 0, 0]);
+    assert_ne!(exchange(&mut c, &[0, 0, 0, 5, 4], 4), [0, 0, 0, 0]);
+    // A control payload over the limit ends the connection; the bytes after it (here
+    // a CMD_SHUTDOWN) are never read as a message of their own.
+    let mut big = vec![0, 0, 0, 7, 0x7f, 0xff, 0xff, 0xff];
+    big.extend_from_slice(&[0, 0, 0, 3]);
+    let reply = exchange(&mut c, &big, 4);
+    assert_ne!(reply, [0, 0, 0, 0]);
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.0.try_wait().unwrap().is_none(), "the vTPM shut down");
+    let mut c = UnixStream::connect(&ctrl).unwrap();
+    assert_eq!(exchange(&mut c, &[0, 0, 0, 1], 8)[..4], [0, 0, 0, 0]);
+    drop(child);
+
+    // The simulator's command port takes localities 0-4 only.
+    let child = start_unix(&state, &dir, "mssim", &[]);
+    let mut m = UnixStream::connect(&data).unwrap();
+    let mut send = |loc: u8, cmd: &[u8]| {
+        let mut f = vec![0, 0, 0, 8, loc];
+        f.extend_from_slice(&(cmd.len() as u32).to_be_bytes());
+        f.extend_from_slice(cmd);
+        let r = exchange(&mut m, &f, 4);
+        let n = u32::from_be_bytes(r[..4].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; n + 4];
+        m.read_exact(&mut body).unwrap();
+        rc_of(&body[..n])
+    };
+    assert_eq!(send(5, &GET_RANDOM_8), 0x907, "TPM_RC_LOCALITY");
+    assert_ne!(send(0, &GET_RANDOM_8), 0x907);
+    drop(child);
 }

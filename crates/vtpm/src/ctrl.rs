@@ -178,6 +178,18 @@ pub fn needed(buf: &[u8]) -> usize {
     }
 }
 
+/// Whether `buf` declares a payload over the limits (`CMD_HASH_DATA`,
+/// `CMD_SET_STATEBLOB`): its bytes are not read, so the connection must end after the
+/// answer rather than read them as further messages.
+pub fn oversize(buf: &[u8]) -> bool {
+    let body = buf.get(4..).unwrap_or_default();
+    match be32(buf, 0) {
+        Some(cmd::HASH_DATA) => be32(body, 0).is_some_and(|l| l > MAX_HASH_DATA),
+        Some(cmd::SET_STATEBLOB) => be32(body, 8).is_some_and(|l| l > MAX_STATE_BLOB),
+        _ => false,
+    }
+}
+
 /// Parses one complete control message; `Err` carries the `TPM_RESULT` to answer.
 pub fn parse(buf: &[u8]) -> Result<Request, u32> {
     let code = be32(buf, 0).ok_or(TPM_BAD_PARAMETER)?;
@@ -330,7 +342,7 @@ pub fn handle(vtpm: &mut Vtpm, req: Request, fd_passed: bool) -> (Vec<u8>, After
             }
         }
         Request::SetLocality(loc) => {
-            if loc > 4 {
+            if loc > 4 || (loc == 4 && vtpm.refuse_locality_4) {
                 words(&[TPM_BAD_LOCALITY])
             } else {
                 vtpm.locality = loc;

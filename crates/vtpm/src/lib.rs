@@ -51,6 +51,7 @@ pub struct Vtpm {
     pub(crate) data_fd_in_use: bool,
     pub(crate) buffer_size: u32,
     pub(crate) platform: Option<platform::Platform>,
+    pub(crate) refuse_locality_4: bool,
 }
 
 impl std::fmt::Debug for Vtpm {
@@ -72,6 +73,7 @@ impl Vtpm {
             data_fd_in_use: false,
             buffer_size,
             platform: None,
+            refuse_locality_4: false,
         }
     }
 
@@ -150,8 +152,12 @@ pub fn fuzz_parse(data: &[u8]) {
     let _ = ctrl::needed(data);
     let _ = ctrl::parse(data);
     let _ = sessions::split_command(data);
-    let mut r = data;
-    while let Ok(Some(_)) = data::read_frame(&mut r, 4096) {}
+    let mut buf = vec![0u8; 4097];
+    let t = data::Timeouts {
+        idle: None,
+        within: std::time::Duration::from_secs(1),
+    };
+    let _ = data::read_command(&mut { data }, &mut buf, 4096, t);
     for kind in libtpms::StateKind::ALL {
         let _ = state::decode(kind, data);
     }

@@ -55,6 +55,9 @@ pub mod code {
     pub const TEST_FAILURE_MODE: u32 = 30;
 }
 
+/// `TPM_RC_LOCALITY`: the answer to a command sent at a locality above 4.
+pub const TPM_RC_LOCALITY: u32 = 0x907;
+
 /// Largest `TPM_SIGNAL_HASH_DATA` payload accepted.
 const MAX_HASH_DATA: u32 = 1 << 20;
 
@@ -95,7 +98,12 @@ pub fn serve_command(
                 conn.read_exact(&mut loc)?;
                 let max = lock().max_command() as u32;
                 let command = read_sized(conn, max)?;
-                let response = lock().execute(Some(loc[0]), &command);
+                // Localities 0-4 only (the extended localities 32-255 are not modelled).
+                let response = if loc[0] > 4 {
+                    crate::error_response(TPM_RC_LOCALITY)
+                } else {
+                    lock().execute(Some(loc[0]), &command)
+                };
                 let mut out = Vec::with_capacity(response.len() + 8);
                 out.extend_from_slice(&(response.len() as u32).to_be_bytes());
                 out.extend_from_slice(&response);

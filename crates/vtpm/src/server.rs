@@ -13,8 +13,15 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::data::{self, Frame, FrameError};
+use crate::data::{self, Timed, Timeouts};
 use crate::{Vtpm, ctrl, error_response, mssim};
+
+/// How long a connection accepted from a listener may sit idle between messages (the
+/// VMM's own data socket, passed with `CMD_SET_DATAFD`, and Unix control connections,
+/// which QEMU holds for the VM's lifetime, have no idle limit).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the rest of a message may take once its first bytes arrived.
+pub const WITHIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a channel listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +44,24 @@ pub enum ServeError {
     /// A configuration that cannot work.
     #[error("{0}")]
     Config(String),
+    /// A TCP endpoint without `allow_tcp`.
+    #[error(
+        "{0}: a TCP endpoint lets every local user reach the TPM (the control channel \
+         reads and replaces all its secrets); use unix:PATH, or allow TCP explicitly \
+         (--dangerously-allow-tcp) for tests and tools that speak only TCP"
+    )]
+    TcpNotAllowed(String),
+    /// The directory of a Unix socket is not private to this user.
+    #[error(
+        "{path}: the directory of a vTPM socket must be a directory of this user with \
+         mode 0700 ({why})"
+    )]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// Binding failed.
     #[error("cannot listen on {endpoint}: {source}")]
     Bind {
@@ -106,6 +131,26 @@ pub struct ServerConfig {
     /// The control channel (swtpm) or platform port (mssim); when absent with a TCP
     /// server it is the next port, as tpm2-tss's TCTIs assume.
     pub ctrl: Option<Endpoint>,
+    /// Whether TCP endpoints are allowed at all. Any local user can connect to a TCP
+    /// port, so this is for tests, benchmarks and tools that speak only TCP; a VM's
+    /// vTPM listens on Unix sockets in a private directory, and only its own user
+    /// (or root) may connect.
+    pub allow_tcp: bool,
+    /// Refuse `CMD_SET_LOCALITY` to locality 4 (swtpm's `reject-locality-4`).
+    pub refuse_locality_4: bool,
+}
+
+impl ServerConfig {
+    /// A configuration with Unix-socket endpoints only and every locality allowed.
+    pub fn new(protocol: Protocol, server: Option<Endpoint>, ctrl: Option<Endpoint>) -> Self {
+        Self {
+            protocol,
+            server,
+            ctrl,
+            allow_tcp: false,
+            refuse_locality_4: false,
+        }
+    }
 }
 
 enum Listener {
@@ -144,12 +189,18 @@ impl Write for Conn {
     }
 }
 
-impl Conn {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+impl Timed for Conn {
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_read_timeout(t),
             Self::Unix(s) => s.set_read_timeout(t),
         }
+    }
+}
+
+impl Conn {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_timeout(t)
     }
 
     /// Reads what is available (blocking for the first byte), with a descriptor passed
@@ -194,6 +245,7 @@ impl Listener {
         match ep {
             Endpoint::Tcp(a) => Ok(Self::Tcp(TcpListener::bind(a).map_err(err)?)),
             Endpoint::Unix(p) => {
+                private_dir(p)?;
                 // A stale socket of an earlier run is replaced; any other file is not.
                 if let Ok(m) = std::fs::symlink_metadata(p) {
                     if m.file_type().is_socket() {
@@ -229,7 +281,63 @@ impl Listener {
                 s.set_nodelay(true)?;
                 Ok(Conn::Tcp(s))
             }
-            Self::Unix(l, _) => Ok(Conn::Unix(l.accept()?.0)),
+            Self::Unix(l, _) => {
+                let s = l.accept()?.0;
+                // Only this process's user (or root) may talk to the TPM, whatever the
+                // permissions of the socket and its directory.
+                let peer = rustix::net::sockopt::socket_peercred(&s).map_err(io::Error::from)?;
+                let me = rustix::process::geteuid();
+                if peer.uid != me && !peer.uid.is_root() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "refused a connection from uid {} (pid {})",
+                            peer.uid.as_raw(),
+                            peer.pid.as_raw_nonzero()
+                        ),
+                    ));
+                }
+                Ok(Conn::Unix(s))
+            }
+        }
+    }
+
+    fn is_unix(&self) -> bool {
+        matches!(self, Self::Unix(..))
+    }
+}
+
+/// Makes sure the directory of the socket `path` is private: created 0700 when
+/// missing, else a real directory (not a link) of this user with no group or other
+/// permissions. A socket bound inside it is never reachable by another user, not even
+/// in the instant before its own mode is set.
+fn private_dir(path: &std::path::Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let bad = |why: String| ServeError::SocketDir {
+        path: dir.clone(),
+        why,
+    };
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| bad(format!("cannot create it: {e}"))),
+        Err(e) => Err(bad(e.to_string())),
+        Ok(m) => {
+            if !m.file_type().is_dir() {
+                return Err(bad("not a directory".into()));
+            }
+            if m.uid() != rustix::process::geteuid().as_raw() {
+                return Err(bad(format!("owned by uid {}", m.uid())));
+            }
+            if m.mode() & 0o077 != 0 {
+                return Err(bad(format!("its mode is {:o}", m.mode() & 0o7777)));
+            }
+            Ok(())
         }
     }
 }
@@ -266,8 +374,16 @@ pub struct Server {
     server: Option<Endpoint>,
     ctrl: Endpoint,
     done: mpsc::Receiver<()>,
-    vtpm: Arc<Mutex<Vtpm>>,
+    shared: Arc<Shared>,
     unix_paths: Vec<PathBuf>,
+}
+
+/// What the connections of one server share: the TPM, and the one data channel that
+/// is served at a time (as swtpm serves one): a second data client waits until the
+/// first is done (or idle past [`IDLE_TIMEOUT`]).
+struct Shared {
+    vtpm: Mutex<Vtpm>,
+    data_slot: Mutex<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -289,7 +405,15 @@ enum Role {
 
 impl Server {
     /// Binds the endpoints and starts serving `vtpm` on background threads.
-    pub fn start(vtpm: Vtpm, config: ServerConfig) -> Result<Self, ServeError> {
+    pub fn start(mut vtpm: Vtpm, config: ServerConfig) -> Result<Self, ServeError> {
+        if !config.allow_tcp {
+            for ep in config.server.iter().chain(&config.ctrl) {
+                if let Endpoint::Tcp(_) = ep {
+                    return Err(ServeError::TcpNotAllowed(ep.to_string()));
+                }
+            }
+        }
+        vtpm.refuse_locality_4 = config.refuse_locality_4;
         let (server, ctrl) = match (&config.server, &config.ctrl) {
             (Some(s), Some(c)) => (Some(Listener::bind(s)?), Listener::bind(c)?),
             (Some(s), None) => {
@@ -306,7 +430,10 @@ impl Server {
                 }));
             }
         };
-        let vtpm = Arc::new(Mutex::new(vtpm));
+        let shared = Arc::new(Shared {
+            vtpm: Mutex::new(vtpm),
+            data_slot: Mutex::new(()),
+        });
         let (tx, done) = mpsc::channel();
         let mut unix_paths = Vec::new();
         let (data_role, ctrl_role) = match config.protocol {
@@ -323,8 +450,8 @@ impl Server {
             if let Listener::Unix(_, p) = &l {
                 unix_paths.push(p.clone());
             }
-            let (vtpm, tx) = (vtpm.clone(), tx.clone());
-            std::thread::spawn(move || accept_loop(l, role, vtpm, tx));
+            let (shared, tx) = (shared.clone(), tx.clone());
+            std::thread::spawn(move || accept_loop(l, role, shared, tx));
         }
         // Everything the process needs is open: it never gains privileges again.
         let _ = rustix::thread::set_no_new_privs(true);
@@ -332,7 +459,7 @@ impl Server {
             server: server_ep,
             ctrl: ctrl_ep,
             done,
-            vtpm,
+            shared,
             unix_paths,
         })
     }
@@ -350,7 +477,7 @@ impl Server {
     /// Blocks until a client sends `CMD_SHUTDOWN`; the TPM is then stopped.
     pub fn wait(self) {
         let _ = self.done.recv();
-        crate::lock(&self.vtpm).engine.stop(true);
+        crate::lock(&self.shared.vtpm).engine.stop(true);
     }
 }
 
@@ -366,7 +493,7 @@ impl Drop for Server {
 /// one or two clients: its VMM and perhaps a tool).
 pub const MAX_CONNECTIONS: usize = 32;
 
-fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Sender<()>) {
+fn accept_loop(l: Listener, role: Role, shared: Arc<Shared>, done: mpsc::Sender<()>) {
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let conn = match l.accept() {
@@ -381,18 +508,34 @@ fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Send
             eprintln!("vtpm: too many connections; closing a new one");
             continue;
         }
+        // Unix control connections are QEMU's for the VM's lifetime; every other
+        // connection ends when idle.
+        let idle = match role {
+            Role::Ctrl if l.is_unix() => None,
+            _ => Some(IDLE_TIMEOUT),
+        };
         active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let (vtpm, done, active) = (vtpm.clone(), done.clone(), active.clone());
+        let (shared, done, active) = (shared.clone(), done.clone(), active.clone());
         std::thread::spawn(move || {
             let mut conn = conn;
             let r = match role {
                 Role::Data => {
-                    serve_data(&mut conn, &vtpm);
+                    let _slot = shared
+                        .data_slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    serve_data(&mut conn, &shared.vtpm, idle);
                     Ok(())
                 }
-                Role::Ctrl => serve_ctrl(conn, &vtpm, &done),
-                Role::MssimCommand => mssim::serve_command(&mut conn, &vtpm),
-                Role::MssimPlatform => mssim::serve_platform(&mut conn, &vtpm),
+                Role::Ctrl => serve_ctrl(conn, &shared, idle, &done),
+                Role::MssimCommand => {
+                    let _ = conn.set_read_timeout(idle);
+                    mssim::serve_command(&mut conn, &shared.vtpm)
+                }
+                Role::MssimPlatform => {
+                    let _ = conn.set_read_timeout(idle);
+                    mssim::serve_platform(&mut conn, &shared.vtpm)
+                }
             };
             if let Err(e) = r {
                 eprintln!("vtpm: connection ended: {e}");
@@ -402,33 +545,36 @@ fn accept_loop(l: Listener, role: Role, vtpm: Arc<Mutex<Vtpm>>, done: mpsc::Send
     }
 }
 
-fn serve_data(conn: &mut (impl Read + Write), vtpm: &Mutex<Vtpm>) {
+/// Serves one data channel: one raw command per message ([`data::read_command`]).
+fn serve_data(conn: &mut (impl Read + Write + Timed), vtpm: &Mutex<Vtpm>, idle: Option<Duration>) {
     let lock = || crate::lock(vtpm);
-    // Buffered: a command usually arrives in one segment and is then read with one
-    // system call, header and body together.
-    let mut conn = std::io::BufReader::with_capacity(8192, conn);
+    let timeouts = Timeouts {
+        idle,
+        within: WITHIN_TIMEOUT,
+    };
+    let mut buf = Vec::new();
     loop {
         let max = lock().max_command();
-        match data::read_frame(&mut conn, max) {
+        buf.resize(max + 1, 0);
+        match data::read_command(conn, &mut buf, max, timeouts) {
             Ok(None) => return,
-            Ok(Some(frame)) => {
-                let response = match &frame {
-                    Frame::Raw(c) => lock().execute(None, c),
-                    Frame::Prefixed { locality, command } => {
-                        lock().execute(Some(*locality), command)
-                    }
-                };
-                if data::write_response(conn.get_mut(), &frame, &response).is_err() {
+            Ok(Some(n)) => {
+                let response = lock().execute(None, &buf[..n]);
+                if data::write_response(conn, &response).is_err() {
                     return;
                 }
             }
-            Err(FrameError::Size(_)) => {
-                let _ = conn
-                    .get_mut()
-                    .write_all(&error_response(crate::TPM_RC_COMMAND_SIZE));
-                return;
+            Err(e) => {
+                if let Some(rc) = e.response_code() {
+                    lock().log(&format!("data channel: {e}"));
+                    if data::write_response(conn, &error_response(rc)).is_err() {
+                        return;
+                    }
+                }
+                if !e.recoverable() {
+                    return;
+                }
             }
-            Err(FrameError::Io(_)) => return,
         }
     }
 }
@@ -436,10 +582,15 @@ fn serve_data(conn: &mut (impl Read + Write), vtpm: &Mutex<Vtpm>) {
 /// Largest first read of a control message (the biggest fixed request plus a chunk).
 const CTRL_CHUNK: usize = 4 + 12 + 4096;
 
-fn serve_ctrl(mut conn: Conn, vtpm: &Arc<Mutex<Vtpm>>, done: &mpsc::Sender<()>) -> io::Result<()> {
+fn serve_ctrl(
+    mut conn: Conn,
+    shared: &Arc<Shared>,
+    idle: Option<Duration>,
+    done: &mpsc::Sender<()>,
+) -> io::Result<()> {
     let mut chunk = vec![0u8; CTRL_CHUNK];
     loop {
-        conn.set_read_timeout(None)?;
+        conn.set_read_timeout(idle)?;
         let (n, fd) = conn.recv_with_fd(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -456,11 +607,19 @@ fn serve_ctrl(mut conn: Conn, vtpm: &Arc<Mutex<Vtpm>>, done: &mpsc::Sender<()>) 
             msg.extend_from_slice(&chunk[..n]);
         }
         let (reply, after) = match ctrl::parse(&msg) {
-            Ok(req) => ctrl::handle(&mut crate::lock(vtpm), req, fd.is_some()),
+            Ok(req) => ctrl::handle(&mut crate::lock(&shared.vtpm), req, fd.is_some()),
             Err(code) => (code.to_be_bytes().to_vec(), ctrl::After::Continue),
         };
         conn.write_all(&reply)?;
         conn.flush()?;
+        // A payload over the limits was not read: what follows on the connection
+        // cannot be told apart from it, so the connection ends here.
+        if ctrl::oversize(&msg) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a control payload over the limit; connection closed",
+            ));
+        }
         match after {
             ctrl::After::Continue => {}
             ctrl::After::Terminate => {
@@ -470,10 +629,14 @@ fn serve_ctrl(mut conn: Conn, vtpm: &Arc<Mutex<Vtpm>>, done: &mpsc::Sender<()>) 
             ctrl::After::UseDataFd => {
                 if let Some(fd) = fd {
                     let mut data = UnixStream::from(fd);
-                    let v = vtpm.clone();
+                    let s = shared.clone();
                     std::thread::spawn(move || {
-                        serve_data(&mut data, &v);
-                        crate::lock(&v).data_fd_in_use = false;
+                        let _slot = s
+                            .data_slot
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        serve_data(&mut data, &s.vtpm, None);
+                        crate::lock(&s.vtpm).data_fd_in_use = false;
                     });
                 }
             }
