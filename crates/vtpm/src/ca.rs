@@ -153,8 +153,11 @@ impl VtpmCa {
         };
         let key_path = dir.join("ca-key.pk8");
         let cert_path = dir.join("ca-cert.der");
+        // The CA's key signs every VM's AK certificate: its directory is private
+        // (created 0700, or this user's with no group or other permissions).
+        crate::state::private_dir(dir)
+            .map_err(|e| CaError::Invalid(dir.to_path_buf(), e.to_string()))?;
         if !key_path.exists() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
             let rng = aws_lc_rs::rand::SystemRandom::new();
             let pkcs8 =
                 EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &rng)
@@ -335,8 +338,9 @@ mod tests {
     #[test]
     fn ca_persists_and_issues_verifiable_ak_certs() {
         let t = tempfile::tempdir().unwrap();
-        let ca = VtpmCa::open_or_create(t.path()).unwrap();
-        let again = VtpmCa::open_or_create(t.path()).unwrap();
+        let dir = t.path().join("ca");
+        let ca = VtpmCa::open_or_create(&dir).unwrap();
+        let again = VtpmCa::open_or_create(&dir).unwrap();
         assert_eq!(ca.cert_der(), again.cert_der());
         let n = [0xc5u8; 256];
         let der = ca.issue_ak_cert(&n, 65537, "vm-1").unwrap();

@@ -159,6 +159,6 @@ pub fn fuzz_parse(data: &[u8]) {
     };
     let _ = data::read_command(&mut { data }, &mut buf, 4096, t);
     for kind in libtpms::StateKind::ALL {
-        let _ = state::decode(kind, data);
+        let _ = state::decode(&state::StateKey::new([0; 32]), kind, data);
     }
 }
