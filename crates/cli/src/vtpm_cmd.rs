@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// Refuse CMD_SET_LOCALITY to locality 4 (as swtpm's `reject-locality-4`).
     #[arg(long)]
     refuse_locality_4: bool,
+    /// A file with the migration key (32 bytes, raw or as 64 hex digits): state blobs
+    /// cross the control channel (CMD_GET_STATEBLOB/CMD_SET_STATEBLOB, `swtpm_ioctl
+    /// --save/--load`) only sealed under it (AES-256-GCM). Without it they are refused.
+    #[arg(long)]
+    migration_key: Option<PathBuf>,
     /// Wait for CMD_INIT (or a simulator power-on) instead of starting the TPM at once.
     #[arg(long)]
     need_init: bool,
@@ -166,6 +171,18 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         Vtpm::with_platform(Box::new(engine), Platform::new(vm, reports, ca))
             .context("provisioning the vTPM")?
     };
+    if let Some(path) = &a.migration_key {
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let key = vtpm::blob::MigrationKey::parse(&bytes).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: a migration key is 32 bytes, raw or as 64 hex digits",
+                path.display()
+            )
+        })?;
+        vtpm.set_migration_key(key);
+    }
     if a.need_init {
         vtpm.engine().stop(true);
     }

@@ -362,7 +362,20 @@ fn tpm2_tools_suite_through_the_mssim_tcti_survives_kill_9() {
 #[test]
 fn swtpm_ioctl_capabilities_init_established_info_and_state_blobs() {
     let (_t, state, work) = workdir();
-    let vt = start(&state, "swtpm");
+    // Without a migration key no state blob leaves or enters the vTPM.
+    {
+        let (_t2, state2, work2) = workdir();
+        let vt = start(&state2, "swtpm");
+        let out = work2.join("plain.blob");
+        let o = vt.ioctl(&["--save", "permanent", out.to_str().unwrap()]);
+        assert!(
+            !o.status.success(),
+            "a state blob left without a migration key"
+        );
+    }
+    let key = work.join("migration.key");
+    std::fs::write(&key, "5a".repeat(32)).unwrap();
+    let vt = start_with(&state, "swtpm", &["--migration-key", key.to_str().unwrap()]);
     let tcti = vt.tcti("swtpm");
     let caps = stdout(&ok(vt.ioctl(&["-c"]), "-c"));
     let bits = u32::from_str_radix(caps.trim().trim_start_matches("ptm capability is 0x"), 16)
@@ -400,6 +413,15 @@ fn swtpm_ioctl_capabilities_init_established_info_and_state_blobs() {
         "--save",
     );
     assert!(std::fs::metadata(&blob).unwrap().len() > 1000);
+    // Sealed: the NV contents written above do not appear in it, and a blob with one
+    // bit flipped is refused.
+    let sealed = std::fs::read(&blob).unwrap();
+    assert!(!sealed.windows(nv.len()).any(|w| w == nv));
+    let mut flipped = sealed.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 1;
+    let tampered = work.join("tampered.blob");
+    std::fs::write(&tampered, &flipped).unwrap();
     t(&[
         "tpm2_nvdefine",
         "0x1500021",
@@ -413,15 +435,18 @@ fn swtpm_ioctl_capabilities_init_established_info_and_state_blobs() {
     ok(vt.ioctl(&["--stop"]), "--stop");
     // A command while stopped is answered with TPM_RC_FAILURE.
     assert!(!tpm(&tcti, &work, &["tpm2_getrandom", "8"]).status.success());
-    // A garbage blob is refused and changes nothing: the TPM restarts as it was.
+    // A garbage or tampered blob is refused and changes nothing: the TPM restarts as
+    // it was.
     let junk = work.join("junk.blob");
     std::fs::write(&junk, [7u8; 3000]).unwrap();
-    assert!(
-        !vt.ioctl(&["--load", "permanent", junk.to_str().unwrap()])
-            .status
-            .success(),
-        "a garbage state blob was accepted"
-    );
+    for bad in [&junk, &tampered] {
+        assert!(
+            !vt.ioctl(&["--load", "permanent", bad.to_str().unwrap()])
+                .status
+                .success(),
+            "a bad state blob was accepted"
+        );
+    }
     ok(vt.ioctl(&["-i"]), "-i after a refused load");
     t(&["tpm2_startup", "-c"]);
     let listed = stdout(&t(&["tpm2_getcap", "handles-nv-index"]));
@@ -442,7 +467,7 @@ fn swtpm_ioctl_capabilities_init_established_info_and_state_blobs() {
     );
     // The loaded state is now the stored one: it survives a kill -9 and restart.
     drop(vt);
-    let vt = start(&state, "swtpm");
+    let vt = start_with(&state, "swtpm", &["--migration-key", key.to_str().unwrap()]);
     let tcti = vt.tcti("swtpm");
     ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
     let listed = stdout(&ok(

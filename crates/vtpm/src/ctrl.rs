@@ -74,7 +74,8 @@ pub const CAPABILITIES: u32 = 1 // INIT
 
 /// `PTM_INIT_FLAG_DELETE_VOLATILE`.
 pub const INIT_FLAG_DELETE_VOLATILE: u32 = 1;
-/// `PTM_STATE_FLAG_ENCRYPTED` (state blobs here are never encrypted).
+/// `PTM_STATE_FLAG_ENCRYPTED`: set on every blob handed out (sealed under the
+/// migration key, see [`crate::blob`]).
 pub const STATE_FLAG_ENCRYPTED: u32 = 2;
 /// Largest state blob accepted by `CMD_SET_STATEBLOB` (swtpm's limit).
 pub const MAX_STATE_BLOB: u32 = 512 * 1024;
@@ -355,30 +356,57 @@ pub fn handle(vtpm: &mut Vtpm, req: Request, fd_passed: bool) -> (Vec<u8>, After
         Request::Cancel if running => res(vtpm.engine.cancel()),
         Request::StoreVolatile if running => res(vtpm.engine.store_volatile()),
         Request::GetStateBlob { kind, offset, .. } if running => {
-            let blob = kind_of(kind)
-                .ok_or(TPM_FAIL)
-                .and_then(|k| vtpm.engine.state_blob(k).map_err(|e| e.code));
-            match blob {
+            // Sealed under the migration key; without one, state never leaves. A read
+            // at an offset continues the blob sealed by the read at offset 0.
+            let sealed = match (&vtpm.migration_key, kind_of(kind)) {
+                (None, _) => Err(TPM_FAIL),
+                (_, None) => Err(TPM_BAD_PARAMETER),
+                (Some(_), Some(_)) if offset > 0 => vtpm
+                    .sealed_blob
+                    .as_ref()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, b)| b.clone())
+                    .ok_or(TPM_BAD_PARAMETER),
+                (Some(key), Some(k)) => vtpm
+                    .engine
+                    .state_blob(k)
+                    .map_err(|e| e.code)
+                    .and_then(|plain| key.seal(k, &plain).map_err(|_| TPM_FAIL)),
+            };
+            match sealed {
                 Ok(blob) => {
                     let rest = blob.get(offset as usize..).unwrap_or_default();
                     let n = rest.len() as u32;
-                    let mut v = words(&[0, 0, n, n]);
+                    let mut v = words(&[0, STATE_FLAG_ENCRYPTED, n, n]);
                     v.extend_from_slice(rest);
+                    vtpm.sealed_blob = Some((kind, blob));
                     v
                 }
-                Err(code) => words(&[code, 0, 0, 0]),
+                Err(code) => {
+                    if vtpm.migration_key.is_none() {
+                        vtpm.log("CMD_GET_STATEBLOB refused: no migration key");
+                    }
+                    words(&[code, 0, 0, 0])
+                }
             }
         }
-        Request::SetStateBlob { flags, kind, data } => {
+        Request::SetStateBlob { kind, data, .. } => {
             if running {
                 not_running.clone()
-            } else if flags & STATE_FLAG_ENCRYPTED != 0 {
-                // There is no migration key: an encrypted blob cannot be read here.
-                words(&[TPM_BAD_PARAMETER])
             } else {
-                match kind_of(kind) {
-                    None => words(&[TPM_FAIL]),
-                    Some(k) => res(vtpm.engine.set_state_blob(k, &data)),
+                match (&vtpm.migration_key, kind_of(kind)) {
+                    (None, _) => {
+                        vtpm.log("CMD_SET_STATEBLOB refused: no migration key");
+                        words(&[TPM_FAIL])
+                    }
+                    (_, None) => words(&[TPM_FAIL]),
+                    (Some(key), Some(k)) => match key.open(k, &data) {
+                        Ok(plain) => res(vtpm.engine.set_state_blob(k, &plain)),
+                        Err(e) => {
+                            vtpm.log(&format!("CMD_SET_STATEBLOB refused: {e}"));
+                            words(&[TPM_BAD_PARAMETER])
+                        }
+                    },
                 }
             }
         }

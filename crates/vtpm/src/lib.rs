@@ -10,6 +10,7 @@
 //!   TCTI, IBM TSS);
 //! - [`server`]: loopback TCP and Unix-socket listeners for either protocol.
 
+pub mod blob;
 pub mod ca;
 pub mod ctrl;
 pub mod data;
@@ -52,6 +53,10 @@ pub struct Vtpm {
     pub(crate) buffer_size: u32,
     pub(crate) platform: Option<platform::Platform>,
     pub(crate) refuse_locality_4: bool,
+    pub(crate) migration_key: Option<blob::MigrationKey>,
+    /// The blob sealed by the last `CMD_GET_STATEBLOB` at offset 0 (blob type, bytes),
+    /// which reads at further offsets continue.
+    pub(crate) sealed_blob: Option<(u32, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Vtpm {
@@ -74,6 +79,8 @@ impl Vtpm {
             buffer_size,
             platform: None,
             refuse_locality_4: false,
+            migration_key: None,
+            sealed_blob: None,
         }
     }
 
@@ -92,6 +99,12 @@ impl Vtpm {
         let mut v = Self::new(engine);
         v.platform = Some(platform);
         Ok(v)
+    }
+
+    /// Lets state blobs cross the control channel, sealed under `key` (without a key
+    /// `CMD_GET_STATEBLOB` and `CMD_SET_STATEBLOB` are refused).
+    pub fn set_migration_key(&mut self, key: blob::MigrationKey) {
+        self.migration_key = Some(key);
     }
 
     /// The platform side, if any.
