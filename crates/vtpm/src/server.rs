@@ -141,6 +141,19 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// Refuses what this configuration must never do (TCP without `allow_tcp`), before
+    /// anything is opened.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if !self.allow_tcp {
+            for ep in self.server.iter().chain(&self.ctrl) {
+                if let Endpoint::Tcp(_) = ep {
+                    return Err(ServeError::TcpNotAllowed(ep.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A configuration with Unix-socket endpoints only and every locality allowed.
     pub fn new(protocol: Protocol, server: Option<Endpoint>, ctrl: Option<Endpoint>) -> Self {
         Self {
@@ -406,13 +419,7 @@ enum Role {
 impl Server {
     /// Binds the endpoints and starts serving `vtpm` on background threads.
     pub fn start(mut vtpm: Vtpm, config: ServerConfig) -> Result<Self, ServeError> {
-        if !config.allow_tcp {
-            for ep in config.server.iter().chain(&config.ctrl) {
-                if let Endpoint::Tcp(_) = ep {
-                    return Err(ServeError::TcpNotAllowed(ep.to_string()));
-                }
-            }
-        }
+        config.check()?;
         vtpm.refuse_locality_4 = config.refuse_locality_4;
         let (server, ctrl) = match (&config.server, &config.ctrl) {
             (Some(s), Some(c)) => (Some(Listener::bind(s)?), Listener::bind(c)?),
