@@ -36,6 +36,11 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        MasterKey(Zeroizing::new(bytes))
+    }
+
     /// Parses 64 hex digits (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> Result<Self, SealError> {
         let mut key = Zeroizing::new([0u8; 32]);
