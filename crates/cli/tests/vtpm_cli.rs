@@ -898,7 +898,8 @@ fn provisioned_vtpm_holds_ek_ak_certificate_report_and_a_locked_platform_hierarc
     // Reading past the end is TPM_RC_NV_RANGE, as for any index.
     assert_eq!(raw_read_at(b"", 16, 2590).0, 0x146);
     assert_eq!(&body[6..6 + 64], &hcl[..64]);
-    // An HMAC session keyed with a wrong owner password fails its check.
+    // An HMAC session keyed with a wrong owner password fails its check, with
+    // TPM_RC_BAD_AUTH: the index has TPMA_NV_NO_DA.
     let wrong = tpm(
         &tcti,
         &work,
@@ -917,7 +918,7 @@ fn provisioned_vtpm_holds_ek_ak_certificate_report_and_a_locked_platform_hierarc
     assert!(
         String::from_utf8_lossy(&wrong.stderr)
             .to_lowercase()
-            .contains("0x98e"),
+            .contains("0x9a2"),
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
     );
@@ -1756,4 +1757,437 @@ fn host_channels_are_private_unix_sockets_and_carry_exactly_one_command_per_mess
     assert_eq!(send(5, &GET_RANDOM_8), 0x907, "TPM_RC_LOCALITY");
     assert_ne!(send(0, &GET_RANDOM_8), 0x907);
     drop(child);
+}
+
+/// A raw TPM client on a vTPM's command channel: the swtpm data channel (one command
+/// per message) or the simulator's command port (`TPM_SEND_COMMAND` framing).
+struct RawTpm {
+    s: std::net::TcpStream,
+    mssim: bool,
+}
+
+impl RawTpm {
+    fn connect(vt: &Vt, mssim: bool) -> Self {
+        let s = std::net::TcpStream::connect((vt.host.as_str(), vt.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        Self { s, mssim }
+    }
+
+    /// Sends `cmd` and returns the whole response.
+    fn call(&mut self, cmd: &[u8]) -> Vec<u8> {
+        use std::io::{Read, Write};
+        if self.mssim {
+            let mut f = vec![0, 0, 0, 8, 0];
+            f.extend_from_slice(&(cmd.len() as u32).to_be_bytes());
+            f.extend_from_slice(cmd);
+            self.s.write_all(&f).unwrap();
+            let mut n = [0u8; 4];
+            self.s.read_exact(&mut n).unwrap();
+            let mut r = vec![0u8; u32::from_be_bytes(n) as usize + 4];
+            self.s.read_exact(&mut r).unwrap();
+            r.truncate(r.len() - 4);
+            return r;
+        }
+        self.s.write_all(cmd).unwrap();
+        let mut head = [0u8; 10];
+        self.s.read_exact(&mut head).unwrap();
+        let size = u32::from_be_bytes(head[2..6].try_into().unwrap()) as usize;
+        let mut r = head.to_vec();
+        r.resize(size, 0);
+        self.s.read_exact(&mut r[10..]).unwrap();
+        r
+    }
+
+    /// A command with `tag`, `code` and `body`, sent; its response.
+    fn cmd(&mut self, tag: u16, code: u32, body: &[u8]) -> Vec<u8> {
+        let mut c = tag.to_be_bytes().to_vec();
+        c.extend_from_slice(&(10 + body.len() as u32).to_be_bytes());
+        c.extend_from_slice(&code.to_be_bytes());
+        c.extend_from_slice(body);
+        self.call(&c)
+    }
+
+    /// `TPM2_Startup(SU_CLEAR)`'s response code.
+    fn startup(&mut self) -> u32 {
+        rc_of(&self.call(&STARTUP_CLEAR))
+    }
+
+    /// Starts an unsalted, unbound SHA-256 HMAC session (no symmetric algorithm), as
+    /// a guest would: `(handle, nonceTPM)`.
+    fn hmac_session(&mut self) -> (u32, Vec<u8>) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&0x4000_0007u32.to_be_bytes()); // tpmKey: TPM_RH_NULL
+        b.extend_from_slice(&0x4000_0007u32.to_be_bytes()); // bind: TPM_RH_NULL
+        b.extend_from_slice(&tpm2b(&[0x11; 32])); // nonceCaller
+        b.extend_from_slice(&[0, 0]); // encryptedSalt
+        b.push(0x00); // TPM_SE_HMAC
+        b.extend_from_slice(&0x0010u16.to_be_bytes()); // symmetric: TPM_ALG_NULL
+        b.extend_from_slice(&0x000Bu16.to_be_bytes()); // authHash: SHA-256
+        let r = self.cmd(0x8001, 0x176, &b);
+        assert_eq!(rc_of(&r), 0, "StartAuthSession");
+        let handle = u32::from_be_bytes(r[10..14].try_into().unwrap());
+        let n = u16::from_be_bytes([r[14], r[15]]) as usize;
+        (handle, r[16..16 + n].to_vec())
+    }
+
+    /// The report index's Name (`TPM2_NV_ReadPublic`), or the response code.
+    fn report_name(&mut self) -> Result<Vec<u8>, u32> {
+        let r = self.cmd(0x8001, 0x169, &0x0140_0001u32.to_be_bytes());
+        if rc_of(&r) != 0 {
+            return Err(rc_of(&r));
+        }
+        let public = u16::from_be_bytes([r[10], r[11]]) as usize;
+        let at = 12 + public;
+        let n = u16::from_be_bytes([r[at], r[at + 1]]) as usize;
+        Ok(r[at + 2..at + 2 + n].to_vec())
+    }
+
+    /// The response code of `TPM2_NV_Read(auth, 0x01400001)` of 8 bytes at offset 0,
+    /// authorized by the HMAC session `(handle, nonce_tpm)` with `nonce_caller`, its
+    /// HMAC keyed with `auth_value` (the session key is empty: unsalted, unbound).
+    fn hmac_report_read(
+        &mut self,
+        auth: u32,
+        auth_value: &[u8],
+        (handle, nonce_tpm): (u32, &[u8]),
+        nonce_caller: &[u8],
+    ) -> u32 {
+        use aws_lc_rs::hmac;
+        let index_name = self.report_name().unwrap();
+        let auth_name = if auth == 0x0140_0001 {
+            index_name.clone()
+        } else {
+            auth.to_be_bytes().to_vec()
+        };
+        let params = [0u8, 8, 0, 0];
+        let cp_hash = digest::digest(
+            &digest::SHA256,
+            &[
+                &0x14Eu32.to_be_bytes()[..],
+                &auth_name,
+                &index_name,
+                &params,
+            ]
+            .concat(),
+        );
+        let attrs = 0x01u8; // continueSession
+        let mac = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, auth_value),
+            &[cp_hash.as_ref(), nonce_caller, nonce_tpm, &[attrs]].concat(),
+        );
+        let mut area = handle.to_be_bytes().to_vec();
+        area.extend_from_slice(&tpm2b(nonce_caller));
+        area.push(attrs);
+        area.extend_from_slice(&tpm2b(mac.as_ref()));
+        let mut b = auth.to_be_bytes().to_vec();
+        b.extend_from_slice(&0x0140_0001u32.to_be_bytes());
+        b.extend_from_slice(&(area.len() as u32).to_be_bytes());
+        b.extend_from_slice(&area);
+        b.extend_from_slice(&params);
+        rc_of(&self.cmd(0x8002, 0x14E, &b))
+    }
+}
+
+fn tpm2b(b: &[u8]) -> Vec<u8> {
+    let mut v = (b.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(b);
+    v
+}
+
+/// A vTPM serving a report (`--ca`, `--snp-platform` under `t`).
+fn start_reporting(t: &Path, state: &Path, protocol: &str, extra: &[&str]) -> Vt {
+    let (ca, snp_dir) = (t.join("ca"), t.join("snp"));
+    let mut args = vec![
+        "--ca",
+        ca.to_str().unwrap(),
+        "--snp-platform",
+        snp_dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    start_with(state, protocol, &args)
+}
+
+/// Starts a vTPM serving a report and starts its TPM; the tpm2-tools TCTI.
+fn started_reporting(t: &Path, state: &Path, work: &Path) -> (Vt, String) {
+    let vt = start_reporting(t, state, "swtpm", &[]);
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, work, &["tpm2_startup", "-c"]), "startup");
+    (vt, tcti)
+}
+
+const OWNER: u32 = 0x4000_0001;
+const PLATFORM: u32 = 0x4000_000C;
+const REPORT_INDEX: u32 = 0x0140_0001;
+
+/// An HMAC session authorizing TPM_RH_PLATFORM on the report index is keyed with the
+/// platform's authValue, a secret only the vTPM process holds: an empty key fails
+/// (TPM_RC_BAD_AUTH for session 1), through tpm2-tools and raw.
+#[test]
+fn report_index_hmac_platform_reads_need_the_platform_secret() {
+    let (t, state, work) = workdir();
+    let (vt, tcti) = started_reporting(t.path(), &state, &work);
+    {
+        let mut raw = RawTpm::connect(&vt, false);
+        let (h, nonce_tpm) = raw.hmac_session();
+        let s = (h, &nonce_tpm[..]);
+        assert_eq!(raw.hmac_report_read(PLATFORM, b"", s, &[7; 16]), 0x9A2);
+        // The same session reads with the index's own (empty) authValue.
+        assert_eq!(raw.hmac_report_read(REPORT_INDEX, b"", s, &[7; 16]), 0);
+    }
+    refused_with(
+        tpm(
+            &tcti,
+            &work,
+            &["tpm2_nvread", "0x01400001", "-C", "p", "-s", "8"],
+        ),
+        "0x9A2",
+    );
+}
+
+/// An HMAC session authorizing the owner on the report index is checked only when
+/// libtpms confirms the owner's authValue is empty; once the owner has a password the
+/// vTPM cannot check it and refuses (TPM_RC_AUTH_UNAVAILABLE), whatever the key, while
+/// the index's own authorization and the owner's password session still read.
+#[test]
+fn report_index_hmac_owner_reads_only_with_an_empty_owner_auth() {
+    let (t, state, work) = workdir();
+    let (vt, tcti) = started_reporting(t.path(), &state, &work);
+    let t = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
+    {
+        let mut raw = RawTpm::connect(&vt, false);
+        let (h, nonce_tpm) = raw.hmac_session();
+        assert_eq!(
+            raw.hmac_report_read(OWNER, b"", (h, &nonce_tpm), &[7; 32]),
+            0
+        );
+    }
+    t(&["tpm2_nvread", "0x01400001", "-C", "o", "-s", "8"]);
+    t(&["tpm2_changeauth", "-c", "o", "owner-secret"]);
+    {
+        let mut raw = RawTpm::connect(&vt, false);
+        let (h, nonce_tpm) = raw.hmac_session();
+        let s = (h, &nonce_tpm[..]);
+        assert_eq!(raw.hmac_report_read(OWNER, b"", s, &[7; 16]), 0x12F);
+        assert_eq!(
+            raw.hmac_report_read(OWNER, b"owner-secret", s, &[7; 16]),
+            0x12F
+        );
+        assert_eq!(raw.hmac_report_read(REPORT_INDEX, b"", s, &[7; 16]), 0);
+    }
+    refused_with(
+        tpm(
+            &tcti,
+            &work,
+            &["tpm2_nvread", "0x01400001", "-C", "o", "-s", "8"],
+        ),
+        "0x12F",
+    );
+    refused_with(
+        tpm(
+            &tcti,
+            &work,
+            &[
+                "tpm2_nvread",
+                "0x01400001",
+                "-C",
+                "o",
+                "-P",
+                "owner-secret",
+                "-s",
+                "8",
+            ],
+        ),
+        "0x12F",
+    );
+    t(&["tpm2_nvread", "0x01400001", "-C", "0x01400001", "-s", "8"]);
+    let r = RawTpm::connect(&vt, false).call(&vtpm::tpm::nv_read(
+        OWNER,
+        REPORT_INDEX,
+        b"owner-secret",
+        8,
+        0,
+    ));
+    assert_eq!(rc_of(&r), 0);
+}
+
+/// A failed HMAC on the report index is TPM_RC_BAD_AUTH (0x9A2 for session 1), not
+/// TPM_RC_AUTH_FAIL (0x98E): the index has TPMA_NV_NO_DA and the owner hierarchy is
+/// exempt from dictionary-attack protection, as libtpms answers a wrong password.
+#[test]
+fn report_index_failed_hmac_is_bad_auth_for_the_no_da_index() {
+    let (t, state, work) = workdir();
+    let (vt, tcti) = started_reporting(t.path(), &state, &work);
+    {
+        let mut raw = RawTpm::connect(&vt, false);
+        let (h, nonce_tpm) = raw.hmac_session();
+        let s = (h, &nonce_tpm[..]);
+        assert_eq!(
+            raw.hmac_report_read(REPORT_INDEX, b"wrong", s, &[7; 16]),
+            0x9A2
+        );
+        assert_eq!(raw.hmac_report_read(OWNER, b"wrong", s, &[7; 16]), 0x9A2);
+    }
+    let wrong_password = RawTpm::connect(&vt, false).call(&vtpm::tpm::nv_read(
+        REPORT_INDEX,
+        REPORT_INDEX,
+        b"wrong",
+        8,
+        0,
+    ));
+    assert_eq!(
+        rc_of(&wrong_password),
+        0x9A2,
+        "libtpms's answer, for comparison"
+    );
+    for auth in ["o", "0x01400001"] {
+        refused_with(
+            tpm(
+                &tcti,
+                &work,
+                &[
+                    "tpm2_nvread",
+                    "0x01400001",
+                    "-C",
+                    auth,
+                    "-P",
+                    "wrong",
+                    "-s",
+                    "8",
+                ],
+            ),
+            "0x9A2",
+        );
+    }
+}
+
+/// A session on the report index needs a nonceCaller of 16 bytes up to the session
+/// hash's digest size (TPM_RC_NONCE for session 1 otherwise); a password session's
+/// nonce must be empty (libtpms checks the session as sent).
+#[test]
+fn report_index_refuses_a_short_nonce_caller() {
+    let (t, state, work) = workdir();
+    let (vt, _tcti) = started_reporting(t.path(), &state, &work);
+    let mut raw = RawTpm::connect(&vt, false);
+    let (h, nonce_tpm) = raw.hmac_session();
+    let s = (h, &nonce_tpm[..]);
+    for bad in [&[][..], &[7; 8], &[7; 15], &[7; 33]] {
+        assert_eq!(
+            raw.hmac_report_read(REPORT_INDEX, b"", s, bad),
+            0x98F,
+            "nonceCaller of {} bytes",
+            bad.len()
+        );
+    }
+    assert_eq!(raw.hmac_report_read(REPORT_INDEX, b"", s, &[7; 16]), 0);
+    assert_eq!(raw.hmac_report_read(REPORT_INDEX, b"", s, &[7; 32]), 0);
+    // TPM2_NV_Read with a password session: handles end at 18, the area size at 22,
+    // the session's nonce size is at 26..28.
+    let pw = vtpm::tpm::nv_read(REPORT_INDEX, REPORT_INDEX, b"", 8, 0);
+    let mut with_nonce = pw[..26].to_vec();
+    with_nonce.extend_from_slice(&tpm2b(&[1; 16]));
+    with_nonce.extend_from_slice(&pw[28..]);
+    let area = u32::from_be_bytes(with_nonce[18..22].try_into().unwrap()) + 16;
+    with_nonce[18..22].copy_from_slice(&area.to_be_bytes());
+    let n = with_nonce.len() as u32;
+    with_nonce[2..6].copy_from_slice(&n.to_be_bytes());
+    assert_eq!(rc_of(&raw.call(&with_nonce)), 0x98F);
+    assert_eq!(rc_of(&raw.call(&pw)), 0);
+}
+
+/// Before TPM2_Startup the report index is not served (TPM_RC_INITIALIZE, as every
+/// command gets), after a start of the vTPM and after a power cycle on the simulator's
+/// platform port.
+#[test]
+fn report_index_answers_tpm_rc_initialize_before_startup() {
+    let (t, state, _work) = workdir();
+    let vt = start_reporting(t.path(), &state, "swtpm", &[]);
+    let mut raw = RawTpm::connect(&vt, false);
+    assert_eq!(raw.report_name(), Err(0x100));
+    let pw_read = vtpm::tpm::nv_read(0x4000_0001, 0x0140_0001, b"", 8, 0);
+    assert_eq!(rc_of(&raw.call(&pw_read)), 0x100);
+    assert_eq!(raw.startup(), 0);
+    assert!(raw.report_name().is_ok());
+    assert_eq!(rc_of(&raw.call(&pw_read)), 0);
+    drop((raw, vt));
+
+    let vt = start_reporting(t.path(), &state, "mssim", &[]);
+    let mut raw = RawTpm::connect(&vt, true);
+    assert_eq!(raw.startup(), 0);
+    assert!(raw.report_name().is_ok());
+    // Power off and on (TPM_SIGNAL_POWER_OFF, TPM_SIGNAL_POWER_ON), each acked with 0.
+    let mut platform = std::net::TcpStream::connect((vt.host.as_str(), vt.ctrl_port)).unwrap();
+    for signal in [2u32, 1] {
+        use std::io::{Read, Write};
+        platform.write_all(&signal.to_be_bytes()).unwrap();
+        let mut ack = [0u8; 4];
+        platform.read_exact(&mut ack).unwrap();
+        assert_eq!(ack, [0; 4]);
+    }
+    assert_eq!(raw.report_name(), Err(0x100));
+    assert_eq!(rc_of(&raw.call(&pw_read)), 0x100);
+    assert_eq!(raw.startup(), 0);
+    assert!(raw.report_name().is_ok());
+}
+
+/// A session the TPM lost (CMD_INIT and Startup, a power cycle on the simulator's
+/// platform port) is never accepted on the report index with the state tracked
+/// before: the vTPM forgets its sessions with the TPM's.
+#[test]
+fn report_index_forgets_sessions_when_the_tpm_restarts() {
+    let (t, state, _work) = workdir();
+    let vt = start_reporting(t.path(), &state, "swtpm", &[]);
+    let index = 0x0140_0001u32;
+    let mut raw = RawTpm::connect(&vt, false);
+    assert_eq!(raw.startup(), 0);
+    let (h, nonce_tpm) = raw.hmac_session();
+    assert_eq!(
+        raw.hmac_report_read(index, b"", (h, &nonce_tpm), &[7; 16]),
+        0
+    );
+    // CMD_INIT and TPM2_Startup: the session is gone from libtpms, and from the vTPM.
+    ok(vt.ioctl(&["-i"]), "swtpm_ioctl -i");
+    assert_eq!(raw.startup(), 0);
+    assert_eq!(
+        raw.hmac_report_read(index, b"", (h, &nonce_tpm), &[7; 16]),
+        0x12F
+    );
+    // CMD_INIT alone, resuming volatile state stored before the session was started
+    // (no TPM2_Startup follows: the TPM runs as it was then): libtpms has no such
+    // session (it answers TPM_RC_REFERENCE_S0), and the vTPM forgot it too.
+    ok(vt.ioctl(&["-v"]), "swtpm_ioctl -v");
+    let (h, nonce_tpm) = raw.hmac_session();
+    assert_eq!(
+        raw.hmac_report_read(index, b"", (h, &nonce_tpm), &[7; 16]),
+        0
+    );
+    ok(vt.ioctl(&["-i"]), "swtpm_ioctl -i");
+    assert_eq!(raw.startup(), 0x100, "resumed, started already");
+    assert_eq!(
+        raw.hmac_report_read(index, b"", (h, &nonce_tpm), &[7; 16]),
+        0x12F
+    );
+    drop((raw, vt));
+
+    let vt = start_reporting(t.path(), &state, "mssim", &[]);
+    let mut raw = RawTpm::connect(&vt, true);
+    assert_eq!(raw.startup(), 0);
+    let (h, nonce_tpm) = raw.hmac_session();
+    assert_eq!(
+        raw.hmac_report_read(index, b"", (h, &nonce_tpm), &[7; 16]),
+        0
+    );
+    let mut platform = std::net::TcpStream::connect((vt.host.as_str(), vt.ctrl_port)).unwrap();
+    for signal in [2u32, 1] {
+        use std::io::{Read, Write};
+        platform.write_all(&signal.to_be_bytes()).unwrap();
+        let mut ack = [0u8; 4];
+        platform.read_exact(&mut ack).unwrap();
+        assert_eq!(ack, [0; 4]);
+    }
+    assert_eq!(raw.startup(), 0);
+    assert_eq!(
+        raw.hmac_report_read(index, b"", (h, &nonce_tpm), &[7; 16]),
+        0x12F
+    );
 }

@@ -304,7 +304,7 @@ pub fn handle(vtpm: &mut Vtpm, req: Request, fd_passed: bool) -> (Vec<u8>, After
     let reply = match req {
         Request::GetCapability => words(&[0, CAPABILITIES]),
         Request::Init(flags) => {
-            let r = vtpm.engine.start(flags & INIT_FLAG_DELETE_VOLATILE != 0);
+            let r = vtpm.start_engine(flags & INIT_FLAG_DELETE_VOLATILE != 0);
             if let Err(e) = &r {
                 vtpm.log(&format!("CMD_INIT failed: {e}"));
             }

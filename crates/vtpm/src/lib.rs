@@ -154,6 +154,16 @@ impl Vtpm {
         }
     }
 
+    /// Starts (or restarts) the engine (`CMD_INIT`, a simulator power-on or reset):
+    /// the TPM's loaded sessions die with it, so the platform forgets the sessions it
+    /// tracked, whether or not the start succeeds.
+    pub(crate) fn start_engine(&mut self, delete_volatile: bool) -> Result<(), EngineError> {
+        if let Some(p) = self.platform.as_mut() {
+            p.tpm_initialised();
+        }
+        self.engine.start(delete_volatile)
+    }
+
     pub(crate) fn log(&self, msg: &str) {
         eprintln!("vtpm: {msg}");
     }

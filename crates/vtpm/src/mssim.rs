@@ -157,7 +157,7 @@ pub fn serve_platform(
                 // Idempotent, as the simulator's: powering on a running TPM is a no-op.
                 let mut v = lock();
                 if !v.engine.is_running()
-                    && let Err(e) = v.engine.start(false)
+                    && let Err(e) = v.start_engine(false)
                 {
                     v.log(&format!("power on failed: {e}"));
                     ack(conn, &[1])?;
@@ -168,7 +168,7 @@ pub fn serve_platform(
             code::RESET | code::RESTART => {
                 let mut v = lock();
                 v.engine.stop(false);
-                if let Err(e) = v.engine.start(false) {
+                if let Err(e) = v.start_engine(false) {
                     v.log(&format!("reset failed: {e}"));
                 }
             }

@@ -23,15 +23,20 @@
 //! by libtpms: `TPM2_NV_ReadPublic` of `0x01400001` answers its real size and Name,
 //! and `TPM2_NV_Read` of it is answered with the report's bytes after the
 //! authorization is checked as the TPM would:
-//! - a password session: libtpms checks it, on the same command reading one byte of a
-//!   one-byte index defined at that handle with the same attributes;
+//! - before `TPM2_Startup` both commands get `TPM_RC_INITIALIZE`, as every command
+//!   does (libtpms is asked: it knows whether it was started or resumed);
+//! - a password session: libtpms checks it, on the same command (the guest's session
+//!   as sent) reading one byte of a one-byte index defined at that handle with the
+//!   same attributes;
 //! - unsalted, unbound HMAC sessions (what tpm2-tools opens, with response
-//!   encryption): checked here ([`crate::sessions`]), with the authValue of the index
-//!   (always empty) or of the owner taken as empty; the response carries the
-//!   session's current `nonceTPM`, its HMAC, and the data AES-CFB encrypted when the
-//!   session asks;
-//! - anything else (salted or bound sessions, policy or audit sessions, an owner
-//!   authValue that is not empty) is refused with a TPM error.
+//!   encryption): checked here ([`crate::sessions`]) under the rules of
+//!   [`Platform::hmac_auth_value`]; the response carries the session's current
+//!   `nonceTPM`, its HMAC, and the data AES-CFB encrypted when the session asks;
+//! - anything else (salted or bound sessions, policy or audit sessions, a nonceCaller
+//!   shorter than 16 bytes, an owner authValue that is not empty) is refused with a
+//!   TPM error; a wrong HMAC gets `TPM_RC_BAD_AUTH`, never `TPM_RC_AUTH_FAIL`: the
+//!   index has `TPMA_NV_NO_DA` and the owner and platform hierarchies are exempt from
+//!   dictionary-attack protection, so no failure here counts towards lockout.
 
 use std::time::{Duration, Instant};
 
@@ -86,8 +91,17 @@ const NV_WRITTEN: u32 = 1 << 29;
 const RC_HANDLE_1: u32 = 0x18B;
 /// `TPM_RC_AUTH_UNAVAILABLE`: a session this vTPM cannot check on the report index.
 const RC_AUTH_UNAVAILABLE: u32 = 0x12F;
-/// `TPM_RC_AUTH_FAIL` for session 1 (add `n << 8` for session n + 1).
+/// `TPM_RC_BAD_AUTH` (`RC_FMT1 + 0x022`) for session 1 (`TPM_RC_S + TPM_RC_1`; add
+/// `n << 8` for session n + 1): an HMAC that does not verify for an entity exempt from
+/// dictionary-attack protection (`TPMA_NV_NO_DA`, the owner and platform hierarchies),
+/// what libtpms answers for a wrong password on the same index.
+const RC_BAD_AUTH_SESSION: u32 = 0x9A2;
+/// `TPM_RC_AUTH_FAIL` (`RC_FMT1 + 0x00E`) for session 1: what a TPM answers for a wrong
+/// authorization of an entity under dictionary-attack protection.
 const RC_AUTH_FAIL_SESSION: u32 = 0x98E;
+/// `TPM_RC_NONCE` (`RC_FMT1 + 0x00F`) for session 1: a `nonceCaller` of a size the
+/// session does not accept.
+const RC_NONCE_SESSION: u32 = 0x98F;
 
 /// Attributes of the user-data index: the guest writes and reads it.
 const USER_INDEX: u32 = nv_attr::OWNERWRITE
@@ -548,6 +562,9 @@ impl Platform {
         match code {
             cc::NV_READ_PUBLIC if handle(0) == Some(NV_HCL_REPORT) => {
                 let size = self.hcl.as_ref()?.len();
+                if let Some(refused) = started(engine, locality) {
+                    return Some(refused);
+                }
                 let (public, name) = self.report_public(size);
                 let mut out = vec![0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
                 out.extend_from_slice(&(public.len() as u16).to_be_bytes());
@@ -560,6 +577,9 @@ impl Platform {
             }
             cc::NV_READ if handle(1) == Some(NV_HCL_REPORT) => {
                 let hcl = self.hcl.clone()?;
+                if let Some(refused) = started(engine, locality) {
+                    return Some(refused);
+                }
                 let (_, name) = self.report_public(hcl.len());
                 Some(self.serve_report_read(engine, locality, command, &hcl, &name))
             }
@@ -609,13 +629,7 @@ impl Platform {
         // one-byte index; an HMAC session here.
         let first = &auths[0];
         if first.handle == tpm::RS_PW {
-            let mut probe = command[..18].to_vec();
-            let area = tpm::Command::new(0, false).password(&first.hmac).finish();
-            probe.extend_from_slice(&area[10..]);
-            probe.extend_from_slice(&[0, 1, 0, 0]);
-            let n = (probe.len() as u32).to_be_bytes();
-            probe[2..6].copy_from_slice(&n);
-            let raw = match engine.execute(locality, &probe) {
+            let raw = match engine.execute(locality, &probe_read(auth_handle, first)) {
                 Ok(r) => r,
                 Err(_) => return error_response(crate::TPM_RC_FAILURE),
             };
@@ -623,9 +637,13 @@ impl Platform {
                 return raw;
             }
         }
-        // Every HMAC session must be one whose key is known, and must verify.
-        let mut keys = Vec::with_capacity(auths.len());
+        // Every HMAC session must be one whose key is known, and must verify. Each
+        // session's HMAC key (sessionKey, empty here, || authValue of the entity it
+        // authorizes; empty for a session that authorizes nothing).
+        let mut keys: Vec<Option<(sessions::Session, Zeroizing<Vec<u8>>)>> =
+            Vec::with_capacity(auths.len());
         for (i, a) in auths.iter().enumerate() {
+            let session_rc = (i as u32) << 8;
             if a.handle == tpm::RS_PW {
                 if i != 0 {
                     return error_response(RC_AUTH_UNAVAILABLE);
@@ -639,6 +657,20 @@ impl Platform {
             if a.attrs & (ATTR_AUDIT | ATTR_DECRYPT) != 0 {
                 return error_response(RC_AUTH_UNAVAILABLE);
             }
+            // The nonceCaller is at least 16 bytes and no longer than the digest: a
+            // short one would weaken the HMAC's freshness, and the spec forbids it.
+            if !s.hash.nonce_ok(&a.nonce) {
+                return error_response(RC_NONCE_SESSION + session_rc);
+            }
+            let key = if i == 0 {
+                match self.hmac_auth_value(engine, locality, auth_handle) {
+                    Ok(k) => k,
+                    Err(AuthValue::Refused(rc)) => return error_response(rc),
+                    Err(AuthValue::Raw(r)) => return r,
+                }
+            } else {
+                Zeroizing::new(Vec::new())
+            };
             // The first session's HMAC also covers the nonceTPM of a separate
             // encryption session.
             let mut extra = Vec::new();
@@ -651,22 +683,20 @@ impl Platform {
                     }
                 }
             }
-            // Session key empty (unsalted, unbound); the authValue (index: empty;
-            // owner: taken as empty) only for the authorizing session.
             let expected = s.hash.mac(
-                &[],
+                &key,
                 &[&cp_hash(s.hash), &a.nonce, &s.nonce_tpm, &extra, &[a.attrs]],
             );
             if aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &a.hmac).is_err() {
-                return error_response(RC_AUTH_FAIL_SESSION + ((i as u32) << 8));
+                return error_response(RC_BAD_AUTH_SESSION + session_rc);
             }
-            keys.push(Some(s));
+            keys.push(Some((s, key)));
         }
         if offset + size > hcl.len() || size > 1024 {
             return error_response(tpm::RC_NV_RANGE);
         }
         let mut data = hcl[offset..offset + size].to_vec();
-        if let Some((a, Some(s))) = auths
+        if let Some((a, Some((s, key)))) = auths
             .iter()
             .zip(&keys)
             .find(|(a, _)| a.attrs & ATTR_ENCRYPT != 0)
@@ -674,7 +704,7 @@ impl Platform {
             let Some(bits) = s.aes_bits else {
                 return error_response(RC_AUTH_UNAVAILABLE);
             };
-            if sessions::cfb_encrypt(s.hash, bits, &[], &s.nonce_tpm, &a.nonce, &mut data).is_none()
+            if sessions::cfb_encrypt(s.hash, bits, key, &s.nonce_tpm, &a.nonce, &mut data).is_none()
             {
                 return error_response(crate::TPM_RC_FAILURE);
             }
@@ -687,7 +717,7 @@ impl Platform {
         for (a, key) in auths.iter().zip(&keys) {
             match key {
                 None => out.extend_from_slice(&[0, 0, a.attrs | ATTR_CONTINUE, 0, 0]),
-                Some(s) => {
+                Some((s, key)) => {
                     let rp_hash = s.hash.hash(&[
                         &0u32.to_be_bytes(),
                         &cc::NV_READ.to_be_bytes(),
@@ -695,7 +725,7 @@ impl Platform {
                     ]);
                     let mac = s
                         .hash
-                        .mac(&[], &[&rp_hash, &s.nonce_tpm, &a.nonce, &[a.attrs]]);
+                        .mac(key, &[&rp_hash, &s.nonce_tpm, &a.nonce, &[a.attrs]]);
                     out.extend_from_slice(&(s.nonce_tpm.len() as u16).to_be_bytes());
                     out.extend_from_slice(&s.nonce_tpm);
                     out.push(a.attrs);
@@ -714,6 +744,69 @@ impl Platform {
             }
         }
         out
+    }
+
+    /// The authValue an HMAC session authorizing `auth_handle` for `TPM2_NV_Read` of
+    /// the report index is keyed with (its sessionKey is empty: unsalted, unbound).
+    ///
+    /// The rule (TPM 2.0 Part 1 §19.6.5 and the `TPM2_NV_Read` authorization: the
+    /// index itself with `TPMA_NV_AUTHREAD`, `TPM_RH_OWNER` with `TPMA_NV_OWNERREAD`,
+    /// `TPM_RH_PLATFORM` with `TPMA_NV_PPREAD`, each with its own authValue):
+    /// - the index: its authValue, which is empty (defined so by the platform; it can
+    ///   never change: `TPM2_NV_ChangeAuth` needs the ADMIN role, i.e. a policy, and
+    ///   the index has none);
+    /// - the owner: the vTPM does not hold the owner's authValue, so it asks libtpms
+    ///   whether it is empty, with the same read of the one-byte index authorized by
+    ///   the owner with an empty password. Only when libtpms accepts that (the owner's
+    ///   authValue is empty) is the HMAC checked, keyed with the empty authValue;
+    ///   otherwise the authorization cannot be checked here and is refused with
+    ///   `TPM_RC_AUTH_UNAVAILABLE` (the owner reads with a password session, which
+    ///   libtpms checks, or with the index's own authorization). The probe costs
+    ///   nothing towards lockout: the owner hierarchy is exempt from
+    ///   dictionary-attack protection;
+    /// - the platform: its authValue is the secret this process set at the last
+    ///   `TPM2_Startup` and holds alone, and the HMAC is keyed with it; an empty key
+    ///   never verifies. When the process holds no such secret (a TPM resumed from a
+    ///   previous process, whose secret died with it), every HMAC is refused with
+    ///   `TPM_RC_BAD_AUTH`.
+    fn hmac_auth_value(
+        &self,
+        engine: &mut dyn Engine,
+        locality: u8,
+        auth_handle: u32,
+    ) -> Result<Zeroizing<Vec<u8>>, AuthValue> {
+        match auth_handle {
+            NV_HCL_REPORT => Ok(Zeroizing::new(Vec::new())),
+            tpm::RH_OWNER => {
+                let empty = sessions::CommandSession {
+                    handle: tpm::RS_PW,
+                    nonce: Vec::new(),
+                    attrs: ATTR_CONTINUE,
+                    hmac: Vec::new(),
+                };
+                let raw = engine
+                    .execute(locality, &probe_read(tpm::RH_OWNER, &empty))
+                    .map_err(|_| AuthValue::Refused(crate::TPM_RC_FAILURE))?;
+                match crate::engine::response_code(&raw) {
+                    Some(0) => Ok(Zeroizing::new(Vec::new())),
+                    // TPM_RC_BAD_AUTH or TPM_RC_AUTH_FAIL for session 1: the owner has
+                    // an authValue the vTPM does not know.
+                    Some(RC_AUTH_FAIL_SESSION | RC_BAD_AUTH_SESSION) => {
+                        Err(AuthValue::Refused(RC_AUTH_UNAVAILABLE))
+                    }
+                    _ => Err(AuthValue::Raw(raw)),
+                }
+            }
+            _ if self.platform_auth.is_empty() => Err(AuthValue::Refused(RC_BAD_AUTH_SESSION)),
+            _ => Ok(self.platform_auth.clone()),
+        }
+    }
+
+    /// The TPM was initialised anew (`CMD_INIT`, a simulator power cycle or reset):
+    /// the sessions the guest had loaded are gone (or, when libtpms resumed its
+    /// volatile state, may differ from what was tracked), so none is trusted any more.
+    pub(crate) fn tpm_initialised(&mut self) {
+        self.sessions.clear();
     }
 
     /// Sets the platform authorization to a fresh random value only this process
@@ -760,6 +853,8 @@ impl Platform {
             .get(14..18)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         if code == Some(cc::STARTUP) {
+            // Every loaded session ended with the Startup.
+            self.sessions.clear();
             if let Err(e) = self.lock_platform_hierarchy(engine) {
                 eprintln!("vtpm: locking the platform hierarchy failed: {e}");
             }
@@ -772,6 +867,46 @@ impl Platform {
                 eprintln!("vtpm: refreshing the attestation report failed: {e}");
             }
         }
+    }
+}
+
+/// Why [`Platform::hmac_auth_value`] gives no authValue.
+enum AuthValue {
+    /// Refused with this response code.
+    Refused(u32),
+    /// libtpms's own answer to the probe, passed on.
+    Raw(Vec<u8>),
+}
+
+/// `TPM2_NV_Read` of one byte of the one-byte index libtpms holds at the report
+/// index's handle, authorized by `auth_handle` with the password session `session`
+/// (as the guest sent it, so libtpms checks its nonce and attributes too).
+fn probe_read(auth_handle: u32, session: &sessions::CommandSession) -> Vec<u8> {
+    let mut area = session.handle.to_be_bytes().to_vec();
+    area.extend_from_slice(&tpm2b(&session.nonce));
+    area.push(session.attrs);
+    area.extend_from_slice(&tpm2b(&session.hmac));
+    tpm::Command::new(cc::NV_READ, true)
+        .u32(auth_handle)
+        .u32(NV_HCL_REPORT)
+        .u32(area.len() as u32)
+        .bytes(&area)
+        .u16(1)
+        .u16(0)
+        .finish()
+}
+
+/// `None` once the TPM is started; before `TPM2_Startup`, libtpms's answer
+/// (`TPM_RC_INITIALIZE`, 0x100) to `TPM2_NV_ReadPublic` of the one-byte index, which
+/// the report index commands then get too. libtpms is asked rather than a flag kept here:
+/// it alone knows whether it resumed a started TPM from saved volatile state.
+fn started(engine: &mut dyn Engine, locality: u8) -> Option<Vec<u8>> {
+    match engine.execute(locality, &tpm::nv_read_public(NV_HCL_REPORT)) {
+        Ok(r) if crate::engine::response_code(&r) == Some(0) => None,
+        // TPM_RC_INITIALIZE, or TPM_RC_FAILURE in failure mode (the index itself is
+        // always there: only the platform could undefine it).
+        Ok(r) => Some(r),
+        Err(_) => Some(error_response(crate::TPM_RC_FAILURE)),
     }
 }
 

@@ -32,6 +32,10 @@ pub const ATTR_ENCRYPT: u8 = 0x40;
 /// `audit`.
 pub const ATTR_AUDIT: u8 = 0x80;
 
+/// The smallest `nonceCaller` a session accepts (TPM 2.0 Part 1: "at least 16
+/// octets").
+pub const MIN_NONCE: usize = 16;
+
 /// A session hash algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionHash {
@@ -62,6 +66,18 @@ impl SessionHash {
             Self::Sha256 => hmac::HMAC_SHA256,
             Self::Sha384 => hmac::HMAC_SHA384,
         }
+    }
+
+    /// The digest size in bytes.
+    pub fn size(self) -> usize {
+        self.digest().output_len()
+    }
+
+    /// Whether `nonce` is a valid `nonceCaller` for a session with this hash (TPM 2.0
+    /// Part 1, session nonces): at least [`MIN_NONCE`] bytes and no larger than the
+    /// session hash's digest.
+    pub fn nonce_ok(self, nonce: &[u8]) -> bool {
+        (MIN_NONCE..=self.size()).contains(&nonce.len())
     }
 
     /// `H(parts...)`.
@@ -258,6 +274,20 @@ impl Sessions {
         }
     }
 
+    /// Forgets every session: the TPM was (re)initialised or started, which ends
+    /// every loaded session (`_TPM_Init`; `TPM2_Startup` of any type). The
+    /// context-saved sessions a TPM Restart or Resume keeps are forgotten too: they are
+    /// then refused on the report index (`TPM_RC_AUTH_UNAVAILABLE`), never accepted
+    /// with stale state.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    /// Whether no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// Forgets `handle` (a session the vTPM ended itself).
     pub fn forget(&mut self, handle: u32) {
         self.map.remove(&handle);
@@ -347,5 +377,30 @@ mod tests {
         assert_eq!(sessions[0].handle, RS_PW);
         assert_eq!(sessions[0].hmac, b"pw");
         assert_eq!(params, [0, 16, 0, 32]);
+    }
+
+    #[test]
+    fn nonce_caller_sizes_and_clearing_the_table() {
+        let h = SessionHash::Sha256;
+        assert!(!h.nonce_ok(&[]) && !h.nonce_ok(&[0; 15]) && !h.nonce_ok(&[0; 33]));
+        assert!(h.nonce_ok(&[0; 16]) && h.nonce_ok(&[0; 32]));
+        assert!(SessionHash::Sha384.nonce_ok(&[0; 48]));
+        // A table holding a session forgets it when cleared.
+        let start = crate::tpm::Command::new(cc::START_AUTH_SESSION, false)
+            .u32(RH_NULL)
+            .u32(RH_NULL)
+            .tpm2b(&[1; 16])
+            .u16(0)
+            .bytes(&[0x00])
+            .u16(ALG_NULL)
+            .u16(0x000B)
+            .finish();
+        let mut response = vec![0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 16];
+        response.extend_from_slice(&[2; 16]);
+        let mut table = Sessions::default();
+        table.observe(&start, &response);
+        assert!(table.get(0x0200_0000).is_some_and(|s| s.usable));
+        table.clear();
+        assert!(table.is_empty());
     }
 }
