@@ -29,8 +29,8 @@
 //!   as sent) reading one byte of a one-byte index defined at that handle with the
 //!   same attributes;
 //! - unsalted, unbound HMAC sessions (what tpm2-tools opens, with response
-//!   encryption): checked here ([`crate::sessions`]) under the rules of
-//!   [`Platform::hmac_auth_value`]; the response carries the session's current
+//!   encryption): checked here ([`crate::sessions`]) under the rules written at
+//!   `Platform::hmac_auth_value`; the response carries the session's current
 //!   `nonceTPM`, its HMAC, and the data AES-CFB encrypted when the session asks;
 //! - anything else (salted or bound sessions, policy or audit sessions, a nonceCaller
 //!   shorter than 16 bytes, an owner authValue that is not empty) is refused with a
