@@ -128,6 +128,7 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         allow_tcp: a.dangerously_allow_tcp,
         refuse_locality_4: a.refuse_locality_4,
     };
+    config.check()?;
     if a.dangerously_allow_tcp {
         eprintln!(
             "warning: --dangerously-allow-tcp: every local user can reach this TPM's TCP \
@@ -140,6 +141,11 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         dir.set_durable(false);
     }
     let vm_id = vm_id(&a)?;
+    let (major, minor, patch) = vtpm::libtpms_version();
+    eprintln!(
+        "vtpm: libtpms {major}.{minor}.{patch} (it must carry the fixes for \
+         CVE-2023-1017/1018 and CVE-2025-49133; see the README)"
+    );
     let mut engine = LibtpmsEngine::new(dir)?;
     // Volatile state saved by an orderly shutdown is resumed once, then deleted: a
     // later start never rolls PCRs back to it.

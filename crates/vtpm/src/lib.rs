@@ -169,6 +169,12 @@ impl Vtpm {
     }
 }
 
+/// The libtpms version in use, as `(major, minor, patch)`.
+pub fn libtpms_version() -> (u32, u32, u32) {
+    let v = libtpms::Libtpms::version();
+    (v >> 16, (v >> 8) & 0xff, v & 0xff)
+}
+
 /// Runs every parser of untrusted vTPM input on `data` (for fuzzing): control
 /// messages, data-channel frames, state files. Never panics.
 pub fn fuzz_parse(data: &[u8]) {

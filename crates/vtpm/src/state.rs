@@ -417,8 +417,8 @@ impl StateDir {
             };
             let len = file.metadata().map_err(io)?.len() as usize;
             if !len.is_multiple_of(2)
-                || len < 2 * HEADER_LEN
-                || len > 2 * (LEGACY_SLOT_HEADER + HEADER_LEN + MAX_STATE)
+                || !(2 * HEADER_LEN..=2 * (LEGACY_SLOT_HEADER + HEADER_LEN + MAX_STATE))
+                    .contains(&len)
             {
                 return Err(StateError::Corrupt {
                     path,
