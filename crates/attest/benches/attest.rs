@@ -16,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use criterion::Criterion;
 use serde_json::{Map, json};
-use snp::cert::{Vek, parse_bundle};
+use snp::cert::{AmdCert, Vek, parse_bundle};
 use snp::chain::{CertChain, TrustAnchors};
 use snp::product::Product;
 use snp::report::AttestationReport;
@@ -40,9 +40,11 @@ fn bench(c: &mut Criterion) {
     let report = p.get_report(&guest, &rd, 0).expect("report");
     let chain_pem = pem("CERTIFICATE", p.vcek_der()) + &p.chain_pem();
 
-    // Baseline: P-384 verify (cached chain) + RS256 sign.
+    // Baseline: P-384 verify (cached chain) + RS256 sign, the emulator's ARK pinned.
     let mut anchors = TrustAnchors::amd();
-    anchors.dangerously_trust_emulator();
+    anchors
+        .dangerously_trust_emulator_root(&AmdCert::from_der(p.ark_der()).expect("ark"))
+        .expect("emulated ark");
     let verifier = Verifier::new(anchors);
     let certs = parse_bundle(chain_pem.as_bytes()).expect("bundle");
     let vek = Vek::from_cert(certs[0].clone()).expect("vek");

@@ -15,76 +15,19 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use snp::Product;
-use snp::cert::{AmdCert, VekKind, parse_bundle};
-use snp::chain::TrustAnchors;
+use snp::cert::VekKind;
 use snp::collateral::Fetcher;
 use snp::crl::Crl;
-use snp::lookup::{CrlProvider, FetcherCrls, LookupError, RootCrls};
+use snp::lookup::{CrlProvider, FetcherCrls, LookupError};
 
 /// How often a CRL held in memory is read again from the cache (or KDS).
 pub const CRL_RECHECK: Duration = Duration::from_secs(3600);
 /// How long a failure to get a CRL is remembered before the next try.
 pub const CRL_RETRY: Duration = Duration::from_secs(60);
 
-/// Why an emulator roots file is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum RootsError {
-    /// Not PEM certificates and CRLs.
-    #[error("emulator roots: {0}")]
-    Malformed(String),
-    /// No ARK in it.
-    #[error("emulator roots: no ARK-<product> certificate in the file")]
-    NoArk,
-    /// A certificate is not an emulator's ARK.
-    #[error("emulator roots: {0}")]
-    NotEmulated(String),
-}
-
-/// One emulated secure processor's roots, as `cvm snp export-roots` writes them: its
-/// ARK (pinned by fingerprint) and that ARK's CRLs.
-#[derive(Clone, Debug)]
-pub struct EmulatorRoots {
-    arks: Vec<AmdCert>,
-    crls: Vec<Crl>,
-}
-
-impl EmulatorRoots {
-    /// Parses a roots file: certificates (ASK, ASVK, ARK) and `X509 CRL` blocks.
-    pub fn from_pem(data: &[u8]) -> Result<Self, RootsError> {
-        let certs = parse_bundle(data).map_err(|e| RootsError::Malformed(e.to_string()))?;
-        let arks: Vec<AmdCert> = certs
-            .into_iter()
-            .filter(|c| c.subject_cn().starts_with("ARK-"))
-            .collect();
-        if arks.is_empty() {
-            return Err(RootsError::NoArk);
-        }
-        let crls = Crl::parse_all(data).map_err(|e| RootsError::Malformed(e.to_string()))?;
-        let mut check = TrustAnchors::amd();
-        for ark in &arks {
-            check
-                .dangerously_trust_emulator_root(ark)
-                .map_err(|e| RootsError::NotEmulated(e.to_string()))?;
-        }
-        Ok(EmulatorRoots { arks, crls })
-    }
-
-    /// Adds these roots to `anchors` (labelled emulated) and their CRLs to `crls`.
-    pub(crate) fn install(&self, anchors: &mut TrustAnchors, crls: &mut RootCrls) {
-        for ark in &self.arks {
-            // `from_pem` checked each ARK already.
-            if anchors.dangerously_trust_emulator_root(ark).is_ok() {
-                for crl in self
-                    .crls
-                    .iter()
-                    .filter(|c| c.issuer() == &ark.x509().tbs_certificate.subject)
-                {
-                    crls.add(ark.sha256(), crl.clone());
-                }
-            }
-        }
-    }
-}
+// The roots file is read by the `snp` crate, the one rule `cvm evidence verify` follows
+// too: emulator roots are trusted only by pin.
+pub use snp::emulator_roots::{EmulatorRoots, RootsError};
 
 struct Held {
     result: Result<Crl, String>,

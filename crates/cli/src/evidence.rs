@@ -14,9 +14,11 @@ use snp::cert::{AmdCert, parse_bundle};
 use snp::chain::{RootTrust, TrustAnchors};
 use snp::collateral::{CollateralCache, Fetcher, OnlineConfig};
 use snp::crl::Crl;
+use snp::emulator_roots::{EmulatorRoots, RootsError};
 use snp::hcl::HclReport;
 use snp::input::{Evidence, parse_evidence};
 use snp::kds;
+use snp::lookup::RootCrls;
 use snp::policy::Policy;
 use snp::verify::Verifier;
 use snp::{AttestationReport, Product};
@@ -85,10 +87,13 @@ pub struct VerifyArgs {
     /// labelled as not from AMD hardware.
     #[arg(long = "dangerously-trust-ark", value_name = "FILE")]
     dangerously_trust_ark: Vec<PathBuf>,
-    /// Trust roots of the opencvm emulated secure processor. Evidence under them is
-    /// labelled `trust: "emulated"`: it is not from AMD hardware.
-    #[arg(long = "dangerously-trust-emulator")]
-    dangerously_trust_emulator: bool,
+    /// Trust evidence from this emulated AMD secure processor: its roots file, as `cvm
+    /// snp export-roots` writes it (ARK pinned by fingerprint, its CRL applied);
+    /// repeatable. Evidence under it is labelled `trust: "emulated"`: it is not from
+    /// AMD hardware. No other emulator's evidence verifies, whatever its certificates
+    /// call themselves.
+    #[arg(long = "dangerously-trust-emulator-roots", value_name = "FILE")]
+    dangerously_trust_emulator_roots: Vec<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -295,6 +300,7 @@ fn error_code(e: &anyhow::Error) -> &'static str {
             || cause.is::<snp::cert::CertError>()
             || cause.is::<snp::crl::CrlError>()
             || cause.is::<snp::chain::ChainError>()
+            || cause.is::<RootsError>()
         {
             return "malformed_input";
         }
@@ -371,10 +377,11 @@ fn collateral_fetcher(cache: Option<&Path>, offline: bool, kds_url: &str) -> Res
 
 /// The collateral for `report`: what the command line gives (`--vek`, `--chain`, a cert
 /// table, `--crl`), then the cache and KDS, through the same lookup the attestation
-/// service uses.
+/// service uses; `root_crls` are the CRLs of pinned emulator roots.
 fn collect_collateral(
     a: &VerifyArgs,
     report: &AttestationReport,
+    root_crls: &RootCrls,
     at: i64,
 ) -> Result<snp::lookup::Collateral> {
     let mut certs: Vec<AmdCert> = Vec::new();
@@ -395,7 +402,7 @@ fn collect_collateral(
         certs,
         crls,
         fetcher: Some(&fetcher),
-        root_crls: None,
+        root_crls: Some(root_crls),
         crl_provider: None,
         product: a.product,
     };
@@ -459,11 +466,14 @@ fn verify_inner(a: &VerifyArgs, out: &mut Value) -> Result<Outcome> {
     if let Evidence::Hcl(h) = &ev {
         add_hcl(out, h);
     }
-    let collateral = collect_collateral(a, &report, at)?;
     let mut anchors = TrustAnchors::amd();
-    if a.dangerously_trust_emulator {
-        anchors.dangerously_trust_emulator();
+    let mut root_crls = RootCrls::new();
+    for path in &a.dangerously_trust_emulator_roots {
+        EmulatorRoots::from_pem(&read(path)?)
+            .with_context(|| format!("{}", path.display()))?
+            .install(&mut anchors, &mut root_crls);
     }
+    let collateral = collect_collateral(a, &report, &root_crls, at)?;
     for path in &a.dangerously_trust_ark {
         let ark = AmdCert::from_der_or_pem(&read(path)?)?;
         let product = ark

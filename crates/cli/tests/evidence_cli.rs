@@ -445,12 +445,26 @@ fn hcl_reports_need_vmpl_0_and_migration_agents_need_a_pin() {
         std::fs::write(&path, snp::hcl::encode(&bytes, claims, 2600).unwrap()).unwrap();
         path
     };
+    // The platform's roots, pinned (exported once the first report made the platform).
+    let roots = dir.path().join("amd-sp-roots.pem");
     let verify = |evidence: &Path, chain: &Path, extra: &[&str]| {
+        if !roots.exists() {
+            let r = cvm(&[
+                "snp",
+                "export-roots",
+                "--platform",
+                platform.to_str().unwrap(),
+                "--out",
+                roots.to_str().unwrap(),
+            ]);
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        }
         let mut args = vec![
             evidence.to_str().unwrap(),
             "--chain",
             chain.to_str().unwrap(),
-            "--dangerously-trust-emulator",
+            "--dangerously-trust-emulator-roots",
+            roots.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         let mut full = vec!["evidence", "verify", "--json", "--offline"];

@@ -1,5 +1,7 @@
 //! `cvm snp` as a process: emulated evidence is accepted by `cvm evidence verify` only
-//! with `--dangerously-trust-emulator`, and an SNP-disabled host refuses.
+//! under its own platform's roots, pinned with `--dangerously-trust-emulator-roots`
+//! (never for the emulator label its certificates carry), and an SNP-disabled host
+//! refuses.
 
 // Test helpers outside #[test] functions may panic on bad fixtures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,6 +10,14 @@ mod common;
 use common::{cvm, json_of};
 
 use std::process::Command;
+
+/// Writes `platform`'s roots to `out` with `cvm snp export-roots`: the file
+/// `--dangerously-trust-emulator-roots` pins.
+fn export_roots(platform: &str, out: &str) -> String {
+    let r = cvm(&["snp", "export-roots", "--platform", platform, "--out", out]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    out.to_owned()
+}
 
 #[test]
 fn emulated_reports_verify_only_when_trusted() {
@@ -56,6 +66,7 @@ fn emulated_reports_verify_only_when_trusted() {
                 .contains("emulator")
         );
 
+        let roots = export_roots(&platform, &d(&format!("{product}-roots.pem")));
         let out = cvm(&[
             "evidence",
             "verify",
@@ -64,7 +75,8 @@ fn emulated_reports_verify_only_when_trusted() {
             &chain,
             "--json",
             "--offline",
-            "--dangerously-trust-emulator",
+            "--dangerously-trust-emulator-roots",
+            &roots,
         ]);
         assert_eq!(
             out.status.code(),
@@ -99,20 +111,7 @@ fn emulated_reports_verify_only_when_trusted() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        // The roots exported separately, with the VEK from the bundle.
-        let roots = d(&format!("{product}-roots.pem"));
-        assert!(
-            cvm(&[
-                "snp",
-                "export-roots",
-                "--platform",
-                &platform,
-                "--out",
-                &roots
-            ])
-            .status
-            .success()
-        );
+        // The roots file as the chain too, with the VEK from the bundle.
         let out = cvm(&[
             "evidence",
             "verify",
@@ -121,7 +120,8 @@ fn emulated_reports_verify_only_when_trusted() {
             &chain,
             "--chain",
             &roots,
-            "--dangerously-trust-emulator",
+            "--dangerously-trust-emulator-roots",
+            &roots,
         ]);
         assert_eq!(out.status.code(), Some(0));
     }
@@ -346,6 +346,7 @@ fn measured_launch_end_to_end() {
         format!("allowed_measurements = [\"{ours}\"]\n"),
     )
     .unwrap();
+    let roots = export_roots(&d("p"), &d("roots.pem"));
     let verify = |policy: &str| {
         cvm(&[
             "evidence",
@@ -353,7 +354,8 @@ fn measured_launch_end_to_end() {
             &d("r.bin"),
             "--chain",
             &d("c.pem"),
-            "--dangerously-trust-emulator",
+            "--dangerously-trust-emulator-roots",
+            &roots,
             "--policy",
             policy,
         ])
@@ -408,13 +410,15 @@ fn configured_tcb_and_firmware_reach_the_report() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let roots = export_roots(&d("p"), &d("roots.pem"));
     let out = cvm(&[
         "evidence",
         "verify",
         &d("r.bin"),
         "--chain",
         &d("c.pem"),
-        "--dangerously-trust-emulator",
+        "--dangerously-trust-emulator-roots",
+        &roots,
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(0));
@@ -439,7 +443,8 @@ fn configured_tcb_and_firmware_reach_the_report() {
         &d("r.bin"),
         "--chain",
         &d("c.pem"),
-        "--dangerously-trust-emulator",
+        "--dangerously-trust-emulator-roots",
+        &roots,
         "--policy",
         &d("policy.toml"),
         "--json",
@@ -484,6 +489,7 @@ fn vlek_platform_reports() {
         .status
         .success()
     );
+    let roots = export_roots(&d("p"), &d("roots.pem"));
     for (key, signer) in [("default", "vlek"), ("vlek", "vlek"), ("vcek", "vcek")] {
         let (r, c) = (d(&format!("{key}.bin")), d(&format!("{key}.pem")));
         let out = cvm(&[
@@ -511,7 +517,8 @@ fn vlek_platform_reports() {
             &r,
             "--chain",
             &c,
-            "--dangerously-trust-emulator",
+            "--dangerously-trust-emulator-roots",
+            &roots,
             "--json",
         ]);
         assert_eq!(
@@ -524,4 +531,117 @@ fn vlek_platform_reports() {
         assert_eq!(v["signer"], signer);
         assert_eq!(v["report"]["signing_key"], signer);
     }
+}
+
+/// Emulator roots are trusted by pin, never by label: evidence from a second emulated
+/// platform, whose root carries the same emulator label and the same names, is refused
+/// while only the first platform's roots are pinned, and accepted under its own.
+#[test]
+fn another_emulators_evidence_is_refused_under_this_ones_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    for platform in ["this", "other"] {
+        let out = cvm(&[
+            "snp",
+            "create",
+            "--platform",
+            &d(platform),
+            "--product",
+            "Genoa",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = cvm(&[
+        "snp",
+        "report",
+        "--platform",
+        &d("other"),
+        "--report-data",
+        "c0ffee",
+        "--out",
+        &d("r.bin"),
+        "--chain-out",
+        &d("c.pem"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let this_roots = export_roots(&d("this"), &d("this-roots.pem"));
+    let other_roots = export_roots(&d("other"), &d("other-roots.pem"));
+    let (report, chain) = (d("r.bin"), d("c.pem"));
+    let verify = |pinned: &[&str]| {
+        let mut args = vec![
+            "evidence",
+            "verify",
+            &report,
+            "--chain",
+            &chain,
+            "--json",
+            "--offline",
+        ];
+        args.extend_from_slice(pinned);
+        let out = cvm(&args);
+        (out.status.code(), json_of(&out))
+    };
+
+    // Only this platform's roots pinned: the other's root, labelled an emulator's too,
+    // is not trusted.
+    let (code, v) = verify(&["--dangerously-trust-emulator-roots", &this_roots]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["verdict"], "rejected", "{v}");
+    assert_eq!(v["verified"], false, "{v}");
+    assert_eq!(v["reasons"][0]["code"], "emulated_root", "{v}");
+    let message = v["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("not pinned"), "{message}");
+    assert!(v.get("trust").is_none(), "{v}");
+
+    // Its own roots pinned (alone or beside this one's): accepted, labelled emulated,
+    // with the CRL from its roots file applied.
+    for pinned in [
+        vec!["--dangerously-trust-emulator-roots", other_roots.as_str()],
+        vec![
+            "--dangerously-trust-emulator-roots",
+            this_roots.as_str(),
+            "--dangerously-trust-emulator-roots",
+            other_roots.as_str(),
+        ],
+    ] {
+        let (code, v) = verify(&pinned);
+        assert_eq!(code, Some(0), "{v}");
+        assert_eq!(v["trust"], "emulated", "{v}");
+        assert_eq!(v["emulated"], true, "{v}");
+        assert_eq!(v["revocation"], "checked", "{v}");
+    }
+
+    // AMD's roots are not an emulator's: refused as a roots file.
+    let amd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/snp/go-sev-guest/ask_ark_milan.pem"
+    );
+    let (code, v) = verify(&["--dangerously-trust-emulator-roots", amd]);
+    assert_eq!(code, Some(2), "{v}");
+    let message = v["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("not an emulated ARK"), "{message}");
+
+    // The flag that trusted any root labelled an emulator's is gone.
+    let out = cvm(&[
+        "evidence",
+        "verify",
+        &report,
+        "--chain",
+        &chain,
+        "--dangerously-trust-emulator",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dangerously-trust-emulator"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

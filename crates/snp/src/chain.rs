@@ -53,9 +53,9 @@ pub const EMULATOR_OU: &str = "opencvm emulated AMD-SP";
 pub enum RootTrust {
     /// One of AMD's pinned root keys.
     Amd,
-    /// An emulated secure processor's root, trusted because the caller enabled
-    /// [`TrustAnchors::dangerously_trust_emulator`]. The evidence is not from AMD
-    /// hardware.
+    /// An emulated secure processor's root, pinned by fingerprint with
+    /// [`TrustAnchors::dangerously_trust_emulator_root`] (never trusted for its label).
+    /// The evidence is not from AMD hardware.
     Emulated,
     /// A root the caller chose to trust with [`TrustAnchors::dangerous_add_root`].
     /// Evidence under it is not from AMD hardware.
@@ -79,11 +79,12 @@ struct Anchor {
     trust: RootTrust,
 }
 
-/// The set of ARKs a verifier accepts.
+/// The set of ARKs a verifier accepts, each pinned by the SHA-256 of its certificate.
+/// No root is trusted for what it calls itself: an emulated secure processor's root is
+/// trusted only once pinned ([`TrustAnchors::dangerously_trust_emulator_root`]).
 #[derive(Clone, Debug)]
 pub struct TrustAnchors {
     anchors: Vec<Anchor>,
-    emulator: bool,
 }
 
 impl Default for TrustAnchors {
@@ -107,25 +108,15 @@ impl TrustAnchors {
                 })
             })
             .collect();
-        TrustAnchors {
-            anchors,
-            emulator: false,
-        }
-    }
-
-    /// Also trusts any root that says it is an emulated secure processor's (its
-    /// organizational unit is [`EMULATOR_OU`]). Evidence verified under it is marked
-    /// [`RootTrust::Emulated`]. Anyone can make such a root: use this only where
-    /// emulated evidence is acceptable (development, tests).
-    pub fn dangerously_trust_emulator(&mut self) {
-        self.emulator = true;
+        TrustAnchors { anchors }
     }
 
     /// Also trusts one emulated secure processor's root, pinned by the SHA-256 of its
     /// DER certificate (as `cvm snp export-roots` writes it). The certificate must be
     /// an emulator's ARK (organizational unit [`EMULATOR_OU`], subject `ARK-<product>`).
     /// Evidence verified under it is marked [`RootTrust::Emulated`]; any other root
-    /// that calls itself an emulator's stays untrusted.
+    /// that calls itself an emulator's stays untrusted. Roots files are read with
+    /// [`EmulatorRoots`](crate::emulator_roots::EmulatorRoots).
     pub fn dangerously_trust_emulator_root(&mut self, ark: &AmdCert) -> Result<(), ChainError> {
         let product = ark
             .subject_cn()
@@ -169,20 +160,10 @@ impl TrustAnchors {
             return Ok(a.clone());
         }
         if is_emulated(ark) {
-            let product = ark
-                .subject_cn()
-                .strip_prefix("ARK-")
-                .and_then(|p| p.parse().ok());
-            return match (self.emulator, product) {
-                (true, Some(product)) => Ok(Anchor {
-                    product,
-                    sha256: fp,
-                    trust: RootTrust::Emulated,
-                }),
-                _ => Err(ChainError::EmulatedRoot {
-                    sha256: hex::encode(fp),
-                }),
-            };
+            // Labelled an emulator's but not pinned: the label earns no trust.
+            return Err(ChainError::EmulatedRoot {
+                sha256: hex::encode(fp),
+            });
         }
         Err(ChainError::UntrustedRoot {
             sha256: hex::encode(fp),
@@ -205,9 +186,9 @@ pub enum ChainError {
         /// Hex SHA-256 of the ARK's DER.
         sha256: String,
     },
-    /// The root is an emulated secure processor's and emulated roots are not trusted.
+    /// The root calls itself an emulated secure processor's and is not pinned.
     #[error(
-        "root certificate (sha256 {sha256}) is the opencvm emulator's, not AMD's: the evidence is emulated (trust it only with --dangerously-trust-emulator)"
+        "root certificate (sha256 {sha256}) calls itself the opencvm emulator's and is not pinned: the evidence is emulated, not from AMD hardware (an emulator's roots are trusted only by pin: --dangerously-trust-emulator-roots with the file `cvm snp export-roots` writes on that platform)"
     )]
     EmulatedRoot {
         /// Hex SHA-256 of the ARK's DER.

@@ -6,6 +6,7 @@
 //! - [`cert`]: AMD certificates (ARK, ASK/ASVK, VCEK/VLEK) and their extensions.
 //! - [`chain`]: explicit chain verification with pinned AMD roots.
 //! - [`crl`]: AMD certificate revocation lists.
+//! - [`emulator_roots`]: an emulated secure processor's roots file, trusted by pin.
 //! - [`verify`]: signature and binding checks producing a [`verify::VerifiedReport`].
 //! - [`policy`]: appraisal policy, separate from the cryptographic checks.
 //! - [`hcl`]: Azure's HCL report (vTPM NV index 0x01400001) around an SNP report.
@@ -22,6 +23,7 @@ pub mod certtable;
 pub mod chain;
 pub mod collateral;
 pub mod crl;
+pub mod emulator_roots;
 pub mod hcl;
 pub mod input;
 pub mod kds;
