@@ -34,7 +34,7 @@ PY
 start() { # start NAME → sets PORT and PID
   local name=$1 port
   port=$(free_pair)
-  rm -rf "$work/$name"; mkdir -p "$work/$name"
+  rm -rf "$work/$name"; mkdir -m 0700 "$work/$name"
   case $name in
     swtpm)
       taskset -c "$cpu" swtpm socket --tpm2 --tpmstate dir="$work/$name" \
