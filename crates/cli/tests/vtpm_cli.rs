@@ -564,62 +564,55 @@ fn kill_9_during_nv_writes_leaves_the_last_committed_state() {
 #[test]
 fn bad_endpoints_and_a_locked_state_are_refused() {
     let (_t, state, _work) = workdir();
-    let o = common::cvm(&[
-        "vtpm",
-        "run",
-        "--state",
-        state.to_str().unwrap(),
-        "--server",
-        "tcp:0.0.0.0:0",
-        "--dangerously-allow-tcp",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
+    // `cvm vtpm run --state STATE` with `args` exits 2 and says `what`.
+    let refused = |args: &[&str], what: &str| {
+        let mut all = vec!["vtpm", "run", "--state", state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = common::cvm(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(what), "{args:?}: {err}");
+    };
+    let tcp = ["--server", "tcp:127.0.0.1:0", "--dangerously-allow-tcp"];
+    refused(
+        &["--server", "tcp:0.0.0.0:0", "--dangerously-allow-tcp"],
+        "loopback",
+    );
     // TCP at all only when explicitly allowed: any local user can connect to a port.
-    let o = common::cvm(&[
-        "vtpm",
-        "run",
-        "--state",
-        state.to_str().unwrap(),
-        "--server",
-        "tcp:127.0.0.1:0",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("--dangerously-allow-tcp"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    refused(&tcp[..2], "--dangerously-allow-tcp");
     // A VM id that is not a UUID (it goes into the report's JSON claims).
-    let o = common::cvm(&[
-        "vtpm",
-        "run",
-        "--state",
-        state.to_str().unwrap(),
-        "--server",
-        "tcp:127.0.0.1:0",
-        "--dangerously-allow-tcp",
-        "--vm-id",
-        "x\",\"secure-boot\":false",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a UUID"));
-    let _vt = start(&state, "swtpm");
-    let o = common::cvm(&[
-        "vtpm",
-        "run",
-        "--state",
-        state.to_str().unwrap(),
-        "--server",
-        "tcp:127.0.0.1:0",
-        "--dangerously-allow-tcp",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("in use by another process"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    refused(
+        &[&tcp[..], &["--vm-id", "x\",\"secure-boot\":false"]].concat(),
+        "not a UUID",
     );
+    let _vt = start(&state, "swtpm");
+    refused(&tcp, "in use by another process");
+}
+
+#[test]
+fn a_command_cut_short_or_an_idle_tool_connection_does_not_hold_the_channel() {
+    use std::io::{Read, Write};
+    let (_t, state, _work) = workdir();
+    let vt = start(&state, "swtpm");
+    // Half a command, then silence: the connection is closed within the 5 s a
+    // command may take to arrive, not held open.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", vt.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(&[0x80, 0x01, 0, 0, 0, 12, 0]).unwrap();
+    // (The client waits up to 30 s: a read timing out means it was held open.)
+    let mut b = [0u8; 16];
+    let r = s.read(&mut b);
+    assert!(matches!(r, Ok(0)), "not closed: {r:?}");
+    // The channel serves the next client.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", vt.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(&[0x80, 1, 0, 0, 0, 12, 0, 0, 1, 0x44, 0, 0])
+        .unwrap();
+    let mut r = [0u8; 10];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r[..2], [0x80, 0x01]);
 }
 
 /// TPM2_PCR_Read of SHA-256 PCRs 0–7 sent raw on a data channel.
