@@ -1100,6 +1100,33 @@ fn a_key_the_guest_puts_at_the_ak_handle_never_becomes_hclakpub() {
         snp_dir.to_str().unwrap(),
     ];
     let read = |f: &str| std::fs::read(work.join(f)).unwrap();
+    // The guest loads the imported key and persists it where the AK was.
+    let plant = |tcti: &str| {
+        let t = |args: &[&str]| ok(tpm(tcti, &work, args), args[0]);
+        t(&["tpm2_createprimary", "-C", "o", "-c", "parent.ctx"]);
+        t(&["tpm2_flushcontext", "-t"]);
+        t(&[
+            "tpm2_load",
+            "-C",
+            "parent.ctx",
+            "-u",
+            "imp.pub",
+            "-r",
+            "imp.priv",
+            "-c",
+            "imp.ctx",
+        ]);
+        t(&["tpm2_evictcontrol", "-C", "o", "-c", "0x81000003"]);
+        t(&[
+            "tpm2_evictcontrol",
+            "-C",
+            "o",
+            "-c",
+            "imp.ctx",
+            "0x81000003",
+        ]);
+        t(&["tpm2_flushcontext", "-t"]);
+    };
     let vt = start_with(&state, "swtpm", &args);
     let tcti = vt.tcti("swtpm");
     let t = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
@@ -1111,7 +1138,6 @@ fn a_key_the_guest_puts_at_the_ak_handle_never_becomes_hclakpub() {
 
     // The guest (owner authorization is empty) evicts the AK and the EK, and puts an
     // RSA key it generated outside the TPM at the AK's handle.
-    t(&["tpm2_evictcontrol", "-C", "o", "-c", "0x81000003"]);
     t(&["tpm2_evictcontrol", "-C", "o", "-c", "0x81010001"]);
     let key = work.join("guest.pem");
     let o = Command::new("openssl")
@@ -1137,26 +1163,7 @@ fn a_key_the_guest_puts_at_the_ak_handle_never_becomes_hclakpub() {
         "imp.priv",
     ]);
     t(&["tpm2_flushcontext", "-t"]);
-    t(&[
-        "tpm2_load",
-        "-C",
-        "parent.ctx",
-        "-u",
-        "imp.pub",
-        "-r",
-        "imp.priv",
-        "-c",
-        "imp.ctx",
-    ]);
-    t(&[
-        "tpm2_evictcontrol",
-        "-C",
-        "o",
-        "-c",
-        "imp.ctx",
-        "0x81000003",
-    ]);
-    t(&["tpm2_flushcontext", "-t"]);
+    plant(&tcti);
     t(&["tpm2_readpublic", "-c", "0x81000003", "-o", "planted.pub"]);
     assert_ne!(read("planted.pub"), read("ak.pub"));
 
@@ -1200,29 +1207,7 @@ fn a_key_the_guest_puts_at_the_ak_handle_never_becomes_hclakpub() {
 
     // If the guest also changes the owner authorization, so that the handle cannot
     // be restored, the report still names the vTPM's own AK, never the planted key.
-    t(&["tpm2_createprimary", "-C", "o", "-c", "parent.ctx"]);
-    t(&["tpm2_flushcontext", "-t"]);
-    t(&[
-        "tpm2_load",
-        "-C",
-        "parent.ctx",
-        "-u",
-        "imp.pub",
-        "-r",
-        "imp.priv",
-        "-c",
-        "imp.ctx",
-    ]);
-    t(&["tpm2_evictcontrol", "-C", "o", "-c", "0x81000003"]);
-    t(&[
-        "tpm2_evictcontrol",
-        "-C",
-        "o",
-        "-c",
-        "imp.ctx",
-        "0x81000003",
-    ]);
-    t(&["tpm2_flushcontext", "-t"]);
+    plant(&tcti);
     t(&["tpm2_changeauth", "-c", "o", "owner-secret"]);
     drop(vt);
     let vt = start_with(&state, "swtpm", &args);

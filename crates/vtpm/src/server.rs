@@ -505,6 +505,12 @@ fn accept_loop(l: Listener, role: Role, shared: Arc<Shared>, done: mpsc::Sender<
     loop {
         let conn = match l.accept() {
             Ok(c) => c,
+            // A caller of another uid: refused (closed), and the next one is served
+            // at once.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("vtpm: {e}");
+                continue;
+            }
             Err(e) => {
                 eprintln!("vtpm: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));
