@@ -12,19 +12,47 @@ use std::process::{Child, Command, Output, Stdio};
 
 use aws_lc_rs::digest;
 
-/// A running `cvm vtpm run`, killed (SIGKILL) when dropped.
+/// A child process killed (SIGKILL) when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cvm vtpm run --state STATE ARGS` and returns it with the two endpoints it
+/// prints first (`server ENDPOINT`, `ctrl ENDPOINT`), without their labels.
+fn spawn_vtpm(state: &Path, args: &[&str]) -> (KillOnDrop, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vtpm", "run", "--state"])
+        .arg(state)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut server, mut ctrl) = (String::new(), String::new());
+    out.read_line(&mut server).unwrap();
+    out.read_line(&mut ctrl).unwrap();
+    let field = |line: &str, label: &str| {
+        line.trim()
+            .strip_prefix(label)
+            .unwrap_or_else(|| panic!("expected {label:?}, got {line:?}"))
+            .to_string()
+    };
+    let (server, ctrl) = (field(&server, "server "), field(&ctrl, "ctrl "));
+    (KillOnDrop(child), server, ctrl)
+}
+
+/// A running `cvm vtpm run` on loopback TCP, killed (SIGKILL) when dropped.
 struct Vt {
-    child: Child,
+    child: KillOnDrop,
     host: String,
     port: u16,
     ctrl_port: u16,
-}
-
-impl Drop for Vt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn port_of(line: &str) -> u16 {
@@ -36,22 +64,17 @@ fn start(state: &Path, protocol: &str) -> Vt {
 }
 
 fn start_with(state: &Path, protocol: &str, extra: &[&str]) -> Vt {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(["vtpm", "run", "--state"])
-        .arg(state)
-        .args(["--server", "tcp:127.0.0.1:0", "--protocol", protocol])
-        .arg("--dangerously-allow-tcp")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (mut server, mut ctrl) = (String::new(), String::new());
-    out.read_line(&mut server).unwrap();
-    out.read_line(&mut ctrl).unwrap();
-    assert!(server.starts_with("server tcp:127.0.0.1:"), "{server:?}");
-    assert!(ctrl.starts_with("ctrl tcp:127.0.0.1:"), "{ctrl:?}");
+    let mut args = vec![
+        "--server",
+        "tcp:127.0.0.1:0",
+        "--protocol",
+        protocol,
+        "--dangerously-allow-tcp",
+    ];
+    args.extend_from_slice(extra);
+    let (child, server, ctrl) = spawn_vtpm(state, &args);
+    assert!(server.starts_with("tcp:127.0.0.1:"), "{server:?}");
+    assert!(ctrl.starts_with("tcp:127.0.0.1:"), "{ctrl:?}");
     let (port, ctrl_port) = (port_of(&server), port_of(&ctrl));
     assert_eq!(ctrl_port, port + 1, "the TCTIs expect the next port");
     Vt {
@@ -343,7 +366,7 @@ fn tpm2_tools_suite_through_the_swtpm_tcti_survives_a_restart() {
     // An orderly end (CMD_SHUTDOWN): the process exits by itself.
     let mut vt = vt;
     ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-    let status = vt.child.wait().unwrap();
+    let status = vt.child.0.wait().unwrap();
     assert!(status.success());
     let vt = start(&state, "swtpm");
     after_restart(&vt.tcti("swtpm"), &work, &nv);
@@ -655,22 +678,17 @@ fn qemu_ovmf_boots_with_the_vtpm_and_the_measured_pcrs_are_readable() {
     // The control channel on a Unix socket, as QEMU's `-tpmdev emulator` wants it (it
     // passes its data channel over it with CMD_SET_DATAFD); a TCP data channel beside
     // it for reading the PCRs once the guest is gone.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(["vtpm", "run", "--state"])
-        .arg(&state)
-        .args([
+    let ctrl = format!("unix:{}", sock.display());
+    let (child, server, _) = spawn_vtpm(
+        &state,
+        &[
             "--server",
             "tcp:127.0.0.1:0",
             "--dangerously-allow-tcp",
             "--ctrl",
-        ])
-        .arg(format!("unix:{}", sock.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut server = String::new();
-    out.read_line(&mut server).unwrap();
+            &ctrl,
+        ],
+    );
     let vt = Vt {
         child,
         host: "127.0.0.1".into(),
@@ -1242,7 +1260,7 @@ fn extend_pcr16_and_shut_down(state: &Path, work: &Path) -> Vec<u8> {
     let extended = pcr16(&tcti, work);
     assert_ne!(extended, [0u8; 32]);
     ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-    assert!(vt.child.wait().unwrap().success());
+    assert!(vt.child.0.wait().unwrap().success());
     extended
 }
 
@@ -1546,36 +1564,16 @@ fn connections_are_bounded_and_malformed_commands_do_not_kill_the_vtpm() {
     ok(vt.ioctl(&["-c"]), "-c after garbage");
 }
 
-/// A child process killed (SIGKILL) when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A `cvm vtpm run` on Unix sockets only (the host side as a VM gets it).
 fn start_unix(state: &Path, dir: &Path, protocol: &str, extra: &[&str]) -> KillOnDrop {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(["vtpm", "run", "--state"])
-        .arg(state)
-        .args(["--protocol", protocol, "--server"])
-        .arg(format!("unix:{}", dir.join("data.sock").display()))
-        .arg("--ctrl")
-        .arg(format!("unix:{}", dir.join("ctrl.sock").display()))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (mut server, mut ctrl) = (String::new(), String::new());
-    out.read_line(&mut server).unwrap();
-    out.read_line(&mut ctrl).unwrap();
-    assert!(server.starts_with("server unix:"), "{server:?}");
-    assert!(ctrl.starts_with("ctrl unix:"), "{ctrl:?}");
-    KillOnDrop(child)
+    let data = format!("unix:{}", dir.join("data.sock").display());
+    let ctrl = format!("unix:{}", dir.join("ctrl.sock").display());
+    let mut args = vec!["--protocol", protocol, "--server", &data, "--ctrl", &ctrl];
+    args.extend_from_slice(extra);
+    let (child, server, ctrl) = spawn_vtpm(state, &args);
+    assert!(server.starts_with("unix:"), "{server:?}");
+    assert!(ctrl.starts_with("unix:"), "{ctrl:?}");
+    child
 }
 
 /// Sends `msg` on `s` and reads `n` bytes of answer.

@@ -51,17 +51,9 @@ pub enum ServeError {
          (--dangerously-allow-tcp) for tests and tools that speak only TCP"
     )]
     TcpNotAllowed(String),
-    /// The directory of a Unix socket is not private to this user.
-    #[error(
-        "{path}: the directory of a vTPM socket must be a directory of this user with \
-         mode 0700 ({why})"
-    )]
-    SocketDir {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong with it.
-        why: String,
-    },
+    /// The directory of a Unix socket is not private to this user (or cannot be made).
+    #[error("socket directory: {0}")]
+    SocketDir(#[from] crate::state::StateError),
     /// Binding failed.
     #[error("cannot listen on {endpoint}: {source}")]
     Bind {
@@ -212,10 +204,6 @@ impl Timed for Conn {
 }
 
 impl Conn {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.set_timeout(t)
-    }
-
     /// Reads what is available (blocking for the first byte), with a descriptor passed
     /// by `SCM_RIGHTS` on a Unix socket.
     fn recv_with_fd(&mut self, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
@@ -320,39 +308,15 @@ impl Listener {
     }
 }
 
-/// Makes sure the directory of the socket `path` is private: created 0700 when
-/// missing, else a real directory (not a link) of this user with no group or other
-/// permissions. A socket bound inside it is never reachable by another user, not even
-/// in the instant before its own mode is set.
+/// Makes sure the directory of the socket `path` is private (see
+/// [`crate::state::private_dir`]): a socket bound inside it is never reachable by
+/// another user, not even in the instant before its own mode is set.
 fn private_dir(path: &std::path::Path) -> Result<(), ServeError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
     };
-    let bad = |why: String| ServeError::SocketDir {
-        path: dir.clone(),
-        why,
-    };
-    match std::fs::symlink_metadata(&dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| bad(format!("cannot create it: {e}"))),
-        Err(e) => Err(bad(e.to_string())),
-        Ok(m) => {
-            if !m.file_type().is_dir() {
-                return Err(bad("not a directory".into()));
-            }
-            if m.uid() != rustix::process::geteuid().as_raw() {
-                return Err(bad(format!("owned by uid {}", m.uid())));
-            }
-            if m.mode() & 0o077 != 0 {
-                return Err(bad(format!("its mode is {:o}", m.mode() & 0o7777)));
-            }
-            Ok(())
-        }
-    }
+    Ok(crate::state::private_dir(dir)?)
 }
 
 /// Binds `server` and the port after it, retrying when port 0 was asked for and the
@@ -542,11 +506,11 @@ fn accept_loop(l: Listener, role: Role, shared: Arc<Shared>, done: mpsc::Sender<
                 }
                 Role::Ctrl => serve_ctrl(conn, &shared, idle, &done),
                 Role::MssimCommand => {
-                    let _ = conn.set_read_timeout(idle);
+                    let _ = conn.set_timeout(idle);
                     mssim::serve_command(&mut conn, &shared.vtpm)
                 }
                 Role::MssimPlatform => {
-                    let _ = conn.set_read_timeout(idle);
+                    let _ = conn.set_timeout(idle);
                     mssim::serve_platform(&mut conn, &shared.vtpm)
                 }
             };
@@ -603,14 +567,14 @@ fn serve_ctrl(
 ) -> io::Result<()> {
     let mut chunk = vec![0u8; CTRL_CHUNK];
     loop {
-        conn.set_read_timeout(idle)?;
+        conn.set_timeout(idle)?;
         let (n, fd) = conn.recv_with_fd(&mut chunk)?;
         if n == 0 {
             return Ok(());
         }
         let mut msg = chunk[..n].to_vec();
         // The rest of one message must follow promptly (swtpm allows 500 ms).
-        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        conn.set_timeout(Some(Duration::from_secs(2)))?;
         while msg.len() < ctrl::needed(&msg) {
             let want = (ctrl::needed(&msg) - msg.len()).min(chunk.len());
             let n = conn.read(&mut chunk[..want])?;

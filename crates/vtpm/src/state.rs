@@ -81,8 +81,8 @@ pub enum StateError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A state directory others can read or that is not this user's.
-    #[error("{path}: a vTPM state directory must be this user's with mode 0700 ({why})")]
+    /// A directory (state, CA, sockets) others can enter or that is not this user's.
+    #[error("{path}: a vTPM directory must be this user's with mode 0700 ({why})")]
     Permissions {
         /// The directory.
         path: PathBuf,
