@@ -449,15 +449,7 @@ fn hcl_reports_need_vmpl_0_and_migration_agents_need_a_pin() {
     let roots = dir.path().join("amd-sp-roots.pem");
     let verify = |evidence: &Path, chain: &Path, extra: &[&str]| {
         if !roots.exists() {
-            let r = cvm(&[
-                "snp",
-                "export-roots",
-                "--platform",
-                platform.to_str().unwrap(),
-                "--out",
-                roots.to_str().unwrap(),
-            ]);
-            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+            common::export_roots(platform.to_str().unwrap(), roots.to_str().unwrap());
         }
         let mut args = vec![
             evidence.to_str().unwrap(),

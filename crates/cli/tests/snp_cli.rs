@@ -7,17 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{cvm, json_of};
+use common::{cvm, export_roots, json_of};
 
 use std::process::Command;
-
-/// Writes `platform`'s roots to `out` with `cvm snp export-roots`: the file
-/// `--dangerously-trust-emulator-roots` pins.
-fn export_roots(platform: &str, out: &str) -> String {
-    let r = cvm(&["snp", "export-roots", "--platform", platform, "--out", out]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    out.to_owned()
-}
 
 #[test]
 fn emulated_reports_verify_only_when_trusted() {

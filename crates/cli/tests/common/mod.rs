@@ -89,18 +89,14 @@ pub fn emulator_roots(dir: &std::path::Path) -> std::path::PathBuf {
         );
     }
     let roots = dir.join("emu-roots.pem");
-    let out = cvm(&[
-        "snp",
-        "export-roots",
-        "--platform",
-        platform.to_str().unwrap(),
-        "--out",
-        roots.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    export_roots(platform.to_str().unwrap(), roots.to_str().unwrap());
     roots
+}
+
+/// Writes `platform`'s roots to `out` with `cvm snp export-roots` (the file
+/// `--dangerously-trust-emulator-roots` pins) and returns `out`.
+pub fn export_roots(platform: &str, out: &str) -> String {
+    let r = cvm(&["snp", "export-roots", "--platform", platform, "--out", out]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    out.to_owned()
 }
