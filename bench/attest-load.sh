@@ -3,7 +3,10 @@
 # the single-thread cost of one P-384 report verification plus one RS256 token
 # signature (criterion, same run).
 #
-#   [TOKEN_ALG=rs256|es384] bench/attest-load.sh [SECONDS]
+#   [TOKEN_ALG=rs256|es384] [CVM=path/to/cvm] [CRITERION=0] bench/attest-load.sh [SECONDS]
+#
+# CVM runs another build of the server (for a same-run comparison of two commits);
+# CRITERION=0 leaves out the single-thread step at the end.
 #
 # The server is `cvm attest serve --dangerously-trust-emulator-roots` (release build,
 # the emulator's roots and CRL pinned, so every attestation applies a CRL); the request
@@ -23,13 +26,14 @@ command -v oha >/dev/null || cargo install --locked oha
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
 cargo build --release -q -p cvm
 cargo build --release -q -p attest --example snp_request
+cvm="${CVM:-target/release/cvm}"
 work=$(mktemp -d)
 trap 'kill $server ${bomber:-} 2>/dev/null || true; rm -rf "$work"' EXIT
 target/release/examples/snp_request "$work/emu" "$work/req.json"
-target/release/cvm snp export-roots --platform "$work/emu" --out "$work/roots.pem"
-target/release/cvm attest serve --listen 127.0.0.1:0 --state "$work/state" --master-key "$work/master.key" \
+"$cvm" snp export-roots --platform "$work/emu" --out "$work/roots.pem"
+"$cvm" attest serve --listen 127.0.0.1:0 --state "$work/state" --master-key "$work/master.key" \
   --dangerously-trust-emulator-roots "$work/roots.pem" --offline --cache "$work/cache" \
-  --token-alg "${TOKEN_ALG:-rs256}" >"$work/out" 2>"$work/err" &
+  --token-alg "${TOKEN_ALG:-rs256}" ${SERVE_ARGS:-} >"$work/out" 2>"$work/err" &
 server=$!
 for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$work/out" || { echo "server did not start:" >&2; cat "$work/err" >&2; exit 1; }
@@ -56,7 +60,7 @@ tenant() { # name -> its administrator credential
 }
 calm=$(tenant calm)
 bombs=$(tenant bombs)
-target/release/cvm attest policy get --url "$base" --type SevSnpVm --token-file "$work/state/admin.token" \
+"$cvm" attest policy get --url "$base" --type SevSnpVm --token-file "$work/state/admin.token" \
   | jq -r .policy >"$work/rules.rego"
 set_policy() { # provider credential file
   jq -Rs '{policy: .}' "$3" | curl -fsS -X PUT -H "Authorization: Bearer $2" \
@@ -74,5 +78,6 @@ bomber=$!
 echo "4. the same while another tenant's memory bomb is fired continuously, ${secs}s:"
 run "$base/providers/calm/attest/SevSnpVm" -c 32 -z "${secs}s"
 kill $bomber; bomber=
+[ "${CRITERION:-1}" = 0 ] && exit 0
 echo "single-thread costs (criterion):"
 cargo bench -q -p attest --bench attest 2>/dev/null | grep -E '^(baseline|attest)|time:'

@@ -82,16 +82,58 @@ fn bench(c: &mut Criterion) {
         "runtimeData": {"data": B64URL.encode(runtime), "dataType": "JSON"},
     }))
     .expect("json");
-    svc.attest("default", AttestationType::SevSnpVm, &body, None, None)
-        .expect("attest");
+    // The built-in policy never awaits: `block_on` only polls the future once.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let attest =
+        || rt.block_on(svc.attest("default", AttestationType::SevSnpVm, &body, None, None));
+    attest().expect("attest");
     c.bench_function("attest/SevSnpVm in process", |b| {
-        b.iter(|| {
-            black_box(
-                svc.attest("default", AttestationType::SevSnpVm, &body, None, None)
-                    .expect("attest"),
-            )
-        })
+        b.iter(|| black_box(attest().expect("attest")))
     });
+
+    // The policy step alone, on this evidence's claims: the built-in rules compiled in
+    // process, the same rules in a sandbox worker (one round trip over its pipes), and
+    // in process again with the evaluation time limit the workers run under.
+    let dry = rt
+        .block_on(svc.test_policy(
+            "default",
+            AttestationType::SevSnpVm,
+            None,
+            &body,
+            None,
+            None,
+        ))
+        .expect("dry run");
+    let claims = dry["claims"].clone();
+    let rules = attest::policy::default_policy(AttestationType::SevSnpVm);
+    let settings = svc
+        .provider("default")
+        .expect("provider")
+        .settings()
+        .clone();
+    let compiled = attest::policy::CompiledPolicy::compile(&rules, &settings).expect("compile");
+    c.bench_function("policy: built-in rules in process", |b| {
+        b.iter(|| black_box(compiled.evaluate(&claims).expect("evaluate")))
+    });
+    let mut sb = attest::sandbox::SandboxConfig::new(
+        env!("CARGO_BIN_EXE_attest-policy-worker").into(),
+        Vec::new(),
+    );
+    sb.workers = 1;
+    let sandbox = attest::sandbox::Sandbox::new(sb);
+    let in_worker = || rt.block_on(sandbox.evaluate("bench", &rules, &settings, &claims));
+    in_worker().expect("sandbox");
+    c.bench_function("policy: the same rules in a sandbox worker", |b| {
+        b.iter(|| black_box(in_worker().expect("sandbox")))
+    });
+    attest::policy::install_time_limit(std::time::Duration::from_secs(2));
+    c.bench_function(
+        "policy: built-in rules in process, with the time limit",
+        |b| b.iter(|| black_box(compiled.evaluate(&claims).expect("evaluate"))),
+    );
 }
 
 fn main() {

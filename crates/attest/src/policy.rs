@@ -235,9 +235,15 @@ impl CompiledPolicy {
 
     /// Evaluates the policy on `claims`.
     pub fn evaluate(&self, claims: &Value) -> Result<Decision, PolicyError> {
+        self.evaluate_input(regorus::Value::from(claims.clone()))
+    }
+
+    /// [`Self::evaluate`] on claims already in the engine's own value type (the
+    /// sandbox's worker parses its input straight into it).
+    pub fn evaluate_input(&self, claims: regorus::Value) -> Result<Decision, PolicyError> {
         let out = self
             .compiled
-            .eval_with_input(regorus::Value::from(claims.clone()))
+            .eval_with_input(claims)
             .map_err(|e| PolicyError::Eval(e.to_string()))?;
         let json: Value = serde_json::from_str(
             &out.to_json_str()

@@ -101,7 +101,7 @@ async fn attest_default(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, DEFAULT_PROVIDER.into(), t, &h, peer_ip(peer), b)
+    attest(s, DEFAULT_PROVIDER.into(), t, &h, peer_ip(peer), b).await
 }
 
 async fn attest_named(
@@ -111,16 +111,17 @@ async fn attest_named(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    attest(s, p, t, &h, peer_ip(peer), b)
+    attest(s, p, t, &h, peer_ip(peer), b).await
 }
 
 /// An attestation runs on the runtime worker that received it. Its work is CPU-bound
-/// (about 1.4 ms: report verification, Rego capped at 2 s, token signing) and the
-/// runtime has one worker per core, so this is the cheapest place for it: moving it
-/// to the blocking pool cost 15 % of the throughput (BENCHMARKS.md §4). The one
-/// blocking I/O, a collateral fetch from the KDS, steps off the worker itself
+/// (about 1.4 ms: report verification, the built-in Rego policy, token signing) and
+/// the runtime has one worker per core, so this is the cheapest place for it: moving
+/// it to the blocking pool cost 15 % of the throughput (BENCHMARKS.md §4). A tenant's
+/// policy runs in a sandbox worker process, awaited without holding the thread; the
+/// one blocking I/O, a collateral fetch from the KDS, steps off the worker itself
 /// (`evidence.rs`).
-fn attest(
+async fn attest(
     s: Arc<Service>,
     p: String,
     t: String,
@@ -130,7 +131,7 @@ fn attest(
 ) -> ApiResult {
     let k = kind(&t)?;
     let b = body(b)?;
-    Ok(axum::Json(s.attest(&p, k, &b, bearer(h), peer)?))
+    Ok(axum::Json(s.attest(&p, k, &b, bearer(h), peer).await?))
 }
 
 #[derive(Deserialize)]
@@ -177,12 +178,10 @@ async fn policy_put_default(
     s.check_admin(DEFAULT_PROVIDER, bearer(&h))?;
     let b = body(b)?;
     let text = policy_text(&b, &h)?;
-    Ok(axum::Json(s.set_policy(
-        DEFAULT_PROVIDER,
-        bearer(&h),
-        kind(&t)?,
-        &text,
-    )?))
+    Ok(axum::Json(
+        s.set_policy(DEFAULT_PROVIDER, bearer(&h), kind(&t)?, &text)
+            .await?,
+    ))
 }
 
 async fn policy_put_named(
@@ -194,12 +193,9 @@ async fn policy_put_named(
     s.check_admin(&p, bearer(&h))?;
     let b = body(b)?;
     let text = policy_text(&b, &h)?;
-    Ok(axum::Json(s.set_policy(
-        &p,
-        bearer(&h),
-        kind(&t)?,
-        &text,
-    )?))
+    Ok(axum::Json(
+        s.set_policy(&p, bearer(&h), kind(&t)?, &text).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -211,7 +207,7 @@ struct TestBody {
 }
 
 /// A dry run; like an attestation, it runs on the receiving worker.
-fn policy_test(
+async fn policy_test(
     s: Arc<Service>,
     p: &str,
     t: &str,
@@ -223,14 +219,10 @@ fn policy_test(
     let b = body(b)?;
     let tb: TestBody = crate::evidence::parse_json("policy test body", &b)?;
     let ev = serde_json::to_vec(&tb.evidence).map_err(|_| ApiError::internal("json"))?;
-    Ok(axum::Json(s.test_policy(
-        p,
-        k,
-        tb.policy.as_deref(),
-        &ev,
-        bearer(h),
-        peer,
-    )?))
+    Ok(axum::Json(
+        s.test_policy(p, k, tb.policy.as_deref(), &ev, bearer(h), peer)
+            .await?,
+    ))
 }
 
 async fn policy_test_default(
@@ -240,7 +232,7 @@ async fn policy_test_default(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, DEFAULT_PROVIDER, &t, &h, peer_ip(peer), b)
+    policy_test(s, DEFAULT_PROVIDER, &t, &h, peer_ip(peer), b).await
 }
 
 async fn policy_test_named(
@@ -250,7 +242,7 @@ async fn policy_test_named(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    policy_test(s, &p, &t, &h, peer_ip(peer), b)
+    policy_test(s, &p, &t, &h, peer_ip(peer), b).await
 }
 
 async fn settings_get(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {

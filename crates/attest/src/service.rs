@@ -899,7 +899,7 @@ impl Service {
     }
 
     /// Sets a new policy version for `kind` (it must compile).
-    pub fn set_policy(
+    pub async fn set_policy(
         &self,
         provider: &str,
         bearer: Option<&str>,
@@ -915,7 +915,9 @@ impl Service {
             ));
         }
         let sb = self.sandbox.as_ref().ok_or_else(no_sandbox)?;
-        evidence::off_worker(|| sb.compile(provider, text, &p.settings)).map_err(sandbox_error)?;
+        sb.compile(provider, text, &p.settings)
+            .await
+            .map_err(sandbox_error)?;
         let audit = audit_entry(provider, "administrator", "policy_set", kind.path_name());
         let version = self
             .store
@@ -970,7 +972,7 @@ impl Service {
     /// Attests `body` (an MAA-shaped request for `kind`) for `provider`: a token, or
     /// with `draftPolicyForAttestation` a dry run that issues none. A draft policy is
     /// code the service runs, so it needs the provider's administrator credential.
-    pub fn attest(
+    pub async fn attest(
         &self,
         provider: &str,
         kind: AttestationType,
@@ -982,14 +984,16 @@ impl Service {
         let ev = evidence::evaluate(self, provider, kind, body, peer)?;
         if let Some(draft) = ev.draft_policy.clone() {
             self.check_admin(provider, bearer)?;
-            return self.dry_run(&p, kind, Some(&draft), ev);
+            return self.dry_run(&p, kind, Some(&draft), ev).await;
         }
         let active = p
             .policy(kind)
             .ok_or_else(|| ApiError::internal("no_policy"))?
             .clone();
         let input = Value::Object(ev.claims.clone());
-        let decision = self.decide(&p, active.compiled.as_ref(), &active.text, &input)?;
+        let decision = self
+            .decide(&p, active.compiled.as_ref(), &active.text, &input)
+            .await?;
         if !decision.allow {
             let detail = json!({ "deny": decision.deny, "policyVersion": active.version });
             let first = decision
@@ -1014,7 +1018,7 @@ impl Service {
     /// A dry run: the decision, the claims and the reasons, with `policy` (or the
     /// policy in force). Never issues a token. A draft policy needs the provider's
     /// administrator credential; the policy in force does not.
-    pub fn test_policy(
+    pub async fn test_policy(
         &self,
         provider: &str,
         kind: AttestationType,
@@ -1032,10 +1036,10 @@ impl Service {
             self.check_admin(provider, bearer)?;
         }
         let draft = policy_text.map(str::to_string).or(ev.draft_policy.clone());
-        self.dry_run(&p, kind, draft.as_deref(), ev)
+        self.dry_run(&p, kind, draft.as_deref(), ev).await
     }
 
-    fn dry_run(
+    async fn dry_run(
         &self,
         p: &Provider,
         kind: AttestationType,
@@ -1046,7 +1050,7 @@ impl Service {
         let (Decision { allow, deny }, hash, version) = match draft {
             // A draft is untrusted Rego: the sandbox, or refused without one.
             Some(text) => (
-                self.decide(p, None, text, &input)?,
+                self.decide(p, None, text, &input).await?,
                 policy::policy_hash(text),
                 Value::Null,
             ),
@@ -1055,7 +1059,7 @@ impl Service {
                     .policy(kind)
                     .ok_or_else(|| ApiError::internal("no_policy"))?;
                 (
-                    self.decide(p, a.compiled.as_ref(), &a.text, &input)?,
+                    self.decide(p, a.compiled.as_ref(), &a.text, &input).await?,
                     a.hash.clone(),
                     a.version.into(),
                 )
@@ -1073,7 +1077,7 @@ impl Service {
 
     /// Evaluates a policy: `compiled` in process (the default policies), else `text` in
     /// the sandbox; tenant Rego is refused when the service has none.
-    fn decide(
+    async fn decide(
         &self,
         p: &Provider,
         compiled: Option<&CompiledPolicy>,
@@ -1088,7 +1092,8 @@ impl Service {
             return c.evaluate(input).map_err(eval_err);
         }
         let sb = self.sandbox.as_ref().ok_or_else(no_sandbox)?;
-        evidence::off_worker(|| sb.evaluate(&p.name, text, &p.settings, input))
+        sb.evaluate(&p.name, text, &p.settings, input)
+            .await
             .map_err(sandbox_error)
     }
 

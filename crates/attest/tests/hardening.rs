@@ -600,8 +600,8 @@ fn one_provider_cannot_take_more_than_its_share_of_policy_workers() {
 /// Without a policy sandbox the service runs no tenant Rego (fail closed): setting a
 /// policy and a dry run of a draft are refused, a tenant policy stored while there was
 /// a sandbox is refused when used, and the built-in default policy still applies.
-#[test]
-fn without_a_sandbox_tenant_policies_are_refused() {
+#[tokio::test]
+async fn without_a_sandbox_tenant_policies_are_refused() {
     use attest::AttestationType::SevSnpVm;
     let dir = tempfile::tempdir().unwrap();
     let emu = emulator(Product::Milan);
@@ -632,14 +632,23 @@ fn without_a_sandbox_tenant_policies_are_refused() {
     let svc = open(true);
     let admin = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
     svc.set_policy("default", Some(&admin), SevSnpVm, VMPL0_POLICY)
+        .await
         .unwrap();
-    svc.attest("default", SevSnpVm, &body, None, None).unwrap();
+    svc.attest("default", SevSnpVm, &body, None, None)
+        .await
+        .unwrap();
     drop(svc);
 
     let svc = open(false);
-    refused(svc.attest("default", SevSnpVm, &body, None, None));
-    refused(svc.test_policy("default", SevSnpVm, None, &body, None, None));
-    refused(svc.set_policy("default", Some(&admin), SevSnpVm, VMPL0_POLICY));
+    refused(svc.attest("default", SevSnpVm, &body, None, None).await);
+    refused(
+        svc.test_policy("default", SevSnpVm, None, &body, None, None)
+            .await,
+    );
+    refused(
+        svc.set_policy("default", Some(&admin), SevSnpVm, VMPL0_POLICY)
+            .await,
+    );
     let settings = attest::policy::ProviderSettings {
         allow_emulated: true,
         ..Default::default()
@@ -648,16 +657,22 @@ fn without_a_sandbox_tenant_policies_are_refused() {
         .create_provider(Some(&admin), "plain", settings)
         .unwrap();
     let plain_admin = plain["adminToken"].as_str().unwrap();
-    refused(svc.test_policy(
-        "plain",
-        SevSnpVm,
-        Some(VMPL0_POLICY),
-        &body,
-        Some(plain_admin),
-        None,
-    ));
+    refused(
+        svc.test_policy(
+            "plain",
+            SevSnpVm,
+            Some(VMPL0_POLICY),
+            &body,
+            Some(plain_admin),
+            None,
+        )
+        .await,
+    );
     // A provider on the built-in default policy attests as before.
-    let v = svc.attest("plain", SevSnpVm, &body, None, None).unwrap();
+    let v = svc
+        .attest("plain", SevSnpVm, &body, None, None)
+        .await
+        .unwrap();
     assert!(v["token"].is_string(), "{v}");
 }
 

@@ -155,7 +155,8 @@ pub struct ServeArgs {
     /// The TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Worker processes that run tenants' policies (default: one per CPU, at least 2).
+    /// Worker processes that run tenants' policies (default: two per CPU, at least 4;
+    /// one provider may use half of them).
     #[arg(long)]
     policy_workers: Option<usize>,
     /// Address space of each policy worker, MiB.
