@@ -1,0 +1,1240 @@
+//! A VM guest state (VMGS) file: a small file holding a confidential VM's vTPM state,
+//! UEFI variables, key protector and identity, in the layout of `vmgs-format`.
+//!
+//! **Commits are copy-on-write.** A write puts the new data, a new extended file table
+//! and a new file table into blocks the current state does not use, then the new
+//! header into the header slot that is not in use, then makes it durable with one
+//! `fdatasync`. A reader takes the header with the newer sequence number (the two
+//! must be consecutive) and checks everything that header vouches for before using
+//! it. A crash at any instant therefore leaves the old state or the new one.
+//!
+//! **What is checked at open.** The header's CRC; a *commit digest* kept in the file
+//! table's own entry, covering the header, the file table and the encrypted extended
+//! table (HMAC-SHA256 under a key derived from the metadata key when the file is
+//! encrypted, SHA-256 otherwise); and every file's data (its AES-GCM tag, or for a
+//! plaintext file a SHA-256 prefix in the table). By default ([`OpenOptions::recover`]
+//! off) any failure is an error naming the slot, block or file, never a silent fall
+//! back to the older state: a process killed mid-commit cannot produce such a state
+//! (the header is written last, in one write within one sector), so a failure means the
+//! file was damaged or altered. With `recover`, a newest state that fails is skipped
+//! for the older one when that one passes (for a commit torn by a power loss).
+//!
+//! **Keys.** Every encrypted file has its own AES-256 key, fresh at every write; the
+//! per-file keys are in the extended file table, encrypted under the metadata key; the
+//! metadata key is wrapped by a datastore key in one of two header slots, so the
+//! datastore key can be rotated ([`Vmgs::rekey`]) without a moment where neither key
+//! opens the file. Keys are zeroized when dropped and never printed.
+//!
+//! Not detected: replacing the whole file with an older copy of itself (a rollback);
+//! that needs a counter outside the file (`docs/formats/vmgs.md`).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::{digest, hmac, rand};
+use vmgs_format::{
+    BLOCK_SIZE, Encryption, ExtendedTable, FILE_COUNT, FileAttributes, FileEntry, FileId,
+    FileTable, FormatError, HEADER_SIZE, Header, MAX_BLOCKS, MIN_BLOCKS, MIN_FILE_BLOCK,
+    RawWrappedKey, header_offset,
+};
+use zeroize::{Zeroize, Zeroizing};
+
+pub use vmgs_format;
+
+/// The default size of a new file: 4 MiB.
+pub const DEFAULT_SIZE: u64 = 4 << 20;
+
+/// A 32-byte datastore key: what unlocks an encrypted VMGS.
+pub struct DatastoreKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for DatastoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatastoreKey(..)")
+    }
+}
+
+impl DatastoreKey {
+    /// The key `bytes`.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        DatastoreKey(Zeroizing::new(bytes))
+    }
+
+    /// A random key.
+    pub fn generate() -> Result<Self, VmgsError> {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::fill(k.as_mut()).map_err(|_| VmgsError::Crypto("random"))?;
+        Ok(DatastoreKey(k))
+    }
+
+    /// Reads a key file: exactly 32 bytes.
+    pub fn from_file(path: &Path) -> Result<Self, VmgsError> {
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| VmgsError::Io {
+            what: format!("key file {}", path.display()),
+            source,
+        })?);
+        let k: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| VmgsError::KeyFile {
+                path: path.display().to_string(),
+                len: bytes.len(),
+            })?;
+        Ok(DatastoreKey::new(k))
+    }
+
+    fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// Why a VMGS operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmgsError {
+    /// Reading or writing the file.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A file size that is not a whole number of blocks in the allowed range.
+    #[error("a VMGS file is a multiple of 4096 bytes between {min} and {max} bytes, not {0}", min = u64::from(MIN_BLOCKS) * BLOCK_SIZE as u64, max = u64::from(MAX_BLOCKS) * BLOCK_SIZE as u64)]
+    Size(u64),
+    /// A key file that is not 32 bytes.
+    #[error("key file {path}: {len} bytes, a datastore key is exactly 32")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// Its length.
+        len: usize,
+    },
+    /// Both header slots are empty: not a formatted VMGS.
+    #[error("both header slots are empty: the file was never formatted")]
+    Empty,
+    /// A header slot that is neither empty nor a valid header.
+    #[error("header slot {slot} is damaged: {source}")]
+    HeaderDamaged {
+        /// The slot (0 or 1).
+        slot: usize,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// Two valid headers whose sequence numbers are not consecutive (one was replaced
+    /// by a header of another time or another file).
+    #[error(
+        "the headers' sequence numbers {0} (slot 0) and {1} (slot 1) are not consecutive: a header was replayed or mixed in from another copy"
+    )]
+    OutOfSequence(u32, u32),
+    /// The state a header points to fails a check.
+    #[error("header slot {slot} (sequence {sequence}): {source}")]
+    State {
+        /// The slot.
+        slot: usize,
+        /// Its sequence number.
+        sequence: u32,
+        /// What failed.
+        #[source]
+        source: Box<VmgsError>,
+    },
+    /// The file table block is not a valid table.
+    #[error("file table at block {block}: {source}")]
+    Table {
+        /// Its block.
+        block: u32,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// The commit digest does not cover what is on disk.
+    #[error(
+        "the commit digest does not match the header and tables (altered, or from another file)"
+    )]
+    Digest,
+    /// A file's data fail their tag or hash.
+    #[error(
+        "file {id} (blocks {offset}..{end}): its data fail authentication (altered, swapped or damaged)"
+    )]
+    FileData {
+        /// The file.
+        id: FileId,
+        /// Its first block.
+        offset: u32,
+        /// One past its last block.
+        end: u64,
+    },
+    /// The extended file table fails authentication or parsing.
+    #[error("extended file table at block {block}: {reason}")]
+    ExtendedTable {
+        /// Its block.
+        block: u32,
+        /// What failed.
+        reason: String,
+    },
+    /// No key slot opens with the key given.
+    #[error("the datastore key does not open this VMGS (no key slot unwraps with it)")]
+    WrongKey,
+    /// An encrypted VMGS opened without a key, for something that needs it.
+    #[error("this VMGS is encrypted: {0} needs its datastore key")]
+    KeyRequired(&'static str),
+    /// A key given for a VMGS that is not encrypted.
+    #[error("this VMGS is not encrypted; it takes no key")]
+    NotEncrypted,
+    /// The file id holds no file.
+    #[error("file {0} does not exist in this VMGS")]
+    NoSuchFile(FileId),
+    /// A file id the format keeps for itself.
+    #[error("file {0} is the format's own table and cannot be written")]
+    ReservedId(FileId),
+    /// Not enough free blocks for the write; nothing was changed.
+    #[error(
+        "the VMGS is full: the write needs {need} free blocks in a row and the largest free run is {largest}; the old content is kept"
+    )]
+    NoSpace {
+        /// Blocks needed.
+        need: u64,
+        /// The largest free run.
+        largest: u64,
+    },
+    /// A previous commit failed after its header may have reached the file: the
+    /// in-memory state may differ from the file's, so it must be opened again.
+    #[error("a previous commit failed part-way; open the file again")]
+    Poisoned,
+    /// The rekey has nothing to do.
+    #[error("the new datastore key is the key already in use")]
+    SameKey,
+    /// The crypto library failed (never expected).
+    #[error("crypto: {0}")]
+    Crypto(&'static str),
+    /// Another process has the file open.
+    #[error("{0}: the VMGS is in use by another process")]
+    Locked(String),
+}
+
+impl VmgsError {
+    /// Whether this is damage, tampering or a wrong key (exit 1 in the CLI) rather
+    /// than a usage or I/O error (exit 2).
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            VmgsError::Empty
+                | VmgsError::HeaderDamaged { .. }
+                | VmgsError::OutOfSequence(..)
+                | VmgsError::State { .. }
+                | VmgsError::Table { .. }
+                | VmgsError::Digest
+                | VmgsError::FileData { .. }
+                | VmgsError::ExtendedTable { .. }
+                | VmgsError::WrongKey
+        )
+    }
+}
+
+/// Where a VMGS lives: a file, or in tests a writer that fails on demand.
+pub trait Storage {
+    /// Fills `buf` from byte `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes `buf` at byte `offset`.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every write so far durable.
+    fn flush(&mut self) -> io::Result<()>;
+    /// The size in bytes.
+    fn size(&self) -> io::Result<u64>;
+}
+
+impl Storage for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(buf, offset)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+/// How [`Vmgs::open`] treats a newest state that fails its checks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Fall back to the older state when the newest fails and the older passes
+    /// (after a power loss tore the last commit); a damaged header slot is then
+    /// ignored too. Off: every failure is an error.
+    pub recover: bool,
+}
+
+/// What [`Vmgs::open`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The header slot in use.
+    pub slot: usize,
+    /// Its sequence number.
+    pub sequence: u32,
+    /// With `recover`: why the newest state was skipped.
+    pub recovered_from: Option<String>,
+}
+
+/// A header slot as found on disk, for `info`.
+#[derive(Clone, Debug)]
+pub enum SlotState {
+    /// All zero.
+    Empty,
+    /// A valid header.
+    Valid(Header),
+    /// Neither.
+    Damaged(FormatError),
+}
+
+/// What can be read without a key and without checking any data: for `info`.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    /// The file's size in blocks.
+    pub blocks: u32,
+    /// The two header slots.
+    pub slots: [SlotState; 2],
+    /// The slot the reader would use, if the headers allow one.
+    pub active: Result<usize, String>,
+    /// The active header's file table, as stored.
+    pub table: Option<Result<FileTable, FormatError>>,
+}
+
+/// One file, as [`Vmgs::list`] gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Its id.
+    pub id: FileId,
+    /// Bytes of data.
+    pub size: u64,
+    /// Its first block.
+    pub offset: u32,
+    /// Blocks allocated.
+    pub blocks: u32,
+    /// Encrypted under its own key.
+    pub encrypted: bool,
+}
+
+/// The unlocked key material of an encrypted VMGS (zeroized on drop).
+struct Unlocked {
+    metadata_key: Zeroizing<[u8; 32]>,
+    ext: ExtendedTable,
+    datastore: DatastoreKey,
+    /// The header slot the datastore key unwrapped.
+    key_slot: usize,
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        for k in self.ext.keys.iter_mut().flatten() {
+            k.zeroize();
+        }
+    }
+}
+
+/// The state one header describes.
+struct State {
+    header: Header,
+    table: FileTable,
+}
+
+/// An open VMGS.
+pub struct Vmgs<S: Storage = File> {
+    storage: S,
+    blocks: u32,
+    slot: usize,
+    state: State,
+    keys: Option<Unlocked>,
+    poisoned: bool,
+}
+
+impl<S: Storage> std::fmt::Debug for Vmgs<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmgs")
+            .field("blocks", &self.blocks)
+            .field("slot", &self.slot)
+            .field("sequence", &self.state.header.sequence)
+            .field("unlocked", &self.keys.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+const AAD_METADATA_KEY: &[u8] = b"opencvm vmgs metadata key";
+const AAD_EXTENDED_TABLE: &[u8] = b"opencvm vmgs extended file table";
+const COMMIT_KEY_LABEL: &[u8] = b"opencvm vmgs commit digest key";
+
+fn random<const N: usize>() -> Result<[u8; N], VmgsError> {
+    let mut b = [0u8; N];
+    rand::fill(&mut b).map_err(|_| VmgsError::Crypto("random"))?;
+    Ok(b)
+}
+
+fn file_aad(id: FileId, size: u64) -> Vec<u8> {
+    let mut aad = b"opencvm vmgs file".to_vec();
+    aad.push(id.get());
+    aad.extend_from_slice(&size.to_le_bytes());
+    aad
+}
+
+/// AES-256-GCM with a random nonce: (nonce, tag); `data` is encrypted in place.
+fn seal(key: &[u8; 32], aad: &[u8], data: &mut [u8]) -> Result<([u8; 12], [u8; 16]), VmgsError> {
+    let k = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, key).map_err(|_| VmgsError::Crypto("aes key"))?,
+    );
+    let nonce = random::<12>()?;
+    let tag = k
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), data)
+        .map_err(|_| VmgsError::Crypto("seal"))?;
+    let mut t = [0u8; 16];
+    t.copy_from_slice(tag.as_ref());
+    Ok((nonce, t))
+}
+
+/// Decrypts `data` in place; `false` when the tag does not verify.
+fn open_sealed(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    tag: &[u8; 16],
+    aad: &[u8],
+    data: &mut Vec<u8>,
+) -> bool {
+    let Ok(k) = UnboundKey::new(&AES_256_GCM, key) else {
+        return false;
+    };
+    let k = LessSafeKey::new(k);
+    data.extend_from_slice(tag);
+    let n = match k.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), data) {
+        Ok(plain) => plain.len(),
+        Err(_) => return false,
+    };
+    data.truncate(n);
+    true
+}
+
+fn hash_prefix(data: &[u8]) -> [u8; 16] {
+    let d = digest::digest(&digest::SHA256, data);
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&d.as_ref()[..16]);
+    t
+}
+
+/// The commit digest over a header, its table block (digest zeroed) and the
+/// encrypted extended table block.
+fn commit_digest(
+    metadata_key: Option<&[u8; 32]>,
+    header: &Header,
+    table: &FileTable,
+    ext_ciphertext: Option<&[u8]>,
+) -> [u8; 32] {
+    let mut h = header.to_bytes();
+    h[12..16].fill(0);
+    let t = table.to_block(header.file_table_offset, &[0; 32]);
+    let mut out = [0u8; 32];
+    match metadata_key {
+        Some(mk) => {
+            let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, mk), COMMIT_KEY_LABEL);
+            let mut ctx =
+                hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()));
+            ctx.update(&h);
+            ctx.update(&t);
+            if let Some(e) = ext_ciphertext {
+                ctx.update(e);
+            }
+            out.copy_from_slice(ctx.sign().as_ref());
+        }
+        None => {
+            let mut ctx = digest::Context::new(&digest::SHA256);
+            ctx.update(&h);
+            ctx.update(&t);
+            if let Some(e) = ext_ciphertext {
+                ctx.update(e);
+            }
+            out.copy_from_slice(ctx.finish().as_ref());
+        }
+    }
+    out
+}
+
+/// The blocks of a file of `size` bytes, if that is an allowed VMGS size.
+fn blocks_of(size: u64) -> Result<u32, VmgsError> {
+    let blocks = size / BLOCK_SIZE as u64;
+    if !size.is_multiple_of(BLOCK_SIZE as u64)
+        || blocks < u64::from(MIN_BLOCKS)
+        || blocks > u64::from(MAX_BLOCKS)
+    {
+        return Err(VmgsError::Size(size));
+    }
+    Ok(blocks as u32)
+}
+
+fn blocks_for(len: u64) -> u64 {
+    len.div_ceil(BLOCK_SIZE as u64).max(1)
+}
+
+impl<S: Storage> Vmgs<S> {
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> VmgsError {
+        let what = what.into();
+        move |source| VmgsError::Io { what, source }
+    }
+
+    fn capacity(storage: &S) -> Result<u32, VmgsError> {
+        blocks_of(storage.size().map_err(Self::io("size"))?)
+    }
+
+    /// Formats `storage` (its whole size) as an empty VMGS, encrypted when `key` is
+    /// given. Both header slots are overwritten.
+    pub fn format(mut storage: S, key: Option<&DatastoreKey>) -> Result<Self, VmgsError> {
+        let blocks = Self::capacity(&storage)?;
+        storage
+            .write_at(&[0u8; 2 * BLOCK_SIZE], 0)
+            .map_err(Self::io("clearing the header slots"))?;
+        let keys = match key {
+            None => None,
+            Some(k) => {
+                let mk = Zeroizing::new(random::<32>()?);
+                Some(Unlocked {
+                    metadata_key: mk,
+                    ext: ExtendedTable::default(),
+                    datastore: DatastoreKey::new(*k.bytes()),
+                    key_slot: 0,
+                })
+            }
+        };
+        let encryption = if keys.is_some() {
+            Encryption::Aes256Gcm
+        } else {
+            Encryption::None
+        };
+        let mut key_slots = [None, None];
+        if let Some(u) = &keys {
+            key_slots[0] = Some(wrap(&u.datastore, &u.metadata_key)?);
+        }
+        // A state "before the first", never on disk: the first commit writes slot 0
+        // with sequence 1 (so its predecessor is slot 1, sequence 0).
+        let mut v = Vmgs {
+            storage,
+            blocks,
+            slot: 1,
+            state: State {
+                header: Header {
+                    sequence: 0,
+                    file_table_offset: MIN_FILE_BLOCK,
+                    encryption,
+                    reprovisioned: false,
+                    key_slots,
+                },
+                table: FileTable::default(),
+            },
+            keys,
+            poisoned: false,
+        };
+        let header = v.state.header.clone();
+        let alloc = Allocator::empty(blocks);
+        v.commit_full(FileTable::default(), header, alloc, &[], None, |_| {})?;
+        Ok(v)
+    }
+
+    /// Reads what the headers and the active file table say, without a key and
+    /// without checking any file's data.
+    pub fn inspect(storage: &S) -> Result<Inspection, VmgsError> {
+        let blocks = Self::capacity(storage)?;
+        let slots = Self::read_slots(storage)?;
+        let active = Self::order(&slots, true)
+            .map(|o| o[0])
+            .map_err(|e| e.to_string());
+        let table = active.as_ref().ok().and_then(|&s| match &slots[s] {
+            SlotState::Valid(h) => {
+                Some(Self::read_table(storage, h, blocks).map_err(|e| match e {
+                    VmgsError::Table { source, .. } => source,
+                    other => FormatError::FileId(other.to_string()),
+                }))
+            }
+            _ => None,
+        });
+        Ok(Inspection {
+            blocks,
+            slots,
+            active,
+            table,
+        })
+    }
+
+    fn read_slots(storage: &S) -> Result<[SlotState; 2], VmgsError> {
+        let mut out = [SlotState::Empty, SlotState::Empty];
+        for (i, s) in out.iter_mut().enumerate() {
+            let mut b = [0u8; HEADER_SIZE];
+            storage
+                .read_at(&mut b, header_offset(i))
+                .map_err(Self::io(format!("header slot {i}")))?;
+            *s = match Header::parse(&b) {
+                Ok(None) => SlotState::Empty,
+                Ok(Some(h)) => SlotState::Valid(h),
+                Err(e) => SlotState::Damaged(e),
+            };
+        }
+        Ok(out)
+    }
+
+    /// The slots to try, newest first.
+    fn order(slots: &[SlotState; 2], recover: bool) -> Result<Vec<usize>, VmgsError> {
+        match (&slots[0], &slots[1]) {
+            (SlotState::Valid(a), SlotState::Valid(b)) => {
+                if a.sequence == b.sequence.wrapping_add(1) {
+                    Ok(vec![0, 1])
+                } else if b.sequence == a.sequence.wrapping_add(1) {
+                    Ok(vec![1, 0])
+                } else {
+                    Err(VmgsError::OutOfSequence(a.sequence, b.sequence))
+                }
+            }
+            (SlotState::Valid(_), SlotState::Empty) => Ok(vec![0]),
+            (SlotState::Empty, SlotState::Valid(_)) => Ok(vec![1]),
+            (SlotState::Empty, SlotState::Empty) => Err(VmgsError::Empty),
+            (SlotState::Valid(_), SlotState::Damaged(_)) if recover => Ok(vec![0]),
+            (SlotState::Damaged(_), SlotState::Valid(_)) if recover => Ok(vec![1]),
+            (SlotState::Damaged(e), _) => Err(VmgsError::HeaderDamaged {
+                slot: 0,
+                source: e.clone(),
+            }),
+            (_, SlotState::Damaged(e)) => Err(VmgsError::HeaderDamaged {
+                slot: 1,
+                source: e.clone(),
+            }),
+        }
+    }
+
+    fn read_table(storage: &S, header: &Header, blocks: u32) -> Result<FileTable, VmgsError> {
+        let block = header.file_table_offset;
+        if block >= blocks {
+            return Err(VmgsError::Table {
+                block,
+                source: FormatError::Extent {
+                    id: 0,
+                    offset: block,
+                    end: u64::from(block) + 1,
+                    min: MIN_FILE_BLOCK,
+                    capacity: blocks,
+                },
+            });
+        }
+        let mut b = vec![0u8; BLOCK_SIZE];
+        storage
+            .read_at(&mut b, u64::from(block) * BLOCK_SIZE as u64)
+            .map_err(Self::io(format!("file table at block {block}")))?;
+        FileTable::parse(&b, block, blocks).map_err(|source| VmgsError::Table { block, source })
+    }
+
+    fn read_blocks(&self, e: &FileEntry, what: &str) -> Result<Vec<u8>, VmgsError> {
+        let len = usize::try_from(e.size).map_err(|_| VmgsError::Size(e.size))?;
+        let mut b = vec![0u8; len];
+        self.storage
+            .read_at(&mut b, u64::from(e.offset) * BLOCK_SIZE as u64)
+            .map_err(Self::io(what.to_string()))?;
+        Ok(b)
+    }
+
+    /// Opens a formatted VMGS: with `key` for an encrypted one (without, only plaintext
+    /// files can be read and nothing written), checking the newest state completely.
+    pub fn open(
+        storage: S,
+        key: Option<&DatastoreKey>,
+        opts: OpenOptions,
+    ) -> Result<(Self, Opened), VmgsError> {
+        let blocks = Self::capacity(&storage)?;
+        let slots = Self::read_slots(&storage)?;
+        let order = Self::order(&slots, opts.recover)?;
+        let mut v = Vmgs {
+            storage,
+            blocks,
+            slot: 0,
+            state: State {
+                header: Header {
+                    sequence: 0,
+                    file_table_offset: MIN_FILE_BLOCK,
+                    encryption: Encryption::None,
+                    reprovisioned: false,
+                    key_slots: [None, None],
+                },
+                table: FileTable::default(),
+            },
+            keys: None,
+            poisoned: false,
+        };
+        let mut first_failure: Option<VmgsError> = None;
+        for &slot in &order {
+            let SlotState::Valid(header) = &slots[slot] else {
+                continue;
+            };
+            match v.load(slot, header.clone(), key) {
+                Ok(()) => {
+                    let recovered_from = first_failure.map(|e| e.to_string());
+                    let opened = Opened {
+                        slot,
+                        sequence: header.sequence,
+                        recovered_from,
+                    };
+                    return Ok((v, opened));
+                }
+                Err(e @ (VmgsError::WrongKey | VmgsError::NotEncrypted | VmgsError::Io { .. })) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let e = VmgsError::State {
+                        slot,
+                        sequence: header.sequence,
+                        source: Box::new(e),
+                    };
+                    if !opts.recover {
+                        return Err(e);
+                    }
+                    if first_failure.is_none() {
+                        first_failure = Some(e);
+                    } else {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(first_failure.unwrap_or(VmgsError::Empty))
+    }
+
+    /// Loads and checks the state of `slot`.
+    fn load(
+        &mut self,
+        slot: usize,
+        header: Header,
+        key: Option<&DatastoreKey>,
+    ) -> Result<(), VmgsError> {
+        let table = Self::read_table(&self.storage, &header, self.blocks)?;
+        let keys = match (header.encryption, key) {
+            (Encryption::None, Some(_)) => return Err(VmgsError::NotEncrypted),
+            (Encryption::None, None) | (Encryption::Aes256Gcm, None) => None,
+            (Encryption::Aes256Gcm, Some(k)) => {
+                let (key_slot, mk) = header
+                    .key_slots
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, w)| w.as_ref().and_then(|w| unwrap(k, w).map(|mk| (i, mk))))
+                    .ok_or(VmgsError::WrongKey)?;
+                Some((key_slot, mk, DatastoreKey::new(*k.bytes())))
+            }
+        };
+        let ext_entry = table.files[usize::from(FileId::EXTENDED_FILE_TABLE.get())];
+        let (ext_cipher, ext_block) = match (header.encryption, ext_entry) {
+            (Encryption::Aes256Gcm, Some(e))
+                if e.attributes.encrypted && e.blocks == 1 && e.size == BLOCK_SIZE as u64 =>
+            {
+                (Some(self.read_blocks(&e, "extended file table")?), Some(e))
+            }
+            (Encryption::Aes256Gcm, _) => {
+                return Err(VmgsError::ExtendedTable {
+                    block: 0,
+                    reason: "an encrypted VMGS without an extended file table entry".into(),
+                });
+            }
+            (Encryption::None, None) => (None, None),
+            (Encryption::None, Some(_)) => {
+                return Err(VmgsError::ExtendedTable {
+                    block: 0,
+                    reason: "an unencrypted VMGS with an extended file table".into(),
+                });
+            }
+        };
+        let unlocked = match keys {
+            None => None,
+            Some((key_slot, mk, datastore)) => {
+                let digest = commit_digest(Some(&mk), &header, &table, ext_cipher.as_deref());
+                if !constant_time_eq(&digest, &table.commit_digest) {
+                    return Err(VmgsError::Digest);
+                }
+                let (Some(mut plain), Some(e)) = (ext_cipher.clone(), ext_block) else {
+                    return Err(VmgsError::Crypto("extended table"));
+                };
+                let plain_ok = open_sealed(&mk, &e.nonce, &e.tag, AAD_EXTENDED_TABLE, &mut plain);
+                let plain = Zeroizing::new(plain);
+                if !plain_ok {
+                    return Err(VmgsError::ExtendedTable {
+                        block: e.offset,
+                        reason: "fails authentication".into(),
+                    });
+                }
+                let ext = ExtendedTable::parse(&plain).map_err(|err| VmgsError::ExtendedTable {
+                    block: e.offset,
+                    reason: err.to_string(),
+                })?;
+                Some(Unlocked {
+                    metadata_key: mk,
+                    ext,
+                    datastore,
+                    key_slot,
+                })
+            }
+        };
+        if header.encryption == Encryption::None {
+            let digest = commit_digest(None, &header, &table, None);
+            if digest != table.commit_digest {
+                return Err(VmgsError::Digest);
+            }
+        }
+        self.slot = slot;
+        self.state = State { header, table };
+        self.keys = unlocked;
+        // Every file's data, now that the tables are trusted.
+        for id in self.file_ids() {
+            match self.read_checked(id) {
+                Ok(_) | Err(VmgsError::KeyRequired(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn file_ids(&self) -> Vec<FileId> {
+        (0..FILE_COUNT as u8)
+            .filter_map(FileId::new)
+            .filter(|id| {
+                id.is_user_file() && self.state.table.files[usize::from(id.get())].is_some()
+            })
+            .collect()
+    }
+
+    /// The files, by id.
+    pub fn list(&self) -> Vec<FileInfo> {
+        self.file_ids()
+            .into_iter()
+            .filter_map(|id| {
+                self.state.table.files[usize::from(id.get())].map(|e| FileInfo {
+                    id,
+                    size: e.size,
+                    offset: e.offset,
+                    blocks: e.blocks,
+                    encrypted: e.attributes.encrypted,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the file is encrypted (`AES-256-GCM`).
+    pub fn is_encrypted(&self) -> bool {
+        self.state.header.encryption == Encryption::Aes256Gcm
+    }
+
+    /// The header slot and sequence number in use.
+    pub fn position(&self) -> (usize, u32) {
+        (self.slot, self.state.header.sequence)
+    }
+
+    /// The storage (for tests and benchmarks).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    fn read_checked(&self, id: FileId) -> Result<Zeroizing<Vec<u8>>, VmgsError> {
+        let e = self.state.table.files[usize::from(id.get())].ok_or(VmgsError::NoSuchFile(id))?;
+        let mut data = self.read_blocks(&e, &format!("file {id}"))?;
+        let bad = VmgsError::FileData {
+            id,
+            offset: e.offset,
+            end: e.end(),
+        };
+        if e.attributes.encrypted {
+            let keys = self
+                .keys
+                .as_ref()
+                .ok_or(VmgsError::KeyRequired("reading an encrypted file"))?;
+            let key =
+                keys.ext.keys[usize::from(id.get())].ok_or_else(|| VmgsError::ExtendedTable {
+                    block: 0,
+                    reason: format!("no key for encrypted file {id}"),
+                })?;
+            let mut key = Zeroizing::new(key);
+            let ok = open_sealed(&key, &e.nonce, &e.tag, &file_aad(id, e.size), &mut data);
+            key.zeroize();
+            let data = Zeroizing::new(data);
+            if !ok {
+                return Err(bad);
+            }
+            Ok(data)
+        } else {
+            if hash_prefix(&data) != e.tag || e.nonce != [0; 12] {
+                return Err(bad);
+            }
+            Ok(Zeroizing::new(data))
+        }
+    }
+
+    /// Reads file `id`.
+    pub fn read_file(&self, id: FileId) -> Result<Zeroizing<Vec<u8>>, VmgsError> {
+        if self.poisoned {
+            return Err(VmgsError::Poisoned);
+        }
+        self.read_checked(id)
+    }
+
+    /// Writes file `id` (replacing it) in one commit; encrypted under a fresh key when
+    /// the VMGS is encrypted, unless `plaintext` (for files read before unlocking, such
+    /// as the key protector). On an error before the header write, nothing changed.
+    pub fn write_file(
+        &mut self,
+        id: FileId,
+        data: &[u8],
+        plaintext: bool,
+    ) -> Result<(), VmgsError> {
+        if !id.is_user_file() {
+            return Err(VmgsError::ReservedId(id));
+        }
+        let encrypt = self.is_encrypted() && !plaintext;
+        let mut table = self.state.table.clone();
+        let mut alloc = self.allocator();
+        let need = blocks_for(data.len() as u64);
+        let offset = alloc.take(need)?;
+        let mut buf = data.to_vec();
+        buf.resize((need as usize) * BLOCK_SIZE, 0);
+        let mut buf = Zeroizing::new(buf);
+        let (nonce, tag, key) = if encrypt {
+            let key = Zeroizing::new(random::<32>()?);
+            let (n, t) = seal(
+                &key,
+                &file_aad(id, data.len() as u64),
+                &mut buf[..data.len()],
+            )?;
+            (n, t, Some(key))
+        } else {
+            ([0; 12], hash_prefix(data), None)
+        };
+        table.files[usize::from(id.get())] = Some(FileEntry {
+            offset,
+            blocks: need as u32,
+            size: data.len() as u64,
+            nonce,
+            tag,
+            attributes: FileAttributes { encrypted: encrypt },
+        });
+        let header = self.state.header.clone();
+        self.commit_with(table, header, alloc, &[(offset, buf.as_slice())], |ext| {
+            ext.keys[usize::from(id.get())] = key.as_deref().copied();
+        })
+    }
+
+    /// Removes file `id` in one commit.
+    pub fn delete_file(&mut self, id: FileId) -> Result<(), VmgsError> {
+        if !id.is_user_file() {
+            return Err(VmgsError::ReservedId(id));
+        }
+        if self.state.table.files[usize::from(id.get())].is_none() {
+            return Err(VmgsError::NoSuchFile(id));
+        }
+        let mut table = self.state.table.clone();
+        table.files[usize::from(id.get())] = None;
+        let alloc = self.allocator();
+        let header = self.state.header.clone();
+        self.commit_with(table, header, alloc, &[], |ext| {
+            ext.keys[usize::from(id.get())] = None
+        })
+    }
+
+    /// Rotates the datastore key to `new` in two commits: the first wraps a fresh
+    /// metadata key under both keys (a crash after it leaves a file either key
+    /// opens), the second drops the old key's slot.
+    pub fn rekey(&mut self, new: &DatastoreKey) -> Result<(), VmgsError> {
+        let keys = self.keys.as_ref().ok_or(VmgsError::KeyRequired("rekey"))?;
+        if constant_time_eq(keys.datastore.bytes(), new.bytes()) {
+            return Err(VmgsError::SameKey);
+        }
+        let old_slot = keys.key_slot;
+        let new_slot = 1 - old_slot;
+        let mk = Zeroizing::new(random::<32>()?);
+        let mut header = self.state.header.clone();
+        header.key_slots[old_slot] = Some(wrap(&keys.datastore, &mk)?);
+        header.key_slots[new_slot] = Some(wrap(new, &mk)?);
+        let table = self.state.table.clone();
+        let alloc = self.allocator();
+        self.commit_full(table, header, alloc, &[], Some(mk), |_| {})?;
+        // Now the new key is the one in use.
+        if let Some(k) = self.keys.as_mut() {
+            k.datastore = DatastoreKey::new(*new.bytes());
+            k.key_slot = new_slot;
+        }
+        let mut header = self.state.header.clone();
+        header.key_slots[old_slot] = None;
+        let table = self.state.table.clone();
+        let alloc = self.allocator();
+        self.commit_with(table, header, alloc, &[], |_| {})
+    }
+
+    /// Blocks free for a commit: those the current state does not use.
+    fn allocator(&self) -> Allocator {
+        Allocator::new(
+            self.blocks,
+            &self.state.table,
+            self.state.header.file_table_offset,
+        )
+    }
+
+    fn commit_with(
+        &mut self,
+        table: FileTable,
+        header: Header,
+        alloc: Allocator,
+        writes: &[(u32, &[u8])],
+        edit_ext: impl FnOnce(&mut ExtendedTable),
+    ) -> Result<(), VmgsError> {
+        self.commit_full(table, header, alloc, writes, None, edit_ext)
+    }
+
+    /// One commit: `writes` (already in blocks `alloc` handed out), a new extended
+    /// table (with `edit_ext` applied; under `new_mk` if given), the new file table,
+    /// then the header in the slot not in use, then one flush.
+    fn commit_full(
+        &mut self,
+        mut table: FileTable,
+        mut header: Header,
+        mut alloc: Allocator,
+        writes: &[(u32, &[u8])],
+        new_mk: Option<Zeroizing<[u8; 32]>>,
+        edit_ext: impl FnOnce(&mut ExtendedTable),
+    ) -> Result<(), VmgsError> {
+        if self.poisoned {
+            return Err(VmgsError::Poisoned);
+        }
+        if self.is_encrypted() && self.keys.is_none() {
+            return Err(VmgsError::KeyRequired("writing"));
+        }
+        let table_block = alloc.take(1)?;
+        header.sequence = self.state.header.sequence.wrapping_add(1);
+        header.file_table_offset = table_block;
+        let mut new_ext = None;
+        let mut ext_write: Option<(u32, Vec<u8>)> = None;
+        if let Some(keys) = &self.keys {
+            let mut ext = ExtendedTable {
+                keys: keys.ext.keys,
+            };
+            edit_ext(&mut ext);
+            let mk = new_mk.unwrap_or_else(|| Zeroizing::new(*keys.metadata_key));
+            let ext_block = alloc.take(1)?;
+            let mut plain = Zeroizing::new(ext.to_block().to_vec());
+            let (nonce, tag) = seal(&mk, AAD_EXTENDED_TABLE, &mut plain)?;
+            let cipher = plain.to_vec();
+            table.files[usize::from(FileId::EXTENDED_FILE_TABLE.get())] = Some(FileEntry {
+                offset: ext_block,
+                blocks: 1,
+                size: BLOCK_SIZE as u64,
+                nonce,
+                tag,
+                attributes: FileAttributes { encrypted: true },
+            });
+            ext_write = Some((ext_block, cipher));
+            new_ext = Some((ext, mk));
+        }
+        let mk_ref = new_ext.as_ref().map(|(_, mk)| &**mk);
+        let digest = commit_digest(
+            mk_ref,
+            &header,
+            &table,
+            ext_write.as_ref().map(|(_, c)| c.as_slice()),
+        );
+        table.commit_digest = digest;
+        let table_bytes = table.to_block(table_block, &digest);
+        // Data, extended table, file table: all in blocks the current state does not
+        // use, so a failure here leaves the current state intact.
+        for (block, bytes) in writes {
+            self.storage
+                .write_at(bytes, u64::from(*block) * BLOCK_SIZE as u64)
+                .map_err(Self::io(format!("writing blocks from {block}")))?;
+        }
+        if let Some((block, c)) = &ext_write {
+            self.storage
+                .write_at(c, u64::from(*block) * BLOCK_SIZE as u64)
+                .map_err(Self::io("writing the extended file table"))?;
+        }
+        self.storage
+            .write_at(&table_bytes, u64::from(table_block) * BLOCK_SIZE as u64)
+            .map_err(Self::io("writing the file table"))?;
+        // The header, last, in one write of its whole sector.
+        let target = 1 - self.slot;
+        let mut sector = vec![0u8; BLOCK_SIZE];
+        sector[..HEADER_SIZE].copy_from_slice(&header.to_bytes());
+        if let Err(e) = self.storage.write_at(&sector, header_offset(target)) {
+            self.poisoned = true;
+            return Err(Self::io(format!("writing header slot {target}"))(e));
+        }
+        if let Err(e) = self.storage.flush() {
+            self.poisoned = true;
+            return Err(Self::io("flushing the commit")(e));
+        }
+        self.slot = target;
+        self.state = State { header, table };
+        if let (Some(keys), Some((ext, mk))) = (self.keys.as_mut(), new_ext) {
+            for k in keys.ext.keys.iter_mut().flatten() {
+                k.zeroize();
+            }
+            keys.ext = ext;
+            keys.metadata_key = mk;
+        }
+        Ok(())
+    }
+}
+
+impl Vmgs<File> {
+    /// Creates `path` (it must not exist; mode 0600) of `size` bytes and formats it.
+    pub fn create_file(
+        path: &Path,
+        size: u64,
+        key: Option<&DatastoreKey>,
+    ) -> Result<Self, VmgsError> {
+        blocks_of(size)?;
+        let what = || path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(Self::io(what()))?;
+        lock(&file, path)?;
+        file.set_len(size).map_err(Self::io(what()))?;
+        let v = Vmgs::format(file, key)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(Self::io(dir.display().to_string()))?;
+        }
+        Ok(v)
+    }
+
+    /// Opens `path` for reading and writing, locked against other processes.
+    pub fn open_file(
+        path: &Path,
+        key: Option<&DatastoreKey>,
+        opts: OpenOptions,
+    ) -> Result<(Self, Opened), VmgsError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(Self::io(path.display().to_string()))?;
+        lock(&file, path)?;
+        Vmgs::open(file, key, opts)
+    }
+
+    /// [`Vmgs::inspect`] of `path` (opened read-only, not locked).
+    pub fn inspect_file(path: &Path) -> Result<Inspection, VmgsError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(Self::io(path.display().to_string()))?;
+        Vmgs::inspect(&file)
+    }
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), VmgsError> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| VmgsError::Locked(path.display().to_string()))
+}
+
+fn wrap(datastore: &DatastoreKey, mk: &[u8; 32]) -> Result<RawWrappedKey, VmgsError> {
+    if mk.iter().all(|&b| b == 0) {
+        return Err(VmgsError::Crypto("an all-zero metadata key"));
+    }
+    let mut c = *mk;
+    let (nonce, tag) = seal(datastore.bytes(), AAD_METADATA_KEY, &mut c)?;
+    let w = RawWrappedKey {
+        nonce,
+        tag,
+        ciphertext: c,
+        ..Default::default()
+    };
+    c.zeroize();
+    Ok(w)
+}
+
+fn unwrap(datastore: &DatastoreKey, w: &RawWrappedKey) -> Option<Zeroizing<[u8; 32]>> {
+    let mut data = w.ciphertext.to_vec();
+    let ok = open_sealed(
+        datastore.bytes(),
+        &w.nonce,
+        &w.tag,
+        AAD_METADATA_KEY,
+        &mut data,
+    );
+    let data = Zeroizing::new(data);
+    if !ok {
+        return None;
+    }
+    let mk: [u8; 32] = data.as_slice().try_into().ok()?;
+    // An all-zero metadata key is never made here; one in a file means a writer
+    // with OpenVMM's zero-key bug, or a forgery.
+    (mk != [0; 32]).then(|| Zeroizing::new(mk))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Hands out blocks not used by the current state (copy-on-write), best fit.
+struct Allocator {
+    /// Free runs: (first block, length).
+    free: Vec<(u32, u64)>,
+}
+
+impl Allocator {
+    fn empty(blocks: u32) -> Self {
+        Allocator {
+            free: vec![(MIN_FILE_BLOCK, u64::from(blocks - MIN_FILE_BLOCK))],
+        }
+    }
+
+    /// The free runs of a file of `blocks` whose live state is `live` with its table
+    /// at `table_block`.
+    fn new(blocks: u32, live: &FileTable, table_block: u32) -> Self {
+        let mut used: Vec<(u64, u64)> = live
+            .files
+            .iter()
+            .flatten()
+            .map(|e| (u64::from(e.offset), e.end()))
+            .collect();
+        used.push((u64::from(table_block), u64::from(table_block) + 1));
+        used.sort_unstable();
+        let mut free = Vec::new();
+        let mut at = u64::from(MIN_FILE_BLOCK);
+        for (start, end) in used {
+            if start > at {
+                free.push((at as u32, start - at));
+            }
+            at = at.max(end);
+        }
+        if u64::from(blocks) > at {
+            free.push((at as u32, u64::from(blocks) - at));
+        }
+        Allocator { free }
+    }
+
+    fn take(&mut self, n: u64) -> Result<u32, VmgsError> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, len))| *len >= n)
+            .min_by_key(|(_, (_, len))| *len)
+            .map(|(i, _)| i);
+        let Some(i) = best else {
+            return Err(VmgsError::NoSpace {
+                need: n,
+                largest: self.free.iter().map(|f| f.1).max().unwrap_or(0),
+            });
+        };
+        let (start, len) = self.free[i];
+        if len == n {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (start + n as u32, len - n);
+        }
+        Ok(start)
+    }
+}
