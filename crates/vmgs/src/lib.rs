@@ -299,8 +299,8 @@ pub struct Inspection {
     pub slots: [SlotState; 2],
     /// The slot the reader would use, if the headers allow one.
     pub active: Result<usize, String>,
-    /// The active header's file table, as stored.
-    pub table: Option<Result<FileTable, FormatError>>,
+    /// The active header's file table, as stored (or why it could not be read).
+    pub table: Option<Result<FileTable, String>>,
 }
 
 /// One file, as [`Vmgs::list`] gives it.
@@ -547,10 +547,7 @@ impl<S: Storage> Vmgs<S> {
             .map_err(|e| e.to_string());
         let table = active.as_ref().ok().and_then(|&s| match &slots[s] {
             SlotState::Valid(h) => {
-                Some(Self::read_table(storage, h, blocks).map_err(|e| match e {
-                    VmgsError::Table { source, .. } => source,
-                    other => FormatError::FileId(other.to_string()),
-                }))
+                Some(Self::read_table(storage, h, blocks).map_err(|e| e.to_string()))
             }
             _ => None,
         });
