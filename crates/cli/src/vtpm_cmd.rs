@@ -33,8 +33,15 @@ pub enum ProtocolArg {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// State directory (created 0700; locked while running).
-    #[arg(long)]
-    state: PathBuf,
+    #[arg(long, required_unless_present = "vmgs", conflicts_with = "vmgs")]
+    state: Option<PathBuf>,
+    /// Keep the state in this VM's VMGS file instead (encrypted; created, 4 MiB, when
+    /// missing; locked while running): the permanent state in TPM_NVRAM.
+    #[arg(long, requires = "key_file")]
+    vmgs: Option<PathBuf>,
+    /// The VMGS's datastore key: a file of exactly 32 bytes.
+    #[arg(long, requires = "vmgs")]
+    key_file: Option<PathBuf>,
     /// Data channel (swtpm) or command port (mssim): unix:PATH (its directory is
     /// created 0700, or must be this user's with mode 0700; only this user or root may
     /// connect) or, with --dangerously-allow-tcp, tcp:HOST:PORT (loopback only; port 0
@@ -88,7 +95,7 @@ pub struct RunArgs {
     console: bool,
     /// Benchmarks only: write state atomically but without fsync (as swtpm does), to
     /// measure what durability costs. A host crash can then lose acknowledged writes.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "vmgs")]
     unsafe_no_fsync: bool,
     /// Conformance tests only (IBM TSS regression suite): serve the bare TPM, with
     /// nothing provisioned, no report index and the platform hierarchy left open, as
@@ -135,18 +142,52 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
              endpoints"
         );
     }
-    let mut dir = StateDir::open(&a.state).context("opening the vTPM state")?;
-    if a.unsafe_no_fsync {
-        eprintln!("warning: --unsafe-no-fsync: vTPM state writes are not durable");
-        dir.set_durable(false);
-    }
-    let vm_id = vm_id(&a)?;
+    let given = a.vm_id.as_deref();
+    let (store, vm_id): (Box<dyn vtpm::StateStore>, String) = match (&a.state, &a.vmgs, &a.key_file)
+    {
+        (_, Some(path), Some(key)) => {
+            let key = vtpm::vmgs_state::DatastoreKey::from_file(key)?;
+            let (mut store, created) = vtpm::VmgsState::open_or_create(path, &key)
+                .with_context(|| format!("opening the VMGS {}", path.display()))?;
+            if created {
+                eprintln!("vtpm: created the VMGS {}", path.display());
+            }
+            let stored = vm_id_from_vmgs(&store)?;
+            let had_one = stored.is_some();
+            let id = vm_id(given, || Ok(stored), |_| Ok(()))?;
+            if !had_one {
+                vm_id_to_vmgs(&mut store, &id)?;
+            }
+            (Box::new(store), id)
+        }
+        (Some(state), _, _) => {
+            let mut dir = StateDir::open(state).context("opening the vTPM state")?;
+            if a.unsafe_no_fsync {
+                eprintln!("warning: --unsafe-no-fsync: vTPM state writes are not durable");
+                dir.set_durable(false);
+            }
+            let path = state.join("vm-id");
+            let id = vm_id(
+                given,
+                || {
+                    Ok(std::fs::read_to_string(&path)
+                        .ok()
+                        .map(|s| s.trim().to_string()))
+                },
+                |id| {
+                    std::fs::write(&path, id).with_context(|| format!("writing {}", path.display()))
+                },
+            )?;
+            (Box::new(dir), id)
+        }
+        _ => anyhow::bail!("--state DIR or --vmgs FILE --key-file K"),
+    };
     let (major, minor, patch) = vtpm::libtpms_version();
     eprintln!(
         "vtpm: libtpms {major}.{minor}.{patch} (it must carry the fixes for \
          CVE-2023-1017/1018 and CVE-2025-49133; see the README)"
     );
-    let mut engine = LibtpmsEngine::new(dir)?;
+    let mut engine = LibtpmsEngine::new(store)?;
     // Volatile state saved by an orderly shutdown is resumed once, then deleted: a
     // later start never rolls PCRs back to it.
     engine
@@ -214,19 +255,22 @@ fn is_uuid(s: &str) -> bool {
             .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The VM id: given, or kept in the state directory (generated on first start).
-fn vm_id(a: &RunArgs) -> Result<String> {
-    if let Some(id) = &a.vm_id {
+/// The VM id: given, or kept with the state (generated on first start): `load` reads
+/// the stored one, `save` stores a generated one.
+fn vm_id(
+    given: Option<&str>,
+    load: impl FnOnce() -> Result<Option<String>>,
+    save: impl FnOnce(&str) -> Result<()>,
+) -> Result<String> {
+    if let Some(id) = given {
         if !is_uuid(id) {
             anyhow::bail!("--vm-id {id:?} is not a UUID (8-4-4-4-12 hex digits)");
         }
         return Ok(id.to_uppercase());
     }
-    let path = a.state.join("vm-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim();
-        if !is_uuid(id) {
-            anyhow::bail!("{} does not hold a UUID", path.display());
+    if let Some(id) = load()? {
+        if !is_uuid(&id) {
+            anyhow::bail!("the stored VM id {id:?} is not a UUID");
         }
         return Ok(id.to_uppercase());
     }
@@ -234,17 +278,60 @@ fn vm_id(a: &RunArgs) -> Result<String> {
     aws_lc_rs::rand::fill(&mut b).map_err(|_| anyhow::anyhow!("no randomness"))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
+    let id = uuid_text(&b);
+    save(&id)?;
+    Ok(id)
+}
+
+/// A UUID's text from its 16 bytes in RFC 4122 order.
+fn uuid_text(b: &[u8; 16]) -> String {
     let h = hex::encode_upper(b);
-    let id = format!(
+    format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..32]
-    );
-    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
-    Ok(id)
+    )
+}
+
+/// The VMGS `VM_UNIQUE_ID` file (OpenVMM's layout, 20 bytes: the id as a Windows GUID,
+/// whose first three fields are little-endian, then a `ported` byte and 3 zero bytes)
+/// to and from RFC 4122 bytes.
+fn guid_swap(b: &[u8; 16]) -> [u8; 16] {
+    let mut g = *b;
+    g[0..4].reverse();
+    g[4..6].reverse();
+    g[6..8].reverse();
+    g
+}
+
+fn vm_id_from_vmgs(store: &vtpm::VmgsState) -> Result<Option<String>> {
+    use vtpm::vmgs_state::FileId;
+    match store.vmgs().read_file(FileId::VM_UNIQUE_ID) {
+        Ok(d) => {
+            let g: [u8; 16] = d
+                .get(..16)
+                .and_then(|s| s.try_into().ok())
+                .filter(|_| d.len() == 20)
+                .ok_or_else(|| anyhow::anyhow!("the VMGS's VM_UNIQUE_ID is not 20 bytes"))?;
+            Ok(Some(uuid_text(&guid_swap(&g))))
+        }
+        Err(vtpm::vmgs_state::VmgsError::NoSuchFile(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn vm_id_to_vmgs(store: &mut vtpm::VmgsState, id: &str) -> Result<()> {
+    let mut b = [0u8; 16];
+    hex::decode_to_slice(id.replace('-', ""), &mut b).context("the VM id")?;
+    let mut file = guid_swap(&b).to_vec();
+    file.extend_from_slice(&[0; 4]);
+    store
+        .vmgs_mut()
+        .write_file(vtpm::vmgs_state::FileId::VM_UNIQUE_ID, &file, false)?;
+    Ok(())
 }
 
 /// Reports from the emulated AMD secure processor, for a guest launched with the

@@ -25,9 +25,15 @@ impl Drop for KillOnDrop {
 /// Spawns `cvm vtpm run --state STATE ARGS` and returns it with the two endpoints it
 /// prints first (`server ENDPOINT`, `ctrl ENDPOINT`), without their labels.
 fn spawn_vtpm(state: &Path, args: &[&str]) -> (KillOnDrop, String, String) {
+    spawn_vtpm_in(&[std::ffi::OsStr::new("--state"), state.as_os_str()], args)
+}
+
+/// [`spawn_vtpm`] with the state given by `store` (`--state DIR`, or `--vmgs FILE
+/// --key-file K`).
+fn spawn_vtpm_in(store: &[&std::ffi::OsStr], args: &[&str]) -> (KillOnDrop, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(["vtpm", "run", "--state"])
-        .arg(state)
+        .args(["vtpm", "run"])
+        .args(store)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -64,6 +70,14 @@ fn start(state: &Path, protocol: &str) -> Vt {
 }
 
 fn start_with(state: &Path, protocol: &str, extra: &[&str]) -> Vt {
+    start_in(
+        &[std::ffi::OsStr::new("--state"), state.as_os_str()],
+        protocol,
+        extra,
+    )
+}
+
+fn start_in(store: &[&std::ffi::OsStr], protocol: &str, extra: &[&str]) -> Vt {
     let mut args = vec![
         "--server",
         "tcp:127.0.0.1:0",
@@ -72,7 +86,7 @@ fn start_with(state: &Path, protocol: &str, extra: &[&str]) -> Vt {
         "--dangerously-allow-tcp",
     ];
     args.extend_from_slice(extra);
-    let (child, server, ctrl) = spawn_vtpm(state, &args);
+    let (child, server, ctrl) = spawn_vtpm_in(store, &args);
     assert!(server.starts_with("tcp:127.0.0.1:"), "{server:?}");
     assert!(ctrl.starts_with("tcp:127.0.0.1:"), "{ctrl:?}");
     let (port, ctrl_port) = (port_of(&server), port_of(&ctrl));
@@ -370,6 +384,103 @@ fn tpm2_tools_suite_through_the_swtpm_tcti_survives_a_restart() {
     assert!(status.success());
     let vt = start(&state, "swtpm");
     after_restart(&vt.tcti("swtpm"), &work, &nv);
+}
+
+/// The state in an encrypted VMGS instead of a directory: the EK, the NV index, the
+/// persistent AK and a sealed object survive an orderly stop and a start; the VMGS is
+/// created on first start and no other key opens it.
+#[test]
+fn tpm2_tools_suite_with_the_state_in_a_vmgs_survives_a_restart_and_needs_its_key() {
+    let (t, _state, work) = workdir();
+    let vmgs = t.path().join("vm.vmgs");
+    let key = t.path().join("vmgs.key");
+    std::fs::write(&key, [0x42u8; 32]).unwrap();
+    let store = [
+        std::ffi::OsStr::new("--vmgs"),
+        vmgs.as_os_str(),
+        std::ffi::OsStr::new("--key-file"),
+        key.as_os_str(),
+    ];
+    let vt = start_in(&store, "swtpm", &[]);
+    let tcti = vt.tcti("swtpm");
+    let nv = suite(&tcti, &work);
+    let ek_before = std::fs::read(work.join("ek.pub")).unwrap();
+    let mut vt = vt;
+    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
+    assert!(vt.child.0.wait().unwrap().success());
+    assert!(
+        !std::fs::read(&vmgs)
+            .unwrap()
+            .windows(17)
+            .any(|w| w == b"disk key for vm-1")
+    );
+
+    let vt = start_in(&store, "swtpm", &[]);
+    let tcti = vt.tcti("swtpm");
+    after_restart(&tcti, &work, &nv);
+    // No resource manager: flush what the checks above left loaded or saved, and the
+    // transient objects after each step, as a resource manager would.
+    for what in ["-t", "-l", "-s"] {
+        ok(
+            tpm(&tcti, &work, &["tpm2_flushcontext", what]),
+            "flushcontext",
+        );
+    }
+    let t2 = |args: &[&str]| {
+        let o = ok(tpm(&tcti, &work, args), args[0]);
+        ok(
+            tpm(&tcti, &work, &["tpm2_flushcontext", "-t"]),
+            "flushcontext",
+        );
+        o
+    };
+    t2(&[
+        "tpm2_createek",
+        "-c",
+        "ek2.ctx",
+        "-G",
+        "rsa",
+        "-u",
+        "ek2.pub",
+    ]);
+    t2(&["tpm2_flushcontext", "-t"]);
+    assert_eq!(std::fs::read(work.join("ek2.pub")).unwrap(), ek_before);
+    // The object sealed before the restart, to PCR 16 after one extend from zero: the
+    // same primary (the owner seed survived), PCR 16 reset (the orderly stop saved
+    // and the start resumed its later value) and extended the same way, the secret
+    // back.
+    t2(&["tpm2_createprimary", "-C", "o", "-c", "primary2.ctx"]);
+    t2(&[
+        "tpm2_load",
+        "-C",
+        "primary2.ctx",
+        "-u",
+        "seal.pub",
+        "-r",
+        "seal.priv",
+        "-c",
+        "seal2.ctx",
+    ]);
+    t2(&["tpm2_pcrreset", "16"]);
+    t2(&[
+        "tpm2_pcrextend",
+        &format!("16:sha256={}", hex::encode([0x5au8; 32])),
+    ]);
+    let un = t2(&["tpm2_unseal", "-c", "seal2.ctx", "-p", "pcr:sha256:16"]);
+    assert_eq!(un.stdout, b"disk key for vm-1");
+    drop(vt);
+
+    // Another key does not open it.
+    std::fs::write(&key, [0x43u8; 32]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vtpm", "run"])
+        .args(store)
+        .args(["--server", "tcp:127.0.0.1:0", "--dangerously-allow-tcp"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not open this VMGS"), "{err}");
 }
 
 #[test]

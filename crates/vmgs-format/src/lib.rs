@@ -228,7 +228,7 @@ pub fn crc32(data: &[u8]) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FileId(u8);
 
-/// Names of the known file ids (OpenVMM's, and opencvm's `ATTESTATION_CONFIG`).
+/// Names of the known file ids (OpenVMM's, and opencvm's 32-34).
 const NAMES: &[(u8, &str)] = &[
     (0, "FILE_TABLE"),
     (1, "BIOS_NVRAM"),
@@ -249,6 +249,8 @@ const NAMES: &[(u8, &str)] = &[
     (17, "TPM_NVRAM_BACKUP"),
     (18, "PROVISIONING_MARKER"),
     (32, "ATTESTATION_CONFIG"),
+    (33, "TPM_VOLATILE"),
+    (34, "TPM_SAVESTATE"),
     (63, "EXTENDED_FILE_TABLE"),
 ];
 
@@ -267,6 +269,10 @@ impl FileId {
     pub const GUEST_SECRET_KEY: FileId = FileId(13);
     /// The VM's attestation configuration (opencvm; unassigned in OpenVMM).
     pub const ATTESTATION_CONFIG: FileId = FileId(32);
+    /// The vTPM's volatile state, saved on request (opencvm).
+    pub const TPM_VOLATILE: FileId = FileId(33);
+    /// The vTPM's state saved by `TPM2_Shutdown(SU_STATE)` (opencvm).
+    pub const TPM_SAVESTATE: FileId = FileId(34);
     /// The extended file table (per-file keys).
     pub const EXTENDED_FILE_TABLE: FileId = FileId(63);
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use libtpms::{BufferSizes, Libtpms, StateKind};
 
-use crate::state::{SharedState, StateDir, StateError};
+use crate::state::{SharedState, StateError, StateStore};
 
 /// `TPM_FAIL`, the generic failure code of the control channel.
 pub const TPM_FAIL: u32 = 9;
@@ -112,7 +112,7 @@ fn shutdown_command(kind: u16) -> [u8; 12] {
     c
 }
 
-/// libtpms as the engine, its state in a [`StateDir`].
+/// libtpms as the engine, its state in a [`StateStore`] (a state directory or a VMGS).
 pub struct LibtpmsEngine {
     tpm: Libtpms,
     state: SharedState,
@@ -130,9 +130,9 @@ impl std::fmt::Debug for LibtpmsEngine {
 }
 
 impl LibtpmsEngine {
-    /// Claims libtpms for this process with its state in `dir` (not started yet).
-    pub fn new(dir: StateDir) -> Result<Self, EngineError> {
-        let state = SharedState(std::sync::Arc::new(std::sync::Mutex::new(dir)));
+    /// Claims libtpms for this process with its state in `store` (not started yet).
+    pub fn new(store: Box<dyn StateStore>) -> Result<Self, EngineError> {
+        let state = SharedState(std::sync::Arc::new(std::sync::Mutex::new(store)));
         let tpm = Libtpms::claim(Box::new(state.clone()))?;
         Ok(Self {
             tpm,
@@ -142,7 +142,7 @@ impl LibtpmsEngine {
         })
     }
 
-    /// The state directory.
+    /// The state store.
     pub fn state(&self) -> &SharedState {
         &self.state
     }

@@ -21,10 +21,12 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod tpm;
+pub mod vmgs_state;
 
 pub use engine::{Engine, EngineError, LibtpmsEngine};
 pub use server::{Endpoint, Protocol, Server, ServerConfig};
-pub use state::StateDir;
+pub use state::{StateDir, StateStore};
+pub use vmgs_state::VmgsState;
 
 /// `TPM_RC_FAILURE`: the answer to a command while the TPM is not running.
 pub const TPM_RC_FAILURE: u32 = 0x101;

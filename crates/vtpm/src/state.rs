@@ -89,6 +89,32 @@ pub enum StateError {
         /// What is wrong with it.
         why: String,
     },
+    /// The VMGS file holding the state.
+    #[error("VMGS: {0}")]
+    Vmgs(#[from] vmgs::VmgsError),
+}
+
+/// Where the vTPM keeps its state blobs: a [`StateDir`], or a VMGS file
+/// ([`crate::vmgs_state::VmgsState`]). Every write is durable when it returns.
+pub trait StateStore: Send + std::fmt::Debug {
+    /// The stored blob of `kind`, if any.
+    fn read(&mut self, kind: StateKind) -> Result<Option<Vec<u8>>, StateError>;
+    /// Replaces the blob of `kind`, durably.
+    fn write(&mut self, kind: StateKind, data: &[u8]) -> Result<(), StateError>;
+    /// Deletes the blob of `kind`; `must_exist` asks for an error if there is none.
+    fn remove(&mut self, kind: StateKind, must_exist: bool) -> Result<(), StateError>;
+}
+
+impl StateStore for StateDir {
+    fn read(&mut self, kind: StateKind) -> Result<Option<Vec<u8>>, StateError> {
+        StateDir::read(self, kind)
+    }
+    fn write(&mut self, kind: StateKind, data: &[u8]) -> Result<(), StateError> {
+        StateDir::write(self, kind, data)
+    }
+    fn remove(&mut self, kind: StateKind, must_exist: bool) -> Result<(), StateError> {
+        StateDir::remove(self, kind, must_exist)
+    }
 }
 
 fn kind_code(kind: StateKind) -> u8 {
@@ -661,19 +687,19 @@ impl StateDir {
     }
 }
 
-/// The [`StateDir`] as libtpms's storage, shared with the engine (which also reads and
+/// The state store as libtpms's storage, shared with the engine (which also reads and
 /// writes state blobs for the control channel).
 #[derive(Clone, Debug)]
-pub struct SharedState(pub std::sync::Arc<std::sync::Mutex<StateDir>>);
+pub struct SharedState(pub std::sync::Arc<std::sync::Mutex<Box<dyn StateStore>>>);
 
 impl SharedState {
-    /// Runs `f` on the locked directory.
-    pub fn with<T>(&self, f: impl FnOnce(&mut StateDir) -> T) -> T {
+    /// Runs `f` on the locked store.
+    pub fn with<T>(&self, f: impl FnOnce(&mut dyn StateStore) -> T) -> T {
         let mut g = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut g)
+        f(g.as_mut())
     }
 }
 
