@@ -8,6 +8,7 @@ mod evidence;
 mod keyvault_cmd;
 mod master_key;
 mod snp_cmd;
+mod vmgs_cmd;
 mod vtpm_cmd;
 
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ enum Command {
     /// A VM's TPM 2.0 (libtpms), for QEMU and TPM software.
     #[command(subcommand)]
     Vtpm(vtpm_cmd::VtpmCommand),
+    /// A VM's guest state file (VMGS): create, inspect, read and write its files, rekey.
+    #[command(subcommand)]
+    Vmgs(vmgs_cmd::VmgsCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +57,6 @@ fn main() -> ExitCode {
         Command::Keyvault(cmd) => keyvault_cmd::run(cmd),
         Command::Key(cmd) => keyvault_cmd::run_key(cmd),
         Command::Vtpm(cmd) => vtpm_cmd::run(cmd),
+        Command::Vmgs(cmd) => vmgs_cmd::run(cmd),
     }
 }
