@@ -633,8 +633,11 @@ impl<S: Storage> Vmgs<S> {
         Ok(b)
     }
 
-    /// Opens a formatted VMGS: with `key` for an encrypted one (without, only plaintext
-    /// files can be read and nothing written), checking the newest state completely.
+    /// Opens a formatted VMGS: with `key` for an encrypted one, checking the newest
+    /// state completely. Without a key, an encrypted VMGS opens for reading its
+    /// plaintext files only: their hashes are checked, but nothing authenticates the
+    /// table they are found through (the commit digest needs the key), and nothing can
+    /// be written.
     pub fn open(
         storage: S,
         key: Option<&DatastoreKey>,
@@ -643,6 +646,15 @@ impl<S: Storage> Vmgs<S> {
         let blocks = Self::capacity(&storage)?;
         let slots = Self::read_slots(&storage)?;
         let order = Self::order(&slots, opts.recover)?;
+        // With `recover`, `order` passes over a damaged slot: say so.
+        let mut first_failure: Option<VmgsError> =
+            slots.iter().enumerate().find_map(|(slot, s)| match s {
+                SlotState::Damaged(e) => Some(VmgsError::HeaderDamaged {
+                    slot,
+                    source: e.clone(),
+                }),
+                _ => None,
+            });
         let mut v = Vmgs {
             storage,
             blocks,
@@ -660,7 +672,6 @@ impl<S: Storage> Vmgs<S> {
             keys: None,
             poisoned: false,
         };
-        let mut first_failure: Option<VmgsError> = None;
         for &slot in &order {
             let SlotState::Valid(header) = &slots[slot] else {
                 continue;
