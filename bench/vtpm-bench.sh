@@ -5,6 +5,8 @@
 # bench/tpm_bench.py (Python stdlib; copied from the shared tools, see its header).
 #
 # Usage: bench/vtpm-bench.sh [SECONDS] [ROUNDS]      (after `cargo build --release -p cvm`)
+#   NAMES="swtpm opencvm opencvm-nofsync opencvm-vmgs" picks the emulators (default: the
+#   first three); opencvm-vmgs keeps the state in an encrypted 4 MiB VMGS file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -45,6 +47,11 @@ start() { # start NAME → sets PORT and PID
       taskset -c "$cpu" "$cvm" vtpm run --state "$work/$name" \
         --server tcp:127.0.0.1:"$port" --dangerously-allow-tcp >/dev/null 2>&1 &
       ;;
+    opencvm-vmgs)
+      head -c 32 /dev/urandom >"$work/vmgs.key"
+      taskset -c "$cpu" "$cvm" vtpm run --vmgs "$work/$name/vm.vmgs" --key-file "$work/vmgs.key" \
+        --server tcp:127.0.0.1:"$port" --dangerously-allow-tcp >/dev/null 2>&1 &
+      ;;
     opencvm-nofsync)
       taskset -c "$cpu" "$cvm" vtpm run --state "$work/$name" --unsafe-no-fsync \
         --server tcp:127.0.0.1:"$port" --dangerously-allow-tcp >/dev/null 2>&1 &
@@ -83,7 +90,7 @@ PY
 echo "# $secs s per run, $rounds interleaved rounds, CPU $cpu; $(nproc) CPUs; $(date -u +%FT%TZ)"
 for r in $(seq "$rounds"); do
   for mix in ${MIXES:-getrandom,pcr_extend,pcr_read,nv_read quote nv_write}; do
-    for name in swtpm opencvm opencvm-nofsync; do
+    for name in ${NAMES:-swtpm opencvm opencvm-nofsync}; do
       run "$name" "$mix"
     done
   done
