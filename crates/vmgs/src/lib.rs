@@ -946,13 +946,19 @@ impl<S: Storage> Vmgs<S> {
 
     /// Rotates the datastore key to `new` in two commits: the first wraps a fresh
     /// metadata key under both keys (a crash after it leaves a file either key
-    /// opens), the second drops the old key's slot.
+    /// opens), the second drops the old key's slot. When the file was opened with
+    /// `new` while the old key's slot is still filled (the second commit did not
+    /// happen), only the second commit is made.
     pub fn rekey(&mut self, new: &DatastoreKey) -> Result<(), VmgsError> {
         let keys = self.keys.as_ref().ok_or(VmgsError::KeyRequired("rekey"))?;
+        let in_use = keys.key_slot;
         if constant_time_eq(keys.datastore.bytes(), new.bytes()) {
-            return Err(VmgsError::SameKey);
+            if self.state.header.key_slots[1 - in_use].is_none() {
+                return Err(VmgsError::SameKey);
+            }
+            return self.drop_key_slot(1 - in_use);
         }
-        let old_slot = keys.key_slot;
+        let old_slot = in_use;
         let new_slot = 1 - old_slot;
         let mk = Zeroizing::new(random::<32>()?);
         let mut header = self.state.header.clone();
@@ -966,8 +972,13 @@ impl<S: Storage> Vmgs<S> {
             k.datastore = DatastoreKey::new(*new.bytes());
             k.key_slot = new_slot;
         }
+        self.drop_key_slot(old_slot)
+    }
+
+    /// One commit that empties header key slot `slot`.
+    fn drop_key_slot(&mut self, slot: usize) -> Result<(), VmgsError> {
         let mut header = self.state.header.clone();
-        header.key_slots[old_slot] = None;
+        header.key_slots[slot] = None;
         let table = self.state.table.clone();
         let alloc = self.allocator();
         self.commit_with(table, header, alloc, &[], |_| {})
