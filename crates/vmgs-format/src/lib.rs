@@ -11,6 +11,7 @@
 
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zeroize::Zeroize;
 
 /// Bytes per block; every offset and allocation in the file table counts blocks.
 pub const BLOCK_SIZE: usize = 4096;
@@ -701,8 +702,16 @@ impl ExtendedTable {
         Ok(t)
     }
 
-    /// The plaintext block (the caller encrypts it and zeroizes this buffer).
+    /// The plaintext block (keys included: prefer [`Self::write_block`] into a buffer
+    /// that is zeroized after use).
     pub fn to_block(&self) -> [u8; BLOCK_SIZE] {
+        let mut out = [0u8; BLOCK_SIZE];
+        self.write_block(&mut out);
+        out
+    }
+
+    /// Writes the plaintext block into `out`; the temporary copy is zeroized.
+    pub fn write_block(&self, out: &mut [u8; BLOCK_SIZE]) {
         let mut raw = [RawExtendedEntry::default(); FILE_COUNT];
         for (r, k) in raw.iter_mut().zip(&self.keys) {
             if let Some(k) = k {
@@ -710,9 +719,16 @@ impl ExtendedTable {
                 r.key = *k;
             }
         }
-        let mut out = [0u8; BLOCK_SIZE];
         out.copy_from_slice(raw.as_bytes());
-        out
+        raw.as_mut_bytes().zeroize();
+    }
+}
+
+impl Drop for ExtendedTable {
+    fn drop(&mut self) {
+        for k in self.keys.iter_mut().flatten() {
+            k.zeroize();
+        }
     }
 }
 

@@ -318,21 +318,13 @@ pub struct FileInfo {
     pub encrypted: bool,
 }
 
-/// The unlocked key material of an encrypted VMGS (zeroized on drop).
+/// The unlocked key material of an encrypted VMGS (each part zeroized on drop).
 struct Unlocked {
     metadata_key: Zeroizing<[u8; 32]>,
     ext: ExtendedTable,
     datastore: DatastoreKey,
     /// The header slot the datastore key unwrapped.
     key_slot: usize,
-}
-
-impl Drop for Unlocked {
-    fn drop(&mut self) {
-        for k in self.ext.keys.iter_mut().flatten() {
-            k.zeroize();
-        }
-    }
 }
 
 /// The state one header describes.
@@ -1034,7 +1026,9 @@ impl<S: Storage> Vmgs<S> {
             edit_ext(&mut ext);
             let mk = new_mk.unwrap_or_else(|| Zeroizing::new(*keys.metadata_key));
             let ext_block = alloc.take(1)?;
-            let mut plain = Zeroizing::new(ext.to_block().to_vec());
+            let mut block = Zeroizing::new([0u8; BLOCK_SIZE]);
+            ext.write_block(&mut block);
+            let mut plain = Zeroizing::new(block.to_vec());
             let (nonce, tag) = seal(&mk, AAD_EXTENDED_TABLE, &mut plain)?;
             let cipher = plain.to_vec();
             table.files[usize::from(FileId::EXTENDED_FILE_TABLE.get())] = Some(FileEntry {
@@ -1087,9 +1081,6 @@ impl<S: Storage> Vmgs<S> {
         self.slot = target;
         self.state = State { header, table };
         if let (Some(keys), Some((ext, mk))) = (self.keys.as_mut(), new_ext) {
-            for k in keys.ext.keys.iter_mut().flatten() {
-                k.zeroize();
-            }
             keys.ext = ext;
             keys.metadata_key = mk;
         }
