@@ -890,7 +890,16 @@ impl<S: Storage> Vmgs<S> {
         let mut table = self.state.table.clone();
         let mut alloc = self.allocator();
         let need = blocks_for(data.len() as u64);
-        let offset = alloc.take(need)?;
+        // The file table, the extended table and the data in one run when there is
+        // one, so the commit is one write before the header's.
+        let meta = 1 + u64::from(self.is_encrypted());
+        let offset = match alloc.take(need + meta) {
+            Ok(start) => {
+                alloc.meta = Some(start);
+                start + meta as u32
+            }
+            Err(_) => alloc.take(need)?,
+        };
         let mut buf = data.to_vec();
         buf.resize((need as usize) * BLOCK_SIZE, 0);
         let mut buf = Zeroizing::new(buf);
@@ -997,7 +1006,9 @@ impl<S: Storage> Vmgs<S> {
     }
 
     /// One commit: `writes` (already in blocks `alloc` handed out), a new extended
-    /// table (with `edit_ext` applied; under `new_mk` if given), the new file table,
+    /// table (with `edit_ext` applied; under `new_mk` if given) and the new file table
+    /// (in the blocks `alloc` reserved for them, else where it finds room), each run
+    /// of adjacent blocks in one write,
     /// then the header in the slot not in use, then one flush.
     fn commit_full(
         &mut self,
@@ -1014,7 +1025,7 @@ impl<S: Storage> Vmgs<S> {
         if self.is_encrypted() && self.keys.is_none() {
             return Err(VmgsError::KeyRequired("writing"));
         }
-        let table_block = alloc.take(1)?;
+        let table_block = alloc.take_meta(0)?;
         header.sequence = self.state.header.sequence.wrapping_add(1);
         header.file_table_offset = table_block;
         let mut new_ext = None;
@@ -1025,7 +1036,7 @@ impl<S: Storage> Vmgs<S> {
             };
             edit_ext(&mut ext);
             let mk = new_mk.unwrap_or_else(|| Zeroizing::new(*keys.metadata_key));
-            let ext_block = alloc.take(1)?;
+            let ext_block = alloc.take_meta(1)?;
             let mut block = Zeroizing::new([0u8; BLOCK_SIZE]);
             ext.write_block(&mut block);
             let mut plain = Zeroizing::new(block.to_vec());
@@ -1052,20 +1063,29 @@ impl<S: Storage> Vmgs<S> {
         table.commit_digest = digest;
         let table_bytes = table.to_block(table_block, &digest);
         // Data, extended table, file table: all in blocks the current state does not
-        // use, so a failure here leaves the current state intact.
-        for (block, bytes) in writes {
-            self.storage
-                .write_at(bytes, u64::from(*block) * BLOCK_SIZE as u64)
-                .map_err(Self::io(format!("writing blocks from {block}")))?;
-        }
+        // use, so a failure here leaves the current state intact. Adjacent pieces go
+        // out in one write.
+        let mut pieces: Vec<(u32, &[u8])> = writes.to_vec();
         if let Some((block, c)) = &ext_write {
-            self.storage
-                .write_at(c, u64::from(*block) * BLOCK_SIZE as u64)
-                .map_err(Self::io("writing the extended file table"))?;
+            pieces.push((*block, c.as_slice()));
         }
-        self.storage
-            .write_at(&table_bytes, u64::from(table_block) * BLOCK_SIZE as u64)
-            .map_err(Self::io("writing the file table"))?;
+        pieces.push((table_block, &table_bytes));
+        pieces.sort_by_key(|p| p.0);
+        let mut i = 0;
+        while i < pieces.len() {
+            let start = pieces[i].0;
+            let mut run = Zeroizing::new(pieces[i].1.to_vec());
+            let mut next = u64::from(start) + blocks_for(pieces[i].1.len() as u64);
+            i += 1;
+            while i < pieces.len() && u64::from(pieces[i].0) == next {
+                run.extend_from_slice(pieces[i].1);
+                next += blocks_for(pieces[i].1.len() as u64);
+                i += 1;
+            }
+            self.storage
+                .write_at(&run, u64::from(start) * BLOCK_SIZE as u64)
+                .map_err(Self::io(format!("writing blocks from {start}")))?;
+        }
         // The header, last, in one write of its whole sector.
         let target = 1 - self.slot;
         let mut sector = vec![0u8; BLOCK_SIZE];
@@ -1201,12 +1221,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 struct Allocator {
     /// Free runs: (first block, length).
     free: Vec<(u32, u64)>,
+    /// Blocks reserved for the file table and the extended table (in that order),
+    /// next to the data they describe.
+    meta: Option<u32>,
 }
 
 impl Allocator {
     fn empty(blocks: u32) -> Self {
         Allocator {
             free: vec![(MIN_FILE_BLOCK, u64::from(blocks - MIN_FILE_BLOCK))],
+            meta: None,
         }
     }
 
@@ -1232,7 +1256,16 @@ impl Allocator {
         if u64::from(blocks) > at {
             free.push((at as u32, u64::from(blocks) - at));
         }
-        Allocator { free }
+        Allocator { free, meta: None }
+    }
+
+    /// Block `i` of the reserved metadata run (0 the file table, 1 the extended
+    /// table), or a free block when none was reserved.
+    fn take_meta(&mut self, i: u32) -> Result<u32, VmgsError> {
+        match self.meta {
+            Some(b) => Ok(b + i),
+            None => self.take(1),
+        }
     }
 
     fn take(&mut self, n: u64) -> Result<u32, VmgsError> {

@@ -363,9 +363,11 @@ fn every_commit_failed_at_every_step_leaves_the_old_or_the_new_state() {
     for s in scenarios() {
         run(&s, &mut tally);
     }
-    // 11 scenarios; the exact counts are printed for the record.
+    // 11 scenarios, each commit at least a data write, a header write and a flush
+    // (adjacent blocks go out in one write); the exact counts are printed for the
+    // record.
     eprintln!("{tally:?} in {:?}", t.elapsed());
-    assert!(tally.failures >= 40, "{tally:?}");
+    assert!(tally.failures >= 33, "{tally:?}");
 }
 
 /// The format commit itself: a failure at any step leaves a file that is refused
