@@ -900,16 +900,18 @@ impl<S: Storage> Vmgs<S> {
             }
             Err(_) => alloc.take(need)?,
         };
+        // Encrypted in place: after `seal` the buffer holds only ciphertext (or the
+        // caller's plaintext file), so it is not zeroized, except when sealing fails.
         let mut buf = data.to_vec();
         buf.resize((need as usize) * BLOCK_SIZE, 0);
-        let mut buf = Zeroizing::new(buf);
         let (nonce, tag, key) = if encrypt {
             let key = Zeroizing::new(random::<32>()?);
-            let (n, t) = seal(
+            let sealed = seal(
                 &key,
                 &file_aad(id, data.len() as u64),
                 &mut buf[..data.len()],
-            )?;
+            );
+            let (n, t) = sealed.inspect_err(|_| buf.zeroize())?;
             (n, t, Some(key))
         } else {
             ([0; 12], hash_prefix(data), None)
@@ -1074,7 +1076,8 @@ impl<S: Storage> Vmgs<S> {
         let mut i = 0;
         while i < pieces.len() {
             let start = pieces[i].0;
-            let mut run = Zeroizing::new(pieces[i].1.to_vec());
+            // Ciphertext, tables and plaintext files only: nothing to zeroize.
+            let mut run = pieces[i].1.to_vec();
             let mut next = u64::from(start) + blocks_for(pieces[i].1.len() as u64);
             i += 1;
             while i < pieces.len() && u64::from(pieces[i].0) == next {
