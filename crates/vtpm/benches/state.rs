@@ -24,7 +24,9 @@ fn bench(c: &mut Criterion) {
             n = n.wrapping_add(1);
             let mut s = state.clone();
             s[0] = n;
-            slots.write(StateKind::Permanent, black_box(&s)).expect("write");
+            slots
+                .write(StateKind::Permanent, black_box(&s))
+                .expect("write");
         })
     });
 
@@ -35,7 +37,8 @@ fn bench(c: &mut Criterion) {
             n = n.wrapping_add(1);
             let mut s = state.clone();
             s[0] = n;
-            vmgs.write(StateKind::Permanent, black_box(&s)).expect("write");
+            vmgs.write(StateKind::Permanent, black_box(&s))
+                .expect("write");
         })
     });
     drop(vmgs);
