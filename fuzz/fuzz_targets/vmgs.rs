@@ -121,9 +121,9 @@ fn open_and_use(image: &[u8]) {
     }
 }
 
-/// The image with, in each header slot that holds a header-like record: an
-/// unencrypted state's plaintext-file hashes and commit digest recomputed, then the
-/// header's CRC.
+/// The image with, in each header slot that holds a header-like record: the
+/// plaintext-file hashes and the table check recomputed (and an unencrypted state's
+/// commit digest), then the header's CRC.
 fn fix_up(image: &[u8]) -> Vec<u8> {
     let mut out = image.to_vec();
     let capacity = (out.len() / BLOCK_SIZE) as u32;
@@ -136,7 +136,7 @@ fn fix_up(image: &[u8]) -> Vec<u8> {
         }
         let encryption = u16::from_le_bytes([h[32], h[33]]);
         let table_block = u32_at(&h, 24);
-        if encryption == 0 && table_block < capacity {
+        if table_block < capacity {
             let tb = table_block as usize * BLOCK_SIZE;
             if let Ok(mut t) = FileTable::parse(&out[tb..tb + BLOCK_SIZE], table_block, capacity) {
                 for e in t.files.iter_mut().flatten() {
@@ -146,12 +146,20 @@ fn fix_up(image: &[u8]) -> Vec<u8> {
                         e.tag.copy_from_slice(&d.as_ref()[..16]);
                     }
                 }
+                // The table check (both kinds; the first 16 bytes of the SHA-256 of
+                // the header and the table with digest and check zeroed) and, when
+                // unencrypted, the digest (that whole SHA-256).
                 let mut hz = h;
                 hz[12..16].fill(0);
+                t.table_check = [0; 16];
                 let mut ctx = digest::Context::new(&digest::SHA256);
                 ctx.update(&hz);
                 ctx.update(&t.to_block(table_block, &[0; 32]));
-                t.commit_digest.copy_from_slice(ctx.finish().as_ref());
+                let d = ctx.finish();
+                t.table_check.copy_from_slice(&d.as_ref()[..16]);
+                if encryption == 0 {
+                    t.commit_digest.copy_from_slice(d.as_ref());
+                }
                 out[tb..tb + BLOCK_SIZE]
                     .copy_from_slice(&t.to_block(table_block, &t.commit_digest));
             }

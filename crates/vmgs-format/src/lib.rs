@@ -519,6 +519,9 @@ pub struct FileTable {
     pub files: [Option<FileEntry>; FILE_COUNT],
     /// The commit digest kept in entry 0's nonce, tag and attribute bytes.
     pub commit_digest: [u8; 32],
+    /// A keyless check of the header and this table (an opencvm addition in entry 0's
+    /// reserved bytes), so a torn commit is found even without the key.
+    pub table_check: [u8; 16],
 }
 
 impl Default for FileTable {
@@ -526,6 +529,7 @@ impl Default for FileTable {
         FileTable {
             files: [None; FILE_COUNT],
             commit_digest: [0; 32],
+            table_check: [0; 16],
         }
     }
 }
@@ -552,7 +556,6 @@ impl FileTable {
         if own.offset.get() != own_offset
             || own.allocation_size.get() != 1
             || own.valid_data_size.get() != BLOCK_SIZE as u64
-            || own.reserved != [0; 16]
         {
             return Err(FormatError::Field {
                 field: "file table entry 0",
@@ -562,6 +565,7 @@ impl FileTable {
         table.commit_digest[..12].copy_from_slice(&own.nonce);
         table.commit_digest[12..28].copy_from_slice(&own.tag);
         table.commit_digest[28..].copy_from_slice(own.attributes.as_bytes());
+        table.table_check = own.reserved;
         let mut extents: Vec<(u32, u64, u8)> = vec![(own_offset, u64::from(own_offset) + 1, 0)];
         for (i, e) in raw.iter().enumerate().skip(1) {
             let id = i as u8;
@@ -631,6 +635,7 @@ impl FileTable {
         let mut attr = [0u8; 4];
         attr.copy_from_slice(&digest[28..]);
         raw[0].attributes = U32::from_bytes(attr);
+        raw[0].reserved = self.table_check;
         for (r, e) in raw.iter_mut().zip(&self.files).skip(1) {
             if let Some(e) = e {
                 *r = RawFileEntry {

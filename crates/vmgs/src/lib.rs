@@ -44,6 +44,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 pub use vmgs_format;
 
+pub mod key_protector;
+
 /// The default size of a new file: 4 MiB.
 pub const DEFAULT_SIZE: u64 = 4 << 20;
 
@@ -148,6 +150,11 @@ pub enum VmgsError {
         /// What is wrong.
         source: FormatError,
     },
+    /// The header and file table do not match the table's keyless check.
+    #[error(
+        "the file table at block {0} does not match its check: a torn commit, or the header or table was altered"
+    )]
+    TableCheck(u32),
     /// The commit digest does not cover what is on disk.
     #[error(
         "the commit digest does not match the header and tables (altered, or from another file)"
@@ -211,6 +218,9 @@ pub enum VmgsError {
     /// Another process has the file open.
     #[error("{0}: the VMGS is in use by another process")]
     Locked(String),
+    /// The key protector file is not one this build reads.
+    #[error("the key protector: {0}")]
+    KeyProtector(String),
 }
 
 impl VmgsError {
@@ -224,10 +234,12 @@ impl VmgsError {
                 | VmgsError::OutOfSequence(..)
                 | VmgsError::State { .. }
                 | VmgsError::Table { .. }
+                | VmgsError::TableCheck(_)
                 | VmgsError::Digest
                 | VmgsError::FileData { .. }
                 | VmgsError::ExtendedTable { .. }
                 | VmgsError::WrongKey
+                | VmgsError::KeyProtector(_)
         )
     }
 }
@@ -413,6 +425,30 @@ fn hash_prefix(data: &[u8]) -> [u8; 16] {
     t
 }
 
+/// The bytes the commit digest and the table check cover: the header (checksum
+/// zeroed) and the table block (digest and check zeroed).
+fn covered(header: &Header, table: &FileTable) -> ([u8; HEADER_SIZE], [u8; BLOCK_SIZE]) {
+    let mut h = header.to_bytes();
+    h[12..16].fill(0);
+    let mut t = table.to_block(header.file_table_offset, &[0; 32]);
+    // Entry 0's reserved bytes: the table check.
+    t[48..64].fill(0);
+    (h, t)
+}
+
+/// The keyless table check: the first 16 bytes of the SHA-256 of what
+/// [`covered`] gives. It finds a torn commit or a damaged table without the key;
+/// the commit digest authenticates the same bytes with it.
+fn table_check(header: &Header, table: &FileTable) -> [u8; 16] {
+    let (h, t) = covered(header, table);
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&h);
+    ctx.update(&t);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    out
+}
+
 /// The commit digest over a header, its table block (digest zeroed) and the
 /// encrypted extended table block.
 fn commit_digest(
@@ -421,9 +457,7 @@ fn commit_digest(
     table: &FileTable,
     ext_ciphertext: Option<&[u8]>,
 ) -> [u8; 32] {
-    let mut h = header.to_bytes();
-    h[12..16].fill(0);
-    let t = table.to_block(header.file_table_offset, &[0; 32]);
+    let (h, t) = covered(header, table);
     let mut out = [0u8; 32];
     match metadata_key {
         Some(mk) => {
@@ -709,6 +743,9 @@ impl<S: Storage> Vmgs<S> {
         key: Option<&DatastoreKey>,
     ) -> Result<(), VmgsError> {
         let table = Self::read_table(&self.storage, &header, self.blocks)?;
+        if table_check(&header, &table) != table.table_check {
+            return Err(VmgsError::TableCheck(header.file_table_offset));
+        }
         let keys = match (header.encryption, key) {
             (Encryption::None, Some(_)) => return Err(VmgsError::NotEncrypted),
             (Encryption::None, None) | (Encryption::Aes256Gcm, None) => None,
@@ -830,6 +867,29 @@ impl<S: Storage> Vmgs<S> {
     /// The storage (for tests and benchmarks).
     pub fn storage(&self) -> &S {
         &self.storage
+    }
+
+    /// Unlocks a VMGS opened without a key: checks the state in use again, completely,
+    /// with `key` (the commit digest, the extended table, every file).
+    pub fn unlock(&mut self, key: &DatastoreKey) -> Result<(), VmgsError> {
+        if self.poisoned {
+            return Err(VmgsError::Poisoned);
+        }
+        if self.keys.is_some() {
+            return Ok(());
+        }
+        let header = self.state.header.clone();
+        let slot = self.slot;
+        self.load(slot, header, Some(key))
+            .map_err(|e| match e {
+                e @ (VmgsError::WrongKey | VmgsError::NotEncrypted) => e,
+                e => VmgsError::State {
+                    slot,
+                    sequence: self.state.header.sequence,
+                    source: Box::new(e),
+                },
+            })
+            .inspect_err(|_| self.keys = None)
     }
 
     fn read_checked(&self, id: FileId) -> Result<Zeroizing<Vec<u8>>, VmgsError> {
@@ -1063,6 +1123,7 @@ impl<S: Storage> Vmgs<S> {
             ext_write.as_ref().map(|(_, c)| c.as_slice()),
         );
         table.commit_digest = digest;
+        table.table_check = table_check(&header, &table);
         let table_bytes = table.to_block(table_block, &digest);
         // Data, extended table, file table: all in blocks the current state does not
         // use, so a failure here leaves the current state intact. Adjacent pieces go

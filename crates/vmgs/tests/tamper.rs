@@ -118,7 +118,10 @@ fn state_of(slot: usize, source: impl Fn(&VmgsError) -> bool) -> impl Fn(&VmgsEr
 fn table_refused(e: &VmgsError) -> bool {
     matches!(
         e,
-        VmgsError::Table { .. } | VmgsError::Digest | VmgsError::ExtendedTable { .. }
+        VmgsError::Table { .. }
+            | VmgsError::TableCheck(_)
+            | VmgsError::Digest
+            | VmgsError::ExtendedTable { .. }
     )
 }
 
@@ -644,7 +647,10 @@ fn unencrypted_flips_are_detected() {
     }
     let at = header(&image, active).file_table_offset as usize * BLOCK_SIZE;
     let check = state_of(active, |e| {
-        matches!(e, VmgsError::Table { .. } | VmgsError::Digest)
+        matches!(
+            e,
+            VmgsError::Table { .. } | VmgsError::TableCheck(_) | VmgsError::Digest
+        )
     });
     flip_each(&mut image, at, 0..BLOCK_SIZE * 8, None, "table", check);
     let mut data_flips = 0;
@@ -679,10 +685,14 @@ fn sequence_numbers_wrap_at_u32_max() {
     h.sequence = u32::MAX - 1;
     let mut hb = h.to_bytes();
     hb[12..16].fill(0);
+    // Unencrypted: the digest is the SHA-256 of the header and the table with digest
+    // and check zeroed, and the check is its first 16 bytes.
+    t.table_check = [0; 16];
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&hb);
     ctx.update(&t.to_block(h.file_table_offset, &[0; 32]));
     t.commit_digest.copy_from_slice(ctx.finish().as_ref());
+    t.table_check.copy_from_slice(&t.commit_digest[..16]);
     let at = h.file_table_offset as usize * BLOCK_SIZE;
     image[at..at + BLOCK_SIZE].copy_from_slice(&t.to_block(h.file_table_offset, &t.commit_digest));
     let at = header_offset(active) as usize;
