@@ -37,11 +37,16 @@ pub struct RunArgs {
     state: Option<PathBuf>,
     /// Keep the state in this VM's VMGS file instead (encrypted; created, 4 MiB, when
     /// missing; locked while running): the permanent state in TPM_NVRAM.
-    #[arg(long, requires = "key_file")]
+    #[arg(long)]
     vmgs: Option<PathBuf>,
     /// The VMGS's datastore key: a file of exactly 32 bytes.
-    #[arg(long, requires = "vmgs")]
+    #[arg(long, requires = "vmgs", conflicts_with = "kek_file")]
     key_file: Option<PathBuf>,
+    /// Or: the key-encryption key (32 bytes) of the VMGS's key protector, which holds
+    /// the datastore key; each start rotates the datastore key. (The key vault is to
+    /// release this key after attestation; for now it is a file.)
+    #[arg(long, requires = "vmgs")]
+    kek_file: Option<PathBuf>,
     /// Data channel (swtpm) or command port (mssim): unix:PATH (its directory is
     /// created 0700, or must be this user's with mode 0700; only this user or root may
     /// connect) or, with --dangerously-allow-tcp, tcp:HOST:PORT (loopback only; port 0
@@ -145,10 +150,20 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     let given = a.vm_id.as_deref();
     let (store, vm_id): (Box<dyn vtpm::StateStore>, String) = match (&a.state, &a.vmgs, &a.key_file)
     {
-        (_, Some(path), Some(key)) => {
-            let key = vtpm::vmgs_state::DatastoreKey::from_file(key)?;
-            let (mut store, created) = vtpm::VmgsState::open_or_create(path, &key)
-                .with_context(|| format!("opening the VMGS {}", path.display()))?;
+        (_, Some(path), key_file) => {
+            let opened = match (key_file, &a.kek_file) {
+                (Some(key), _) => {
+                    let key = vtpm::vmgs_state::DatastoreKey::from_file(key)?;
+                    vtpm::VmgsState::open_or_create(path, &key)
+                }
+                (None, Some(kek)) => {
+                    let kek = read_kek(kek)?;
+                    vtpm::VmgsState::open_or_create_protected(path, &kek)
+                }
+                (None, None) => anyhow::bail!("--vmgs needs --key-file or --kek-file"),
+            };
+            let (mut store, created) =
+                opened.with_context(|| format!("opening the VMGS {}", path.display()))?;
             if created {
                 eprintln!("vtpm: created the VMGS {}", path.display());
             }
@@ -244,6 +259,20 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     }
     server.wait();
     Ok(())
+}
+
+/// A 32-byte key-encryption key from `path`.
+fn read_kek(path: &std::path::Path) -> Result<vtpm::vmgs_state::Kek> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let k: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "{}: a key-encryption key is exactly 32 bytes",
+            path.display()
+        )
+    })?;
+    Ok(vtpm::vmgs_state::Kek::new(k))
 }
 
 /// Whether `s` is a UUID in its 8-4-4-4-12 hex form.

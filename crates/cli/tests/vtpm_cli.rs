@@ -483,6 +483,90 @@ fn tpm2_tools_suite_with_the_state_in_a_vmgs_survives_a_restart_and_needs_its_ke
     assert!(err.contains("does not open this VMGS"), "{err}");
 }
 
+/// The VMGS opened through its key protector with a key-encryption key: an NV index
+/// survives two restarts, every start rotates the datastore key (the key protector,
+/// a plaintext file of the VMGS, changes), and another KEK does not open the file.
+#[test]
+fn with_a_kek_each_start_rotates_the_vmgs_datastore_key_and_keeps_the_state() {
+    let (t, _state, work) = workdir();
+    let vmgs = t.path().join("vm.vmgs");
+    let kek = t.path().join("vmgs.kek");
+    std::fs::write(&kek, [0x24u8; 32]).unwrap();
+    let store = [
+        std::ffi::OsStr::new("--vmgs"),
+        vmgs.as_os_str(),
+        std::ffi::OsStr::new("--kek-file"),
+        kek.as_os_str(),
+    ];
+    let key_protector = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
+            .args(["vmgs", "read"])
+            .arg(&vmgs)
+            .args(["--file-id", "KEY_PROTECTOR", "--out", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout.len(), 2060);
+        out.stdout
+    };
+    let stop = |vt: Vt| {
+        let mut vt = vt;
+        ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
+        assert!(vt.child.0.wait().unwrap().success());
+    };
+    let nv: Vec<u8> = (0..32u8).map(|i| i ^ 0x3c).collect();
+    std::fs::write(work.join("nv.in"), &nv).unwrap();
+    let vt = start_in(&store, "swtpm", &[]);
+    let tcti = vt.tcti("swtpm");
+    let t1 = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
+    t1(&["tpm2_startup", "-c"]);
+    t1(&[
+        "tpm2_nvdefine",
+        "0x1500020",
+        "-C",
+        "o",
+        "-s",
+        "32",
+        "-a",
+        "ownerread|ownerwrite|authread|authwrite",
+    ]);
+    t1(&["tpm2_nvwrite", "0x1500020", "-C", "o", "-i", "nv.in"]);
+    stop(vt);
+    let mut seen = vec![key_protector()];
+    for _ in 0..2 {
+        let vt = start_in(&store, "swtpm", &[]);
+        let tcti = vt.tcti("swtpm");
+        ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+        let read = ok(
+            tpm(
+                &tcti,
+                &work,
+                &["tpm2_nvread", "0x1500020", "-C", "o", "-s", "32"],
+            ),
+            "nvread",
+        );
+        assert_eq!(read.stdout, nv);
+        stop(vt);
+        seen.push(key_protector());
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "a start did not rotate the datastore key");
+    std::fs::write(&kek, [0x25u8; 32]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vtpm", "run"])
+        .args(store)
+        .args(["--server", "tcp:127.0.0.1:0", "--dangerously-allow-tcp"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not open this VMGS"), "{err}");
+}
+
 #[test]
 fn tpm2_tools_suite_through_the_mssim_tcti_survives_kill_9() {
     let (_t, state, work) = workdir();

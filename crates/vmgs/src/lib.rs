@@ -1179,6 +1179,26 @@ impl Vmgs<File> {
         size: u64,
         key: Option<&DatastoreKey>,
     ) -> Result<Self, VmgsError> {
+        Self::create_with(path, size, |file| Vmgs::format(file, key))
+    }
+
+    /// Creates `path` like [`Vmgs::create_file`], encrypted under a fresh datastore
+    /// key kept in its key protector under `kek`.
+    pub fn create_file_protected(
+        path: &Path,
+        size: u64,
+        kek: &key_protector::Kek,
+    ) -> Result<Self, VmgsError> {
+        Self::create_with(path, size, |file| Vmgs::format_protected(file, kek))
+    }
+
+    /// Creates, locks and writes through a new file of `size` bytes, formats it with
+    /// `format`, and makes its directory entry durable.
+    fn create_with(
+        path: &Path,
+        size: u64,
+        format: impl FnOnce(File) -> Result<Self, VmgsError>,
+    ) -> Result<Self, VmgsError> {
         blocks_of(size)?;
         let what = || path.display().to_string();
         let file = std::fs::OpenOptions::new()
@@ -1201,7 +1221,7 @@ impl Vmgs<File> {
             at += n as u64;
         }
         file.sync_all().map_err(Self::io(what()))?;
-        let v = Vmgs::format(file, key)?;
+        let v = format(file)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -1210,12 +1230,28 @@ impl Vmgs<File> {
         Ok(v)
     }
 
+    /// Opens `path` with its key protector and `kek`, rotating the datastore key
+    /// ([`Vmgs::open_protected`]), locked against other processes.
+    pub fn open_file_protected(
+        path: &Path,
+        kek: &key_protector::Kek,
+        opts: OpenOptions,
+    ) -> Result<(Self, Opened), VmgsError> {
+        Vmgs::open_protected(Self::locked_file(path)?, kek, opts)
+    }
+
     /// Opens `path` for reading and writing, locked against other processes.
     pub fn open_file(
         path: &Path,
         key: Option<&DatastoreKey>,
         opts: OpenOptions,
     ) -> Result<(Self, Opened), VmgsError> {
+        Vmgs::open(Self::locked_file(path)?, key, opts)
+    }
+
+    /// `path` opened for reading and writing (never through a symbolic link) and
+    /// locked.
+    fn locked_file(path: &Path) -> Result<File, VmgsError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -1223,7 +1259,7 @@ impl Vmgs<File> {
             .open(path)
             .map_err(Self::io(path.display().to_string()))?;
         lock(&file, path)?;
-        Vmgs::open(file, key, opts)
+        Ok(file)
     }
 
     /// [`Vmgs::inspect`] of `path` (opened read-only, not locked).

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use libtpms::StateKind;
+pub use vmgs::key_protector::Kek;
 pub use vmgs::vmgs_format::FileId;
 pub use vmgs::{DatastoreKey, VmgsError};
 use vmgs::{OpenOptions, Vmgs};
@@ -46,6 +47,20 @@ impl VmgsState {
             }
             Err(VmgsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 let vmgs = Vmgs::create_file(path, vmgs::DEFAULT_SIZE, Some(key))?;
+                Ok((VmgsState { vmgs }, true))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the VMGS at `path` through its key protector with `kek`, which rotates
+    /// its datastore key, or creates it (4 MiB, a fresh datastore key wrapped by
+    /// `kek`) when there is no file; the second value tells whether it was created.
+    pub fn open_or_create_protected(path: &Path, kek: &Kek) -> Result<(Self, bool), StateError> {
+        match Vmgs::open_file_protected(path, kek, OpenOptions::default()) {
+            Ok((vmgs, _)) => Ok((VmgsState { vmgs }, false)),
+            Err(VmgsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let vmgs = Vmgs::create_file_protected(path, vmgs::DEFAULT_SIZE, kek)?;
                 Ok((VmgsState { vmgs }, true))
             }
             Err(e) => Err(e.into()),
