@@ -104,6 +104,12 @@ impl Vt {
         format!("{protocol}:host={},port={}", self.host, self.port)
     }
 
+    /// An orderly end (CMD_SHUTDOWN): the process exits by itself, successfully.
+    fn shut_down(mut self) {
+        ok(self.ioctl(&["-s"]), "swtpm_ioctl -s");
+        assert!(self.child.0.wait().unwrap().success());
+    }
+
     fn ioctl(&self, args: &[&str]) -> Output {
         Command::new("swtpm_ioctl")
             .args(["--tcp", &format!("{}:{}", self.host, self.ctrl_port)])
@@ -377,13 +383,33 @@ fn tpm2_tools_suite_through_the_swtpm_tcti_survives_a_restart() {
     let vt = start(&state, "swtpm");
     let tcti = vt.tcti("swtpm");
     let nv = suite(&tcti, &work);
-    // An orderly end (CMD_SHUTDOWN): the process exits by itself.
-    let mut vt = vt;
-    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-    let status = vt.child.0.wait().unwrap();
-    assert!(status.success());
+    vt.shut_down();
     let vt = start(&state, "swtpm");
     after_restart(&vt.tcti("swtpm"), &work, &nv);
+}
+
+/// `--vmgs VMGS FLAG KEY`: the state in a VMGS, opened with a key file
+/// (`--key-file`) or through its key protector (`--kek-file`).
+fn vmgs_store<'a>(vmgs: &'a Path, flag: &'static str, key: &'a Path) -> [&'a std::ffi::OsStr; 4] {
+    [
+        std::ffi::OsStr::new("--vmgs"),
+        vmgs.as_os_str(),
+        std::ffi::OsStr::new(flag),
+        key.as_os_str(),
+    ]
+}
+
+/// `cvm vtpm run` with the state `store` does not start, saying `why`.
+fn refused_start(store: &[&std::ffi::OsStr], why: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vtpm", "run"])
+        .args(store)
+        .args(["--server", "tcp:127.0.0.1:0", "--dangerously-allow-tcp"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(why), "{err}");
 }
 
 /// The state in an encrypted VMGS instead of a directory: the EK, the NV index, the
@@ -395,19 +421,12 @@ fn tpm2_tools_suite_with_the_state_in_a_vmgs_survives_a_restart_and_needs_its_ke
     let vmgs = t.path().join("vm.vmgs");
     let key = t.path().join("vmgs.key");
     std::fs::write(&key, [0x42u8; 32]).unwrap();
-    let store = [
-        std::ffi::OsStr::new("--vmgs"),
-        vmgs.as_os_str(),
-        std::ffi::OsStr::new("--key-file"),
-        key.as_os_str(),
-    ];
+    let store = vmgs_store(&vmgs, "--key-file", &key);
     let vt = start_in(&store, "swtpm", &[]);
     let tcti = vt.tcti("swtpm");
     let nv = suite(&tcti, &work);
     let ek_before = std::fs::read(work.join("ek.pub")).unwrap();
-    let mut vt = vt;
-    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-    assert!(vt.child.0.wait().unwrap().success());
+    vt.shut_down();
     assert!(
         !std::fs::read(&vmgs)
             .unwrap()
@@ -472,15 +491,7 @@ fn tpm2_tools_suite_with_the_state_in_a_vmgs_survives_a_restart_and_needs_its_ke
 
     // Another key does not open it.
     std::fs::write(&key, [0x43u8; 32]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(["vtpm", "run"])
-        .args(store)
-        .args(["--server", "tcp:127.0.0.1:0", "--dangerously-allow-tcp"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not open this VMGS"), "{err}");
+    refused_start(&store, "does not open this VMGS");
 }
 
 /// The VMGS opened through its key protector with a key-encryption key: an NV index
@@ -492,12 +503,7 @@ fn with_a_kek_each_start_rotates_the_vmgs_datastore_key_and_keeps_the_state() {
     let vmgs = t.path().join("vm.vmgs");
     let kek = t.path().join("vmgs.kek");
     std::fs::write(&kek, [0x24u8; 32]).unwrap();
-    let store = [
-        std::ffi::OsStr::new("--vmgs"),
-        vmgs.as_os_str(),
-        std::ffi::OsStr::new("--kek-file"),
-        kek.as_os_str(),
-    ];
+    let store = vmgs_store(&vmgs, "--kek-file", &kek);
     let key_protector = || {
         let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
             .args(["vmgs", "read"])
@@ -512,11 +518,6 @@ fn with_a_kek_each_start_rotates_the_vmgs_datastore_key_and_keeps_the_state() {
         );
         assert_eq!(out.stdout.len(), 2060);
         out.stdout
-    };
-    let stop = |vt: Vt| {
-        let mut vt = vt;
-        ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-        assert!(vt.child.0.wait().unwrap().success());
     };
     let nv: Vec<u8> = (0..32u8).map(|i| i ^ 0x3c).collect();
     std::fs::write(work.join("nv.in"), &nv).unwrap();
@@ -535,7 +536,7 @@ fn with_a_kek_each_start_rotates_the_vmgs_datastore_key_and_keeps_the_state() {
         "ownerread|ownerwrite|authread|authwrite",
     ]);
     t1(&["tpm2_nvwrite", "0x1500020", "-C", "o", "-i", "nv.in"]);
-    stop(vt);
+    vt.shut_down();
     let mut seen = vec![key_protector()];
     for _ in 0..2 {
         let vt = start_in(&store, "swtpm", &[]);
@@ -550,21 +551,13 @@ fn with_a_kek_each_start_rotates_the_vmgs_datastore_key_and_keeps_the_state() {
             "nvread",
         );
         assert_eq!(read.stdout, nv);
-        stop(vt);
+        vt.shut_down();
         seen.push(key_protector());
     }
     seen.dedup();
     assert_eq!(seen.len(), 3, "a start did not rotate the datastore key");
     std::fs::write(&kek, [0x25u8; 32]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(["vtpm", "run"])
-        .args(store)
-        .args(["--server", "tcp:127.0.0.1:0", "--dangerously-allow-tcp"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not open this VMGS"), "{err}");
+    refused_start(&store, "does not open this VMGS");
 }
 
 #[test]
@@ -1436,15 +1429,14 @@ fn snp_report_data(hcl: &[u8]) -> Vec<u8> {
 /// (`CMD_SHUTDOWN`: the volatile state, PCRs included, is saved for the next start);
 /// returns PCR 16.
 fn extend_pcr16_and_shut_down(state: &Path, work: &Path) -> Vec<u8> {
-    let mut vt = start(state, "swtpm");
+    let vt = start(state, "swtpm");
     let tcti = vt.tcti("swtpm");
     ok(tpm(&tcti, work, &["tpm2_startup", "-c"]), "startup");
     let d = format!("16:sha256={}", hex::encode([7u8; 32]));
     ok(tpm(&tcti, work, &["tpm2_pcrextend", &d]), "pcrextend");
     let extended = pcr16(&tcti, work);
     assert_ne!(extended, [0u8; 32]);
-    ok(vt.ioctl(&["-s"]), "swtpm_ioctl -s");
-    assert!(vt.child.0.wait().unwrap().success());
+    vt.shut_down();
     extended
 }
 

@@ -427,60 +427,56 @@ fn hash_prefix(data: &[u8]) -> [u8; 16] {
 
 /// The bytes the commit digest and the table check cover: the header (checksum
 /// zeroed) and the table block (digest and check zeroed).
-fn covered(header: &Header, table: &FileTable) -> ([u8; HEADER_SIZE], [u8; BLOCK_SIZE]) {
-    let mut h = header.to_bytes();
-    h[12..16].fill(0);
-    let mut t = table.to_block(header.file_table_offset, &[0; 32]);
-    // Entry 0's reserved bytes: the table check.
-    t[48..64].fill(0);
-    (h, t)
+struct Covered {
+    header: [u8; HEADER_SIZE],
+    table: [u8; BLOCK_SIZE],
 }
 
-/// The keyless table check: the first 16 bytes of the SHA-256 of what
-/// [`covered`] gives. It finds a torn commit or a damaged table without the key;
-/// the commit digest authenticates the same bytes with it.
-fn table_check(header: &Header, table: &FileTable) -> [u8; 16] {
-    let (h, t) = covered(header, table);
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(&h);
-    ctx.update(&t);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
-    out
-}
-
-/// The commit digest over a header, its table block (digest zeroed) and the
-/// encrypted extended table block.
-fn commit_digest(
-    metadata_key: Option<&[u8; 32]>,
-    header: &Header,
-    table: &FileTable,
-    ext_ciphertext: Option<&[u8]>,
-) -> [u8; 32] {
-    let (h, t) = covered(header, table);
-    let mut out = [0u8; 32];
-    match metadata_key {
-        Some(mk) => {
-            let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, mk), COMMIT_KEY_LABEL);
-            let mut ctx =
-                hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()));
-            ctx.update(&h);
-            ctx.update(&t);
-            if let Some(e) = ext_ciphertext {
-                ctx.update(e);
-            }
-            out.copy_from_slice(ctx.sign().as_ref());
-        }
-        None => {
-            let mut ctx = digest::Context::new(&digest::SHA256);
-            ctx.update(&h);
-            ctx.update(&t);
-            if let Some(e) = ext_ciphertext {
-                ctx.update(e);
-            }
-            out.copy_from_slice(ctx.finish().as_ref());
+impl Covered {
+    fn new(header: &Header, table: &FileTable) -> Self {
+        let mut h = header.to_bytes();
+        h[12..16].fill(0);
+        let mut t = table.to_block(header.file_table_offset, &[0; 32]);
+        // Entry 0's reserved bytes: the table check.
+        t[48..64].fill(0);
+        Covered {
+            header: h,
+            table: t,
         }
     }
+
+    /// Their SHA-256: the commit digest of an unencrypted VMGS, and its first 16
+    /// bytes the keyless table check of either kind, which finds a torn commit or a
+    /// damaged table without the key.
+    fn sha256(&self) -> [u8; 32] {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&self.header);
+        ctx.update(&self.table);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// The commit digest of an encrypted VMGS: HMAC-SHA256, under a key derived from
+    /// the metadata key, of these bytes and the encrypted extended table.
+    fn mac(&self, metadata_key: &[u8; 32], ext_ciphertext: &[u8]) -> [u8; 32] {
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, metadata_key),
+            COMMIT_KEY_LABEL,
+        );
+        let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()));
+        ctx.update(&self.header);
+        ctx.update(&self.table);
+        ctx.update(ext_ciphertext);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
+fn first16(d: &[u8; 32]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
     out
 }
 
@@ -508,6 +504,35 @@ impl<S: Storage> Vmgs<S> {
 
     fn capacity(storage: &S) -> Result<u32, VmgsError> {
         blocks_of(storage.size().map_err(Self::io("size"))?)
+    }
+
+    /// A handle whose state is an empty table under a sequence-0 header that is not
+    /// on disk: what `format` commits on top of, and what `open` replaces.
+    fn unloaded(
+        storage: S,
+        blocks: u32,
+        slot: usize,
+        encryption: Encryption,
+        key_slots: [Option<RawWrappedKey>; 2],
+        keys: Option<Unlocked>,
+    ) -> Self {
+        Vmgs {
+            storage,
+            blocks,
+            slot,
+            state: State {
+                header: Header {
+                    sequence: 0,
+                    file_table_offset: MIN_FILE_BLOCK,
+                    encryption,
+                    reprovisioned: false,
+                    key_slots,
+                },
+                table: FileTable::default(),
+            },
+            keys,
+            poisoned: false,
+        }
     }
 
     /// Formats `storage` (its whole size) as an empty VMGS, encrypted when `key` is
@@ -540,23 +565,7 @@ impl<S: Storage> Vmgs<S> {
         }
         // A state "before the first", never on disk: the first commit writes slot 0
         // with sequence 1 (so its predecessor is slot 1, sequence 0).
-        let mut v = Vmgs {
-            storage,
-            blocks,
-            slot: 1,
-            state: State {
-                header: Header {
-                    sequence: 0,
-                    file_table_offset: MIN_FILE_BLOCK,
-                    encryption,
-                    reprovisioned: false,
-                    key_slots,
-                },
-                table: FileTable::default(),
-            },
-            keys,
-            poisoned: false,
-        };
+        let mut v = Vmgs::unloaded(storage, blocks, 1, encryption, key_slots, keys);
         let header = v.state.header.clone();
         let alloc = Allocator::empty(blocks);
         v.commit_full(FileTable::default(), header, alloc, &[], None, |_| {})?;
@@ -681,23 +690,8 @@ impl<S: Storage> Vmgs<S> {
                 }),
                 _ => None,
             });
-        let mut v = Vmgs {
-            storage,
-            blocks,
-            slot: 0,
-            state: State {
-                header: Header {
-                    sequence: 0,
-                    file_table_offset: MIN_FILE_BLOCK,
-                    encryption: Encryption::None,
-                    reprovisioned: false,
-                    key_slots: [None, None],
-                },
-                table: FileTable::default(),
-            },
-            keys: None,
-            poisoned: false,
-        };
+        // Replaced by the state of the slot that loads.
+        let mut v = Vmgs::unloaded(storage, blocks, 0, Encryption::None, [None, None], None);
         for &slot in &order {
             let SlotState::Valid(header) = &slots[slot] else {
                 continue;
@@ -743,7 +737,9 @@ impl<S: Storage> Vmgs<S> {
         key: Option<&DatastoreKey>,
     ) -> Result<(), VmgsError> {
         let table = Self::read_table(&self.storage, &header, self.blocks)?;
-        if table_check(&header, &table) != table.table_check {
+        let covered = Covered::new(&header, &table);
+        let sha = covered.sha256();
+        if first16(&sha) != table.table_check {
             return Err(VmgsError::TableCheck(header.file_table_offset));
         }
         let keys = match (header.encryption, key) {
@@ -783,13 +779,12 @@ impl<S: Storage> Vmgs<S> {
         let unlocked = match keys {
             None => None,
             Some((key_slot, mk, datastore)) => {
-                let digest = commit_digest(Some(&mk), &header, &table, ext_cipher.as_deref());
-                if !constant_time_eq(&digest, &table.commit_digest) {
-                    return Err(VmgsError::Digest);
-                }
-                let (Some(mut plain), Some(e)) = (ext_cipher.clone(), ext_block) else {
+                let (Some(mut plain), Some(e)) = (ext_cipher, ext_block) else {
                     return Err(VmgsError::Crypto("extended table"));
                 };
+                if !constant_time_eq(&covered.mac(&mk, &plain), &table.commit_digest) {
+                    return Err(VmgsError::Digest);
+                }
                 let plain_ok = open_sealed(&mk, &e.nonce, &e.tag, AAD_EXTENDED_TABLE, &mut plain);
                 let plain = Zeroizing::new(plain);
                 if !plain_ok {
@@ -810,11 +805,8 @@ impl<S: Storage> Vmgs<S> {
                 })
             }
         };
-        if header.encryption == Encryption::None {
-            let digest = commit_digest(None, &header, &table, None);
-            if digest != table.commit_digest {
-                return Err(VmgsError::Digest);
-            }
+        if header.encryption == Encryption::None && sha != table.commit_digest {
+            return Err(VmgsError::Digest);
         }
         self.slot = slot;
         self.state = State { header, table };
@@ -1115,16 +1107,14 @@ impl<S: Storage> Vmgs<S> {
             ext_write = Some((ext_block, cipher));
             new_ext = Some((ext, mk));
         }
-        let mk_ref = new_ext.as_ref().map(|(_, mk)| &**mk);
-        let digest = commit_digest(
-            mk_ref,
-            &header,
-            &table,
-            ext_write.as_ref().map(|(_, c)| c.as_slice()),
-        );
-        table.commit_digest = digest;
-        table.table_check = table_check(&header, &table);
-        let table_bytes = table.to_block(table_block, &digest);
+        let covered = Covered::new(&header, &table);
+        let sha = covered.sha256();
+        table.table_check = first16(&sha);
+        table.commit_digest = match (&new_ext, &ext_write) {
+            (Some((_, mk)), Some((_, cipher))) => covered.mac(mk, cipher),
+            _ => sha,
+        };
+        let table_bytes = table.to_block(table_block, &table.commit_digest);
         // Data, extended table, file table: all in blocks the current state does not
         // use, so a failure here leaves the current state intact. Adjacent pieces go
         // out in one write.

@@ -36,32 +36,33 @@ fn file_id(kind: StateKind) -> FileId {
 
 impl VmgsState {
     /// Opens the encrypted VMGS at `path` with `key`, or creates it (4 MiB) when
-    /// there is no file; the second value tells whether it was created.
+    /// there is no file; the second value tells whether it was created. (An
+    /// unencrypted VMGS refuses the key.)
     pub fn open_or_create(path: &Path, key: &DatastoreKey) -> Result<(Self, bool), StateError> {
-        match Vmgs::open_file(path, Some(key), OpenOptions::default()) {
-            Ok((vmgs, _)) => {
-                if !vmgs.is_encrypted() {
-                    return Err(VmgsError::KeyRequired("not encrypted; the vTPM's state").into());
-                }
-                Ok((VmgsState { vmgs }, false))
-            }
-            Err(VmgsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                let vmgs = Vmgs::create_file(path, vmgs::DEFAULT_SIZE, Some(key))?;
-                Ok((VmgsState { vmgs }, true))
-            }
-            Err(e) => Err(e.into()),
-        }
+        Self::open_or_create_with(
+            || Vmgs::open_file(path, Some(key), OpenOptions::default()),
+            || Vmgs::create_file(path, vmgs::DEFAULT_SIZE, Some(key)),
+        )
     }
 
     /// Opens the VMGS at `path` through its key protector with `kek`, which rotates
     /// its datastore key, or creates it (4 MiB, a fresh datastore key wrapped by
     /// `kek`) when there is no file; the second value tells whether it was created.
     pub fn open_or_create_protected(path: &Path, kek: &Kek) -> Result<(Self, bool), StateError> {
-        match Vmgs::open_file_protected(path, kek, OpenOptions::default()) {
+        Self::open_or_create_with(
+            || Vmgs::open_file_protected(path, kek, OpenOptions::default()),
+            || Vmgs::create_file_protected(path, vmgs::DEFAULT_SIZE, kek),
+        )
+    }
+
+    fn open_or_create_with(
+        open: impl FnOnce() -> Result<(Vmgs, vmgs::Opened), VmgsError>,
+        create: impl FnOnce() -> Result<Vmgs, VmgsError>,
+    ) -> Result<(Self, bool), StateError> {
+        match open() {
             Ok((vmgs, _)) => Ok((VmgsState { vmgs }, false)),
             Err(VmgsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                let vmgs = Vmgs::create_file_protected(path, vmgs::DEFAULT_SIZE, kek)?;
-                Ok((VmgsState { vmgs }, true))
+                Ok((VmgsState { vmgs: create()? }, true))
             }
             Err(e) => Err(e.into()),
         }
