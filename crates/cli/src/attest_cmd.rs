@@ -376,6 +376,19 @@ pub(crate) fn agent(ca: Option<&Path>) -> Result<ureq::Agent> {
         .into())
 }
 
+/// One certificate from `path`, PEM or DER, as DER.
+pub(crate) fn certificate_der(path: &Path) -> Result<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        let c = CertificateDer::from_pem_slice(&bytes)
+            .map_err(|e| anyhow!("{}: no PEM certificate: {e}", path.display()))?;
+        return Ok(c.as_ref().to_vec());
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn get_json(ca: Option<&Path>, url: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
     let mut req = agent(ca)?.get(url);
     if let Some(b) = bearer {

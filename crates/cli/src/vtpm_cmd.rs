@@ -43,10 +43,35 @@ pub struct RunArgs {
     #[arg(long, requires = "vmgs", conflicts_with = "kek_file")]
     key_file: Option<PathBuf>,
     /// Or: the key-encryption key (32 bytes) of the VMGS's key protector, which holds
-    /// the datastore key; each start rotates the datastore key. (The key vault is to
-    /// release this key after attestation; for now it is a file.)
-    #[arg(long, requires = "vmgs")]
+    /// the datastore key, from a file; each start rotates the datastore key.
+    #[arg(long, requires = "vmgs", conflicts_with = "key_release")]
     kek_file: Option<PathBuf>,
+    /// Or: the key protector's key-encryption key released by the key vault after
+    /// attestation: the key's id as the vault prints it (VAULT_URL/keys/NAME/VERSION,
+    /// an `oct` key of 256 bits). The vTPM attests a report from --snp-platform with
+    /// a fresh transfer key at --attestation-url, and the vault releases the key to
+    /// that token if it meets the key's release policy. Each start rotates the
+    /// datastore key.
+    #[arg(
+        long,
+        value_name = "KEY_ID",
+        requires_all = ["vmgs", "attestation_url", "vault_credential_file", "vault_signer", "snp_platform"],
+        conflicts_with = "key_file"
+    )]
+    key_release: Option<String>,
+    /// The attestation service (`cvm attest serve`) for --key-release.
+    #[arg(long, requires = "key_release")]
+    attestation_url: Option<String>,
+    /// A file with the vault credential that may release the key.
+    #[arg(long, requires = "key_release")]
+    vault_credential_file: Option<PathBuf>,
+    /// The vault's release signing certificate (PEM or DER; the vault writes it to
+    /// `STATE/release-signer.pem`): a release response signed otherwise is refused.
+    #[arg(long, requires = "key_release")]
+    vault_signer: Option<PathBuf>,
+    /// CA certificates (PEM) for HTTPS to both services (default: the Mozilla roots).
+    #[arg(long, requires = "key_release")]
+    tls_ca: Option<PathBuf>,
     /// Data channel (swtpm) or command port (mssim): unix:PATH (its directory is
     /// created 0700, or must be this user's with mode 0700; only this user or root may
     /// connect) or, with --dangerously-allow-tcp, tcp:HOST:PORT (loopback only; port 0
@@ -88,6 +113,11 @@ pub struct RunArgs {
     /// The VM's launch measurement in the report (96 hex characters).
     #[arg(long)]
     launch_measurement: Option<String>,
+    /// The VM's HOST_DATA in the report (64 hex characters, default zero): set at
+    /// launch by whoever launches the VM and covered by the report, so a key's release
+    /// policy can name the one VM it is for.
+    #[arg(long, requires = "snp_platform")]
+    host_data: Option<String>,
     /// The VM's unique id (a UUID; default: generated once and kept in the state
     /// directory).
     #[arg(long)]
@@ -147,6 +177,14 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
              endpoints"
         );
     }
+    let mut snp = match &a.snp_platform {
+        Some(dir) => Some(EmulatedSnp::open(
+            dir,
+            a.launch_measurement.as_deref(),
+            a.host_data.as_deref(),
+        )?),
+        None => None,
+    };
     let given = a.vm_id.as_deref();
     let (store, vm_id): (Box<dyn vtpm::StateStore>, String) = match (&a.state, &a.vmgs, &a.key_file)
     {
@@ -160,7 +198,13 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
                     let kek = read_kek(kek)?;
                     vtpm::VmgsState::open_or_create_protected(path, &kek)
                 }
-                (None, None) => anyhow::bail!("--vmgs needs --key-file or --kek-file"),
+                (None, None) => match (&a.key_release, snp.as_mut()) {
+                    (Some(kid), Some(snp)) => {
+                        let kek = release_kek(&a, kid, snp)?;
+                        vtpm::VmgsState::open_or_create_protected(path, &kek)
+                    }
+                    _ => anyhow::bail!("--vmgs needs --key-file, --kek-file or --key-release"),
+                },
             };
             let (mut store, created) =
                 opened.with_context(|| format!("opening the VMGS {}", path.display()))?;
@@ -213,13 +257,7 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
             .map(VtpmCa::open_or_create)
             .transpose()
             .context("opening the vTPM CA")?;
-    let reports = match &a.snp_platform {
-        Some(dir) => Some(
-            Box::new(EmulatedSnp::open(dir, a.launch_measurement.as_deref())?)
-                as Box<dyn ReportSource>,
-        ),
-        None => None,
-    };
+    let reports = snp.map(|s| Box::new(s) as Box<dyn ReportSource>);
     let vm = VmConfig {
         vm_id,
         secure_boot: a.secure_boot,
@@ -272,6 +310,40 @@ fn read_kek(path: &std::path::Path) -> Result<vtpm::vmgs_state::Kek> {
             path.display()
         )
     })?;
+    Ok(vtpm::vmgs_state::Kek::new(k))
+}
+
+/// The key protector's KEK, released by the key vault to this VM's attested report.
+fn release_kek(a: &RunArgs, kid: &str, snp: &mut EmulatedSnp) -> Result<vtpm::vmgs_state::Kek> {
+    let (Some(url), Some(cred), Some(signer)) = (
+        &a.attestation_url,
+        &a.vault_credential_file,
+        &a.vault_signer,
+    ) else {
+        anyhow::bail!(
+            "--key-release needs --attestation-url, --vault-credential-file and --vault-signer"
+        );
+    };
+    let key = key_release::KeyId::parse(kid)?;
+    let credential = zeroize::Zeroizing::new(
+        std::fs::read_to_string(cred)
+            .with_context(|| format!("reading {}", cred.display()))?
+            .trim()
+            .to_string(),
+    );
+    let signer = crate::attest_cmd::certificate_der(signer)?;
+    let agent = crate::attest_cmd::agent(a.tls_ca.as_deref())?;
+    let releaser = key_release::Releaser::new(agent, url, credential, signer);
+    let released = releaser
+        .release(&key, snp)
+        .context("the VMGS key-encryption key was not released")?;
+    let k: [u8; 32] = released.as_bytes().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "the released key {key} is {} bytes; a key-encryption key is 32 (an oct key of 256 bits)",
+            released.as_bytes().len()
+        )
+    })?;
+    eprintln!("vtpm: the key vault released {key} to this VM");
     Ok(vtpm::vmgs_state::Kek::new(k))
 }
 
@@ -372,7 +444,11 @@ struct EmulatedSnp {
 }
 
 impl EmulatedSnp {
-    fn open(dir: &std::path::Path, measurement: Option<&str>) -> Result<Self> {
+    fn open(
+        dir: &std::path::Path,
+        measurement: Option<&str>,
+        host_data: Option<&str>,
+    ) -> Result<Self> {
         let platform =
             SnpPlatform::open_or_create(dir, PlatformConfig::new(snp::Product::Milan))
                 .with_context(|| format!("opening the emulated SNP platform {}", dir.display()))?;
@@ -382,6 +458,12 @@ impl EmulatedSnp {
             launch.measurement = b
                 .try_into()
                 .map_err(|_| anyhow::anyhow!("--launch-measurement must be 48 bytes"))?;
+        }
+        if let Some(h) = host_data {
+            let b = hex::decode(h.trim()).context("--host-data is not hex")?;
+            launch.host_data = b
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("--host-data must be 32 bytes"))?;
         }
         let guest = platform.launch(launch)?;
         Ok(Self { platform, guest })
@@ -393,5 +475,19 @@ impl ReportSource for EmulatedSnp {
         self.platform
             .get_report(&self.guest, report_data, 0)
             .map_err(|e| e.to_string())
+    }
+}
+
+impl key_release::EvidenceSource for EmulatedSnp {
+    fn snp_evidence(
+        &mut self,
+        report_data: &[u8; 64],
+    ) -> std::result::Result<key_release::Evidence, String> {
+        let report = self.report(report_data)?;
+        let vcek = snp_emu::platform::pem("CERTIFICATE", self.platform.vcek_der());
+        Ok(key_release::Evidence {
+            report: report.to_vec(),
+            cert_chain_pem: vcek + &self.platform.chain_pem(),
+        })
     }
 }

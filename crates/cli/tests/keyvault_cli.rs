@@ -8,46 +8,11 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{Served, cvm, json_of, spawn, spawn_with_env};
+use common::{attest_serve, cvm, json_of, keyvault, post, spawn_with_env};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
 use snp_emu::platform::{Platform, PlatformConfig, pem};
-
-fn keyvault(dir: &Path, authority: &str) -> Served {
-    let state = dir.join("kv");
-    let key = dir.join("secrets/master.key");
-    spawn(&[
-        "keyvault",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--state",
-        state.to_str().unwrap(),
-        "--master-key",
-        key.to_str().unwrap(),
-        "--authority",
-        authority,
-    ])
-}
-
-fn post(url: &str, bearer: &str, body: &Value) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut r = agent
-        .post(url)
-        .header("Authorization", format!("Bearer {bearer}"))
-        .header("Content-Type", "application/json")
-        .send(body.to_string().as_bytes())
-        .unwrap();
-    let st = r.status().as_u16();
-    (
-        st,
-        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
-    )
-}
 
 #[test]
 fn serve_import_release_and_policy_test_through_the_cli() {
@@ -341,27 +306,6 @@ fn kill_9_during_key_creation_and_rotation_leaves_a_consistent_store() {
 
 fn root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `cvm attest serve` trusting the emulated platform in `d/emu` ([`attested_guest`]'s).
-fn attest_serve(d: &Path) -> Served {
-    let roots = common::emulator_roots(d);
-    let master = d.join("attest-master.key");
-    spawn(&[
-        "attest",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--dangerously-trust-emulator-roots",
-        roots.to_str().unwrap(),
-        "--master-key",
-        master.to_str().unwrap(),
-        "--offline",
-        "--state",
-        d.join("attest").to_str().unwrap(),
-        "--cache",
-        d.join("cache").to_str().unwrap(),
-    ])
 }
 
 /// An emulated guest attests with a fresh transfer key: the token (in a file) and the

@@ -494,6 +494,46 @@ fn tpm2_tools_suite_with_the_state_in_a_vmgs_survives_a_restart_and_needs_its_ke
     refused_start(&store, "does not open this VMGS");
 }
 
+/// Starts the TPM behind `vt`, defines NV index 0x1500020 (32 bytes), writes it and
+/// shuts the vTPM down in order; returns what was written.
+fn nv_define_and_write(vt: Vt, work: &Path) -> Vec<u8> {
+    let nv: Vec<u8> = (0..32u8).map(|i| i ^ 0x3c).collect();
+    std::fs::write(work.join("nv.in"), &nv).unwrap();
+    let tcti = vt.tcti("swtpm");
+    let t1 = |args: &[&str]| ok(tpm(&tcti, work, args), args[0]);
+    t1(&["tpm2_startup", "-c"]);
+    t1(&[
+        "tpm2_nvdefine",
+        "0x1500020",
+        "-C",
+        "o",
+        "-s",
+        "32",
+        "-a",
+        "ownerread|ownerwrite|authread|authwrite",
+    ]);
+    t1(&["tpm2_nvwrite", "0x1500020", "-C", "o", "-i", "nv.in"]);
+    vt.shut_down();
+    nv
+}
+
+/// Starts the TPM behind `vt`, reads NV index 0x1500020 and checks it holds `nv`;
+/// shuts the vTPM down in order.
+fn nv_read_back(vt: Vt, work: &Path, nv: &[u8]) {
+    let tcti = vt.tcti("swtpm");
+    ok(tpm(&tcti, work, &["tpm2_startup", "-c"]), "startup");
+    let read = ok(
+        tpm(
+            &tcti,
+            work,
+            &["tpm2_nvread", "0x1500020", "-C", "o", "-s", "32"],
+        ),
+        "nvread",
+    );
+    assert_eq!(read.stdout, nv);
+    vt.shut_down();
+}
+
 /// The VMGS opened through its key protector with a key-encryption key: an NV index
 /// survives two restarts, every start rotates the datastore key (the key protector,
 /// a plaintext file of the VMGS, changes), and another KEK does not open the file.
@@ -519,45 +559,118 @@ fn with_a_kek_each_start_rotates_the_vmgs_datastore_key_and_keeps_the_state() {
         assert_eq!(out.stdout.len(), 2060);
         out.stdout
     };
-    let nv: Vec<u8> = (0..32u8).map(|i| i ^ 0x3c).collect();
-    std::fs::write(work.join("nv.in"), &nv).unwrap();
-    let vt = start_in(&store, "swtpm", &[]);
-    let tcti = vt.tcti("swtpm");
-    let t1 = |args: &[&str]| ok(tpm(&tcti, &work, args), args[0]);
-    t1(&["tpm2_startup", "-c"]);
-    t1(&[
-        "tpm2_nvdefine",
-        "0x1500020",
-        "-C",
-        "o",
-        "-s",
-        "32",
-        "-a",
-        "ownerread|ownerwrite|authread|authwrite",
-    ]);
-    t1(&["tpm2_nvwrite", "0x1500020", "-C", "o", "-i", "nv.in"]);
-    vt.shut_down();
+    let nv = nv_define_and_write(start_in(&store, "swtpm", &[]), &work);
     let mut seen = vec![key_protector()];
     for _ in 0..2 {
-        let vt = start_in(&store, "swtpm", &[]);
-        let tcti = vt.tcti("swtpm");
-        ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
-        let read = ok(
-            tpm(
-                &tcti,
-                &work,
-                &["tpm2_nvread", "0x1500020", "-C", "o", "-s", "32"],
-            ),
-            "nvread",
-        );
-        assert_eq!(read.stdout, nv);
-        vt.shut_down();
+        nv_read_back(start_in(&store, "swtpm", &[]), &work, &nv);
         seen.push(key_protector());
     }
     seen.dedup();
     assert_eq!(seen.len(), 3, "a start did not rotate the datastore key");
     std::fs::write(&kek, [0x25u8; 32]).unwrap();
     refused_start(&store, "does not open this VMGS");
+}
+
+/// `args` as the `&OsStr`s the spawn helpers take.
+fn refs(args: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    args.iter().map(|s| s.as_os_str()).collect()
+}
+
+/// The KEK of the VMGS's key protector released by the real key vault after the real
+/// attestation service appraised the VM's emulated SNP report (both on 127.0.0.1):
+/// each VM's KEK has a release policy naming its HOST_DATA. The VM keeps its NV index
+/// across restarts; a copy of its VMGS given to another VM opens neither with that
+/// VM's own key (wrong KEK) nor by asking for the first VM's key (the vault refuses:
+/// the report is the other VM's). A response not signed by the pinned vault
+/// certificate is refused.
+#[test]
+fn a_vmgs_kek_released_after_attestation_opens_only_on_its_own_vm() {
+    use common::{attest_serve, cvm, json_of, keyvault, post};
+    let (t, _state, work) = workdir();
+    let d = t.path();
+    let attest = attest_serve(d);
+    let kv = keyvault(d, &attest.url);
+    let admin = std::fs::read_to_string(d.join("kv/admin.token")).unwrap();
+    let (st, v) = post(
+        &format!("{}/vaults/team", kv.url),
+        &admin,
+        &serde_json::json!({}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let cred = d.join("team.cred");
+    std::fs::write(&cred, v["credential"].as_str().unwrap()).unwrap();
+    // One KEK per VM, released only to a report carrying that VM's HOST_DATA.
+    let kek_for = |name: &str, host_data: &str| -> String {
+        let policy = serde_json::json!({"version": "1.0.0", "anyOf": [{"authority": attest.url,
+            "allOf": [{"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
+                      {"claim": "x-ms-sevsnpvm-hostdata", "equals": host_data}]}]});
+        let path = d.join(format!("{name}.policy.json"));
+        std::fs::write(&path, policy.to_string()).unwrap();
+        let out = cvm(&[
+            "key",
+            "create",
+            "--url",
+            &kv.url,
+            "--credential-file",
+            cred.to_str().unwrap(),
+            name,
+            "--kty",
+            "oct",
+            "--release-policy",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_of(&out)["key"]["kid"].as_str().unwrap().to_string()
+    };
+    let (host_a, host_b) = ("a1".repeat(32), "b2".repeat(32));
+    let (kid_a, kid_b) = (kek_for("vm-a-kek", &host_a), kek_for("vm-b-kek", &host_b));
+    let emu = d.join("emu");
+    let signer = d.join("kv/release-signer.pem");
+    let vm = |vmgs: &Path, kid: &str, host: &str, signer: &Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec!["--vmgs".into(), vmgs.into()];
+        for (flag, val) in [
+            ("--key-release", std::ffi::OsStr::new(kid)),
+            ("--attestation-url", attest.url.as_ref()),
+            ("--vault-credential-file", cred.as_os_str()),
+            ("--vault-signer", signer.as_os_str()),
+            ("--snp-platform", emu.as_os_str()),
+            ("--host-data", host.as_ref()),
+        ] {
+            v.push(flag.into());
+            v.push(val.into());
+        }
+        v
+    };
+
+    let vmgs_a = d.join("a.vmgs");
+    let a = vm(&vmgs_a, &kid_a, &host_a, &signer);
+    let nv = nv_define_and_write(start_in(&refs(&a), "swtpm", &[]), &work);
+    nv_read_back(start_in(&refs(&a), "swtpm", &[]), &work, &nv);
+
+    let vmgs_b = d.join("b.vmgs");
+    std::fs::copy(&vmgs_a, &vmgs_b).unwrap();
+    // VM B with its own KEK: released, but it does not open VM A's key protector.
+    refused_start(
+        &refs(&vm(&vmgs_b, &kid_b, &host_b, &signer)),
+        "does not open this VMGS",
+    );
+    // VM B asking for VM A's KEK: its report carries B's HOST_DATA; the vault refuses.
+    refused_start(
+        &refs(&vm(&vmgs_b, &kid_a, &host_b, &signer)),
+        "the key vault refused to release",
+    );
+    // A pinned certificate that is not the vault's: the response is refused.
+    let other = d.join("emu-roots.pem");
+    refused_start(
+        &refs(&vm(&vmgs_a, &kid_a, &host_a, &other)),
+        "the release response is not the vault's",
+    );
+    // VM A still opens its VMGS, which none of the refusals changed.
+    nv_read_back(start_in(&refs(&a), "swtpm", &[]), &work, &nv);
 }
 
 #[test]

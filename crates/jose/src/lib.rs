@@ -149,6 +149,9 @@ pub enum JwtError {
     /// Key generation or signing failed.
     #[error("signing failed")]
     Signing,
+    /// The header's `x5c` names another certificate than the pinned signer's.
+    #[error("signed by another certificate than the pinned signer")]
+    SignerMismatch,
 }
 
 impl JwtError {
@@ -171,6 +174,7 @@ impl JwtError {
             JwtError::IssuedInFuture(_) => "token_issued_in_future",
             JwtError::BadKey(_) => "bad_key",
             JwtError::Signing => "signing_failed",
+            JwtError::SignerMismatch => "signer_mismatch",
         }
     }
 }
@@ -595,6 +599,64 @@ fn verify_sig(alg: Alg, jwk: &Jwk, msg: &[u8], sig: &[u8]) -> Result<(), JwtErro
     }
 }
 
+/// Verifies a compact JWS signed by one pinned certificate's key (`cert_der`, DER),
+/// as the party a key vault released a key to checks the release response: no `crit`
+/// header, the algorithm on `algs` and of the certificate key's type, the header's
+/// `x5c[0]` (when present) that very certificate, and the signature. A release
+/// response carries no time claims, so none is checked; the certificate's own
+/// validity is not either (the pin is the trust decision).
+pub fn verify_pinned(token: &str, cert_der: &[u8], algs: &[Alg]) -> Result<Verified, JwtError> {
+    use base64::engine::general_purpose::STANDARD;
+    let (h, p, s) = split(token)?;
+    let header = decode_json(h, "header")?;
+    if let Some(crit) = header.get("crit") {
+        return Err(JwtError::CriticalHeader(crit.to_string()));
+    }
+    let alg_name = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(JwtError::MissingClaim("alg"))?;
+    let alg = Alg::from_name(alg_name)
+        .filter(|a| algs.contains(a))
+        .ok_or_else(|| JwtError::AlgNotAllowed(alg_name.to_string()))?;
+    if let Some(x5c) = header.get("x5c") {
+        let first = x5c
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .and_then(|c| STANDARD.decode(c).ok())
+            .ok_or_else(|| JwtError::Malformed("x5c is not an array of base64 DER".into()))?;
+        if first != cert_der {
+            return Err(JwtError::SignerMismatch);
+        }
+    }
+    let key = x509::public_key_bits(cert_der)?;
+    let params: &dyn signature::VerificationAlgorithm = match alg {
+        Alg::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Alg::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Alg::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Alg::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Alg::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Alg::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+    };
+    let sig = decode_part(s, "signature")?;
+    let signed_len = h.len() + 1 + p.len();
+    let msg = token
+        .trim()
+        .as_bytes()
+        .get(..signed_len)
+        .unwrap_or_default();
+    signature::UnparsedPublicKey::new(params, &key)
+        .verify(msg, &sig)
+        .map_err(|_| JwtError::BadSignature)?;
+    Ok(Verified {
+        header,
+        claims: decode_json(p, "payload")?,
+        alg,
+    })
+}
+
 /// Verifies a compact JWS token against `jwks`: no `crit` header, algorithm
 /// allow-list, key by `kid` (its `alg`, when it names one, must be the token's, and its
 /// `use`, when given, `sig`), signature, `exp` (required), `nbf` and `iat` (not in the
@@ -742,6 +804,55 @@ mod tests {
             let again = TokenSigner::from_pkcs8(alg, &s.to_pkcs8().unwrap(), vec![]).unwrap();
             assert_eq!(again.kid(), s.kid());
         }
+    }
+
+    #[test]
+    fn pinned_signer_accepts_its_own_signature_only() {
+        let s = TokenSigner::generate(Alg::RS256, "vault", 1000, 1).unwrap();
+        let other = TokenSigner::generate(Alg::RS256, "vault", 1000, 1).unwrap();
+        let mut payload = Map::new();
+        payload.insert("response".into(), "x".into());
+        let t = s.sign_with_x5c(&payload).unwrap();
+        let v = verify_pinned(&t, s.cert_der(), &[Alg::RS256]).unwrap();
+        assert_eq!(v.claims["response"], "x");
+        // Another signer's certificate pinned: its x5c does not match.
+        let code = |r: Result<Verified, JwtError>| r.unwrap_err().code();
+        assert_eq!(
+            code(verify_pinned(&t, other.cert_der(), &[Alg::RS256])),
+            "signer_mismatch"
+        );
+        // The other signer claims the pinned certificate in x5c: the signature fails.
+        let mut parts: Vec<String> = other
+            .sign_with_x5c(&payload)
+            .unwrap()
+            .split('.')
+            .map(String::from)
+            .collect();
+        parts[0] = t.split('.').next().unwrap().to_string();
+        let forged = parts.join(".");
+        assert_eq!(
+            code(verify_pinned(&forged, s.cert_der(), &[Alg::RS256])),
+            "bad_signature"
+        );
+        // A changed payload, an algorithm not allowed, no x5c at all (still checked).
+        let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+        parts[1] = B64URL.encode(b"{\"response\":\"y\"}");
+        assert_eq!(
+            code(verify_pinned(&parts.join("."), s.cert_der(), &[Alg::RS256])),
+            "bad_signature"
+        );
+        assert_eq!(
+            code(verify_pinned(&t, s.cert_der(), &[Alg::ES384])),
+            "alg_not_allowed"
+        );
+        let bare = s
+            .sign_parts(&serde_json::json!({"alg": "RS256"}), &payload)
+            .unwrap();
+        assert!(verify_pinned(&bare, s.cert_der(), &[Alg::RS256]).is_ok());
+        assert_eq!(
+            code(verify_pinned(&bare, other.cert_der(), &[Alg::RS256])),
+            "bad_signature"
+        );
     }
 
     #[test]

@@ -73,3 +73,16 @@ pub fn self_signed(
     };
     cert.to_der().map_err(|_| JwtError::Signing)
 }
+
+/// The subject public key of the DER certificate `der`, as the bytes of its BIT
+/// STRING: an RSA key's `RSAPublicKey`, an EC key's uncompressed point.
+pub fn public_key_bits(der: &[u8]) -> Result<Vec<u8>, JwtError> {
+    let cert = Certificate::from_der(der)
+        .map_err(|e| JwtError::BadKey(format!("the pinned certificate: {e}")))?;
+    cert.tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .as_bytes()
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| JwtError::BadKey("the certificate's key has unused bits".into()))
+}

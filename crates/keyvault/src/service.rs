@@ -556,10 +556,35 @@ fn outcome_name(outcome: Result<(), &VaultError>) -> &'static str {
     }
 }
 
+/// The file in the state directory that holds the certificate signing release
+/// responses (PEM): what an attested party pins to check them.
+pub const RELEASE_SIGNER_FILE: &str = "release-signer.pem";
+
+/// Writes `cert` as PEM to `dir/`[`RELEASE_SIGNER_FILE`] unless it already holds it
+/// (replaced atomically: a reader never sees half a certificate).
+fn publish_release_signer(dir: &std::path::Path, cert: &[u8]) -> std::io::Result<()> {
+    use base64::engine::general_purpose::STANDARD;
+    let b64 = STANDARD.encode(cert);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let path = dir.join(RELEASE_SIGNER_FILE);
+    if std::fs::read(&path).is_ok_and(|old| old == pem.as_bytes()) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("{RELEASE_SIGNER_FILE}.tmp"));
+    std::fs::write(&tmp, pem)?;
+    std::fs::rename(&tmp, &path)
+}
+
 impl Vault {
     /// Opens the vault's state. On first start a service administrator credential
     /// (which creates vaults) is written to `STATE/admin.token` (0600); its path is
-    /// returned then.
+    /// returned then. The release signing certificate is published at every open in
+    /// `STATE/`[`RELEASE_SIGNER_FILE`].
     pub fn open(cfg: VaultConfig) -> Result<(Self, Option<PathBuf>), OpenError> {
         std::fs::create_dir_all(&cfg.state_dir)?;
         let store: Box<dyn Store> = match cfg.store {
@@ -608,6 +633,7 @@ impl Vault {
             .min(rest.len());
         let (cert, pkcs8) = rest.split_at(cert_len);
         let signer = TokenSigner::from_pkcs8(Alg::RS256, pkcs8, cert.to_vec())?;
+        publish_release_signer(&cfg.state_dir, signer.cert_der())?;
         Ok((
             Vault {
                 store,

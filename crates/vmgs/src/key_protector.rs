@@ -1,7 +1,8 @@
 //! The key protector: the datastore key wrapped by a key-encryption key (KEK), kept in
 //! the VMGS as its plaintext `KEY_PROTECTOR` file, so the file carries what unlocks it
-//! and only the KEK's holder can use it. The KEK is to come from the key vault's secure
-//! key release after attestation (not wired yet); this module takes it as given.
+//! and only the KEK's holder can use it. The KEK comes from the key vault's secure key
+//! release after attestation (crate `key-release`, `cvm vtpm run --key-release`) or a
+//! file; this module takes it as given.
 //!
 //! Layout: OpenVMM's 2060 bytes (two 512-byte DEK entries, two GSP entries of a u32
 //! length and 512 bytes, the active entry's index as a u32). A DEK entry here holds the

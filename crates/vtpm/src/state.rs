@@ -90,7 +90,7 @@ pub enum StateError {
         why: String,
     },
     /// The VMGS file holding the state.
-    #[error("VMGS: {0}")]
+    #[error(transparent)]
     Vmgs(#[from] vmgs::VmgsError),
 }
 

@@ -100,3 +100,61 @@ pub fn export_roots(platform: &str, out: &str) -> String {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     out.to_owned()
 }
+
+/// `cvm keyvault serve` with its state in `dir/kv`, trusting tokens of `authority`.
+pub fn keyvault(dir: &std::path::Path, authority: &str) -> Served {
+    let state = dir.join("kv");
+    let key = dir.join("secrets/master.key");
+    spawn(&[
+        "keyvault",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+        "--master-key",
+        key.to_str().unwrap(),
+        "--authority",
+        authority,
+    ])
+}
+
+/// POSTs `body` as JSON with a bearer credential: the status and the JSON answer.
+pub fn post(url: &str, bearer: &str, body: &Value) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(url)
+        .header("Authorization", format!("Bearer {bearer}"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+/// `cvm attest serve` trusting the emulated platform in `d/emu` (created if missing).
+pub fn attest_serve(d: &std::path::Path) -> Served {
+    let roots = emulator_roots(d);
+    let master = d.join("attest-master.key");
+    spawn(&[
+        "attest",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--dangerously-trust-emulator-roots",
+        roots.to_str().unwrap(),
+        "--master-key",
+        master.to_str().unwrap(),
+        "--offline",
+        "--state",
+        d.join("attest").to_str().unwrap(),
+        "--cache",
+        d.join("cache").to_str().unwrap(),
+    ])
+}

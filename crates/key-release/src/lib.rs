@@ -1,0 +1,411 @@
+//! Secure key release as the attested party sees it.
+//!
+//! A key in the opencvm key vault with a release policy leaves the vault only wrapped
+//! to an RSA key named in an attestation token that meets the policy. The party that
+//! wants the key (on our hosts, the VM's vTPM process standing in for the paravisor)
+//! therefore:
+//!
+//! 1. makes a fresh RSA transfer key, which never leaves its memory;
+//! 2. asks the secure processor for a report whose REPORT_DATA is the SHA-256 of the
+//!    runtime data naming that key (`{"keys": [JWK]}`);
+//! 3. has the attestation service appraise the report (`POST /attest/SevSnpVm`), which
+//!    returns a token carrying the key in `x-ms-runtime.keys`;
+//! 4. asks the vault to release the key to that token (`POST
+//!    /keys/{name}/{version}/release`);
+//! 5. checks the response is signed by the vault's pinned certificate, names the key
+//!    asked for and echoes this request's nonce, and unwraps the key with the transfer
+//!    key.
+//!
+//! What the vault releases depends only on the token, so the policy decides which
+//! VM gets which key (ADR 0010 says how a VMGS key is bound to one VM).
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use keyvault::wrap::{KeyHsm, UnwrappingKey, WrapError};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+/// The largest response body read from either service.
+const MAX_RESPONSE: u64 = 1 << 20;
+
+/// RSA modulus size of the transfer key.
+const TRANSFER_KEY_BITS: usize = 3072;
+
+/// What the secure processor produced for one request.
+pub struct Evidence {
+    /// The attestation report (1184 bytes on SEV-SNP).
+    pub report: Vec<u8>,
+    /// The PEM chain of the key that signed it: VCEK (or VLEK), ASK, ARK.
+    pub cert_chain_pem: String,
+}
+
+/// Where reports come from: the AMD secure processor (or its emulator).
+pub trait EvidenceSource {
+    /// A report with `report_data` as REPORT_DATA, and its certificate chain.
+    fn snp_evidence(&mut self, report_data: &[u8; 64]) -> Result<Evidence, String>;
+}
+
+/// A key version in a vault, named as the vault names it (`kid`):
+/// `{vault URL}/keys/{name}/{version}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyId {
+    vault: String,
+    name: String,
+    version: String,
+}
+
+impl KeyId {
+    /// Parses `{vault URL}/keys/{name}/{version}` (http or https; name and version of
+    /// letters, digits, `-` and `_`).
+    pub fn parse(s: &str) -> Result<Self, ReleaseError> {
+        let bad = |why: &str| ReleaseError::BadKeyId(format!("{s:?}: {why}"));
+        let (vault, rest) = s
+            .rsplit_once("/keys/")
+            .ok_or_else(|| bad("expected VAULT_URL/keys/NAME/VERSION"))?;
+        let (name, version) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("expected VAULT_URL/keys/NAME/VERSION"))?;
+        if !(vault.starts_with("http://") || vault.starts_with("https://")) {
+            return Err(bad("the vault URL is not http(s)"));
+        }
+        let word = |w: &str| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !word(name) || !word(version) {
+            return Err(bad(
+                "the key's name and version are letters, digits, '-' and '_'",
+            ));
+        }
+        Ok(KeyId {
+            vault: vault.trim_end_matches('/').to_string(),
+            name: name.to_string(),
+            version: version.to_string(),
+        })
+    }
+
+    /// The vault's URL.
+    pub fn vault(&self) -> &str {
+        &self.vault
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key's version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/keys/{}/{}", self.vault, self.name, self.version)
+    }
+}
+
+/// Why no key was released.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The key id is not `VAULT_URL/keys/NAME/VERSION`.
+    #[error("key id {0}")]
+    BadKeyId(String),
+    /// The secure processor gave no report.
+    #[error("no attestation report: {0}")]
+    Evidence(String),
+    /// A service could not be reached or answered unreadably.
+    #[error("{what}: {message}")]
+    Transport {
+        /// Which request.
+        what: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The attestation service refused the evidence.
+    #[error("the attestation service refused the evidence ({status} {code}): {message}")]
+    NotAttested {
+        /// HTTP status.
+        status: u16,
+        /// Its error code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The vault refused the release (the token does not meet the key's policy, the
+    /// credential may not release, no such key, ...).
+    #[error("the key vault refused to release {key} ({status} {code}): {message}")]
+    Refused {
+        /// The key asked for.
+        key: String,
+        /// HTTP status.
+        status: u16,
+        /// Its error code.
+        code: String,
+        /// Its message, with the failed policy condition when it names one.
+        message: String,
+    },
+    /// The release response is not signed by the pinned vault certificate.
+    #[error("the release response is not the vault's")]
+    Signature(#[source] jose::JwtError),
+    /// The release response is signed but does not answer this request.
+    #[error("the release response does not answer this request: {0}")]
+    Mismatch(&'static str),
+    /// The released key does not unwrap with the transfer key.
+    #[error("the released key does not unwrap")]
+    Unwrap(#[source] WrapError),
+}
+
+/// A released key's material; zeroized on drop, never printed.
+pub struct ReleasedKey(Zeroizing<Vec<u8>>);
+
+impl ReleasedKey {
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ReleasedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReleasedKey({} bytes)", self.0.len())
+    }
+}
+
+/// Releases keys through one attestation service and with one vault credential.
+pub struct Releaser {
+    agent: ureq::Agent,
+    attestation: String,
+    credential: Zeroizing<String>,
+    vault_signer: Vec<u8>,
+}
+
+impl fmt::Debug for Releaser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Releaser")
+            .field("attestation", &self.attestation)
+            .field("credential", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Releaser {
+    /// A releaser using `agent` (which must not turn HTTP error statuses into errors:
+    /// `http_status_as_error(false)`) against the attestation service at
+    /// `attestation_url`, presenting `credential` to the vault and accepting only
+    /// release responses signed by the certificate `vault_signer` (DER).
+    pub fn new(
+        agent: ureq::Agent,
+        attestation_url: &str,
+        credential: Zeroizing<String>,
+        vault_signer: Vec<u8>,
+    ) -> Self {
+        Releaser {
+            agent,
+            attestation: attestation_url.trim_end_matches('/').to_string(),
+            credential,
+            vault_signer,
+        }
+    }
+
+    /// Attests with evidence from `source` and has the vault release `key`.
+    pub fn release(
+        &self,
+        key: &KeyId,
+        source: &mut dyn EvidenceSource,
+    ) -> Result<ReleasedKey, ReleaseError> {
+        let transfer = UnwrappingKey::generate(TRANSFER_KEY_BITS).map_err(ReleaseError::Unwrap)?;
+        let token = self.attest(&transfer, source)?;
+        let mut nonce = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ReleaseError::Transport {
+            what: "nonce",
+            message: "no randomness".into(),
+        })?;
+        let nonce = hex_lower(&nonce);
+        let body = json!({ "target": token, "enc": "RSA_AES_KEY_WRAP_256", "nonce": nonce });
+        let url = format!("{}/keys/{}/{}/release", key.vault, key.name, key.version);
+        let (status, v) = self.post("key release", &url, Some(&self.credential), &body)?;
+        if status != 200 {
+            let (code, message) = error_of(&v);
+            return Err(ReleaseError::Refused {
+                key: key.to_string(),
+                status,
+                code,
+                message,
+            });
+        }
+        let jws = v["value"]
+            .as_str()
+            .ok_or(ReleaseError::Mismatch("no value"))?;
+        let payload = jose::verify_pinned(jws, &self.vault_signer, &jose::Alg::ALL)
+            .map_err(ReleaseError::Signature)?
+            .claims;
+        if payload["request"]["nonce"].as_str() != Some(nonce.as_str()) {
+            return Err(ReleaseError::Mismatch("it echoes another nonce"));
+        }
+        let kid = payload["request"]["kid"].as_str().unwrap_or_default();
+        if !kid.ends_with(&format!("/keys/{}/{}", key.name, key.version)) {
+            return Err(ReleaseError::Mismatch("it names another key"));
+        }
+        let hsm = payload["response"]["key"]["key"]["key_hsm"]
+            .as_str()
+            .ok_or(ReleaseError::Mismatch("it carries no key_hsm"))?;
+        let material = KeyHsm::parse(hsm)
+            .and_then(|h| h.unwrap_key(&transfer))
+            .map_err(ReleaseError::Unwrap)?;
+        Ok(ReleasedKey(material.into_zeroizing()))
+    }
+
+    /// A token for evidence binding `transfer`'s public key.
+    fn attest(
+        &self,
+        transfer: &UnwrappingKey,
+        source: &mut dyn EvidenceSource,
+    ) -> Result<String, ReleaseError> {
+        let mut jwk = transfer.public_key().to_jwk();
+        jwk["kid"] = "TpmEphemeralEncryptionKey".into();
+        let runtime =
+            serde_json::to_vec(&json!({ "keys": [jwk] })).map_err(|e| ReleaseError::Transport {
+                what: "runtime data",
+                message: e.to_string(),
+            })?;
+        let mut report_data = [0u8; 64];
+        report_data[..32].copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &runtime).as_ref(),
+        );
+        let ev = source
+            .snp_evidence(&report_data)
+            .map_err(ReleaseError::Evidence)?;
+        let proof = json!({
+            "SnpReport": B64URL.encode(&ev.report),
+            "VcekCertChain": B64URL.encode(ev.cert_chain_pem.as_bytes()),
+        });
+        let body = json!({
+            "report": B64URL.encode(proof.to_string()),
+            "runtimeData": { "data": B64URL.encode(&runtime), "dataType": "JSON" },
+        });
+        let url = format!("{}/attest/SevSnpVm", self.attestation);
+        let (status, v) = self.post("attestation", &url, None, &body)?;
+        if status != 200 {
+            let (code, message) = error_of(&v);
+            return Err(ReleaseError::NotAttested {
+                status,
+                code,
+                message,
+            });
+        }
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(ReleaseError::Transport {
+                what: "attestation",
+                message: "the answer carries no token".into(),
+            })
+    }
+
+    fn post(
+        &self,
+        what: &'static str,
+        url: &str,
+        bearer: Option<&str>,
+        body: &Value,
+    ) -> Result<(u16, Value), ReleaseError> {
+        let transport = |message: String| ReleaseError::Transport { what, message };
+        let mut req = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json");
+        if let Some(b) = bearer {
+            req = req.header("Authorization", format!("Bearer {b}"));
+        }
+        let mut resp = req
+            .send(body.to_string().as_bytes())
+            .map_err(|e| transport(format!("POST {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+            .map_err(|e| transport(format!("reading the answer of {url}: {e}")))?;
+        let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status == 200 && !v.is_object() {
+            return Err(transport(format!("{url} answered no JSON object")));
+        }
+        Ok((status, v))
+    }
+}
+
+/// A service's `{"error": {"code", "message", "detail"?}}`, as two strings.
+fn error_of(v: &Value) -> (String, String) {
+    let e = &v["error"];
+    let code = e["code"].as_str().unwrap_or("unknown").to_string();
+    let mut message = e["message"]
+        .as_str()
+        .unwrap_or("no error message")
+        .to_string();
+    if !e["detail"].is_null() {
+        message.push_str(&format!(" ({})", e["detail"]));
+    }
+    (code, message)
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_parse_as_the_vault_prints_them() {
+        let k = KeyId::parse("http://127.0.0.1:8081/keys/vmgs-kek/0a1b2c").unwrap();
+        assert_eq!(k.vault(), "http://127.0.0.1:8081");
+        assert_eq!((k.name(), k.version()), ("vmgs-kek", "0a1b2c"));
+        assert_eq!(k.to_string(), "http://127.0.0.1:8081/keys/vmgs-kek/0a1b2c");
+        let k = KeyId::parse("https://kv.example/base/keys/a/b").unwrap();
+        assert_eq!(k.vault(), "https://kv.example/base");
+        for bad in [
+            "vmgs-kek",
+            "http://kv/keys/name",
+            "http://kv/keys/name/",
+            "http://kv/keys//v1",
+            "http://kv/keys/a/b/c",
+            "http://kv/keys/a/b?x=1",
+            "ftp://kv/keys/a/b",
+            "kv/keys/a/b",
+        ] {
+            assert!(KeyId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_released_key_and_the_releaser_keep_secrets_out_of_debug() {
+        let k = ReleasedKey(Zeroizing::new(vec![0x5a; 32]));
+        assert_eq!(format!("{k:?}"), "ReleasedKey(32 bytes)");
+        let r = Releaser::new(
+            ureq::Agent::new_with_defaults(),
+            "http://a",
+            Zeroizing::new("secret-credential".into()),
+            vec![],
+        );
+        assert!(!format!("{r:?}").contains("secret-credential"));
+    }
+
+    #[test]
+    fn service_errors_keep_code_message_and_detail() {
+        let v = json!({"error": {"code": "policy_not_satisfied", "message": "no",
+            "detail": {"failed": "x-ms-sevsnpvm-hostdata"}}});
+        let (code, message) = error_of(&v);
+        assert_eq!(code, "policy_not_satisfied");
+        assert!(message.contains("x-ms-sevsnpvm-hostdata"), "{message}");
+        assert_eq!(error_of(&Value::Null).0, "unknown");
+    }
+}
