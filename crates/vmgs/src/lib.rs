@@ -456,22 +456,21 @@ impl Covered {
         out.copy_from_slice(ctx.finish().as_ref());
         out
     }
+}
 
-    /// The commit digest of an encrypted VMGS: HMAC-SHA256, under a key derived from
-    /// the metadata key, of these bytes and the encrypted extended table.
-    fn mac(&self, metadata_key: &[u8; 32], ext_ciphertext: &[u8]) -> [u8; 32] {
-        let derived = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, metadata_key),
-            COMMIT_KEY_LABEL,
-        );
-        let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()));
-        ctx.update(&self.header);
-        ctx.update(&self.table);
-        ctx.update(ext_ciphertext);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.sign().as_ref());
-        out
-    }
+/// The commit digest of an encrypted VMGS: HMAC-SHA256, under a key derived from the
+/// metadata key, of `sha` (the covered bytes' SHA-256). The extended table is bound
+/// through its AES-GCM tag, which sits in the covered table.
+fn commit_mac(metadata_key: &[u8; 32], sha: &[u8; 32]) -> [u8; 32] {
+    let derived = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, metadata_key),
+        COMMIT_KEY_LABEL,
+    );
+    let mut out = [0u8; 32];
+    out.copy_from_slice(
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()), sha).as_ref(),
+    );
+    out
 }
 
 fn first16(d: &[u8; 32]) -> [u8; 16] {
@@ -782,7 +781,7 @@ impl<S: Storage> Vmgs<S> {
                 let (Some(mut plain), Some(e)) = (ext_cipher, ext_block) else {
                     return Err(VmgsError::Crypto("extended table"));
                 };
-                if !constant_time_eq(&covered.mac(&mk, &plain), &table.commit_digest) {
+                if !constant_time_eq(&commit_mac(&mk, &sha), &table.commit_digest) {
                     return Err(VmgsError::Digest);
                 }
                 let plain_ok = open_sealed(&mk, &e.nonce, &e.tag, AAD_EXTENDED_TABLE, &mut plain);
@@ -1091,11 +1090,15 @@ impl<S: Storage> Vmgs<S> {
             edit_ext(&mut ext);
             let mk = new_mk.unwrap_or_else(|| Zeroizing::new(*keys.metadata_key));
             let ext_block = alloc.take_meta(1)?;
-            let mut block = Zeroizing::new([0u8; BLOCK_SIZE]);
-            ext.write_block(&mut block);
-            let mut plain = Zeroizing::new(block.to_vec());
+            let mut plain = Zeroizing::new(vec![0u8; BLOCK_SIZE]);
+            let block: &mut [u8; BLOCK_SIZE] = plain
+                .as_mut_slice()
+                .try_into()
+                .map_err(|_| VmgsError::Crypto("extended table"))?;
+            ext.write_block(block);
             let (nonce, tag) = seal(&mk, AAD_EXTENDED_TABLE, &mut plain)?;
-            let cipher = plain.to_vec();
+            // Sealed in place: the buffer holds ciphertext now.
+            let cipher = std::mem::take(&mut *plain);
             table.files[usize::from(FileId::EXTENDED_FILE_TABLE.get())] = Some(FileEntry {
                 offset: ext_block,
                 blocks: 1,
@@ -1110,9 +1113,9 @@ impl<S: Storage> Vmgs<S> {
         let covered = Covered::new(&header, &table);
         let sha = covered.sha256();
         table.table_check = first16(&sha);
-        table.commit_digest = match (&new_ext, &ext_write) {
-            (Some((_, mk)), Some((_, cipher))) => covered.mac(mk, cipher),
-            _ => sha,
+        table.commit_digest = match &new_ext {
+            Some((_, mk)) => commit_mac(mk, &sha),
+            None => sha,
         };
         let table_bytes = table.to_block(table_block, &table.commit_digest);
         // Data, extended table, file table: all in blocks the current state does not

@@ -180,8 +180,13 @@ fn every_bit_of_the_extended_file_table_is_checked() {
     let ext = table(&image, active).files[usize::from(FileId::EXTENDED_FILE_TABLE.get())].unwrap();
     let at = ext.offset as usize * BLOCK_SIZE;
     let t = Instant::now();
-    // All 32768 bits (the commit digest covers the ciphertext, so each is one HMAC).
-    let check = state_of(active, |e| matches!(e, VmgsError::Digest));
+    // All 32768 bits: the extended table's AES-GCM tag, which the commit digest covers,
+    // refuses each.
+    let block = ext.offset;
+    let check = state_of(
+        active,
+        move |e| matches!(e, VmgsError::ExtendedTable { block: b, reason } if *b == block && reason.contains("authentication")),
+    );
     flip_each(&mut image, at, 0..BLOCK_SIZE * 8, Some(&key), "ext", check);
     eprintln!(
         "{} extended table flips in {:?}",
