@@ -64,15 +64,15 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// Defaults: two workers per CPU (at least 4), half of them per provider, 768 MiB,
-    /// 2 s per evaluation, 10 s in the queue. Two per CPU because a provider's
-    /// requests queue for its share of workers, and a worker spends part of each
-    /// request waiting on its pipes: with one per CPU (one per provider on two CPUs) a
-    /// tenant's policy ran at 60 % of the built-in policy's rate, with two per CPU at
-    /// about 90 % (BENCHMARKS.md §4).
+    /// Defaults: four workers per CPU (at least 8, at most 64; started on demand),
+    /// half of them per provider, 768 MiB, 2 s per evaluation, 10 s in the queue. Four
+    /// per CPU because a provider's requests queue for its share of workers, and a
+    /// worker spends much of each request waiting on its pipes: on two CPUs a tenant's
+    /// policy ran at 60 % of the built-in policy's rate with one worker per CPU, 83 %
+    /// with two and 95 % with four (BENCHMARKS.md §4).
     pub fn new(program: PathBuf, args: Vec<String>) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let workers = cpus.saturating_mul(2).max(4);
+        let workers = cpus.saturating_mul(4).clamp(8, 64);
         SandboxConfig {
             program,
             args,

@@ -155,7 +155,7 @@ pub struct ServeArgs {
     /// The TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Worker processes that run tenants' policies (default: two per CPU, at least 4;
+    /// Worker processes that run tenants' policies (default: four per CPU, 8 to 64;
     /// one provider may use half of them).
     #[arg(long)]
     policy_workers: Option<usize>,
