@@ -69,7 +69,7 @@ impl SandboxConfig {
     /// per CPU because a provider's requests queue for its share of workers, and a
     /// worker spends much of each request waiting on its pipes: on two CPUs a tenant's
     /// policy ran at 60 % of the built-in policy's rate with one worker per CPU, 83 %
-    /// with two and 95 % with four (BENCHMARKS.md §4).
+    /// with two and about 92 % with four (BENCHMARKS.md §4).
     pub fn new(program: PathBuf, args: Vec<String>) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = cpus.saturating_mul(4).clamp(8, 64);

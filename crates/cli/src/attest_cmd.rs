@@ -280,7 +280,7 @@ pub fn run(cmd: AttestCommand) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::describe(&e));
             ExitCode::from(2)
         }
     }
@@ -504,7 +504,7 @@ fn token_verify(a: &TokenVerifyArgs) -> ExitCode {
     let (token, jwks, opts) = match prepared {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: could not check the token: {e:#}");
+            eprintln!("error: could not check the token: {}", crate::describe(&e));
             return ExitCode::from(2);
         }
     };
@@ -558,7 +558,7 @@ fn audit_verify(state: &Path, master_key: Option<&Path>) -> ExitCode {
     let keys = match keys {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::describe(&e));
             return ExitCode::from(2);
         }
     };

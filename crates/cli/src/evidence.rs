@@ -105,7 +105,7 @@ pub fn run(cmd: EvidenceCommand) -> ExitCode {
         EvidenceCommand::Show(a) => match show(&a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::describe(&e));
                 ExitCode::from(2)
             }
         },
@@ -187,7 +187,7 @@ fn verify(a: &VerifyArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => Outcome::Error(Reason {
             code: error_code(&e).into(),
-            message: format!("{e:#}"),
+            message: crate::describe(&e),
         }),
     };
     let (verdict, reasons, code) = match &outcome {

@@ -247,7 +247,7 @@ fn run_result(r: Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::describe(&e));
             ExitCode::from(2)
         }
     }
@@ -357,7 +357,7 @@ fn audit(cmd: AuditCommand) -> ExitCode {
     let keys = match audit_keys(a) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::describe(&e));
             return ExitCode::from(2);
         }
     };
@@ -392,7 +392,7 @@ fn audit(cmd: AuditCommand) -> ExitCode {
         match parsed {
             Ok(cp) => expect.push(cp),
             Err(e) => {
-                eprintln!("error: {}: {e:#}", path.display());
+                eprintln!("error: {}: {}", path.display(), crate::describe(&e));
                 return ExitCode::from(2);
             }
         }

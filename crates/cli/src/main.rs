@@ -60,3 +60,21 @@ fn main() -> ExitCode {
         Command::Vmgs(cmd) => vmgs_cmd::run(cmd),
     }
 }
+
+/// An error and its causes on one line, each joined by ": ", leaving out a cause
+/// whose text is already there (library errors often carry their source's message in
+/// their own).
+pub(crate) fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}

@@ -224,7 +224,7 @@ pub fn run(cmd: SnpCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::describe(&e));
             let refused = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<PlatformError>(),

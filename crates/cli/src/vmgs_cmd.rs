@@ -146,7 +146,7 @@ pub fn run(cmd: VmgsCommand) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("error: {}", crate::describe(&e));
             let integrity = e.chain().any(|c| {
                 c.downcast_ref::<VmgsError>()
                     .is_some_and(VmgsError::is_integrity)
@@ -159,21 +159,6 @@ pub fn run(cmd: VmgsCommand) -> ExitCode {
 
 /// The error chain on one line. A `VmgsError`'s message already includes its source,
 /// so a cause whose text is already there is not repeated.
-fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for c in e.chain() {
-        let s = c.to_string();
-        if out.contains(&s) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&s);
-    }
-    out
-}
-
 fn key(path: Option<&Path>) -> Result<Option<DatastoreKey>> {
     Ok(path.map(DatastoreKey::from_file).transpose()?)
 }

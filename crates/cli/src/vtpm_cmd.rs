@@ -147,7 +147,7 @@ pub fn run(cmd: VtpmCommand) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::describe(&e));
             ExitCode::from(2)
         }
     }
