@@ -1016,11 +1016,14 @@ fn master_key_from_the_environment_and_a_private_admin_token() {
     );
     assert_eq!(st, 200, "{k}");
     drop(kv);
-    // Nothing but the database and the admin credential is in the state directory.
+    // Nothing but the database, the admin credential and the (public) release signing
+    // certificate is in the state directory.
     for entry in std::fs::read_dir(&state).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         assert!(
-            name == "admin.token" || name.starts_with("keyvault.db"),
+            name == "admin.token"
+                || name == "release-signer.pem"
+                || name.starts_with("keyvault.db"),
             "{name} in the state directory"
         );
     }
