@@ -52,9 +52,9 @@ impl ApiError {
         Self::new(500, code, "internal error; see the service log")
     }
 
-    /// 500 for a failure whose cause goes to the service log (stderr) only.
+    /// 500 for a failure whose cause goes to the service log only.
     pub fn logged(code: &'static str, cause: impl std::fmt::Display) -> Self {
-        eprintln!("attest: internal error ({code}): {cause}");
+        tracing::error!(code, %cause, "internal error");
         Self::internal(code)
     }
 

@@ -15,6 +15,8 @@
 //! - [`store`]: SQLite state; secrets sealed under a master key (the `seal` crate).
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod azure;
 pub mod claims;

@@ -16,6 +16,8 @@
 //! [`verify`] takes as `expect`.
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

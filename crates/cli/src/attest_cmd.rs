@@ -266,7 +266,12 @@ pub enum PolicyCommand {
 /// Runs an attest subcommand.
 pub fn run(cmd: AttestCommand) -> ExitCode {
     let r = match cmd {
-        AttestCommand::Serve(a) => serve(a),
+        AttestCommand::Serve(a) => {
+            return match serve(a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => crate::service_failed(&e),
+            };
+        }
         AttestCommand::Token(TokenCommand::Verify(a)) => return token_verify(&a),
         AttestCommand::Policy(p) => policy(p),
         AttestCommand::ReferenceValue(r) => reference_value(r),
@@ -333,7 +338,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     attest::server::run(&a.listen, a.issuer.clone(), tls, cfg, |addr, created| {
         println!("listening on {scheme}://{addr}");
         if let Some(p) = created {
-            eprintln!("administrator credential written to {}", p.display());
+            tracing::info!("administrator credential written to {}", p.display());
         }
     })?;
     Ok(())

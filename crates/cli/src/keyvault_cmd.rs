@@ -256,7 +256,10 @@ fn run_result(r: Result<()>) -> ExitCode {
 /// Runs a keyvault subcommand.
 pub fn run(cmd: KeyvaultCommand) -> ExitCode {
     match cmd {
-        KeyvaultCommand::Serve(a) => run_result(serve(a)),
+        KeyvaultCommand::Serve(a) => match serve(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => crate::service_failed(&e),
+        },
         KeyvaultCommand::Region(r) => run_result(region(r)),
         KeyvaultCommand::Audit(a) => audit(a),
     }
@@ -455,7 +458,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     keyvault::server::run(&a.listen, a.base_url.clone(), tls, cfg, |addr, created| {
         println!("listening on {scheme}://{addr}");
         if let Some(p) = created {
-            eprintln!(
+            tracing::info!(
                 "service administrator credential written to {}",
                 p.display()
             );

@@ -13,14 +13,52 @@ mod vtpm_cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// opencvm: confidential VMs on AMD SEV-SNP with attestation before boot.
 #[derive(Parser, Debug)]
 #[command(name = "cvm", version, about, long_about = None)]
 struct Cli {
+    /// How services and the vTPM write their log (stderr): `text`, or `json` (one
+    /// object per line, with the request id of the request it belongs to). The level
+    /// comes from CVM_LOG (error, warn, info, debug, trace; default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The log's format.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Installs the log subscriber: events of CVM_LOG's level and above to stderr.
+fn init_log(format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match std::env::var("CVM_LOG") {
+        Ok(v) => v.parse::<LevelFilter>().map_err(|_| {
+            format!("CVM_LOG={v:?} is not a level (error, warn, info, debug, trace, off)")
+        })?,
+        Err(_) => LevelFilter::INFO,
+    };
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,6 +88,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = init_log(cli.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Evidence(cmd) => evidence::run(cmd),
         Command::Snp(cmd) => snp_cmd::run(cmd),
@@ -59,6 +101,13 @@ fn main() -> ExitCode {
         Command::Vtpm(cmd) => vtpm_cmd::run(cmd),
         Command::Vmgs(cmd) => vmgs_cmd::run(cmd),
     }
+}
+
+/// How a service (or the vTPM) that could not start or stopped on an error ends: the
+/// error in its log (so a JSON log stays JSON), exit status 2.
+pub(crate) fn service_failed(e: &anyhow::Error) -> ExitCode {
+    tracing::error!("{}", describe(e));
+    ExitCode::from(2)
 }
 
 /// An error and its causes on one line, each joined by ": ", leaving out a cause

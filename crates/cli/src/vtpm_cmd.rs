@@ -146,10 +146,7 @@ pub fn run(cmd: VtpmCommand) -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", crate::describe(&e));
-            ExitCode::from(2)
-        }
+        Err(e) => crate::service_failed(&e),
     }
 }
 
@@ -172,8 +169,8 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     };
     config.check()?;
     if a.dangerously_allow_tcp {
-        eprintln!(
-            "warning: --dangerously-allow-tcp: every local user can reach this TPM's TCP \
+        tracing::warn!(
+            "--dangerously-allow-tcp: every local user can reach this TPM's TCP \
              endpoints"
         );
     }
@@ -209,7 +206,7 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
             let (mut store, created) =
                 opened.with_context(|| format!("opening the VMGS {}", path.display()))?;
             if created {
-                eprintln!("vtpm: created the VMGS {}", path.display());
+                tracing::info!("created the VMGS {}", path.display());
             }
             let stored = vm_id_from_vmgs(&store)?;
             let had_one = stored.is_some();
@@ -222,7 +219,7 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         (Some(state), _, _) => {
             let mut dir = StateDir::open(state).context("opening the vTPM state")?;
             if a.unsafe_no_fsync {
-                eprintln!("warning: --unsafe-no-fsync: vTPM state writes are not durable");
+                tracing::warn!("--unsafe-no-fsync: vTPM state writes are not durable");
                 dir.set_durable(false);
             }
             let path = state.join("vm-id");
@@ -242,8 +239,8 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         _ => anyhow::bail!("--state DIR or --vmgs FILE --key-file K"),
     };
     let (major, minor, patch) = vtpm::libtpms_version();
-    eprintln!(
-        "vtpm: libtpms {major}.{minor}.{patch} (it must carry the fixes for \
+    tracing::info!(
+        "libtpms {major}.{minor}.{patch} (it must carry the fixes for \
          CVE-2023-1017/1018 and CVE-2025-49133; see the README)"
     );
     let mut engine = LibtpmsEngine::new(store)?;
@@ -265,7 +262,7 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         console_enabled: a.console,
     };
     let mut vtpm = if a.bare {
-        eprintln!("warning: --bare: no provisioning and an open platform hierarchy");
+        tracing::warn!("--bare: no provisioning and an open platform hierarchy");
         Vtpm::new(Box::new(engine))
     } else {
         Vtpm::with_platform(Box::new(engine), Platform::new(vm, reports, ca))
@@ -343,7 +340,7 @@ fn release_kek(a: &RunArgs, kid: &str, snp: &mut EmulatedSnp) -> Result<vtpm::vm
             released.as_bytes().len()
         )
     })?;
-    eprintln!("vtpm: the key vault released {key} to this VM");
+    tracing::info!("the key vault released {key} to this VM");
     Ok(vtpm::vmgs_state::Kek::new(k))
 }
 

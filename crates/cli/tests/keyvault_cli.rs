@@ -8,7 +8,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{attest_serve, cvm, json_of, keyvault, post, spawn_with_env};
+use common::{attest_serve, cvm, json_of, keyvault, post, spawn_logged, spawn_with_env};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
@@ -1220,4 +1220,146 @@ fn credentials_are_checked_before_large_bodies() {
     assert_eq!(status(""), "401");
     assert_eq!(status("Authorization: Bearer nope\r\n"), "401");
     assert_eq!(status(&format!("Authorization: Bearer {admin}\r\n")), "408");
+}
+
+/// `--log-format json`: every line a JSON object; every line written while serving a
+/// request carries that request's id, which the answer names in `x-request-id`; server
+/// and client errors are there; and no secret (the key's material in any encoding, the
+/// credentials, the attestation token, the master key) is ever in the log.
+#[test]
+fn json_logs_carry_request_ids_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let attest = attest_serve(d);
+    let log = d.join("kv.log");
+    let master = d.join("secrets/master.key");
+    let kv = spawn_logged(
+        &[
+            "--log-format",
+            "json",
+            "keyvault",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            d.join("kv").to_str().unwrap(),
+            "--master-key",
+            master.to_str().unwrap(),
+            "--authority",
+            &attest.url,
+        ],
+        &[("CVM_LOG", "debug")],
+        Some(&log),
+    );
+    let admin = std::fs::read_to_string(d.join("kv/admin.token")).unwrap();
+    let (st, v) = post(&format!("{}/vaults/team", kv.url), admin.trim(), &json!({}));
+    assert_eq!(st, 200, "{v}");
+    let cred = v["credential"].as_str().unwrap().to_string();
+    std::fs::write(d.join("team.cred"), &cred).unwrap();
+    let material = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+    std::fs::write(d.join("k.hex"), material).unwrap();
+    let out = cvm(&[
+        "key",
+        "import",
+        "--url",
+        &kv.url,
+        "--credential-file",
+        d.join("team.cred").to_str().unwrap(),
+        "disk",
+        "--aes-key-hex",
+        d.join("k.hex").to_str().unwrap(),
+        "--release-policy",
+        policy_file(d, &attest.url).to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = version_of(&json_of(&out));
+    let (token_file, transfer) = attested_guest(d, &attest.url);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    // The release, with its answer's request id.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(format!("{}/keys/disk/{version}/release", kv.url))
+        .header("Authorization", format!("Bearer {cred}"))
+        .header("Content-Type", "application/json")
+        .send(json!({ "target": token.trim() }).to_string().as_bytes())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let release_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let answer: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let key = released(&answer, &transfer);
+    assert_eq!(hex::encode(&key), material);
+    // A refusal and a missing key.
+    let (st, _) = post(
+        &format!("{}/keys/disk/{version}/release", kv.url),
+        &cred,
+        &json!({ "target": "not.a.token" }),
+    );
+    assert!((400..500).contains(&st));
+    let (st, _) = post(
+        &format!("{}/keys/nope/create", kv.url),
+        "wrong-credential",
+        &json!({}),
+    );
+    assert_eq!(st, 401);
+    drop(kv);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let answered: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "answered")
+        .collect();
+    // Vault, import, release, refused release, unauthenticated create.
+    assert!(answered.len() >= 5, "{text}");
+    for l in &answered {
+        let id = l["span"]["request_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{l}"));
+        assert_eq!(id.len(), 16, "{l}");
+    }
+    assert!(
+        answered
+            .iter()
+            .any(|l| l["span"]["request_id"] == release_id.as_str()
+                && l["fields"]["status"] == 200
+                && l["span"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/release"))),
+        "no log line for request {release_id}: {text}"
+    );
+    let ids: std::collections::HashSet<&str> = answered
+        .iter()
+        .filter_map(|l| l["span"]["request_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), answered.len(), "request ids repeat: {text}");
+    let b64 = |b: &[u8]| B64URL.encode(b);
+    // The master key file holds the key as hex.
+    let master_hex = std::fs::read_to_string(&master).unwrap().trim().to_string();
+    let master_bytes = hex::decode(&master_hex).unwrap();
+    let material_bytes = hex::decode(material).unwrap();
+    for (what, secret) in [
+        ("the key's material (hex)", material.to_string()),
+        ("the key's material (base64url)", b64(&material_bytes)),
+        (
+            "the key's material (base64)",
+            base64::engine::general_purpose::STANDARD.encode(&material_bytes),
+        ),
+        ("the vault credential", cred.clone()),
+        ("the service admin token", admin.trim().to_string()),
+        ("the attestation token", token.trim().to_string()),
+        ("the master key (hex)", master_hex.clone()),
+        ("the master key (base64url)", b64(&master_bytes)),
+    ] {
+        assert!(!text.contains(&secret), "{what} is in the log");
+    }
 }

@@ -12,6 +12,8 @@
 //! address ([`Peer`]).
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -158,21 +160,54 @@ pub fn body_rejection(
     })
 }
 
+/// The response header that carries the request's id, as its log lines do.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A fresh request id: 16 lower-case hex digits.
+fn request_id() -> String {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // No randomness: a counter still tells this process's requests apart.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        b = NEXT
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Middleware, outermost: gives each request an id, answered in [`REQUEST_ID_HEADER`],
+/// and a `request` span (id, method, path; never a query, a body or a header) that
+/// every log line written while serving it carries, blocking work included when it
+/// runs in the span. Logs every answer at DEBUG and a server error (5xx) at WARN.
+pub async fn request_context(req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let id = request_id();
+    let path: String = req.uri().path().chars().take(200).collect();
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), %path);
+    let started = std::time::Instant::now();
+    let mut r = next.run(req).instrument(span.clone()).await;
+    let status = r.status().as_u16();
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    span.in_scope(|| {
+        if r.status().is_server_error() {
+            tracing::warn!(status, micros, "answered with a server error");
+        } else {
+            tracing::debug!(status, micros, "answered");
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    r
+}
+
 /// Middleware: answers 503 `timeout` after [`REQUEST_TIMEOUT`], turns the framework's
 /// own plain-text refusals (a path segment that is not UTF-8, say) into JSON errors,
-/// notes every 5xx in the service log (stderr: method, path, status; never a body or a
-/// header), and marks every response `Cache-Control: no-store` (tokens, keys and
-/// credentials must not be cached).
+/// and marks every response `Cache-Control: no-store` (tokens, keys and credentials
+/// must not be cached). Server errors are logged by [`request_context`].
 pub async fn limits(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path: String = req.uri().path().chars().take(200).collect();
     let r = tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await;
-    let status = r
-        .as_ref()
-        .map_or(StatusCode::SERVICE_UNAVAILABLE, |r| r.status());
-    if status.is_server_error() {
-        eprintln!("{method} {path}: {status}");
-    }
     match r {
         Ok(r) => {
             let json = r
@@ -424,7 +459,8 @@ pub fn run(
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
-        let app = build(addr, format!("{scheme}://{addr}"))?;
+        let app = build(addr, format!("{scheme}://{addr}"))?
+            .layer(axum::middleware::from_fn(request_context));
         serve(listener, acceptor, app, LIMITS).await?;
         Ok(())
     })

@@ -20,6 +20,8 @@
 //! VM gets which key (ADR 0010 says how a VMGS key is bound to one VM).
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 use std::fmt;
 

@@ -286,7 +286,7 @@ impl Authorities {
                     TokenError::Keys { reason, .. } => reason.clone(),
                     other => other.to_string(),
                 };
-                eprintln!("keyvault: fetching the signing keys of {issuer} failed: {reason}");
+                tracing::warn!(%issuer, %reason, "fetching an authority's signing keys failed");
                 k.last_error = Some(reason);
                 match &k.jwks {
                     // Keep serving the keys we have while the authority is down.

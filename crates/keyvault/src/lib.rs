@@ -20,6 +20,8 @@
 //!   `RSA_AES_KEY_WRAP_384`) and the `key_hsm` blob that carries it.
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod authority;
 pub mod jwk;

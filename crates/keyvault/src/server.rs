@@ -118,7 +118,9 @@ async fn recover(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
 /// Release validates a token, which may fetch the authority's keys with a blocking
 /// HTTP client: run it on the blocking pool, not on a runtime worker.
 async fn blocking(f: impl FnOnce() -> Result<Value, VaultError> + Send + 'static) -> R {
-    tokio::task::spawn_blocking(f)
+    // The request's span goes along, so what the work logs carries the request id.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|_| VaultError {
             status: 500,

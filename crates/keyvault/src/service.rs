@@ -101,7 +101,7 @@ fn store_err(e: StoreError) -> VaultError {
         }
         e => {
             // The cause goes to the service log only; the caller gets a plain 500.
-            eprintln!("keyvault: store error: {e}");
+            tracing::error!(error = %e, "store error");
             VaultError::internal("store")
         }
     }
@@ -731,7 +731,7 @@ impl Vault {
         // not release (see `release`).
         let r = self.store.audit(&e);
         if let Err(err) = &r {
-            eprintln!("keyvault: audit log write failed: {err}");
+            tracing::error!(error = %err, "audit log write failed");
         }
         r.is_ok()
     }
@@ -771,7 +771,7 @@ impl Vault {
             .store
             .audit(&Self::service_audit(name, "vault_create", &id, Ok(())))
         {
-            eprintln!("keyvault: audit log write failed: {err}");
+            tracing::error!(error = %err, "audit log write failed");
         }
         Ok(json!({
             "vault": name,
@@ -1498,7 +1498,7 @@ impl Vault {
         };
         let entry = Self::service_audit(&vault, op, "", Err(e));
         if let Err(err) = self.store.audit(&entry) {
-            eprintln!("keyvault: audit log write failed: {err}");
+            tracing::error!(error = %err, "audit log write failed");
         }
     }
 

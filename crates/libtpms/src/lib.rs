@@ -9,6 +9,8 @@
 //! All `unsafe` code of opencvm lives in this crate's private `ffi` module.
 //!
 //! [libtpms]: https://github.com/stefanberger/libtpms
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

@@ -2,6 +2,8 @@
 //! files holding secrets written atomically with mode 0600.
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 use std::io::Write;
 use std::path::Path;

@@ -13,6 +13,8 @@
 //! - `certs`: certificates in AMD's shapes under the emulator's roots.
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod certs;
 pub mod guest;

@@ -17,6 +17,8 @@
 //! - [`view`]: the JSON shape of a report.
 
 #![forbid(unsafe_code)]
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod cert;
 pub mod certtable;

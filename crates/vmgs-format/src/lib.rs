@@ -8,6 +8,8 @@
 //! only what passed every check, so the file layer never sees an offset past the end
 //! of the file or a header with a wrong checksum. Parsing never panics on any input
 //! (fuzzed: `fuzz/fuzz_targets/vmgs.rs`).
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

@@ -27,6 +27,8 @@
 //!
 //! Not detected: replacing the whole file with an older copy of itself (a rollback);
 //! that needs a counter outside the file (`docs/formats/vmgs.md`).
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 use std::fs::File;
 use std::io;

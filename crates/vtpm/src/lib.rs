@@ -9,6 +9,8 @@
 //! - [`mssim`]: the TPM simulator's command and platform ports (tpm2-tss `mssim`
 //!   TCTI, IBM TSS);
 //! - [`server`]: loopback TCP and Unix-socket listeners for either protocol.
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod blob;
 pub mod ca;
@@ -167,7 +169,7 @@ impl Vtpm {
     }
 
     pub(crate) fn log(&self, msg: &str) {
-        eprintln!("vtpm: {msg}");
+        tracing::warn!("{msg}");
     }
 }
 

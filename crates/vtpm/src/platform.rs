@@ -315,7 +315,7 @@ fn persist_derived(
         if present == derived {
             return Ok(key);
         }
-        eprintln!("vtpm: the object at {handle:#010x} is not the vTPM's own key; replacing it");
+        tracing::warn!("the object at {handle:#010x} is not the vTPM's own key; replacing it");
         let evicted = [(RH_PLATFORM, platform_auth), (tpm::RH_OWNER, &[][..])]
             .into_iter()
             .any(|(auth, pw)| {
@@ -323,8 +323,8 @@ fn persist_derived(
                     .is_ok_and(|r| r.rc == 0)
             });
         if !evicted {
-            eprintln!(
-                "vtpm: {handle:#010x} could not be evicted; the report names the vTPM's \
+            tracing::warn!(
+                "{handle:#010x} could not be evicted; the report names the vTPM's \
                  own key, not that object"
             );
             return Ok(key);
@@ -332,8 +332,8 @@ fn persist_derived(
     }
     let persisted = run(engine, tpm::evict_control(transient, handle))?;
     if persisted.rc != 0 {
-        eprintln!(
-            "vtpm: making the vTPM's own key persistent at {handle:#010x} failed with \
+        tracing::warn!(
+            "making the vTPM's own key persistent at {handle:#010x} failed with \
              {:#x} (owner authorization changed?); the report names it all the same",
             persisted.rc
         );
@@ -403,7 +403,7 @@ impl Platform {
         }
         match self.provision_started(engine, resumed) {
             Err(e) if resumed => {
-                eprintln!("vtpm: the resumed TPM cannot be provisioned ({e}); starting it fresh");
+                tracing::warn!("the resumed TPM cannot be provisioned ({e}); starting it fresh");
                 engine.stop(false);
                 engine.start(false)?;
                 let r = run(engine, tpm::startup_clear())?;
@@ -856,7 +856,7 @@ impl Platform {
             // Every loaded session ended with the Startup.
             self.sessions.clear();
             if let Err(e) = self.lock_platform_hierarchy(engine) {
-                eprintln!("vtpm: locking the platform hierarchy failed: {e}");
+                tracing::error!("locking the platform hierarchy failed: {e}");
             }
         } else if code == Some(cc::NV_WRITE) && nv_index == Some(NV_USER_DATA) {
             let data = tpm::nv_read_all(engine, NV_USER_DATA, NV_USER_DATA, &[], 64);
@@ -864,7 +864,7 @@ impl Platform {
             if let Ok(Ok(user_data)) = data.map(|d| <[u8; 64]>::try_from(d.as_slice()))
                 && let Err(e) = self.refresh_report(&user_data)
             {
-                eprintln!("vtpm: refreshing the attestation report failed: {e}");
+                tracing::error!("refreshing the attestation report failed: {e}");
             }
         }
     }

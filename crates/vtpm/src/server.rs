@@ -472,17 +472,17 @@ fn accept_loop(l: Listener, role: Role, shared: Arc<Shared>, done: mpsc::Sender<
             // A caller of another uid: refused (closed), and the next one is served
             // at once.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                eprintln!("vtpm: {e}");
+                tracing::warn!("{e}");
                 continue;
             }
             Err(e) => {
-                eprintln!("vtpm: accept failed: {e}");
+                tracing::warn!("accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
         if active.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
-            eprintln!("vtpm: too many connections; closing a new one");
+            tracing::warn!("too many connections; closing a new one");
             continue;
         }
         // Unix control connections are QEMU's for the VM's lifetime; every other
@@ -515,7 +515,7 @@ fn accept_loop(l: Listener, role: Role, shared: Arc<Shared>, done: mpsc::Sender<
                 }
             };
             if let Err(e) = r {
-                eprintln!("vtpm: connection ended: {e}");
+                tracing::info!("connection ended: {e}");
             }
             active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });

@@ -48,12 +48,21 @@ pub fn spawn(args: &[&str]) -> Served {
 
 /// [`spawn`] with extra environment variables.
 pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Served {
+    spawn_logged(args, env, None)
+}
+
+/// [`spawn_with_env`] with stderr (the service's log) written to `log` when given.
+pub fn spawn_logged(args: &[&str], env: &[(&str, &str)], log: Option<&std::path::Path>) -> Served {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("creating the log file")),
+        None => Stdio::null(),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
         .args(args)
         .envs(env.iter().copied())
         .env("XDG_CACHE_HOME", "/nonexistent-opencvm-test")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("starting cvm");
     let mut line = String::new();
