@@ -8,7 +8,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{Served, cvm, json_of, spawn};
+use common::{Served, cvm, json_of, spawn, spawn_logged};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
@@ -532,4 +532,92 @@ fn reference_values_and_the_audit_log_from_the_cli() {
     let out = verify();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("entry 1"));
+}
+
+/// `--log-format json` on the attestation service: every line a JSON object, each
+/// answer logged with the request's id (the one the answer names in `x-request-id`),
+/// and neither the administrator credential nor an issued token in the log.
+#[test]
+fn json_logs_of_the_attestation_service_carry_request_ids_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let roots = common::emulator_roots(dir.path());
+    let master = dir.path().join("master.key");
+    let log = dir.path().join("attest.log");
+    let s = spawn_logged(
+        &[
+            "attest",
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--dangerously-trust-emulator-roots",
+            roots.to_str().unwrap(),
+            "--master-key",
+            master.to_str().unwrap(),
+            "--offline",
+            "--state",
+            state.to_str().unwrap(),
+            "--cache",
+            state.join("kds-cache").to_str().unwrap(),
+        ],
+        &[("CVM_LOG", "debug")],
+        Some(&log),
+    );
+    let admin = std::fs::read_to_string(state.join("admin.token")).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(format!("{}/attest/SevSnpVm", s.url))
+        .header("Content-Type", "application/json")
+        .send(&request(dir.path(), false)[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    let (st, _) = post(&format!("{}/attest/SevSnpVm", s.url), b"{}");
+    assert_eq!(st, 400);
+    let r = agent
+        .get(format!("{}/policies/SevSnpVm", s.url))
+        .header("Authorization", format!("Bearer {}", admin.trim()))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let answered: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "answered")
+        .collect();
+    assert_eq!(answered.len(), 3, "{text}");
+    assert!(
+        answered
+            .iter()
+            .any(|l| l["span"]["request_id"] == id.as_str()
+                && l["fields"]["status"] == 200
+                && l["span"]["path"] == "/attest/SevSnpVm"),
+        "{text}"
+    );
+    assert!(
+        answered.iter().any(|l| l["fields"]["status"] == 400),
+        "{text}"
+    );
+    assert!(
+        !text.contains(admin.trim()),
+        "the administrator credential is in the log"
+    );
+    assert!(!text.contains(&token), "the token is in the log");
+    let master_hex = std::fs::read_to_string(&master).unwrap();
+    assert!(
+        !text.contains(master_hex.trim()),
+        "the master key is in the log"
+    );
 }
