@@ -338,7 +338,10 @@ fn serve(a: ServeArgs) -> Result<()> {
     attest::server::run(&a.listen, a.issuer.clone(), tls, cfg, |addr, created| {
         println!("listening on {scheme}://{addr}");
         if let Some(p) = created {
-            tracing::info!("administrator credential written to {}", p.display());
+            crate::notice(&format!(
+                "administrator credential written to {}",
+                p.display()
+            ));
         }
     })?;
     Ok(())

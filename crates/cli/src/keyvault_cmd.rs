@@ -458,10 +458,10 @@ fn serve(a: ServeArgs) -> Result<()> {
     keyvault::server::run(&a.listen, a.base_url.clone(), tls, cfg, |addr, created| {
         println!("listening on {scheme}://{addr}");
         if let Some(p) = created {
-            tracing::info!(
+            crate::notice(&format!(
                 "service administrator credential written to {}",
                 p.display()
-            );
+            ));
         }
     })?;
     Ok(())

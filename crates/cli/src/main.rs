@@ -37,13 +37,18 @@ enum LogFormat {
     Json,
 }
 
-/// Installs the log subscriber: events of CVM_LOG's level and above to stderr.
-fn init_log(format: LogFormat) -> Result<(), String> {
+/// Installs the log subscriber: events of CVM_LOG's level and above to stderr (a
+/// CVM_LOG that names no level is warned about and taken as info).
+fn init_log(format: LogFormat) {
     use tracing_subscriber::filter::LevelFilter;
     let level = match std::env::var("CVM_LOG") {
-        Ok(v) => v.parse::<LevelFilter>().map_err(|_| {
-            format!("CVM_LOG={v:?} is not a level (error, warn, info, debug, trace, off)")
-        })?,
+        Ok(v) => v.parse::<LevelFilter>().unwrap_or_else(|_| {
+            eprintln!(
+                "warning: CVM_LOG={v:?} is not a level (error, warn, info, debug, trace, \
+                 off); logging at info"
+            );
+            LevelFilter::INFO
+        }),
         Err(_) => LevelFilter::INFO,
     };
     let b = tracing_subscriber::fmt()
@@ -58,7 +63,6 @@ fn init_log(format: LogFormat) -> Result<(), String> {
             .with_span_list(false)
             .init(),
     }
-    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,10 +92,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_log(cli.log_format) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    init_log(cli.log_format);
     match cli.command {
         Command::Evidence(cmd) => evidence::run(cmd),
         Command::Snp(cmd) => snp_cmd::run(cmd),
@@ -106,8 +107,22 @@ fn main() -> ExitCode {
 /// How a service (or the vTPM) that could not start or stopped on an error ends: the
 /// error in its log (so a JSON log stays JSON), exit status 2.
 pub(crate) fn service_failed(e: &anyhow::Error) -> ExitCode {
-    tracing::error!("{}", describe(e));
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{}", describe(e));
+    } else {
+        eprintln!("error: {}", describe(e));
+    }
     ExitCode::from(2)
+}
+
+/// Something the operator must see (where a credential was written): in the log at
+/// INFO, or on stderr as plain text when the log keeps less than that.
+pub(crate) fn notice(msg: &str) {
+    if tracing::enabled!(tracing::Level::INFO) {
+        tracing::info!("{msg}");
+    } else {
+        eprintln!("{msg}");
+    }
 }
 
 /// An error and its causes on one line, each joined by ": ", leaving out a cause

@@ -1233,24 +1233,65 @@ fn json_logs_carry_request_ids_and_no_secret() {
     let attest = attest_serve(d);
     let log = d.join("kv.log");
     let master = d.join("secrets/master.key");
-    let kv = spawn_logged(
-        &[
-            "--log-format",
-            "json",
-            "keyvault",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            d.join("kv").to_str().unwrap(),
-            "--master-key",
-            master.to_str().unwrap(),
-            "--authority",
-            &attest.url,
-        ],
-        &[("CVM_LOG", "debug")],
-        Some(&log),
-    );
+    // A second authority that cannot be reached: a token naming it makes the vault
+    // fetch its keys on the blocking pool, and log the failure there.
+    let gone = "http://127.0.0.1:9";
+    let serve = |level: &str, log: &std::path::Path| {
+        spawn_logged(
+            &[
+                "--log-format",
+                "json",
+                "keyvault",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--state",
+                d.join("kv").to_str().unwrap(),
+                "--master-key",
+                master.to_str().unwrap(),
+                "--authority",
+                &attest.url,
+                "--authority",
+                gone,
+            ],
+            &[("CVM_LOG", level)],
+            Some(log),
+        )
+    };
+    // A release whose token names the unreachable authority: its request id.
+    let unreachable_release = |url: &str, cred: &str, version: &str| -> String {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let part = |v: Value| B64URL.encode(v.to_string());
+        let token = format!(
+            "{}.{}.{}",
+            part(json!({"alg": "RS256", "kid": "k1", "typ": "JWT"})),
+            part(json!({"iss": gone, "exp": 4_000_000_000u64})),
+            B64URL.encode([1u8; 256])
+        );
+        let r = agent
+            .post(format!("{url}/keys/disk/{version}/release"))
+            .header("Authorization", format!("Bearer {cred}"))
+            .header("Content-Type", "application/json")
+            .send(json!({ "target": token }).to_string().as_bytes())
+            .unwrap();
+        assert!((400..600).contains(&r.status().as_u16()));
+        r.headers()["x-request-id"].to_str().unwrap().to_string()
+    };
+    // Whether `text` has the warning about the unreachable authority under request `id`.
+    let fetch_failed = |text: &str, id: &str| {
+        text.lines().any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["level"] == "WARN"
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("signing keys failed"))
+                && v["span"]["request_id"] == id
+        })
+    };
+    let kv = serve("debug", &log);
     let admin = std::fs::read_to_string(d.join("kv/admin.token")).unwrap();
     let (st, v) = post(&format!("{}/vaults/team", kv.url), admin.trim(), &json!({}));
     assert_eq!(st, 200, "{v}");
@@ -1308,6 +1349,7 @@ fn json_logs_carry_request_ids_and_no_secret() {
         &json!({}),
     );
     assert_eq!(st, 401);
+    let unreachable_id = unreachable_release(&kv.url, &cred, &version);
     drop(kv);
 
     let text = std::fs::read_to_string(&log).unwrap();
@@ -1319,8 +1361,10 @@ fn json_logs_carry_request_ids_and_no_secret() {
         .iter()
         .filter(|l| l["fields"]["message"] == "answered")
         .collect();
-    // Vault, import, release, refused release, unauthenticated create.
-    assert!(answered.len() >= 5, "{text}");
+    // Vault, import, release, refused release, unauthenticated create, unreachable.
+    assert!(answered.len() >= 6, "{text}");
+    // A line written on the blocking pool carries its request's id.
+    assert!(fetch_failed(&text, &unreachable_id), "{text}");
     for l in &answered {
         let id = l["span"]["request_id"]
             .as_str()
@@ -1362,4 +1406,13 @@ fn json_logs_carry_request_ids_and_no_secret() {
     ] {
         assert!(!text.contains(&secret), "{what} is in the log");
     }
+
+    // At CVM_LOG=warn: no answers logged, and the warning still names its request.
+    let warn_log = d.join("kv-warn.log");
+    let kv = serve("warn", &warn_log);
+    let id = unreachable_release(&kv.url, &cred, &version);
+    drop(kv);
+    let text = std::fs::read_to_string(&warn_log).unwrap();
+    assert!(!text.contains("\"answered\""), "{text}");
+    assert!(fetch_failed(&text, &id), "{text}");
 }

@@ -399,8 +399,9 @@ fn vmgs_store<'a>(vmgs: &'a Path, flag: &'static str, key: &'a Path) -> [&'a std
     ]
 }
 
-/// `cvm vtpm run` with the state `store` does not start, saying `why`.
-fn refused_start(store: &[&std::ffi::OsStr], why: &str) {
+/// `cvm vtpm run` with the state `store` does not start, saying `why`; returns its
+/// stderr.
+fn refused_start(store: &[&std::ffi::OsStr], why: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cvm"))
         .args(["vtpm", "run"])
         .args(store)
@@ -408,8 +409,9 @@ fn refused_start(store: &[&std::ffi::OsStr], why: &str) {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains(why), "{err}");
+    err
 }
 
 /// The state in an encrypted VMGS instead of a directory: the EK, the NV index, the
@@ -597,7 +599,17 @@ fn a_vmgs_kek_released_after_attestation_opens_only_on_its_own_vm() {
         &serde_json::json!({}),
     );
     assert_eq!(st, 200, "{v}");
-    let cred = d.join("team.cred");
+    let admin_cred = d.join("team-admin.cred");
+    std::fs::write(&admin_cred, v["credential"].as_str().unwrap()).unwrap();
+    // The vTPM holds a credential that may only read and release: it cannot rewrite a
+    // key's release policy (which is immutable besides).
+    let (st, v) = post(
+        &format!("{}/credentials", kv.url),
+        v["credential"].as_str().unwrap(),
+        &serde_json::json!({"role": "release_user"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let cred = d.join("team-release.cred");
     std::fs::write(&cred, v["credential"].as_str().unwrap()).unwrap();
     // One KEK per VM, released only to a report carrying that VM's HOST_DATA.
     let kek_for = |name: &str, host_data: &str| -> String {
@@ -612,12 +624,13 @@ fn a_vmgs_kek_released_after_attestation_opens_only_on_its_own_vm() {
             "--url",
             &kv.url,
             "--credential-file",
-            cred.to_str().unwrap(),
+            admin_cred.to_str().unwrap(),
             name,
             "--kty",
             "oct",
             "--release-policy",
             path.to_str().unwrap(),
+            "--immutable",
         ]);
         assert!(
             out.status.success(),
@@ -658,11 +671,14 @@ fn a_vmgs_kek_released_after_attestation_opens_only_on_its_own_vm() {
         &refs(&vm(&vmgs_b, &kid_b, &host_b, &signer)),
         "does not open this VMGS",
     );
-    // VM B asking for VM A's KEK: its report carries B's HOST_DATA; the vault refuses.
-    refused_start(
+    // VM B asking for VM A's KEK: its report carries B's HOST_DATA; the vault's policy
+    // refuses, naming the claim.
+    let stderr = refused_start(
         &refs(&vm(&vmgs_b, &kid_a, &host_b, &signer)),
         "the key vault refused to release",
     );
+    assert!(stderr.contains("release_policy_denied"), "{stderr}");
+    assert!(stderr.contains("x-ms-sevsnpvm-hostdata"), "{stderr}");
     // A pinned certificate that is not the vault's: the response is refused.
     let other = d.join("emu-roots.pem");
     refused_start(

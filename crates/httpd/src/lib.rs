@@ -184,7 +184,8 @@ pub async fn request_context(req: Request, next: Next) -> Response {
     use tracing::Instrument as _;
     let id = request_id();
     let path: String = req.uri().path().chars().take(200).collect();
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), %path);
+    // At ERROR, the lowest level: its fields reach every line whatever level is kept.
+    let span = tracing::error_span!("request", request_id = %id, method = %req.method(), %path);
     let started = std::time::Instant::now();
     let mut r = next.run(req).instrument(span.clone()).await;
     let status = r.status().as_u16();

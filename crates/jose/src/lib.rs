@@ -25,6 +25,10 @@ mod x509;
 /// The largest token [`verify`] looks at.
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
+/// The largest JWS [`verify_pinned`] looks at: a release response carries the key's
+/// release policy (up to 64 KiB, encoded twice) besides the key.
+pub const MAX_PINNED_LEN: usize = 1024 * 1024;
+
 /// A JWS algorithm this crate signs or verifies with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Alg {
@@ -542,10 +546,12 @@ pub fn peek(token: &str) -> Result<(JsonObject, JsonObject), JwtError> {
 }
 
 fn split(token: &str) -> Result<(&str, &str, &str), JwtError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(JwtError::Malformed(format!(
-            "longer than {MAX_TOKEN_LEN} bytes"
-        )));
+    split_within(token, MAX_TOKEN_LEN)
+}
+
+fn split_within(token: &str, limit: usize) -> Result<(&str, &str, &str), JwtError> {
+    if token.len() > limit {
+        return Err(JwtError::Malformed(format!("longer than {limit} bytes")));
     }
     let mut parts = token.trim().split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -609,7 +615,7 @@ fn verify_sig(alg: Alg, jwk: &Jwk, msg: &[u8], sig: &[u8]) -> Result<(), JwtErro
 /// validity is not either (the pin is the trust decision).
 pub fn verify_pinned(token: &str, cert_der: &[u8], algs: &[Alg]) -> Result<Verified, JwtError> {
     use base64::engine::general_purpose::STANDARD;
-    let (h, p, s) = split(token)?;
+    let (h, p, s) = split_within(token, MAX_PINNED_LEN)?;
     let header = decode_json(h, "header")?;
     if let Some(crit) = header.get("crit") {
         return Err(JwtError::CriticalHeader(crit.to_string()));
@@ -823,19 +829,44 @@ mod tests {
             code(verify_pinned(&t, other.cert_der(), &[Alg::RS256])),
             "signer_mismatch"
         );
-        // The other signer claims the pinned certificate in x5c: the signature fails.
-        let mut parts: Vec<String> = other
-            .sign_with_x5c(&payload)
-            .unwrap()
-            .split('.')
-            .map(String::from)
-            .collect();
-        parts[0] = t.split('.').next().unwrap().to_string();
-        let forged = parts.join(".");
+        // The other signer signs a header that claims the pinned certificate: the
+        // signature is checked with the pinned key and fails.
+        let forged = other
+            .sign_parts(
+                &serde_json::json!({
+                    "alg": "RS256",
+                    "x5c": [base64::engine::general_purpose::STANDARD.encode(s.cert_der())],
+                }),
+                &payload,
+            )
+            .unwrap();
         assert_eq!(
             code(verify_pinned(&forged, s.cert_der(), &[Alg::RS256])),
             "bad_signature"
         );
+        // A crit header and an x5c that is not base64 DER are refused.
+        let crit = s
+            .sign_parts(
+                &serde_json::json!({"alg": "RS256", "crit": ["b64"]}),
+                &payload,
+            )
+            .unwrap();
+        assert_eq!(
+            code(verify_pinned(&crit, s.cert_der(), &[Alg::RS256])),
+            "crit_unsupported"
+        );
+        let bad_x5c = s
+            .sign_parts(&serde_json::json!({"alg": "RS256", "x5c": "zz"}), &payload)
+            .unwrap();
+        assert_eq!(
+            code(verify_pinned(&bad_x5c, s.cert_der(), &[Alg::RS256])),
+            "malformed_token"
+        );
+        // Longer than a token, within the limit for pinned responses.
+        let mut big = payload.clone();
+        big.insert("policy".into(), "p".repeat(100_000).into());
+        let t_big = s.sign_with_x5c(&big).unwrap();
+        assert!(verify_pinned(&t_big, s.cert_der(), &[Alg::RS256]).is_ok());
         // A changed payload, an algorithm not allowed, no x5c at all (still checked).
         let mut parts: Vec<String> = t.split('.').map(String::from).collect();
         parts[1] = B64URL.encode(b"{\"response\":\"y\"}");

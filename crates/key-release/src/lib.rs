@@ -159,6 +159,9 @@ pub enum ReleaseError {
     /// The release response is signed but does not answer this request.
     #[error("the release response does not answer this request: {0}")]
     Mismatch(&'static str),
+    /// No transfer key could be made.
+    #[error("no transfer key could be made")]
+    TransferKey(#[source] WrapError),
     /// The released key does not unwrap with the transfer key.
     #[error("the released key does not unwrap")]
     Unwrap(#[source] WrapError),
@@ -222,7 +225,8 @@ impl Releaser {
         key: &KeyId,
         source: &mut dyn EvidenceSource,
     ) -> Result<ReleasedKey, ReleaseError> {
-        let transfer = UnwrappingKey::generate(TRANSFER_KEY_BITS).map_err(ReleaseError::Unwrap)?;
+        let transfer =
+            UnwrappingKey::generate(TRANSFER_KEY_BITS).map_err(ReleaseError::TransferKey)?;
         let token = self.attest(&transfer, source)?;
         let mut nonce = [0u8; 16];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ReleaseError::Transport {
@@ -245,20 +249,8 @@ impl Releaser {
         let jws = v["value"]
             .as_str()
             .ok_or(ReleaseError::Mismatch("no value"))?;
-        let payload = jose::verify_pinned(jws, &self.vault_signer, &jose::Alg::ALL)
-            .map_err(ReleaseError::Signature)?
-            .claims;
-        if payload["request"]["nonce"].as_str() != Some(nonce.as_str()) {
-            return Err(ReleaseError::Mismatch("it echoes another nonce"));
-        }
-        let kid = payload["request"]["kid"].as_str().unwrap_or_default();
-        if !kid.ends_with(&format!("/keys/{}/{}", key.name, key.version)) {
-            return Err(ReleaseError::Mismatch("it names another key"));
-        }
-        let hsm = payload["response"]["key"]["key"]["key_hsm"]
-            .as_str()
-            .ok_or(ReleaseError::Mismatch("it carries no key_hsm"))?;
-        let material = KeyHsm::parse(hsm)
+        let hsm = checked_key_hsm(jws, &self.vault_signer, &nonce, key)?;
+        let material = KeyHsm::parse(&hsm)
             .and_then(|h| h.unwrap_key(&transfer))
             .map_err(ReleaseError::Unwrap)?;
         Ok(ReleasedKey(material.into_zeroizing()))
@@ -324,7 +316,8 @@ impl Releaser {
             .post(url)
             .header("Content-Type", "application/json");
         if let Some(b) = bearer {
-            req = req.header("Authorization", format!("Bearer {b}"));
+            let value = Zeroizing::new(format!("Bearer {b}"));
+            req = req.header("Authorization", value.as_str());
         }
         let mut resp = req
             .send(body.to_string().as_bytes())
@@ -342,6 +335,35 @@ impl Releaser {
         }
         Ok((status, v))
     }
+}
+
+/// The `key_hsm` of a release response `jws`, once it is signed by the pinned
+/// `signer` (DER), echoes `nonce` and names `key`'s name and version. The vault's URL
+/// in the kid is not compared: a vault names itself by its configured base URL, which
+/// need not be the URL the caller reached it at.
+fn checked_key_hsm(
+    jws: &str,
+    signer: &[u8],
+    nonce: &str,
+    key: &KeyId,
+) -> Result<String, ReleaseError> {
+    let payload = Value::Object(
+        jose::verify_pinned(jws, signer, &jose::Alg::ALL)
+            .map_err(ReleaseError::Signature)?
+            .claims,
+    );
+    if payload["request"]["nonce"].as_str() != Some(nonce) {
+        return Err(ReleaseError::Mismatch("it echoes another nonce"));
+    }
+    let kid = payload["request"]["kid"].as_str().unwrap_or_default();
+    let own = format!("/keys/{}/{}", key.name, key.version);
+    if !kid.ends_with(&own) || !kid.starts_with("http") {
+        return Err(ReleaseError::Mismatch("it names another key"));
+    }
+    payload["response"]["key"]["key"]["key_hsm"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or(ReleaseError::Mismatch("it carries no key_hsm"))
 }
 
 /// A service's `{"error": {"code", "message", "detail"?}}`, as two strings.
@@ -399,6 +421,53 @@ mod tests {
             vec![],
         );
         assert!(!format!("{r:?}").contains("secret-credential"));
+    }
+
+    #[test]
+    fn a_release_response_must_be_signed_answer_this_nonce_and_name_this_key() {
+        let vault = jose::TokenSigner::generate(jose::Alg::RS256, "vault", 1000, 1).unwrap();
+        let other = jose::TokenSigner::generate(jose::Alg::RS256, "vault", 1000, 1).unwrap();
+        let key = KeyId::parse("http://127.0.0.1:1/keys/kek/v1").unwrap();
+        let response = |kid: &str, nonce: &str, with_key: bool| {
+            let mut p = serde_json::Map::new();
+            p.insert("request".into(), json!({"kid": kid, "nonce": nonce}));
+            if with_key {
+                p.insert(
+                    "response".into(),
+                    json!({"key": {"key": {"key_hsm": "HSM"}}}),
+                );
+            }
+            p
+        };
+        let kid = "http://kv.example/keys/kek/v1";
+        let good = vault.sign_with_x5c(&response(kid, "n1", true)).unwrap();
+        assert_eq!(
+            checked_key_hsm(&good, vault.cert_der(), "n1", &key).unwrap(),
+            "HSM"
+        );
+        let refused = |jws: &str, signer: &[u8], nonce: &str| {
+            checked_key_hsm(jws, signer, nonce, &key)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(&good, other.cert_der(), "n1").contains("not the vault's"));
+        assert!(refused(&good, vault.cert_der(), "n2").contains("another nonce"));
+        for wrong in [
+            "http://kv.example/keys/kek/v2",
+            "http://kv.example/keys/other-kek/v1",
+            "/keys/kek/v1",
+        ] {
+            let jws = vault.sign_with_x5c(&response(wrong, "n1", true)).unwrap();
+            assert!(
+                refused(&jws, vault.cert_der(), "n1").contains("another key"),
+                "{wrong}"
+            );
+        }
+        let bare = vault.sign_with_x5c(&response(kid, "n1", false)).unwrap();
+        assert!(refused(&bare, vault.cert_der(), "n1").contains("no key_hsm"));
+        // No request at all: refused, not a panic.
+        let empty = vault.sign_with_x5c(&serde_json::Map::new()).unwrap();
+        assert!(refused(&empty, vault.cert_der(), "n1").contains("another nonce"));
     }
 
     #[test]

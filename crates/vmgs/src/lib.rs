@@ -9,9 +9,10 @@
 //! it. A crash at any instant therefore leaves the old state or the new one.
 //!
 //! **What is checked at open.** The header's CRC; a *commit digest* kept in the file
-//! table's own entry, covering the header, the file table and the encrypted extended
-//! table (HMAC-SHA256 under a key derived from the metadata key when the file is
-//! encrypted, SHA-256 otherwise); and every file's data (its AES-GCM tag, or for a
+//! table's own entry, covering the header and the file table (HMAC-SHA256 of their
+//! SHA-256 under a key derived from the metadata key when the file is encrypted, that
+//! SHA-256 otherwise); the extended table's AES-GCM tag, which the table holds; and
+//! every file's data (its AES-GCM tag, or for a
 //! plaintext file a SHA-256 prefix in the table). By default ([`OpenOptions::recover`]
 //! off) any failure is an error naming the slot, block or file, never a silent fall
 //! back to the older state: a process killed mid-commit cannot produce such a state

@@ -676,6 +676,65 @@ fn unencrypted_flips_are_detected() {
     assert!(open(&image, None, false).is_ok());
 }
 
+/// An edit of a header and its file table.
+type Edit = dyn Fn(&mut vmgs::vmgs_format::Header, &mut vmgs::vmgs_format::FileTable);
+
+/// The table check is keyless, so a host can edit the table or the header and
+/// recompute it (and the header's CRC): only the keyed commit digest stands in the
+/// way. A file's nonce or size changed, the header's reprovisioned flag flipped: each
+/// opens without the key (nothing keyed is checked then; documented) and is refused
+/// with `Digest` when opened with it.
+#[test]
+fn edits_with_a_recomputed_table_check_meet_the_commit_digest() {
+    let Fixture {
+        image, key, active, ..
+    } = fixture();
+    let rewrite = |edit: &Edit| {
+        let mut image = image.clone();
+        let mut h = header(&image, active);
+        let mut t = table(&image, active);
+        edit(&mut h, &mut t);
+        let mut hb = h.to_bytes();
+        hb[12..16].fill(0);
+        t.table_check = [0; 16];
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&hb);
+        ctx.update(&t.to_block(h.file_table_offset, &[0; 32]));
+        t.table_check.copy_from_slice(&ctx.finish().as_ref()[..16]);
+        let at = h.file_table_offset as usize * BLOCK_SIZE;
+        image[at..at + BLOCK_SIZE]
+            .copy_from_slice(&t.to_block(h.file_table_offset, &t.commit_digest));
+        let at = header_offset(active) as usize;
+        image[at..at + HEADER_SIZE].copy_from_slice(&h.to_bytes());
+        image
+    };
+    let bios = usize::from(FileId::BIOS_NVRAM.get());
+    let edits: [(&str, &Edit); 3] = [
+        ("BIOS_NVRAM's nonce changed", &move |_, t| {
+            if let Some(e) = t.files[bios].as_mut() {
+                e.nonce[0] ^= 1;
+            }
+        }),
+        ("BIOS_NVRAM one byte shorter", &move |_, t| {
+            if let Some(e) = t.files[bios].as_mut() {
+                e.size -= 1;
+            }
+        }),
+        ("the header marked reprovisioned", &|h, _| {
+            h.reprovisioned = !h.reprovisioned
+        }),
+    ];
+    for (what, edit) in edits {
+        let edited = rewrite(edit);
+        // Without the key nothing authenticates the table (documented): it opens.
+        assert!(open(&edited, None, false).is_ok(), "{what}: keyless open");
+        let e = refused(&edited, Some(&key), what);
+        let (slot, source) = state_error(&e);
+        assert_eq!(slot, active, "{what}");
+        assert!(matches!(source, VmgsError::Digest), "{what}: {e}");
+    }
+}
+
 /// Sequence numbers wrap: 0 is newer than 0xFFFFFFFF. The file is brought near the
 /// wrap by rewriting its (unencrypted, so SHA-256 digested) header and table.
 #[test]
