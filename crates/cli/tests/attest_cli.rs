@@ -8,7 +8,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{Served, cvm, json_of, spawn, spawn_logged};
+use common::{Served, cvm, json_of};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
@@ -21,29 +21,19 @@ fn serve(state: &Path) -> Served {
 /// `cvm attest serve` trusting the roots of the emulated platform beside `state` (the
 /// one [`request`] launches guests on), its master key beside `state` too.
 fn serve_with(state: &Path, extra: &[&str]) -> Served {
-    let (st, cache) = (state.to_str().unwrap(), state.join("kds-cache"));
+    serve_logged(state, extra, &[], None)
+}
+
+/// [`serve_with`] with environment variables and the log (stderr) written to `log`.
+fn serve_logged(state: &Path, extra: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Served {
     let parent = state.parent().unwrap();
-    let roots = common::emulator_roots(parent);
-    let master = parent.join("master.key");
-    let mut args = vec![
-        "attest",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--dangerously-trust-emulator-roots",
-        roots.to_str().unwrap(),
-        "--master-key",
-        master.to_str().unwrap(),
-        "--offline",
-        "--state",
-        st,
-        "--cache",
-        cache.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let s = spawn(&args);
-    assert!(s.url.starts_with("http"), "{}", s.url);
-    s
+    let paths = common::AttestPaths {
+        roots_of: parent,
+        master: &parent.join("master.key"),
+        state,
+        cache: &state.join("kds-cache"),
+    };
+    common::attest_serve_with(&paths, extra, env, log)
 }
 
 fn post(url: &str, body: &[u8]) -> (u16, Value) {
@@ -541,27 +531,11 @@ fn reference_values_and_the_audit_log_from_the_cli() {
 fn json_logs_of_the_attestation_service_carry_request_ids_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let roots = common::emulator_roots(dir.path());
     let master = dir.path().join("master.key");
     let log = dir.path().join("attest.log");
-    let s = spawn_logged(
-        &[
-            "attest",
-            "serve",
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--dangerously-trust-emulator-roots",
-            roots.to_str().unwrap(),
-            "--master-key",
-            master.to_str().unwrap(),
-            "--offline",
-            "--state",
-            state.to_str().unwrap(),
-            "--cache",
-            state.join("kds-cache").to_str().unwrap(),
-        ],
+    let s = serve_logged(
+        &state,
+        &["--log-format", "json"],
         &[("CVM_LOG", "debug")],
         Some(&log),
     );
@@ -588,15 +562,8 @@ fn json_logs_of_the_attestation_service_carry_request_ids_and_no_secret() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     drop(s);
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    let answered: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["fields"]["message"] == "answered")
-        .collect();
+    let (text, lines) = common::json_log(&log);
+    let answered = common::answered(&lines);
     assert_eq!(answered.len(), 3, "{text}");
     assert!(
         answered

@@ -1352,15 +1352,8 @@ fn json_logs_carry_request_ids_and_no_secret() {
     let unreachable_id = unreachable_release(&kv.url, &cred, &version);
     drop(kv);
 
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    let answered: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["fields"]["message"] == "answered")
-        .collect();
+    let (text, lines) = common::json_log(&log);
+    let answered = common::answered(&lines);
     // Vault, import, release, refused release, unauthenticated create, unreachable.
     assert!(answered.len() >= 6, "{text}");
     // A line written on the blocking pool carries its request's id.

@@ -607,15 +607,18 @@ fn verify_sig(alg: Alg, jwk: &Jwk, msg: &[u8], sig: &[u8]) -> Result<(), JwtErro
     }
 }
 
-/// Verifies a compact JWS signed by one pinned certificate's key (`cert_der`, DER),
-/// as the party a key vault released a key to checks the release response: no `crit`
-/// header, the algorithm on `algs` and of the certificate key's type, the header's
-/// `x5c[0]` (when present) that very certificate, and the signature. A release
-/// response carries no time claims, so none is checked; the certificate's own
-/// validity is not either (the pin is the trust decision).
-pub fn verify_pinned(token: &str, cert_der: &[u8], algs: &[Alg]) -> Result<Verified, JwtError> {
-    use base64::engine::general_purpose::STANDARD;
-    let (h, p, s) = split_within(token, MAX_PINNED_LEN)?;
+/// A token's parts split at the dots, its decoded header (no `crit`), its algorithm (on
+/// `algs`; `none` and HMAC named as such), and the bytes its signature covers.
+struct Parts<'t> {
+    header: Map<String, Value>,
+    alg: Alg,
+    signed: &'t [u8],
+    payload: &'t str,
+    signature: Vec<u8>,
+}
+
+fn parts<'t>(token: &'t str, limit: usize, algs: &[Alg]) -> Result<Parts<'t>, JwtError> {
+    let (h, p, s) = split_within(token, limit)?;
     let header = decode_json(h, "header")?;
     if let Some(crit) = header.get("crit") {
         return Err(JwtError::CriticalHeader(crit.to_string()));
@@ -626,7 +629,44 @@ pub fn verify_pinned(token: &str, cert_der: &[u8], algs: &[Alg]) -> Result<Verif
         .ok_or(JwtError::MissingClaim("alg"))?;
     let alg = Alg::from_name(alg_name)
         .filter(|a| algs.contains(a))
-        .ok_or_else(|| JwtError::AlgNotAllowed(alg_name.to_string()))?;
+        .ok_or_else(|| {
+            if alg_name.eq_ignore_ascii_case("none") {
+                JwtError::Unsigned
+            } else if alg_name.to_ascii_uppercase().starts_with("HS") {
+                JwtError::SymmetricAlg(alg_name.to_string())
+            } else {
+                JwtError::AlgNotAllowed(alg_name.to_string())
+            }
+        })?;
+    let signed_len = h.len() + 1 + p.len();
+    Ok(Parts {
+        header,
+        alg,
+        signed: token
+            .trim()
+            .as_bytes()
+            .get(..signed_len)
+            .unwrap_or_default(),
+        payload: p,
+        signature: decode_part(s, "signature")?,
+    })
+}
+
+/// Verifies a compact JWS signed by one pinned certificate's key (`cert_der`, DER),
+/// as the party a key vault released a key to checks the release response: no `crit`
+/// header, the algorithm on `algs` and of the certificate key's type, the header's
+/// `x5c[0]` (when present) that very certificate, and the signature. A release
+/// response carries no time claims, so none is checked; the certificate's own
+/// validity is not either (the pin is the trust decision).
+pub fn verify_pinned(token: &str, cert_der: &[u8], algs: &[Alg]) -> Result<Verified, JwtError> {
+    use base64::engine::general_purpose::STANDARD;
+    let Parts {
+        header,
+        alg,
+        signed,
+        payload,
+        signature: sig,
+    } = parts(token, MAX_PINNED_LEN, algs)?;
     if let Some(x5c) = header.get("x5c") {
         let first = x5c
             .as_array()
@@ -648,19 +688,12 @@ pub fn verify_pinned(token: &str, cert_der: &[u8], algs: &[Alg]) -> Result<Verif
         Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
         Alg::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
     };
-    let sig = decode_part(s, "signature")?;
-    let signed_len = h.len() + 1 + p.len();
-    let msg = token
-        .trim()
-        .as_bytes()
-        .get(..signed_len)
-        .unwrap_or_default();
     signature::UnparsedPublicKey::new(params, &key)
-        .verify(msg, &sig)
+        .verify(signed, &sig)
         .map_err(|_| JwtError::BadSignature)?;
     Ok(Verified {
         header,
-        claims: decode_json(p, "payload")?,
+        claims: decode_json(payload, "payload")?,
         alg,
     })
 }
@@ -670,26 +703,13 @@ pub fn verify_pinned(token: &str, cert_der: &[u8], algs: &[Alg]) -> Result<Verif
 /// `use`, when given, `sig`), signature, `exp` (required), `nbf` and `iat` (not in the
 /// future) with leeway, and the issuer if asked.
 pub fn verify(token: &str, jwks: &Jwks, opts: &VerifyOptions) -> Result<Verified, JwtError> {
-    let (h, p, s) = split(token)?;
-    let header = decode_json(h, "header")?;
-    if let Some(crit) = header.get("crit") {
-        return Err(JwtError::CriticalHeader(crit.to_string()));
-    }
-    let alg_name = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(JwtError::MissingClaim("alg"))?;
-    let alg = Alg::from_name(alg_name)
-        .filter(|a| opts.algs.contains(a))
-        .ok_or_else(|| {
-            if alg_name.eq_ignore_ascii_case("none") {
-                JwtError::Unsigned
-            } else if alg_name.to_ascii_uppercase().starts_with("HS") {
-                JwtError::SymmetricAlg(alg_name.to_string())
-            } else {
-                JwtError::AlgNotAllowed(alg_name.to_string())
-            }
-        })?;
+    let Parts {
+        header,
+        alg,
+        signed,
+        payload,
+        signature: sig,
+    } = parts(token, MAX_TOKEN_LEN, &opts.algs)?;
     let jwk = match header.get("kid").and_then(Value::as_str) {
         Some(kid) => jwks
             .keys
@@ -712,15 +732,8 @@ pub fn verify(token: &str, jwks: &Jwks, opts: &VerifyOptions) -> Result<Verified
             key_use: u.to_string(),
         });
     }
-    let sig = decode_part(s, "signature")?;
-    let signed_len = h.len() + 1 + p.len();
-    let msg = token
-        .trim()
-        .as_bytes()
-        .get(..signed_len)
-        .unwrap_or_default();
-    verify_sig(alg, jwk, msg, &sig)?;
-    let claims = decode_json(p, "payload")?;
+    verify_sig(alg, jwk, signed, &sig)?;
+    let claims = decode_json(payload, "payload")?;
     let exp = claims
         .get("exp")
         .and_then(Value::as_i64)

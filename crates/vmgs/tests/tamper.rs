@@ -679,6 +679,31 @@ fn unencrypted_flips_are_detected() {
 /// An edit of a header and its file table.
 type Edit = dyn Fn(&mut vmgs::vmgs_format::Header, &mut vmgs::vmgs_format::FileTable);
 
+/// Applies `edit` to header slot `slot` and its table in `image`, then recomputes what
+/// needs no key: the table check (the first 16 bytes of the SHA-256 of the header with
+/// its checksum zeroed and the table with digest and check zeroed), with
+/// `unencrypted` the commit digest too (that whole SHA-256), and the header's CRC.
+fn rewrite_slot(image: &mut [u8], slot: usize, unencrypted: bool, edit: &Edit) {
+    let mut h = header(image, slot);
+    let mut t = table(image, slot);
+    edit(&mut h, &mut t);
+    let mut hb = h.to_bytes();
+    hb[12..16].fill(0);
+    t.table_check = [0; 16];
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&hb);
+    ctx.update(&t.to_block(h.file_table_offset, &[0; 32]));
+    let sha = ctx.finish();
+    t.table_check.copy_from_slice(&sha.as_ref()[..16]);
+    if unencrypted {
+        t.commit_digest.copy_from_slice(sha.as_ref());
+    }
+    let at = h.file_table_offset as usize * BLOCK_SIZE;
+    image[at..at + BLOCK_SIZE].copy_from_slice(&t.to_block(h.file_table_offset, &t.commit_digest));
+    let at = header_offset(slot) as usize;
+    image[at..at + HEADER_SIZE].copy_from_slice(&h.to_bytes());
+}
+
 /// The table check is keyless, so a host can edit the table or the header and
 /// recompute it (and the header's CRC): only the keyed commit digest stands in the
 /// way. A file's nonce or size changed, the header's reprovisioned flag flipped: each
@@ -691,21 +716,7 @@ fn edits_with_a_recomputed_table_check_meet_the_commit_digest() {
     } = fixture();
     let rewrite = |edit: &Edit| {
         let mut image = image.clone();
-        let mut h = header(&image, active);
-        let mut t = table(&image, active);
-        edit(&mut h, &mut t);
-        let mut hb = h.to_bytes();
-        hb[12..16].fill(0);
-        t.table_check = [0; 16];
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(&hb);
-        ctx.update(&t.to_block(h.file_table_offset, &[0; 32]));
-        t.table_check.copy_from_slice(&ctx.finish().as_ref()[..16]);
-        let at = h.file_table_offset as usize * BLOCK_SIZE;
-        image[at..at + BLOCK_SIZE]
-            .copy_from_slice(&t.to_block(h.file_table_offset, &t.commit_digest));
-        let at = header_offset(active) as usize;
-        image[at..at + HEADER_SIZE].copy_from_slice(&h.to_bytes());
+        rewrite_slot(&mut image, active, false, edit);
         image
     };
     let bios = usize::from(FileId::BIOS_NVRAM.get());
@@ -744,23 +755,7 @@ fn sequence_numbers_wrap_at_u32_max() {
         .unwrap();
     let mut image = v.storage().0.clone();
     let (active, _) = v.position();
-    let mut h = header(&image, active);
-    let mut t = table(&image, active);
-    h.sequence = u32::MAX - 1;
-    let mut hb = h.to_bytes();
-    hb[12..16].fill(0);
-    // Unencrypted: the digest is the SHA-256 of the header and the table with digest
-    // and check zeroed, and the check is its first 16 bytes.
-    t.table_check = [0; 16];
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(&hb);
-    ctx.update(&t.to_block(h.file_table_offset, &[0; 32]));
-    t.commit_digest.copy_from_slice(ctx.finish().as_ref());
-    t.table_check.copy_from_slice(&t.commit_digest[..16]);
-    let at = h.file_table_offset as usize * BLOCK_SIZE;
-    image[at..at + BLOCK_SIZE].copy_from_slice(&t.to_block(h.file_table_offset, &t.commit_digest));
-    let at = header_offset(active) as usize;
-    image[at..at + HEADER_SIZE].copy_from_slice(&h.to_bytes());
+    rewrite_slot(&mut image, active, true, &|h, _| h.sequence = u32::MAX - 1);
     let at = header_offset(1 - active) as usize;
     image[at..at + BLOCK_SIZE].fill(0);
 

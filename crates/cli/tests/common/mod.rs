@@ -149,9 +149,37 @@ pub fn post(url: &str, bearer: &str, body: &Value) -> (u16, Value) {
 
 /// `cvm attest serve` trusting the emulated platform in `d/emu` (created if missing).
 pub fn attest_serve(d: &std::path::Path) -> Served {
-    let roots = emulator_roots(d);
-    let master = d.join("attest-master.key");
-    spawn(&[
+    let paths = AttestPaths {
+        roots_of: d,
+        master: &d.join("attest-master.key"),
+        state: &d.join("attest"),
+        cache: &d.join("cache"),
+    };
+    attest_serve_with(&paths, &[], &[], None)
+}
+
+/// Where [`attest_serve_with`] keeps things.
+pub struct AttestPaths<'a> {
+    /// The directory whose emulated platform (`emu`) the service trusts.
+    pub roots_of: &'a std::path::Path,
+    /// The master key file.
+    pub master: &'a std::path::Path,
+    /// The state directory.
+    pub state: &'a std::path::Path,
+    /// The KDS cache.
+    pub cache: &'a std::path::Path,
+}
+
+/// `cvm attest serve` (offline, on 127.0.0.1:0) with `paths`, `extra` arguments,
+/// environment variables, and the log written to `log` when given.
+pub fn attest_serve_with(
+    paths: &AttestPaths<'_>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> Served {
+    let roots = emulator_roots(paths.roots_of);
+    let mut args = vec![
         "attest",
         "serve",
         "--listen",
@@ -159,11 +187,34 @@ pub fn attest_serve(d: &std::path::Path) -> Served {
         "--dangerously-trust-emulator-roots",
         roots.to_str().unwrap(),
         "--master-key",
-        master.to_str().unwrap(),
+        paths.master.to_str().unwrap(),
         "--offline",
         "--state",
-        d.join("attest").to_str().unwrap(),
+        paths.state.to_str().unwrap(),
         "--cache",
-        d.join("cache").to_str().unwrap(),
-    ])
+        paths.cache.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let s = spawn_logged(&args, env, log);
+    assert!(s.url.starts_with("http"), "{}", s.url);
+    s
+}
+
+/// The lines of a log written with `--log-format json` (each must be a JSON object),
+/// with the text.
+pub fn json_log(path: &std::path::Path) -> (String, Vec<Value>) {
+    let text = std::fs::read_to_string(path).expect("reading the log");
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (text, lines)
+}
+
+/// The lines of `lines` that log an answer to a request.
+pub fn answered(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "answered")
+        .collect()
 }
