@@ -29,25 +29,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, AttestRefusal as _};
 use crate::service::{DEFAULT_PROVIDER, Service};
 use crate::{AttestationType, policy::ProviderSettings};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body())).into_response()
-    }
-}
 
 type Svc = State<Arc<Service>>;
 type ApiResult = Result<axum::Json<Value>, ApiError>;

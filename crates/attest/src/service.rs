@@ -17,7 +17,7 @@ use snp::verify::Verifier;
 use zeroize::Zeroizing;
 
 use crate::collateral::{CrlMemo, EmulatorRoots, ServiceCrls};
-use crate::error::ApiError;
+use crate::error::{ApiError, AttestRefusal as _};
 use crate::jwt::{Alg, Jwks, TokenSigner};
 use crate::nonce::NonceStore;
 use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};

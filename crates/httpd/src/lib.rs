@@ -15,6 +15,10 @@
 // Libraries log through `tracing` (or not at all); only binaries print.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod error;
+
+pub use error::ApiError;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

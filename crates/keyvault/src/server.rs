@@ -31,7 +31,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 
@@ -39,13 +38,6 @@ use crate::service::{Vault, VaultConfig, VaultError};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
-
-impl IntoResponse for VaultError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body())).into_response()
-    }
-}
 
 type S = State<Arc<Vault>>;
 type R = Result<axum::Json<Value>, VaultError>;

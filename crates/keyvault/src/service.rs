@@ -35,35 +35,18 @@ use crate::store::{
 };
 use crate::wrap::{KeyHsm, WrapMechanism, WrappingPublicKey};
 
-/// A refusal or failure as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct VaultError {
-    /// HTTP status.
-    pub status: u16,
-    /// Stable code.
-    pub code: &'static str,
-    /// Explanation; never key material.
-    pub message: String,
-    /// Extra detail (a release policy's explanation).
-    pub detail: Option<Value>,
+/// A refusal, as the API reports it: the services' one error type.
+pub type VaultError = httpd::ApiError;
+
+/// The key vault's own refusals.
+trait VaultRefusal {
+    fn unauthorized() -> Self;
+    fn forbidden(role: &str, op: &str) -> Self;
+    fn not_found(name: &str) -> Self;
+    fn region_not_found(region: &str) -> Self;
 }
 
-impl VaultError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        VaultError {
-            status,
-            code,
-            message: message.into(),
-            detail: None,
-        }
-    }
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(400, code, message)
-    }
-    fn internal(code: &'static str) -> Self {
-        Self::new(500, code, "internal error; see the service log")
-    }
+impl VaultRefusal for VaultError {
     fn unauthorized() -> Self {
         Self::new(
             401,
@@ -84,14 +67,6 @@ impl VaultError {
     fn region_not_found(region: &str) -> Self {
         Self::new(404, "region_not_found", format!("no region {region:?}"))
     }
-    /// The JSON body: `{"error": {"code", "message", "detail"?}}`.
-    pub fn body(&self) -> Value {
-        let mut e = json!({ "code": self.code, "message": self.message });
-        if let Some(d) = &self.detail {
-            e["detail"] = d.clone();
-        }
-        json!({ "error": e })
-    }
 }
 
 fn store_err(e: StoreError) -> VaultError {
@@ -99,11 +74,8 @@ fn store_err(e: StoreError) -> VaultError {
         StoreError::Exists(what) | StoreError::Conflict(what) => {
             VaultError::new(409, "conflict", what)
         }
-        e => {
-            // The cause goes to the service log only; the caller gets a plain 500.
-            tracing::error!(error = %e, "store error");
-            VaultError::internal("store")
-        }
+        // The cause goes to the service log only; the caller gets a plain 500.
+        e => VaultError::logged("store", e),
     }
 }
 
