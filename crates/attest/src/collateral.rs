@@ -85,7 +85,7 @@ impl CrlProvider for ServiceCrls<'_> {
             }
         }
         let (crls, reason) =
-            crate::evidence::off_worker(|| FetcherCrls(fetcher).amd_crls(product, kind, at))?;
+            httpd::off_worker(|| FetcherCrls(fetcher).amd_crls(product, kind, at))?;
         let result = match (crls.first(), &reason) {
             (Some(crl), _) => Ok(crl.clone()),
             (None, Some(r)) => Err(r.clone()),
@@ -175,7 +175,7 @@ impl KdsGuard {
             }
             e.1 += 1;
         }
-        match crate::evidence::off_worker(|| fetcher.fetch(req)) {
+        match httpd::off_worker(|| fetcher.fetch(req)) {
             Ok(_) => Ok(()),
             Err(e) => {
                 let why = e.to_string();

@@ -351,7 +351,7 @@ pub(crate) fn verify_snp(
                 ..lookup::Sources::default()
             };
             let (vek, chain) =
-                off_worker(|| lookup::find_chain(&report, &sources)).map_err(lookup_error)?;
+                httpd::off_worker(|| lookup::find_chain(&report, &sources)).map_err(lookup_error)?;
             std::sync::Arc::new((vek, chain))
         }
     };
@@ -388,18 +388,6 @@ fn lookup_error(e: lookup::LookupError) -> ApiError {
 fn verify_error(e: snp::verify::VerifyError) -> ApiError {
     let status = if e.is_collateral_problem() { 424 } else { 400 };
     ApiError::new(status, e.code(), e.to_string())
-}
-
-/// Runs `f`, which may wait on the network (a KDS fetch): on the server's runtime, tell
-/// it to move other tasks off this worker meanwhile (a hit in the collateral cache is
-/// quick anyway).
-pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }
 
 /// Runs the request parsers on `data` (a fuzz target's entry point): SevSnpVm and

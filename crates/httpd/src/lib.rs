@@ -164,6 +164,20 @@ pub fn body_rejection(
     })
 }
 
+/// The services' one rule for blocking work: `f`, which may wait (on the network, a
+/// disk, a lock), runs on the request's own task, and on a multi-threaded runtime the
+/// runtime is told to move its other tasks off this worker meanwhile
+/// (`block_in_place`). The request's span stays current, so what `f` logs carries the
+/// request id. Elsewhere (a current-thread runtime, no runtime) `f` just runs.
+pub fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The response header that carries the request's id, as its log lines do.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 

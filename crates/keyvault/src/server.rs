@@ -108,25 +108,16 @@ async fn recover(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
     Ok(axum::Json(v.recover_key(bearer(&h), &n)?))
 }
 /// Release validates a token, which may fetch the authority's keys with a blocking
-/// HTTP client: run it on the blocking pool, not on a runtime worker.
+/// HTTP client, and a rotation reseals every key: blocking work, by the services' one
+/// rule ([`httpd::off_worker`]).
 async fn blocking(f: impl FnOnce() -> Result<Value, VaultError> + Send + 'static) -> R {
-    // The request's span goes along, so what the work logs carries the request id.
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
-        .await
-        .map_err(|_| VaultError {
-            status: 500,
-            code: "internal",
-            message: "internal error; see the service log".into(),
-            detail: None,
-        })?
-        .map(axum::Json)
+    httpd::off_worker(f).map(axum::Json)
 }
 
 /// A key operation that validates an attestation token.
 type TokenOp = fn(&Vault, Option<&str>, &str, &str, &[u8]) -> Result<Value, VaultError>;
 
-/// Runs `op` on key `n` version `ver` on the blocking pool.
+/// Runs `op` on key `n` version `ver` as blocking work.
 async fn token_op(
     v: Arc<Vault>,
     (n, ver): (String, String),
@@ -192,7 +183,7 @@ async fn vault(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
 async fn create_region(State(v): S, Path(r): Path<String>, h: HeaderMap) -> R {
     Ok(axum::Json(v.create_region(bearer(&h), &r)?))
 }
-/// A rotation reseals every key of the region: run it on the blocking pool.
+/// A rotation reseals every key of the region: blocking work.
 async fn rotate_region(State(v): S, Path(r): Path<String>, h: HeaderMap) -> R {
     let t = bearer(&h).map(str::to_string);
     blocking(move || v.rotate_region(t.as_deref(), &r)).await
