@@ -2,7 +2,9 @@
 # Load test of key releases over real HTTP with oha, next to the single-thread cost of
 # the wrap (RSA-OAEP-256 + AES-KWP) and wrap + JWS signature (criterion, same run).
 #
-#   bench/keyvault-load.sh [SECONDS]
+#   [CVM=path/to/cvm] bench/keyvault-load.sh [SECONDS]
+#
+# CVM runs another build of both servers (for a same-run comparison of two commits).
 #
 # Runs `cvm attest serve` (trusting the emulator's roots) and `cvm keyvault serve` (release builds),
 # prepares one exportable AES key and one attestation token for an emulated guest
@@ -19,13 +21,14 @@ command -v oha >/dev/null || cargo install --locked oha
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
 cargo build --release -q -p cvm
 cargo build --release -q -p keyvault --example release_setup
+cvm="${CVM:-target/release/cvm}"
 work=$(mktemp -d)
 # `start` runs in a command substitution (a subshell), so the servers' pids go to a
 # file, not a variable, for the exit trap to find.
 trap 'kill $(cat "$work/pids" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 start() { # name, args...
   local name=$1; shift
-  target/release/cvm "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  "$cvm" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   echo $! >>"$work/pids"
   for _ in $(seq 100); do grep -q listening "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
   grep -q listening "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }

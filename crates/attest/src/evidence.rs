@@ -350,8 +350,8 @@ pub(crate) fn verify_snp(
                 fetcher: svc.fetcher(),
                 ..lookup::Sources::default()
             };
-            let (vek, chain) =
-                httpd::off_worker(|| lookup::find_chain(&report, &sources)).map_err(lookup_error)?;
+            let (vek, chain) = httpd::off_worker(|| lookup::find_chain(&report, &sources))
+                .map_err(lookup_error)?;
             std::sync::Arc::new((vek, chain))
         }
     };

@@ -164,11 +164,12 @@ pub fn body_rejection(
     })
 }
 
-/// The services' one rule for blocking work: `f`, which may wait (on the network, a
-/// disk, a lock), runs on the request's own task, and on a multi-threaded runtime the
-/// runtime is told to move its other tasks off this worker meanwhile
-/// (`block_in_place`). The request's span stays current, so what `f` logs carries the
-/// request id. Elsewhere (a current-thread runtime, no runtime) `f` just runs.
+/// The services' rule for blocking work has two tools, both keeping the request's span
+/// (so what the work logs carries the request id): a handler's whole operation that
+/// owns its inputs goes to tokio's blocking pool ([`blocking`]); a blocking step inside
+/// synchronous code that borrows (a KDS fetch in the middle of an appraisal) runs here:
+/// on a multi-threaded runtime the runtime moves its other tasks off this worker
+/// meanwhile (`block_in_place`); elsewhere `f` just runs.
 pub fn off_worker<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -176,6 +177,17 @@ pub fn off_worker<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// Blocking work that owns what it needs (`'static`), on tokio's blocking pool, the
+/// request's span kept: the runtime's workers stay free for I/O while it waits.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| ApiError::logged("internal", e))
 }
 
 /// The response header that carries the request's id, as its log lines do.
