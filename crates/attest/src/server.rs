@@ -28,7 +28,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -349,18 +349,6 @@ async fn health() -> &'static str {
     "ok"
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such endpoint")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        405,
-        "method_not_allowed",
-        "this endpoint does not take that method",
-    )
-}
-
 /// Whether a request, by method and path, needs the administrator credential of the
 /// provider it names (`None` for requests anyone may make).
 fn admin_of(method: &axum::http::Method, path: &str) -> Option<String> {
@@ -392,16 +380,15 @@ pub fn router(svc: Arc<Service>) -> Router {
     // Administrator routes read a large body only once the credential is valid;
     // `/attest` is open to anyone (its bodies are bounded and must arrive promptly).
     let gate = svc.clone();
-    let check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync> =
-        Arc::new(move |p| {
-            if !httpd::large_body(p) {
-                return true;
-            }
-            match admin_of(&p.method, p.uri.path()) {
-                None => true,
-                Some(provider) => gate.check_admin(&provider, bearer(&p.headers)).is_ok(),
-            }
-        });
+    let check: httpd::BodyGate = Arc::new(move |p| {
+        if !httpd::large_body(p) {
+            return true;
+        }
+        match admin_of(&p.method, p.uri.path()) {
+            None => true,
+            Some(provider) => gate.check_admin(&provider, bearer(&p.headers)).is_ok(),
+        }
+    });
     let per_provider = |prefix: &str| {
         Router::new()
             .route(
@@ -429,7 +416,7 @@ pub fn router(svc: Arc<Service>) -> Router {
             )
             .route(&format!("{prefix}/audit"), get(audit_log))
     };
-    Router::new()
+    let routes = Router::new()
         .merge(per_provider(""))
         .merge(per_provider("/providers/{provider}"))
         .route("/health", get(health))
@@ -454,18 +441,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route(
             "/reference-values/{region}/{measurement}",
             axum::routing::delete(reference_value_remove),
-        )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(|req, next| {
-            httpd::body_deadline(httpd::BodyLimits::new(MAX_BODY), req, next)
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            httpd::authenticate_first(check.clone(), req, next)
-        }))
-        .layer(axum::middleware::from_fn(httpd::limits))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(svc)
+        );
+    httpd::api_router(routes, MAX_BODY, check).with_state(svc)
 }
 
 pub use httpd::{ServeError, TlsFiles};

@@ -462,16 +462,46 @@ pub fn large_body(parts: &axum::http::request::Parts) -> bool {
 /// route `needs_credential` says needs one when `authenticated` does not accept its
 /// credential. Services put this in front of [`body_deadline`], so an unauthenticated
 /// client cannot make them read large bodies.
-pub async fn authenticate_first(
-    check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate_first(check: BodyGate, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     if !check(&parts) {
         return error(401, "unauthorized", "a valid credential is required");
     }
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// Decides, from a request's head alone, whether its body may be read: the credential
+/// check [`authenticate_first`] runs before a large body.
+pub type BodyGate = Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync>;
+
+/// Finishes a service's `routes` with the edge every service shares, outermost last:
+/// JSON 404 and 405 answers for unknown paths and methods; bodies of at most
+/// `max_body` bytes that must arrive promptly ([`body_deadline`]); a large body read
+/// only once `gate` admits the request's head ([`authenticate_first`]); the request
+/// deadline, JSON for the framework's own refusals and `no-store` ([`limits`]).
+/// [`run`] adds the request id and span around it all.
+pub fn api_router<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    max_body: usize,
+    gate: BodyGate,
+) -> Router<S> {
+    routes
+        .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                405,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn(move |req, next| {
+            body_deadline(BodyLimits::new(max_body), req, next)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            authenticate_first(gate.clone(), req, next)
+        }))
+        .layer(axum::middleware::from_fn(limits))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
 /// Builds a multi-threaded runtime, binds `listen`, calls `build` with the bound

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde_json::Value;
@@ -192,30 +192,14 @@ async fn rotate_region(State(v): S, Path(r): Path<String>, h: HeaderMap) -> R {
 async fn regions(State(v): S, h: HeaderMap) -> R {
     Ok(axum::Json(v.list_regions(bearer(&h))?))
 }
-async fn not_found() -> VaultError {
-    VaultError {
-        status: 404,
-        code: "not_found",
-        message: "no such endpoint".into(),
-        detail: None,
-    }
-}
-async fn method_not_allowed() -> VaultError {
-    VaultError {
-        status: 405,
-        code: "method_not_allowed",
-        message: "this endpoint does not take that method".into(),
-        detail: None,
-    }
-}
 
 /// The API's router.
 pub fn router(v: Arc<Vault>) -> Router {
     // Every route needs a credential: a large body is read only once it is valid.
     let gate = v.clone();
-    let check: Arc<dyn Fn(&axum::http::request::Parts) -> bool + Send + Sync> =
+    let check: httpd::BodyGate =
         Arc::new(move |p| !httpd::large_body(p) || gate.authenticated(bearer(&p.headers)));
-    Router::new()
+    let routes = Router::new()
         .route("/keys", get(list))
         .route("/keys/{name}", get(get_latest).put(import).delete(delete))
         .route("/keys/{name}/create", post(create))
@@ -241,18 +225,8 @@ pub fn router(v: Arc<Vault>) -> Router {
         .route("/vaults/{name}", post(vault))
         .route("/regions", get(regions))
         .route("/regions/{region}", post(create_region))
-        .route("/regions/{region}/rotate", post(rotate_region))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(|req, next| {
-            httpd::body_deadline(httpd::BodyLimits::new(MAX_BODY), req, next)
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            httpd::authenticate_first(check.clone(), req, next)
-        }))
-        .layer(axum::middleware::from_fn(httpd::limits))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(v)
+        .route("/regions/{region}/rotate", post(rotate_region));
+    httpd::api_router(routes, MAX_BODY, check).with_state(v)
 }
 
 pub use httpd::{ServeError, TlsFiles};
