@@ -157,8 +157,6 @@ pub fn run(cmd: VmgsCommand) -> ExitCode {
     }
 }
 
-/// The error chain on one line. A `VmgsError`'s message already includes its source,
-/// so a cause whose text is already there is not repeated.
 fn key(path: Option<&Path>) -> Result<Option<DatastoreKey>> {
     Ok(path.map(DatastoreKey::from_file).transpose()?)
 }
@@ -267,13 +265,7 @@ fn table_files(i: &Inspection) -> Option<Vec<FileInfo>> {
             .enumerate()
             .filter_map(|(n, e)| {
                 let id = FileId::new(u8::try_from(n).ok()?)?;
-                e.map(|e| FileInfo {
-                    id,
-                    size: e.size,
-                    offset: e.offset,
-                    blocks: e.blocks,
-                    encrypted: e.attributes.encrypted,
-                })
+                e.as_ref().map(|e| FileInfo::of(id, e))
             })
             .collect(),
     )

@@ -192,7 +192,7 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
                     vtpm::VmgsState::open_or_create(path, &key)
                 }
                 (None, Some(kek)) => {
-                    let kek = read_kek(kek)?;
+                    let kek = vtpm::vmgs_state::Kek::from_file(kek)?;
                     vtpm::VmgsState::open_or_create_protected(path, &kek)
                 }
                 (None, None) => match (&a.key_release, snp.as_mut()) {
@@ -294,20 +294,6 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     }
     server.wait();
     Ok(())
-}
-
-/// A 32-byte key-encryption key from `path`.
-fn read_kek(path: &std::path::Path) -> Result<vtpm::vmgs_state::Kek> {
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-    );
-    let k: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-        anyhow::anyhow!(
-            "{}: a key-encryption key is exactly 32 bytes",
-            path.display()
-        )
-    })?;
-    Ok(vtpm::vmgs_state::Kek::new(k))
 }
 
 /// The key protector's KEK, released by the key vault to this VM's attested report.

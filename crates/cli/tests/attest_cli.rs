@@ -37,10 +37,7 @@ fn serve_logged(state: &Path, extra: &[&str], env: &[(&str, &str)], log: Option<
 }
 
 fn post(url: &str, body: &[u8]) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = common::agent();
     let mut r = agent
         .post(url)
         .header("Content-Type", "application/json")
@@ -540,10 +537,7 @@ fn json_logs_of_the_attestation_service_carry_request_ids_and_no_secret() {
         Some(&log),
     );
     let admin = std::fs::read_to_string(state.join("admin.token")).unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = common::agent();
     let mut r = agent
         .post(format!("{}/attest/SevSnpVm", s.url))
         .header("Content-Type", "application/json")

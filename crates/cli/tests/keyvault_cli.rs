@@ -8,7 +8,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{attest_serve, cvm, json_of, keyvault, post, spawn_logged, spawn_with_env};
+use common::{attest_serve, cvm, json_of, keyvault, keyvault_with, post, spawn_with_env};
 use serde_json::{Value, json};
 use snp::product::Product;
 use snp_emu::guest::LaunchConfig;
@@ -967,10 +967,7 @@ fn kill_9_during_region_root_rotation_leaves_every_platform_key_openable() {
 }
 
 fn get(url: &str, bearer: &str) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = common::agent();
     let mut r = agent
         .get(url)
         .header("Authorization", format!("Bearer {bearer}"))
@@ -1237,33 +1234,17 @@ fn json_logs_carry_request_ids_and_no_secret() {
     // fetch its keys on the blocking pool, and log the failure there.
     let gone = "http://127.0.0.1:9";
     let serve = |level: &str, log: &std::path::Path| {
-        spawn_logged(
-            &[
-                "--log-format",
-                "json",
-                "keyvault",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--state",
-                d.join("kv").to_str().unwrap(),
-                "--master-key",
-                master.to_str().unwrap(),
-                "--authority",
-                &attest.url,
-                "--authority",
-                gone,
-            ],
+        keyvault_with(
+            d,
+            &[&attest.url, gone],
+            &["--log-format", "json"],
             &[("CVM_LOG", level)],
             Some(log),
         )
     };
     // A release whose token names the unreachable authority: its request id.
     let unreachable_release = |url: &str, cred: &str, version: &str| -> String {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = common::agent();
         let part = |v: Value| B64URL.encode(v.to_string());
         let token = format!(
             "{}.{}.{}",
@@ -1321,10 +1302,7 @@ fn json_logs_carry_request_ids_and_no_secret() {
     let (token_file, transfer) = attested_guest(d, &attest.url);
     let token = std::fs::read_to_string(&token_file).unwrap();
     // The release, with its answer's request id.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = common::agent();
     let mut r = agent
         .post(format!("{}/keys/disk/{version}/release", kv.url))
         .header("Authorization", format!("Bearer {cred}"))

@@ -203,7 +203,7 @@ fn request_id() -> String {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .to_be_bytes();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// Middleware, outermost: gives each request an id, answered in [`REQUEST_ID_HEADER`],

@@ -829,76 +829,49 @@ mod tests {
 
     #[test]
     fn pinned_signer_accepts_its_own_signature_only() {
+        use serde_json::json;
         let s = TokenSigner::generate(Alg::RS256, "vault", 1000, 1).unwrap();
         let other = TokenSigner::generate(Alg::RS256, "vault", 1000, 1).unwrap();
         let mut payload = Map::new();
         payload.insert("response".into(), "x".into());
-        let t = s.sign_with_x5c(&payload).unwrap();
-        let v = verify_pinned(&t, s.cert_der(), &[Alg::RS256]).unwrap();
-        assert_eq!(v.claims["response"], "x");
-        // Another signer's certificate pinned: its x5c does not match.
+        // Verification pinned to `cert` (RS256 only), and its error code.
+        let pinned = |token: &str, cert: &[u8]| verify_pinned(token, cert, &[Alg::RS256]);
         let code = |r: Result<Verified, JwtError>| r.unwrap_err().code();
-        assert_eq!(
-            code(verify_pinned(&t, other.cert_der(), &[Alg::RS256])),
-            "signer_mismatch"
-        );
+        // `payload` signed by `by` under the header `h`.
+        let signed = |by: &TokenSigner, h: Value| by.sign_parts(&h, &payload).unwrap();
+        let t = s.sign_with_x5c(&payload).unwrap();
+        assert_eq!(pinned(&t, s.cert_der()).unwrap().claims["response"], "x");
+        // Another signer's certificate pinned: its x5c does not match.
+        assert_eq!(code(pinned(&t, other.cert_der())), "signer_mismatch");
         // The other signer signs a header that claims the pinned certificate: the
         // signature is checked with the pinned key and fails.
-        let forged = other
-            .sign_parts(
-                &serde_json::json!({
-                    "alg": "RS256",
-                    "x5c": [base64::engine::general_purpose::STANDARD.encode(s.cert_der())],
-                }),
-                &payload,
-            )
-            .unwrap();
-        assert_eq!(
-            code(verify_pinned(&forged, s.cert_der(), &[Alg::RS256])),
-            "bad_signature"
-        );
+        let x5c = base64::engine::general_purpose::STANDARD.encode(s.cert_der());
+        let forged = signed(&other, json!({"alg": "RS256", "x5c": [x5c]}));
+        assert_eq!(code(pinned(&forged, s.cert_der())), "bad_signature");
         // A crit header and an x5c that is not base64 DER are refused.
-        let crit = s
-            .sign_parts(
-                &serde_json::json!({"alg": "RS256", "crit": ["b64"]}),
-                &payload,
-            )
-            .unwrap();
-        assert_eq!(
-            code(verify_pinned(&crit, s.cert_der(), &[Alg::RS256])),
-            "crit_unsupported"
-        );
-        let bad_x5c = s
-            .sign_parts(&serde_json::json!({"alg": "RS256", "x5c": "zz"}), &payload)
-            .unwrap();
-        assert_eq!(
-            code(verify_pinned(&bad_x5c, s.cert_der(), &[Alg::RS256])),
-            "malformed_token"
-        );
+        let crit = signed(&s, json!({"alg": "RS256", "crit": ["b64"]}));
+        assert_eq!(code(pinned(&crit, s.cert_der())), "crit_unsupported");
+        let bad_x5c = signed(&s, json!({"alg": "RS256", "x5c": "zz"}));
+        assert_eq!(code(pinned(&bad_x5c, s.cert_der())), "malformed_token");
         // Longer than a token, within the limit for pinned responses.
         let mut big = payload.clone();
         big.insert("policy".into(), "p".repeat(100_000).into());
         let t_big = s.sign_with_x5c(&big).unwrap();
-        assert!(verify_pinned(&t_big, s.cert_der(), &[Alg::RS256]).is_ok());
+        assert!(pinned(&t_big, s.cert_der()).is_ok());
         // A changed payload, an algorithm not allowed, no x5c at all (still checked).
         let mut parts: Vec<String> = t.split('.').map(String::from).collect();
         parts[1] = B64URL.encode(b"{\"response\":\"y\"}");
         assert_eq!(
-            code(verify_pinned(&parts.join("."), s.cert_der(), &[Alg::RS256])),
+            code(pinned(&parts.join("."), s.cert_der())),
             "bad_signature"
         );
         assert_eq!(
             code(verify_pinned(&t, s.cert_der(), &[Alg::ES384])),
             "alg_not_allowed"
         );
-        let bare = s
-            .sign_parts(&serde_json::json!({"alg": "RS256"}), &payload)
-            .unwrap();
-        assert!(verify_pinned(&bare, s.cert_der(), &[Alg::RS256]).is_ok());
-        assert_eq!(
-            code(verify_pinned(&bare, other.cert_der(), &[Alg::RS256])),
-            "bad_signature"
-        );
+        let bare = signed(&s, json!({"alg": "RS256"}));
+        assert!(pinned(&bare, s.cert_der()).is_ok());
+        assert_eq!(code(pinned(&bare, other.cert_der())), "bad_signature");
     }
 
     #[test]

@@ -233,7 +233,7 @@ impl Releaser {
             what: "nonce",
             message: "no randomness".into(),
         })?;
-        let nonce = hex_lower(&nonce);
+        let nonce = hex::encode(nonce);
         let body = json!({ "target": token, "enc": "RSA_AES_KEY_WRAP_256", "nonce": nonce });
         let url = format!("{}/keys/{}/{}/release", key.vault, key.name, key.version);
         let (status, v) = self.post("key release", &url, Some(&self.credential), &body)?;
@@ -378,10 +378,6 @@ fn error_of(v: &Value) -> (String, String) {
         message.push_str(&format!(" ({})", e["detail"]));
     }
     (code, message)
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -42,6 +42,11 @@ impl Kek {
         Kek(Zeroizing::new(bytes))
     }
 
+    /// Reads a key file: exactly 32 bytes.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, VmgsError> {
+        Ok(Kek(crate::read_key_file(path, "a key-encryption key")?))
+    }
+
     fn wrap(&self, key: &DatastoreKey) -> Result<[u8; WRAPPED], VmgsError> {
         let kek = AesKek::new(&AES_256, &self.0[..]).map_err(|_| VmgsError::Crypto("kek"))?;
         let mut out = [0u8; WRAPPED];

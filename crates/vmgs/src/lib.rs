@@ -76,18 +76,7 @@ impl DatastoreKey {
 
     /// Reads a key file: exactly 32 bytes.
     pub fn from_file(path: &Path) -> Result<Self, VmgsError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| VmgsError::Io {
-            what: format!("key file {}", path.display()),
-            source,
-        })?);
-        let k: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| VmgsError::KeyFile {
-                path: path.display().to_string(),
-                len: bytes.len(),
-            })?;
-        Ok(DatastoreKey::new(k))
+        Ok(DatastoreKey(read_key_file(path, "a datastore key")?))
     }
 
     fn bytes(&self) -> &[u8; 32] {
@@ -110,12 +99,14 @@ pub enum VmgsError {
     #[error("a VMGS file is a multiple of 4096 bytes between {min} and {max} bytes, not {0}", min = u64::from(MIN_BLOCKS) * BLOCK_SIZE as u64, max = u64::from(MAX_BLOCKS) * BLOCK_SIZE as u64)]
     Size(u64),
     /// A key file that is not 32 bytes.
-    #[error("key file {path}: {len} bytes, a datastore key is exactly 32")]
+    #[error("key file {path}: {len} bytes, {what} is exactly 32")]
     KeyFile {
         /// The file.
         path: String,
         /// Its length.
         len: usize,
+        /// Which key it should hold ("a datastore key", "a key-encryption key").
+        what: &'static str,
     },
     /// Both header slots are empty: not a formatted VMGS.
     #[error("both header slots are empty: the file was never formatted")]
@@ -333,6 +324,19 @@ pub struct FileInfo {
     pub encrypted: bool,
 }
 
+impl FileInfo {
+    /// File `id` as its table entry `e` describes it.
+    pub fn of(id: FileId, e: &FileEntry) -> Self {
+        FileInfo {
+            id,
+            size: e.size,
+            offset: e.offset,
+            blocks: e.blocks,
+            encrypted: e.attributes.encrypted,
+        }
+    }
+}
+
 /// The unlocked key material of an encrypted VMGS (each part zeroized on drop).
 struct Unlocked {
     metadata_key: Zeroizing<[u8; 32]>,
@@ -419,6 +423,24 @@ fn open_sealed(
     };
     data.truncate(n);
     true
+}
+
+/// The 32 bytes of the key file `path`, which holds `what` (for the error).
+fn read_key_file(path: &Path, what: &'static str) -> Result<Zeroizing<[u8; 32]>, VmgsError> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| VmgsError::Io {
+        what: format!("key file {}", path.display()),
+        source,
+    })?);
+    let mut k = Zeroizing::new([0u8; 32]);
+    if bytes.len() != k.len() {
+        return Err(VmgsError::KeyFile {
+            path: path.display().to_string(),
+            len: bytes.len(),
+            what,
+        });
+    }
+    k.copy_from_slice(&bytes);
+    Ok(k)
 }
 
 fn hash_prefix(data: &[u8]) -> [u8; 16] {
@@ -837,13 +859,9 @@ impl<S: Storage> Vmgs<S> {
         self.file_ids()
             .into_iter()
             .filter_map(|id| {
-                self.state.table.files[usize::from(id.get())].map(|e| FileInfo {
-                    id,
-                    size: e.size,
-                    offset: e.offset,
-                    blocks: e.blocks,
-                    encrypted: e.attributes.encrypted,
-                })
+                self.state.table.files[usize::from(id.get())]
+                    .as_ref()
+                    .map(|e| FileInfo::of(id, e))
             })
             .collect()
     }

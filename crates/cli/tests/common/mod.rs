@@ -112,9 +112,22 @@ pub fn export_roots(platform: &str, out: &str) -> String {
 
 /// `cvm keyvault serve` with its state in `dir/kv`, trusting tokens of `authority`.
 pub fn keyvault(dir: &std::path::Path, authority: &str) -> Served {
+    keyvault_with(dir, &[authority], &[], &[], None)
+}
+
+/// `cvm keyvault serve` with its state in `dir/kv` and its master key in
+/// `dir/secrets/master.key`, trusting tokens of each of `authorities`, with `extra`
+/// arguments, environment variables, and the log written to `log` when given.
+pub fn keyvault_with(
+    dir: &std::path::Path,
+    authorities: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> Served {
     let state = dir.join("kv");
     let key = dir.join("secrets/master.key");
-    spawn(&[
+    let mut args = vec![
         "keyvault",
         "serve",
         "--listen",
@@ -123,17 +136,25 @@ pub fn keyvault(dir: &std::path::Path, authority: &str) -> Served {
         state.to_str().unwrap(),
         "--master-key",
         key.to_str().unwrap(),
-        "--authority",
-        authority,
-    ])
+    ];
+    for a in authorities {
+        args.extend(["--authority", a]);
+    }
+    args.extend_from_slice(extra);
+    spawn_logged(&args, env, log)
+}
+
+/// An HTTP client that answers error statuses instead of failing on them.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 /// POSTs `body` as JSON with a bearer credential: the status and the JSON answer.
 pub fn post(url: &str, bearer: &str, body: &Value) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let mut r = agent
         .post(url)
         .header("Authorization", format!("Bearer {bearer}"))
