@@ -3,10 +3,13 @@
 # the single-thread cost of one P-384 report verification plus one RS256 token
 # signature (criterion, same run).
 #
-#   [TOKEN_ALG=rs256|es384] [CVM=path/to/cvm] [CRITERION=0] bench/attest-load.sh [SECONDS]
+#   [TOKEN_ALG=rs256|es384] [CVM=path/to/cvm] [CRITERION=0] [SERVE_ARGS=...] [PHASES=1]
+#     bench/attest-load.sh [SECONDS]
 #
 # CVM runs another build of the server (for a same-run comparison of two commits);
-# CRITERION=0 leaves out the single-thread step at the end.
+# CRITERION=0 leaves out the single-thread step at the end; SERVE_ARGS are extra
+# arguments of `cvm attest serve` (`--database postgres://...`: bench/engines.sh);
+# PHASES=1 runs only phase 1.
 #
 # The server is `cvm attest serve --dangerously-trust-emulator-roots` (release build,
 # the emulator's roots and CRL pinned, so every attestation applies a CRL); the request
@@ -50,6 +53,7 @@ run() {
 echo "1. built-in policy, closed loop, 32 connections, ${secs}s:"
 run "$url" -c 32 -z "${secs}s"
 rate=$(jq -r '.summary.requestsPerSec | floor' "$work/oha.json")
+if [ "${PHASES:-}" = 1 ]; then exit 0; fi
 half=$((rate / 2))
 echo "2. built-in policy, open loop at ${half} req/s (half the sustained rate), ${secs}s:"
 run "$url" -c 32 -q "$half" -z "${secs}s"

@@ -1,14 +1,20 @@
 //! Short-lived, single-use nonces issued by `GET /nonce`.
 //!
 //! A nonce is self-authenticating: its issue time and 128 random bits, with an
-//! HMAC-SHA-256 tag under a key that lives only in this process's memory, over those
-//! and the provider (tenant) it was issued for. Issuing one therefore stores nothing,
-//! so `GET /nonce` (which anyone may call) cannot fill the service's memory, and a
-//! nonce issued for one provider is unknown to every other. A nonce is remembered only
-//! once it is *used*, i.e. when a token is issued for evidence bound to it, until it
-//! would have expired; each provider has its own bounded set, so one tenant's traffic
-//! cannot exhaust another's. A restart invalidates outstanding nonces (callers ask
-//! again).
+//! HMAC-SHA-256 tag under the service's nonce key, over those and the provider
+//! (tenant) it was issued for. Issuing one therefore stores nothing, so `GET /nonce`
+//! (which anyone may call) cannot fill the service's memory, and a nonce issued for
+//! one provider is unknown to every other. A nonce is remembered only once it is
+//! *used*, i.e. when a token is issued for evidence bound to it, until it would have
+//! expired; each provider has its own bounded set, so one tenant's traffic cannot
+//! exhaust another's.
+//!
+//! Two homes for the key and the used set. A single service ([`NonceStore::new`])
+//! keeps both in memory: a restart invalidates outstanding nonces (callers ask again),
+//! so a nonce used before a restart cannot be used after it. Replicas on one database
+//! ([`NonceStore::shared`]) share a key kept in that database and record used nonces
+//! there ([`SharedNonces`]): a nonce issued by one replica is accepted by every other,
+//! and used once across all of them.
 //!
 //! A service nonce has one shape, 54 base64url characters ([`looks_like_service_nonce`]):
 //! evidence that carries a string of that shape where a nonce goes is held to it
@@ -46,6 +52,9 @@ pub enum NonceError {
     /// Too many nonces used within one lifetime.
     #[error("too many nonces in use; try again later")]
     Full,
+    /// The shared used set could not be read or written.
+    #[error("the nonce store is unavailable")]
+    Unavailable,
 }
 
 impl NonceError {
@@ -56,6 +65,7 @@ impl NonceError {
             NonceError::Expired => "nonce_expired",
             NonceError::Replayed => "nonce_replayed",
             NonceError::Full => "nonce_capacity",
+            NonceError::Unavailable => "nonce_store_unavailable",
         }
     }
 }
@@ -68,13 +78,48 @@ pub fn looks_like_service_nonce(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// What recording a nonce as used found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UseOutcome {
+    /// It was unused; now it is used.
+    Fresh,
+    /// It was used before.
+    Replayed,
+    /// The provider's set is full (nothing was recorded).
+    Full,
+}
+
+/// The used nonces of every replica, in their shared database.
+pub trait SharedNonces: Send + Sync {
+    /// Whether `raw` was used for `provider`.
+    fn nonce_used(&self, provider: &str, raw: &[u8]) -> Result<bool, String>;
+    /// Records `raw` as used for `provider` until `expires` (Unix seconds), unless it
+    /// was used already or the provider already has `capacity` unexpired ones at
+    /// `now`; forgets the provider's expired ones.
+    fn use_nonce(
+        &self,
+        provider: &str,
+        raw: &[u8],
+        expires: i64,
+        now: i64,
+        capacity: usize,
+    ) -> Result<UseOutcome, String>;
+}
+
+/// Per provider: used nonces (their raw bytes) and when they expire (Unix seconds).
+type UsedInMemory = HashMap<String, HashMap<[u8; RAW_LEN], u64>>;
+
+enum Used {
+    Memory(Mutex<UsedInMemory>),
+    Shared(std::sync::Arc<dyn SharedNonces>),
+}
+
 /// Issues and checks nonces; remembers the used ones until they expire.
 pub struct NonceStore {
     ttl: Duration,
     capacity: usize,
     key: hmac::Key,
-    /// Per provider: used nonces (their raw bytes) and when they expire (Unix seconds).
-    used: Mutex<HashMap<String, HashMap<[u8; RAW_LEN], u64>>>,
+    used: Used,
 }
 
 impl std::fmt::Debug for NonceStore {
@@ -101,8 +146,24 @@ impl NonceStore {
             ttl,
             capacity,
             key,
-            used: Mutex::new(HashMap::new()),
+            used: Used::Memory(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Nonces of replicas sharing `key` (32 bytes, kept in their database) and the
+    /// used set `used`.
+    pub fn shared(
+        ttl: Duration,
+        capacity: usize,
+        key: &[u8; 32],
+        used: std::sync::Arc<dyn SharedNonces>,
+    ) -> Self {
+        NonceStore {
+            ttl,
+            capacity,
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            used: Used::Shared(used),
+        }
     }
 
     /// How long a nonce lives.
@@ -159,8 +220,15 @@ impl NonceStore {
         if now >= expires {
             return Err(NonceError::Expired);
         }
-        let used = self.used.lock().map_err(|_| NonceError::Unknown)?;
-        if used.get(provider).is_some_and(|u| u.contains_key(&raw)) {
+        let used = match &self.used {
+            Used::Memory(m) => m
+                .lock()
+                .map_err(|_| NonceError::Unknown)?
+                .get(provider)
+                .is_some_and(|u| u.contains_key(&raw)),
+            Used::Shared(s) => s.nonce_used(provider, &raw).map_err(unavailable)?,
+        };
+        if used {
             return Err(NonceError::Replayed);
         }
         Ok((raw, expires))
@@ -178,7 +246,21 @@ impl NonceStore {
 
     fn consume_at(&self, provider: &str, nonce: &str, now: u64) -> Result<(), NonceError> {
         let (raw, expires) = self.check_at(provider, nonce, now)?;
-        let mut all = self.used.lock().map_err(|_| NonceError::Unknown)?;
+        let all = match &self.used {
+            Used::Memory(m) => m,
+            Used::Shared(s) => {
+                let t = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+                return match s
+                    .use_nonce(provider, &raw, t(expires), t(now), self.capacity)
+                    .map_err(unavailable)?
+                {
+                    UseOutcome::Fresh => Ok(()),
+                    UseOutcome::Replayed => Err(NonceError::Replayed),
+                    UseOutcome::Full => Err(NonceError::Full),
+                };
+            }
+        };
+        let mut all = all.lock().map_err(|_| NonceError::Unknown)?;
         let used = all.entry(provider.to_owned()).or_default();
         if used.len() >= self.capacity {
             used.retain(|_, e| *e > now);
@@ -192,6 +274,13 @@ impl NonceStore {
         }
         Ok(())
     }
+}
+
+/// A shared store that failed: logged here (its message may name the database), and
+/// answered as unavailable.
+fn unavailable(e: String) -> NonceError {
+    tracing::error!(error = %e, "nonce store");
+    NonceError::Unavailable
 }
 
 #[cfg(test)]

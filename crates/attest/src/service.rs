@@ -21,7 +21,7 @@ use crate::error::{ApiError, AttestRefusal as _};
 use crate::jwt::{Alg, Jwks, TokenSigner};
 use crate::nonce::NonceStore;
 use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
-use crate::store::{AuditEntry, ProviderRow, SigningKeyRow, SqliteStore, Store};
+use crate::store::{AuditEntry, ProviderRow, SigningKeyRow, SqlStore, Store};
 use crate::{AttestationType, evidence};
 use seal::MasterKey;
 
@@ -68,6 +68,9 @@ pub struct ServiceConfig {
     /// `policy_sandbox_unavailable`), since tenant Rego in this process could exhaust
     /// its memory or stall it.
     pub policy_sandbox: Option<crate::sandbox::SandboxConfig>,
+    /// The database: a SQLite file or a PostgreSQL URL; `None` is SQLite at
+    /// `state_dir/attest.db`.
+    pub database: Option<sqldb::Location>,
 }
 
 impl ServiceConfig {
@@ -85,6 +88,7 @@ impl ServiceConfig {
             evidence_time: None,
             signing_key_grace: None,
             policy_sandbox: None,
+            database: None,
         }
     }
 }
@@ -171,7 +175,14 @@ impl Provider {
 /// The attestation service.
 pub struct Service {
     issuer_base: String,
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
+    /// Replicas share the database (PostgreSQL): what is kept in memory is reloaded
+    /// when the store's generation moves.
+    shared: bool,
+    /// The store generation the providers and reference values in memory are from.
+    seen: std::sync::atomic::AtomicI64,
+    /// Held while reloading, so concurrent requests reload once.
+    reloading: std::sync::Mutex<()>,
     master: MasterKey,
     verifier: Verifier,
     root_crls: RootCrls,
@@ -230,10 +241,22 @@ impl Service {
     /// `STATE/admin.token` (mode 0600); that path is returned then.
     pub fn open(cfg: ServiceConfig) -> Result<(Self, Option<PathBuf>), ServiceError> {
         std::fs::create_dir_all(&cfg.state_dir)?;
-        let store = SqliteStore::open(
-            &cfg.state_dir.join("attest.db"),
+        let location = cfg
+            .database
+            .clone()
+            .unwrap_or_else(|| sqldb::Location::sqlite(&cfg.state_dir.join("attest.db")));
+        let shared = location.engine() == sqldb::Engine::Postgres;
+        let store: Arc<dyn Store> = Arc::new(SqlStore::open(
+            &location,
             crate::store::audit_keys(&cfg.master_key)?,
-        )?;
+        )?);
+        let generation = store.generation()?;
+        let nonces = if shared {
+            let key = Self::shared_nonce_key(store.as_ref(), &cfg.master_key)?;
+            NonceStore::shared(cfg.nonce_ttl, 100_000, &key, store.clone())
+        } else {
+            NonceStore::new(cfg.nonce_ttl, 100_000)?
+        };
         let mut anchors = TrustAnchors::amd();
         let mut root_crls = RootCrls::new();
         for roots in &cfg.emulator_roots {
@@ -242,7 +265,10 @@ impl Service {
         let allow_emulated = !cfg.emulator_roots.is_empty();
         let svc = Service {
             issuer_base: cfg.issuer.trim_end_matches('/').to_string(),
-            store: Box::new(store),
+            store,
+            shared,
+            seen: std::sync::atomic::AtomicI64::new(generation),
+            reloading: std::sync::Mutex::new(()),
             master: cfg.master_key,
             verifier: Verifier::new(anchors),
             root_crls,
@@ -250,7 +276,7 @@ impl Service {
             kds_guard: crate::collateral::KdsGuard::default(),
             reference: RwLock::new(HashMap::new()),
             fetcher: cfg.collateral,
-            nonces: NonceStore::new(cfg.nonce_ttl, 100_000)?,
+            nonces,
             providers: RwLock::new(HashMap::new()),
             chains: RwLock::new(HashMap::new()),
             token_alg: cfg.token_alg,
@@ -276,12 +302,16 @@ impl Service {
                 allow_emulated,
                 ..ProviderSettings::default()
             };
-            let token = svc
-                .create_provider_row(DEFAULT_PROVIDER, &settings)
-                .map_err(|e| std::io::Error::other(e.message))?;
-            let path = cfg.state_dir.join("admin.token");
-            seal::write_secret_file(&path, token.as_bytes())?;
-            created = Some(path);
+            match svc.create_provider_row(DEFAULT_PROVIDER, &settings) {
+                Ok(token) => {
+                    let path = cfg.state_dir.join("admin.token");
+                    seal::write_secret_file(&path, token.as_bytes())?;
+                    created = Some(path);
+                }
+                // A replica sharing the database created it meanwhile.
+                Err(e) if e.code == "provider_exists" => {}
+                Err(e) => return Err(std::io::Error::other(e.message).into()),
+            }
         }
         svc.reload_reference_values()?;
         for row in svc.store.providers()? {
@@ -291,6 +321,67 @@ impl Service {
             }
         }
         Ok((svc, created))
+    }
+
+    /// The nonce key replicas share: made by the first, sealed under the master key in
+    /// the database.
+    fn shared_nonce_key(
+        store: &dyn Store,
+        master: &MasterKey,
+    ) -> Result<Zeroizing<[u8; 32]>, ServiceError> {
+        const NAME: &str = "nonce-key";
+        const CONTEXT: &str = "opencvm-attest/nonce-key";
+        let sealed = match store.secret(NAME)? {
+            Some(s) => s,
+            None => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                aws_lc_rs::rand::fill(key.as_mut())
+                    .map_err(|_| crate::nonce::NonceError::Unavailable)?;
+                store.put_secret(NAME, &master.seal(CONTEXT, key.as_ref())?)?
+            }
+        };
+        let opened = Zeroizing::new(master.open(CONTEXT, &sealed)?);
+        let mut key = Zeroizing::new([0u8; 32]);
+        if opened.len() != 32 {
+            return Err(crate::nonce::NonceError::Unavailable.into());
+        }
+        key.copy_from_slice(&opened);
+        Ok(key)
+    }
+
+    /// On a shared database, reloads providers and reference values when another
+    /// replica (or this one) changed them since they were loaded: one query per call.
+    fn refresh(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
+        if !self.shared {
+            return Ok(());
+        }
+        let store_err = |e| ApiError::logged("store", e);
+        let generation = self.store.generation().map_err(store_err)?;
+        if generation == self.seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self
+            .reloading
+            .lock()
+            .map_err(|_| ApiError::internal("reload"))?;
+        if generation <= self.seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.reload_reference_values().map_err(store_err)?;
+        let mut fresh = HashMap::new();
+        for row in self.store.providers().map_err(store_err)? {
+            let p = self
+                .load_provider(&row)
+                .map_err(|_| ApiError::internal("load_provider"))?;
+            fresh.insert(row.name.clone(), Arc::new(p));
+        }
+        if let Ok(mut map) = self.providers.write() {
+            *map = fresh;
+        }
+        self.seen.store(generation, Ordering::Release);
+        tracing::debug!(generation, "reloaded providers from the shared database");
+        Ok(())
     }
 
     fn seal_context(provider: &str) -> String {
@@ -426,8 +517,10 @@ impl Service {
         Ok(p)
     }
 
-    /// The provider named `name`.
+    /// The provider named `name` (on a shared database, as the newest change of any
+    /// replica left it).
     pub fn provider(&self, name: &str) -> Result<Arc<Provider>, ApiError> {
+        self.refresh()?;
         self.providers
             .read()
             .ok()
@@ -1170,7 +1263,9 @@ fn sandbox_error(e: crate::sandbox::SandboxError) -> ApiError {
 
 fn nonce_error(e: crate::nonce::NonceError) -> ApiError {
     match e {
-        crate::nonce::NonceError::Full => ApiError::new(503, e.code(), e.to_string()),
+        crate::nonce::NonceError::Full | crate::nonce::NonceError::Unavailable => {
+            ApiError::new(503, e.code(), e.to_string())
+        }
         _ => ApiError::bad(e.code(), e.to_string()),
     }
 }

@@ -1,21 +1,21 @@
 //! Persistent state: providers, their token-signing keys (sealed), their policy
 //! versions, the platform's reference values, and a tamper-evident audit log of every
-//! administrative change, in SQLite (WAL, synchronous FULL: a committed write survives
-//! kill -9 and power loss; every change and its audit entry commit in one
-//! transaction). The store is an interface so PostgreSQL can follow for fleets.
+//! administrative change, on SQLite (WAL, synchronous FULL: a committed write survives
+//! kill -9 and power loss) or PostgreSQL (`sqldb`). Every change and its audit entry
+//! commit in one write transaction, which holds the database's writer lock from its
+//! start. The schema is [`MIGRATIONS`], applied to both engines.
 
-use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::types::Value as Sql;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sqldb::migrate::Migration;
+use sqldb::{Conn, Location, Queries, Row, Tx, Value, args};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite reported an error.
+    /// The database reported an error.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[from] sqldb::Error),
     /// A lock was poisoned by a panic elsewhere.
     #[error("database lock poisoned")]
     Poisoned,
@@ -108,8 +108,8 @@ pub struct AuditEntry {
     pub code: String,
 }
 
-/// Where providers, keys and policies live.
-pub trait Store: Send + Sync {
+/// Where providers, keys and policies live (and the used nonces of replicas).
+pub trait Store: crate::nonce::SharedNonces {
     /// Every provider.
     fn providers(&self) -> Result<Vec<ProviderRow>, StoreError>;
     /// Creates a provider with its first signing key, atomically, with its audit
@@ -185,10 +185,18 @@ pub trait Store: Send + Sync {
     fn audit(&self, e: &AuditEntry) -> Result<(), StoreError>;
     /// A provider's audit entries, oldest first.
     fn audit_log(&self, provider: &str) -> Result<Vec<AuditEntry>, StoreError>;
+    /// A service secret (sealed), by name.
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores a service secret unless one has that name; returns the one stored (a
+    /// replica that lost the race gets the winner's).
+    fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// The generation: raised by every change of providers, signing keys, policies or
+    /// reference values.
+    fn generation(&self) -> Result<i64, StoreError>;
 }
 
 /// The audit table: its columns in link order.
-pub const AUDIT: audit::sqlite::Table<'static> = audit::sqlite::Table {
+pub const AUDIT: audit::table::Table<'static> = audit::table::Table {
     name: "audit",
     columns: &[
         "ts", "provider", "caller", "op", "subject", "outcome", "code",
@@ -202,156 +210,229 @@ pub fn audit_keys(master: &seal::MasterKey) -> Result<audit::Keys, StoreError> {
         .map_err(|e| StoreError::Audit(e.to_string()))
 }
 
-/// The SQLite store.
-pub struct SqliteStore {
-    conn: Mutex<Connection>,
+/// The schema's numbered migrations (`crates/attest/migrations/`), applied to both
+/// engines.
+pub const MIGRATIONS: [Migration<'static>; 3] = [
+    Migration {
+        version: 1,
+        name: "providers",
+        sql: include_str!("../migrations/0001_providers.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 2,
+        name: "rotation, reference values, audit",
+        sql: include_str!("../migrations/0002_rotation_reference_values_audit.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 3,
+        name: "replicas",
+        sql: include_str!("../migrations/0003_replicas.sql"),
+        postgres: None,
+    },
+];
+
+/// The version of a database from before `schema_migrations` (`meta.schema`; 0 for an
+/// empty database).
+fn legacy_version(tx: &mut Tx<'_>) -> Result<i64, sqldb::Error> {
+    if !tx.table_exists("meta")? {
+        return Ok(0);
+    }
+    let v: Option<String> = tx
+        .query_opt("SELECT value FROM meta WHERE key = 'schema'", args![])?
+        .map(|r| r.get(0))
+        .transpose()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// The store, on SQLite or PostgreSQL.
+pub struct SqlStore {
+    conn: Mutex<Conn>,
     keys: audit::Keys,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SqliteStore")
+        f.write_str("SqlStore")
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('schema', '1');
-CREATE TABLE IF NOT EXISTS providers (
-  name TEXT PRIMARY KEY,
-  admin_sha256 BLOB NOT NULL,
-  settings TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS signing_keys (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  provider TEXT NOT NULL REFERENCES providers(name),
-  alg TEXT NOT NULL,
-  sealed_pkcs8 BLOB NOT NULL,
-  cert_der BLOB NOT NULL,
-  created INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS policies (
-  provider TEXT NOT NULL REFERENCES providers(name),
-  kind TEXT NOT NULL,
-  version INTEGER NOT NULL,
-  text TEXT NOT NULL,
-  created INTEGER NOT NULL,
-  PRIMARY KEY (provider, kind, version)
-);
-";
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
-/// Schema 1 → 2: signing keys retire and can be revoked; reference values; the audit
-/// log. Keys present before keep signing until the next rotation, which retires them.
-const MIGRATE_2: &str = "
-ALTER TABLE signing_keys ADD COLUMN retire_after INTEGER;
-ALTER TABLE signing_keys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE reference_values (
-  region TEXT NOT NULL,
-  measurement TEXT NOT NULL,
-  component TEXT NOT NULL,
-  source TEXT NOT NULL,
-  created INTEGER NOT NULL,
-  PRIMARY KEY (region, measurement)
-);
-UPDATE meta SET value = '2' WHERE key = 'schema';
-";
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`; `keys` link its audit log.
-    pub fn open(path: &Path, keys: audit::Keys) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let schema: String =
-            tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-                r.get(0)
-            })?;
-        if schema == "1" {
-            tx.execute_batch(MIGRATE_2)?;
-            tx.execute_batch(&AUDIT.create_sql())?;
-        }
-        tx.commit()?;
-        Ok(SqliteStore {
+impl SqlStore {
+    /// Opens (creating if needed) the database at `location` and brings its schema up
+    /// to date; `keys` link its audit log.
+    pub fn open(location: &Location, keys: audit::Keys) -> Result<Self, StoreError> {
+        let mut conn = Conn::open(location)?;
+        sqldb::migrate::apply(
+            &mut conn,
+            &MIGRATIONS,
+            &legacy_version,
+            &mut |tx, version| {
+                if version == 2 {
+                    AUDIT.protect(tx)?;
+                }
+                Ok(())
+            },
+            unix_now(),
+        )?;
+        Ok(SqlStore {
             conn: Mutex::new(conn),
             keys,
         })
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Conn>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 
-    /// Runs `f` in one immediate transaction and appends `audit` in it.
+    /// Runs the change `f` in one write transaction, raises the generation and appends
+    /// `audit`, all in it.
     fn with_audit<T>(
         &self,
         audit: &AuditEntry,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        append(&tx, &self.keys, audit)?;
+        let mut tx = conn.write()?;
+        let out = f(&mut tx)?;
+        raise_generation(&mut tx)?;
+        append(&mut tx, &self.keys, audit)?;
         tx.commit()?;
         Ok(out)
     }
 }
 
-fn append(
-    tx: &rusqlite::Transaction<'_>,
-    keys: &audit::Keys,
-    e: &AuditEntry,
-) -> rusqlite::Result<()> {
-    let t = |s: &str| Sql::Text(s.to_owned());
-    AUDIT.append(
-        tx,
-        keys,
-        e.ts,
-        &[
-            Sql::Integer(e.ts),
-            t(&e.provider),
-            t(&e.caller),
-            t(&e.op),
-            t(&e.subject),
-            t(&e.outcome),
-            t(&e.code),
-        ],
+fn raise_generation(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE generation SET value = value + 1 WHERE id = 1",
+        args![],
     )?;
     Ok(())
 }
 
-/// Checks the audit log of the database at `path` (read-only).
+impl crate::nonce::SharedNonces for SqlStore {
+    fn nonce_used(&self, provider: &str, raw: &[u8]) -> Result<bool, String> {
+        let mut conn = self.conn().map_err(|e| e.to_string())?;
+        conn.query_opt(
+            "SELECT 1 FROM used_nonces WHERE provider = ?1 AND nonce = ?2",
+            args![provider, raw],
+        )
+        .map(|r| r.is_some())
+        .map_err(|e| e.to_string())
+    }
+
+    fn use_nonce(
+        &self,
+        provider: &str,
+        raw: &[u8],
+        expires: i64,
+        now: i64,
+        capacity: usize,
+    ) -> Result<crate::nonce::UseOutcome, String> {
+        use crate::nonce::UseOutcome;
+        let mut conn = self.conn().map_err(|e| e.to_string())?;
+        (|| -> Result<UseOutcome, sqldb::Error> {
+            let mut tx = conn.write()?;
+            tx.execute(
+                "DELETE FROM used_nonces WHERE provider = ?1 AND expires <= ?2",
+                args![provider, now],
+            )?;
+            let n: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM used_nonces WHERE provider = ?1",
+                    args![provider],
+                )?
+                .get(0)?;
+            if usize::try_from(n).unwrap_or(usize::MAX) >= capacity {
+                return Ok(UseOutcome::Full);
+            }
+            let inserted = tx.execute(
+                "INSERT INTO used_nonces (provider, nonce, expires) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+                args![provider, raw, expires],
+            )?;
+            tx.commit()?;
+            Ok(if inserted == 1 {
+                UseOutcome::Fresh
+            } else {
+                UseOutcome::Replayed
+            })
+        })()
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn append(tx: &mut Tx<'_>, keys: &audit::Keys, e: &AuditEntry) -> Result<(), StoreError> {
+    AUDIT
+        .append(
+            tx,
+            keys,
+            e.ts,
+            args![
+                e.ts,
+                e.provider.as_str(),
+                e.caller.as_str(),
+                e.op.as_str(),
+                e.subject.as_str(),
+                e.outcome.as_str(),
+                e.code.as_str()
+            ],
+        )
+        .map_err(|e| StoreError::Audit(e.to_string()))?;
+    Ok(())
+}
+
+/// Checks the audit log of the database at `location` (read-only, one snapshot).
 pub fn verify_audit(
-    path: &Path,
+    location: &Location,
     keys: &audit::Keys,
     expect: &[audit::Checkpoint],
-) -> Result<audit::Intact, audit::sqlite::VerifyError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    AUDIT.verify(&conn, keys, expect)
+) -> Result<audit::Intact, audit::table::VerifyError> {
+    let mut conn = Conn::open_read_only(location)?;
+    let mut tx = conn.read()?;
+    AUDIT.verify(&mut tx, keys, expect)
 }
 
-fn insert_key(conn: &Connection, provider: &str, key: &SigningKeyRow) -> rusqlite::Result<usize> {
-    conn.execute(
+fn insert_key(tx: &mut Tx<'_>, provider: &str, key: &SigningKeyRow) -> Result<u64, StoreError> {
+    Ok(tx.execute(
         "INSERT INTO signing_keys (provider, alg, sealed_pkcs8, cert_der, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![provider, key.alg, key.sealed_pkcs8, key.cert_der, key.created],
-    )
+        args![provider, key.alg.as_str(), key.sealed_pkcs8.as_slice(), key.cert_der.as_slice(), key.created],
+    )?)
 }
 
-impl Store for SqliteStore {
+/// Every row of a query, converted.
+fn rows<T>(
+    q: &mut dyn Queries,
+    sql: &str,
+    a: &[Value],
+    f: impl Fn(&Row) -> Result<T, sqldb::Error>,
+) -> Result<Vec<T>, StoreError> {
+    Ok(q.query(sql, a)?
+        .iter()
+        .map(f)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+impl Store for SqlStore {
     fn providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT name, admin_sha256, settings FROM providers")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ProviderRow {
-                name: r.get(0)?,
-                admin_sha256: r.get(1)?,
-                settings_json: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows(
+            &mut *self.conn()?,
+            "SELECT name, admin_sha256, settings FROM providers",
+            args![],
+            |r| {
+                Ok(ProviderRow {
+                    name: r.get(0)?,
+                    admin_sha256: r.get(1)?,
+                    settings_json: r.get(2)?,
+                })
+            },
+        )
     }
 
     fn create_provider(
@@ -361,19 +442,22 @@ impl Store for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         self.with_audit(audit, |tx| {
-            let exists: Option<String> = tx
-                .query_row(
+            let exists = tx
+                .query_opt(
                     "SELECT name FROM providers WHERE name = ?1",
-                    [&p.name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if exists.is_some() {
+                    args![p.name.as_str()],
+                )?
+                .is_some();
+            if exists {
                 return Err(StoreError::Exists(format!("provider {:?}", p.name)));
             }
             tx.execute(
                 "INSERT INTO providers (name, admin_sha256, settings) VALUES (?1, ?2, ?3)",
-                params![p.name, p.admin_sha256, p.settings_json],
+                args![
+                    p.name.as_str(),
+                    p.admin_sha256.as_slice(),
+                    p.settings_json.as_str()
+                ],
             )?;
             insert_key(tx, &p.name, key)?;
             Ok(())
@@ -389,7 +473,7 @@ impl Store for SqliteStore {
         self.with_audit(audit, |tx| {
             tx.execute(
                 "UPDATE providers SET settings = ?2 WHERE name = ?1",
-                params![provider, settings_json],
+                args![provider, settings_json],
             )?;
             Ok(())
         })
@@ -404,30 +488,30 @@ impl Store for SqliteStore {
         self.with_audit(audit, |tx| {
             tx.execute(
                 "UPDATE providers SET admin_sha256 = ?2 WHERE name = ?1",
-                params![provider, sha256],
+                args![provider, sha256],
             )?;
             Ok(())
         })
     }
 
     fn signing_keys(&self, provider: &str) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        rows(
+            &mut *self.conn()?,
             "SELECT id, alg, sealed_pkcs8, cert_der, created, retire_after, revoked FROM signing_keys
              WHERE provider = ?1 ORDER BY id DESC",
-        )?;
-        let rows = stmt.query_map([provider], |r| {
-            Ok(SigningKeyRow {
-                id: r.get(0)?,
-                alg: r.get(1)?,
-                sealed_pkcs8: r.get(2)?,
-                cert_der: r.get(3)?,
-                created: r.get(4)?,
-                retire_after: r.get(5)?,
-                revoked: r.get::<_, i64>(6)? != 0,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            args![provider],
+            |r| {
+                Ok(SigningKeyRow {
+                    id: r.get(0)?,
+                    alg: r.get(1)?,
+                    sealed_pkcs8: r.get(2)?,
+                    cert_der: r.get(3)?,
+                    created: r.get(4)?,
+                    retire_after: r.get(5)?,
+                    revoked: r.get(6)?,
+                })
+            },
+        )
     }
 
     fn add_signing_key(
@@ -441,7 +525,7 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE signing_keys SET retire_after = ?2
                  WHERE provider = ?1 AND retire_after IS NULL AND revoked = 0",
-                params![provider, retire_older_at],
+                args![provider, retire_older_at],
             )?;
             insert_key(tx, provider, key)?;
             Ok(())
@@ -458,7 +542,7 @@ impl Store for SqliteStore {
         self.with_audit(audit, |tx| {
             let n = tx.execute(
                 "UPDATE signing_keys SET revoked = 1 WHERE provider = ?1 AND id = ?2 AND revoked = 0",
-                params![provider, id],
+                args![provider, id],
             )?;
             if n == 0 {
                 // Rolls the transaction back: no audit entry for nothing.
@@ -478,18 +562,18 @@ impl Store for SqliteStore {
     fn latest_policy(&self, provider: &str, kind: &str) -> Result<Option<PolicyRow>, StoreError> {
         Ok(self
             .conn()?
-            .query_row(
+            .query_opt(
                 "SELECT version, text, created FROM policies WHERE provider = ?1 AND kind = ?2 ORDER BY version DESC LIMIT 1",
-                [provider, kind],
-                |r| {
-                    Ok(PolicyRow {
-                        version: r.get(0)?,
-                        text: r.get(1)?,
-                        created: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
+                args![provider, kind],
+            )?
+            .map(|r| -> Result<_, sqldb::Error> {
+                Ok(PolicyRow {
+                    version: r.get(0)?,
+                    text: r.get(1)?,
+                    created: r.get(2)?,
+                })
+            })
+            .transpose()?)
     }
 
     fn put_policy(
@@ -501,35 +585,36 @@ impl Store for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<i64, StoreError> {
         self.with_audit(audit, |tx| {
-            let version: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE provider = ?1 AND kind = ?2",
-                [provider, kind],
-                |r| r.get(0),
-            )?;
+            let version: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE provider = ?1 AND kind = ?2",
+                    args![provider, kind],
+                )?
+                .get(0)?;
             tx.execute(
                 "INSERT INTO policies (provider, kind, version, text, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![provider, kind, version, text, now],
+                args![provider, kind, version, text, now],
             )?;
             Ok(version)
         })
     }
 
     fn reference_values(&self) -> Result<Vec<ReferenceValue>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        rows(
+            &mut *self.conn()?,
             "SELECT region, measurement, component, source, created FROM reference_values
              ORDER BY region, measurement",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ReferenceValue {
-                region: r.get(0)?,
-                measurement: r.get(1)?,
-                component: r.get(2)?,
-                source: r.get(3)?,
-                created: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            args![],
+            |r| {
+                Ok(ReferenceValue {
+                    region: r.get(0)?,
+                    measurement: r.get(1)?,
+                    component: r.get(2)?,
+                    source: r.get(3)?,
+                    created: r.get(4)?,
+                })
+            },
+        )
     }
 
     fn add_reference_value(
@@ -539,9 +624,17 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.with_audit(audit, |tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO reference_values (region, measurement, component, source, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![rv.region, rv.measurement, rv.component, rv.source, rv.created],
+                "INSERT INTO reference_values (region, measurement, component, source, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (region, measurement) DO UPDATE SET component = excluded.component,
+                   source = excluded.source, created = excluded.created",
+                args![
+                    rv.region.as_str(),
+                    rv.measurement.as_str(),
+                    rv.component.as_str(),
+                    rv.source.as_str(),
+                    rv.created
+                ],
             )?;
             Ok(())
         })
@@ -554,41 +647,73 @@ impl Store for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = conn.write()?;
         let n = tx.execute(
             "DELETE FROM reference_values WHERE region = ?1 AND measurement = ?2",
-            params![region, measurement],
+            args![region, measurement],
         )?;
         if n > 0 {
-            append(&tx, &self.keys, audit)?;
+            raise_generation(&mut tx)?;
+            append(&mut tx, &self.keys, audit)?;
         }
         tx.commit()?;
         Ok(n > 0)
     }
 
     fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        self.with_audit(e, |_| Ok(()))
+        // Not a change: the generation stays (a refusal makes no replica reload).
+        let mut conn = self.conn()?;
+        let mut tx = conn.write()?;
+        append(&mut tx, &self.keys, e)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()?
+            .query_opt("SELECT sealed FROM secrets WHERE name = ?1", args![name])?
+            .map(|r| r.get(0))
+            .transpose()?)
+    }
+
+    fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO secrets (name, sealed) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            args![name, sealed],
+        )?;
+        Ok(conn
+            .query_one("SELECT sealed FROM secrets WHERE name = ?1", args![name])?
+            .get(0)?)
+    }
+
+    fn generation(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()?
+            .query_one("SELECT value FROM generation WHERE id = 1", args![])?
+            .get(0)?)
     }
 
     fn audit_log(&self, provider: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        rows(
+            &mut *self.conn()?,
             "SELECT seq, ts, provider, caller, op, subject, outcome, code FROM audit
              WHERE provider = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([provider], |r| {
-            Ok(AuditEntry {
-                seq: r.get(0)?,
-                ts: r.get(1)?,
-                provider: r.get(2)?,
-                caller: r.get(3)?,
-                op: r.get(4)?,
-                subject: r.get(5)?,
-                outcome: r.get(6)?,
-                code: r.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            args![provider],
+            |r| {
+                Ok(AuditEntry {
+                    seq: r.get(0)?,
+                    ts: r.get(1)?,
+                    provider: r.get(2)?,
+                    caller: r.get(3)?,
+                    op: r.get(4)?,
+                    subject: r.get(5)?,
+                    outcome: r.get(6)?,
+                    code: r.get(7)?,
+                })
+            },
+        )
     }
 }
 
@@ -624,10 +749,62 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_is_the_checked_in_one_on_both_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |engine: &str, location: &Location| {
+            drop(SqlStore::open(location, keys()).unwrap());
+            let dump = sqldb::schema::dump(&mut Conn::open(location).unwrap()).unwrap();
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("schema")
+                .join(format!("{engine}.txt"));
+            if let Err(e) = sqldb::schema::matches_checked_in(&dump, &path) {
+                panic!("{e}");
+            }
+        };
+        check("sqlite", &Location::sqlite(&dir.path().join("a.db")));
+        if let Some(pg) = sqldb::scratch::postgres() {
+            check("postgres", &pg.location);
+        }
+    }
+
+    #[test]
+    fn a_schema_1_database_is_migrated_and_equals_a_fresh_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Location::sqlite(&dir.path().join("old.db"));
+        {
+            // A database as the service made it before migrations were numbered.
+            let mut c = Conn::open(&old).unwrap();
+            c.batch(MIGRATIONS[0].sql).unwrap();
+            c.batch(
+                "INSERT INTO providers VALUES ('p', x'00', '{}');
+                 INSERT INTO signing_keys (provider, alg, sealed_pkcs8, cert_der, created)
+                   VALUES ('p', 'RS256', x'01', x'02', 1);",
+            )
+            .unwrap();
+        }
+        let s = SqlStore::open(&old, keys()).unwrap();
+        let k = s.signing_keys("p").unwrap();
+        assert_eq!((k.len(), k[0].retire_after, k[0].revoked), (1, None, false));
+        assert_eq!(s.generation().unwrap(), 0);
+        drop(s);
+        let fresh = Location::sqlite(&dir.path().join("fresh.db"));
+        drop(SqlStore::open(&fresh, keys()).unwrap());
+        let dump = |l: &Location| sqldb::schema::dump(&mut Conn::open(l).unwrap()).unwrap();
+        assert_eq!(dump(&old), dump(&fresh));
+    }
+
+    #[test]
     fn rotation_retires_and_revocation_is_immediate_each_audited() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let s = SqliteStore::open(&path, keys()).unwrap();
+        rotation_and_revocation(&Location::sqlite(&dir.path().join("a.db")));
+        if let Some(pg) = sqldb::scratch::postgres() {
+            rotation_and_revocation(&pg.location);
+        }
+    }
+
+    fn rotation_and_revocation(location: &Location) {
+        let s = SqlStore::open(location, keys()).unwrap();
+        let g0 = s.generation().unwrap();
         s.create_provider(
             &ProviderRow {
                 name: "p".into(),
@@ -675,7 +852,58 @@ mod tests {
                 "signing_key_revoke"
             ]
         );
+        // Reference values replace one of the same region and measurement.
+        let rv = |source: &str| ReferenceValue {
+            region: "r".into(),
+            measurement: "ab".repeat(48),
+            component: "ovmf".into(),
+            source: source.into(),
+            created: 7,
+        };
+        s.add_reference_value(&rv("first"), &entry("reference_value_add"))
+            .unwrap();
+        s.add_reference_value(&rv("second"), &entry("reference_value_add"))
+            .unwrap();
+        assert_eq!(s.reference_values().unwrap(), [rv("second")]);
+        assert!(
+            s.remove_reference_value("r", &"ab".repeat(48), &entry("reference_value_remove"))
+                .unwrap()
+        );
+        assert!(s.reference_values().unwrap().is_empty());
+        assert_eq!(
+            s.put_policy("p", "SevSnpVm", "package x", 9, &entry("policy_set"))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.put_policy("p", "SevSnpVm", "package y", 9, &entry("policy_set"))
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.latest_policy("p", "SevSnpVm").unwrap().unwrap().text,
+            "package y"
+        );
+        // Every change raised the generation (replicas reload); a refusal, audited on
+        // its own, did not.
+        let g = s.generation().unwrap();
+        assert_eq!(g - g0, 9);
+        s.audit(&entry("denied")).unwrap();
+        assert_eq!(s.generation().unwrap(), g);
+        // Used nonces: once per provider, bounded, expired ones forgotten.
+        use crate::nonce::{SharedNonces, UseOutcome};
+        assert_eq!(s.use_nonce("p", b"n1", 100, 10, 2), Ok(UseOutcome::Fresh));
+        assert_eq!(
+            s.use_nonce("p", b"n1", 100, 11, 2),
+            Ok(UseOutcome::Replayed)
+        );
+        assert_eq!(s.use_nonce("q", b"n1", 100, 11, 2), Ok(UseOutcome::Fresh));
+        assert_eq!(s.use_nonce("p", b"n2", 100, 12, 2), Ok(UseOutcome::Fresh));
+        assert_eq!(s.use_nonce("p", b"n3", 100, 13, 2), Ok(UseOutcome::Full));
+        assert_eq!(s.nonce_used("p", b"n3"), Ok(false));
+        assert_eq!(s.use_nonce("p", b"n3", 200, 100, 2), Ok(UseOutcome::Fresh));
+        assert_eq!(s.nonce_used("p", b"n1"), Ok(false), "expired, forgotten");
         drop(s);
-        assert_eq!(verify_audit(&path, &keys(), &[]).unwrap().entries, 4);
+        assert_eq!(verify_audit(location, &keys(), &[]).unwrap().entries, 10);
     }
 }

@@ -489,6 +489,7 @@ fn compliance_needs_a_registered_measurement() {
             std::slice::from_ref(&s.url),
             keyvault::authority::http_fetch(),
         ),
+        database: None,
         store: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();

@@ -408,7 +408,12 @@ fn admin_credentials_rotate_revoke_and_reset() {
     let master =
         seal::MasterKey::load_or_create(&s.state.parent().unwrap().join("master.key")).unwrap();
     let keys = attest::store::audit_keys(&master).unwrap();
-    let intact = attest::store::verify_audit(&s.state.join("attest.db"), &keys, &[]).unwrap();
+    let intact = attest::store::verify_audit(
+        &sqldb::Location::sqlite(&s.state.join("attest.db")),
+        &keys,
+        &[],
+    )
+    .unwrap();
     assert_eq!(intact.entries, 6, "{intact:?}");
 }
 

@@ -19,8 +19,8 @@
 // Libraries log through `tracing` (or not at all); only binaries print.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
+#[cfg(feature = "sql")]
+pub mod table;
 
 use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{

@@ -25,12 +25,12 @@ pub enum AttestCommand {
     /// called compliant).
     #[command(subcommand)]
     ReferenceValue(ReferenceValueCommand),
-    /// The tamper-evident audit log of administrative changes, read from the state
-    /// directory. Exit 0 intact, 1 tampered (naming the first bad entry), 2 could not
-    /// check.
     /// The sandbox's policy worker (started by `serve`; speaks frames on stdin/stdout).
     #[command(hide = true)]
     PolicyWorker,
+    /// The tamper-evident audit log of administrative changes, read from the service's
+    /// database. Exit 0 intact, 1 tampered (naming the first bad entry), 2 could not
+    /// check.
     AuditVerify {
         /// The service's state directory.
         #[arg(long)]
@@ -38,6 +38,10 @@ pub enum AttestCommand {
         /// The master key file (or CVM_ATTEST_MASTER_KEY).
         #[arg(long)]
         master_key: Option<PathBuf>,
+        /// The database, if not STATE/attest.db: a SQLite file or a PostgreSQL URL.
+        /// Or set CVM_ATTEST_DATABASE.
+        #[arg(long, env = "CVM_ATTEST_DATABASE", hide_env_values = true)]
+        database: Option<String>,
     },
 }
 
@@ -139,6 +143,10 @@ pub struct ServeArgs {
     /// inside --state. Or set CVM_ATTEST_MASTER_KEY (64 hex digits).
     #[arg(long)]
     master_key: Option<PathBuf>,
+    /// The database: a SQLite file (default STATE/attest.db) or a PostgreSQL URL
+    /// (postgres://user:password@host:port/db). Or set CVM_ATTEST_DATABASE.
+    #[arg(long, env = "CVM_ATTEST_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Collateral for requests that carry no VCEK chain.
     #[command(flatten)]
     collateral: crate::evidence::CollateralArgs,
@@ -278,8 +286,12 @@ pub fn run(cmd: AttestCommand) -> ExitCode {
         AttestCommand::PolicyWorker => {
             return ExitCode::from(u8::try_from(attest::sandbox::worker_main()).unwrap_or(2));
         }
-        AttestCommand::AuditVerify { state, master_key } => {
-            return audit_verify(&state, master_key.as_deref());
+        AttestCommand::AuditVerify {
+            state,
+            master_key,
+            database,
+        } => {
+            return audit_verify(&state, master_key.as_deref(), database.as_deref());
         }
     };
     match r {
@@ -302,6 +314,11 @@ fn serve(a: ServeArgs) -> Result<()> {
     let master =
         crate::master_key::load("CVM_ATTEST_MASTER_KEY", a.master_key.as_deref(), &a.state)?;
     let mut cfg = attest::ServiceConfig::new(a.state.clone(), String::new(), master);
+    cfg.database = Some(crate::database::location(
+        a.database.as_deref(),
+        &a.state,
+        "attest.db",
+    )?);
     for path in &a.emulator_roots {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         cfg.emulator_roots.push(
@@ -554,16 +571,13 @@ pub(crate) fn print_result(status: u16, v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn audit_verify(state: &Path, master_key: Option<&Path>) -> ExitCode {
-    let db = state.join("attest.db");
-    let keys = (|| -> Result<audit::Keys> {
-        if !db.exists() {
-            bail!("{} does not exist", db.display());
-        }
+fn audit_verify(state: &Path, master_key: Option<&Path>, database: Option<&str>) -> ExitCode {
+    let keys = (|| -> Result<(sqldb::Location, audit::Keys)> {
+        let db = crate::database::existing(database, state, "attest.db")?;
         let master = crate::master_key::load("CVM_ATTEST_MASTER_KEY", master_key, state)?;
-        Ok(attest::store::audit_keys(&master)?)
+        Ok((db, attest::store::audit_keys(&master)?))
     })();
-    let keys = match keys {
+    let (db, keys) = match keys {
         Ok(k) => k,
         Err(e) => {
             eprintln!("error: {}", crate::describe(&e));
@@ -578,12 +592,12 @@ fn audit_verify(state: &Path, master_key: Option<&Path>) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(audit::sqlite::VerifyError::Tampered(t)) => {
+        Err(audit::table::VerifyError::Tampered(t)) => {
             println!("tampered: {t}");
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {db}: {e}");
             ExitCode::from(2)
         }
     }

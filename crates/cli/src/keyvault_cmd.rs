@@ -21,7 +21,7 @@ pub enum KeyvaultCommand {
     /// credential, STATE/admin.token).
     #[command(subcommand)]
     Region(RegionCommand),
-    /// The tamper-evident audit log, read from the state directory (no server needed).
+    /// The tamper-evident audit log, read from the vault's database (no server needed).
     #[command(subcommand)]
     Audit(AuditCommand),
 }
@@ -46,6 +46,10 @@ pub struct AuditArgs {
     /// The master key file (or CVM_KEYVAULT_MASTER_KEY): the audit keys derive from it.
     #[arg(long)]
     master_key: Option<PathBuf>,
+    /// The database, if not STATE/keyvault.db: a SQLite file or a PostgreSQL URL. Or
+    /// set CVM_KEYVAULT_DATABASE.
+    #[arg(long, env = "CVM_KEYVAULT_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Checkpoints kept elsewhere (from `audit checkpoint`) that the log must still
     /// hold; repeatable.
     #[arg(long)]
@@ -93,8 +97,14 @@ pub struct ServeArgs {
     authorities: Vec<String>,
     /// Master key file (64 hex digits; created if missing). It must not be inside the
     /// state directory. Alternatively the environment variable CVM_KEYVAULT_MASTER_KEY.
+    /// Replicas sharing a database share the master key.
     #[arg(long)]
     master_key: Option<PathBuf>,
+    /// The database: a SQLite file (default STATE/keyvault.db) or a PostgreSQL URL
+    /// (postgres://user:password@host:port/db) that several replicas may share. Or set
+    /// CVM_KEYVAULT_DATABASE.
+    #[arg(long, env = "CVM_KEYVAULT_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Public base URL (key ids); default `http://<bound address>`.
     #[arg(long)]
     base_url: Option<String>,
@@ -345,26 +355,22 @@ fn import_key_member(
     bail!("give --aes-key-hex, --jwk or --byok")
 }
 
-fn audit_keys(a: &AuditArgs) -> Result<keyvault::store::AuditKeys> {
-    let db = a.state.join("keyvault.db");
-    if !db.exists() {
-        bail!("{} does not exist", db.display());
-    }
+fn audit_keys(a: &AuditArgs) -> Result<(sqldb::Location, keyvault::store::AuditKeys)> {
+    let db = crate::database::existing(a.database.as_deref(), &a.state, "keyvault.db")?;
     let master =
         crate::master_key::load("CVM_KEYVAULT_MASTER_KEY", a.master_key.as_deref(), &a.state)?;
-    Ok(keyvault::store::AuditKeys::from_master(&master)?)
+    Ok((db, keyvault::store::AuditKeys::from_master(&master)?))
 }
 
 fn audit(cmd: AuditCommand) -> ExitCode {
     let (AuditCommand::Verify(a) | AuditCommand::Checkpoint(a)) = &cmd;
-    let keys = match audit_keys(a) {
+    let (db, keys) = match audit_keys(a) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("error: {}", crate::describe(&e));
             return ExitCode::from(2);
         }
     };
-    let db = a.state.join("keyvault.db");
     if let AuditCommand::Checkpoint(_) = cmd {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         return match keyvault::store::checkpoint_head(&db, &keys, now) {
@@ -380,7 +386,7 @@ fn audit(cmd: AuditCommand) -> ExitCode {
                 eprintln!("error: the audit log is empty");
                 ExitCode::from(2)
             }
-            Err(e) => audit_failure(e),
+            Err(e) => audit_failure(&db, e),
         };
     }
     let mut expect = Vec::new();
@@ -412,19 +418,19 @@ fn audit(cmd: AuditCommand) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => audit_failure(e),
+        Err(e) => audit_failure(&db, e),
     }
 }
 
 /// Exit 1 for a tampered audit log (named on stdout), 2 for one that could not be read.
-pub(crate) fn audit_failure(e: audit::sqlite::VerifyError) -> ExitCode {
+pub(crate) fn audit_failure(db: &sqldb::Location, e: audit::table::VerifyError) -> ExitCode {
     match e {
-        audit::sqlite::VerifyError::Tampered(t) => {
+        audit::table::VerifyError::Tampered(t) => {
             println!("tampered: {t}");
             ExitCode::from(1)
         }
         e => {
-            eprintln!("error: {e}");
+            eprintln!("error: {db}: {e}");
             ExitCode::from(2)
         }
     }
@@ -445,6 +451,11 @@ fn serve(a: ServeArgs) -> Result<()> {
             keyvault::authority::http_fetch(),
         )
         .with_leeway(a.clock_skew),
+        database: Some(crate::database::location(
+            a.database.as_deref(),
+            &a.state,
+            "keyvault.db",
+        )?),
         store: None,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {

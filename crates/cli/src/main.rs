@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
+mod database;
 mod evidence;
 mod keyvault_cmd;
 mod master_key;

@@ -52,6 +52,11 @@ fn post(url: &str, body: &[u8]) -> (u16, Value) {
 
 /// An emulated guest's MAA SevSnpVm request body.
 fn request(dir: &Path, debug: bool) -> Vec<u8> {
+    request_with(dir, debug, br#"{"purpose":"cli test"}"#)
+}
+
+/// [`request`] with the runtime data `rt` (JSON) bound by REPORT_DATA.
+fn request_with(dir: &Path, debug: bool, rt: &[u8]) -> Vec<u8> {
     let p = Platform::open(&dir.join("emu"))
         .or_else(|_| Platform::create(&dir.join("emu"), PlatformConfig::new(Product::Milan), None))
         .unwrap();
@@ -60,7 +65,6 @@ fn request(dir: &Path, debug: bool) -> Vec<u8> {
         cfg.policy |= 1 << 19;
     }
     let guest = p.launch(cfg).unwrap();
-    let rt = br#"{"purpose":"cli test"}"#;
     let mut rd = [0u8; 64];
     rd[..32].copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rt).as_ref());
     let report = p.get_report(&guest, &rd, 0).unwrap();
@@ -580,5 +584,115 @@ fn json_logs_of_the_attestation_service_carry_request_ids_and_no_secret() {
     assert!(
         !text.contains(master_hex.trim()),
         "the master key is in the log"
+    );
+}
+
+/// The `kid`s of a JWKS document.
+fn kids(jwks: &Value) -> Vec<String> {
+    let mut k: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    k.sort();
+    k
+}
+
+fn get_json(url: &str) -> Value {
+    let body = ureq::get(url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+fn post_admin(url: &str, bearer: &str) -> (u16, Value) {
+    let mut r = common::agent()
+        .post(url)
+        .header("Authorization", format!("Bearer {bearer}"))
+        .send(&[][..])
+        .unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn attestation_replicas_on_one_postgres_database_share_providers_keys_and_nonces() {
+    let Some(pg) = sqldb::scratch::postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Both replicas take the master key beside their state directories: the same file.
+    let a = serve_with(&d.join("a"), &["--database", &pg.url]);
+    let b = serve_with(&d.join("b"), &["--database", &pg.url]);
+    let admin = std::fs::read_to_string(d.join("a/admin.token")).unwrap();
+    assert!(!d.join("b/admin.token").exists());
+    assert_eq!(
+        kids(&get_json(&format!("{}/certs", a.url))),
+        kids(&get_json(&format!("{}/certs", b.url)))
+    );
+
+    // A nonce issued by A is accepted by B, once: a replay through either is refused.
+    let nonce = get_json(&format!("{}/nonce", a.url))["nonce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = request_with(d, false, json!({"nonce": nonce}).to_string().as_bytes());
+    let attest = |url: &str| post(&format!("{url}/attest/SevSnpVm"), &body);
+    let (st, v) = attest(&b.url);
+    assert_eq!(st, 200, "{v}");
+    for url in [&a.url, &b.url] {
+        let (st, v) = attest(url);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (400, Some("nonce_replayed")),
+            "{v}"
+        );
+    }
+
+    // A signing key rotated through A signs B's next token; revoked through A, the old
+    // key leaves B's JWKS at once.
+    let before = kids(&get_json(&format!("{}/certs", b.url)));
+    let (st, v) = post_admin(&format!("{}/signing-keys/rotate", a.url), &admin);
+    assert_eq!(st, 200, "{v}");
+    let new_kid = v["kid"].as_str().unwrap().to_string();
+    let jwks_b = get_json(&format!("{}/certs", b.url));
+    assert!(kids(&jwks_b).contains(&new_kid) && kids(&jwks_b).len() == before.len() + 1);
+    let (st, v) = post(&format!("{}/attest/SevSnpVm", b.url), &request(d, false));
+    assert_eq!(st, 200, "{v}");
+    let token = v["token"].as_str().unwrap();
+    let header: Value =
+        serde_json::from_slice(&B64URL.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["kid"], new_kid.as_str());
+    let (st, v) = post_admin(
+        &format!("{}/signing-keys/{}/revoke", a.url, before[0]),
+        &admin,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(kids(&get_json(&format!("{}/certs", b.url))), [new_kid]);
+
+    // One audit log, intact, read back from the database.
+    let out = cvm(&[
+        "attest",
+        "audit-verify",
+        "--state",
+        d.join("b").to_str().unwrap(),
+        "--master-key",
+        d.join("master.key").to_str().unwrap(),
+        "--database",
+        &pg.url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

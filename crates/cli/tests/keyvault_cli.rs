@@ -1387,3 +1387,347 @@ fn json_logs_carry_request_ids_and_no_secret() {
     assert!(!text.contains("\"answered\""), "{text}");
     assert!(fetch_failed(&text, &id), "{text}");
 }
+
+/// The master key replicas share (they must: every secret in the database is sealed
+/// under it).
+const REPLICA_MASTER_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+/// A key vault replica with its own state directory `d/name` on the database `url`.
+fn replica(d: &Path, name: &str, authority: &str, url: &str) -> common::Served {
+    keyvault_with(
+        &d.join(name),
+        &[authority],
+        &["--database", url],
+        &[("CVM_KEYVAULT_MASTER_KEY", REPLICA_MASTER_KEY)],
+        None,
+    )
+}
+
+/// `cvm args...` with the replicas' master key.
+fn cvm_replica(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(args)
+        .env("CVM_KEYVAULT_MASTER_KEY", REPLICA_MASTER_KEY)
+        .output()
+        .unwrap()
+}
+
+/// Runs `sql` with psql (an independent client): the rows, `|`-separated.
+fn psql(url: &str, sql: &str) -> Vec<String> {
+    let out = Command::new("psql")
+        .args([url, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("running psql");
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn get_json(url: &str, bearer: &str) -> (u16, Value) {
+    let mut r = common::agent()
+        .get(url)
+        .header("Authorization", format!("Bearer {bearer}"))
+        .call()
+        .unwrap();
+    let st = r.status().as_u16();
+    (
+        st,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn key_vault_replicas_on_one_postgres_database_serve_the_same_tenants() {
+    let Some(pg) = sqldb::scratch::postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let attest = attest_serve(d);
+    let a = replica(d, "a", &attest.url, &pg.url);
+    let b = replica(d, "b", &attest.url, &pg.url);
+    // One service administrator credential for both: the first replica made it; the
+    // second found it in the database and wrote none.
+    let admin = std::fs::read_to_string(d.join("a/kv/admin.token")).unwrap();
+    assert!(!d.join("b/kv/admin.token").exists());
+    // The database URL's password is in no log line and no error.
+    let bad = cvm_replica(&[
+        "keyvault",
+        "audit",
+        "verify",
+        "--state",
+        d.join("a/kv").to_str().unwrap(),
+        "--database",
+        "postgres://opencvm:hunter2@127.0.0.1:1/none",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("postgres://opencvm:***@127.0.0.1:1/none") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+
+    // A vault created through A is served by B.
+    let (st, v) = post(&format!("{}/vaults/team", a.url), &admin, &json!({}));
+    assert_eq!(st, 200, "{v}");
+    let cred = v["credential"].as_str().unwrap().to_string();
+    let cred_file = d.join("team.cred");
+    std::fs::write(&cred_file, &cred).unwrap();
+    let c = cred_file.to_str().unwrap();
+    let (st, _) = post(&format!("{}/vaults/team", b.url), &admin, &json!({}));
+    assert_eq!(st, 409, "the vault exists for B too");
+
+    // A key imported through A releases through B, to an attested guest.
+    let k = "8899aabbccddeeff00112233445566778899aabbccddeeff0011223344556677";
+    std::fs::write(d.join("k.hex"), k).unwrap();
+    let policy = policy_file(d, &attest.url);
+    let out = cvm(&[
+        "key",
+        "import",
+        "--url",
+        &a.url,
+        "--credential-file",
+        c,
+        "disk",
+        "--aes-key-hex",
+        d.join("k.hex").to_str().unwrap(),
+        "--release-policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let version = version_of(&json_of(&out));
+    let (token_file, transfer) = attested_guest(d, &attest.url);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let release = |url: &str| {
+        post(
+            &format!("{url}/keys/disk/{version}/release"),
+            &cred,
+            &json!({"target": token, "enc": "RSA_AES_KEY_WRAP_256"}),
+        )
+    };
+    let (st, v) = release(&b.url);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(hex::encode(released(&v, &transfer)), k);
+
+    // A rotation (a new key version) through B is the newest version for A.
+    let (st, v) = post(
+        &format!("{}/keys/sig/create", a.url),
+        &cred,
+        &json!({"kty": "EC"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = post(
+        &format!("{}/keys/sig/create", b.url),
+        &cred,
+        &json!({"kty": "EC"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let newest = version_of(&v);
+    let (st, v) = get_json(&format!("{}/keys/sig", a.url), &cred);
+    assert_eq!((st, version_of(&v)), (200, newest));
+    // A region's root rotated through A is version 2 for B.
+    let (st, v) = post(&format!("{}/regions/west", a.url), &admin, &json!({}));
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = post(
+        &format!("{}/regions/west/rotate", a.url),
+        &admin,
+        &json!({}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = get_json(&format!("{}/regions", b.url), &admin);
+    assert_eq!(
+        (st, v["value"][0]["root_version"].clone()),
+        (200, json!(2)),
+        "{v}"
+    );
+
+    // Releases through both replicas at once: every one is audited exactly once, in
+    // one unbroken chain.
+    let before = psql(&pg.url, "SELECT COUNT(*) FROM audit WHERE op = 'release'");
+    let per_replica = 12;
+    std::thread::scope(|s| {
+        for url in [&a.url, &b.url] {
+            let release = &release;
+            s.spawn(move || {
+                for _ in 0..per_replica {
+                    let (st, v) = release(url);
+                    assert_eq!(st, 200, "{v}");
+                }
+            });
+        }
+    });
+    let after = psql(&pg.url, "SELECT COUNT(*) FROM audit WHERE op = 'release'");
+    let (before, after): (i64, i64) = (before[0].parse().unwrap(), after[0].parse().unwrap());
+    assert_eq!(after - before, 2 * per_replica);
+    assert_eq!(
+        psql(
+            &pg.url,
+            "SELECT COUNT(*) = COUNT(DISTINCT seq) AND MIN(seq) = 1 AND MAX(seq) = COUNT(*) FROM audit"
+        ),
+        ["t"],
+        "audit sequence numbers are unique and without gaps"
+    );
+    let (st, v) = get_json(&format!("{}/audit", b.url), &cred);
+    assert_eq!(st, 200);
+    let releases = v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["op"] == "release" && e["outcome"] == "allowed")
+        .count();
+    assert_eq!(releases, 1 + 2 * per_replica as usize);
+    let out = cvm_replica(&[
+        "keyvault",
+        "audit",
+        "verify",
+        "--state",
+        d.join("b/kv").to_str().unwrap(),
+        "--database",
+        &pg.url,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("intact:"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The log is append-only on PostgreSQL too.
+    let out = Command::new("psql")
+        .args([&pg.url, "-XAtq", "-c", "DELETE FROM audit"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("append-only"));
+}
+
+#[test]
+fn a_replica_killed_mid_write_leaves_the_shared_database_consistent() {
+    let Some(pg) = sqldb::scratch::postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let authority = "http://127.0.0.1:9";
+    let b = replica(d, "b", authority, &pg.url);
+    let admin = std::fs::read_to_string(d.join("b/kv/admin.token")).unwrap();
+    let (_, v) = post(&format!("{}/vaults/t", b.url), &admin, &json!({}));
+    let cred = v["credential"].as_str().unwrap().to_string();
+    let acknowledged = std::sync::atomic::AtomicU32::new(0);
+    // Three rounds: clients create keys and versions through A and through B while A is
+    // killed (SIGKILL) mid-write, then restarted.
+    for round in 0..3u64 {
+        let mut a = replica(d, "a", authority, &pg.url);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for (w, url) in [(0, a.url.clone()), (1, a.url.clone()), (2, b.url.clone())] {
+                let (cred, stop, acknowledged) = (&cred, &stop, &acknowledged);
+                s.spawn(move || {
+                    for i in 0u32.. {
+                        if w == 2 && stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            return;
+                        }
+                        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+                        let r = agent
+                            .post(&format!("{url}/keys/k{}-{w}/create", i % 3))
+                            .header("Authorization", format!("Bearer {cred}"))
+                            .header("Content-Type", "application/json")
+                            .send(
+                                json!({"kty": if i % 2 == 0 { "oct" } else { "EC" }})
+                                    .to_string()
+                                    .as_bytes(),
+                            );
+                        match r {
+                            Ok(r) if r.status() == 200 => {
+                                acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Ok(r) => panic!("status {}", r.status()),
+                            Err(_) => return, // A is gone.
+                        }
+                    }
+                });
+            }
+            let start = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while acknowledged.load(std::sync::atomic::Ordering::SeqCst) < start + 10
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(37 * round));
+            a.child.kill().unwrap(); // SIGKILL
+            a.child.wait().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let acknowledged = i64::from(acknowledged.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(acknowledged > 20, "only {acknowledged} creations");
+    // An independent reader (psql): every acknowledged version is stored, every key
+    // has versions and every version a key, and each version has its one audit entry.
+    let count = |sql: &str| -> i64 { psql(&pg.url, sql)[0].parse().unwrap() };
+    let versions = count("SELECT COUNT(*) FROM key_versions");
+    assert!(
+        versions >= acknowledged,
+        "{versions} stored < {acknowledged} acknowledged"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM keys k WHERE NOT EXISTS (SELECT 1 FROM key_versions v WHERE v.vault = k.vault AND v.name = k.name)"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM key_versions v WHERE (SELECT COUNT(*) FROM audit a WHERE a.vault = v.vault AND a.key = v.name AND a.version = v.version AND a.op = 'create' AND a.outcome = 'allowed') <> 1"
+        ),
+        0,
+        "versions without exactly one audit entry"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM audit a WHERE a.op = 'create' AND a.outcome = 'allowed' AND NOT EXISTS (SELECT 1 FROM key_versions v WHERE a.vault = v.vault AND a.key = v.name AND a.version = v.version)"
+        ),
+        0,
+        "audit entries without their version"
+    );
+    let out = cvm_replica(&[
+        "keyvault",
+        "audit",
+        "verify",
+        "--state",
+        d.join("b/kv").to_str().unwrap(),
+        "--database",
+        &pg.url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // B still serves every key: the newest version of each opens.
+    let cred_file = d.join("cred");
+    std::fs::write(&cred_file, &cred).unwrap();
+    let out = cvm(&[
+        "key",
+        "list",
+        "--url",
+        &b.url,
+        "--credential-file",
+        cred_file.to_str().unwrap(),
+    ]);
+    for k in json_of(&out)["value"].as_array().unwrap() {
+        let kid = k["kid"].as_str().unwrap();
+        let name = kid.rsplit('/').next().unwrap();
+        let (st, v) = get_json(&format!("{}/keys/{name}", b.url), &cred);
+        assert_eq!(st, 200, "{name}: {v}");
+    }
+}

@@ -29,8 +29,10 @@ use zeroize::Zeroizing;
 use crate::authority::{Authorities, ValidToken};
 use crate::jwk::strip;
 use crate::release_policy::ReleasePolicyEnvelope;
+use sqldb::Location;
+
 use crate::store::{
-    AuditEntry, NewRegion, RootRow, Rotation, SealedVersion, SqliteStore, Store, StoreError,
+    AuditEntry, NewRegion, RootRow, Rotation, SealedVersion, SqlStore, Store, StoreError,
     VersionRow,
 };
 use crate::wrap::{KeyHsm, WrapMechanism, WrappingPublicKey};
@@ -156,8 +158,10 @@ pub struct VaultConfig {
     pub base_url: String,
     /// Trusted attestation authorities.
     pub authorities: Authorities,
-    /// The store; `None` opens SQLite at `state_dir/keyvault.db`. The seam for other
-    /// stores (PostgreSQL for a fleet).
+    /// The database: a SQLite file or a PostgreSQL URL (several replicas may share
+    /// one PostgreSQL database); `None` is SQLite at `state_dir/keyvault.db`.
+    pub database: Option<Location>,
+    /// A store to use instead of opening `database` (tests).
     pub store: Option<Box<dyn Store>>,
 }
 
@@ -165,6 +169,7 @@ impl std::fmt::Debug for VaultConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultConfig")
             .field("state_dir", &self.state_dir)
+            .field("database", &self.database)
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
@@ -561,8 +566,10 @@ impl Vault {
         std::fs::create_dir_all(&cfg.state_dir)?;
         let store: Box<dyn Store> = match cfg.store {
             Some(s) => s,
-            None => Box::new(SqliteStore::open(
-                &cfg.state_dir.join("keyvault.db"),
+            None => Box::new(SqlStore::open(
+                &cfg.database
+                    .clone()
+                    .unwrap_or_else(|| Location::sqlite(&cfg.state_dir.join("keyvault.db"))),
                 crate::store::AuditKeys::from_master(&cfg.master_key)?,
             )?),
         };
@@ -573,8 +580,16 @@ impl Vault {
                 let token = random_token().map_err(|e| std::io::Error::other(e.message))?;
                 let path = cfg.state_dir.join("admin.token");
                 seal::write_secret_file(&path, token.as_bytes())?;
-                created = Some(path);
-                store.put_secret("service-admin-sha256", &sha256(token.as_bytes()))?
+                let ours = sha256(token.as_bytes());
+                let stored = store.put_secret("service-admin-sha256", &ours)?;
+                if stored == ours {
+                    created = Some(path);
+                } else {
+                    // A replica sharing the database made the credential first; this
+                    // one is not valid, so it does not stay on disk.
+                    let _ = std::fs::remove_file(&path);
+                }
+                stored
             }
         };
         let sealed = match store.secret("release-signing-key")? {

@@ -1,28 +1,30 @@
 //! Persistent state: vaults, credentials, keys and their versions (material sealed),
 //! region root keys (sealed) with their platform vaults, and an append-only audit log,
-//! in SQLite (WAL, synchronous FULL; every change is one transaction, so kill -9 leaves
-//! either the old or the new state). Transactions that read before they write take the
-//! write lock when they begin (`BEGIN IMMEDIATE`): a deferred one could not upgrade its
-//! read snapshot once the audit writer's connection had committed, and would fail with
-//! `SQLITE_BUSY` instead of waiting. The store is a trait so PostgreSQL can follow.
+//! on SQLite (WAL, synchronous FULL) or PostgreSQL (`sqldb`). Every change is one
+//! transaction, so kill -9 leaves either the old or the new state. Transactions that
+//! read before they write hold the database's writer lock from their start
+//! (`sqldb::Conn::write`), on SQLite as on PostgreSQL, where several vault replicas
+//! share one database: a rotation or a credential change on one replica cannot
+//! interleave with a write on another. The schema is [`MIGRATIONS`], applied to both
+//! engines.
 //!
 //! The audit log is tamper-evident (the `audit` crate): every entry is linked to the
 //! previous one by an HMAC under a key derived from the master key, and every
 //! [`CHECKPOINT_EVERY`]th entry gets a signed checkpoint; [`verify_audit`] checks a
-//! database file, naming the first entry that does not fit. The append-only triggers
+//! database, naming the first entry that does not fit. The append-only triggers
 //! stay as a first line; the chain is what holds when they are dropped.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sqldb::migrate::Migration;
+use sqldb::{Conn, Location, Queries, Row, Tx, Value, args};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite reported an error.
+    /// The database reported an error.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[from] sqldb::Error),
     /// A lock was poisoned.
     #[error("database lock poisoned")]
     Poisoned,
@@ -399,7 +401,7 @@ impl AuditKeys {
 }
 
 /// The audit table: its columns in link order.
-const AUDIT: audit::sqlite::Table<'static> = audit::sqlite::Table {
+const AUDIT: audit::table::Table<'static> = audit::table::Table {
     name: "audit",
     columns: &[
         "ts", "vault", "caller", "op", "key", "version", "outcome", "code", "jti", "issuer",
@@ -407,124 +409,64 @@ const AUDIT: audit::sqlite::Table<'static> = audit::sqlite::Table {
     checkpoint_every: CHECKPOINT_EVERY,
 };
 
-/// The SQLite store. Audit entries go through one writer thread with its own
-/// connection that commits whatever is queued in one transaction (group commit): each
-/// caller still waits until its entry is durable, but concurrent releases share fsyncs,
-/// and key reads never wait behind an audit fsync.
-pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    audit_tx: Mutex<std::sync::mpsc::Sender<(AuditEntry, AuditAck)>>,
-    keys: Arc<AuditKeys>,
+/// The schema's numbered migrations (`crates/keyvault/migrations/`), applied to both
+/// engines.
+pub const MIGRATIONS: [Migration<'static>; 3] = [
+    Migration {
+        version: 1,
+        name: "vaults, keys, audit",
+        sql: include_str!("../migrations/0001_vaults_keys_audit.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 2,
+        name: "regions",
+        sql: include_str!("../migrations/0002_regions.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 3,
+        name: "audit chain",
+        sql: include_str!("../migrations/0003_audit_chain.sql"),
+        postgres: None,
+    },
+];
+
+/// The version of a database from before `schema_migrations`: `meta.schema`, which
+/// the store kept until then (0 for an empty database).
+fn legacy_version(tx: &mut Tx<'_>) -> Result<i64, sqldb::Error> {
+    if !tx.table_exists("meta")? {
+        return Ok(0);
+    }
+    let v: Option<String> = tx
+        .query_opt("SELECT value FROM meta WHERE key = 'schema'", args![])?
+        .map(|r| r.get(0))
+        .transpose()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-impl std::fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SqliteStore")
-    }
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('schema', '1');
-CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS vaults (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS credentials (
-  sha256 BLOB PRIMARY KEY,
-  vault TEXT NOT NULL REFERENCES vaults(name),
-  role TEXT NOT NULL,
-  created INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keys (
-  vault TEXT NOT NULL REFERENCES vaults(name),
-  name TEXT NOT NULL,
-  deleted INTEGER NOT NULL DEFAULT 0,
-  deleted_at INTEGER,
-  PRIMARY KEY (vault, name)
-);
-CREATE TABLE IF NOT EXISTS key_versions (
-  vault TEXT NOT NULL,
-  name TEXT NOT NULL,
-  version TEXT NOT NULL,
-  kty TEXT NOT NULL,
-  public_jwk TEXT NOT NULL,
-  sealed BLOB NOT NULL,
-  exportable INTEGER NOT NULL,
-  enabled INTEGER NOT NULL,
-  nbf INTEGER,
-  exp INTEGER,
-  tags TEXT NOT NULL,
-  release_policy TEXT,
-  created INTEGER NOT NULL,
-  updated INTEGER NOT NULL,
-  seq INTEGER NOT NULL,
-  PRIMARY KEY (vault, name, version),
-  FOREIGN KEY (vault, name) REFERENCES keys(vault, name)
-);
-CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  ts INTEGER NOT NULL, vault TEXT NOT NULL, caller TEXT NOT NULL, op TEXT NOT NULL,
-  key TEXT NOT NULL, version TEXT NOT NULL, outcome TEXT NOT NULL, code TEXT NOT NULL,
-  jti TEXT NOT NULL, issuer TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
-  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
-  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-";
-
-/// Schema 1 → 2: vault kinds (tenant and platform vaults in separate namespaces),
-/// regions with versioned root keys, and the root each key version is sealed under.
-const MIGRATE_2: &str = "
-ALTER TABLE vaults ADD COLUMN kind TEXT NOT NULL DEFAULT 'customer';
-CREATE TABLE regions (
-  name TEXT PRIMARY KEY,
-  vault TEXT NOT NULL UNIQUE REFERENCES vaults(name),
-  created INTEGER NOT NULL
-);
-CREATE TABLE region_roots (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  region TEXT NOT NULL REFERENCES regions(name),
-  version INTEGER NOT NULL,
-  sealed BLOB NOT NULL,
-  created INTEGER NOT NULL,
-  UNIQUE (region, version)
-);
-ALTER TABLE key_versions ADD COLUMN root_id INTEGER REFERENCES region_roots(id);
-CREATE INDEX key_versions_root ON key_versions(root_id);
-UPDATE meta SET value = '2' WHERE key = 'schema';
-";
-
-/// Schema 2 → 3: the audit log's links and checkpoints. Entries written before are
-/// linked now, in order (they were not protected before this migration).
-const MIGRATE_3: &str = "
-ALTER TABLE audit ADD COLUMN prev BLOB;
-ALTER TABLE audit ADD COLUMN link BLOB;
-UPDATE meta SET value = '3' WHERE key = 'schema';
-";
-
-fn migrate(conn: &mut Connection, keys: &AuditKeys) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut schema: String =
-        tx.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-            r.get(0)
-        })?;
-    if schema == "1" {
-        tx.execute_batch(MIGRATE_2)?;
-        schema = "2".into();
-    }
-    if schema == "2" {
-        tx.execute_batch(MIGRATE_3)?;
-        tx.execute_batch(&AUDIT.create_sql())?;
-        AUDIT.link_unlinked(&tx, &keys.0)?;
-    }
-    tx.commit()?;
+/// Brings the database to the newest schema (the audit chain's code runs with
+/// migration 3).
+fn migrate(conn: &mut Conn, keys: &AuditKeys, now: i64) -> Result<(), StoreError> {
+    sqldb::migrate::apply(
+        conn,
+        &MIGRATIONS,
+        &legacy_version,
+        &mut |tx, version| {
+            if version == 3 {
+                AUDIT.link_unlinked(tx, &keys.0)?;
+            }
+            Ok(())
+        },
+        now,
+    )?;
     Ok(())
 }
 
 const AUDIT_SELECT: &str =
     "SELECT seq, ts, vault, caller, op, key, version, outcome, code, jti, issuer FROM audit";
 
-fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+fn audit_row(r: &Row) -> Result<AuditEntry, sqldb::Error> {
     Ok(AuditEntry {
         seq: r.get(0)?,
         ts: r.get(1)?,
@@ -540,39 +482,63 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`; `keys` link its audit log.
-    pub fn open(path: &Path, keys: AuditKeys) -> Result<Self, StoreError> {
+/// The store, on SQLite or PostgreSQL. Audit entries go through one writer thread
+/// with its own connection that commits whatever is queued in one transaction (group
+/// commit): each caller still waits until its entry is durable, but concurrent
+/// releases share commits, and key reads never wait behind an audit commit.
+pub struct SqlStore {
+    conn: Mutex<Conn>,
+    audit_tx: Mutex<std::sync::mpsc::Sender<(AuditEntry, AuditAck)>>,
+    keys: Arc<AuditKeys>,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqlStore")
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the database at `location` and brings its schema up
+    /// to date; `keys` link its audit log.
+    pub fn open(location: &Location, keys: AuditKeys) -> Result<Self, StoreError> {
         let keys = Arc::new(keys);
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Deleted rows (purged key material) are overwritten with zeros, not left in
-        // free pages.
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&mut conn, &keys)?;
-        let audit_conn = Connection::open(path)?;
-        audit_conn.pragma_update(None, "synchronous", "FULL")?;
-        audit_conn.pragma_update(None, "secure_delete", "ON")?;
-        audit_conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut conn = Conn::open(location)?;
+        migrate(&mut conn, &keys, unix_now())?;
+        let audit_conn = Conn::open(location)?;
         let (tx, rx) = std::sync::mpsc::channel::<(AuditEntry, AuditAck)>();
         let writer_keys = keys.clone();
         std::thread::Builder::new()
             .name("keyvault-audit".into())
             .spawn(move || audit_writer(audit_conn, &rx, &writer_keys))
             .map_err(|e| StoreError::Audit(format!("writer thread: {e}")))?;
-        Ok(SqliteStore {
+        Ok(SqlStore {
             conn: Mutex::new(conn),
             audit_tx: Mutex::new(tx),
             keys,
         })
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Conn>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Runs `f` in one write transaction and commits.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.write()?;
+        let out = f(&mut tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 }
 
@@ -580,7 +546,7 @@ impl SqliteStore {
 const MAX_AUDIT_BATCH: usize = 512;
 
 fn audit_writer(
-    mut conn: Connection,
+    mut conn: Conn,
     rx: &std::sync::mpsc::Receiver<(AuditEntry, AuditAck)>,
     keys: &AuditKeys,
 ) {
@@ -592,13 +558,13 @@ fn audit_writer(
                 Err(_) => break,
             }
         }
-        let result = (|| -> rusqlite::Result<()> {
-            // IMMEDIATE: the chain's head is read and extended under the write lock.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = (|| -> Result<(), StoreError> {
+            // The chain's head is read and extended under the writer lock.
+            let mut tx = conn.write()?;
             for (e, _) in &batch {
-                insert_audit(&tx, e, keys)?;
+                insert_audit(&mut tx, e, keys)?;
             }
-            tx.commit()
+            Ok(tx.commit()?)
         })()
         .map_err(|e| e.to_string());
         for (_, ack) in batch {
@@ -607,7 +573,7 @@ fn audit_writer(
     }
 }
 
-fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+fn version_row(r: &Row) -> Result<VersionRow, sqldb::Error> {
     Ok(VersionRow {
         name: r.get(0)?,
         version: r.get(1)?,
@@ -626,7 +592,7 @@ fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     })
 }
 
-fn root_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RootRow> {
+fn root_row(r: &Row) -> Result<RootRow, sqldb::Error> {
     Ok(RootRow {
         id: r.get(0)?,
         region: r.get(1)?,
@@ -636,77 +602,87 @@ fn root_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RootRow> {
     })
 }
 
-/// Appends `e` to the chain, in the caller's (immediate) transaction.
-fn insert_audit(
-    tx: &rusqlite::Transaction<'_>,
-    e: &AuditEntry,
-    keys: &AuditKeys,
-) -> rusqlite::Result<()> {
-    use rusqlite::types::Value as V;
-    let t = |s: &str| V::Text(s.to_owned());
-    AUDIT.append(
-        tx,
-        &keys.0,
-        e.ts,
-        &[
-            V::Integer(e.ts),
-            t(&e.vault),
-            t(&e.caller),
-            t(&e.op),
-            t(&e.key),
-            t(&e.version),
-            t(&e.outcome),
-            t(&e.code),
-            t(&e.jti),
-            t(&e.issuer),
-        ],
-    )?;
+/// Every row of a query, converted.
+fn rows<T>(
+    q: &mut dyn Queries,
+    sql: &str,
+    a: &[Value],
+    f: impl Fn(&Row) -> Result<T, sqldb::Error>,
+) -> Result<Vec<T>, StoreError> {
+    Ok(q.query(sql, a)?
+        .iter()
+        .map(f)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Appends `e` to the chain, in the caller's write transaction.
+fn insert_audit(tx: &mut Tx<'_>, e: &AuditEntry, keys: &AuditKeys) -> Result<(), StoreError> {
+    AUDIT
+        .append(
+            tx,
+            &keys.0,
+            e.ts,
+            args![
+                e.ts,
+                e.vault.as_str(),
+                e.caller.as_str(),
+                e.op.as_str(),
+                e.key.as_str(),
+                e.version.as_str(),
+                e.outcome.as_str(),
+                e.code.as_str(),
+                e.jti.as_str(),
+                e.issuer.as_str()
+            ],
+        )
+        .map_err(|e| StoreError::Audit(e.to_string()))?;
     Ok(())
 }
 
 /// Why a database's audit log could not be checked.
-pub use audit::sqlite::VerifyError as VerifyAuditError;
+pub use audit::table::VerifyError as VerifyAuditError;
 
-/// Checks the audit log of the database at `path` (read-only): every entry's link and
-/// every stored checkpoint, and that each of `expect` (checkpoints kept elsewhere) is
-/// still in it.
+/// Checks the audit log of the database at `location` (read-only, one snapshot):
+/// every entry's link and every stored checkpoint, and that each of `expect`
+/// (checkpoints kept elsewhere) is still in it.
 pub fn verify_audit(
-    path: &Path,
+    location: &Location,
     keys: &AuditKeys,
     expect: &[audit::Checkpoint],
 ) -> Result<audit::Intact, VerifyAuditError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    AUDIT.verify(&conn, &keys.0, expect)
+    let mut conn = Conn::open_read_only(location)?;
+    let mut tx = conn.read()?;
+    AUDIT.verify(&mut tx, &keys.0, expect)
 }
 
-/// A signed checkpoint of the newest entry of the database at `path` (read-only), to
-/// keep elsewhere and pass to [`verify_audit`] later; `None` for an empty log.
+/// A signed checkpoint of the newest entry of the database at `location` (read-only),
+/// to keep elsewhere and pass to [`verify_audit`] later; `None` for an empty log.
 pub fn checkpoint_head(
-    path: &Path,
+    location: &Location,
     keys: &AuditKeys,
     now: i64,
 ) -> Result<Option<audit::Checkpoint>, VerifyAuditError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    AUDIT.checkpoint_head(&conn, &keys.0, now)
+    let mut conn = Conn::open_read_only(location)?;
+    let mut tx = conn.read()?;
+    AUDIT.checkpoint_head(&mut tx, &keys.0, now)
 }
 
-impl Store for SqliteStore {
+impl Store for SqlStore {
     fn create_vault(&self, vault: &str, admin_sha256: &[u8], now: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "INSERT OR IGNORE INTO vaults (name, created) VALUES (?1, ?2)",
-            params![vault, now],
-        )?;
-        if n == 0 {
-            return Err(StoreError::Exists(format!("vault {vault:?}")));
-        }
-        tx.execute(
-            "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, 'administrator', ?3)",
-            params![admin_sha256, vault, now],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let n = tx.execute(
+                "INSERT INTO vaults (name, created) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                args![vault, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Exists(format!("vault {vault:?}")));
+            }
+            tx.execute(
+                "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, 'administrator', ?3)",
+                args![admin_sha256, vault, now],
+            )?;
+            Ok(())
+        })
     }
 
     fn add_credential(
@@ -718,36 +694,35 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.conn()?.execute(
             "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, ?3, ?4)",
-            params![sha256, vault, role, now],
+            args![sha256, vault, role, now],
         )?;
         Ok(())
     }
 
     fn credential(&self, sha256: &[u8]) -> Result<Option<CredentialRow>, StoreError> {
-        Ok(self
-            .conn()?
-            .query_row(
-                "SELECT c.vault, c.role, r.name FROM credentials c
-                 LEFT JOIN regions r ON r.vault = c.vault WHERE c.sha256 = ?1",
-                [sha256],
-                |r| {
-                    Ok(CredentialRow {
-                        vault: r.get(0)?,
-                        role: r.get(1)?,
-                        region: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
+        let row = self.conn()?.query_opt(
+            "SELECT c.vault, c.role, r.name FROM credentials c
+             LEFT JOIN regions r ON r.vault = c.vault WHERE c.sha256 = ?1",
+            args![sha256],
+        )?;
+        Ok(row
+            .map(|r| -> Result<_, sqldb::Error> {
+                Ok(CredentialRow {
+                    vault: r.get(0)?,
+                    role: r.get(1)?,
+                    region: r.get(2)?,
+                })
+            })
+            .transpose()?)
     }
 
     fn credentials(&self, vault: &str) -> Result<Vec<(Vec<u8>, String, i64)>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        rows(
+            &mut *self.conn()?,
             "SELECT sha256, role, created FROM credentials WHERE vault = ?1 ORDER BY created, sha256",
-        )?;
-        let rows = stmt.query_map([vault], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            args![vault],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
     }
 
     fn retire_credential(
@@ -758,43 +733,43 @@ impl Store for SqliteStore {
         now: i64,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let role: Option<String> = tx
-            .query_row(
-                "SELECT role FROM credentials WHERE vault = ?1 AND sha256 = ?2",
-                params![vault, sha256],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(role) = role else {
-            return Ok(false);
-        };
-        if new_sha256.is_none() && role == "administrator" {
-            let admins: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM credentials WHERE vault = ?1 AND role = 'administrator'",
-                [vault],
-                |r| r.get(0),
-            )?;
-            if admins <= 1 {
-                return Err(StoreError::Exists(
-                    "the vault's last administrator credential".into(),
-                ));
+        self.write(|tx| {
+            let role: Option<String> = tx
+                .query_opt(
+                    "SELECT role FROM credentials WHERE vault = ?1 AND sha256 = ?2",
+                    args![vault, sha256],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
+            let Some(role) = role else {
+                return Ok(false);
+            };
+            if new_sha256.is_none() && role == "administrator" {
+                let admins: i64 = tx
+                    .query_one(
+                        "SELECT COUNT(*) FROM credentials WHERE vault = ?1 AND role = 'administrator'",
+                        args![vault],
+                    )?
+                    .get(0)?;
+                if admins <= 1 {
+                    return Err(StoreError::Exists(
+                        "the vault's last administrator credential".into(),
+                    ));
+                }
             }
-        }
-        tx.execute(
-            "DELETE FROM credentials WHERE vault = ?1 AND sha256 = ?2",
-            params![vault, sha256],
-        )?;
-        if let Some(new) = new_sha256 {
             tx.execute(
-                "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, ?3, ?4)",
-                params![new, vault, role, now],
+                "DELETE FROM credentials WHERE vault = ?1 AND sha256 = ?2",
+                args![vault, sha256],
             )?;
-        }
-        insert_audit(&tx, audit, &self.keys)?;
-        tx.commit()?;
-        Ok(true)
+            if let Some(new) = new_sha256 {
+                tx.execute(
+                    "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, ?3, ?4)",
+                    args![new, vault, role, now],
+                )?;
+            }
+            insert_audit(tx, audit, &self.keys)?;
+            Ok(true)
+        })
     }
 
     fn add_version(
@@ -803,60 +778,59 @@ impl Store for SqliteStore {
         row: &VersionRow,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let deleted: Option<bool> = tx
-            .query_row(
-                "SELECT deleted FROM keys WHERE vault = ?1 AND name = ?2",
-                params![vault, row.name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match deleted {
-            Some(true) => {
-                return Err(StoreError::Exists(format!(
-                    "deleted key {:?} (recover or purge it first)",
-                    row.name
-                )));
+        self.write(|tx| {
+            let deleted: Option<bool> = tx
+                .query_opt(
+                    "SELECT deleted FROM keys WHERE vault = ?1 AND name = ?2",
+                    args![vault, row.name.as_str()],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
+            match deleted {
+                Some(true) => {
+                    return Err(StoreError::Exists(format!(
+                        "deleted key {:?} (recover or purge it first)",
+                        row.name
+                    )));
+                }
+                Some(false) => {}
+                None => {
+                    tx.execute(
+                        "INSERT INTO keys (vault, name) VALUES (?1, ?2)",
+                        args![vault, row.name.as_str()],
+                    )?;
+                }
             }
-            Some(false) => {}
-            None => {
-                tx.execute(
-                    "INSERT INTO keys (vault, name) VALUES (?1, ?2)",
-                    params![vault, row.name],
-                )?;
-            }
-        }
-        let seq: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE vault = ?1 AND name = ?2",
-            params![vault, row.name],
-            |r| r.get(0),
-        )?;
-        tx.execute(
-            "INSERT INTO key_versions (vault, name, version, kty, public_jwk, sealed, exportable, enabled, nbf, exp, tags, release_policy, created, updated, seq, root_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            params![
-                vault,
-                row.name,
-                row.version,
-                row.kty,
-                row.public_jwk,
-                row.sealed,
-                row.exportable,
-                row.enabled,
-                row.nbf,
-                row.exp,
-                row.tags,
-                row.release_policy,
-                row.created,
-                row.updated,
-                seq,
-                row.root_id
-            ],
-        )?;
-        insert_audit(&tx, audit, &self.keys)?;
-        tx.commit()?;
-        Ok(())
+            let seq: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE vault = ?1 AND name = ?2",
+                    args![vault, row.name.as_str()],
+                )?
+                .get(0)?;
+            tx.execute(
+                "INSERT INTO key_versions (vault, name, version, kty, public_jwk, sealed, exportable, enabled, nbf, exp, tags, release_policy, created, updated, seq, root_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                args![
+                    vault,
+                    row.name.as_str(),
+                    row.version.as_str(),
+                    row.kty.as_str(),
+                    row.public_jwk.as_str(),
+                    row.sealed.as_slice(),
+                    row.exportable,
+                    row.enabled,
+                    row.nbf,
+                    row.exp,
+                    row.tags.as_str(),
+                    row.release_policy.as_deref(),
+                    row.created,
+                    row.updated,
+                    seq,
+                    row.root_id
+                ],
+            )?;
+            insert_audit(tx, audit, &self.keys)
+        })
     }
 
     fn versions(
@@ -865,22 +839,23 @@ impl Store for SqliteStore {
         name: &str,
         deleted: bool,
     ) -> Result<Vec<VersionRow>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        rows(
+            &mut *self.conn()?,
             "SELECT v.name, v.version, v.kty, v.public_jwk, v.sealed, v.exportable, v.enabled, v.nbf, v.exp, v.tags, v.release_policy, v.created, v.updated, v.root_id
              FROM key_versions v JOIN keys k ON k.vault = v.vault AND k.name = v.name
              WHERE v.vault = ?1 AND v.name = ?2 AND k.deleted = ?3 ORDER BY v.seq DESC",
-        )?;
-        let rows = stmt.query_map(params![vault, name, deleted], version_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            args![vault, name, deleted],
+            version_row,
+        )
     }
 
     fn key_names(&self, vault: &str, deleted: bool) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt =
-            conn.prepare("SELECT name FROM keys WHERE vault = ?1 AND deleted = ?2 ORDER BY name")?;
-        let rows = stmt.query_map(params![vault, deleted], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows(
+            &mut *self.conn()?,
+            "SELECT name FROM keys WHERE vault = ?1 AND deleted = ?2 ORDER BY name",
+            args![vault, deleted],
+            |r| r.get(0),
+        )
     }
 
     fn update_version(
@@ -889,26 +864,24 @@ impl Store for SqliteStore {
         row: &VersionRow,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE key_versions SET enabled = ?4, nbf = ?5, exp = ?6, tags = ?7, release_policy = ?8, updated = ?9
-             WHERE vault = ?1 AND name = ?2 AND version = ?3",
-            params![
-                vault,
-                row.name,
-                row.version,
-                row.enabled,
-                row.nbf,
-                row.exp,
-                row.tags,
-                row.release_policy,
-                row.updated
-            ],
-        )?;
-        insert_audit(&tx, audit, &self.keys)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE key_versions SET enabled = ?4, nbf = ?5, exp = ?6, tags = ?7, release_policy = ?8, updated = ?9
+                 WHERE vault = ?1 AND name = ?2 AND version = ?3",
+                args![
+                    vault,
+                    row.name.as_str(),
+                    row.version.as_str(),
+                    row.enabled,
+                    row.nbf,
+                    row.exp,
+                    row.tags.as_str(),
+                    row.release_policy.as_deref(),
+                    row.updated
+                ],
+            )?;
+            insert_audit(tx, audit, &self.keys)
+        })
     }
 
     fn set_deleted(
@@ -919,40 +892,40 @@ impl Store for SqliteStore {
         now: i64,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "UPDATE keys SET deleted = ?3, deleted_at = ?4 WHERE vault = ?1 AND name = ?2 AND deleted = ?5",
-            params![vault, name, deleted, deleted.then_some(now), !deleted],
-        )?;
-        if n > 0 {
-            insert_audit(&tx, audit, &self.keys)?;
-        }
-        tx.commit()?;
-        Ok(n > 0)
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE keys SET deleted = ?3, deleted_at = ?4 WHERE vault = ?1 AND name = ?2 AND deleted = ?5",
+                args![vault, name, deleted, deleted.then_some(now), !deleted],
+            )?;
+            if n > 0 {
+                insert_audit(tx, audit, &self.keys)?;
+            }
+            Ok(n > 0)
+        })
     }
 
     fn purge(&self, vault: &str, name: &str, audit: &AuditEntry) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = conn.write()?;
         let n = tx.execute(
             "DELETE FROM key_versions WHERE vault = ?1 AND name = ?2 AND EXISTS
              (SELECT 1 FROM keys WHERE vault = ?1 AND name = ?2 AND deleted = 1)",
-            params![vault, name],
+            args![vault, name],
         )?;
         let k = tx.execute(
             "DELETE FROM keys WHERE vault = ?1 AND name = ?2 AND deleted = 1",
-            params![vault, name],
+            args![vault, name],
         )?;
         if n + k > 0 {
-            insert_audit(&tx, audit, &self.keys)?;
+            insert_audit(&mut tx, audit, &self.keys)?;
         }
         tx.commit()?;
-        if n + k > 0 {
+        if let Some(lite) = conn.as_sqlite().filter(|_| n + k > 0) {
             // The purged rows are zeroed in their pages (secure_delete); copy those pages
             // into the database file now and empty the write-ahead log, which still holds
             // earlier images of them. Best effort: a busy checkpoint happens later.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            // (PostgreSQL reclaims dead rows by VACUUM.)
+            let _ = lite.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         }
         Ok(n + k > 0)
     }
@@ -970,86 +943,79 @@ impl Store for SqliteStore {
     }
 
     fn audit_log(&self, vault: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!("{AUDIT_SELECT} WHERE vault = ?1 ORDER BY seq"))?;
-        let rows = stmt.query_map([vault], audit_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows(
+            &mut *self.conn()?,
+            &format!("{AUDIT_SELECT} WHERE vault = ?1 ORDER BY seq"),
+            args![vault],
+            audit_row,
+        )
     }
 
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn()?
-            .query_row("SELECT sealed FROM secrets WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?)
+            .query_opt("SELECT sealed FROM secrets WHERE name = ?1", args![name])?
+            .map(|r| r.get(0))
+            .transpose()?)
     }
 
     fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let conn = self.conn()?;
+        let mut conn = self.conn()?;
         conn.execute(
-            "INSERT OR IGNORE INTO secrets (name, sealed) VALUES (?1, ?2)",
-            params![name, sealed],
+            "INSERT INTO secrets (name, sealed) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            args![name, sealed],
         )?;
-        Ok(
-            conn.query_row("SELECT sealed FROM secrets WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })?,
-        )
+        Ok(conn
+            .query_one("SELECT sealed FROM secrets WHERE name = ?1", args![name])?
+            .get(0)?)
     }
 
     fn create_region(&self, r: &NewRegion<'_>) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM regions WHERE name = ?1", [r.region], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_some();
-        let n = tx.execute(
-            "INSERT OR IGNORE INTO vaults (name, created, kind) VALUES (?1, ?2, ?3)",
-            params![r.vault, r.now, VaultKind::Platform.name()],
-        )?;
-        if exists || n == 0 {
-            return Err(StoreError::Exists(format!("region {:?}", r.region)));
-        }
-        tx.execute(
-            "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, 'administrator', ?3)",
-            params![r.admin_sha256, r.vault, r.now],
-        )?;
-        tx.execute(
-            "INSERT INTO regions (name, vault, created) VALUES (?1, ?2, ?3)",
-            params![r.region, r.vault, r.now],
-        )?;
-        tx.execute(
-            "INSERT INTO region_roots (region, version, sealed, created) VALUES (?1, 1, ?2, ?3)",
-            params![r.region, r.root_sealed, r.now],
-        )?;
-        insert_audit(&tx, r.audit, &self.keys)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let exists = tx
+                .query_opt("SELECT 1 FROM regions WHERE name = ?1", args![r.region])?
+                .is_some();
+            let n = tx.execute(
+                "INSERT INTO vaults (name, created, kind) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                args![r.vault, r.now, VaultKind::Platform.name()],
+            )?;
+            if exists || n == 0 {
+                return Err(StoreError::Exists(format!("region {:?}", r.region)));
+            }
+            tx.execute(
+                "INSERT INTO credentials (sha256, vault, role, created) VALUES (?1, ?2, 'administrator', ?3)",
+                args![r.admin_sha256, r.vault, r.now],
+            )?;
+            tx.execute(
+                "INSERT INTO regions (name, vault, created) VALUES (?1, ?2, ?3)",
+                args![r.region, r.vault, r.now],
+            )?;
+            tx.execute(
+                "INSERT INTO region_roots (region, version, sealed, created) VALUES (?1, 1, ?2, ?3)",
+                args![r.region, r.root_sealed, r.now],
+            )?;
+            insert_audit(tx, r.audit, &self.keys)
+        })
     }
 
     fn region_vault(&self, region: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()?
-            .query_row("SELECT vault FROM regions WHERE name = ?1", [region], |r| {
-                r.get(0)
-            })
-            .optional()?)
+            .query_opt("SELECT vault FROM regions WHERE name = ?1", args![region])?
+            .map(|r| r.get(0))
+            .transpose()?)
     }
 
     fn region_root(&self, region: &str) -> Result<Option<RootRow>, StoreError> {
         Ok(self
             .conn()?
-            .query_row(
+            .query_opt(
                 "SELECT id, region, version, sealed, created FROM region_roots
                  WHERE region = ?1 ORDER BY version DESC LIMIT 1",
-                [region],
-                root_row,
-            )
-            .optional()?)
+                args![region],
+            )?
+            .map(|r| root_row(&r))
+            .transpose()?)
     }
 
     fn sealed_with_root(
@@ -1060,110 +1026,118 @@ impl Store for SqliteStore {
     ) -> Result<Option<(Vec<u8>, RootRow)>, StoreError> {
         Ok(self
             .conn()?
-            .query_row(
+            .query_opt(
                 "SELECT r.id, r.region, r.version, r.sealed, r.created, v.sealed
                  FROM key_versions v JOIN region_roots r ON r.id = v.root_id
                  WHERE v.vault = ?1 AND v.name = ?2 AND v.version = ?3",
-                params![vault, name, version],
-                |r| Ok((r.get(5)?, root_row(r)?)),
-            )
-            .optional()?)
+                args![vault, name, version],
+            )?
+            .map(|r| -> Result<_, sqldb::Error> { Ok((r.get(5)?, root_row(&r)?)) })
+            .transpose()?)
     }
 
     fn sealed_versions(&self, vault: &str) -> Result<Vec<SealedVersion>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        rows(
+            &mut *self.conn()?,
             "SELECT name, version, root_id, sealed FROM key_versions WHERE vault = ?1
              ORDER BY name, seq",
-        )?;
-        let rows = stmt.query_map([vault], |r| {
-            Ok(SealedVersion {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                root_id: r.get(2)?,
-                sealed: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            args![vault],
+            |r| {
+                Ok(SealedVersion {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    root_id: r.get(2)?,
+                    sealed: r.get(3)?,
+                })
+            },
+        )
     }
 
     fn rotate_root(&self, r: &Rotation<'_>) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current: Option<(i64, i64)> = tx
-            .query_row(
-                "SELECT id, version FROM region_roots WHERE region = ?1
-                 ORDER BY version DESC LIMIT 1",
-                [r.region],
-                |x| Ok((x.get(0)?, x.get(1)?)),
-            )
-            .optional()?;
-        match current {
-            Some((id, version)) if id == r.old_root_id && version + 1 == r.new_version => {}
-            _ => {
+        self.write(|tx| {
+            let current: Option<(i64, i64)> = tx
+                .query_opt(
+                    "SELECT id, version FROM region_roots WHERE region = ?1
+                     ORDER BY version DESC LIMIT 1",
+                    args![r.region],
+                )?
+                .map(|x| -> Result<_, sqldb::Error> { Ok((x.get(0)?, x.get(1)?)) })
+                .transpose()?;
+            match current {
+                Some((id, version)) if id == r.old_root_id && version + 1 == r.new_version => {}
+                _ => {
+                    return Err(StoreError::Conflict(format!(
+                        "the root of region {:?} changed meanwhile",
+                        r.region
+                    )));
+                }
+            }
+            let new_id: i64 = tx
+                .query_one(
+                    "INSERT INTO region_roots (region, version, sealed, created) VALUES (?1, ?2, ?3, ?4)
+                     RETURNING id",
+                    args![r.region, r.new_version, r.new_sealed, r.now],
+                )?
+                .get(0)?;
+            for v in r.resealed {
+                let n = tx.execute(
+                    "UPDATE key_versions SET sealed = ?1, root_id = ?2
+                     WHERE vault = ?3 AND name = ?4 AND version = ?5 AND root_id = ?6",
+                    args![
+                        v.sealed.as_slice(),
+                        new_id,
+                        r.vault,
+                        v.name.as_str(),
+                        v.version.as_str(),
+                        r.old_root_id
+                    ],
+                )?;
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "key {:?} version {} changed meanwhile",
+                        v.name, v.version
+                    )));
+                }
+            }
+            let left: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM key_versions WHERE root_id = ?1",
+                    args![r.old_root_id],
+                )?
+                .get(0)?;
+            if left != 0 {
                 return Err(StoreError::Conflict(format!(
-                    "the root of region {:?} changed meanwhile",
+                    "{left} key versions of region {:?} were not resealed",
                     r.region
                 )));
             }
-        }
-        tx.execute(
-            "INSERT INTO region_roots (region, version, sealed, created) VALUES (?1, ?2, ?3, ?4)",
-            params![r.region, r.new_version, r.new_sealed, r.now],
-        )?;
-        let new_id = tx.last_insert_rowid();
-        for v in r.resealed {
-            let n = tx.execute(
-                "UPDATE key_versions SET sealed = ?1, root_id = ?2
-                 WHERE vault = ?3 AND name = ?4 AND version = ?5 AND root_id = ?6",
-                params![v.sealed, new_id, r.vault, v.name, v.version, r.old_root_id],
-            )?;
-            if n != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "key {:?} version {} changed meanwhile",
-                    v.name, v.version
-                )));
-            }
-        }
-        let left: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM key_versions WHERE root_id = ?1",
-            [r.old_root_id],
-            |x| x.get(0),
-        )?;
-        if left != 0 {
-            return Err(StoreError::Conflict(format!(
-                "{left} key versions of region {:?} were not resealed",
-                r.region
-            )));
-        }
-        tx.execute("DELETE FROM region_roots WHERE id = ?1", [r.old_root_id])?;
-        insert_audit(&tx, r.audit, &self.keys)?;
-        tx.commit()?;
-        Ok(())
+            tx.execute("DELETE FROM region_roots WHERE id = ?1", args![r.old_root_id])?;
+            insert_audit(tx, r.audit, &self.keys)
+        })
     }
 
     fn regions(&self) -> Result<Vec<RegionRow>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        rows(
+            &mut *self.conn()?,
             "SELECT g.name, g.vault, r.version, r.created, g.created,
                (SELECT COUNT(*) FROM keys k WHERE k.vault = g.vault AND k.deleted = 0),
                (SELECT COUNT(*) FROM key_versions v WHERE v.vault = g.vault)
              FROM regions g JOIN region_roots r ON r.region = g.name
              WHERE r.version = (SELECT MAX(version) FROM region_roots m WHERE m.region = g.name)
              ORDER BY g.name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(RegionRow {
-                name: r.get(0)?,
-                vault: r.get(1)?,
-                root_version: r.get(2)?,
-                root_created: r.get(3)?,
-                created: r.get(4)?,
-                keys: r.get(5)?,
-                versions: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            args![],
+            |r| {
+                Ok(RegionRow {
+                    name: r.get(0)?,
+                    vault: r.get(1)?,
+                    root_version: r.get(2)?,
+                    root_created: r.get(3)?,
+                    created: r.get(4)?,
+                    keys: r.get(5)?,
+                    versions: r.get(6)?,
+                })
+            },
+        )
     }
 }
 
@@ -1203,7 +1177,25 @@ mod tests {
         }
     }
 
-    fn region(s: &SqliteStore) -> RootRow {
+    /// Runs `f` on a store on a fresh SQLite file and on a fresh PostgreSQL database.
+    fn on_both(f: impl Fn(&SqlStore)) {
+        let dir = tempfile::tempdir().unwrap();
+        f(&SqlStore::open(&Location::sqlite(&dir.path().join("kv.db")), test_keys()).unwrap());
+        if let Some(pg) = sqldb::scratch::postgres() {
+            f(&SqlStore::open(&pg.location, test_keys()).unwrap());
+        }
+    }
+
+    fn count(s: &SqlStore, sql: &str) -> i64 {
+        s.conn()
+            .unwrap()
+            .query_one(sql, args![])
+            .unwrap()
+            .get(0)
+            .unwrap()
+    }
+
+    fn region(s: &SqlStore) -> RootRow {
         s.create_region(&NewRegion {
             region: "r1",
             vault: "platform:r1",
@@ -1221,8 +1213,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.db");
         {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
+            // A database as the store made it before migrations were numbered: schema
+            // 1 with its append-only triggers, `meta.schema` = 1.
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0].sql).unwrap();
+            c.execute_batch(
+                "CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+                   BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+                 CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+                   BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+            )
+            .unwrap();
             c.execute_batch(
                 "INSERT INTO vaults VALUES ('t', 1);
                  INSERT INTO credentials VALUES (x'01', 't', 'administrator', 1);
@@ -1236,8 +1237,9 @@ mod tests {
             )
             .unwrap();
         }
+        let location = Location::sqlite(&path);
         for _ in 0..2 {
-            let s = SqliteStore::open(&path, test_keys()).unwrap();
+            let s = SqlStore::open(&location, test_keys()).unwrap();
             let cred = s.credential(&[1]).unwrap().unwrap();
             assert_eq!((cred.vault.as_str(), cred.region), ("t", None));
             let v = s.versions("t", "k", false).unwrap();
@@ -1248,11 +1250,12 @@ mod tests {
             let schema: String = s
                 .conn()
                 .unwrap()
-                .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-                    r.get(0)
-                })
+                .query_one("SELECT value FROM meta WHERE key = 'schema'", args![])
+                .unwrap()
+                .get(0)
                 .unwrap();
             assert_eq!(schema, "3");
+            assert_eq!(count(&s, "SELECT MAX(version) FROM schema_migrations"), 3);
             // The entries from before the migration are linked, and new ones follow.
             s.audit(&AuditEntry {
                 ts: 3,
@@ -1262,16 +1265,47 @@ mod tests {
             })
             .unwrap();
         }
-        let intact = verify_audit(&path, &test_keys(), &[]).unwrap();
+        let intact = verify_audit(&location, &test_keys(), &[]).unwrap();
         assert_eq!(intact.entries, 4);
+        // The migrated schema is the one a new database gets.
+        let fresh = Location::sqlite(&dir.path().join("fresh.db"));
+        drop(SqlStore::open(&fresh, test_keys()).unwrap());
+        let dump = |l: &Location| sqldb::schema::dump(&mut Conn::open(l).unwrap()).unwrap();
+        assert_eq!(dump(&location), dump(&fresh));
+    }
+
+    #[test]
+    fn the_schema_is_the_checked_in_one_on_both_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let lite = Location::sqlite(&dir.path().join("kv.db"));
+        drop(SqlStore::open(&lite, test_keys()).unwrap());
+        let dump = sqldb::schema::dump(&mut Conn::open(&lite).unwrap()).unwrap();
+        check_schema("sqlite", &dump);
+        if let Some(pg) = sqldb::scratch::postgres() {
+            drop(SqlStore::open(&pg.location, test_keys()).unwrap());
+            let dump = sqldb::schema::dump(&mut Conn::open(&pg.location).unwrap()).unwrap();
+            check_schema("postgres", &dump);
+        }
+    }
+
+    /// Compares `dump` with `schema/<engine>.txt` (`OPENCVM_BLESS=1` rewrites it).
+    fn check_schema(engine: &str, dump: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schema")
+            .join(format!("{engine}.txt"));
+        if let Err(e) = sqldb::schema::matches_checked_in(dump, &path) {
+            panic!("{e}");
+        }
     }
 
     #[test]
     fn regions_are_platform_vaults_apart_from_tenants() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("kv.db"), test_keys()).unwrap();
+        on_both(regions_apart);
+    }
+
+    fn regions_apart(s: &SqlStore) {
         s.create_vault("r1", b"tenant", 1).unwrap();
-        let root = region(&s);
+        let root = region(s);
         assert_eq!((root.version, root.sealed.as_slice()), (1, &b"root-1"[..]));
         let cred = s.credential(b"admin").unwrap().unwrap();
         assert_eq!(
@@ -1286,11 +1320,12 @@ mod tests {
         let kind: String = s
             .conn()
             .unwrap()
-            .query_row(
+            .query_one(
                 "SELECT kind FROM vaults WHERE name = 'platform:r1'",
-                [],
-                |r| r.get(0),
+                args![],
             )
+            .unwrap()
+            .get(0)
             .unwrap();
         assert_eq!(kind, "platform");
         // A second creation is refused and writes nothing (no second audit entry).
@@ -1309,9 +1344,11 @@ mod tests {
 
     #[test]
     fn a_rotation_is_all_or_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("kv.db"), test_keys()).unwrap();
-        let root = region(&s);
+        on_both(rotation_all_or_nothing);
+    }
+
+    fn rotation_all_or_nothing(s: &SqlStore) {
+        let root = region(s);
         let v = "platform:r1";
         s.add_version(
             v,
@@ -1349,7 +1386,7 @@ mod tests {
                 audit: &audit(v, "region_rotate"),
             })
         };
-        let unchanged = |s: &SqliteStore| {
+        let unchanged = |s: &SqlStore| {
             assert_eq!(s.region_root("r1").unwrap().unwrap(), root);
             let all = s.sealed_versions(v).unwrap();
             assert_eq!(
@@ -1370,7 +1407,7 @@ mod tests {
             rotate(root.id, 2, &["a"]),
             Err(StoreError::Conflict(_))
         ));
-        unchanged(&s);
+        unchanged(s);
         assert!(matches!(
             rotate(root.id + 1, 2, &["a", "b"]),
             Err(StoreError::Conflict(_))
@@ -1379,19 +1416,14 @@ mod tests {
             rotate(root.id, 3, &["a", "b"]),
             Err(StoreError::Conflict(_))
         ));
-        unchanged(&s);
+        unchanged(s);
         // The whole set: the new root, every version under it, the old root gone.
         rotate(root.id, 2, &["a", "b"]).unwrap();
         let new = s.region_root("r1").unwrap().unwrap();
         assert_eq!((new.version, new.sealed.as_slice()), (2, &b"root-2"[..]));
         let (sealed, r) = s.sealed_with_root(v, "b", "1").unwrap().unwrap();
         assert_eq!((sealed.as_slice(), r), (&b"b-new"[..], new.clone()));
-        let roots: i64 = s
-            .conn()
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM region_roots", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(roots, 1);
+        assert_eq!(count(s, "SELECT COUNT(*) FROM region_roots"), 1);
         assert_eq!(
             s.audit_log(v)
                 .unwrap()

@@ -25,6 +25,7 @@ fn setup() -> Setup {
         master_key: seal::MasterKey::load_or_create(&elsewhere.join("master.key")).unwrap(),
         base_url: "http://vault.test".into(),
         authorities: Authorities::new(&[], http_fetch()),
+        database: None,
         store: None,
     };
     let (vault, created) = Vault::open(cfg).unwrap();

@@ -91,6 +91,7 @@ fn keyvault(dir: &Path, authorities: &[String]) -> Kv {
         master_key: master,
         base_url: String::new(),
         authorities: Authorities::new(authorities, http_fetch()).with_leeway(0),
+        database: None,
         store: None,
     };
     let (tx, rx) = mpsc::channel();
@@ -1726,7 +1727,7 @@ fn key_types_validity_window_and_roles() {
 /// everything there and nothing in its state directory's default database.
 #[test]
 fn the_store_is_injectable() {
-    use keyvault::store::{SqliteStore, Store, StoreError};
+    use keyvault::store::{SqlStore, Store, StoreError};
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = dir.path().join("db");
     std::fs::create_dir_all(&elsewhere).unwrap();
@@ -1740,7 +1741,10 @@ fn the_store_is_injectable() {
         master_key: seal::MasterKey::load_or_create(&elsewhere.join("master.key")).unwrap(),
         base_url: "http://vault.test".into(),
         authorities: Authorities::new(&[], http_fetch()),
-        store: Some(Box::new(SqliteStore::open(&db, keys()).unwrap())),
+        database: None,
+        store: Some(Box::new(
+            SqlStore::open(&sqldb::Location::sqlite(&db), keys()).unwrap(),
+        )),
     };
     let (vault, created) = keyvault::service::Vault::open(cfg).unwrap();
     let admin = std::fs::read_to_string(created.unwrap()).unwrap();
@@ -1751,7 +1755,7 @@ fn the_store_is_injectable() {
         .unwrap();
     drop(vault);
     assert!(!dir.path().join("state/keyvault.db").exists());
-    let s = SqliteStore::open(&db, keys()).unwrap();
+    let s = SqlStore::open(&sqldb::Location::sqlite(&db), keys()).unwrap();
     assert!(matches!(
         s.create_vault("t", b"x", 0),
         Err(StoreError::Exists(_))
