@@ -16,20 +16,25 @@ cd "$(dirname "$0")/.."
 secs="${1:-10}"
 pg="${PG:-$(bash scripts/test-postgres)}"
 base="${pg%/*}"
-dbs=()
-trap 'for d in "${dbs[@]}"; do psql "$pg" -XAtqc "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done' EXIT
+# Databases made so far, one name per line (`fresh` runs in command substitutions,
+# subshells, so a file and not a variable keeps the list).
+made=$(mktemp)
+trap 'while read -r d; do psql "$pg" -XAtqc "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done <"$made"; rm -f "$made"' EXIT
 fresh() { # -> the URL of a new empty database
-  local name="opencvm_bench_$$_${#dbs[@]}"
-  psql "$pg" -XAtqc "CREATE DATABASE $name" >/dev/null
-  dbs+=("$name")
+  local name
+  name="opencvm_bench_$$_$(wc -l <"$made")"
+  echo "$name" >>"$made"
+  psql "$pg" -XAtqc "CREATE DATABASE $name" >/dev/null || exit 1
   echo "$base/$name"
 }
 for round in $(seq "${ROUNDS:-3}"); do
   for engine in sqlite postgres; do
     kv_args="" serve_args=""
     if [ "$engine" = postgres ]; then
-      kv_args="--database $(fresh)"
-      serve_args="--database $(fresh)"
+      kv_url=$(fresh)
+      attest_url=$(fresh)
+      kv_args="--database $kv_url"
+      serve_args="--database $attest_url"
     fi
     echo "round $round, $engine, key releases:"
     KV_ARGS="$kv_args" CRITERION=0 bash bench/keyvault-load.sh "$secs" | grep releases/s

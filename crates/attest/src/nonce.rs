@@ -92,7 +92,7 @@ pub enum UseOutcome {
 /// The used nonces of every replica, in their shared database.
 pub trait SharedNonces: Send + Sync {
     /// Whether `raw` was used for `provider`.
-    fn nonce_used(&self, provider: &str, raw: &[u8]) -> Result<bool, String>;
+    fn nonce_used(&self, provider: &str, raw: &[u8]) -> Result<bool, crate::store::StoreError>;
     /// Records `raw` as used for `provider` until `expires` (Unix seconds), unless it
     /// was used already or the provider already has `capacity` unexpired ones at
     /// `now`; forgets the provider's expired ones.
@@ -103,7 +103,7 @@ pub trait SharedNonces: Send + Sync {
         expires: i64,
         now: i64,
         capacity: usize,
-    ) -> Result<UseOutcome, String>;
+    ) -> Result<UseOutcome, crate::store::StoreError>;
 }
 
 /// Per provider: used nonces (their raw bytes) and when they expire (Unix seconds).
@@ -226,7 +226,10 @@ impl NonceStore {
                 .map_err(|_| NonceError::Unknown)?
                 .get(provider)
                 .is_some_and(|u| u.contains_key(&raw)),
-            Used::Shared(s) => s.nonce_used(provider, &raw).map_err(unavailable)?,
+            // The store may wait (for the database): off the async worker.
+            Used::Shared(s) => {
+                httpd::off_worker(|| s.nonce_used(provider, &raw)).map_err(unavailable)?
+            }
         };
         if used {
             return Err(NonceError::Replayed);
@@ -250,9 +253,10 @@ impl NonceStore {
             Used::Memory(m) => m,
             Used::Shared(s) => {
                 let t = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-                return match s
-                    .use_nonce(provider, &raw, t(expires), t(now), self.capacity)
-                    .map_err(unavailable)?
+                return match httpd::off_worker(|| {
+                    s.use_nonce(provider, &raw, t(expires), t(now), self.capacity)
+                })
+                .map_err(unavailable)?
                 {
                     UseOutcome::Fresh => Ok(()),
                     UseOutcome::Replayed => Err(NonceError::Replayed),
@@ -278,7 +282,7 @@ impl NonceStore {
 
 /// A shared store that failed: logged here (its message may name the database), and
 /// answered as unavailable.
-fn unavailable(e: String) -> NonceError {
+fn unavailable(e: crate::store::StoreError) -> NonceError {
     tracing::error!(error = %e, "nonce store");
     NonceError::Unavailable
 }

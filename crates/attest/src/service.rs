@@ -117,6 +117,9 @@ pub enum ServiceError {
     /// The nonce key could not be made.
     #[error("nonces: {0}")]
     Nonces(#[from] crate::nonce::NonceError),
+    /// The shared nonce key could not be made or read back.
+    #[error("the shared nonce key: {0}")]
+    NonceKey(&'static str),
 }
 
 /// A policy version in force: compiled here when it is the service's own default, run
@@ -336,26 +339,31 @@ impl Service {
             None => {
                 let mut key = Zeroizing::new([0u8; 32]);
                 aws_lc_rs::rand::fill(key.as_mut())
-                    .map_err(|_| crate::nonce::NonceError::Unavailable)?;
+                    .map_err(|_| ServiceError::NonceKey("no randomness"))?;
                 store.put_secret(NAME, &master.seal(CONTEXT, key.as_ref())?)?
             }
         };
         let opened = Zeroizing::new(master.open(CONTEXT, &sealed)?);
         let mut key = Zeroizing::new([0u8; 32]);
         if opened.len() != 32 {
-            return Err(crate::nonce::NonceError::Unavailable.into());
+            return Err(ServiceError::NonceKey("the stored key is not 32 bytes"));
         }
         key.copy_from_slice(&opened);
         Ok(key)
     }
 
     /// On a shared database, reloads providers and reference values when another
-    /// replica (or this one) changed them since they were loaded: one query per call.
+    /// replica (or this one) changed them since they were loaded: one query per call,
+    /// off the async worker (it may wait for the store or for a reload in progress).
     fn refresh(&self) -> Result<(), ApiError> {
-        use std::sync::atomic::Ordering;
         if !self.shared {
             return Ok(());
         }
+        httpd::off_worker(|| self.refresh_now())
+    }
+
+    fn refresh_now(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
         let store_err = |e| ApiError::logged("store", e);
         let generation = self.store.generation().map_err(store_err)?;
         if generation == self.seen.load(Ordering::Acquire) {
@@ -498,7 +506,19 @@ impl Service {
         })
     }
 
+    /// The provider `name` as just changed here. On a shared database everything is
+    /// reloaded under the reload lock (so a copy read here can never overwrite a newer
+    /// one another request loaded meanwhile).
     fn reload(&self, name: &str) -> Result<Arc<Provider>, ApiError> {
+        if self.shared {
+            self.refresh()?;
+            return self
+                .providers
+                .read()
+                .ok()
+                .and_then(|m| m.get(name).cloned())
+                .ok_or_else(|| ApiError::not_found(format!("no provider {name:?}")));
+        }
         let rows = self
             .store
             .providers()
@@ -741,6 +761,16 @@ impl Service {
         Ok(())
     }
 
+    /// After a change of reference values here: reload them (on a shared database,
+    /// everything, under the reload lock).
+    fn reference_values_changed(&self) -> Result<(), ApiError> {
+        if self.shared {
+            return self.refresh();
+        }
+        self.reload_reference_values()
+            .map_err(|e| ApiError::logged("store", e))
+    }
+
     /// The reference value registered for a launch measurement, if any.
     pub(crate) fn reference_value(
         &self,
@@ -820,8 +850,7 @@ impl Service {
         self.store
             .add_reference_value(&rv, &audit)
             .map_err(|e| ApiError::logged("store", e))?;
-        self.reload_reference_values()
-            .map_err(|e| ApiError::logged("store", e))?;
+        self.reference_values_changed()?;
         serde_json::to_value(rv).map_err(|_| ApiError::internal("json"))
     }
 
@@ -849,8 +878,7 @@ impl Service {
                 "no reference value {region}/{m}"
             )));
         }
-        self.reload_reference_values()
-            .map_err(|e| ApiError::logged("store", e))?;
+        self.reference_values_changed()?;
         Ok(json!({ "removed": format!("{region}/{m}") }))
     }
 

@@ -246,6 +246,25 @@ fn legacy_version(tx: &mut Tx<'_>) -> Result<i64, sqldb::Error> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
+/// Applies what is pending of `migrations` (a prefix of [`MIGRATIONS`]); the audit log
+/// becomes append-only with migration 2.
+fn migrate_to(conn: &mut Conn, migrations: &[Migration<'_>], now: i64) -> Result<(), StoreError> {
+    sqldb::migrate::apply(
+        conn,
+        "attest",
+        migrations,
+        &legacy_version,
+        &mut |tx, version| {
+            if version == 2 {
+                AUDIT.protect(tx)?;
+            }
+            Ok(())
+        },
+        now,
+    )?;
+    Ok(())
+}
+
 /// The store, on SQLite or PostgreSQL.
 pub struct SqlStore {
     conn: Mutex<Conn>,
@@ -269,18 +288,7 @@ impl SqlStore {
     /// to date; `keys` link its audit log.
     pub fn open(location: &Location, keys: audit::Keys) -> Result<Self, StoreError> {
         let mut conn = Conn::open(location)?;
-        sqldb::migrate::apply(
-            &mut conn,
-            &MIGRATIONS,
-            &legacy_version,
-            &mut |tx, version| {
-                if version == 2 {
-                    AUDIT.protect(tx)?;
-                }
-                Ok(())
-            },
-            unix_now(),
-        )?;
+        migrate_to(&mut conn, &MIGRATIONS, unix_now())?;
         Ok(SqlStore {
             conn: Mutex::new(conn),
             keys,
@@ -316,15 +324,19 @@ fn raise_generation(tx: &mut Tx<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How long past its expiry a used nonce is still remembered: replicas' clocks may
+/// differ by up to this much without a nonce becoming usable again on the slower one.
+pub const NONCE_EXPIRY_GRACE_SECS: i64 = 120;
+
 impl crate::nonce::SharedNonces for SqlStore {
-    fn nonce_used(&self, provider: &str, raw: &[u8]) -> Result<bool, String> {
-        let mut conn = self.conn().map_err(|e| e.to_string())?;
-        conn.query_opt(
-            "SELECT 1 FROM used_nonces WHERE provider = ?1 AND nonce = ?2",
-            args![provider, raw],
-        )
-        .map(|r| r.is_some())
-        .map_err(|e| e.to_string())
+    fn nonce_used(&self, provider: &str, raw: &[u8]) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()?
+            .query_opt(
+                "SELECT 1 FROM used_nonces WHERE provider = ?1 AND nonce = ?2",
+                args![provider, raw],
+            )?
+            .is_some())
     }
 
     fn use_nonce(
@@ -334,37 +346,41 @@ impl crate::nonce::SharedNonces for SqlStore {
         expires: i64,
         now: i64,
         capacity: usize,
-    ) -> Result<crate::nonce::UseOutcome, String> {
+    ) -> Result<crate::nonce::UseOutcome, StoreError> {
         use crate::nonce::UseOutcome;
-        let mut conn = self.conn().map_err(|e| e.to_string())?;
-        (|| -> Result<UseOutcome, sqldb::Error> {
-            let mut tx = conn.write()?;
-            tx.execute(
-                "DELETE FROM used_nonces WHERE provider = ?1 AND expires <= ?2",
-                args![provider, now],
-            )?;
-            let n: i64 = tx
-                .query_one(
-                    "SELECT COUNT(*) FROM used_nonces WHERE provider = ?1",
-                    args![provider],
-                )?
-                .get(0)?;
-            if usize::try_from(n).unwrap_or(usize::MAX) >= capacity {
-                return Ok(UseOutcome::Full);
-            }
-            let inserted = tx.execute(
-                "INSERT INTO used_nonces (provider, nonce, expires) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-                args![provider, raw, expires],
-            )?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.write()?;
+        tx.execute(
+            "DELETE FROM used_nonces WHERE provider = ?1 AND expires <= ?2",
+            args![provider, now.saturating_sub(NONCE_EXPIRY_GRACE_SECS)],
+        )?;
+        // Under the writer lock: no other replica uses a nonce between these.
+        if tx
+            .query_opt(
+                "SELECT 1 FROM used_nonces WHERE provider = ?1 AND nonce = ?2",
+                args![provider, raw],
+            )?
+            .is_some()
+        {
             tx.commit()?;
-            Ok(if inserted == 1 {
-                UseOutcome::Fresh
-            } else {
-                UseOutcome::Replayed
-            })
-        })()
-        .map_err(|e| e.to_string())
+            return Ok(UseOutcome::Replayed);
+        }
+        let n: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM used_nonces WHERE provider = ?1",
+                args![provider],
+            )?
+            .get(0)?;
+        if usize::try_from(n).unwrap_or(usize::MAX) >= capacity {
+            tx.commit()?;
+            return Ok(UseOutcome::Full);
+        }
+        tx.execute(
+            "INSERT INTO used_nonces (provider, nonce, expires) VALUES (?1, ?2, ?3)",
+            args![provider, raw, expires],
+        )?;
+        tx.commit()?;
+        Ok(UseOutcome::Fresh)
     }
 }
 
@@ -748,49 +764,152 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_schema_is_the_checked_in_one_on_both_engines() {
-        let dir = tempfile::tempdir().unwrap();
-        let check = |engine: &str, location: &Location| {
-            drop(SqlStore::open(location, keys()).unwrap());
-            let dump = sqldb::schema::dump(&mut Conn::open(location).unwrap()).unwrap();
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("schema")
-                .join(format!("{engine}.txt"));
-            if let Err(e) = sqldb::schema::matches_checked_in(&dump, &path) {
-                panic!("{e}");
-            }
-        };
-        check("sqlite", &Location::sqlite(&dir.path().join("a.db")));
-        if let Some(pg) = sqldb::scratch::postgres() {
-            check("postgres", &pg.location);
+    /// Opens a store at `location` (applying what is pending) and compares the schema
+    /// with `schema/<engine>.txt` (`OPENCVM_BLESS=1` rewrites it).
+    fn check_schema(engine: &str, location: &Location) {
+        drop(SqlStore::open(location, keys()).unwrap());
+        let dump = sqldb::schema::dump(&mut Conn::open(location).unwrap()).unwrap();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schema")
+            .join(format!("{engine}.txt"));
+        if let Err(e) = sqldb::schema::matches_checked_in(&dump, &path) {
+            panic!("{e}");
         }
     }
 
     #[test]
-    fn a_schema_1_database_is_migrated_and_equals_a_fresh_one() {
+    fn the_schema_is_the_checked_in_one_on_both_engines() {
         let dir = tempfile::tempdir().unwrap();
-        let old = Location::sqlite(&dir.path().join("old.db"));
-        {
-            // A database as the service made it before migrations were numbered.
-            let mut c = Conn::open(&old).unwrap();
-            c.batch(MIGRATIONS[0].sql).unwrap();
-            c.batch(
-                "INSERT INTO providers VALUES ('p', x'00', '{}');
-                 INSERT INTO signing_keys (provider, alg, sealed_pkcs8, cert_der, created)
-                   VALUES ('p', 'RS256', x'01', x'02', 1);",
-            )
-            .unwrap();
+        check_schema("sqlite", &Location::sqlite(&dir.path().join("a.db")));
+        if let Some(pg) = sqldb::scratch::postgres() {
+            check_schema("postgres", &pg.location);
         }
-        let s = SqlStore::open(&old, keys()).unwrap();
-        let k = s.signing_keys("p").unwrap();
-        assert_eq!((k.len(), k[0].retire_after, k[0].revoked), (1, None, false));
-        assert_eq!(s.generation().unwrap(), 0);
-        drop(s);
+    }
+
+    #[test]
+    fn a_database_at_each_older_version_migrates_to_the_fresh_schema_on_both_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 1..MIGRATIONS.len() {
+            let lite = Location::sqlite(&dir.path().join(format!("v{k}.db")));
+            let pg = sqldb::scratch::postgres();
+            for (engine, location) in [
+                ("sqlite", Some(&lite)),
+                ("postgres", pg.as_ref().map(|p| &p.location)),
+            ] {
+                let Some(location) = location else { continue };
+                let mut c = Conn::open(location).unwrap();
+                migrate_to(&mut c, &MIGRATIONS[..k], 1).unwrap();
+                drop(c);
+                check_schema(engine, location);
+            }
+        }
+    }
+
+    /// Schema 1 as the service created it before migrations were numbered (frozen).
+    const LEGACY_SCHEMA_1: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('schema', '1');
+CREATE TABLE IF NOT EXISTS providers (
+  name TEXT PRIMARY KEY,
+  admin_sha256 BLOB NOT NULL,
+  settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signing_keys (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  provider TEXT NOT NULL REFERENCES providers(name),
+  alg TEXT NOT NULL,
+  sealed_pkcs8 BLOB NOT NULL,
+  cert_der BLOB NOT NULL,
+  created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policies (
+  provider TEXT NOT NULL REFERENCES providers(name),
+  kind TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  text TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  PRIMARY KEY (provider, kind, version)
+);
+";
+
+    /// Schema 1 → 2 as the service applied it then (frozen), with the audit tables
+    /// `audit::sqlite` created: untyped columns, SQLite triggers.
+    const LEGACY_MIGRATE_2: &str = "
+ALTER TABLE signing_keys ADD COLUMN retire_after INTEGER;
+ALTER TABLE signing_keys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE reference_values (
+  region TEXT NOT NULL,
+  measurement TEXT NOT NULL,
+  component TEXT NOT NULL,
+  source TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  PRIMARY KEY (region, measurement)
+);
+UPDATE meta SET value = '2' WHERE key = 'schema';
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, ts, provider, caller, op, subject, outcome, code, prev BLOB, link BLOB);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+  seq INTEGER PRIMARY KEY, link BLOB NOT NULL, ts INTEGER NOT NULL, signature TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_append_only_update BEFORE UPDATE ON audit_checkpoints
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_append_only_delete BEFORE DELETE ON audit_checkpoints
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+    #[test]
+    fn databases_from_before_numbered_migrations_are_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = |l: &Location| sqldb::schema::dump(&mut Conn::open(l).unwrap()).unwrap();
         let fresh = Location::sqlite(&dir.path().join("fresh.db"));
         drop(SqlStore::open(&fresh, keys()).unwrap());
-        let dump = |l: &Location| sqldb::schema::dump(&mut Conn::open(l).unwrap()).unwrap();
-        assert_eq!(dump(&old), dump(&fresh));
+        for (version, ddl) in [
+            (1, LEGACY_SCHEMA_1.to_string()),
+            (2, format!("{LEGACY_SCHEMA_1}{LEGACY_MIGRATE_2}")),
+        ] {
+            let old = Location::sqlite(&dir.path().join(format!("v{version}.db")));
+            {
+                let mut c = Conn::open(&old).unwrap();
+                c.batch(&ddl).unwrap();
+                c.batch(
+                    "INSERT INTO providers VALUES ('p', x'00', '{}');
+                     INSERT INTO signing_keys (provider, alg, sealed_pkcs8, cert_der, created)
+                       VALUES ('p', 'RS256', x'01', x'02', 1);",
+                )
+                .unwrap();
+            }
+            let s = SqlStore::open(&old, keys()).unwrap();
+            let k = s.signing_keys("p").unwrap();
+            assert_eq!((k.len(), k[0].retire_after, k[0].revoked), (1, None, false));
+            s.audit(&entry("after")).unwrap();
+            assert_eq!(s.generation().unwrap(), 0);
+            drop(s);
+            assert_eq!(verify_audit(&old, &keys(), &[]).unwrap().entries, 1);
+            let (old_dump, fresh_dump) = (dump(&old), dump(&fresh));
+            if version == 1 {
+                assert_eq!(old_dump, fresh_dump);
+            } else {
+                // A version 2 database keeps its audit table's untyped column
+                // declarations (SQLite stores the same values either way); the rest is
+                // the fresh schema.
+                let without_audit = |d: &str| -> Vec<String> {
+                    let mut in_audit = false;
+                    d.lines()
+                        .filter(|l| {
+                            if !l.starts_with("  ") {
+                                in_audit = *l == "table audit";
+                            }
+                            !in_audit
+                        })
+                        .map(|l| l.to_string())
+                        .collect()
+                };
+                assert_ne!(old_dump, fresh_dump);
+                assert_eq!(without_audit(&old_dump), without_audit(&fresh_dump));
+            }
+        }
     }
 
     #[test]
@@ -892,17 +1011,19 @@ mod tests {
         assert_eq!(s.generation().unwrap(), g);
         // Used nonces: once per provider, bounded, expired ones forgotten.
         use crate::nonce::{SharedNonces, UseOutcome};
-        assert_eq!(s.use_nonce("p", b"n1", 100, 10, 2), Ok(UseOutcome::Fresh));
-        assert_eq!(
-            s.use_nonce("p", b"n1", 100, 11, 2),
-            Ok(UseOutcome::Replayed)
-        );
-        assert_eq!(s.use_nonce("q", b"n1", 100, 11, 2), Ok(UseOutcome::Fresh));
-        assert_eq!(s.use_nonce("p", b"n2", 100, 12, 2), Ok(UseOutcome::Fresh));
-        assert_eq!(s.use_nonce("p", b"n3", 100, 13, 2), Ok(UseOutcome::Full));
-        assert_eq!(s.nonce_used("p", b"n3"), Ok(false));
-        assert_eq!(s.use_nonce("p", b"n3", 200, 100, 2), Ok(UseOutcome::Fresh));
-        assert_eq!(s.nonce_used("p", b"n1"), Ok(false), "expired, forgotten");
+        let used =
+            |p: &str, n: &[u8], expires: i64, now: i64| s.use_nonce(p, n, expires, now, 2).unwrap();
+        assert_eq!(used("p", b"n1", 100, 10), UseOutcome::Fresh);
+        assert_eq!(used("p", b"n1", 100, 11), UseOutcome::Replayed);
+        assert_eq!(used("q", b"n1", 100, 11), UseOutcome::Fresh);
+        assert_eq!(used("p", b"n2", 100, 12), UseOutcome::Fresh);
+        assert_eq!(used("p", b"n3", 100, 13), UseOutcome::Full);
+        assert!(!s.nonce_used("p", b"n3").unwrap());
+        // Expired, but within the grace for replicas' clocks: still remembered.
+        let grace = NONCE_EXPIRY_GRACE_SECS;
+        assert_eq!(used("p", b"n1", 100, 100 + grace - 1), UseOutcome::Replayed);
+        assert_eq!(used("p", b"n3", 1000, 100 + grace), UseOutcome::Fresh);
+        assert!(!s.nonce_used("p", b"n1").unwrap(), "expired, forgotten");
         drop(s);
         assert_eq!(verify_audit(location, &keys(), &[]).unwrap().entries, 10);
     }

@@ -112,12 +112,21 @@ impl Table<'_> {
                     .unwrap_or(GENESIS),
             ),
         };
+        // A NUL character (from a request path, say) cannot be stored on every engine:
+        // it is recorded as U+FFFD, so the entry is written rather than refused.
+        let values: Vec<Value> = values
+            .iter()
+            .map(|v| match v {
+                Value::Text(t) if t.contains('\0') => Value::Text(t.replace('\0', "\u{fffd}")),
+                v => v.clone(),
+            })
+            .collect();
         let fields: Vec<Option<Vec<u8>>> = values.iter().map(canonical).collect();
         let refs: Vec<Option<&[u8]>> = fields.iter().map(|f| f.as_deref()).collect();
         let link = keys.chain.link(&prev, seq, &refs);
         let placeholders: Vec<String> = (1..=values.len() + 3).map(|i| format!("?{i}")).collect();
         let mut all: Vec<Value> = vec![Value::Int(seq)];
-        all.extend(values.iter().cloned());
+        all.extend(values);
         all.push(Value::Blob(prev.to_vec()));
         all.push(Value::Blob(link.to_vec()));
         tx.execute(

@@ -1635,8 +1635,7 @@ fn a_replica_killed_mid_write_leaves_the_shared_database_consistent() {
                         if w == 2 && stop.load(std::sync::atomic::Ordering::SeqCst) {
                             return;
                         }
-                        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-                        let r = agent
+                        let r = common::agent()
                             .post(&format!("{url}/keys/k{}-{w}/create", i % 3))
                             .header("Authorization", format!("Bearer {cred}"))
                             .header("Content-Type", "application/json")
@@ -1649,7 +1648,10 @@ fn a_replica_killed_mid_write_leaves_the_shared_database_consistent() {
                             Ok(r) if r.status() == 200 => {
                                 acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             }
-                            Ok(r) => panic!("status {}", r.status()),
+                            // Any answer but 200 is a failure, on either replica (B
+                            // must go on serving while A dies; A dies without answering).
+                            Ok(r) => panic!("replica {w}: status {}", r.status()),
+                            Err(e) if w == 2 => panic!("B failed: {e}"),
                             Err(_) => return, // A is gone.
                         }
                     }

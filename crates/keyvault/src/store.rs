@@ -448,9 +448,20 @@ fn legacy_version(tx: &mut Tx<'_>) -> Result<i64, sqldb::Error> {
 /// Brings the database to the newest schema (the audit chain's code runs with
 /// migration 3).
 fn migrate(conn: &mut Conn, keys: &AuditKeys, now: i64) -> Result<(), StoreError> {
+    migrate_to(conn, &MIGRATIONS, keys, now)
+}
+
+/// Applies what is pending of `migrations` (a prefix of [`MIGRATIONS`]).
+fn migrate_to(
+    conn: &mut Conn,
+    migrations: &[Migration<'_>],
+    keys: &AuditKeys,
+    now: i64,
+) -> Result<(), StoreError> {
     sqldb::migrate::apply(
         conn,
-        &MIGRATIONS,
+        "keyvault",
+        migrations,
         &legacy_version,
         &mut |tx, version| {
             if version == 3 {
@@ -558,17 +569,29 @@ fn audit_writer(
                 Err(_) => break,
             }
         }
-        let result = (|| -> Result<(), StoreError> {
-            // The chain's head is read and extended under the writer lock.
-            let mut tx = conn.write()?;
-            for (e, _) in &batch {
-                insert_audit(&mut tx, e, keys)?;
+        // The chain's head is read and extended under the writer lock.
+        let commit = |conn: &mut Conn, entries: &[&AuditEntry]| -> Result<(), String> {
+            (|| -> Result<(), StoreError> {
+                let mut tx = conn.write()?;
+                for e in entries {
+                    insert_audit(&mut tx, e, keys)?;
+                }
+                Ok(tx.commit()?)
+            })()
+            .map_err(|e| e.to_string())
+        };
+        let all: Vec<&AuditEntry> = batch.iter().map(|(e, _)| e).collect();
+        let result = commit(&mut conn, &all);
+        if result.is_ok() || batch.len() == 1 {
+            for (_, ack) in batch {
+                let _ = ack.send(result.clone());
             }
-            Ok(tx.commit()?)
-        })()
-        .map_err(|e| e.to_string());
-        for (_, ack) in batch {
-            let _ = ack.send(result.clone());
+        } else {
+            // One entry that cannot be written must not fail the others queued with it:
+            // each is committed on its own.
+            for (e, ack) in batch {
+                let _ = ack.send(commit(&mut conn, &[&e]));
+            }
         }
     }
 }
@@ -1208,6 +1231,56 @@ mod tests {
         s.region_root("r1").unwrap().unwrap()
     }
 
+    /// Schema 1 as the store created it before migrations were numbered (frozen).
+    const LEGACY_SCHEMA_1: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('schema', '1');
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vaults (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS credentials (
+  sha256 BLOB PRIMARY KEY,
+  vault TEXT NOT NULL REFERENCES vaults(name),
+  role TEXT NOT NULL,
+  created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+  vault TEXT NOT NULL REFERENCES vaults(name),
+  name TEXT NOT NULL,
+  deleted INTEGER NOT NULL DEFAULT 0,
+  deleted_at INTEGER,
+  PRIMARY KEY (vault, name)
+);
+CREATE TABLE IF NOT EXISTS key_versions (
+  vault TEXT NOT NULL,
+  name TEXT NOT NULL,
+  version TEXT NOT NULL,
+  kty TEXT NOT NULL,
+  public_jwk TEXT NOT NULL,
+  sealed BLOB NOT NULL,
+  exportable INTEGER NOT NULL,
+  enabled INTEGER NOT NULL,
+  nbf INTEGER,
+  exp INTEGER,
+  tags TEXT NOT NULL,
+  release_policy TEXT,
+  created INTEGER NOT NULL,
+  updated INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  PRIMARY KEY (vault, name, version),
+  FOREIGN KEY (vault, name) REFERENCES keys(vault, name)
+);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts INTEGER NOT NULL, vault TEXT NOT NULL, caller TEXT NOT NULL, op TEXT NOT NULL,
+  key TEXT NOT NULL, version TEXT NOT NULL, outcome TEXT NOT NULL, code TEXT NOT NULL,
+  jti TEXT NOT NULL, issuer TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
     #[test]
     fn a_schema_1_database_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -1216,14 +1289,7 @@ mod tests {
             // A database as the store made it before migrations were numbered: schema
             // 1 with its append-only triggers, `meta.schema` = 1.
             let c = rusqlite::Connection::open(&path).unwrap();
-            c.execute_batch(MIGRATIONS[0].sql).unwrap();
-            c.execute_batch(
-                "CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
-                   BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-                 CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
-                   BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
-            )
-            .unwrap();
+            c.execute_batch(LEGACY_SCHEMA_1).unwrap();
             c.execute_batch(
                 "INSERT INTO vaults VALUES ('t', 1);
                  INSERT INTO credentials VALUES (x'01', 't', 'administrator', 1);
@@ -1285,6 +1351,27 @@ mod tests {
             drop(SqlStore::open(&pg.location, test_keys()).unwrap());
             let dump = sqldb::schema::dump(&mut Conn::open(&pg.location).unwrap()).unwrap();
             check_schema("postgres", &dump);
+        }
+    }
+
+    #[test]
+    fn a_database_at_each_older_version_migrates_to_the_fresh_schema_on_both_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 1..MIGRATIONS.len() {
+            let lite = Location::sqlite(&dir.path().join(format!("v{k}.db")));
+            let pg = sqldb::scratch::postgres();
+            for (engine, location) in [
+                ("sqlite", Some(&lite)),
+                ("postgres", pg.as_ref().map(|p| &p.location)),
+            ] {
+                let Some(location) = location else { continue };
+                let mut c = Conn::open(location).unwrap();
+                migrate_to(&mut c, &MIGRATIONS[..k], &test_keys(), 1).unwrap();
+                drop(c);
+                drop(SqlStore::open(location, test_keys()).unwrap());
+                let dump = sqldb::schema::dump(&mut Conn::open(location).unwrap()).unwrap();
+                check_schema(engine, &dump);
+            }
         }
     }
 

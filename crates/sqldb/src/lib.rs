@@ -27,6 +27,7 @@ use postgres::types::Type;
 
 pub mod migrate;
 pub mod schema;
+#[cfg(feature = "scratch")]
 pub mod scratch;
 
 /// Why a database operation failed.
@@ -54,6 +55,16 @@ pub enum Error {
     /// The database location is not usable.
     #[error("database location: {0}")]
     Location(String),
+    /// The database belongs to another service (one database per service).
+    #[error(
+        "the database holds {found}'s schema, not {expected}'s (give each service its own database)"
+    )]
+    OtherComponent {
+        /// Whose it is.
+        found: String,
+        /// Whose it was expected to be.
+        expected: String,
+    },
     /// The database was migrated by a newer release than this one.
     #[error("the database is at schema version {found}, newer than this release's {known}")]
     NewerSchema {
@@ -119,20 +130,38 @@ impl PgUrl {
     }
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`; other forms unchanged.
+/// A URL without its password: `scheme://user:***@host/...`, with the value of a
+/// `password=` query parameter replaced too. The user information is taken to end at
+/// the *last* `@`, so a password holding `/` or `@` is hidden whichever way a parser
+/// splits it.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            out.push_str(&format!("{user}:***@{host}"));
+        }
+        None => out.push_str(rest),
     }
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 impl std::fmt::Debug for Location {
@@ -158,6 +187,11 @@ impl Location {
             s.parse::<postgres::Config>()
                 .map_err(|e| Error::Location(format!("{}: {e}", redact(s))))?;
             Ok(Location::Postgres(PgUrl { url: s.to_string() }))
+        } else if let Some((scheme, _)) = s.split_once("://") {
+            // Not a file path: a mistyped URL must not become a local SQLite file.
+            Err(Error::Location(format!(
+                "unsupported scheme {scheme:?} (a PostgreSQL URL starts with postgres://)"
+            )))
         } else if s.is_empty() {
             Err(Error::Location("empty".into()))
         } else {
@@ -370,17 +404,32 @@ fn lite_value(v: rusqlite::types::ValueRef<'_>, index: usize) -> Result<Value, E
             })?)
         }
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-        ValueRef::Real(_) => {
-            return Err(Error::Type {
-                index,
-                expected: "integer, text or bytes",
-                found: "real",
-            });
-        }
+        // No schema here has a REAL column: one found was written behind the store's
+        // back. It reads as its 8 bytes big-endian, so a store's typed read refuses it
+        // and an audit chain check names the entry (rather than failing to read).
+        ValueRef::Real(f) => Value::Blob(f.to_be_bytes().to_vec()),
     })
 }
 
+/// Text with a NUL character is refused on both engines (PostgreSQL cannot store it;
+/// SQLite could, and the engines must agree).
+fn check_args(args: &[Value]) -> Result<(), Error> {
+    for (index, a) in args.iter().enumerate() {
+        if let Value::Text(t) = a
+            && t.contains('\0')
+        {
+            return Err(Error::Type {
+                index,
+                expected: "text without NUL characters",
+                found: "a NUL character",
+            });
+        }
+    }
+    Ok(())
+}
+
 fn lite_query(c: &rusqlite::Connection, sql: &str, args: &[Value]) -> Result<Vec<Row>, Error> {
+    check_args(args)?;
     let mut stmt = c.prepare_cached(sql)?;
     let n = stmt.column_count();
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
@@ -396,6 +445,7 @@ fn lite_query(c: &rusqlite::Connection, sql: &str, args: &[Value]) -> Result<Vec
 }
 
 fn lite_execute(c: &rusqlite::Connection, sql: &str, args: &[Value]) -> Result<u64, Error> {
+    check_args(args)?;
     let mut stmt = c.prepare_cached(sql)?;
     let n = stmt.execute(rusqlite::params_from_iter(args.iter()))?;
     Ok(u64::try_from(n).unwrap_or(u64::MAX))
@@ -422,21 +472,29 @@ impl postgres::types::ToSql for Value {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<postgres::types::IsNull, BoxError> {
+        let mismatch = || -> BoxError {
+            format!("a {} value for a parameter of type {ty}", self.kind()).into()
+        };
         match self {
             Value::Null => Ok(postgres::types::IsNull::Yes),
             Value::Int(i) => {
-                if *ty == Type::INT4 {
+                if *ty == Type::INT8 {
+                    i.to_sql(ty, out)
+                } else if *ty == Type::INT4 {
                     i32::try_from(*i)?.to_sql(ty, out)
                 } else if *ty == Type::INT2 {
                     i16::try_from(*i)?.to_sql(ty, out)
                 } else if *ty == Type::BOOL {
                     (*i != 0).to_sql(ty, out)
                 } else {
-                    i.to_sql(ty, out)
+                    Err(mismatch())
                 }
             }
-            Value::Text(s) => s.as_str().to_sql(ty, out),
-            Value::Blob(b) => b.as_slice().to_sql(ty, out),
+            Value::Text(s) if [Type::TEXT, Type::VARCHAR, Type::NAME].contains(ty) => {
+                s.as_str().to_sql(ty, out)
+            }
+            Value::Blob(b) if *ty == Type::BYTEA => b.as_slice().to_sql(ty, out),
+            Value::Text(_) | Value::Blob(_) => Err(mismatch()),
         }
     }
 
@@ -492,7 +550,37 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Prepared statements of one PostgreSQL session, by SQL text.
-type StatementCache = HashMap<String, postgres::Statement>;
+/// What a PostgreSQL session keeps besides its client: its prepared statements, and
+/// whether it failed in a way that ends the session (replaced before the next use).
+#[derive(Default)]
+struct StatementCache {
+    statements: HashMap<String, postgres::Statement>,
+    broken: bool,
+}
+
+impl StatementCache {
+    fn clear(&mut self) {
+        self.statements.clear();
+    }
+
+    /// Notes whether `r` failed in a way that ends the session: the connection closed,
+    /// an I/O or protocol error, or a FATAL or PANIC from the server (it was ended, or
+    /// is shutting down).
+    fn watch<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
+        if let Err(Error::Postgres(e)) = &r {
+            let fatal = e.as_db_error().is_none_or(|db| {
+                matches!(
+                    db.parsed_severity(),
+                    Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic)
+                )
+            });
+            if e.is_closed() || fatal {
+                self.broken = true;
+            }
+        }
+        r
+    }
+}
 
 /// The most statements kept prepared per session.
 const MAX_CACHED_STATEMENTS: usize = 256;
@@ -530,14 +618,14 @@ fn pg_statement<C: postgres::GenericClient>(
     cache: &mut StatementCache,
     sql: &str,
 ) -> Result<postgres::Statement, Error> {
-    if let Some(s) = cache.get(sql) {
+    if let Some(s) = cache.statements.get(sql) {
         return Ok(s.clone());
     }
     let s = c.prepare(&dollar_params(sql))?;
-    if cache.len() >= MAX_CACHED_STATEMENTS {
+    if cache.statements.len() >= MAX_CACHED_STATEMENTS {
         cache.clear();
     }
-    cache.insert(sql.to_string(), s.clone());
+    cache.statements.insert(sql.to_string(), s.clone());
     Ok(s)
 }
 
@@ -553,7 +641,8 @@ fn pg_query<C: postgres::GenericClient + Send>(
     sql: &str,
     args: &[Value],
 ) -> Result<Vec<Row>, Error> {
-    off_runtime(|| {
+    check_args(args)?;
+    let r = off_runtime(|| {
         let stmt = pg_statement(c, cache, sql)?;
         let rows = c.query(&stmt, &pg_args(args))?;
         rows.iter()
@@ -564,7 +653,8 @@ fn pg_query<C: postgres::GenericClient + Send>(
                     .map(Row)
             })
             .collect()
-    })
+    });
+    cache.watch(r)
 }
 
 fn pg_execute<C: postgres::GenericClient + Send>(
@@ -573,14 +663,21 @@ fn pg_execute<C: postgres::GenericClient + Send>(
     sql: &str,
     args: &[Value],
 ) -> Result<u64, Error> {
-    off_runtime(|| {
+    check_args(args)?;
+    let r = off_runtime(|| {
         let stmt = pg_statement(c, cache, sql)?;
         Ok(c.execute(&stmt, &pg_args(args))?)
-    })
+    });
+    cache.watch(r)
 }
 
-fn pg_batch<C: postgres::GenericClient + Send>(c: &mut C, sql: &str) -> Result<(), Error> {
-    off_runtime(|| Ok(c.batch_execute(sql)?))
+fn pg_batch<C: postgres::GenericClient + Send>(
+    c: &mut C,
+    cache: &mut StatementCache,
+    sql: &str,
+) -> Result<(), Error> {
+    let r = off_runtime(|| Ok(c.batch_execute(sql)?));
+    cache.watch(r)
 }
 
 /// The advisory lock every write transaction of a PostgreSQL database takes (advisory
@@ -636,6 +733,8 @@ enum Inner {
 /// One connection to a database.
 pub struct Conn {
     inner: Inner,
+    location: Location,
+    read_only: bool,
 }
 
 impl Drop for Conn {
@@ -656,87 +755,132 @@ impl std::fmt::Debug for Conn {
 /// How long a connection waits for the writer lock or a PostgreSQL connection.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long a PostgreSQL session may sit idle inside a transaction before the server
+/// ends it (and releases its writer lock).
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(30);
+
+/// A new session. A SQLite file is created if missing (unless `read_only`) and set up
+/// for durability: WAL, `synchronous = FULL` (a commit survives power loss), foreign
+/// keys, `secure_delete` (deleted rows are zeroed), a busy timeout of [`WAIT`].
+fn connect(location: &Location, read_only: bool) -> Result<Inner, Error> {
+    match location {
+        Location::Sqlite(path) if read_only => {
+            let conn = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            conn.busy_timeout(WAIT)?;
+            Ok(Inner::Sqlite(conn))
+        }
+        Location::Sqlite(path) => {
+            let conn = rusqlite::Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.pragma_update(None, "secure_delete", "ON")?;
+            conn.busy_timeout(WAIT)?;
+            Ok(Inner::Sqlite(conn))
+        }
+        Location::Postgres(url) => {
+            let mut cfg: postgres::Config = url
+                .url
+                .parse()
+                .map_err(|e| Error::Location(format!("{}: {e}", url.redacted())))?;
+            if cfg.get_connect_timeout().is_none() {
+                cfg.connect_timeout(WAIT);
+            }
+            if cfg.get_application_name().is_none() {
+                cfg.application_name("opencvm");
+            }
+            // A peer that vanished without closing (a paused VM, a cut network) is
+            // noticed by TCP keepalives within about a minute, not hours.
+            cfg.keepalives(true);
+            cfg.keepalives_idle(Duration::from_secs(30));
+            let client = off_runtime(|| -> Result<_, Error> {
+                let mut client = cfg.connect(postgres::NoTls)?;
+                // A writer waits for the writer lock at most WAIT, then fails; a session
+                // that stalls inside a transaction (holding the lock) is ended by the
+                // server after IDLE_IN_TRANSACTION, so it cannot stop every replica's
+                // writes.
+                let mut setup = format!(
+                    "SET lock_timeout = '{}s'; SET idle_in_transaction_session_timeout = '{}s';",
+                    WAIT.as_secs(),
+                    IDLE_IN_TRANSACTION.as_secs()
+                );
+                if read_only {
+                    setup.push_str("SET default_transaction_read_only = on;");
+                }
+                client.batch_execute(&setup)?;
+                Ok(client)
+            })?;
+            Ok(Inner::Postgres {
+                client: Box::new(client),
+                cache: StatementCache::default(),
+            })
+        }
+    }
+}
+
 impl Conn {
     /// Opens a connection. A SQLite file is created if missing and set up for
     /// durability: WAL, `synchronous = FULL` (a commit survives power loss), foreign
     /// keys, `secure_delete` (deleted rows are zeroed), a busy timeout of [`WAIT`].
     pub fn open(location: &Location) -> Result<Conn, Error> {
-        match location {
-            Location::Sqlite(path) => {
-                let conn = rusqlite::Connection::open(path)?;
-                conn.pragma_update(None, "journal_mode", "WAL")?;
-                conn.pragma_update(None, "synchronous", "FULL")?;
-                conn.pragma_update(None, "foreign_keys", "ON")?;
-                conn.pragma_update(None, "secure_delete", "ON")?;
-                conn.busy_timeout(WAIT)?;
-                Ok(Conn {
-                    inner: Inner::Sqlite(conn),
-                })
-            }
-            Location::Postgres(url) => {
-                let mut cfg: postgres::Config = url
-                    .url
-                    .parse()
-                    .map_err(|e| Error::Location(format!("{}: {e}", url.redacted())))?;
-                if cfg.get_connect_timeout().is_none() {
-                    cfg.connect_timeout(WAIT);
-                }
-                if cfg.get_application_name().is_none() {
-                    cfg.application_name("opencvm");
-                }
-                let client = off_runtime(|| -> Result<_, Error> {
-                    let mut client = cfg.connect(postgres::NoTls)?;
-                    // A writer waits for the writer lock at most this long, then fails.
-                    client.batch_execute(&format!("SET lock_timeout = '{}s'", WAIT.as_secs()))?;
-                    Ok(client)
-                })?;
-                Ok(Conn {
-                    inner: Inner::Postgres {
-                        client: Box::new(client),
-                        cache: StatementCache::new(),
-                    },
-                })
-            }
-        }
+        Ok(Conn {
+            inner: connect(location, false)?,
+            location: location.clone(),
+            read_only: false,
+        })
     }
 
     /// Opens a read-only connection to an existing SQLite file; a PostgreSQL
     /// connection whose transactions are read-only.
     pub fn open_read_only(location: &Location) -> Result<Conn, Error> {
-        match location {
-            Location::Sqlite(path) => {
-                let conn = rusqlite::Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )?;
-                conn.busy_timeout(WAIT)?;
-                Ok(Conn {
-                    inner: Inner::Sqlite(conn),
-                })
-            }
-            Location::Postgres(_) => {
-                let mut c = Conn::open(location)?;
-                c.batch("SET default_transaction_read_only = on")?;
-                Ok(c)
-            }
+        Ok(Conn {
+            inner: connect(location, true)?,
+            location: location.clone(),
+            read_only: true,
+        })
+    }
+
+    /// Replaces a PostgreSQL session that the server or the network closed by a new
+    /// one (its prepared statements are made again). A session shows as closed once a
+    /// statement on it failed: after an outage the first statement fails, the next one
+    /// reconnects. Nothing is retried here: whether a failed write happened is for the
+    /// caller to find out.
+    fn reopen_if_closed(&mut self) -> Result<(), Error> {
+        if let Inner::Postgres { client, cache } = &self.inner
+            && (cache.broken || client.is_closed())
+        {
+            tracing::warn!(database = %self.location, "the database session was closed; reconnecting");
+            let fresh = connect(&self.location, self.read_only)?;
+            let old = std::mem::replace(&mut self.inner, fresh);
+            off_runtime(move || drop(old));
         }
+        Ok(())
     }
 
     /// A write transaction: it holds the database's writer lock from its start, so it
     /// sees every earlier commit and no other writer (of any process) runs until it
     /// commits or is dropped (rolled back).
     pub fn write(&mut self) -> Result<Tx<'_>, Error> {
+        self.reopen_if_closed()?;
         Ok(Tx {
             inner: match &mut self.inner {
                 Inner::Sqlite(c) => TxInner::Sqlite(Some(
                     c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
                 )),
                 Inner::Postgres { client, cache } => {
-                    let tx = off_runtime(|| -> Result<_, Error> {
-                        let mut tx = client.transaction()?;
+                    let tx = cache.watch(off_runtime(|| -> Result<_, Error> {
+                        // READ COMMITTED whatever the server's default: each statement
+                        // after the lock sees every commit made before it.
+                        let mut tx = client
+                            .build_transaction()
+                            .isolation_level(postgres::IsolationLevel::ReadCommitted)
+                            .start()?;
                         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])?;
                         Ok(tx)
-                    })?;
+                    }))?;
                     TxInner::Postgres(Some(tx), cache)
                 }
                 Inner::Closed => return Err(closed()),
@@ -746,19 +890,20 @@ impl Conn {
 
     /// A read transaction: every query in it sees one snapshot.
     pub fn read(&mut self) -> Result<Tx<'_>, Error> {
+        self.reopen_if_closed()?;
         Ok(Tx {
             inner: match &mut self.inner {
                 Inner::Sqlite(c) => TxInner::Sqlite(Some(
                     c.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?,
                 )),
                 Inner::Postgres { client, cache } => {
-                    let tx = off_runtime(|| {
-                        client
+                    let tx = cache.watch(off_runtime(|| {
+                        Ok(client
                             .build_transaction()
                             .isolation_level(postgres::IsolationLevel::RepeatableRead)
                             .read_only(true)
-                            .start()
-                    })?;
+                            .start()?)
+                    }))?;
                     TxInner::Postgres(Some(tx), cache)
                 }
                 Inner::Closed => return Err(closed()),
@@ -793,6 +938,7 @@ impl Queries for Conn {
     }
 
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, Error> {
+        self.reopen_if_closed()?;
         match &mut self.inner {
             Inner::Sqlite(c) => lite_execute(c, sql, args),
             Inner::Postgres { client, cache } => pg_execute(client.as_mut(), cache, sql, args),
@@ -801,6 +947,7 @@ impl Queries for Conn {
     }
 
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, Error> {
+        self.reopen_if_closed()?;
         match &mut self.inner {
             Inner::Sqlite(c) => lite_query(c, sql, args),
             Inner::Postgres { client, cache } => pg_query(client.as_mut(), cache, sql, args),
@@ -809,9 +956,10 @@ impl Queries for Conn {
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), Error> {
+        self.reopen_if_closed()?;
         match &mut self.inner {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Inner::Postgres { client, .. } => pg_batch(client.as_mut(), sql),
+            Inner::Postgres { client, cache } => pg_batch(client.as_mut(), cache, sql),
             Inner::Closed => Err(closed()),
         }
     }
@@ -859,9 +1007,9 @@ impl Tx<'_> {
     pub fn commit(mut self) -> Result<(), Error> {
         match &mut self.inner {
             TxInner::Sqlite(tx) => Ok(tx.take().ok_or_else(closed)?.commit()?),
-            TxInner::Postgres(tx, _) => {
+            TxInner::Postgres(tx, cache) => {
                 let tx = tx.take().ok_or_else(closed)?;
-                off_runtime(move || Ok(tx.commit()?))
+                cache.watch(off_runtime(move || Ok(tx.commit()?)))
             }
         }
     }
@@ -892,7 +1040,7 @@ impl Queries for Tx<'_> {
     fn batch(&mut self, sql: &str) -> Result<(), Error> {
         match &mut self.inner {
             TxInner::Sqlite(tx) => Ok(tx.as_ref().ok_or_else(closed)?.execute_batch(sql)?),
-            TxInner::Postgres(tx, _) => pg_batch(pg_tx(tx)?, sql),
+            TxInner::Postgres(tx, cache) => pg_batch(pg_tx(tx)?, cache, sql),
         }
     }
 }
@@ -907,6 +1055,30 @@ mod tests {
             dollar_params("SELECT '?1', \"a?\" FROM t -- it's ?3\nWHERE x = ?1 AND y = ?12"),
             "SELECT '?1', \"a?\" FROM t -- it's ?3\nWHERE x = $1 AND y = $12"
         );
+    }
+
+    #[test]
+    fn passwords_are_hidden_however_the_url_is_split() {
+        assert_eq!(
+            redact("postgres://u:pa/ss@h:5432/db?password=x&sslmode=disable"),
+            "postgres://u:***@h:5432/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redact("postgres://u:a@b@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        let e = Location::parse("postgresql+x://u:secret@h/db").unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(Location::parse("Postgres://u:secret@h/db").is_err());
+    }
+
+    #[test]
+    fn text_with_nul_is_refused_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Conn::open(&Location::sqlite(&dir.path().join("t.db"))).unwrap();
+        c.batch("CREATE TABLE t (s TEXT)").unwrap();
+        let e = c
+            .execute("INSERT INTO t VALUES (?1)", args!["a\0b"])
+            .unwrap_err();
+        assert!(e.to_string().contains("NUL"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,6 @@ pub const ENV: &str = "OPENCVM_TEST_POSTGRES";
 pub const SKIP_ENV: &str = "OPENCVM_SKIP_POSTGRES";
 
 /// A database that exists until this is dropped.
-#[derive(Debug)]
 pub struct ScratchDb {
     admin: String,
     name: String,
@@ -22,6 +21,14 @@ pub struct ScratchDb {
     pub location: Location,
     /// Its URL (with the password), for a server process's `--database`.
     pub url: String,
+}
+
+impl std::fmt::Debug for ScratchDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScratchDb")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -40,7 +40,7 @@ fn none(_: &mut Tx<'_>) -> Result<i64, sqldb::Error> {
 fn values_round_trip_and_constraints_are_named_alike() {
     on_both(|loc| {
         let mut c = Conn::open(loc).unwrap();
-        apply(&mut c, &MIGRATIONS, &none, &mut |_, _| Ok(()), 1).unwrap();
+        apply(&mut c, "t", &MIGRATIONS, &none, &mut |_, _| Ok(()), 1).unwrap();
         let mut tx = c.write().unwrap();
         let id: i64 = tx
             .query_one(
@@ -96,7 +96,7 @@ fn values_round_trip_and_constraints_are_named_alike() {
 fn writers_of_separate_connections_never_interleave() {
     on_both(|loc| {
         let mut c = Conn::open(loc).unwrap();
-        apply(&mut c, &MIGRATIONS, &none, &mut |_, _| Ok(()), 1).unwrap();
+        apply(&mut c, "t", &MIGRATIONS, &none, &mut |_, _| Ok(()), 1).unwrap();
         c.execute("INSERT INTO items (name, n) VALUES ('counter', 0)", args![])
             .unwrap();
         // Read, then write what was read plus one: lost updates would show as a total
@@ -135,11 +135,19 @@ fn writers_of_separate_connections_never_interleave() {
 fn a_migrated_schema_equals_a_fresh_one_and_migrations_run_once() {
     on_both(|loc| {
         let mut old = Conn::open(loc).unwrap();
-        let a = apply(&mut old, &MIGRATIONS[..1], &none, &mut |_, _| Ok(()), 1).unwrap();
+        let a = apply(
+            &mut old,
+            "t",
+            &MIGRATIONS[..1],
+            &none,
+            &mut |_, _| Ok(()),
+            1,
+        )
+        .unwrap();
         assert_eq!(a.applied, [1]);
         old.execute("INSERT INTO items (name) VALUES ('kept')", args![])
             .unwrap();
-        let a = apply(&mut old, &MIGRATIONS, &none, &mut |_, _| Ok(()), 2).unwrap();
+        let a = apply(&mut old, "t", &MIGRATIONS, &none, &mut |_, _| Ok(()), 2).unwrap();
         assert_eq!((a.from, a.applied), (1, vec![2]));
         let migrated = sqldb::schema::dump(&mut old).unwrap();
         assert!(migrated.contains("flag"), "{migrated}");
@@ -160,7 +168,44 @@ fn a_migrated_schema_equals_a_fresh_one_and_migrations_run_once() {
             }
         };
         let mut fresh = Conn::open(&fresh_loc).unwrap();
-        apply(&mut fresh, &MIGRATIONS, &none, &mut |_, _| Ok(()), 3).unwrap();
+        apply(&mut fresh, "t", &MIGRATIONS, &none, &mut |_, _| Ok(()), 3).unwrap();
         assert_eq!(sqldb::schema::dump(&mut fresh).unwrap(), migrated);
     });
+}
+
+#[test]
+fn a_postgres_session_the_server_closed_is_replaced() {
+    let Some(pg) = sqldb::scratch::postgres() else {
+        return;
+    };
+    let mut c = Conn::open(&pg.location).unwrap();
+    c.batch("CREATE TABLE t (x BIGINT)").unwrap();
+    // Another session ends every other session of this database (a server restart or a
+    // network cut, as the client sees it).
+    let mut admin = Conn::open(&pg.location).unwrap();
+    let ended: i64 = admin
+        .query_one(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) x",
+            args![],
+        )
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert_eq!(ended, 1);
+    // At most the first statement after it fails; the next one runs on a new session.
+    let mut failures = 0;
+    for i in 0..3i64 {
+        match c.execute("INSERT INTO t VALUES (?1)", args![i]) {
+            Ok(_) => {}
+            Err(_) => failures += 1,
+        }
+    }
+    assert!(failures <= 1, "{failures} failures");
+    let n: i64 = c
+        .query_one("SELECT COUNT(*) FROM t", args![])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert_eq!(n, 3 - failures);
 }
