@@ -75,11 +75,24 @@ pub enum Error {
     },
 }
 
-/// PostgreSQL's own message (with its SQLSTATE) when the server sent one.
+/// PostgreSQL's own message (with its SQLSTATE) when the server sent one; otherwise
+/// the client's, with its causes (a TLS handshake says why it failed).
 fn pg_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            let mut out = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !out.contains(&text) {
+                    out.push_str(": ");
+                    out.push_str(&text);
+                }
+                cause = c.source();
+            }
+            out
+        }
     }
 }
 
@@ -118,16 +131,84 @@ pub enum Location {
 }
 
 /// A PostgreSQL connection URL, checked when parsed.
+///
+/// `sslmode=require` connects over TLS and verifies the server: its certificate must
+/// chain to a CA of `sslrootcert=FILE` (PEM; without it, to the Mozilla roots) and name
+/// the host. That is libpq's `verify-full`, stricter than libpq's `require`; there is
+/// no TLS without verification. Any other `sslmode` connects without TLS.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgUrl {
+    /// The URL as given.
     url: String,
+    /// The URL the driver reads (`sslrootcert` taken out).
+    driver_url: String,
+    /// `sslrootcert`.
+    ca: Option<PathBuf>,
 }
 
 impl PgUrl {
+    /// Parses and checks a `postgres://` URL.
+    fn parse(s: &str) -> Result<PgUrl, Error> {
+        let bad = |e: &dyn std::fmt::Display| Error::Location(format!("{}: {e}", redact(s)));
+        let (base, query) = s.split_once('?').unwrap_or((s, ""));
+        let mut ca = None;
+        let mut rest = Vec::new();
+        for p in query.split('&').filter(|p| !p.is_empty()) {
+            match p.split_once('=') {
+                Some(("sslrootcert", path)) => ca = Some(PathBuf::from(path)),
+                _ => rest.push(p),
+            }
+        }
+        let driver_url = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let cfg: postgres::Config = driver_url.parse().map_err(|e| bad(&e))?;
+        if ca.is_some() && cfg.get_ssl_mode() != postgres::config::SslMode::Require {
+            return Err(bad(&"sslrootcert needs sslmode=require"));
+        }
+        Ok(PgUrl {
+            url: s.to_string(),
+            driver_url,
+            ca,
+        })
+    }
+
     /// The URL without its password.
     pub fn redacted(&self) -> String {
         redact(&self.url)
     }
+}
+
+/// The TLS connector for `sslmode=require`: our one crypto backend, the CAs of `ca`
+/// (or the Mozilla roots), host names checked.
+fn pg_tls(ca: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                Error::Location(format!("sslrootcert {}: {e}", path.display()))
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(&"no certificate in it"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Location(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// A URL without its password: `scheme://user:***@host/...`, with the value of a
@@ -184,9 +265,7 @@ impl Location {
     /// else is a SQLite file path.
     pub fn parse(s: &str) -> Result<Location, Error> {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            s.parse::<postgres::Config>()
-                .map_err(|e| Error::Location(format!("{}: {e}", redact(s))))?;
-            Ok(Location::Postgres(PgUrl { url: s.to_string() }))
+            Ok(Location::Postgres(PgUrl::parse(s)?))
         } else if let Some((scheme, _)) = s.split_once("://") {
             // Not a file path: a mistyped URL must not become a local SQLite file.
             Err(Error::Location(format!(
@@ -783,9 +862,16 @@ fn connect(location: &Location, read_only: bool) -> Result<Inner, Error> {
         }
         Location::Postgres(url) => {
             let mut cfg: postgres::Config = url
-                .url
+                .driver_url
                 .parse()
                 .map_err(|e| Error::Location(format!("{}: {e}", url.redacted())))?;
+            let tls = match cfg.get_ssl_mode() {
+                postgres::config::SslMode::Require => Some(pg_tls(url.ca.as_deref())?),
+                _ => {
+                    cfg.ssl_mode(postgres::config::SslMode::Disable);
+                    None
+                }
+            };
             if cfg.get_connect_timeout().is_none() {
                 cfg.connect_timeout(WAIT);
             }
@@ -797,7 +883,10 @@ fn connect(location: &Location, read_only: bool) -> Result<Inner, Error> {
             cfg.keepalives(true);
             cfg.keepalives_idle(Duration::from_secs(30));
             let client = off_runtime(|| -> Result<_, Error> {
-                let mut client = cfg.connect(postgres::NoTls)?;
+                let mut client = match tls {
+                    Some(tls) => cfg.connect(tls)?,
+                    None => cfg.connect(postgres::NoTls)?,
+                };
                 // A writer waits for the writer lock at most WAIT, then fails; a session
                 // that stalls inside a transaction (holding the lock) is ended by the
                 // server after IDLE_IN_TRANSACTION, so it cannot stop every replica's

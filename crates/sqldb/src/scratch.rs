@@ -6,12 +6,35 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::{Error, Location, PgUrl};
+use crate::{Error, Location};
 
 /// The variable naming the test server: `postgres://user:password@127.0.0.1:5432/db`.
 pub const ENV: &str = "OPENCVM_TEST_POSTGRES";
 /// Set to `1` to skip PostgreSQL tests on a machine without a server.
 pub const SKIP_ENV: &str = "OPENCVM_SKIP_POSTGRES";
+/// The variable naming the PEM file of the CA that signed the test server's
+/// certificate (for 127.0.0.1), for TLS tests.
+pub const CA_ENV: &str = "OPENCVM_TEST_POSTGRES_CA";
+
+/// The test server's CA file, or `None` (after saying so) when [`SKIP_ENV`] is `1`
+/// and [`CA_ENV`] is unset.
+///
+/// # Panics
+/// When neither is set.
+#[allow(clippy::print_stderr, clippy::panic)]
+pub fn postgres_ca() -> Option<std::path::PathBuf> {
+    match std::env::var(CA_ENV) {
+        Ok(p) => Some(p.into()),
+        Err(_) if std::env::var(SKIP_ENV).as_deref() == Ok("1") => {
+            eprintln!("SKIPPED: no PostgreSQL test CA ({CA_ENV} unset, {SKIP_ENV}=1)");
+            None
+        }
+        Err(_) => panic!(
+            "this test needs the test server's CA: set {CA_ENV} (scripts/test does), or \
+             {SKIP_ENV}=1 to skip it"
+        ),
+    }
+}
 
 /// A database that exists until this is dropped.
 pub struct ScratchDb {
@@ -88,7 +111,7 @@ fn create(admin: &str) -> Result<ScratchDb, Error> {
     Ok(ScratchDb {
         admin: admin.to_string(),
         name,
-        location: Location::Postgres(PgUrl { url: url.clone() }),
+        location: Location::parse(&url)?,
         url,
     })
 }

@@ -209,3 +209,39 @@ fn a_postgres_session_the_server_closed_is_replaced() {
         .unwrap();
     assert_eq!(n, 3 - failures);
 }
+
+#[test]
+fn tls_to_postgres_verifies_the_server() {
+    let (Some(pg), Some(ca)) = (sqldb::scratch::postgres(), sqldb::scratch::postgres_ca()) else {
+        return;
+    };
+    let tls = |query: &str| Location::parse(&format!("{}?{query}", pg.url));
+    let mut c = Conn::open(&tls(&format!("sslmode=require&sslrootcert={}", ca.display())).unwrap())
+        .unwrap();
+    let encrypted: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            args![],
+        )
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert!(encrypted);
+    // Without the CA that signed the server's certificate (the Mozilla roots instead):
+    // refused, not connected without verification.
+    let e = Conn::open(&tls("sslmode=require").unwrap()).unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // Any other mode is plaintext, as the connection says.
+    let mut plain = Conn::open(&tls("sslmode=prefer").unwrap()).unwrap();
+    let encrypted: bool = plain
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            args![],
+        )
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert!(!encrypted);
+    // A CA file without TLS is a mistake, said at parse time.
+    assert!(tls(&format!("sslrootcert={}", ca.display())).is_err());
+}
