@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 
 use sqldb::migrate::Migration;
-use sqldb::{Conn, Location, Queries, Row, Tx, Value, args};
+use sqldb::{Conn, Location, Queries, Tx, args};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -233,19 +233,6 @@ pub const MIGRATIONS: [Migration<'static>; 3] = [
     },
 ];
 
-/// The version of a database from before `schema_migrations` (`meta.schema`; 0 for an
-/// empty database).
-fn legacy_version(tx: &mut Tx<'_>) -> Result<i64, sqldb::Error> {
-    if !tx.table_exists("meta")? {
-        return Ok(0);
-    }
-    let v: Option<String> = tx
-        .query_opt("SELECT value FROM meta WHERE key = 'schema'", args![])?
-        .map(|r| r.get(0))
-        .transpose()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
 /// Applies what is pending of `migrations` (a prefix of [`MIGRATIONS`]); the audit log
 /// becomes append-only with migration 2.
 fn migrate_to(conn: &mut Conn, migrations: &[Migration<'_>], now: i64) -> Result<(), StoreError> {
@@ -253,7 +240,7 @@ fn migrate_to(conn: &mut Conn, migrations: &[Migration<'_>], now: i64) -> Result
         conn,
         "attest",
         migrations,
-        &legacy_version,
+        &sqldb::migrate::meta_schema_version,
         &mut |tx, version| {
             if version == 2 {
                 AUDIT.protect(tx)?;
@@ -422,23 +409,9 @@ fn insert_key(tx: &mut Tx<'_>, provider: &str, key: &SigningKeyRow) -> Result<u6
     )?)
 }
 
-/// Every row of a query, converted.
-fn rows<T>(
-    q: &mut dyn Queries,
-    sql: &str,
-    a: &[Value],
-    f: impl Fn(&Row) -> Result<T, sqldb::Error>,
-) -> Result<Vec<T>, StoreError> {
-    Ok(q.query(sql, a)?
-        .iter()
-        .map(f)
-        .collect::<Result<Vec<_>, _>>()?)
-}
-
 impl Store for SqlStore {
     fn providers(&self) -> Result<Vec<ProviderRow>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT name, admin_sha256, settings FROM providers",
             args![],
             |r| {
@@ -448,7 +421,7 @@ impl Store for SqlStore {
                     settings_json: r.get(2)?,
                 })
             },
-        )
+        )?)
     }
 
     fn create_provider(
@@ -511,8 +484,7 @@ impl Store for SqlStore {
     }
 
     fn signing_keys(&self, provider: &str) -> Result<Vec<SigningKeyRow>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT id, alg, sealed_pkcs8, cert_der, created, retire_after, revoked FROM signing_keys
              WHERE provider = ?1 ORDER BY id DESC",
             args![provider],
@@ -527,7 +499,7 @@ impl Store for SqlStore {
                     revoked: r.get(6)?,
                 })
             },
-        )
+        )?)
     }
 
     fn add_signing_key(
@@ -616,8 +588,7 @@ impl Store for SqlStore {
     }
 
     fn reference_values(&self) -> Result<Vec<ReferenceValue>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT region, measurement, component, source, created FROM reference_values
              ORDER BY region, measurement",
             args![],
@@ -630,7 +601,7 @@ impl Store for SqlStore {
                     created: r.get(4)?,
                 })
             },
-        )
+        )?)
     }
 
     fn add_reference_value(
@@ -712,8 +683,7 @@ impl Store for SqlStore {
     }
 
     fn audit_log(&self, provider: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT seq, ts, provider, caller, op, subject, outcome, code FROM audit
              WHERE provider = ?1 ORDER BY seq",
             args![provider],
@@ -729,7 +699,7 @@ impl Store for SqlStore {
                     code: r.get(7)?,
                 })
             },
-        )
+        )?)
     }
 }
 

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 
 use sqldb::migrate::Migration;
-use sqldb::{Conn, Location, Queries, Row, Tx, Value, args};
+use sqldb::{Conn, Location, Queries, Row, Tx, args};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -432,19 +432,6 @@ pub const MIGRATIONS: [Migration<'static>; 3] = [
     },
 ];
 
-/// The version of a database from before `schema_migrations`: `meta.schema`, which
-/// the store kept until then (0 for an empty database).
-fn legacy_version(tx: &mut Tx<'_>) -> Result<i64, sqldb::Error> {
-    if !tx.table_exists("meta")? {
-        return Ok(0);
-    }
-    let v: Option<String> = tx
-        .query_opt("SELECT value FROM meta WHERE key = 'schema'", args![])?
-        .map(|r| r.get(0))
-        .transpose()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
 /// Brings the database to the newest schema (the audit chain's code runs with
 /// migration 3).
 fn migrate(conn: &mut Conn, keys: &AuditKeys, now: i64) -> Result<(), StoreError> {
@@ -462,7 +449,7 @@ fn migrate_to(
         conn,
         "keyvault",
         migrations,
-        &legacy_version,
+        &sqldb::migrate::meta_schema_version,
         &mut |tx, version| {
             if version == 3 {
                 AUDIT.link_unlinked(tx, &keys.0)?;
@@ -625,19 +612,6 @@ fn root_row(r: &Row) -> Result<RootRow, sqldb::Error> {
     })
 }
 
-/// Every row of a query, converted.
-fn rows<T>(
-    q: &mut dyn Queries,
-    sql: &str,
-    a: &[Value],
-    f: impl Fn(&Row) -> Result<T, sqldb::Error>,
-) -> Result<Vec<T>, StoreError> {
-    Ok(q.query(sql, a)?
-        .iter()
-        .map(f)
-        .collect::<Result<Vec<_>, _>>()?)
-}
-
 /// Appends `e` to the chain, in the caller's write transaction.
 fn insert_audit(tx: &mut Tx<'_>, e: &AuditEntry, keys: &AuditKeys) -> Result<(), StoreError> {
     AUDIT
@@ -740,12 +714,11 @@ impl Store for SqlStore {
     }
 
     fn credentials(&self, vault: &str) -> Result<Vec<(Vec<u8>, String, i64)>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT sha256, role, created FROM credentials WHERE vault = ?1 ORDER BY created, sha256",
             args![vault],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        )?)
     }
 
     fn retire_credential(
@@ -862,23 +835,21 @@ impl Store for SqlStore {
         name: &str,
         deleted: bool,
     ) -> Result<Vec<VersionRow>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT v.name, v.version, v.kty, v.public_jwk, v.sealed, v.exportable, v.enabled, v.nbf, v.exp, v.tags, v.release_policy, v.created, v.updated, v.root_id
              FROM key_versions v JOIN keys k ON k.vault = v.vault AND k.name = v.name
              WHERE v.vault = ?1 AND v.name = ?2 AND k.deleted = ?3 ORDER BY v.seq DESC",
             args![vault, name, deleted],
             version_row,
-        )
+        )?)
     }
 
     fn key_names(&self, vault: &str, deleted: bool) -> Result<Vec<String>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT name FROM keys WHERE vault = ?1 AND deleted = ?2 ORDER BY name",
             args![vault, deleted],
             |r| r.get(0),
-        )
+        )?)
     }
 
     fn update_version(
@@ -966,12 +937,11 @@ impl Store for SqlStore {
     }
 
     fn audit_log(&self, vault: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             &format!("{AUDIT_SELECT} WHERE vault = ?1 ORDER BY seq"),
             args![vault],
             audit_row,
-        )
+        )?)
     }
 
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1060,8 +1030,7 @@ impl Store for SqlStore {
     }
 
     fn sealed_versions(&self, vault: &str) -> Result<Vec<SealedVersion>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT name, version, root_id, sealed FROM key_versions WHERE vault = ?1
              ORDER BY name, seq",
             args![vault],
@@ -1073,7 +1042,7 @@ impl Store for SqlStore {
                     sealed: r.get(3)?,
                 })
             },
-        )
+        )?)
     }
 
     fn rotate_root(&self, r: &Rotation<'_>) -> Result<(), StoreError> {
@@ -1140,8 +1109,7 @@ impl Store for SqlStore {
     }
 
     fn regions(&self) -> Result<Vec<RegionRow>, StoreError> {
-        rows(
-            &mut *self.conn()?,
+        Ok(self.conn()?.query_map(
             "SELECT g.name, g.vault, r.version, r.created, g.created,
                (SELECT COUNT(*) FROM keys k WHERE k.vault = g.vault AND k.deleted = 0),
                (SELECT COUNT(*) FROM key_versions v WHERE v.vault = g.vault)
@@ -1160,7 +1128,7 @@ impl Store for SqlStore {
                     versions: r.get(6)?,
                 })
             },
-        )
+        )?)
     }
 }
 

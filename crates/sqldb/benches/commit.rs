@@ -5,7 +5,12 @@
 //! it (on by default: the commit waits for its WAL flush), over loopback.
 //!
 //!     OPENCVM_TEST_POSTGRES=$(scripts/test-postgres) cargo bench -p sqldb --bench commit
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sqldb::{Conn, Location, Queries, args};

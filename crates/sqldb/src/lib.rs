@@ -664,32 +664,40 @@ impl StatementCache {
 /// The most statements kept prepared per session.
 const MAX_CACHED_STATEMENTS: usize = 256;
 
-/// `?N` parameters as PostgreSQL's `$N` (outside quoted strings, identifiers and
-/// `--` comments).
-fn dollar_params(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
+/// Each character of `sql` with whether it is code: not inside a quoted string, a
+/// quoted identifier or a `--` comment (quotes and comment text are not code).
+pub(crate) fn code_chars(sql: &str) -> Vec<(char, bool)> {
+    let mut out = Vec::with_capacity(sql.len());
     let mut quote: Option<char> = None;
     let mut comment = false;
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
         if comment {
             comment = c != '\n';
-            out.push(c);
-            continue;
-        }
-        if quote.is_none() && c == '-' && chars.peek() == Some(&'-') {
+        } else if quote.is_none() && c == '-' && chars.peek() == Some(&'-') {
             comment = true;
-            out.push(c);
-            continue;
+        } else {
+            match (quote, c) {
+                (None, '\'' | '"') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, _) => {
+                    out.push((c, true));
+                    continue;
+                }
+                _ => {}
+            }
         }
-        match (quote, c) {
-            (None, '\'' | '"') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            _ => {}
-        }
-        out.push(if quote.is_none() && c == '?' { '$' } else { c });
+        out.push((c, false));
     }
     out
+}
+
+/// `?N` parameters as PostgreSQL's `$N` (in code only, see [`code_chars`]).
+fn dollar_params(sql: &str) -> String {
+    code_chars(sql)
+        .into_iter()
+        .map(|(c, code)| if code && c == '?' { '$' } else { c })
+        .collect()
 }
 
 fn pg_statement<C: postgres::GenericClient>(
@@ -779,6 +787,19 @@ pub trait Queries {
     /// The first row, if any.
     fn query_opt(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, Error> {
         Ok(self.query(sql, args)?.into_iter().next())
+    }
+
+    /// Every row, each converted by `f`.
+    fn query_map<T>(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+        f: impl Fn(&Row) -> Result<T, Error>,
+    ) -> Result<Vec<T>, Error>
+    where
+        Self: Sized,
+    {
+        self.query(sql, args)?.iter().map(f).collect()
     }
 
     /// The first row; [`Error::NoRow`] if there is none.
