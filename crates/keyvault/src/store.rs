@@ -432,6 +432,20 @@ pub const MIGRATIONS: [Migration<'static>; 3] = [
     },
 ];
 
+/// The version of a database from before `schema_migrations` (`meta.schema`), which
+/// must hold `own_table` (one of this service's) if it has one at all: another service
+/// kept `meta.schema` too.
+fn legacy_version(tx: &mut Tx<'_>, own_table: &str) -> Result<i64, sqldb::Error> {
+    let v = sqldb::migrate::meta_schema_version(tx)?;
+    if v > 0 && !tx.table_exists(own_table)? {
+        return Err(sqldb::Error::OtherComponent {
+            found: "another service".into(),
+            expected: "keyvault".into(),
+        });
+    }
+    Ok(v)
+}
+
 /// Brings the database to the newest schema (the audit chain's code runs with
 /// migration 3).
 fn migrate(conn: &mut Conn, keys: &AuditKeys, now: i64) -> Result<(), StoreError> {
@@ -449,7 +463,7 @@ fn migrate_to(
         conn,
         "keyvault",
         migrations,
-        &sqldb::migrate::meta_schema_version,
+        &|tx| legacy_version(tx, "vaults"),
         &mut |tx, version| {
             if version == 3 {
                 AUDIT.link_unlinked(tx, &keys.0)?;
@@ -557,27 +571,29 @@ fn audit_writer(
             }
         }
         // The chain's head is read and extended under the writer lock.
-        let commit = |conn: &mut Conn, entries: &[&AuditEntry]| -> Result<(), String> {
-            (|| -> Result<(), StoreError> {
-                let mut tx = conn.write()?;
-                for e in entries {
-                    insert_audit(&mut tx, e, keys)?;
-                }
-                Ok(tx.commit()?)
-            })()
-            .map_err(|e| e.to_string())
+        let commit = |conn: &mut Conn, entries: &[&AuditEntry]| -> Result<(), StoreError> {
+            let mut tx = conn.write()?;
+            for e in entries {
+                insert_audit(&mut tx, e, keys)?;
+            }
+            Ok(tx.commit()?)
         };
         let all: Vec<&AuditEntry> = batch.iter().map(|(e, _)| e).collect();
-        let result = commit(&mut conn, &all);
-        if result.is_ok() || batch.len() == 1 {
-            for (_, ack) in batch {
-                let _ = ack.send(result.clone());
+        match commit(&mut conn, &all) {
+            // One entry's own data was refused before the commit: the others queued
+            // with it must not fail for it, so each is committed on its own. Any other
+            // failure (the session, the lock, the commit itself, whose outcome may be
+            // unknown) fails the batch as it is: nothing is written twice.
+            Err(StoreError::Database(e)) if e.is_data_error() && batch.len() > 1 => {
+                for (e, ack) in batch {
+                    let _ = ack.send(commit(&mut conn, &[&e]).map_err(|e| e.to_string()));
+                }
             }
-        } else {
-            // One entry that cannot be written must not fail the others queued with it:
-            // each is committed on its own.
-            for (e, ack) in batch {
-                let _ = ack.send(commit(&mut conn, &[&e]));
+            result => {
+                let result = result.map_err(|e| e.to_string());
+                for (_, ack) in batch {
+                    let _ = ack.send(result.clone());
+                }
             }
         }
     }
@@ -632,7 +648,10 @@ fn insert_audit(tx: &mut Tx<'_>, e: &AuditEntry, keys: &AuditKeys) -> Result<(),
                 e.issuer.as_str()
             ],
         )
-        .map_err(|e| StoreError::Audit(e.to_string()))?;
+        .map_err(|e| match e {
+            audit::table::VerifyError::Database(e) => StoreError::Database(e),
+            e => StoreError::Audit(e.to_string()),
+        })?;
     Ok(())
 }
 
@@ -1248,6 +1267,32 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
   BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 ";
+
+    #[test]
+    fn another_services_old_database_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attest.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema', '3');
+                 CREATE TABLE providers (name TEXT PRIMARY KEY);",
+            )
+            .unwrap();
+        }
+        let e = SqlStore::open(&Location::sqlite(&path), test_keys()).unwrap_err();
+        assert!(e.to_string().contains("another service"), "{e}");
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let tables: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2, "nothing was created");
+    }
 
     #[test]
     fn a_schema_1_database_is_migrated() {

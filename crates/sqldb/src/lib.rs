@@ -49,6 +49,10 @@ pub enum Error {
         /// What the row held.
         found: &'static str,
     },
+    /// The database could not be reached a moment ago; the next try is after a short
+    /// pause.
+    #[error("the database is unavailable (reconnecting)")]
+    Unavailable,
     /// A query that must return a row returned none.
     #[error("no row")]
     NoRow,
@@ -97,6 +101,25 @@ fn pg_message(e: &postgres::Error) -> String {
 }
 
 impl Error {
+    /// Whether the statement's own data was refused (a type, a value, a constraint):
+    /// another statement on the same session can still succeed. Not for errors of the
+    /// session, the lock or the server.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Error::Type { .. } => true,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TypeMismatch
+                    | rusqlite::ErrorCode::TooBig
+            ),
+            Error::Postgres(e) => e
+                .as_db_error()
+                .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23")),
+            _ => false,
+        }
+    }
+
     /// Whether the statement broke a primary-key or unique constraint.
     pub fn is_unique_violation(&self) -> bool {
         match self {
@@ -155,7 +178,7 @@ impl PgUrl {
         let mut rest = Vec::new();
         for p in query.split('&').filter(|p| !p.is_empty()) {
             match p.split_once('=') {
-                Some(("sslrootcert", path)) => ca = Some(PathBuf::from(path)),
+                Some(("sslrootcert", path)) => ca = Some(PathBuf::from(percent_decode(path))),
                 _ => rest.push(p),
             }
         }
@@ -179,6 +202,31 @@ impl PgUrl {
     pub fn redacted(&self) -> String {
         redact(&self.url)
     }
+}
+
+/// `%XX` escapes decoded (as the driver decodes its own parameters); a malformed escape
+/// is kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The TLS connector for `sslmode=require`: our one crypto backend, the CAs of `ca`
@@ -219,18 +267,21 @@ fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
+    // The user information ends at the last `@` anywhere (a password may hold `/`, `?`
+    // or `@`); hiding too much of a URL is harmless.
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => (Some(userinfo.split(':').next().unwrap_or_default()), rest),
+        None => (None, rest),
+    };
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
     let mut out = format!("{scheme}://");
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            out.push_str(&format!("{user}:***@{host}"));
-        }
-        None => out.push_str(rest),
+    if let Some(user) = user {
+        out.push_str(&format!("{user}:***@"));
     }
+    out.push_str(rest);
     if let Some(q) = query {
         let params: Vec<String> = q
             .split('&')
@@ -647,13 +698,14 @@ impl StatementCache {
     /// is shutting down).
     fn watch<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
         if let Err(Error::Postgres(e)) = &r {
-            let fatal = e.as_db_error().is_none_or(|db| {
+            let fatal = e.as_db_error().is_some_and(|db| {
                 matches!(
                     db.parsed_severity(),
                     Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic)
                 )
             });
-            if e.is_closed() || fatal {
+            let io = std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>());
+            if e.is_closed() || fatal || io {
                 self.broken = true;
             }
         }
@@ -835,7 +887,13 @@ pub struct Conn {
     inner: Inner,
     location: Location,
     read_only: bool,
+    /// After a failed reconnection, none is tried before this (callers fail fast
+    /// meanwhile instead of each waiting for a connect timeout).
+    retry_after: Option<std::time::Instant>,
 }
+
+/// How long after a failed reconnection the next is tried.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -899,10 +957,14 @@ fn connect(location: &Location, read_only: bool) -> Result<Inner, Error> {
             if cfg.get_application_name().is_none() {
                 cfg.application_name("opencvm");
             }
-            // A peer that vanished without closing (a paused VM, a cut network) is
-            // noticed by TCP keepalives within about a minute, not hours.
+            // A server that vanished without closing (a cut network, a paused VM) is
+            // noticed within about a minute: keepalives after 30 s idle, 3 probes 10 s
+            // apart, and at most 60 s for sent data to be acknowledged.
             cfg.keepalives(true);
             cfg.keepalives_idle(Duration::from_secs(30));
+            cfg.keepalives_interval(Duration::from_secs(10));
+            cfg.keepalives_retries(3);
+            cfg.tcp_user_timeout(Duration::from_secs(60));
             let client = off_runtime(|| -> Result<_, Error> {
                 let mut client = match tls {
                     Some(tls) => cfg.connect(tls)?,
@@ -912,8 +974,12 @@ fn connect(location: &Location, read_only: bool) -> Result<Inner, Error> {
                 // that stalls inside a transaction (holding the lock) is ended by the
                 // server after IDLE_IN_TRANSACTION, so it cannot stop every replica's
                 // writes.
+                // The server probes this session's client the same way, so a vanished
+                // replica's session (and its writer lock) ends within about a minute.
                 let mut setup = format!(
-                    "SET lock_timeout = '{}s'; SET idle_in_transaction_session_timeout = '{}s';",
+                    "SET lock_timeout = '{}s'; SET idle_in_transaction_session_timeout = '{}s';
+                     SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10;
+                     SET tcp_keepalives_count = 3;",
                     WAIT.as_secs(),
                     IDLE_IN_TRANSACTION.as_secs()
                 );
@@ -940,6 +1006,7 @@ impl Conn {
             inner: connect(location, false)?,
             location: location.clone(),
             read_only: false,
+            retry_after: None,
         })
     }
 
@@ -950,6 +1017,7 @@ impl Conn {
             inner: connect(location, true)?,
             location: location.clone(),
             read_only: true,
+            retry_after: None,
         })
     }
 
@@ -962,8 +1030,21 @@ impl Conn {
         if let Inner::Postgres { client, cache } = &self.inner
             && (cache.broken || client.is_closed())
         {
+            if self
+                .retry_after
+                .is_some_and(|t| std::time::Instant::now() < t)
+            {
+                return Err(Error::Unavailable);
+            }
             tracing::warn!(database = %self.location, "the database session was closed; reconnecting");
-            let fresh = connect(&self.location, self.read_only)?;
+            let fresh = match connect(&self.location, self.read_only) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.retry_after = Some(std::time::Instant::now() + RECONNECT_BACKOFF);
+                    return Err(e);
+                }
+            };
+            self.retry_after = None;
             let old = std::mem::replace(&mut self.inner, fresh);
             off_runtime(move || drop(old));
         }
@@ -988,7 +1069,8 @@ impl Conn {
                             .build_transaction()
                             .isolation_level(postgres::IsolationLevel::ReadCommitted)
                             .start()?;
-                        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])?;
+                        // One round trip (the simple protocol, nothing to prepare).
+                        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({WRITER_LOCK})"))?;
                         Ok(tx)
                     }))?;
                     TxInner::Postgres(Some(tx), cache)
@@ -1174,10 +1256,25 @@ mod tests {
             "postgres://u:***@h:5432/db?password=***&sslmode=disable"
         );
         assert_eq!(redact("postgres://u:a@b@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u:p?w@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
         let e = Location::parse("postgresql+x://u:secret@h/db").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(Location::parse("Postgres://u:secret@h/db").is_err());
+    }
+
+    #[test]
+    fn sslrootcert_is_percent_decoded_and_needs_tls() {
+        assert_eq!(percent_decode("/etc/a%20b%26c.pem"), "/etc/a b&c.pem");
+        assert_eq!(percent_decode("%zz%2"), "%zz%2");
+        let Location::Postgres(u) =
+            Location::parse("postgres://u@h/db?sslmode=require&sslrootcert=/x%20y.pem").unwrap()
+        else {
+            panic!("not PostgreSQL")
+        };
+        assert_eq!(u.ca.as_deref(), Some(Path::new("/x y.pem")));
+        assert_eq!(u.driver_url, "postgres://u@h/db?sslmode=require");
+        assert!(Location::parse("postgres://u@h/db?sslrootcert=/x.pem").is_err());
     }
 
     #[test]

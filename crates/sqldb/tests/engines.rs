@@ -207,7 +207,12 @@ fn a_postgres_session_the_server_closed_is_replaced() {
         .unwrap()
         .get(0)
         .unwrap();
-    assert_eq!(n, 3 - failures);
+    // A failed insert may still have committed (the session ended after its commit,
+    // before the answer): that is for the caller to find out, as here.
+    assert!(
+        (3 - failures..=3).contains(&n),
+        "{n} rows, {failures} failures"
+    );
 }
 
 #[test]
@@ -244,4 +249,19 @@ fn tls_to_postgres_verifies_the_server() {
     assert!(!encrypted);
     // A CA file without TLS is a mistake, said at parse time.
     assert!(tls(&format!("sslrootcert={}", ca.display())).is_err());
+}
+
+#[test]
+fn text_with_nul_is_refused_on_both_engines_alike() {
+    on_both(|loc| {
+        let mut c = Conn::open(loc).unwrap();
+        c.batch("CREATE TABLE n (s TEXT)").unwrap();
+        let e = c
+            .execute("INSERT INTO n VALUES (?1)", args!["a\0b"])
+            .unwrap_err();
+        assert!(e.to_string().contains("NUL"), "{e}");
+        assert!(e.is_data_error());
+        // The session is fine afterwards.
+        c.execute("INSERT INTO n VALUES (?1)", args!["ab"]).unwrap();
+    });
 }
