@@ -314,7 +314,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let master =
         crate::master_key::load("CVM_ATTEST_MASTER_KEY", a.master_key.as_deref(), &a.state)?;
     let mut cfg = attest::ServiceConfig::new(a.state.clone(), String::new(), master);
-    cfg.database = Some(crate::database::location(
+    cfg.database = Some(crate::database::for_service(
         a.database.as_deref(),
         &a.state,
         "attest.db",

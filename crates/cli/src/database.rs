@@ -15,6 +15,20 @@ pub(crate) fn location(arg: Option<&str>, state: &Path, default_file: &str) -> R
     }
 }
 
+/// [`location`] for a service, which warns when it would reach a database on another
+/// host without TLS.
+pub(crate) fn for_service(arg: Option<&str>, state: &Path, default_file: &str) -> Result<Location> {
+    let l = location(arg, state, default_file)?;
+    if let Some(host) = l.plaintext_remote_host() {
+        tracing::warn!(
+            host,
+            "the database on another host is reached without TLS: add \
+             ?sslmode=require&sslrootcert=CA.pem to --database"
+        );
+    }
+    Ok(l)
+}
+
 /// The location of an existing database, for commands that only read one: a missing
 /// SQLite file is an error, not a new empty database.
 pub(crate) fn existing(arg: Option<&str>, state: &Path, default_file: &str) -> Result<Location> {

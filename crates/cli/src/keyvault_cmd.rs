@@ -451,7 +451,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             keyvault::authority::http_fetch(),
         )
         .with_leeway(a.clock_skew),
-        database: Some(crate::database::location(
+        database: Some(crate::database::for_service(
             a.database.as_deref(),
             &a.state,
             "keyvault.db",

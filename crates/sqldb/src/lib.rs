@@ -329,6 +329,30 @@ impl Location {
         }
     }
 
+    /// The host, when this is a PostgreSQL database on another host reached without
+    /// TLS (not loopback, not a Unix socket, no `sslmode=require`): worth a warning.
+    pub fn plaintext_remote_host(&self) -> Option<String> {
+        let Location::Postgres(url) = self else {
+            return None;
+        };
+        let cfg: postgres::Config = url.driver_url.parse().ok()?;
+        if cfg.get_ssl_mode() == postgres::config::SslMode::Require {
+            return None;
+        }
+        cfg.get_hosts().iter().find_map(|h| match h {
+            postgres::config::Host::Tcp(host) => {
+                let loopback = host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                (!loopback).then(|| host.clone())
+            }
+            postgres::config::Host::Unix(_) => None,
+        })
+    }
+
     /// A SQLite file.
     pub fn sqlite(path: &Path) -> Location {
         Location::Sqlite(path.to_path_buf())
@@ -1275,6 +1299,27 @@ mod tests {
         assert_eq!(u.ca.as_deref(), Some(Path::new("/x y.pem")));
         assert_eq!(u.driver_url, "postgres://u@h/db?sslmode=require");
         assert!(Location::parse("postgres://u@h/db?sslrootcert=/x.pem").is_err());
+    }
+
+    #[test]
+    fn plaintext_to_another_host_is_named() {
+        let host = |u: &str| Location::parse(u).unwrap().plaintext_remote_host();
+        assert_eq!(
+            host("postgres://u:p@db.internal:5432/kv"),
+            Some("db.internal".into())
+        );
+        assert_eq!(
+            host("postgres://u:p@10.0.0.7/kv?sslmode=prefer"),
+            Some("10.0.0.7".into())
+        );
+        assert_eq!(host("postgres://u:p@db.internal/kv?sslmode=require"), None);
+        assert_eq!(host("postgres://u:p@127.0.0.1/kv"), None);
+        assert_eq!(host("postgres://u:p@localhost/kv"), None);
+        assert_eq!(host("postgres://u:p@[::1]/kv"), None);
+        assert_eq!(
+            Location::sqlite(Path::new("/x.db")).plaintext_remote_host(),
+            None
+        );
     }
 
     #[test]
