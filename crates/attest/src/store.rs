@@ -240,17 +240,7 @@ fn migrate_to(conn: &mut Conn, migrations: &[Migration<'_>], now: i64) -> Result
         conn,
         "attest",
         migrations,
-        &|tx| {
-            // Another service kept `meta.schema` too: an old database must be ours.
-            let v = sqldb::migrate::meta_schema_version(tx)?;
-            if v > 0 && !tx.table_exists("providers")? {
-                return Err(sqldb::Error::OtherComponent {
-                    found: "another service".into(),
-                    expected: "attest".into(),
-                });
-            }
-            Ok(v)
-        },
+        &|tx| sqldb::migrate::own_meta_schema_version(tx, "providers", "attest"),
         &mut |tx, version| {
             if version == 2 {
                 AUDIT.protect(tx)?;

@@ -432,20 +432,6 @@ pub const MIGRATIONS: [Migration<'static>; 3] = [
     },
 ];
 
-/// The version of a database from before `schema_migrations` (`meta.schema`), which
-/// must hold `own_table` (one of this service's) if it has one at all: another service
-/// kept `meta.schema` too.
-fn legacy_version(tx: &mut Tx<'_>, own_table: &str) -> Result<i64, sqldb::Error> {
-    let v = sqldb::migrate::meta_schema_version(tx)?;
-    if v > 0 && !tx.table_exists(own_table)? {
-        return Err(sqldb::Error::OtherComponent {
-            found: "another service".into(),
-            expected: "keyvault".into(),
-        });
-    }
-    Ok(v)
-}
-
 /// Brings the database to the newest schema (the audit chain's code runs with
 /// migration 3).
 fn migrate(conn: &mut Conn, keys: &AuditKeys, now: i64) -> Result<(), StoreError> {
@@ -463,7 +449,7 @@ fn migrate_to(
         conn,
         "keyvault",
         migrations,
-        &|tx| legacy_version(tx, "vaults"),
+        &|tx| sqldb::migrate::own_meta_schema_version(tx, "vaults", "keyvault"),
         &mut |tx, version| {
             if version == 3 {
                 AUDIT.link_unlinked(tx, &keys.0)?;

@@ -81,6 +81,24 @@ pub fn meta_schema_version(tx: &mut Tx<'_>) -> Result<i64, Error> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
+/// [`meta_schema_version`] of a database that must be `component`'s: one with a
+/// `meta.schema` but without `own_table` (a table only that component has) belongs to
+/// another service, which kept `meta.schema` too, and is refused.
+pub fn own_meta_schema_version(
+    tx: &mut Tx<'_>,
+    own_table: &str,
+    component: &str,
+) -> Result<i64, Error> {
+    let v = meta_schema_version(tx)?;
+    if v > 0 && !tx.table_exists(own_table)? {
+        return Err(Error::OtherComponent {
+            found: "another service".into(),
+            expected: component.to_string(),
+        });
+    }
+    Ok(v)
+}
+
 const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
   component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
   applied INTEGER NOT NULL, PRIMARY KEY (component, version))";
