@@ -1733,3 +1733,319 @@ fn a_replica_killed_mid_write_leaves_the_shared_database_consistent() {
         assert_eq!(st, 200, "{name}: {v}");
     }
 }
+
+/// One request as the validation test records it: the status and the JSON body (null
+/// when empty).
+fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let agent = common::agent();
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut r = match (method, body) {
+        ("GET" | "DELETE", None) => {
+            let mut req = if method == "GET" {
+                agent.get(url)
+            } else {
+                agent.delete(url)
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call().unwrap()
+        }
+        (m, b) => {
+            let mut req = match m {
+                "PUT" => agent.put(url),
+                "PATCH" => agent.patch(url),
+                _ => agent.post(url),
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.header("Content-Type", "application/json")
+                .send(b.unwrap_or(&json!({})).to_string().as_bytes())
+                .unwrap()
+        }
+    };
+    let st = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Runs `scripts/validate-openapi.py` on `records`: its exit code and output.
+fn validate_openapi(doc: &Path, records: &[Value], d: &Path) -> (Option<i32>, String) {
+    let file = d.join(format!("records-{}.json", records.len()));
+    std::fs::write(&file, serde_json::to_vec(records).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .arg(root().join("scripts/validate-openapi.py"))
+        .arg(doc)
+        .arg(&file)
+        .output()
+        .expect("python3 runs scripts/validate-openapi.py (scripts/setup installs its validators)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// Every operation of the checked-in OpenAPI document answers, on the running server,
+/// what the document says: each one's success and its refusals are recorded and checked
+/// by independent validators (openapi-spec-validator, openapi-schema-validator). Every
+/// operation is reached (a request without a credential is refused with 401, not 404 or
+/// 405) and succeeds at least once. Control: a damaged record fails the validator.
+#[test]
+fn keyvault_responses_match_the_checked_in_openapi_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let attest = attest_serve(d);
+    let kv = keyvault(d, &attest.url);
+    let doc_path = root().join("openapi/keyvault.json");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&doc_path).unwrap()).unwrap();
+    let admin = std::fs::read_to_string(d.join("kv/admin.token")).unwrap();
+    let mut records: Vec<Value> = Vec::new();
+    let mut record = |op: &str, (st, body): (u16, Value)| -> Value {
+        records.push(json!({"operation": op, "status": st, "body": body}));
+        body
+    };
+    let url = |p: &str| format!("{}{p}", kv.url);
+
+    // Every operation of the document is routed and checks its credential first.
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap().to_string();
+            let concrete = path
+                .replace("{name}", "k")
+                .replace("{version}", "v")
+                .replace("{id}", "x")
+                .replace("{region}", "r");
+            let m = method.to_ascii_uppercase();
+            let (st, body) = call(&m, &url(&concrete), None, None);
+            assert_eq!(st, 401, "{m} {concrete} without a credential: {body}");
+            assert_eq!(body["error"]["code"], "unauthorized");
+            record(&id, (st, body));
+            ops.push(id);
+        }
+    }
+    assert_eq!(ops.len(), keyvault_api::OPERATIONS.len());
+
+    // A tenant, its keys, a release to an attested guest.
+    let v = record(
+        "create_vault",
+        call("POST", &url("/vaults/t"), Some(&admin), None),
+    );
+    let cred = v["credential"].as_str().unwrap().to_string();
+    let c = Some(cred.as_str());
+    let rsa = record(
+        "create_key",
+        call(
+            "POST",
+            &url("/keys/rsa/create"),
+            c,
+            Some(&json!({"kty": "RSA", "key_size": 2048})),
+        ),
+    );
+    record(
+        "create_key",
+        call(
+            "POST",
+            &url("/keys/ec/create"),
+            c,
+            Some(&json!({"kty": "EC"})),
+        ),
+    );
+    let policy = std::fs::read(policy_file(d, &attest.url)).unwrap();
+    let envelope = json!({"contentType": "application/json; charset=utf-8",
+        "data": B64URL.encode(&policy), "immutable": false});
+    let disk = record(
+        "import_key",
+        call(
+            "PUT",
+            &url("/keys/disk"),
+            c,
+            Some(
+                &json!({"key": {"kty": "oct", "k": B64URL.encode([7u8; 32])},
+                "attributes": {"exportable": true}, "release_policy": envelope}),
+            ),
+        ),
+    );
+    let (rv, dv) = (version_of(&rsa), version_of(&disk));
+    record("get_key", call("GET", &url("/keys/rsa"), c, None));
+    record(
+        "get_key_version",
+        call("GET", &url(&format!("/keys/rsa/{rv}")), c, None),
+    );
+    record("list_keys", call("GET", &url("/keys"), c, None));
+    record(
+        "list_versions",
+        call("GET", &url("/keys/rsa/versions"), c, None),
+    );
+    record(
+        "update_key",
+        call(
+            "PATCH",
+            &url(&format!("/keys/rsa/{rv}")),
+            c,
+            Some(
+                &json!({"attributes": {"enabled": true, "exp": 4102444800i64}, "tags": {"team": "db"}}),
+            ),
+        ),
+    );
+    let (token_file, _transfer) = attested_guest(d, &attest.url);
+    let token = std::fs::read_to_string(token_file).unwrap();
+    let release = json!({"target": token, "enc": "RSA_AES_KEY_WRAP_256", "nonce": "n1"});
+    record(
+        "release",
+        call(
+            "POST",
+            &url(&format!("/keys/disk/{dv}/release")),
+            c,
+            Some(&release),
+        ),
+    );
+    let t = record(
+        "release_test",
+        call(
+            "POST",
+            &url(&format!("/keys/disk/{dv}/release/test")),
+            c,
+            Some(&json!({"target": token})),
+        ),
+    );
+    assert_eq!(t["allowed"], true, "{t}");
+    let t = record(
+        "release_test",
+        call(
+            "POST",
+            &url(&format!("/keys/rsa/{rv}/release/test")),
+            c,
+            Some(&json!({"target": token})),
+        ),
+    );
+    assert_eq!(t["allowed"], false, "{t}");
+    let wrapped = record(
+        "wrap_key",
+        call(
+            "POST",
+            &url(&format!("/keys/disk/{dv}/wrapkey")),
+            c,
+            Some(&json!({"alg": "A256KW", "value": B64URL.encode([9u8; 32])})),
+        ),
+    );
+    record(
+        "attested_unwrap",
+        call(
+            "POST",
+            &url(&format!("/keys/disk/{dv}/unwrapkey/attested")),
+            c,
+            Some(&json!({"target": token, "alg": "A256KW", "value": wrapped["value"]})),
+        ),
+    );
+    // Refusals: unknown key, a role that may not, a malformed body.
+    record("get_key", call("GET", &url("/keys/nope"), c, None));
+    let user = record(
+        "create_credential",
+        call(
+            "POST",
+            &url("/credentials"),
+            c,
+            Some(&json!({"role": "release_user"})),
+        ),
+    );
+    let refused = record(
+        "create_key",
+        call(
+            "POST",
+            &url("/keys/x/create"),
+            user["credential"].as_str(),
+            Some(&json!({"kty": "oct"})),
+        ),
+    );
+    assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    let malformed = record(
+        "create_key",
+        call("POST", &url("/keys/x/create"), c, Some(&json!({"kty": 1}))),
+    );
+    assert_eq!(malformed["error"]["code"], "bad_request", "{malformed}");
+    // Credentials and the audit log.
+    record(
+        "list_credentials",
+        call("GET", &url("/credentials"), c, None),
+    );
+    let rotated = record(
+        "rotate_credential",
+        call(
+            "POST",
+            &url(&format!(
+                "/credentials/{}/rotate",
+                user["id"].as_str().unwrap()
+            )),
+            c,
+            None,
+        ),
+    );
+    record(
+        "revoke_credential",
+        call(
+            "DELETE",
+            &url(&format!("/credentials/{}", rotated["id"].as_str().unwrap())),
+            c,
+            None,
+        ),
+    );
+    record("audit_log", call("GET", &url("/audit"), c, None));
+    // Soft delete, recovery, purge.
+    record("delete_key", call("DELETE", &url("/keys/ec"), c, None));
+    record("list_deleted", call("GET", &url("/deletedkeys"), c, None));
+    record("get_deleted", call("GET", &url("/deletedkeys/ec"), c, None));
+    record(
+        "recover_key",
+        call("POST", &url("/deletedkeys/ec/recover"), c, None),
+    );
+    record("delete_key", call("DELETE", &url("/keys/ec"), c, None));
+    record(
+        "purge_key",
+        call("DELETE", &url("/deletedkeys/ec"), c, None),
+    );
+    // Regions.
+    let a = Some(admin.as_str());
+    record(
+        "create_region",
+        call("POST", &url("/regions/west"), a, None),
+    );
+    record(
+        "rotate_region",
+        call("POST", &url("/regions/west/rotate"), a, None),
+    );
+    record("list_regions", call("GET", &url("/regions"), a, None));
+
+    // Every operation succeeded at least once.
+    for id in &ops {
+        assert!(
+            records.iter().any(|r| r["operation"] == *id.as_str()
+                && r["status"]
+                    .as_u64()
+                    .is_some_and(|s| (200..300).contains(&s))),
+            "{id} never succeeded: {records:#?}"
+        );
+    }
+    let (code, out) = validate_openapi(&doc_path, &records, d);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("{n} of {n} responses match", n = records.len())),
+        "{out}"
+    );
+
+    // Control: two damaged answers fail.
+    let mut damaged = records.clone();
+    let i = damaged
+        .iter()
+        .position(|r| r["operation"] == "get_key" && r["status"] == 200)
+        .unwrap();
+    damaged[i]["body"].as_object_mut().unwrap().remove("key");
+    let j = damaged
+        .iter()
+        .position(|r| r["operation"] == "list_keys" && r["status"] == 200)
+        .unwrap();
+    damaged[j]["body"]["nextLink"] = json!(5);
+    let (code, out) = validate_openapi(&doc_path, &damaged, d);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(out.matches("FAIL").count(), 2, "{out}");
+}

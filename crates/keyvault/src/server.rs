@@ -32,165 +32,253 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::service::{Vault, VaultConfig, VaultError};
+use crate::service::{Authorized, Vault, VaultConfig, VaultError};
+use keyvault_api::KeyVaultApi as Api;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
 
 type S = State<Arc<Vault>>;
-type R = Result<axum::Json<Value>, VaultError>;
+type Body = Result<Bytes, BytesRejection>;
+type R<T> = Result<axum::Json<T>, VaultError>;
 
 use httpd::bearer;
 
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, VaultError> {
-    httpd::body_rejection(b, MAX_BODY, "bad_request").map_err(|(status, code, message)| {
-        VaultError {
-            status,
-            code,
-            message,
-            detail: None,
+/// The one access check, before any body is read: the caller of `h`'s credential,
+/// admitted to the operation `id` of the contract ([`Vault::authorize`]).
+fn admit(v: &Vault, h: &HeaderMap, id: &str) -> Result<Authorized, VaultError> {
+    v.authorize_op(bearer(h), id)
+}
+
+/// Where a malformed body's refusal is audited: the operation's audit name, key name
+/// and version.
+type AuditAs<'a> = Option<(&'a str, &'a str, &'a str)>;
+
+/// The request body as the operation's typed request: 413 over [`MAX_BODY`], 400
+/// `bad_request` when it is not that request (audited as `audit`, if given).
+fn typed<T: DeserializeOwned>(
+    v: &Vault,
+    a: &Authorized,
+    b: Body,
+    audit: AuditAs<'_>,
+) -> Result<T, VaultError> {
+    let bytes =
+        httpd::body_rejection(b, MAX_BODY, "bad_request").map_err(|(status, code, message)| {
+            VaultError {
+                status,
+                code,
+                message,
+                detail: None,
+            }
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let e = VaultError::bad(
+            "bad_request",
+            e.to_string().chars().take(200).collect::<String>(),
+        );
+        if let Some((op, key, version)) = audit {
+            v.audit_refusal(a, op, key, version, &e);
         }
+        e
     })
+}
+
+/// Runs an operation on the blocking pool ([`httpd::blocking`]): release validates a
+/// token (which may fetch the authority's keys with a blocking HTTP client) and
+/// writes an audit entry durably; a rotation reseals every key. In one run, running
+/// it on the request's task with `block_in_place` instead gave a higher p99.
+async fn blocking<T: Serialize + Send + 'static>(
+    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
+) -> R<T> {
+    httpd::blocking(f).await?.map(axum::Json)
 }
 
 async fn create(
     State(v): S,
     Path(n): Path<String>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> R {
-    Ok(axum::Json(v.create_key(bearer(&h), &n, &body(b)?)?))
+    b: Body,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "create_key")?;
+    let req = typed(&v, &a, b, Some(("create", &n, "")))?;
+    Ok(axum::Json(Api::create_key(&*v, &a, &n, req)?))
 }
 async fn import(
     State(v): S,
     Path(n): Path<String>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> R {
-    Ok(axum::Json(v.import_key(bearer(&h), &n, &body(b)?)?))
+    b: Body,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "import_key")?;
+    let req = typed(&v, &a, b, Some(("import", &n, "")))?;
+    Ok(axum::Json(Api::import_key(&*v, &a, &n, req)?))
 }
-async fn get_latest(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.get_key(bearer(&h), &n, None)?))
+async fn get_latest(
+    State(v): S,
+    Path(n): Path<String>,
+    h: HeaderMap,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "get_key")?;
+    Ok(axum::Json(Api::get_key(&*v, &a, &n, None)?))
 }
-async fn get_version(State(v): S, Path((n, ver)): Path<(String, String)>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.get_key(bearer(&h), &n, Some(&ver))?))
+async fn get_version(
+    State(v): S,
+    Path((n, ver)): Path<(String, String)>,
+    h: HeaderMap,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "get_key_version")?;
+    Ok(axum::Json(Api::get_key(&*v, &a, &n, Some(&ver))?))
 }
-async fn versions(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.list_versions(bearer(&h), &n)?))
+async fn versions(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::KeyList> {
+    let a = admit(&v, &h, "list_versions")?;
+    Ok(axum::Json(Api::list_versions(&*v, &a, &n)?))
 }
-async fn deleted(State(v): S, h: HeaderMap) -> R {
-    Ok(axum::Json(v.list_deleted(bearer(&h))?))
+async fn deleted(State(v): S, h: HeaderMap) -> R<keyvault_api::KeyList> {
+    let a = admit(&v, &h, "list_deleted")?;
+    Ok(axum::Json(Api::list_deleted(&*v, &a)?))
 }
-async fn list(State(v): S, h: HeaderMap) -> R {
-    Ok(axum::Json(v.list_keys(bearer(&h))?))
+async fn list(State(v): S, h: HeaderMap) -> R<keyvault_api::KeyList> {
+    let a = admit(&v, &h, "list_keys")?;
+    Ok(axum::Json(Api::list_keys(&*v, &a)?))
 }
 async fn update(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> R {
-    Ok(axum::Json(v.update_key(bearer(&h), &n, &ver, &body(b)?)?))
+    b: Body,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "update_key")?;
+    let req = typed(&v, &a, b, Some(("update", &n, &ver)))?;
+    Ok(axum::Json(Api::update_key(&*v, &a, &n, &ver, req)?))
 }
-async fn delete(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.delete_key(bearer(&h), &n)?))
+async fn delete(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "delete_key")?;
+    Ok(axum::Json(Api::delete_key(&*v, &a, &n)?))
 }
-async fn get_deleted(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.get_deleted(bearer(&h), &n)?))
+async fn get_deleted(
+    State(v): S,
+    Path(n): Path<String>,
+    h: HeaderMap,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "get_deleted")?;
+    Ok(axum::Json(Api::get_deleted(&*v, &a, &n)?))
 }
 async fn purge(State(v): S, Path(n): Path<String>, h: HeaderMap) -> Result<StatusCode, VaultError> {
-    v.purge_key(bearer(&h), &n)?;
+    let a = admit(&v, &h, "purge_key")?;
+    Api::purge_key(&*v, &a, &n)?;
     Ok(StatusCode::NO_CONTENT)
 }
-async fn recover(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.recover_key(bearer(&h), &n)?))
+async fn recover(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &h, "recover_key")?;
+    Ok(axum::Json(Api::recover_key(&*v, &a, &n)?))
 }
-/// Release validates a token, which may fetch the authority's keys with a blocking
-/// HTTP client, writes an audit entry durably, and a rotation reseals every key:
-/// blocking work, on the blocking pool ([`httpd::blocking`]; in one run, running it
-/// on the request's task with `block_in_place` instead gave a higher p99).
-async fn blocking(f: impl FnOnce() -> Result<Value, VaultError> + Send + 'static) -> R {
-    httpd::blocking(f).await?.map(axum::Json)
-}
-
-/// A key operation that validates an attestation token.
-type TokenOp = fn(&Vault, Option<&str>, &str, &str, &[u8]) -> Result<Value, VaultError>;
-
-/// Runs `op` on key `n` version `ver` on the blocking pool.
-async fn token_op(
-    v: Arc<Vault>,
-    (n, ver): (String, String),
-    h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-    op: TokenOp,
-) -> R {
-    let b = body(b)?;
-    let t = bearer(&h).map(str::to_string);
-    blocking(move || op(&v, t.as_deref(), &n, &ver, &b)).await
-}
-
 async fn release(
     State(v): S,
-    Path(p): Path<(String, String)>,
+    Path((n, ver)): Path<(String, String)>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> R {
-    token_op(v, p, h, b, Vault::release).await
+    b: Body,
+) -> R<keyvault_api::SignedResult> {
+    blocking(move || {
+        let a = admit(&v, &h, "release")?;
+        let req = typed(&v, &a, b, Some(("release", &n, &ver)))?;
+        Api::release(&*v, &a, &n, &ver, req)
+    })
+    .await
 }
 async fn release_test(
     State(v): S,
-    Path(p): Path<(String, String)>,
+    Path((n, ver)): Path<(String, String)>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> R {
-    token_op(v, p, h, b, Vault::release_test).await
+    b: Body,
+) -> R<keyvault_api::ReleaseTestResult> {
+    blocking(move || {
+        let a = admit(&v, &h, "release_test")?;
+        let req = typed(&v, &a, b, None)?;
+        Api::release_test(&*v, &a, &n, &ver, req)
+    })
+    .await
 }
 async fn wrapkey(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> R {
-    Ok(axum::Json(v.wrap_key(bearer(&h), &n, &ver, &body(b)?)?))
+    b: Body,
+) -> R<keyvault_api::KeyOperationResult> {
+    let a = admit(&v, &h, "wrap_key")?;
+    let req = typed(&v, &a, b, Some(("wrapkey", &n, &ver)))?;
+    Ok(axum::Json(Api::wrap_key(&*v, &a, &n, &ver, req)?))
 }
 async fn attested_unwrap(
     State(v): S,
-    Path(p): Path<(String, String)>,
+    Path((n, ver)): Path<(String, String)>,
     h: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> R {
-    token_op(v, p, h, b, Vault::attested_unwrap).await
+    b: Body,
+) -> R<keyvault_api::SignedResult> {
+    blocking(move || {
+        let a = admit(&v, &h, "attested_unwrap")?;
+        let req = typed(&v, &a, b, Some(("attested_unwrap", &n, &ver)))?;
+        Api::attested_unwrap(&*v, &a, &n, &ver, req)
+    })
+    .await
 }
-async fn credentials(State(v): S, h: HeaderMap, b: Result<Bytes, BytesRejection>) -> R {
-    Ok(axum::Json(v.create_credential(bearer(&h), &body(b)?)?))
+async fn credentials(State(v): S, h: HeaderMap, b: Body) -> R<keyvault_api::NewCredential> {
+    let a = admit(&v, &h, "create_credential")?;
+    let req = typed(&v, &a, b, None)?;
+    Ok(axum::Json(Api::create_credential(&*v, &a, req)?))
 }
-async fn list_credentials(State(v): S, h: HeaderMap) -> R {
-    Ok(axum::Json(v.list_credentials(bearer(&h))?))
+async fn list_credentials(State(v): S, h: HeaderMap) -> R<keyvault_api::CredentialList> {
+    let a = admit(&v, &h, "list_credentials")?;
+    Ok(axum::Json(Api::list_credentials(&*v, &a)?))
 }
-async fn revoke_credential(State(v): S, Path(id): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.revoke_credential(bearer(&h), &id)?))
+async fn revoke_credential(
+    State(v): S,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> R<keyvault_api::Revoked> {
+    let a = admit(&v, &h, "revoke_credential")?;
+    Ok(axum::Json(Api::revoke_credential(&*v, &a, &id)?))
 }
-async fn rotate_credential(State(v): S, Path(id): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.rotate_credential(bearer(&h), &id)?))
+async fn rotate_credential(
+    State(v): S,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> R<keyvault_api::RotatedCredential> {
+    let a = admit(&v, &h, "rotate_credential")?;
+    Ok(axum::Json(Api::rotate_credential(&*v, &a, &id)?))
 }
-async fn audit(State(v): S, h: HeaderMap) -> R {
-    Ok(axum::Json(v.audit_log(bearer(&h))?))
+async fn audit(State(v): S, h: HeaderMap) -> R<keyvault_api::AuditLog> {
+    let a = admit(&v, &h, "audit_log")?;
+    Ok(axum::Json(Api::audit_log(&*v, &a)?))
 }
-async fn vault(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.create_vault(bearer(&h), &n)?))
+async fn vault(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::NewCredential> {
+    let a = admit(&v, &h, "create_vault")?;
+    Ok(axum::Json(Api::create_vault(&*v, &a, &n)?))
 }
-async fn create_region(State(v): S, Path(r): Path<String>, h: HeaderMap) -> R {
-    Ok(axum::Json(v.create_region(bearer(&h), &r)?))
+async fn create_region(
+    State(v): S,
+    Path(r): Path<String>,
+    h: HeaderMap,
+) -> R<keyvault_api::RegionCreated> {
+    let a = admit(&v, &h, "create_region")?;
+    Ok(axum::Json(Api::create_region(&*v, &a, &r)?))
 }
-/// A rotation reseals every key of the region: run it on the blocking pool.
-async fn rotate_region(State(v): S, Path(r): Path<String>, h: HeaderMap) -> R {
-    let t = bearer(&h).map(str::to_string);
-    blocking(move || v.rotate_region(t.as_deref(), &r)).await
+async fn rotate_region(
+    State(v): S,
+    Path(r): Path<String>,
+    h: HeaderMap,
+) -> R<keyvault_api::RegionRotated> {
+    blocking(move || {
+        let a = admit(&v, &h, "rotate_region")?;
+        Api::rotate_region(&*v, &a, &r)
+    })
+    .await
 }
-async fn regions(State(v): S, h: HeaderMap) -> R {
-    Ok(axum::Json(v.list_regions(bearer(&h))?))
+async fn regions(State(v): S, h: HeaderMap) -> R<keyvault_api::RegionList> {
+    let a = admit(&v, &h, "list_regions")?;
+    Ok(axum::Json(Api::list_regions(&*v, &a)?))
 }
 
 /// The API's router.

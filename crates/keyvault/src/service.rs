@@ -22,13 +22,19 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use jose::{Alg, TokenSigner};
 use seal::MasterKey;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::authority::{Authorities, ValidToken};
 use crate::jwk::strip;
 use crate::release_policy::ReleasePolicyEnvelope;
+use keyvault_api::{
+    Access, AttestedUnwrapRequest, AuditLog, AuditRecord, CreateCredentialRequest,
+    CreateKeyRequest, CredentialInfo, CredentialList, ImportKeyRequest, JsonWebKey, KeyAttributes,
+    KeyBundle, KeyItem, KeyList, KeyOperationResult, KeyVaultApi, NewCredential, Operation,
+    RegionCreated, RegionInfo, RegionList, RegionRotated, ReleaseRequest, ReleaseTestResult,
+    Revoked, RotatedCredential, SignedResult, UpdateKeyRequest, WrapKeyRequest,
+};
 use sqldb::Location;
 
 use crate::store::{
@@ -148,6 +154,38 @@ pub struct Caller {
     pub region: Option<String>,
 }
 
+/// Who an admitted request comes from.
+#[derive(Clone, Debug)]
+enum Principal {
+    /// A vault credential.
+    Vault(Caller),
+    /// The service administrator.
+    ServiceAdmin,
+}
+
+/// A caller admitted to one operation by [`Vault::authorize`], the only way to make
+/// one: the API's methods take it, so none runs without the access check.
+#[derive(Clone, Debug)]
+pub struct Authorized(Principal);
+
+impl Authorized {
+    /// The vault credential's caller (a service administrator has none).
+    pub fn vault(&self) -> Result<&Caller, VaultError> {
+        match &self.0 {
+            Principal::Vault(c) => Ok(c),
+            Principal::ServiceAdmin => Err(VaultError::unauthorized()),
+        }
+    }
+
+    /// Whether this is the service administrator.
+    fn service_admin(&self) -> Result<(), VaultError> {
+        match self.0 {
+            Principal::ServiceAdmin => Ok(()),
+            Principal::Vault(_) => Err(VaultError::unauthorized()),
+        }
+    }
+}
+
 /// How the vault is set up.
 pub struct VaultConfig {
     /// State directory (database, service administrator credential).
@@ -262,117 +300,7 @@ pub enum OpenError {
     Io(#[from] std::io::Error),
 }
 
-/// `attributes` in requests and responses.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Attributes {
-    /// Enabled.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// Not before (Unix seconds).
-    #[serde(default)]
-    pub nbf: Option<i64>,
-    /// Expires (Unix seconds).
-    #[serde(default)]
-    pub exp: Option<i64>,
-    /// Exportable (create/import only).
-    #[serde(default)]
-    pub exportable: Option<bool>,
-    /// Accepted and ignored (Key Vault returns them).
-    #[serde(default)]
-    pub created: Option<i64>,
-    /// Accepted and ignored.
-    #[serde(default)]
-    pub updated: Option<i64>,
-    /// Accepted and ignored.
-    #[serde(default, rename = "recoveryLevel")]
-    pub recovery_level: Option<String>,
-    /// Accepted and ignored: whether a key is platform- or customer-managed follows
-    /// from its vault.
-    #[serde(default)]
-    pub managed: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CreateBody {
-    kty: String,
-    #[serde(default)]
-    key_size: Option<u32>,
-    #[serde(default)]
-    crv: Option<String>,
-    #[serde(default)]
-    key_ops: Option<Vec<String>>,
-    #[serde(default)]
-    attributes: Option<Attributes>,
-    #[serde(default)]
-    tags: Option<Map<String, Value>>,
-    #[serde(default)]
-    release_policy: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ImportBody {
-    key: Map<String, Value>,
-    #[serde(default)]
-    attributes: Option<Attributes>,
-    #[serde(default)]
-    tags: Option<Map<String, Value>>,
-    #[serde(default)]
-    release_policy: Option<Value>,
-    #[serde(default, rename = "Hsm")]
-    _hsm: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    #[serde(default)]
-    attributes: Option<Attributes>,
-    #[serde(default)]
-    tags: Option<Map<String, Value>>,
-    #[serde(default)]
-    release_policy: Option<Value>,
-    #[serde(default)]
-    key_ops: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReleaseBody {
-    target: String,
-    #[serde(default)]
-    nonce: Option<String>,
-    #[serde(default)]
-    enc: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WrapBody {
-    alg: String,
-    value: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AttestedUnwrapBody {
-    target: String,
-    alg: String,
-    value: String,
-    #[serde(default)]
-    enc: Option<String>,
-    #[serde(default)]
-    nonce: Option<String>,
-}
-
-fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, VaultError> {
-    serde_json::from_slice(body).map_err(|e| {
-        VaultError::bad(
-            "bad_request",
-            e.to_string().chars().take(200).collect::<String>(),
-        )
-    })
-}
+pub use keyvault_api::Attributes;
 
 /// What a new key version is made of.
 struct NewKey<'a> {
@@ -391,7 +319,7 @@ struct Material {
     public: Map<String, Value>,
 }
 
-fn generate(body: &CreateBody) -> Result<Material, VaultError> {
+fn generate(body: &CreateKeyRequest) -> Result<Material, VaultError> {
     let (kty, secret): (&'static str, Zeroizing<Vec<u8>>) = match body.kty.trim_end_matches("-HSM")
     {
         "RSA" => {
@@ -662,15 +590,58 @@ impl Vault {
         })
     }
 
-    fn authorize(&self, bearer: Option<&str>, op: Op, what: &str) -> Result<Caller, VaultError> {
+    /// The edge's one access check: authenticates `bearer` and admits it to `op` as
+    /// the contract's operation table says ([`keyvault_api::OPERATIONS`]): 401 for an
+    /// unknown credential (or one of the wrong kind), 403 for a role that may not (that
+    /// refusal is audited in the caller's vault). Runs before the request's body is
+    /// read.
+    pub fn authorize(
+        &self,
+        bearer: Option<&str>,
+        op: &Operation,
+    ) -> Result<Authorized, VaultError> {
+        let role_op = match op.access {
+            Access::ServiceAdmin => {
+                self.service_admin(bearer)?;
+                return Ok(Authorized(Principal::ServiceAdmin));
+            }
+            Access::Holder => return Ok(Authorized(Principal::Vault(self.caller(bearer)?))),
+            Access::Admin => Op::Admin,
+            Access::Write => Op::Write,
+            Access::Read => Op::Read,
+            Access::Delete => Op::Delete,
+            Access::Release => Op::Release,
+        };
         let c = self.caller(bearer)?;
-        if !c.role.may(op) {
+        if !c.role.may(role_op) {
             // An authenticated caller refused by its role: audited in its vault.
-            let e = VaultError::forbidden(c.role.name(), what);
-            self.audit(&c, &what.replace(' ', "_"), "", "", Err(&e), None);
+            let e = VaultError::forbidden(c.role.name(), op.what);
+            self.audit(&c, &op.what.replace(' ', "_"), "", "", Err(&e), None);
             return Err(e);
         }
-        Ok(c)
+        Ok(Authorized(Principal::Vault(c)))
+    }
+
+    /// [`Vault::authorize`] for the operation named `id` in the contract.
+    pub fn authorize_op(&self, bearer: Option<&str>, id: &str) -> Result<Authorized, VaultError> {
+        let op = keyvault_api::operation(id).ok_or_else(|| VaultError::internal("operation"))?;
+        self.authorize(bearer, op)
+    }
+
+    /// Audits the refusal of an authorized request whose body was not acceptable (the
+    /// body is read only after the access check, so a malformed one is audited as its
+    /// operation, as any other refusal).
+    pub fn audit_refusal(
+        &self,
+        a: &Authorized,
+        op: &str,
+        key: &str,
+        version: &str,
+        e: &VaultError,
+    ) {
+        if let Ok(c) = a.vault() {
+            self.audit(c, op, key, version, Err(e), None);
+        }
     }
 
     /// An audit entry for `c`'s `op` on `key`/`version`.
@@ -733,88 +704,32 @@ impl Vault {
         .map_err(|_| VaultError::unauthorized())
     }
 
-    /// Creates a vault (service administrator); returns its administrator credential.
-    pub fn create_vault(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
-        self.service_admin(bearer)?;
-        if !valid_name(name) {
-            return Err(VaultError::bad(
-                "bad_parameter",
-                "a vault name is 1-127 of [0-9a-zA-Z-]",
-            ));
-        }
-        if name.eq_ignore_ascii_case(SERVICE_VAULT) {
-            return Err(VaultError::bad(
-                "bad_parameter",
-                "the vault name \"service\" is reserved (the service's own audit entries)",
-            ));
-        }
-        let cred = random_token()?;
-        let hash = sha256(cred.as_bytes());
-        self.store
-            .create_vault(name, &hash, now())
-            .map_err(store_err)?;
-        let id = credential_id(&hash);
-        if let Err(err) = self
-            .store
-            .audit(&Self::service_audit(name, "vault_create", &id, Ok(())))
-        {
-            tracing::error!(error = %err, "audit log write failed");
-        }
-        Ok(json!({
-            "vault": name,
-            "credential": cred.as_str(),
-            "id": id,
-            "role": "administrator",
-        }))
-    }
-
     /// Issues a credential with `role` for the caller's vault (administrator).
-    pub fn create_credential(
+    fn create_credential(
         &self,
-        bearer: Option<&str>,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Admin, "manage credentials")?;
-        let v: Value = parse_body(body)?;
-        let role = v
-            .get("role")
-            .and_then(Value::as_str)
-            .and_then(Role::from_name)
-            .ok_or_else(|| {
-                VaultError::bad(
-                    "bad_parameter",
-                    "role is administrator, crypto_user or release_user",
-                )
-            })?;
+        a: &Authorized,
+        b: CreateCredentialRequest,
+    ) -> Result<NewCredential, VaultError> {
+        let c = a.vault()?;
+        let role = b.role.as_deref().and_then(Role::from_name).ok_or_else(|| {
+            VaultError::bad(
+                "bad_parameter",
+                "role is administrator, crypto_user or release_user",
+            )
+        })?;
         let cred = random_token()?;
         let hash = sha256(cred.as_bytes());
         self.store
             .add_credential(&c.vault, &hash, role.name(), now())
             .map_err(store_err)?;
         let id = credential_id(&hash);
-        self.audit(&c, "credential_create", role.name(), &id, Ok(()), None);
-        Ok(json!({
-            "vault": c.vault,
-            "credential": cred.as_str(),
-            "id": id,
-            "role": role.name(),
-        }))
-    }
-
-    /// `GET /credentials` (administrator): the vault's credentials (id, role, created);
-    /// never the credentials themselves, which are stored only as hashes.
-    pub fn list_credentials(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Admin, "manage credentials")?;
-        let value: Vec<Value> = self
-            .store
-            .credentials(&c.vault)
-            .map_err(store_err)?
-            .into_iter()
-            .map(|(sha, role, created)| {
-                json!({ "id": credential_id(&sha), "role": role, "created": created })
-            })
-            .collect();
-        Ok(json!({ "value": value }))
+        self.audit(c, "credential_create", role.name(), &id, Ok(()), None);
+        Ok(NewCredential {
+            vault: c.vault.clone(),
+            credential: cred.to_string(),
+            id,
+            role: role.name().into(),
+        })
     }
 
     fn credential_by_id(&self, c: &Caller, id: &str) -> Result<Vec<u8>, VaultError> {
@@ -829,70 +744,6 @@ impl Vault {
             })
     }
 
-    /// `DELETE /credentials/{id}` (administrator): the credential stops working at once.
-    /// The vault's last administrator credential cannot be revoked (409).
-    pub fn revoke_credential(&self, bearer: Option<&str>, id: &str) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Admin, "manage credentials")?;
-        let r = (|| {
-            let sha = self.credential_by_id(&c, id)?;
-            let audit = Self::audit_entry(&c, "credential_revoke", "", id, Ok(()), None);
-            match self
-                .store
-                .retire_credential(&c.vault, &sha, None, now(), &audit)
-            {
-                Ok(true) => Ok(json!({ "id": id, "revoked": true })),
-                Ok(false) => Err(VaultError::new(404, "credential_not_found", id.to_string())),
-                Err(StoreError::Exists(_)) => Err(VaultError::new(
-                    409,
-                    "last_administrator",
-                    "the vault's last administrator credential cannot be revoked",
-                )),
-                Err(e) => Err(store_err(e)),
-            }
-        })();
-        if let Err(e) = &r {
-            self.audit(&c, "credential_revoke", "", id, Err(e), None);
-        }
-        r
-    }
-
-    /// `POST /credentials/{id}/rotate`: a new credential with the same role replaces
-    /// the one named (which stops working at once); an administrator rotates any of the
-    /// vault's credentials, any other caller only its own. The new credential is shown
-    /// this once.
-    pub fn rotate_credential(&self, bearer: Option<&str>, id: &str) -> Result<Value, VaultError> {
-        let c = self.caller(bearer)?;
-        if c.id != id && !c.role.may(Op::Admin) {
-            let e = VaultError::forbidden(c.role.name(), "rotate other credentials");
-            self.audit(&c, "credential_rotate", "", id, Err(&e), None);
-            return Err(e);
-        }
-        let r = (|| {
-            let sha = self.credential_by_id(&c, id)?;
-            let cred = random_token()?;
-            let new_sha = sha256(cred.as_bytes());
-            let new_id = credential_id(&new_sha);
-            let audit = Self::audit_entry(&c, "credential_rotate", &new_id, id, Ok(()), None);
-            match self
-                .store
-                .retire_credential(&c.vault, &sha, Some(&new_sha), now(), &audit)
-                .map_err(store_err)?
-            {
-                true => Ok(json!({
-                    "vault": c.vault,
-                    "credential": cred.as_str(),
-                    "id": new_id,
-                    "replaces": id,
-                })),
-                false => Err(VaultError::new(404, "credential_not_found", id.to_string())),
-            }
-        })();
-        if let Err(e) = &r {
-            self.audit(&c, "credential_rotate", "", id, Err(e), None);
-        }
-        r
-    }
-
     fn kid(&self, name: &str, version: &str) -> String {
         format!("{}/keys/{name}/{version}", self.base_url)
     }
@@ -901,9 +752,11 @@ impl Vault {
         format!("opencvm-keyvault/key/{vault}/{name}/{version}")
     }
 
-    fn bundle(&self, row: &VersionRow, deleted: bool) -> Value {
-        let mut key: Map<String, Value> = serde_json::from_str(&row.public_jwk).unwrap_or_default();
-        key.insert("kid".into(), self.kid(&row.name, &row.version).into());
+    fn bundle(&self, row: &VersionRow, deleted: bool) -> KeyBundle {
+        // The stored public JWK was written by `material_public`: kty and its public
+        // members.
+        let mut key: JsonWebKey = serde_json::from_str(&row.public_jwk).unwrap_or_default();
+        key.kid = self.kid(&row.name, &row.version);
         let ops: &[&str] = match row.kty.as_str() {
             "RSA" => &[
                 "encrypt",
@@ -916,33 +769,31 @@ impl Vault {
             "EC" => &["sign", "verify"],
             _ => &["encrypt", "decrypt", "wrapKey", "unwrapKey"],
         };
-        key.insert("key_ops".into(), json!(ops));
-        let mut attrs = json!({
-            "enabled": row.enabled,
-            "created": row.created,
-            "updated": row.updated,
-            "recoveryLevel": "Recoverable+Purgeable",
-            "exportable": row.exportable,
-            "managed": if row.root_id.is_some() { "platform" } else { "customer" },
-        });
-        if let Some(n) = row.nbf {
-            attrs["nbf"] = n.into();
+        key.key_ops = ops.iter().map(|o| o.to_string()).collect();
+        KeyBundle {
+            key,
+            attributes: KeyAttributes {
+                enabled: row.enabled,
+                created: row.created,
+                updated: row.updated,
+                recovery_level: "Recoverable+Purgeable".into(),
+                exportable: row.exportable,
+                managed: if row.root_id.is_some() {
+                    "platform"
+                } else {
+                    "customer"
+                }
+                .into(),
+                nbf: row.nbf,
+                exp: row.exp,
+            },
+            tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            release_policy: row
+                .release_policy
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+            recovery_id: deleted.then(|| format!("{}/deletedkeys/{}", self.base_url, row.name)),
         }
-        if let Some(e) = row.exp {
-            attrs["exp"] = e.into();
-        }
-        let mut out = json!({
-            "key": key,
-            "attributes": attrs,
-            "tags": serde_json::from_str::<Value>(&row.tags).unwrap_or(json!({})),
-        });
-        if let Some(p) = &row.release_policy {
-            out["release_policy"] = serde_json::from_str(p).unwrap_or(Value::Null);
-        }
-        if deleted {
-            out["recoveryId"] = format!("{}/deletedkeys/{}", self.base_url, row.name).into();
-        }
-        out
     }
 
     /// Stores a new version of key `name`, audited as `op` in the same transaction.
@@ -1039,19 +890,18 @@ impl Vault {
     }
 
     /// `POST /keys/{name}/create`.
-    pub fn create_key(
+    fn create_key(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Write, "create keys")?;
+        b: CreateKeyRequest,
+    ) -> Result<KeyBundle, VaultError> {
+        let c = a.vault()?;
         let r = (|| {
-            let b: CreateBody = parse_body(body)?;
             let _ = &b.key_ops;
             let m = generate(&b)?;
             self.new_version(
-                &c,
+                c,
                 "create",
                 name,
                 NewKey {
@@ -1064,7 +914,7 @@ impl Vault {
                 },
             )
         })();
-        self.audited_bundle(&c, "create", name, r)
+        self.audited_bundle(c, "create", name, r)
     }
 
     /// Audits the creation of a key version as `action` and answers with its bundle.
@@ -1074,7 +924,7 @@ impl Vault {
         action: &str,
         name: &str,
         r: Result<VersionRow, VaultError>,
-    ) -> Result<Value, VaultError> {
+    ) -> Result<KeyBundle, VaultError> {
         // A created version's entry was written with it; a refusal's is written here.
         if let Err(e) = &r {
             self.audit(c, action, name, "", Err(e), None);
@@ -1087,15 +937,14 @@ impl Vault {
     /// `dq`, `qi`) or `EC` (`crv` P-256/P-384, `x`, `y`, `d`), whose public members must
     /// belong to its private key (`jwk_key_mismatch` otherwise). In a platform vault the
     /// key is platform-managed.
-    pub fn import_key(
+    fn import_key(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Write, "import keys")?;
+        mut b: ImportKeyRequest,
+    ) -> Result<KeyBundle, VaultError> {
+        let c = a.vault()?;
         let r = (|| {
-            let mut b: ImportBody = parse_body(body)?;
             let kty = b
                 .key
                 .get("kty")
@@ -1106,7 +955,7 @@ impl Vault {
             // BYOK: the key arrives wrapped (CKM_RSA_AES_KEY_WRAP...) to an RSA key of
             // this vault (the KEK, named by the key_hsm header's kid).
             let m = match b.key.get("key_hsm").and_then(Value::as_str) {
-                Some(hsm) => self.unwrap_byok(&c, hsm, &kty)?,
+                Some(hsm) => self.unwrap_byok(c, hsm, &kty)?,
                 None => {
                     let r = Self::plain_jwk(&kty, &b.key);
                     crate::jwk::zeroize_private_members(&mut b.key);
@@ -1114,7 +963,7 @@ impl Vault {
                 }
             };
             self.new_version(
-                &c,
+                c,
                 "import",
                 name,
                 NewKey {
@@ -1127,7 +976,7 @@ impl Vault {
                 },
             )
         })();
-        self.audited_bundle(&c, "import", name, r)
+        self.audited_bundle(c, "import", name, r)
     }
 
     /// The material and public JWK of a plain (unwrapped) private JWK.
@@ -1174,41 +1023,29 @@ impl Vault {
     }
 
     /// `GET /keys/{name}[/{version}]`: public parts only.
-    pub fn get_key(
+    fn get_key(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
         version: Option<&str>,
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Read, "read keys")?;
-        Ok(self.bundle(&self.version(&c, name, version)?, false))
-    }
-
-    /// `GET /keys`.
-    pub fn list_keys(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Read, "list keys")?;
-        let names = self.store.key_names(&c.vault, false).map_err(store_err)?;
-        let value: Vec<Value> = names
-            .iter()
-            .map(|n| json!({ "kid": format!("{}/keys/{n}", self.base_url) }))
-            .collect();
-        Ok(json!({ "value": value, "nextLink": Value::Null }))
+    ) -> Result<KeyBundle, VaultError> {
+        let c = a.vault()?;
+        Ok(self.bundle(&self.version(c, name, version)?, false))
     }
 
     /// `PATCH /keys/{name}/{version}`: enabled, nbf, exp, tags, release policy (an
     /// immutable policy never changes).
-    pub fn update_key(
+    fn update_key(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
         version: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Write, "update keys")?;
+        b: UpdateKeyRequest,
+    ) -> Result<KeyBundle, VaultError> {
+        let c = a.vault()?;
         let r = (|| {
-            let b: UpdateBody = parse_body(body)?;
             let _ = &b.key_ops;
-            let mut row = self.version(&c, name, Some(version))?;
+            let mut row = self.version(c, name, Some(version))?;
             if let Some(a) = b.attributes {
                 if a.exportable.is_some_and(|e| e != row.exportable) {
                     return Err(VaultError::bad(
@@ -1244,129 +1081,16 @@ impl Vault {
                 row.release_policy = Some(new.to_json().to_string());
             }
             row.updated = now();
-            let audit = Self::audit_entry(&c, "update", name, version, Ok(()), None);
+            let audit = Self::audit_entry(c, "update", name, version, Ok(()), None);
             self.store
                 .update_version(&c.vault, &row, &audit)
                 .map_err(store_err)?;
             Ok(row)
         })();
         if let Err(e) = &r {
-            self.audit(&c, "update", name, version, Err(e), None);
+            self.audit(c, "update", name, version, Err(e), None);
         }
         Ok(self.bundle(&r?, false))
-    }
-
-    /// `DELETE /keys/{name}`: soft delete.
-    pub fn delete_key(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Delete, "delete keys")?;
-        let r = (|| {
-            let row = self.version(&c, name, None)?;
-            let audit = Self::audit_entry(&c, "delete", name, "", Ok(()), None);
-            if !self
-                .store
-                .set_deleted(&c.vault, name, true, now(), &audit)
-                .map_err(store_err)?
-            {
-                return Err(VaultError::not_found(name));
-            }
-            Ok(row)
-        })();
-        if let Err(e) = &r {
-            self.audit(&c, "delete", name, "", Err(e), None);
-        }
-        Ok(self.bundle(&r?, true))
-    }
-
-    /// `GET /keys/{name}/versions`: every version of a live key, newest first, as Key
-    /// Vault's key items (kid, attributes, tags).
-    pub fn list_versions(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Read, "list key versions")?;
-        let rows = self
-            .store
-            .versions(&c.vault, name, false)
-            .map_err(store_err)?;
-        if rows.is_empty() {
-            return Err(VaultError::not_found(name));
-        }
-        let value: Vec<Value> = rows
-            .iter()
-            .map(|r| {
-                let b = self.bundle(r, false);
-                json!({ "kid": b["key"]["kid"], "attributes": b["attributes"], "tags": b["tags"] })
-            })
-            .collect();
-        Ok(json!({ "value": value, "nextLink": Value::Null }))
-    }
-
-    /// `GET /deletedkeys`: the soft-deleted keys (their newest version's attributes).
-    pub fn list_deleted(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Read, "list deleted keys")?;
-        let mut value = Vec::new();
-        for name in self.store.key_names(&c.vault, true).map_err(store_err)? {
-            if let Some(r) = self
-                .store
-                .versions(&c.vault, &name, true)
-                .map_err(store_err)?
-                .first()
-            {
-                let b = self.bundle(r, true);
-                value.push(json!({
-                    "kid": format!("{}/keys/{name}", self.base_url),
-                    "recoveryId": b["recoveryId"],
-                    "attributes": b["attributes"],
-                    "tags": b["tags"],
-                }));
-            }
-        }
-        Ok(json!({ "value": value, "nextLink": Value::Null }))
-    }
-
-    /// `GET /deletedkeys/{name}`.
-    pub fn get_deleted(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Read, "read deleted keys")?;
-        let row = self
-            .store
-            .versions(&c.vault, name, true)
-            .map_err(store_err)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| VaultError::not_found(name))?;
-        Ok(self.bundle(&row, true))
-    }
-
-    /// `POST /deletedkeys/{name}/recover`.
-    pub fn recover_key(&self, bearer: Option<&str>, name: &str) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Delete, "recover keys")?;
-        let r = (|| {
-            let audit = Self::audit_entry(&c, "recover", name, "", Ok(()), None);
-            if !self
-                .store
-                .set_deleted(&c.vault, name, false, now(), &audit)
-                .map_err(store_err)?
-            {
-                return Err(VaultError::not_found(name));
-            }
-            self.version(&c, name, None)
-        })();
-        if let Err(e) = &r {
-            self.audit(&c, "recover", name, "", Err(e), None);
-        }
-        Ok(self.bundle(&r?, false))
-    }
-
-    /// `DELETE /deletedkeys/{name}`: purge for good.
-    pub fn purge_key(&self, bearer: Option<&str>, name: &str) -> Result<(), VaultError> {
-        let c = self.authorize(bearer, Op::Delete, "purge keys")?;
-        let audit = Self::audit_entry(&c, "purge", name, "", Ok(()), None);
-        let r = match self.store.purge(&c.vault, name, &audit).map_err(store_err) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(VaultError::not_found(name)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &r {
-            self.audit(&c, "purge", name, "", Err(e), None);
-        }
-        r
     }
 
     /// The key version a `kid` (`{base}/keys/{name}/{version}`) names in the caller's
@@ -1459,15 +1183,6 @@ impl Vault {
         }
     }
 
-    /// `POST /regions/{region}` (service administrator): creates the region's root key
-    /// (version 1, sealed under the master key) and its platform vault; returns the
-    /// platform vault's administrator credential (once).
-    pub fn create_region(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
-        let r = self.create_region_inner(bearer, region);
-        self.audit_region_failure(region, "region_create", r.as_ref().err());
-        r
-    }
-
     /// Audits a failed region operation in the region's platform vault log (under
     /// `service` when the name is not a region name at all); successes are audited in
     /// the operation's own transaction.
@@ -1489,8 +1204,12 @@ impl Vault {
         }
     }
 
-    fn create_region_inner(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
-        self.service_admin(bearer)?;
+    fn create_region_inner(
+        &self,
+        a: &Authorized,
+        region: &str,
+    ) -> Result<RegionCreated, VaultError> {
+        a.service_admin()?;
         if !valid_region(region) {
             return Err(VaultError::bad(
                 "bad_parameter",
@@ -1516,37 +1235,17 @@ impl Vault {
                 audit: &audit,
             })
             .map_err(store_err)?;
-        Ok(json!({
-            "region": region,
-            "vault": vault,
-            "root_version": 1,
-            "credential": cred.as_str(),
-            "id": credential_id(&sha256(cred.as_bytes())),
-            "role": "administrator",
-        }))
+        Ok(RegionCreated {
+            region: region.to_string(),
+            vault,
+            root_version: 1,
+            credential: cred.to_string(),
+            id: credential_id(&sha256(cred.as_bytes())),
+            role: Role::Administrator.name().into(),
+        })
     }
 
-    /// `POST /regions/{region}/rotate` (service administrator): a new root key version;
-    /// every key version of the region's platform vault (soft-deleted ones too) is
-    /// resealed under it and the old version deleted, in one store transaction.
-    pub fn rotate_region(&self, bearer: Option<&str>, region: &str) -> Result<Value, VaultError> {
-        let r = (|| {
-            self.service_admin(bearer)?;
-            if !valid_region(region) {
-                return Err(VaultError::region_not_found(region));
-            }
-            let vault = self
-                .store
-                .region_vault(region)
-                .map_err(store_err)?
-                .ok_or_else(|| VaultError::region_not_found(region))?;
-            self.rotate_inner(region, &vault)
-        })();
-        self.audit_region_failure(region, "region_rotate", r.as_ref().err());
-        r
-    }
-
-    fn rotate_inner(&self, region: &str, vault: &str) -> Result<Value, VaultError> {
+    fn rotate_inner(&self, region: &str, vault: &str) -> Result<RegionRotated, VaultError> {
         let _exclusive = self
             .rotation
             .write()
@@ -1594,37 +1293,13 @@ impl Vault {
                 audit: &audit,
             })
             .map_err(store_err)?;
-        Ok(json!({
-            "region": region,
-            "vault": vault,
-            "root_version": new_version,
-            "previous_root_version": old.version,
-            "resealed": resealed.len(),
-        }))
-    }
-
-    /// `GET /regions` (service administrator): every region with its current root
-    /// version and key counts.
-    pub fn list_regions(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
-        self.service_admin(bearer)?;
-        let value: Vec<Value> = self
-            .store
-            .regions()
-            .map_err(store_err)?
-            .into_iter()
-            .map(|r| {
-                json!({
-                    "region": r.name,
-                    "vault": r.vault,
-                    "root_version": r.root_version,
-                    "root_created": r.root_created,
-                    "keys": r.keys,
-                    "key_versions": r.versions,
-                    "created": r.created,
-                })
-            })
-            .collect();
-        Ok(json!({ "value": value }))
+        Ok(RegionRotated {
+            region: region.to_string(),
+            vault: vault.to_string(),
+            root_version: new_version,
+            previous_root_version: old.version,
+            resealed: resealed.len() as u64,
+        })
     }
 
     fn unwrap_byok(&self, c: &Caller, key_hsm: &str, kty: &str) -> Result<Material, VaultError> {
@@ -1648,16 +1323,16 @@ impl Vault {
 
     /// `POST /keys/{name}/{version}/wrapkey` with `alg: A256KW` (AES key wrap, RFC
     /// 3394) under an oct key: how a data key gets wrapped for attested unwrap.
-    pub fn wrap_key(
+    fn wrap_key(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
         version: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Write, "wrap keys")?;
-        let r = self.wrap_key_inner(&c, name, version, body);
-        let logged = self.audit(&c, "wrapkey", name, version, r.as_ref().map(|_| ()), None);
+        b: WrapKeyRequest,
+    ) -> Result<KeyOperationResult, VaultError> {
+        let c = a.vault()?;
+        let r = self.wrap_key_inner(c, name, version, &b);
+        let logged = self.audit(c, "wrapkey", name, version, r.as_ref().map(|_| ()), None);
         // As with a release: no wrapped key leaves unless its audit entry was written.
         if r.is_ok() && !logged {
             return Err(VaultError::new(
@@ -1674,10 +1349,9 @@ impl Vault {
         c: &Caller,
         name: &str,
         version: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
+        b: &WrapKeyRequest,
+    ) -> Result<KeyOperationResult, VaultError> {
         use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
-        let b: WrapBody = parse_body(body)?;
         if b.alg != "A256KW" {
             return Err(VaultError::bad("bad_parameter", "alg is A256KW"));
         }
@@ -1703,25 +1377,28 @@ impl Vault {
         let wrapped = kek
             .wrap(&dek, &mut out)
             .map_err(|_| VaultError::internal("wrap"))?;
-        Ok(json!({ "kid": self.kid(name, &row.version), "value": B64URL.encode(wrapped) }))
+        Ok(KeyOperationResult {
+            kid: self.kid(name, &row.version),
+            value: B64URL.encode(wrapped),
+        })
     }
 
     /// `POST /keys/{name}/{version}/unwrapkey/attested` (opencvm extension): the key
     /// never leaves; for a caller whose attestation token satisfies the key's release
     /// policy, the vault unwraps `value` (A256KW) and returns the data key wrapped to the
     /// token's RSA key (`enc` as for release), in a JWS signed by the vault.
-    pub fn attested_unwrap(
+    fn attested_unwrap(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
         version: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Release, "unwrap for attested callers")?;
+        b: AttestedUnwrapRequest,
+    ) -> Result<SignedResult, VaultError> {
+        let c = a.vault()?;
         let mut token = None;
-        let r = self.attested_unwrap_inner(&c, name, version, body, &mut token);
+        let r = self.attested_unwrap_inner(c, name, version, &b, &mut token);
         let audited = self.audit(
-            &c,
+            c,
             "attested_unwrap",
             name,
             version,
@@ -1739,11 +1416,10 @@ impl Vault {
         c: &Caller,
         name: &str,
         version: &str,
-        body: &[u8],
+        b: &AttestedUnwrapRequest,
         token: &mut Option<ValidToken>,
-    ) -> Result<Value, VaultError> {
+    ) -> Result<SignedResult, VaultError> {
         use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
-        let b: AttestedUnwrapBody = parse_body(body)?;
         if b.alg != "A256KW" {
             return Err(VaultError::bad("bad_parameter", "alg is A256KW"));
         }
@@ -1799,14 +1475,7 @@ impl Vault {
             .signer
             .sign_with_x5c(&payload)
             .map_err(|_| VaultError::internal("signing"))?;
-        Ok(json!({ "value": jws }))
-    }
-
-    /// The vault's audit log (administrator).
-    pub fn audit_log(&self, bearer: Option<&str>) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Admin, "read the audit log")?;
-        let log = self.store.audit_log(&c.vault).map_err(store_err)?;
-        serde_json::to_value(json!({ "value": log })).map_err(|_| VaultError::internal("json"))
+        Ok(SignedResult { value: jws })
     }
 
     /// A key version may be used at `t`: enabled and inside its nbf/exp window.
@@ -1909,22 +1578,22 @@ impl Vault {
     /// `POST /keys/{name}/{version}/release`: validates the attestation token, checks
     /// the key's release policy, wraps the key to the token's RSA key and returns a JWS
     /// signed by the vault.
-    pub fn release(
+    fn release(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
         version: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Release, "release keys")?;
+        b: ReleaseRequest,
+    ) -> Result<SignedResult, VaultError> {
+        let c = a.vault()?;
         let mut token = None;
-        let r = self.release_inner(&c, name, version, body, &mut token);
+        let r = self.release_inner(c, name, version, &b, &mut token);
         let v = r
             .as_ref()
             .map(|(row, _)| row.version.clone())
             .unwrap_or_else(|_| version.to_string());
         let audited = self.audit(
-            &c,
+            c,
             "release",
             name,
             &v,
@@ -1943,10 +1612,9 @@ impl Vault {
         c: &Caller,
         name: &str,
         version: &str,
-        body: &[u8],
+        b: &ReleaseRequest,
         token: &mut Option<ValidToken>,
-    ) -> Result<(VersionRow, Value), VaultError> {
-        let b: ReleaseBody = parse_body(body)?;
+    ) -> Result<(VersionRow, SignedResult), VaultError> {
         let mechanism =
             WrapMechanism::from_name(b.enc.as_deref().unwrap_or("CKM_RSA_AES_KEY_WRAP"))
                 .map_err(|e| VaultError::bad("bad_parameter", e.to_string()))?;
@@ -1964,7 +1632,7 @@ impl Vault {
         let hsm = KeyHsm::wrap(mechanism, &wrapping, &secret)
             .map_err(|e| VaultError::bad(e.code(), e.to_string()))?;
         let mut bundle = self.bundle(&row, false);
-        bundle["key"]["key_hsm"] = hsm.encode().into();
+        bundle.key.key_hsm = Some(hsm.encode());
         let mut payload = Map::new();
         let mut request = json!({ "api-version": "7.4", "enc": mechanism.name(), "kid": self.kid(name, &row.version) });
         if let Some(n) = &b.nonce {
@@ -1976,29 +1644,40 @@ impl Vault {
             .signer
             .sign_with_x5c(&payload)
             .map_err(|_| VaultError::internal("signing"))?;
-        Ok((row, json!({ "value": jws })))
+        Ok((row, SignedResult { value: jws }))
     }
 
     /// Dry run of a release (opencvm extension): the token is validated and the policy
     /// evaluated; the answer says which condition failed. Nothing is released.
-    pub fn release_test(
+    fn release_test(
         &self,
-        bearer: Option<&str>,
+        a: &Authorized,
         name: &str,
         version: &str,
-        body: &[u8],
-    ) -> Result<Value, VaultError> {
-        let c = self.authorize(bearer, Op::Release, "test releases")?;
-        let b: ReleaseBody = parse_body(body)?;
-        let row = self.version(&c, name, Some(version))?;
+        b: ReleaseRequest,
+    ) -> Result<ReleaseTestResult, VaultError> {
+        let c = a.vault()?;
+        let row = self.version(c, name, Some(version))?;
         let envelope = match Self::check_releasable(&row, now()) {
             Ok(e) => e,
-            Err(e) => return Ok(json!({ "allowed": false, "code": e.code, "reason": e.message })),
+            Err(e) => {
+                return Ok(ReleaseTestResult {
+                    allowed: false,
+                    code: Some(e.code.into()),
+                    reason: Some(e.message),
+                    policy: None,
+                });
+            }
         };
         let valid = match self.authorities.validate(&b.target, now()) {
             Ok(v) => v,
             Err(e) => {
-                return Ok(json!({ "allowed": false, "code": e.code(), "reason": e.to_string() }));
+                return Ok(ReleaseTestResult {
+                    allowed: false,
+                    code: Some(e.code().into()),
+                    reason: Some(e.to_string()),
+                    policy: None,
+                });
             }
         };
         let d = envelope
@@ -2009,11 +1688,441 @@ impl Vault {
         } else {
             None
         };
-        Ok(json!({
-            "allowed": d.allowed && key.is_none(),
-            "policy": d.to_json(),
-            "code": key.as_ref().map(|e| e.code),
-        }))
+        Ok(ReleaseTestResult {
+            allowed: d.allowed && key.is_none(),
+            code: key.as_ref().map(|e| e.code.into()),
+            reason: None,
+            policy: Some(d.to_json()),
+        })
+    }
+}
+
+/// The contract's API on the vault: the HTTP edge ([`crate::server`]) admits a caller
+/// with [`Vault::authorize`] and calls these.
+impl KeyVaultApi for Vault {
+    type Caller = Authorized;
+    type Error = VaultError;
+
+    /// `GET /keys`.
+    fn list_keys(&self, a: &Authorized) -> Result<KeyList, VaultError> {
+        let c = a.vault()?;
+        let names = self.store.key_names(&c.vault, false).map_err(store_err)?;
+        let value = names
+            .iter()
+            .map(|n| KeyItem {
+                kid: format!("{}/keys/{n}", self.base_url),
+                ..KeyItem::default()
+            })
+            .collect();
+        Ok(KeyList {
+            value,
+            next_link: None,
+        })
+    }
+
+    fn create_key(
+        &self,
+        c: &Authorized,
+        name: &str,
+        req: CreateKeyRequest,
+    ) -> Result<KeyBundle, VaultError> {
+        Vault::create_key(self, c, name, req)
+    }
+
+    fn import_key(
+        &self,
+        c: &Authorized,
+        name: &str,
+        req: ImportKeyRequest,
+    ) -> Result<KeyBundle, VaultError> {
+        Vault::import_key(self, c, name, req)
+    }
+
+    fn get_key(
+        &self,
+        c: &Authorized,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<KeyBundle, VaultError> {
+        Vault::get_key(self, c, name, version)
+    }
+
+    /// `DELETE /keys/{name}`: soft delete.
+    fn delete_key(&self, a: &Authorized, name: &str) -> Result<KeyBundle, VaultError> {
+        let c = a.vault()?;
+        let r = (|| {
+            let row = self.version(c, name, None)?;
+            let audit = Self::audit_entry(c, "delete", name, "", Ok(()), None);
+            if !self
+                .store
+                .set_deleted(&c.vault, name, true, now(), &audit)
+                .map_err(store_err)?
+            {
+                return Err(VaultError::not_found(name));
+            }
+            Ok(row)
+        })();
+        if let Err(e) = &r {
+            self.audit(c, "delete", name, "", Err(e), None);
+        }
+        Ok(self.bundle(&r?, true))
+    }
+
+    /// `GET /keys/{name}/versions`: every version of a live key, newest first, as Key
+    /// Vault's key items (kid, attributes, tags).
+    fn list_versions(&self, a: &Authorized, name: &str) -> Result<KeyList, VaultError> {
+        let c = a.vault()?;
+        let rows = self
+            .store
+            .versions(&c.vault, name, false)
+            .map_err(store_err)?;
+        if rows.is_empty() {
+            return Err(VaultError::not_found(name));
+        }
+        let value = rows
+            .iter()
+            .map(|r| {
+                let b = self.bundle(r, false);
+                KeyItem {
+                    kid: b.key.kid,
+                    recovery_id: None,
+                    attributes: Some(b.attributes),
+                    tags: Some(b.tags),
+                }
+            })
+            .collect();
+        Ok(KeyList {
+            value,
+            next_link: None,
+        })
+    }
+
+    fn update_key(
+        &self,
+        c: &Authorized,
+        name: &str,
+        version: &str,
+        req: UpdateKeyRequest,
+    ) -> Result<KeyBundle, VaultError> {
+        Vault::update_key(self, c, name, version, req)
+    }
+
+    fn release(
+        &self,
+        c: &Authorized,
+        name: &str,
+        version: &str,
+        req: ReleaseRequest,
+    ) -> Result<SignedResult, VaultError> {
+        Vault::release(self, c, name, version, req)
+    }
+
+    fn release_test(
+        &self,
+        c: &Authorized,
+        name: &str,
+        version: &str,
+        req: ReleaseRequest,
+    ) -> Result<ReleaseTestResult, VaultError> {
+        Vault::release_test(self, c, name, version, req)
+    }
+
+    fn wrap_key(
+        &self,
+        c: &Authorized,
+        name: &str,
+        version: &str,
+        req: WrapKeyRequest,
+    ) -> Result<KeyOperationResult, VaultError> {
+        Vault::wrap_key(self, c, name, version, req)
+    }
+
+    fn attested_unwrap(
+        &self,
+        c: &Authorized,
+        name: &str,
+        version: &str,
+        req: AttestedUnwrapRequest,
+    ) -> Result<SignedResult, VaultError> {
+        Vault::attested_unwrap(self, c, name, version, req)
+    }
+
+    /// `GET /deletedkeys`: the soft-deleted keys (their newest version's attributes).
+    fn list_deleted(&self, a: &Authorized) -> Result<KeyList, VaultError> {
+        let c = a.vault()?;
+        let mut value = Vec::new();
+        for name in self.store.key_names(&c.vault, true).map_err(store_err)? {
+            if let Some(r) = self
+                .store
+                .versions(&c.vault, &name, true)
+                .map_err(store_err)?
+                .first()
+            {
+                let b = self.bundle(r, true);
+                value.push(KeyItem {
+                    kid: format!("{}/keys/{name}", self.base_url),
+                    recovery_id: b.recovery_id,
+                    attributes: Some(b.attributes),
+                    tags: Some(b.tags),
+                });
+            }
+        }
+        Ok(KeyList {
+            value,
+            next_link: None,
+        })
+    }
+
+    /// `GET /deletedkeys/{name}`.
+    fn get_deleted(&self, a: &Authorized, name: &str) -> Result<KeyBundle, VaultError> {
+        let c = a.vault()?;
+        let row = self
+            .store
+            .versions(&c.vault, name, true)
+            .map_err(store_err)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| VaultError::not_found(name))?;
+        Ok(self.bundle(&row, true))
+    }
+
+    /// `DELETE /deletedkeys/{name}`: purge for good.
+    fn purge_key(&self, a: &Authorized, name: &str) -> Result<(), VaultError> {
+        let c = a.vault()?;
+        let audit = Self::audit_entry(c, "purge", name, "", Ok(()), None);
+        let r = match self.store.purge(&c.vault, name, &audit).map_err(store_err) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VaultError::not_found(name)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            self.audit(c, "purge", name, "", Err(e), None);
+        }
+        r
+    }
+
+    /// `POST /deletedkeys/{name}/recover`.
+    fn recover_key(&self, a: &Authorized, name: &str) -> Result<KeyBundle, VaultError> {
+        let c = a.vault()?;
+        let r = (|| {
+            let audit = Self::audit_entry(c, "recover", name, "", Ok(()), None);
+            if !self
+                .store
+                .set_deleted(&c.vault, name, false, now(), &audit)
+                .map_err(store_err)?
+            {
+                return Err(VaultError::not_found(name));
+            }
+            self.version(c, name, None)
+        })();
+        if let Err(e) = &r {
+            self.audit(c, "recover", name, "", Err(e), None);
+        }
+        Ok(self.bundle(&r?, false))
+    }
+
+    fn create_credential(
+        &self,
+        c: &Authorized,
+        req: CreateCredentialRequest,
+    ) -> Result<NewCredential, VaultError> {
+        Vault::create_credential(self, c, req)
+    }
+
+    /// `GET /credentials` (administrator): the vault's credentials (id, role, created);
+    /// never the credentials themselves, which are stored only as hashes.
+    fn list_credentials(&self, a: &Authorized) -> Result<CredentialList, VaultError> {
+        let c = a.vault()?;
+        let value = self
+            .store
+            .credentials(&c.vault)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(sha, role, created)| CredentialInfo {
+                id: credential_id(&sha),
+                role,
+                created,
+            })
+            .collect();
+        Ok(CredentialList { value })
+    }
+
+    /// `DELETE /credentials/{id}` (administrator): the credential stops working at once.
+    /// The vault's last administrator credential cannot be revoked (409).
+    fn revoke_credential(&self, a: &Authorized, id: &str) -> Result<Revoked, VaultError> {
+        let c = a.vault()?;
+        let r = (|| {
+            let sha = self.credential_by_id(c, id)?;
+            let audit = Self::audit_entry(c, "credential_revoke", "", id, Ok(()), None);
+            match self
+                .store
+                .retire_credential(&c.vault, &sha, None, now(), &audit)
+            {
+                Ok(true) => Ok(Revoked {
+                    id: id.to_string(),
+                    revoked: true,
+                }),
+                Ok(false) => Err(VaultError::new(404, "credential_not_found", id.to_string())),
+                Err(StoreError::Exists(_)) => Err(VaultError::new(
+                    409,
+                    "last_administrator",
+                    "the vault's last administrator credential cannot be revoked",
+                )),
+                Err(e) => Err(store_err(e)),
+            }
+        })();
+        if let Err(e) = &r {
+            self.audit(c, "credential_revoke", "", id, Err(e), None);
+        }
+        r
+    }
+
+    /// `POST /credentials/{id}/rotate`: a new credential with the same role replaces
+    /// the one named (which stops working at once); an administrator rotates any of the
+    /// vault's credentials, any other caller only its own. The new credential is shown
+    /// this once.
+    fn rotate_credential(&self, a: &Authorized, id: &str) -> Result<RotatedCredential, VaultError> {
+        let c = a.vault()?;
+        if c.id != id && !c.role.may(Op::Admin) {
+            let e = VaultError::forbidden(c.role.name(), "rotate other credentials");
+            self.audit(c, "credential_rotate", "", id, Err(&e), None);
+            return Err(e);
+        }
+        let r = (|| {
+            let sha = self.credential_by_id(c, id)?;
+            let cred = random_token()?;
+            let new_sha = sha256(cred.as_bytes());
+            let new_id = credential_id(&new_sha);
+            let audit = Self::audit_entry(c, "credential_rotate", &new_id, id, Ok(()), None);
+            match self
+                .store
+                .retire_credential(&c.vault, &sha, Some(&new_sha), now(), &audit)
+                .map_err(store_err)?
+            {
+                true => Ok(RotatedCredential {
+                    vault: c.vault.clone(),
+                    credential: cred.to_string(),
+                    id: new_id,
+                    replaces: id.to_string(),
+                }),
+                false => Err(VaultError::new(404, "credential_not_found", id.to_string())),
+            }
+        })();
+        if let Err(e) = &r {
+            self.audit(c, "credential_rotate", "", id, Err(e), None);
+        }
+        r
+    }
+
+    /// The vault's audit log (administrator).
+    fn audit_log(&self, a: &Authorized) -> Result<AuditLog, VaultError> {
+        let c = a.vault()?;
+        let value = self
+            .store
+            .audit_log(&c.vault)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|e| AuditRecord {
+                seq: e.seq,
+                ts: e.ts,
+                vault: e.vault,
+                caller: e.caller,
+                op: e.op,
+                key: e.key,
+                version: e.version,
+                outcome: e.outcome,
+                code: e.code,
+                jti: e.jti,
+                issuer: e.issuer,
+            })
+            .collect();
+        Ok(AuditLog { value })
+    }
+
+    /// Creates a vault (service administrator); returns its administrator credential.
+    fn create_vault(&self, a: &Authorized, name: &str) -> Result<NewCredential, VaultError> {
+        a.service_admin()?;
+        if !valid_name(name) {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "a vault name is 1-127 of [0-9a-zA-Z-]",
+            ));
+        }
+        if name.eq_ignore_ascii_case(SERVICE_VAULT) {
+            return Err(VaultError::bad(
+                "bad_parameter",
+                "the vault name \"service\" is reserved (the service's own audit entries)",
+            ));
+        }
+        let cred = random_token()?;
+        let hash = sha256(cred.as_bytes());
+        self.store
+            .create_vault(name, &hash, now())
+            .map_err(store_err)?;
+        let id = credential_id(&hash);
+        if let Err(err) = self
+            .store
+            .audit(&Self::service_audit(name, "vault_create", &id, Ok(())))
+        {
+            tracing::error!(error = %err, "audit log write failed");
+        }
+        Ok(NewCredential {
+            vault: name.to_string(),
+            credential: cred.to_string(),
+            id,
+            role: Role::Administrator.name().into(),
+        })
+    }
+
+    /// `GET /regions` (service administrator): every region with its current root
+    /// version and key counts.
+    fn list_regions(&self, a: &Authorized) -> Result<RegionList, VaultError> {
+        a.service_admin()?;
+        let value = self
+            .store
+            .regions()
+            .map_err(store_err)?
+            .into_iter()
+            .map(|r| RegionInfo {
+                region: r.name,
+                vault: r.vault,
+                root_version: r.root_version,
+                root_created: r.root_created,
+                keys: r.keys,
+                key_versions: r.versions,
+                created: r.created,
+            })
+            .collect();
+        Ok(RegionList { value })
+    }
+
+    /// `POST /regions/{region}` (service administrator): creates the region's root key
+    /// (version 1, sealed under the master key) and its platform vault; returns the
+    /// platform vault's administrator credential (once).
+    fn create_region(&self, a: &Authorized, region: &str) -> Result<RegionCreated, VaultError> {
+        let r = self.create_region_inner(a, region);
+        self.audit_region_failure(region, "region_create", r.as_ref().err());
+        r
+    }
+
+    /// `POST /regions/{region}/rotate` (service administrator): a new root key version;
+    /// every key version of the region's platform vault (soft-deleted ones too) is
+    /// resealed under it and the old version deleted, in one store transaction.
+    fn rotate_region(&self, a: &Authorized, region: &str) -> Result<RegionRotated, VaultError> {
+        let r = (|| {
+            a.service_admin()?;
+            if !valid_region(region) {
+                return Err(VaultError::region_not_found(region));
+            }
+            let vault = self
+                .store
+                .region_vault(region)
+                .map_err(store_err)?
+                .ok_or_else(|| VaultError::region_not_found(region))?;
+            self.rotate_inner(region, &vault)
+        })();
+        self.audit_region_failure(region, "region_rotate", r.as_ref().err());
+        r
     }
 }
 

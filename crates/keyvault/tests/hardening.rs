@@ -5,9 +5,38 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use keyvault::authority::{Authorities, http_fetch};
-use keyvault::service::{Vault, VaultConfig};
+use keyvault::service::{Authorized, Vault, VaultConfig, VaultError};
 use keyvault::wrap::{KeyHsm, WrapMechanism, WrappingPublicKey};
+use keyvault_api::KeyVaultApi;
 use serde_json::{Value, json};
+
+/// The vault's API as an HTTP request reaches it: a bearer credential admitted to the
+/// contract's operation first ([`Vault::authorize_op`]), then a JSON body parsed into
+/// the operation's typed request, answered as JSON.
+trait ByBearer {
+    fn op<T: serde::Serialize>(
+        &self,
+        bearer: Option<&str>,
+        id: &str,
+        f: impl FnOnce(&Vault, &Authorized) -> Result<T, VaultError>,
+    ) -> Result<Value, VaultError>;
+}
+
+impl ByBearer for Vault {
+    fn op<T: serde::Serialize>(
+        &self,
+        bearer: Option<&str>,
+        id: &str,
+        f: impl FnOnce(&Vault, &Authorized) -> Result<T, VaultError>,
+    ) -> Result<Value, VaultError> {
+        let a = self.authorize_op(bearer, id)?;
+        f(self, &a).map(|t| serde_json::to_value(t).unwrap())
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+    serde_json::from_slice(b).unwrap()
+}
 
 struct Setup {
     vault: Vault,
@@ -30,7 +59,11 @@ fn setup() -> Setup {
     };
     let (vault, created) = Vault::open(cfg).unwrap();
     let service = std::fs::read_to_string(created.unwrap()).unwrap();
-    let v = vault.create_vault(Some(&service), "t").unwrap();
+    let v = vault
+        .op(Some(&service), "create_vault", |v, c| {
+            v.create_vault(c, "t")
+        })
+        .unwrap();
     Setup {
         admin: v["credential"].as_str().unwrap().to_string(),
         vault,
@@ -59,36 +92,59 @@ fn db(s: &Setup) -> rusqlite::Connection {
 fn wrapkey_checks_the_window_and_needs_its_audit_entry() {
     let s = setup();
     let a = Some(s.admin.as_str());
-    let k = s.vault.create_key(a, "kek", br#"{"kty": "oct"}"#).unwrap();
+    let k = s
+        .vault
+        .op(a, "create_key", |v, c| {
+            v.create_key(c, "kek", typed(br#"{"kty": "oct"}"#))
+        })
+        .unwrap();
     let ver = version_of(&k);
     let body = json!({"alg": "A256KW", "value": B64URL.encode([7u8; 32])}).to_string();
-    s.vault.wrap_key(a, "kek", &ver, body.as_bytes()).unwrap();
+    s.vault
+        .op(a, "wrap_key", |v, c| {
+            v.wrap_key(c, "kek", &ver, typed(body.as_bytes()))
+        })
+        .unwrap();
     // Outside the window.
     s.vault
-        .update_key(a, "kek", &ver, br#"{"attributes": {"exp": 1000}}"#)
+        .op(a, "update_key", |v, c| {
+            v.update_key(c, "kek", &ver, typed(br#"{"attributes": {"exp": 1000}}"#))
+        })
         .unwrap();
     let e = s
         .vault
-        .wrap_key(a, "kek", &ver, body.as_bytes())
+        .op(a, "wrap_key", |v, c| {
+            v.wrap_key(c, "kek", &ver, typed(body.as_bytes()))
+        })
         .unwrap_err();
     assert_eq!(e.code, "key_not_valid_now");
     s.vault
-        .update_key(
-            a,
-            "kek",
-            &ver,
-            br#"{"attributes": {"exp": 99999999999, "nbf": 99999999990}}"#,
-        )
+        .op(a, "update_key", |v, c| {
+            v.update_key(
+                c,
+                "kek",
+                &ver,
+                typed(br#"{"attributes": {"exp": 99999999999, "nbf": 99999999990}}"#),
+            )
+        })
         .unwrap();
     let e = s
         .vault
-        .wrap_key(a, "kek", &ver, body.as_bytes())
+        .op(a, "wrap_key", |v, c| {
+            v.wrap_key(c, "kek", &ver, typed(body.as_bytes()))
+        })
         .unwrap_err();
     assert_eq!(e.code, "key_not_valid_now");
     s.vault
-        .update_key(a, "kek", &ver, br#"{"attributes": {"nbf": 0}}"#)
+        .op(a, "update_key", |v, c| {
+            v.update_key(c, "kek", &ver, typed(br#"{"attributes": {"nbf": 0}}"#))
+        })
         .unwrap();
-    s.vault.wrap_key(a, "kek", &ver, body.as_bytes()).unwrap();
+    s.vault
+        .op(a, "wrap_key", |v, c| {
+            v.wrap_key(c, "kek", &ver, typed(body.as_bytes()))
+        })
+        .unwrap();
     // The audit log refuses wrapkey entries: nothing is wrapped.
     db(&s)
         .execute_batch(
@@ -98,7 +154,9 @@ fn wrapkey_checks_the_window_and_needs_its_audit_entry() {
         .unwrap();
     let e = s
         .vault
-        .wrap_key(a, "kek", &ver, body.as_bytes())
+        .op(a, "wrap_key", |v, c| {
+            v.wrap_key(c, "kek", &ver, typed(body.as_bytes()))
+        })
         .unwrap_err();
     assert_eq!((e.status, e.code), (503, "audit_unavailable"));
 }
@@ -110,7 +168,9 @@ fn byok_needs_a_usable_key_exchange_key() {
     let a = Some(s.admin.as_str());
     let kek = s
         .vault
-        .create_key(a, "kek", br#"{"kty": "RSA", "key_size": 2048}"#)
+        .op(a, "create_key", |v, c| {
+            v.create_key(c, "kek", typed(br#"{"kty": "RSA", "key_size": 2048}"#))
+        })
         .unwrap();
     let ver = version_of(&kek);
     let kid = kek["key"]["kid"].as_str().unwrap().to_string();
@@ -129,18 +189,33 @@ fn byok_needs_a_usable_key_exchange_key() {
         ),
     ] {
         s.vault
-            .update_key(a, "kek", &ver, attrs.as_bytes())
+            .op(a, "update_key", |v, c| {
+                v.update_key(c, "kek", &ver, typed(attrs.as_bytes()))
+            })
             .unwrap();
         let err = s
             .vault
-            .import_key(a, "byok", import.as_bytes())
+            .op(a, "import_key", |v, c| {
+                v.import_key(c, "byok", typed(import.as_bytes()))
+            })
             .unwrap_err();
         assert_eq!(err.code, code, "{attrs}");
     }
     s.vault
-        .update_key(a, "kek", &ver, br#"{"attributes": {"exp": 99999999999}}"#)
+        .op(a, "update_key", |v, c| {
+            v.update_key(
+                c,
+                "kek",
+                &ver,
+                typed(br#"{"attributes": {"exp": 99999999999}}"#),
+            )
+        })
         .unwrap();
-    s.vault.import_key(a, "byok", import.as_bytes()).unwrap();
+    s.vault
+        .op(a, "import_key", |v, c| {
+            v.import_key(c, "byok", typed(import.as_bytes()))
+        })
+        .unwrap();
 }
 
 /// An immutable release policy that no longer parses (a newer grammar, a damaged row)
@@ -163,7 +238,9 @@ fn an_unreadable_immutable_policy_fails_closed() {
     });
     let k = s
         .vault
-        .create_key(a, "k", body.to_string().as_bytes())
+        .op(a, "create_key", |v, c| {
+            v.create_key(c, "k", typed(body.to_string().as_bytes()))
+        })
         .unwrap();
     let ver = version_of(&k);
     // The stored policy becomes one this grammar does not read (no authority blocks),
@@ -195,7 +272,9 @@ fn an_unreadable_immutable_policy_fails_closed() {
     }});
     let e = s
         .vault
-        .update_key(a, "k", &ver, open.to_string().as_bytes())
+        .op(a, "update_key", |v, c| {
+            v.update_key(c, "k", &ver, typed(open.to_string().as_bytes()))
+        })
         .unwrap_err();
     assert_eq!(e.code, "release_policy_immutable");
 }
@@ -206,7 +285,11 @@ fn an_unreadable_immutable_policy_fails_closed() {
 fn purged_key_material_is_overwritten() {
     let s = setup();
     let a = Some(s.admin.as_str());
-    s.vault.create_key(a, "gone", br#"{"kty": "oct"}"#).unwrap();
+    s.vault
+        .op(a, "create_key", |v, c| {
+            v.create_key(c, "gone", typed(br#"{"kty": "oct"}"#))
+        })
+        .unwrap();
     let sealed: Vec<u8> = db(&s)
         .query_row(
             "SELECT sealed FROM key_versions WHERE name = 'gone'",
@@ -224,8 +307,12 @@ fn purged_key_material_is_overwritten() {
         files().windows(sealed.len()).any(|w| w == sealed),
         "the material is stored"
     );
-    s.vault.delete_key(a, "gone").unwrap();
-    s.vault.purge_key(a, "gone").unwrap();
+    s.vault
+        .op(a, "delete_key", |v, c| v.delete_key(c, "gone"))
+        .unwrap();
+    s.vault
+        .op(a, "purge_key", |v, c| v.purge_key(c, "gone"))
+        .unwrap();
     assert!(
         !files().windows(sealed.len()).any(|w| w == sealed),
         "the purged material is still in the database files"
@@ -240,15 +327,25 @@ fn credentials_rotate_and_revoke() {
     let a = Some(s.admin.as_str());
     let r = s
         .vault
-        .create_credential(a, br#"{"role": "release_user"}"#)
+        .op(a, "create_credential", |v, c| {
+            v.create_credential(c, typed(br#"{"role": "release_user"}"#))
+        })
         .unwrap();
     let user = r["credential"].as_str().unwrap().to_string();
     let user_id = r["id"].as_str().unwrap().to_string();
-    let list = s.vault.list_credentials(a).unwrap();
+    let list = s
+        .vault
+        .op(a, "list_credentials", |v, c| v.list_credentials(c))
+        .unwrap();
     assert_eq!(list["value"].as_array().unwrap().len(), 2);
     assert!(!list.to_string().contains(&user));
     // The holder rotates its own credential: the old one stops working.
-    let rotated = s.vault.rotate_credential(Some(&user), &user_id).unwrap();
+    let rotated = s
+        .vault
+        .op(Some(&user), "rotate_credential", |v, c| {
+            v.rotate_credential(c, &user_id)
+        })
+        .unwrap();
     let new_user = rotated["credential"].as_str().unwrap().to_string();
     assert!(s.vault.caller(Some(&user)).is_err());
     assert!(s.vault.caller(Some(&new_user)).is_ok());
@@ -258,16 +355,27 @@ fn credentials_rotate_and_revoke() {
     );
     let e = s
         .vault
-        .rotate_credential(Some(&new_user), &admin_id)
+        .op(Some(&new_user), "rotate_credential", |v, c| {
+            v.rotate_credential(c, &admin_id)
+        })
         .unwrap_err();
     assert_eq!(e.status, 403);
     // The administrator revokes it.
     let new_id = rotated["id"].as_str().unwrap();
-    s.vault.revoke_credential(a, new_id).unwrap();
+    s.vault
+        .op(a, "revoke_credential", |v, c| {
+            v.revoke_credential(c, new_id)
+        })
+        .unwrap();
     assert!(s.vault.caller(Some(&new_user)).is_err());
-    let e = s.vault.revoke_credential(a, &admin_id).unwrap_err();
+    let e = s
+        .vault
+        .op(a, "revoke_credential", |v, c| {
+            v.revoke_credential(c, &admin_id)
+        })
+        .unwrap_err();
     assert_eq!((e.status, e.code), (409, "last_administrator"));
-    let log = s.vault.audit_log(a).unwrap();
+    let log = s.vault.op(a, "audit_log", |v, c| v.audit_log(c)).unwrap();
     let ops: Vec<&str> = log["value"]
         .as_array()
         .unwrap()
@@ -291,20 +399,38 @@ fn unauthenticated_requests_write_nothing_and_service_is_reserved() {
     };
     let before = count();
     for _ in 0..5 {
-        assert_eq!(s.vault.create_region(None, "r1").unwrap_err().status, 401);
         assert_eq!(
             s.vault
-                .create_region(Some("wrong"), "r1")
+                .op(None, "create_region", |v, c| v.create_region(c, "r1"))
                 .unwrap_err()
                 .status,
             401
         );
-        assert_eq!(s.vault.rotate_region(None, "r1").unwrap_err().status, 401);
+        assert_eq!(
+            s.vault
+                .op(Some("wrong"), "create_region", |v, c| v
+                    .create_region(c, "r1"))
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(
+            s.vault
+                .op(None, "rotate_region", |v, c| v.rotate_region(c, "r1"))
+                .unwrap_err()
+                .status,
+            401
+        );
     }
     assert_eq!(count(), before);
     let service = std::fs::read_to_string(s.db.parent().unwrap().join("admin.token")).unwrap();
     for name in ["service", "Service"] {
-        let e = s.vault.create_vault(Some(&service), name).unwrap_err();
+        let e = s
+            .vault
+            .op(Some(&service), "create_vault", |v, c| {
+                v.create_vault(c, name)
+            })
+            .unwrap_err();
         assert_eq!(e.code, "bad_parameter", "{name}");
     }
 }

@@ -1748,11 +1748,17 @@ fn the_store_is_injectable() {
     };
     let (vault, created) = keyvault::service::Vault::open(cfg).unwrap();
     let admin = std::fs::read_to_string(created.unwrap()).unwrap();
-    let v = vault.create_vault(Some(&admin), "t").unwrap();
-    let cred = v["credential"].as_str().unwrap();
-    vault
-        .create_key(Some(cred), "k", br#"{"kty": "oct"}"#)
+    use keyvault_api::KeyVaultApi;
+    let service = vault.authorize_op(Some(&admin), "create_vault").unwrap();
+    let v = vault.create_vault(&service, "t").unwrap();
+    let writer = vault
+        .authorize_op(Some(&v.credential), "create_key")
         .unwrap();
+    let req = keyvault_api::CreateKeyRequest {
+        kty: "oct".into(),
+        ..Default::default()
+    };
+    vault.create_key(&writer, "k", req).unwrap();
     drop(vault);
     assert!(!dir.path().join("state/keyvault.db").exists());
     let s = SqlStore::open(&sqldb::Location::sqlite(&db), keys()).unwrap();
