@@ -10,7 +10,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::attest_cmd::{admin_token, get_json, print_result, send_json};
+use keyvault_api::{
+    Attributes, CreateKeyRequest, ImportKeyRequest, KeyVaultApi as _, ReleaseRequest,
+};
+use keyvault_client::ClientError;
+
+use crate::attest_cmd::admin_token;
 
 /// `cvm keyvault ...`
 #[derive(Subcommand, Debug)]
@@ -277,27 +282,9 @@ pub fn run(cmd: KeyvaultCommand) -> ExitCode {
 
 fn region(cmd: RegionCommand) -> Result<()> {
     match cmd {
-        RegionCommand::Create { c, region } => {
-            req(&c, "POST", &format!("/regions/{region}"), Some(json!({})))
-        }
-        RegionCommand::Rotate { c, region } => req(
-            &c,
-            "POST",
-            &format!("/regions/{region}/rotate"),
-            Some(json!({})),
-        ),
-        RegionCommand::List { c } => req(&c, "GET", "/regions", None),
-    }
-}
-
-/// Overwrites every string in `v` (a request body that carried key material).
-fn zeroize_json(v: &mut Value) {
-    use zeroize::Zeroize as _;
-    match v {
-        Value::String(s) => s.zeroize(),
-        Value::Array(a) => a.iter_mut().for_each(zeroize_json),
-        Value::Object(o) => o.values_mut().for_each(zeroize_json),
-        _ => {}
+        RegionCommand::Create { c, region } => show(c.client()?.create_region(&(), &region)),
+        RegionCommand::Rotate { c, region } => show(c.client()?.rotate_region(&(), &region)),
+        RegionCommand::List { c } => show(c.client()?.list_regions(&())),
     }
 }
 
@@ -478,6 +465,14 @@ fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Attributes that make a key exportable (a key with a release policy).
+fn exportable() -> Attributes {
+    Attributes {
+        exportable: Some(true),
+        ..Attributes::default()
+    }
+}
+
 fn policy_envelope(path: &Path, immutable: bool) -> Result<Value> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     keyvault::release_policy::ReleasePolicy::parse(&text)
@@ -489,30 +484,38 @@ fn policy_envelope(path: &Path, immutable: bool) -> Result<Value> {
     }))
 }
 
-fn req(c: &Client, method: &str, path: &str, body: Option<Value>) -> Result<()> {
-    let cred = admin_token(&c.credential_file)?;
-    let url = format!("{}{path}", c.url.trim_end_matches('/'));
-    let (st, v) = match body {
-        None if method == "GET" => get_json(c.ca.as_deref(), &url, Some(&cred))?,
-        b => send_json(
-            c.ca.as_deref(),
-            method,
-            &url,
-            Some(&cred),
-            &serde_json::to_vec(&b.unwrap_or(json!({})))?,
-        )?,
-    };
-    print_result(st, &v)
+impl Client {
+    /// The typed client for this vault and credential.
+    fn client(&self) -> Result<keyvault_client::Client> {
+        let cred = admin_token(&self.credential_file)?;
+        let ca = match &self.ca {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        };
+        Ok(keyvault_client::Client::new(
+            keyvault_client::agent(ca.as_deref())?,
+            &self.url,
+            &cred,
+        ))
+    }
 }
 
-/// Like [`req`] for a body that carries key material: the encoded body is zeroized
-/// after sending.
-fn req_secret(c: &Client, method: &str, path: &str, body: &Value) -> Result<()> {
-    let cred = admin_token(&c.credential_file)?;
-    let url = format!("{}{path}", c.url.trim_end_matches('/'));
-    let bytes = zeroize::Zeroizing::new(serde_json::to_vec(body)?);
-    let (st, v) = send_json(c.ca.as_deref(), method, &url, Some(&cred), &bytes)?;
-    print_result(st, &v)
+/// Prints an answer as JSON: the result, or the service's refusal (then fails with its
+/// HTTP status).
+fn show<T: serde::Serialize>(r: Result<T, ClientError>) -> Result<()> {
+    match r {
+        Ok(t) => {
+            println!("{}", serde_json::to_string_pretty(&t)?);
+            Ok(())
+        }
+        Err(e) => match (e.body(), e.status()) {
+            (Some(body), Some(status)) => {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                bail!("HTTP {status}")
+            }
+            _ => Err(e.into()),
+        },
+    }
 }
 
 /// Runs a key subcommand.
@@ -531,18 +534,17 @@ fn key(cmd: KeyCommand) -> Result<()> {
             release_policy,
             immutable,
         } => {
-            let mut body = json!({ "kty": kty });
-            if let Some(s) = size {
-                body["key_size"] = s.into();
-            }
-            if let Some(crv) = crv {
-                body["crv"] = crv.into();
-            }
+            let mut req = CreateKeyRequest {
+                kty,
+                key_size: size,
+                crv,
+                ..CreateKeyRequest::default()
+            };
             if let Some(p) = release_policy {
-                body["release_policy"] = policy_envelope(&p, immutable)?;
-                body["attributes"] = json!({ "exportable": true });
+                req.release_policy = Some(policy_envelope(&p, immutable)?);
+                req.attributes = Some(exportable());
             }
-            req(&c, "POST", &format!("/keys/{name}/create"), Some(body))
+            show(c.client()?.create_key(&(), &name, req))
         }
         KeyCommand::Import {
             c,
@@ -559,26 +561,22 @@ fn key(cmd: KeyCommand) -> Result<()> {
                 byok.as_deref(),
                 kty.as_deref(),
             )?;
-            let mut body = json!({ "key": key });
+            let Value::Object(key) = key else {
+                bail!("the key is not a JSON object");
+            };
+            let mut req = ImportKeyRequest::new(key);
             if let Some(p) = release_policy {
-                body["release_policy"] = policy_envelope(&p, false)?;
-                body["attributes"] = json!({ "exportable": true });
+                req.release_policy = Some(policy_envelope(&p, false)?);
+                req.attributes = Some(exportable());
             }
-            let r = req_secret(&c, "PUT", &format!("/keys/{name}"), &body);
-            zeroize_json(&mut body);
-            r
+            // The request (its key members) and its encoding are overwritten once sent.
+            show(c.client()?.import_key(&(), &name, req))
         }
         KeyCommand::Show { c, name, version } => {
-            let path = match version {
-                Some(v) => format!("/keys/{name}/{v}"),
-                None => format!("/keys/{name}"),
-            };
-            req(&c, "GET", &path, None)
+            show(c.client()?.get_key(&(), &name, version.as_deref()))
         }
-        KeyCommand::List { c } => req(&c, "GET", "/keys", None),
-        KeyCommand::Delete { c, name } => {
-            req(&c, "DELETE", &format!("/keys/{name}"), Some(json!({})))
-        }
+        KeyCommand::List { c } => show(c.client()?.list_keys(&())),
+        KeyCommand::Delete { c, name } => show(c.client()?.delete_key(&(), &name)),
         KeyCommand::Release {
             c,
             name,
@@ -587,29 +585,26 @@ fn key(cmd: KeyCommand) -> Result<()> {
             enc,
         } => {
             let target = std::fs::read_to_string(&token_file)?.trim().to_string();
-            req(
-                &c,
-                "POST",
-                &format!("/keys/{name}/{version}/release"),
-                Some(json!({ "target": target, "enc": enc })),
-            )
+            let req = ReleaseRequest {
+                target,
+                enc: Some(enc),
+                nonce: None,
+            };
+            show(c.client()?.release(&(), &name, &version, req))
         }
         KeyCommand::Policy(PolicyCommand::Show { c, name }) => {
-            let cred = admin_token(&c.credential_file)?;
-            let url = format!("{}/keys/{name}", c.url.trim_end_matches('/'));
-            let (st, v) = get_json(c.ca.as_deref(), &url, Some(&cred))?;
-            if st != 200 {
-                return print_result(st, &v);
-            }
-            let policy = v["release_policy"]["data"]
-                .as_str()
-                .and_then(|d| B64URL.decode(d.trim_end_matches('=')).ok())
+            let bundle = match c.client()?.get_key(&(), &name, None) {
+                Ok(b) => b,
+                Err(e) => return show::<()>(Err(e)),
+            };
+            let p = bundle.release_policy.as_ref();
+            let policy = p
+                .and_then(|p| B64URL.decode(p.data.trim_end_matches('=')).ok())
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-            let out = json!({
-                "immutable": v["release_policy"]["immutable"],
+            show::<Value>(Ok(json!({
+                "immutable": p.map(|p| p.immutable),
                 "policy": policy,
-            });
-            print_result(st, &out)
+            })))
         }
         KeyCommand::Policy(PolicyCommand::Test {
             c,
@@ -618,12 +613,11 @@ fn key(cmd: KeyCommand) -> Result<()> {
             token_file,
         }) => {
             let target = std::fs::read_to_string(&token_file)?.trim().to_string();
-            req(
-                &c,
-                "POST",
-                &format!("/keys/{name}/{version}/release/test"),
-                Some(json!({ "target": target })),
-            )
+            let req = ReleaseRequest {
+                target,
+                ..ReleaseRequest::default()
+            };
+            show(c.client()?.release_test(&(), &name, &version, req))
         }
     }
 }

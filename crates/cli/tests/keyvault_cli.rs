@@ -2049,3 +2049,211 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(out.matches("FAIL").count(), 2, "{out}");
 }
+
+/// The typed client (`keyvault-client`, the contract's trait over HTTP) drives every
+/// operation of a running vault, refusals arrive typed, and names are path segments:
+/// a name with `/` or `?` cannot reach another route.
+#[test]
+fn the_typed_client_drives_every_operation() {
+    use keyvault_api::*;
+    use keyvault_client::Client;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let attest = attest_serve(d);
+    let kv = keyvault(d, &attest.url);
+    let agent = || keyvault_client::agent(None).unwrap();
+    let admin = std::fs::read_to_string(d.join("kv/admin.token")).unwrap();
+    let service = Client::new(agent(), &kv.url, admin.trim());
+
+    let v = service.create_vault(&(), "t").unwrap();
+    assert_eq!((v.vault.as_str(), v.role.as_str()), ("t", "administrator"));
+    assert!(
+        !format!("{v:?}").contains(&v.credential),
+        "credentials stay out of Debug"
+    );
+    let c = Client::new(agent(), &kv.url, &v.credential);
+    let e = c.create_vault(&(), "u").unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(401), Some("unauthorized")));
+
+    // Keys: create, import with a release policy, read, list, update.
+    let rsa = c
+        .create_key(
+            &(),
+            "rsa",
+            CreateKeyRequest {
+                kty: "RSA".into(),
+                key_size: Some(2048),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(rsa.key.kty, "RSA");
+    assert!(rsa.key.n.is_some() && rsa.key.kid.starts_with(&format!("{}/keys/rsa/", kv.url)));
+    let policy = std::fs::read(policy_file(d, &attest.url)).unwrap();
+    let mut import = ImportKeyRequest::new(
+        json!({"kty": "oct", "k": B64URL.encode([5u8; 32])})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    import.attributes = Some(Attributes {
+        exportable: Some(true),
+        ..Default::default()
+    });
+    import.release_policy = Some(json!({"contentType": "application/json; charset=utf-8",
+        "data": B64URL.encode(&policy), "immutable": true}));
+    let disk = c.import_key(&(), "disk", import).unwrap();
+    assert_eq!(
+        disk.release_policy.as_ref().map(|p| p.immutable),
+        Some(true)
+    );
+    let dv = disk.key.kid.rsplit('/').next().unwrap().to_string();
+    assert_eq!(c.get_key(&(), "disk", Some(&dv)).unwrap(), disk);
+    assert_eq!(c.list_keys(&()).unwrap().value.len(), 2);
+    assert_eq!(c.list_versions(&(), "disk").unwrap().value.len(), 1);
+    let mut tags = serde_json::Map::new();
+    tags.insert("team".into(), json!("db"));
+    let updated = c
+        .update_key(
+            &(),
+            "disk",
+            &dv,
+            UpdateKeyRequest {
+                tags: Some(tags.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(updated.tags, tags);
+    let e = c
+        .update_key(
+            &(),
+            "disk",
+            &dv,
+            UpdateKeyRequest {
+                release_policy: Some(json!({})),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(409), Some("release_policy_immutable"))
+    );
+
+    // Release, its dry run, wrap and attested unwrap, to an attested guest.
+    let (token_file, transfer) = attested_guest(d, &attest.url);
+    let token = std::fs::read_to_string(token_file).unwrap();
+    let r = c
+        .release(
+            &(),
+            "disk",
+            &dv,
+            ReleaseRequest {
+                target: token.clone(),
+                enc: Some("RSA_AES_KEY_WRAP_256".into()),
+                nonce: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        released(&serde_json::to_value(&r).unwrap(), &transfer),
+        [5u8; 32]
+    );
+    let t = c
+        .release_test(
+            &(),
+            "rsa",
+            &version_of(&serde_json::to_value(&rsa).unwrap()),
+            ReleaseRequest {
+                target: token.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(
+        !t.allowed && t.code.as_deref() == Some("key_not_exportable"),
+        "{t:?}"
+    );
+    let w = c
+        .wrap_key(
+            &(),
+            "disk",
+            &dv,
+            WrapKeyRequest {
+                alg: "A256KW".into(),
+                value: B64URL.encode([8u8; 32]),
+            },
+        )
+        .unwrap();
+    let u = c
+        .attested_unwrap(
+            &(),
+            "disk",
+            &dv,
+            AttestedUnwrapRequest {
+                target: token,
+                alg: "A256KW".into(),
+                value: w.value,
+                enc: None,
+                nonce: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(u.value.split('.').count(), 3);
+
+    // Credentials: issue, list, rotate (the old one stops), revoke.
+    let user = c
+        .create_credential(
+            &(),
+            CreateCredentialRequest {
+                role: Some("release_user".into()),
+            },
+        )
+        .unwrap();
+    assert_eq!(c.list_credentials(&()).unwrap().value.len(), 2);
+    let as_user = Client::new(agent(), &kv.url, &user.credential);
+    let e = as_user
+        .create_key(
+            &(),
+            "x",
+            CreateKeyRequest {
+                kty: "oct".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(403), Some("forbidden")));
+    let rotated = as_user.rotate_credential(&(), &user.id).unwrap();
+    assert_eq!(rotated.replaces, user.id);
+    assert_eq!(as_user.list_keys(&()).unwrap_err().status(), Some(401));
+    assert!(c.revoke_credential(&(), &rotated.id).unwrap().revoked);
+    let log = c.audit_log(&()).unwrap();
+    assert!(
+        log.value
+            .iter()
+            .any(|e| e.op == "release" && e.outcome == "allowed")
+    );
+
+    // Soft delete, recover, purge.
+    let deleted = c.delete_key(&(), "rsa").unwrap();
+    assert!(deleted.recovery_id.is_some());
+    assert_eq!(c.list_deleted(&()).unwrap().value.len(), 1);
+    assert_eq!(c.get_deleted(&(), "rsa").unwrap().key, deleted.key);
+    c.recover_key(&(), "rsa").unwrap();
+    c.delete_key(&(), "rsa").unwrap();
+    c.purge_key(&(), "rsa").unwrap();
+    assert_eq!(c.get_deleted(&(), "rsa").unwrap_err().status(), Some(404));
+
+    // Names are one path segment each.
+    for name in ["disk/versions", "disk?x=1", "../vaults/z"] {
+        let e = c.get_key(&(), name, None).unwrap_err();
+        assert_eq!(e.status(), Some(404), "{name}: {e}");
+    }
+
+    // Regions.
+    let r = service.create_region(&(), "west").unwrap();
+    assert_eq!((r.vault.as_str(), r.root_version), ("platform:west", 1));
+    assert_eq!(service.rotate_region(&(), "west").unwrap().root_version, 2);
+    assert_eq!(service.list_regions(&()).unwrap().value[0].root_version, 2);
+}

@@ -115,6 +115,37 @@ pub struct ImportKeyRequest {
     pub hsm: Option<bool>,
 }
 
+impl ImportKeyRequest {
+    /// An import of `key` with no attributes, tags or release policy.
+    pub fn new(key: Map<String, Value>) -> Self {
+        ImportKeyRequest {
+            key,
+            attributes: None,
+            tags: None,
+            release_policy: None,
+            hsm: None,
+        }
+    }
+}
+
+/// Overwrites every string in `v`.
+fn zeroize_value(v: &mut Value) {
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(zeroize_value),
+        Value::Object(o) => o.values_mut().for_each(zeroize_value),
+        _ => {}
+    }
+}
+
+/// The key's members (private ones among them) are overwritten when the request is
+/// dropped, on the server and in a client alike.
+impl Drop for ImportKeyRequest {
+    fn drop(&mut self) {
+        self.key.values_mut().for_each(zeroize_value);
+    }
+}
+
 impl std::fmt::Debug for ImportKeyRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         redacted(f, "ImportKeyRequest", &["key"])

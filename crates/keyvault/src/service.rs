@@ -970,9 +970,9 @@ impl Vault {
                     kty: m.kty,
                     secret: &m.secret,
                     public: m.public,
-                    attributes: b.attributes,
-                    tags: b.tags,
-                    release_policy: b.release_policy,
+                    attributes: b.attributes.take(),
+                    tags: b.tags.take(),
+                    release_policy: b.release_policy.take(),
                 },
             )
         })();
