@@ -5,9 +5,11 @@ response body with openapi-schema-validator's OpenAPI 3.1 validator.
 
 usage: validate-openapi.py DOCUMENT RECORDS
 
-RECORDS is a JSON list of {"operation": operationId, "status": int, "body": any}. A
-record's body must validate against the schema the document declares for its operation
-and status (or its `default` response); a status the document does not declare fails.
+RECORDS is a JSON list of {"operation": operationId, "status": int, "body": any} (a
+text answer is a JSON string, an empty one null). A record's body must validate against
+the schema the document declares for its operation and status (or its `default`
+response; JSON content, else the one content declared); a status the document does not
+declare fails.
 Prints one line per record; exits 1 if any record fails, 2 if the document is invalid.
 """
 
@@ -47,7 +49,9 @@ def main() -> int:
             print(f"FAIL {where}: status not declared")
             failures += 1
             continue
-        schema = response.get("content", {}).get("application/json", {}).get("schema")
+        content = response.get("content", {})
+        media = content.get("application/json") or next(iter(content.values()), {})
+        schema = media.get("schema")
         if schema is None:
             if r["body"] is not None:
                 print(f"FAIL {where}: a body where none is declared")

@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
             None,
         ))
         .expect("dry run");
-    let claims = dry["claims"].clone();
+    let claims = serde_json::Value::Object(dry.claims.clone());
     let rules = attest::policy::default_policy(AttestationType::SevSnpVm);
     let settings = svc
         .provider("default")

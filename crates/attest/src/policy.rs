@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::AttestationType;
@@ -34,41 +34,9 @@ pub enum PolicyError {
     Eval(String),
 }
 
-/// A provider's settings, visible to policies as `data.settings`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSettings {
-    /// Accept evidence signed by the emulated AMD secure processor.
-    #[serde(default)]
-    pub allow_emulated: bool,
-    /// Minimum reported TCB components, when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_tcb: Option<MinTcb>,
-    /// Allowed launch measurements (hex, lower case); empty means any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub measurements: Vec<String>,
-    /// Refuse evidence whose certificate chain was not checked against AMD's CRL (the
-    /// emulator's, for emulated evidence).
-    #[serde(default)]
-    pub require_revocation_check: bool,
-    /// Migration agents (their REPORT_ID_MA, 64 lower-case hex digits) a guest whose
-    /// policy allows one may be bound to; empty: such guests are refused.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub migration_agents: Vec<String>,
-}
-
-/// Minimum TCB component SVNs (the appraisal policy's type; `fmc` applies to Turin
-/// reports only).
-pub use snp::policy::MinTcb;
-
-/// Why a policy denied, as the policy's `deny` set says.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DenyReason {
-    /// The rule's name.
-    pub rule: String,
-    /// Why.
-    pub message: String,
-}
+/// A provider's settings (visible to policies as `data.settings`), the minimum TCB
+/// they may set, and a policy's reasons to deny: the API contract's types.
+pub use attest_api::{DenyReason, MinTcb, ProviderSettings};
 
 /// The outcome of evaluating a policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -42,7 +42,7 @@ use crate::{AttestationType, policy::ProviderSettings};
 pub const MAX_BODY: usize = 1024 * 1024;
 
 type Svc = State<Arc<Service>>;
-type ApiResult = Result<axum::Json<Value>, ApiError>;
+type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
 use httpd::bearer;
 
@@ -59,18 +59,18 @@ fn kind(name: &str) -> Result<AttestationType, ApiError> {
     })
 }
 
-async fn openid(State(s): Svc, p: Option<Path<String>>) -> ApiResult {
+async fn openid(
+    State(s): Svc,
+    p: Option<Path<String>>,
+) -> ApiResult<attest_api::OpenIdConfiguration> {
     Ok(axum::Json(s.openid_configuration(&provider(p))?))
 }
 
-async fn certs(State(s): Svc, p: Option<Path<String>>) -> ApiResult {
-    let jwks = s.jwks(&provider(p))?;
-    Ok(axum::Json(
-        serde_json::to_value(jwks).map_err(|_| ApiError::internal("jwks"))?,
-    ))
+async fn certs(State(s): Svc, p: Option<Path<String>>) -> ApiResult<attest_api::Jwks> {
+    Ok(axum::Json(s.jwks(&provider(p))?))
 }
 
-async fn nonce(State(s): Svc, p: Option<Path<String>>) -> ApiResult {
+async fn nonce(State(s): Svc, p: Option<Path<String>>) -> ApiResult<attest_api::NonceResponse> {
     Ok(axum::Json(s.issue_nonce(&provider(p))?))
 }
 
@@ -92,7 +92,7 @@ async fn attest_default(
     peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::AttestResponse> {
     attest(s, DEFAULT_PROVIDER.into(), t, &h, peer_ip(peer), b).await
 }
 
@@ -102,7 +102,7 @@ async fn attest_named(
     peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::AttestResponse> {
     attest(s, p, t, &h, peer_ip(peer), b).await
 }
 
@@ -120,7 +120,7 @@ async fn attest(
     h: &HeaderMap,
     peer: Option<std::net::IpAddr>,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::AttestResponse> {
     let k = kind(&t)?;
     let b = body(b)?;
     Ok(axum::Json(s.attest(&p, k, &b, bearer(h), peer).await?))
@@ -145,7 +145,11 @@ fn policy_text(b: &[u8], headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-async fn policy_get_default(State(s): Svc, Path(t): Path<String>, h: HeaderMap) -> ApiResult {
+async fn policy_get_default(
+    State(s): Svc,
+    Path(t): Path<String>,
+    h: HeaderMap,
+) -> ApiResult<attest_api::PolicyInfo> {
     Ok(axum::Json(s.get_policy(
         DEFAULT_PROVIDER,
         bearer(&h),
@@ -157,7 +161,7 @@ async fn policy_get_named(
     State(s): Svc,
     Path((p, t)): Path<(String, String)>,
     h: HeaderMap,
-) -> ApiResult {
+) -> ApiResult<attest_api::PolicyInfo> {
     Ok(axum::Json(s.get_policy(&p, bearer(&h), kind(&t)?)?))
 }
 
@@ -166,7 +170,7 @@ async fn policy_put_default(
     Path(t): Path<String>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::PolicySet> {
     s.check_admin(DEFAULT_PROVIDER, bearer(&h))?;
     let b = body(b)?;
     let text = policy_text(&b, &h)?;
@@ -181,7 +185,7 @@ async fn policy_put_named(
     Path((p, t)): Path<(String, String)>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::PolicySet> {
     s.check_admin(&p, bearer(&h))?;
     let b = body(b)?;
     let text = policy_text(&b, &h)?;
@@ -206,7 +210,7 @@ async fn policy_test(
     h: &HeaderMap,
     peer: Option<std::net::IpAddr>,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::DryRun> {
     let k = kind(t)?;
     let b = body(b)?;
     let tb: TestBody = crate::evidence::parse_json("policy test body", &b)?;
@@ -223,7 +227,7 @@ async fn policy_test_default(
     peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::DryRun> {
     policy_test(s, DEFAULT_PROVIDER, &t, &h, peer_ip(peer), b).await
 }
 
@@ -233,11 +237,15 @@ async fn policy_test_named(
     peer: PeerExt,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::DryRun> {
     policy_test(s, &p, &t, &h, peer_ip(peer), b).await
 }
 
-async fn settings_get(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+async fn settings_get(
+    State(s): Svc,
+    p: Option<Path<String>>,
+    h: HeaderMap,
+) -> ApiResult<attest_api::ProviderSettings> {
     Ok(axum::Json(s.get_settings(&provider(p), bearer(&h))?))
 }
 
@@ -246,12 +254,16 @@ async fn settings_put(
     p: Option<Path<String>>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::ProviderSettings> {
     let b = body(b)?;
     Ok(axum::Json(s.set_settings(&provider(p), bearer(&h), &b)?))
 }
 
-async fn rotate(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+async fn rotate(
+    State(s): Svc,
+    p: Option<Path<String>>,
+    h: HeaderMap,
+) -> ApiResult<attest_api::SigningKeyRotated> {
     Ok(axum::Json(s.rotate_signing_key(&provider(p), bearer(&h))?))
 }
 
@@ -260,7 +272,7 @@ async fn create_provider(
     Path(p): Path<String>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::ProviderCreated> {
     let b = body(b)?;
     let settings: ProviderSettings = if b.iter().all(u8::is_ascii_whitespace) {
         ProviderSettings::default()
@@ -274,7 +286,7 @@ async fn revoke_key(
     State(s): Svc,
     Path(params): Path<std::collections::HashMap<String, String>>,
     h: HeaderMap,
-) -> ApiResult {
+) -> ApiResult<attest_api::SigningKeyRevoked> {
     let provider = params
         .get("provider")
         .cloned()
@@ -289,7 +301,11 @@ async fn revoke_key(
     )?))
 }
 
-async fn admin_rotate(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+async fn admin_rotate(
+    State(s): Svc,
+    p: Option<Path<String>>,
+    h: HeaderMap,
+) -> ApiResult<attest_api::AdminCredential> {
     Ok(axum::Json(s.new_admin_credential(
         &provider(p),
         bearer(&h),
@@ -297,7 +313,11 @@ async fn admin_rotate(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> A
     )?))
 }
 
-async fn admin_reset(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+async fn admin_reset(
+    State(s): Svc,
+    p: Option<Path<String>>,
+    h: HeaderMap,
+) -> ApiResult<attest_api::AdminCredential> {
     Ok(axum::Json(s.new_admin_credential(
         &provider(p),
         bearer(&h),
@@ -305,17 +325,25 @@ async fn admin_reset(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> Ap
     )?))
 }
 
-async fn admin_revoke(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+async fn admin_revoke(
+    State(s): Svc,
+    p: Option<Path<String>>,
+    h: HeaderMap,
+) -> ApiResult<attest_api::AdminRevoked> {
     Ok(axum::Json(
         s.revoke_admin_credential(&provider(p), bearer(&h))?,
     ))
 }
 
-async fn audit_log(State(s): Svc, p: Option<Path<String>>, h: HeaderMap) -> ApiResult {
+async fn audit_log(
+    State(s): Svc,
+    p: Option<Path<String>>,
+    h: HeaderMap,
+) -> ApiResult<attest_api::AuditLog> {
     Ok(axum::Json(s.audit_log(&provider(p), bearer(&h))?))
 }
 
-async fn reference_values(State(s): Svc) -> ApiResult {
+async fn reference_values(State(s): Svc) -> ApiResult<attest_api::ReferenceValueList> {
     Ok(axum::Json(s.reference_values()?))
 }
 
@@ -324,7 +352,7 @@ async fn reference_value_add(
     Path(region): Path<String>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<attest_api::ReferenceValue> {
     let b = body(b)?;
     Ok(axum::Json(s.add_reference_value(
         bearer(&h),
@@ -337,7 +365,7 @@ async fn reference_value_remove(
     State(s): Svc,
     Path((region, m)): Path<(String, String)>,
     h: HeaderMap,
-) -> ApiResult {
+) -> ApiResult<attest_api::ReferenceValueRemoved> {
     Ok(axum::Json(s.remove_reference_value(
         bearer(&h),
         &region,

@@ -18,11 +18,16 @@ use zeroize::Zeroizing;
 
 use crate::collateral::{CrlMemo, EmulatorRoots, ServiceCrls};
 use crate::error::{ApiError, AttestRefusal as _};
-use crate::jwt::{Alg, Jwks, TokenSigner};
+use crate::jwt::{Alg, TokenSigner};
 use crate::nonce::NonceStore;
 use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
 use crate::store::{AuditEntry, ProviderRow, SigningKeyRow, SqlStore, Store};
 use crate::{AttestationType, evidence};
+use attest_api::{
+    AdminCredential, AdminRevoked, AttestResponse, AuditLog, AuditRecord, DryRun, NonceResponse,
+    OpenIdConfiguration, PolicyInfo, PolicySet, ProviderCreated, ReferenceValueList,
+    ReferenceValueRemoved, SigningKeyRevoked, SigningKeyRotated, TokenResponse,
+};
 use seal::MasterKey;
 
 /// A parsed VEK and its chain, shared.
@@ -575,7 +580,7 @@ impl Service {
         bearer: Option<&str>,
         name: &str,
         settings: ProviderSettings,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<ProviderCreated, ApiError> {
         self.check_admin(DEFAULT_PROVIDER, bearer)?;
         if !valid_provider_name(name) || name == DEFAULT_PROVIDER {
             return Err(ApiError::bad(
@@ -585,45 +590,70 @@ impl Service {
         }
         let token = self.create_provider_row(name, &settings)?;
         self.reload(name)?;
-        Ok(json!({
-            "name": name,
-            "issuer": self.issuer(name),
-            "adminToken": token.as_str(),
-        }))
+        Ok(ProviderCreated {
+            name: name.to_string(),
+            issuer: self.issuer(name),
+            admin_token: token.to_string(),
+        })
     }
 
     /// The provider's JWKS (every key it has signed with, newest first).
-    pub fn jwks(&self, provider: &str) -> Result<Jwks, ApiError> {
+    pub fn jwks(&self, provider: &str) -> Result<attest_api::Jwks, ApiError> {
         let p = self.provider(provider)?;
-        Ok(Jwks {
+        Ok(attest_api::Jwks {
             keys: p
                 .signers
                 .iter()
                 .filter(|s| s.published_at(now()))
-                .map(|s| s.signer.jwk())
+                .map(|s| {
+                    let k = s.signer.jwk();
+                    attest_api::Jwk {
+                        kty: k.kty,
+                        kid: k.kid,
+                        alg: k.alg,
+                        use_: k.use_,
+                        n: k.n,
+                        e: k.e,
+                        crv: k.crv,
+                        x: k.x,
+                        y: k.y,
+                        x5c: k.x5c,
+                    }
+                })
                 .collect(),
         })
     }
 
     /// The provider's OpenID Connect discovery document.
-    pub fn openid_configuration(&self, provider: &str) -> Result<Value, ApiError> {
+    pub fn openid_configuration(&self, provider: &str) -> Result<OpenIdConfiguration, ApiError> {
         let p = self.provider(provider)?;
         let iss = self.issuer(provider);
         let mut algs: Vec<&str> = p.signers.iter().map(|s| s.signer.alg().name()).collect();
         algs.dedup();
-        Ok(json!({
-            "issuer": iss,
-            "jwks_uri": format!("{iss}/certs"),
-            "id_token_signing_alg_values_supported": algs,
-            "response_types_supported": ["token", "none"],
-            "subject_types_supported": ["public"],
-            "claims_supported": [
-                "iss", "iat", "nbf", "exp", "jti", "nonce", "x-ms-ver",
-                "x-ms-attestation-type", "x-ms-compliance-status", "x-ms-policy-hash",
-                "x-ms-runtime", "x-ms-isolation-tee", "x-opencvm-emulated"
-            ],
-            "revocation_endpoint": Value::Null,
-        }))
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Ok(OpenIdConfiguration {
+            jwks_uri: format!("{iss}/certs"),
+            issuer: iss,
+            id_token_signing_alg_values_supported: strings(&algs),
+            response_types_supported: strings(&["token", "none"]),
+            subject_types_supported: strings(&["public"]),
+            claims_supported: strings(&[
+                "iss",
+                "iat",
+                "nbf",
+                "exp",
+                "jti",
+                "nonce",
+                "x-ms-ver",
+                "x-ms-attestation-type",
+                "x-ms-compliance-status",
+                "x-ms-policy-hash",
+                "x-ms-runtime",
+                "x-ms-isolation-tee",
+                "x-opencvm-emulated",
+            ]),
+            revocation_endpoint: None,
+        })
     }
 
     /// Adds a new signing key, which signs from now on; the keys it replaces stay in
@@ -632,7 +662,7 @@ impl Service {
         &self,
         provider: &str,
         bearer: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<SigningKeyRotated, ApiError> {
         self.check_admin(provider, bearer)?;
         let row = self.new_signing_key_row(provider)?;
         let retire_at = now().saturating_add(self.key_grace);
@@ -642,7 +672,10 @@ impl Service {
             .map_err(|e| ApiError::logged("store", e))?;
         let p = self.reload(provider)?;
         let kid = p.signers.first().map(|s| s.signer.kid().to_string());
-        Ok(json!({ "kid": kid, "previousKeysRetireAt": retire_at }))
+        Ok(SigningKeyRotated {
+            kid,
+            previous_keys_retire_at: retire_at,
+        })
     }
 
     /// Revokes signing key `kid` at once: it leaves the JWKS, so tokens it signed stop
@@ -652,7 +685,7 @@ impl Service {
         provider: &str,
         bearer: Option<&str>,
         kid: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<SigningKeyRevoked, ApiError> {
         self.check_admin(provider, bearer)?;
         let p = self.provider(provider)?;
         let pos = p
@@ -684,7 +717,10 @@ impl Service {
         }
         let p = self.reload(provider)?;
         let kid_now = p.signers.first().map(|s| s.signer.kid().to_string());
-        Ok(json!({ "revoked": kid, "kid": kid_now }))
+        Ok(SigningKeyRevoked {
+            revoked: kid.to_string(),
+            kid: kid_now,
+        })
     }
 
     /// A new administrator credential for `provider`, replacing the current one at
@@ -695,7 +731,7 @@ impl Service {
         provider: &str,
         bearer: Option<&str>,
         reset: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<AdminCredential, ApiError> {
         let (caller, op) = if reset {
             self.check_admin(DEFAULT_PROVIDER, bearer)?;
             (DEFAULT_ADMIN, "admin_credential_reset")
@@ -714,7 +750,10 @@ impl Service {
             let _ = std::fs::remove_file(self.state_dir.join("admin.token"));
         }
         self.reload(provider)?;
-        Ok(json!({ "provider": provider, "adminToken": token.as_str() }))
+        Ok(AdminCredential {
+            provider: provider.to_string(),
+            admin_token: token.to_string(),
+        })
     }
 
     /// Revokes `provider`'s administrator credential (by its administrator or the
@@ -725,7 +764,7 @@ impl Service {
         &self,
         provider: &str,
         bearer: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<AdminRevoked, ApiError> {
         let caller = if self.check_admin(provider, bearer).is_ok() {
             "administrator"
         } else {
@@ -747,7 +786,10 @@ impl Service {
             .set_admin(provider, &unusable, &audit)
             .map_err(|e| ApiError::logged("store", e))?;
         self.reload(provider)?;
-        Ok(json!({ "provider": provider, "revoked": true }))
+        Ok(AdminRevoked {
+            provider: provider.to_string(),
+            revoked: true,
+        })
     }
 
     fn reload_reference_values(&self) -> Result<(), crate::store::StoreError> {
@@ -784,12 +826,14 @@ impl Service {
     }
 
     /// Every registered reference value (anyone may read them).
-    pub fn reference_values(&self) -> Result<Value, ApiError> {
+    pub fn reference_values(&self) -> Result<ReferenceValueList, ApiError> {
         let all = self
             .store
             .reference_values()
             .map_err(|e| ApiError::logged("store", e))?;
-        Ok(json!({ "value": all }))
+        Ok(ReferenceValueList {
+            value: all.into_iter().map(wire_reference_value).collect(),
+        })
     }
 
     /// Registers (default provider's administrator: the platform operator) a launch
@@ -800,7 +844,7 @@ impl Service {
         bearer: Option<&str>,
         region: &str,
         body: &[u8],
-    ) -> Result<Value, ApiError> {
+    ) -> Result<attest_api::ReferenceValue, ApiError> {
         self.check_admin(DEFAULT_PROVIDER, bearer)?;
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -851,7 +895,7 @@ impl Service {
             .add_reference_value(&rv, &audit)
             .map_err(|e| ApiError::logged("store", e))?;
         self.reference_values_changed()?;
-        serde_json::to_value(rv).map_err(|_| ApiError::internal("json"))
+        Ok(wire_reference_value(rv))
     }
 
     /// Removes a reference value (default provider's administrator).
@@ -860,7 +904,7 @@ impl Service {
         bearer: Option<&str>,
         region: &str,
         measurement: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<ReferenceValueRemoved, ApiError> {
         self.check_admin(DEFAULT_PROVIDER, bearer)?;
         let m = measurement.to_ascii_lowercase();
         let audit = audit_entry(
@@ -879,28 +923,47 @@ impl Service {
             )));
         }
         self.reference_values_changed()?;
-        Ok(json!({ "removed": format!("{region}/{m}") }))
+        Ok(ReferenceValueRemoved {
+            removed: format!("{region}/{m}"),
+        })
     }
 
     /// The provider's audit log (its administrator).
-    pub fn audit_log(&self, provider: &str, bearer: Option<&str>) -> Result<Value, ApiError> {
+    pub fn audit_log(&self, provider: &str, bearer: Option<&str>) -> Result<AuditLog, ApiError> {
         self.check_admin(provider, bearer)?;
         let log = self
             .store
             .audit_log(provider)
             .map_err(|e| ApiError::logged("store", e))?;
-        Ok(json!({ "value": log }))
+        Ok(AuditLog {
+            value: log
+                .into_iter()
+                .map(|e| AuditRecord {
+                    seq: e.seq,
+                    ts: e.ts,
+                    provider: e.provider,
+                    caller: e.caller,
+                    op: e.op,
+                    subject: e.subject,
+                    outcome: e.outcome,
+                    code: e.code,
+                })
+                .collect(),
+        })
     }
 
     /// Issues a nonce for `provider` (it is unknown to every other provider).
-    pub fn issue_nonce(&self, provider: &str) -> Result<Value, ApiError> {
+    pub fn issue_nonce(&self, provider: &str) -> Result<NonceResponse, ApiError> {
         self.provider(provider)?;
         let nonce = self
             .nonces
             .issue(provider)
             .map_err(|e| ApiError::new(503, e.code(), e.to_string()))?;
         let ttl = i64::try_from(self.nonces.ttl().as_secs()).unwrap_or(i64::MAX);
-        Ok(json!({ "nonce": nonce, "expiresAt": now().saturating_add(ttl) }))
+        Ok(NonceResponse {
+            nonce,
+            expires_at: now().saturating_add(ttl),
+        })
     }
 
     /// Checks a nonce named by evidence (issued here for `provider`, unexpired,
@@ -1004,19 +1067,19 @@ impl Service {
         provider: &str,
         bearer: Option<&str>,
         kind: AttestationType,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<PolicyInfo, ApiError> {
         self.check_admin(provider, bearer)?;
         let p = self.provider(provider)?;
         let a = p
             .policy(kind)
             .ok_or_else(|| ApiError::internal("no_policy"))?;
-        Ok(json!({
-            "attestationType": kind.path_name(),
-            "version": a.version,
-            "default": a.version == 0,
-            "policy": a.text,
-            "policyHash": a.hash,
-        }))
+        Ok(PolicyInfo {
+            attestation_type: kind.path_name().into(),
+            version: a.version,
+            default: a.version == 0,
+            policy: a.text.clone(),
+            policy_hash: a.hash.clone(),
+        })
     }
 
     /// Sets a new policy version for `kind` (it must compile).
@@ -1026,7 +1089,7 @@ impl Service {
         bearer: Option<&str>,
         kind: AttestationType,
         text: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<PolicySet, ApiError> {
         self.check_admin(provider, bearer)?;
         let p = self.provider(provider)?;
         if text.len() > policy::MAX_POLICY_LEN {
@@ -1045,18 +1108,22 @@ impl Service {
             .put_policy(provider, kind.path_name(), text, now(), &audit)
             .map_err(|e| ApiError::logged("store", e))?;
         self.reload(provider)?;
-        Ok(json!({
-            "attestationType": kind.path_name(),
-            "version": version,
-            "policyHash": policy::policy_hash(text),
-        }))
+        Ok(PolicySet {
+            attestation_type: kind.path_name().into(),
+            version,
+            policy_hash: policy::policy_hash(text),
+        })
     }
 
     /// The provider's settings.
-    pub fn get_settings(&self, provider: &str, bearer: Option<&str>) -> Result<Value, ApiError> {
+    pub fn get_settings(
+        &self,
+        provider: &str,
+        bearer: Option<&str>,
+    ) -> Result<ProviderSettings, ApiError> {
         self.check_admin(provider, bearer)?;
         let p = self.provider(provider)?;
-        serde_json::to_value(&p.settings).map_err(|_| ApiError::internal("settings"))
+        Ok(p.settings.clone())
     }
 
     /// Replaces the provider's settings (policies are recompiled with them).
@@ -1065,7 +1132,7 @@ impl Service {
         provider: &str,
         bearer: Option<&str>,
         body: &[u8],
-    ) -> Result<Value, ApiError> {
+    ) -> Result<ProviderSettings, ApiError> {
         self.check_admin(provider, bearer)?;
         let settings: ProviderSettings = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad("invalid_settings", e.to_string()))?;
@@ -1087,7 +1154,7 @@ impl Service {
             .set_settings(provider, &json, &audit)
             .map_err(|e| ApiError::logged("store", e))?;
         self.reload(provider)?;
-        serde_json::to_value(&settings).map_err(|_| ApiError::internal("settings"))
+        Ok(settings)
     }
 
     /// Attests `body` (an MAA-shaped request for `kind`) for `provider`: a token, or
@@ -1100,12 +1167,14 @@ impl Service {
         body: &[u8],
         bearer: Option<&str>,
         peer: Option<std::net::IpAddr>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<AttestResponse, ApiError> {
         let p = self.provider(provider)?;
         let ev = evidence::evaluate(self, provider, kind, body, peer)?;
         if let Some(draft) = ev.draft_policy.clone() {
             self.check_admin(provider, bearer)?;
-            return self.dry_run(&p, kind, Some(&draft), ev).await;
+            return Ok(AttestResponse::DryRun(
+                self.dry_run(&p, kind, Some(&draft), ev).await?,
+            ));
         }
         let active = p
             .policy(kind)
@@ -1133,7 +1202,7 @@ impl Service {
             self.nonces.consume(provider, n).map_err(nonce_error)?;
         }
         let token = self.token(&p, kind, ev.claims, &active.hash, ev.nonce.as_deref())?;
-        Ok(json!({ "token": token }))
+        Ok(AttestResponse::Token(TokenResponse { token }))
     }
 
     /// A dry run: the decision, the claims and the reasons, with `policy` (or the
@@ -1147,7 +1216,7 @@ impl Service {
         evidence_body: &[u8],
         bearer: Option<&str>,
         peer: Option<std::net::IpAddr>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<DryRun, ApiError> {
         let p = self.provider(provider)?;
         if policy_text.is_some() {
             self.check_admin(provider, bearer)?;
@@ -1166,14 +1235,14 @@ impl Service {
         kind: AttestationType,
         draft: Option<&str>,
         ev: evidence::Evaluated,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<DryRun, ApiError> {
         let input = Value::Object(ev.claims.clone());
         let (Decision { allow, deny }, hash, version) = match draft {
             // A draft is untrusted Rego: the sandbox, or refused without one.
             Some(text) => (
                 self.decide(p, None, text, &input).await?,
                 policy::policy_hash(text),
-                Value::Null,
+                None,
             ),
             None => {
                 let a = p
@@ -1182,18 +1251,18 @@ impl Service {
                 (
                     self.decide(p, a.compiled.as_ref(), &a.text, &input).await?,
                     a.hash.clone(),
-                    a.version.into(),
+                    Some(a.version),
                 )
             }
         };
-        Ok(json!({
-            "dryRun": true,
-            "decision": if allow { "allow" } else { "deny" },
-            "deny": deny,
-            "policyHash": hash,
-            "policyVersion": version,
-            "claims": ev.claims,
-        }))
+        Ok(DryRun {
+            dry_run: true,
+            decision: if allow { "allow" } else { "deny" }.into(),
+            deny,
+            policy_hash: hash,
+            policy_version: version,
+            claims: ev.claims,
+        })
     }
 
     /// Evaluates a policy: `compiled` in process (the default policies), else `text` in
@@ -1295,5 +1364,16 @@ fn nonce_error(e: crate::nonce::NonceError) -> ApiError {
             ApiError::new(503, e.code(), e.to_string())
         }
         _ => ApiError::bad(e.code(), e.to_string()),
+    }
+}
+
+/// A stored reference value as the API shows it.
+fn wire_reference_value(rv: crate::store::ReferenceValue) -> attest_api::ReferenceValue {
+    attest_api::ReferenceValue {
+        region: rv.region,
+        measurement: rv.measurement,
+        component: rv.component,
+        source: rv.source,
+        created: rv.created,
     }
 }

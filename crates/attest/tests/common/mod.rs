@@ -1,6 +1,8 @@
 //! Shared helpers: a real server on 127.0.0.1:0 and emulated SNP evidence.
 #![allow(dead_code)]
 
+pub mod azure;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
