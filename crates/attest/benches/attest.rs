@@ -87,8 +87,12 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let attest =
-        || rt.block_on(svc.attest("default", AttestationType::SevSnpVm, &body, None, None));
+    let attest = || {
+        let anyone = svc
+            .admit_op("attest_sev_snp_vm", "default", None)
+            .expect("admit");
+        rt.block_on(svc.attest(&anyone, AttestationType::SevSnpVm, &body, None))
+    };
     attest().expect("attest");
     c.bench_function("attest/SevSnpVm in process", |b| {
         b.iter(|| black_box(attest().expect("attest")))
@@ -97,15 +101,13 @@ fn bench(c: &mut Criterion) {
     // The policy step alone, on this evidence's claims: the built-in rules compiled in
     // process, the same rules in a sandbox worker (one round trip over its pipes), and
     // in process again with the evaluation time limit the workers run under.
+    let tester = svc.admit_op("test_policy", "default", None).expect("admit");
+    let req = attest_api::PolicyTestRequest {
+        policy: None,
+        evidence: serde_json::from_slice(&body).expect("json"),
+    };
     let dry = rt
-        .block_on(svc.test_policy(
-            "default",
-            AttestationType::SevSnpVm,
-            None,
-            &body,
-            None,
-            None,
-        ))
+        .block_on(svc.test_policy(&tester, AttestationType::SevSnpVm, req, None))
         .expect("dry run");
     let claims = serde_json::Value::Object(dry.claims.clone());
     let rules = attest::policy::default_policy(AttestationType::SevSnpVm);

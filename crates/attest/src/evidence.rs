@@ -391,8 +391,8 @@ fn verify_error(e: snp::verify::VerifyError) -> ApiError {
 }
 
 /// Runs the request parsers on `data` (a fuzz target's entry point): SevSnpVm and
-/// AzureGuest bodies down to their nested base64 and JSON, data fields, settings, and
-/// token parsing/verification. Must never panic.
+/// AzureGuest bodies down to their nested base64 and JSON, data fields, settings, the
+/// contract's other request bodies, and token parsing/verification. Must never panic.
 pub fn fuzz_parse(data: &[u8]) {
     if let Ok(req) = serde_json::from_slice::<SevSnpRequest>(data) {
         if let Ok(proof) = b64_any("report", &req.report)
@@ -411,6 +411,12 @@ pub fn fuzz_parse(data: &[u8]) {
     }
     crate::azure::fuzz_parse(data);
     let _ = serde_json::from_slice::<crate::policy::ProviderSettings>(data);
+    // The contract's request bodies, and its answers as a client reads them.
+    let _ = serde_json::from_slice::<attest_api::PolicyTestRequest>(data);
+    let _ = serde_json::from_slice::<attest_api::PolicyRequest>(data);
+    let _ = serde_json::from_slice::<attest_api::ReferenceValueRequest>(data);
+    let _ = serde_json::from_slice::<attest_api::AttestResponse>(data);
+    let _ = serde_json::from_slice::<attest_api::ErrorResponse>(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = b64_any("x", text);
         let _ = crate::jwt::peek(text);

@@ -31,11 +31,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::error::{ApiError, AttestRefusal as _};
-use crate::service::{DEFAULT_PROVIDER, Service};
+use crate::service::{Admitted, DEFAULT_PROVIDER, Service};
 use crate::{AttestationType, policy::ProviderSettings};
 
 /// The largest request body accepted.
@@ -79,6 +77,12 @@ fn provider(p: Option<Path<String>>) -> String {
         .unwrap_or_else(|| DEFAULT_PROVIDER.to_string())
 }
 
+/// The one access check, before any body is read: the request about `provider`,
+/// admitted to the contract's operation `id` ([`Service::admit`]).
+fn admit(s: &Service, id: &str, provider: &str, h: &HeaderMap) -> Result<Admitted, ApiError> {
+    s.admit_op(id, provider, bearer(h))
+}
+
 /// The client's address, when the listener recorded it.
 type PeerExt = Option<axum::Extension<httpd::Peer>>;
 
@@ -112,7 +116,8 @@ async fn attest_named(
 /// it to the blocking pool cost 15 % of the throughput (BENCHMARKS.md §4). A tenant's
 /// policy runs in a sandbox worker process, awaited without holding the thread; the
 /// one blocking I/O, a collateral fetch from the KDS, steps off the worker itself
-/// (`evidence.rs`).
+/// (`evidence.rs`). The body stays bytes: MAA's request shapes are parsed, with their
+/// own refusal codes, by the evidence appraisal.
 async fn attest(
     s: Arc<Service>,
     p: String,
@@ -122,13 +127,13 @@ async fn attest(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::AttestResponse> {
     let k = kind(&t)?;
+    let id = match k {
+        AttestationType::SevSnpVm => "attest_sev_snp_vm",
+        AttestationType::AzureGuest => "attest_azure_guest",
+    };
+    let a = admit(&s, id, &p, h)?;
     let b = body(b)?;
-    Ok(axum::Json(s.attest(&p, k, &b, bearer(h), peer).await?))
-}
-
-#[derive(Deserialize)]
-struct PolicyBody {
-    policy: String,
+    Ok(axum::Json(s.attest(&a, k, &b, peer).await?))
 }
 
 fn policy_text(b: &[u8], headers: &HeaderMap) -> Result<String, ApiError> {
@@ -137,7 +142,7 @@ fn policy_text(b: &[u8], headers: &HeaderMap) -> Result<String, ApiError> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if json {
-        let pb: PolicyBody = crate::evidence::parse_json("policy body", b)?;
+        let pb: attest_api::PolicyRequest = crate::evidence::parse_json("policy body", b)?;
         Ok(pb.policy)
     } else {
         String::from_utf8(b.to_vec())
@@ -145,16 +150,23 @@ fn policy_text(b: &[u8], headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
+async fn policy_get(
+    s: &Service,
+    p: &str,
+    t: &str,
+    h: &HeaderMap,
+) -> ApiResult<attest_api::PolicyInfo> {
+    let k = kind(t)?;
+    let a = admit(s, "get_policy", p, h)?;
+    Ok(axum::Json(s.get_policy(&a, k)?))
+}
+
 async fn policy_get_default(
     State(s): Svc,
     Path(t): Path<String>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::PolicyInfo> {
-    Ok(axum::Json(s.get_policy(
-        DEFAULT_PROVIDER,
-        bearer(&h),
-        kind(&t)?,
-    )?))
+    policy_get(&s, DEFAULT_PROVIDER, &t, &h).await
 }
 
 async fn policy_get_named(
@@ -162,7 +174,20 @@ async fn policy_get_named(
     Path((p, t)): Path<(String, String)>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::PolicyInfo> {
-    Ok(axum::Json(s.get_policy(&p, bearer(&h), kind(&t)?)?))
+    policy_get(&s, &p, &t, &h).await
+}
+
+async fn policy_put(
+    s: &Service,
+    p: &str,
+    t: &str,
+    h: &HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<attest_api::PolicySet> {
+    let a = admit(s, "set_policy", p, h)?;
+    let b = body(b)?;
+    let text = policy_text(&b, h)?;
+    Ok(axum::Json(s.set_policy(&a, kind(t)?, &text).await?))
 }
 
 async fn policy_put_default(
@@ -171,13 +196,7 @@ async fn policy_put_default(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::PolicySet> {
-    s.check_admin(DEFAULT_PROVIDER, bearer(&h))?;
-    let b = body(b)?;
-    let text = policy_text(&b, &h)?;
-    Ok(axum::Json(
-        s.set_policy(DEFAULT_PROVIDER, bearer(&h), kind(&t)?, &text)
-            .await?,
-    ))
+    policy_put(&s, DEFAULT_PROVIDER, &t, &h, b).await
 }
 
 async fn policy_put_named(
@@ -186,20 +205,7 @@ async fn policy_put_named(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::PolicySet> {
-    s.check_admin(&p, bearer(&h))?;
-    let b = body(b)?;
-    let text = policy_text(&b, &h)?;
-    Ok(axum::Json(
-        s.set_policy(&p, bearer(&h), kind(&t)?, &text).await?,
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TestBody {
-    #[serde(default)]
-    policy: Option<String>,
-    evidence: Value,
+    policy_put(&s, &p, &t, &h, b).await
 }
 
 /// A dry run; like an attestation, it runs on the receiving worker.
@@ -212,13 +218,10 @@ async fn policy_test(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::DryRun> {
     let k = kind(t)?;
+    let a = admit(&s, "test_policy", p, h)?;
     let b = body(b)?;
-    let tb: TestBody = crate::evidence::parse_json("policy test body", &b)?;
-    let ev = serde_json::to_vec(&tb.evidence).map_err(|_| ApiError::internal("json"))?;
-    Ok(axum::Json(
-        s.test_policy(p, k, tb.policy.as_deref(), &ev, bearer(h), peer)
-            .await?,
-    ))
+    let req: attest_api::PolicyTestRequest = crate::evidence::parse_json("policy test body", &b)?;
+    Ok(axum::Json(s.test_policy(&a, k, req, peer).await?))
 }
 
 async fn policy_test_default(
@@ -241,12 +244,18 @@ async fn policy_test_named(
     policy_test(s, &p, &t, &h, peer_ip(peer), b).await
 }
 
+/// Provider settings from a request body (`invalid_settings` when they are not).
+fn settings(b: &[u8]) -> Result<ProviderSettings, ApiError> {
+    serde_json::from_slice(b).map_err(|e| ApiError::bad("invalid_settings", e.to_string()))
+}
+
 async fn settings_get(
     State(s): Svc,
     p: Option<Path<String>>,
     h: HeaderMap,
-) -> ApiResult<attest_api::ProviderSettings> {
-    Ok(axum::Json(s.get_settings(&provider(p), bearer(&h))?))
+) -> ApiResult<ProviderSettings> {
+    let a = admit(&s, "get_settings", &provider(p), &h)?;
+    Ok(axum::Json(s.get_settings(&a)?))
 }
 
 async fn settings_put(
@@ -254,9 +263,10 @@ async fn settings_put(
     p: Option<Path<String>>,
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult<attest_api::ProviderSettings> {
-    let b = body(b)?;
-    Ok(axum::Json(s.set_settings(&provider(p), bearer(&h), &b)?))
+) -> ApiResult<ProviderSettings> {
+    let a = admit(&s, "set_settings", &provider(p), &h)?;
+    let settings = settings(&body(b)?)?;
+    Ok(axum::Json(s.set_settings(&a, settings)?))
 }
 
 async fn rotate(
@@ -264,7 +274,8 @@ async fn rotate(
     p: Option<Path<String>>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::SigningKeyRotated> {
-    Ok(axum::Json(s.rotate_signing_key(&provider(p), bearer(&h))?))
+    let a = admit(&s, "rotate_signing_key", &provider(p), &h)?;
+    Ok(axum::Json(s.rotate_signing_key(&a)?))
 }
 
 async fn create_provider(
@@ -273,13 +284,14 @@ async fn create_provider(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::ProviderCreated> {
+    let a = admit(&s, "create_provider", DEFAULT_PROVIDER, &h)?;
     let b = body(b)?;
-    let settings: ProviderSettings = if b.iter().all(u8::is_ascii_whitespace) {
+    let settings = if b.iter().all(u8::is_ascii_whitespace) {
         ProviderSettings::default()
     } else {
-        serde_json::from_slice(&b).map_err(|e| ApiError::bad("invalid_settings", e.to_string()))?
+        settings(&b)?
     };
-    Ok(axum::Json(s.create_provider(bearer(&h), &p, settings)?))
+    Ok(axum::Json(s.create_provider(&a, &p, settings)?))
 }
 
 async fn revoke_key(
@@ -294,11 +306,8 @@ async fn revoke_key(
     let kid = params
         .get("kid")
         .ok_or_else(|| ApiError::not_found("no such endpoint"))?;
-    Ok(axum::Json(s.revoke_signing_key(
-        &provider,
-        bearer(&h),
-        kid,
-    )?))
+    let a = admit(&s, "revoke_signing_key", &provider, &h)?;
+    Ok(axum::Json(s.revoke_signing_key(&a, kid)?))
 }
 
 async fn admin_rotate(
@@ -306,11 +315,8 @@ async fn admin_rotate(
     p: Option<Path<String>>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::AdminCredential> {
-    Ok(axum::Json(s.new_admin_credential(
-        &provider(p),
-        bearer(&h),
-        false,
-    )?))
+    let a = admit(&s, "rotate_admin_credential", &provider(p), &h)?;
+    Ok(axum::Json(s.rotate_admin_credential(&a)?))
 }
 
 async fn admin_reset(
@@ -318,11 +324,8 @@ async fn admin_reset(
     p: Option<Path<String>>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::AdminCredential> {
-    Ok(axum::Json(s.new_admin_credential(
-        &provider(p),
-        bearer(&h),
-        true,
-    )?))
+    let a = admit(&s, "reset_admin_credential", &provider(p), &h)?;
+    Ok(axum::Json(s.reset_admin_credential(&a)?))
 }
 
 async fn admin_revoke(
@@ -330,9 +333,8 @@ async fn admin_revoke(
     p: Option<Path<String>>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::AdminRevoked> {
-    Ok(axum::Json(
-        s.revoke_admin_credential(&provider(p), bearer(&h))?,
-    ))
+    let a = admit(&s, "revoke_admin_credential", &provider(p), &h)?;
+    Ok(axum::Json(s.revoke_admin_credential(&a)?))
 }
 
 async fn audit_log(
@@ -340,7 +342,8 @@ async fn audit_log(
     p: Option<Path<String>>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::AuditLog> {
-    Ok(axum::Json(s.audit_log(&provider(p), bearer(&h))?))
+    let a = admit(&s, "audit_log", &provider(p), &h)?;
+    Ok(axum::Json(s.audit_log(&a)?))
 }
 
 async fn reference_values(State(s): Svc) -> ApiResult<attest_api::ReferenceValueList> {
@@ -353,12 +356,11 @@ async fn reference_value_add(
     h: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::ReferenceValue> {
+    let a = admit(&s, "add_reference_value", DEFAULT_PROVIDER, &h)?;
     let b = body(b)?;
-    Ok(axum::Json(s.add_reference_value(
-        bearer(&h),
-        &region,
-        &b,
-    )?))
+    let req: attest_api::ReferenceValueRequest =
+        crate::evidence::parse_json("reference value", &b)?;
+    Ok(axum::Json(s.add_reference_value(&a, &region, req)?))
 }
 
 async fn reference_value_remove(
@@ -366,11 +368,8 @@ async fn reference_value_remove(
     Path((region, m)): Path<(String, String)>,
     h: HeaderMap,
 ) -> ApiResult<attest_api::ReferenceValueRemoved> {
-    Ok(axum::Json(s.remove_reference_value(
-        bearer(&h),
-        &region,
-        &m,
-    )?))
+    let a = admit(&s, "remove_reference_value", DEFAULT_PROVIDER, &h)?;
+    Ok(axum::Json(s.remove_reference_value(&a, &region, &m)?))
 }
 
 async fn health() -> &'static str {

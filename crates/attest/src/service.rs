@@ -24,9 +24,10 @@ use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
 use crate::store::{AuditEntry, ProviderRow, SigningKeyRow, SqlStore, Store};
 use crate::{AttestationType, evidence};
 use attest_api::{
-    AdminCredential, AdminRevoked, AttestResponse, AuditLog, AuditRecord, DryRun, NonceResponse,
-    OpenIdConfiguration, PolicyInfo, PolicySet, ProviderCreated, ReferenceValueList,
-    ReferenceValueRemoved, SigningKeyRevoked, SigningKeyRotated, TokenResponse,
+    Access, AdminCredential, AdminRevoked, AttestResponse, AuditLog, AuditRecord, DryRun,
+    NonceResponse, OpenIdConfiguration, Operation, PolicyInfo, PolicySet, PolicyTestRequest,
+    ProviderCreated, ReferenceValueList, ReferenceValueRemoved, ReferenceValueRequest,
+    SigningKeyRevoked, SigningKeyRotated, TokenResponse,
 };
 use seal::MasterKey;
 
@@ -573,15 +574,76 @@ impl Service {
         .map_err(|_| ApiError::unauthorized())
     }
 
+    /// The edge's one access check: admits a request about `provider` to `op` as the
+    /// contract's operation table says ([`attest_api::OPERATIONS`]): for an
+    /// administrator operation, 404 for an unknown provider, then 401 for a credential
+    /// that is not the administrator's the operation needs. Runs before the request's
+    /// body is read.
+    pub fn admit(
+        &self,
+        op: &Operation,
+        provider: &str,
+        bearer: Option<&str>,
+    ) -> Result<Admitted, ApiError> {
+        let role = match op.access {
+            Access::Anyone | Access::AnyoneDraftNeedsAdmin => Role::Anyone,
+            Access::ProviderAdmin => {
+                self.check_admin(provider, bearer)?;
+                Role::ProviderAdmin
+            }
+            Access::DefaultAdmin => {
+                self.check_admin(DEFAULT_PROVIDER, bearer)?;
+                Role::DefaultAdmin
+            }
+            Access::ProviderOrDefaultAdmin => {
+                if self.check_admin(provider, bearer).is_ok() {
+                    Role::ProviderAdmin
+                } else {
+                    self.check_admin(DEFAULT_PROVIDER, bearer)?;
+                    Role::DefaultAdmin
+                }
+            }
+        };
+        Ok(Admitted {
+            provider: provider.to_string(),
+            role,
+            // Kept only where a draft policy may need it checked later.
+            bearer: match op.access {
+                Access::AnyoneDraftNeedsAdmin => bearer.map(|b| Zeroizing::new(b.to_string())),
+                _ => None,
+            },
+        })
+    }
+
+    /// [`Service::admit`] to the operation named `id` in the contract.
+    pub fn admit_op(
+        &self,
+        id: &str,
+        provider: &str,
+        bearer: Option<&str>,
+    ) -> Result<Admitted, ApiError> {
+        let op = attest_api::operation(id).ok_or_else(|| ApiError::internal("operation"))?;
+        self.admit(op, provider, bearer)
+    }
+
+    /// That an admitted request may run a draft policy (code the service runs): its
+    /// provider's administrator.
+    fn require_admin(&self, a: &Admitted) -> Result<(), ApiError> {
+        match a.role {
+            Role::ProviderAdmin => Ok(()),
+            _ => self.check_admin(&a.provider, a.bearer.as_ref().map(|b| b.as_str())),
+        }
+    }
+
     /// Creates a named provider (requires the default provider's administrator);
     /// returns its administrator credential, shown only this once.
     pub fn create_provider(
         &self,
-        bearer: Option<&str>,
+        a: &Admitted,
         name: &str,
         settings: ProviderSettings,
     ) -> Result<ProviderCreated, ApiError> {
-        self.check_admin(DEFAULT_PROVIDER, bearer)?;
+        a.expect(Role::DefaultAdmin)?;
         if !valid_provider_name(name) || name == DEFAULT_PROVIDER {
             return Err(ApiError::bad(
                 "invalid_provider_name",
@@ -658,12 +720,8 @@ impl Service {
 
     /// Adds a new signing key, which signs from now on; the keys it replaces stay in
     /// the JWKS for the grace period (default: the token lifetime) and then retire.
-    pub fn rotate_signing_key(
-        &self,
-        provider: &str,
-        bearer: Option<&str>,
-    ) -> Result<SigningKeyRotated, ApiError> {
-        self.check_admin(provider, bearer)?;
+    pub fn rotate_signing_key(&self, a: &Admitted) -> Result<SigningKeyRotated, ApiError> {
+        let provider = a.expect(Role::ProviderAdmin)?;
         let row = self.new_signing_key_row(provider)?;
         let retire_at = now().saturating_add(self.key_grace);
         let audit = audit_entry(provider, "administrator", "signing_key_rotate", "");
@@ -682,11 +740,10 @@ impl Service {
     /// verifying. Revoking the key in use makes a new one first.
     pub fn revoke_signing_key(
         &self,
-        provider: &str,
-        bearer: Option<&str>,
+        a: &Admitted,
         kid: &str,
     ) -> Result<SigningKeyRevoked, ApiError> {
-        self.check_admin(provider, bearer)?;
+        let provider = a.expect(Role::ProviderAdmin)?;
         let p = self.provider(provider)?;
         let pos = p
             .signers
@@ -723,22 +780,26 @@ impl Service {
         })
     }
 
-    /// A new administrator credential for `provider`, replacing the current one at
-    /// once: by the provider's administrator (`rotate`), or by the default provider's
-    /// (`reset`, for a lost or revoked credential). Shown this once.
-    pub fn new_admin_credential(
+    /// A new administrator credential for the provider, replacing the current one at
+    /// once, by its administrator. Shown this once.
+    pub fn rotate_admin_credential(&self, a: &Admitted) -> Result<AdminCredential, ApiError> {
+        a.expect(Role::ProviderAdmin)?;
+        self.new_admin_credential(a.provider(), "administrator", "admin_credential_rotate")
+    }
+
+    /// A new administrator credential for the provider, by the default provider's
+    /// administrator (for a lost or revoked credential). Shown this once.
+    pub fn reset_admin_credential(&self, a: &Admitted) -> Result<AdminCredential, ApiError> {
+        a.expect(Role::DefaultAdmin)?;
+        self.new_admin_credential(a.provider(), DEFAULT_ADMIN, "admin_credential_reset")
+    }
+
+    fn new_admin_credential(
         &self,
         provider: &str,
-        bearer: Option<&str>,
-        reset: bool,
+        caller: &str,
+        op: &str,
     ) -> Result<AdminCredential, ApiError> {
-        let (caller, op) = if reset {
-            self.check_admin(DEFAULT_PROVIDER, bearer)?;
-            (DEFAULT_ADMIN, "admin_credential_reset")
-        } else {
-            self.check_admin(provider, bearer)?;
-            ("administrator", "admin_credential_rotate")
-        };
         self.provider(provider)?;
         let token = new_credential()?;
         let audit = audit_entry(provider, caller, op, "");
@@ -760,16 +821,12 @@ impl Service {
     /// default provider's): nothing administers it until the default provider's
     /// administrator issues a new one. The default provider's own credential can only be
     /// rotated (revoking it would leave the service without an administrator).
-    pub fn revoke_admin_credential(
-        &self,
-        provider: &str,
-        bearer: Option<&str>,
-    ) -> Result<AdminRevoked, ApiError> {
-        let caller = if self.check_admin(provider, bearer).is_ok() {
-            "administrator"
-        } else {
-            self.check_admin(DEFAULT_PROVIDER, bearer)?;
-            DEFAULT_ADMIN
+    pub fn revoke_admin_credential(&self, a: &Admitted) -> Result<AdminRevoked, ApiError> {
+        let provider = a.provider();
+        let caller = match a.role {
+            Role::ProviderAdmin => "administrator",
+            Role::DefaultAdmin => DEFAULT_ADMIN,
+            Role::Anyone => return Err(ApiError::unauthorized()),
         };
         if provider == DEFAULT_PROVIDER {
             return Err(ApiError::new(
@@ -841,24 +898,11 @@ impl Service {
     /// Evidence from AMD hardware with that measurement is then called compliant.
     pub fn add_reference_value(
         &self,
-        bearer: Option<&str>,
+        a: &Admitted,
         region: &str,
-        body: &[u8],
+        b: ReferenceValueRequest,
     ) -> Result<attest_api::ReferenceValue, ApiError> {
-        self.check_admin(DEFAULT_PROVIDER, bearer)?;
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Body {
-            measurement: String,
-            #[serde(default = "ovmf")]
-            component: String,
-            #[serde(default)]
-            source: String,
-        }
-        fn ovmf() -> String {
-            "ovmf".into()
-        }
-        let b: Body = evidence::parse_json("reference value", body)?;
+        a.expect(Role::DefaultAdmin)?;
         let valid_word = |s: &str, max: usize| {
             !s.is_empty()
                 && s.len() <= max
@@ -901,11 +945,11 @@ impl Service {
     /// Removes a reference value (default provider's administrator).
     pub fn remove_reference_value(
         &self,
-        bearer: Option<&str>,
+        a: &Admitted,
         region: &str,
         measurement: &str,
     ) -> Result<ReferenceValueRemoved, ApiError> {
-        self.check_admin(DEFAULT_PROVIDER, bearer)?;
+        a.expect(Role::DefaultAdmin)?;
         let m = measurement.to_ascii_lowercase();
         let audit = audit_entry(
             DEFAULT_PROVIDER,
@@ -929,8 +973,8 @@ impl Service {
     }
 
     /// The provider's audit log (its administrator).
-    pub fn audit_log(&self, provider: &str, bearer: Option<&str>) -> Result<AuditLog, ApiError> {
-        self.check_admin(provider, bearer)?;
+    pub fn audit_log(&self, a: &Admitted) -> Result<AuditLog, ApiError> {
+        let provider = a.expect(Role::ProviderAdmin)?;
         let log = self
             .store
             .audit_log(provider)
@@ -1062,13 +1106,8 @@ impl Service {
     }
 
     /// The policy in force for `kind`: `{version, policy, policyHash}`.
-    pub fn get_policy(
-        &self,
-        provider: &str,
-        bearer: Option<&str>,
-        kind: AttestationType,
-    ) -> Result<PolicyInfo, ApiError> {
-        self.check_admin(provider, bearer)?;
+    pub fn get_policy(&self, a: &Admitted, kind: AttestationType) -> Result<PolicyInfo, ApiError> {
+        let provider = a.expect(Role::ProviderAdmin)?;
         let p = self.provider(provider)?;
         let a = p
             .policy(kind)
@@ -1085,12 +1124,11 @@ impl Service {
     /// Sets a new policy version for `kind` (it must compile).
     pub async fn set_policy(
         &self,
-        provider: &str,
-        bearer: Option<&str>,
+        a: &Admitted,
         kind: AttestationType,
         text: &str,
     ) -> Result<PolicySet, ApiError> {
-        self.check_admin(provider, bearer)?;
+        let provider = a.expect(Role::ProviderAdmin)?;
         let p = self.provider(provider)?;
         if text.len() > policy::MAX_POLICY_LEN {
             return Err(ApiError::bad(
@@ -1116,12 +1154,8 @@ impl Service {
     }
 
     /// The provider's settings.
-    pub fn get_settings(
-        &self,
-        provider: &str,
-        bearer: Option<&str>,
-    ) -> Result<ProviderSettings, ApiError> {
-        self.check_admin(provider, bearer)?;
+    pub fn get_settings(&self, a: &Admitted) -> Result<ProviderSettings, ApiError> {
+        let provider = a.expect(Role::ProviderAdmin)?;
         let p = self.provider(provider)?;
         Ok(p.settings.clone())
     }
@@ -1129,13 +1163,10 @@ impl Service {
     /// Replaces the provider's settings (policies are recompiled with them).
     pub fn set_settings(
         &self,
-        provider: &str,
-        bearer: Option<&str>,
-        body: &[u8],
+        a: &Admitted,
+        settings: ProviderSettings,
     ) -> Result<ProviderSettings, ApiError> {
-        self.check_admin(provider, bearer)?;
-        let settings: ProviderSettings = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad("invalid_settings", e.to_string()))?;
+        let provider = a.expect(Role::ProviderAdmin)?;
         for m in &settings.measurements {
             if m.len() != 96
                 || !m
@@ -1162,16 +1193,16 @@ impl Service {
     /// code the service runs, so it needs the provider's administrator credential.
     pub async fn attest(
         &self,
-        provider: &str,
+        a: &Admitted,
         kind: AttestationType,
         body: &[u8],
-        bearer: Option<&str>,
         peer: Option<std::net::IpAddr>,
     ) -> Result<AttestResponse, ApiError> {
+        let provider = a.provider();
         let p = self.provider(provider)?;
         let ev = evidence::evaluate(self, provider, kind, body, peer)?;
         if let Some(draft) = ev.draft_policy.clone() {
-            self.check_admin(provider, bearer)?;
+            self.require_admin(a)?;
             return Ok(AttestResponse::DryRun(
                 self.dry_run(&p, kind, Some(&draft), ev).await?,
             ));
@@ -1210,22 +1241,23 @@ impl Service {
     /// administrator credential; the policy in force does not.
     pub async fn test_policy(
         &self,
-        provider: &str,
+        a: &Admitted,
         kind: AttestationType,
-        policy_text: Option<&str>,
-        evidence_body: &[u8],
-        bearer: Option<&str>,
+        req: PolicyTestRequest,
         peer: Option<std::net::IpAddr>,
     ) -> Result<DryRun, ApiError> {
+        let provider = a.provider();
         let p = self.provider(provider)?;
-        if policy_text.is_some() {
-            self.check_admin(provider, bearer)?;
+        if req.policy.is_some() {
+            self.require_admin(a)?;
         }
-        let ev = evidence::evaluate(self, provider, kind, evidence_body, peer)?;
+        let evidence_body =
+            serde_json::to_vec(&req.evidence).map_err(|_| ApiError::internal("json"))?;
+        let ev = evidence::evaluate(self, provider, kind, &evidence_body, peer)?;
         if ev.draft_policy.is_some() {
-            self.check_admin(provider, bearer)?;
+            self.require_admin(a)?;
         }
-        let draft = policy_text.map(str::to_string).or(ev.draft_policy.clone());
+        let draft = req.policy.or(ev.draft_policy.clone());
         self.dry_run(&p, kind, draft.as_deref(), ev).await
     }
 
@@ -1375,5 +1407,56 @@ fn wire_reference_value(rv: crate::store::ReferenceValue) -> attest_api::Referen
         component: rv.component,
         source: rv.source,
         created: rv.created,
+    }
+}
+
+/// What an admitted caller is to the provider its request concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Anyone (no credential was needed).
+    Anyone,
+    /// The provider's administrator.
+    ProviderAdmin,
+    /// The default provider's administrator (the platform operator).
+    DefaultAdmin,
+}
+
+/// A request admitted to one operation of the contract by [`Service::admit`], the only
+/// way to make one: the service's methods take it, so none runs without the access
+/// check, and a provider's operation acts on the provider it was admitted for.
+pub struct Admitted {
+    provider: String,
+    role: Role,
+    bearer: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("provider", &self.provider)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admitted {
+    /// The provider the request concerns.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// What the caller is to it.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The provider, when the caller was admitted as `role` (401 otherwise: an
+    /// operation called with a caller admitted for another fails closed).
+    fn expect(&self, role: Role) -> Result<&str, ApiError> {
+        if self.role == role {
+            Ok(&self.provider)
+        } else {
+            Err(ApiError::unauthorized())
+        }
     }
 }

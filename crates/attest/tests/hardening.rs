@@ -636,48 +636,41 @@ async fn without_a_sandbox_tenant_policies_are_refused() {
     }
     let svc = open(true);
     let admin = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
-    svc.set_policy("default", Some(&admin), SevSnpVm, VMPL0_POLICY)
-        .await
-        .unwrap();
-    svc.attest("default", SevSnpVm, &body, None, None)
-        .await
-        .unwrap();
+    let admit = |svc: &attest::Service, op: &str, provider: &str, bearer: Option<&str>| {
+        svc.admit_op(op, provider, bearer).unwrap()
+    };
+    let evidence: Value = serde_json::from_slice(&body).unwrap();
+    let test = |policy: Option<&str>| attest_api::PolicyTestRequest {
+        policy: policy.map(str::to_string),
+        evidence: evidence.clone(),
+    };
+    let a = admit(&svc, "set_policy", "default", Some(&admin));
+    svc.set_policy(&a, SevSnpVm, VMPL0_POLICY).await.unwrap();
+    let anyone = admit(&svc, "attest_sev_snp_vm", "default", None);
+    svc.attest(&anyone, SevSnpVm, &body, None).await.unwrap();
     drop(svc);
 
     let svc = open(false);
-    refused(svc.attest("default", SevSnpVm, &body, None, None).await);
-    refused(
-        svc.test_policy("default", SevSnpVm, None, &body, None, None)
-            .await,
-    );
-    refused(
-        svc.set_policy("default", Some(&admin), SevSnpVm, VMPL0_POLICY)
-            .await,
-    );
+    let anyone = admit(&svc, "attest_sev_snp_vm", "default", None);
+    refused(svc.attest(&anyone, SevSnpVm, &body, None).await);
+    let tester = admit(&svc, "test_policy", "default", None);
+    refused(svc.test_policy(&tester, SevSnpVm, test(None), None).await);
+    let a = admit(&svc, "set_policy", "default", Some(&admin));
+    refused(svc.set_policy(&a, SevSnpVm, VMPL0_POLICY).await);
     let settings = attest::policy::ProviderSettings {
         allow_emulated: true,
         ..Default::default()
     };
-    let plain = svc
-        .create_provider(Some(&admin), "plain", settings)
-        .unwrap();
-    let plain_admin = plain.admin_token.as_str();
+    let a = admit(&svc, "create_provider", "default", Some(&admin));
+    let plain = svc.create_provider(&a, "plain", settings).unwrap();
+    let tester = admit(&svc, "test_policy", "plain", Some(&plain.admin_token));
     refused(
-        svc.test_policy(
-            "plain",
-            SevSnpVm,
-            Some(VMPL0_POLICY),
-            &body,
-            Some(plain_admin),
-            None,
-        )
-        .await,
+        svc.test_policy(&tester, SevSnpVm, test(Some(VMPL0_POLICY)), None)
+            .await,
     );
     // A provider on the built-in default policy attests as before.
-    let v = svc
-        .attest("plain", SevSnpVm, &body, None, None)
-        .await
-        .unwrap();
+    let anyone = admit(&svc, "attest_sev_snp_vm", "plain", None);
+    let v = svc.attest(&anyone, SevSnpVm, &body, None).await.unwrap();
     assert!(
         matches!(&v, attest_api::AttestResponse::Token(t) if t.token.split('.').count() == 3),
         "{v:?}"

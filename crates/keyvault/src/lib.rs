@@ -33,7 +33,8 @@ pub mod wrap;
 
 /// Runs the vault's parsers on `data` (a fuzz target's entry point): release policies
 /// and their envelopes, `key_hsm` blobs, wrapping-key JWKs, private JWKs for import,
-/// and policy evaluation on a fixed claim set. Must never panic.
+/// policy evaluation on a fixed claim set, and the API contract's bodies. Must never
+/// panic.
 pub fn fuzz_parse(data: &[u8]) {
     if let Ok(p) = release_policy::ReleasePolicy::parse(data) {
         let claims = serde_json::json!({
@@ -55,6 +56,17 @@ pub fn fuzz_parse(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = wrap::KeyHsm::parse(text);
     }
+    // The contract's request bodies, and its answers as a client reads them.
+    let _ = serde_json::from_slice::<keyvault_api::CreateKeyRequest>(data);
+    let _ = serde_json::from_slice::<keyvault_api::ImportKeyRequest>(data);
+    let _ = serde_json::from_slice::<keyvault_api::UpdateKeyRequest>(data);
+    let _ = serde_json::from_slice::<keyvault_api::ReleaseRequest>(data);
+    let _ = serde_json::from_slice::<keyvault_api::WrapKeyRequest>(data);
+    let _ = serde_json::from_slice::<keyvault_api::AttestedUnwrapRequest>(data);
+    let _ = serde_json::from_slice::<keyvault_api::CreateCredentialRequest>(data);
+    let _ = serde_json::from_slice::<keyvault_api::KeyBundle>(data);
+    let _ = serde_json::from_slice::<keyvault_api::KeyList>(data);
+    let _ = serde_json::from_slice::<keyvault_api::ErrorResponse>(data);
 }
 
 #[cfg(test)]
