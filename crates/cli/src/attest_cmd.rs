@@ -224,13 +224,23 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn base(&self) -> String {
-        let url = self.url.trim_end_matches('/');
-        match &self.provider {
-            Some(p) => format!("{url}/providers/{p}"),
-            None => url.to_string(),
-        }
+    /// The typed client of this provider, presenting `credential` if given.
+    fn client(&self, credential: Option<&str>) -> Result<attest_client::Client> {
+        let c = service_client(&self.url, self.ca.as_deref(), credential)?;
+        Ok(match &self.provider {
+            Some(p) => c.for_provider(p),
+            None => c,
+        })
     }
+}
+
+/// The typed client of the service at `url` (trusting only `ca` when given).
+fn service_client(
+    url: &str,
+    ca: Option<&Path>,
+    credential: Option<&str>,
+) -> Result<attest_client::Client> {
+    Ok(attest_client::Client::new(agent(ca)?, url, credential))
 }
 
 /// `cvm attest policy ...`
@@ -364,41 +374,17 @@ fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// An HTTP(S) client: rustls with aws-lc-rs, trusting the Mozilla roots, or only the
-/// certificates in `ca` (PEM) when given.
+/// An HTTP(S) client (the one stack, `api-client`): rustls with aws-lc-rs, trusting
+/// the Mozilla roots, or only the certificates in `ca` (PEM) when given.
 pub(crate) fn agent(ca: Option<&Path>) -> Result<ureq::Agent> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    use std::sync::Arc;
-    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
-    let roots = match ca {
-        None => RootCerts::WebPki,
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            if certs.is_empty() {
-                bail!("{}: no certificate", path.display());
-            }
-            RootCerts::Specific(Arc::new(
-                certs
-                    .iter()
-                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                    .collect(),
-            ))
-        }
+    let pem = match ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
     };
-    let tls = TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .root_certs(roots)
-        .build();
-    Ok(ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into())
+    api_client::agent(pem.as_deref()).with_context(|| match ca {
+        Some(p) => format!("{}", p.display()),
+        None => "the Mozilla roots".to_string(),
+    })
 }
 
 /// One certificate from `path`, PEM or DER, as DER.
@@ -420,41 +406,6 @@ pub(crate) fn get_json(ca: Option<&Path>, url: &str, bearer: Option<&str>) -> Re
         req = req.header("Authorization", format!("Bearer {b}"));
     }
     let mut resp = req.call().with_context(|| format!("GET {url}"))?;
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string()?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
-}
-
-pub(crate) fn send_json(
-    ca: Option<&Path>,
-    method: &str,
-    url: &str,
-    bearer: Option<&str>,
-    body: &[u8],
-) -> Result<(u16, Value)> {
-    let a = agent(ca)?;
-    let auth = bearer.map(|b| format!("Bearer {b}"));
-    let mut resp = if method == "DELETE" {
-        let mut req = a.delete(url);
-        if let Some(h) = &auth {
-            req = req.header("Authorization", h);
-        }
-        req.call()
-    } else {
-        let mut req = match method {
-            "PUT" => a.put(url),
-            "PATCH" => a.patch(url),
-            _ => a.post(url),
-        };
-        if let Some(h) = &auth {
-            req = req.header("Authorization", h);
-        }
-        req.header("Content-Type", "application/json").send(body)
-    }
-    .with_context(|| format!("{method} {url}"))?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string()?;
     Ok((
@@ -563,12 +514,22 @@ pub(crate) fn admin_token(path: &Path) -> Result<String> {
         .to_string())
 }
 
-pub(crate) fn print_result(status: u16, v: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    if !(200..300).contains(&status) {
-        bail!("HTTP {status}");
+/// Prints a service's answer as JSON: the result, or its refusal (then fails with its
+/// HTTP status).
+pub(crate) fn show<T: serde::Serialize>(r: Result<T, api_client::ClientError>) -> Result<()> {
+    match r {
+        Ok(t) => {
+            println!("{}", serde_json::to_string_pretty(&t)?);
+            Ok(())
+        }
+        Err(e) => match (e.body(), e.status()) {
+            (Some(body), Some(status)) => {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                bail!("HTTP {status}")
+            }
+            _ => Err(e.into()),
+        },
     }
-    Ok(())
 }
 
 fn audit_verify(state: &Path, master_key: Option<&Path>, database: Option<&str>) -> ExitCode {
@@ -642,27 +603,19 @@ fn reference_value(cmd: ReferenceValueCommand) -> Result<()> {
                 }
                 _ => bail!("give --measurement, or --ovmf with --vcpu-type"),
             };
-            let body = serde_json::to_vec(&serde_json::json!({
-                "measurement": measurement,
-                "component": component,
-                "source": source,
-            }))?;
-            let (st, v) = send_json(
-                ca.as_deref(),
-                "POST",
-                &format!("{}/reference-values/{region}", url.trim_end_matches('/')),
-                Some(&admin_token(&token_file)?),
-                &body,
-            )?;
-            print_result(st, &v)
+            let req = attest_api::ReferenceValueRequest {
+                measurement,
+                component,
+                source,
+            };
+            let admin = admin_token(&token_file)?;
+            show(
+                service_client(&url, ca.as_deref(), Some(&admin))?
+                    .add_reference_value(&region, &req),
+            )
         }
         ReferenceValueCommand::List { url, ca } => {
-            let (st, v) = get_json(
-                ca.as_deref(),
-                &format!("{}/reference-values", url.trim_end_matches('/')),
-                None,
-            )?;
-            print_result(st, &v)
+            show(service_client(&url, ca.as_deref(), None)?.reference_values())
         }
         ReferenceValueCommand::Remove {
             url,
@@ -671,17 +624,11 @@ fn reference_value(cmd: ReferenceValueCommand) -> Result<()> {
             measurement,
             ca,
         } => {
-            let (st, v) = send_json(
-                ca.as_deref(),
-                "DELETE",
-                &format!(
-                    "{}/reference-values/{region}/{measurement}",
-                    url.trim_end_matches('/')
-                ),
-                Some(&admin_token(&token_file)?),
-                &[],
-            )?;
-            print_result(st, &v)
+            let admin = admin_token(&token_file)?;
+            show(
+                service_client(&url, ca.as_deref(), Some(&admin))?
+                    .remove_reference_value(&region, &measurement),
+            )
         }
     }
 }
@@ -689,12 +636,8 @@ fn reference_value(cmd: ReferenceValueCommand) -> Result<()> {
 fn policy(cmd: PolicyCommand) -> Result<()> {
     match cmd {
         PolicyCommand::Get { at, token_file } => {
-            let (st, v) = get_json(
-                at.ca.as_deref(),
-                &format!("{}/policies/{}", at.base(), at.kind),
-                Some(&admin_token(&token_file)?),
-            )?;
-            print_result(st, &v)
+            let admin = admin_token(&token_file)?;
+            show(at.client(Some(&admin))?.get_policy(&at.kind))
         }
         PolicyCommand::Set {
             at,
@@ -703,15 +646,8 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let body = serde_json::to_vec(&serde_json::json!({ "policy": text }))?;
-            let (st, v) = send_json(
-                at.ca.as_deref(),
-                "PUT",
-                &format!("{}/policies/{}", at.base(), at.kind),
-                Some(&admin_token(&token_file)?),
-                &body,
-            )?;
-            print_result(st, &v)
+            let admin = admin_token(&token_file)?;
+            show(at.client(Some(&admin))?.set_policy(&at.kind, &text))
         }
         PolicyCommand::Test {
             at,
@@ -724,21 +660,17 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
                     .with_context(|| format!("reading {}", evidence.display()))?,
             )
             .context("the evidence file is not JSON")?;
-            let mut body = serde_json::json!({ "evidence": ev });
-            if let Some(p) = policy {
-                body["policy"] = std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading {}", p.display()))?
-                    .into();
-            }
+            let policy = policy
+                .map(|p| {
+                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?;
+            let req = attest_api::PolicyTestRequest {
+                policy,
+                evidence: ev,
+            };
             let bearer = token_file.as_deref().map(admin_token).transpose()?;
-            let (st, v) = send_json(
-                at.ca.as_deref(),
-                "POST",
-                &format!("{}/policies/{}/test", at.base(), at.kind),
-                bearer.as_deref(),
-                &serde_json::to_vec(&body)?,
-            )?;
-            print_result(st, &v)
+            show(at.client(bearer.as_deref())?.test_policy(&at.kind, &req))
         }
     }
 }

@@ -13,9 +13,8 @@ use serde_json::{Value, json};
 use keyvault_api::{
     Attributes, CreateKeyRequest, ImportKeyRequest, KeyVaultApi as _, ReleaseRequest,
 };
-use keyvault_client::ClientError;
 
-use crate::attest_cmd::admin_token;
+use crate::attest_cmd::{admin_token, show};
 
 /// `cvm keyvault ...`
 #[derive(Subcommand, Debug)]
@@ -488,33 +487,11 @@ impl Client {
     /// The typed client for this vault and credential.
     fn client(&self) -> Result<keyvault_client::Client> {
         let cred = admin_token(&self.credential_file)?;
-        let ca = match &self.ca {
-            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-            None => None,
-        };
         Ok(keyvault_client::Client::new(
-            keyvault_client::agent(ca.as_deref())?,
+            crate::attest_cmd::agent(self.ca.as_deref())?,
             &self.url,
             &cred,
         ))
-    }
-}
-
-/// Prints an answer as JSON: the result, or the service's refusal (then fails with its
-/// HTTP status).
-fn show<T: serde::Serialize>(r: Result<T, ClientError>) -> Result<()> {
-    match r {
-        Ok(t) => {
-            println!("{}", serde_json::to_string_pretty(&t)?);
-            Ok(())
-        }
-        Err(e) => match (e.body(), e.status()) {
-            (Some(body), Some(status)) => {
-                println!("{}", serde_json::to_string_pretty(&body)?);
-                bail!("HTTP {status}")
-            }
-            _ => Err(e.into()),
-        },
     }
 }
 

@@ -25,14 +25,14 @@
 
 use std::fmt;
 
+use api_client::ClientError;
+use attest_api::{AttestResponse, DataField, SevSnpVmRequest};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use keyvault::wrap::{KeyHsm, UnwrappingKey, WrapError};
+use keyvault_api::{KeyVaultApi as _, ReleaseRequest};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
-
-/// The largest response body read from either service.
-const MAX_RESPONSE: u64 = 1 << 20;
 
 /// RSA modulus size of the transfer key.
 const TRANSFER_KEY_BITS: usize = 3072;
@@ -234,22 +234,25 @@ impl Releaser {
             message: "no randomness".into(),
         })?;
         let nonce = hex::encode(nonce);
-        let body = json!({ "target": token, "enc": "RSA_AES_KEY_WRAP_256", "nonce": nonce });
-        let url = format!("{}/keys/{}/{}/release", key.vault, key.name, key.version);
-        let (status, v) = self.post("key release", &url, Some(&self.credential), &body)?;
-        if status != 200 {
-            let (code, message) = error_of(&v);
-            return Err(ReleaseError::Refused {
-                key: key.to_string(),
-                status,
-                code,
-                message,
-            });
-        }
-        let jws = v["value"]
-            .as_str()
-            .ok_or(ReleaseError::Mismatch("no value"))?;
-        let hsm = checked_key_hsm(jws, &self.vault_signer, &nonce, key)?;
+        let vault = keyvault_client::Client::new(self.agent.clone(), &key.vault, &self.credential);
+        let req = ReleaseRequest {
+            target: token,
+            enc: Some("RSA_AES_KEY_WRAP_256".into()),
+            nonce: Some(nonce.clone()),
+        };
+        let jws = vault
+            .release(&(), &key.name, &key.version, req)
+            .map_err(|e| match refusal(&e) {
+                Some((status, code, message)) => ReleaseError::Refused {
+                    key: key.to_string(),
+                    status,
+                    code,
+                    message,
+                },
+                None => transport("key release", e),
+            })?
+            .value;
+        let hsm = checked_key_hsm(&jws, &self.vault_signer, &nonce, key)?;
         let material = KeyHsm::parse(&hsm)
             .and_then(|h| h.unwrap_key(&transfer))
             .map_err(ReleaseError::Unwrap)?;
@@ -280,60 +283,59 @@ impl Releaser {
             "SnpReport": B64URL.encode(&ev.report),
             "VcekCertChain": B64URL.encode(ev.cert_chain_pem.as_bytes()),
         });
-        let body = json!({
-            "report": B64URL.encode(proof.to_string()),
-            "runtimeData": { "data": B64URL.encode(&runtime), "dataType": "JSON" },
-        });
-        let url = format!("{}/attest/SevSnpVm", self.attestation);
-        let (status, v) = self.post("attestation", &url, None, &body)?;
-        if status != 200 {
-            let (code, message) = error_of(&v);
-            return Err(ReleaseError::NotAttested {
-                status,
-                code,
-                message,
-            });
-        }
-        v["token"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or(ReleaseError::Transport {
+        let req = SevSnpVmRequest {
+            report: B64URL.encode(proof.to_string()),
+            runtime_data: Some(DataField {
+                data: B64URL.encode(&runtime),
+                data_type: Some("JSON".into()),
+                hash_algorithm: None,
+            }),
+            ..SevSnpVmRequest::default()
+        };
+        let service = attest_client::Client::new(self.agent.clone(), &self.attestation, None);
+        match service.attest_sev_snp_vm(&req) {
+            Ok(AttestResponse::Token(t)) => Ok(t.token),
+            Ok(AttestResponse::DryRun(_)) => Err(ReleaseError::Transport {
                 what: "attestation",
                 message: "the answer carries no token".into(),
-            })
+            }),
+            Err(e) => Err(match refusal(&e) {
+                Some((status, code, message)) => ReleaseError::NotAttested {
+                    status,
+                    code,
+                    message,
+                },
+                None => transport("attestation", e),
+            }),
+        }
     }
+}
 
-    fn post(
-        &self,
-        what: &'static str,
-        url: &str,
-        bearer: Option<&str>,
-        body: &Value,
-    ) -> Result<(u16, Value), ReleaseError> {
-        let transport = |message: String| ReleaseError::Transport { what, message };
-        let mut req = self
-            .agent
-            .post(url)
-            .header("Content-Type", "application/json");
-        if let Some(b) = bearer {
-            let value = Zeroizing::new(format!("Bearer {b}"));
-            req = req.header("Authorization", value.as_str());
-        }
-        let mut resp = req
-            .send(body.to_string().as_bytes())
-            .map_err(|e| transport(format!("POST {url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE)
-            .read_to_string()
-            .map_err(|e| transport(format!("reading the answer of {url}: {e}")))?;
-        let v = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if status == 200 && !v.is_object() {
-            return Err(transport(format!("{url} answered no JSON object")));
-        }
-        Ok((status, v))
+/// A service's refusal as status, code and message (the detail appended: a failed
+/// policy condition, say).
+fn refusal(e: &ClientError) -> Option<(u16, String, String)> {
+    let ClientError::Refused {
+        status,
+        code,
+        message,
+        detail,
+    } = e
+    else {
+        return None;
+    };
+    let mut message = message.clone();
+    if let Some(d) = detail.as_ref().filter(|d| !d.is_null()) {
+        message.push_str(&format!(" ({d})"));
+    }
+    Some((*status, code.clone(), message))
+}
+
+/// A failure that is not a refusal: the service could not be reached or answered
+/// something else than its contract.
+fn transport(what: &'static str, e: ClientError) -> ReleaseError {
+    ReleaseError::Transport {
+        what,
+        message: e.to_string(),
     }
 }
 
@@ -364,20 +366,6 @@ fn checked_key_hsm(
         .as_str()
         .map(str::to_string)
         .ok_or(ReleaseError::Mismatch("it carries no key_hsm"))
-}
-
-/// A service's `{"error": {"code", "message", "detail"?}}`, as two strings.
-fn error_of(v: &Value) -> (String, String) {
-    let e = &v["error"];
-    let code = e["code"].as_str().unwrap_or("unknown").to_string();
-    let mut message = e["message"]
-        .as_str()
-        .unwrap_or("no error message")
-        .to_string();
-    if !e["detail"].is_null() {
-        message.push_str(&format!(" ({})", e["detail"]));
-    }
-    (code, message)
 }
 
 #[cfg(test)]
@@ -468,11 +456,16 @@ mod tests {
 
     #[test]
     fn service_errors_keep_code_message_and_detail() {
-        let v = json!({"error": {"code": "policy_not_satisfied", "message": "no",
-            "detail": {"failed": "x-ms-sevsnpvm-hostdata"}}});
-        let (code, message) = error_of(&v);
-        assert_eq!(code, "policy_not_satisfied");
+        let e = ClientError::Refused {
+            status: 403,
+            code: "policy_not_satisfied".into(),
+            message: "no".into(),
+            detail: Some(json!({"failed": "x-ms-sevsnpvm-hostdata"})),
+        };
+        let (status, code, message) = refusal(&e).unwrap();
+        assert_eq!((status, code.as_str()), (403, "policy_not_satisfied"));
         assert!(message.contains("x-ms-sevsnpvm-hostdata"), "{message}");
-        assert_eq!(error_of(&Value::Null).0, "unknown");
+        let e = ClientError::Certificates("x".into());
+        assert!(refusal(&e).is_none());
     }
 }
