@@ -98,11 +98,12 @@ impl ClientError {
         else {
             return None;
         };
-        let mut e = serde_json::json!({ "code": code, "message": message });
-        if let Some(d) = detail {
-            e["detail"] = d.clone();
-        }
-        Some(serde_json::json!({ "error": e }))
+        serde_json::to_value(api_contract::ErrorResponse::new(
+            code,
+            message,
+            detail.clone(),
+        ))
+        .ok()
     }
 }
 
@@ -282,20 +283,15 @@ impl Transport {
             message,
         };
         if !(200..300).contains(&status) {
-            let v: Value = serde_json::from_str(&text)
-                .map_err(|_| unexpected("a refusal without a JSON error body".into()))?;
-            let e = &v["error"];
-            return match (e["code"].as_str(), e["message"].as_str()) {
-                (Some(code), Some(message)) => Err(ClientError::Refused {
-                    status,
-                    code: code.to_string(),
-                    message: message.to_string(),
-                    detail: e.get("detail").cloned(),
-                }),
-                _ => Err(unexpected(
-                    "a refusal without error.code and error.message".into(),
-                )),
-            };
+            let e: api_contract::ErrorResponse = serde_json::from_str(&text).map_err(|_| {
+                unexpected("a refusal without {\"error\": {\"code\", \"message\"}}".into())
+            })?;
+            return Err(ClientError::Refused {
+                status,
+                code: e.error.code,
+                message: e.error.message,
+                detail: e.error.detail,
+            });
         }
         let text = if text.trim().is_empty() {
             "null"

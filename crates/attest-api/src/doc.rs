@@ -88,11 +88,10 @@ struct Doc;
 /// The attestation service's OpenAPI document (3.1), as checked in at
 /// `openapi/attest.json`.
 pub fn openapi() -> Value {
-    let mut doc = serde_json::to_value(Doc::openapi()).unwrap_or(Value::Null);
-    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
-    doc["components"]["securitySchemes"] = json!({
-        "bearer": { "type": "http", "scheme": "bearer" }
-    });
+    let mut doc = api_contract::finish_document(
+        serde_json::to_value(Doc::openapi()).unwrap_or(Value::Null),
+        env!("CARGO_PKG_VERSION"),
+    );
     let provider_param = json!({
         "name": "provider", "in": "path", "required": true,
         "description": "a named provider", "schema": { "type": "string" }

@@ -198,46 +198,8 @@ pub struct OpenIdConfiguration {
     pub revocation_endpoint: Option<String>,
 }
 
-/// A public signing key.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Jwk {
-    /// `RSA` or `EC`.
-    pub kty: String,
-    /// Key id (the `kid` of tokens it signed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
-    /// Algorithm.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alg: Option<String>,
-    /// `sig`.
-    #[serde(rename = "use", default, skip_serializing_if = "Option::is_none")]
-    pub use_: Option<String>,
-    /// RSA modulus, base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<String>,
-    /// RSA exponent, base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub e: Option<String>,
-    /// EC curve.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crv: Option<String>,
-    /// EC x, base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x: Option<String>,
-    /// EC y, base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub y: Option<String>,
-    /// Its certificate chain (base64 DER), its own first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub x5c: Vec<String>,
-}
-
-/// `GET /certs`: the provider's signing keys.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Jwks {
-    /// Newest first.
-    pub keys: Vec<Jwk>,
-}
+/// A public signing key, and the provider's set of them (`GET /certs`).
+pub use jose::{Jwk, Jwks};
 
 /// `PUT /policies/{type}` as JSON (a `text/plain` body is the policy itself).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -432,22 +394,4 @@ pub struct AuditLog {
     pub value: Vec<AuditRecord>,
 }
 
-/// Every refusal: `{"error": {"code", "message", "detail"?}}`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorResponse {
-    /// The refusal.
-    pub error: ErrorBody,
-}
-
-/// A refusal's stable code, message and optional detail.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// Stable machine-readable code (`policy_denied`, `invalid_nonce`, ...).
-    pub code: String,
-    /// For people.
-    pub message: String,
-    /// Extra detail (the policy's reasons to deny, say).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub detail: Option<Value>,
-}
+pub use api_contract::{ErrorBody, ErrorResponse};

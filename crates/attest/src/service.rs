@@ -667,21 +667,7 @@ impl Service {
                 .signers
                 .iter()
                 .filter(|s| s.published_at(now()))
-                .map(|s| {
-                    let k = s.signer.jwk();
-                    attest_api::Jwk {
-                        kty: k.kty,
-                        kid: k.kid,
-                        alg: k.alg,
-                        use_: k.use_,
-                        n: k.n,
-                        e: k.e,
-                        crv: k.crv,
-                        x: k.x,
-                        y: k.y,
-                        x5c: k.x5c,
-                    }
-                })
+                .map(|s| s.signer.jwk())
                 .collect(),
         })
     }

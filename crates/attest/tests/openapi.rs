@@ -14,18 +14,8 @@ use snp::product::Product;
 
 /// Runs `scripts/validate-openapi.py` on `records`: its exit code and output.
 fn validate(doc: &std::path::Path, records: &[Value]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("records.json");
-    std::fs::write(&file, serde_json::to_vec(records).unwrap()).unwrap();
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("scripts/validate-openapi.py"))
-        .arg(doc)
-        .arg(&file)
-        .output()
-        .expect("python3 runs scripts/validate-openapi.py (scripts/setup installs its validators)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    api_contract::validate_responses(&repo_root(), doc, records)
+        .expect("python3 runs scripts/validate-openapi.py (scripts/setup installs its validators)")
 }
 
 #[test]

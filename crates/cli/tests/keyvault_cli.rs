@@ -1771,18 +1771,9 @@ fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&Value>) -> 
 }
 
 /// Runs `scripts/validate-openapi.py` on `records`: its exit code and output.
-fn validate_openapi(doc: &Path, records: &[Value], d: &Path) -> (Option<i32>, String) {
-    let file = d.join(format!("records-{}.json", records.len()));
-    std::fs::write(&file, serde_json::to_vec(records).unwrap()).unwrap();
-    let out = Command::new("python3")
-        .arg(root().join("scripts/validate-openapi.py"))
-        .arg(doc)
-        .arg(&file)
-        .output()
-        .expect("python3 runs scripts/validate-openapi.py (scripts/setup installs its validators)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+fn validate_openapi(doc: &Path, records: &[Value]) -> (Option<i32>, String) {
+    api_contract::validate_responses(&root(), doc, records)
+        .expect("python3 runs scripts/validate-openapi.py (scripts/setup installs its validators)")
 }
 
 /// Every operation of the checked-in OpenAPI document answers, on the running server,
@@ -2026,7 +2017,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
             "{id} never succeeded: {records:#?}"
         );
     }
-    let (code, out) = validate_openapi(&doc_path, &records, d);
+    let (code, out) = validate_openapi(&doc_path, &records);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(&format!("{n} of {n} responses match", n = records.len())),
@@ -2045,7 +2036,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
         .position(|r| r["operation"] == "list_keys" && r["status"] == 200)
         .unwrap();
     damaged[j]["body"]["nextLink"] = json!(5);
-    let (code, out) = validate_openapi(&doc_path, &damaged, d);
+    let (code, out) = validate_openapi(&doc_path, &damaged);
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(out.matches("FAIL").count(), 2, "{out}");
 }

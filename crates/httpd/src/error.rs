@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// A refusal or failure, as an API reports it: `{"error": {"code", "message",
 /// "detail"?}}` with the status.
@@ -54,26 +54,28 @@ impl ApiError {
         self
     }
 
-    /// The JSON body: `{"error": {"code", "message", "detail"?}}`.
+    /// The body every contract declares: `{"error": {"code", "message", "detail"?}}`.
+    pub fn response(&self) -> api_contract::ErrorResponse {
+        api_contract::ErrorResponse::new(self.code, &self.message, self.detail.clone())
+    }
+
+    /// [`ApiError::response`] as JSON.
     pub fn body(&self) -> Value {
-        let mut e = json!({ "code": self.code, "message": self.message });
-        if let Some(d) = &self.detail {
-            e["detail"] = d.clone();
-        }
-        json!({ "error": e })
+        serde_json::to_value(self.response()).unwrap_or(Value::Null)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body())).into_response()
+        (status, axum::Json(self.response())).into_response()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn body_and_status() {

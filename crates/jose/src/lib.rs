@@ -440,6 +440,7 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
 
 /// A JSON Web Key (public), as served in a JWKS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Jwk {
     /// Key type: `RSA` or `EC`.
     pub kty: String,
@@ -474,6 +475,7 @@ pub struct Jwk {
 
 /// A JSON Web Key Set.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Jwks {
     /// The keys.
     pub keys: Vec<Jwk>,

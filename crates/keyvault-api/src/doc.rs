@@ -99,12 +99,10 @@ struct Doc;
 
 /// The key vault's OpenAPI document (3.1), as checked in at `openapi/keyvault.json`.
 pub fn openapi() -> Value {
-    let mut doc = serde_json::to_value(Doc::openapi()).unwrap_or(Value::Null);
-    // The version of the contract is the crate's: not the build's.
-    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
-    doc["components"]["securitySchemes"] = json!({
-        "bearer": { "type": "http", "scheme": "bearer" }
-    });
+    let mut doc = api_contract::finish_document(
+        serde_json::to_value(Doc::openapi()).unwrap_or(Value::Null),
+        env!("CARGO_PKG_VERSION"),
+    );
     doc["security"] = json!([{ "bearer": [] }]);
     for o in crate::OPERATIONS {
         let op = &mut doc["paths"][o.path][o.method.to_ascii_lowercase()];

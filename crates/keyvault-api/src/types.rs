@@ -536,22 +536,4 @@ pub struct RegionList {
     pub value: Vec<RegionInfo>,
 }
 
-/// Every refusal: `{"error": {"code", "message", "detail"?}}`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorResponse {
-    /// The refusal.
-    pub error: ErrorBody,
-}
-
-/// A refusal's stable code, message and optional detail.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// Stable machine-readable code (`forbidden`, `release_policy_denied`, ...).
-    pub code: String,
-    /// For people.
-    pub message: String,
-    /// Extra detail (which policy conditions failed, say).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub detail: Option<Value>,
-}
+pub use api_contract::{ErrorBody, ErrorResponse};
