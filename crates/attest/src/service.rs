@@ -24,10 +24,10 @@ use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
 use crate::store::{AuditEntry, ProviderRow, SigningKeyRow, SqlStore, Store};
 use crate::{AttestationType, evidence};
 use attest_api::{
-    Access, AdminCredential, AdminRevoked, AttestResponse, AuditLog, AuditRecord, DryRun,
-    NonceResponse, OpenIdConfiguration, Operation, PolicyInfo, PolicySet, PolicyTestRequest,
-    ProviderCreated, ReferenceValueList, ReferenceValueRemoved, ReferenceValueRequest,
-    SigningKeyRevoked, SigningKeyRotated, TokenResponse,
+    Access, AdminCredential, AdminRevoked, AttestResponse, AuditLog, DryRun, NonceResponse,
+    OpenIdConfiguration, Operation, PolicyInfo, PolicySet, PolicyTestRequest, ProviderCreated,
+    ReferenceValueList, ReferenceValueRemoved, ReferenceValueRequest, SigningKeyRevoked,
+    SigningKeyRotated, TokenResponse,
 };
 use seal::MasterKey;
 
@@ -874,9 +874,7 @@ impl Service {
             .store
             .reference_values()
             .map_err(|e| ApiError::logged("store", e))?;
-        Ok(ReferenceValueList {
-            value: all.into_iter().map(wire_reference_value).collect(),
-        })
+        Ok(ReferenceValueList { value: all })
     }
 
     /// Registers (default provider's administrator: the platform operator) a launch
@@ -925,7 +923,7 @@ impl Service {
             .add_reference_value(&rv, &audit)
             .map_err(|e| ApiError::logged("store", e))?;
         self.reference_values_changed()?;
-        Ok(wire_reference_value(rv))
+        Ok(rv)
     }
 
     /// Removes a reference value (default provider's administrator).
@@ -965,21 +963,7 @@ impl Service {
             .store
             .audit_log(provider)
             .map_err(|e| ApiError::logged("store", e))?;
-        Ok(AuditLog {
-            value: log
-                .into_iter()
-                .map(|e| AuditRecord {
-                    seq: e.seq,
-                    ts: e.ts,
-                    provider: e.provider,
-                    caller: e.caller,
-                    op: e.op,
-                    subject: e.subject,
-                    outcome: e.outcome,
-                    code: e.code,
-                })
-                .collect(),
-        })
+        Ok(AuditLog { value: log })
     }
 
     /// Issues a nonce for `provider` (it is unknown to every other provider).
@@ -1382,17 +1366,6 @@ fn nonce_error(e: crate::nonce::NonceError) -> ApiError {
             ApiError::new(503, e.code(), e.to_string())
         }
         _ => ApiError::bad(e.code(), e.to_string()),
-    }
-}
-
-/// A stored reference value as the API shows it.
-fn wire_reference_value(rv: crate::store::ReferenceValue) -> attest_api::ReferenceValue {
-    attest_api::ReferenceValue {
-        region: rv.region,
-        measurement: rv.measurement,
-        component: rv.component,
-        source: rv.source,
-        created: rv.created,
     }
 }
 

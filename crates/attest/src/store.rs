@@ -72,41 +72,12 @@ pub struct PolicyRow {
     pub created: i64,
 }
 
-/// A launch measurement the platform runs, registered by its operator.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ReferenceValue {
-    /// The region whose hosts run it.
-    pub region: String,
-    /// The SNP launch measurement (96 lower-case hex digits).
-    pub measurement: String,
-    /// What it measures (`ovmf`, `paravisor`, ...).
-    pub component: String,
-    /// How it was obtained (for instance the `cvm snp measure` command line).
-    pub source: String,
-    /// When it was registered (Unix seconds).
-    pub created: i64,
-}
+/// A launch measurement the platform runs, registered by its operator (the API's
+/// type, as the store keeps it).
+pub use attest_api::ReferenceValue;
 
-/// One audit entry: who changed what.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct AuditEntry {
-    /// Sequence number (assigned by the store).
-    pub seq: i64,
-    /// When (Unix seconds).
-    pub ts: i64,
-    /// The provider concerned.
-    pub provider: String,
-    /// Who: `administrator` (of `provider`) or `default-administrator`.
-    pub caller: String,
-    /// The change (`signing_key_rotate`, `admin_credential_rotate`, ...).
-    pub op: String,
-    /// What it concerned (a key id, a policy type, ...).
-    pub subject: String,
-    /// `allowed` or `denied`.
-    pub outcome: String,
-    /// The refusal code, if any.
-    pub code: String,
-}
+/// One audit entry, who changed what: the API's audit record, as the store keeps it.
+pub use attest_api::AuditRecord as AuditEntry;
 
 /// Where providers, keys and policies live (and the used nonces of replicas).
 pub trait Store: crate::nonce::SharedNonces {

@@ -29,11 +29,11 @@ use crate::authority::{Authorities, ValidToken};
 use crate::jwk::strip;
 use crate::release_policy::ReleasePolicyEnvelope;
 use keyvault_api::{
-    Access, AttestedUnwrapRequest, AuditLog, AuditRecord, CreateCredentialRequest,
-    CreateKeyRequest, CredentialInfo, CredentialList, ImportKeyRequest, JsonWebKey, KeyAttributes,
-    KeyBundle, KeyItem, KeyList, KeyOperationResult, KeyVaultApi, NewCredential, Operation,
-    RegionCreated, RegionInfo, RegionList, RegionRotated, ReleaseRequest, ReleaseTestResult,
-    Revoked, RotatedCredential, SignedResult, UpdateKeyRequest, WrapKeyRequest,
+    Access, AttestedUnwrapRequest, AuditLog, CreateCredentialRequest, CreateKeyRequest,
+    CredentialInfo, CredentialList, ImportKeyRequest, JsonWebKey, KeyAttributes, KeyBundle,
+    KeyItem, KeyList, KeyOperationResult, KeyVaultApi, NewCredential, Operation, RegionCreated,
+    RegionInfo, RegionList, RegionRotated, ReleaseRequest, ReleaseTestResult, Revoked,
+    RotatedCredential, SignedResult, UpdateKeyRequest, WrapKeyRequest,
 };
 use sqldb::Location;
 
@@ -2017,25 +2017,7 @@ impl KeyVaultApi for Vault {
     /// The vault's audit log (administrator).
     fn audit_log(&self, a: &Authorized) -> Result<AuditLog, VaultError> {
         let c = a.vault()?;
-        let value = self
-            .store
-            .audit_log(&c.vault)
-            .map_err(store_err)?
-            .into_iter()
-            .map(|e| AuditRecord {
-                seq: e.seq,
-                ts: e.ts,
-                vault: e.vault,
-                caller: e.caller,
-                op: e.op,
-                key: e.key,
-                version: e.version,
-                outcome: e.outcome,
-                code: e.code,
-                jti: e.jti,
-                issuer: e.issuer,
-            })
-            .collect();
+        let value = self.store.audit_log(&c.vault).map_err(store_err)?;
         Ok(AuditLog { value })
     }
 

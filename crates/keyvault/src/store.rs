@@ -243,32 +243,8 @@ impl std::fmt::Debug for Rotation<'_> {
     }
 }
 
-/// One audit log entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct AuditEntry {
-    /// Sequence number (assigned by the store).
-    pub seq: i64,
-    /// When (Unix seconds).
-    pub ts: i64,
-    /// Vault.
-    pub vault: String,
-    /// The caller's role.
-    pub caller: String,
-    /// Operation (`create`, `release`, ...).
-    pub op: String,
-    /// Key name.
-    pub key: String,
-    /// Key version.
-    pub version: String,
-    /// `allowed`, `denied` or `failed`.
-    pub outcome: String,
-    /// The refusal code, if any.
-    pub code: String,
-    /// The attestation token's `jti`.
-    pub jti: String,
-    /// The attestation token's issuer.
-    pub issuer: String,
-}
+/// One audit log entry: the API's audit record, as the store keeps it.
+pub use keyvault_api::AuditRecord as AuditEntry;
 
 /// Where the vault's state lives.
 pub trait Store: Send + Sync {
