@@ -145,6 +145,11 @@ pub fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, ClientError> {
 /// A path segment, percent-encoded: anything but RFC 3986's unreserved characters is
 /// escaped, so a name cannot add segments, a query or a fragment.
 pub fn segment(s: &str) -> String {
+    // `.` and `..` would be taken as a path's dot segments (and resolved away by a
+    // proxy that normalizes paths): escaped, they are names.
+    if s == "." || s == ".." {
+        return "%2E".repeat(s.len());
+    }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -154,6 +159,16 @@ pub fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// A request this client will not send.
+fn unexpected_request(method: &'static str, url: &str, why: &str) -> ClientError {
+    ClientError::Unexpected {
+        method,
+        url: url.to_string(),
+        status: 0,
+        message: why.to_string(),
+    }
 }
 
 /// HTTP methods the services use.
@@ -238,6 +253,9 @@ impl Transport {
             .credential
             .as_ref()
             .map(|c| Zeroizing::new(format!("Bearer {}", c.as_str())));
+        if method == Method::Get && body.is_some() {
+            return Err(unexpected_request(m, &url, "a GET has no body"));
+        }
         let mut resp = match (method, body) {
             (Method::Get | Method::Delete, None) => {
                 let mut req = match method {
@@ -258,7 +276,7 @@ impl Transport {
                     Method::Put => self.agent.put(&url),
                     Method::Patch => self.agent.patch(&url),
                     Method::Delete => self.agent.delete(&url).force_send_body(),
-                    _ => self.agent.post(&url),
+                    Method::Post | Method::Get => self.agent.post(&url),
                 };
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a.as_str());
@@ -311,6 +329,9 @@ mod tests {
         assert_eq!(segment("disk-01"), "disk-01");
         assert_eq!(segment("../x?y#z"), "..%2Fx%3Fy%23z");
         assert_eq!(segment("é"), "%C3%A9");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("."), "%2E");
+        assert_eq!(segment("..."), "...");
     }
 
     #[test]

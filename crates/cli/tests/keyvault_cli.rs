@@ -1955,6 +1955,22 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
         call("POST", &url("/keys/x/create"), c, Some(&json!({"kty": 1}))),
     );
     assert_eq!(malformed["error"]["code"], "bad_request", "{malformed}");
+    // A body is a JSON object; a role that is not a string is no role.
+    let array = record(
+        "create_credential",
+        call(
+            "POST",
+            &url("/credentials"),
+            c,
+            Some(&json!(["crypto_user"])),
+        ),
+    );
+    assert_eq!(array["error"]["code"], "bad_request", "{array}");
+    let number = record(
+        "create_credential",
+        call("POST", &url("/credentials"), c, Some(&json!({"role": 5}))),
+    );
+    assert_eq!(number["error"]["code"], "bad_parameter", "{number}");
     // Credentials and the audit log.
     record(
         "list_credentials",

@@ -314,20 +314,26 @@ impl Releaser {
 /// A service's refusal as status, code and message (the detail appended: a failed
 /// policy condition, say).
 fn refusal(e: &ClientError) -> Option<(u16, String, String)> {
-    let ClientError::Refused {
-        status,
-        code,
-        message,
-        detail,
-    } = e
-    else {
-        return None;
-    };
-    let mut message = message.clone();
-    if let Some(d) = detail.as_ref().filter(|d| !d.is_null()) {
-        message.push_str(&format!(" ({d})"));
+    match e {
+        ClientError::Refused {
+            status,
+            code,
+            message,
+            detail,
+        } => {
+            let mut message = message.clone();
+            if let Some(d) = detail.as_ref().filter(|d| !d.is_null()) {
+                message.push_str(&format!(" ({d})"));
+            }
+            Some((*status, code.clone(), message))
+        }
+        // An error status without the services' error body (a proxy's page, say): a
+        // refusal all the same, its status kept.
+        ClientError::Unexpected {
+            status, message, ..
+        } if *status >= 400 => Some((*status, "unknown".into(), message.clone())),
+        _ => None,
     }
-    Some((*status, code.clone(), message))
 }
 
 /// A failure that is not a refusal: the service could not be reached or answered
@@ -467,5 +473,15 @@ mod tests {
         assert!(message.contains("x-ms-sevsnpvm-hostdata"), "{message}");
         let e = ClientError::Certificates("x".into());
         assert!(refusal(&e).is_none());
+        let e = ClientError::Unexpected {
+            method: "POST",
+            url: "http://kv/keys/a/b/release".into(),
+            status: 502,
+            message: "a refusal without its body".into(),
+        };
+        assert_eq!(
+            refusal(&e).map(|r| (r.0, r.1)),
+            Some((502, "unknown".into()))
+        );
     }
 }

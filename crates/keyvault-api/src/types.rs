@@ -224,9 +224,14 @@ pub struct AttestedUnwrapRequest {
 /// `POST /credentials`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreateCredentialRequest {
-    /// `administrator`, `crypto_user` or `release_user`.
-    #[serde(default)]
+    /// `administrator`, `crypto_user` or `release_user` (a value that is not a string
+    /// names no role, and is refused as an unknown one).
+    #[serde(default, deserialize_with = "string_or_none")]
     pub role: Option<String>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Value::deserialize(d)?.as_str().map(str::to_string))
 }
 
 /// A key's public part, as a JWK.

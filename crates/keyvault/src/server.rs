@@ -74,11 +74,14 @@ fn typed<T: DeserializeOwned>(
                 detail: None,
             }
         })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let e = VaultError::bad(
-            "bad_request",
-            e.to_string().chars().take(200).collect::<String>(),
-        );
+    // Every body is a JSON object (serde would also take an array for a struct).
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = match object {
+        true => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+        false => Err("the request body is not a JSON object".to_string()),
+    };
+    parsed.map_err(|e| {
+        let e = VaultError::bad("bad_request", e.chars().take(200).collect::<String>());
         if let Some((op, key, version)) = audit {
             v.audit_refusal(a, op, key, version, &e);
         }

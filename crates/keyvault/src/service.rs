@@ -164,25 +164,48 @@ enum Principal {
 }
 
 /// A caller admitted to one operation by [`Vault::authorize`], the only way to make
-/// one: the API's methods take it, so none runs without the access check.
+/// one: the API's methods take it, and each checks that it was admitted for that very
+/// operation (a caller admitted for another fails closed, with 500 `wrong_operation`:
+/// a bug of the edge, not the caller's), so none runs without its access check.
 #[derive(Clone, Debug)]
-pub struct Authorized(Principal);
+pub struct Authorized {
+    principal: Principal,
+    op: &'static Operation,
+}
 
 impl Authorized {
-    /// The vault credential's caller (a service administrator has none).
-    pub fn vault(&self) -> Result<&Caller, VaultError> {
-        match &self.0 {
+    /// The vault credential's caller, admitted for the operation `id` (`get_key` also
+    /// stands for `get_key_version`).
+    fn caller_for(&self, id: &str) -> Result<&Caller, VaultError> {
+        self.check_op(id)?;
+        match &self.principal {
             Principal::Vault(c) => Ok(c),
             Principal::ServiceAdmin => Err(VaultError::unauthorized()),
         }
     }
 
-    /// Whether this is the service administrator.
-    fn service_admin(&self) -> Result<(), VaultError> {
-        match self.0 {
+    /// That this is the service administrator, admitted for the operation `id`.
+    fn service_admin_for(&self, id: &str) -> Result<(), VaultError> {
+        self.check_op(id)?;
+        match self.principal {
             Principal::ServiceAdmin => Ok(()),
             Principal::Vault(_) => Err(VaultError::unauthorized()),
         }
+    }
+
+    fn check_op(&self, id: &str) -> Result<(), VaultError> {
+        let ok = self.op.id == id || (id == "get_key" && self.op.id == "get_key_version");
+        if ok {
+            Ok(())
+        } else {
+            tracing::error!(admitted = self.op.id, called = id, "operation mismatch");
+            Err(VaultError::internal("wrong_operation"))
+        }
+    }
+
+    /// The operation this caller was admitted for.
+    pub fn operation(&self) -> &'static Operation {
+        self.op
     }
 }
 
@@ -598,14 +621,22 @@ impl Vault {
     pub fn authorize(
         &self,
         bearer: Option<&str>,
-        op: &Operation,
+        op: &'static Operation,
     ) -> Result<Authorized, VaultError> {
         let role_op = match op.access {
             Access::ServiceAdmin => {
                 self.service_admin(bearer)?;
-                return Ok(Authorized(Principal::ServiceAdmin));
+                return Ok(Authorized {
+                    principal: Principal::ServiceAdmin,
+                    op,
+                });
             }
-            Access::Holder => return Ok(Authorized(Principal::Vault(self.caller(bearer)?))),
+            Access::Holder => {
+                return Ok(Authorized {
+                    principal: Principal::Vault(self.caller(bearer)?),
+                    op,
+                });
+            }
             Access::Admin => Op::Admin,
             Access::Write => Op::Write,
             Access::Read => Op::Read,
@@ -619,7 +650,10 @@ impl Vault {
             self.audit(&c, &op.what.replace(' ', "_"), "", "", Err(&e), None);
             return Err(e);
         }
-        Ok(Authorized(Principal::Vault(c)))
+        Ok(Authorized {
+            principal: Principal::Vault(c),
+            op,
+        })
     }
 
     /// [`Vault::authorize`] for the operation named `id` in the contract.
@@ -639,7 +673,7 @@ impl Vault {
         version: &str,
         e: &VaultError,
     ) {
-        if let Ok(c) = a.vault() {
+        if let Principal::Vault(c) = &a.principal {
             self.audit(c, op, key, version, Err(e), None);
         }
     }
@@ -710,7 +744,7 @@ impl Vault {
         a: &Authorized,
         b: CreateCredentialRequest,
     ) -> Result<NewCredential, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("create_credential")?;
         let role = b.role.as_deref().and_then(Role::from_name).ok_or_else(|| {
             VaultError::bad(
                 "bad_parameter",
@@ -896,7 +930,7 @@ impl Vault {
         name: &str,
         b: CreateKeyRequest,
     ) -> Result<KeyBundle, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("create_key")?;
         let r = (|| {
             let _ = &b.key_ops;
             let m = generate(&b)?;
@@ -943,7 +977,7 @@ impl Vault {
         name: &str,
         mut b: ImportKeyRequest,
     ) -> Result<KeyBundle, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("import_key")?;
         let r = (|| {
             let kty = b
                 .key
@@ -1029,7 +1063,7 @@ impl Vault {
         name: &str,
         version: Option<&str>,
     ) -> Result<KeyBundle, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("get_key")?;
         Ok(self.bundle(&self.version(c, name, version)?, false))
     }
 
@@ -1042,7 +1076,7 @@ impl Vault {
         version: &str,
         b: UpdateKeyRequest,
     ) -> Result<KeyBundle, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("update_key")?;
         let r = (|| {
             let _ = &b.key_ops;
             let mut row = self.version(c, name, Some(version))?;
@@ -1209,7 +1243,7 @@ impl Vault {
         a: &Authorized,
         region: &str,
     ) -> Result<RegionCreated, VaultError> {
-        a.service_admin()?;
+        a.service_admin_for("create_region")?;
         if !valid_region(region) {
             return Err(VaultError::bad(
                 "bad_parameter",
@@ -1330,7 +1364,7 @@ impl Vault {
         version: &str,
         b: WrapKeyRequest,
     ) -> Result<KeyOperationResult, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("wrap_key")?;
         let r = self.wrap_key_inner(c, name, version, &b);
         let logged = self.audit(c, "wrapkey", name, version, r.as_ref().map(|_| ()), None);
         // As with a release: no wrapped key leaves unless its audit entry was written.
@@ -1394,7 +1428,7 @@ impl Vault {
         version: &str,
         b: AttestedUnwrapRequest,
     ) -> Result<SignedResult, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("attested_unwrap")?;
         let mut token = None;
         let r = self.attested_unwrap_inner(c, name, version, &b, &mut token);
         let audited = self.audit(
@@ -1585,7 +1619,7 @@ impl Vault {
         version: &str,
         b: ReleaseRequest,
     ) -> Result<SignedResult, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("release")?;
         let mut token = None;
         let r = self.release_inner(c, name, version, &b, &mut token);
         let v = r
@@ -1656,7 +1690,7 @@ impl Vault {
         version: &str,
         b: ReleaseRequest,
     ) -> Result<ReleaseTestResult, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("release_test")?;
         let row = self.version(c, name, Some(version))?;
         let envelope = match Self::check_releasable(&row, now()) {
             Ok(e) => e,
@@ -1705,7 +1739,7 @@ impl KeyVaultApi for Vault {
 
     /// `GET /keys`.
     fn list_keys(&self, a: &Authorized) -> Result<KeyList, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("list_keys")?;
         let names = self.store.key_names(&c.vault, false).map_err(store_err)?;
         let value = names
             .iter()
@@ -1749,7 +1783,7 @@ impl KeyVaultApi for Vault {
 
     /// `DELETE /keys/{name}`: soft delete.
     fn delete_key(&self, a: &Authorized, name: &str) -> Result<KeyBundle, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("delete_key")?;
         let r = (|| {
             let row = self.version(c, name, None)?;
             let audit = Self::audit_entry(c, "delete", name, "", Ok(()), None);
@@ -1771,7 +1805,7 @@ impl KeyVaultApi for Vault {
     /// `GET /keys/{name}/versions`: every version of a live key, newest first, as Key
     /// Vault's key items (kid, attributes, tags).
     fn list_versions(&self, a: &Authorized, name: &str) -> Result<KeyList, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("list_versions")?;
         let rows = self
             .store
             .versions(&c.vault, name, false)
@@ -1849,7 +1883,7 @@ impl KeyVaultApi for Vault {
 
     /// `GET /deletedkeys`: the soft-deleted keys (their newest version's attributes).
     fn list_deleted(&self, a: &Authorized) -> Result<KeyList, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("list_deleted")?;
         let mut value = Vec::new();
         for name in self.store.key_names(&c.vault, true).map_err(store_err)? {
             if let Some(r) = self
@@ -1875,7 +1909,7 @@ impl KeyVaultApi for Vault {
 
     /// `GET /deletedkeys/{name}`.
     fn get_deleted(&self, a: &Authorized, name: &str) -> Result<KeyBundle, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("get_deleted")?;
         let row = self
             .store
             .versions(&c.vault, name, true)
@@ -1888,7 +1922,7 @@ impl KeyVaultApi for Vault {
 
     /// `DELETE /deletedkeys/{name}`: purge for good.
     fn purge_key(&self, a: &Authorized, name: &str) -> Result<(), VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("purge_key")?;
         let audit = Self::audit_entry(c, "purge", name, "", Ok(()), None);
         let r = match self.store.purge(&c.vault, name, &audit).map_err(store_err) {
             Ok(true) => Ok(()),
@@ -1903,7 +1937,7 @@ impl KeyVaultApi for Vault {
 
     /// `POST /deletedkeys/{name}/recover`.
     fn recover_key(&self, a: &Authorized, name: &str) -> Result<KeyBundle, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("recover_key")?;
         let r = (|| {
             let audit = Self::audit_entry(c, "recover", name, "", Ok(()), None);
             if !self
@@ -1932,7 +1966,7 @@ impl KeyVaultApi for Vault {
     /// `GET /credentials` (administrator): the vault's credentials (id, role, created);
     /// never the credentials themselves, which are stored only as hashes.
     fn list_credentials(&self, a: &Authorized) -> Result<CredentialList, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("list_credentials")?;
         let value = self
             .store
             .credentials(&c.vault)
@@ -1950,7 +1984,7 @@ impl KeyVaultApi for Vault {
     /// `DELETE /credentials/{id}` (administrator): the credential stops working at once.
     /// The vault's last administrator credential cannot be revoked (409).
     fn revoke_credential(&self, a: &Authorized, id: &str) -> Result<Revoked, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("revoke_credential")?;
         let r = (|| {
             let sha = self.credential_by_id(c, id)?;
             let audit = Self::audit_entry(c, "credential_revoke", "", id, Ok(()), None);
@@ -1982,7 +2016,7 @@ impl KeyVaultApi for Vault {
     /// vault's credentials, any other caller only its own. The new credential is shown
     /// this once.
     fn rotate_credential(&self, a: &Authorized, id: &str) -> Result<RotatedCredential, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("rotate_credential")?;
         if c.id != id && !c.role.may(Op::Admin) {
             let e = VaultError::forbidden(c.role.name(), "rotate other credentials");
             self.audit(c, "credential_rotate", "", id, Err(&e), None);
@@ -2016,14 +2050,14 @@ impl KeyVaultApi for Vault {
 
     /// The vault's audit log (administrator).
     fn audit_log(&self, a: &Authorized) -> Result<AuditLog, VaultError> {
-        let c = a.vault()?;
+        let c = a.caller_for("audit_log")?;
         let value = self.store.audit_log(&c.vault).map_err(store_err)?;
         Ok(AuditLog { value })
     }
 
     /// Creates a vault (service administrator); returns its administrator credential.
     fn create_vault(&self, a: &Authorized, name: &str) -> Result<NewCredential, VaultError> {
-        a.service_admin()?;
+        a.service_admin_for("create_vault")?;
         if !valid_name(name) {
             return Err(VaultError::bad(
                 "bad_parameter",
@@ -2059,7 +2093,7 @@ impl KeyVaultApi for Vault {
     /// `GET /regions` (service administrator): every region with its current root
     /// version and key counts.
     fn list_regions(&self, a: &Authorized) -> Result<RegionList, VaultError> {
-        a.service_admin()?;
+        a.service_admin_for("list_regions")?;
         let value = self
             .store
             .regions()
@@ -2092,7 +2126,7 @@ impl KeyVaultApi for Vault {
     /// resealed under it and the old version deleted, in one store transaction.
     fn rotate_region(&self, a: &Authorized, region: &str) -> Result<RegionRotated, VaultError> {
         let r = (|| {
-            a.service_admin()?;
+            a.service_admin_for("rotate_region")?;
             if !valid_region(region) {
                 return Err(VaultError::region_not_found(region));
             }

@@ -434,3 +434,26 @@ fn unauthenticated_requests_write_nothing_and_service_is_reserved() {
         assert_eq!(e.code, "bad_parameter", "{name}");
     }
 }
+
+/// A caller is admitted for one operation of the contract: the vault's methods refuse
+/// one admitted for another (a bug of the edge), whatever the caller's role allows.
+#[test]
+fn a_caller_admitted_for_one_operation_runs_no_other() {
+    let s = setup();
+    let a = Some(s.admin.as_str());
+    s.vault
+        .op(a, "create_key", |v, c| {
+            v.create_key(c, "k", typed(br#"{"kty": "oct"}"#))
+        })
+        .unwrap();
+    let listed = s.vault.authorize_op(a, "list_keys").unwrap();
+    let e = s.vault.purge_key(&listed, "k").unwrap_err();
+    assert_eq!((e.status, e.code), (500, "wrong_operation"));
+    let e = s.vault.delete_key(&listed, "k").unwrap_err();
+    assert_eq!((e.status, e.code), (500, "wrong_operation"));
+    // The key is still there; `get_key` answers for a caller admitted to either of its
+    // two routes.
+    let one = s.vault.authorize_op(a, "get_key_version").unwrap();
+    assert!(s.vault.get_key(&one, "k", None).is_ok());
+    assert_eq!(listed.operation().id, "list_keys");
+}
