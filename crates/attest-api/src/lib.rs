@@ -6,6 +6,7 @@
 //! - every operation with its method, path and the access it needs ([`OPERATIONS`]);
 //!   operations of a provider answer at the root for the default provider and under
 //!   `/providers/{provider}` for a named one;
+//! - the API as a trait ([`AttestApi`]), which the service implements;
 //! - the OpenAPI document, generated from this crate alone ([`openapi`]).
 
 #![forbid(unsafe_code)]
@@ -101,6 +102,98 @@ operations! {
     reference_values: "GET" "/reference-values", Anyone, false;
     add_reference_value: "POST" "/reference-values/{region}", DefaultAdmin, false;
     remove_reference_value: "DELETE" "/reference-values/{region}/{measurement}", DefaultAdmin, false;
+}
+
+/// The attestation service's API. `C` is what the edge admitted a call as: the
+/// provider it concerns, what the caller is to it, and (on the server) the address it
+/// comes from. Each method is the operation of [`OPERATIONS`] of the same name (an
+/// attestation of either kind is `attest`); those that may run a tenant's policy, or
+/// compile one, are async.
+pub trait AttestApi {
+    /// Who calls, about which provider.
+    type Caller;
+    /// Why a call failed.
+    type Error;
+
+    /// `GET /.well-known/openid-configuration`.
+    fn openid_configuration(&self, c: &Self::Caller) -> Result<OpenIdConfiguration, Self::Error>;
+    /// `GET /certs`.
+    fn certs(&self, c: &Self::Caller) -> Result<Jwks, Self::Error>;
+    /// `GET /nonce`.
+    fn nonce(&self, c: &Self::Caller) -> Result<NonceResponse, Self::Error>;
+    /// `POST /attest/SevSnpVm`, `POST /attest/AzureGuest`.
+    fn attest(
+        &self,
+        c: &Self::Caller,
+        req: AttestRequest,
+    ) -> impl Future<Output = Result<AttestResponse, Self::Error>> + Send;
+    /// `GET /policies/{type}`.
+    fn get_policy(
+        &self,
+        c: &Self::Caller,
+        kind: AttestationType,
+    ) -> Result<PolicyInfo, Self::Error>;
+    /// `PUT /policies/{type}`.
+    fn set_policy(
+        &self,
+        c: &Self::Caller,
+        kind: AttestationType,
+        policy: &str,
+    ) -> impl Future<Output = Result<PolicySet, Self::Error>> + Send;
+    /// `POST /policies/{type}/test`.
+    fn test_policy(
+        &self,
+        c: &Self::Caller,
+        kind: AttestationType,
+        req: PolicyTestRequest,
+    ) -> impl Future<Output = Result<DryRun, Self::Error>> + Send;
+    /// `GET /settings`.
+    fn get_settings(&self, c: &Self::Caller) -> Result<ProviderSettings, Self::Error>;
+    /// `PUT /settings`.
+    fn set_settings(
+        &self,
+        c: &Self::Caller,
+        settings: ProviderSettings,
+    ) -> Result<ProviderSettings, Self::Error>;
+    /// `POST /signing-keys/rotate`.
+    fn rotate_signing_key(&self, c: &Self::Caller) -> Result<SigningKeyRotated, Self::Error>;
+    /// `POST /signing-keys/{kid}/revoke`.
+    fn revoke_signing_key(
+        &self,
+        c: &Self::Caller,
+        kid: &str,
+    ) -> Result<SigningKeyRevoked, Self::Error>;
+    /// `POST /admin-credential/rotate`.
+    fn rotate_admin_credential(&self, c: &Self::Caller) -> Result<AdminCredential, Self::Error>;
+    /// `POST /admin-credential`.
+    fn reset_admin_credential(&self, c: &Self::Caller) -> Result<AdminCredential, Self::Error>;
+    /// `DELETE /admin-credential`.
+    fn revoke_admin_credential(&self, c: &Self::Caller) -> Result<AdminRevoked, Self::Error>;
+    /// `GET /audit`.
+    fn audit_log(&self, c: &Self::Caller) -> Result<AuditLog, Self::Error>;
+    /// `POST /providers/{provider}`.
+    fn create_provider(
+        &self,
+        c: &Self::Caller,
+        name: &str,
+        settings: ProviderSettings,
+    ) -> Result<ProviderCreated, Self::Error>;
+    /// `GET /reference-values`.
+    fn reference_values(&self, c: &Self::Caller) -> Result<ReferenceValueList, Self::Error>;
+    /// `POST /reference-values/{region}`.
+    fn add_reference_value(
+        &self,
+        c: &Self::Caller,
+        region: &str,
+        req: ReferenceValueRequest,
+    ) -> Result<ReferenceValue, Self::Error>;
+    /// `DELETE /reference-values/{region}/{measurement}`.
+    fn remove_reference_value(
+        &self,
+        c: &Self::Caller,
+        region: &str,
+        measurement: &str,
+    ) -> Result<ReferenceValueRemoved, Self::Error>;
 }
 
 /// The operation named `id` (a named provider's copy, `{id}_in_provider`, too).

@@ -8,6 +8,62 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+/// The kinds of evidence the service attests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttestationType {
+    /// A raw SEV-SNP report (`/attest/SevSnpVm`).
+    SevSnpVm,
+    /// vTPM evidence with an SNP isolation report (`/attest/AzureGuest`).
+    AzureGuest,
+}
+
+impl AttestationType {
+    /// Every type.
+    pub const ALL: [AttestationType; 2] = [AttestationType::SevSnpVm, AttestationType::AzureGuest];
+
+    /// The name in API paths.
+    pub fn path_name(self) -> &'static str {
+        match self {
+            AttestationType::SevSnpVm => "SevSnpVm",
+            AttestationType::AzureGuest => "AzureGuest",
+        }
+    }
+
+    /// The `x-ms-attestation-type` claim value.
+    pub fn claim_name(self) -> &'static str {
+        match self {
+            AttestationType::SevSnpVm => "sevsnpvm",
+            AttestationType::AzureGuest => "azurevm",
+        }
+    }
+
+    /// Parses a path name (case-insensitive).
+    pub fn from_path(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.path_name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// An attestation request, of either kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttestRequest {
+    /// `POST /attest/SevSnpVm`.
+    SevSnpVm(SevSnpVmRequest),
+    /// `POST /attest/AzureGuest`.
+    AzureGuest(AzureGuestRequest),
+}
+
+impl AttestRequest {
+    /// Its kind.
+    pub fn kind(&self) -> AttestationType {
+        match self {
+            AttestRequest::SevSnpVm(_) => AttestationType::SevSnpVm,
+            AttestRequest::AzureGuest(_) => AttestationType::AzureGuest,
+        }
+    }
+}
+
 /// Minimum security patch level per TCB component (the appraisal's `min_tcb`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

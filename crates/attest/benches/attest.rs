@@ -91,7 +91,9 @@ fn bench(c: &mut Criterion) {
         let anyone = svc
             .admit_op("attest_sev_snp_vm", "default", None)
             .expect("admit");
-        rt.block_on(svc.attest(&anyone, AttestationType::SevSnpVm, &body, None))
+        let req =
+            attest::evidence::parse_request(AttestationType::SevSnpVm, &body).expect("request");
+        rt.block_on(svc.attest(&anyone, req))
     };
     attest().expect("attest");
     c.bench_function("attest/SevSnpVm in process", |b| {
@@ -107,7 +109,7 @@ fn bench(c: &mut Criterion) {
         evidence: serde_json::from_slice(&body).expect("json"),
     };
     let dry = rt
-        .block_on(svc.test_policy(&tester, AttestationType::SevSnpVm, req, None))
+        .block_on(svc.test_policy(&tester, AttestationType::SevSnpVm, req))
         .expect("dry run");
     let claims = serde_json::Value::Object(dry.claims.clone());
     let rules = attest::policy::default_policy(AttestationType::SevSnpVm);

@@ -29,19 +29,10 @@ use crate::claims;
 use crate::error::ApiError;
 use crate::evidence::{Evaluated, b64_any, check_draft, check_nonce_field, parse_json, verify_snp};
 use crate::service::Service;
+use attest_api::AzureGuestRequest;
 
 /// The largest decoded event log accepted.
 pub const MAX_EVENT_LOG: usize = 512 * 1024;
-
-#[derive(Deserialize)]
-struct Request {
-    #[serde(rename = "AttestationInfo")]
-    attestation_info: String,
-    #[serde(default)]
-    nonce: Option<String>,
-    #[serde(rename = "draftPolicyForAttestation", default)]
-    draft_policy: Option<String>,
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -141,10 +132,9 @@ fn rsa_jwk(kid: &str, key: &TpmPublic, ops: &[&str]) -> Result<Value, ApiError> 
 pub fn evaluate(
     svc: &Service,
     provider: &str,
-    body: &[u8],
+    req: AzureGuestRequest,
     peer: Option<std::net::IpAddr>,
 ) -> Result<Evaluated, ApiError> {
-    let req: Request = parse_json("AzureGuest request", body)?;
     check_draft(&req.draft_policy)?;
     check_nonce_field(&req.nonce)?;
     let info_json = b64_any("AttestationInfo", &req.attestation_info)?;
@@ -430,7 +420,7 @@ pub fn evaluate(
 
 /// Parses `data` as an AzureGuest body and its AttestationInfo (fuzzing).
 pub(crate) fn fuzz_parse(data: &[u8]) {
-    let info = match serde_json::from_slice::<Request>(data) {
+    let info = match serde_json::from_slice::<AzureGuestRequest>(data) {
         Ok(r) => b64_any("AttestationInfo", &r.attestation_info).unwrap_or_default(),
         Err(_) => data.to_vec(),
     };

@@ -15,6 +15,7 @@ use crate::nonce::MAX_NONCE_LEN;
 use crate::policy::MAX_POLICY_LEN;
 use crate::service::Service;
 use crate::{AttestationType, claims};
+use attest_api::{AttestRequest, SevSnpVmRequest};
 
 /// The largest decoded runtime or init-time data accepted.
 pub const MAX_DATA_LEN: usize = 64 * 1024;
@@ -49,19 +50,9 @@ pub fn b64_any(field: &str, s: &str) -> Result<Vec<u8>, ApiError> {
     r.map_err(|_| ApiError::bad("malformed_request", format!("{field} is not base64")))
 }
 
-/// `runtimeData` / `initTimeData`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataField {
-    /// base64url of the data.
-    pub data: String,
-    /// `Binary` (default) or `JSON`.
-    #[serde(rename = "dataType", default)]
-    pub data_type: Option<String>,
-    /// `SHA256` (default) or `SHA384`: how REPORT_DATA binds it (opencvm extension).
-    #[serde(rename = "hashAlgorithm", default)]
-    pub hash_algorithm: Option<String>,
-}
+/// `runtimeData` / `initTimeData` (the contract's type), decoded and checked by
+/// [`DecodeData::decode`].
+pub use attest_api::DataField;
 
 /// A decoded runtime/init-time data field.
 pub struct Data {
@@ -72,9 +63,14 @@ pub struct Data {
     sha384: bool,
 }
 
-impl DataField {
+/// Decoding of a request's data field.
+pub trait DecodeData {
     /// Decodes and checks the field.
-    pub fn decode(&self, field: &str) -> Result<Data, ApiError> {
+    fn decode(&self, field: &str) -> Result<Data, ApiError>;
+}
+
+impl DecodeData for DataField {
+    fn decode(&self, field: &str) -> Result<Data, ApiError> {
         if self.data.len() > MAX_DATA_LEN * 4 / 3 + 4 {
             return Err(ApiError::bad(
                 "field_too_large",
@@ -132,19 +128,6 @@ impl Data {
 }
 
 #[derive(Debug, Deserialize)]
-struct SevSnpRequest {
-    report: String,
-    #[serde(rename = "runtimeData", default)]
-    runtime_data: Option<DataField>,
-    #[serde(rename = "initTimeData", default)]
-    init_time_data: Option<DataField>,
-    #[serde(default)]
-    nonce: Option<String>,
-    #[serde(rename = "draftPolicyForAttestation", default)]
-    draft_policy: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
 struct SnpProof {
     #[serde(rename = "SnpReport")]
     snp_report: String,
@@ -169,14 +152,24 @@ pub fn parse_json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<
 pub fn evaluate(
     svc: &Service,
     provider: &str,
-    kind: AttestationType,
-    body: &[u8],
+    req: AttestRequest,
     peer: Option<std::net::IpAddr>,
 ) -> Result<Evaluated, ApiError> {
-    match kind {
-        AttestationType::SevSnpVm => sevsnp(svc, provider, body, peer),
-        AttestationType::AzureGuest => crate::azure::evaluate(svc, provider, body, peer),
+    match req {
+        AttestRequest::SevSnpVm(r) => sevsnp(svc, provider, r, peer),
+        AttestRequest::AzureGuest(r) => crate::azure::evaluate(svc, provider, r, peer),
     }
+}
+
+/// Parses an attestation request of `kind` from its body, with the appraisal's refusal
+/// codes (`malformed_request`, naming what did not parse).
+pub fn parse_request(kind: AttestationType, body: &[u8]) -> Result<AttestRequest, ApiError> {
+    Ok(match kind {
+        AttestationType::SevSnpVm => AttestRequest::SevSnpVm(parse_json("SevSnpVm request", body)?),
+        AttestationType::AzureGuest => {
+            AttestRequest::AzureGuest(parse_json("AzureGuest request", body)?)
+        }
+    })
 }
 
 /// The service nonce evidence is held to: the one the request names, which must be
@@ -229,10 +222,9 @@ pub(crate) fn check_nonce_field(nonce: &Option<String>) -> Result<(), ApiError> 
 fn sevsnp(
     svc: &Service,
     provider: &str,
-    body: &[u8],
+    req: SevSnpVmRequest,
     peer: Option<std::net::IpAddr>,
 ) -> Result<Evaluated, ApiError> {
-    let req: SevSnpRequest = parse_json("SevSnpVm request", body)?;
     check_draft(&req.draft_policy)?;
     check_nonce_field(&req.nonce)?;
     if req.report.len() > MAX_REPORT_FIELD_LEN {
@@ -394,7 +386,7 @@ fn verify_error(e: snp::verify::VerifyError) -> ApiError {
 /// AzureGuest bodies down to their nested base64 and JSON, data fields, settings, the
 /// contract's other request bodies, and token parsing/verification. Must never panic.
 pub fn fuzz_parse(data: &[u8]) {
-    if let Ok(req) = serde_json::from_slice::<SevSnpRequest>(data) {
+    if let Ok(req) = serde_json::from_slice::<SevSnpVmRequest>(data) {
         if let Ok(proof) = b64_any("report", &req.report)
             && let Ok(p) = serde_json::from_slice::<SnpProof>(&proof)
         {

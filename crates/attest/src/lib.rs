@@ -38,39 +38,5 @@ pub use error::ApiError;
 pub use evidence::fuzz_parse;
 pub use service::{Service, ServiceConfig};
 
-/// The kinds of evidence the service attests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AttestationType {
-    /// A raw SEV-SNP report (`/attest/SevSnpVm`).
-    SevSnpVm,
-    /// vTPM evidence with an SNP isolation report (`/attest/AzureGuest`).
-    AzureGuest,
-}
-
-impl AttestationType {
-    /// Every type.
-    pub const ALL: [AttestationType; 2] = [AttestationType::SevSnpVm, AttestationType::AzureGuest];
-
-    /// The name in API paths.
-    pub fn path_name(self) -> &'static str {
-        match self {
-            AttestationType::SevSnpVm => "SevSnpVm",
-            AttestationType::AzureGuest => "AzureGuest",
-        }
-    }
-
-    /// The `x-ms-attestation-type` claim value.
-    pub fn claim_name(self) -> &'static str {
-        match self {
-            AttestationType::SevSnpVm => "sevsnpvm",
-            AttestationType::AzureGuest => "azurevm",
-        }
-    }
-
-    /// Parses a path name (case-insensitive).
-    pub fn from_path(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.path_name().eq_ignore_ascii_case(name))
-    }
-}
+/// The kinds of evidence the service attests (the contract's type).
+pub use attest_api::AttestationType;

@@ -35,6 +35,7 @@ use axum::routing::{get, post};
 use crate::error::{ApiError, AttestRefusal as _};
 use crate::service::{Admitted, DEFAULT_PROVIDER, Service};
 use crate::{AttestationType, policy::ProviderSettings};
+use attest_api::AttestApi as Api;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -61,15 +62,18 @@ async fn openid(
     State(s): Svc,
     p: Option<Path<String>>,
 ) -> ApiResult<attest_api::OpenIdConfiguration> {
-    Ok(axum::Json(s.openid_configuration(&provider(p))?))
+    let a = admit(&s, "openid_configuration", &provider(p), &HeaderMap::new())?;
+    Ok(axum::Json(Api::openid_configuration(&*s, &a)?))
 }
 
 async fn certs(State(s): Svc, p: Option<Path<String>>) -> ApiResult<attest_api::Jwks> {
-    Ok(axum::Json(s.jwks(&provider(p))?))
+    let a = admit(&s, "certs", &provider(p), &HeaderMap::new())?;
+    Ok(axum::Json(Api::certs(&*s, &a)?))
 }
 
 async fn nonce(State(s): Svc, p: Option<Path<String>>) -> ApiResult<attest_api::NonceResponse> {
-    Ok(axum::Json(s.issue_nonce(&provider(p))?))
+    let a = admit(&s, "nonce", &provider(p), &HeaderMap::new())?;
+    Ok(axum::Json(Api::nonce(&*s, &a)?))
 }
 
 fn provider(p: Option<Path<String>>) -> String {
@@ -116,8 +120,8 @@ async fn attest_named(
 /// it to the blocking pool cost 15 % of the throughput (BENCHMARKS.md §4). A tenant's
 /// policy runs in a sandbox worker process, awaited without holding the thread; the
 /// one blocking I/O, a collateral fetch from the KDS, steps off the worker itself
-/// (`evidence.rs`). The body stays bytes: MAA's request shapes are parsed, with their
-/// own refusal codes, by the evidence appraisal.
+/// (`evidence.rs`). The body is parsed into the contract's request of its kind with
+/// the appraisal's refusal codes (`evidence::parse_request`).
 async fn attest(
     s: Arc<Service>,
     p: String,
@@ -131,9 +135,9 @@ async fn attest(
         AttestationType::SevSnpVm => "attest_sev_snp_vm",
         AttestationType::AzureGuest => "attest_azure_guest",
     };
-    let a = admit(&s, id, &p, h)?;
-    let b = body(b)?;
-    Ok(axum::Json(s.attest(&a, k, &b, peer).await?))
+    let a = admit(&s, id, &p, h)?.from_peer(peer);
+    let req = crate::evidence::parse_request(k, &body(b)?)?;
+    Ok(axum::Json(s.attest(&a, req).await?))
 }
 
 fn policy_text(b: &[u8], headers: &HeaderMap) -> Result<String, ApiError> {
@@ -218,10 +222,10 @@ async fn policy_test(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::DryRun> {
     let k = kind(t)?;
-    let a = admit(&s, "test_policy", p, h)?;
+    let a = admit(&s, "test_policy", p, h)?.from_peer(peer);
     let b = body(b)?;
     let req: attest_api::PolicyTestRequest = crate::evidence::parse_json("policy test body", &b)?;
-    Ok(axum::Json(s.test_policy(&a, k, req, peer).await?))
+    Ok(axum::Json(s.test_policy(&a, k, req).await?))
 }
 
 async fn policy_test_default(
@@ -347,7 +351,8 @@ async fn audit_log(
 }
 
 async fn reference_values(State(s): Svc) -> ApiResult<attest_api::ReferenceValueList> {
-    Ok(axum::Json(s.reference_values()?))
+    let a = admit(&s, "reference_values", DEFAULT_PROVIDER, &HeaderMap::new())?;
+    Ok(axum::Json(Api::reference_values(&*s, &a)?))
 }
 
 async fn reference_value_add(

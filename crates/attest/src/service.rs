@@ -24,10 +24,10 @@ use crate::policy::{self, CompiledPolicy, Decision, ProviderSettings};
 use crate::store::{AuditEntry, ProviderRow, SigningKeyRow, SqlStore, Store};
 use crate::{AttestationType, evidence};
 use attest_api::{
-    Access, AdminCredential, AdminRevoked, AttestResponse, AuditLog, DryRun, NonceResponse,
-    OpenIdConfiguration, Operation, PolicyInfo, PolicySet, PolicyTestRequest, ProviderCreated,
-    ReferenceValueList, ReferenceValueRemoved, ReferenceValueRequest, SigningKeyRevoked,
-    SigningKeyRotated, TokenResponse,
+    Access, AdminCredential, AdminRevoked, AttestApi, AttestRequest, AttestResponse, AuditLog,
+    DryRun, NonceResponse, OpenIdConfiguration, Operation, PolicyInfo, PolicySet,
+    PolicyTestRequest, ProviderCreated, ReferenceValueList, ReferenceValueRemoved,
+    ReferenceValueRequest, SigningKeyRevoked, SigningKeyRotated, TokenResponse,
 };
 use seal::MasterKey;
 
@@ -606,6 +606,7 @@ impl Service {
         };
         Ok(Admitted {
             provider: provider.to_string(),
+            peer: None,
             role,
             // Kept only where a draft policy may need it checked later.
             bearer: match op.access {
@@ -1164,13 +1165,12 @@ impl Service {
     pub async fn attest(
         &self,
         a: &Admitted,
-        kind: AttestationType,
-        body: &[u8],
-        peer: Option<std::net::IpAddr>,
+        req: AttestRequest,
     ) -> Result<AttestResponse, ApiError> {
         let provider = a.provider();
+        let kind = req.kind();
         let p = self.provider(provider)?;
-        let ev = evidence::evaluate(self, provider, kind, body, peer)?;
+        let ev = evidence::evaluate(self, provider, req, a.peer)?;
         if let Some(draft) = ev.draft_policy.clone() {
             self.require_admin(a)?;
             return Ok(AttestResponse::DryRun(
@@ -1214,16 +1214,17 @@ impl Service {
         a: &Admitted,
         kind: AttestationType,
         req: PolicyTestRequest,
-        peer: Option<std::net::IpAddr>,
     ) -> Result<DryRun, ApiError> {
         let provider = a.provider();
         let p = self.provider(provider)?;
         if req.policy.is_some() {
             self.require_admin(a)?;
         }
+        // The evidence is an attestation request of `kind`, refused as one would be.
         let evidence_body =
             serde_json::to_vec(&req.evidence).map_err(|_| ApiError::internal("json"))?;
-        let ev = evidence::evaluate(self, provider, kind, &evidence_body, peer)?;
+        let evidence = evidence::parse_request(kind, &evidence_body)?;
+        let ev = evidence::evaluate(self, provider, evidence, a.peer)?;
         if ev.draft_policy.is_some() {
             self.require_admin(a)?;
         }
@@ -1385,6 +1386,7 @@ pub enum Role {
 /// check, and a provider's operation acts on the provider it was admitted for.
 pub struct Admitted {
     provider: String,
+    peer: Option<std::net::IpAddr>,
     role: Role,
     bearer: Option<Zeroizing<String>>,
 }
@@ -1394,6 +1396,7 @@ impl std::fmt::Debug for Admitted {
         f.debug_struct("Admitted")
             .field("provider", &self.provider)
             .field("role", &self.role)
+            .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
 }
@@ -1409,6 +1412,13 @@ impl Admitted {
         self.role
     }
 
+    /// The same caller, calling from `peer` (the address collateral fetches it causes
+    /// are rate-limited by).
+    pub fn from_peer(mut self, peer: Option<std::net::IpAddr>) -> Self {
+        self.peer = peer;
+        self
+    }
+
     /// The provider, when the caller was admitted as `role` (401 otherwise: an
     /// operation called with a caller admitted for another fails closed).
     fn expect(&self, role: Role) -> Result<&str, ApiError> {
@@ -1417,5 +1427,103 @@ impl Admitted {
         } else {
             Err(ApiError::unauthorized())
         }
+    }
+}
+
+/// The contract's API on the service: the HTTP edge ([`crate::server`]) admits a
+/// request with [`Service::admit`] and calls these.
+impl AttestApi for Service {
+    type Caller = Admitted;
+    type Error = ApiError;
+
+    fn openid_configuration(&self, c: &Admitted) -> Result<OpenIdConfiguration, ApiError> {
+        Service::openid_configuration(self, c.provider())
+    }
+    fn certs(&self, c: &Admitted) -> Result<attest_api::Jwks, ApiError> {
+        self.jwks(c.provider())
+    }
+    fn nonce(&self, c: &Admitted) -> Result<NonceResponse, ApiError> {
+        self.issue_nonce(c.provider())
+    }
+    fn attest(
+        &self,
+        c: &Admitted,
+        req: AttestRequest,
+    ) -> impl Future<Output = Result<AttestResponse, ApiError>> + Send {
+        Service::attest(self, c, req)
+    }
+    fn get_policy(&self, c: &Admitted, kind: AttestationType) -> Result<PolicyInfo, ApiError> {
+        Service::get_policy(self, c, kind)
+    }
+    fn set_policy(
+        &self,
+        c: &Admitted,
+        kind: AttestationType,
+        policy: &str,
+    ) -> impl Future<Output = Result<PolicySet, ApiError>> + Send {
+        Service::set_policy(self, c, kind, policy)
+    }
+    fn test_policy(
+        &self,
+        c: &Admitted,
+        kind: AttestationType,
+        req: PolicyTestRequest,
+    ) -> impl Future<Output = Result<DryRun, ApiError>> + Send {
+        Service::test_policy(self, c, kind, req)
+    }
+    fn get_settings(&self, c: &Admitted) -> Result<ProviderSettings, ApiError> {
+        Service::get_settings(self, c)
+    }
+    fn set_settings(
+        &self,
+        c: &Admitted,
+        settings: ProviderSettings,
+    ) -> Result<ProviderSettings, ApiError> {
+        Service::set_settings(self, c, settings)
+    }
+    fn rotate_signing_key(&self, c: &Admitted) -> Result<SigningKeyRotated, ApiError> {
+        Service::rotate_signing_key(self, c)
+    }
+    fn revoke_signing_key(&self, c: &Admitted, kid: &str) -> Result<SigningKeyRevoked, ApiError> {
+        Service::revoke_signing_key(self, c, kid)
+    }
+    fn rotate_admin_credential(&self, c: &Admitted) -> Result<AdminCredential, ApiError> {
+        Service::rotate_admin_credential(self, c)
+    }
+    fn reset_admin_credential(&self, c: &Admitted) -> Result<AdminCredential, ApiError> {
+        Service::reset_admin_credential(self, c)
+    }
+    fn revoke_admin_credential(&self, c: &Admitted) -> Result<AdminRevoked, ApiError> {
+        Service::revoke_admin_credential(self, c)
+    }
+    fn audit_log(&self, c: &Admitted) -> Result<AuditLog, ApiError> {
+        Service::audit_log(self, c)
+    }
+    fn create_provider(
+        &self,
+        c: &Admitted,
+        name: &str,
+        settings: ProviderSettings,
+    ) -> Result<ProviderCreated, ApiError> {
+        Service::create_provider(self, c, name, settings)
+    }
+    fn reference_values(&self, _: &Admitted) -> Result<ReferenceValueList, ApiError> {
+        Service::reference_values(self)
+    }
+    fn add_reference_value(
+        &self,
+        c: &Admitted,
+        region: &str,
+        req: ReferenceValueRequest,
+    ) -> Result<attest_api::ReferenceValue, ApiError> {
+        Service::add_reference_value(self, c, region, req)
+    }
+    fn remove_reference_value(
+        &self,
+        c: &Admitted,
+        region: &str,
+        measurement: &str,
+    ) -> Result<ReferenceValueRemoved, ApiError> {
+        Service::remove_reference_value(self, c, region, measurement)
     }
 }

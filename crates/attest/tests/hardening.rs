@@ -640,6 +640,8 @@ async fn without_a_sandbox_tenant_policies_are_refused() {
         svc.admit_op(op, provider, bearer).unwrap()
     };
     let evidence: Value = serde_json::from_slice(&body).unwrap();
+    let request =
+        |b: &[u8]| attest::evidence::parse_request(attest::AttestationType::SevSnpVm, b).unwrap();
     let test = |policy: Option<&str>| attest_api::PolicyTestRequest {
         policy: policy.map(str::to_string),
         evidence: evidence.clone(),
@@ -647,14 +649,14 @@ async fn without_a_sandbox_tenant_policies_are_refused() {
     let a = admit(&svc, "set_policy", "default", Some(&admin));
     svc.set_policy(&a, SevSnpVm, VMPL0_POLICY).await.unwrap();
     let anyone = admit(&svc, "attest_sev_snp_vm", "default", None);
-    svc.attest(&anyone, SevSnpVm, &body, None).await.unwrap();
+    svc.attest(&anyone, request(&body)).await.unwrap();
     drop(svc);
 
     let svc = open(false);
     let anyone = admit(&svc, "attest_sev_snp_vm", "default", None);
-    refused(svc.attest(&anyone, SevSnpVm, &body, None).await);
+    refused(svc.attest(&anyone, request(&body)).await);
     let tester = admit(&svc, "test_policy", "default", None);
-    refused(svc.test_policy(&tester, SevSnpVm, test(None), None).await);
+    refused(svc.test_policy(&tester, SevSnpVm, test(None)).await);
     let a = admit(&svc, "set_policy", "default", Some(&admin));
     refused(svc.set_policy(&a, SevSnpVm, VMPL0_POLICY).await);
     let settings = attest::policy::ProviderSettings {
@@ -665,12 +667,12 @@ async fn without_a_sandbox_tenant_policies_are_refused() {
     let plain = svc.create_provider(&a, "plain", settings).unwrap();
     let tester = admit(&svc, "test_policy", "plain", Some(&plain.admin_token));
     refused(
-        svc.test_policy(&tester, SevSnpVm, test(Some(VMPL0_POLICY)), None)
+        svc.test_policy(&tester, SevSnpVm, test(Some(VMPL0_POLICY)))
             .await,
     );
     // A provider on the built-in default policy attests as before.
     let anyone = admit(&svc, "attest_sev_snp_vm", "plain", None);
-    let v = svc.attest(&anyone, SevSnpVm, &body, None).await.unwrap();
+    let v = svc.attest(&anyone, request(&body)).await.unwrap();
     assert!(
         matches!(&v, attest_api::AttestResponse::Token(t) if t.token.split('.').count() == 3),
         "{v:?}"
