@@ -194,6 +194,16 @@ pub struct DenyReason {
     pub message: String,
 }
 
+/// The detail of a `policy_denied` refusal: the policy's reasons and its version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyDenied {
+    /// The policy's reasons to deny.
+    pub deny: Vec<DenyReason>,
+    /// The version of the policy in force.
+    #[serde(rename = "policyVersion")]
+    pub policy_version: i64,
+}
+
 /// A dry run's answer: the decision, why, and the claims a token would carry.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DryRun {

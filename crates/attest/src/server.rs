@@ -36,6 +36,7 @@ use crate::error::{ApiError, AttestRefusal as _};
 use crate::service::{Admitted, DEFAULT_PROVIDER, Service};
 use crate::{AttestationType, policy::ProviderSettings};
 use attest_api::AttestApi as Api;
+use httpd::Credential;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -62,17 +63,22 @@ async fn openid(
     State(s): Svc,
     p: Option<Path<String>>,
 ) -> ApiResult<attest_api::OpenIdConfiguration> {
-    let a = admit(&s, "openid_configuration", &provider(p), &HeaderMap::new())?;
+    let a = admit(
+        &s,
+        "openid_configuration",
+        &provider(p),
+        &Credential::none(),
+    )?;
     Ok(axum::Json(Api::openid_configuration(&*s, &a)?))
 }
 
 async fn certs(State(s): Svc, p: Option<Path<String>>) -> ApiResult<attest_api::Jwks> {
-    let a = admit(&s, "certs", &provider(p), &HeaderMap::new())?;
+    let a = admit(&s, "certs", &provider(p), &Credential::none())?;
     Ok(axum::Json(Api::certs(&*s, &a)?))
 }
 
 async fn nonce(State(s): Svc, p: Option<Path<String>>) -> ApiResult<attest_api::NonceResponse> {
-    let a = admit(&s, "nonce", &provider(p), &HeaderMap::new())?;
+    let a = admit(&s, "nonce", &provider(p), &Credential::none())?;
     Ok(axum::Json(Api::nonce(&*s, &a)?))
 }
 
@@ -83,8 +89,8 @@ fn provider(p: Option<Path<String>>) -> String {
 
 /// The one access check, before any body is read: the request about `provider`,
 /// admitted to the contract's operation `id` ([`Service::admit`]).
-fn admit(s: &Service, id: &str, provider: &str, h: &HeaderMap) -> Result<Admitted, ApiError> {
-    s.admit_op(id, provider, bearer(h))
+fn admit(s: &Service, id: &str, provider: &str, cred: &Credential) -> Result<Admitted, ApiError> {
+    s.admit_op(id, provider, cred.bearer())
 }
 
 /// The client's address, when the listener recorded it.
@@ -98,20 +104,20 @@ async fn attest_default(
     State(s): Svc,
     Path(t): Path<String>,
     peer: PeerExt,
-    h: HeaderMap,
+    cred: Credential,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::AttestResponse> {
-    attest(s, DEFAULT_PROVIDER.into(), t, &h, peer_ip(peer), b).await
+    attest(s, DEFAULT_PROVIDER.into(), t, &cred, peer_ip(peer), b).await
 }
 
 async fn attest_named(
     State(s): Svc,
     Path((p, t)): Path<(String, String)>,
     peer: PeerExt,
-    h: HeaderMap,
+    cred: Credential,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::AttestResponse> {
-    attest(s, p, t, &h, peer_ip(peer), b).await
+    attest(s, p, t, &cred, peer_ip(peer), b).await
 }
 
 /// An attestation runs on the runtime worker that received it. Its work is CPU-bound
@@ -126,7 +132,7 @@ async fn attest(
     s: Arc<Service>,
     p: String,
     t: String,
-    h: &HeaderMap,
+    cred: &Credential,
     peer: Option<std::net::IpAddr>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::AttestResponse> {
@@ -135,7 +141,7 @@ async fn attest(
         AttestationType::SevSnpVm => "attest_sev_snp_vm",
         AttestationType::AzureGuest => "attest_azure_guest",
     };
-    let a = admit(&s, id, &p, h)?.from_peer(peer);
+    let a = admit(&s, id, &p, cred)?.from_peer(peer);
     let req = crate::evidence::parse_request(k, &body(b)?)?;
     Ok(axum::Json(s.attest(&a, req).await?))
 }
@@ -158,58 +164,60 @@ async fn policy_get(
     s: &Service,
     p: &str,
     t: &str,
-    h: &HeaderMap,
+    cred: &Credential,
 ) -> ApiResult<attest_api::PolicyInfo> {
     let k = kind(t)?;
-    let a = admit(s, "get_policy", p, h)?;
+    let a = admit(s, "get_policy", p, cred)?;
     Ok(axum::Json(s.get_policy(&a, k)?))
 }
 
 async fn policy_get_default(
     State(s): Svc,
     Path(t): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::PolicyInfo> {
-    policy_get(&s, DEFAULT_PROVIDER, &t, &h).await
+    policy_get(&s, DEFAULT_PROVIDER, &t, &cred).await
 }
 
 async fn policy_get_named(
     State(s): Svc,
     Path((p, t)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::PolicyInfo> {
-    policy_get(&s, &p, &t, &h).await
+    policy_get(&s, &p, &t, &cred).await
 }
 
 async fn policy_put(
     s: &Service,
     p: &str,
     t: &str,
-    h: &HeaderMap,
+    (cred, headers): (&Credential, &HeaderMap),
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::PolicySet> {
-    let a = admit(s, "set_policy", p, h)?;
+    let a = admit(s, "set_policy", p, cred)?;
     let b = body(b)?;
-    let text = policy_text(&b, h)?;
+    let text = policy_text(&b, headers)?;
     Ok(axum::Json(s.set_policy(&a, kind(t)?, &text).await?))
 }
 
 async fn policy_put_default(
     State(s): Svc,
     Path(t): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::PolicySet> {
-    policy_put(&s, DEFAULT_PROVIDER, &t, &h, b).await
+    policy_put(&s, DEFAULT_PROVIDER, &t, (&cred, &headers), b).await
 }
 
 async fn policy_put_named(
     State(s): Svc,
     Path((p, t)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
+    headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::PolicySet> {
-    policy_put(&s, &p, &t, &h, b).await
+    policy_put(&s, &p, &t, (&cred, &headers), b).await
 }
 
 /// A dry run; like an attestation, it runs on the receiving worker.
@@ -217,12 +225,12 @@ async fn policy_test(
     s: Arc<Service>,
     p: &str,
     t: &str,
-    h: &HeaderMap,
+    cred: &Credential,
     peer: Option<std::net::IpAddr>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::DryRun> {
     let k = kind(t)?;
-    let a = admit(&s, "test_policy", p, h)?.from_peer(peer);
+    let a = admit(&s, "test_policy", p, cred)?.from_peer(peer);
     let b = body(b)?;
     let req: attest_api::PolicyTestRequest = crate::evidence::parse_json("policy test body", &b)?;
     Ok(axum::Json(s.test_policy(&a, k, req).await?))
@@ -232,20 +240,20 @@ async fn policy_test_default(
     State(s): Svc,
     Path(t): Path<String>,
     peer: PeerExt,
-    h: HeaderMap,
+    cred: Credential,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::DryRun> {
-    policy_test(s, DEFAULT_PROVIDER, &t, &h, peer_ip(peer), b).await
+    policy_test(s, DEFAULT_PROVIDER, &t, &cred, peer_ip(peer), b).await
 }
 
 async fn policy_test_named(
     State(s): Svc,
     Path((p, t)): Path<(String, String)>,
     peer: PeerExt,
-    h: HeaderMap,
+    cred: Credential,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::DryRun> {
-    policy_test(s, &p, &t, &h, peer_ip(peer), b).await
+    policy_test(s, &p, &t, &cred, peer_ip(peer), b).await
 }
 
 /// Provider settings from a request body (`invalid_settings` when they are not).
@@ -256,19 +264,19 @@ fn settings(b: &[u8]) -> Result<ProviderSettings, ApiError> {
 async fn settings_get(
     State(s): Svc,
     p: Option<Path<String>>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<ProviderSettings> {
-    let a = admit(&s, "get_settings", &provider(p), &h)?;
+    let a = admit(&s, "get_settings", &provider(p), &cred)?;
     Ok(axum::Json(s.get_settings(&a)?))
 }
 
 async fn settings_put(
     State(s): Svc,
     p: Option<Path<String>>,
-    h: HeaderMap,
+    cred: Credential,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<ProviderSettings> {
-    let a = admit(&s, "set_settings", &provider(p), &h)?;
+    let a = admit(&s, "set_settings", &provider(p), &cred)?;
     let settings = settings(&body(b)?)?;
     Ok(axum::Json(s.set_settings(&a, settings)?))
 }
@@ -276,19 +284,19 @@ async fn settings_put(
 async fn rotate(
     State(s): Svc,
     p: Option<Path<String>>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::SigningKeyRotated> {
-    let a = admit(&s, "rotate_signing_key", &provider(p), &h)?;
+    let a = admit(&s, "rotate_signing_key", &provider(p), &cred)?;
     Ok(axum::Json(s.rotate_signing_key(&a)?))
 }
 
 async fn create_provider(
     State(s): Svc,
     Path(p): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::ProviderCreated> {
-    let a = admit(&s, "create_provider", DEFAULT_PROVIDER, &h)?;
+    let a = admit(&s, "create_provider", DEFAULT_PROVIDER, &cred)?;
     let b = body(b)?;
     let settings = if b.iter().all(u8::is_ascii_whitespace) {
         ProviderSettings::default()
@@ -301,7 +309,7 @@ async fn create_provider(
 async fn revoke_key(
     State(s): Svc,
     Path(params): Path<std::collections::HashMap<String, String>>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::SigningKeyRevoked> {
     let provider = params
         .get("provider")
@@ -310,58 +318,63 @@ async fn revoke_key(
     let kid = params
         .get("kid")
         .ok_or_else(|| ApiError::not_found("no such endpoint"))?;
-    let a = admit(&s, "revoke_signing_key", &provider, &h)?;
+    let a = admit(&s, "revoke_signing_key", &provider, &cred)?;
     Ok(axum::Json(s.revoke_signing_key(&a, kid)?))
 }
 
 async fn admin_rotate(
     State(s): Svc,
     p: Option<Path<String>>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::AdminCredential> {
-    let a = admit(&s, "rotate_admin_credential", &provider(p), &h)?;
+    let a = admit(&s, "rotate_admin_credential", &provider(p), &cred)?;
     Ok(axum::Json(s.rotate_admin_credential(&a)?))
 }
 
 async fn admin_reset(
     State(s): Svc,
     p: Option<Path<String>>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::AdminCredential> {
-    let a = admit(&s, "reset_admin_credential", &provider(p), &h)?;
+    let a = admit(&s, "reset_admin_credential", &provider(p), &cred)?;
     Ok(axum::Json(s.reset_admin_credential(&a)?))
 }
 
 async fn admin_revoke(
     State(s): Svc,
     p: Option<Path<String>>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::AdminRevoked> {
-    let a = admit(&s, "revoke_admin_credential", &provider(p), &h)?;
+    let a = admit(&s, "revoke_admin_credential", &provider(p), &cred)?;
     Ok(axum::Json(s.revoke_admin_credential(&a)?))
 }
 
 async fn audit_log(
     State(s): Svc,
     p: Option<Path<String>>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::AuditLog> {
-    let a = admit(&s, "audit_log", &provider(p), &h)?;
+    let a = admit(&s, "audit_log", &provider(p), &cred)?;
     Ok(axum::Json(s.audit_log(&a)?))
 }
 
 async fn reference_values(State(s): Svc) -> ApiResult<attest_api::ReferenceValueList> {
-    let a = admit(&s, "reference_values", DEFAULT_PROVIDER, &HeaderMap::new())?;
+    let a = admit(
+        &s,
+        "reference_values",
+        DEFAULT_PROVIDER,
+        &Credential::none(),
+    )?;
     Ok(axum::Json(Api::reference_values(&*s, &a)?))
 }
 
 async fn reference_value_add(
     State(s): Svc,
     Path(region): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<attest_api::ReferenceValue> {
-    let a = admit(&s, "add_reference_value", DEFAULT_PROVIDER, &h)?;
+    let a = admit(&s, "add_reference_value", DEFAULT_PROVIDER, &cred)?;
     let b = body(b)?;
     let req: attest_api::ReferenceValueRequest =
         crate::evidence::parse_json("reference value", &b)?;
@@ -371,9 +384,9 @@ async fn reference_value_add(
 async fn reference_value_remove(
     State(s): Svc,
     Path((region, m)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> ApiResult<attest_api::ReferenceValueRemoved> {
-    let a = admit(&s, "remove_reference_value", DEFAULT_PROVIDER, &h)?;
+    let a = admit(&s, "remove_reference_value", DEFAULT_PROVIDER, &cred)?;
     Ok(axum::Json(s.remove_reference_value(&a, &region, &m)?))
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use snp::cert::Vek;
 use snp::chain::{CertChain, TrustAnchors};
 use snp::collateral::Fetcher;
@@ -1186,7 +1186,11 @@ impl Service {
             .decide(&p, active.compiled.as_ref(), &active.text, &input)
             .await?;
         if !decision.allow {
-            let detail = json!({ "deny": decision.deny, "policyVersion": active.version });
+            let detail = serde_json::to_value(attest_api::PolicyDenied {
+                deny: decision.deny.clone(),
+                policy_version: active.version,
+            })
+            .map_err(|_| ApiError::internal("json"))?;
             let first = decision
                 .deny
                 .first()

@@ -127,6 +127,47 @@ pub enum ServeError {
     Service(String),
 }
 
+/// The credential a request presents (`Authorization: Bearer ...`): the one extractor
+/// the services take a caller's credential with, before their contract's access check
+/// turns it into a caller (a role in a vault, a provider's administrator). Kept out of
+/// `Debug` and overwritten when dropped.
+#[derive(Clone, Default)]
+pub struct Credential(Option<zeroize::Zeroizing<String>>);
+
+impl Credential {
+    /// A request that presents none.
+    pub fn none() -> Self {
+        Credential(None)
+    }
+
+    /// The bearer credential, if the request presents one.
+    pub fn bearer(&self) -> Option<&str> {
+        self.0.as_ref().map(|c| c.as_str())
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Some(_) => "Credential(<redacted>)",
+            None => "Credential(none)",
+        })
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Credential {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Credential(
+            bearer(&parts.headers).map(|b| zeroize::Zeroizing::new(b.to_string())),
+        ))
+    }
+}
+
 /// The credential of `Authorization: Bearer ...`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -531,6 +572,29 @@ pub fn run(
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn the_credential_extractor_reads_the_bearer_and_hides_it() {
+        use axum::extract::FromRequestParts as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let extract = |auth: Option<&str>| {
+            let mut req = axum::http::Request::builder().uri("/");
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            let (mut parts, ()) = req.body(()).unwrap().into_parts();
+            rt.block_on(Credential::from_request_parts(&mut parts, &()))
+                .unwrap()
+        };
+        let c = extract(Some("Bearer s3cret "));
+        assert_eq!(c.bearer(), Some("s3cret"));
+        assert_eq!(format!("{c:?}"), "Credential(<redacted>)");
+        assert_eq!(extract(Some("Basic s3cret")).bearer(), None);
+        assert_eq!(extract(None).bearer(), None);
+        assert_eq!(format!("{:?}", Credential::none()), "Credential(none)");
+    }
 
     /// A server on 127.0.0.1:0 with `limits`, answering `GET /` with "ok".
     fn server(limits: ConnLimits) -> SocketAddr {

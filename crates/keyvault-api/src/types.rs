@@ -350,6 +350,65 @@ pub struct SignedResult {
     pub value: String,
 }
 
+/// The payload of a release's JWS (`SignedResult::value`): what was asked, and the key
+/// wrapped to the token's key (`response.key.key.key_hsm`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReleasePayload {
+    /// What was asked.
+    pub request: ReleasePayloadRequest,
+    /// The key.
+    pub response: ReleasePayloadResponse,
+}
+
+/// The request a release answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReleasePayloadRequest {
+    /// `7.4`.
+    #[serde(rename = "api-version")]
+    pub api_version: String,
+    /// The wrapping mechanism.
+    pub enc: String,
+    /// The key version released.
+    pub kid: String,
+    /// The request's nonce, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// The key a release carries: its bundle, `key.key_hsm` set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReleasePayloadResponse {
+    /// The key version, wrapped.
+    pub key: KeyBundle,
+}
+
+/// The payload of an attested unwrap's JWS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnwrapPayload {
+    /// What was asked.
+    pub request: UnwrapPayloadRequest,
+    /// The data key, wrapped to the token's key.
+    pub response: UnwrapPayloadResponse,
+}
+
+/// The request an attested unwrap answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnwrapPayloadRequest {
+    /// The wrapping mechanism.
+    pub enc: String,
+    /// The key version that unwrapped.
+    pub kid: String,
+    /// The request's nonce, echoed (null without one).
+    pub nonce: Option<String>,
+}
+
+/// An attested unwrap's wrapped data key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnwrapPayloadResponse {
+    /// The data key in Key Vault's `key_hsm` form.
+    pub key_hsm: String,
+}
+
 /// `wrapkey`'s answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyOperationResult {

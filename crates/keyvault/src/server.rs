@@ -30,8 +30,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
+use httpd::Credential;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -47,10 +48,10 @@ type R<T> = Result<axum::Json<T>, VaultError>;
 
 use httpd::bearer;
 
-/// The one access check, before any body is read: the caller of `h`'s credential,
+/// The one access check, before any body is read: the caller of `cred`,
 /// admitted to the operation `id` of the contract ([`Vault::authorize`]).
-fn admit(v: &Vault, h: &HeaderMap, id: &str) -> Result<Authorized, VaultError> {
-    v.authorize_op(bearer(h), id)
+fn admit(v: &Vault, cred: &Credential, id: &str) -> Result<Authorized, VaultError> {
+    v.authorize_op(cred.bearer(), id)
 }
 
 /// Where a malformed body's refusal is audited: the operation's audit name, key name
@@ -102,90 +103,106 @@ async fn blocking<T: Serialize + Send + 'static>(
 async fn create(
     State(v): S,
     Path(n): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
     b: Body,
 ) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "create_key")?;
+    let a = admit(&v, &cred, "create_key")?;
     let req = typed(&v, &a, b, Some(("create", &n, "")))?;
     Ok(axum::Json(Api::create_key(&*v, &a, &n, req)?))
 }
 async fn import(
     State(v): S,
     Path(n): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
     b: Body,
 ) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "import_key")?;
+    let a = admit(&v, &cred, "import_key")?;
     let req = typed(&v, &a, b, Some(("import", &n, "")))?;
     Ok(axum::Json(Api::import_key(&*v, &a, &n, req)?))
 }
 async fn get_latest(
     State(v): S,
     Path(n): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "get_key")?;
+    let a = admit(&v, &cred, "get_key")?;
     Ok(axum::Json(Api::get_key(&*v, &a, &n, None)?))
 }
 async fn get_version(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "get_key_version")?;
+    let a = admit(&v, &cred, "get_key_version")?;
     Ok(axum::Json(Api::get_key(&*v, &a, &n, Some(&ver))?))
 }
-async fn versions(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::KeyList> {
-    let a = admit(&v, &h, "list_versions")?;
+async fn versions(
+    State(v): S,
+    Path(n): Path<String>,
+    cred: Credential,
+) -> R<keyvault_api::KeyList> {
+    let a = admit(&v, &cred, "list_versions")?;
     Ok(axum::Json(Api::list_versions(&*v, &a, &n)?))
 }
-async fn deleted(State(v): S, h: HeaderMap) -> R<keyvault_api::KeyList> {
-    let a = admit(&v, &h, "list_deleted")?;
+async fn deleted(State(v): S, cred: Credential) -> R<keyvault_api::KeyList> {
+    let a = admit(&v, &cred, "list_deleted")?;
     Ok(axum::Json(Api::list_deleted(&*v, &a)?))
 }
-async fn list(State(v): S, h: HeaderMap) -> R<keyvault_api::KeyList> {
-    let a = admit(&v, &h, "list_keys")?;
+async fn list(State(v): S, cred: Credential) -> R<keyvault_api::KeyList> {
+    let a = admit(&v, &cred, "list_keys")?;
     Ok(axum::Json(Api::list_keys(&*v, &a)?))
 }
 async fn update(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
     b: Body,
 ) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "update_key")?;
+    let a = admit(&v, &cred, "update_key")?;
     let req = typed(&v, &a, b, Some(("update", &n, &ver)))?;
     Ok(axum::Json(Api::update_key(&*v, &a, &n, &ver, req)?))
 }
-async fn delete(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "delete_key")?;
+async fn delete(
+    State(v): S,
+    Path(n): Path<String>,
+    cred: Credential,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &cred, "delete_key")?;
     Ok(axum::Json(Api::delete_key(&*v, &a, &n)?))
 }
 async fn get_deleted(
     State(v): S,
     Path(n): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "get_deleted")?;
+    let a = admit(&v, &cred, "get_deleted")?;
     Ok(axum::Json(Api::get_deleted(&*v, &a, &n)?))
 }
-async fn purge(State(v): S, Path(n): Path<String>, h: HeaderMap) -> Result<StatusCode, VaultError> {
-    let a = admit(&v, &h, "purge_key")?;
+async fn purge(
+    State(v): S,
+    Path(n): Path<String>,
+    cred: Credential,
+) -> Result<StatusCode, VaultError> {
+    let a = admit(&v, &cred, "purge_key")?;
     Api::purge_key(&*v, &a, &n)?;
     Ok(StatusCode::NO_CONTENT)
 }
-async fn recover(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::KeyBundle> {
-    let a = admit(&v, &h, "recover_key")?;
+async fn recover(
+    State(v): S,
+    Path(n): Path<String>,
+    cred: Credential,
+) -> R<keyvault_api::KeyBundle> {
+    let a = admit(&v, &cred, "recover_key")?;
     Ok(axum::Json(Api::recover_key(&*v, &a, &n)?))
 }
 async fn release(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
     b: Body,
 ) -> R<keyvault_api::SignedResult> {
     blocking(move || {
-        let a = admit(&v, &h, "release")?;
+        let a = admit(&v, &cred, "release")?;
         let req = typed(&v, &a, b, Some(("release", &n, &ver)))?;
         Api::release(&*v, &a, &n, &ver, req)
     })
@@ -194,11 +211,11 @@ async fn release(
 async fn release_test(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
     b: Body,
 ) -> R<keyvault_api::ReleaseTestResult> {
     blocking(move || {
-        let a = admit(&v, &h, "release_test")?;
+        let a = admit(&v, &cred, "release_test")?;
         let req = typed(&v, &a, b, None)?;
         Api::release_test(&*v, &a, &n, &ver, req)
     })
@@ -207,80 +224,84 @@ async fn release_test(
 async fn wrapkey(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
     b: Body,
 ) -> R<keyvault_api::KeyOperationResult> {
-    let a = admit(&v, &h, "wrap_key")?;
+    let a = admit(&v, &cred, "wrap_key")?;
     let req = typed(&v, &a, b, Some(("wrapkey", &n, &ver)))?;
     Ok(axum::Json(Api::wrap_key(&*v, &a, &n, &ver, req)?))
 }
 async fn attested_unwrap(
     State(v): S,
     Path((n, ver)): Path<(String, String)>,
-    h: HeaderMap,
+    cred: Credential,
     b: Body,
 ) -> R<keyvault_api::SignedResult> {
     blocking(move || {
-        let a = admit(&v, &h, "attested_unwrap")?;
+        let a = admit(&v, &cred, "attested_unwrap")?;
         let req = typed(&v, &a, b, Some(("attested_unwrap", &n, &ver)))?;
         Api::attested_unwrap(&*v, &a, &n, &ver, req)
     })
     .await
 }
-async fn credentials(State(v): S, h: HeaderMap, b: Body) -> R<keyvault_api::NewCredential> {
-    let a = admit(&v, &h, "create_credential")?;
+async fn credentials(State(v): S, cred: Credential, b: Body) -> R<keyvault_api::NewCredential> {
+    let a = admit(&v, &cred, "create_credential")?;
     let req = typed(&v, &a, b, None)?;
     Ok(axum::Json(Api::create_credential(&*v, &a, req)?))
 }
-async fn list_credentials(State(v): S, h: HeaderMap) -> R<keyvault_api::CredentialList> {
-    let a = admit(&v, &h, "list_credentials")?;
+async fn list_credentials(State(v): S, cred: Credential) -> R<keyvault_api::CredentialList> {
+    let a = admit(&v, &cred, "list_credentials")?;
     Ok(axum::Json(Api::list_credentials(&*v, &a)?))
 }
 async fn revoke_credential(
     State(v): S,
     Path(id): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> R<keyvault_api::Revoked> {
-    let a = admit(&v, &h, "revoke_credential")?;
+    let a = admit(&v, &cred, "revoke_credential")?;
     Ok(axum::Json(Api::revoke_credential(&*v, &a, &id)?))
 }
 async fn rotate_credential(
     State(v): S,
     Path(id): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> R<keyvault_api::RotatedCredential> {
-    let a = admit(&v, &h, "rotate_credential")?;
+    let a = admit(&v, &cred, "rotate_credential")?;
     Ok(axum::Json(Api::rotate_credential(&*v, &a, &id)?))
 }
-async fn audit(State(v): S, h: HeaderMap) -> R<keyvault_api::AuditLog> {
-    let a = admit(&v, &h, "audit_log")?;
+async fn audit(State(v): S, cred: Credential) -> R<keyvault_api::AuditLog> {
+    let a = admit(&v, &cred, "audit_log")?;
     Ok(axum::Json(Api::audit_log(&*v, &a)?))
 }
-async fn vault(State(v): S, Path(n): Path<String>, h: HeaderMap) -> R<keyvault_api::NewCredential> {
-    let a = admit(&v, &h, "create_vault")?;
+async fn vault(
+    State(v): S,
+    Path(n): Path<String>,
+    cred: Credential,
+) -> R<keyvault_api::NewCredential> {
+    let a = admit(&v, &cred, "create_vault")?;
     Ok(axum::Json(Api::create_vault(&*v, &a, &n)?))
 }
 async fn create_region(
     State(v): S,
     Path(r): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> R<keyvault_api::RegionCreated> {
-    let a = admit(&v, &h, "create_region")?;
+    let a = admit(&v, &cred, "create_region")?;
     Ok(axum::Json(Api::create_region(&*v, &a, &r)?))
 }
 async fn rotate_region(
     State(v): S,
     Path(r): Path<String>,
-    h: HeaderMap,
+    cred: Credential,
 ) -> R<keyvault_api::RegionRotated> {
     blocking(move || {
-        let a = admit(&v, &h, "rotate_region")?;
+        let a = admit(&v, &cred, "rotate_region")?;
         Api::rotate_region(&*v, &a, &r)
     })
     .await
 }
-async fn regions(State(v): S, h: HeaderMap) -> R<keyvault_api::RegionList> {
-    let a = admit(&v, &h, "list_regions")?;
+async fn regions(State(v): S, cred: Credential) -> R<keyvault_api::RegionList> {
+    let a = admit(&v, &cred, "list_regions")?;
     Ok(axum::Json(Api::list_regions(&*v, &a)?))
 }
 

@@ -22,7 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use jose::{Alg, TokenSigner};
 use seal::MasterKey;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::authority::{Authorities, ValidToken};
@@ -32,8 +32,10 @@ use keyvault_api::{
     Access, AttestedUnwrapRequest, AuditLog, CreateCredentialRequest, CreateKeyRequest,
     CredentialInfo, CredentialList, ImportKeyRequest, JsonWebKey, KeyAttributes, KeyBundle,
     KeyItem, KeyList, KeyOperationResult, KeyVaultApi, NewCredential, Operation, RegionCreated,
-    RegionInfo, RegionList, RegionRotated, ReleaseRequest, ReleaseTestResult, Revoked,
-    RotatedCredential, SignedResult, UpdateKeyRequest, WrapKeyRequest,
+    RegionInfo, RegionList, RegionRotated, ReleasePayload, ReleasePayloadRequest,
+    ReleasePayloadResponse, ReleaseRequest, ReleaseTestResult, Revoked, RotatedCredential,
+    SignedResult, UnwrapPayload, UnwrapPayloadRequest, UnwrapPayloadResponse, UpdateKeyRequest,
+    WrapKeyRequest,
 };
 use sqldb::Location;
 
@@ -778,6 +780,16 @@ impl Vault {
             })
     }
 
+    /// A JWS of `payload` (a JSON object) signed by the vault, its certificate in `x5c`.
+    fn sign(&self, payload: &impl serde::Serialize) -> Result<String, VaultError> {
+        let Ok(Value::Object(m)) = serde_json::to_value(payload) else {
+            return Err(VaultError::internal("payload"));
+        };
+        self.signer
+            .sign_with_x5c(&m)
+            .map_err(|_| VaultError::internal("signing"))
+    }
+
     fn kid(&self, name: &str, version: &str) -> String {
         format!("{}/keys/{name}/{version}", self.base_url)
     }
@@ -1499,16 +1511,17 @@ impl Vault {
             .len();
         let hsm = KeyHsm::wrap(mechanism, &wrapping, &buf[..dek_len])
             .map_err(|e| VaultError::bad(e.code(), e.to_string()))?;
-        let mut payload = Map::new();
-        payload.insert(
-            "request".into(),
-            json!({ "enc": mechanism.name(), "kid": self.kid(name, &row.version), "nonce": b.nonce }),
-        );
-        payload.insert("response".into(), json!({ "key_hsm": hsm.encode() }));
-        let jws = self
-            .signer
-            .sign_with_x5c(&payload)
-            .map_err(|_| VaultError::internal("signing"))?;
+        let payload = UnwrapPayload {
+            request: UnwrapPayloadRequest {
+                enc: mechanism.name().into(),
+                kid: self.kid(name, &row.version),
+                nonce: b.nonce.clone(),
+            },
+            response: UnwrapPayloadResponse {
+                key_hsm: hsm.encode(),
+            },
+        };
+        let jws = self.sign(&payload)?;
         Ok(SignedResult { value: jws })
     }
 
@@ -1667,17 +1680,16 @@ impl Vault {
             .map_err(|e| VaultError::bad(e.code(), e.to_string()))?;
         let mut bundle = self.bundle(&row, false);
         bundle.key.key_hsm = Some(hsm.encode());
-        let mut payload = Map::new();
-        let mut request = json!({ "api-version": "7.4", "enc": mechanism.name(), "kid": self.kid(name, &row.version) });
-        if let Some(n) = &b.nonce {
-            request["nonce"] = n.clone().into();
-        }
-        payload.insert("request".into(), request);
-        payload.insert("response".into(), json!({ "key": bundle }));
-        let jws = self
-            .signer
-            .sign_with_x5c(&payload)
-            .map_err(|_| VaultError::internal("signing"))?;
+        let payload = ReleasePayload {
+            request: ReleasePayloadRequest {
+                api_version: "7.4".into(),
+                enc: mechanism.name().into(),
+                kid: self.kid(name, &row.version),
+                nonce: b.nonce.clone(),
+            },
+            response: ReleasePayloadResponse { key: bundle },
+        };
+        let jws = self.sign(&payload)?;
         Ok((row, SignedResult { value: jws }))
     }
 
