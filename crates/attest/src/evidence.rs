@@ -162,7 +162,7 @@ pub fn evaluate(
 }
 
 /// Parses an attestation request of `kind` from its body, with the appraisal's refusal
-/// codes (`malformed_request`, naming what did not parse).
+/// codes (400 `malformed_json`, naming what did not parse).
 pub fn parse_request(kind: AttestationType, body: &[u8]) -> Result<AttestRequest, ApiError> {
     Ok(match kind {
         AttestationType::SevSnpVm => AttestRequest::SevSnpVm(parse_json("SevSnpVm request", body)?),
