@@ -57,6 +57,26 @@ pub fn finish_document(mut doc: Value, version: &str) -> Value {
     doc
 }
 
+/// The HTTP methods an OpenAPI path item may hold operations under (its other members,
+/// `parameters` or `summary`, are not operations).
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Every operation of an OpenAPI document: its path template, its method (lower case)
+/// and the operation object.
+pub fn operations(doc: &Value) -> Vec<(&str, &str, &Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            if METHODS.contains(&method.as_str()) {
+                out.push((path.as_str(), method.as_str(), op));
+            }
+        }
+    }
+    out
+}
+
 /// Whether the document checked in at `path` is `generated` (pretty JSON and a
 /// newline); with `OPENCVM_BLESS` set in the environment, first writes it there. A
 /// contract crate's test calls this, so CI fails on a change of the contract whose
@@ -131,6 +151,13 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(check_document(&path, &doc), Ok(()));
         let other = finish_document(doc.clone(), "1.2.4");
+        let with_ops = json!({"paths": {"/a": {"parameters": [], "get": {"operationId": "g"},
+            "post": {"operationId": "p"}}}});
+        let ids: Vec<_> = operations(&with_ops)
+            .iter()
+            .map(|(path, m, op)| (*path, *m, op["operationId"].as_str().unwrap_or_default()))
+            .collect();
+        assert_eq!(ids, [("/a", "get", "g"), ("/a", "post", "p")]);
         assert!(check_document(&path, &other).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

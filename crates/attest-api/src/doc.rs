@@ -129,21 +129,19 @@ mod tests {
     fn the_document_and_the_operations_table_agree() {
         let doc = openapi();
         let mut seen = 0;
-        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-            for (method, op) in item.as_object().into_iter().flatten() {
-                let id = op["operationId"].as_str().unwrap_or_default();
-                let o = crate::operation(id).unwrap_or_else(|| panic!("{id} not in OPERATIONS"));
-                let want = match id.ends_with("_in_provider") {
-                    true => format!("/providers/{{provider}}{}", o.path),
-                    false => o.path.to_string(),
-                };
-                assert_eq!(
-                    (want, o.method.to_ascii_lowercase()),
-                    (path.clone(), method.clone())
-                );
-                assert!(op["x-opencvm-access"].is_string());
-                seen += 1;
-            }
+        for (path, method, op) in api_contract::operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            let o = crate::operation(id).unwrap_or_else(|| panic!("{id} not in OPERATIONS"));
+            let want = match id.ends_with("_in_provider") {
+                true => format!("/providers/{{provider}}{}", o.path),
+                false => o.path.to_string(),
+            };
+            assert_eq!(
+                (want, o.method.to_ascii_lowercase()),
+                (path.to_string(), method.to_string())
+            );
+            assert!(op["x-opencvm-access"].is_string());
+            seen += 1;
         }
         let per_provider = crate::OPERATIONS.iter().filter(|o| o.per_provider).count();
         assert_eq!(seen, crate::OPERATIONS.len() + per_provider);

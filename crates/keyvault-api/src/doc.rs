@@ -121,20 +121,15 @@ mod tests {
     fn the_document_and_the_operations_table_agree() {
         let doc = openapi();
         let mut seen = 0;
-        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-            for (method, op) in item.as_object().into_iter().flatten() {
-                if method == "parameters" {
-                    continue;
-                }
-                let id = op["operationId"].as_str().unwrap_or_default();
-                let o = crate::operation(id).unwrap_or_else(|| panic!("{id} not in OPERATIONS"));
-                assert_eq!(
-                    (o.path, o.method.to_ascii_lowercase()),
-                    (path.as_str(), method.clone())
-                );
-                assert!(op["x-opencvm-roles"].is_string());
-                seen += 1;
-            }
+        for (path, method, op) in api_contract::operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            let o = crate::operation(id).unwrap_or_else(|| panic!("{id} not in OPERATIONS"));
+            assert_eq!(
+                (o.path, o.method.to_ascii_lowercase()),
+                (path, method.to_string())
+            );
+            assert!(op["x-opencvm-roles"].is_string());
+            seen += 1;
         }
         assert_eq!(seen, crate::OPERATIONS.len());
         assert_eq!(
