@@ -5,6 +5,7 @@
 
 mod attest_cmd;
 mod database;
+mod disk_cmd;
 mod evidence;
 mod keyvault_cmd;
 mod master_key;
@@ -89,6 +90,9 @@ enum Command {
     /// A VM's guest state file (VMGS): create, inspect, read and write its files, rekey.
     #[command(subcommand)]
     Vmgs(vmgs_cmd::VmgsCommand),
+    /// LUKS2 disk images that cryptsetup and systemd open: encrypt, decrypt, inspect, add keys.
+    #[command(subcommand)]
+    Disk(disk_cmd::DiskCommand),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => keyvault_cmd::run_key(cmd),
         Command::Vtpm(cmd) => vtpm_cmd::run(cmd),
         Command::Vmgs(cmd) => vmgs_cmd::run(cmd),
+        Command::Disk(cmd) => disk_cmd::run(cmd),
     }
 }
 

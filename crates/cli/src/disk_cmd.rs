@@ -1,0 +1,407 @@
+//! `cvm disk ...`: LUKS2 images that cryptsetup and systemd open, over the `disk`
+//! crate (ADR 0013).
+//!
+//! A passphrase file is used whole, byte for byte, as cryptsetup's `--key-file` is (a
+//! trailing newline is part of the passphrase). Exit codes: 0 success; 1 when no
+//! keyslot opens with the passphrase; 2 for everything else.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use disk::{DecryptOptions, EncryptOptions, KdfChoice, Luks2, Outcome};
+use zeroize::Zeroizing;
+
+/// `cvm disk ...`
+#[derive(Subcommand, Debug)]
+pub enum DiskCommand {
+    /// Encrypt a raw image into a new LUKS2 image (aes-xts-plain64, 512-bit key).
+    ///
+    /// The output is written as OUT.partial and renamed when every byte is
+    /// encrypted and flushed; after a crash, the same command resumes it.
+    Encrypt {
+        /// The raw image (a whole number of sectors).
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The LUKS2 image to make (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// The first keyslot's passphrase: the file's bytes, whole.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        /// The data sector size: 512, 1024, 2048 or 4096 (the data's size must be a
+        /// multiple of it, and a filesystem on it needs blocks at least as large).
+        #[arg(long, default_value_t = 4096)]
+        sector_size: u32,
+        #[command(flatten)]
+        kdf: KdfArgs,
+        /// Encryption threads (default: every CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// The volume label.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Flush and record progress every this many MiB: the most a crash makes
+        /// the next run redo.
+        #[arg(long, default_value_t = 256)]
+        checkpoint_mib: u64,
+        #[command(flatten)]
+        progress: ProgressArgs,
+    },
+    /// Decrypt a LUKS2 image (opencvm's or cryptsetup's) into a raw image.
+    Decrypt {
+        /// The LUKS2 image (or the data of a detached header).
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The raw image to make (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// A passphrase of one keyslot: the file's bytes, whole.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        /// A detached LUKS2 header.
+        #[arg(long)]
+        header: Option<PathBuf>,
+        /// Try only this keyslot.
+        #[arg(long)]
+        key_slot: Option<u32>,
+        /// Decryption threads (default: every CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[command(flatten)]
+        progress: ProgressArgs,
+    },
+    /// Show a LUKS2 header: keyslots, segment, tokens. Needs no passphrase.
+    Info {
+        /// The LUKS2 image or detached header.
+        image: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a keyslot with a new passphrase, opened with an existing one.
+    AddKey {
+        /// The LUKS2 image or detached header.
+        image: PathBuf,
+        /// An existing passphrase.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        /// The new passphrase.
+        #[arg(long)]
+        new_passphrase_file: PathBuf,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+}
+
+/// The KDF of a new keyslot.
+#[derive(Args, Debug)]
+pub struct KdfArgs {
+    /// The key derivation function.
+    #[arg(long, value_enum, default_value_t = KdfName::Argon2id)]
+    kdf: KdfName,
+    /// Argon2id passes.
+    #[arg(long, default_value_t = 4)]
+    argon2_time: u32,
+    /// Argon2id memory in KiB (default 256 MiB: a small guest must be able to afford
+    /// it when it opens its disk).
+    #[arg(long, default_value_t = 256 << 10)]
+    argon2_memory: u32,
+    /// Argon2id lanes.
+    #[arg(long, default_value_t = 2)]
+    argon2_cpus: u32,
+    /// PBKDF2 iterations (default: about two seconds' worth on this machine).
+    #[arg(long)]
+    pbkdf2_iterations: Option<u32>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum KdfName {
+    Argon2id,
+    Pbkdf2,
+}
+
+impl KdfArgs {
+    fn choice(&self) -> KdfChoice {
+        match self.kdf {
+            KdfName::Argon2id => KdfChoice::Argon2id {
+                time: self.argon2_time,
+                memory: self.argon2_memory,
+                cpus: self.argon2_cpus,
+            },
+            KdfName::Pbkdf2 => match self.pbkdf2_iterations {
+                Some(iterations) => KdfChoice::Pbkdf2 { iterations },
+                None => KdfChoice::pbkdf2_calibrated(),
+            },
+        }
+    }
+}
+
+/// How progress is shown.
+#[derive(Args, Debug)]
+pub struct ProgressArgs {
+    /// `bar` on a terminal (stderr), `json` lines on stdout for a control plane
+    /// (`{"done":N,"total":M}`), or `none`. Default: a bar when stderr is a terminal.
+    #[arg(long, value_enum)]
+    progress: Option<ProgressMode>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgressMode {
+    Bar,
+    Json,
+    None,
+}
+
+/// Reports progress at most ten times a second (and always at the end).
+struct Reporter {
+    mode: ProgressMode,
+    last: Option<Instant>,
+}
+
+impl Reporter {
+    fn new(args: &ProgressArgs) -> Self {
+        let mode = args.progress.unwrap_or(if std::io::stderr().is_terminal() {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::None
+        });
+        Self { mode, last: None }
+    }
+
+    fn report(&mut self, done: u64, total: u64) {
+        let end = done >= total;
+        if !end
+            && self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        match self.mode {
+            ProgressMode::None => {}
+            ProgressMode::Json => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", serde_json::json!({"done": done, "total": total}));
+                let _ = out.flush();
+            }
+            ProgressMode::Bar => {
+                let pct = (done.saturating_mul(100))
+                    .checked_div(total)
+                    .unwrap_or(100)
+                    .min(100);
+                let filled = (pct / 2) as usize;
+                eprint!(
+                    "\r[{}{}] {pct:3}% {} / {} MiB",
+                    "#".repeat(filled),
+                    " ".repeat(50 - filled),
+                    done >> 20,
+                    total >> 20
+                );
+                if end {
+                    eprintln!();
+                }
+            }
+        }
+    }
+}
+
+/// Runs `cvm disk ...`.
+pub fn run(cmd: DiskCommand) -> ExitCode {
+    let r = match cmd {
+        DiskCommand::Encrypt {
+            input,
+            out,
+            passphrase_file,
+            sector_size,
+            kdf,
+            threads,
+            label,
+            checkpoint_mib,
+            progress,
+        } => {
+            let opts = EncryptOptions {
+                sector_size,
+                kdf: kdf.choice(),
+                threads: thread_count(threads),
+                label,
+                checkpoint: checkpoint_mib.max(1) << 20,
+                ..EncryptOptions::default()
+            };
+            encrypt(&input, &out, &passphrase_file, &opts, &progress)
+        }
+        DiskCommand::Decrypt {
+            input,
+            out,
+            passphrase_file,
+            header,
+            key_slot,
+            threads,
+            progress,
+        } => decrypt(
+            &input,
+            &out,
+            &passphrase_file,
+            header,
+            key_slot,
+            threads,
+            &progress,
+        ),
+        DiskCommand::Info { image, json } => info(&image, json),
+        DiskCommand::AddKey {
+            image,
+            passphrase_file,
+            new_passphrase_file,
+            kdf,
+        } => add_key(&image, &passphrase_file, &new_passphrase_file, &kdf),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", crate::describe(&e));
+            let wrong = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<disk::Error>(),
+                    Some(disk::Error::WrongPassphrase)
+                )
+            });
+            ExitCode::from(if wrong { 1 } else { 2 })
+        }
+    }
+}
+
+fn passphrase(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let p = Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("reading the passphrase file {}", path.display()))?,
+    );
+    anyhow::ensure!(
+        !p.is_empty(),
+        "the passphrase file {} is empty",
+        path.display()
+    );
+    Ok(p)
+}
+
+fn thread_count(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+fn summary(verb: &str, o: &Outcome, took: Duration) {
+    let secs = took.as_secs_f64().max(1e-9);
+    let resumed = if o.resumed_from > 0 {
+        format!(" (resumed at {} MiB)", o.resumed_from >> 20)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "{verb} {} MiB in {:.2} s ({:.0} MiB/s){resumed}",
+        o.processed >> 20,
+        secs,
+        o.processed as f64 / 1048576.0 / secs
+    );
+}
+
+fn encrypt(
+    input: &Path,
+    out: &Path,
+    passphrase_file: &Path,
+    opts: &EncryptOptions,
+    progress: &ProgressArgs,
+) -> Result<()> {
+    let pass = passphrase(passphrase_file)?;
+    let mut reporter = Reporter::new(progress);
+    let start = Instant::now();
+    let o = disk::stream::encrypt(input, out, &pass, opts, &mut |d, t| reporter.report(d, t))
+        .with_context(|| format!("encrypting {} into {}", input.display(), out.display()))?;
+    summary("encrypted", &o, start.elapsed());
+    Ok(())
+}
+
+fn decrypt(
+    input: &Path,
+    out: &Path,
+    passphrase_file: &Path,
+    header: Option<PathBuf>,
+    keyslot: Option<u32>,
+    n: Option<usize>,
+    progress: &ProgressArgs,
+) -> Result<()> {
+    let pass = passphrase(passphrase_file)?;
+    let opts = DecryptOptions {
+        header,
+        keyslot,
+        threads: thread_count(n),
+    };
+    let mut reporter = Reporter::new(progress);
+    let start = Instant::now();
+    let o = disk::stream::decrypt(input, out, &pass, &opts, &mut |d, t| reporter.report(d, t))
+        .with_context(|| format!("decrypting {} into {}", input.display(), out.display()))?;
+    summary("decrypted", &o, start.elapsed());
+    Ok(())
+}
+
+fn info(image: &Path, json: bool) -> Result<()> {
+    let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let info = Luks2::read(&file)
+        .with_context(|| format!("reading {}", image.display()))?
+        .info();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("LUKS2 image {}", image.display());
+    println!("uuid:          {}", info.uuid);
+    if !info.label.is_empty() {
+        println!("label:         {}", info.label);
+    }
+    println!(
+        "metadata:      {} bytes per copy, seqid {}",
+        info.metadata_size, info.seqid
+    );
+    println!("keyslots area: {} bytes", info.keyslots_size);
+    println!(
+        "data:          offset {}, {}, {}-byte sectors",
+        info.data_offset, info.cipher, info.sector_size
+    );
+    if info.incomplete {
+        println!("state:         encryption unfinished (resume with the same `cvm disk encrypt`)");
+    }
+    for k in &info.keyslots {
+        println!(
+            "keyslot {}:     {} ({}-bit key, priority {})",
+            k.id, k.kdf, k.key_bits, k.priority
+        );
+    }
+    for t in &info.tokens {
+        println!(
+            "token {}:       {} (keyslots {})",
+            t.id,
+            t.kind,
+            t.keyslots.join(",")
+        );
+    }
+    Ok(())
+}
+
+fn add_key(image: &Path, passphrase_file: &Path, new_file: &Path, kdf: &KdfArgs) -> Result<()> {
+    let pass = passphrase(passphrase_file)?;
+    let new = passphrase(new_file)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut luks = Luks2::read(&file).with_context(|| format!("reading {}", image.display()))?;
+    anyhow::ensure!(!luks.metadata.incomplete(), disk::Error::Incomplete);
+    let (_, key) = luks.unlock(&file, &pass, None)?;
+    let n = luks.add_keyslot(&file, &key, &new, kdf.choice())?;
+    println!("added keyslot {n}");
+    Ok(())
+}

@@ -1,0 +1,656 @@
+//! `cvm disk` against the real client: Debian's cryptsetup (2.6) reads, opens and
+//! decrypts our images; our decryption reads cryptsetup's; Python `cryptography`
+//! (OpenSSL's AES-XTS) decrypts our sectors with the volume key cryptsetup dumps.
+//! There is no device-mapper here, so cryptsetup works on the files themselves.
+//! (`scripts/setup` installs cryptsetup-bin.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{cvm, json_of};
+use tempfile::TempDir;
+
+const PASS: &[u8] = b"correct horse battery staple";
+
+fn cryptsetup(args: &[&str]) -> Output {
+    Command::new("cryptsetup")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cryptsetup: {e} (scripts/setup installs cryptsetup-bin)"))
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Scratch {
+    dir: TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            dir: TempDir::new().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_owned()
+    }
+
+    /// A file of `len` pseudo-random bytes (a different stream per seed).
+    fn data(&self, name: &str, len: usize, seed: u8) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(seed);
+        while v.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.truncate(len);
+        std::fs::write(self.path(name), &v).unwrap();
+        v
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> String {
+        std::fs::write(self.path(name), bytes).unwrap();
+        self.s(name)
+    }
+}
+
+/// Fast KDF settings for tests (the defaults cost seconds by design).
+const FAST_ARGON2: &[&str] = &[
+    "--kdf",
+    "argon2id",
+    "--argon2-memory",
+    "8192",
+    "--argon2-time",
+    "4",
+];
+const FAST_PBKDF2: &[&str] = &["--kdf", "pbkdf2", "--pbkdf2-iterations", "1000"];
+
+fn encrypt(s: &Scratch, input: &str, out: &str, extra: &[&str]) -> Output {
+    let pass = s.write("pass", PASS);
+    let (i, o) = (s.s(input), s.s(out));
+    let mut args = vec![
+        "disk",
+        "encrypt",
+        "--in",
+        &i,
+        "--out",
+        &o,
+        "--passphrase-file",
+        &pass,
+        "--progress",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    cvm(&args)
+}
+
+/// Decrypts every data sector of `image` with Python `cryptography`, given the volume
+/// key cryptsetup dumped, and returns the plaintext.
+fn python_decrypt(image: &Path, key: &Path, offset: u64, sector: u64, len: u64) -> Vec<u8> {
+    let script = r#"
+import sys
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+img, key, off, sector, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+vk = open(key, 'rb').read()
+f = open(img, 'rb'); f.seek(off); data = f.read(n)
+res = bytearray()
+for k in range(n // sector):
+    iv = (k * sector // 512).to_bytes(16, 'little')
+    d = Cipher(algorithms.AES(vk), modes.XTS(iv)).decryptor()
+    res += d.update(data[k*sector:(k+1)*sector]) + d.finalize()
+open(out, 'wb').write(res)
+"#;
+    let out = key.with_extension("plain");
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .arg(image)
+        .arg(key)
+        .args([offset.to_string(), sector.to_string(), len.to_string()])
+        .arg(&out)
+        .status()
+        .expect("python3 with cryptography (scripts/setup installs it)");
+    assert!(st.success());
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn our_images_open_in_cryptsetup_and_decrypt_with_independent_code() {
+    for (sector, kdf, kdf_name) in [
+        ("4096", FAST_ARGON2, "argon2id"),
+        ("512", FAST_PBKDF2, "pbkdf2"),
+    ] {
+        let s = Scratch::new();
+        let raw = s.data("raw", 3 << 20, 1);
+        let mut extra = vec!["--sector-size", sector, "--label", "root"];
+        extra.extend_from_slice(kdf);
+        ok(&encrypt(&s, "raw", "img", &extra), "cvm disk encrypt");
+        let img = s.s("img");
+        let pass = s.s("pass");
+
+        // cryptsetup reads the header as we mean it.
+        let dump = ok(&cryptsetup(&["luksDump", &img]), "luksDump");
+        for want in [
+            "Version:       \t2",
+            "Label:         \troot",
+            "cipher: aes-xts-plain64",
+            &format!("sector: {sector} [bytes]"),
+            "offset: 16777216 [bytes]",
+            &format!("PBKDF:      {kdf_name}"),
+            "Key:        512 bits",
+            "AF stripes: 4000",
+        ] {
+            assert!(dump.contains(want), "luksDump lacks {want:?}:\n{dump}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&ok(
+            &cryptsetup(&["luksDump", "--dump-json-metadata", &img]),
+            "dump json",
+        ))
+        .unwrap();
+        assert_eq!(
+            json["segments"]["0"]["sector_size"],
+            sector.parse::<u64>().unwrap()
+        );
+        assert_eq!(json["digests"]["0"]["keyslots"], serde_json::json!(["0"]));
+        assert!(
+            json["config"].get("requirements").is_none(),
+            "a finished image keeps no requirement"
+        );
+        assert_eq!(json["tokens"], serde_json::json!({}));
+
+        // The right passphrase opens keyslot 0; a wrong one does not.
+        ok(
+            &cryptsetup(&["open", "--test-passphrase", "--key-file", &pass, &img]),
+            "test-passphrase",
+        );
+        let wrong = s.write("wrong", b"correct horse battery stapler");
+        assert!(
+            !cryptsetup(&["open", "--test-passphrase", "--key-file", &wrong, &img])
+                .status
+                .success()
+        );
+
+        // cryptsetup's volume key decrypts every sector with OpenSSL's XTS.
+        let vk = s.s("vk");
+        ok(
+            &cryptsetup(&[
+                "luksDump",
+                "--dump-volume-key",
+                "--volume-key-file",
+                &vk,
+                "--key-file",
+                &pass,
+                "--batch-mode",
+                &img,
+            ]),
+            "dump volume key",
+        );
+        let plain = python_decrypt(
+            &s.path("img"),
+            &s.path("vk"),
+            16 << 20,
+            sector.parse().unwrap(),
+            raw.len() as u64,
+        );
+        assert!(
+            plain == raw,
+            "Python's decryption differs from the input ({sector}, {kdf_name})"
+        );
+
+        // cryptsetup's own offline decryption returns the input.
+        let hdr = s.s("hdr.export");
+        ok(
+            &cryptsetup(&[
+                "reencrypt",
+                "--decrypt",
+                "--force-offline-reencrypt",
+                "--header",
+                &hdr,
+                "--key-file",
+                &pass,
+                "--batch-mode",
+                &img,
+            ]),
+            "reencrypt --decrypt",
+        );
+        let back = std::fs::read(s.path("img")).unwrap();
+        assert!(
+            back[..raw.len()] == raw[..],
+            "cryptsetup's decryption differs from the input"
+        );
+    }
+}
+
+#[test]
+fn cryptsetups_images_decrypt_with_cvm() {
+    for (sector, kdf) in [
+        (
+            "4096",
+            [
+                "--pbkdf",
+                "argon2id",
+                "--pbkdf-memory",
+                "8192",
+                "--pbkdf-force-iterations",
+                "4",
+            ],
+        ),
+        (
+            "512",
+            [
+                "--pbkdf",
+                "argon2id",
+                "--pbkdf-memory",
+                "8192",
+                "--pbkdf-force-iterations",
+                "4",
+            ],
+        ),
+        (
+            "4096",
+            [
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--hash",
+                "sha256",
+            ],
+        ),
+        (
+            "512",
+            [
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--hash",
+                "sha512",
+            ],
+        ),
+    ] {
+        let s = Scratch::new();
+        let raw = s.data("raw", 2 << 20, 2);
+        // In-place offline encryption of a device with 32 MiB to spare at its end.
+        let mut dev = raw.clone();
+        dev.resize(raw.len() + (32 << 20), 0);
+        let img = s.write("dev", &dev);
+        let pass = s.write("pass", PASS);
+        let mut args = vec![
+            "reencrypt",
+            "--encrypt",
+            "--force-offline-reencrypt",
+            "--reduce-device-size",
+            "32M",
+            "--sector-size",
+            sector,
+            "--key-file",
+            &pass,
+            "--batch-mode",
+        ];
+        args.extend_from_slice(&kdf);
+        args.push(&img);
+        ok(&cryptsetup(&args), "reencrypt --encrypt");
+        let out = s.s("out");
+        ok(
+            &cvm(&[
+                "disk",
+                "decrypt",
+                "--in",
+                &img,
+                "--out",
+                &out,
+                "--passphrase-file",
+                &pass,
+                "--progress",
+                "none",
+            ]),
+            "cvm disk decrypt",
+        );
+        let plain = std::fs::read(&out).unwrap();
+        assert!(
+            plain[..raw.len()] == raw[..],
+            "cvm's decryption differs ({sector}, {kdf:?})"
+        );
+
+        // A header made by luksFormat with a volume key we chose, over data that
+        // Python encrypted: cvm decrypts it too.
+        let s2 = Scratch::new();
+        let vk: Vec<u8> = (0u8..64)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect();
+        let vkf = s2.write("vk", &vk);
+        let pass2 = s2.write("pass", PASS);
+        let fmt = s2.write("fmt", &vec![0u8; (16 << 20) + (1 << 20)]);
+        let mut args = vec![
+            "luksFormat",
+            "--type",
+            "luks2",
+            "--batch-mode",
+            "--volume-key-file",
+            &vkf,
+            "--key-size",
+            "512",
+            "--sector-size",
+            sector,
+            "--key-file",
+            &pass2,
+        ];
+        args.extend_from_slice(&kdf);
+        args.push(&fmt);
+        ok(&cryptsetup(&args), "luksFormat");
+        let raw2 = s2.data("raw2", 1 << 20, 3);
+        let enc = python_encrypt(&raw2, &vk, sector.parse().unwrap());
+        let mut image = std::fs::read(&fmt).unwrap();
+        image[16 << 20..].copy_from_slice(&enc);
+        std::fs::write(&fmt, &image).unwrap();
+        let out2 = s2.s("out");
+        ok(
+            &cvm(&[
+                "disk",
+                "decrypt",
+                "--in",
+                &fmt,
+                "--out",
+                &out2,
+                "--passphrase-file",
+                &pass2,
+                "--progress",
+                "none",
+            ]),
+            "cvm disk decrypt of a luksFormat image",
+        );
+        assert!(
+            std::fs::read(&out2).unwrap() == raw2,
+            "luksFormat image ({sector}, {kdf:?})"
+        );
+    }
+}
+
+fn python_encrypt(plain: &[u8], key: &[u8], sector: u64) -> Vec<u8> {
+    let dir = TempDir::new().unwrap();
+    let (p, k, o) = (
+        dir.path().join("p"),
+        dir.path().join("k"),
+        dir.path().join("o"),
+    );
+    std::fs::write(&p, plain).unwrap();
+    std::fs::write(&k, key).unwrap();
+    let script = r#"
+import sys
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+p, k, sector, o = open(sys.argv[1], 'rb').read(), open(sys.argv[2], 'rb').read(), int(sys.argv[3]), sys.argv[4]
+res = bytearray()
+for i in range(len(p) // sector):
+    e = Cipher(algorithms.AES(k), modes.XTS((i * sector // 512).to_bytes(16, 'little'))).encryptor()
+    res += e.update(p[i*sector:(i+1)*sector]) + e.finalize()
+open(o, 'wb').write(res)
+"#;
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .arg(&p)
+        .arg(&k)
+        .arg(sector.to_string())
+        .arg(&o)
+        .status()
+        .expect("python3");
+    assert!(st.success());
+    std::fs::read(o).unwrap()
+}
+
+#[test]
+fn added_keys_open_in_cryptsetup_and_cryptsetups_metadata_survives_ours() {
+    let s = Scratch::new();
+    s.data("raw", 1 << 20, 4);
+    ok(&encrypt(&s, "raw", "img", FAST_PBKDF2), "encrypt");
+    let img = s.s("img");
+    let pass = s.s("pass");
+    let new = s.write("new", b"a second passphrase");
+    let mut args = vec![
+        "disk",
+        "add-key",
+        &img,
+        "--passphrase-file",
+        &pass,
+        "--new-passphrase-file",
+        &new,
+    ];
+    args.extend_from_slice(FAST_ARGON2);
+    ok(&cvm(&args), "add-key");
+    ok(
+        &cryptsetup(&[
+            "open",
+            "--test-passphrase",
+            "--key-slot",
+            "1",
+            "--key-file",
+            &new,
+            &img,
+        ]),
+        "new key in slot 1",
+    );
+    ok(
+        &cryptsetup(&[
+            "open",
+            "--test-passphrase",
+            "--key-slot",
+            "0",
+            "--key-file",
+            &pass,
+            &img,
+        ]),
+        "old key in slot 0",
+    );
+
+    // cryptsetup adds a keyslot and a token of its own; ours keeps both.
+    let third = s.write("third", b"third");
+    ok(
+        &cryptsetup(&[
+            "luksAddKey",
+            "--batch-mode",
+            "--key-file",
+            &pass,
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            &img,
+            &third,
+        ]),
+        "luksAddKey",
+    );
+    let token = s.write(
+        "token.json",
+        br#"{"type":"example-token","keyslots":["2"],"note":"kept"}"#,
+    );
+    ok(
+        &cryptsetup(&["token", "import", "--json-file", &token, &img]),
+        "token import",
+    );
+    let fourth = s.write("fourth", b"fourth");
+    let mut args = vec![
+        "disk",
+        "add-key",
+        &img,
+        "--passphrase-file",
+        &third,
+        "--new-passphrase-file",
+        &fourth,
+    ];
+    args.extend_from_slice(FAST_PBKDF2);
+    ok(&cvm(&args), "add-key after cryptsetup");
+    for (slot, key) in [("2", &third), ("3", &fourth)] {
+        ok(
+            &cryptsetup(&[
+                "open",
+                "--test-passphrase",
+                "--key-slot",
+                slot,
+                "--key-file",
+                key,
+                &img,
+            ]),
+            "slot",
+        );
+    }
+    let exported = ok(
+        &cryptsetup(&["token", "export", "--token-id", "0", &img]),
+        "token export",
+    );
+    assert!(exported.contains(r#""note":"kept""#), "{exported}");
+    let info = json_of(&cvm(&["disk", "info", &img, "--json"]));
+    assert_eq!(info["keyslots"].as_array().unwrap().len(), 4);
+    assert_eq!(info["tokens"][0]["type"], "example-token");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_nothing_is_overwritten() {
+    let s = Scratch::new();
+    let raw = s.data("raw", 1 << 20, 5);
+    ok(&encrypt(&s, "raw", "img", FAST_PBKDF2), "encrypt");
+    let img = s.s("img");
+    let pass = s.s("pass");
+    let before = std::fs::read(&img).unwrap();
+
+    // A wrong passphrase: exit 1, named.
+    let wrong = s.write("wrong", b"nope");
+    let out_path = s.s("out");
+    let r = cvm(&[
+        "disk",
+        "decrypt",
+        "--in",
+        &img,
+        "--out",
+        &out_path,
+        "--passphrase-file",
+        &wrong,
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no keyslot opens with this passphrase"));
+    assert!(!s.path("out").exists() && !s.path("out.partial").exists());
+
+    // An existing output is never written over.
+    let r = encrypt(&s, "raw", "img", FAST_PBKDF2);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("refusing to write over it"));
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+
+    // An input that is not whole sectors.
+    s.write("odd", &raw[..4096 * 3 + 512]);
+    let r = encrypt(&s, "odd", "odd.img", FAST_PBKDF2);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not a whole number of 4096-byte sectors"));
+
+    // The primary header destroyed: the secondary serves, as in cryptsetup.
+    let mut broken = before.clone();
+    broken[..4096].fill(0);
+    let b = s.write("broken", &broken);
+    ok(
+        &cvm(&[
+            "disk",
+            "decrypt",
+            "--in",
+            &b,
+            "--out",
+            &s.s("from-secondary"),
+            "--passphrase-file",
+            &pass,
+        ]),
+        "secondary",
+    );
+    assert!(std::fs::read(s.path("from-secondary")).unwrap() == raw);
+
+    // Both copies damaged, a truncated image, LUKS1-looking bytes: refused by name.
+    let mut both = before.clone();
+    both[5000] ^= 1;
+    both[16384 + 5000] ^= 1;
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("both", both, "checksum"),
+        ("short", before[..100 << 10].to_vec(), "truncated"),
+        ("zeros", vec![0u8; 1 << 20], "no LUKS magic"),
+    ];
+    for (name, bytes, word) in cases {
+        let p = s.write(name, &bytes);
+        let snapshot = bytes.clone();
+        let r = cvm(&[
+            "disk",
+            "decrypt",
+            "--in",
+            &p,
+            "--out",
+            &s.s(&format!("{name}.out")),
+            "--passphrase-file",
+            &pass,
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(word), "{name}: {err}");
+        assert_eq!(std::fs::read(&p).unwrap(), snapshot, "{name} was modified");
+        assert!(!s.path(&format!("{name}.out")).exists());
+    }
+}
+
+#[test]
+fn info_and_the_progress_stream() {
+    let s = Scratch::new();
+    s.data("raw", 12 << 20, 6);
+    let mut args = FAST_PBKDF2.to_vec();
+    args.extend_from_slice(&["--threads", "2"]);
+    let pass = s.write("pass", PASS);
+    let (i, o) = (s.s("raw"), s.s("img"));
+    let mut full = vec![
+        "disk",
+        "encrypt",
+        "--in",
+        &i,
+        "--out",
+        &o,
+        "--passphrase-file",
+        &pass,
+        "--progress",
+        "json",
+    ];
+    full.extend_from_slice(&args);
+    let out = cvm(&full);
+    let stdout = ok(&out, "encrypt");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], 12 << 20);
+    assert_eq!(last["total"], 12 << 20);
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["done"].as_u64() <= w[1]["done"].as_u64())
+    );
+    let info = json_of(&cvm(&["disk", "info", &o, "--json"]));
+    assert_eq!(info["cipher"], "aes-xts-plain64");
+    assert_eq!(info["sector_size"], 4096);
+    assert_eq!(info["data_offset"], 16 << 20);
+    assert_eq!(info["incomplete"], false);
+    assert_eq!(info["keyslots"][0]["kdf"], "pbkdf2");
+    let text = ok(&cvm(&["disk", "info", &o]), "info");
+    assert!(
+        text.contains("keyslot 0:     pbkdf2 (512-bit key"),
+        "{text}"
+    );
+}

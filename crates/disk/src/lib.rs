@@ -1,0 +1,90 @@
+//! LUKS2 disk encryption, byte-compatible with cryptsetup and systemd: the binary
+//! headers ([`header`]), the JSON metadata ([`metadata`]), keyslots (KDF,
+//! anti-forensic split, AES-XTS), the volume-key digest, and streaming AES-XTS over
+//! whole images with several threads, crash-safe and resumable ([`stream`]).
+//!
+//! Facts and byte layouts: `docs/adr/0013-disk-encryption.md` and the research note
+//! on LUKS2 it cites. What opencvm does not support (LUKS1, ciphers other than
+//! `aes-xts-plain64` with a 512-bit key, integrity, several segments, an unfinished
+//! cryptsetup reencryption) is refused with its name.
+// Libraries log through `tracing` (or not at all); only binaries print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+pub mod af;
+pub mod header;
+mod image;
+pub mod kdf;
+pub mod metadata;
+pub mod stream;
+
+pub use image::{Info, KeyslotInfo, Luks2, TokenInfo, VolumeKey};
+pub use kdf::KdfChoice;
+pub use stream::{DecryptOptions, EncryptOptions, Outcome};
+
+/// Why a disk operation failed. Nothing is written over an input on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither header copy is valid.
+    #[error("not a usable LUKS2 image: {0}")]
+    NoHeader(header::HeaderError),
+    /// A header copy could not be encoded.
+    #[error("the LUKS2 header: {0}")]
+    Header(#[from] header::HeaderError),
+    /// The JSON metadata is invalid or unsupported.
+    #[error(transparent)]
+    Metadata(#[from] metadata::MetadataError),
+    /// No keyslot opens with this passphrase.
+    #[error("no keyslot opens with this passphrase")]
+    WrongPassphrase,
+    /// A key derivation failed.
+    #[error("key derivation: {0}")]
+    Kdf(String),
+    /// The cipher refused a key or buffer.
+    #[error("AES-XTS: {0}")]
+    Xts(#[from] aes_xts::Error),
+    /// The system's random generator failed.
+    #[error("the random generator failed")]
+    Random,
+    /// The data is not a whole number of sectors.
+    #[error("{size} bytes of data are not a whole number of {sector}-byte sectors")]
+    Unaligned {
+        /// The data size.
+        size: u64,
+        /// The sector size.
+        sector: u32,
+    },
+    /// The output already exists.
+    #[error("{} exists; refusing to write over it", .0.display())]
+    Exists(PathBuf),
+    /// The image's encryption by opencvm has not finished.
+    #[error(
+        "the image's encryption is unfinished; run the same `cvm disk encrypt` again to resume it"
+    )]
+    Incomplete,
+    /// A partial output does not belong to this input or these options.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    /// The keyslots area has no room for another keyslot.
+    #[error("the keyslots area has no room for another keyslot")]
+    NoRoom,
+    /// A request opencvm refuses.
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}

@@ -1,0 +1,464 @@
+//! Whole-image encryption and decryption: AES-XTS over batches of sectors on several
+//! threads, with progress, crash-safe and resumable.
+//!
+//! Encryption writes `OUT.partial`, never `OUT`: its header carries the mandatory
+//! requirement [`metadata::INCOMPLETE`] (cryptsetup will not activate it) and a
+//! progress token saying how many bytes are encrypted and flushed. The token only
+//! moves forward after the data it covers is on disk. When every byte is, the header
+//! is rewritten without them and the file is renamed to `OUT`, so `OUT` exists only
+//! complete. Running the same command again after a crash resumes from the token.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use aes_xts::Xts;
+use aws_lc_rs::digest;
+use serde_json::Value;
+
+use crate::image::{Luks2, VolumeKey};
+use crate::kdf::KdfChoice;
+use crate::metadata::{self, Requirements, SegmentSize, Token};
+use crate::{Error, io};
+
+/// Bytes each thread encrypts per batch.
+const CHUNK: usize = 4 << 20;
+
+/// How to encrypt an image.
+#[derive(Debug, Clone)]
+pub struct EncryptOptions {
+    /// The data sector size: 512, 1024, 2048 or 4096.
+    pub sector_size: u32,
+    /// The first keyslot's KDF.
+    pub kdf: KdfChoice,
+    /// Worker threads (at least 1).
+    pub threads: usize,
+    /// The volume label.
+    pub label: String,
+    /// Bytes per metadata copy (16 KiB as cryptsetup).
+    pub metadata_size: u64,
+    /// Bytes of the keyslots area (16 MiB − 32 KiB as cryptsetup).
+    pub keyslots_size: u64,
+    /// A checkpoint (data flushed, then the progress token moved) after at least this
+    /// many bytes: the most a crash makes the next run redo.
+    pub checkpoint: u64,
+}
+
+impl Default for EncryptOptions {
+    fn default() -> Self {
+        Self {
+            sector_size: 4096,
+            kdf: KdfChoice::DEFAULT_ARGON2ID,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            label: String::new(),
+            metadata_size: 16 << 10,
+            keyslots_size: (16 << 20) - (32 << 10),
+            checkpoint: 256 << 20,
+        }
+    }
+}
+
+/// How to decrypt an image.
+#[derive(Debug, Clone, Default)]
+pub struct DecryptOptions {
+    /// A detached header file (the image then holds only data).
+    pub header: Option<PathBuf>,
+    /// Only this keyslot.
+    pub keyslot: Option<u32>,
+    /// Worker threads (at least 1).
+    pub threads: usize,
+}
+
+/// What an encryption or decryption did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes of data processed in this run.
+    pub processed: u64,
+    /// Bytes of data in all.
+    pub total: u64,
+    /// Bytes that an earlier, interrupted run had already done.
+    pub resumed_from: u64,
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".partial");
+    PathBuf::from(p)
+}
+
+/// A fingerprint of the input, so a resume never mixes two inputs: SHA-256 over the
+/// size and the first and last MiB.
+fn fingerprint(input: &File, size: u64) -> Result<String, Error> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&size.to_le_bytes());
+    let n = size.min(1 << 20) as usize;
+    let mut buf = vec![0u8; n];
+    input
+        .read_exact_at(&mut buf, 0)
+        .map_err(io("reading the input"))?;
+    ctx.update(&buf);
+    input
+        .read_exact_at(&mut buf, size - n as u64)
+        .map_err(io("reading the input"))?;
+    ctx.update(&buf);
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn progress_token(done: u64, size: u64, fp: &str, sector: u32) -> Token {
+    let mut other = serde_json::Map::new();
+    other.insert("done".into(), Value::String(done.to_string()));
+    other.insert("input_size".into(), Value::String(size.to_string()));
+    other.insert("input_sha256".into(), Value::String(fp.into()));
+    other.insert("sector_size".into(), Value::from(sector));
+    Token {
+        kind: metadata::PROGRESS_TOKEN.into(),
+        keyslots: vec![],
+        other,
+    }
+}
+
+fn token_field<'a>(t: &'a Token, name: &str) -> Option<&'a str> {
+    t.other.get(name).and_then(Value::as_str)
+}
+
+/// Encrypts the raw image `input` into a new LUKS2 image `output` whose first
+/// keyslot opens with `passphrase`; or, if `OUTPUT.partial` is there from an
+/// interrupted run with the same input and passphrase, finishes it. `progress` is
+/// called with (bytes done, total) after every batch.
+pub fn encrypt(
+    input: &Path,
+    output: &Path,
+    passphrase: &[u8],
+    opts: &EncryptOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Outcome, Error> {
+    if output.exists() {
+        return Err(Error::Exists(output.to_owned()));
+    }
+    if ![512, 1024, 2048, 4096].contains(&opts.sector_size) {
+        return Err(Error::Refused(format!(
+            "a sector size of {} bytes",
+            opts.sector_size
+        )));
+    }
+    let src = File::open(input).map_err(io(format!("opening {}", input.display())))?;
+    let size = src
+        .metadata()
+        .map_err(io("reading the input's size"))?
+        .len();
+    if size == 0 || size % u64::from(opts.sector_size) != 0 {
+        return Err(Error::Unaligned {
+            size,
+            sector: opts.sector_size,
+        });
+    }
+    let fp = fingerprint(&src, size)?;
+    let partial = partial_path(output);
+    let (file, mut luks, key, done) = if partial.exists() {
+        resume(&partial, passphrase, size, &fp, opts.sector_size)?
+    } else {
+        start(&partial, passphrase, size, &fp, opts)?
+    };
+    let resumed_from = done;
+    let (_, seg) = luks.metadata.segment()?;
+    let (offset, sector, tweak0) = (seg.offset, seg.sector_size, seg.iv_tweak);
+    let mut workers = workers(&key, opts.threads)?;
+    let mut pos = done;
+    let mut last_checkpoint = done;
+    let mut buf = vec![0u8; CHUNK * workers.len()];
+    while pos < size {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        let batch = &mut buf[..n];
+        src.read_exact_at(batch, pos)
+            .map_err(io("reading the input"))?;
+        run(&mut workers, batch, sector, tweak0 + pos / 512, true)?;
+        file.write_all_at(batch, offset + pos)
+            .map_err(io("writing the image"))?;
+        pos += n as u64;
+        if pos - last_checkpoint >= opts.checkpoint && pos < size {
+            checkpoint(&file, &mut luks, pos, size, &fp, sector)?;
+            last_checkpoint = pos;
+        }
+        progress(pos, size);
+    }
+    file.sync_data().map_err(io("flushing the image"))?;
+    // Every byte is on disk: the header may now say so.
+    luks.metadata
+        .tokens
+        .retain(|_, t| t.kind != metadata::PROGRESS_TOKEN);
+    luks.metadata.config.requirements = None;
+    luks.write(&file)?;
+    drop(file);
+    std::fs::rename(&partial, output).map_err(io("renaming the finished image"))?;
+    sync_dir(output)?;
+    Ok(Outcome {
+        processed: size - resumed_from,
+        total: size,
+        resumed_from,
+    })
+}
+
+fn sync_dir(path: &Path) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("flushing the output directory"))
+}
+
+type Started = (File, Luks2, VolumeKey, u64);
+
+fn start(
+    partial: &Path,
+    passphrase: &[u8],
+    size: u64,
+    fp: &str,
+    opts: &EncryptOptions,
+) -> Result<Started, Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(partial)
+        .map_err(io(format!("creating {}", partial.display())))?;
+    let data_offset = 2 * opts.metadata_size + opts.keyslots_size;
+    let mut luks = Luks2::new(
+        opts.metadata_size,
+        opts.keyslots_size,
+        data_offset,
+        opts.sector_size,
+        &opts.label,
+    )?;
+    luks.metadata.config.requirements = Some(Requirements {
+        mandatory: vec![metadata::INCOMPLETE.into()],
+        other: Default::default(),
+    });
+    luks.metadata
+        .tokens
+        .insert(0, progress_token(0, size, fp, opts.sector_size));
+    file.set_len(data_offset + size)
+        .map_err(io("sizing the image"))?;
+    let key = VolumeKey::generate()?;
+    luks.add_keyslot(&file, &key, passphrase, opts.kdf)?;
+    Ok((file, luks, key, 0))
+}
+
+fn resume(
+    partial: &Path,
+    passphrase: &[u8],
+    size: u64,
+    fp: &str,
+    sector: u32,
+) -> Result<Started, Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(partial)
+        .map_err(io(format!("opening {}", partial.display())))?;
+    let luks = Luks2::read(&file).map_err(|e| {
+        Error::Resume(format!(
+            "{} is left from an earlier run but its header is unusable ({e}); remove it to start over",
+            partial.display()
+        ))
+    })?;
+    let token = luks
+        .metadata
+        .tokens
+        .values()
+        .find(|t| t.kind == metadata::PROGRESS_TOKEN)
+        .filter(|_| luks.metadata.incomplete())
+        .ok_or_else(|| Error::Resume(format!("{} has no progress record", partial.display())))?;
+    if token_field(token, "input_sha256") != Some(fp)
+        || token_field(token, "input_size") != Some(&size.to_string())
+    {
+        return Err(Error::Resume(format!(
+            "{} was started from another input; remove it to start over",
+            partial.display()
+        )));
+    }
+    let (_, seg) = luks.metadata.segment()?;
+    if seg.sector_size != sector {
+        return Err(Error::Resume(format!(
+            "{} was started with {}-byte sectors",
+            partial.display(),
+            seg.sector_size
+        )));
+    }
+    let done: u64 = token_field(token, "done")
+        .and_then(|d| d.parse().ok())
+        .filter(|d| *d <= size && d % u64::from(sector) == 0)
+        .ok_or_else(|| Error::Resume("the progress record is malformed".into()))?;
+    let (_, key) = luks.unlock(&file, passphrase, None).map_err(|e| match e {
+        Error::WrongPassphrase => {
+            Error::Resume("the passphrase does not open the unfinished image".into())
+        }
+        e => e,
+    })?;
+    Ok((file, luks, key, done))
+}
+
+fn checkpoint(
+    file: &File,
+    luks: &mut Luks2,
+    done: u64,
+    size: u64,
+    fp: &str,
+    sector: u32,
+) -> Result<(), Error> {
+    // The data first: the token must never get ahead of what is durable.
+    file.sync_data().map_err(io("flushing the image"))?;
+    for t in luks.metadata.tokens.values_mut() {
+        if t.kind == metadata::PROGRESS_TOKEN {
+            *t = progress_token(done, size, fp, sector);
+        }
+    }
+    luks.write(file)
+}
+
+fn workers(key: &VolumeKey, threads: usize) -> Result<Vec<Xts>, Error> {
+    let first = Xts::new(key.bytes())?;
+    let mut all = Vec::with_capacity(threads.max(1));
+    for _ in 1..threads.max(1) {
+        all.push(first.try_clone()?);
+    }
+    all.push(first);
+    Ok(all)
+}
+
+/// Runs one batch through the workers: each takes a run of whole sectors.
+fn run(
+    workers: &mut [Xts],
+    batch: &mut [u8],
+    sector: u32,
+    first_tweak: u64,
+    encrypt: bool,
+) -> Result<(), Error> {
+    let sector = sector as usize;
+    let step = (sector / 512) as u64;
+    let sectors = batch.len() / sector;
+    let per = sectors.div_ceil(workers.len()).max(1) * sector;
+    if workers.len() == 1 || batch.len() <= sector {
+        let xts = &mut workers[0];
+        return if encrypt {
+            xts.encrypt_units(batch, sector, first_tweak, step)
+        } else {
+            xts.decrypt_units(batch, sector, first_tweak, step)
+        }
+        .map_err(Error::from);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .zip(batch.chunks_mut(per))
+            .enumerate()
+            .map(|(i, (xts, chunk))| {
+                let tweak = first_tweak + (i * per / 512) as u64;
+                s.spawn(move || {
+                    if encrypt {
+                        xts.encrypt_units(chunk, sector, tweak, step)
+                    } else {
+                        xts.decrypt_units(chunk, sector, tweak, step)
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| Error::Refused("an encryption thread panicked".into()))??;
+        }
+        Ok(())
+    })
+}
+
+/// Decrypts the LUKS2 image `image` (its header in it, or in `opts.header`) into a
+/// new raw image `output` (written as `OUTPUT.partial`, renamed when complete).
+pub fn decrypt(
+    image: &Path,
+    output: &Path,
+    passphrase: &[u8],
+    opts: &DecryptOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Outcome, Error> {
+    if output.exists() {
+        return Err(Error::Exists(output.to_owned()));
+    }
+    let data = File::open(image).map_err(io(format!("opening {}", image.display())))?;
+    let header_file = match &opts.header {
+        Some(h) => File::open(h).map_err(io(format!("opening {}", h.display())))?,
+        None => data.try_clone().map_err(io("opening the image"))?,
+    };
+    let luks = Luks2::read(&header_file)?;
+    if luks.metadata.incomplete() {
+        return Err(Error::Incomplete);
+    }
+    let (_, seg) = luks.metadata.segment()?;
+    let data_len = data
+        .metadata()
+        .map_err(io("reading the image's size"))?
+        .len();
+    let size = match seg.size {
+        SegmentSize::Bytes(n) => n,
+        SegmentSize::Dynamic => data_len.saturating_sub(seg.offset),
+    };
+    if seg
+        .offset
+        .checked_add(size)
+        .is_none_or(|end| end > data_len)
+    {
+        return Err(Error::Refused(format!(
+            "the image is truncated: its data segment needs {} bytes, it has {data_len}",
+            seg.offset.saturating_add(size)
+        )));
+    }
+    if size % u64::from(seg.sector_size) != 0 {
+        return Err(Error::Unaligned {
+            size,
+            sector: seg.sector_size,
+        });
+    }
+    let (_, key) = luks.unlock(&header_file, passphrase, opts.keyslot)?;
+    let partial = partial_path(output);
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&partial)
+        .map_err(io(format!("creating {}", partial.display())))?;
+    out.set_len(size).map_err(io("sizing the output"))?;
+    let mut workers = workers(&key, opts.threads)?;
+    let mut buf = vec![0u8; CHUNK * workers.len()];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        let batch = &mut buf[..n];
+        data.read_exact_at(batch, seg.offset + pos)
+            .map_err(io("reading the image"))?;
+        run(
+            &mut workers,
+            batch,
+            seg.sector_size,
+            seg.iv_tweak + pos / 512,
+            false,
+        )?;
+        out.write_all_at(batch, pos)
+            .map_err(io("writing the output"))?;
+        pos += n as u64;
+        progress(pos, size);
+    }
+    out.sync_all().map_err(io("flushing the output"))?;
+    drop(out);
+    std::fs::rename(&partial, output).map_err(io("renaming the output"))?;
+    sync_dir(output)?;
+    Ok(Outcome {
+        processed: size,
+        total: size,
+        resumed_from: 0,
+    })
+}
