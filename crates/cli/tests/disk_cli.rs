@@ -654,3 +654,510 @@ fn info_and_the_progress_stream() {
         "{text}"
     );
 }
+
+/// Runs `cvm disk encrypt` to completion after a kill (unless the killed run had
+/// finished), checks the result against the input, and says whether it resumed.
+fn finish_and_check(s: &Scratch, out: &str, raw: &[u8], args: &[&str]) -> bool {
+    let mut stderr = String::new();
+    if !s.path(out).exists() {
+        let r = encrypt(s, "raw", out, args);
+        stderr = ok(&r, "encrypt after a kill") + &String::from_utf8_lossy(&r.stderr);
+    }
+    assert!(!s.path(&format!("{out}.partial")).exists());
+    let plain = s.s(&format!("{out}.plain"));
+    ok(
+        &cvm(&[
+            "disk",
+            "decrypt",
+            "--in",
+            &s.s(out),
+            "--out",
+            &plain,
+            "--passphrase-file",
+            &s.s("pass"),
+            "--progress",
+            "none",
+        ]),
+        "decrypt after a kill",
+    );
+    assert!(
+        std::fs::read(&plain).unwrap() == raw,
+        "{out} decrypts to something else"
+    );
+    std::fs::remove_file(&plain).unwrap();
+    stderr.contains("resumed at")
+}
+
+#[test]
+fn kill_9_at_random_points_leaves_an_image_that_resumes_or_is_absent() {
+    use std::time::Instant;
+
+    let s = Scratch::new();
+    let raw = s.data("raw", 32 << 20, 7);
+    s.write("pass", PASS);
+    // One thread, 512-byte sectors, a checkpoint after every batch: many header
+    // rewrites for a kill to land in.
+    let args: Vec<&str> = [
+        FAST_PBKDF2,
+        &[
+            "--threads",
+            "1",
+            "--sector-size",
+            "512",
+            "--checkpoint-mib",
+            "1",
+        ],
+    ]
+    .concat();
+    // The time a whole run takes, warm.
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let start = Instant::now();
+        assert!(!finish_and_check(&s, &format!("timing{i}"), &raw, &args));
+        runs.push(start.elapsed());
+    }
+    runs.sort();
+    let full = runs[1];
+
+    let exe = env!("CARGO_BIN_EXE_cvm");
+    let (mut seed, mut resumed, mut absent, mut finished) = (0x2545_f491_4f6c_dd1du64, 0, 0, 0);
+    for trial in 0..100 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let out = format!("img{trial}");
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "disk",
+            "encrypt",
+            "--in",
+            &s.s("raw"),
+            "--out",
+            &s.s(&out),
+            "--passphrase-file",
+            &s.s("pass"),
+        ])
+        .args(["--progress", "json"])
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        if trial % 2 == 0 {
+            // Anywhere in the run: key derivation, header writes, data.
+            std::thread::sleep(full.mul_f64((seed % 1000) as f64 / 1000.0));
+        } else {
+            // In the data phase: after 1 to 8 batches have been reported (of 8),
+            // then up to 2 ms more.
+            use std::io::BufRead;
+            let batches = 1 + (seed >> 10) % 8;
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            for _ in 0..batches {
+                if lines.next().is_none() {
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_micros((seed >> 20) % 2000));
+        }
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+
+        let partial = s.path(&format!("{out}.partial"));
+        if s.path(&out).exists() {
+            finished += 1;
+            assert!(!partial.exists());
+        } else if partial.exists() {
+            // Whatever the kill interrupted, the header never claims more than is
+            // encrypted: the bytes its progress token covers decrypt to the input.
+            let f = std::fs::File::open(&partial).unwrap();
+            if let Ok(luks) = disk::Luks2::read(&f) {
+                // A kill between the last header write and the rename leaves a
+                // finished image under the partial name: all of it must be right.
+                let done = disk::stream::progress_of(&luks).unwrap_or(raw.len() as u64);
+                if let Ok((_, key)) = luks.unlock(&f, PASS, None) {
+                    let got = disk::stream::read_plaintext(&f, &luks, &key, done).unwrap();
+                    assert!(
+                        got[..] == raw[..done as usize],
+                        "trial {trial}: the token claims unencrypted bytes"
+                    );
+                }
+                // An unfinished image is not decrypted as if it were whole.
+                if luks.metadata.incomplete() {
+                    let r = cvm(&[
+                        "disk",
+                        "decrypt",
+                        "--in",
+                        partial.to_str().unwrap(),
+                        "--out",
+                        &s.s("x"),
+                        "--passphrase-file",
+                        &s.s("pass"),
+                    ]);
+                    assert!(
+                        String::from_utf8_lossy(&r.stderr).contains("unfinished"),
+                        "trial {trial}"
+                    );
+                }
+            }
+        } else {
+            absent += 1;
+        }
+        if finish_and_check(&s, &out, &raw, &args) {
+            resumed += 1;
+        }
+        let _ = std::fs::remove_file(s.path(&out));
+    }
+    eprintln!(
+        "100 kills: {finished} finished before the kill, {absent} before the partial file, {resumed} resumed"
+    );
+    assert!(
+        resumed >= 25,
+        "only {resumed} of 100 kills landed after a checkpoint"
+    );
+}
+
+#[test]
+fn cryptsetup_and_cvm_refuse_to_use_an_unfinished_image() {
+    let s = Scratch::new();
+    let raw = s.data("raw", 8 << 20, 8);
+    s.write("pass", PASS);
+    ok(&encrypt(&s, "raw", "img", FAST_PBKDF2), "encrypt");
+    // Make an unfinished image the way a kill leaves one: the finished image with
+    // the requirement and progress token put back.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(s.path("img"))
+        .unwrap();
+    let mut luks = disk::Luks2::read(&f).unwrap();
+    luks.metadata.config.requirements = Some(disk::metadata::Requirements {
+        mandatory: vec![disk::metadata::INCOMPLETE.into()],
+        other: Default::default(),
+    });
+    luks.write(&f).unwrap();
+    let img = s.s("img");
+    let dump = ok(&cryptsetup(&["luksDump", &img]), "luksDump");
+    assert!(dump.contains("opencvm-encryption-incomplete"), "{dump}");
+    // Activation (`open` with a name) needs device-mapper, which is not here; what
+    // cryptsetup checks the same way without it is a metadata change.
+    let other = s.write("other", b"another passphrase");
+    let r = cryptsetup(&[
+        "luksAddKey",
+        "--batch-mode",
+        "--key-file",
+        &s.s("pass"),
+        &img,
+        &other,
+    ]);
+    assert!(
+        !r.status.success(),
+        "cryptsetup changed an unfinished image"
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("Unmet LUKS2 requirements detected"));
+    // Ours refuses to decrypt or add keys to it, and names why.
+    let r = cvm(&[
+        "disk",
+        "decrypt",
+        "--in",
+        &img,
+        "--out",
+        &s.s("x"),
+        "--passphrase-file",
+        &s.s("pass"),
+    ]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("unfinished"));
+    let r = cvm(&[
+        "disk",
+        "add-key",
+        &img,
+        "--passphrase-file",
+        &s.s("pass"),
+        "--new-passphrase-file",
+        &other,
+    ]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("unfinished"));
+    assert!(!s.path("x").exists() && raw.len() == 8 << 20);
+}
+
+/// A GPT disk made with sfdisk: an EFI system partition of random bytes, a root and
+/// a data partition each holding an ext4 filesystem made by mke2fs with files in it.
+/// Returns the disk and the three partitions' original bytes.
+fn os_disk(s: &Scratch) -> (String, Vec<Vec<u8>>) {
+    let disk = s.path("disk.raw");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(72 << 20).unwrap();
+    drop(f);
+    let layout = "label: gpt\nfirst-lba: 2048\n\
+        start=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"EFI System\"\n\
+        start=18432, size=81920, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=\"root\"\n\
+        start=100352, size=40960, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"data\"\n";
+    let mut child = Command::new("sfdisk")
+        .args(["--quiet", disk.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (scripts/setup installs fdisk)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(layout.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let esp = s.data("esp", 8 << 20, 9);
+    let mut parts = vec![esp];
+    for (name, mib) in [("root", 40), ("data", 20)] {
+        let tree = s.path(&format!("{name}.tree"));
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), format!("{name}-host\n")).unwrap();
+        s.data(&format!("{name}.tree/blob"), 3 << 20, mib as u8);
+        let img = s.s(&format!("{name}.fs"));
+        let out = Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-d",
+                tree.to_str().unwrap(),
+                &img,
+                &format!("{mib}M"),
+            ])
+            .output()
+            .expect("mkfs.ext4 (scripts/setup installs e2fsprogs)");
+        ok(&out, "mkfs.ext4");
+        parts.push(std::fs::read(&img).unwrap());
+    }
+    let mut bytes = std::fs::read(&disk).unwrap();
+    for (p, lba) in parts.iter().zip([2048usize, 18432, 100352]) {
+        bytes[lba * 512..lba * 512 + p.len()].copy_from_slice(p);
+    }
+    std::fs::write(&disk, &bytes).unwrap();
+    (disk.to_str().unwrap().to_owned(), parts)
+}
+
+fn partition_bytes(image: &[u8], first: u64, last: u64) -> &[u8] {
+    &image[(first * 512) as usize..((last + 1) * 512) as usize]
+}
+
+/// Checks an encrypt-os output against the original partitions, with sfdisk,
+/// sgdisk, cryptsetup, cvm disk decrypt and fsck.
+fn check_os_disk(s: &Scratch, out: &str, parts: &[Vec<u8>], tag: &str) {
+    let dump = ok(
+        &Command::new("sfdisk")
+            .args(["--dump", out])
+            .output()
+            .unwrap(),
+        "sfdisk --dump",
+    );
+    for want in [
+        "start=        2048, size=       16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+        "start=       18432, size=      114688, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        "start=      133120, size=       73728, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+    ] {
+        assert!(dump.contains(want), "sfdisk --dump lacks {want:?}:\n{dump}");
+    }
+    let verify = Command::new("sgdisk")
+        .args(["--verify", out])
+        .output()
+        .expect("sgdisk (scripts/setup installs gdisk)");
+    let text = ok(&verify, "sgdisk --verify");
+    assert!(text.contains("No problems found"), "{text}");
+
+    let image = std::fs::read(out).unwrap();
+    assert!(
+        partition_bytes(&image, 2048, 18431) == &parts[0][..],
+        "the ESP changed"
+    );
+    for (i, (first, last)) in [(18432u64, 18432 + 114688 - 1), (133120, 133120 + 73728 - 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let vol = s.write(
+            &format!("{tag}-vol{i}"),
+            partition_bytes(&image, first, last),
+        );
+        ok(
+            &cryptsetup(&[
+                "open",
+                "--test-passphrase",
+                "--key-file",
+                &s.s("pass"),
+                &vol,
+            ]),
+            "test-passphrase on a partition",
+        );
+        let plain = s.s(&format!("{tag}-plain{i}"));
+        ok(
+            &cvm(&[
+                "disk",
+                "decrypt",
+                "--in",
+                &vol,
+                "--out",
+                &plain,
+                "--passphrase-file",
+                &s.s("pass"),
+                "--progress",
+                "none",
+            ]),
+            "decrypt a partition",
+        );
+        assert!(
+            std::fs::read(&plain).unwrap() == parts[i + 1],
+            "partition {} differs",
+            i + 2
+        );
+        let fsck = Command::new("fsck.ext4")
+            .args(["-n", "-f", &plain])
+            .output()
+            .unwrap();
+        ok(&fsck, "fsck.ext4 -n -f");
+    }
+}
+
+#[test]
+fn encrypt_os_keeps_the_esp_and_encrypts_root_and_data_into_luks2() {
+    let s = Scratch::new();
+    let (disk, parts) = os_disk(&s);
+    let pass = s.write("pass", PASS);
+    let out = s.s("disk.enc");
+    let mut args = vec![
+        "disk",
+        "encrypt-os",
+        "--in",
+        &disk,
+        "--out",
+        &out,
+        "--passphrase-file",
+        &pass,
+        "--progress",
+        "none",
+    ];
+    args.extend_from_slice(FAST_PBKDF2);
+    let report: serde_json::Value =
+        serde_json::from_str(ok(&cvm(&args), "encrypt-os").trim()).unwrap();
+    assert_eq!(report["protector"], "passphrase");
+    assert_eq!(report["size"], (72 << 20) + 2 * (16 << 20));
+    let p = report["partitions"].as_array().unwrap();
+    assert_eq!(
+        p.iter()
+            .map(|p| p["encrypted"].as_bool().unwrap())
+            .collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    assert_eq!(p[1]["name"], "root");
+    check_os_disk(&s, &out, &parts, "once");
+    // The report names each volume's LUKS2 UUID, as cryptsetup reads it.
+    let image = std::fs::read(&out).unwrap();
+    let vol = s.write(
+        "vol-uuid",
+        partition_bytes(&image, 18432, 18432 + 114688 - 1),
+    );
+    let uuid = ok(&cryptsetup(&["luksUUID", &vol]), "luksUUID");
+    assert_eq!(uuid.trim(), p[1]["luks_uuid"].as_str().unwrap());
+
+    // Refusals: a disk without a GPT, a disk with only an ESP.
+    let mut args = vec![
+        "disk",
+        "encrypt-os",
+        "--in",
+        &pass,
+        "--out",
+        "/nonexistent/x",
+        "--passphrase-file",
+        &pass,
+    ];
+    args.extend_from_slice(FAST_PBKDF2);
+    let r = cvm(&args);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("not a whole number"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let plain = s.write("plain.raw", &vec![0u8; 1 << 20]);
+    let mut args = vec![
+        "disk",
+        "encrypt-os",
+        "--in",
+        &plain,
+        "--out",
+        "/nonexistent/x",
+        "--passphrase-file",
+        &pass,
+    ];
+    args.extend_from_slice(FAST_PBKDF2);
+    let r = cvm(&args);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("no GPT at LBA 1"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+#[test]
+fn encrypt_os_resumes_after_kill_9() {
+    use std::io::BufRead;
+    let s = Scratch::new();
+    let (disk, parts) = os_disk(&s);
+    let pass = s.write("pass", PASS);
+    let args: Vec<&str> = [
+        FAST_PBKDF2,
+        &[
+            "--threads",
+            "1",
+            "--checkpoint-mib",
+            "1",
+            "--progress",
+            "json",
+        ],
+    ]
+    .concat();
+    let mut resumed = 0;
+    // Kill after 1 to 12 progress lines (of 17: 2 ESP batches, 10 root, 5 data).
+    for (trial, lines_before_kill) in [1usize, 3, 6, 9, 12].into_iter().enumerate() {
+        let out = s.s(&format!("enc{trial}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+            .args([
+                "disk",
+                "encrypt-os",
+                "--in",
+                &disk,
+                "--out",
+                &out,
+                "--passphrase-file",
+                &pass,
+            ])
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        for _ in 0..lines_before_kill {
+            let _ = lines.next();
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        if !std::path::Path::new(&out).exists() {
+            assert!(
+                std::path::Path::new(&format!("{out}.partial")).exists(),
+                "trial {trial}: nothing left to resume"
+            );
+            let mut again = vec![
+                "disk",
+                "encrypt-os",
+                "--in",
+                &disk,
+                "--out",
+                &out,
+                "--passphrase-file",
+                &pass,
+            ];
+            again.extend_from_slice(&args);
+            ok(&cvm(&again), "encrypt-os after a kill");
+            resumed += 1;
+        }
+        check_os_disk(&s, &out, &parts, &format!("t{trial}"));
+    }
+    assert!(resumed >= 3, "only {resumed} kills left work to resume");
+}

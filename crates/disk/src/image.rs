@@ -1,13 +1,11 @@
 //! A LUKS2 header on a file: reading the newer valid copy, writing both copies the
 //! way cryptsetup does, opening and adding keyslots.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-
 use aws_lc_rs::rand;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use crate::device::Device;
 use crate::header::{self, BinaryHeader, HDR_SIZES, HeaderError};
 use crate::kdf::{self, KdfChoice};
 use crate::metadata::{self, Af, Area, Hash, Keyslot, Metadata, MetadataError, SegmentSize};
@@ -54,29 +52,7 @@ pub struct Luks2 {
     pub metadata: Metadata,
 }
 
-/// Where a header is read from: a file, or bytes in memory (the fuzz target).
-trait ReadAt {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
-}
-
-impl ReadAt for File {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        FileExt::read_exact_at(self, buf, offset)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let src = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.get(o..)?.get(..buf.len()))
-            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
-
-fn read_copy<R: ReadAt + ?Sized>(file: &R, offset: u64) -> Result<(BinaryHeader, Metadata), Error> {
+fn read_copy<D: Device + ?Sized>(file: &D, offset: u64) -> Result<(BinaryHeader, Metadata), Error> {
     let mut first = vec![0u8; header::BINARY_LEN];
     file.read_exact_at(&mut first, offset).map_err(|_| {
         Error::NoHeader(HeaderError::Truncated {
@@ -101,18 +77,9 @@ fn read_copy<R: ReadAt + ?Sized>(file: &R, offset: u64) -> Result<(BinaryHeader,
 }
 
 impl Luks2 {
-    /// Reads the header of `file`: both copies, the higher `seqid` of the valid ones
+    /// Reads the header of `file` (a file, a window of one, or bytes): both copies, the higher `seqid` of the valid ones
     /// wins (a primary destroyed by a crash or by hand is replaced by the secondary).
-    pub fn read(file: &File) -> Result<Self, Error> {
-        Self::read_from(file)
-    }
-
-    /// [`Luks2::read`] over an image's first bytes in memory.
-    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
-        Self::read_from(bytes)
-    }
-
-    fn read_from<R: ReadAt + ?Sized>(file: &R) -> Result<Self, Error> {
+    pub fn read<D: Device + ?Sized>(file: &D) -> Result<Self, Error> {
         let primary = read_copy(file, 0);
         let secondary = match &primary {
             Ok((h, _)) => read_copy(file, h.hdr_size),
@@ -212,7 +179,7 @@ impl Luks2 {
     /// Writes both copies with the next `seqid`: the primary, flushed, then the
     /// secondary, flushed. A crash between leaves one valid copy with the newer
     /// metadata or the older, never a mix.
-    pub fn write(&mut self, file: &File) -> Result<(), Error> {
+    pub fn write<D: Device + ?Sized>(&mut self, file: &D) -> Result<(), Error> {
         self.metadata.validate(self.header.hdr_size)?;
         let json = self.metadata.to_json()?;
         self.header.seqid += 1;
@@ -224,16 +191,16 @@ impl Luks2 {
             let copy = header::encode_copy(&h, &json)?;
             file.write_all_at(&copy, h.hdr_offset)
                 .map_err(io("writing the LUKS2 header"))?;
-            file.sync_data().map_err(io("flushing the LUKS2 header"))?;
+            file.sync().map_err(io("flushing the LUKS2 header"))?;
         }
         Ok(())
     }
 
     /// Opens a keyslot with `passphrase` (only `slot` if given; otherwise every slot
     /// of priority 2, then 1) and returns its number and the volume key.
-    pub fn unlock(
+    pub fn unlock<D: Device + ?Sized>(
         &self,
-        file: &File,
+        file: &D,
         passphrase: &[u8],
         slot: Option<u32>,
     ) -> Result<(u32, VolumeKey), Error> {
@@ -263,9 +230,9 @@ impl Luks2 {
         Err(Error::WrongPassphrase)
     }
 
-    fn open_keyslot(
+    fn open_keyslot<D: Device + ?Sized>(
         &self,
-        file: &File,
+        file: &D,
         n: u32,
         ks: &Keyslot,
         passphrase: &[u8],
@@ -277,7 +244,7 @@ impl Luks2 {
         let kek = kdf::derive(&ks.kdf, passphrase, ks.area.key_size as usize)?;
         let len = metadata::split_area_len(ks.key_size, ks.af.stripes) as usize;
         let mut area = Zeroizing::new(vec![0u8; len]);
-        FileExt::read_exact_at(file, &mut area, ks.area.offset).map_err(|e| {
+        file.read_exact_at(&mut area, ks.area.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::Refused(format!(
                     "the image is truncated: keyslot {n}'s area ends at byte {}",
@@ -302,9 +269,9 @@ impl Luks2 {
     /// Adds a keyslot holding `key` under `passphrase` and writes the header. The
     /// keyslot's area is written and flushed before the metadata that names it.
     /// With no digest yet, one is made for `key` and the data segment.
-    pub fn add_keyslot(
+    pub fn add_keyslot<D: Device + ?Sized>(
         &mut self,
-        file: &File,
+        file: &D,
         key: &VolumeKey,
         passphrase: &[u8],
         choice: KdfChoice,
@@ -327,7 +294,7 @@ impl Luks2 {
         aes_xts::Xts::new(&kek)?.encrypt_units(&mut split, 512, 0, 1)?;
         file.write_all_at(&split, offset)
             .map_err(io("writing a keyslot"))?;
-        file.sync_data().map_err(io("flushing a keyslot"))?;
+        file.sync().map_err(io("flushing a keyslot"))?;
         let (seg, _) = self.metadata.segment()?;
         match self.metadata.digests.values_mut().next() {
             Some(d) => {

@@ -1,7 +1,8 @@
 //! LUKS2 disk encryption, byte-compatible with cryptsetup and systemd: the binary
 //! headers ([`header`]), the JSON metadata ([`metadata`]), keyslots (KDF,
 //! anti-forensic split, AES-XTS), the volume-key digest, and streaming AES-XTS over
-//! whole images with several threads, crash-safe and resumable ([`stream`]).
+//! whole images with several threads, crash-safe and resumable ([`stream`]), and
+//! whole GPT OS disks with their boot partitions left in clear ([`os`]).
 //!
 //! Facts and byte layouts: `docs/adr/0013-disk-encryption.md` and the research note
 //! on LUKS2 it cites. What opencvm does not support (LUKS1, ciphers other than
@@ -14,10 +15,13 @@
 use std::path::PathBuf;
 
 pub mod af;
+pub mod device;
+pub mod gpt;
 pub mod header;
 mod image;
 pub mod kdf;
 pub mod metadata;
+pub mod os;
 pub mod stream;
 
 pub use image::{Info, KeyslotInfo, Luks2, TokenInfo, VolumeKey};
@@ -87,4 +91,49 @@ pub enum Error {
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
+}
+
+/// The fuzz target's body: parses `data` as the start of an image (both header
+/// copies and their metadata), and as JSON metadata inside freshly checksummed
+/// header copies so that mutations reach the JSON rules; what parses must
+/// re-encode and parse to the same metadata.
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) {
+    if let Ok(luks) = Luks2::read(data) {
+        let _ = luks.info();
+        roundtrip(&luks.metadata, luks.header.hdr_size);
+    }
+    let Ok(json) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut image = Vec::new();
+    for primary in [true, false] {
+        let h = header::BinaryHeader {
+            primary,
+            hdr_size: 16384,
+            seqid: 1,
+            label: String::new(),
+            salt: [0; 64],
+            uuid: "00000000-0000-4000-8000-000000000000".into(),
+            subsystem: String::new(),
+            hdr_offset: if primary { 0 } else { 16384 },
+        };
+        match header::encode_copy(&h, json) {
+            Ok(copy) => image.extend_from_slice(&copy),
+            Err(_) => return,
+        }
+    }
+    if let Ok(luks) = Luks2::read(&image[..]) {
+        roundtrip(&luks.metadata, 16384);
+    }
+}
+
+fn roundtrip(meta: &metadata::Metadata, hdr_size: u64) {
+    let Ok(text) = meta.to_json() else {
+        return;
+    };
+    match metadata::Metadata::parse(&text, hdr_size) {
+        Ok(again) if &again == meta => {}
+        other => panic!("metadata does not survive a re-encoding: {other:?}"),
+    }
 }

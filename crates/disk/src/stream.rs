@@ -9,13 +9,13 @@
 //! complete. Running the same command again after a crash resumes from the token.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use aes_xts::Xts;
 use aws_lc_rs::digest;
 use serde_json::Value;
 
+use crate::device::Device;
 use crate::image::{Luks2, VolumeKey};
 use crate::kdf::KdfChoice;
 use crate::metadata::{self, Requirements, SegmentSize, Token};
@@ -86,21 +86,19 @@ fn partial_path(out: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// A fingerprint of the input, so a resume never mixes two inputs: SHA-256 over the
-/// size and the first and last MiB.
-fn fingerprint(input: &File, size: u64) -> Result<String, Error> {
+/// A fingerprint of an input range, so a resume never mixes two inputs: SHA-256
+/// over the size and the first and last MiB.
+pub(crate) fn fingerprint(input: &File, off: u64, size: u64) -> Result<String, Error> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&size.to_le_bytes());
     let n = size.min(1 << 20) as usize;
     let mut buf = vec![0u8; n];
-    input
-        .read_exact_at(&mut buf, 0)
-        .map_err(io("reading the input"))?;
-    ctx.update(&buf);
-    input
-        .read_exact_at(&mut buf, size - n as u64)
-        .map_err(io("reading the input"))?;
-    ctx.update(&buf);
+    for at in [off, off + size - n as u64] {
+        input
+            .read_exact_at(&mut buf, at)
+            .map_err(io("reading the input"))?;
+        ctx.update(&buf);
+    }
     Ok(ctx
         .finish()
         .as_ref()
@@ -122,6 +120,38 @@ fn progress_token(done: u64, size: u64, fp: &str, sector: u32) -> Token {
     }
 }
 
+/// How many data bytes an unfinished encryption has encrypted and flushed, from
+/// its progress token; `None` for a finished image.
+pub fn progress_of(luks: &Luks2) -> Option<u64> {
+    if !luks.metadata.incomplete() {
+        return None;
+    }
+    luks.metadata
+        .tokens
+        .values()
+        .find(|t| t.kind == metadata::PROGRESS_TOKEN)
+        .and_then(|t| token_field(t, "done"))
+        .and_then(|d| d.parse().ok())
+}
+
+/// Decrypts `len` bytes of `luks`'s data segment, from its start, read from `data`
+/// with `key`: what an unfinished image holds so far.
+pub fn read_plaintext(
+    data: &File,
+    luks: &Luks2,
+    key: &VolumeKey,
+    len: u64,
+) -> Result<Vec<u8>, Error> {
+    let (_, seg) = luks.metadata.segment()?;
+    let n = usize::try_from(len).map_err(|_| Error::Refused("too large to read at once".into()))?;
+    let mut buf = vec![0u8; n];
+    data.read_exact_at(&mut buf, seg.offset)
+        .map_err(io("reading the image"))?;
+    let mut w = workers(key, 1)?;
+    run(&mut w, &mut buf, seg.sector_size, seg.iv_tweak, false)?;
+    Ok(buf)
+}
+
 fn token_field<'a>(t: &'a Token, name: &str) -> Option<&'a str> {
     t.other.get(name).and_then(Value::as_str)
 }
@@ -140,67 +170,122 @@ pub fn encrypt(
     if output.exists() {
         return Err(Error::Exists(output.to_owned()));
     }
-    if ![512, 1024, 2048, 4096].contains(&opts.sector_size) {
-        return Err(Error::Refused(format!(
-            "a sector size of {} bytes",
-            opts.sector_size
-        )));
-    }
+    check_sector_size(opts.sector_size)?;
     let src = File::open(input).map_err(io(format!("opening {}", input.display())))?;
     let size = src
         .metadata()
         .map_err(io("reading the input's size"))?
         .len();
-    if size == 0 || size % u64::from(opts.sector_size) != 0 {
+    if size == 0 || !size.is_multiple_of(u64::from(opts.sector_size)) {
         return Err(Error::Unaligned {
             size,
             sector: opts.sector_size,
         });
     }
-    let fp = fingerprint(&src, size)?;
+    let fp = fingerprint(&src, 0, size)?;
     let partial = partial_path(output);
-    let (file, mut luks, key, done) = if partial.exists() {
-        resume(&partial, passphrase, size, &fp, opts.sector_size)?
-    } else {
-        start(&partial, passphrase, size, &fp, opts)?
-    };
-    let resumed_from = done;
-    let (_, seg) = luks.metadata.segment()?;
-    let (offset, sector, tweak0) = (seg.offset, seg.sector_size, seg.iv_tweak);
-    let mut workers = workers(&key, opts.threads)?;
-    let mut pos = done;
-    let mut last_checkpoint = done;
-    let mut buf = vec![0u8; CHUNK * workers.len()];
-    while pos < size {
-        let n = (size - pos).min(buf.len() as u64) as usize;
-        let batch = &mut buf[..n];
-        src.read_exact_at(batch, pos)
-            .map_err(io("reading the input"))?;
-        run(&mut workers, batch, sector, tweak0 + pos / 512, true)?;
-        file.write_all_at(batch, offset + pos)
-            .map_err(io("writing the image"))?;
-        pos += n as u64;
-        if pos - last_checkpoint >= opts.checkpoint && pos < size {
-            checkpoint(&file, &mut luks, pos, size, &fp, sector)?;
-            last_checkpoint = pos;
+    let what = partial.display().to_string();
+    let (file, luks, key, done) = if partial.exists() {
+        let file = open_rw(&partial)?;
+        match volume_state(&file) {
+            VolumeState::Finished => {
+                check_finished(&file, &what, passphrase, &src, 0, size)?;
+                drop(file);
+                finish(&partial, output)?;
+                return Ok(Outcome {
+                    processed: 0,
+                    total: size,
+                    resumed_from: size,
+                });
+            }
+            VolumeState::Unfinished => {
+                let (luks, key, done) =
+                    resume_volume(&file, &what, passphrase, size, &fp, opts.sector_size)?;
+                (file, luks, key, done)
+            }
+            VolumeState::Absent(e) => {
+                return Err(Error::Resume(format!(
+                    "{what} is left from an earlier run but its header is unusable ({e}); remove it to start over"
+                )));
+            }
         }
-        progress(pos, size);
-    }
-    file.sync_data().map_err(io("flushing the image"))?;
-    // Every byte is on disk: the header may now say so.
-    luks.metadata
-        .tokens
-        .retain(|_, t| t.kind != metadata::PROGRESS_TOKEN);
-    luks.metadata.config.requirements = None;
-    luks.write(&file)?;
+    } else {
+        let scratch = scratch_path(&partial);
+        let file = create_scratch(&scratch)?;
+        file.set_len(data_offset(opts) + size)
+            .map_err(io("sizing the image"))?;
+        let (luks, key) = begin_volume(&file, passphrase, size, &fp, opts)?;
+        // Renamed once its first header is on disk: `OUT.partial` always has one.
+        std::fs::rename(&scratch, &partial)
+            .map_err(io(format!("renaming {}", scratch.display())))?;
+        sync_dir(&partial)?;
+        (file, luks, key, 0)
+    };
+    let mut job = Fill {
+        src: &src,
+        src_off: 0,
+        size,
+        dst: &file,
+        fp: &fp,
+        opts,
+    };
+    job.run(luks, &key, done, progress)?;
     drop(file);
-    std::fs::rename(&partial, output).map_err(io("renaming the finished image"))?;
-    sync_dir(output)?;
+    finish(&partial, output)?;
     Ok(Outcome {
-        processed: size - resumed_from,
+        processed: size - done,
         total: size,
-        resumed_from,
+        resumed_from: done,
     })
+}
+
+pub(crate) fn check_sector_size(sector: u32) -> Result<(), Error> {
+    if [512, 1024, 2048, 4096].contains(&sector) {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!("a sector size of {sector} bytes")))
+    }
+}
+
+/// Where the data of a new volume starts.
+pub(crate) fn data_offset(opts: &EncryptOptions) -> u64 {
+    2 * opts.metadata_size + opts.keyslots_size
+}
+
+pub(crate) fn open_rw(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io(format!("opening {}", path.display())))
+}
+
+pub(crate) fn scratch_path(partial: &Path) -> PathBuf {
+    let mut scratch = partial.as_os_str().to_owned();
+    scratch.push(".new");
+    PathBuf::from(scratch)
+}
+
+/// A new scratch file; one left by a kill holds nothing worth keeping.
+pub(crate) fn create_scratch(scratch: &Path) -> Result<File, Error> {
+    match std::fs::remove_file(scratch) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(format!("removing {}", scratch.display()))(e));
+        }
+        _ => {}
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(scratch)
+        .map_err(io(format!("creating {}", scratch.display())))
+}
+
+/// Renames the finished partial output to its name and makes that durable.
+pub(crate) fn finish(partial: &Path, output: &Path) -> Result<(), Error> {
+    std::fs::rename(partial, output).map_err(io("renaming the finished image"))?;
+    sync_dir(output)
 }
 
 fn sync_dir(path: &Path) -> Result<(), Error> {
@@ -213,26 +298,37 @@ fn sync_dir(path: &Path) -> Result<(), Error> {
         .map_err(io("flushing the output directory"))
 }
 
-type Started = (File, Luks2, VolumeKey, u64);
+/// What a device holds of a volume being encrypted.
+pub(crate) enum VolumeState {
+    /// No usable header (not started, or started under a scratch name).
+    Absent(Error),
+    /// A header with the unfinished requirement and a progress token.
+    Unfinished,
+    /// A finished volume.
+    Finished,
+}
 
-fn start(
-    partial: &Path,
+pub(crate) fn volume_state<D: Device + ?Sized>(dst: &D) -> VolumeState {
+    match Luks2::read(dst) {
+        Err(e) => VolumeState::Absent(e),
+        Ok(l) if l.metadata.incomplete() => VolumeState::Unfinished,
+        Ok(_) => VolumeState::Finished,
+    }
+}
+
+/// Writes a new volume's header on `dst`: marked unfinished, progress 0, keyslot 0
+/// under `passphrase`.
+pub(crate) fn begin_volume<D: Device + ?Sized>(
+    dst: &D,
     passphrase: &[u8],
     size: u64,
     fp: &str,
     opts: &EncryptOptions,
-) -> Result<Started, Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(partial)
-        .map_err(io(format!("creating {}", partial.display())))?;
-    let data_offset = 2 * opts.metadata_size + opts.keyslots_size;
+) -> Result<(Luks2, VolumeKey), Error> {
     let mut luks = Luks2::new(
         opts.metadata_size,
         opts.keyslots_size,
-        data_offset,
+        data_offset(opts),
         opts.sector_size,
         &opts.label,
     )?;
@@ -243,51 +339,40 @@ fn start(
     luks.metadata
         .tokens
         .insert(0, progress_token(0, size, fp, opts.sector_size));
-    file.set_len(data_offset + size)
-        .map_err(io("sizing the image"))?;
     let key = VolumeKey::generate()?;
-    luks.add_keyslot(&file, &key, passphrase, opts.kdf)?;
-    Ok((file, luks, key, 0))
+    luks.add_keyslot(dst, &key, passphrase, opts.kdf)?;
+    Ok((luks, key))
 }
 
-fn resume(
-    partial: &Path,
+/// Reads an unfinished volume's header and progress, after checking that it was
+/// started from this input with this passphrase.
+pub(crate) fn resume_volume<D: Device + ?Sized>(
+    dst: &D,
+    what: &str,
     passphrase: &[u8],
     size: u64,
     fp: &str,
     sector: u32,
-) -> Result<Started, Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(partial)
-        .map_err(io(format!("opening {}", partial.display())))?;
-    let luks = Luks2::read(&file).map_err(|e| {
-        Error::Resume(format!(
-            "{} is left from an earlier run but its header is unusable ({e}); remove it to start over",
-            partial.display()
-        ))
-    })?;
+) -> Result<(Luks2, VolumeKey, u64), Error> {
+    let luks = Luks2::read(dst)?;
     let token = luks
         .metadata
         .tokens
         .values()
         .find(|t| t.kind == metadata::PROGRESS_TOKEN)
         .filter(|_| luks.metadata.incomplete())
-        .ok_or_else(|| Error::Resume(format!("{} has no progress record", partial.display())))?;
+        .ok_or_else(|| Error::Resume(format!("{what} has no progress record")))?;
     if token_field(token, "input_sha256") != Some(fp)
         || token_field(token, "input_size") != Some(&size.to_string())
     {
         return Err(Error::Resume(format!(
-            "{} was started from another input; remove it to start over",
-            partial.display()
+            "{what} was started from another input; remove it to start over"
         )));
     }
     let (_, seg) = luks.metadata.segment()?;
     if seg.sector_size != sector {
         return Err(Error::Resume(format!(
-            "{} was started with {}-byte sectors",
-            partial.display(),
+            "{what} was started with {}-byte sectors",
             seg.sector_size
         )));
     }
@@ -295,17 +380,113 @@ fn resume(
         .and_then(|d| d.parse().ok())
         .filter(|d| *d <= size && d % u64::from(sector) == 0)
         .ok_or_else(|| Error::Resume("the progress record is malformed".into()))?;
-    let (_, key) = luks.unlock(&file, passphrase, None).map_err(|e| match e {
-        Error::WrongPassphrase => {
-            Error::Resume("the passphrase does not open the unfinished image".into())
-        }
+    let (_, key) = luks.unlock(dst, passphrase, None).map_err(|e| match e {
+        Error::WrongPassphrase => Error::Resume(format!("the passphrase does not open {what}")),
         e => e,
     })?;
-    Ok((file, luks, key, done))
+    Ok((luks, key, done))
 }
 
-fn checkpoint(
-    file: &File,
+/// A kill between a volume's last header write and what follows (the rename)
+/// leaves it finished: accept it if it holds this input (its first and last MiB
+/// decrypt to the input's) under this passphrase.
+pub(crate) fn check_finished<D: Device + ?Sized>(
+    dst: &D,
+    what: &str,
+    passphrase: &[u8],
+    src: &File,
+    src_off: u64,
+    size: u64,
+) -> Result<(), Error> {
+    let other = || {
+        Error::Resume(format!(
+            "{what} is a finished image of another input; remove it to start over"
+        ))
+    };
+    let luks = Luks2::read(dst)?;
+    let (_, seg) = luks.metadata.segment()?;
+    let (_, key) = luks.unlock(dst, passphrase, None).map_err(|e| match e {
+        Error::WrongPassphrase => Error::Resume(format!(
+            "the passphrase does not open {what}; remove it to start over"
+        )),
+        e => e,
+    })?;
+    let n = size.min(1 << 20);
+    let mut workers = workers(&key, 1)?;
+    for at in [0, size - n] {
+        let mut plain = vec![0u8; n as usize];
+        let mut cipher = vec![0u8; n as usize];
+        src.read_exact_at(&mut plain, src_off + at)
+            .map_err(io("reading the input"))?;
+        dst.read_exact_at(&mut cipher, seg.offset + at)
+            .map_err(|_| other())?;
+        run(
+            &mut workers,
+            &mut cipher,
+            seg.sector_size,
+            seg.iv_tweak + at / 512,
+            false,
+        )?;
+        if cipher != plain {
+            return Err(other());
+        }
+    }
+    Ok(())
+}
+
+/// Fills a volume: `size` bytes of `src` from `src_off`, encrypted into `dst`'s data
+/// segment, with checkpoints; then the header loses its unfinished marks.
+pub(crate) struct Fill<'a, D: Device + ?Sized> {
+    pub(crate) src: &'a File,
+    pub(crate) src_off: u64,
+    pub(crate) size: u64,
+    pub(crate) dst: &'a D,
+    pub(crate) fp: &'a str,
+    pub(crate) opts: &'a EncryptOptions,
+}
+
+impl<D: Device + ?Sized> Fill<'_, D> {
+    pub(crate) fn run(
+        &mut self,
+        mut luks: Luks2,
+        key: &VolumeKey,
+        done: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), Error> {
+        let (_, seg) = luks.metadata.segment()?;
+        let (offset, sector, tweak0) = (seg.offset, seg.sector_size, seg.iv_tweak);
+        let mut workers = workers(key, self.opts.threads)?;
+        let (size, mut pos, mut last_checkpoint) = (self.size, done, done);
+        let mut buf = vec![0u8; CHUNK * workers.len()];
+        while pos < size {
+            let n = (size - pos).min(buf.len() as u64) as usize;
+            let batch = &mut buf[..n];
+            self.src
+                .read_exact_at(batch, self.src_off + pos)
+                .map_err(io("reading the input"))?;
+            run(&mut workers, batch, sector, tweak0 + pos / 512, true)?;
+            self.dst
+                .write_all_at(batch, offset + pos)
+                .map_err(io("writing the image"))?;
+            pos += n as u64;
+            if pos - last_checkpoint >= self.opts.checkpoint && pos < size {
+                checkpoint(self.dst, &mut luks, pos, size, self.fp, sector)?;
+                last_checkpoint = pos;
+            }
+            progress(pos, size);
+        }
+        self.dst.sync().map_err(io("flushing the image"))?;
+        // Every byte is on disk: the header may now say so.
+        luks.metadata
+            .tokens
+            .retain(|_, t| t.kind != metadata::PROGRESS_TOKEN);
+        luks.metadata.config.requirements = None;
+        luks.write(self.dst)
+    }
+}
+
+fn checkpoint<D: Device + ?Sized>(
+    file: &D,
     luks: &mut Luks2,
     done: u64,
     size: u64,
@@ -313,7 +494,7 @@ fn checkpoint(
     sector: u32,
 ) -> Result<(), Error> {
     // The data first: the token must never get ahead of what is durable.
-    file.sync_data().map_err(io("flushing the image"))?;
+    file.sync().map_err(io("flushing the image"))?;
     for t in luks.metadata.tokens.values_mut() {
         if t.kind == metadata::PROGRESS_TOKEN {
             *t = progress_token(done, size, fp, sector);
