@@ -92,8 +92,12 @@ pub enum DiskCommand {
         #[arg(long)]
         out: PathBuf,
         /// A passphrase of one keyslot: the file's bytes, whole.
+        #[arg(long, required_unless_present = "vtpm", conflicts_with = "vtpm")]
+        passphrase_file: Option<PathBuf>,
+        /// Or: unseal the keyslot of the image's systemd-tpm2 token through this vTPM
+        /// (tcp:HOST:PORT or unix:PATH).
         #[arg(long)]
-        passphrase_file: PathBuf,
+        vtpm: Option<String>,
         /// A detached LUKS2 header.
         #[arg(long)]
         header: Option<PathBuf>,
@@ -113,6 +117,26 @@ pub enum DiskCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Bind the image to a VM's vTPM: seal a new secret to it (optionally to PCR
+    /// values) and add a keyslot for it with a `systemd-tpm2` token, as
+    /// systemd-cryptenroll does, so that systemd-cryptsetup in the guest unlocks the
+    /// disk with `tpm2-device=auto` and `cvm disk decrypt --vtpm` through the vTPM.
+    EnrollTpm2 {
+        /// The LUKS2 image or detached header.
+        image: PathBuf,
+        /// An existing passphrase (to recover the volume key).
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        /// The vTPM's data channel: tcp:HOST:PORT or unix:PATH (`cvm vtpm run`,
+        /// swtpm protocol).
+        #[arg(long)]
+        vtpm: String,
+        /// PCRs of the policy (SHA-256 bank), systemd-cryptenroll's syntax: "7"
+        /// seals to PCR 7 as it is now; "7:sha256=HEX" to the value PCR 7 will have
+        /// (what a VM's firmware will measure); "" to the vTPM alone.
+        #[arg(long, default_value = "7")]
+        tpm2_pcrs: String,
     },
     /// Add a keyslot with a new passphrase, opened with an existing one.
     AddKey {
@@ -292,19 +316,32 @@ pub fn run(cmd: DiskCommand) -> ExitCode {
             input,
             out,
             passphrase_file,
+            vtpm,
             header,
             key_slot,
             threads,
             progress,
-        } => decrypt(
-            &input,
-            &out,
-            &passphrase_file,
-            header,
-            key_slot,
-            threads,
-            &progress,
-        ),
+        } => {
+            let opts = DecryptOptions {
+                header,
+                keyslot: key_slot,
+                threads: thread_count(threads),
+            };
+            decrypt(
+                &input,
+                &out,
+                passphrase_file.as_deref(),
+                vtpm.as_deref(),
+                &opts,
+                &progress,
+            )
+        }
+        DiskCommand::EnrollTpm2 {
+            image,
+            passphrase_file,
+            vtpm,
+            tpm2_pcrs,
+        } => enroll_tpm2(&image, &passphrase_file, &vtpm, &tpm2_pcrs),
         DiskCommand::Info { image, json } => info(&image, json),
         DiskCommand::AddKey {
             image,
@@ -408,23 +445,52 @@ fn encrypt_os(
 fn decrypt(
     input: &Path,
     out: &Path,
-    passphrase_file: &Path,
-    header: Option<PathBuf>,
-    keyslot: Option<u32>,
-    n: Option<usize>,
+    passphrase_file: Option<&Path>,
+    vtpm: Option<&str>,
+    opts: &DecryptOptions,
     progress: &ProgressArgs,
 ) -> Result<()> {
-    let pass = passphrase(passphrase_file)?;
-    let opts = DecryptOptions {
-        header,
-        keyslot,
-        threads: thread_count(n),
-    };
     let mut reporter = Reporter::new(progress);
     let start = Instant::now();
-    let o = disk::stream::decrypt(input, out, &pass, &opts, &mut |d, t| reporter.report(d, t))
-        .with_context(|| format!("decrypting {} into {}", input.display(), out.display()))?;
+    let o = match (passphrase_file, vtpm) {
+        (Some(f), _) => {
+            let pass = passphrase(f)?;
+            disk::stream::decrypt(input, out, &pass, opts, &mut |d, t| reporter.report(d, t))
+        }
+        (None, Some(endpoint)) => {
+            let mut tpm = disk::tpm2::connect(endpoint)?;
+            disk::stream::decrypt_with(
+                input,
+                out,
+                opts,
+                &mut |d, t| reporter.report(d, t),
+                &mut |luks, file| disk::tpm2::unlock(luks, file, tpm.as_mut()),
+            )
+        }
+        (None, None) => anyhow::bail!("give --passphrase-file or --vtpm"),
+    }
+    .with_context(|| format!("decrypting {} into {}", input.display(), out.display()))?;
     summary("decrypted", &o, start.elapsed());
+    Ok(())
+}
+
+fn enroll_tpm2(image: &Path, passphrase_file: &Path, vtpm: &str, pcrs: &str) -> Result<()> {
+    let pass = passphrase(passphrase_file)?;
+    let binding = disk::tpm2::PcrBinding::parse(pcrs)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut luks = Luks2::read(&file).with_context(|| format!("reading {}", image.display()))?;
+    anyhow::ensure!(!luks.metadata.incomplete(), disk::Error::Incomplete);
+    let (_, key) = luks.unlock(&file, &pass, None)?;
+    let mut tpm = disk::tpm2::connect(vtpm)?;
+    let (slot, token) = disk::tpm2::enroll(&mut luks, &file, &key, tpm.as_mut(), &binding)?;
+    println!(
+        "enrolled the vTPM as keyslot {slot} (token {token}, PCRs {:?})",
+        binding.pcrs
+    );
     Ok(())
 }
 

@@ -1161,3 +1161,380 @@ fn encrypt_os_resumes_after_kill_9() {
     }
     assert!(resumed >= 3, "only {resumed} kills left work to resume");
 }
+
+/// A running `cvm vtpm run` (swtpm protocol on loopback TCP), killed when dropped,
+/// started with TPM2_Startup; `tcti` is tpm2-tss's string for it.
+struct Vtpm {
+    child: std::process::Child,
+    port: String,
+    tcti: String,
+}
+
+impl Drop for Vtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Vtpm {
+    fn start(s: &Scratch) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+            .args([
+                "vtpm",
+                "run",
+                "--state",
+                &s.s("vtpm-state"),
+                "--server",
+                "tcp:127.0.0.1:0",
+            ])
+            .args(["--protocol", "swtpm", "--dangerously-allow-tcp"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(s.path("vtpm.log")).unwrap())
+            .spawn()
+            .unwrap();
+        // Both lines (server, ctrl) are read before the pipe is dropped: a vTPM
+        // whose stdout is closed dies on its next write.
+        let (mut line, mut ctrl) = (String::new(), String::new());
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        out.read_line(&mut ctrl).unwrap();
+        assert!(ctrl.starts_with("ctrl "), "{ctrl:?}");
+        let port = line.trim().rsplit(':').next().unwrap().to_owned();
+        let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+        let vt = Self { child, port, tcti };
+        ok(&vt.tool(s, &["tpm2_startup", "-c"]), "tpm2_startup");
+        vt
+    }
+
+    fn endpoint(&self) -> String {
+        format!("tcp:127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a tpm2-tools command in the scratch directory, then flushes transient
+    /// objects (there is no resource manager).
+    fn tool(&self, s: &Scratch, args: &[&str]) -> Output {
+        let run = |args: &[&str]| {
+            Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(s.dir.path())
+                .env("TPM2TOOLS_TCTI", &self.tcti)
+                .output()
+                .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup installs tpm2-tools)", args[0]))
+        };
+        let out = run(args);
+        if args[0] != "tpm2_startup" {
+            run(&["tpm2_flushcontext", "-t"]);
+        }
+        out
+    }
+
+    /// The tpm2-tools unseal of a systemd-tpm2 token (research note luks2.md §8):
+    /// the primary from systemd's template, the blob's halves loaded under it, a
+    /// policy session with PolicyPCR over the token's PCRs. Returns the secret.
+    fn oracle_unseal(&self, s: &Scratch, token: &serde_json::Value) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(token["tpm2-blob"].as_str().unwrap())
+            .unwrap();
+        let n = 2 + usize::from(u16::from_be_bytes([blob[0], blob[1]]));
+        s.write("seal.priv", &blob[..n]);
+        s.write("seal.pub", &blob[n..]);
+        let pcrs: Vec<String> = token["tpm2-pcrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let steps: [&[&str]; 5] = [
+            &[
+                "tpm2_createprimary",
+                "-Q",
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc",
+                "-a",
+                "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth",
+                "-c",
+                "prim.ctx",
+            ],
+            &[
+                "tpm2_load",
+                "-Q",
+                "-C",
+                "prim.ctx",
+                "-u",
+                "seal.pub",
+                "-r",
+                "seal.priv",
+                "-c",
+                "seal.ctx",
+            ],
+            &[
+                "tpm2_startauthsession",
+                "--policy-session",
+                "-S",
+                "session.ctx",
+            ],
+            &[
+                "tpm2_policypcr",
+                "-Q",
+                "-S",
+                "session.ctx",
+                "-l",
+                &format!("sha256:{}", pcrs.join(",")),
+            ],
+            &[
+                "tpm2_unseal",
+                "-p",
+                "session:session.ctx",
+                "-c",
+                "seal.ctx",
+                "-o",
+                "secret.bin",
+            ],
+        ];
+        let mut result = Ok(());
+        for step in steps {
+            let out = self.tool(s, step);
+            if !out.status.success() {
+                result = Err(format!(
+                    "{}: {}",
+                    step[0],
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+                break;
+            }
+        }
+        self.tool(s, &["tpm2_flushcontext", "-s"]);
+        result.map(|()| std::fs::read(s.path("secret.bin")).unwrap())
+    }
+}
+
+fn token_json(image: &str, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(
+        &cryptsetup(&["token", "export", "--token-id", id, image]),
+        "token export",
+    ))
+    .unwrap()
+}
+
+#[test]
+fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() {
+    use base64::Engine as _;
+    let s = Scratch::new();
+    let vt = Vtpm::start(&s);
+    let raw = s.data("raw", 2 << 20, 10);
+    ok(&encrypt(&s, "raw", "ours.img", FAST_PBKDF2), "encrypt");
+    std::fs::copy(s.path("ours.img"), s.path("systemd.img")).unwrap();
+    let (ours, theirs, pass) = (s.s("ours.img"), s.s("systemd.img"), s.s("pass"));
+
+    // systemd-cryptenroll 252 (Debian's) enrolls our vTPM over tpm2-tss's swtpm
+    // TCTI; cvm enrolls the other copy against the same vTPM and PCRs.
+    let enrolled = Command::new("systemd-cryptenroll")
+        .args([
+            &format!("--tpm2-device={}", vt.tcti),
+            "--tpm2-pcrs=7",
+            &theirs,
+        ])
+        .env("PASSWORD", std::str::from_utf8(PASS).unwrap())
+        .output()
+        .expect("systemd-cryptenroll (Debian's systemd package)");
+    if !enrolled.status.success() {
+        eprintln!(
+            "vtpm log: {}",
+            std::fs::read_to_string(s.path("vtpm.log")).unwrap_or_default()
+        );
+    }
+    ok(&enrolled, "systemd-cryptenroll");
+    let r = cvm(&[
+        "disk",
+        "enroll-tpm2",
+        &ours,
+        "--passphrase-file",
+        &pass,
+        "--vtpm",
+        &vt.endpoint(),
+        "--tpm2-pcrs",
+        "7",
+    ]);
+    ok(&r, "cvm disk enroll-tpm2");
+
+    // The token, field by field: the same names and types, the same values where
+    // they are not random, and a blob of the same structure.
+    let (a, b) = (token_json(&ours, "0"), token_json(&theirs, "0"));
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&a), keys(&b), "field names");
+    for field in [
+        "type",
+        "tpm2-pcrs",
+        "tpm2-pcr-bank",
+        "tpm2-primary-alg",
+        "tpm2-policy-hash",
+        "tpm2-pin",
+    ] {
+        assert_eq!(a[field], b[field], "{field}");
+    }
+    assert_eq!(a["keyslots"], serde_json::json!(["1"]));
+    let blob = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v["tpm2-blob"].as_str().unwrap())
+            .unwrap()
+    };
+    let (ba, bb) = (blob(&a), blob(&b));
+    assert_eq!(ba.len(), bb.len(), "blob length");
+    let n = 2 + usize::from(u16::from_be_bytes([bb[0], bb[1]]));
+    assert_eq!(ba[..2], bb[..2], "TPM2B_PRIVATE size");
+    // TPM2B_PUBLIC: everything but the unique field (a hash over the secret).
+    assert_eq!(
+        ba[n..ba.len() - 32],
+        bb[n..bb.len() - 32],
+        "the sealed object's public area"
+    );
+    // The keyslot the token opens: PBKDF2-SHA512, 1000 iterations, AF sha512.
+    let slot = |img: &str| {
+        let j: serde_json::Value = serde_json::from_str(&ok(
+            &cryptsetup(&["luksDump", "--dump-json-metadata", img]),
+            "dump",
+        ))
+        .unwrap();
+        let mut k = j["keyslots"]["1"].clone();
+        k["kdf"]["salt"] = serde_json::Value::Null;
+        k
+    };
+    assert_eq!(slot(&ours), slot(&theirs), "the token's keyslot");
+
+    // Our unlock path opens both (systemd's token through our unseal), and the
+    // independent tpm2-tools path opens ours, whose secret opens the keyslot in
+    // cryptsetup.
+    for (img, name) in [(&ours, "ours"), (&theirs, "theirs")] {
+        let out = s.s(&format!("{name}.plain"));
+        ok(
+            &cvm(&[
+                "disk",
+                "decrypt",
+                "--in",
+                img,
+                "--out",
+                &out,
+                "--vtpm",
+                &vt.endpoint(),
+                "--progress",
+                "none",
+            ]),
+            name,
+        );
+        assert!(std::fs::read(&out).unwrap() == raw, "{name}");
+    }
+    let secret = vt.oracle_unseal(&s, &a).unwrap();
+    assert_eq!(secret.len(), 32);
+    let key = s.write(
+        "tpm.key",
+        base64::engine::general_purpose::STANDARD
+            .encode(&secret)
+            .as_bytes(),
+    );
+    ok(
+        &cryptsetup(&[
+            "open",
+            "--test-passphrase",
+            "--key-slot",
+            "1",
+            "--key-file",
+            &key,
+            &ours,
+        ]),
+        "the unsealed secret",
+    );
+
+    // Sealing to a value PCR 7 will have (what firmware will measure): the
+    // prediction unseals only once PCR 7 has it.
+    let measurement = "ab".repeat(32);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&[0u8; 32]);
+    ctx.update(&hex::decode(&measurement).unwrap());
+    let predicted = hex::encode(ctx.finish().as_ref());
+    std::fs::copy(s.path("raw"), s.path("raw2")).unwrap();
+    ok(
+        &encrypt(&s, "raw2", "predicted.img", FAST_PBKDF2),
+        "encrypt",
+    );
+    let predicted_img = s.s("predicted.img");
+    let spec = format!("7:sha256={predicted}");
+    ok(
+        &cvm(&[
+            "disk",
+            "enroll-tpm2",
+            &predicted_img,
+            "--passphrase-file",
+            &pass,
+            "--vtpm",
+            &vt.endpoint(),
+            "--tpm2-pcrs",
+            &spec,
+        ]),
+        "enroll predicted",
+    );
+    let r = cvm(&[
+        "disk",
+        "decrypt",
+        "--in",
+        &predicted_img,
+        "--out",
+        &s.s("p0"),
+        "--vtpm",
+        &vt.endpoint(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("are not those the disk was sealed to"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    // PCR 7 changes (as when Secure Boot state changes): the earlier tokens no
+    // longer unseal, by our path or by tpm2-tools; the predicted one now does.
+    ok(
+        &vt.tool(&s, &["tpm2_pcrextend", &format!("7:sha256={measurement}")]),
+        "pcrextend",
+    );
+    for (img, name) in [(&ours, "ours"), (&theirs, "theirs")] {
+        let r = cvm(&[
+            "disk",
+            "decrypt",
+            "--in",
+            img,
+            "--out",
+            &s.s(&format!("{name}.after")),
+            "--vtpm",
+            &vt.endpoint(),
+        ]);
+        assert_eq!(r.status.code(), Some(2), "{name}");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("are not those the disk was sealed to"),
+            "{name}"
+        );
+        assert!(!s.path(&format!("{name}.after")).exists());
+    }
+    let refused = vt.oracle_unseal(&s, &a).unwrap_err();
+    assert!(refused.contains("tpm2_unseal"), "{refused}");
+    ok(
+        &cvm(&[
+            "disk",
+            "decrypt",
+            "--in",
+            &predicted_img,
+            "--out",
+            &s.s("p1"),
+            "--vtpm",
+            &vt.endpoint(),
+            "--progress",
+            "none",
+        ]),
+        "predicted",
+    );
+    assert!(std::fs::read(s.path("p1")).unwrap() == raw);
+}

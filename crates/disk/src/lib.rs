@@ -23,6 +23,7 @@ pub mod kdf;
 pub mod metadata;
 pub mod os;
 pub mod stream;
+pub mod tpm2;
 
 pub use image::{Info, KeyslotInfo, Luks2, TokenInfo, VolumeKey};
 pub use kdf::KdfChoice;
@@ -83,9 +84,39 @@ pub enum Error {
     /// The keyslots area has no room for another keyslot.
     #[error("the keyslots area has no room for another keyslot")]
     NoRoom,
+    /// The vTPM could not be reached or answered something unreadable.
+    #[error("vTPM: {0}")]
+    Tpm(String),
+    /// The vTPM refused a command (for a policy, PCRs that differ from those sealed
+    /// to).
+    #[error("the vTPM refused {what}: response code {rc:#x}{}", tpm_rc_hint(*.rc))]
+    TpmRefused {
+        /// The command.
+        what: String,
+        /// The TPM response code.
+        rc: u32,
+    },
     /// A request opencvm refuses.
     #[error("{0}")]
     Refused(String),
+}
+
+/// What a TPM response code means, for the messages users see.
+fn tpm_rc_hint(rc: u32) -> &'static str {
+    // Format-one codes carry the parameter, handle or session number above bit 7.
+    let code = if rc & 0x80 != 0 {
+        0x80 | (rc & 0x3f)
+    } else {
+        rc
+    };
+    match code {
+        0x84 => " (TPM_RC_VALUE)",
+        0x9d => " (TPM_RC_POLICY_FAIL: the PCRs are not those the disk was sealed to)",
+        0x9f => " (TPM_RC_INTEGRITY: the sealed blob belongs to another TPM or was changed)",
+        0x128 => " (TPM_RC_PCR_CHANGED)",
+        0x126 => " (TPM_RC_POLICY)",
+        _ => "",
+    }
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -135,5 +166,27 @@ fn roundtrip(meta: &metadata::Metadata, hdr_size: u64) {
     match metadata::Metadata::parse(&text, hdr_size) {
         Ok(again) if &again == meta => {}
         other => panic!("metadata does not survive a re-encoding: {other:?}"),
+    }
+}
+
+/// The GPT fuzz target's body: `data` as a whole disk image; a table that parses
+/// must encode, for the same disk size, to one that parses back equal.
+#[doc(hidden)]
+pub fn fuzz_gpt(data: &[u8]) {
+    let Ok(table) = gpt::Gpt::parse(data, data.len() as u64) else {
+        return;
+    };
+    for p in &table.partitions {
+        let _ = (p.name(), p.bytes(), p.boot_critical());
+    }
+    let total = data.len() as u64 / gpt::LBA;
+    let mut disk = vec![0u8; data.len() - data.len() % gpt::LBA as usize];
+    for (off, bytes) in table.encode(total) {
+        let off = off as usize;
+        disk[off..off + bytes.len()].copy_from_slice(&bytes);
+    }
+    match gpt::Gpt::parse(&disk, disk.len() as u64) {
+        Ok(again) if again == table => {}
+        other => panic!("a partition table does not survive re-encoding: {other:?}"),
     }
 }

@@ -567,6 +567,23 @@ pub fn decrypt(
     opts: &DecryptOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Outcome, Error> {
+    let slot = opts.keyslot;
+    decrypt_with(image, output, opts, progress, &mut |luks, file| {
+        luks.unlock(file, passphrase, slot)
+    })
+}
+
+/// How [`decrypt_with`] gets the volume key from the header and its file.
+pub type Unlocker<'a> = dyn FnMut(&Luks2, &File) -> Result<(u32, VolumeKey), Error> + 'a;
+
+/// [`decrypt`] with the volume key from `unlock` (a passphrase, a vTPM token).
+pub fn decrypt_with(
+    image: &Path,
+    output: &Path,
+    opts: &DecryptOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    unlock: &mut Unlocker<'_>,
+) -> Result<Outcome, Error> {
     if output.exists() {
         return Err(Error::Exists(output.to_owned()));
     }
@@ -604,7 +621,7 @@ pub fn decrypt(
             sector: seg.sector_size,
         });
     }
-    let (_, key) = luks.unlock(&header_file, passphrase, opts.keyslot)?;
+    let (_, key) = unlock(&luks, &header_file)?;
     let partial = partial_path(output);
     let out = OpenOptions::new()
         .write(true)
