@@ -235,7 +235,9 @@ impl Gpt {
         if entries_lba < 2 || first_usable < entries_lba + (array_len as u64).div_ceil(LBA) {
             return Err(bad("the entry array overlaps the usable area".into()));
         }
-        if last_usable >= total || first_usable > last_usable {
+        let array_lbas = (array_len as u64).div_ceil(LBA);
+        // The backup array and header take the disk's last LBAs.
+        if last_usable.saturating_add(array_lbas + 2) > total || first_usable > last_usable {
             return Err(bad(format!(
                 "usable LBAs {first_usable}..{last_usable} on a disk of {total}"
             )));

@@ -78,3 +78,12 @@ fn sfdisks_partition_table_parses() {
     }
     assert_eq!(ours[512..], disk[512..]);
 }
+
+#[test]
+fn a_usable_area_over_the_backup_table_is_refused() {
+    // Found by the gpt fuzz target (testdata/disk/MANIFEST.md).
+    let disk = fixture("fuzz-gpt-usable-over-backup.bin");
+    let err = disk::gpt::Gpt::parse(&disk, disk.len() as u64).unwrap_err();
+    assert!(err.to_string().contains("usable LBAs"), "{err}");
+    disk::fuzz_gpt(&disk);
+}

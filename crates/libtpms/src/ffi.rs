@@ -1,6 +1,7 @@
 //! The raw libtpms interface (`libtpms/tpm_library.h`, `tpm_tis.h`, `tpm_memory.h`)
-//! and thin wrappers that own every pointer handed across it. This is the only module
-//! in opencvm with `unsafe` code; each block says why it is sound.
+//! and thin wrappers that own every pointer handed across it. This module and
+//! `aes-xts`'s `ffi` are the only ones in opencvm with `unsafe` code; each block says
+//! why it is sound.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_int, c_uchar};

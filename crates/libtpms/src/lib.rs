@@ -6,7 +6,8 @@
 //! [`Nvram`] the handle was claimed with whenever its permanent state changes, and
 //! asks it for state on start, so the caller decides how state is made durable.
 //!
-//! All `unsafe` code of opencvm lives in this crate's private `ffi` module.
+//! This crate's `unsafe` code lives in its private `ffi` module (the only other
+//! `unsafe` in opencvm is `aes-xts`'s binding of aws-lc's AES-XTS; ADR 0013).
 //!
 //! [libtpms]: https://github.com/stefanberger/libtpms
 // Libraries log through `tracing` (or not at all); only binaries print.
