@@ -80,6 +80,14 @@ pub enum DiskCommand {
         /// Flush and record progress every this many MiB.
         #[arg(long, default_value_t = 256)]
         checkpoint_mib: u64,
+        /// Also bind every encrypted partition to this vTPM (tcp:HOST:PORT or
+        /// unix:PATH), as `enroll-tpm2` does; the passphrase stays as the recovery
+        /// key.
+        #[arg(long)]
+        vtpm: Option<String>,
+        /// The PCRs of that binding (see `enroll-tpm2`).
+        #[arg(long, default_value = "7", requires = "vtpm")]
+        tpm2_pcrs: String,
         #[command(flatten)]
         progress: ProgressArgs,
     },
@@ -301,6 +309,8 @@ pub fn run(cmd: DiskCommand) -> ExitCode {
             kdf,
             threads,
             checkpoint_mib,
+            vtpm,
+            tpm2_pcrs,
             progress,
         } => {
             let opts = EncryptOptions {
@@ -310,7 +320,8 @@ pub fn run(cmd: DiskCommand) -> ExitCode {
                 checkpoint: checkpoint_mib.max(1) << 20,
                 ..EncryptOptions::default()
             };
-            encrypt_os(&input, &out, &passphrase_file, &opts, &progress)
+            let vtpm = vtpm.map(|v| (v, tpm2_pcrs));
+            encrypt_os(&input, &out, &passphrase_file, &opts, vtpm, &progress)
         }
         DiskCommand::Decrypt {
             input,
@@ -419,13 +430,27 @@ fn encrypt_os(
     out: &Path,
     passphrase_file: &Path,
     opts: &EncryptOptions,
+    vtpm: Option<(String, String)>,
     progress: &ProgressArgs,
 ) -> Result<()> {
     let pass = passphrase(passphrase_file)?;
     let mut reporter = Reporter::new(progress);
     let start = Instant::now();
-    let report = disk::os::encrypt_os(input, out, &pass, opts, &mut |d, t| reporter.report(d, t))
-        .with_context(|| {
+    let (mut tpm, pcrs) = match &vtpm {
+        Some((endpoint, pcrs)) => (
+            Some(disk::tpm2::connect(endpoint)?),
+            Some(disk::tpm2::PcrBinding::parse(pcrs)?),
+        ),
+        None => (None, None),
+    };
+    let binding = match (tpm.as_deref_mut(), pcrs.as_ref()) {
+        (Some(t), Some(p)) => Some((t as &mut dyn disk::tpm2::Tpm, p)),
+        _ => None,
+    };
+    let report = disk::os::encrypt_os(input, out, &pass, opts, binding, &mut |d, t| {
+        reporter.report(d, t)
+    })
+    .with_context(|| {
         format!(
             "encrypting the disk {} into {}",
             input.display(),

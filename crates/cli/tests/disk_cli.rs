@@ -1538,3 +1538,66 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
     );
     assert!(std::fs::read(s.path("p1")).unwrap() == raw);
 }
+
+#[test]
+fn encrypt_os_binds_every_encrypted_partition_to_the_vtpm() {
+    let s = Scratch::new();
+    let vt = Vtpm::start(&s);
+    let (disk, parts) = os_disk(&s);
+    let pass = s.write("pass", PASS);
+    let out = s.s("disk.enc");
+    let endpoint = vt.endpoint();
+    let mut args = vec![
+        "disk",
+        "encrypt-os",
+        "--in",
+        &disk,
+        "--out",
+        &out,
+        "--passphrase-file",
+        &pass,
+    ];
+    args.extend_from_slice(&[
+        "--vtpm",
+        &endpoint,
+        "--tpm2-pcrs",
+        "7",
+        "--progress",
+        "none",
+    ]);
+    args.extend_from_slice(FAST_PBKDF2);
+    let report: serde_json::Value =
+        serde_json::from_str(ok(&cvm(&args), "encrypt-os --vtpm").trim()).unwrap();
+    assert_eq!(
+        report["protector"],
+        "passphrase and vTPM (systemd-tpm2, PCRs [7])"
+    );
+    check_os_disk(&s, &out, &parts, "bound");
+    let image = std::fs::read(&out).unwrap();
+    for (i, (first, last)) in [(18432u64, 18432 + 114688 - 1), (133120, 133120 + 73728 - 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let vol = s.write(&format!("tpm-vol{i}"), partition_bytes(&image, first, last));
+        let token = token_json(&vol, "0");
+        assert_eq!(token["type"], "systemd-tpm2");
+        assert_eq!(token["keyslots"], serde_json::json!(["1"]));
+        let plain = s.s(&format!("tpm-plain{i}"));
+        ok(
+            &cvm(&[
+                "disk",
+                "decrypt",
+                "--in",
+                &vol,
+                "--out",
+                &plain,
+                "--vtpm",
+                &endpoint,
+                "--progress",
+                "none",
+            ]),
+            "decrypt --vtpm",
+        );
+        assert!(std::fs::read(&plain).unwrap() == parts[i + 1]);
+    }
+}

@@ -18,7 +18,9 @@ use serde::Serialize;
 
 use crate::device::{Device, Window};
 use crate::gpt::{Gpt, LBA};
+use crate::image::VolumeKey;
 use crate::stream::{self, EncryptOptions, Fill, VolumeState};
+use crate::tpm2::{self, PcrBinding, Tpm};
 use crate::{Error, Luks2, io};
 
 /// What `encrypt-os` did to one partition.
@@ -87,12 +89,15 @@ fn layout(input: &Gpt, header_lbas: u64, sector: u32) -> Result<(Gpt, Vec<bool>)
 }
 
 /// Encrypts the GPT disk image `input` into `output` (see the module docs); every
-/// encrypted partition's keyslot 0 opens with `passphrase`.
+/// encrypted partition's keyslot 0 opens with `passphrase` (the recovery key). With
+/// `vtpm`, each is also bound to that vTPM (a keyslot and a `systemd-tpm2` token,
+/// [`crate::tpm2::enroll`]) before the output gets its name.
 pub fn encrypt_os(
     input: &Path,
     output: &Path,
     passphrase: &[u8],
     opts: &EncryptOptions,
+    mut vtpm: Option<(&mut dyn Tpm, &PcrBinding)>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<OsReport, Error> {
     if output.exists() {
@@ -175,11 +180,15 @@ pub fn encrypt_os(
             let fp = stream::fingerprint(&src, src_off, size)?;
             let (luks, key, done) = match stream::volume_state(&window) {
                 VolumeState::Finished => {
-                    stream::check_finished(&window, &what, passphrase, &src, src_off, size)?;
-                    let uuid = Luks2::read(&window)?.header.uuid;
+                    let key =
+                        stream::check_finished(&window, &what, passphrase, &src, src_off, size)?;
+                    let mut luks = Luks2::read(&window)?;
+                    if let Some((tpm, binding)) = vtpm.as_mut() {
+                        bind(&mut luks, &window, &key, &mut **tpm, binding)?;
+                    }
                     step(size, size);
                     base += size;
-                    reports.push(report(old, p, true, Some(uuid)));
+                    reports.push(report(old, p, true, Some(luks.header.uuid)));
                     continue;
                 }
                 VolumeState::Unfinished => {
@@ -201,6 +210,10 @@ pub fn encrypt_os(
             }
             .run(luks, &key, done, &mut step)?;
             processed += size - done;
+            if let Some((tpm, binding)) = vtpm.as_mut() {
+                let mut luks = Luks2::read(&window)?;
+                bind(&mut luks, &window, &key, &mut **tpm, binding)?;
+            }
         } else {
             copy(&src, src_off, &window, size, &mut step)?;
             processed += size;
@@ -212,12 +225,35 @@ pub fn encrypt_os(
     drop(file);
     stream::finish(&partial, output)?;
     reports.sort_by_key(|r| r.number);
+    let protector = match &vtpm {
+        None => "passphrase".to_owned(),
+        Some((_, b)) => format!("passphrase and vTPM (systemd-tpm2, PCRs {:?})", b.pcrs),
+    };
     Ok(OsReport {
-        protector: "passphrase".into(),
+        protector,
         size: total * LBA,
         processed,
         partitions: reports,
     })
+}
+
+/// Binds a finished volume to the vTPM, unless a run before a kill already did.
+fn bind(
+    luks: &mut Luks2,
+    window: &Window<'_>,
+    key: &VolumeKey,
+    tpm: &mut dyn Tpm,
+    binding: &PcrBinding,
+) -> Result<(), Error> {
+    if luks
+        .metadata
+        .tokens
+        .values()
+        .any(|t| t.kind == tpm2::TOKEN_TYPE)
+    {
+        return Ok(());
+    }
+    tpm2::enroll(luks, window, key, tpm, binding).map(|_| ())
 }
 
 fn report(

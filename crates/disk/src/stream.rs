@@ -392,7 +392,7 @@ pub(crate) fn resume_volume<D: Device + ?Sized>(
 
 /// A kill between a volume's last header write and what follows (the rename)
 /// leaves it finished: accept it if it holds this input (its first and last MiB
-/// decrypt to the input's) under this passphrase.
+/// decrypt to the input's) under this passphrase, and return its volume key.
 pub(crate) fn check_finished<D: Device + ?Sized>(
     dst: &D,
     what: &str,
@@ -400,7 +400,7 @@ pub(crate) fn check_finished<D: Device + ?Sized>(
     src: &File,
     src_off: u64,
     size: u64,
-) -> Result<(), Error> {
+) -> Result<VolumeKey, Error> {
     let other = || {
         Error::Resume(format!(
             "{what} is a finished image of another input; remove it to start over"
@@ -434,7 +434,7 @@ pub(crate) fn check_finished<D: Device + ?Sized>(
             return Err(other());
         }
     }
-    Ok(())
+    Ok(key)
 }
 
 /// Fills a volume: `size` bytes of `src` from `src_off`, encrypted into `dst`'s data

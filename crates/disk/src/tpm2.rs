@@ -154,19 +154,30 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `TPM_RC_YIELDED`, `TPM_RC_TESTING`, `TPM_RC_RETRY`: the TPM asks for the same
+/// command again (as tpm2-tss's ESYS does, we retry them).
+const RC_TRY_AGAIN: [u32; 3] = [0x908, 0x90A, 0x922];
+
 /// Runs a command and returns the response after its header, or the TPM's refusal.
 fn run(tpm: &mut dyn Tpm, what: &str, cmd: &[u8]) -> Result<Vec<u8>, Error> {
-    let r = tpm.execute(cmd)?;
-    let mut rd = Reader(&r);
-    rd.take(6)?;
-    let rc = rd.u32()?;
-    if rc != 0 {
-        return Err(Error::TpmRefused {
-            what: what.to_owned(),
-            rc,
-        });
+    let mut attempt = 0;
+    loop {
+        let r = tpm.execute(cmd)?;
+        let mut rd = Reader(&r);
+        rd.take(6)?;
+        let rc = rd.u32()?;
+        if rc == 0 {
+            return Ok(r[10..].to_vec());
+        }
+        attempt += 1;
+        if !RC_TRY_AGAIN.contains(&rc) || attempt >= 50 {
+            return Err(Error::TpmRefused {
+                what: what.to_owned(),
+                rc,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
     }
-    Ok(r[10..].to_vec())
 }
 
 /// systemd's (legacy, before v254) storage primary template: ECC NIST P-256 with
