@@ -24,62 +24,23 @@ pub enum DiskCommand {
     /// The output is written as OUT.partial and renamed when every byte is
     /// encrypted and flushed; after a crash, the same command resumes it.
     Encrypt {
-        /// The raw image (a whole number of sectors).
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// The LUKS2 image to make (never overwritten).
-        #[arg(long)]
-        out: PathBuf,
-        /// The first keyslot's passphrase: the file's bytes, whole.
-        #[arg(long)]
-        passphrase_file: PathBuf,
-        /// The data sector size: 512, 1024, 2048 or 4096 (the data's size must be a
-        /// multiple of it, and a filesystem on it needs blocks at least as large).
-        #[arg(long, default_value_t = 4096)]
-        sector_size: u32,
         #[command(flatten)]
-        kdf: KdfArgs,
-        /// Encryption threads (default: every CPU).
-        #[arg(long)]
-        threads: Option<usize>,
+        job: EncryptArgs,
         /// The volume label.
         #[arg(long, default_value = "")]
         label: String,
-        /// Flush and record progress every this many MiB: the most a crash makes
-        /// the next run redo.
-        #[arg(long, default_value_t = 256)]
-        checkpoint_mib: u64,
-        #[command(flatten)]
-        progress: ProgressArgs,
     },
-    /// Encrypt a whole GPT OS disk image: boot partitions (EFI system, BIOS boot,
-    /// XBOOTLDR) stay byte-identical, every other partition becomes LUKS2.
+    /// Encrypt a whole GPT OS disk image (raw, 512-byte sectors): boot partitions
+    /// (EFI system, BIOS boot, XBOOTLDR) stay byte-identical, every other partition
+    /// becomes LUKS2, keyslot 0 under the passphrase.
     ///
     /// Each encrypted partition grows by 16 MiB for its header, later partitions
     /// move up, and the disk grows to match. Prints a JSON report (which partitions
     /// are encrypted, their LUKS2 UUIDs, what protects them) as the last line on
     /// stdout. Crash-safe and resumable like `encrypt`.
     EncryptOs {
-        /// The GPT disk image (raw, 512-byte sectors).
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// The disk image to make (never overwritten).
-        #[arg(long)]
-        out: PathBuf,
-        /// The passphrase of keyslot 0 of every encrypted partition.
-        #[arg(long)]
-        passphrase_file: PathBuf,
-        /// The data sector size of the LUKS2 volumes.
-        #[arg(long, default_value_t = 4096)]
-        sector_size: u32,
         #[command(flatten)]
-        kdf: KdfArgs,
-        /// Encryption threads (default: every CPU).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Flush and record progress every this many MiB.
-        #[arg(long, default_value_t = 256)]
-        checkpoint_mib: u64,
+        job: EncryptArgs,
         /// Also bind every encrypted partition to this vTPM (tcp:HOST:PORT or
         /// unix:PATH), as `enroll-tpm2` does; the passphrase stays as the recovery
         /// key.
@@ -88,8 +49,6 @@ pub enum DiskCommand {
         /// The PCRs of that binding (see `enroll-tpm2`).
         #[arg(long, default_value = "7", requires = "vtpm")]
         tpm2_pcrs: String,
-        #[command(flatten)]
-        progress: ProgressArgs,
     },
     /// Decrypt a LUKS2 image (opencvm's or cryptsetup's) into a raw image.
     Decrypt {
@@ -159,6 +118,48 @@ pub enum DiskCommand {
         #[command(flatten)]
         kdf: KdfArgs,
     },
+}
+
+/// What `encrypt` and `encrypt-os` share.
+#[derive(Args, Debug)]
+pub struct EncryptArgs {
+    /// The raw image or disk (a whole number of sectors).
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// The image to make (never overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// The passphrase of keyslot 0: the file's bytes, whole.
+    #[arg(long)]
+    passphrase_file: PathBuf,
+    /// The data sector size: 512, 1024, 2048 or 4096 (the data's size must be a
+    /// multiple of it, and a filesystem on it needs blocks at least as large).
+    #[arg(long, default_value_t = 4096)]
+    sector_size: u32,
+    #[command(flatten)]
+    kdf: KdfArgs,
+    /// Encryption threads (default: every CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Flush and record progress every this many MiB: the most a crash makes the
+    /// next run redo.
+    #[arg(long, default_value_t = 256)]
+    checkpoint_mib: u64,
+    #[command(flatten)]
+    progress: ProgressArgs,
+}
+
+impl EncryptArgs {
+    fn options(&self, label: String) -> EncryptOptions {
+        EncryptOptions {
+            sector_size: self.sector_size,
+            kdf: self.kdf.choice(),
+            threads: thread_count(self.threads),
+            label,
+            checkpoint: self.checkpoint_mib.max(1) << 20,
+            ..EncryptOptions::default()
+        }
+    }
 }
 
 /// The KDF of a new keyslot.
@@ -280,49 +281,16 @@ impl Reporter {
 /// Runs `cvm disk ...`.
 pub fn run(cmd: DiskCommand) -> ExitCode {
     let r = match cmd {
-        DiskCommand::Encrypt {
-            input,
-            out,
-            passphrase_file,
-            sector_size,
-            kdf,
-            threads,
-            label,
-            checkpoint_mib,
-            progress,
-        } => {
-            let opts = EncryptOptions {
-                sector_size,
-                kdf: kdf.choice(),
-                threads: thread_count(threads),
-                label,
-                checkpoint: checkpoint_mib.max(1) << 20,
-                ..EncryptOptions::default()
-            };
-            encrypt(&input, &out, &passphrase_file, &opts, &progress)
-        }
+        DiskCommand::Encrypt { job, label } => encrypt(&job, &job.options(label)),
         DiskCommand::EncryptOs {
-            input,
-            out,
-            passphrase_file,
-            sector_size,
-            kdf,
-            threads,
-            checkpoint_mib,
+            job,
             vtpm,
             tpm2_pcrs,
-            progress,
-        } => {
-            let opts = EncryptOptions {
-                sector_size,
-                kdf: kdf.choice(),
-                threads: thread_count(threads),
-                checkpoint: checkpoint_mib.max(1) << 20,
-                ..EncryptOptions::default()
-            };
-            let vtpm = vtpm.map(|v| (v, tpm2_pcrs));
-            encrypt_os(&input, &out, &passphrase_file, &opts, vtpm, &progress)
-        }
+        } => encrypt_os(
+            &job,
+            &job.options(String::new()),
+            vtpm.map(|v| (v, tpm2_pcrs)),
+        ),
         DiskCommand::Decrypt {
             input,
             out,
@@ -409,14 +377,10 @@ fn summary(verb: &str, o: &Outcome, took: Duration) {
     );
 }
 
-fn encrypt(
-    input: &Path,
-    out: &Path,
-    passphrase_file: &Path,
-    opts: &EncryptOptions,
-    progress: &ProgressArgs,
-) -> Result<()> {
-    let pass = passphrase(passphrase_file)?;
+fn encrypt(job: &EncryptArgs, opts: &EncryptOptions) -> Result<()> {
+    let (input, out) = (&job.input, &job.out);
+    let pass = passphrase(&job.passphrase_file)?;
+    let progress = &job.progress;
     let mut reporter = Reporter::new(progress);
     let start = Instant::now();
     let o = disk::stream::encrypt(input, out, &pass, opts, &mut |d, t| reporter.report(d, t))
@@ -426,14 +390,13 @@ fn encrypt(
 }
 
 fn encrypt_os(
-    input: &Path,
-    out: &Path,
-    passphrase_file: &Path,
+    job: &EncryptArgs,
     opts: &EncryptOptions,
     vtpm: Option<(String, String)>,
-    progress: &ProgressArgs,
 ) -> Result<()> {
-    let pass = passphrase(passphrase_file)?;
+    let (input, out) = (&job.input, &job.out);
+    let pass = passphrase(&job.passphrase_file)?;
+    let progress = &job.progress;
     let mut reporter = Reporter::new(progress);
     let start = Instant::now();
     let (mut tpm, pcrs) = match &vtpm {
@@ -500,16 +463,8 @@ fn decrypt(
 }
 
 fn enroll_tpm2(image: &Path, passphrase_file: &Path, vtpm: &str, pcrs: &str) -> Result<()> {
-    let pass = passphrase(passphrase_file)?;
     let binding = disk::tpm2::PcrBinding::parse(pcrs)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .with_context(|| format!("opening {}", image.display()))?;
-    let mut luks = Luks2::read(&file).with_context(|| format!("reading {}", image.display()))?;
-    anyhow::ensure!(!luks.metadata.incomplete(), disk::Error::Incomplete);
-    let (_, key) = luks.unlock(&file, &pass, None)?;
+    let (file, mut luks, key) = open_unlocked(image, passphrase_file)?;
     let mut tpm = disk::tpm2::connect(vtpm)?;
     let (slot, token) = disk::tpm2::enroll(&mut luks, &file, &key, tpm.as_mut(), &binding)?;
     println!(
@@ -563,17 +518,23 @@ fn info(image: &Path, json: bool) -> Result<()> {
 }
 
 fn add_key(image: &Path, passphrase_file: &Path, new_file: &Path, kdf: &KdfArgs) -> Result<()> {
-    let pass = passphrase(passphrase_file)?;
     let new = passphrase(new_file)?;
+    let (file, mut luks, key) = open_unlocked(image, passphrase_file)?;
+    let n = luks.add_keyslot(&file, &key, &new, kdf.choice())?;
+    println!("added keyslot {n}");
+    Ok(())
+}
+
+/// Opens a finished image for writing and recovers its volume key with a passphrase.
+fn open_unlocked(image: &Path, passphrase_file: &Path) -> Result<(File, Luks2, disk::VolumeKey)> {
+    let pass = passphrase(passphrase_file)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(image)
         .with_context(|| format!("opening {}", image.display()))?;
-    let mut luks = Luks2::read(&file).with_context(|| format!("reading {}", image.display()))?;
+    let luks = Luks2::read(&file).with_context(|| format!("reading {}", image.display()))?;
     anyhow::ensure!(!luks.metadata.incomplete(), disk::Error::Incomplete);
     let (_, key) = luks.unlock(&file, &pass, None)?;
-    let n = luks.add_keyslot(&file, &key, &new, kdf.choice())?;
-    println!("added keyslot {n}");
-    Ok(())
+    Ok((file, luks, key))
 }

@@ -84,23 +84,36 @@ const FAST_ARGON2: &[&str] = &[
 ];
 const FAST_PBKDF2: &[&str] = &["--kdf", "pbkdf2", "--pbkdf2-iterations", "1000"];
 
+/// `cvm disk VERB --in IN --out OUT --passphrase-file PASS EXTRA...`.
+fn disk_io(verb: &str, input: &str, out: &str, pass: &str, extra: &[&str]) -> Output {
+    let head = [
+        "disk",
+        verb,
+        "--in",
+        input,
+        "--out",
+        out,
+        "--passphrase-file",
+        pass,
+    ];
+    cvm(&[&head[..], extra].concat())
+}
+
+/// `cvm disk decrypt --in IN --out OUT --passphrase-file PASS`.
+fn decrypt(input: &str, out: &str, pass: &str) -> Output {
+    disk_io("decrypt", input, out, pass, &["--progress", "none"])
+}
+
+/// `cvm disk encrypt` of scratch files, with the passphrase [`PASS`].
 fn encrypt(s: &Scratch, input: &str, out: &str, extra: &[&str]) -> Output {
     let pass = s.write("pass", PASS);
-    let (i, o) = (s.s(input), s.s(out));
-    let mut args = vec![
-        "disk",
+    disk_io(
         "encrypt",
-        "--in",
-        &i,
-        "--out",
-        &o,
-        "--passphrase-file",
+        &s.s(input),
+        &s.s(out),
         &pass,
-        "--progress",
-        "none",
-    ];
-    args.extend_from_slice(extra);
-    cvm(&args)
+        &[&["--progress", "none"][..], extra].concat(),
+    )
 }
 
 /// Decrypts every data sector of `image` with Python `cryptography`, given the volume
@@ -120,16 +133,23 @@ for k in range(n // sector):
 open(out, 'wb').write(res)
 "#;
     let out = key.with_extension("plain");
+    let (image, key) = (image.to_str().unwrap(), key.to_str().unwrap());
+    let (offset, sector, len) = (offset.to_string(), sector.to_string(), len.to_string());
+    python(
+        script,
+        &[image, key, &offset, &sector, &len, out.to_str().unwrap()],
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// Runs a Python script (with `cryptography`, which scripts/setup installs).
+fn python(script: &str, args: &[&str]) {
     let st = Command::new("python3")
         .args(["-c", script])
-        .arg(image)
-        .arg(key)
-        .args([offset.to_string(), sector.to_string(), len.to_string()])
-        .arg(&out)
+        .args(args)
         .status()
         .expect("python3 with cryptography (scripts/setup installs it)");
-    assert!(st.success());
-    std::fs::read(out).unwrap()
+    assert!(st.success(), "the Python oracle failed");
 }
 
 #[test]
@@ -140,8 +160,7 @@ fn our_images_open_in_cryptsetup_and_decrypt_with_independent_code() {
     ] {
         let s = Scratch::new();
         let raw = s.data("raw", 3 << 20, 1);
-        let mut extra = vec!["--sector-size", sector, "--label", "root"];
-        extra.extend_from_slice(kdf);
+        let extra: Vec<&str> = [&["--sector-size", sector, "--label", "root"][..], kdf].concat();
         ok(&encrypt(&s, "raw", "img", &extra), "cvm disk encrypt");
         let img = s.s("img");
         let pass = s.s("pass");
@@ -294,37 +313,26 @@ fn cryptsetups_images_decrypt_with_cvm() {
         dev.resize(raw.len() + (32 << 20), 0);
         let img = s.write("dev", &dev);
         let pass = s.write("pass", PASS);
-        let mut args = vec![
-            "reencrypt",
-            "--encrypt",
-            "--force-offline-reencrypt",
-            "--reduce-device-size",
-            "32M",
-            "--sector-size",
-            sector,
-            "--key-file",
-            &pass,
-            "--batch-mode",
-        ];
-        args.extend_from_slice(&kdf);
+        let mut args: Vec<&str> = [
+            &[
+                "reencrypt",
+                "--encrypt",
+                "--force-offline-reencrypt",
+                "--reduce-device-size",
+                "32M",
+                "--sector-size",
+                sector,
+                "--key-file",
+                &pass,
+                "--batch-mode",
+            ][..],
+            &kdf,
+        ]
+        .concat();
         args.push(&img);
         ok(&cryptsetup(&args), "reencrypt --encrypt");
         let out = s.s("out");
-        ok(
-            &cvm(&[
-                "disk",
-                "decrypt",
-                "--in",
-                &img,
-                "--out",
-                &out,
-                "--passphrase-file",
-                &pass,
-                "--progress",
-                "none",
-            ]),
-            "cvm disk decrypt",
-        );
+        ok(&decrypt(&img, &out, &pass), "cvm disk decrypt");
         let plain = std::fs::read(&out).unwrap();
         assert!(
             plain[..raw.len()] == raw[..],
@@ -340,21 +348,24 @@ fn cryptsetups_images_decrypt_with_cvm() {
         let vkf = s2.write("vk", &vk);
         let pass2 = s2.write("pass", PASS);
         let fmt = s2.write("fmt", &vec![0u8; (16 << 20) + (1 << 20)]);
-        let mut args = vec![
-            "luksFormat",
-            "--type",
-            "luks2",
-            "--batch-mode",
-            "--volume-key-file",
-            &vkf,
-            "--key-size",
-            "512",
-            "--sector-size",
-            sector,
-            "--key-file",
-            &pass2,
-        ];
-        args.extend_from_slice(&kdf);
+        let mut args: Vec<&str> = [
+            &[
+                "luksFormat",
+                "--type",
+                "luks2",
+                "--batch-mode",
+                "--volume-key-file",
+                &vkf,
+                "--key-size",
+                "512",
+                "--sector-size",
+                sector,
+                "--key-file",
+                &pass2,
+            ][..],
+            &kdf,
+        ]
+        .concat();
         args.push(&fmt);
         ok(&cryptsetup(&args), "luksFormat");
         let raw2 = s2.data("raw2", 1 << 20, 3);
@@ -364,18 +375,7 @@ fn cryptsetups_images_decrypt_with_cvm() {
         std::fs::write(&fmt, &image).unwrap();
         let out2 = s2.s("out");
         ok(
-            &cvm(&[
-                "disk",
-                "decrypt",
-                "--in",
-                &fmt,
-                "--out",
-                &out2,
-                "--passphrase-file",
-                &pass2,
-                "--progress",
-                "none",
-            ]),
+            &decrypt(&fmt, &out2, &pass2),
             "cvm disk decrypt of a luksFormat image",
         );
         assert!(
@@ -404,15 +404,16 @@ for i in range(len(p) // sector):
     res += e.update(p[i*sector:(i+1)*sector]) + e.finalize()
 open(o, 'wb').write(res)
 "#;
-    let st = Command::new("python3")
-        .args(["-c", script])
-        .arg(&p)
-        .arg(&k)
-        .arg(sector.to_string())
-        .arg(&o)
-        .status()
-        .expect("python3");
-    assert!(st.success());
+    let sector = sector.to_string();
+    python(
+        script,
+        &[
+            p.to_str().unwrap(),
+            k.to_str().unwrap(),
+            &sector,
+            o.to_str().unwrap(),
+        ],
+    );
     std::fs::read(o).unwrap()
 }
 
@@ -424,16 +425,19 @@ fn added_keys_open_in_cryptsetup_and_cryptsetups_metadata_survives_ours() {
     let img = s.s("img");
     let pass = s.s("pass");
     let new = s.write("new", b"a second passphrase");
-    let mut args = vec![
-        "disk",
-        "add-key",
-        &img,
-        "--passphrase-file",
-        &pass,
-        "--new-passphrase-file",
-        &new,
-    ];
-    args.extend_from_slice(FAST_ARGON2);
+    let args: Vec<&str> = [
+        &[
+            "disk",
+            "add-key",
+            &img,
+            "--passphrase-file",
+            &pass,
+            "--new-passphrase-file",
+            &new,
+        ][..],
+        FAST_ARGON2,
+    ]
+    .concat();
     ok(&cvm(&args), "add-key");
     ok(
         &cryptsetup(&[
@@ -486,16 +490,19 @@ fn added_keys_open_in_cryptsetup_and_cryptsetups_metadata_survives_ours() {
         "token import",
     );
     let fourth = s.write("fourth", b"fourth");
-    let mut args = vec![
-        "disk",
-        "add-key",
-        &img,
-        "--passphrase-file",
-        &third,
-        "--new-passphrase-file",
-        &fourth,
-    ];
-    args.extend_from_slice(FAST_PBKDF2);
+    let args: Vec<&str> = [
+        &[
+            "disk",
+            "add-key",
+            &img,
+            "--passphrase-file",
+            &third,
+            "--new-passphrase-file",
+            &fourth,
+        ][..],
+        FAST_PBKDF2,
+    ]
+    .concat();
     ok(&cvm(&args), "add-key after cryptsetup");
     for (slot, key) in [("2", &third), ("3", &fourth)] {
         ok(
@@ -533,16 +540,7 @@ fn bad_input_gets_a_clear_error_and_nothing_is_overwritten() {
     // A wrong passphrase: exit 1, named.
     let wrong = s.write("wrong", b"nope");
     let out_path = s.s("out");
-    let r = cvm(&[
-        "disk",
-        "decrypt",
-        "--in",
-        &img,
-        "--out",
-        &out_path,
-        "--passphrase-file",
-        &wrong,
-    ]);
+    let r = decrypt(&img, &out_path, &wrong);
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("no keyslot opens with this passphrase"));
     assert!(!s.path("out").exists() && !s.path("out.partial").exists());
@@ -562,19 +560,7 @@ fn bad_input_gets_a_clear_error_and_nothing_is_overwritten() {
     let mut broken = before.clone();
     broken[..4096].fill(0);
     let b = s.write("broken", &broken);
-    ok(
-        &cvm(&[
-            "disk",
-            "decrypt",
-            "--in",
-            &b,
-            "--out",
-            &s.s("from-secondary"),
-            "--passphrase-file",
-            &pass,
-        ]),
-        "secondary",
-    );
+    ok(&decrypt(&b, &s.s("from-secondary"), &pass), "secondary");
     assert!(std::fs::read(s.path("from-secondary")).unwrap() == raw);
 
     // Both copies damaged, a truncated image, LUKS1-looking bytes: refused by name.
@@ -589,16 +575,7 @@ fn bad_input_gets_a_clear_error_and_nothing_is_overwritten() {
     for (name, bytes, word) in cases {
         let p = s.write(name, &bytes);
         let snapshot = bytes.clone();
-        let r = cvm(&[
-            "disk",
-            "decrypt",
-            "--in",
-            &p,
-            "--out",
-            &s.s(&format!("{name}.out")),
-            "--passphrase-file",
-            &pass,
-        ]);
+        let r = decrypt(&p, &s.s(&format!("{name}.out")), &pass);
         let err = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(2), "{name}: {err}");
         assert!(err.contains(word), "{name}: {err}");
@@ -615,20 +592,13 @@ fn info_and_the_progress_stream() {
     args.extend_from_slice(&["--threads", "2"]);
     let pass = s.write("pass", PASS);
     let (i, o) = (s.s("raw"), s.s("img"));
-    let mut full = vec![
-        "disk",
+    let out = disk_io(
         "encrypt",
-        "--in",
         &i,
-        "--out",
         &o,
-        "--passphrase-file",
         &pass,
-        "--progress",
-        "json",
-    ];
-    full.extend_from_slice(&args);
-    let out = cvm(&full);
+        &[&["--progress", "json"][..], &args].concat(),
+    );
     let stdout = ok(&out, "encrypt");
     let lines: Vec<serde_json::Value> = stdout
         .lines()
@@ -666,18 +636,7 @@ fn finish_and_check(s: &Scratch, out: &str, raw: &[u8], args: &[&str]) -> bool {
     assert!(!s.path(&format!("{out}.partial")).exists());
     let plain = s.s(&format!("{out}.plain"));
     ok(
-        &cvm(&[
-            "disk",
-            "decrypt",
-            "--in",
-            &s.s(out),
-            "--out",
-            &plain,
-            "--passphrase-file",
-            &s.s("pass"),
-            "--progress",
-            "none",
-        ]),
+        &decrypt(&s.s(out), &plain, &s.s("pass")),
         "decrypt after a kill",
     );
     assert!(
@@ -782,16 +741,7 @@ fn kill_9_at_random_points_leaves_an_image_that_resumes_or_is_absent() {
                 }
                 // An unfinished image is not decrypted as if it were whole.
                 if luks.metadata.incomplete() {
-                    let r = cvm(&[
-                        "disk",
-                        "decrypt",
-                        "--in",
-                        partial.to_str().unwrap(),
-                        "--out",
-                        &s.s("x"),
-                        "--passphrase-file",
-                        &s.s("pass"),
-                    ]);
+                    let r = decrypt(partial.to_str().unwrap(), &s.s("x"), &s.s("pass"));
                     assert!(
                         String::from_utf8_lossy(&r.stderr).contains("unfinished"),
                         "trial {trial}"
@@ -854,16 +804,7 @@ fn cryptsetup_and_cvm_refuse_to_use_an_unfinished_image() {
     );
     assert!(String::from_utf8_lossy(&r.stderr).contains("Unmet LUKS2 requirements detected"));
     // Ours refuses to decrypt or add keys to it, and names why.
-    let r = cvm(&[
-        "disk",
-        "decrypt",
-        "--in",
-        &img,
-        "--out",
-        &s.s("x"),
-        "--passphrase-file",
-        &s.s("pass"),
-    ]);
+    let r = decrypt(&img, &s.s("x"), &s.s("pass"));
     assert!(String::from_utf8_lossy(&r.stderr).contains("unfinished"));
     let r = cvm(&[
         "disk",
@@ -987,21 +928,7 @@ fn check_os_disk(s: &Scratch, out: &str, parts: &[Vec<u8>], tag: &str) {
             "test-passphrase on a partition",
         );
         let plain = s.s(&format!("{tag}-plain{i}"));
-        ok(
-            &cvm(&[
-                "disk",
-                "decrypt",
-                "--in",
-                &vol,
-                "--out",
-                &plain,
-                "--passphrase-file",
-                &s.s("pass"),
-                "--progress",
-                "none",
-            ]),
-            "decrypt a partition",
-        );
+        ok(&decrypt(&vol, &plain, &s.s("pass")), "decrypt a partition");
         assert!(
             std::fs::read(&plain).unwrap() == parts[i + 1],
             "partition {} differs",
@@ -1021,21 +948,14 @@ fn encrypt_os_keeps_the_esp_and_encrypts_root_and_data_into_luks2() {
     let (disk, parts) = os_disk(&s);
     let pass = s.write("pass", PASS);
     let out = s.s("disk.enc");
-    let mut args = vec![
-        "disk",
+    let r = disk_io(
         "encrypt-os",
-        "--in",
         &disk,
-        "--out",
         &out,
-        "--passphrase-file",
         &pass,
-        "--progress",
-        "none",
-    ];
-    args.extend_from_slice(FAST_PBKDF2);
-    let report: serde_json::Value =
-        serde_json::from_str(ok(&cvm(&args), "encrypt-os").trim()).unwrap();
+        &[&["--progress", "none"][..], FAST_PBKDF2].concat(),
+    );
+    let report: serde_json::Value = serde_json::from_str(ok(&r, "encrypt-os").trim()).unwrap();
     assert_eq!(report["protector"], "passphrase");
     assert_eq!(report["size"], (72 << 20) + 2 * (16 << 20));
     let p = report["partitions"].as_array().unwrap();
@@ -1056,37 +976,15 @@ fn encrypt_os_keeps_the_esp_and_encrypts_root_and_data_into_luks2() {
     let uuid = ok(&cryptsetup(&["luksUUID", &vol]), "luksUUID");
     assert_eq!(uuid.trim(), p[1]["luks_uuid"].as_str().unwrap());
 
-    // Refusals: a disk without a GPT, a disk with only an ESP.
-    let mut args = vec![
-        "disk",
-        "encrypt-os",
-        "--in",
-        &pass,
-        "--out",
-        "/nonexistent/x",
-        "--passphrase-file",
-        &pass,
-    ];
-    args.extend_from_slice(FAST_PBKDF2);
-    let r = cvm(&args);
+    // Refusals: a file that is not whole sectors, a disk without a GPT.
+    let r = disk_io("encrypt-os", &pass, "/nonexistent/x", &pass, FAST_PBKDF2);
     assert!(
         String::from_utf8_lossy(&r.stderr).contains("not a whole number"),
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
     let plain = s.write("plain.raw", &vec![0u8; 1 << 20]);
-    let mut args = vec![
-        "disk",
-        "encrypt-os",
-        "--in",
-        &plain,
-        "--out",
-        "/nonexistent/x",
-        "--passphrase-file",
-        &pass,
-    ];
-    args.extend_from_slice(FAST_PBKDF2);
-    let r = cvm(&args);
+    let r = disk_io("encrypt-os", &plain, "/nonexistent/x", &pass, FAST_PBKDF2);
     assert!(
         String::from_utf8_lossy(&r.stderr).contains("no GPT at LBA 1"),
         "{}",
@@ -1143,18 +1041,10 @@ fn encrypt_os_resumes_after_kill_9() {
                 std::path::Path::new(&format!("{out}.partial")).exists(),
                 "trial {trial}: nothing left to resume"
             );
-            let mut again = vec![
-                "disk",
-                "encrypt-os",
-                "--in",
-                &disk,
-                "--out",
-                &out,
-                "--passphrase-file",
-                &pass,
-            ];
-            again.extend_from_slice(&args);
-            ok(&cvm(&again), "encrypt-os after a kill");
+            ok(
+                &disk_io("encrypt-os", &disk, &out, &pass, &args),
+                "encrypt-os after a kill",
+            );
             resumed += 1;
         }
         check_os_disk(&s, &out, &parts, &format!("t{trial}"));
@@ -1547,24 +1437,27 @@ fn encrypt_os_binds_every_encrypted_partition_to_the_vtpm() {
     let pass = s.write("pass", PASS);
     let out = s.s("disk.enc");
     let endpoint = vt.endpoint();
-    let mut args = vec![
-        "disk",
-        "encrypt-os",
-        "--in",
-        &disk,
-        "--out",
-        &out,
-        "--passphrase-file",
-        &pass,
-    ];
-    args.extend_from_slice(&[
-        "--vtpm",
-        &endpoint,
-        "--tpm2-pcrs",
-        "7",
-        "--progress",
-        "none",
-    ]);
+    let mut args: Vec<&str> = [
+        &[
+            "disk",
+            "encrypt-os",
+            "--in",
+            &disk,
+            "--out",
+            &out,
+            "--passphrase-file",
+            &pass,
+        ][..],
+        &[
+            "--vtpm",
+            &endpoint,
+            "--tpm2-pcrs",
+            "7",
+            "--progress",
+            "none",
+        ],
+    ]
+    .concat();
     args.extend_from_slice(FAST_PBKDF2);
     let report: serde_json::Value =
         serde_json::from_str(ok(&cvm(&args), "encrypt-os --vtpm").trim()).unwrap();
