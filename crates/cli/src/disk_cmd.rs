@@ -425,7 +425,7 @@ fn encrypt_os(
         total: report.processed,
         resumed_from: 0,
     };
-    summary("encrypted or copied", &o, start.elapsed());
+    summary("encrypted or copied (in this run)", &o, start.elapsed());
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -466,11 +466,20 @@ fn enroll_tpm2(image: &Path, passphrase_file: &Path, vtpm: &str, pcrs: &str) -> 
     let binding = disk::tpm2::PcrBinding::parse(pcrs)?;
     let (file, mut luks, key) = open_unlocked(image, passphrase_file)?;
     let mut tpm = disk::tpm2::connect(vtpm)?;
-    let (slot, token) = disk::tpm2::enroll(&mut luks, &file, &key, tpm.as_mut(), &binding)?;
+    let done = disk::tpm2::enroll(&mut luks, &file, &key, tpm.as_mut(), &binding)?;
     println!(
-        "enrolled the vTPM as keyslot {slot} (token {token}, PCRs {:?})",
-        binding.pcrs
+        "enrolled the vTPM as keyslot {} (token {}, PCRs {:?})",
+        done.keyslot, done.token, binding.pcrs
     );
+    if !done.unmeasured.is_empty() {
+        eprintln!(
+            "warning: PCRs {:?} are all zero in the vTPM (nothing measured yet); the disk opens \
+             through the vTPM only while they stay so. A guest's firmware measures PCR 7 at \
+             boot: for a disk that must open there, give the value it will have \
+             (--tpm2-pcrs 7:sha256=HEX).",
+            done.unmeasured
+        );
+    }
     Ok(())
 }
 

@@ -259,6 +259,46 @@ fn our_images_open_in_cryptsetup_and_decrypt_with_independent_code() {
 }
 
 #[test]
+fn a_detached_header_from_cryptsetup_decrypts_with_cvm() {
+    let s = Scratch::new();
+    let raw = s.data("raw", 2 << 20, 11);
+    let pass = s.write("pass", PASS);
+    let (img, hdr) = (s.s("raw"), s.s("hdr"));
+    ok(
+        &cryptsetup(&[
+            "reencrypt",
+            "--encrypt",
+            "--force-offline-reencrypt",
+            "--header",
+            &hdr,
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            &pass,
+            "--batch-mode",
+            &img,
+        ]),
+        "reencrypt --encrypt --header",
+    );
+    assert!(
+        std::fs::read(&img).unwrap() != raw,
+        "the data was not encrypted in place"
+    );
+    let out = s.s("out");
+    let r = disk_io(
+        "decrypt",
+        &img,
+        &out,
+        &pass,
+        &["--header", &hdr, "--progress", "none"],
+    );
+    ok(&r, "cvm disk decrypt --header");
+    assert!(std::fs::read(&out).unwrap() == raw);
+}
+
+#[test]
 fn cryptsetups_images_decrypt_with_cvm() {
     for (sector, kdf) in [
         (
@@ -563,14 +603,18 @@ fn bad_input_gets_a_clear_error_and_nothing_is_overwritten() {
     ok(&decrypt(&b, &s.s("from-secondary"), &pass), "secondary");
     assert!(std::fs::read(s.path("from-secondary")).unwrap() == raw);
 
-    // Both copies damaged, a truncated image, LUKS1-looking bytes: refused by name.
+    // Both copies damaged, a truncated image, no header at all, a LUKS1 header:
+    // refused by name.
     let mut both = before.clone();
     both[5000] ^= 1;
     both[16384 + 5000] ^= 1;
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    let mut luks1 = vec![0u8; 1 << 20];
+    luks1[..8].copy_from_slice(b"LUKS\xba\xbe\x00\x01");
+    let cases: [(&str, Vec<u8>, &str); 4] = [
         ("both", both, "checksum"),
         ("short", before[..100 << 10].to_vec(), "truncated"),
         ("zeros", vec![0u8; 1 << 20], "no LUKS magic"),
+        ("luks1", luks1, "LUKS version 1 is not supported"),
     ];
     for (name, bytes, word) in cases {
         let p = s.write(name, &bytes);
@@ -728,17 +772,21 @@ fn kill_9_at_random_points_leaves_an_image_that_resumes_or_is_absent() {
             // Whatever the kill interrupted, the header never claims more than is
             // encrypted: the bytes its progress token covers decrypt to the input.
             let f = std::fs::File::open(&partial).unwrap();
-            if let Ok(luks) = disk::Luks2::read(&f) {
+            // A partial file always has a header: it is renamed into place only
+            // once its first header is durable.
+            {
+                let luks = disk::Luks2::read(&f).unwrap_or_else(|e| {
+                    panic!("trial {trial}: a partial file without a usable header: {e}")
+                });
                 // A kill between the last header write and the rename leaves a
                 // finished image under the partial name: all of it must be right.
                 let done = disk::stream::progress_of(&luks).unwrap_or(raw.len() as u64);
-                if let Ok((_, key)) = luks.unlock(&f, PASS, None) {
-                    let got = disk::stream::read_plaintext(&f, &luks, &key, done).unwrap();
-                    assert!(
-                        got[..] == raw[..done as usize],
-                        "trial {trial}: the token claims unencrypted bytes"
-                    );
-                }
+                let (_, key) = luks.unlock(&f, PASS, None).unwrap();
+                let got = disk::stream::read_plaintext(&f, &luks, &key, done).unwrap();
+                assert!(
+                    got[..] == raw[..done as usize],
+                    "trial {trial}: the token claims unencrypted bytes"
+                );
                 // An unfinished image is not decrypted as if it were whole.
                 if luks.metadata.incomplete() {
                     let r = decrypt(partial.to_str().unwrap(), &s.s("x"), &s.s("pass"));
@@ -806,6 +854,8 @@ fn cryptsetup_and_cvm_refuse_to_use_an_unfinished_image() {
     // Ours refuses to decrypt or add keys to it, and names why.
     let r = decrypt(&img, &s.s("x"), &s.s("pass"));
     assert!(String::from_utf8_lossy(&r.stderr).contains("unfinished"));
+    assert!(!s.path("x").exists());
+    let before = std::fs::read(&img).unwrap();
     let r = cvm(&[
         "disk",
         "add-key",
@@ -815,8 +865,13 @@ fn cryptsetup_and_cvm_refuse_to_use_an_unfinished_image() {
         "--new-passphrase-file",
         &other,
     ]);
+    assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("unfinished"));
-    assert!(!s.path("x").exists() && raw.len() == 8 << 20);
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "add-key changed an unfinished image"
+    );
+    drop(raw);
 }
 
 /// A GPT disk made with sfdisk: an EFI system partition of random bytes, a root and
@@ -1041,10 +1096,18 @@ fn encrypt_os_resumes_after_kill_9() {
                 std::path::Path::new(&format!("{out}.partial")).exists(),
                 "trial {trial}: nothing left to resume"
             );
-            ok(
-                &disk_io("encrypt-os", &disk, &out, &pass, &args),
-                "encrypt-os after a kill",
-            );
+            let r = disk_io("encrypt-os", &disk, &out, &pass, &args);
+            let report = ok(&r, "encrypt-os after a kill");
+            let report: serde_json::Value =
+                serde_json::from_str(report.lines().last().unwrap()).unwrap();
+            // Killed past the ESP (2 batches) and into root, the rerun redid less
+            // than all 68 MiB of partitions: it resumed, not restarted.
+            if lines_before_kill >= 6 {
+                assert!(
+                    report["processed"].as_u64().unwrap() < 68 << 20,
+                    "trial {trial}: {report}"
+                );
+            }
             resumed += 1;
         }
         check_os_disk(&s, &out, &parts, &format!("t{trial}"));
@@ -1340,6 +1403,63 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
         ]),
         "the unsealed secret",
     );
+
+    // No PCRs: the empty policy, as systemd-cryptenroll --tpm2-pcrs= seals it; each
+    // side opens the other's.
+    std::fs::copy(s.path("raw"), s.path("raw3")).unwrap();
+    ok(
+        &encrypt(&s, "raw3", "nopcr-ours.img", FAST_PBKDF2),
+        "encrypt",
+    );
+    std::fs::copy(s.path("nopcr-ours.img"), s.path("nopcr-systemd.img")).unwrap();
+    let (np_ours, np_theirs) = (s.s("nopcr-ours.img"), s.s("nopcr-systemd.img"));
+    let enrolled = Command::new("systemd-cryptenroll")
+        .args([
+            &format!("--tpm2-device={}", vt.tcti),
+            "--tpm2-pcrs=",
+            &np_theirs,
+        ])
+        .env("PASSWORD", std::str::from_utf8(PASS).unwrap())
+        .output()
+        .unwrap();
+    ok(&enrolled, "systemd-cryptenroll --tpm2-pcrs=");
+    let r = cvm(&[
+        "disk",
+        "enroll-tpm2",
+        &np_ours,
+        "--passphrase-file",
+        &pass,
+        "--vtpm",
+        &vt.endpoint(),
+        "--tpm2-pcrs",
+        "",
+    ]);
+    ok(&r, "cvm disk enroll-tpm2 --tpm2-pcrs ''");
+    let (a0, b0) = (token_json(&np_ours, "0"), token_json(&np_theirs, "0"));
+    assert_eq!(a0["tpm2-pcrs"], serde_json::json!([]));
+    assert_eq!(
+        a0["tpm2-policy-hash"], b0["tpm2-policy-hash"],
+        "the empty policy"
+    );
+    for (img, name) in [(&np_ours, "nopcr-ours"), (&np_theirs, "nopcr-theirs")] {
+        let out = s.s(&format!("{name}.plain"));
+        ok(
+            &cvm(&[
+                "disk",
+                "decrypt",
+                "--in",
+                img,
+                "--out",
+                &out,
+                "--vtpm",
+                &vt.endpoint(),
+                "--progress",
+                "none",
+            ]),
+            name,
+        );
+        assert!(std::fs::read(&out).unwrap() == raw, "{name}");
+    }
 
     // Sealing to a value PCR 7 will have (what firmware will measure): the
     // prediction unseals only once PCR 7 has it.

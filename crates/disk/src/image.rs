@@ -160,6 +160,7 @@ impl Luks2 {
                 requirements: None,
                 other: Default::default(),
             },
+            other: Default::default(),
         };
         Ok(Self {
             header: BinaryHeader {
@@ -182,7 +183,9 @@ impl Luks2 {
     pub fn write<D: Device + ?Sized>(&mut self, file: &D) -> Result<(), Error> {
         self.metadata.validate(self.header.hdr_size)?;
         let json = self.metadata.to_json()?;
-        self.header.seqid += 1;
+        self.header.seqid = self.header.seqid.checked_add(1).ok_or_else(|| {
+            Error::Refused("the header's sequence number is at its maximum".into())
+        })?;
         for primary in [true, false] {
             let mut h = self.header.clone();
             h.primary = primary;
@@ -276,6 +279,21 @@ impl Luks2 {
         passphrase: &[u8],
         choice: KdfChoice,
     ) -> Result<u32, Error> {
+        let n = self.stage_keyslot(file, key, passphrase, choice)?;
+        self.write(file)?;
+        Ok(n)
+    }
+
+    /// [`Luks2::add_keyslot`] without the header write: the area is written and
+    /// flushed, the metadata changed in memory only (for a caller that adds more
+    /// before one write).
+    pub(crate) fn stage_keyslot<D: Device + ?Sized>(
+        &mut self,
+        file: &D,
+        key: &VolumeKey,
+        passphrase: &[u8],
+        choice: KdfChoice,
+    ) -> Result<u32, Error> {
         let n = self.metadata.free_slot().ok_or(Error::NoRoom)?;
         let key_size = u32::try_from(key.bytes().len())
             .map_err(|_| Error::Refused("volume key too long".into()))?;
@@ -321,6 +339,7 @@ impl Luks2 {
                     kind: "luks1".into(),
                     stripes: 4000,
                     hash: af_hash,
+                    other: Default::default(),
                 },
                 area: Area {
                     kind: "raw".into(),
@@ -334,7 +353,6 @@ impl Luks2 {
                 other: Default::default(),
             },
         );
-        self.write(file)?;
         Ok(n)
     }
 

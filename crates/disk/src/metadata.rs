@@ -170,6 +170,9 @@ pub struct Af {
     pub stripes: u32,
     /// The diffusion hash.
     pub hash: Hash,
+    /// Fields opencvm does not know, kept as they were.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 /// Where a keyslot's split key lives and how it is encrypted.
@@ -354,6 +357,9 @@ pub struct Metadata {
     pub digests: BTreeMap<u32, Digest>,
     /// Config.
     pub config: Config,
+    /// Top-level objects opencvm does not know, kept as they were.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
 impl Metadata {

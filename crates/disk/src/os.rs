@@ -161,6 +161,7 @@ pub fn encrypt_os(
             .map_err(io("flushing the partition table"))?;
         std::fs::rename(&scratch, &partial)
             .map_err(io(format!("renaming {}", scratch.display())))?;
+        stream::sync_dir(&partial)?;
         file
     };
 
@@ -237,7 +238,9 @@ pub fn encrypt_os(
     })
 }
 
-/// Binds a finished volume to the vTPM, unless a run before a kill already did.
+/// Binds a finished volume to the vTPM. A run before a kill may have done it: then
+/// the token must bind as asked (same PCRs and policy, a blob this vTPM loads), or
+/// the partial output is refused rather than reported as bound otherwise.
 fn bind(
     luks: &mut Luks2,
     window: &Window<'_>,
@@ -245,13 +248,19 @@ fn bind(
     tpm: &mut dyn Tpm,
     binding: &PcrBinding,
 ) -> Result<(), Error> {
-    if luks
+    let existing = luks
         .metadata
         .tokens
         .values()
-        .any(|t| t.kind == tpm2::TOKEN_TYPE)
-    {
-        return Ok(());
+        .find(|t| t.kind == tpm2::TOKEN_TYPE);
+    if let Some(token) = existing {
+        let token = tpm2::Tpm2Token::from_token(token)?;
+        if tpm2::binds_as(tpm, &token, binding)? {
+            return Ok(());
+        }
+        return Err(Error::Resume(
+            "an earlier run bound this disk to another vTPM or other PCRs; remove the partial output to start over".into(),
+        ));
     }
     tpm2::enroll(luks, window, key, tpm, binding).map(|_| ())
 }

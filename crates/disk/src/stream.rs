@@ -89,11 +89,21 @@ fn partial_path(out: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// A fingerprint of an input range, so a resume never mixes two inputs: SHA-256
-/// over the size and the first and last MiB.
+/// A fingerprint of an input range, so that a resume refuses an input that is not
+/// the one the partial output was started from: SHA-256 over the range's size, the
+/// input file's modification time and its first and last MiB. (An input changed in
+/// its middle without its modification time changing would go unnoticed.)
 pub(crate) fn fingerprint(input: &File, off: u64, size: u64) -> Result<String, Error> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&size.to_le_bytes());
+    let modified = input
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_err(io("reading the input's modification time"))?;
+    let since = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    ctx.update(&since.as_nanos().to_le_bytes());
     let n = size.min(1 << 20) as usize;
     let mut buf = vec![0u8; n];
     for at in [off, off + size - n as u64] {
@@ -291,7 +301,7 @@ pub(crate) fn finish(partial: &Path, output: &Path) -> Result<(), Error> {
     sync_dir(output)
 }
 
-fn sync_dir(path: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(path: &Path) -> Result<(), Error> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -427,7 +437,7 @@ pub(crate) fn check_finished<D: Device + ?Sized>(
             &mut workers,
             &mut cipher,
             seg.sector_size,
-            seg.iv_tweak + at / 512,
+            seg.iv_tweak.wrapping_add(at / 512),
             false,
         )?;
         if cipher != plain {
@@ -496,7 +506,13 @@ impl<D: Device + Sync + ?Sized> Fill<'_, D> {
                     self.src
                         .read_exact_at(&mut buf, self.src_off + pos)
                         .map_err(io("reading the input"))?;
-                    run(&mut workers, &mut buf, sector, tweak0 + pos / 512, true)?;
+                    run(
+                        &mut workers,
+                        &mut buf,
+                        sector,
+                        tweak0.wrapping_add(pos / 512),
+                        true,
+                    )?;
                     if full_tx.send((pos, buf)).is_err() {
                         break; // the writer failed; its error is the one to report
                     }
@@ -684,7 +700,7 @@ pub fn decrypt_with(
             &mut workers,
             batch,
             seg.sector_size,
-            seg.iv_tweak + pos / 512,
+            seg.iv_tweak.wrapping_add(pos / 512),
             false,
         )?;
         out.write_all_at(batch, pos)
@@ -701,4 +717,108 @@ pub fn decrypt_with(
         total: size,
         resumed_from: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::header;
+    use crate::metadata::Metadata;
+
+    /// A device in memory that checks, at every header write, that the header
+    /// claims no more encrypted data than was flushed before it.
+    struct Recorder {
+        bytes: Mutex<Vec<u8>>,
+        /// (data written so far, data flushed so far), in bytes past the data offset.
+        data: Mutex<(u64, u64)>,
+        data_offset: u64,
+        size: u64,
+        headers: Mutex<Vec<u64>>,
+    }
+
+    impl Device for Recorder {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.bytes.lock().unwrap()[..].read_exact_at(buf, offset)
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            if offset >= self.data_offset {
+                let mut d = self.data.lock().unwrap();
+                d.0 = d.0.max(offset - self.data_offset + buf.len() as u64);
+            } else if offset == 0 && buf.len() == 16384 {
+                let (h, json) = header::parse_copy(buf, 0).unwrap();
+                let meta = Metadata::parse(json, h.hdr_size).unwrap();
+                let luks = Luks2 {
+                    header: h,
+                    metadata: meta,
+                };
+                let claimed = progress_of(&luks).unwrap_or(self.size);
+                let flushed = self.data.lock().unwrap().1;
+                assert!(
+                    claimed <= flushed,
+                    "a header claims {claimed} bytes with {flushed} flushed"
+                );
+                self.headers.lock().unwrap().push(claimed);
+            }
+            let mut b = self.bytes.lock().unwrap();
+            let end = offset as usize + buf.len();
+            if b.len() < end {
+                b.resize(end, 0);
+            }
+            b[offset as usize..end].copy_from_slice(buf);
+            Ok(())
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            let mut d = self.data.lock().unwrap();
+            d.1 = d.0;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_header_claims_data_that_was_not_flushed_before_it() {
+        let size = 24u64 << 20;
+        let mut input = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        std::io::Write::write_all(&mut input, &data).unwrap();
+        let opts = EncryptOptions {
+            kdf: KdfChoice::Pbkdf2 { iterations: 1000 },
+            threads: 2,
+            checkpoint: 1,
+            ..EncryptOptions::default()
+        };
+        let dev = Recorder {
+            bytes: Mutex::new(Vec::new()),
+            data: Mutex::new((0, 0)),
+            data_offset: data_offset(&opts),
+            size,
+            headers: Mutex::new(Vec::new()),
+        };
+        let fp = fingerprint(&input, 0, size).unwrap();
+        let (luks, key) = begin_volume(&dev, b"pass", size, &fp, &opts).unwrap();
+        let mut fill = Fill {
+            src: &input,
+            src_off: 0,
+            size,
+            dst: &dev,
+            fp: &fp,
+            opts: &opts,
+        };
+        fill.run(luks, &key, 0, &mut |_, _| {}).unwrap();
+        // Progress moved forward through the checkpoints, and ended complete.
+        let claims = dev.headers.lock().unwrap().clone();
+        assert!(claims.len() >= 4, "{claims:?}");
+        assert!(claims.windows(2).all(|w| w[0] <= w[1]), "{claims:?}");
+        assert_eq!(*claims.last().unwrap(), size);
+        // And the image decrypts to the input.
+        let luks = Luks2::read(&dev).unwrap();
+        assert_eq!(progress_of(&luks), None);
+        let (_, key) = luks.unlock(&dev, b"pass", None).unwrap();
+        let bytes = dev.bytes.lock().unwrap().clone();
+        let mut plain = bytes[dev.data_offset as usize..].to_vec();
+        let mut w = workers(&key, 1).unwrap();
+        run(&mut w, &mut plain, 4096, 0, false).unwrap();
+        assert!(plain == data);
+    }
 }

@@ -51,8 +51,9 @@ const MAX_RESPONSE: usize = 64 << 10;
 
 /// A TPM that executes marshalled commands.
 pub trait Tpm {
-    /// Sends one command and returns the whole response.
-    fn execute(&mut self, command: &[u8]) -> Result<Vec<u8>, Error>;
+    /// Sends one command and returns the whole response (wiped when dropped: an
+    /// unseal's response holds the secret).
+    fn execute(&mut self, command: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error>;
 }
 
 /// A TPM behind a byte stream: the swtpm protocol's data channel.
@@ -60,7 +61,7 @@ pub trait Tpm {
 pub struct StreamTpm<S>(pub S);
 
 impl<S: Read + Write> Tpm for StreamTpm<S> {
-    fn execute(&mut self, command: &[u8]) -> Result<Vec<u8>, Error> {
+    fn execute(&mut self, command: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let fail = |e: std::io::Error| Error::Tpm(format!("the vTPM connection: {e}"));
         self.0.write_all(command).map_err(fail)?;
         let mut header = [0u8; 10];
@@ -69,18 +70,27 @@ impl<S: Read + Write> Tpm for StreamTpm<S> {
         if !(10..=MAX_RESPONSE).contains(&size) {
             return Err(Error::Tpm(format!("a TPM response of {size} bytes")));
         }
-        let mut response = header.to_vec();
-        response.resize(size, 0);
+        let mut response = Zeroizing::new(vec![0u8; size]);
+        response[..10].copy_from_slice(&header);
         self.0.read_exact(&mut response[10..]).map_err(fail)?;
         Ok(response)
     }
 }
 
-/// Connects to a vTPM's data channel: `tcp:HOST:PORT` or `unix:PATH`.
+/// Connects to a vTPM's data channel: `unix:PATH`, or `tcp:HOST:PORT` on a loopback
+/// address only (the sessions are unsalted: what is sealed and unsealed crosses
+/// the channel in clear, so it must not leave the host).
 pub fn connect(endpoint: &str) -> Result<Box<dyn Tpm>, Error> {
+    use std::net::ToSocketAddrs;
     let fail = |e: std::io::Error| Error::Tpm(format!("connecting to the vTPM at {endpoint}: {e}"));
     if let Some(addr) = endpoint.strip_prefix("tcp:") {
-        let s = std::net::TcpStream::connect(addr).map_err(fail)?;
+        let addrs: Vec<_> = addr.to_socket_addrs().map_err(fail)?.collect();
+        if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+            return Err(Error::Refused(format!(
+                "the vTPM at {endpoint} is not on a loopback address: the channel carries the sealed secret in clear"
+            )));
+        }
+        let s = std::net::TcpStream::connect(&addrs[..]).map_err(fail)?;
         Ok(Box::new(StreamTpm(s)))
     } else if let Some(path) = endpoint.strip_prefix("unix:") {
         let s = std::os::unix::net::UnixStream::connect(path).map_err(fail)?;
@@ -159,7 +169,7 @@ impl<'a> Reader<'a> {
 const RC_TRY_AGAIN: [u32; 3] = [0x908, 0x90A, 0x922];
 
 /// Runs a command and returns the response after its header, or the TPM's refusal.
-fn run(tpm: &mut dyn Tpm, what: &str, cmd: &[u8]) -> Result<Vec<u8>, Error> {
+fn run(tpm: &mut dyn Tpm, what: &str, cmd: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
     let mut attempt = 0;
     loop {
         let r = tpm.execute(cmd)?;
@@ -167,7 +177,7 @@ fn run(tpm: &mut dyn Tpm, what: &str, cmd: &[u8]) -> Result<Vec<u8>, Error> {
         rd.take(6)?;
         let rc = rd.u32()?;
         if rc == 0 {
-            return Ok(r[10..].to_vec());
+            return Ok(Zeroizing::new(r[10..].to_vec()));
         }
         attempt += 1;
         if !RC_TRY_AGAIN.contains(&rc) || attempt >= 50 {
@@ -468,32 +478,76 @@ impl Tpm2Token {
     }
 }
 
+/// What [`enroll`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The new keyslot.
+    pub keyslot: u32,
+    /// The new token.
+    pub token: u32,
+    /// PCRs sealed to their current value while it is all zero (nothing measured
+    /// yet): a guest will not unseal once its firmware measures them.
+    pub unmeasured: Vec<u32>,
+}
+
+/// The policy digest a binding to `pcrs` holding `values` gives: PolicyPCR's, or
+/// (no PCRs) the empty policy's, all zero, as systemd computes it.
+fn policy_for(pcrs: &[u32], values: &[[u8; 32]]) -> [u8; 32] {
+    if pcrs.is_empty() {
+        [0; 32]
+    } else {
+        policy_pcr_digest(pcrs, values)
+    }
+}
+
+/// The values `binding` expects: the given ones, the vTPM's current ones for the
+/// rest; and which of those current ones are all zero.
+fn expected_values(
+    tpm: &mut dyn Tpm,
+    binding: &PcrBinding,
+) -> Result<(Vec<[u8; 32]>, Vec<u32>), Error> {
+    let current = read_pcrs(tpm, &binding.pcrs)?;
+    let mut unmeasured = Vec::new();
+    let values = binding
+        .values
+        .iter()
+        .zip(current)
+        .zip(&binding.pcrs)
+        .map(|((given, now), pcr)| {
+            given.unwrap_or_else(|| {
+                if now == [0; 32] {
+                    unmeasured.push(*pcr);
+                }
+                now
+            })
+        })
+        .collect();
+    Ok((values, unmeasured))
+}
+
 /// Seals a new random secret to `tpm` under `binding`, adds a keyslot whose
-/// passphrase is that secret (base64) holding `key`, and records the token. Returns
-/// the keyslot and token numbers.
+/// passphrase is that secret (base64) holding `key`, and records the token, in one
+/// header write (the keyslot's area is flushed before it).
 pub fn enroll<D: Device + ?Sized>(
     luks: &mut Luks2,
     file: &D,
     key: &VolumeKey,
     tpm: &mut dyn Tpm,
     binding: &PcrBinding,
-) -> Result<(u32, u32), Error> {
-    let mut values = Vec::new();
-    let current = read_pcrs(tpm, &binding.pcrs)?;
-    for (v, now) in binding.values.iter().zip(current) {
-        values.push(v.unwrap_or(now));
-    }
-    let policy = policy_pcr_digest(&binding.pcrs, &values);
+) -> Result<Enrolled, Error> {
+    let (values, unmeasured) = expected_values(tpm, binding)?;
+    let policy = policy_for(&binding.pcrs, &values);
     let mut secret = Zeroizing::new([0u8; 32]);
     rand::fill(&mut secret[..]).map_err(|_| Error::Random)?;
     let primary = create_primary(tpm)?;
     let sealed = (|| {
-        let mut body = primary.to_be_bytes().to_vec();
+        let mut body = Zeroizing::new(primary.to_be_bytes().to_vec());
         body.extend_from_slice(&auth_area(TPM_RS_PW));
-        let mut sensitive = vec![0, 0]; // userAuth empty
-        sensitive.extend_from_slice(&tpm2b(&secret[..]));
-        let mut sens_create = Zeroizing::new(tpm2b(&sensitive));
-        body.append(&mut sens_create);
+        let mut sensitive = Zeroizing::new(vec![0, 0]); // userAuth empty
+        sensitive.extend_from_slice(&(secret.len() as u16).to_be_bytes());
+        sensitive.extend_from_slice(&secret[..]);
+        body.extend_from_slice(&(sensitive.len() as u16).to_be_bytes());
+        body.extend_from_slice(&sensitive);
         body.extend_from_slice(&tpm2b(&sealed_template(&policy)));
         body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
         let cmd = Zeroizing::new(command(TPM_ST_SESSIONS, CC_CREATE, &body));
@@ -510,7 +564,11 @@ pub fn enroll<D: Device + ?Sized>(
     flush(tpm, primary);
     let (private, public) = sealed?;
     let passphrase = Zeroizing::new(B64.encode(&secret[..]));
-    let slot = luks.add_keyslot(file, key, passphrase.as_bytes(), KdfChoice::Minimal)?;
+    let id = (0..crate::metadata::MAX_OBJECTS)
+        .find(|n| !luks.metadata.tokens.contains_key(n))
+        .ok_or(Error::NoRoom)?;
+    let mut staged = luks.clone();
+    let slot = staged.stage_keyslot(file, key, passphrase.as_bytes(), KdfChoice::Minimal)?;
     let token = Tpm2Token {
         keyslot: slot,
         private,
@@ -518,18 +576,38 @@ pub fn enroll<D: Device + ?Sized>(
         pcrs: binding.pcrs.clone(),
         policy_hash: policy,
     };
-    let id = (0..crate::metadata::MAX_OBJECTS)
-        .find(|n| !luks.metadata.tokens.contains_key(n))
-        .ok_or(Error::NoRoom)?;
-    luks.metadata.tokens.insert(id, token.to_token());
-    luks.write(file)?;
-    Ok((slot, id))
+    staged.metadata.tokens.insert(id, token.to_token());
+    staged.write(file)?;
+    *luks = staged;
+    Ok(Enrolled {
+        keyslot: slot,
+        token: id,
+        unmeasured,
+    })
 }
 
-/// Unseals a token's secret through `tpm` and returns the keyslot passphrase
-/// (base64 of the secret). Fails with the TPM's refusal when the PCRs differ from
-/// those sealed to.
-pub fn unseal(tpm: &mut dyn Tpm, token: &Tpm2Token) -> Result<Zeroizing<Vec<u8>>, Error> {
+/// Whether `token` already binds to this vTPM as `binding` asks: the same PCRs, the
+/// policy digest the expected values give, and a blob this vTPM loads.
+pub fn binds_as(tpm: &mut dyn Tpm, token: &Tpm2Token, binding: &PcrBinding) -> Result<bool, Error> {
+    if token.pcrs != binding.pcrs {
+        return Ok(false);
+    }
+    let (values, _) = expected_values(tpm, binding)?;
+    if token.policy_hash != policy_for(&binding.pcrs, &values) {
+        return Ok(false);
+    }
+    match load(tpm, token) {
+        Ok(object) => {
+            flush(tpm, object);
+            Ok(true)
+        }
+        Err(Error::TpmRefused { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads a token's sealed object under the re-derived primary.
+fn load(tpm: &mut dyn Tpm, token: &Tpm2Token) -> Result<u32, Error> {
     let primary = create_primary(tpm)?;
     let mut body = primary.to_be_bytes().to_vec();
     body.extend_from_slice(&auth_area(TPM_RS_PW));
@@ -538,7 +616,14 @@ pub fn unseal(tpm: &mut dyn Tpm, token: &Tpm2Token) -> Result<Zeroizing<Vec<u8>>
     let loaded = run(tpm, "TPM2_Load", &command(TPM_ST_SESSIONS, CC_LOAD, &body))
         .and_then(|r| Reader(&r).u32());
     flush(tpm, primary);
-    let object = loaded?;
+    loaded
+}
+
+/// Unseals a token's secret through `tpm` and returns the keyslot passphrase
+/// (base64 of the secret). Fails with the TPM's refusal when the PCRs differ from
+/// those sealed to.
+pub fn unseal(tpm: &mut dyn Tpm, token: &Tpm2Token) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let object = load(tpm, token)?;
     let result = (|| {
         let mut nonce = [0u8; 16];
         rand::fill(&mut nonce).map_err(|_| Error::Random)?;
@@ -555,14 +640,17 @@ pub fn unseal(tpm: &mut dyn Tpm, token: &Tpm2Token) -> Result<Zeroizing<Vec<u8>>
         )?;
         let session = Reader(&r).u32()?;
         let unsealed = (|| {
-            let mut body = session.to_be_bytes().to_vec();
-            body.extend_from_slice(&[0, 0]); // pcrDigest: the TPM's current values
-            body.extend_from_slice(&pcr_selection(&token.pcrs));
-            run(
-                tpm,
-                "TPM2_PolicyPCR",
-                &command(TPM_ST_NO_SESSIONS, CC_POLICY_PCR, &body),
-            )?;
+            // No PCRs: the empty policy, as systemd seals it.
+            if !token.pcrs.is_empty() {
+                let mut body = session.to_be_bytes().to_vec();
+                body.extend_from_slice(&[0, 0]); // pcrDigest: the TPM's current values
+                body.extend_from_slice(&pcr_selection(&token.pcrs));
+                run(
+                    tpm,
+                    "TPM2_PolicyPCR",
+                    &command(TPM_ST_NO_SESSIONS, CC_POLICY_PCR, &body),
+                )?;
+            }
             let r = run(
                 tpm,
                 "TPM2_PolicyGetDigest",
@@ -580,11 +668,11 @@ pub fn unseal(tpm: &mut dyn Tpm, token: &Tpm2Token) -> Result<Zeroizing<Vec<u8>>
             }
             let mut body = object.to_be_bytes().to_vec();
             body.extend_from_slice(&auth_area(session));
-            let r = Zeroizing::new(run(
+            let r = run(
                 tpm,
                 "TPM2_Unseal",
                 &command(TPM_ST_SESSIONS, CC_UNSEAL, &body),
-            )?);
+            )?;
             let mut rd = Reader(&r);
             rd.u32()?;
             Ok(Zeroizing::new(B64.encode(rd.tpm2b()?).into_bytes()))
