@@ -426,6 +426,7 @@ fn encrypt_os(
         resumed_from: 0,
     };
     summary("encrypted or copied (in this run)", &o, start.elapsed());
+    warn_unmeasured(&report.unmeasured_pcrs);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -471,15 +472,7 @@ fn enroll_tpm2(image: &Path, passphrase_file: &Path, vtpm: &str, pcrs: &str) -> 
         "enrolled the vTPM as keyslot {} (token {}, PCRs {:?})",
         done.keyslot, done.token, binding.pcrs
     );
-    if !done.unmeasured.is_empty() {
-        eprintln!(
-            "warning: PCRs {:?} are all zero in the vTPM (nothing measured yet); the disk opens \
-             through the vTPM only while they stay so. A guest's firmware measures PCR 7 at \
-             boot: for a disk that must open there, give the value it will have \
-             (--tpm2-pcrs 7:sha256=HEX).",
-            done.unmeasured
-        );
-    }
+    warn_unmeasured(&done.unmeasured);
     Ok(())
 }
 
@@ -546,4 +539,16 @@ fn open_unlocked(image: &Path, passphrase_file: &Path) -> Result<(File, Luks2, d
     anyhow::ensure!(!luks.metadata.incomplete(), disk::Error::Incomplete);
     let (_, key) = luks.unlock(&file, &pass, None)?;
     Ok((file, luks, key))
+}
+
+/// Warns that PCRs were sealed to their unmeasured (all-zero) values.
+fn warn_unmeasured(pcrs: &[u32]) {
+    if !pcrs.is_empty() {
+        eprintln!(
+            "warning: PCRs {pcrs:?} are all zero in the vTPM (nothing measured yet); the disk opens \
+             through the vTPM only while they stay so. A guest's firmware measures PCR 7 at \
+             boot: for a disk that must open there, give the value it will have \
+             (--tpm2-pcrs 7:sha256=HEX)."
+        );
+    }
 }

@@ -1316,6 +1316,8 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
         "7",
     ]);
     ok(&r, "cvm disk enroll-tpm2");
+    // Nothing is measured in this vTPM yet: the enrollment says so.
+    assert!(String::from_utf8_lossy(&r.stderr).contains("warning: PCRs [7] are all zero"));
 
     // The token, field by field: the same names and types, the same values where
     // they are not random, and a blob of the same structure.
@@ -1585,6 +1587,7 @@ fn encrypt_os_binds_every_encrypted_partition_to_the_vtpm() {
         report["protector"],
         "passphrase and vTPM (systemd-tpm2, PCRs [7])"
     );
+    assert_eq!(report["unmeasured_pcrs"], serde_json::json!([7]));
     check_os_disk(&s, &out, &parts, "bound");
     let image = std::fs::read(&out).unwrap();
     for (i, (first, last)) in [(18432u64, 18432 + 114688 - 1), (133120, 133120 + 73728 - 1)]

@@ -56,6 +56,11 @@ pub struct OsReport {
     pub processed: u64,
     /// Every partition.
     pub partitions: Vec<PartitionReport>,
+    /// PCRs sealed to their current value while it is all zero (nothing measured
+    /// yet): a guest will not open the disk through the vTPM once its firmware
+    /// measures them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmeasured_pcrs: Vec<u32>,
 }
 
 /// The output layout for `input`: partitions moved and grown.
@@ -169,6 +174,7 @@ pub fn encrypt_os(
     let mut base = 0u64;
     let mut processed = 0u64;
     let mut reports = Vec::new();
+    let mut unmeasured = Vec::new();
     for ((old, p), enc) in gpt.partitions.iter().zip(&new.partitions).zip(&encrypted) {
         let size = old.bytes();
         let src_off = old.first * LBA;
@@ -185,7 +191,7 @@ pub fn encrypt_os(
                         stream::check_finished(&window, &what, passphrase, &src, src_off, size)?;
                     let mut luks = Luks2::read(&window)?;
                     if let Some((tpm, binding)) = vtpm.as_mut() {
-                        bind(&mut luks, &window, &key, &mut **tpm, binding)?;
+                        unmeasured.extend(bind(&mut luks, &window, &key, &mut **tpm, binding)?);
                     }
                     step(size, size);
                     base += size;
@@ -213,7 +219,7 @@ pub fn encrypt_os(
             processed += size - done;
             if let Some((tpm, binding)) = vtpm.as_mut() {
                 let mut luks = Luks2::read(&window)?;
-                bind(&mut luks, &window, &key, &mut **tpm, binding)?;
+                unmeasured.extend(bind(&mut luks, &window, &key, &mut **tpm, binding)?);
             }
         } else {
             copy(&src, src_off, &window, size, &mut step)?;
@@ -235,6 +241,11 @@ pub fn encrypt_os(
         size: total * LBA,
         processed,
         partitions: reports,
+        unmeasured_pcrs: {
+            unmeasured.sort_unstable();
+            unmeasured.dedup();
+            unmeasured
+        },
     })
 }
 
@@ -247,7 +258,7 @@ fn bind(
     key: &VolumeKey,
     tpm: &mut dyn Tpm,
     binding: &PcrBinding,
-) -> Result<(), Error> {
+) -> Result<Vec<u32>, Error> {
     let existing = luks
         .metadata
         .tokens
@@ -256,13 +267,13 @@ fn bind(
     if let Some(token) = existing {
         let token = tpm2::Tpm2Token::from_token(token)?;
         if tpm2::binds_as(tpm, &token, binding)? {
-            return Ok(());
+            return Ok(Vec::new());
         }
         return Err(Error::Resume(
             "an earlier run bound this disk to another vTPM or other PCRs; remove the partial output to start over".into(),
         ));
     }
-    tpm2::enroll(luks, window, key, tpm, binding).map(|_| ())
+    tpm2::enroll(luks, window, key, tpm, binding).map(|e| e.unmeasured)
 }
 
 fn report(

@@ -598,7 +598,7 @@ fn run(
             .zip(batch.chunks_mut(per))
             .enumerate()
             .map(|(i, (xts, chunk))| {
-                let tweak = first_tweak + (i * per / 512) as u64;
+                let tweak = first_tweak.wrapping_add((i * per / 512) as u64);
                 s.spawn(move || {
                     if encrypt {
                         xts.encrypt_units(chunk, sector, tweak, step)

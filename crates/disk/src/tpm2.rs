@@ -541,14 +541,21 @@ pub fn enroll<D: Device + ?Sized>(
     rand::fill(&mut secret[..]).map_err(|_| Error::Random)?;
     let primary = create_primary(tpm)?;
     let sealed = (|| {
-        let mut body = Zeroizing::new(primary.to_be_bytes().to_vec());
-        body.extend_from_slice(&auth_area(TPM_RS_PW));
-        let mut sensitive = Zeroizing::new(vec![0, 0]); // userAuth empty
+        // Every buffer the secret enters is sized first: a Vec that grew would leave
+        // the secret in the freed buffer, which Zeroizing does not see.
+        let template = tpm2b(&sealed_template(&policy));
+        let mut sensitive = Zeroizing::new(Vec::with_capacity(4 + secret.len()));
+        sensitive.extend_from_slice(&[0, 0]); // userAuth empty
         sensitive.extend_from_slice(&(secret.len() as u16).to_be_bytes());
         sensitive.extend_from_slice(&secret[..]);
+        let mut body = Zeroizing::new(Vec::with_capacity(
+            4 + 13 + 2 + sensitive.len() + template.len() + 6,
+        ));
+        body.extend_from_slice(&primary.to_be_bytes());
+        body.extend_from_slice(&auth_area(TPM_RS_PW));
         body.extend_from_slice(&(sensitive.len() as u16).to_be_bytes());
         body.extend_from_slice(&sensitive);
-        body.extend_from_slice(&tpm2b(&sealed_template(&policy)));
+        body.extend_from_slice(&template);
         body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
         let cmd = Zeroizing::new(command(TPM_ST_SESSIONS, CC_CREATE, &body));
         let r = run(tpm, "TPM2_Create", &cmd)?;
@@ -601,7 +608,15 @@ pub fn binds_as(tpm: &mut dyn Tpm, token: &Tpm2Token, binding: &PcrBinding) -> R
             flush(tpm, object);
             Ok(true)
         }
-        Err(Error::TpmRefused { .. }) => Ok(false),
+        // TPM_RC_INTEGRITY or TPM_RC_BINDING from TPM2_Load: sealed by another TPM
+        // (or changed). Any other refusal is passed up, not taken for an answer.
+        Err(Error::TpmRefused { what, rc })
+            if what == "TPM2_Load"
+                && rc & 0x80 != 0
+                && [0x9f, 0xa5].contains(&(0x80 | (rc & 0x3f))) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }
