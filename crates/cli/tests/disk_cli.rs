@@ -104,6 +104,37 @@ fn decrypt(input: &str, out: &str, pass: &str) -> Output {
     disk_io("decrypt", input, out, pass, &["--progress", "none"])
 }
 
+/// `cvm disk decrypt --in IN --out OUT --vtpm ENDPOINT`.
+fn decrypt_vtpm(input: &str, out: &str, endpoint: &str) -> Output {
+    cvm(&[
+        "disk",
+        "decrypt",
+        "--in",
+        input,
+        "--out",
+        out,
+        "--vtpm",
+        endpoint,
+        "--progress",
+        "none",
+    ])
+}
+
+/// `cvm disk enroll-tpm2 IMAGE --passphrase-file PASS --vtpm ENDPOINT --tpm2-pcrs PCRS`.
+fn enroll_tpm2(image: &str, pass: &str, endpoint: &str, pcrs: &str) -> Output {
+    cvm(&[
+        "disk",
+        "enroll-tpm2",
+        image,
+        "--passphrase-file",
+        pass,
+        "--vtpm",
+        endpoint,
+        "--tpm2-pcrs",
+        pcrs,
+    ])
+}
+
 /// `cvm disk encrypt` of scratch files, with the passphrase [`PASS`].
 fn encrypt(s: &Scratch, input: &str, out: &str, extra: &[&str]) -> Output {
     let pass = s.write("pass", PASS);
@@ -782,7 +813,7 @@ fn kill_9_at_random_points_leaves_an_image_that_resumes_or_is_absent() {
                 // finished image under the partial name: all of it must be right.
                 let done = disk::stream::progress_of(&luks).unwrap_or(raw.len() as u64);
                 let (_, key) = luks.unlock(&f, PASS, None).unwrap();
-                let got = disk::stream::read_plaintext(&f, &luks, &key, done).unwrap();
+                let got = disk::stream::read_plaintext(&f, &luks, &key, 0, done).unwrap();
                 assert!(
                     got[..] == raw[..done as usize],
                     "trial {trial}: the token claims unencrypted bytes"
@@ -1161,6 +1192,28 @@ impl Vtpm {
         vt
     }
 
+    /// Debian's systemd-cryptenroll (252) enrolling `image` against this vTPM over
+    /// tpm2-tss's swtpm TCTI, with keyslot 0's passphrase [`PASS`]. The vTPM's log
+    /// is printed when it fails.
+    fn systemd_enroll(&self, s: &Scratch, image: &str, pcrs: &str) -> Output {
+        let out = Command::new("systemd-cryptenroll")
+            .args([
+                &format!("--tpm2-device={}", self.tcti),
+                &format!("--tpm2-pcrs={pcrs}"),
+                image,
+            ])
+            .env("PASSWORD", std::str::from_utf8(PASS).unwrap())
+            .output()
+            .expect("systemd-cryptenroll (Debian's systemd package)");
+        if !out.status.success() {
+            eprintln!(
+                "vtpm log: {}",
+                std::fs::read_to_string(s.path("vtpm.log")).unwrap_or_default()
+            );
+        }
+        out
+    }
+
     fn endpoint(&self) -> String {
         format!("tcp:127.0.0.1:{}", self.port)
     }
@@ -1288,33 +1341,8 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
 
     // systemd-cryptenroll 252 (Debian's) enrolls our vTPM over tpm2-tss's swtpm
     // TCTI; cvm enrolls the other copy against the same vTPM and PCRs.
-    let enrolled = Command::new("systemd-cryptenroll")
-        .args([
-            &format!("--tpm2-device={}", vt.tcti),
-            "--tpm2-pcrs=7",
-            &theirs,
-        ])
-        .env("PASSWORD", std::str::from_utf8(PASS).unwrap())
-        .output()
-        .expect("systemd-cryptenroll (Debian's systemd package)");
-    if !enrolled.status.success() {
-        eprintln!(
-            "vtpm log: {}",
-            std::fs::read_to_string(s.path("vtpm.log")).unwrap_or_default()
-        );
-    }
-    ok(&enrolled, "systemd-cryptenroll");
-    let r = cvm(&[
-        "disk",
-        "enroll-tpm2",
-        &ours,
-        "--passphrase-file",
-        &pass,
-        "--vtpm",
-        &vt.endpoint(),
-        "--tpm2-pcrs",
-        "7",
-    ]);
+    ok(&vt.systemd_enroll(&s, &theirs, "7"), "systemd-cryptenroll");
+    let r = enroll_tpm2(&ours, &pass, &vt.endpoint(), "7");
     ok(&r, "cvm disk enroll-tpm2");
     // Nothing is measured in this vTPM yet: the enrollment says so.
     assert!(String::from_utf8_lossy(&r.stderr).contains("warning: PCRs [7] are all zero"));
@@ -1368,21 +1396,7 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
     // cryptsetup.
     for (img, name) in [(&ours, "ours"), (&theirs, "theirs")] {
         let out = s.s(&format!("{name}.plain"));
-        ok(
-            &cvm(&[
-                "disk",
-                "decrypt",
-                "--in",
-                img,
-                "--out",
-                &out,
-                "--vtpm",
-                &vt.endpoint(),
-                "--progress",
-                "none",
-            ]),
-            name,
-        );
+        ok(&decrypt_vtpm(img, &out, &vt.endpoint()), name);
         assert!(std::fs::read(&out).unwrap() == raw, "{name}");
     }
     let secret = vt.oracle_unseal(&s, &a).unwrap();
@@ -1415,27 +1429,11 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
     );
     std::fs::copy(s.path("nopcr-ours.img"), s.path("nopcr-systemd.img")).unwrap();
     let (np_ours, np_theirs) = (s.s("nopcr-ours.img"), s.s("nopcr-systemd.img"));
-    let enrolled = Command::new("systemd-cryptenroll")
-        .args([
-            &format!("--tpm2-device={}", vt.tcti),
-            "--tpm2-pcrs=",
-            &np_theirs,
-        ])
-        .env("PASSWORD", std::str::from_utf8(PASS).unwrap())
-        .output()
-        .unwrap();
-    ok(&enrolled, "systemd-cryptenroll --tpm2-pcrs=");
-    let r = cvm(&[
-        "disk",
-        "enroll-tpm2",
-        &np_ours,
-        "--passphrase-file",
-        &pass,
-        "--vtpm",
-        &vt.endpoint(),
-        "--tpm2-pcrs",
-        "",
-    ]);
+    ok(
+        &vt.systemd_enroll(&s, &np_theirs, ""),
+        "systemd-cryptenroll --tpm2-pcrs=",
+    );
+    let r = enroll_tpm2(&np_ours, &pass, &vt.endpoint(), "");
     ok(&r, "cvm disk enroll-tpm2 --tpm2-pcrs ''");
     let (a0, b0) = (token_json(&np_ours, "0"), token_json(&np_theirs, "0"));
     assert_eq!(a0["tpm2-pcrs"], serde_json::json!([]));
@@ -1445,21 +1443,7 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
     );
     for (img, name) in [(&np_ours, "nopcr-ours"), (&np_theirs, "nopcr-theirs")] {
         let out = s.s(&format!("{name}.plain"));
-        ok(
-            &cvm(&[
-                "disk",
-                "decrypt",
-                "--in",
-                img,
-                "--out",
-                &out,
-                "--vtpm",
-                &vt.endpoint(),
-                "--progress",
-                "none",
-            ]),
-            name,
-        );
+        ok(&decrypt_vtpm(img, &out, &vt.endpoint()), name);
         assert!(std::fs::read(&out).unwrap() == raw, "{name}");
     }
 
@@ -1478,29 +1462,10 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
     let predicted_img = s.s("predicted.img");
     let spec = format!("7:sha256={predicted}");
     ok(
-        &cvm(&[
-            "disk",
-            "enroll-tpm2",
-            &predicted_img,
-            "--passphrase-file",
-            &pass,
-            "--vtpm",
-            &vt.endpoint(),
-            "--tpm2-pcrs",
-            &spec,
-        ]),
+        &enroll_tpm2(&predicted_img, &pass, &vt.endpoint(), &spec),
         "enroll predicted",
     );
-    let r = cvm(&[
-        "disk",
-        "decrypt",
-        "--in",
-        &predicted_img,
-        "--out",
-        &s.s("p0"),
-        "--vtpm",
-        &vt.endpoint(),
-    ]);
+    let r = decrypt_vtpm(&predicted_img, &s.s("p0"), &vt.endpoint());
     assert!(
         String::from_utf8_lossy(&r.stderr).contains("are not those the disk was sealed to"),
         "{}",
@@ -1514,16 +1479,7 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
         "pcrextend",
     );
     for (img, name) in [(&ours, "ours"), (&theirs, "theirs")] {
-        let r = cvm(&[
-            "disk",
-            "decrypt",
-            "--in",
-            img,
-            "--out",
-            &s.s(&format!("{name}.after")),
-            "--vtpm",
-            &vt.endpoint(),
-        ]);
+        let r = decrypt_vtpm(img, &s.s(&format!("{name}.after")), &vt.endpoint());
         assert_eq!(r.status.code(), Some(2), "{name}");
         assert!(
             String::from_utf8_lossy(&r.stderr).contains("are not those the disk was sealed to"),
@@ -1534,18 +1490,7 @@ fn the_tpm2_token_is_systemds_and_unseals_only_with_the_pcrs_it_was_sealed_to() 
     let refused = vt.oracle_unseal(&s, &a).unwrap_err();
     assert!(refused.contains("tpm2_unseal"), "{refused}");
     ok(
-        &cvm(&[
-            "disk",
-            "decrypt",
-            "--in",
-            &predicted_img,
-            "--out",
-            &s.s("p1"),
-            "--vtpm",
-            &vt.endpoint(),
-            "--progress",
-            "none",
-        ]),
+        &decrypt_vtpm(&predicted_img, &s.s("p1"), &vt.endpoint()),
         "predicted",
     );
     assert!(std::fs::read(s.path("p1")).unwrap() == raw);
@@ -1559,30 +1504,23 @@ fn encrypt_os_binds_every_encrypted_partition_to_the_vtpm() {
     let pass = s.write("pass", PASS);
     let out = s.s("disk.enc");
     let endpoint = vt.endpoint();
-    let mut args: Vec<&str> = [
-        &[
-            "disk",
-            "encrypt-os",
-            "--in",
-            &disk,
-            "--out",
-            &out,
-            "--passphrase-file",
-            &pass,
-        ][..],
-        &[
-            "--vtpm",
-            &endpoint,
-            "--tpm2-pcrs",
-            "7",
-            "--progress",
-            "none",
-        ],
-    ]
-    .concat();
-    args.extend_from_slice(FAST_PBKDF2);
+    let extra = [
+        "--vtpm",
+        &endpoint,
+        "--tpm2-pcrs",
+        "7",
+        "--progress",
+        "none",
+    ];
+    let r = disk_io(
+        "encrypt-os",
+        &disk,
+        &out,
+        &pass,
+        &[&extra[..], FAST_PBKDF2].concat(),
+    );
     let report: serde_json::Value =
-        serde_json::from_str(ok(&cvm(&args), "encrypt-os --vtpm").trim()).unwrap();
+        serde_json::from_str(ok(&r, "encrypt-os --vtpm").trim()).unwrap();
     assert_eq!(
         report["protector"],
         "passphrase and vTPM (systemd-tpm2, PCRs [7])"
@@ -1599,21 +1537,7 @@ fn encrypt_os_binds_every_encrypted_partition_to_the_vtpm() {
         assert_eq!(token["type"], "systemd-tpm2");
         assert_eq!(token["keyslots"], serde_json::json!(["1"]));
         let plain = s.s(&format!("tpm-plain{i}"));
-        ok(
-            &cvm(&[
-                "disk",
-                "decrypt",
-                "--in",
-                &vol,
-                "--out",
-                &plain,
-                "--vtpm",
-                &endpoint,
-                "--progress",
-                "none",
-            ]),
-            "decrypt --vtpm",
-        );
+        ok(&decrypt_vtpm(&vol, &plain, &endpoint), "decrypt --vtpm");
         assert!(std::fs::read(&plain).unwrap() == parts[i + 1]);
     }
 }

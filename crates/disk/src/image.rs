@@ -129,7 +129,7 @@ impl Luks2 {
         rand::fill(&mut uuid).map_err(|_| Error::Random)?;
         uuid[6] = (uuid[6] & 0x0f) | 0x40;
         uuid[8] = (uuid[8] & 0x3f) | 0x80;
-        let h = uuid.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let h = hex::encode(uuid);
         let uuid = format!(
             "{}-{}-{}-{}-{}",
             &h[..8],

@@ -101,15 +101,19 @@ pub enum Error {
     Refused(String),
 }
 
-/// What a TPM response code means, for the messages users see.
-fn tpm_rc_hint(rc: u32) -> &'static str {
-    // Format-one codes carry the parameter, handle or session number above bit 7.
-    let code = if rc & 0x80 != 0 {
+/// A TPM response code without the parameter, handle or session number that
+/// format-one codes carry above bit 7.
+pub(crate) fn tpm_rc_code(rc: u32) -> u32 {
+    if rc & 0x80 != 0 {
         0x80 | (rc & 0x3f)
     } else {
         rc
-    };
-    match code {
+    }
+}
+
+/// What a TPM response code means, for the messages users see.
+fn tpm_rc_hint(rc: u32) -> &'static str {
+    match tpm_rc_code(rc) {
         0x84 => " (TPM_RC_VALUE)",
         0x9d => " (TPM_RC_POLICY_FAIL: the PCRs are not those the disk was sealed to)",
         0x9f => " (TPM_RC_INTEGRITY: the sealed blob belongs to another TPM or was changed)",
@@ -127,7 +131,8 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Erro
 /// The fuzz target's body: parses `data` as the start of an image (both header
 /// copies and their metadata), and as JSON metadata inside freshly checksummed
 /// header copies so that mutations reach the JSON rules; what parses must
-/// re-encode and parse to the same metadata.
+/// re-encode and parse to the same metadata, and a `systemd-tpm2` token that
+/// parses must re-encode to itself.
 #[doc(hidden)]
 pub fn fuzz_parse(data: &[u8]) {
     if let Ok(luks) = Luks2::read(data) {
@@ -160,6 +165,14 @@ pub fn fuzz_parse(data: &[u8]) {
 }
 
 fn roundtrip(meta: &metadata::Metadata, hdr_size: u64) {
+    for t in meta.tokens.values() {
+        if let Ok(token) = tpm2::Tpm2Token::from_token(t) {
+            assert_eq!(
+                tpm2::Tpm2Token::from_token(&token.to_token()).ok(),
+                Some(token)
+            );
+        }
+    }
     let Ok(text) = meta.to_json() else {
         return;
     };

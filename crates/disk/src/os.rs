@@ -131,11 +131,7 @@ pub fn encrypt_os(
     let total = len / LBA + grow;
     let table = new.encode(total);
 
-    let partial = {
-        let mut p = output.as_os_str().to_owned();
-        p.push(".partial");
-        std::path::PathBuf::from(p)
-    };
+    let partial = stream::partial_path(output);
     let file = if partial.exists() {
         let file = stream::open_rw(&partial)?;
         let plen = file
@@ -184,43 +180,50 @@ pub fn encrypt_os(
         let mut luks_uuid = None;
         if *enc {
             let what = format!("partition {} of {}", p.number, partial.display());
-            let fp = stream::fingerprint(&src, src_off, size)?;
-            let (luks, key, done) = match stream::volume_state(&window) {
-                VolumeState::Finished => {
-                    let key =
-                        stream::check_finished(&window, &what, passphrase, &src, src_off, size)?;
-                    let mut luks = Luks2::read(&window)?;
-                    if let Some((tpm, binding)) = vtpm.as_mut() {
-                        unmeasured.extend(bind(&mut luks, &window, &key, &mut **tpm, binding)?);
-                    }
+            let (mut luks, key) = match stream::volume_state(&window) {
+                VolumeState::Finished(luks) => {
+                    let key = stream::check_finished(
+                        &window, &luks, &what, passphrase, &src, src_off, size,
+                    )?;
                     step(size, size);
-                    base += size;
-                    reports.push(report(old, p, true, Some(luks.header.uuid)));
-                    continue;
+                    (luks, key)
                 }
-                VolumeState::Unfinished => {
-                    stream::resume_volume(&window, &what, passphrase, size, &fp, opts.sector_size)?
-                }
-                VolumeState::Absent(_) => {
-                    let (luks, key) = stream::begin_volume(&window, passphrase, size, &fp, opts)?;
-                    (luks, key, 0)
+                state => {
+                    let fp = stream::fingerprint(&src, src_off, size)?;
+                    let (luks, key, done) = match state {
+                        VolumeState::Unfinished(luks) => stream::resume_volume(
+                            &window,
+                            luks,
+                            &what,
+                            passphrase,
+                            size,
+                            &fp,
+                            opts.sector_size,
+                        )?,
+                        // Absent (a finished one is handled above).
+                        _ => {
+                            let (luks, key) =
+                                stream::begin_volume(&window, passphrase, size, &fp, opts)?;
+                            (luks, key, 0)
+                        }
+                    };
+                    let mut fill = Fill {
+                        src: &src,
+                        src_off,
+                        size,
+                        dst: &window,
+                        fp: &fp,
+                        opts,
+                    };
+                    let luks = fill.run(luks, &key, done, &mut step)?;
+                    processed += size - done;
+                    (luks, key)
                 }
             };
-            luks_uuid = Some(luks.header.uuid.clone());
-            Fill {
-                src: &src,
-                src_off,
-                size,
-                dst: &window,
-                fp: &fp,
-                opts,
-            }
-            .run(luks, &key, done, &mut step)?;
-            processed += size - done;
             if let Some((tpm, binding)) = vtpm.as_mut() {
-                let mut luks = Luks2::read(&window)?;
                 unmeasured.extend(bind(&mut luks, &window, &key, &mut **tpm, binding)?);
             }
+            luks_uuid = Some(luks.header.uuid);
         } else {
             copy(&src, src_off, &window, size, &mut step)?;
             processed += size;

@@ -83,10 +83,16 @@ pub struct Outcome {
     pub resumed_from: u64,
 }
 
-fn partial_path(out: &Path) -> PathBuf {
-    let mut p = out.as_os_str().to_owned();
-    p.push(".partial");
+/// `path` with `suffix` appended to its last component.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
     PathBuf::from(p)
+}
+
+/// Where an output is built until it is complete.
+pub(crate) fn partial_path(out: &Path) -> PathBuf {
+    with_suffix(out, ".partial")
 }
 
 /// A fingerprint of an input range, so that a resume refuses an input that is not
@@ -112,12 +118,7 @@ pub(crate) fn fingerprint(input: &File, off: u64, size: u64) -> Result<String, E
             .map_err(io("reading the input"))?;
         ctx.update(&buf);
     }
-    Ok(ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex::encode(ctx.finish()))
 }
 
 fn progress_token(done: u64, size: u64, fp: &str, sector: u32) -> Token {
@@ -147,21 +148,28 @@ pub fn progress_of(luks: &Luks2) -> Option<u64> {
         .and_then(|d| d.parse().ok())
 }
 
-/// Decrypts `len` bytes of `luks`'s data segment, from its start, read from `data`
-/// with `key`: what an unfinished image holds so far.
-pub fn read_plaintext(
-    data: &File,
+/// Decrypts `len` bytes of `luks`'s data segment from byte `at` of it, read from
+/// `data` with `key`.
+pub fn read_plaintext<D: Device + ?Sized>(
+    data: &D,
     luks: &Luks2,
     key: &VolumeKey,
+    at: u64,
     len: u64,
 ) -> Result<Vec<u8>, Error> {
     let (_, seg) = luks.metadata.segment()?;
     let n = usize::try_from(len).map_err(|_| Error::Refused("too large to read at once".into()))?;
     let mut buf = vec![0u8; n];
-    data.read_exact_at(&mut buf, seg.offset)
+    data.read_exact_at(&mut buf, seg.offset + at)
         .map_err(io("reading the image"))?;
     let mut w = workers(key, 1)?;
-    run(&mut w, &mut buf, seg.sector_size, seg.iv_tweak, false)?;
+    run(
+        &mut w,
+        &mut buf,
+        seg.sector_size,
+        seg.iv_tweak.wrapping_add(at / 512),
+        false,
+    )?;
     Ok(buf)
 }
 
@@ -201,8 +209,8 @@ pub fn encrypt(
     let (file, luks, key, done) = if partial.exists() {
         let file = open_rw(&partial)?;
         match volume_state(&file) {
-            VolumeState::Finished => {
-                check_finished(&file, &what, passphrase, &src, 0, size)?;
+            VolumeState::Finished(luks) => {
+                check_finished(&file, &luks, &what, passphrase, &src, 0, size)?;
                 drop(file);
                 finish(&partial, output)?;
                 return Ok(Outcome {
@@ -211,9 +219,9 @@ pub fn encrypt(
                     resumed_from: size,
                 });
             }
-            VolumeState::Unfinished => {
+            VolumeState::Unfinished(luks) => {
                 let (luks, key, done) =
-                    resume_volume(&file, &what, passphrase, size, &fp, opts.sector_size)?;
+                    resume_volume(&file, luks, &what, passphrase, size, &fp, opts.sector_size)?;
                 (file, luks, key, done)
             }
             VolumeState::Absent(e) => {
@@ -274,9 +282,7 @@ pub(crate) fn open_rw(path: &Path) -> Result<File, Error> {
 }
 
 pub(crate) fn scratch_path(partial: &Path) -> PathBuf {
-    let mut scratch = partial.as_os_str().to_owned();
-    scratch.push(".new");
-    PathBuf::from(scratch)
+    with_suffix(partial, ".new")
 }
 
 /// A new scratch file; one left by a kill holds nothing worth keeping.
@@ -311,21 +317,38 @@ pub(crate) fn sync_dir(path: &Path) -> Result<(), Error> {
         .map_err(io("flushing the output directory"))
 }
 
-/// What a device holds of a volume being encrypted.
+/// What a device holds of a volume being encrypted, with its header when it has one.
 pub(crate) enum VolumeState {
     /// No usable header (not started, or started under a scratch name).
     Absent(Error),
     /// A header with the unfinished requirement and a progress token.
-    Unfinished,
+    Unfinished(Luks2),
     /// A finished volume.
-    Finished,
+    Finished(Luks2),
 }
 
 pub(crate) fn volume_state<D: Device + ?Sized>(dst: &D) -> VolumeState {
     match Luks2::read(dst) {
         Err(e) => VolumeState::Absent(e),
-        Ok(l) if l.metadata.incomplete() => VolumeState::Unfinished,
-        Ok(_) => VolumeState::Finished,
+        Ok(l) if l.metadata.incomplete() => VolumeState::Unfinished(l),
+        Ok(l) => VolumeState::Finished(l),
+    }
+}
+
+/// Opens a volume left by an earlier run with this run's passphrase; one that does
+/// not open is named, with what to do.
+fn unlock_to_resume<D: Device + ?Sized>(
+    dst: &D,
+    luks: &Luks2,
+    what: &str,
+    passphrase: &[u8],
+) -> Result<VolumeKey, Error> {
+    match luks.unlock(dst, passphrase, None) {
+        Ok((_, key)) => Ok(key),
+        Err(Error::WrongPassphrase) => Err(Error::Resume(format!(
+            "the passphrase does not open {what}; remove it to start over"
+        ))),
+        Err(e) => Err(e),
     }
 }
 
@@ -357,17 +380,17 @@ pub(crate) fn begin_volume<D: Device + ?Sized>(
     Ok((luks, key))
 }
 
-/// Reads an unfinished volume's header and progress, after checking that it was
-/// started from this input with this passphrase.
+/// An unfinished volume's key and progress, after checking that it was started
+/// from this input with this passphrase.
 pub(crate) fn resume_volume<D: Device + ?Sized>(
     dst: &D,
+    luks: Luks2,
     what: &str,
     passphrase: &[u8],
     size: u64,
     fp: &str,
     sector: u32,
 ) -> Result<(Luks2, VolumeKey, u64), Error> {
-    let luks = Luks2::read(dst)?;
     let token = luks
         .metadata
         .tokens
@@ -393,10 +416,7 @@ pub(crate) fn resume_volume<D: Device + ?Sized>(
         .and_then(|d| d.parse().ok())
         .filter(|d| *d <= size && d % u64::from(sector) == 0)
         .ok_or_else(|| Error::Resume("the progress record is malformed".into()))?;
-    let (_, key) = luks.unlock(dst, passphrase, None).map_err(|e| match e {
-        Error::WrongPassphrase => Error::Resume(format!("the passphrase does not open {what}")),
-        e => e,
-    })?;
+    let key = unlock_to_resume(dst, &luks, what, passphrase)?;
     Ok((luks, key, done))
 }
 
@@ -405,6 +425,7 @@ pub(crate) fn resume_volume<D: Device + ?Sized>(
 /// decrypt to the input's) under this passphrase, and return its volume key.
 pub(crate) fn check_finished<D: Device + ?Sized>(
     dst: &D,
+    luks: &Luks2,
     what: &str,
     passphrase: &[u8],
     src: &File,
@@ -416,31 +437,13 @@ pub(crate) fn check_finished<D: Device + ?Sized>(
             "{what} is a finished image of another input; remove it to start over"
         ))
     };
-    let luks = Luks2::read(dst)?;
-    let (_, seg) = luks.metadata.segment()?;
-    let (_, key) = luks.unlock(dst, passphrase, None).map_err(|e| match e {
-        Error::WrongPassphrase => Error::Resume(format!(
-            "the passphrase does not open {what}; remove it to start over"
-        )),
-        e => e,
-    })?;
+    let key = unlock_to_resume(dst, luks, what, passphrase)?;
     let n = size.min(1 << 20);
-    let mut workers = workers(&key, 1)?;
     for at in [0, size - n] {
         let mut plain = vec![0u8; n as usize];
-        let mut cipher = vec![0u8; n as usize];
         src.read_exact_at(&mut plain, src_off + at)
             .map_err(io("reading the input"))?;
-        dst.read_exact_at(&mut cipher, seg.offset + at)
-            .map_err(|_| other())?;
-        run(
-            &mut workers,
-            &mut cipher,
-            seg.sector_size,
-            seg.iv_tweak.wrapping_add(at / 512),
-            false,
-        )?;
-        if cipher != plain {
+        if read_plaintext(dst, luks, &key, at, n).map_err(|_| other())? != plain {
             return Err(other());
         }
     }
@@ -448,7 +451,8 @@ pub(crate) fn check_finished<D: Device + ?Sized>(
 }
 
 /// Fills a volume: `size` bytes of `src` from `src_off`, encrypted into `dst`'s data
-/// segment, with checkpoints; then the header loses its unfinished marks.
+/// segment, with checkpoints; then the header loses its unfinished marks. Returns
+/// the finished header.
 pub(crate) struct Fill<'a, D: Device + Sync + ?Sized> {
     pub(crate) src: &'a File,
     pub(crate) src_off: u64,
@@ -469,7 +473,7 @@ impl<D: Device + Sync + ?Sized> Fill<'_, D> {
         key: &VolumeKey,
         done: u64,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<(), Error> {
+    ) -> Result<Luks2, Error> {
         let (_, seg) = luks.metadata.segment()?;
         let (offset, sector, tweak0) = (seg.offset, seg.sector_size, seg.iv_tweak);
         let mut workers = workers(key, self.opts.threads)?;
@@ -539,7 +543,8 @@ impl<D: Device + Sync + ?Sized> Fill<'_, D> {
             .tokens
             .retain(|_, t| t.kind != metadata::PROGRESS_TOKEN);
         luks.metadata.config.requirements = None;
-        luks.write(self.dst)
+        luks.write(self.dst)?;
+        Ok(luks)
     }
 }
 

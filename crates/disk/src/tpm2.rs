@@ -323,14 +323,9 @@ impl PcrBinding {
                     let hex = v
                         .strip_prefix("sha256=")
                         .ok_or_else(|| bad("only the sha256 bank is supported".into()))?;
-                    if hex.len() != 64 {
-                        return Err(bad(format!("PCR value {hex:?} is not 32 bytes of hex")));
-                    }
                     let mut value = [0u8; 32];
-                    for (i, byte) in value.iter_mut().enumerate() {
-                        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                            .map_err(|_| bad(format!("PCR value {hex:?} is not hex")))?;
-                    }
+                    hex::decode_to_slice(hex, &mut value)
+                        .map_err(|_| bad(format!("PCR value {hex:?} is not 32 bytes of hex")))?;
                     (i, Some(value))
                 }
             };
@@ -377,12 +372,7 @@ impl Tpm2Token {
         other.insert("tpm2-primary-alg".into(), Value::String("ecc".into()));
         other.insert(
             "tpm2-policy-hash".into(),
-            Value::String(
-                self.policy_hash
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-            ),
+            Value::String(hex::encode(self.policy_hash)),
         );
         other.insert("tpm2-pin".into(), Value::Bool(false));
         Token {
@@ -441,10 +431,8 @@ impl Tpm2Token {
             .and_then(|s| B64.decode(s).ok())
             .ok_or_else(|| bad("tpm2-blob is missing or not base64"))?;
         let mut rd = Reader(&blob);
-        let private = rd.tpm2b().map_err(|_| bad("tpm2-blob is truncated"))?;
-        let private = [&(private.len() as u16).to_be_bytes()[..], private].concat();
-        let public = rd.tpm2b().map_err(|_| bad("tpm2-blob is truncated"))?;
-        let public = [&(public.len() as u16).to_be_bytes()[..], public].concat();
+        let private = tpm2b(rd.tpm2b().map_err(|_| bad("tpm2-blob is truncated"))?);
+        let public = tpm2b(rd.tpm2b().map_err(|_| bad("tpm2-blob is truncated"))?);
         if !rd.0.is_empty() {
             return Err(bad(
                 "an offline-sealed blob (with an import seed) is not supported",
@@ -461,13 +449,8 @@ impl Tpm2Token {
             .and_then(Value::as_str)
             .ok_or_else(|| bad("tpm2-policy-hash is missing"))?;
         let mut policy_hash = [0u8; 32];
-        if hash.len() != 64 {
-            return Err(bad("tpm2-policy-hash is not 32 bytes of hex"));
-        }
-        for (i, b) in policy_hash.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hash[2 * i..2 * i + 2], 16)
-                .map_err(|_| bad("tpm2-policy-hash is not hex"))?;
-        }
+        hex::decode_to_slice(hash, &mut policy_hash)
+            .map_err(|_| bad("tpm2-policy-hash is not 32 bytes of hex"))?;
         Ok(Self {
             keyslot,
             private,
@@ -563,10 +546,7 @@ pub fn enroll<D: Device + ?Sized>(
         rd.u32()?; // parameterSize
         let private = rd.tpm2b()?;
         let public = rd.tpm2b()?;
-        Ok::<_, Error>((
-            [&(private.len() as u16).to_be_bytes()[..], private].concat(),
-            [&(public.len() as u16).to_be_bytes()[..], public].concat(),
-        ))
+        Ok::<_, Error>((tpm2b(private), tpm2b(public)))
     })();
     flush(tpm, primary);
     let (private, public) = sealed?;
@@ -611,9 +591,7 @@ pub fn binds_as(tpm: &mut dyn Tpm, token: &Tpm2Token, binding: &PcrBinding) -> R
         // TPM_RC_INTEGRITY or TPM_RC_BINDING from TPM2_Load: sealed by another TPM
         // (or changed). Any other refusal is passed up, not taken for an answer.
         Err(Error::TpmRefused { what, rc })
-            if what == "TPM2_Load"
-                && rc & 0x80 != 0
-                && [0x9f, 0xa5].contains(&(0x80 | (rc & 0x3f))) =>
+            if what == "TPM2_Load" && [0x9f, 0xa5].contains(&crate::tpm_rc_code(rc)) =>
         {
             Ok(false)
         }
@@ -725,12 +703,32 @@ mod tests {
         // systemd-cryptenroll 252 against a vTPM whose PCR 7 is all zero wrote this
         // tpm2-policy-hash (and the research note computed it the same way).
         assert_eq!(
-            policy_pcr_digest(&[7], &[[0; 32]])
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
+            hex::encode(policy_pcr_digest(&[7], &[[0; 32]])),
             "8b5682d81b29435d08d79278150611dc7e5923b2fefcce684a09577b40130a8b"
         );
+    }
+
+    #[test]
+    fn hex_fields_that_are_not_ascii_are_refused_not_a_panic() {
+        // 64 bytes, but with two-byte characters at odd offsets: slicing the text by
+        // byte pairs would split one (and panic).
+        let odd = format!("a{}b", "é".repeat(31));
+        assert_eq!(odd.len(), 64);
+        let spec = format!("7:sha256={odd}");
+        assert!(PcrBinding::parse(&spec).is_err());
+        let mut token = Tpm2Token {
+            keyslot: 1,
+            private: tpm2b(&[1; 4]),
+            public: tpm2b(&[2; 4]),
+            pcrs: vec![7],
+            policy_hash: [3; 32],
+        }
+        .to_token();
+        assert!(Tpm2Token::from_token(&token).is_ok());
+        token
+            .other
+            .insert("tpm2-policy-hash".into(), Value::String(odd));
+        assert!(Tpm2Token::from_token(&token).is_err());
     }
 
     #[test]
