@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
+mod boot_cmd;
 mod database;
 mod disk_cmd;
 mod evidence;
@@ -93,6 +94,12 @@ enum Command {
     /// LUKS2 disk images that cryptsetup and systemd open: encrypt, decrypt, inspect, add keys.
     #[command(subcommand)]
     Disk(disk_cmd::DiskCommand),
+    /// Secure Boot: verify EFI images against db/dbx as firmware does, inspect shim.
+    #[command(subcommand)]
+    Boot(boot_cmd::BootCommand),
+    /// TCG event logs: show the events, replay them to PCR values.
+    #[command(subcommand)]
+    Eventlog(boot_cmd::EventlogCommand),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +114,8 @@ fn main() -> ExitCode {
         Command::Vtpm(cmd) => vtpm_cmd::run(cmd),
         Command::Vmgs(cmd) => vmgs_cmd::run(cmd),
         Command::Disk(cmd) => disk_cmd::run(cmd),
+        Command::Boot(cmd) => boot_cmd::run(cmd),
+        Command::Eventlog(cmd) => boot_cmd::run_eventlog(cmd),
     }
 }
 
