@@ -19,10 +19,16 @@ pub mod authvar;
 pub mod cert;
 pub mod der;
 pub mod esl;
+pub mod esp;
+pub mod fat;
+pub mod ovmf;
 pub mod pe;
 pub mod pkcs7;
+pub mod predict;
 pub mod sbat;
 pub mod shim;
+pub mod template;
+pub mod varstore;
 pub mod verify;
 
 pub use esl::{Entry, Signature, SignatureDb};
@@ -78,6 +84,18 @@ pub enum Error {
     /// An SBAT section or level is malformed.
     #[error("SBAT: {0}")]
     Sbat(String),
+    /// An OVMF variable store image is malformed or unsupported.
+    #[error("OVMF variable store: {0}")]
+    Ovmf(String),
+    /// PCR 7 cannot be predicted for this store and boot chain.
+    #[error("cannot predict PCR 7: {0}")]
+    Predict(String),
+    /// A FAT filesystem is malformed.
+    #[error("FAT filesystem: {0}")]
+    Fat(String),
+    /// A variable store document is malformed.
+    #[error("variable store: {0}")]
+    Store(String),
     /// A caller-supplied value is wrong.
     #[error("{0}")]
     Usage(String),

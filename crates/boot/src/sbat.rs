@@ -118,8 +118,9 @@ impl Level {
     }
 }
 
-/// Shim's `.sbatlevel` section: the "previous" and "latest" levels it can apply.
-pub fn parse_shim_levels(section: &[u8]) -> Result<(Level, Level), Error> {
+/// Shim's `.sbatlevel` section: the raw "previous" and "latest" level strings (NUL
+/// terminator removed), as shim writes them into `SbatLevel`.
+pub fn shim_level_strings(section: &[u8]) -> Result<(&[u8], &[u8]), Error> {
     let bad = || Error::Sbat(".sbatlevel section is malformed".into());
     let field = |at: usize| {
         section
@@ -127,13 +128,23 @@ pub fn parse_shim_levels(section: &[u8]) -> Result<(Level, Level), Error> {
             .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
     };
     // u32 version, then offsets (from the end of the version field) of the two strings.
-    let previous = field(4).ok_or_else(bad)?;
-    let latest = field(8).ok_or_else(bad)?;
-    let string_at = |offset: usize| section.get(4 + offset..).ok_or_else(bad);
-    Ok((
-        Level::parse(string_at(previous)?)?,
-        Level::parse(string_at(latest)?)?,
-    ))
+    let string_at = |offset: usize| -> Result<&[u8], Error> {
+        let s = 4usize
+            .checked_add(offset)
+            .and_then(|at| section.get(at..))
+            .ok_or_else(bad)?;
+        let end = s.iter().position(|&b| b == 0).ok_or_else(bad)?;
+        Ok(&s[..end])
+    };
+    let previous = string_at(field(4).ok_or_else(bad)?)?;
+    let latest = string_at(field(8).ok_or_else(bad)?)?;
+    Ok((previous, latest))
+}
+
+/// Shim's `.sbatlevel` section: the "previous" and "latest" levels it can apply.
+pub fn parse_shim_levels(section: &[u8]) -> Result<(Level, Level), Error> {
+    let (previous, latest) = shim_level_strings(section)?;
+    Ok((Level::parse(previous)?, Level::parse(latest)?))
 }
 
 #[cfg(test)]

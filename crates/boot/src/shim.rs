@@ -2,9 +2,10 @@
 //! it trusts for GRUB and kernels, the vendor dbx, and its built-in SBAT levels.
 
 use crate::Error;
-use crate::esl::{Entry, OPENCVM_OWNER, Signature, SignatureDb};
+use crate::esl::{Entry, Signature, SignatureDb};
 use crate::pe::PeImage;
 use crate::sbat::{self, Level};
+use crate::varstore::SHIM_LOCK_GUID;
 
 /// shim's embedded trust: `.vendor_cert` and `.sbatlevel`.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct ShimTrust {
     pub vendor_cert_raw: Vec<u8>,
     /// shim's "previous" and "latest" SBAT levels, when it has a `.sbatlevel` section.
     pub levels: Option<(Level, Level)>,
+    /// The same levels as raw strings, as shim writes them into `SbatLevel`.
+    pub level_strings: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn field(b: &[u8], at: usize) -> Option<usize> {
@@ -57,7 +60,8 @@ impl ShimTrust {
             crate::cert::Cert::parse(authorized)?;
             SignatureDb {
                 entries: vec![Entry {
-                    owner: OPENCVM_OWNER,
+                    // shim lists its vendor certificate in MokListRT under its own GUID.
+                    owner: SHIM_LOCK_GUID,
                     signature: Signature::X509(authorized.to_vec()),
                 }],
             }
@@ -65,15 +69,18 @@ impl ShimTrust {
             SignatureDb::parse(authorized)?
         };
         let vendor_dbx = SignatureDb::parse(deauthorized)?;
-        let levels = pe
-            .section_data(".sbatlevel")
-            .map(sbat::parse_shim_levels)
-            .transpose()?;
+        let section = pe.section_data(".sbatlevel");
+        let levels = section.map(sbat::parse_shim_levels).transpose()?;
+        let level_strings = section
+            .map(sbat::shim_level_strings)
+            .transpose()?
+            .map(|(p, l)| (p.to_vec(), l.to_vec()));
         Ok(Self {
             vendor_db,
             vendor_dbx,
             vendor_cert_raw: authorized.to_vec(),
             levels,
+            level_strings,
         })
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use boot::esl::{OPENCVM_OWNER, parse_guid, read_signature_db};
 use boot::sbat::Level;
 use boot::shim::ShimTrust;
+use boot::varstore::VariableStore;
 use boot::{SignatureDb, verify_image};
 use clap::Subcommand;
 use tcg_eventlog::{EventLog, EventType, UefiVariableData};
@@ -45,6 +46,32 @@ pub enum BootCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A VM's UEFI variable store: create from a template, show, export to and import
+    /// from OVMF.
+    #[command(subcommand)]
+    Vars(VarsCommand),
+    /// Predict PCR 7 for a VM with this variable store booting this disk, before it
+    /// first boots (to seal a disk key to it).
+    Predict {
+        /// The store (or --template for a store made from a built-in template).
+        #[command(flatten)]
+        at: StoreArgs,
+        /// A built-in template instead of a store.
+        #[arg(long, conflicts_with_all = ["store", "vmgs"])]
+        template: Option<String>,
+        /// The raw disk image (GPT with an EFI system partition).
+        #[arg(long, required_unless_present = "loader")]
+        image: Option<PathBuf>,
+        /// The first-stage boot loader itself, instead of a disk.
+        #[arg(long, conflicts_with = "image")]
+        loader: Option<PathBuf>,
+        /// With --loader shim: the second stage it loads.
+        #[arg(long, requires = "loader")]
+        second_stage: Option<PathBuf>,
+        /// Print the prediction (values, chain, events) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a shim binary trusts: its vendor certificate, vendor dbx and SBAT levels.
     Shim {
         /// The shim image (e.g. `shimx64.efi.signed`).
@@ -58,6 +85,87 @@ pub enum BootCommand {
         /// Write shim's "previous" SBAT level here.
         #[arg(long)]
         sbat_previous: Option<PathBuf>,
+    },
+}
+
+/// Where a VM's UEFI variable store lives: a JSON file (QEMU `uefi-vars` format) or
+/// the VM's VMGS file (file 1, BIOS_NVRAM).
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The store as a JSON file.
+    #[arg(long, conflicts_with = "vmgs")]
+    store: Option<PathBuf>,
+    /// The VM's VMGS file (the store is its BIOS_NVRAM file).
+    #[arg(long)]
+    vmgs: Option<PathBuf>,
+    /// The datastore key of an encrypted VMGS (32 bytes).
+    #[arg(long, requires = "vmgs")]
+    key_file: Option<PathBuf>,
+}
+
+/// `cvm boot vars`.
+#[derive(Debug, Subcommand)]
+pub enum VarsCommand {
+    /// Create a VM's variable store from a template, Secure Boot on.
+    ///
+    /// Templates: `microsoft` (Windows and shim-signed Linux), `linux` (shim-signed
+    /// Linux only); or a custom one from --pk, --kek, --db (and --dbx).
+    Create {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// A built-in template.
+        #[arg(long, conflicts_with_all = ["pk", "kek", "db"])]
+        template: Option<String>,
+        /// Custom template: the platform key (one certificate, PEM or DER).
+        #[arg(long, requires_all = ["kek", "db"])]
+        pk: Option<PathBuf>,
+        /// Custom template: key exchange keys (certificates or signature lists). Repeat.
+        #[arg(long)]
+        kek: Vec<PathBuf>,
+        /// Custom template: allowed signatures. Repeat.
+        #[arg(long)]
+        db: Vec<PathBuf>,
+        /// Forbidden signatures (custom templates; built-in ones carry Microsoft's dbx).
+        #[arg(long)]
+        dbx: Vec<PathBuf>,
+        /// Owner GUID of entries read from bare certificates.
+        #[arg(long, default_value_t = OPENCVM_OWNER.to_string())]
+        owner: String,
+        /// Replace an existing store.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the variables and what PK, KEK, db and dbx hold.
+    Show {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// Read an OVMF variable store image instead.
+        #[arg(long, conflicts_with_all = ["store", "vmgs"])]
+        ovmf: Option<PathBuf>,
+    },
+    /// Write the store as an OVMF variable store image (OVMF_VARS.fd layout) for
+    /// QEMU's second pflash drive; OVMF then enforces exactly this store's db/dbx.
+    Export {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// The image to write.
+        #[arg(long)]
+        ovmf: PathBuf,
+        /// An empty variable image of the firmware build the VM runs.
+        #[arg(long, default_value = "/usr/share/OVMF/OVMF_VARS_4M.fd")]
+        base: PathBuf,
+    },
+    /// Read an OVMF variable store image (after a boot, with what firmware and shim
+    /// wrote) into the store.
+    Import {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// The image to read.
+        #[arg(long)]
+        ovmf: PathBuf,
+        /// Replace an existing store.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -126,6 +234,22 @@ pub fn run(cmd: BootCommand) -> ExitCode {
             sbat_latest,
             sbat_previous,
         } => finish(shim(&image, vendor_cert, sbat_latest, sbat_previous)),
+        BootCommand::Vars(cmd) => finish(vars(cmd)),
+        BootCommand::Predict {
+            at,
+            template,
+            image,
+            loader,
+            second_stage,
+            json,
+        } => finish(predict(
+            &at,
+            template.as_deref(),
+            image,
+            loader,
+            second_stage,
+            json,
+        )),
     }
 }
 
@@ -318,6 +442,264 @@ fn replay(file: &Path, json: bool) -> Result<()> {
     } else {
         for (alg, index, value) in pcrs.iter() {
             println!("{}:{index:<2} {}", bank_name(alg), hex::encode(value));
+        }
+    }
+    Ok(())
+}
+
+impl StoreArgs {
+    fn describe(&self) -> String {
+        match (&self.store, &self.vmgs) {
+            (Some(p), _) => p.display().to_string(),
+            (_, Some(v)) => format!("{} (BIOS_NVRAM)", v.display()),
+            _ => "(no store)".into(),
+        }
+    }
+
+    fn open_vmgs(&self, vmgs: &Path) -> Result<vmgs::Vmgs> {
+        let key = self
+            .key_file
+            .as_deref()
+            .map(vmgs::DatastoreKey::from_file)
+            .transpose()?;
+        let (v, _) =
+            vmgs::Vmgs::open_file(vmgs, key.as_ref(), vmgs::OpenOptions { recover: false })
+                .with_context(|| format!("opening {}", vmgs.display()))?;
+        Ok(v)
+    }
+
+    /// The stored bytes, `None` when there is no store yet.
+    fn read_raw(&self) -> Result<Option<Vec<u8>>> {
+        match (&self.store, &self.vmgs) {
+            (Some(p), _) => match std::fs::metadata(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                _ => read_input(p).map(Some),
+            },
+            (_, Some(v)) => {
+                let vmgs = self.open_vmgs(v)?;
+                match vmgs.read_file(vmgs::vmgs_format::FileId::BIOS_NVRAM) {
+                    Ok(data) => Ok(Some(data.to_vec())),
+                    Err(e) if e.to_string().contains("not") => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => anyhow::bail!("give --store FILE or --vmgs FILE"),
+        }
+    }
+
+    fn read(&self) -> Result<VariableStore> {
+        let raw = self.read_raw()?.with_context(|| {
+            format!(
+                "{}: no variable store yet (cvm boot vars create)",
+                self.describe()
+            )
+        })?;
+        VariableStore::from_json(&raw).with_context(|| self.describe())
+    }
+
+    /// Writes the store: a file is replaced atomically (temporary file, fsync, rename);
+    /// a VMGS file is written in one crash-safe commit.
+    fn write(&self, store: &VariableStore, force: bool) -> Result<()> {
+        if !force && self.read_raw()?.is_some() {
+            anyhow::bail!(
+                "{} already holds a variable store (--force replaces it)",
+                self.describe()
+            );
+        }
+        let json = store.to_json();
+        match (&self.store, &self.vmgs) {
+            (Some(p), _) => write_atomic(p, json.as_bytes()),
+            (_, Some(v)) => {
+                let mut vmgs = self.open_vmgs(v)?;
+                vmgs.write_file(
+                    vmgs::vmgs_format::FileId::BIOS_NVRAM,
+                    json.as_bytes(),
+                    false,
+                )?;
+                Ok(())
+            }
+            _ => anyhow::bail!("give --store FILE or --vmgs FILE"),
+        }
+    }
+}
+
+/// Replaces `path` with `data` so that a crash leaves the old or the new contents:
+/// written to `path.tmp`, synced, renamed, and the directory synced.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn now() -> boot::authvar::EfiTime {
+    let t = time::OffsetDateTime::now_utc();
+    boot::authvar::EfiTime {
+        year: u16::try_from(t.year()).unwrap_or(2026),
+        month: u8::from(t.month()),
+        day: t.day(),
+        hour: t.hour(),
+        minute: t.minute(),
+        second: t.second(),
+    }
+}
+
+fn template_keys(name: &str) -> Result<boot::template::Keys> {
+    Ok(boot::template::keys(
+        name.parse::<boot::template::Template>()?,
+    )?)
+}
+
+fn vars(cmd: VarsCommand) -> Result<()> {
+    match cmd {
+        VarsCommand::Create {
+            at,
+            template,
+            pk,
+            kek,
+            db,
+            dbx,
+            owner,
+            force,
+        } => {
+            let keys = match (template, pk) {
+                (Some(t), _) => {
+                    anyhow::ensure!(
+                        dbx.is_empty(),
+                        "--dbx is for custom templates (built-in ones carry Microsoft's dbx)"
+                    );
+                    template_keys(&t)?
+                }
+                (None, Some(pk)) => boot::template::custom(boot::template::Keys {
+                    pk: read_dbs(&[pk], &owner)?,
+                    kek: read_dbs(&kek, &owner)?,
+                    db: read_dbs(&db, &owner)?,
+                    dbx: read_dbs(&dbx, &owner)?,
+                })?,
+                (None, None) => {
+                    anyhow::bail!("give --template microsoft|linux, or --pk, --kek and --db")
+                }
+            };
+            let store = boot::template::store(&keys, now());
+            at.write(&store, force)?;
+            println!(
+                "created {}: PK {}, KEK {}, db {}, dbx {} entries; Secure Boot on",
+                at.describe(),
+                keys.pk.entries.len(),
+                keys.kek.entries.len(),
+                keys.db.entries.len(),
+                keys.dbx.entries.len()
+            );
+            Ok(())
+        }
+        VarsCommand::Show { at, ovmf } => {
+            let store = match ovmf {
+                Some(p) => boot::ovmf::read(&read_input(&p)?)
+                    .with_context(|| format!("{}", p.display()))?,
+                None => at.read()?,
+            };
+            show_store(&store)
+        }
+        VarsCommand::Export { at, ovmf, base } => {
+            let store = at.read()?;
+            let base_bytes = read_input(&base)?;
+            let image = boot::ovmf::write(&store, &base_bytes)
+                .with_context(|| format!("{}", base.display()))?;
+            write_atomic(&ovmf, &image)?;
+            println!(
+                "wrote {} ({} variables)",
+                ovmf.display(),
+                store.variables.len()
+            );
+            Ok(())
+        }
+        VarsCommand::Import { at, ovmf, force } => {
+            let store = boot::ovmf::read(&read_input(&ovmf)?)
+                .with_context(|| format!("{}", ovmf.display()))?;
+            at.write(&store, force)?;
+            println!(
+                "imported {} variables into {}",
+                store.variables.len(),
+                at.describe()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn show_store(store: &VariableStore) -> Result<()> {
+    println!(
+        "secure boot: {}",
+        if store.secure_boot() { "on" } else { "off" }
+    );
+    for v in &store.variables {
+        println!(
+            "{} {} attr={:#x} {} bytes",
+            v.guid,
+            v.name,
+            v.attributes,
+            v.data.len()
+        );
+    }
+    for name in ["PK", "KEK", "db", "dbx"] {
+        let db = store.signature_db(name).with_context(|| name.to_string())?;
+        let certs: Vec<String> = db.certificates().map(|(_, c)| c.subject_name()).collect();
+        let hashes = db.entries.len() - certs.len();
+        println!(
+            "{name}: {} certificates {:?}, {hashes} other entries",
+            certs.len(),
+            certs
+        );
+    }
+    Ok(())
+}
+
+fn predict(
+    at: &StoreArgs,
+    template: Option<&str>,
+    image: Option<PathBuf>,
+    loader: Option<PathBuf>,
+    second_stage: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    let store = match template {
+        Some(t) => boot::template::store(&template_keys(t)?, now()),
+        None => at.read()?,
+    };
+    let files = match (image, loader) {
+        (Some(image), _) => boot::esp::read_boot_files(&image)?,
+        (None, Some(loader)) => boot::esp::BootFiles {
+            loader: read_input(&loader)?,
+            second_stage: second_stage.as_deref().map(read_input).transpose()?,
+        },
+        (None, None) => anyhow::bail!("give --image DISK or --loader FILE"),
+    };
+    let prediction = boot::predict::predict(&store, &files)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&prediction)?);
+    } else {
+        for stage in &prediction.chain {
+            println!(
+                "{}: {} verified by {}",
+                stage.stage, stage.sha256, stage.verified_by
+            );
+        }
+        for (bank, value) in &prediction.pcr7 {
+            println!("pcr7 {bank}: {value}");
         }
     }
     Ok(())

@@ -478,3 +478,326 @@ fn check_replay(log: &Path, expected: &serde_json::Value, firmware_pcrs_only: bo
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).lines().count() > 1);
 }
+
+/// Files for one guest: an initramfs whose init prints the PCRs the kernel reads from
+/// the vTPM and the firmware event log, then powers off.
+fn initramfs(dir: &Path) -> PathBuf {
+    let root = dir.join("initrd");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (scripts/setup installs busybox-static)");
+    let init = "#!/bin/busybox sh\n\
+/bin/busybox --install -s /bin\n\
+mkdir -p /proc /sys\n\
+mount -t proc proc /proc\n\
+mount -t sysfs sysfs /sys\n\
+mount -t securityfs securityfs /sys/kernel/security\n\
+for i in 0 1 2 3 4 5 6 7; do echo OPENCVM-PCR sha256 $i $(cat /sys/class/tpm/tpm0/pcr-sha256/$i); done\n\
+echo OPENCVM-EVENTLOG-BEGIN\n\
+base64 /sys/kernel/security/tpm0/binary_bios_measurements\n\
+echo OPENCVM-EVENTLOG-END\n\
+poweroff -f\n";
+    std::fs::write(root.join("init"), init).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join("initrd.img");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet > \"$0\"")
+        .arg(&out)
+        .current_dir(&root)
+        .status()
+        .expect("cpio (scripts/setup installs it)");
+    assert!(status.success());
+    out
+}
+
+/// A raw GPT disk whose EFI system partition holds `loader` as the default boot
+/// loader, `grub` beside it, the kernel, the initramfs and a grub.cfg that boots them.
+fn boot_disk(dir: &Path, name: &str, loader: &Path, grub: &Path) -> PathBuf {
+    let esp = dir.join(format!("{name}.esp"));
+    let f = std::fs::File::create(&esp).unwrap();
+    f.set_len(64 << 20).unwrap();
+    drop(f);
+    tool("mkfs.vfat", &[&"-F", &"32", &esp]);
+    let cfg = dir.join("grub.cfg");
+    std::fs::write(
+        &cfg,
+        "set timeout=0\nlinux /vmlinuz console=ttyS0 panic=-1\ninitrd /initrd.img\nboot\n",
+    )
+    .unwrap();
+    let initrd = dir.join("initrd.img");
+    let img = format!("{}", esp.display());
+    let m = |args: &[&str]| {
+        let o = Command::new(args[0])
+            .args(&args[1..])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .expect("mtools (scripts/setup installs it)");
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    };
+    m(&["mmd", "-i", &img, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"]);
+    for (from, to) in [
+        (loader.to_path_buf(), "::/EFI/BOOT/BOOTX64.EFI"),
+        (grub.to_path_buf(), "::/EFI/BOOT/grubx64.efi"),
+        (cfg.clone(), "::/EFI/BOOT/grub.cfg"),
+        (cfg.clone(), "::/EFI/debian/grub.cfg"),
+        (fixtures().join("vmlinuz"), "::/vmlinuz"),
+        (initrd.clone(), "::/initrd.img"),
+    ] {
+        m(&["mcopy", "-i", &img, from.to_str().unwrap(), to]);
+    }
+    let disk = dir.join(format!("{name}.img"));
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(66 << 20).unwrap();
+    drop(f);
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q"])
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"label: gpt\nstart=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n",
+        )
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let esp_bytes = std::fs::read(&esp).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(&esp_bytes).unwrap();
+    disk
+}
+
+/// Boots `disk` under QEMU (TCG) with Secure Boot OVMF, the OVMF variable image
+/// `vars` and a fresh vTPM; returns the serial console once the guest printed its
+/// event log, firmware or shim refused, QEMU exited, or 240 s passed.
+fn boot(dir: &Path, name: &str, vars: &Path, disk: &Path) -> String {
+    let state = dir.join(format!("{name}.tpm"));
+    std::fs::create_dir(&state).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sock = dir.join(format!("{name}.run")).join("ctrl.sock");
+    let mut vtpm = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vtpm", "run", "--state"])
+        .arg(&state)
+        .arg("--ctrl")
+        .arg(format!("unix:{}", sock.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(vtpm.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ctrl unix:"), "{line}");
+    }
+    let serial = dir.join(format!("{name}.serial"));
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35,smm=on",
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-nographic",
+        ])
+        .args(["-nic", "none", "-no-reboot", "-monitor", "none"])
+        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+        .args([
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", sock.display()))
+        .args([
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            "-device",
+            "tpm-crb,tpmdev=tpm0",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/setup installs qemu-system-x86)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    let out = loop {
+        let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
+        let done = [
+            "OPENCVM-EVENTLOG-END",
+            "Security Violation",
+            "Access Denied",
+        ]
+        .iter()
+        .any(|m| log.contains(m));
+        if done || std::time::Instant::now() > deadline || qemu.try_wait().unwrap().is_some() {
+            // Let a refusal message finish printing.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            break String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let _ = vtpm.kill();
+    let _ = vtpm.wait();
+    out
+}
+
+/// The base64 event log and the PCRs the guest printed.
+fn guest_report(serial: &str) -> (Vec<u8>, std::collections::BTreeMap<String, String>) {
+    use base64::Engine as _;
+    let mut pcrs = std::collections::BTreeMap::new();
+    for line in serial.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("OPENCVM-PCR sha256 ") {
+            let mut f = rest.split_whitespace();
+            let (i, v) = (f.next().unwrap(), f.next().unwrap_or_default());
+            pcrs.insert(i.to_string(), v.to_lowercase());
+        }
+    }
+    let start = serial.find("OPENCVM-EVENTLOG-BEGIN").expect("no event log")
+        + "OPENCVM-EVENTLOG-BEGIN".len();
+    let end = serial.find("OPENCVM-EVENTLOG-END").unwrap();
+    let b64: String = serial[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    (
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+        pcrs,
+    )
+}
+
+#[test]
+fn qemu_secure_boot_runs_debians_signed_chain_and_pcr7_is_predicted() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    initramfs(dir);
+    let (shim, grub) = (fx.join("shimx64.efi.signed"), fx.join("grubx64.efi.signed"));
+
+    // The VM's store from the Microsoft template, exported for OVMF.
+    let store = dir.join("vars.json");
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"create",
+        &"--template",
+        &"microsoft",
+        &"--store",
+        &store,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vars_image = |name: &str| {
+        let out = dir.join(format!("{name}.vars.fd"));
+        let o = cvm(&[
+            &"boot", &"vars", &"export", &"--store", &store, &"--ovmf", &out,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        out
+    };
+
+    // The good chain: predicted before the boot, then booted.
+    let disk = boot_disk(dir, "good", &shim, &grub);
+    let o = cvm(&[
+        &"boot", &"predict", &"--store", &store, &"--image", &disk, &"--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let prediction: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let serial = boot(dir, "good", &vars_image("good"), &disk);
+    assert!(
+        serial.contains("Linux version"),
+        "the kernel did not start:\n{serial}"
+    );
+    let (log, pcrs) = guest_report(&serial);
+    assert_eq!(pcrs.len(), 8, "{serial}");
+    // PCR 7 as the vTPM holds it (read by the guest kernel) is the prediction.
+    assert_eq!(pcrs["7"], prediction["pcr7"]["sha256"].as_str().unwrap());
+    // The event log replays to every firmware PCR the vTPM reports, with ours and
+    // with tpm2_eventlog reading it.
+    let log_file = dir.join("eventlog.bin");
+    std::fs::write(&log_file, &log).unwrap();
+    let o = cvm(&[&"eventlog", &"replay", &log_file, &"--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let replayed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for (i, v) in &pcrs {
+        assert_eq!(
+            replayed["pcrs"]["sha256"][i].as_str().unwrap(),
+            v,
+            "PCR {i}"
+        );
+    }
+    tool("tpm2_eventlog", &[&log_file]);
+    // PCR 4 records shim, GRUB and the kernel by their Authenticode digests.
+    let o = cvm(&[&"eventlog", &"show", &log_file]);
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    for image in [&shim, &grub, &fx.join("vmlinuz")] {
+        let (_, json) = verify(image, &[&microsoft("uefi-ca-2011.der")], &[], &["--json"]);
+        let v: serde_json::Value = serde_json::from_slice(json.as_bytes()).unwrap();
+        assert!(
+            shown.contains(v["sha256"].as_str().unwrap()),
+            "{} not measured:\n{shown}",
+            image.display()
+        );
+    }
+
+    // GRUB without its signature: shim refuses it, and so does the prediction.
+    let unsigned = dir.join("grub-unsigned.efi");
+    std::fs::copy(&grub, &unsigned).unwrap();
+    tool("sbattach", &[&"--remove", &unsigned]);
+    let disk = boot_disk(dir, "unsigned", &shim, &unsigned);
+    let o = cvm(&[&"boot", &"predict", &"--store", &store, &"--image", &disk]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("shim refuses grubx64.efi"),
+        "{}",
+        text(&o)
+    );
+    let serial = boot(dir, "unsigned", &vars_image("unsigned"), &disk);
+    assert!(
+        !serial.contains("Linux version"),
+        "an unsigned GRUB booted:\n{serial}"
+    );
+    assert!(serial.contains("Security Violation"), "{serial}");
+
+    // shim with one byte changed: firmware refuses it.
+    let disk = boot_disk(dir, "altered", &altered(&shim, dir), &grub);
+    let o = cvm(&[&"boot", &"predict", &"--store", &store, &"--image", &disk]);
+    assert!(
+        text(&o).contains("firmware refuses the boot loader"),
+        "{}",
+        text(&o)
+    );
+    let serial = boot(dir, "altered", &vars_image("altered"), &disk);
+    assert!(
+        !serial.contains("Linux version"),
+        "an altered shim booted:\n{serial}"
+    );
+    assert!(
+        serial.contains("Access Denied") || serial.contains("Security Violation"),
+        "{serial}"
+    );
+}

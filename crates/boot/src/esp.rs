@@ -1,0 +1,62 @@
+//! The boot files of a disk image: its GPT, its EFI system partition, and on it the
+//! default boot loader (`\EFI\BOOT\BOOTX64.EFI`) and, when that is shim, the second
+//! stage it loads from the same directory (`grubx64.efi`).
+
+use std::path::Path;
+
+use disk::gpt::{ESP, Gpt};
+
+use crate::Error;
+use crate::fat::{Fat, FileWindow, ReadAt};
+
+/// The removable-media default path of the x86-64 boot loader.
+pub const DEFAULT_LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
+/// What shim loads next, from its own directory.
+pub const SHIM_SECOND_STAGE: &str = "EFI/BOOT/grubx64.efi";
+
+/// The boot files found on a disk.
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    /// The first stage firmware loads.
+    pub loader: Vec<u8>,
+    /// `grubx64.efi` next to it, when present.
+    pub second_stage: Option<Vec<u8>>,
+}
+
+/// Reads the boot files of the raw disk image at `path`.
+pub fn read_boot_files(path: &Path) -> Result<BootFiles, Error> {
+    let io = |e: std::io::Error| Error::Usage(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut head = vec![0u8; Gpt::HEAD_LEN.min(len as usize)];
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+    }
+    let gpt =
+        Gpt::parse(&head, len).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    let esp = gpt
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == ESP)
+        .ok_or_else(|| Error::Usage(format!("{}: no EFI system partition", path.display())))?;
+    let window = FileWindow {
+        file,
+        base: esp.first * disk::gpt::LBA,
+        len: esp.bytes(),
+    };
+    read_from_fat(&window)
+}
+
+/// Reads the boot files from a FAT filesystem.
+pub fn read_from_fat<R: ReadAt + ?Sized>(dev: &R) -> Result<BootFiles, Error> {
+    let fat = Fat::open(dev)?;
+    let loader = fat
+        .read_file(DEFAULT_LOADER)?
+        .ok_or_else(|| Error::Usage(format!("the EFI system partition has no {DEFAULT_LOADER}")))?;
+    let second_stage = fat.read_file(SHIM_SECOND_STAGE)?;
+    Ok(BootFiles {
+        loader,
+        second_stage,
+    })
+}

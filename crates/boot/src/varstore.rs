@@ -1,0 +1,214 @@
+//! A VM's UEFI variable store: the non-volatile variables its firmware keeps (PK, KEK,
+//! db, dbx, SecureBootEnable, boot entries, …).
+//!
+//! Its serialized form is the JSON that QEMU's `uefi-vars` device and `virt-fw-vars`
+//! read and write (`{"version": 2, "variables": [{"name", "guid", "attr", "data",
+//! "time"}]}`, data and time in hex), so a store can be handed to those tools as it is.
+//! opencvm keeps it in the VM's VMGS file (file 1, `BIOS_NVRAM`) or in a file, and
+//! converts it to and from an OVMF variable store image ([`crate::ovmf`]).
+
+use serde::{Deserialize, Serialize};
+use tcg_eventlog::Guid;
+
+use crate::Error;
+use crate::authvar::EfiTime;
+use crate::esl::{SignatureDb, parse_guid};
+
+/// `EDKII_SECURE_BOOT_ENABLE_GUID` (edk2's `SecureBootEnable`, NV|BS, one byte).
+pub const SECURE_BOOT_ENABLE_GUID: Guid = Guid::from_fields(
+    0xf0a3_0bc7,
+    0xaf08,
+    0x4556,
+    [0x99, 0xc4, 0x00, 0x10, 0x09, 0xc9, 0x3a, 0x44],
+);
+/// shim's variable namespace (`MokList`, `SbatLevel`, …).
+pub const SHIM_LOCK_GUID: Guid = Guid::from_fields(
+    0x605d_ab50,
+    0xe046,
+    0x4300,
+    [0xab, 0xb6, 0x3d, 0xd8, 0x10, 0xdd, 0x8b, 0x23],
+);
+/// Stores larger than this are refused (a 4M OVMF image holds 256 KiB of variables).
+pub const MAX_STORE_JSON: usize = 8 << 20;
+/// More variables than this are refused.
+pub const MAX_VARIABLES: usize = 4096;
+
+/// One variable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Variable {
+    /// The name (UTF-16 in firmware).
+    pub name: String,
+    /// The vendor GUID.
+    pub guid: Guid,
+    /// The attributes (0x27 for PK/KEK/db/dbx).
+    pub attributes: u32,
+    /// The `EFI_TIME` of the last authenticated write (zero for other variables).
+    pub time: [u8; 16],
+    /// The value.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Variable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Variable")
+            .field("name", &self.name)
+            .field("guid", &self.guid.to_string())
+            .field("attributes", &format_args!("{:#x}", self.attributes))
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
+/// The variables of one VM, in write order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VariableStore {
+    /// The variables; a (name, GUID) pair appears at most once.
+    pub variables: Vec<Variable>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonStore {
+    version: u32,
+    variables: Vec<JsonVariable>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonVariable {
+    name: String,
+    guid: String,
+    attr: u32,
+    data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
+}
+
+/// `EFI_VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS`.
+const TIME_BASED: u32 = 0x20;
+
+impl VariableStore {
+    /// The variable `name` in `guid`.
+    pub fn get(&self, name: &str, guid: Guid) -> Option<&Variable> {
+        self.variables
+            .iter()
+            .find(|v| v.name == name && v.guid == guid)
+    }
+
+    /// Sets (replaces) a variable, keeping its position when it exists.
+    pub fn set(&mut self, v: Variable) {
+        match self
+            .variables
+            .iter_mut()
+            .find(|o| o.name == v.name && o.guid == v.guid)
+        {
+            Some(slot) => *slot = v,
+            None => self.variables.push(v),
+        }
+    }
+
+    /// The signature database held by PK, KEK (global namespace), db or dbx (image
+    /// security database); empty when the variable is absent.
+    pub fn signature_db(&self, name: &str) -> Result<SignatureDb, Error> {
+        match self.get(name, secure_boot_namespace(name)) {
+            Some(v) => SignatureDb::parse(&v.data),
+            None => Ok(SignatureDb::default()),
+        }
+    }
+
+    /// Whether firmware boots this store with Secure Boot on: PK is enrolled and
+    /// edk2's `SecureBootEnable` is 1 (edk2 creates it as 1 when PK exists and it does
+    /// not).
+    pub fn secure_boot(&self) -> bool {
+        let pk = self
+            .get("PK", tcg_eventlog::Guid::EFI_GLOBAL_VARIABLE)
+            .is_some_and(|v| !v.data.is_empty());
+        let enable = self
+            .get("SecureBootEnable", SECURE_BOOT_ENABLE_GUID)
+            .map(|v| v.data.first() == Some(&1))
+            .unwrap_or(true);
+        pk && enable
+    }
+
+    /// The QEMU `uefi-vars` JSON of this store.
+    pub fn to_json(&self) -> String {
+        let store = JsonStore {
+            version: 2,
+            variables: self
+                .variables
+                .iter()
+                .map(|v| JsonVariable {
+                    name: v.name.clone(),
+                    guid: v.guid.to_string(),
+                    attr: v.attributes,
+                    data: hex::encode(&v.data),
+                    time: (v.attributes & TIME_BASED != 0).then(|| hex::encode(v.time)),
+                    digest: None,
+                })
+                .collect(),
+        };
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string_pretty(&store).unwrap_or_default()
+    }
+
+    /// Reads a store from QEMU `uefi-vars` JSON (version 2).
+    pub fn from_json(text: &[u8]) -> Result<Self, Error> {
+        if text.len() > MAX_STORE_JSON {
+            return Err(Error::Store(format!("over {MAX_STORE_JSON} bytes")));
+        }
+        let store: JsonStore =
+            serde_json::from_slice(text).map_err(|e| Error::Store(e.to_string()))?;
+        if store.version != 2 {
+            return Err(Error::Store(format!(
+                "version {} (only 2 is read)",
+                store.version
+            )));
+        }
+        if store.variables.len() > MAX_VARIABLES {
+            return Err(Error::Store(format!("more than {MAX_VARIABLES} variables")));
+        }
+        let mut out = Self::default();
+        for v in store.variables {
+            let bad = |what: &str| Error::Store(format!("variable {:?}: {what}", v.name));
+            let guid = parse_guid(&v.guid).map_err(|_| bad("malformed guid"))?;
+            let data = hex::decode(&v.data).map_err(|_| bad("data is not hex"))?;
+            let mut time = [0u8; 16];
+            if let Some(t) = &v.time {
+                let bytes = hex::decode(t).map_err(|_| bad("time is not hex"))?;
+                if bytes.len() != 16 {
+                    return Err(bad("time is not a 16-byte EFI_TIME"));
+                }
+                time.copy_from_slice(&bytes);
+            }
+            if v.name.is_empty() || out.get(&v.name, guid).is_some() {
+                return Err(bad("empty or repeated name"));
+            }
+            out.variables.push(Variable {
+                name: v.name,
+                guid,
+                attributes: v.attr,
+                time,
+                data,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The timestamp of an authenticated variable, when it has one.
+    pub fn time_of(&self, name: &str, guid: Guid) -> Option<EfiTime> {
+        self.get(name, guid)
+            .filter(|v| v.attributes & TIME_BASED != 0)
+            .and_then(|v| EfiTime::parse(&v.time).ok())
+    }
+}
+
+/// The namespace of a Secure Boot variable: the global one for PK and KEK, the image
+/// security database for db, dbx, dbt and dbr.
+pub fn secure_boot_namespace(name: &str) -> Guid {
+    match name {
+        "PK" | "KEK" => tcg_eventlog::Guid::EFI_GLOBAL_VARIABLE,
+        _ => tcg_eventlog::Guid::IMAGE_SECURITY_DATABASE,
+    }
+}
