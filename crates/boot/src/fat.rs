@@ -206,17 +206,16 @@ impl<'a, R: ReadAt + ?Sized> Fat<'a, R> {
     fn chain(&self, first: u32, limit: u64) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
         let mut cluster = Some(first);
-        let mut steps = 0u32;
+        let mut seen = std::collections::HashSet::new();
         while let Some(c) = cluster {
             if c < 2 || c >= self.clusters + 2 {
                 return Err(err(format!("invalid cluster {c}")));
             }
-            steps += 1;
-            if steps > self.clusters || out.len() as u64 >= limit {
-                if out.len() as u64 >= limit {
-                    break;
-                }
-                return Err(err("a cluster chain loops"));
+            if out.len() as u64 >= limit {
+                break;
+            }
+            if !seen.insert(c) {
+                return Err(err(format!("the cluster chain from {first} loops at {c}")));
             }
             let start = out.len();
             out.resize(start + self.cluster_size as usize, 0);

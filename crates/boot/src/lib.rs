@@ -17,6 +17,7 @@
 
 pub mod authvar;
 pub mod cert;
+pub mod claims;
 pub mod der;
 pub mod esl;
 pub mod esp;
@@ -33,6 +34,7 @@ pub mod verify;
 
 pub use esl::{Entry, Signature, SignatureDb};
 pub use pe::{HashAlg, PeImage};
+pub use varstore::VariableStore;
 pub use verify::{Authority, Refusal, Verdict, verify_image};
 
 /// Why a boot operation failed.
@@ -133,6 +135,18 @@ pub fn fuzz_parse(data: &[u8]) {
     if let Ok(update) = authvar::AuthenticatedUpdate::parse(data) {
         let _ = update.verify("db", esl::CERT_X509, 0x27, &empty, None);
     }
+    if let Ok(store) = ovmf::read(data) {
+        let _ = ovmf::write(&store, data);
+        let _ = VariableStore::from_json(store.to_json().as_bytes());
+        let _ = store.signature_db("db");
+        let _ = predict::configuration_events(&store);
+    }
+    let _ = VariableStore::from_json(data);
+    let _ = esp::read_from_fat(data);
+    if let Ok(log) = tcg_eventlog::EventLog::parse(data) {
+        let _ = claims::from_log(&log);
+    }
+    let _ = shim::ShimTrust::parse(data);
     let _ = cert::Cert::parse(data);
     let _ = cert::read_certificates(data);
     let _ = sbat::parse_section(data);

@@ -316,7 +316,13 @@ impl<'a> PeImage<'a> {
     /// An entry of another type is returned as its type code.
     pub fn signatures(&self) -> Result<Vec<Result<&'a [u8], u16>>, Error> {
         let (offset, size) = self.cert_table;
-        let table = &self.bytes[offset..offset + size];
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let table = offset
+            .checked_add(size)
+            .and_then(|end| self.bytes.get(offset..end))
+            .ok_or_else(|| pe_err("the certificate table lies outside the file"))?;
         let mut out = Vec::new();
         let mut at = 0usize;
         while at < table.len() {
@@ -352,5 +358,64 @@ impl<'a> PeImage<'a> {
     /// Whether the image carries a certificate table.
     pub fn is_signed(&self) -> bool {
         self.cert_table.1 != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PE32+ image with no sections and 0x200 bytes of headers.
+    fn minimal(cert: (u32, u32)) -> Vec<u8> {
+        let mut b = vec![0u8; 0x200];
+        b[..2].copy_from_slice(b"MZ");
+        b[0x3C..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+        b[0x40..0x44].copy_from_slice(b"PE\0\0");
+        let coff = 0x44;
+        b[coff..coff + 2].copy_from_slice(&0x8664u16.to_le_bytes());
+        b[coff + 16..coff + 18].copy_from_slice(&240u16.to_le_bytes());
+        let opt = coff + 20;
+        b[opt..opt + 2].copy_from_slice(&PE32_PLUS_MAGIC.to_le_bytes());
+        b[opt + 60..opt + 64].copy_from_slice(&0x200u32.to_le_bytes());
+        b[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
+        let entry = opt + 112 + 32;
+        b[entry..entry + 4].copy_from_slice(&cert.0.to_le_bytes());
+        b[entry + 4..entry + 8].copy_from_slice(&cert.1.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn an_empty_certificate_entry_with_a_wild_offset_is_unsigned() {
+        // Found by the fuzzer: size 0 at an offset past the end of the file.
+        let b = minimal((0xFFFF_0000, 0));
+        let pe = PeImage::parse(&b).unwrap();
+        assert!(!pe.is_signed());
+        assert!(pe.signatures().unwrap().is_empty());
+        // Checksum and certificate entry are excluded from the digest.
+        let mut changed = b.clone();
+        changed[0x44 + 20 + 64] ^= 0xFF; // CheckSum
+        changed[0x44 + 20 + 112 + 32] ^= 0x01; // certificate table offset
+        let digest = |bytes: &[u8]| {
+            PeImage::parse(bytes)
+                .unwrap()
+                .authenticode_digest(HashAlg::Sha256)
+                .unwrap()
+        };
+        assert_eq!(digest(&b), digest(&changed));
+        changed[0x100] ^= 1; // any other header byte counts
+        assert_ne!(digest(&b), digest(&changed));
+    }
+
+    #[test]
+    fn certificate_tables_outside_the_file_are_refused() {
+        assert!(PeImage::parse(&minimal((0x1F0, 0x100))).is_err());
+        assert!(
+            PeImage::parse(&minimal((0x100, 8))).is_err(),
+            "inside the headers"
+        );
+        assert!(PeImage::parse(&minimal((u32::MAX, u32::MAX))).is_err());
+        let mut b = minimal((0, 0));
+        b.truncate(0x150);
+        assert!(PeImage::parse(&b).is_err());
     }
 }

@@ -212,3 +212,88 @@ pub fn secure_boot_namespace(name: &str) -> Guid {
         _ => tcg_eventlog::Guid::IMAGE_SECURITY_DATABASE,
     }
 }
+
+impl VariableStore {
+    /// Applies a time-based authenticated update of PK, KEK, db, dbx or dbt, as
+    /// `SetVariable` does in user mode: the update must verify under PK (for PK and
+    /// KEK) or under PK or a KEK certificate (for the databases); without
+    /// `APPEND_WRITE` its timestamp must be later than the variable's, and an empty
+    /// payload deletes the variable; with it, the payload's entries not already present
+    /// are appended and the later timestamp kept. Returns the subject the update
+    /// verified under.
+    pub fn apply_update(
+        &mut self,
+        name: &str,
+        update: &[u8],
+        attributes: u32,
+    ) -> Result<String, Error> {
+        use crate::authvar::{APPEND_WRITE, AuthenticatedUpdate};
+        if !["PK", "KEK", "db", "dbx", "dbt"].contains(&name) {
+            return Err(Error::Usage(format!(
+                "{name} is not a Secure Boot variable (PK, KEK, db, dbx, dbt)"
+            )));
+        }
+        if attributes & TIME_BASED == 0 {
+            return Err(Error::Usage(
+                "the attributes lack TIME_BASED_AUTHENTICATED_WRITE (0x20)".into(),
+            ));
+        }
+        let guid = secure_boot_namespace(name);
+        let update = AuthenticatedUpdate::parse(update)?;
+        let payload = SignatureDb::parse(update.payload)?;
+        let mut authorities = self.signature_db("PK")?;
+        if !matches!(name, "PK" | "KEK") {
+            authorities
+                .entries
+                .extend(self.signature_db("KEK")?.entries);
+        }
+        if authorities.entries.is_empty() {
+            return Err(Error::AuthVariable(
+                "no PK is enrolled (setup mode): updates are not verified here; create the store from a template".into(),
+            ));
+        }
+        let subject = update.verify(
+            name,
+            guid,
+            attributes,
+            &authorities,
+            self.time_of(name, guid),
+        )?;
+        let append = attributes & APPEND_WRITE != 0;
+        let stored_attributes = attributes & !APPEND_WRITE;
+        match self
+            .variables
+            .iter()
+            .position(|v| v.name == name && v.guid == guid)
+        {
+            Some(i) if append => {
+                let mut db = SignatureDb::parse(&self.variables[i].data)?;
+                for e in payload.entries {
+                    if !db.entries.contains(&e) {
+                        db.entries.push(e);
+                    }
+                }
+                let v = &mut self.variables[i];
+                v.data = db.encode();
+                if EfiTime::parse(&v.time).is_ok_and(|t| update.time > t) {
+                    v.time = update.time.to_bytes();
+                }
+            }
+            Some(i) if payload.entries.is_empty() => {
+                self.variables.remove(i);
+            }
+            _ => {
+                if !payload.entries.is_empty() {
+                    self.set(Variable {
+                        name: name.into(),
+                        guid,
+                        attributes: stored_attributes,
+                        time: update.time.to_bytes(),
+                        data: payload.encode(),
+                    });
+                }
+            }
+        }
+        Ok(subject)
+    }
+}

@@ -68,6 +68,13 @@ pub enum BootCommand {
         /// With --loader shim: the second stage it loads.
         #[arg(long, requires = "loader")]
         second_stage: Option<PathBuf>,
+        /// The kernel GRUB boots: also predict PCR 4 (shim → GRUB → kernel chains).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Boot options firmware fails to load before the disk (PCR 4 counts them;
+        /// QEMU's q35 machine has a CD-ROM drive OVMF tries first).
+        #[arg(long, default_value_t = 1)]
+        failed_boot_attempts: u32,
         /// Print the prediction (values, chain, events) as JSON.
         #[arg(long)]
         json: bool,
@@ -155,6 +162,23 @@ pub enum VarsCommand {
         #[arg(long, default_value = "/usr/share/OVMF/OVMF_VARS_4M.fd")]
         base: PathBuf,
     },
+    /// Apply a signed update of PK, KEK, db or dbx (EFI_VARIABLE_AUTHENTICATION_2, as
+    /// Microsoft publishes dbx updates): verified under the store's PK or KEK as
+    /// firmware would, then written.
+    Update {
+        #[command(flatten)]
+        at: StoreArgs,
+        /// The variable: PK, KEK, db, dbx or dbt.
+        #[arg(long)]
+        name: String,
+        /// The signed update.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Append to the variable (APPEND_WRITE, as dbx updates are signed) instead of
+        /// replacing it.
+        #[arg(long)]
+        append: bool,
+    },
     /// Read an OVMF variable store image (after a boot, with what firmware and shim
     /// wrote) into the store.
     Import {
@@ -175,6 +199,14 @@ pub enum EventlogCommand {
     /// Print each event: index, PCR, type, SHA-256 digest and what its data names.
     Show {
         /// The binary log (`binary_bios_measurements`).
+        file: PathBuf,
+    },
+    /// Print the boot claims the log supports: Secure Boot, PK/KEK/db/dbx digests,
+    /// authorities, boot applications with the authority that verified each, SBAT
+    /// level, kernel command line. They mean something only once the log replays to
+    /// PCR values from a verified quote.
+    Claims {
+        /// The binary log.
         file: PathBuf,
     },
     /// Replay the log and print the PCR values it implies, per bank.
@@ -241,13 +273,14 @@ pub fn run(cmd: BootCommand) -> ExitCode {
             image,
             loader,
             second_stage,
+            kernel,
+            failed_boot_attempts,
             json,
         } => finish(predict(
             &at,
             template.as_deref(),
-            image,
-            loader,
-            second_stage,
+            (image, loader, second_stage),
+            kernel.map(|k| (k, failed_boot_attempts)),
             json,
         )),
     }
@@ -357,6 +390,13 @@ pub fn run_eventlog(cmd: EventlogCommand) -> ExitCode {
     finish(match cmd {
         EventlogCommand::Show { file } => show(&file),
         EventlogCommand::Replay { file, json } => replay(&file, json),
+        EventlogCommand::Claims { file } => read_log(&file).and_then(|log| {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&boot::claims::from_log(&log))?
+            );
+            Ok(())
+        }),
     })
 }
 
@@ -479,7 +519,7 @@ impl StoreArgs {
                 let vmgs = self.open_vmgs(v)?;
                 match vmgs.read_file(vmgs::vmgs_format::FileId::BIOS_NVRAM) {
                     Ok(data) => Ok(Some(data.to_vec())),
-                    Err(e) if e.to_string().contains("not") => Ok(None),
+                    Err(vmgs::VmgsError::NoSuchFile(_)) => Ok(None),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -627,6 +667,29 @@ fn vars(cmd: VarsCommand) -> Result<()> {
             );
             Ok(())
         }
+        VarsCommand::Update {
+            at,
+            name,
+            input,
+            append,
+        } => {
+            let mut store = at.read()?;
+            let attributes = boot::authvar::SECURE_BOOT_ATTRIBUTES
+                | if append {
+                    boot::authvar::APPEND_WRITE
+                } else {
+                    0
+                };
+            let subject = store
+                .apply_update(&name, &read_input(&input)?, attributes)
+                .with_context(|| format!("{}", input.display()))?;
+            at.write(&store, true)?;
+            println!(
+                "{name} updated ({} entries), signed under {subject:?}",
+                store.signature_db(&name)?.entries.len()
+            );
+            Ok(())
+        }
         VarsCommand::Import { at, ovmf, force } => {
             let store = boot::ovmf::read(&read_input(&ovmf)?)
                 .with_context(|| format!("{}", ovmf.display()))?;
@@ -671,9 +734,8 @@ fn show_store(store: &VariableStore) -> Result<()> {
 fn predict(
     at: &StoreArgs,
     template: Option<&str>,
-    image: Option<PathBuf>,
-    loader: Option<PathBuf>,
-    second_stage: Option<PathBuf>,
+    (image, loader, second_stage): (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    kernel: Option<(PathBuf, u32)>,
     json: bool,
 ) -> Result<()> {
     let store = match template {
@@ -688,7 +750,11 @@ fn predict(
         },
         (None, None) => anyhow::bail!("give --image DISK or --loader FILE"),
     };
-    let prediction = boot::predict::predict(&store, &files)?;
+    let mut prediction = boot::predict::predict(&store, &files)?;
+    if let Some((kernel, attempts)) = kernel {
+        let kernel = read_input(&kernel)?;
+        prediction.pcr4 = Some(boot::predict::predict_pcr4(&files, &kernel, attempts)?);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&prediction)?);
     } else {
@@ -700,6 +766,9 @@ fn predict(
         }
         for (bank, value) in &prediction.pcr7 {
             println!("pcr7 {bank}: {value}");
+        }
+        for (bank, value) in prediction.pcr4.iter().flatten() {
+            println!("pcr4 {bank}: {value}");
         }
     }
     Ok(())

@@ -722,8 +722,17 @@ fn qemu_secure_boot_runs_debians_signed_chain_and_pcr7_is_predicted() {
 
     // The good chain: predicted before the boot, then booted.
     let disk = boot_disk(dir, "good", &shim, &grub);
+    let kernel = fx.join("vmlinuz");
     let o = cvm(&[
-        &"boot", &"predict", &"--store", &store, &"--image", &disk, &"--json",
+        &"boot",
+        &"predict",
+        &"--store",
+        &store,
+        &"--image",
+        &disk,
+        &"--kernel",
+        &kernel,
+        &"--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let prediction: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -736,6 +745,8 @@ fn qemu_secure_boot_runs_debians_signed_chain_and_pcr7_is_predicted() {
     assert_eq!(pcrs.len(), 8, "{serial}");
     // PCR 7 as the vTPM holds it (read by the guest kernel) is the prediction.
     assert_eq!(pcrs["7"], prediction["pcr7"]["sha256"].as_str().unwrap());
+    // So is PCR 4 (shim, GRUB, the kernel; one failed boot option before the disk).
+    assert_eq!(pcrs["4"], prediction["pcr4"]["sha256"].as_str().unwrap());
     // The event log replays to every firmware PCR the vTPM reports, with ours and
     // with tpm2_eventlog reading it.
     let log_file = dir.join("eventlog.bin");
@@ -763,6 +774,42 @@ fn qemu_secure_boot_runs_debians_signed_chain_and_pcr7_is_predicted() {
             image.display()
         );
     }
+
+    // The claims the log supports.
+    let o = cvm(&[&"eventlog", &"claims", &log_file]);
+    assert!(o.status.success(), "{}", text(&o));
+    let claims: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(claims["secure_boot"], true);
+    assert_eq!(claims["kernel_cmdline"], "/vmlinuz console=ttyS0 panic=-1");
+    let apps = claims["boot_applications"].as_array().unwrap();
+    let authorities: Vec<&str> = apps
+        .iter()
+        .map(|a| a["authority"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        authorities,
+        [
+            "Microsoft Corporation UEFI CA 2011",
+            "Debian Secure Boot CA",
+            "Debian Secure Boot CA"
+        ]
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&store).unwrap()).unwrap();
+    let db_hex = stored["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "db")
+        .unwrap()["data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db_sha = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        &hex::decode(db_hex).unwrap(),
+    ));
+    assert_eq!(claims["variables"]["db"], db_sha);
 
     // GRUB without its signature: shim refuses it, and so does the prediction.
     let unsigned = dir.join("grub-unsigned.efi");
@@ -799,5 +846,297 @@ fn qemu_secure_boot_runs_debians_signed_chain_and_pcr7_is_predicted() {
     assert!(
         serial.contains("Access Denied") || serial.contains("Security Violation"),
         "{serial}"
+    );
+}
+
+/// The variables of a QEMU uefi-vars JSON document, as comparable tuples.
+fn variables_of(json: &serde_json::Value) -> Vec<(String, String, u64, String)> {
+    let mut v: Vec<_> = json["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["guid"].as_str().unwrap().to_lowercase(),
+                v["attr"].as_u64().unwrap(),
+                v["data"].as_str().unwrap().to_lowercase(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ovmf_images_round_trip_with_virt_firmware() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let virt = |args: &[&dyn AsRef<std::ffi::OsStr>]| tool("virt-fw-vars", args);
+    let read_json = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+
+    // Ours → OVMF image → virt-fw-vars reads the same variables.
+    let store = dir.join("ours.json");
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"create",
+        &"--template",
+        &"linux",
+        &"--store",
+        &store,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let image = dir.join("ours.fd");
+    let o = cvm(&[
+        &"boot", &"vars", &"export", &"--store", &store, &"--ovmf", &image,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let theirs = dir.join("theirs.json");
+    virt(&[&"-i", &image, &"--output-json", &theirs]);
+    let ours = read_json(&store);
+    assert_eq!(variables_of(&read_json(&theirs)), variables_of(&ours));
+    assert_eq!(variables_of(&ours).len(), 6);
+
+    // virt-fw-vars enrols Microsoft's keys into Debian's empty image → we read what it
+    // reads.
+    let enrolled = dir.join("enrolled.fd");
+    virt(&[
+        &"-i",
+        &"/usr/share/OVMF/OVMF_VARS_4M.fd",
+        &"-o",
+        &enrolled,
+        &"--enroll-microsoft",
+    ]);
+    let theirs = dir.join("enrolled.json");
+    virt(&[&"-i", &enrolled, &"--output-json", &theirs]);
+    let imported = dir.join("imported.json");
+    let o = cvm(&[
+        &"boot", &"vars", &"import", &"--ovmf", &enrolled, &"--store", &imported,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        variables_of(&read_json(&imported)),
+        variables_of(&read_json(&theirs))
+    );
+    // Importing again without --force would lose the store: refused.
+    let o = cvm(&[
+        &"boot", &"vars", &"import", &"--ovmf", &enrolled, &"--store", &imported,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("already holds a variable store"),
+        "{}",
+        text(&o)
+    );
+
+    // Debian's Microsoft image, with its deleted records: the live set is the same.
+    let debian = dir.join("debian.json");
+    virt(&[
+        &"-i",
+        &"/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+        &"--output-json",
+        &debian,
+    ]);
+    let ours = dir.join("debian-ours.json");
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"import",
+        &"--ovmf",
+        &"/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+        &"--store",
+        &ours,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        variables_of(&read_json(&ours)),
+        variables_of(&read_json(&debian))
+    );
+
+    // Not an OVMF image: a clear refusal.
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"show",
+        &"--ovmf",
+        &fixtures().join("vmlinuz"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("not an OVMF_VARS image"), "{}", text(&o));
+}
+
+#[test]
+fn the_variable_store_lives_in_the_vms_vmgs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let vmgs = dir.join("vm.vmgs");
+    let key = dir.join("key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let o = cvm(&[&"vmgs", &"create", &vmgs, &"--key-file", &key]);
+    assert!(o.status.success(), "{}", text(&o));
+    let at: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--vmgs", &vmgs, &"--key-file", &key];
+    let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = args.to_vec();
+        all.extend_from_slice(&at);
+        cvm(&all)
+    };
+    let o = run(&[&"boot", &"vars", &"create", &"--template", &"microsoft"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&[&"boot", &"vars", &"show"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("secure boot: on"), "{}", text(&o));
+    assert!(
+        text(&o).contains("\"Microsoft Windows Production PCA 2011\""),
+        "{}",
+        text(&o)
+    );
+    // It is file 1 (BIOS_NVRAM), encrypted with the VMGS.
+    let o = cvm(&[&"vmgs", &"list", &vmgs, &"--key-file", &key, &"--json"]);
+    assert!(text(&o).contains("BIOS_NVRAM"), "{}", text(&o));
+    // The wrong key opens nothing.
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, [8u8; 32]).unwrap();
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"show",
+        &"--vmgs",
+        &vmgs,
+        &"--key-file",
+        &wrong,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Exported for OVMF and predicted from the VMGS store as from a file.
+    let image = dir.join("vars.fd");
+    let o = run(&[&"boot", &"vars", &"export", &"--ovmf", &image]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fx = fixtures();
+    let o = run(&[
+        &"boot",
+        &"predict",
+        &"--loader",
+        &fx.join("shimx64.efi.signed"),
+        &"--second-stage",
+        &fx.join("grubx64.efi.signed"),
+        &"--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["chain"].as_array().unwrap().len(), 2);
+    assert_eq!(p["events"].as_array().unwrap().len(), 9, "{p}");
+}
+
+#[test]
+fn signed_dbx_updates_apply_only_under_the_stores_kek() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The owner's own PK (openssl), Microsoft's KEKs, one db CA, no dbx.
+    let (key, pk) = (dir.join("pk.key"), dir.join("pk.pem"));
+    tool(
+        "openssl",
+        &[
+            &"req",
+            &"-x509",
+            &"-newkey",
+            &"rsa:2048",
+            &"-nodes",
+            &"-keyout",
+            &key,
+            &"-out",
+            &pk,
+            &"-days",
+            &"1",
+            &"-subj",
+            &"/CN=opencvm test PK",
+        ],
+    );
+    let create = |store: &Path, keks: &[&Path]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"boot", &"vars", &"create", &"--store", &store, &"--pk", &pk,
+        ];
+        for k in keks {
+            args.push(&"--kek");
+            args.push(k);
+        }
+        let db = microsoft("uefi-ca-2011.der");
+        let o = {
+            let mut all = args.clone();
+            all.push(&"--db");
+            all.push(&db);
+            cvm(&all)
+        };
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    let update = microsoft("dbx-update-amd64.bin");
+    let apply = |store: &Path, file: &Path| {
+        cvm(&[
+            &"boot",
+            &"vars",
+            &"update",
+            &"--store",
+            &store,
+            &"--name",
+            &"dbx",
+            &"--in",
+            &file,
+            &"--append",
+        ])
+    };
+
+    let store = dir.join("vars.json");
+    create(
+        &store,
+        &[
+            &microsoft("kek-ca-2011.der"),
+            &microsoft("kek-2k-ca-2023.der"),
+        ],
+    );
+    let o = apply(&store, &update);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("signed under \"Microsoft Corporation KEK"),
+        "{}",
+        text(&o)
+    );
+    let count = |store: &Path| {
+        let o = cvm(&[&"boot", &"vars", &"show", &"--store", &store]);
+        text(&o)
+            .lines()
+            .find(|l| l.starts_with("dbx:"))
+            .unwrap()
+            .to_string()
+    };
+    let after_one = count(&store);
+    let published = boot::template::microsoft_dbx().unwrap().entries.len();
+    assert!(
+        after_one.contains(&format!("{published} other entries")),
+        "{after_one}"
+    );
+    // Appending the same update again adds nothing.
+    let o = apply(&store, &update);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count(&store), after_one);
+
+    // A changed byte, or a store whose KEK is not Microsoft's: refused, store unchanged.
+    let mut bytes = std::fs::read(&update).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let tampered = dir.join("tampered.bin");
+    std::fs::write(&tampered, bytes).unwrap();
+    let before = std::fs::read(&store).unwrap();
+    let o = apply(&store, &tampered);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(std::fs::read(&store).unwrap(), before);
+    let own = dir.join("own.json");
+    create(&own, &[&pk]);
+    let o = apply(&own, &update);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("does not chain to any of the 2 authority certificates"),
+        "{}",
+        text(&o)
     );
 }
