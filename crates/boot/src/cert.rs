@@ -75,6 +75,11 @@ impl<'a> Cert<'a> {
         })
     }
 
+    /// The subjectPublicKey bits (for RSA, the RSAPublicKey DER).
+    pub fn public_key(&self) -> &'a [u8] {
+        self.key
+    }
+
     /// The subject's common name, or the whole subject in hex when it has none.
     pub fn subject_name(&self) -> String {
         common_name(self.subject).unwrap_or_else(|| hex::encode(self.subject))

@@ -92,7 +92,8 @@ pub const OPENCVM_OWNER: Guid = Guid::from_fields(
 /// What one `EFI_SIGNATURE_DATA` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signature {
-    /// A DER X.509 certificate.
+    /// A DER X.509 certificate, as stored (some tools zero-pad the entry; the padding is
+    /// kept so that the entry measures as firmware measures it).
     X509(Vec<u8>),
     /// An image digest.
     Hash(HashAlg, Vec<u8>),
@@ -196,10 +197,15 @@ impl SignatureDb {
                 .ok_or_else(|| {
                     esl_err(at, format!("SignatureListSize {list_size} does not fit"))
                 })?;
-            let body_start = 28usize
-                .checked_add(header_size)
-                .filter(|&s| s <= list_size)
-                .ok_or_else(|| esl_err(at, "SignatureHeaderSize runs past the list"))?;
+            // Every defined type has an empty SignatureHeader; a header would be lost
+            // when the list is written again, so it is refused rather than dropped.
+            if header_size != 0 {
+                return Err(esl_err(
+                    at,
+                    format!("SignatureHeaderSize {header_size} (only 0 is defined)"),
+                ));
+            }
+            let body_start = 28usize;
             if sig_size <= 16 || !(list_size - body_start).is_multiple_of(sig_size) {
                 return Err(esl_err(
                     at,
@@ -261,9 +267,24 @@ impl SignatureDb {
             .iter()
             .enumerate()
             .filter_map(|(i, e)| match &e.signature {
-                Signature::X509(der) => Cert::parse(der).ok().map(|c| (i, c)),
+                Signature::X509(data) => Cert::parse(x509_der(data)).ok().map(|c| (i, c)),
                 _ => None,
             })
+    }
+
+    /// The algorithms of its image-digest entries.
+    pub fn hash_algorithms(&self) -> Vec<HashAlg> {
+        let mut algs: Vec<HashAlg> = self
+            .entries
+            .iter()
+            .filter_map(|e| match &e.signature {
+                Signature::Hash(a, _) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        algs.sort();
+        algs.dedup();
+        algs
     }
 
     /// The index of an entry holding this image digest.
@@ -276,11 +297,19 @@ impl SignatureDb {
     /// The index of an entry revoking `cert` by its TBS hash or whole DER.
     pub fn find_certificate(&self, cert: &Cert<'_>) -> Option<usize> {
         self.entries.iter().position(|e| match &e.signature {
-            Signature::X509(der) => der == cert.der,
+            Signature::X509(data) => x509_der(data) == cert.der,
             Signature::TbsHash(alg, h, _) => *h == cert.tbs_hash(*alg),
             _ => false,
         })
     }
+}
+
+/// The first DER element of a certificate entry (the whole entry when it is not DER).
+fn x509_der(data: &[u8]) -> &[u8] {
+    crate::der::Reader::new(data, "certificate")
+        .any()
+        .map(|t| t.raw)
+        .unwrap_or(data)
 }
 
 fn decode_signature(kind: Guid, data: &[u8]) -> Result<Signature, String> {
@@ -304,13 +333,12 @@ fn decode_signature(kind: Guid, data: &[u8]) -> Result<Signature, String> {
     match kind {
         CERT_X509 => {
             // Some tools pad certificate entries; the certificate is the first DER element.
-            let mut r = crate::der::Reader::new(data, "certificate");
-            let der = r.any().map_err(|e| e.to_string())?.raw;
+            let der = x509_der(data);
             if data[der.len()..].iter().any(|&b| b != 0) {
                 return Err("bytes after the certificate".into());
             }
             Cert::parse(der).map_err(|e| e.to_string())?;
-            Ok(Signature::X509(der.to_vec()))
+            Ok(Signature::X509(data.to_vec()))
         }
         CERT_SHA1 => hash(HashAlg::Sha1),
         CERT_SHA256 => hash(HashAlg::Sha256),

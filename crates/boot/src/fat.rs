@@ -238,7 +238,7 @@ impl<'a, R: ReadAt + ?Sized> Fat<'a, R> {
 
     fn entries(&self, dir: &[u8]) -> Vec<DirEntry> {
         let mut out = Vec::new();
-        let mut long: Vec<(u8, [u16; 13])> = Vec::new();
+        let mut long: Vec<(u8, [u16; 13], u8)> = Vec::new();
         for e in dir.chunks_exact(32) {
             match e[0] {
                 0x00 => break,
@@ -257,7 +257,7 @@ impl<'a, R: ReadAt + ?Sized> Fat<'a, R> {
                 {
                     units[i] = le16(e, *at);
                 }
-                long.push((e[0] & 0x1F, units));
+                long.push((e[0] & 0x1F, units, e[13]));
                 continue;
             }
             if attr & 0x08 != 0 {
@@ -271,11 +271,21 @@ impl<'a, R: ReadAt + ?Sized> Fat<'a, R> {
             } else {
                 format!("{base}.{ext}")
             };
-            long.sort_by_key(|(seq, _)| *seq);
-            let long_name = (!long.is_empty()).then(|| {
+            long.sort_by_key(|(seq, _, _)| *seq);
+            // A long name belongs to this entry only if every part carries the short
+            // name's checksum and the parts are numbered 1..n; otherwise it is an
+            // orphan (as firmware treats it) and only the short name counts.
+            let checksum = e[..11]
+                .iter()
+                .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b));
+            let belongs = long
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, _, sum))| usize::from(*seq) == i + 1 && *sum == checksum);
+            let long_name = (!long.is_empty() && belongs).then(|| {
                 let units: Vec<u16> = long
                     .iter()
-                    .flat_map(|(_, u)| u.iter().copied())
+                    .flat_map(|(_, u, _)| u.iter().copied())
                     .take_while(|&u| u != 0 && u != 0xFFFF)
                     .collect();
                 String::from_utf16_lossy(&units)

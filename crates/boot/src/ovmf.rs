@@ -32,6 +32,14 @@ const PLAIN_STORE: Guid = Guid::from_fields(
     [0x98, 0xb6, 0xfe, 0x85, 0x70, 0x7f, 0xfe, 0x7d],
 );
 
+/// `EDKII_WORKING_BLOCK_SIGNATURE_GUID`: the fault-tolerant-write working block.
+const FTW_WORKING_BLOCK: Guid = Guid::from_fields(
+    0x9e58_292b,
+    0x7c68,
+    0x497d,
+    [0xa0, 0xce, 0x65, 0x00, 0xfd, 0x9f, 0x1b, 0x95],
+);
+
 const STORE_HEADER: usize = 28;
 const RECORD_HEADER: usize = 60;
 const START_ID: u16 = 0x55AA;
@@ -131,6 +139,7 @@ pub fn read(image: &[u8]) -> Result<VariableStore, Error> {
                     attributes,
                     time,
                     data: image[data_at..next].to_vec(),
+                    digest: None,
                 },
             ));
         }
@@ -163,11 +172,48 @@ fn decode_name(bytes: &[u8]) -> Option<String> {
     String::from_utf16(name).ok()
 }
 
+/// Whether the image's fault-tolerant-write journal holds a record: a write that
+/// firmware had not finished (or not yet cleared) when the image was saved, which it
+/// replays at the next boot. The working block follows the variable store at a 4 KiB
+/// boundary; an image without one is an error.
+pub fn pending_write(image: &[u8]) -> Result<bool, Error> {
+    let (_, end) = layout(image)?;
+    let mut at = end.div_ceil(4096) * 4096;
+    while at + 32 <= image.len() {
+        if image[at..at + 16] == FTW_WORKING_BLOCK.0 {
+            let size = image
+                .get(at + 24..at + 32)
+                .map(|b| {
+                    let mut x = [0u8; 8];
+                    x.copy_from_slice(b);
+                    u64::from_le_bytes(x)
+                })
+                .unwrap_or(0);
+            let queue = usize::try_from(size)
+                .ok()
+                .and_then(|n| (at + 32).checked_add(n))
+                .and_then(|e| image.get(at + 32..e))
+                .ok_or_else(|| err("the FTW write queue runs past the image"))?;
+            return Ok(queue.iter().any(|&b| b != 0xFF));
+        }
+        at += 4096;
+    }
+    Err(err(
+        "no fault-tolerant-write working block after the variable store",
+    ))
+}
+
 /// Writes `store` into a copy of `base` (an OVMF_VARS image of the firmware build the
 /// VM runs, e.g. Debian's `OVMF_VARS_4M.fd`): the variable area is erased and the
-/// variables written as live records; the rest of `base` is kept.
+/// variables written as live records; the rest of `base` is kept. A base with a
+/// pending fault-tolerant write is refused ([`pending_write`]).
 pub fn write(store: &VariableStore, base: &[u8]) -> Result<Vec<u8>, Error> {
     let (start, end) = layout(base)?;
+    if pending_write(base)? {
+        return Err(err(
+            "the base image has a fault-tolerant write pending, which firmware would replay over the new variables; use an empty image from the firmware package",
+        ));
+    }
     let mut out = base.to_vec();
     out[start..end].fill(0xFF);
     let mut at = start;

@@ -34,6 +34,9 @@ pub struct SignerInfo<'a> {
 /// A SignedData structure.
 #[derive(Debug, Clone)]
 pub struct SignedData<'a> {
+    /// The first entry of digestAlgorithms (what edk2 hashes the image with), when it
+    /// is a hash this crate knows.
+    pub first_digest_algorithm: Option<HashAlg>,
     /// The encapsulated content type's OID.
     pub content_type: &'a [u8],
     /// The encapsulated content element (under `[0] EXPLICIT`), when present.
@@ -57,7 +60,10 @@ impl<'a> SignedData<'a> {
     pub fn parse(blob: &'a [u8]) -> Result<Self, Error> {
         let mut outer = Reader::new(blob, "PKCS#7 SignedData");
         let mut seq = outer.nested(tag::SEQUENCE)?;
-        // Trailing zero padding after the DER (WIN_CERTIFICATE alignment) is allowed.
+        // Zero padding after the DER (WIN_CERTIFICATE alignment) is allowed, nothing else.
+        if outer.rest().iter().any(|&b| b != 0) {
+            return Err(bad("bytes other than zero padding after the SignedData"));
+        }
         let mut probe = seq.clone();
         if probe.peek_tag() == Some(tag::OID) {
             let content_type = probe.expect(tag::OID)?.value;
@@ -76,8 +82,14 @@ impl<'a> SignedData<'a> {
     fn parse_signed_data(mut sd: Reader<'a>) -> Result<Self, Error> {
         sd.expect(tag::INTEGER)?;
         let mut digest_algs = sd.nested(tag::SET)?;
+        let mut first_digest_algorithm = None;
+        let mut first = true;
         while !digest_algs.is_empty() {
-            digest_algs.algorithm()?;
+            let alg = digest_algs.algorithm()?;
+            if first {
+                first_digest_algorithm = hash_of(alg.oid);
+                first = false;
+            }
         }
         let mut encap = sd.nested(tag::SEQUENCE)?;
         let content_type = encap.expect(tag::OID)?.value;
@@ -140,6 +152,7 @@ impl<'a> SignedData<'a> {
             return Err(bad("no SignerInfo"));
         }
         Ok(Self {
+            first_digest_algorithm,
             content_type,
             content,
             certificates,
@@ -183,11 +196,20 @@ impl<'a> SignedData<'a> {
                     let kind = attr.expect(tag::OID)?.value;
                     let mut values = attr.nested(tag::SET)?;
                     let value = values.any()?;
-                    if kind == oid::CONTENT_TYPE {
-                        content_type = Some(value);
+                    let slot = if kind == oid::CONTENT_TYPE {
+                        &mut content_type
                     } else if kind == oid::MESSAGE_DIGEST {
-                        digest = Some(value);
+                        &mut digest
+                    } else {
+                        continue;
+                    };
+                    // One value, once: anything else is ambiguous.
+                    if slot.is_some() || !values.is_empty() {
+                        return Err(bad(
+                            "a repeated or multi-valued contentType or messageDigest attribute",
+                        ));
                     }
+                    *slot = Some(value);
                 }
                 let content_type = content_type.ok_or(bad("no contentType attribute"))?;
                 if content_type.tag != tag::OID || content_type.value != self.content_type {

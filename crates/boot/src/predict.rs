@@ -3,9 +3,9 @@
 //! disk key can be sealed to PCR 7 before the VM first boots.
 //!
 //! Firmware measures `EV_EFI_VARIABLE_DRIVER_CONFIG` events for `SecureBoot`, `PK`,
-//! `KEK`, `db` and `dbx` (absent variables with empty data), then `EV_SEPARATOR`, then
-//! one `EV_EFI_VARIABLE_AUTHORITY` per distinct db entry that verified an image. shim
-//! adds its own authority events (see [`ShimEvents`]).
+//! `KEK`, `db`, `dbx` (absent variables with empty data) and `dbt` (when present), then
+//! `EV_SEPARATOR`, then one `EV_EFI_VARIABLE_AUTHORITY` per distinct db entry that
+//! verified an image. shim adds its own authority events (see [`predict`]).
 
 use serde::Serialize;
 use tcg_eventlog::Guid;
@@ -78,6 +78,18 @@ pub fn configuration_events(store: &VariableStore) -> Vec<Pcr7Event> {
             data,
         ));
     }
+    // edk2 measures dbt only when it exists and is not empty.
+    if let Some(dbt) = store
+        .get("dbt", Guid::IMAGE_SECURITY_DATABASE)
+        .filter(|v| !v.data.is_empty())
+    {
+        events.push(variable_event(
+            EV_EFI_VARIABLE_DRIVER_CONFIG,
+            Guid::IMAGE_SECURITY_DATABASE,
+            "dbt",
+            &dbt.data,
+        ));
+    }
     events.push(Pcr7Event {
         event_type: EV_SEPARATOR,
         what: "separator".into(),
@@ -94,35 +106,6 @@ pub fn db_authority_event(entry: &Entry) -> Pcr7Event {
         "db",
         &entry.signature_data(),
     )
-}
-
-/// The authority events shim measures in PCR 7 when it starts the next stage with its
-/// vendor certificate: the SBAT level in force, `MokListTrusted`, and the vendor
-/// certificate (variable name `Shim`) the first time it verifies an image.
-#[derive(Debug, Clone)]
-pub struct ShimEvents {
-    /// The `SbatLevel` variable's content after shim applied its policy.
-    pub sbat_level: Vec<u8>,
-    /// The `MokListTrusted` value shim measures (1 byte).
-    pub mok_list_trusted: u8,
-    /// The vendor certificate's DER (the `Shim` authority event data).
-    pub vendor_cert: Vec<u8>,
-}
-
-impl ShimEvents {
-    /// The events, in the order shim measures them.
-    pub fn events(&self) -> Vec<Pcr7Event> {
-        let shim = crate::varstore::SHIM_LOCK_GUID;
-        vec![
-            raw_event(shim, "SbatLevel", &self.sbat_level),
-            raw_event(shim, "MokListTrusted", &[self.mok_list_trusted]),
-            raw_event(shim, "Shim", &self.vendor_cert),
-        ]
-    }
-}
-
-fn raw_event(guid: Guid, name: &str, data: &[u8]) -> Pcr7Event {
-    variable_event(EV_EFI_VARIABLE_AUTHORITY, guid, name, data)
 }
 
 /// Replays `events` into a PCR starting at zero.

@@ -145,6 +145,7 @@ pub fn store(keys: &Keys, time: EfiTime) -> VariableStore {
             attributes: SECURE_BOOT_ATTRIBUTES,
             time: time.to_bytes(),
             data: db.encode(),
+            digest: None,
         });
     }
     for (name, guid, value) in [
@@ -157,6 +158,7 @@ pub fn store(keys: &Keys, time: EfiTime) -> VariableStore {
             attributes: 0x3, // NV | BS
             time: [0; 16],
             data: vec![value],
+            digest: None,
         });
     }
     store

@@ -46,6 +46,9 @@ pub struct Variable {
     pub time: [u8; 16],
     /// The value.
     pub data: Vec<u8>,
+    /// The `digest` field of QEMU's JSON (its record of the certificate that last
+    /// wrote a private authenticated variable), kept as read.
+    pub digest: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Variable {
@@ -144,8 +147,9 @@ impl VariableStore {
                     guid: v.guid.to_string(),
                     attr: v.attributes,
                     data: hex::encode(&v.data),
-                    time: (v.attributes & TIME_BASED != 0).then(|| hex::encode(v.time)),
-                    digest: None,
+                    time: (v.attributes & TIME_BASED != 0 || v.time != [0; 16])
+                        .then(|| hex::encode(v.time)),
+                    digest: v.digest.as_ref().map(hex::encode),
                 })
                 .collect(),
         };
@@ -182,6 +186,12 @@ impl VariableStore {
                 }
                 time.copy_from_slice(&bytes);
             }
+            let digest = v
+                .digest
+                .as_deref()
+                .map(hex::decode)
+                .transpose()
+                .map_err(|_| bad("digest is not hex"))?;
             if v.name.is_empty() || out.get(&v.name, guid).is_some() {
                 return Err(bad("empty or repeated name"));
             }
@@ -191,6 +201,7 @@ impl VariableStore {
                 attributes: v.attr,
                 time,
                 data,
+                digest,
             });
         }
         Ok(out)
@@ -252,29 +263,54 @@ impl VariableStore {
                 "no PK is enrolled (setup mode): updates are not verified here; create the store from a template".into(),
             ));
         }
-        let subject = update.verify(
-            name,
-            guid,
-            attributes,
-            &authorities,
-            self.time_of(name, guid),
-        )?;
         let append = attributes & APPEND_WRITE != 0;
         let stored_attributes = attributes & !APPEND_WRITE;
+        // The stored variable's attributes must match and its timestamp must be
+        // readable: an update is never applied against an unknown time.
+        let previous = match self.get(name, guid) {
+            Some(v) => {
+                if v.attributes != stored_attributes {
+                    return Err(Error::AuthVariable(format!(
+                        "attributes {stored_attributes:#x} differ from the stored variable's {:#x}",
+                        v.attributes
+                    )));
+                }
+                Some(EfiTime::parse(&v.time).map_err(|_| {
+                    Error::AuthVariable(format!("the stored {name} has a malformed timestamp"))
+                })?)
+            }
+            None => None,
+        };
+        if name == "PK"
+            && !(payload.entries.is_empty()
+                || (payload.entries.len() == 1
+                    && matches!(payload.entries[0].signature, crate::esl::Signature::X509(_))))
+        {
+            return Err(Error::AuthVariable(
+                "a PK update must hold exactly one X.509 certificate (or nothing, to delete PK)"
+                    .into(),
+            ));
+        }
+        let subject = update.verify(name, guid, attributes, &authorities, previous)?;
         match self
             .variables
             .iter()
             .position(|v| v.name == name && v.guid == guid)
         {
             Some(i) if append => {
-                let mut db = SignatureDb::parse(&self.variables[i].data)?;
-                for e in payload.entries {
-                    if !db.entries.contains(&e) {
-                        db.entries.push(e);
-                    }
-                }
+                // As edk2: entries already present are dropped from the new data, the
+                // rest is appended as lists after the stored bytes, which stay as they
+                // are.
+                let existing = SignatureDb::parse(&self.variables[i].data)?;
+                let new = SignatureDb {
+                    entries: payload
+                        .entries
+                        .into_iter()
+                        .filter(|e| !existing.entries.contains(e))
+                        .collect(),
+                };
                 let v = &mut self.variables[i];
-                v.data = db.encode();
+                v.data.extend_from_slice(&new.encode());
                 if EfiTime::parse(&v.time).is_ok_and(|t| update.time > t) {
                     v.time = update.time.to_bytes();
                 }
@@ -290,6 +326,7 @@ impl VariableStore {
                         attributes: stored_attributes,
                         time: update.time.to_bytes(),
                         data: payload.encode(),
+                        digest: None,
                     });
                 }
             }

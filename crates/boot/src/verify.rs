@@ -257,6 +257,16 @@ pub fn verify_image(
 
     let mut signatures = Vec::new();
     let mut digests: Vec<(HashAlg, Vec<u8>)> = vec![(HashAlg::Sha256, sha256.clone())];
+    // Firmware hashes the image with every algorithm a hash entry of db or dbx uses.
+    for alg in db
+        .hash_algorithms()
+        .into_iter()
+        .chain(dbx.hash_algorithms())
+    {
+        if !digests.iter().any(|(a, _)| *a == alg) {
+            digests.push((alg, pe.authenticode_digest(alg)?));
+        }
+    }
     let mut allowed: Option<Authority> = None;
     let mut forbidden: Option<Refusal> = None;
     for blob in blobs {
@@ -349,22 +359,54 @@ fn check_signature<'a>(
     dbx: (&[Cert<'_>], &[usize]),
     dbx_list: &SignatureDb,
 ) -> SignatureReport {
-    let invalid =
-        |reason: String, signer: Option<String>, chain: Vec<String>, alg| SignatureReport {
-            signer,
-            chain,
-            digest_algorithm: alg,
-            outcome: SignatureOutcome::Invalid { reason },
-        };
+    let invalid = |reason: String, signer: Option<String>, alg| SignatureReport {
+        signer,
+        chain: Vec::new(),
+        digest_algorithm: alg,
+        outcome: SignatureOutcome::Invalid { reason },
+    };
+    // edk2 reads the digest algorithm at a fixed offset, which holds only for a
+    // ContentInfo with a two-byte length (256 bytes to 64 KiB).
+    if blob.get(..2) != Some(&[0x30, 0x82]) {
+        return invalid(
+            "the PKCS#7 blob does not start with a two-byte-length SEQUENCE (edk2 reads only that form)".into(),
+            None,
+            None,
+        );
+    }
     let sd = match SignedData::parse(blob) {
         Ok(sd) => sd,
-        Err(e) => return invalid(e.to_string(), None, Vec::new(), None),
+        Err(e) => return invalid(e.to_string(), None, None),
     };
+    // dbx first, whatever else is wrong with the signature: a certificate it carries
+    // that dbx revokes (whole or by TBS hash) refuses the image.
+    if let Some((dbx_entry, certificate)) = sd
+        .certificates
+        .iter()
+        .find_map(|c| dbx_list.find_certificate(c).map(|i| (i, c.subject_name())))
+    {
+        return SignatureReport {
+            signer: None,
+            chain: Vec::new(),
+            digest_algorithm: None,
+            outcome: SignatureOutcome::Dbx {
+                dbx_entry,
+                certificate,
+            },
+        };
+    }
     let indirect = match IndirectData::parse(&sd) {
         Ok(i) => i,
-        Err(e) => return invalid(e.to_string(), None, Vec::new(), None),
+        Err(e) => return invalid(e.to_string(), None, None),
     };
     let alg = Some(indirect.hash);
+    if sd.first_digest_algorithm != Some(indirect.hash) {
+        return invalid(
+            "the first digestAlgorithms entry differs from the signed image digest's algorithm (edk2 hashes with the former)".into(),
+            None,
+            alg,
+        );
+    }
     let digest = match digests.iter().find(|(a, _)| *a == indirect.hash) {
         Some((_, d)) => d.clone(),
         None => match pe.authenticode_digest(indirect.hash) {
@@ -372,7 +414,7 @@ fn check_signature<'a>(
                 digests.push((indirect.hash, d.clone()));
                 d
             }
-            Err(e) => return invalid(e.to_string(), None, Vec::new(), alg),
+            Err(e) => return invalid(e.to_string(), None, alg),
         },
     };
     if digest != indirect.digest {
@@ -380,7 +422,6 @@ fn check_signature<'a>(
             "the signed image digest differs from the image's: the image was changed after signing"
                 .into(),
             None,
-            Vec::new(),
             alg,
         );
     }
@@ -389,36 +430,36 @@ fn check_signature<'a>(
         let cert = match sd.verify_signer(signer, indirect.signed_bytes) {
             Ok(c) => c,
             Err(e) => {
-                last = Some(invalid(e.to_string(), None, Vec::new(), alg));
+                last = Some(invalid(e.to_string(), None, alg));
                 continue;
             }
         };
         let path = signer_path(cert, &sd.certificates);
         let chain: Vec<String> = path.iter().map(Cert::subject_name).collect();
         let signer_name = Some(cert.subject_name());
-        // dbx first: a chain to a dbx certificate, or a revoked certificate on the path.
-        let revoked = path
-            .iter()
-            .find_map(|c| dbx_list.find_certificate(c).map(|i| (i, c.subject_name())))
-            .or_else(|| {
-                build_chain(cert, &sd.certificates, dbx.0)
-                    .map(|(_, i)| (dbx.1[i], dbx.0[i].subject_name()))
-            });
-        if let Some((dbx_entry, certificate)) = revoked {
+        // A chain to a dbx certificate that the signature does not carry.
+        if let Some((_, i)) = build_chain(cert, &sd.certificates, dbx.0) {
             return SignatureReport {
                 signer: signer_name,
                 chain,
                 digest_algorithm: alg,
                 outcome: SignatureOutcome::Dbx {
-                    dbx_entry,
-                    certificate,
+                    dbx_entry: dbx.1[i],
+                    certificate: dbx.0[i].subject_name(),
                 },
             };
         }
         let outcome = match build_chain(cert, &sd.certificates, db.0) {
-            Some((_, i)) => SignatureOutcome::Db {
-                db_entry: db.1[i],
-                anchor: db.0[i].subject_name(),
+            // The anchor itself revoked by a TBS hash in dbx.
+            Some((_, i)) => match dbx_list.find_certificate(&db.0[i]) {
+                Some(dbx_entry) => SignatureOutcome::Dbx {
+                    dbx_entry,
+                    certificate: db.0[i].subject_name(),
+                },
+                None => SignatureOutcome::Db {
+                    db_entry: db.1[i],
+                    anchor: db.0[i].subject_name(),
+                },
             },
             None => SignatureOutcome::NoChain,
         };
@@ -429,5 +470,5 @@ fn check_signature<'a>(
             outcome,
         };
     }
-    last.unwrap_or_else(|| invalid("no signer".into(), None, Vec::new(), alg))
+    last.unwrap_or_else(|| invalid("no signer".into(), None, alg))
 }

@@ -691,8 +691,14 @@ fn vars(cmd: VarsCommand) -> Result<()> {
             Ok(())
         }
         VarsCommand::Import { at, ovmf, force } => {
-            let store = boot::ovmf::read(&read_input(&ovmf)?)
-                .with_context(|| format!("{}", ovmf.display()))?;
+            let image = read_input(&ovmf)?;
+            if boot::ovmf::pending_write(&image).unwrap_or(false) {
+                eprintln!(
+                    "warning: {} holds a fault-tolerant write firmware had not finished; its variable area is read as it stands",
+                    ovmf.display()
+                );
+            }
+            let store = boot::ovmf::read(&image).with_context(|| format!("{}", ovmf.display()))?;
             at.write(&store, force)?;
             println!(
                 "imported {} variables into {}",

@@ -424,8 +424,13 @@ fn eventlog_replay_json_matches_every_real_log() {
             checked += 1;
         }
     }
-    for scenario in ["plain", "sb-ms", "uki-signed"] {
-        let dir = root.join("local-qemu-ovmf");
+    for (folder, scenario) in [
+        ("local-qemu-ovmf", "plain"),
+        ("local-qemu-ovmf", "sb-ms"),
+        ("local-qemu-ovmf", "uki-signed"),
+        ("opencvm-qemu-shim", "shim-grub-kernel"),
+    ] {
+        let dir = root.join(folder);
         let pcrs: serde_json::Value = serde_json::from_slice(
             &std::fs::read(dir.join(format!("{scenario}.pcrs.json"))).unwrap(),
         )
@@ -439,7 +444,7 @@ fn eventlog_replay_json_matches_every_real_log() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 17);
+    assert_eq!(checked, 18);
 }
 
 fn check_replay(log: &Path, expected: &serde_json::Value, firmware_pcrs_only: bool) {
@@ -1025,8 +1030,188 @@ fn the_variable_store_lives_in_the_vms_vmgs() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(p["chain"].as_array().unwrap().len(), 2);
-    assert_eq!(p["events"].as_array().unwrap().len(), 9, "{p}");
+    // The same as a store made from the template directly (timestamps are not measured).
+    let o = cvm(&[
+        &"boot",
+        &"predict",
+        &"--template",
+        &"microsoft",
+        &"--loader",
+        &fx.join("shimx64.efi.signed"),
+        &"--second-stage",
+        &fx.join("grubx64.efi.signed"),
+        &"--json",
+    ]);
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["pcr7"], t["pcr7"]);
+    // The VMGS holds the store encrypted: no certificate name in clear.
+    let raw = std::fs::read(&vmgs).unwrap();
+    assert!(!raw.windows(22).any(|w| w == b"Windows OEM Devices PK"));
+}
+
+#[test]
+fn the_recorded_shim_boot_is_predicted_event_for_event() {
+    // testdata/eventlog/opencvm-qemu-shim (MANIFEST.md): a QEMU boot of Debian's chain
+    // under the Microsoft template with our vTPM.
+    let fx = fixtures();
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/eventlog/opencvm-qemu-shim");
+    let store = dir.join("microsoft-template.vars.json");
+    // The template still makes this store (apart from the write times).
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = tmp.path().join("fresh.json");
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"create",
+        &"--template",
+        &"microsoft",
+        &"--store",
+        &fresh,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let strip_time = |p: &Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        for var in v["variables"].as_array_mut().unwrap() {
+            var.as_object_mut().unwrap().remove("time");
+        }
+        v
+    };
+    assert_eq!(strip_time(&fresh), strip_time(&store));
+
+    let o = cvm(&[
+        &"boot",
+        &"predict",
+        &"--store",
+        &store,
+        &"--loader",
+        &fx.join("shimx64.efi.signed"),
+        &"--second-stage",
+        &fx.join("grubx64.efi.signed"),
+        &"--kernel",
+        &fx.join("vmlinuz"),
+        &"--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let reported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("shim-grub-kernel.pcrs.json")).unwrap())
+            .unwrap();
+    for bank in ["sha1", "sha256", "sha384"] {
+        let r = &reported["tpm_pcrs_read_in_guest"][bank];
+        assert_eq!(p["pcr7"][bank], r["7"], "PCR 7 {bank}");
+        assert_eq!(p["pcr4"][bank], r["4"], "PCR 4 {bank}");
+    }
+    // Event for event: the predicted PCR 7 events are the log's, data included.
+    let log = tcg_eventlog::EventLog::parse(
+        &std::fs::read(dir.join("shim-grub-kernel.eventlog.bin")).unwrap(),
+    )
+    .unwrap();
+    let logged: Vec<(u32, String)> = log
+        .events()
+        .iter()
+        .filter(|e| e.pcr == 7 && e.is_extended())
+        .map(|e| (e.event_type.value(), hex::encode(&e.data)))
+        .collect();
+    let predicted: Vec<(u32, String)> = p["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_u64().unwrap() as u32,
+                e["data"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(predicted, logged);
+}
+
+/// A copy of `image` with `f` applied to the bytes of its first signature.
+fn with_signature(
+    image: &Path,
+    dir: &Path,
+    name: &str,
+    f: impl Fn(&mut [u8], &boot::pkcs7::SignedData<'_>, usize),
+) -> PathBuf {
+    let mut bytes = std::fs::read(image).unwrap();
+    let copy = bytes.clone();
+    let pe = boot::PeImage::parse(&copy).unwrap();
+    let blob = pe.signatures().unwrap()[0].unwrap();
+    let offset = blob.as_ptr() as usize - copy.as_ptr() as usize;
+    let sd = boot::pkcs7::SignedData::parse(blob).unwrap();
+    f(&mut bytes[offset..offset + blob.len()], &sd, offset);
+    let out = dir.join(name);
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+#[test]
+fn broken_signatures_and_forged_anchors_are_refused() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let debian = debian_ca(tmp.path());
+    let grub = fx.join("grubx64.efi.signed");
+    // The last byte of the blob is the signer's RSA signature (GRUB's SignerInfo has
+    // no unsigned attributes): the image digest still matches, the signature does not.
+    let bad_sig = with_signature(&grub, tmp.path(), "bad-sig.efi", |b, _, _| {
+        let last = b.iter().rposition(|&x| x != 0).unwrap();
+        b[last] ^= 1;
+    });
+    let (code, out) = verify(&bad_sig, &[&debian], &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+    // The signed messageDigest attribute changed: it no longer matches the content.
+    let bad_digest = with_signature(&grub, tmp.path(), "bad-digest.efi", |b, _, _| {
+        // messageDigest: OID 1.2.840.113549.1.9.4, then SET { OCTET STRING (32) }.
+        let oid = [
+            0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x04,
+        ];
+        let at = b.windows(oid.len()).position(|w| w == oid).unwrap();
+        b[at + oid.len() + 4] ^= 1;
+    });
+    let (code, out) = verify(&bad_digest, &[&debian], &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("messageDigest does not match"), "{out}");
+    // A forged anchor: Debian's CA with another public key (same subject, same
+    // issuer name): names match, signatures do not, so nothing chains.
+    let der = std::fs::read(&debian).unwrap();
+    let cert = boot::cert::Cert::parse(&der).unwrap();
+    let key_at = cert.public_key().as_ptr() as usize - der.as_ptr() as usize;
+    let mut forged = der.clone();
+    forged[key_at + 40] ^= 0x10; // inside the modulus
+    let forged_path = tmp.path().join("forged.der");
+    std::fs::write(&forged_path, &forged).unwrap();
+    let (code, out) = verify(&grub, &[&forged_path], &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not chain to db"), "{out}");
+}
+
+#[test]
+fn dbx_hashes_of_any_algorithm_refuse() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let debian = debian_ca(tmp.path());
+    let kernel = fx.join("vmlinuz");
+    let bytes = std::fs::read(&kernel).unwrap();
+    let pe = boot::PeImage::parse(&bytes).unwrap();
+    for alg in [HashAlg::Sha1, HashAlg::Sha384, HashAlg::Sha512] {
+        let list = SignatureDb {
+            entries: vec![Entry {
+                owner: OPENCVM_OWNER,
+                signature: Signature::Hash(alg, pe.authenticode_digest(alg).unwrap()),
+            }],
+        };
+        let path = tmp.path().join(format!("{}.esl", alg.name()));
+        std::fs::write(&path, list.encode()).unwrap();
+        let (code, out) = verify(&kernel, &[&debian], &[&path], &[]);
+        assert_eq!(code, 1, "{}: {out}", alg.name());
+        assert!(out.contains("digest is in dbx"), "{out}");
+        // With that hash in db instead, the image runs (its signature chains to nothing
+        // there).
+        let (code, out) = verify(&kernel, &[&path], &[], &[]);
+        assert_eq!(code, 0, "{}: {out}", alg.name());
+    }
 }
 
 #[test]
