@@ -164,12 +164,12 @@ impl<'a> Cert<'a> {
 
     /// The SHA-1 thumbprint of the whole certificate, hex (for output only).
     pub fn thumbprint_sha1(&self) -> String {
-        hex::encode(HashAlg::Sha1.hash(self.der))
+        hex::encode(HashAlg::Sha1.digest(self.der))
     }
 
     /// The hash of the TBSCertificate, as `EFI_CERT_X509_SHA*` dbx entries hold it.
     pub fn tbs_hash(&self, alg: HashAlg) -> Vec<u8> {
-        alg.hash(self.tbs)
+        alg.digest(self.tbs)
     }
 }
 

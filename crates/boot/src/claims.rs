@@ -70,7 +70,7 @@ pub fn from_log(log: &EventLog) -> BootClaims {
                     let digest = if v.data.is_empty() {
                         String::new()
                     } else {
-                        hex::encode(HashAlg::Sha256.hash(&v.data))
+                        hex::encode(HashAlg::Sha256.digest(&v.data))
                     };
                     claims.variables.insert(v.name, digest);
                 }
@@ -97,7 +97,7 @@ pub fn from_log(log: &EventLog) -> BootClaims {
                     variable: v.name,
                     guid: v.guid.to_string(),
                     subject,
-                    sha256: hex::encode(HashAlg::Sha256.hash(&v.data)),
+                    sha256: hex::encode(HashAlg::Sha256.digest(&v.data)),
                 });
             }
             (4, EventType::EfiBootServicesApplication) => {

@@ -24,50 +24,9 @@ const WIN_CERT_REVISION_2_0: u16 = 0x0200;
 /// `WIN_CERT_TYPE_PKCS_SIGNED_DATA`.
 const WIN_CERT_TYPE_PKCS_SIGNED_DATA: u16 = 0x0002;
 
-/// A hash algorithm an Authenticode signature or a signature list may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HashAlg {
-    /// SHA-1 (digests only: allowed in db/dbx hash lists, refused for signatures).
-    Sha1,
-    /// SHA-256.
-    Sha256,
-    /// SHA-384.
-    Sha384,
-    /// SHA-512.
-    Sha512,
-}
-
-impl HashAlg {
-    pub(crate) fn algorithm(self) -> &'static digest::Algorithm {
-        match self {
-            Self::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-            Self::Sha256 => &digest::SHA256,
-            Self::Sha384 => &digest::SHA384,
-            Self::Sha512 => &digest::SHA512,
-        }
-    }
-
-    /// The digest length in bytes.
-    pub fn digest_len(self) -> usize {
-        self.algorithm().output_len()
-    }
-
-    /// Hashes `data`.
-    pub fn hash(self, data: &[u8]) -> Vec<u8> {
-        digest::digest(self.algorithm(), data).as_ref().to_vec()
-    }
-
-    /// The name used in output (`sha256`, …).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sha1 => "sha1",
-            Self::Sha256 => "sha256",
-            Self::Sha384 => "sha384",
-            Self::Sha512 => "sha512",
-        }
-    }
-}
+/// The hash algorithms of Authenticode digests and signature lists: the same four as
+/// TPM PCR banks (SHA-1 digests are read in db/dbx; SHA-1 signatures are refused).
+pub use tcg_eventlog::HashAlg;
 
 /// One section header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +237,7 @@ impl<'a> PeImage<'a> {
     /// The Authenticode digest of the image with `alg`.
     pub fn authenticode_digest(&self, alg: HashAlg) -> Result<Vec<u8>, Error> {
         let b = self.bytes;
-        let mut ctx = digest::Context::new(alg.algorithm());
+        let mut ctx = digest::Context::new(alg.aws_algorithm());
         ctx.update(&b[..self.checksum_offset]);
         match self.cert_entry_offset {
             Some(entry) => {

@@ -218,7 +218,8 @@ impl<'a> SignedData<'a> {
                     });
                 }
                 let digest = digest.ok_or(bad("no messageDigest attribute"))?;
-                if digest.tag != tag::OCTET_STRING || digest.value != hash.hash(content).as_slice()
+                if digest.tag != tag::OCTET_STRING
+                    || digest.value != hash.digest(content).as_slice()
                 {
                     return Err(Error::Refused {
                         reason: "the signed messageDigest does not match the content".into(),

@@ -113,8 +113,8 @@ pub fn replay(events: &[Pcr7Event], alg: HashAlg) -> Vec<u8> {
     let mut pcr = vec![0u8; alg.digest_len()];
     for e in events {
         let mut m = pcr.clone();
-        m.extend_from_slice(&alg.hash(&e.data));
-        pcr = alg.hash(&m);
+        m.extend_from_slice(&alg.digest(&e.data));
+        pcr = alg.digest(&m);
     }
     pcr
 }
@@ -334,10 +334,10 @@ pub fn predict_pcr4(
         .ok_or_else(|| predict_error("PCR 4: no grubx64.efi beside shim"))?;
     let mut out = std::collections::BTreeMap::new();
     for alg in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384] {
-        let mut digests = vec![alg.hash(CALLING), alg.hash(&[0; 4])];
+        let mut digests = vec![alg.digest(CALLING), alg.digest(&[0; 4])];
         for _ in 0..failed_attempts {
-            digests.push(alg.hash(RETURNING));
-            digests.push(alg.hash(CALLING));
+            digests.push(alg.digest(RETURNING));
+            digests.push(alg.digest(CALLING));
         }
         let kernel_digest = PeImage::parse(kernel)?.authenticode_digest(alg)?;
         digests.push(PeImage::parse(&files.loader)?.authenticode_digest(alg)?);
@@ -347,7 +347,7 @@ pub fn predict_pcr4(
         let mut pcr = vec![0u8; alg.digest_len()];
         for d in digests {
             pcr.extend_from_slice(&d);
-            pcr = alg.hash(&pcr);
+            pcr = alg.digest(&pcr);
         }
         out.insert(alg.name(), hex::encode(pcr));
     }

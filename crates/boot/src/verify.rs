@@ -65,6 +65,13 @@ fn signer_path<'a>(leaf: Cert<'a>, bag: &[Cert<'a>]) -> Vec<Cert<'a>> {
     path
 }
 
+fn ser_alg<S: serde::Serializer>(alg: &Option<HashAlg>, s: S) -> Result<S::Ok, S::Error> {
+    match alg {
+        Some(a) => s.serialize_some(a.name()),
+        None => s.serialize_none(),
+    }
+}
+
 /// What became of one signature.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -100,6 +107,7 @@ pub struct SignatureReport {
     /// Signer first, then each issuer found in the signature.
     pub chain: Vec<String>,
     /// The image digest algorithm it signs.
+    #[serde(serialize_with = "ser_alg")]
     pub digest_algorithm: Option<HashAlg>,
     /// The outcome.
     #[serde(flatten)]

@@ -143,7 +143,8 @@ impl HashAlg {
             .to_vec()
     }
 
-    pub(crate) fn aws_algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
+    /// The aws-lc digest algorithm (for incremental hashing).
+    pub fn aws_algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
         match self {
             Self::Sha1 => &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
             Self::Sha256 => &aws_lc_rs::digest::SHA256,
