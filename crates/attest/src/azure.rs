@@ -301,6 +301,10 @@ pub fn evaluate(
             azure_claims.insert("x-ms-azurevm-secureboot".into(), sb.into());
         }
         azure_claims.insert("x-ms-azurevm-eventlog-verified".into(), true.into());
+        let boot = boot_claims(&boot::claims::from_log(&log), &quoted);
+        if !boot.is_empty() {
+            azure_claims.insert("x-opencvm-boot".into(), Value::Object(boot));
+        }
         if quoted.contains(&7) {
             azure_claims.insert(
                 "x-ms-azurevm-authority-events".into(),
@@ -434,4 +438,37 @@ pub(crate) fn fuzz_parse(data: &[u8]) {
             let _ = b64_any("Digest", &p.digest);
         }
     }
+}
+
+/// The `x-opencvm-boot` claim (ADR 0014): what the replayed log says about Secure Boot
+/// and the boot chain, each part only when the PCRs it comes from are quoted (PCR 7 for
+/// Secure Boot, the keys, the authorities and the SBAT level; PCRs 4 and 7 for the boot
+/// applications and who verified them; PCR 8 for GRUB's kernel command line).
+fn boot_claims(c: &boot::claims::BootClaims, quoted: &[u32]) -> Map<String, Value> {
+    let mut out = Map::new();
+    let has = |pcr: u32| quoted.contains(&pcr);
+    if has(7) {
+        if let Some(sb) = c.secure_boot {
+            out.insert("secure-boot".into(), sb.into());
+        }
+        for (name, digest) in &c.variables {
+            out.insert(
+                format!("{}-sha256", name.to_lowercase()),
+                digest.clone().into(),
+            );
+        }
+        out.insert("authorities".into(), json!(c.authorities));
+        if let Some(level) = &c.sbat_level {
+            out.insert("sbat-level".into(), level.clone().into());
+        }
+    }
+    if has(4) && has(7) {
+        out.insert("boot-applications".into(), json!(c.boot_applications));
+    }
+    if has(8)
+        && let Some(cmdline) = &c.kernel_cmdline
+    {
+        out.insert("kernel-cmdline".into(), cmdline.clone().into());
+    }
+    out
 }

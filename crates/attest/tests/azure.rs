@@ -141,8 +141,10 @@ fn sign(ak: &KeyPair, msg: &[u8]) -> Vec<u8> {
     sig
 }
 
+/// A recorded boot: `name` in `testdata/eventlog/local-qemu-ovmf`, or `folder/name`.
 fn eventlog(name: &str) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
-    let dir = repo_root().join("testdata/eventlog/local-qemu-ovmf");
+    let (folder, name) = name.split_once('/').unwrap_or(("local-qemu-ovmf", name));
+    let dir = repo_root().join("testdata/eventlog").join(folder);
     let log = std::fs::read(dir.join(format!("{name}.eventlog.bin"))).unwrap();
     let pcrs: Value =
         serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.pcrs.json"))).unwrap())
@@ -464,4 +466,58 @@ fn compliance_needs_a_registered_measurement() {
     let (st, list) = call("GET", &format!("{}/reference-values", s.url), None, None);
     assert_eq!(st, 200);
     assert_eq!(list["value"][0]["measurement"], measurement.as_str());
+}
+
+#[test]
+fn boot_claims_of_a_secure_boot_chain_are_in_the_token() {
+    // Debian's shim → GRUB → kernel under the Microsoft template, recorded with our
+    // vTPM (testdata/eventlog/opencvm-qemu-shim); the quote covers PCRs 0-7.
+    let s = start(true);
+    let emu = emulator(Product::Milan);
+    let n = call("GET", &format!("{}/nonce", s.url), None, None).1["nonce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let syn = synthetic(emu, &n, "opencvm-qemu-shim/shim-grub-kernel", enc_attrs());
+    let (st, v) = attest(&s, &body(&syn.parts, Some(&n)));
+    assert_eq!(st, 200, "{v}");
+    let c = claims_of(v["token"].as_str().unwrap());
+    let b = &c["x-opencvm-boot"];
+    assert_eq!(b["secure-boot"], true, "{c}");
+    let authorities: Vec<&str> = b["boot-applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["authority"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        authorities,
+        [
+            "Microsoft Corporation UEFI CA 2011",
+            "Debian Secure Boot CA",
+            "Debian Secure Boot CA"
+        ]
+    );
+    assert_eq!(b["sbat-level"], "sbat,1,2025021800\nshim,4\ngrub,5\n");
+    // db as the store holds it (the template's), hashed.
+    let store: Value = serde_json::from_slice(
+        &std::fs::read(
+            repo_root().join("testdata/eventlog/opencvm-qemu-shim/microsoft-template.vars.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let db = store["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "db")
+        .unwrap();
+    let db = hex::decode(db["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        b["db-sha256"],
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &db))
+    );
+    // PCR 8 is not quoted: GRUB's command line, though in the log, is not claimed.
+    assert!(b.get("kernel-cmdline").is_none(), "{b}");
 }
