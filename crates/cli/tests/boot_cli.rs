@@ -486,7 +486,7 @@ fn check_replay(log: &Path, expected: &serde_json::Value, firmware_pcrs_only: bo
 
 /// Files for one guest: an initramfs whose init prints the PCRs the kernel reads from
 /// the vTPM and the firmware event log, then powers off.
-fn initramfs(dir: &Path) -> PathBuf {
+fn initramfs(dir: &Path, hold: bool) -> PathBuf {
     let root = dir.join("initrd");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
@@ -500,8 +500,17 @@ mount -t securityfs securityfs /sys/kernel/security\n\
 for i in 0 1 2 3 4 5 6 7; do echo OPENCVM-PCR sha256 $i $(cat /sys/class/tpm/tpm0/pcr-sha256/$i); done\n\
 echo OPENCVM-EVENTLOG-BEGIN\n\
 base64 /sys/kernel/security/tpm0/binary_bios_measurements\n\
-echo OPENCVM-EVENTLOG-END\n\
-poweroff -f\n";
+echo OPENCVM-EVENTLOG-END\n";
+    // Held: the guest stays up (the test kills QEMU, so the vTPM keeps its PCRs for
+    // unsealing); otherwise it powers off.
+    let init = format!(
+        "{init}{}",
+        if hold {
+            "while true; do sleep 3600; done\n"
+        } else {
+            "poweroff -f\n"
+        }
+    );
     std::fs::write(root.join("init"), init).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -520,6 +529,11 @@ poweroff -f\n";
 /// A raw GPT disk whose EFI system partition holds `loader` as the default boot
 /// loader, `grub` beside it, the kernel, the initramfs and a grub.cfg that boots them.
 fn boot_disk(dir: &Path, name: &str, loader: &Path, grub: &Path) -> PathBuf {
+    os_disk(dir, name, loader, grub, None)
+}
+
+/// [`boot_disk`] with, when `data` is given, a second (Linux) partition holding it.
+fn os_disk(dir: &Path, name: &str, loader: &Path, grub: &Path, data: Option<&[u8]>) -> PathBuf {
     let esp = dir.join(format!("{name}.esp"));
     let f = std::fs::File::create(&esp).unwrap();
     f.set_len(64 << 20).unwrap();
@@ -553,8 +567,9 @@ fn boot_disk(dir: &Path, name: &str, loader: &Path, grub: &Path) -> PathBuf {
         m(&["mcopy", "-i", &img, from.to_str().unwrap(), to]);
     }
     let disk = dir.join(format!("{name}.img"));
+    let data_mib = data.map_or(0, |d| (d.len() as u64).div_ceil(1 << 20));
     let f = std::fs::File::create(&disk).unwrap();
-    f.set_len(66 << 20).unwrap();
+    f.set_len((66 + data_mib) << 20).unwrap();
     drop(f);
     let mut sfdisk = Command::new("sfdisk")
         .args(["-q"])
@@ -568,7 +583,15 @@ fn boot_disk(dir: &Path, name: &str, loader: &Path, grub: &Path) -> PathBuf {
         .take()
         .unwrap()
         .write_all(
-            b"label: gpt\nstart=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n",
+            format!(
+                "label: gpt\nstart=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n{}",
+                if data_mib > 0 {
+                    format!("start=133120, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n", data_mib * 2048)
+                } else {
+                    String::new()
+                }
+            )
+            .as_bytes(),
         )
         .unwrap();
     assert!(sfdisk.wait().unwrap().success());
@@ -577,35 +600,82 @@ fn boot_disk(dir: &Path, name: &str, loader: &Path, grub: &Path) -> PathBuf {
     use std::io::{Seek, SeekFrom};
     f.seek(SeekFrom::Start(1 << 20)).unwrap();
     f.write_all(&esp_bytes).unwrap();
+    if let Some(d) = data {
+        f.seek(SeekFrom::Start(133120 * 512)).unwrap();
+        f.write_all(d).unwrap();
+    }
     disk
 }
 
-/// Boots `disk` under QEMU (TCG) with Secure Boot OVMF, the OVMF variable image
-/// `vars` and a fresh vTPM; returns the serial console once the guest printed its
-/// event log, firmware or shim refused, QEMU exited, or 240 s passed.
-fn boot(dir: &Path, name: &str, vars: &Path, disk: &Path) -> String {
-    let state = dir.join(format!("{name}.tpm"));
-    std::fs::create_dir(&state).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let sock = dir.join(format!("{name}.run")).join("ctrl.sock");
-    let mut vtpm = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args(["vtpm", "run", "--state"])
-        .arg(&state)
-        .arg("--ctrl")
-        .arg(format!("unix:{}", sock.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(vtpm.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("ctrl unix:"), "{line}");
+/// A running `cvm vtpm run` for one VM: QEMU's control channel on a Unix socket and,
+/// when `tcp`, a TCP data channel on loopback (for sealing before and unsealing after
+/// a boot). Killed when dropped.
+struct VmTpm {
+    child: std::process::Child,
+    sock: PathBuf,
+    endpoint: Option<String>,
+}
+
+impl Drop for VmTpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+impl VmTpm {
+    fn start(dir: &Path, name: &str, tcp: bool) -> Self {
+        let state = dir.join(format!("{name}.tpm"));
+        std::fs::create_dir(&state).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let sock = dir.join(format!("{name}.run")).join("ctrl.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cvm"));
+        cmd.args(["vtpm", "run", "--state"])
+            .arg(&state)
+            .arg("--ctrl")
+            .arg(format!("unix:{}", sock.display()));
+        if tcp {
+            cmd.args(["--server", "tcp:127.0.0.1:0", "--dangerously-allow-tcp"]);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // Every line it prints is read before the pipe is dropped: a vTPM whose stdout
+        // is closed dies on its next write.
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut endpoint = None;
+        for _ in 0..(1 + usize::from(tcp)) {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            if let Some(server) = line.trim().strip_prefix("server ") {
+                endpoint = Some(server.to_string());
+            } else {
+                assert!(line.starts_with("ctrl unix:"), "{line}");
+            }
+        }
+        Self {
+            child,
+            sock,
+            endpoint,
+        }
+    }
+}
+
+/// Boots `disk` under QEMU (TCG) with Secure Boot OVMF, the OVMF variable image
+/// `vars` and a fresh vTPM; returns the serial console (see [`run_qemu`]).
+fn boot(dir: &Path, name: &str, vars: &Path, disk: &Path) -> String {
+    let tpm = VmTpm::start(dir, name, false);
+    run_qemu(dir, name, vars, disk, &tpm)
+}
+
+/// Runs QEMU until the guest printed its event log, firmware or shim refused, QEMU
+/// exited, or 240 s passed; then kills it (the vTPM keeps its PCRs).
+fn run_qemu(dir: &Path, name: &str, vars: &Path, disk: &Path, tpm: &VmTpm) -> String {
+    let sock = &tpm.sock;
     let serial = dir.join(format!("{name}.serial"));
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([
@@ -664,8 +734,6 @@ fn boot(dir: &Path, name: &str, vars: &Path, disk: &Path) -> String {
     };
     let _ = qemu.kill();
     let _ = qemu.wait();
-    let _ = vtpm.kill();
-    let _ = vtpm.wait();
     out
 }
 
@@ -701,7 +769,7 @@ fn qemu_secure_boot_runs_debians_signed_chain_and_pcr7_is_predicted() {
     let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    initramfs(dir);
+    initramfs(dir, false);
     let (shim, grub) = (fx.join("shimx64.efi.signed"), fx.join("grubx64.efi.signed"));
 
     // The VM's store from the Microsoft template, exported for OVMF.
@@ -1324,4 +1392,159 @@ fn signed_dbx_updates_apply_only_under_the_stores_kek() {
         "{}",
         text(&o)
     );
+}
+
+/// The bytes of partition `n` (1-based) of a GPT disk image, read with sfdisk.
+fn partition(disk: &Path, n: usize) -> Vec<u8> {
+    let o = tool("sfdisk", &[&"--json", &disk]);
+    let table: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &table["partitiontable"]["partitions"][n - 1];
+    let (start, size) = (
+        p["start"].as_u64().unwrap() as usize,
+        p["size"].as_u64().unwrap() as usize,
+    );
+    std::fs::read(disk).unwrap()[start * 512..(start + size) * 512].to_vec()
+}
+
+#[test]
+fn a_disk_sealed_to_the_predicted_pcr7_opens_only_after_its_vm_booted() {
+    // Issue 13 meets issue 14: an OS disk is encrypted before its VM ever ran, its key
+    // sealed to the vTPM under the PCR 7 `cvm boot predict` gives for the VM's store
+    // and this disk; the VM boots (Secure Boot, OVMF, Debian's chain); only then does
+    // the vTPM unseal the key.
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    initramfs(dir, true);
+    let data: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let disk = os_disk(
+        dir,
+        "os",
+        &fx.join("shimx64.efi.signed"),
+        &fx.join("grubx64.efi.signed"),
+        Some(&data),
+    );
+    let store = dir.join("vars.json");
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"create",
+        &"--template",
+        &"microsoft",
+        &"--store",
+        &store,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let predict = |args: &[&dyn AsRef<std::ffi::OsStr>]| -> String {
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"boot", &"predict", &"--image", &disk, &"--json"];
+        all.extend_from_slice(args);
+        let o = cvm(&all);
+        assert!(o.status.success(), "{}", text(&o));
+        let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        p["pcr7"]["sha256"].as_str().unwrap().to_string()
+    };
+    let pcr7 = predict(&[&"--store", &store]);
+    let other = predict(&[&"--template", &"linux"]);
+    assert_ne!(pcr7, other);
+
+    let tpm = VmTpm::start(dir, "os", true);
+    let endpoint = tpm.endpoint.clone().unwrap();
+    // TPM2_Startup(CLEAR) over the data channel (its control channel is QEMU's Unix
+    // socket, which tpm2-tss's swtpm TCTI cannot use).
+    {
+        use std::io::{Read, Write};
+        let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(&[0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0])
+            .unwrap();
+        let mut rsp = [0u8; 10];
+        c.read_exact(&mut rsp).unwrap();
+        assert_eq!(&rsp[6..10], &[0, 0, 0, 0], "TPM2_Startup failed");
+    }
+    let pass = dir.join("recovery.key");
+    std::fs::write(&pass, b"a recovery passphrase kept offline").unwrap();
+    let encrypt = |out: &Path, pcr: &str| {
+        let pcrs = format!("7:sha256={pcr}");
+        let o = cvm(&[
+            &"disk",
+            &"encrypt-os",
+            &"--in",
+            &disk,
+            &"--out",
+            &out,
+            &"--passphrase-file",
+            &pass,
+            &"--vtpm",
+            &endpoint,
+            &"--tpm2-pcrs",
+            &pcrs,
+            &"--kdf",
+            &"pbkdf2",
+            &"--pbkdf2-iterations",
+            &"1000",
+            &"--progress",
+            &"none",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    let (sealed, wrong) = (dir.join("os.enc"), dir.join("os-wrong.enc"));
+    encrypt(&sealed, &pcr7);
+    encrypt(&wrong, &other);
+    // The ESP stays in clear: the encrypted disk predicts the same.
+    let o = cvm(&[
+        &"boot", &"predict", &"--store", &store, &"--image", &sealed, &"--json",
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["pcr7"]["sha256"], pcr7.as_str());
+    let unseal = |disk: &Path, name: &str| {
+        let vol = dir.join(format!("{name}.luks"));
+        std::fs::write(&vol, partition(disk, 2)).unwrap();
+        let out = dir.join(format!("{name}.plain"));
+        let o = cvm(&[
+            &"disk",
+            &"decrypt",
+            &"--in",
+            &vol,
+            &"--out",
+            &out,
+            &"--vtpm",
+            &endpoint,
+            &"--progress",
+            &"none",
+        ]);
+        (o, out)
+    };
+    // Before the boot PCR 7 does not hold that value yet: the vTPM refuses.
+    let (o, _) = unseal(&sealed, "before");
+    assert!(
+        !o.status.success(),
+        "unsealed before the VM booted: {}",
+        text(&o)
+    );
+
+    let vars = dir.join("os.vars.fd");
+    let o = cvm(&[
+        &"boot", &"vars", &"export", &"--store", &store, &"--ovmf", &vars,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let serial = run_qemu(dir, "os", &vars, &sealed, &tpm);
+    assert!(
+        serial.contains("Linux version"),
+        "the kernel did not start:\n{serial}"
+    );
+    let (_, pcrs) = guest_report(&serial);
+    assert_eq!(pcrs["7"], pcr7);
+
+    let (o, plain) = unseal(&sealed, "after");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read(&plain).unwrap() == data,
+        "the decrypted partition differs"
+    );
+    // Sealed to another template's PCR 7: still refused.
+    let (o, _) = unseal(&wrong, "wrong");
+    assert!(!o.status.success(), "{}", text(&o));
 }
