@@ -301,7 +301,7 @@ pub fn evaluate(
             azure_claims.insert("x-ms-azurevm-secureboot".into(), sb.into());
         }
         azure_claims.insert("x-ms-azurevm-eventlog-verified".into(), true.into());
-        let boot = boot_claims(&boot::claims::from_log(&log), &quoted);
+        let boot = boot_claims(&log, &verified_pcrs);
         if !boot.is_empty() {
             azure_claims.insert("x-opencvm-boot".into(), Value::Object(boot));
         }
@@ -441,13 +441,20 @@ pub(crate) fn fuzz_parse(data: &[u8]) {
 }
 
 /// The `x-opencvm-boot` claim (ADR 0014): what the replayed log says about Secure Boot
-/// and the boot chain, each part only when the PCRs it comes from are quoted (PCR 7 for
-/// Secure Boot, the keys, the authorities and the SBAT level; PCRs 4 and 7 for the boot
-/// applications and who verified them; PCR 8 for GRUB's kernel command line).
-fn boot_claims(c: &boot::claims::BootClaims, quoted: &[u32]) -> Map<String, Value> {
+/// and the boot chain. A part is claimed only when the quote verified the SHA-256 bank
+/// of the PCR it comes from (the claims read SHA-256 digests) and the log has events
+/// there: PCR 7 for Secure Boot, the keys, the authorities and the SBAT level, PCR 4
+/// for the boot applications' digests, PCR 8 for GRUB's kernel command line. Which
+/// authority verified which application is not claimed: the quote binds each PCR's
+/// events in order, not their order across PCRs.
+fn boot_claims(log: &EventLog, verified: &tpm_quote::PcrValues) -> Map<String, Value> {
+    let c = boot::claims::from_log(log);
+    let bound = |pcr: u32| {
+        verified.get(tpm_quote::HashAlg::Sha256, pcr).is_some()
+            && log.events().iter().any(|e| e.pcr == pcr && e.is_extended())
+    };
     let mut out = Map::new();
-    let has = |pcr: u32| quoted.contains(&pcr);
-    if has(7) {
+    if bound(7) {
         if let Some(sb) = c.secure_boot {
             out.insert("secure-boot".into(), sb.into());
         }
@@ -462,13 +469,77 @@ fn boot_claims(c: &boot::claims::BootClaims, quoted: &[u32]) -> Map<String, Valu
             out.insert("sbat-level".into(), level.clone().into());
         }
     }
-    if has(4) && has(7) {
-        out.insert("boot-applications".into(), json!(c.boot_applications));
+    if bound(4) {
+        let digests: Vec<&str> = c
+            .boot_applications
+            .iter()
+            .map(|a| a.sha256.as_str())
+            .collect();
+        out.insert("boot-applications".into(), json!(digests));
     }
-    if has(8)
+    if bound(8)
         && let Some(cmdline) = &c.kernel_cmdline
     {
         out.insert("kernel-cmdline".into(), cmdline.clone().into());
     }
     out
+}
+
+#[cfg(test)]
+mod boot_claim_tests {
+    use super::*;
+
+    fn recorded() -> EventLog {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/eventlog/opencvm-qemu-shim/shim-grub-kernel.eventlog.bin"
+        );
+        EventLog::parse(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn each_part_needs_its_sha256_pcr_verified() {
+        let log = recorded();
+        let all = log.replay();
+        let subset = |bank: tpm_quote::HashAlg, pcrs: &[u32]| {
+            let mut v = tpm_quote::PcrValues::new();
+            for (alg, i, d) in all.iter() {
+                if alg == bank && pcrs.contains(&i) {
+                    v.insert(alg, i, d).unwrap();
+                }
+            }
+            v
+        };
+        let sha256 = tpm_quote::HashAlg::Sha256;
+        let full = boot_claims(&log, &subset(sha256, &[0, 1, 2, 3, 4, 5, 6, 7, 8]));
+        for key in [
+            "secure-boot",
+            "db-sha256",
+            "authorities",
+            "sbat-level",
+            "boot-applications",
+            "kernel-cmdline",
+        ] {
+            assert!(full.contains_key(key), "{key}: {full:?}");
+        }
+        assert_eq!(full["boot-applications"].as_array().unwrap().len(), 3);
+        // Only PCR 4 quoted: applications, nothing of PCR 7 or 8.
+        let only4 = boot_claims(&log, &subset(sha256, &[4]));
+        assert_eq!(only4.keys().collect::<Vec<_>>(), ["boot-applications"]);
+        // A SHA-1-only quote binds none of the SHA-256 digests the claims read.
+        assert!(boot_claims(&log, &subset(tpm_quote::HashAlg::Sha1, &[4, 7, 8])).is_empty());
+        // Other PCRs quoted: nothing.
+        assert!(boot_claims(&log, &subset(sha256, &[0, 9])).is_empty());
+        // A quoted PCR the log has no events for claims nothing (this log has PCR 7
+        // events only).
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/eventlog/tpm2-tools/event-uefivar.bin"
+        );
+        let small = EventLog::parse(&std::fs::read(path).unwrap()).unwrap();
+        assert!(small.events().iter().all(|e| e.pcr != 4));
+        let mut quoted = tpm_quote::PcrValues::new();
+        quoted.insert(sha256, 4, &[0; 32]).unwrap();
+        assert!(boot_claims(&small, &quoted).is_empty());
+    }
 }

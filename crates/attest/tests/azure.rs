@@ -484,17 +484,26 @@ fn boot_claims_of_a_secure_boot_chain_are_in_the_token() {
     let c = claims_of(v["token"].as_str().unwrap());
     let b = &c["x-opencvm-boot"];
     assert_eq!(b["secure-boot"], true, "{c}");
-    let authorities: Vec<&str> = b["boot-applications"]
+    // The applications by digest (shim, GRUB, kernel), as PCR 4 binds them; who
+    // verified each is not claimed (ADR 0014).
+    assert_eq!(
+        b["boot-applications"],
+        json!([
+            "80a66d53a945d2286fcadd780fae1c225aa732079cd67b5225dc78aaab4e2ff8",
+            "a68f6d71ebddaa19751ff8d729f67d11b0df8e4c49400c3e7e90de16119e1265",
+            "61e79ca0acd7e9f18984bea7b44650801ed54fd95a8786c16c583b86acf9d538"
+        ])
+    );
+    let subjects: Vec<&str> = b["authorities"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a["authority"].as_str().unwrap())
+        .filter_map(|a| a["subject"].as_str())
         .collect();
     assert_eq!(
-        authorities,
+        subjects,
         [
             "Microsoft Corporation UEFI CA 2011",
-            "Debian Secure Boot CA",
             "Debian Secure Boot CA"
         ]
     );

@@ -30,10 +30,11 @@ pub struct AuthorityClaim {
 pub struct ApplicationClaim {
     /// Its Authenticode SHA-256 (the PCR 4 digest).
     pub sha256: String,
-    /// The subject of the last certificate authority measured before it: for shim
-    /// boots, the db CA for shim and shim's vendor certificate for GRUB and the
-    /// kernel (shim measures an authority once, so a later image verified by the same
-    /// one has no event of its own).
+    /// The subject of the last certificate authority measured before it in the log:
+    /// for shim boots, the db CA for shim and shim's vendor certificate for GRUB and
+    /// the kernel (shim measures an authority once, so a later image verified by the
+    /// same one has no event of its own). Inferred from the order of events across
+    /// PCRs 4 and 7, which no quote binds: see [`from_log`].
     pub authority: Option<String>,
 }
 
@@ -44,7 +45,7 @@ pub struct BootClaims {
     pub secure_boot: Option<bool>,
     /// SHA-256 of PK, KEK, db and dbx as measured (empty string: measured empty).
     pub variables: std::collections::BTreeMap<String, String>,
-    /// The authority events in PCR 7 after the separator, in order.
+    /// The authority events in PCR 7, in order.
     pub authorities: Vec<AuthorityClaim>,
     /// The SBAT level shim measured, as text.
     pub sbat_level: Option<String>,
@@ -55,17 +56,31 @@ pub struct BootClaims {
 }
 
 /// Reads the claims of `log`.
+///
+/// A log is bound only PCR by PCR (replay fixes the order of events within one PCR, not
+/// across PCRs), and anyone who can extend a PCR after boot can append events that
+/// replay. So: PK/KEK/db/dbx are read only from PCR 7's configuration events before its
+/// separator, each from its first event; the SBAT level and the kernel command line
+/// from their first event; authorities and applications are listed in full, in their
+/// PCR's order, appended ones included. [`ApplicationClaim::authority`] pairs PCR 4
+/// with PCR 7 by log order, which no quote binds: it describes the log, and a token
+/// must not carry it (the attestation service does not).
 pub fn from_log(log: &EventLog) -> BootClaims {
     let mut claims = BootClaims {
         secure_boot: log.boot_facts().secure_boot,
         ..BootClaims::default()
     };
     let mut last_authority: Option<String> = None;
+    let mut pcr7_separated = false;
     for e in log.events().iter().filter(|e| e.is_extended()) {
         match (e.pcr, e.event_type) {
-            (7, EventType::EfiVariableDriverConfig) if e.digests_match_data() => {
+            (7, EventType::Separator) => pcr7_separated = true,
+            (7, EventType::EfiVariableDriverConfig)
+                if !pcr7_separated && e.digests_match_data() =>
+            {
                 if let Ok(v) = UefiVariableData::parse(&e.data)
                     && ["PK", "KEK", "db", "dbx"].contains(&v.name.as_str())
+                    && !claims.variables.contains_key(&v.name)
                 {
                     let digest = if v.data.is_empty() {
                         String::new()
@@ -79,18 +94,21 @@ pub fn from_log(log: &EventLog) -> BootClaims {
                 let Ok(v) = UefiVariableData::parse(&e.data) else {
                     continue;
                 };
-                if v.name == "SbatLevel" {
+                if v.name == "SbatLevel" && claims.sbat_level.is_none() {
                     claims.sbat_level = Some(String::from_utf8_lossy(&v.data).into_owned());
                 }
-                // An EFI_SIGNATURE_DATA (owner GUID, then a certificate), or a bare
-                // certificate (shim's `Shim` event).
+                // An EFI_SIGNATURE_DATA (owner GUID, then a certificate, maybe padded),
+                // or a bare certificate (some shims' `Shim` event).
                 let subject = v
                     .data
                     .get(16..)
-                    .and_then(|d| Cert::parse(d).ok())
+                    .and_then(|d| Cert::parse(crate::esl::x509_der(d)).ok())
                     .or_else(|| Cert::parse(&v.data).ok())
                     .map(|c| c.subject_name());
-                if subject.is_some() {
+                // A signature-database authority that is not a certificate (an image
+                // hash) ends the previous certificate's run; SbatLevel and other
+                // non-database events do not.
+                if subject.is_some() || v.name == "db" || v.name.starts_with("MokList") {
                     last_authority.clone_from(&subject);
                 }
                 claims.authorities.push(AuthorityClaim {
@@ -114,7 +132,7 @@ pub fn from_log(log: &EventLog) -> BootClaims {
             }
             // GRUB's digest is of the command line without its "kernel_cmdline: "
             // prefix: the claim is taken only when every digest matches that text.
-            (8, EventType::Ipl) => {
+            (8, EventType::Ipl) if claims.kernel_cmdline.is_none() => {
                 let text = String::from_utf8_lossy(&e.data);
                 if let Some(cmdline) = text.trim_end_matches('\0').strip_prefix("kernel_cmdline: ")
                     && !e.digests.is_empty()

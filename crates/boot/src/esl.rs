@@ -304,8 +304,43 @@ impl SignatureDb {
     }
 }
 
+/// Copies the signature lists of `bytes` keeping only the entries `keep` accepts, each
+/// list with its type, header and entry size, each kept entry byte for byte; a list
+/// left empty is dropped.
+pub fn filter_lists(bytes: &[u8], keep: impl Fn(&Entry) -> bool) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        // SignatureDb::parse checks each list; parse this one alone.
+        let list_size = u32_le(bytes, at + 16).unwrap_or(0);
+        let end = at
+            .checked_add(list_size)
+            .filter(|&e| e <= bytes.len() && list_size >= 28)
+            .ok_or_else(|| esl_err(at, format!("SignatureListSize {list_size} does not fit")))?;
+        let list = &bytes[at..end];
+        let parsed = SignatureDb::parse(list)?;
+        let sig_size = u32_le(list, 24).unwrap_or(0);
+        let kept: Vec<&[u8]> = list[28..]
+            .chunks_exact(sig_size)
+            .zip(&parsed.entries)
+            .filter(|(_, e)| keep(e))
+            .map(|(raw, _)| raw)
+            .collect();
+        if !kept.is_empty() {
+            out.extend_from_slice(&list[..16]);
+            out.extend_from_slice(&((28 + kept.len() * sig_size) as u32).to_le_bytes());
+            out.extend_from_slice(&list[20..28]);
+            for raw in kept {
+                out.extend_from_slice(raw);
+            }
+        }
+        at = end;
+    }
+    Ok(out)
+}
+
 /// The first DER element of a certificate entry (the whole entry when it is not DER).
-fn x509_der(data: &[u8]) -> &[u8] {
+pub(crate) fn x509_der(data: &[u8]) -> &[u8] {
     crate::der::Reader::new(data, "certificate")
         .any()
         .map(|t| t.raw)

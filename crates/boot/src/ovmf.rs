@@ -172,10 +172,11 @@ fn decode_name(bytes: &[u8]) -> Option<String> {
     String::from_utf16(name).ok()
 }
 
-/// Whether the image's fault-tolerant-write journal holds a record: a write that
-/// firmware had not finished (or not yet cleared) when the image was saved, which it
-/// replays at the next boot. The working block follows the variable store at a 4 KiB
-/// boundary; an image without one is an error.
+/// Whether the image's fault-tolerant-write journal is not empty: it holds a record of
+/// a write firmware may not have finished when the image was saved (records are not
+/// parsed, so a finished one not yet cleared counts too), which firmware replays at the
+/// next boot. The working block follows the variable store at a 4 KiB boundary; an
+/// image without one has no journal.
 pub fn pending_write(image: &[u8]) -> Result<bool, Error> {
     let (_, end) = layout(image)?;
     let mut at = end.div_ceil(4096) * 4096;
@@ -198,20 +199,18 @@ pub fn pending_write(image: &[u8]) -> Result<bool, Error> {
         }
         at += 4096;
     }
-    Err(err(
-        "no fault-tolerant-write working block after the variable store",
-    ))
+    Ok(false)
 }
 
 /// Writes `store` into a copy of `base` (an OVMF_VARS image of the firmware build the
 /// VM runs, e.g. Debian's `OVMF_VARS_4M.fd`): the variable area is erased and the
 /// variables written as live records; the rest of `base` is kept. A base with a
-/// pending fault-tolerant write is refused ([`pending_write`]).
+/// non-empty fault-tolerant-write journal is refused ([`pending_write`]).
 pub fn write(store: &VariableStore, base: &[u8]) -> Result<Vec<u8>, Error> {
     let (start, end) = layout(base)?;
     if pending_write(base)? {
         return Err(err(
-            "the base image has a fault-tolerant write pending, which firmware would replay over the new variables; use an empty image from the firmware package",
+            "the base image's fault-tolerant-write journal is not empty, and firmware could replay it over the new variables; use an empty image from the firmware package",
         ));
     }
     let mut out = base.to_vec();

@@ -20,6 +20,16 @@ pub(crate) fn hash_of(alg: &[u8]) -> Option<HashAlg> {
     }
 }
 
+/// The OID contents of a hash algorithm.
+pub(crate) fn oid_of(alg: HashAlg) -> &'static [u8] {
+    match alg {
+        HashAlg::Sha1 => oid::SHA1,
+        HashAlg::Sha256 => oid::SHA256,
+        HashAlg::Sha384 => oid::SHA384,
+        HashAlg::Sha512 => oid::SHA512,
+    }
+}
+
 /// One SignerInfo.
 #[derive(Debug, Clone)]
 pub struct SignerInfo<'a> {
@@ -58,10 +68,21 @@ impl<'a> SignedData<'a> {
     /// Parses a ContentInfo wrapping SignedData, or bare SignedData (authenticated
     /// variables may carry either, as edk2 accepts).
     pub fn parse(blob: &'a [u8]) -> Result<Self, Error> {
+        Self::parse_with(blob, true)
+    }
+
+    /// [`SignedData::parse`] that ignores whatever follows the structure: only for
+    /// looking up certificates that dbx may revoke, where firmware's own lenient parse
+    /// would find them.
+    pub fn parse_relaxed(blob: &'a [u8]) -> Result<Self, Error> {
+        Self::parse_with(blob, false)
+    }
+
+    fn parse_with(blob: &'a [u8], strict: bool) -> Result<Self, Error> {
         let mut outer = Reader::new(blob, "PKCS#7 SignedData");
         let mut seq = outer.nested(tag::SEQUENCE)?;
         // Zero padding after the DER (WIN_CERTIFICATE alignment) is allowed, nothing else.
-        if outer.rest().iter().any(|&b| b != 0) {
+        if strict && outer.rest().iter().any(|&b| b != 0) {
             return Err(bad("bytes other than zero padding after the SignedData"));
         }
         let mut probe = seq.clone();

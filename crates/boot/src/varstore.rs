@@ -253,15 +253,15 @@ impl VariableStore {
         let update = AuthenticatedUpdate::parse(update)?;
         let payload = SignatureDb::parse(update.payload)?;
         let mut authorities = self.signature_db("PK")?;
-        if !matches!(name, "PK" | "KEK") {
-            authorities
-                .entries
-                .extend(self.signature_db("KEK")?.entries);
-        }
         if authorities.entries.is_empty() {
             return Err(Error::AuthVariable(
                 "no PK is enrolled (setup mode): updates are not verified here; create the store from a template".into(),
             ));
+        }
+        if !matches!(name, "PK" | "KEK") {
+            authorities
+                .entries
+                .extend(self.signature_db("KEK")?.entries);
         }
         let append = attributes & APPEND_WRITE != 0;
         let stored_attributes = attributes & !APPEND_WRITE;
@@ -281,6 +281,11 @@ impl VariableStore {
             }
             None => None,
         };
+        if name == "PK" && append {
+            return Err(Error::AuthVariable(
+                "PK cannot be appended to: it holds exactly one certificate".into(),
+            ));
+        }
         if name == "PK"
             && !(payload.entries.is_empty()
                 || (payload.entries.len() == 1
@@ -298,34 +303,31 @@ impl VariableStore {
             .position(|v| v.name == name && v.guid == guid)
         {
             Some(i) if append => {
-                // As edk2: entries already present are dropped from the new data, the
-                // rest is appended as lists after the stored bytes, which stay as they
-                // are.
+                // As edk2: entries already present are dropped from each new list (a
+                // list left empty goes), the rest is appended after the stored bytes,
+                // which stay as they are.
                 let existing = SignatureDb::parse(&self.variables[i].data)?;
-                let new = SignatureDb {
-                    entries: payload
-                        .entries
-                        .into_iter()
-                        .filter(|e| !existing.entries.contains(e))
-                        .collect(),
-                };
+                let new =
+                    crate::esl::filter_lists(update.payload, |e| !existing.entries.contains(e))?;
                 let v = &mut self.variables[i];
-                v.data.extend_from_slice(&new.encode());
+                v.data.extend_from_slice(&new);
                 if EfiTime::parse(&v.time).is_ok_and(|t| update.time > t) {
                     v.time = update.time.to_bytes();
                 }
             }
-            Some(i) if payload.entries.is_empty() => {
+            // An empty payload deletes the variable.
+            Some(i) if update.payload.is_empty() => {
                 self.variables.remove(i);
             }
             _ => {
-                if !payload.entries.is_empty() {
+                if !update.payload.is_empty() {
+                    // Stored as sent: these are the bytes firmware measures.
                     self.set(Variable {
                         name: name.into(),
                         guid,
                         attributes: stored_attributes,
                         time: update.time.to_bytes(),
-                        data: payload.encode(),
+                        data: update.payload.to_vec(),
                         digest: None,
                     });
                 }

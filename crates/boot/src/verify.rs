@@ -373,25 +373,35 @@ fn check_signature<'a>(
         digest_algorithm: alg,
         outcome: SignatureOutcome::Invalid { reason },
     };
-    // edk2 reads the digest algorithm at a fixed offset, which holds only for a
-    // ContentInfo with a two-byte length (256 bytes to 64 KiB).
-    if blob.get(..2) != Some(&[0x30, 0x82]) {
+    // edk2 (`HashPeImageByType`) takes the hash from the first digest algorithm's OID at
+    // byte 32, which is where it lies in a ContentInfo with two-byte lengths; a blob
+    // without one is skipped, dbx and db alike.
+    let Some(form_hash) = [
+        HashAlg::Sha1,
+        HashAlg::Sha256,
+        HashAlg::Sha384,
+        HashAlg::Sha512,
+    ]
+    .into_iter()
+    .find(|alg| {
+        let oid = crate::pkcs7::oid_of(*alg);
+        blob.get(1).is_some_and(|b| b & 0x82 == 0x82) && blob.get(32..32 + oid.len()) == Some(oid)
+    }) else {
         return invalid(
-            "the PKCS#7 blob does not start with a two-byte-length SEQUENCE (edk2 reads only that form)".into(),
+            "edk2 skips this signature: no ContentInfo with two-byte lengths naming a known hash at byte 32"
+                .into(),
             None,
             None,
         );
-    }
-    let sd = match SignedData::parse(blob) {
-        Ok(sd) => sd,
-        Err(e) => return invalid(e.to_string(), None, None),
     };
-    // dbx first, whatever else is wrong with the signature: a certificate it carries
-    // that dbx revokes (whole or by TBS hash) refuses the image.
-    if let Some((dbx_entry, certificate)) = sd
-        .certificates
-        .iter()
-        .find_map(|c| dbx_list.find_certificate(c).map(|i| (i, c.subject_name())))
+    // dbx next, whatever else is wrong with the signature: a certificate it carries
+    // that dbx revokes (whole or by TBS hash) refuses the image. Read leniently, as
+    // firmware would still find the certificates.
+    if let Ok(relaxed) = SignedData::parse_relaxed(blob)
+        && let Some((dbx_entry, certificate)) = relaxed
+            .certificates
+            .iter()
+            .find_map(|c| dbx_list.find_certificate(c).map(|i| (i, c.subject_name())))
     {
         return SignatureReport {
             signer: None,
@@ -403,12 +413,16 @@ fn check_signature<'a>(
             },
         };
     }
+    let sd = match SignedData::parse(blob) {
+        Ok(sd) => sd,
+        Err(e) => return invalid(e.to_string(), None, None),
+    };
     let indirect = match IndirectData::parse(&sd) {
         Ok(i) => i,
         Err(e) => return invalid(e.to_string(), None, None),
     };
     let alg = Some(indirect.hash);
-    if sd.first_digest_algorithm != Some(indirect.hash) {
+    if sd.first_digest_algorithm != Some(indirect.hash) || form_hash != indirect.hash {
         return invalid(
             "the first digestAlgorithms entry differs from the signed image digest's algorithm (edk2 hashes with the former)".into(),
             None,
@@ -458,11 +472,14 @@ fn check_signature<'a>(
             };
         }
         let outcome = match build_chain(cert, &sd.certificates, db.0) {
-            // The anchor itself revoked by a TBS hash in dbx.
+            // The anchor itself revoked in dbx: this signature does not allow the
+            // image (edk2's IsAllowedByDb), without forbidding it for the others.
             Some((_, i)) => match dbx_list.find_certificate(&db.0[i]) {
-                Some(dbx_entry) => SignatureOutcome::Dbx {
-                    dbx_entry,
-                    certificate: db.0[i].subject_name(),
+                Some(dbx_entry) => SignatureOutcome::Invalid {
+                    reason: format!(
+                        "its db anchor {:?} is revoked by dbx entry {dbx_entry}",
+                        db.0[i].subject_name()
+                    ),
                 },
                 None => SignatureOutcome::Db {
                     db_entry: db.1[i],

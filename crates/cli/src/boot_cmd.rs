@@ -694,7 +694,7 @@ fn vars(cmd: VarsCommand) -> Result<()> {
             let image = read_input(&ovmf)?;
             if boot::ovmf::pending_write(&image).unwrap_or(false) {
                 eprintln!(
-                    "warning: {} holds a fault-tolerant write firmware had not finished; its variable area is read as it stands",
+                    "warning: {} has a non-empty fault-tolerant-write journal (a write firmware may not have finished); its variable area is read as it stands",
                     ovmf.display()
                 );
             }
