@@ -77,6 +77,29 @@ fn tool(program: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     o
 }
 
+/// `cvm boot vars create --template TEMPLATE --store PATH`; returns PATH.
+fn template_store(path: &Path, template: &str) -> PathBuf {
+    let o = cvm(&[
+        &"boot",
+        &"vars",
+        &"create",
+        &"--template",
+        &template,
+        &"--store",
+        &path,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    path.to_path_buf()
+}
+
+/// `cvm boot vars export --store STORE --ovmf OUT`.
+fn export_vars(store: &Path, out: &Path) {
+    let o = cvm(&[
+        &"boot", &"vars", &"export", &"--store", &store, &"--ovmf", &out,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// The shim's vendor certificate (Debian Secure Boot CA), written by `cvm boot shim`.
 fn debian_ca(dir: &Path) -> PathBuf {
     let out = dir.join("debian-ca.der");
@@ -781,23 +804,10 @@ fn qemu_secure_boot_runs_debians_signed_chain_and_pcr7_is_predicted() {
     let (shim, grub) = (fx.join("shimx64.efi.signed"), fx.join("grubx64.efi.signed"));
 
     // The VM's store from the Microsoft template, exported for OVMF.
-    let store = dir.join("vars.json");
-    let o = cvm(&[
-        &"boot",
-        &"vars",
-        &"create",
-        &"--template",
-        &"microsoft",
-        &"--store",
-        &store,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let store = template_store(&dir.join("vars.json"), "microsoft");
     let vars_image = |name: &str| {
         let out = dir.join(format!("{name}.vars.fd"));
-        let o = cvm(&[
-            &"boot", &"vars", &"export", &"--store", &store, &"--ovmf", &out,
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
+        export_vars(&store, &out);
         out
     };
 
@@ -959,22 +969,9 @@ fn ovmf_images_round_trip_with_virt_firmware() {
     };
 
     // Ours → OVMF image → virt-fw-vars reads the same variables.
-    let store = dir.join("ours.json");
-    let o = cvm(&[
-        &"boot",
-        &"vars",
-        &"create",
-        &"--template",
-        &"linux",
-        &"--store",
-        &store,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let store = template_store(&dir.join("ours.json"), "linux");
     let image = dir.join("ours.fd");
-    let o = cvm(&[
-        &"boot", &"vars", &"export", &"--store", &store, &"--ovmf", &image,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    export_vars(&store, &image);
     let theirs = dir.join("theirs.json");
     virt(&[&"-i", &image, &"--output-json", &theirs]);
     let ours = read_json(&store);
@@ -1135,17 +1132,7 @@ fn the_recorded_shim_boot_is_predicted_event_for_event() {
     let store = dir.join("microsoft-template.vars.json");
     // The template still makes this store (apart from the write times).
     let tmp = tempfile::tempdir().unwrap();
-    let fresh = tmp.path().join("fresh.json");
-    let o = cvm(&[
-        &"boot",
-        &"vars",
-        &"create",
-        &"--template",
-        &"microsoft",
-        &"--store",
-        &fresh,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let fresh = template_store(&tmp.path().join("fresh.json"), "microsoft");
     let strip_time = |p: &Path| {
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
         for var in v["variables"].as_array_mut().unwrap() {
@@ -1511,17 +1498,7 @@ fn a_disk_sealed_to_the_predicted_pcr7_opens_only_after_its_vm_booted() {
         &fx.join("grubx64.efi.signed"),
         Some(&data),
     );
-    let store = dir.join("vars.json");
-    let o = cvm(&[
-        &"boot",
-        &"vars",
-        &"create",
-        &"--template",
-        &"microsoft",
-        &"--store",
-        &store,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let store = template_store(&dir.join("vars.json"), "microsoft");
     let predict = |args: &[&dyn AsRef<std::ffi::OsStr>]| -> String {
         let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> =
             vec![&"boot", &"predict", &"--image", &disk, &"--json"];
@@ -1611,10 +1588,7 @@ fn a_disk_sealed_to_the_predicted_pcr7_opens_only_after_its_vm_booted() {
     );
 
     let vars = dir.join("os.vars.fd");
-    let o = cvm(&[
-        &"boot", &"vars", &"export", &"--store", &store, &"--ovmf", &vars,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    export_vars(&store, &vars);
     let serial = run_qemu(dir, "os", &vars, &sealed, &tpm);
     assert!(
         serial.contains("Linux version"),
