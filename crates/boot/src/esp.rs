@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
+use disk::device::{Device, Window};
 use disk::gpt::{ESP, Gpt};
 
 use crate::Error;
-use crate::fat::{Fat, FileWindow, ReadAt};
+use crate::fat::Fat;
 
 /// The removable-media default path of the x86-64 boot loader.
 pub const DEFAULT_LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
@@ -29,10 +30,7 @@ pub fn read_boot_files(path: &Path) -> Result<BootFiles, Error> {
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut head = vec![0u8; Gpt::HEAD_LEN.min(len as usize)];
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut head, 0).map_err(io)?;
-    }
+    Device::read_exact_at(&file, &mut head, 0).map_err(io)?;
     let gpt =
         Gpt::parse(&head, len).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
     let esp = gpt
@@ -40,16 +38,11 @@ pub fn read_boot_files(path: &Path) -> Result<BootFiles, Error> {
         .iter()
         .find(|p| p.type_guid == ESP)
         .ok_or_else(|| Error::Usage(format!("{}: no EFI system partition", path.display())))?;
-    let window = FileWindow {
-        file,
-        base: esp.first * disk::gpt::LBA,
-        len: esp.bytes(),
-    };
-    read_from_fat(&window)
+    read_from_fat(&Window::new(&file, esp.first * disk::gpt::LBA, esp.bytes()))
 }
 
 /// Reads the boot files from a FAT filesystem.
-pub fn read_from_fat<R: ReadAt + ?Sized>(dev: &R) -> Result<BootFiles, Error> {
+pub fn read_from_fat<R: Device + ?Sized>(dev: &R) -> Result<BootFiles, Error> {
     let fat = Fat::open(dev)?;
     let loader = fat
         .read_file(DEFAULT_LOADER)?

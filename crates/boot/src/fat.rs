@@ -2,56 +2,12 @@
 //! partition: directories (short and long names, case-insensitive), cluster chains,
 //! whole files. Every offset is checked; chains are bounded by the cluster count.
 
+use disk::device::Device;
+
 use crate::Error;
 
 /// Files larger than this are not read (a signed kernel is under 16 MiB).
 pub const MAX_FILE: u64 = 256 << 20;
-
-/// Random access to the bytes of a filesystem.
-pub trait ReadAt {
-    /// Fills `buf` from `offset`.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| eof())?;
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-            .ok_or_else(eof)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
-
-/// A window of a file: the bytes from `base` on (a partition of a disk image).
-#[derive(Debug)]
-pub struct FileWindow {
-    /// The file.
-    pub file: std::fs::File,
-    /// The window's first byte in the file.
-    pub base: u64,
-    /// The window's length.
-    pub len: u64,
-}
-
-impl ReadAt for FileWindow {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        if offset.saturating_add(buf.len() as u64) > self.len {
-            return Err(eof());
-        }
-        self.file.read_exact_at(buf, self.base + offset)
-    }
-}
-
-fn eof() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        "read past the end of the filesystem",
-    )
-}
 
 fn err(why: impl Into<String>) -> Error {
     Error::Fat(why.into())
@@ -65,7 +21,7 @@ enum Kind {
 }
 
 /// An opened FAT filesystem.
-pub struct Fat<'a, R: ReadAt + ?Sized> {
+pub struct Fat<'a, R: Device + ?Sized> {
     dev: &'a R,
     kind: Kind,
     bytes_per_sector: u64,
@@ -96,11 +52,11 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-impl<'a, R: ReadAt + ?Sized> Fat<'a, R> {
+impl<'a, R: Device + ?Sized> Fat<'a, R> {
     /// Reads the boot sector.
     pub fn open(dev: &'a R) -> Result<Self, Error> {
         let mut bs = [0u8; 512];
-        dev.read_at(0, &mut bs)
+        dev.read_exact_at(&mut bs, 0)
             .map_err(|e| err(format!("reading the boot sector: {e}")))?;
         if bs[510..512] != [0x55, 0xAA] {
             return Err(err("no boot sector signature: not a FAT filesystem"));
@@ -164,7 +120,7 @@ impl<'a, R: ReadAt + ?Sized> Fat<'a, R> {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.dev
-            .read_at(offset, buf)
+            .read_exact_at(buf, offset)
             .map_err(|e| err(format!("reading at byte {offset}: {e}")))
     }
 
