@@ -332,6 +332,11 @@ pub fn predict_pcr4(
         .second_stage
         .as_deref()
         .ok_or_else(|| predict_error("PCR 4: no grubx64.efi beside shim"))?;
+    let (loader, second, kernel) = (
+        PeImage::parse(&files.loader)?,
+        PeImage::parse(second)?,
+        PeImage::parse(kernel)?,
+    );
     let mut out = std::collections::BTreeMap::new();
     for alg in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384] {
         let mut digests = vec![alg.digest(CALLING), alg.digest(&[0; 4])];
@@ -339,9 +344,9 @@ pub fn predict_pcr4(
             digests.push(alg.digest(RETURNING));
             digests.push(alg.digest(CALLING));
         }
-        let kernel_digest = PeImage::parse(kernel)?.authenticode_digest(alg)?;
-        digests.push(PeImage::parse(&files.loader)?.authenticode_digest(alg)?);
-        digests.push(PeImage::parse(second)?.authenticode_digest(alg)?);
+        let kernel_digest = kernel.authenticode_digest(alg)?;
+        digests.push(loader.authenticode_digest(alg)?);
+        digests.push(second.authenticode_digest(alg)?);
         digests.push(kernel_digest.clone());
         digests.push(kernel_digest);
         let mut pcr = vec![0u8; alg.digest_len()];

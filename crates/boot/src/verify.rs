@@ -258,10 +258,8 @@ pub fn verify_image(
     let pe = PeImage::parse(image)?;
     let sha256 = pe.authenticode_digest(HashAlg::Sha256)?;
     let blobs = pe.signatures()?;
-    let db_certs: Vec<Cert<'_>> = db.certificates().map(|(_, c)| c).collect();
-    let db_index: Vec<usize> = db.certificates().map(|(i, _)| i).collect();
-    let dbx_certs: Vec<Cert<'_>> = dbx.certificates().map(|(_, c)| c).collect();
-    let dbx_index: Vec<usize> = dbx.certificates().map(|(i, _)| i).collect();
+    let (db_index, db_certs): (Vec<usize>, Vec<Cert<'_>>) = db.certificates().unzip();
+    let (dbx_index, dbx_certs): (Vec<usize>, Vec<Cert<'_>>) = dbx.certificates().unzip();
 
     let mut signatures = Vec::new();
     let mut digests: Vec<(HashAlg, Vec<u8>)> = vec![(HashAlg::Sha256, sha256.clone())];
