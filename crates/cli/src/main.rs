@@ -5,6 +5,7 @@
 
 mod attest_cmd;
 mod boot_cmd;
+mod control_cmd;
 mod database;
 mod disk_cmd;
 mod evidence;
@@ -100,6 +101,32 @@ enum Command {
     /// TCG event logs: show the events, replay them to PCR values.
     #[command(subcommand)]
     Eventlog(boot_cmd::EventlogCommand),
+    /// Run the platform on this machine: the control plane, a local tenant and
+    /// emulated SNP hosts, on embedded defaults under one state directory.
+    Up(control_cmd::UpArgs),
+    /// The control plane service.
+    #[command(subcommand)]
+    Control(control_cmd::ControlCommand),
+    /// Confidential VMs: create, list, show, events, delete.
+    #[command(subcommand)]
+    Vm(control_cmd::VmCommand),
+    /// The confidential VM sizes.
+    #[command(subcommand)]
+    Size(control_cmd::SizeCommand),
+    /// Regions and their SNP capacity.
+    #[command(subcommand)]
+    Region(control_cmd::RegionCommand),
+    /// The OS image catalog and image artifacts.
+    #[command(subcommand)]
+    Image(control_cmd::ImageCommand),
+    /// The price of a VM.
+    Price(control_cmd::PriceArgs),
+    /// Hosts (operator).
+    #[command(subcommand)]
+    Host(control_cmd::HostCommand),
+    /// Tenants (operator).
+    #[command(subcommand)]
+    Tenant(control_cmd::TenantCommand),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +143,15 @@ fn main() -> ExitCode {
         Command::Disk(cmd) => disk_cmd::run(cmd),
         Command::Boot(cmd) => boot_cmd::run(cmd),
         Command::Eventlog(cmd) => boot_cmd::run_eventlog(cmd),
+        Command::Up(a) => control_cmd::up(a),
+        Command::Control(cmd) => control_cmd::run(cmd),
+        Command::Vm(cmd) => control_cmd::run_vm(cmd),
+        Command::Size(cmd) => control_cmd::run_size(cmd),
+        Command::Region(cmd) => control_cmd::run_region(cmd),
+        Command::Image(cmd) => control_cmd::run_image(cmd),
+        Command::Price(a) => control_cmd::run_price(a),
+        Command::Host(cmd) => control_cmd::run_host(cmd),
+        Command::Tenant(cmd) => control_cmd::run_tenant(cmd),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Running the `cvm` binary from integration tests.
 #![allow(dead_code)]
 
+pub mod esp;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 

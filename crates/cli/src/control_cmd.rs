@@ -1,0 +1,1077 @@
+//! `cvm up`, `cvm control serve` and the control plane's client commands: `cvm vm`,
+//! `cvm size`, `cvm region`, `cvm image`, `cvm price`, `cvm host`, `cvm tenant`.
+//!
+//! A client command finds the control plane through `--state DIR` (what `cvm up`
+//! wrote: `DIR/control.url`, the local tenant's credential `DIR/tenant.token`, the
+//! operator's `DIR/control/operator.token`) or `--url`/`CVM_URL` with
+//! `--credential-file`/`CVM_CREDENTIAL_FILE`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use control_api::*;
+use control_client::Client;
+
+/// Where the control plane is and who is asking.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// The state directory `cvm up` runs in (its URL and credentials are read from
+    /// it). Or set CVM_STATE.
+    #[arg(long, env = "CVM_STATE")]
+    state: Option<PathBuf>,
+    /// The control plane's base URL (instead of `--state`). Or set CVM_URL.
+    #[arg(long, env = "CVM_URL")]
+    url: Option<String>,
+    /// A file holding the credential to present (with `--url`). Or set
+    /// CVM_CREDENTIAL_FILE.
+    #[arg(long, env = "CVM_CREDENTIAL_FILE")]
+    credential_file: Option<PathBuf>,
+    /// Trust only these CA certificates (PEM) for HTTPS.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which of the state directory's credentials a command presents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum As {
+    Tenant,
+    Operator,
+}
+
+fn read_trimmed(p: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_string())
+}
+
+impl Target {
+    fn client(&self, who: As) -> Result<Client> {
+        let ca = self
+            .ca
+            .as_ref()
+            .map(std::fs::read)
+            .transpose()
+            .context("--ca")?;
+        let agent = control_client::agent(ca.as_deref())?;
+        let (url, cred) = match (&self.url, &self.state) {
+            (Some(url), _) => {
+                let file = self.credential_file.as_ref().context(
+                    "--url needs --credential-file (or CVM_CREDENTIAL_FILE) with a credential",
+                )?;
+                (url.clone(), read_trimmed(file)?)
+            }
+            (None, Some(state)) => {
+                let url = read_trimmed(&state.join(CONTROL_URL))
+                    .with_context(|| format!("is `cvm up --state {}` running?", state.display()))?;
+                let cred = match (who, &self.credential_file) {
+                    (_, Some(f)) => read_trimmed(f)?,
+                    (As::Tenant, None) => read_trimmed(&state.join(control::local::TENANT_TOKEN))?,
+                    (As::Operator, None) => {
+                        read_trimmed(&state.join("control").join(control::service::OPERATOR_TOKEN))?
+                    }
+                };
+                (url, cred)
+            }
+            (None, None) => bail!(
+                "where is the control plane? give --state DIR (what `cvm up` runs in) or --url URL with --credential-file"
+            ),
+        };
+        Ok(Client::new(agent, &url, &cred))
+    }
+}
+
+/// The file in the state directory that holds the control plane's URL while `cvm up`
+/// runs.
+pub const CONTROL_URL: &str = "control.url";
+
+/// `cvm up`
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The state directory: everything the platform keeps (created 0700 if missing).
+    #[arg(long, env = "CVM_STATE")]
+    state: PathBuf,
+    /// The control plane's address (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: String,
+    /// Emulated SNP hosts in the default region.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    hosts: u32,
+    /// The regions offered (comma-separated); default: the catalog's.
+    #[arg(long, value_delimiter = ',')]
+    regions: Vec<String>,
+    /// The region VMs go to when a request names none (and the emulated hosts'
+    /// region); default: the first of `--regions`.
+    #[arg(long)]
+    default_region: Option<String>,
+    /// A price table (TOML) to use instead of the built-in one.
+    #[arg(long)]
+    price_table: Option<PathBuf>,
+    /// The database: SQLite (default STATE/control/control.db) or a PostgreSQL URL.
+    /// Or set CVM_CONTROL_DATABASE.
+    #[arg(long, env = "CVM_CONTROL_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+}
+
+/// `cvm control ...`
+#[derive(Subcommand, Debug)]
+pub enum ControlCommand {
+    /// Run the control plane alone (HTTP); replicas share a PostgreSQL `--database`.
+    /// Prints `listening on http://HOST:PORT` first.
+    Serve(ServeArgs),
+}
+
+/// `cvm control serve`
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: String,
+    /// State directory (database by default, the operator's credential, images).
+    #[arg(long)]
+    state: PathBuf,
+    /// The regions offered (comma-separated); default: the catalog's.
+    #[arg(long, value_delimiter = ',')]
+    regions: Vec<String>,
+    /// The default region; default: the first of `--regions`.
+    #[arg(long)]
+    default_region: Option<String>,
+    /// A price table (TOML) instead of the built-in one.
+    #[arg(long)]
+    price_table: Option<PathBuf>,
+    /// The database: SQLite (default STATE/control.db) or a PostgreSQL URL shared by
+    /// replicas. Or set CVM_CONTROL_DATABASE.
+    #[arg(long, env = "CVM_CONTROL_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+}
+
+fn config(
+    state: &Path,
+    regions: &[String],
+    default_region: Option<&str>,
+    price_table: Option<&Path>,
+    database: Option<&str>,
+) -> Result<control::ControlConfig> {
+    let regions: Vec<String> = if regions.is_empty() {
+        catalog::regions::defaults()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    } else {
+        regions.to_vec()
+    };
+    let default_region = match default_region {
+        Some(r) => r.to_string(),
+        None => regions.first().cloned().context("--regions is empty")?,
+    };
+    let prices = match price_table {
+        None => catalog::PriceTable::default_table(),
+        Some(p) => catalog::PriceTable::parse(
+            &std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?,
+        )
+        .with_context(|| format!("{}", p.display()))?,
+    };
+    Ok(control::ControlConfig {
+        state_dir: state.to_path_buf(),
+        database: Some(crate::database::for_service(database, state, "control.db")?),
+        regions,
+        default_region,
+        prices,
+    })
+}
+
+/// `cvm up`: the control plane with the local tenant and emulated hosts.
+pub fn up(args: UpArgs) -> ExitCode {
+    let r = (|| -> Result<()> {
+        std::fs::create_dir_all(&args.state)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&args.state, std::fs::Permissions::from_mode(0o700))?;
+        let control_dir = args.state.join("control");
+        let cfg = config(
+            &control_dir,
+            &args.regions,
+            args.default_region.as_deref(),
+            args.price_table.as_deref(),
+            args.database.as_deref(),
+        )?;
+        let region = cfg.default_region.clone();
+        let state = args.state.clone();
+        let hosts = args.hosts;
+        let url_file = state.join(CONTROL_URL);
+        // A stale URL from an earlier run must not point clients at nothing.
+        let _ = std::fs::remove_file(&url_file);
+        httpd::run(&args.listen, None, move |_addr, base| {
+            let fail = |e: String| httpd::ServeError::Service(e);
+            let (c, _) = control::Control::open(cfg).map_err(|e| fail(e.to_string()))?;
+            let local =
+                control::local::prepare(&c, &state, hosts, &region).map_err(|e| fail(e.message))?;
+            std::fs::write(&url_file, format!("{base}\n")).map_err(|e| fail(e.to_string()))?;
+            let s = state.display();
+            println!("ready: {base}");
+            println!("  control plane    {base}  (API: openapi/control.json)");
+            println!(
+                "  hosts            {} in {region} (emulated AMD SEV-SNP secure processors)",
+                if local.hosts.is_empty() {
+                    "none".to_string()
+                } else {
+                    local.hosts.join(", ")
+                }
+            );
+            println!(
+                "  tenant           local  (administrator credential: {}/tenant.token)",
+                s
+            );
+            println!("  operator         {s}/control/operator.token");
+            println!(
+                "  not yet started  attestation service, key vault, disk pre-encryption, host agents:"
+            );
+            println!(
+                "                   VMs are validated, priced and placed; starting them is not offered yet"
+            );
+            println!("try:");
+            println!("  cvm size list --state {s}");
+            println!("  cvm image build debian-12 --state {s}");
+            println!(
+                "  cvm vm create my-vm --state {s} --size Standard_DC2as_v5 --image debian-12"
+            );
+            println!("stop with Ctrl-C; a restart on the same --state finds everything as it was");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            Ok(control::server::router(std::sync::Arc::new(c)))
+        })?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::service_failed(&e),
+    }
+}
+
+/// `cvm control ...`
+pub fn run(cmd: ControlCommand) -> ExitCode {
+    let ControlCommand::Serve(a) = cmd;
+    let r = (|| -> Result<()> {
+        let cfg = config(
+            &a.state,
+            &a.regions,
+            a.default_region.as_deref(),
+            a.price_table.as_deref(),
+            a.database.as_deref(),
+        )?;
+        control::server::run_server(&a.listen, None, cfg, |_addr, base, created| {
+            println!("listening on {base}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            if let Some(p) = created {
+                crate::notice(&format!("operator credential written to {}", p.display()));
+            }
+        })?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::service_failed(&e),
+    }
+}
+
+// --- client commands ------------------------------------------------------------------
+
+/// `--disk-encryption`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskEncryption {
+    /// The OS disk encrypted before first boot, with a platform-managed key
+    /// (`DiskWithVMGuestState`).
+    PlatformKey,
+    /// The OS disk encrypted with the customer key given by `--customer-key`
+    /// (`DiskWithVMGuestState`).
+    CustomerKey,
+    /// Only the VM's guest state (VMGS) is encrypted (`VMGuestStateOnly`).
+    None,
+}
+
+/// `cvm vm create`'s arguments: `az vm create`'s names where it has them.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The VM's name.
+    name: String,
+    /// The size (`cvm size list`).
+    #[arg(long)]
+    size: String,
+    /// The image: a catalog id or its Azure URN (`cvm image list`).
+    #[arg(long)]
+    image: String,
+    /// The region (default: the platform's default).
+    #[arg(long, alias = "location")]
+    region: Option<String>,
+    /// OS disk encryption.
+    #[arg(long, value_enum, default_value_t = DiskEncryption::PlatformKey)]
+    disk_encryption: DiskEncryption,
+    /// The customer key (a key of your key vault) for `--disk-encryption customer-key`.
+    #[arg(long)]
+    customer_key: Option<String>,
+    /// Secure Boot (default true).
+    #[arg(long, alias = "enable-secure-boot", action = clap::ArgAction::Set, default_value_t = true)]
+    secure_boot: bool,
+    /// The vTPM (a confidential VM always has it; false is refused).
+    #[arg(long, action = clap::ArgAction::Set)]
+    enable_vtpm: Option<bool>,
+    /// The security type (default ConfidentialVM, the only one offered).
+    #[arg(long, default_value = "ConfidentialVM")]
+    security_type: String,
+    /// The OS disk's size in GiB.
+    #[arg(long)]
+    os_disk_size_gb: Option<u32>,
+    /// The attestation policy the VM's evidence must meet.
+    #[arg(long)]
+    attestation_policy: Option<String>,
+    /// Host-side encryption (refused with an encrypted OS disk).
+    #[arg(long)]
+    encryption_at_host: bool,
+    /// Accelerated networking (not supported by confidential VMs).
+    #[arg(long)]
+    accelerated_networking: bool,
+    /// An ephemeral OS disk (not supported).
+    #[arg(long)]
+    ephemeral_os_disk: bool,
+    /// A dedicated host group (not supported).
+    #[arg(long)]
+    host_group: Option<String>,
+    /// A dedicated host (not supported).
+    #[arg(long)]
+    host: Option<String>,
+    /// A scale set to join (not supported).
+    #[arg(long)]
+    vmss: Option<String>,
+    /// An Azure Backup policy (not supported).
+    #[arg(long)]
+    backup_policy: Option<String>,
+    /// Azure Site Recovery (not supported).
+    #[arg(long)]
+    site_recovery: bool,
+    /// An Azure Batch pool (not supported).
+    #[arg(long)]
+    batch_pool: Option<String>,
+    /// A shared data disk (not supported).
+    #[arg(long)]
+    shared_disk: bool,
+    /// An ultra data disk (not supported).
+    #[arg(long)]
+    ultra_ssd_enabled: bool,
+    #[command(flatten)]
+    t: Target,
+}
+
+impl CreateArgs {
+    fn request(&self) -> Result<CreateVmRequest> {
+        let (enc, key) = match (self.disk_encryption, &self.customer_key) {
+            (DiskEncryption::CustomerKey, None) => {
+                bail!("--disk-encryption customer-key needs --customer-key KEY")
+            }
+            (DiskEncryption::CustomerKey, Some(k)) => ("DiskWithVMGuestState", Some(k.clone())),
+            (DiskEncryption::PlatformKey, None) => ("DiskWithVMGuestState", None),
+            // A key without disk encryption goes to the server, which explains why not.
+            (DiskEncryption::None, k) => ("VMGuestStateOnly", k.clone()),
+            (DiskEncryption::PlatformKey, Some(_)) => {
+                bail!("--customer-key goes with --disk-encryption customer-key")
+            }
+        };
+        let mut data_disks = Vec::new();
+        if self.shared_disk {
+            data_disks.push(DataDisk {
+                max_shares: Some(2),
+                ..Default::default()
+            });
+        }
+        if self.ultra_ssd_enabled {
+            data_disks.push(DataDisk {
+                storage_account_type: Some("UltraSSD_LRS".into()),
+                ..Default::default()
+            });
+        }
+        Ok(CreateVmRequest {
+            location: self.region.clone(),
+            vm_size: self.size.clone(),
+            image: self.image.clone(),
+            security_profile: Some(SecurityProfile {
+                security_type: Some(self.security_type.clone()),
+                uefi_settings: Some(UefiSettings {
+                    secure_boot_enabled: Some(self.secure_boot),
+                    v_tpm_enabled: self.enable_vtpm,
+                }),
+                encryption_at_host: self.encryption_at_host.then_some(true),
+            }),
+            os_disk: Some(OsDisk {
+                security_encryption_type: Some(enc.to_string()),
+                customer_key: key,
+                diff_disk_settings: self.ephemeral_os_disk.then(|| DiffDiskSettings {
+                    option: "Local".into(),
+                }),
+                disk_size_gb: self.os_disk_size_gb,
+            }),
+            attestation_policy: self.attestation_policy.clone(),
+            enable_accelerated_networking: self.accelerated_networking.then_some(true),
+            host_group: self.host_group.clone(),
+            host: self.host.clone(),
+            virtual_machine_scale_set: self.vmss.clone(),
+            data_disks: (!data_disks.is_empty()).then_some(data_disks),
+            backup_policy: self.backup_policy.clone(),
+            site_recovery: self.site_recovery.then_some(true),
+            batch_pool: self.batch_pool.clone(),
+        })
+    }
+}
+
+/// `cvm vm ...`
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Create a confidential VM (validated, priced and placed on an SNP host).
+    Create(Box<CreateArgs>),
+    /// List your VMs.
+    List(Target),
+    /// Show a VM: state, host, security settings, price, last failure.
+    Show(Named),
+    /// Each step of a VM's life with its outcome and duration.
+    Events(Named),
+    /// Delete a VM (its host's capacity is given back).
+    Delete(Named),
+    /// Capture an image from a VM (refused: confidential VMs do not support it).
+    Capture(Named),
+    /// Live-migrate a VM (refused: confidential VMs do not support it).
+    Migrate(Named),
+}
+
+/// A command on one named VM.
+#[derive(Args, Debug)]
+pub struct Named {
+    /// The VM's name.
+    name: String,
+    #[command(flatten)]
+    t: Target,
+}
+
+/// `cvm size ...`
+#[derive(Subcommand, Debug)]
+pub enum SizeCommand {
+    /// Every confidential VM size with its vCPUs, memory and temporary disk.
+    List(Target),
+}
+
+/// `cvm region ...`
+#[derive(Subcommand, Debug)]
+pub enum RegionCommand {
+    /// Every region, with whether it has SNP hosts and their free vCPUs.
+    List(Target),
+}
+
+/// `cvm image ...`
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// The image catalog, with each entry's Secure Boot template and artifact.
+    List(Target),
+    /// Build a catalog entry's disk image from its distribution's signed packages
+    /// (`debian-12`: Debian's shim, GRUB and kernel, a debootstrapped root; needs a
+    /// Debian 12 machine and root or sudo) and import it (operator). The image is kept
+    /// in a cache and reused.
+    Build {
+        /// The catalog id (`debian-12`).
+        id: String,
+        /// Where built images are kept (default: $XDG_CACHE_HOME/opencvm/images or
+        /// ~/.cache/opencvm/images).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Build again even if the cache holds the image.
+        #[arg(long)]
+        rebuild: bool,
+        /// Only build (into the cache); do not import.
+        #[arg(long)]
+        no_import: bool,
+        #[command(flatten)]
+        t: Target,
+    },
+    /// Import a raw GPT disk image as a catalog entry's artifact (operator). Its boot
+    /// loader must pass Secure Boot under the entry's template.
+    Import {
+        /// The catalog id (`debian-12`).
+        id: String,
+        /// The disk image (on the control plane's machine).
+        file: PathBuf,
+        #[command(flatten)]
+        t: Target,
+    },
+}
+
+/// `cvm price`
+#[derive(Args, Debug)]
+pub struct PriceArgs {
+    /// The size.
+    #[arg(long)]
+    size: String,
+    /// The region (default: the platform's default).
+    #[arg(long)]
+    region: Option<String>,
+    /// The image (its OS decides the licence).
+    #[arg(long)]
+    image: Option<String>,
+    /// OS disk encryption (an encrypted disk costs more: it cannot be compressed).
+    #[arg(long, value_enum, default_value_t = DiskEncryption::PlatformKey)]
+    disk_encryption: DiskEncryption,
+    /// The OS disk's size in GiB.
+    #[arg(long)]
+    os_disk_size_gb: Option<u32>,
+    #[command(flatten)]
+    t: Target,
+}
+
+/// `cvm host ...` (operator)
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// Every host with its capacity and what its VMs hold.
+    List(Target),
+    /// Register a host (or change what it offers).
+    Add {
+        /// Its name.
+        name: String,
+        /// Its region.
+        #[arg(long)]
+        region: String,
+        /// vCPUs it offers.
+        #[arg(long, default_value_t = 112)]
+        vcpus: u32,
+        /// Memory it offers, GiB.
+        #[arg(long, default_value_t = 768)]
+        memory_gib: u32,
+        /// Most VMs.
+        #[arg(long, default_value_t = 32)]
+        max_vms: u32,
+        /// Whether SEV-SNP is enabled in its firmware.
+        #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
+        snp_enabled: bool,
+        /// `emulated` or `hardware`.
+        #[arg(long, default_value = "emulated")]
+        backend: String,
+        #[command(flatten)]
+        t: Target,
+    },
+}
+
+/// `cvm tenant ...` (operator)
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant; prints its administrator credential (shown once).
+    Create {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        t: Target,
+    },
+}
+
+/// Prints `v` as JSON, or `text(v)`.
+fn out<T: serde::Serialize>(t: &Target, v: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        print!("{}", text(v));
+    }
+    Ok(())
+}
+
+/// A refusal: its code and message (and every refusal of a create) on stderr, or its
+/// JSON body on stdout with `--json`; exit 1. A transport failure: exit 2.
+fn finish(t: Option<&Target>, r: Result<()>) -> ExitCode {
+    let Err(e) = r else { return ExitCode::SUCCESS };
+    if let Some(ce) = e.downcast_ref::<control_client::ClientError>()
+        && let (Some(code), Some(status)) = (ce.code(), ce.status())
+    {
+        if t.is_some_and(|t| t.json) {
+            if let Some(body) = ce.body() {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&body).unwrap_or_default()
+                );
+            }
+        } else {
+            let detail = ce
+                .body()
+                .and_then(|b| b["error"]["detail"]["refusals"].as_array().cloned());
+            match detail {
+                Some(all) if all.len() > 1 => {
+                    eprintln!("refused ({status}):");
+                    for r in all {
+                        eprintln!(
+                            "  {} [{}]: {}",
+                            r["code"].as_str().unwrap_or_default(),
+                            r["target"].as_str().unwrap_or_default(),
+                            r["message"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+                _ => eprintln!(
+                    "refused ({status} {code}): {}",
+                    ce.body()
+                        .map(|b| b["error"]["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string())
+                        .unwrap_or_default()
+                ),
+            }
+        }
+        return ExitCode::from(1);
+    }
+    eprintln!("error: {}", crate::describe(&e));
+    ExitCode::from(2)
+}
+
+fn money(v: f64) -> String {
+    format!("{v:.4}")
+}
+
+fn vm_text(v: &Vm) -> String {
+    let s = &v.security;
+    let mut o = format!(
+        "{}  {}\n  id          {}\n  size        {} in {}\n  image       {} (Secure Boot template {})\n  host        {}\n  security    {}, Secure Boot {}, vTPM on, {} with a {}-managed key{}\n  attestation policy {}\n  price       {} {}/hour, {} {}/month in all\n",
+        v.name,
+        v.state.name(),
+        v.id,
+        v.vm_size,
+        v.location,
+        v.image,
+        s.secure_boot_template,
+        v.host.as_deref().unwrap_or("-"),
+        s.security_type,
+        if s.secure_boot_enabled { "on" } else { "off" },
+        s.security_encryption_type,
+        s.key_management,
+        s.customer_key
+            .as_deref()
+            .map(|k| format!(" ({k})"))
+            .unwrap_or_default(),
+        s.attestation_policy,
+        money(v.price.compute_per_hour),
+        v.price.currency,
+        money(v.price.total_per_month),
+        v.price.currency,
+    );
+    if let Some(f) = &v.last_failure {
+        o.push_str(&format!(
+            "  last failure  {} ({}): {}\n",
+            f.step, f.code, f.reason
+        ));
+    }
+    o
+}
+
+fn quote_text(q: &PriceQuote) -> String {
+    let mut o = format!(
+        "{} in {} ({}): {} {}/hour compute; {} {}/month in all ({} hours)\n",
+        q.vm_size,
+        q.location,
+        q.os_type,
+        money(q.compute_per_hour),
+        q.currency,
+        money(q.total_per_month),
+        q.currency,
+        q.hours_per_month
+    );
+    for l in &q.lines {
+        o.push_str(&format!(
+            "  {:<18} {:>10} {} {}  [{}; {}]\n",
+            l.item,
+            money(l.amount),
+            q.currency,
+            l.unit,
+            l.as_of,
+            l.source
+        ));
+    }
+    o.push_str(
+        "prices are the platform's table (illustrative defaults unless the operator replaced it)\n",
+    );
+    o
+}
+
+/// `cvm vm ...`
+pub fn run_vm(cmd: VmCommand) -> ExitCode {
+    match cmd {
+        VmCommand::Create(a) => {
+            let r = (|| {
+                let req = a.request()?;
+                let vm = a.t.client(As::Tenant)?.create_vm(&a.name, &req)?;
+                out(&a.t, &vm, vm_text)
+            })();
+            finish(Some(&a.t), r)
+        }
+        VmCommand::List(t) => {
+            let r = (|| {
+                let l = t.client(As::Tenant)?.list_vms()?;
+                out(&t, &l, |l| {
+                    let mut o = format!(
+                        "{:<24} {:<9} {:<22} {:<10} {:<20} {}\n",
+                        "NAME", "STATE", "SIZE", "REGION", "ENCRYPTION", "HOST"
+                    );
+                    for v in &l.value {
+                        o.push_str(&format!(
+                            "{:<24} {:<9} {:<22} {:<10} {:<20} {}\n",
+                            v.name,
+                            v.state.name(),
+                            v.vm_size,
+                            v.location,
+                            v.security.security_encryption_type,
+                            v.host.as_deref().unwrap_or("-")
+                        ));
+                    }
+                    o
+                })
+            })();
+            finish(Some(&t), r)
+        }
+        VmCommand::Show(n) => {
+            let r = (|| {
+                let c = n.t.client(As::Tenant)?;
+                let vm = c.get_vm(&n.name)?;
+                out(&n.t, &vm, vm_text)
+            })();
+            finish(Some(&n.t), r)
+        }
+        VmCommand::Events(n) => {
+            let r = (|| {
+                let e = n.t.client(As::Tenant)?.vm_events(&n.name)?;
+                out(&n.t, &e, |e| {
+                    let mut o = String::new();
+                    for ev in &e.value {
+                        o.push_str(&format!(
+                            "{:>3} {:<20} {:<13} {:>6} ms  {}\n",
+                            ev.seq, ev.step, ev.outcome, ev.duration_ms, ev.detail
+                        ));
+                    }
+                    o
+                })
+            })();
+            finish(Some(&n.t), r)
+        }
+        VmCommand::Delete(n) => {
+            let r = (|| {
+                n.t.client(As::Tenant)?.delete_vm(&n.name)?;
+                out(&n.t, &serde_json::json!({"deleted": n.name}), |_| {
+                    format!("deleted {}\n", n.name)
+                })
+            })();
+            finish(Some(&n.t), r)
+        }
+        VmCommand::Capture(n) => {
+            let r = (|| Ok(n.t.client(As::Tenant)?.capture_vm(&n.name)?))();
+            finish(Some(&n.t), r)
+        }
+        VmCommand::Migrate(n) => {
+            let r = (|| Ok(n.t.client(As::Tenant)?.migrate_vm(&n.name)?))();
+            finish(Some(&n.t), r)
+        }
+    }
+}
+
+/// `cvm size ...`
+pub fn run_size(cmd: SizeCommand) -> ExitCode {
+    let SizeCommand::List(t) = cmd;
+    let r = (|| {
+        let l = t.client(As::Tenant)?.list_sizes()?;
+        out(&t, &l, |l| {
+            let mut o = format!(
+                "{:<22} {:<8} {:>5} {:>8} {:>9} {}\n",
+                "NAME", "SERIES", "VCPUS", "MEM GiB", "TEMP GiB", ""
+            );
+            for s in &l.value {
+                o.push_str(&format!(
+                    "{:<22} {:<8} {:>5} {:>8} {:>9} {}\n",
+                    s.name,
+                    s.series,
+                    s.v_cpus,
+                    s.memory_gib,
+                    s.temp_disk_gib.map_or("-".to_string(), |g| g.to_string()),
+                    if s.isolated {
+                        "isolated (whole host)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            o
+        })
+    })();
+    finish(Some(&t), r)
+}
+
+/// `cvm region ...`
+pub fn run_region(cmd: RegionCommand) -> ExitCode {
+    let RegionCommand::List(t) = cmd;
+    let r = (|| {
+        let l = t.client(As::Tenant)?.list_regions()?;
+        out(&t, &l, |l| {
+            let mut o = format!(
+                "{:<20} {:<6} {:>5} {:>10}\n",
+                "REGION", "SNP", "HOSTS", "FREE VCPUS"
+            );
+            for r in &l.value {
+                o.push_str(&format!(
+                    "{:<20} {:<6} {:>5} {:>10}\n",
+                    r.name,
+                    if r.snp_available { "yes" } else { "no" },
+                    r.hosts,
+                    r.free_v_cpus
+                ));
+            }
+            o
+        })
+    })();
+    finish(Some(&t), r)
+}
+
+fn images_text(l: &ImageList) -> String {
+    let mut o = format!(
+        "{:<22} {:<8} {:<10} {}\n",
+        "IMAGE", "OS", "TEMPLATE", "ARTIFACT"
+    );
+    for i in &l.value {
+        let art = match (&i.artifact, i.buildable) {
+            (Some(a), _) => format!(
+                "{} bytes, sha256 {}",
+                a.bytes,
+                a.sha256.get(..16).unwrap_or_default()
+            ),
+            (None, true) => format!("none (cvm image build {})", i.id),
+            (None, false) => format!("none (cvm image import {} FILE)", i.id),
+        };
+        o.push_str(&format!(
+            "{:<22} {:<8} {:<10} {}\n",
+            i.id, i.os_type, i.secure_boot_template, art
+        ));
+    }
+    o
+}
+
+/// `cvm image ...`
+pub fn run_image(cmd: ImageCommand) -> ExitCode {
+    match cmd {
+        ImageCommand::List(t) => {
+            let r = (|| {
+                let l = t.client(As::Tenant)?.list_images()?;
+                out(&t, &l, images_text)
+            })();
+            finish(Some(&t), r)
+        }
+        ImageCommand::Build {
+            id,
+            cache,
+            rebuild,
+            no_import,
+            t,
+        } => {
+            let r = (|| {
+                let built = build_image(&id, cache, rebuild)?;
+                if no_import {
+                    return out(&t, &built, |b| {
+                        format!(
+                            "built {} ({} bytes, sha256 {})\n",
+                            b.path.display(),
+                            b.bytes,
+                            b.sha256
+                        )
+                    });
+                }
+                let i = t.client(As::Operator)?.import_image(
+                    &id,
+                    &ImportImageRequest {
+                        path: built.path.display().to_string(),
+                    },
+                )?;
+                out(&t, &i, |i| {
+                    format!(
+                        "built and imported {}: {} bytes, sha256 {}\n  from {}\n",
+                        i.id,
+                        i.artifact.as_ref().map_or(0, |a| a.bytes),
+                        i.artifact
+                            .as_ref()
+                            .map(|a| a.sha256.as_str())
+                            .unwrap_or_default(),
+                        built.packages.join(", ")
+                    )
+                })
+            })();
+            finish(Some(&t), r)
+        }
+        ImageCommand::Import { id, file, t } => {
+            let r = (|| {
+                let path =
+                    std::fs::canonicalize(&file).with_context(|| format!("{}", file.display()))?;
+                let i = t.client(As::Operator)?.import_image(
+                    &id,
+                    &ImportImageRequest {
+                        path: path.display().to_string(),
+                    },
+                )?;
+                out(&t, &i, |i| {
+                    format!(
+                        "imported {}: {} bytes, sha256 {}\n",
+                        i.id,
+                        i.artifact.as_ref().map_or(0, |a| a.bytes),
+                        i.artifact
+                            .as_ref()
+                            .map(|a| a.sha256.as_str())
+                            .unwrap_or_default()
+                    )
+                })
+            })();
+            finish(Some(&t), r)
+        }
+    }
+}
+
+/// Builds `id` into the cache (or finds it there): the image and its manifest
+/// (`ID.json`, what [`os_image::Built`] records).
+fn build_image(id: &str, cache: Option<PathBuf>, rebuild: bool) -> Result<os_image::Built> {
+    if id != "debian-12" {
+        match catalog::images::find(id) {
+            Some(_) => bail!(
+                "the platform cannot build {id}: import its disk with `cvm image import {id} FILE`"
+            ),
+            None => bail!("{id} is not in the image catalog (`cvm image list`)"),
+        }
+    }
+    let dir = match cache {
+        Some(d) => d,
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .context("no cache directory: give --cache")?
+            .join("opencvm/images"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let image = dir.join(format!("{id}.img"));
+    let manifest = dir.join(format!("{id}.json"));
+    if !rebuild
+        && image.exists()
+        && let Ok(text) = std::fs::read(&manifest)
+        && let Ok(built) = serde_json::from_slice::<os_image::Built>(&text)
+        && built.path == image
+    {
+        eprintln!(
+            "using the cached {} (--rebuild builds it again)",
+            image.display()
+        );
+        return Ok(built);
+    }
+    let _ = std::fs::remove_file(&manifest);
+    let work = dir.join(format!(".{id}.work"));
+    let built = os_image::build_debian_12(&image, &work, &mut |step| eprintln!("build: {step}"))?;
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&built)?)?;
+    Ok(built)
+}
+
+/// `cvm price`
+pub fn run_price(a: PriceArgs) -> ExitCode {
+    let r = (|| {
+        let req = PriceRequest {
+            vm_size: a.size.clone(),
+            location: a.region.clone(),
+            image: a.image.clone(),
+            security_encryption_type: Some(
+                match a.disk_encryption {
+                    DiskEncryption::None => "VMGuestStateOnly",
+                    _ => "DiskWithVMGuestState",
+                }
+                .to_string(),
+            ),
+            os_disk_size_gb: a.os_disk_size_gb,
+        };
+        let q = a.t.client(As::Tenant)?.quote_price(&req)?;
+        out(&a.t, &q, quote_text)
+    })();
+    finish(Some(&a.t), r)
+}
+
+/// `cvm host ...`
+pub fn run_host(cmd: HostCommand) -> ExitCode {
+    match cmd {
+        HostCommand::List(t) => {
+            let r = (|| {
+                let l = t.client(As::Operator)?.list_hosts()?;
+                out(&t, &l, |l| {
+                    let mut o = format!(
+                        "{:<16} {:<12} {:<4} {:<9} {:>11} {:>13} {:>7}\n",
+                        "HOST", "REGION", "SNP", "BACKEND", "VCPUS", "MEM GiB", "VMS"
+                    );
+                    for h in &l.value {
+                        o.push_str(&format!(
+                            "{:<16} {:<12} {:<4} {:<9} {:>5}/{:<5} {:>6}/{:<6} {:>3}/{:<3}\n",
+                            h.name,
+                            h.region,
+                            if h.snp_enabled { "on" } else { "off" },
+                            h.backend,
+                            h.used_v_cpus,
+                            h.v_cpus,
+                            h.used_memory_gib,
+                            h.memory_gib,
+                            h.vms,
+                            h.max_vms
+                        ));
+                    }
+                    o
+                })
+            })();
+            finish(Some(&t), r)
+        }
+        HostCommand::Add {
+            name,
+            region,
+            vcpus,
+            memory_gib,
+            max_vms,
+            snp_enabled,
+            backend,
+            t,
+        } => {
+            let r = (|| {
+                let h = t.client(As::Operator)?.register_host(
+                    &name,
+                    &RegisterHostRequest {
+                        region,
+                        v_cpus: vcpus,
+                        memory_gib,
+                        max_vms,
+                        snp_enabled,
+                        backend,
+                    },
+                )?;
+                out(&t, &h, |h| {
+                    format!(
+                        "host {} in {}: {} vCPUs, {} GiB, {} VMs, SNP {}\n",
+                        h.name,
+                        h.region,
+                        h.v_cpus,
+                        h.memory_gib,
+                        h.max_vms,
+                        if h.snp_enabled { "on" } else { "off" }
+                    )
+                })
+            })();
+            finish(Some(&t), r)
+        }
+    }
+}
+
+/// `cvm tenant ...`
+pub fn run_tenant(cmd: TenantCommand) -> ExitCode {
+    let TenantCommand::Create { name, t } = cmd;
+    let r = (|| {
+        let c = t.client(As::Operator)?.create_tenant(&name)?;
+        // The credential is the output: it is shown once.
+        out(&t, &c, |c| format!("{}\n", c.credential))
+    })();
+    finish(Some(&t), r)
+}

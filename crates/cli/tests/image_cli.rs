@@ -1,0 +1,124 @@
+//! The Debian 12 image `cvm image build debian-12` makes (scripts/test builds it once
+//! into the cache and names it in OPENCVM_DEBIAN_IMAGE): checked with tools nobody
+//! here wrote (sfdisk, debugfs, mtools) and booted under QEMU/OVMF with Secure Boot
+//! on, under the linux template's UEFI variables, to Debian's login prompt.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn image() -> (PathBuf, Value) {
+    let p = PathBuf::from(std::env::var("OPENCVM_DEBIAN_IMAGE").expect(
+        "OPENCVM_DEBIAN_IMAGE: the built Debian 12 image (scripts/test builds it with `cvm image build debian-12 --no-import`)",
+    ));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(p.with_extension("json")).unwrap()).unwrap();
+    (p, manifest)
+}
+
+fn tool(args: &[&str]) -> String {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn cvm(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cvm")).args(args).output().unwrap()
+}
+
+#[test]
+fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() {
+    let (img, manifest) = image();
+    let s = img.to_str().unwrap();
+    // The manifest names Debian's packages and a Debian 12 root.
+    let packages: Vec<&str> = manifest["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for p in ["shim-signed ", "grub-efi-amd64-signed ", "linux-image-amd64 ", "systemd-sysv "] {
+        assert!(packages.iter().any(|x| x.starts_with(p)), "{p}: {packages:?}");
+    }
+    assert!(manifest["debian_version"].as_str().unwrap().starts_with("12."));
+    // The GPT: an ESP and an x86-64 root whose PARTUUID the manifest (and fstab) name.
+    let table: Value = serde_json::from_str(&tool(&["sfdisk", "--json", s])).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    let partuuid = manifest["root_partuuid"].as_str().unwrap();
+    assert_eq!(parts[1]["uuid"].as_str().unwrap().to_lowercase(), partuuid);
+    // The root, read by debugfs.
+    let root = format!("{s}?offset={}", parts[1]["start"].as_u64().unwrap() * 512);
+    let cat = |f: &str| tool(&["debugfs", "-R", &format!("cat {f}"), &root]);
+    assert_eq!(cat("/etc/debian_version").trim(), manifest["debian_version"].as_str().unwrap());
+    assert!(cat("/etc/fstab").contains(&format!("PARTUUID={partuuid} / ext4")));
+    assert!(cat("/usr/lib/os-release").contains("VERSION_ID=\"12\""));
+    // The ESP, read by mtools: the kernel there is the root's.
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp.img");
+    let start = parts[0]["start"].as_u64().unwrap() * 512;
+    let len = parts[0]["size"].as_u64().unwrap() * 512;
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&esp, &bytes[start as usize..(start + len) as usize]).unwrap();
+    drop(bytes);
+    let listing = tool(&["mdir", "-i", esp.to_str().unwrap(), "-/", "-b", "::/"]);
+    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/BOOT/grubx64.efi", "::/EFI/debian/grub.cfg", "::/vmlinuz", "::/initrd.img"] {
+        assert!(listing.lines().any(|l| l.eq_ignore_ascii_case(f)), "{f} in {listing}");
+    }
+    let esp_kernel = dir.path().join("vmlinuz");
+    tool(&["mcopy", "-i", esp.to_str().unwrap(), "::/vmlinuz", esp_kernel.to_str().unwrap()]);
+    let ls = tool(&["debugfs", "-R", "ls -l /boot", &root]);
+    let name = ls.split_whitespace().find(|w| w.starts_with("vmlinuz-")).unwrap();
+    let root_kernel = dir.path().join("root-vmlinuz");
+    tool(&["debugfs", "-R", &format!("dump /boot/{name} {}", root_kernel.display()), &root]);
+    assert_eq!(std::fs::read(&esp_kernel).unwrap(), std::fs::read(&root_kernel).unwrap());
+
+    // Boot it: OVMF with Secure Boot, the linux template's variables, the disk as a
+    // snapshot (the cached image is not written).
+    let store = dir.path().join("vars.json");
+    let vars = dir.path().join("vars.fd");
+    assert!(cvm(&["boot", "vars", "create", "--template", "linux", "--store", store.to_str().unwrap()]).status.success());
+    assert!(cvm(&["boot", "vars", "export", "--store", store.to_str().unwrap(), "--ovmf", vars.to_str().unwrap()]).status.success());
+    let serial = boot(dir.path(), &vars, &img);
+    assert!(serial.contains("secureboot: Secure boot enabled"), "{serial}");
+    assert!(serial.contains("Debian Secure Boot CA"), "{serial}");
+    assert!(serial.contains("Debian GNU/Linux 12 debian ttyS0"), "{serial}");
+    assert!(serial.contains("debian login:"), "{serial}");
+}
+
+/// Runs QEMU until the login prompt, a firmware refusal, its exit or 300 s.
+fn boot(dir: &Path, vars: &Path, disk: &Path) -> String {
+    let serial = dir.join("serial.log");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35,smm=on", "-accel", "tcg", "-m", "1024", "-nographic"])
+        .args(["-nic", "none", "-no-reboot", "-monitor", "none", "-snapshot"])
+        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+        .args(["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/setup installs qemu-system-x86)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let read = || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
+    let out = loop {
+        let log = read();
+        let done = ["login:", "Security Violation", "Access Denied", "Kernel panic"].iter().any(|m| log.contains(m));
+        if done || std::time::Instant::now() > deadline || qemu.try_wait().unwrap().is_some() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            break read();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    out
+}

@@ -1,0 +1,40 @@
+//! The stable refusal codes of the control plane (`error.code`), beside the shared
+//! ones (`unauthorized`, `forbidden`, `not_found`, `bad_request`).
+
+/// A feature confidential VMs do not support; `detail.feature` names it and
+/// `detail.target` the request field.
+pub const UNSUPPORTED_FEATURE: &str = "unsupported_feature";
+/// The size is not in the catalog.
+pub const UNKNOWN_SIZE: &str = "unknown_size";
+/// The image is not in the catalog.
+pub const UNKNOWN_IMAGE: &str = "unknown_image";
+/// The image is in the catalog but no artifact was imported or built for it.
+pub const IMAGE_NOT_AVAILABLE: &str = "image_not_available";
+/// The region is not one the platform knows.
+pub const UNKNOWN_REGION: &str = "unknown_region";
+/// The region has no host with SEV-SNP enabled.
+pub const NO_SNP_CAPACITY: &str = "region_without_snp";
+/// Every SNP host of the region is full (HTTP 409, as Azure's `AllocationFailed`).
+pub const ALLOCATION_FAILED: &str = "allocation_failed";
+/// `securityProfile.securityType` is missing or not `ConfidentialVM`.
+pub const SECURITY_TYPE: &str = "security_type_required";
+/// `osDisk.securityEncryptionType` is missing.
+pub const ENCRYPTION_TYPE_MISSING: &str = "encryption_type_required";
+/// `osDisk.securityEncryptionType` is not one an SNP VM takes.
+pub const ENCRYPTION_TYPE: &str = "invalid_encryption_type";
+/// `uefiSettings.vTpmEnabled` is false: a confidential VM always has its vTPM.
+pub const VTPM_REQUIRED: &str = "vtpm_required";
+/// Secure Boot off with a confidentially encrypted OS disk.
+pub const SECURE_BOOT_REQUIRED: &str = "secure_boot_required";
+/// A customer key without full OS-disk encryption.
+pub const CUSTOMER_KEY_REQUIRES_DISK_ENCRYPTION: &str = "customer_key_requires_disk_encryption";
+/// `encryptionAtHost` with a confidentially encrypted OS disk.
+pub const ENCRYPTION_AT_HOST: &str = "encryption_at_host_conflict";
+/// A name (VM, tenant, host) that is not well formed.
+pub const INVALID_NAME: &str = "invalid_name";
+/// A parameter out of range (disk size, host capacity).
+pub const INVALID_PARAMETER: &str = "invalid_parameter";
+/// A VM of that name exists with another request body.
+pub const CONFLICT: &str = "conflict";
+/// The image artifact is not a disk a confidential VM boots.
+pub const INVALID_ARTIFACT: &str = "invalid_artifact";

@@ -1,0 +1,116 @@
+//! The OpenAPI document, generated from this crate alone: one stub per operation
+//! carries its path, parameters and bodies; [`openapi`] adds the roles each operation
+//! needs ([`crate::OPERATIONS`]) and the bearer scheme.
+
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use crate::types::*;
+
+macro_rules! stub {
+    ($id:ident, $method:ident $path:literal, [$($p:literal),*], $req:ty => $status:literal $ok:ty) => {
+        #[utoipa::path($method, path = $path,
+            params($(($p = String, Path)),*),
+            request_body = $req,
+            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
+        #[allow(dead_code)]
+        fn $id() {}
+    };
+    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal $ok:ty) => {
+        #[utoipa::path($method, path = $path,
+            params($(($p = String, Path)),*),
+            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
+        #[allow(dead_code)]
+        fn $id() {}
+    };
+    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal) => {
+        #[utoipa::path($method, path = $path,
+            params($(($p = String, Path)),*),
+            responses((status = $status, description = "done"), (status = "default", description = "refused", body = ErrorResponse)))]
+        #[allow(dead_code)]
+        fn $id() {}
+    };
+}
+
+stub!(list_sizes, get "/sizes", [] => 200 SizeList);
+stub!(list_regions, get "/regions", [] => 200 RegionList);
+stub!(list_images, get "/images", [] => 200 ImageList);
+stub!(quote_price, post "/prices", [], PriceRequest => 200 PriceQuote);
+stub!(list_vms, get "/vms", [] => 200 VmList);
+stub!(create_vm, put "/vms/{name}", ["name"], CreateVmRequest => 200 Vm);
+stub!(get_vm, get "/vms/{name}", ["name"] => 200 Vm);
+stub!(delete_vm, delete "/vms/{name}", ["name"] => 204);
+stub!(vm_events, get "/vms/{name}/events", ["name"] => 200 VmEvents);
+stub!(capture_vm, post "/vms/{name}/capture", ["name"] => 204);
+stub!(migrate_vm, post "/vms/{name}/migrate", ["name"] => 204);
+stub!(create_credential, post "/credentials", [], CreateCredentialRequest => 200 NewCredential);
+stub!(create_tenant, put "/tenants/{name}", ["name"] => 200 NewCredential);
+stub!(list_hosts, get "/hosts", [] => 200 HostList);
+stub!(register_host, put "/hosts/{name}", ["name"], RegisterHostRequest => 200 Host);
+stub!(import_image, put "/images/{id}/artifact", ["id"], ImportImageRequest => 200 Image);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "opencvm control plane",
+        description = "Confidential VMs in Azure's model (sizes, regions, images, prices; `securityProfile`, `uefiSettings`, `osDisk.securityEncryptionType`), tenants and hosts. Every operation needs `Authorization: Bearer <credential>`; `x-opencvm-roles` names the roles it admits. A refusal is `{\"error\": {code, message, detail}}` with a stable code.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        list_sizes,
+        list_regions,
+        list_images,
+        quote_price,
+        list_vms,
+        create_vm,
+        get_vm,
+        delete_vm,
+        vm_events,
+        capture_vm,
+        migrate_vm,
+        create_credential,
+        create_tenant,
+        list_hosts,
+        register_host,
+        import_image
+    )
+)]
+struct Doc;
+
+/// The control plane's OpenAPI document (3.1), as checked in at `openapi/control.json`.
+pub fn openapi() -> Value {
+    let mut doc = api_contract::finish_document(
+        serde_json::to_value(Doc::openapi()).unwrap_or(Value::Null),
+        env!("CARGO_PKG_VERSION"),
+    );
+    doc["security"] = json!([{ "bearer": [] }]);
+    for o in crate::OPERATIONS {
+        let op = &mut doc["paths"][o.path][o.method.to_ascii_lowercase()];
+        if op.is_object() {
+            op["x-opencvm-roles"] = json!(o.access.roles());
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_and_the_operations_table_agree() {
+        let doc = openapi();
+        let mut seen = 0;
+        for (path, method, op) in api_contract::operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            let o = crate::operation(id).unwrap_or_else(|| panic!("{id} not in OPERATIONS"));
+            assert_eq!(
+                (o.path, o.method.to_ascii_lowercase()),
+                (path, method.to_string())
+            );
+            assert!(op["x-opencvm-roles"].is_string());
+            seen += 1;
+        }
+        assert_eq!(seen, crate::OPERATIONS.len());
+    }
+}

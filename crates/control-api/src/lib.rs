@@ -1,0 +1,98 @@
+//! The control plane's API contract, shared by the server (`control`), the CLI and the
+//! OpenAPI document (`openapi/control.json`):
+//!
+//! - request and response types ([`types`]) in Azure's VM model and names
+//!   (`vmSize`, `securityProfile.uefiSettings.secureBootEnabled`,
+//!   `osDisk.securityEncryptionType`), so a user of `az vm create` finds the fields
+//!   they know, including the ones a confidential VM refuses;
+//! - every operation with its method, path and the access it needs ([`OPERATIONS`]);
+//!   the server checks access from this table before it reads a body;
+//! - the OpenAPI document, generated from this crate alone ([`openapi`]).
+//!
+//! Refusals carry stable codes ([`codes`]).
+
+#![forbid(unsafe_code)]
+
+pub mod codes;
+mod doc;
+pub mod types;
+
+pub use doc::openapi;
+pub use types::*;
+
+/// What an operation needs of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A tenant credential of any role: read the catalog and the tenant's VMs.
+    Read,
+    /// A tenant credential that may create and delete VMs (administrator, operator).
+    Write,
+    /// A tenant credential that may manage the tenant's credentials (administrator).
+    Admin,
+    /// The platform operator's credential: tenants, hosts, images.
+    Operator,
+}
+
+impl Access {
+    /// The roles that have this access, as the OpenAPI document names them.
+    pub fn roles(self) -> &'static str {
+        match self {
+            Access::Read => "administrator, operator, reader",
+            Access::Write => "administrator, operator",
+            Access::Admin => "administrator",
+            Access::Operator => "the platform operator",
+        }
+    }
+}
+
+/// One operation of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Operation {
+    /// The OpenAPI `operationId`.
+    pub id: &'static str,
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path template, `{name}` for parameters.
+    pub path: &'static str,
+    /// What the caller needs.
+    pub access: Access,
+    /// What a refused caller was not allowed to do, for the refusal's message.
+    pub what: &'static str,
+}
+
+macro_rules! operations {
+    ($($id:ident: $method:literal $path:literal, $access:ident, $what:literal;)*) => {
+        /// Every operation of the API, in the order the OpenAPI document lists them.
+        pub const OPERATIONS: &[Operation] = &[$(Operation {
+            id: stringify!($id),
+            method: $method,
+            path: $path,
+            access: Access::$access,
+            what: $what,
+        }),*];
+    };
+}
+
+operations! {
+    list_sizes: "GET" "/sizes", Read, "read the catalog";
+    list_regions: "GET" "/regions", Read, "read the catalog";
+    list_images: "GET" "/images", Read, "read the catalog";
+    quote_price: "POST" "/prices", Read, "read prices";
+    list_vms: "GET" "/vms", Read, "list VMs";
+    create_vm: "PUT" "/vms/{name}", Write, "create VMs";
+    get_vm: "GET" "/vms/{name}", Read, "read VMs";
+    delete_vm: "DELETE" "/vms/{name}", Write, "delete VMs";
+    vm_events: "GET" "/vms/{name}/events", Read, "read VM events";
+    capture_vm: "POST" "/vms/{name}/capture", Write, "capture images";
+    migrate_vm: "POST" "/vms/{name}/migrate", Write, "migrate VMs";
+    create_credential: "POST" "/credentials", Admin, "manage credentials";
+    create_tenant: "PUT" "/tenants/{name}", Operator, "create tenants";
+    list_hosts: "GET" "/hosts", Operator, "list hosts";
+    register_host: "PUT" "/hosts/{name}", Operator, "register hosts";
+    import_image: "PUT" "/images/{id}/artifact", Operator, "import images";
+}
+
+/// The operation named `id`.
+pub fn operation(id: &str) -> Option<&'static Operation> {
+    OPERATIONS.iter().find(|o| o.id == id)
+}

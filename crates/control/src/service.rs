@@ -1,0 +1,940 @@
+//! The control plane: who may call (tenants with role-bearing credentials, and the
+//! platform operator), the catalog as the API shows it, prices, VMs and their events,
+//! hosts, and image artifacts.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use base64::Engine as _;
+use catalog::PriceTable;
+use control_api::{self as api, Access, Operation, codes};
+use httpd::ApiError;
+use serde_json::json;
+use sqldb::Location;
+use zeroize::Zeroizing;
+
+use crate::store::{
+    Created, EventRow, HostRow, ImageRow, PlaceOutcome, Placement, Store, StoreError, VmRow,
+};
+use crate::validate::{self, Encryption, KeyManagement, VmSpec};
+
+/// A tenant credential's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything in the tenant, including its credentials.
+    Administrator,
+    /// Create, read and delete VMs.
+    Operator,
+    /// Read only.
+    Reader,
+}
+
+impl Role {
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::Operator => "operator",
+            Role::Reader => "reader",
+        }
+    }
+
+    /// The role named `s`.
+    pub fn from_name(s: &str) -> Option<Role> {
+        [Role::Administrator, Role::Operator, Role::Reader]
+            .into_iter()
+            .find(|r| r.name() == s)
+    }
+
+    fn admits(self, access: Access) -> bool {
+        match access {
+            Access::Read => true,
+            Access::Write => matches!(self, Role::Administrator | Role::Operator),
+            Access::Admin => self == Role::Administrator,
+            Access::Operator => false,
+        }
+    }
+}
+
+/// Who is calling, admitted for one operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A tenant's credential.
+    Tenant {
+        /// The tenant.
+        tenant: String,
+        /// The credential's role.
+        role: Role,
+    },
+    /// The platform operator.
+    Operator,
+}
+
+impl Caller {
+    fn tenant(&self) -> Result<&str, ApiError> {
+        match self {
+            Caller::Tenant { tenant, .. } => Ok(tenant),
+            Caller::Operator => Err(ApiError::new(
+                403,
+                "forbidden",
+                "the operator's credential manages the platform; use a tenant credential for VMs",
+            )),
+        }
+    }
+}
+
+/// How the control plane is set up.
+#[derive(Debug)]
+pub struct ControlConfig {
+    /// State directory: the SQLite database (by default), the operator's credential,
+    /// imported image artifacts.
+    pub state_dir: PathBuf,
+    /// The database; `None` is SQLite at `state_dir/control.db`.
+    pub database: Option<Location>,
+    /// Regions the platform offers (added to the store at start).
+    pub regions: Vec<String>,
+    /// The region a request without `location` goes to.
+    pub default_region: String,
+    /// The price table.
+    pub prices: PriceTable,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The state directory.
+    #[error("state directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// The configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The control plane.
+pub struct Control {
+    store: Store,
+    operator_sha256: Vec<u8>,
+    prices: PriceTable,
+    default_region: String,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The operator's credential file in the state directory.
+pub const OPERATOR_TOKEN: &str = "operator.token";
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+fn random_token() -> Result<Zeroizing<String>, ApiError> {
+    let mut raw = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| ApiError::internal("random"))?;
+    Ok(Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref()),
+    ))
+}
+
+/// A credential's id: the first 8 bytes of its SHA-256, hex.
+fn credential_id(hash: &[u8]) -> String {
+    hex::encode(hash.get(..8).unwrap_or(hash))
+}
+
+fn now_ms() -> i64 {
+    let t = time::OffsetDateTime::now_utc();
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// VM, tenant and host names: 1-64 of letters, digits, `-`, `_` and `.`, starting
+/// with a letter or digit (Azure's VM names, which also allow no other characters).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_name(name: &str, what: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            codes::INVALID_NAME,
+            format!(
+                "'{name}' is not a {what} name: 1-64 letters, digits, '-', '_' and '.', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    ApiError::logged("store", e)
+}
+
+fn not_found(what: &str, name: &str) -> ApiError {
+    ApiError::new(404, "not_found", format!("no {what} named '{name}'"))
+}
+
+/// The refusal of a request that failed validation: the first refusal's code and
+/// message, every refusal in `detail.refusals`.
+fn refused(refusals: &[validate::Refusal]) -> ApiError {
+    let Some(first) = refusals.first() else {
+        return ApiError::internal("validation");
+    };
+    let more = match refusals.len() {
+        1 => String::new(),
+        n => format!(" (and {} more: see detail.refusals)", n - 1),
+    };
+    let mut detail = json!({ "target": first.target, "refusals": refusals });
+    if let Some(f) = first.feature {
+        detail["feature"] = json!(f);
+    }
+    ApiError::bad(first.code, format!("{}{more}", first.message)).with_detail(detail)
+}
+
+fn quote_of(
+    table: &PriceTable,
+    size: &catalog::Size,
+    region: &str,
+    os: catalog::OsType,
+    encrypted: bool,
+    disk_gib: u32,
+) -> api::PriceQuote {
+    let q = table.quote(size, region, os, encrypted, disk_gib);
+    api::PriceQuote {
+        vm_size: size.name.to_string(),
+        location: region.to_string(),
+        os_type: os.name().to_string(),
+        currency: q.currency,
+        compute_per_hour: q.compute_per_hour.units(),
+        compute_per_month: q.compute_per_month.units(),
+        vmgs_per_month: q.vmgs_per_month.units(),
+        encrypted_os_disk_per_month: q.encrypted_os_disk_per_month.units(),
+        total_per_month: q.total_per_month.units(),
+        hours_per_month: q.hours_per_month,
+        lines: q
+            .lines
+            .into_iter()
+            .map(|l| api::PriceLine {
+                item: l.item,
+                amount: l.amount.units(),
+                unit: l.unit,
+                as_of: l.provenance.as_of,
+                source: l.provenance.source,
+            })
+            .collect(),
+    }
+}
+
+fn api_size(s: &catalog::Size) -> api::Size {
+    api::Size {
+        name: s.name.to_string(),
+        series: s.series.name().to_string(),
+        v_cpus: s.vcpus,
+        memory_gib: s.memory_gib,
+        temp_disk_gib: s.temp_disk_gib,
+        max_data_disks: s.max_data_disks,
+        max_nics: s.max_nics,
+        network_mbps: s.network_mbps,
+        isolated: s.isolated,
+        confidential_computing_type: "SNP".to_string(),
+    }
+}
+
+fn api_host(h: &HostRow) -> api::Host {
+    let u = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    api::Host {
+        name: h.name.clone(),
+        region: h.region.clone(),
+        v_cpus: u(h.vcpus),
+        memory_gib: u(h.memory_gib),
+        max_vms: u(h.max_vms),
+        snp_enabled: h.snp_enabled,
+        backend: h.backend.clone(),
+        used_v_cpus: u(h.used_vcpus),
+        used_memory_gib: u(h.used_memory_gib),
+        vms: u(h.vms),
+        generation: h.generation,
+    }
+}
+
+fn api_image(entry: &catalog::Image, artifact: Option<&ImageRow>) -> api::Image {
+    api::Image {
+        id: entry.id.to_string(),
+        title: entry.title.to_string(),
+        os_type: entry.os.name().to_string(),
+        secure_boot_template: entry.secure_boot_template.to_string(),
+        azure_urn: entry.azure_urn.map(str::to_string),
+        buildable: entry.buildable,
+        artifact: artifact.map(|a| api::Artifact {
+            sha256: a.sha256.clone(),
+            bytes: u64::try_from(a.bytes).unwrap_or(0),
+            boot_loader_digest: a.boot_loader_digest.clone(),
+            imported: a.imported,
+        }),
+    }
+}
+
+fn parse_vm(row: &VmRow) -> Result<api::Vm, ApiError> {
+    serde_json::from_str(&row.body).map_err(|e| {
+        store_err(StoreError::Corrupt {
+            what: format!("vm {}", row.id),
+            why: e.to_string(),
+        })
+    })
+}
+
+impl Control {
+    /// Opens the control plane's state. On first start the operator's credential is
+    /// written to `STATE/operator.token` (0600) and its path returned.
+    pub fn open(cfg: ControlConfig) -> Result<(Control, Option<PathBuf>), OpenError> {
+        if !cfg.regions.iter().all(|r| catalog::regions::valid_name(r)) {
+            return Err(OpenError::Config(
+                "a region name is 1-40 lowercase letters and digits".into(),
+            ));
+        }
+        if !cfg.regions.contains(&cfg.default_region) {
+            return Err(OpenError::Config(format!(
+                "the default region {} is not one of the regions",
+                cfg.default_region
+            )));
+        }
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let location = cfg
+            .database
+            .clone()
+            .unwrap_or_else(|| Location::sqlite(&cfg.state_dir.join("control.db")));
+        let store = Store::open(&location)?;
+        store.ensure_regions(&cfg.regions)?;
+        let token = random_token().map_err(|e| std::io::Error::other(e.message))?;
+        let ours = sha256(token.as_bytes());
+        let stored = store.secret_or_insert("operator-sha256", &ours)?;
+        let mut created = None;
+        if stored == ours {
+            let path = cfg.state_dir.join(OPERATOR_TOKEN);
+            seal::write_secret_file(&path, token.as_bytes())?;
+            created = Some(path);
+        }
+        Ok((
+            Control {
+                store,
+                operator_sha256: stored,
+                prices: cfg.prices,
+                default_region: cfg.default_region,
+                state_dir: cfg.state_dir,
+            },
+            created,
+        ))
+    }
+
+    /// The store (tests and consistency checks).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn is_operator(&self, bearer: &str) -> bool {
+        let h = sha256(bearer.as_bytes());
+        aws_lc_rs::constant_time::verify_slices_are_equal(&h, &self.operator_sha256).is_ok()
+    }
+
+    /// Whether `bearer` is any known credential (the edge's check before a body).
+    pub fn authenticated(&self, bearer: Option<&str>) -> bool {
+        let Some(b) = bearer else { return false };
+        self.is_operator(b)
+            || self
+                .store
+                .credential(&sha256(b.as_bytes()))
+                .is_ok_and(|c| c.is_some())
+    }
+
+    /// Admits `bearer` for the operation `id` of the contract: 401 for no or an
+    /// unknown credential, 403 for one whose role may not.
+    pub fn authorize(&self, bearer: Option<&str>, id: &str) -> Result<Caller, ApiError> {
+        let op: &Operation =
+            control_api::operation(id).ok_or_else(|| ApiError::internal("operation"))?;
+        let unauthorized = || {
+            ApiError::new(
+                401,
+                "unauthorized",
+                "a valid credential is required (Authorization: Bearer ...)",
+            )
+        };
+        let bearer = bearer.ok_or_else(unauthorized)?;
+        if self.is_operator(bearer) {
+            return match op.access {
+                Access::Operator | Access::Read => Ok(Caller::Operator),
+                _ => Err(ApiError::new(
+                    403,
+                    "forbidden",
+                    format!(
+                        "the operator's credential may not {}; use a tenant credential",
+                        op.what
+                    ),
+                )),
+            };
+        }
+        let (tenant, role) = self
+            .store
+            .credential(&sha256(bearer.as_bytes()))
+            .map_err(store_err)?
+            .ok_or_else(unauthorized)?;
+        let role = Role::from_name(&role).ok_or_else(|| ApiError::internal("role"))?;
+        if !role.admits(op.access) {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                format!("the {} role may not {}", role.name(), op.what),
+            ));
+        }
+        Ok(Caller::Tenant { tenant, role })
+    }
+
+    /// Every size.
+    pub fn sizes(&self) -> api::SizeList {
+        api::SizeList {
+            value: catalog::sizes::ALL.iter().map(api_size).collect(),
+        }
+    }
+
+    /// Every region with its SNP capacity.
+    pub fn regions(&self) -> Result<api::RegionList, ApiError> {
+        let hosts = self.store.hosts().map_err(store_err)?;
+        let regions = self.store.regions().map_err(store_err)?;
+        Ok(api::RegionList {
+            value: regions
+                .into_iter()
+                .map(|name| {
+                    let here: Vec<_> = hosts.iter().filter(|h| h.region == name).collect();
+                    let snp: Vec<_> = here.iter().filter(|h| h.snp_enabled).collect();
+                    api::Region {
+                        snp_available: !snp.is_empty(),
+                        hosts: u32::try_from(here.len()).unwrap_or(u32::MAX),
+                        free_v_cpus: snp
+                            .iter()
+                            .map(|h| u64::try_from(h.vcpus - h.used_vcpus).unwrap_or(0))
+                            .sum(),
+                        name,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// The image catalog with each entry's artifact.
+    pub fn images(&self) -> Result<api::ImageList, ApiError> {
+        let artifacts = self.store.images().map_err(store_err)?;
+        Ok(api::ImageList {
+            value: catalog::images::ALL
+                .iter()
+                .map(|e| api_image(e, artifacts.iter().find(|a| a.id == e.id)))
+                .collect(),
+        })
+    }
+
+    /// A price quote.
+    pub fn quote(&self, req: &api::PriceRequest) -> Result<api::PriceQuote, ApiError> {
+        let size = catalog::sizes::find(&req.vm_size).ok_or_else(|| {
+            ApiError::bad(
+                codes::UNKNOWN_SIZE,
+                format!(
+                    "'{}' is not a confidential VM size (`cvm size list`)",
+                    req.vm_size
+                ),
+            )
+        })?;
+        let region = req
+            .location
+            .clone()
+            .unwrap_or_else(|| self.default_region.clone());
+        self.known_region(&region)?;
+        let os = match req.image.as_deref() {
+            None => catalog::OsType::Linux,
+            Some(i) => {
+                catalog::images::find(i)
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            codes::UNKNOWN_IMAGE,
+                            format!("'{i}' is not in the image catalog"),
+                        )
+                    })?
+                    .os
+            }
+        };
+        let encrypted = match req.security_encryption_type.as_deref() {
+            None => false,
+            Some(t) => {
+                Encryption::from_name(t).ok_or_else(|| {
+                    ApiError::bad(
+                        codes::ENCRYPTION_TYPE,
+                        format!("'{t}' is neither VMGuestStateOnly nor DiskWithVMGuestState"),
+                    )
+                })? == Encryption::DiskWithGuestState
+            }
+        };
+        let gib = req.os_disk_size_gb.unwrap_or(validate::DEFAULT_OS_DISK_GIB);
+        if !(1..=validate::MAX_OS_DISK_GIB).contains(&gib) {
+            return Err(ApiError::bad(
+                codes::INVALID_PARAMETER,
+                "the OS disk size must be 1 to 4095 GiB",
+            ));
+        }
+        Ok(quote_of(&self.prices, size, &region, os, encrypted, gib))
+    }
+
+    fn known_region(&self, region: &str) -> Result<(), ApiError> {
+        let regions = self.store.regions().map_err(store_err)?;
+        if regions.iter().any(|r| r == region) {
+            return Ok(());
+        }
+        Err(ApiError::bad(
+            codes::UNKNOWN_REGION,
+            format!(
+                "The region '{region}' is not offered; the regions are {} (`cvm region list`).",
+                regions.join(", ")
+            ),
+        )
+        .with_detail(json!({ "target": "location" })))
+    }
+
+    /// Creates the caller's VM `name`: validation (every refusal reported), the image
+    /// artifact, the region, then placement and the VM's row in one transaction.
+    /// An identical request for an existing VM returns it; a different one is refused.
+    pub fn create_vm(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: &api::CreateVmRequest,
+    ) -> Result<api::Vm, ApiError> {
+        let tenant = caller.tenant()?;
+        check_name(name, "VM")?;
+        let started = Instant::now();
+        let spec = validate::validate(req, &self.default_region).map_err(|r| refused(&r))?;
+        self.known_region(&spec.region)?;
+        let artifacts = self.store.images().map_err(store_err)?;
+        if !artifacts.iter().any(|a| a.id == spec.image.id) {
+            let how = if spec.image.buildable {
+                format!(
+                    "`cvm image build {}` or `cvm image import {} FILE`",
+                    spec.image.id, spec.image.id
+                )
+            } else {
+                format!("`cvm image import {} FILE`", spec.image.id)
+            };
+            return Err(ApiError::bad(
+                codes::IMAGE_NOT_AVAILABLE,
+                format!("The image '{}' is in the catalog but has no disk artifact on this platform; an operator provides one with {how}.", spec.image.id),
+            )
+            .with_detail(json!({ "target": "image" })));
+        }
+        let validated_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let request = serde_json::to_string(req).map_err(|e| ApiError::logged("json", e))?;
+        let id = {
+            let mut raw = [0u8; 16];
+            aws_lc_rs::rand::fill(&mut raw).map_err(|_| ApiError::internal("random"))?;
+            hex::encode(raw)
+        };
+        let created = time::OffsetDateTime::now_utc().unix_timestamp();
+        let price = quote_of(
+            &self.prices,
+            spec.size,
+            &spec.region,
+            spec.image.os,
+            spec.encryption == Encryption::DiskWithGuestState,
+            spec.os_disk_gib,
+        );
+        let vm = |host: Option<String>| api::Vm {
+            name: name.to_string(),
+            id: id.clone(),
+            location: spec.region.clone(),
+            vm_size: spec.size.name.to_string(),
+            image: spec.image.id.to_string(),
+            os_disk_size_gb: spec.os_disk_gib,
+            state: api::VmState::Stopped,
+            last_failure: None,
+            host,
+            security: security_of(&spec),
+            price: price.clone(),
+            created,
+        };
+        let row = VmRow {
+            id: id.clone(),
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            request,
+            body: String::new(),
+            region: spec.region.clone(),
+            vcpus: i64::from(spec.size.vcpus),
+            memory_gib: i64::from(spec.size.memory_gib),
+            state: api::VmState::Stopped.name().to_string(),
+            host: None,
+            failure: None,
+            created,
+        };
+        let want = Placement {
+            region: &spec.region,
+            vcpus: i64::from(spec.size.vcpus),
+            memory_gib: i64::from(spec.size.memory_gib),
+            whole_host: spec.size.isolated,
+        };
+        let at = now_ms();
+        let place_start = Instant::now();
+        // Called inside the placing transaction, once the host is known.
+        let made = |host: &str, generation: i64| {
+            let place_ms = i64::try_from(place_start.elapsed().as_millis()).unwrap_or(0);
+            let body = serde_json::to_string(&vm(Some(host.to_string()))).unwrap_or_default();
+            let events = create_events(&spec, at, validated_ms, host, generation, place_ms);
+            (body, events)
+        };
+        let outcome = self
+            .store
+            .create_vm(&row, &want, &made)
+            .map_err(store_err)?;
+        match outcome {
+            Created::New(row) | Created::Existing(row) => parse_vm(&row),
+            Created::Conflict(_) => Err(ApiError::new(
+                409,
+                codes::CONFLICT,
+                format!("a VM named '{name}' exists with another configuration; delete it first or choose another name"),
+            )),
+            Created::NotPlaced(PlaceOutcome::NoSnpHost) => Err(ApiError::bad(
+                codes::NO_SNP_CAPACITY,
+                format!("The region '{}' has no host with AMD SEV-SNP enabled; confidential VMs cannot run there (`cvm region list` shows the regions that have).", spec.region),
+            )
+            .with_detail(json!({ "target": "location" }))),
+            Created::NotPlaced(PlaceOutcome::Full) => Err(ApiError::new(
+                409,
+                codes::ALLOCATION_FAILED,
+                format!("Allocation failed: no SNP host in '{}' has room for a {} ({} vCPUs, {} GiB). Try another size or region.", spec.region, spec.size.name, spec.size.vcpus, spec.size.memory_gib),
+            )),
+            Created::NotPlaced(PlaceOutcome::Placed { .. }) => Err(ApiError::internal("placement")),
+        }
+    }
+
+    /// The caller's VMs.
+    pub fn list_vms(&self, caller: &Caller) -> Result<api::VmList, ApiError> {
+        let rows = self.store.vms(caller.tenant()?).map_err(store_err)?;
+        Ok(api::VmList {
+            value: rows.iter().map(parse_vm).collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn vm_row(&self, caller: &Caller, name: &str) -> Result<VmRow, ApiError> {
+        self.store
+            .vm(caller.tenant()?, name)
+            .map_err(store_err)?
+            .ok_or_else(|| not_found("VM", name))
+    }
+
+    /// The caller's VM `name`.
+    pub fn get_vm(&self, caller: &Caller, name: &str) -> Result<api::Vm, ApiError> {
+        parse_vm(&self.vm_row(caller, name)?)
+    }
+
+    /// Deletes the caller's VM `name`, giving its host's capacity back.
+    pub fn delete_vm(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        match self
+            .store
+            .delete_vm(caller.tenant()?, name)
+            .map_err(store_err)?
+        {
+            true => Ok(()),
+            false => Err(not_found("VM", name)),
+        }
+    }
+
+    /// The caller's VM's events.
+    pub fn vm_events(&self, caller: &Caller, name: &str) -> Result<api::VmEvents, ApiError> {
+        let row = self.vm_row(caller, name)?;
+        let events = self.store.events(&row.id).map_err(store_err)?;
+        Ok(api::VmEvents {
+            value: events
+                .into_iter()
+                .map(|e| api::VmEvent {
+                    seq: e.seq,
+                    at_ms: e.at_ms,
+                    step: e.step,
+                    outcome: e.outcome,
+                    duration_ms: e.duration_ms,
+                    detail: e.detail,
+                })
+                .collect(),
+        })
+    }
+
+    /// An operation confidential VMs do not support (image capture, live migration):
+    /// refused by name, after the VM is found (so another tenant's VM stays unseen).
+    pub fn unsupported_operation(
+        &self,
+        caller: &Caller,
+        name: &str,
+        feature: &'static str,
+    ) -> Result<(), ApiError> {
+        self.vm_row(caller, name)?;
+        Err(ApiError::bad(
+            codes::UNSUPPORTED_FEATURE,
+            format!("Confidential VMs do not support {feature}."),
+        )
+        .with_detail(json!({ "feature": feature })))
+    }
+
+    /// A new credential for the caller's tenant.
+    pub fn create_credential(
+        &self,
+        caller: &Caller,
+        req: &api::CreateCredentialRequest,
+    ) -> Result<api::NewCredential, ApiError> {
+        let tenant = caller.tenant()?;
+        let role = Role::from_name(&req.role).ok_or_else(|| {
+            ApiError::bad("bad_request", "role is administrator, operator or reader")
+        })?;
+        let token = random_token()?;
+        let hash = sha256(token.as_bytes());
+        self.store
+            .add_credential(tenant, &hash, role.name())
+            .map_err(store_err)?;
+        Ok(api::NewCredential {
+            tenant: tenant.to_string(),
+            role: role.name().to_string(),
+            id: credential_id(&hash),
+            credential: token.to_string(),
+        })
+    }
+
+    /// Creates a tenant and its first (administrator) credential.
+    pub fn create_tenant(&self, name: &str) -> Result<api::NewCredential, ApiError> {
+        check_name(name, "tenant")?;
+        let token = random_token()?;
+        let hash = sha256(token.as_bytes());
+        let role = Role::Administrator.name();
+        if !self
+            .store
+            .create_tenant(name, &hash, role)
+            .map_err(store_err)?
+        {
+            return Err(ApiError::new(
+                409,
+                codes::CONFLICT,
+                format!("the tenant '{name}' exists"),
+            ));
+        }
+        Ok(api::NewCredential {
+            tenant: name.to_string(),
+            role: role.to_string(),
+            id: credential_id(&hash),
+            credential: token.to_string(),
+        })
+    }
+
+    /// Every host.
+    pub fn hosts(&self) -> Result<api::HostList, ApiError> {
+        Ok(api::HostList {
+            value: self
+                .store
+                .hosts()
+                .map_err(store_err)?
+                .iter()
+                .map(api_host)
+                .collect(),
+        })
+    }
+
+    /// Registers the host `name` (or changes what it offers).
+    pub fn register_host(
+        &self,
+        name: &str,
+        req: &api::RegisterHostRequest,
+    ) -> Result<api::Host, ApiError> {
+        check_name(name, "host")?;
+        self.known_region(&req.region)?;
+        if !matches!(req.backend.as_str(), "emulated" | "hardware") {
+            return Err(ApiError::bad(
+                codes::INVALID_PARAMETER,
+                "backend is emulated or hardware",
+            ));
+        }
+        if req.v_cpus == 0
+            || req.memory_gib == 0
+            || req.max_vms == 0
+            || req.v_cpus > 4096
+            || req.memory_gib > 1 << 20
+            || req.max_vms > 4096
+        {
+            return Err(ApiError::bad(
+                codes::INVALID_PARAMETER,
+                "vCpus (1-4096), memoryGiB (1-1048576) and maxVms (1-4096) must be positive and bounded",
+            ));
+        }
+        let row = HostRow {
+            name: name.to_string(),
+            region: req.region.clone(),
+            vcpus: i64::from(req.v_cpus),
+            memory_gib: i64::from(req.memory_gib),
+            max_vms: i64::from(req.max_vms),
+            snp_enabled: req.snp_enabled,
+            backend: req.backend.clone(),
+            used_vcpus: 0,
+            used_memory_gib: 0,
+            vms: 0,
+            generation: 0,
+        };
+        if let Some(old) = self.store.host(name).map_err(store_err)?
+            && old.region != req.region
+            && old.vms > 0
+        {
+            return Err(ApiError::new(
+                409,
+                codes::CONFLICT,
+                format!("the host '{name}' holds VMs; it cannot move to another region"),
+            ));
+        }
+        if !self.store.put_host(&row).map_err(store_err)? {
+            return Err(ApiError::new(
+                409,
+                codes::CONFLICT,
+                format!(
+                    "the host '{name}' holds more than that; it cannot shrink below what its VMs use"
+                ),
+            ));
+        }
+        let host = self
+            .store
+            .host(name)
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::internal("host"))?;
+        Ok(api_host(&host))
+    }
+
+    /// Imports a disk artifact for the catalog image `id` from `path` on this machine
+    /// (see [`crate::artifact`]).
+    pub fn import_image(
+        &self,
+        id: &str,
+        req: &api::ImportImageRequest,
+    ) -> Result<api::Image, ApiError> {
+        let entry = catalog::images::ALL
+            .iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "not_found",
+                    format!("'{id}' is not in the image catalog"),
+                )
+            })?;
+        let dir = self.state_dir.join("images");
+        let row = crate::artifact::import(entry, Path::new(&req.path), &dir)?;
+        self.store.put_image(&row).map_err(store_err)?;
+        Ok(api_image(entry, Some(&row)))
+    }
+}
+
+fn security_of(spec: &VmSpec) -> api::VmSecurity {
+    let (key_management, customer_key) = match &spec.key {
+        KeyManagement::Platform => ("platform", None),
+        KeyManagement::Customer(k) => ("customer", Some(k.clone())),
+    };
+    api::VmSecurity {
+        security_type: "ConfidentialVM".to_string(),
+        secure_boot_enabled: spec.secure_boot,
+        v_tpm_enabled: true,
+        security_encryption_type: spec.encryption.name().to_string(),
+        key_management: key_management.to_string(),
+        customer_key,
+        secure_boot_template: spec.image.secure_boot_template.to_string(),
+        attestation_policy: spec.attestation_policy.clone(),
+    }
+}
+
+/// The events a create records: validation and placement, then each step of the
+/// attested boot this release does not perform yet, marked `not_enforced`.
+fn create_events(
+    spec: &VmSpec,
+    at: i64,
+    validated_ms: i64,
+    host: &str,
+    generation: i64,
+    place_ms: i64,
+) -> Vec<EventRow> {
+    let mut out = Vec::new();
+    let mut push = |step: &str, outcome: &str, ms: i64, detail: String| {
+        let seq = i64::try_from(out.len()).unwrap_or(0) + 1;
+        out.push(EventRow {
+            seq,
+            at_ms: at,
+            step: step.to_string(),
+            outcome: outcome.to_string(),
+            duration_ms: ms,
+            detail,
+        });
+    };
+    push(
+        "validate",
+        "ok",
+        validated_ms,
+        format!(
+            "{} in {}, image {}, {}, Secure Boot {}",
+            spec.size.name,
+            spec.region,
+            spec.image.id,
+            spec.encryption.name(),
+            if spec.secure_boot { "on" } else { "off" }
+        ),
+    );
+    push(
+        "place",
+        "ok",
+        place_ms,
+        format!(
+            "placed on {host} in {} (host generation {generation}; {} vCPUs, {} GiB reserved{})",
+            spec.region,
+            spec.size.vcpus,
+            spec.size.memory_gib,
+            if spec.size.isolated {
+                ", the whole host"
+            } else {
+                ""
+            }
+        ),
+    );
+    if let KeyManagement::Customer(k) = &spec.key {
+        push(
+            "customer_key",
+            "not_enforced",
+            0,
+            format!(
+                "the customer key '{k}' is recorded; its existence and release policy are checked when the key vault integration lands"
+            ),
+        );
+    }
+    if spec.encryption == Encryption::DiskWithGuestState {
+        push(
+            "disk_pre_encryption",
+            "not_enforced",
+            0,
+            "the OS disk is not pre-encrypted yet: the pre-encryption service is not wired into create".to_string(),
+        );
+    }
+    push(
+        "attested_boot",
+        "not_enforced",
+        0,
+        "starting is not offered yet: launch through the host's secure processor, attestation, VMGS key release, Secure Boot and disk unlock come with the host agent".to_string(),
+    );
+    out
+}

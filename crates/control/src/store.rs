@@ -1,0 +1,658 @@
+//! The control plane's store, on SQLite or PostgreSQL (`sqldb`): one schema, one code
+//! path. Every change is one write transaction, which on both engines holds the
+//! database's one writer lock, so replicas sharing a PostgreSQL database see each
+//! other's commits and never interleave.
+//!
+//! Placement is a conditional write: one `UPDATE hosts ... WHERE <the host still has
+//! room> RETURNING` that re-checks capacity in the same statement that takes it, and a
+//! `CHECK` constraint on `hosts` that makes an over-full host unrepresentable.
+
+use std::sync::Mutex;
+
+use sqldb::migrate::Migration;
+use sqldb::{Conn, Location, Queries, Row, Tx, args};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database.
+    #[error(transparent)]
+    Database(#[from] sqldb::Error),
+    /// A stored row could not be read back (it was written by another release?).
+    #[error("stored {what} is unreadable: {why}")]
+    Corrupt {
+        /// Which row.
+        what: String,
+        /// Why.
+        why: String,
+    },
+    /// A lock holder panicked.
+    #[error("the store's connection lock is poisoned")]
+    Poisoned,
+}
+
+/// The schema's numbered migrations, applied to both engines.
+pub const MIGRATIONS: [Migration<'static>; 1] = [Migration {
+    version: 1,
+    name: "tenants, hosts, vms",
+    sql: include_str!("../migrations/0001_tenants_hosts_vms.sql"),
+    postgres: None,
+}];
+
+/// A host row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRow {
+    /// Name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// vCPUs offered.
+    pub vcpus: i64,
+    /// Memory offered, GiB.
+    pub memory_gib: i64,
+    /// Most VMs.
+    pub max_vms: i64,
+    /// SEV-SNP enabled.
+    pub snp_enabled: bool,
+    /// `emulated` or `hardware`.
+    pub backend: String,
+    /// vCPUs held.
+    pub used_vcpus: i64,
+    /// Memory held, GiB.
+    pub used_memory_gib: i64,
+    /// VMs placed.
+    pub vms: i64,
+    /// Bumped by every change of what it holds.
+    pub generation: i64,
+}
+
+const HOST_COLUMNS: &str = "name, region, vcpus, memory_gib, max_vms, snp_enabled, backend, \
+     used_vcpus, used_memory_gib, vms, generation";
+
+fn host_row(r: &Row) -> Result<HostRow, sqldb::Error> {
+    Ok(HostRow {
+        name: r.get(0)?,
+        region: r.get(1)?,
+        vcpus: r.get(2)?,
+        memory_gib: r.get(3)?,
+        max_vms: r.get(4)?,
+        snp_enabled: r.get(5)?,
+        backend: r.get(6)?,
+        used_vcpus: r.get(7)?,
+        used_memory_gib: r.get(8)?,
+        vms: r.get(9)?,
+        generation: r.get(10)?,
+    })
+}
+
+/// A VM row. `body` is the VM's API representation (JSON) as of its last change;
+/// `request` the canonical JSON of the request that created it (an identical PUT is
+/// answered with the VM, a different one refused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmRow {
+    /// Platform-unique id.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Name in the tenant.
+    pub name: String,
+    /// The creating request, canonical JSON.
+    pub request: String,
+    /// The API body, JSON.
+    pub body: String,
+    /// Region.
+    pub region: String,
+    /// vCPUs it holds on its host.
+    pub vcpus: i64,
+    /// Memory it holds, GiB.
+    pub memory_gib: i64,
+    /// Lifecycle state's name.
+    pub state: String,
+    /// Its host.
+    pub host: Option<String>,
+    /// The last failure, JSON.
+    pub failure: Option<String>,
+    /// Created, Unix seconds.
+    pub created: i64,
+}
+
+const VM_COLUMNS: &str =
+    "id, tenant, name, request, body, region, vcpus, memory_gib, state, host, failure, created";
+
+fn vm_row(r: &Row) -> Result<VmRow, sqldb::Error> {
+    Ok(VmRow {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        name: r.get(2)?,
+        request: r.get(3)?,
+        body: r.get(4)?,
+        region: r.get(5)?,
+        vcpus: r.get(6)?,
+        memory_gib: r.get(7)?,
+        state: r.get(8)?,
+        host: r.get(9)?,
+        failure: r.get(10)?,
+        created: r.get(11)?,
+    })
+}
+
+/// An event row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRow {
+    /// Order within the VM.
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// The step.
+    pub step: String,
+    /// `ok`, `failed`, `not_enforced`.
+    pub outcome: String,
+    /// Duration.
+    pub duration_ms: i64,
+    /// Detail.
+    pub detail: String,
+}
+
+/// An imported image artifact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRow {
+    /// Catalog id.
+    pub id: String,
+    /// SHA-256 of the disk, hex.
+    pub sha256: String,
+    /// Size.
+    pub bytes: i64,
+    /// The boot loader's Authenticode SHA-256, hex.
+    pub boot_loader_digest: String,
+    /// Where the platform keeps it.
+    pub path: String,
+    /// Imported, Unix seconds.
+    pub imported: i64,
+}
+
+/// What a placement asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement<'a> {
+    /// The region.
+    pub region: &'a str,
+    /// vCPUs.
+    pub vcpus: i64,
+    /// Memory, GiB.
+    pub memory_gib: i64,
+    /// A whole host (isolated sizes): only an empty host, all of it.
+    pub whole_host: bool,
+}
+
+/// Why a VM could not be placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlaceOutcome {
+    /// On this host; the VM row holds what it took.
+    Placed {
+        /// The host.
+        host: String,
+        /// Its generation after the placement.
+        generation: i64,
+    },
+    /// The region has no host with SNP enabled.
+    NoSnpHost,
+    /// Every SNP host of the region is too full.
+    Full,
+}
+
+/// What [`Store::create_vm`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// A new VM, placed.
+    New(VmRow),
+    /// The tenant already has a VM of this name from the same request.
+    Existing(VmRow),
+    /// The tenant has a VM of this name from another request.
+    Conflict(VmRow),
+    /// Not created: it could not be placed.
+    NotPlaced(PlaceOutcome),
+}
+
+/// Given a placed VM's host and the host's generation, its stored body and first
+/// events.
+pub type MadeFn<'a> = dyn Fn(&str, i64) -> (String, Vec<EventRow>) + 'a;
+
+/// The store.
+pub struct Store {
+    conn: Mutex<Conn>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("control::Store")
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `location` and brings its schema up
+    /// to date.
+    pub fn open(location: &Location) -> Result<Store, StoreError> {
+        let mut conn = Conn::open(location)?;
+        sqldb::migrate::apply(
+            &mut conn,
+            "control",
+            &MIGRATIONS,
+            &|_| Ok(0),
+            &mut |_, _| Ok(()),
+            unix_now(),
+        )?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut tx = if write { conn.write()? } else { conn.read()? };
+        let out = f(&mut tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The secret named `name`, or, if there is none, `value` stored under it (a
+    /// replica that stored first wins; its value is returned).
+    pub fn secret_or_insert(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.with(true, |tx| {
+            tx.execute(
+                "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                args![name, value],
+            )?;
+            Ok(tx
+                .query_one("SELECT value FROM secrets WHERE name = ?1", args![name])?
+                .get(0)?)
+        })
+    }
+
+    /// Adds `names` to the regions (those present stay).
+    pub fn ensure_regions(&self, names: &[String]) -> Result<(), StoreError> {
+        let now = unix_now();
+        self.with(true, |tx| {
+            for n in names {
+                tx.execute(
+                    "INSERT INTO regions (name, created) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                    args![n.as_str(), now],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every region, by name.
+    pub fn regions(&self) -> Result<Vec<String>, StoreError> {
+        self.with(false, |tx| {
+            Ok(
+                tx.query_map("SELECT name FROM regions ORDER BY name", args![], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+    }
+
+    /// Creates a tenant with its first credential (hash and role); false if the tenant
+    /// exists.
+    pub fn create_tenant(&self, name: &str, sha256: &[u8], role: &str) -> Result<bool, StoreError> {
+        let now = unix_now();
+        self.with(true, |tx| {
+            let n = tx.execute(
+                "INSERT INTO tenants (name, created) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                args![name, now],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO credentials (sha256, tenant, role, created) VALUES (?1, ?2, ?3, ?4)",
+                args![sha256, name, role, now],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Adds a credential to a tenant.
+    pub fn add_credential(
+        &self,
+        tenant: &str,
+        sha256: &[u8],
+        role: &str,
+    ) -> Result<(), StoreError> {
+        let now = unix_now();
+        self.with(true, |tx| {
+            tx.execute(
+                "INSERT INTO credentials (sha256, tenant, role, created) VALUES (?1, ?2, ?3, ?4)",
+                args![sha256, tenant, role, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The tenant and role of the credential whose SHA-256 is `sha256`.
+    pub fn credential(&self, sha256: &[u8]) -> Result<Option<(String, String)>, StoreError> {
+        self.with(false, |tx| {
+            let row = tx.query_opt(
+                "SELECT tenant, role FROM credentials WHERE sha256 = ?1",
+                args![sha256],
+            )?;
+            Ok(match row {
+                Some(r) => Some((r.get(0)?, r.get(1)?)),
+                None => None,
+            })
+        })
+    }
+
+    /// Registers a host, or updates what an existing one offers. An update may not
+    /// take below what its VMs hold (the `CHECK` refuses it: `Ok(false)`).
+    pub fn put_host(&self, h: &HostRow) -> Result<bool, StoreError> {
+        let r = self.with(true, |tx| {
+            tx.execute(
+                "INSERT INTO hosts (name, region, vcpus, memory_gib, max_vms, snp_enabled, backend)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (name) DO UPDATE SET region = excluded.region,
+                   vcpus = excluded.vcpus, memory_gib = excluded.memory_gib,
+                   max_vms = excluded.max_vms, snp_enabled = excluded.snp_enabled,
+                   backend = excluded.backend, generation = hosts.generation + 1",
+                args![
+                    h.name.as_str(),
+                    h.region.as_str(),
+                    h.vcpus,
+                    h.memory_gib,
+                    h.max_vms,
+                    h.snp_enabled,
+                    h.backend.as_str()
+                ],
+            )?;
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(true),
+            Err(StoreError::Database(e)) if e.is_data_error() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every host, by name.
+    pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx.query_map(
+                &format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"),
+                args![],
+                host_row,
+            )?)
+        })
+    }
+
+    /// The host named `name`.
+    pub fn host(&self, name: &str) -> Result<Option<HostRow>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx
+                .query_opt(
+                    &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = ?1"),
+                    args![name],
+                )?
+                .map(|r| host_row(&r))
+                .transpose()?)
+        })
+    }
+
+    /// Creates the VM `vm` and places it, in one transaction: the VM exists placed on
+    /// a host, or not at all. Once the host is known (its name and generation after
+    /// the placement), `made` gives the VM's stored body and its first events.
+    pub fn create_vm(
+        &self,
+        vm: &VmRow,
+        want: &Placement<'_>,
+        made: &MadeFn<'_>,
+    ) -> Result<Created, StoreError> {
+        self.with(true, |tx| {
+            if let Some(r) = tx.query_opt(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE tenant = ?1 AND name = ?2"),
+                args![vm.tenant.as_str(), vm.name.as_str()],
+            )? {
+                let existing = vm_row(&r)?;
+                return Ok(if existing.request == vm.request {
+                    Created::Existing(existing)
+                } else {
+                    Created::Conflict(existing)
+                });
+            }
+            let placed = place(tx, want)?;
+            let PlaceOutcome::Placed { host, generation } = &placed else {
+                return Ok(Created::NotPlaced(placed));
+            };
+            let (vcpus, memory) = match want.whole_host {
+                true => {
+                    let r = tx.query_one(
+                        "SELECT vcpus, memory_gib FROM hosts WHERE name = ?1",
+                        args![host.as_str()],
+                    )?;
+                    (r.get::<i64>(0)?, r.get::<i64>(1)?)
+                }
+                false => (want.vcpus, want.memory_gib),
+            };
+            let mut row = vm.clone();
+            row.host = Some(host.clone());
+            row.vcpus = vcpus;
+            row.memory_gib = memory;
+            let (body, events) = made(host, *generation);
+            row.body = body;
+            tx.execute(
+                &format!(
+                    "INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                ),
+                args![
+                    row.id.as_str(),
+                    row.tenant.as_str(),
+                    row.name.as_str(),
+                    row.request.as_str(),
+                    row.body.as_str(),
+                    row.region.as_str(),
+                    row.vcpus,
+                    row.memory_gib,
+                    row.state.as_str(),
+                    row.host.clone(),
+                    row.failure.clone(),
+                    row.created
+                ],
+            )?;
+            for e in &events {
+                insert_event(tx, &row.id, e)?;
+            }
+            Ok(Created::New(row))
+        })
+    }
+
+    /// The tenant's VM named `name`.
+    pub fn vm(&self, tenant: &str, name: &str) -> Result<Option<VmRow>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx
+                .query_opt(
+                    &format!("SELECT {VM_COLUMNS} FROM vms WHERE tenant = ?1 AND name = ?2"),
+                    args![tenant, name],
+                )?
+                .map(|r| vm_row(&r))
+                .transpose()?)
+        })
+    }
+
+    /// The tenant's VMs, by name.
+    pub fn vms(&self, tenant: &str) -> Result<Vec<VmRow>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx.query_map(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE tenant = ?1 ORDER BY name"),
+                args![tenant],
+                vm_row,
+            )?)
+        })
+    }
+
+    /// Every VM of the platform (consistency checks).
+    pub fn all_vms(&self) -> Result<Vec<VmRow>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx.query_map(
+                &format!("SELECT {VM_COLUMNS} FROM vms ORDER BY id"),
+                args![],
+                vm_row,
+            )?)
+        })
+    }
+
+    /// Deletes the tenant's VM `name` and gives its host back what it held, in one
+    /// transaction; false if there is none.
+    pub fn delete_vm(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        self.with(true, |tx| {
+            let Some(r) = tx.query_opt(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE tenant = ?1 AND name = ?2"),
+                args![tenant, name],
+            )?
+            else {
+                return Ok(false);
+            };
+            let vm = vm_row(&r)?;
+            if let Some(host) = &vm.host {
+                tx.execute(
+                    "UPDATE hosts SET used_vcpus = used_vcpus - ?2,
+                       used_memory_gib = used_memory_gib - ?3, vms = vms - 1,
+                       generation = generation + 1
+                     WHERE name = ?1",
+                    args![host.as_str(), vm.vcpus, vm.memory_gib],
+                )?;
+            }
+            tx.execute("DELETE FROM vm_events WHERE vm = ?1", args![vm.id.as_str()])?;
+            tx.execute("DELETE FROM vms WHERE id = ?1", args![vm.id.as_str()])?;
+            Ok(true)
+        })
+    }
+
+    /// The VM's events, in order.
+    pub fn events(&self, vm_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx.query_map(
+                "SELECT seq, at_ms, step, outcome, duration_ms, detail FROM vm_events
+                 WHERE vm = ?1 ORDER BY seq",
+                args![vm_id],
+                |r| {
+                    Ok(EventRow {
+                        seq: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        step: r.get(2)?,
+                        outcome: r.get(3)?,
+                        duration_ms: r.get(4)?,
+                        detail: r.get(5)?,
+                    })
+                },
+            )?)
+        })
+    }
+
+    /// Records an imported artifact (replacing an earlier one of the same image).
+    pub fn put_image(&self, i: &ImageRow) -> Result<(), StoreError> {
+        self.with(true, |tx| {
+            tx.execute(
+                "INSERT INTO images (id, sha256, bytes, boot_loader_digest, path, imported)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
+                   bytes = excluded.bytes, boot_loader_digest = excluded.boot_loader_digest,
+                   path = excluded.path, imported = excluded.imported",
+                args![
+                    i.id.as_str(),
+                    i.sha256.as_str(),
+                    i.bytes,
+                    i.boot_loader_digest.as_str(),
+                    i.path.as_str(),
+                    i.imported
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every imported artifact.
+    pub fn images(&self) -> Result<Vec<ImageRow>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx.query_map(
+                "SELECT id, sha256, bytes, boot_loader_digest, path, imported FROM images ORDER BY id",
+                args![],
+                |r| {
+                    Ok(ImageRow {
+                        id: r.get(0)?,
+                        sha256: r.get(1)?,
+                        bytes: r.get(2)?,
+                        boot_loader_digest: r.get(3)?,
+                        path: r.get(4)?,
+                        imported: r.get(5)?,
+                    })
+                },
+            )?)
+        })
+    }
+}
+
+fn insert_event(tx: &mut Tx<'_>, vm: &str, e: &EventRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO vm_events (vm, seq, at_ms, step, outcome, duration_ms, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        args![
+            vm,
+            e.seq,
+            e.at_ms,
+            e.step.as_str(),
+            e.outcome.as_str(),
+            e.duration_ms,
+            e.detail.as_str()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Takes room for `want` on the best-fitting SNP host of its region (the one with the
+/// fewest free vCPUs that still fit, so large holes stay for large VMs) in one
+/// conditional statement: the `WHERE` that picks the host is evaluated again on the
+/// row it updates, so a host another writer filled meanwhile is not over-filled.
+fn place(tx: &mut Tx<'_>, want: &Placement<'_>) -> Result<PlaceOutcome, StoreError> {
+    let snp_hosts = tx
+        .query_one(
+            "SELECT COUNT(*) FROM hosts WHERE region = ?1 AND snp_enabled = 1",
+            args![want.region],
+        )?
+        .get::<i64>(0)?;
+    if snp_hosts == 0 {
+        return Ok(PlaceOutcome::NoSnpHost);
+    }
+    let fits = if want.whole_host {
+        "snp_enabled = 1 AND vms = 0 AND vms < max_vms AND vcpus >= ?2 AND memory_gib >= ?3"
+    } else {
+        "snp_enabled = 1 AND vms < max_vms AND used_vcpus + ?2 <= vcpus \
+         AND used_memory_gib + ?3 <= memory_gib"
+    };
+    let take = if want.whole_host {
+        "used_vcpus = vcpus, used_memory_gib = memory_gib"
+    } else {
+        "used_vcpus = used_vcpus + ?2, used_memory_gib = used_memory_gib + ?3"
+    };
+    let sql = format!(
+        "UPDATE hosts SET {take}, vms = vms + 1, generation = generation + 1
+         WHERE name = (SELECT name FROM hosts WHERE region = ?1 AND {fits}
+                       ORDER BY vcpus - used_vcpus, name LIMIT 1)
+           AND {fits}
+         RETURNING name, generation"
+    );
+    let row = tx.query_opt(&sql, args![want.region, want.vcpus, want.memory_gib])?;
+    Ok(match row {
+        Some(r) => PlaceOutcome::Placed {
+            host: r.get(0)?,
+            generation: r.get(1)?,
+        },
+        None => PlaceOutcome::Full,
+    })
+}

@@ -1,0 +1,219 @@
+//! The store on both engines: its schema is the checked-in one, and placement never
+//! over-fills a host, with several writers on one database (replicas).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use control::store::{Created, EventRow, HostRow, PlaceOutcome, Placement, Store, VmRow};
+use sqldb::{Conn, Location};
+
+fn check_schema(engine: &str, location: &Location) {
+    drop(Store::open(location).unwrap());
+    let dump = sqldb::schema::dump(&mut Conn::open(location).unwrap()).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schema")
+        .join(format!("{engine}.txt"));
+    if let Err(e) = sqldb::schema::matches_checked_in(&dump, &path) {
+        panic!("{e}");
+    }
+}
+
+/// PostgreSQL, unless the run said to skip it (`OPENCVM_SKIP_POSTGRES=1`).
+fn postgres() -> Option<sqldb::scratch::ScratchDb> {
+    sqldb::scratch::postgres()
+}
+
+#[test]
+fn the_schema_is_the_checked_in_one_on_both_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    check_schema("sqlite", &Location::sqlite(&dir.path().join("c.db")));
+    if let Some(pg) = postgres() {
+        check_schema("postgres", &pg.location);
+    }
+}
+
+fn host(name: &str, vcpus: i64, mem: i64, max: i64, snp: bool) -> HostRow {
+    HostRow {
+        name: name.into(),
+        region: "eastus".into(),
+        vcpus,
+        memory_gib: mem,
+        max_vms: max,
+        snp_enabled: snp,
+        backend: "emulated".into(),
+        used_vcpus: 0,
+        used_memory_gib: 0,
+        vms: 0,
+        generation: 0,
+    }
+}
+
+fn vm(tenant: &str, name: &str) -> VmRow {
+    VmRow {
+        id: format!("{tenant}-{name}"),
+        tenant: tenant.into(),
+        name: name.into(),
+        request: "{}".into(),
+        body: String::new(),
+        region: "eastus".into(),
+        vcpus: 0,
+        memory_gib: 0,
+        state: "stopped".into(),
+        host: None,
+        failure: None,
+        created: 1,
+    }
+}
+
+fn made(host: &str, generation: i64) -> (String, Vec<EventRow>) {
+    let e = EventRow {
+        seq: 1,
+        at_ms: 1,
+        step: "place".into(),
+        outcome: "ok".into(),
+        duration_ms: 0,
+        detail: format!("{host} {generation}"),
+    };
+    (format!("{{\"host\":\"{host}\"}}"), vec![e])
+}
+
+const DC2: Placement<'static> = Placement {
+    region: "eastus",
+    vcpus: 2,
+    memory_gib: 8,
+    whole_host: false,
+};
+
+/// Every host's counters equal the sum of what its VMs hold, and stay within what
+/// it offers; every VM is on a host.
+fn consistent(store: &Store) {
+    let vms = store.all_vms().unwrap();
+    for h in store.hosts().unwrap() {
+        let mine: Vec<_> = vms
+            .iter()
+            .filter(|v| v.host.as_deref() == Some(&h.name))
+            .collect();
+        assert_eq!(h.vms, mine.len() as i64, "{}", h.name);
+        assert_eq!(
+            h.used_vcpus,
+            mine.iter().map(|v| v.vcpus).sum::<i64>(),
+            "{}",
+            h.name
+        );
+        assert_eq!(
+            h.used_memory_gib,
+            mine.iter().map(|v| v.memory_gib).sum::<i64>()
+        );
+        assert!(h.used_vcpus <= h.vcpus && h.used_memory_gib <= h.memory_gib && h.vms <= h.max_vms);
+    }
+    assert!(vms.iter().all(|v| v.host.is_some()));
+}
+
+fn placement_scenario(location: &Location) {
+    let store = Store::open(location).unwrap();
+    store
+        .ensure_regions(&["eastus".into(), "westus".into()])
+        .unwrap();
+    store
+        .create_tenant("t", b"hash-t", "administrator")
+        .unwrap();
+    // No SNP host at all yet: the region cannot take confidential VMs.
+    store.put_host(&host("off", 64, 256, 32, false)).unwrap();
+    assert_eq!(
+        store.create_vm(&vm("t", "a"), &DC2, &made).unwrap(),
+        Created::NotPlaced(PlaceOutcome::NoSnpHost)
+    );
+    // h1 takes 3 (its VM cap), h2 takes 3 (6 vCPUs).
+    store.put_host(&host("h1", 8, 32, 3, true)).unwrap();
+    store.put_host(&host("h2", 6, 64, 32, true)).unwrap();
+    // Two replicas, four writers each, 25 creates per writer.
+    let replicas = [Arc::new(store), Arc::new(Store::open(location).unwrap())];
+    let mut threads = Vec::new();
+    for w in 0..8 {
+        let s = replicas[w % 2].clone();
+        threads.push(std::thread::spawn(move || {
+            let mut placed = 0;
+            for i in 0..25 {
+                match s
+                    .create_vm(&vm("t", &format!("w{w}-{i}")), &DC2, &made)
+                    .unwrap()
+                {
+                    Created::New(row) => {
+                        assert!(row.host.is_some());
+                        placed += 1;
+                    }
+                    Created::NotPlaced(PlaceOutcome::Full) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            placed
+        }));
+    }
+    let placed: i32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(placed, 6, "exactly the capacity is placed");
+    let store = &replicas[0];
+    consistent(store);
+    // The same request again returns the VM; another request under its name is a
+    // conflict; neither takes capacity.
+    let first = store.all_vms().unwrap().remove(0);
+    let mut again = vm("t", &first.name);
+    again.id = "other-id".into();
+    assert!(
+        matches!(store.create_vm(&again, &DC2, &made).unwrap(), Created::Existing(r) if r.id == first.id)
+    );
+    again.request = "{\"different\":1}".into();
+    assert!(matches!(
+        store.create_vm(&again, &DC2, &made).unwrap(),
+        Created::Conflict(_)
+    ));
+    consistent(store);
+    // A host cannot shrink below what its VMs hold (the CHECK), and is unchanged.
+    let before = store.host(first.host.as_deref().unwrap()).unwrap().unwrap();
+    let mut shrink = before.clone();
+    shrink.vcpus = 1;
+    assert!(!store.put_host(&shrink).unwrap());
+    assert_eq!(store.host(&before.name).unwrap().unwrap(), before);
+    // Deleting gives the capacity back, and the next create takes it.
+    assert!(store.delete_vm("t", &first.name).unwrap());
+    assert!(!store.delete_vm("t", &first.name).unwrap());
+    assert!(store.events(&first.id).unwrap().is_empty());
+    assert!(matches!(
+        store.create_vm(&vm("t", "after"), &DC2, &made).unwrap(),
+        Created::New(_)
+    ));
+    consistent(store);
+    // An isolated size takes a whole empty host, all of it.
+    store.put_host(&host("big", 112, 768, 32, true)).unwrap();
+    let iso = Placement {
+        region: "eastus",
+        vcpus: 96,
+        memory_gib: 672,
+        whole_host: true,
+    };
+    let Created::New(row) = store.create_vm(&vm("t", "iso"), &iso, &made).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (row.host.as_deref(), row.vcpus, row.memory_gib),
+        (Some("big"), 112, 768)
+    );
+    assert_eq!(
+        store.create_vm(&vm("t", "small"), &DC2, &made).unwrap(),
+        Created::NotPlaced(PlaceOutcome::Full),
+        "nothing fits beside an isolated VM"
+    );
+    assert_eq!(store.events(&row.id).unwrap()[0].detail, "big 1");
+    consistent(store);
+}
+
+#[test]
+fn placement_never_overfills_a_host_with_concurrent_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    placement_scenario(&Location::sqlite(&dir.path().join("c.db")));
+}
+
+#[test]
+fn placement_never_overfills_a_host_with_concurrent_replicas_on_postgres() {
+    let Some(pg) = postgres() else { return };
+    placement_scenario(&pg.location);
+}
