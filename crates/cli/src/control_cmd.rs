@@ -951,6 +951,7 @@ fn build_image(id: &str, cache: Option<PathBuf>, rebuild: bool) -> Result<os_ima
             .join("opencvm/images"),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
     let image = dir.join(format!("{id}.img"));
     let manifest = dir.join(format!("{id}.json"));
     if !rebuild

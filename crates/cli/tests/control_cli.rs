@@ -743,3 +743,183 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
     assert_eq!(cli(&platform, &["vm", "list"]).1, before);
     assert_eq!(cli(&platform, &["host", "list"]).1, hosts_before);
 }
+
+/// A pseudo-random number from the clock (the tests need spread, not secrecy).
+fn jitter(max: u64) -> u64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    (n.wrapping_mul(6364136223846793005) >> 17) % max.max(1)
+}
+
+/// Every VM is on one host, every host's counters are the sum of its VMs' sizes (all
+/// DC2: 2 vCPUs, 8 GiB) and within what it offers. Returns the VMs' names.
+fn consistent(url: &str, tenant: &str, operator: &str) -> Vec<String> {
+    let (_, vms) = http("GET", &format!("{url}/vms"), Some(tenant), None);
+    let (_, hosts) = http("GET", &format!("{url}/hosts"), Some(operator), None);
+    let vms = vms["value"].as_array().unwrap().clone();
+    for h in hosts["value"].as_array().unwrap() {
+        let name = h["name"].as_str().unwrap();
+        let mine = vms.iter().filter(|v| v["host"] == name).count() as i64;
+        assert_eq!(h["vms"].as_i64().unwrap(), mine, "{h}");
+        assert_eq!(h["usedVCpus"].as_i64().unwrap(), 2 * mine, "{h}");
+        assert_eq!(h["usedMemoryGiB"].as_i64().unwrap(), 8 * mine, "{h}");
+        assert!(h["usedVCpus"].as_i64() <= h["vCpus"].as_i64() && h["vms"].as_i64() <= h["maxVms"].as_i64());
+    }
+    assert!(vms.iter().all(|v| v["host"].is_string()));
+    vms.iter().map(|v| v["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// kill -9 of the platform at random moments while four clients create and delete
+/// VMs (60 trials): after each restart every VM whose create was answered is there,
+/// every deleted one is gone, none is half-created, none is on two hosts, and every
+/// host's counters equal what its VMs hold.
+#[test]
+fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("up");
+    let disk = debian_disk(d, "debian");
+    let mut answered_creates = std::collections::BTreeSet::new();
+    let mut answered_deletes = std::collections::BTreeSet::new();
+    for trial in 0..60 {
+        let platform = up(&state, &["--hosts", "2", "--regions", "eastus"]);
+        let url = platform.url.clone();
+        let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
+        let operator = std::fs::read_to_string(state.join("control/operator.token")).unwrap();
+        if trial == 0 {
+            let (st, e) = http("PUT", &format!("{url}/images/debian-12/artifact"), Some(&operator), Some(&json!({"path": disk.to_str().unwrap()})));
+            assert_eq!(st, 200, "{e}");
+        }
+        // What the previous trials' answers promised holds after the restart.
+        let names: std::collections::BTreeSet<String> = consistent(&url, &tenant, &operator).into_iter().collect();
+        for n in &answered_creates {
+            assert!(names.contains(n) || answered_deletes.contains(n), "{n} was created and is lost");
+        }
+        for n in &answered_deletes {
+            assert!(!names.contains(n), "{n} was deleted and is back");
+        }
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let (url, tenant) = (url.clone(), tenant.clone());
+                std::thread::spawn(move || {
+                    let mut created = Vec::new();
+                    let mut deleted = Vec::new();
+                    for i in 0..40 {
+                        let name = format!("t{trial}-c{c}-{i}");
+                        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                        let r = agent
+                            .put(&format!("{url}/vms/{name}"))
+                            .header("Authorization", &format!("Bearer {tenant}"))
+                            .header("Content-Type", "application/json")
+                            .send(create_request("Standard_DC2as_v5").to_string().as_bytes());
+                        match r {
+                            Ok(r) if r.status() == 200 => created.push(name.clone()),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                        if i % 3 == 0 && created.len() > 1 {
+                            let victim = created.remove(0);
+                            match agent.delete(&format!("{url}/vms/{victim}")).header("Authorization", &format!("Bearer {tenant}")).call() {
+                                Ok(r) if r.status() == 204 => deleted.push(victim),
+                                Ok(_) => created.insert(0, victim),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    (created, deleted)
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(jitter(250)));
+        drop(platform); // SIGKILL
+        for c in clients {
+            let (created, deleted) = c.join().unwrap();
+            answered_creates.extend(created);
+            answered_deletes.extend(deleted);
+        }
+    }
+    let platform = up(&state, &["--hosts", "2", "--regions", "eastus"]);
+    let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
+    let operator = std::fs::read_to_string(state.join("control/operator.token")).unwrap();
+    let names: std::collections::BTreeSet<String> = consistent(&platform.url, &tenant, &operator).into_iter().collect();
+    for n in &answered_creates {
+        assert!(names.contains(n) || answered_deletes.contains(n), "{n} lost");
+    }
+    assert!(answered_creates.len() > 60, "the clients created VMs ({})", answered_creates.len());
+    assert!(!answered_deletes.is_empty());
+}
+
+/// Two control-plane replicas on one PostgreSQL database: 500 concurrent creates,
+/// half through each, against hosts with room for 40 VMs: exactly 40 are placed,
+/// no host is over-filled, and each replica serves what the other created.
+#[test]
+fn two_replicas_on_postgres_place_500_concurrent_creates_without_overfilling() {
+    let Some(pg) = sqldb::scratch::postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let replica = |name: &str| {
+        common::spawn(&[
+            "control",
+            "serve",
+            "--state",
+            d.join(name).to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--regions",
+            "eastus",
+            "--database",
+            &pg.url,
+        ])
+    };
+    let a = replica("a");
+    let b = replica("b");
+    // One operator credential for both: the first replica made it.
+    let operator = std::fs::read_to_string(d.join("a/operator.token")).unwrap();
+    assert!(!d.join("b/operator.token").exists());
+    let (st, t) = http("PUT", &format!("{}/tenants/fleet", b.url), Some(&operator), None);
+    assert_eq!(st, 200, "{t}");
+    let tenant = t["credential"].as_str().unwrap().to_string();
+    // Nearly full hosts: room for 16 + 24 DC2 VMs (vCPUs on one, the VM cap on the
+    // other), one host without SNP.
+    for (name, vcpus, max, snp) in [("p1", 32, 32, true), ("p2", 112, 24, true), ("p3", 112, 32, false)] {
+        let (st, h) = http("PUT", &format!("{}/hosts/{name}", a.url), Some(&operator), Some(&json!({"region": "eastus", "vCpus": vcpus, "memoryGiB": 768, "maxVms": max, "snpEnabled": snp, "backend": "emulated"})));
+        assert_eq!(st, 200, "{h}");
+    }
+    let disk = debian_disk(d, "debian");
+    let (st, e) = http("PUT", &format!("{}/images/debian-12/artifact", b.url), Some(&operator), Some(&json!({"path": disk.to_str().unwrap()})));
+    assert_eq!(st, 200, "{e}");
+    let urls = [a.url.clone(), b.url.clone()];
+    let threads: Vec<_> = (0..20)
+        .map(|t| {
+            let url = urls[t % 2].clone();
+            let tenant = tenant.clone();
+            std::thread::spawn(move || {
+                let mut placed = 0;
+                let mut full = 0;
+                for i in 0..25 {
+                    let (st, body) = http("PUT", &format!("{url}/vms/v{t}-{i}"), Some(&tenant), Some(&create_request("Standard_DC2as_v5")));
+                    match (st, body["error"]["code"].as_str()) {
+                        (200, _) => placed += 1,
+                        (409, Some("allocation_failed")) => full += 1,
+                        other => panic!("{other:?}: {body}"),
+                    }
+                }
+                (placed, full)
+            })
+        })
+        .collect();
+    let (placed, full) = threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |(p, f), (a, b)| (p + a, f + b));
+    assert_eq!((placed, full), (40, 460));
+    let names = consistent(&a.url, &tenant, &operator);
+    assert_eq!(names.len(), 40);
+    assert_eq!(consistent(&b.url, &tenant, &operator), names, "both replicas see the same VMs");
+    let (_, hosts) = http("GET", &format!("{}/hosts", b.url), Some(&operator), None);
+    let by_name = |n: &str| hosts["value"].as_array().unwrap().iter().find(|h| h["name"] == n).unwrap().clone();
+    assert_eq!(by_name("p1")["vms"], 16);
+    assert_eq!(by_name("p2")["vms"], 24);
+    assert_eq!(by_name("p3")["vms"], 0);
+}

@@ -1,7 +1,8 @@
-//! The Debian 12 image `cvm image build debian-12` makes (scripts/test builds it once
-//! into the cache and names it in OPENCVM_DEBIAN_IMAGE): checked with tools nobody
-//! here wrote (sfdisk, debugfs, mtools) and booted under QEMU/OVMF with Secure Boot
-//! on, under the linux template's UEFI variables, to Debian's login prompt.
+//! The Debian 12 image `cvm image build debian-12` makes (into `target/images`, the
+//! cache the quick start fills too; built there if missing, from Debian's packages):
+//! checked with tools nobody here wrote (sfdisk, debugfs, mtools) and booted under
+//! QEMU/OVMF with Secure Boot on, under the linux template's UEFI variables, to
+//! Debian's login prompt.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -9,12 +10,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// The built image (from the cache, or built now) and its manifest.
 fn image() -> (PathBuf, Value) {
-    let p = PathBuf::from(std::env::var("OPENCVM_DEBIAN_IMAGE").expect(
-        "OPENCVM_DEBIAN_IMAGE: the built Debian 12 image (scripts/test builds it with `cvm image build debian-12 --no-import`)",
-    ));
-    let manifest: Value = serde_json::from_slice(&std::fs::read(p.with_extension("json")).unwrap()).unwrap();
-    (p, manifest)
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images");
+    let o = cvm(&["image", "build", "debian-12", "--no-import", "--json", "--cache", cache.to_str().unwrap()]);
+    assert!(o.status.success(), "cvm image build: {}", String::from_utf8_lossy(&o.stderr));
+    let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
+    (PathBuf::from(manifest["path"].as_str().unwrap()), manifest)
 }
 
 fn tool(args: &[&str]) -> String {

@@ -23,3 +23,50 @@ pub mod store;
 pub mod validate;
 
 pub use service::{Caller, Control, ControlConfig, OpenError, Role};
+
+/// Runs the control plane's parsers on `data` (a fuzz target's entry point): the
+/// contract's request bodies, the create request's validation, and the price table
+/// with a quote for every size. Must never panic.
+pub fn fuzz_parse(data: &[u8]) {
+    if let Ok(req) = serde_json::from_slice::<control_api::CreateVmRequest>(data) {
+        if let Ok(spec) = validate::validate(&req, "eastus") {
+            let _ = catalog::PriceTable::default_table().quote(
+                spec.size,
+                &spec.region,
+                spec.image.os,
+                spec.encryption == validate::Encryption::DiskWithGuestState,
+                spec.os_disk_gib,
+            );
+        }
+    }
+    let _ = serde_json::from_slice::<control_api::PriceRequest>(data);
+    let _ = serde_json::from_slice::<control_api::RegisterHostRequest>(data);
+    let _ = serde_json::from_slice::<control_api::Vm>(data);
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(table) = catalog::PriceTable::parse(text)
+    {
+        for size in catalog::sizes::ALL {
+            for os in [catalog::OsType::Linux, catalog::OsType::Windows] {
+                let _ = table.quote(size, "eastus", os, true, validate::MAX_OS_DISK_GIB);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fuzz_parse_survives_the_seeds_and_their_truncations() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/control");
+        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        seeds.push(catalog::prices::DEFAULT_TABLE.as_bytes().to_vec());
+        for s in seeds {
+            for cut in 0..=s.len() {
+                super::fuzz_parse(&s[..cut]);
+            }
+        }
+    }
+}
