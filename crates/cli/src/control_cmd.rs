@@ -566,6 +566,9 @@ pub enum TenantCommand {
     Create {
         /// Its name.
         name: String,
+        /// The most vCPUs its VMs may hold at once (default 512).
+        #[arg(long)]
+        max_vcpus: Option<u32>,
         #[command(flatten)]
         t: Target,
     },
@@ -1068,9 +1071,14 @@ pub fn run_host(cmd: HostCommand) -> ExitCode {
 
 /// `cvm tenant ...`
 pub fn run_tenant(cmd: TenantCommand) -> ExitCode {
-    let TenantCommand::Create { name, t } = cmd;
+    let TenantCommand::Create { name, max_vcpus, t } = cmd;
     let r = (|| {
-        let c = t.client(As::Operator)?.create_tenant(&name)?;
+        let c = t.client(As::Operator)?.create_tenant(
+            &name,
+            &CreateTenantRequest {
+                max_v_cpus: max_vcpus,
+            },
+        )?;
         // The credential is the output: it is shown once.
         out(&t, &c, |c| format!("{}\n", c.credential))
     })();

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,19 +15,7 @@ use boot::esl::{OPENCVM_OWNER, Signature};
 use boot::{Entry, HashAlg, SignatureDb};
 
 fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("OPENCVM_BOOT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/boot-fixtures")
-        });
-    for f in ["shimx64.efi.signed", "grubx64.efi.signed", "vmlinuz"] {
-        assert!(
-            dir.join(f).is_file(),
-            "{} is missing: run scripts/boot-fixtures (scripts/test does)",
-            dir.join(f).display()
-        );
-    }
-    dir
+    common::esp::fixtures()
 }
 
 fn microsoft(name: &str) -> PathBuf {
@@ -558,11 +548,6 @@ fn boot_disk(dir: &Path, name: &str, loader: &Path, grub: &Path) -> PathBuf {
 
 /// [`boot_disk`] with, when `data` is given, a second (Linux) partition holding it.
 fn os_disk(dir: &Path, name: &str, loader: &Path, grub: &Path, data: Option<&[u8]>) -> PathBuf {
-    let esp = dir.join(format!("{name}.esp"));
-    let f = std::fs::File::create(&esp).unwrap();
-    f.set_len(64 << 20).unwrap();
-    drop(f);
-    tool("mkfs.vfat", &[&"-F", &"32", &esp]);
     let cfg = dir.join("grub.cfg");
     std::fs::write(
         &cfg,
@@ -570,65 +555,20 @@ fn os_disk(dir: &Path, name: &str, loader: &Path, grub: &Path, data: Option<&[u8
     )
     .unwrap();
     let initrd = dir.join("initrd.img");
-    let img = format!("{}", esp.display());
-    let m = |args: &[&str]| {
-        let o = Command::new(args[0])
-            .args(&args[1..])
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .output()
-            .expect("mtools (scripts/setup installs it)");
-        assert!(o.status.success(), "{args:?}: {}", text(&o));
-    };
-    m(&["mmd", "-i", &img, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"]);
-    for (from, to) in [
-        (loader.to_path_buf(), "::/EFI/BOOT/BOOTX64.EFI"),
-        (grub.to_path_buf(), "::/EFI/BOOT/grubx64.efi"),
-        (cfg.clone(), "::/EFI/BOOT/grub.cfg"),
-        (cfg.clone(), "::/EFI/debian/grub.cfg"),
-        (fixtures().join("vmlinuz"), "::/vmlinuz"),
-        (initrd.clone(), "::/initrd.img"),
-    ] {
-        m(&["mcopy", "-i", &img, from.to_str().unwrap(), to]);
-    }
-    let disk = dir.join(format!("{name}.img"));
-    let data_mib = data.map_or(0, |d| (d.len() as u64).div_ceil(1 << 20));
-    let f = std::fs::File::create(&disk).unwrap();
-    f.set_len((66 + data_mib) << 20).unwrap();
-    drop(f);
-    let mut sfdisk = Command::new("sfdisk")
-        .args(["-q"])
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    sfdisk
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            format!(
-                "label: gpt\nstart=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n{}",
-                if data_mib > 0 {
-                    format!("start=133120, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n", data_mib * 2048)
-                } else {
-                    String::new()
-                }
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    assert!(sfdisk.wait().unwrap().success());
-    let esp_bytes = std::fs::read(&esp).unwrap();
-    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    use std::io::{Seek, SeekFrom};
-    f.seek(SeekFrom::Start(1 << 20)).unwrap();
-    f.write_all(&esp_bytes).unwrap();
-    if let Some(d) = data {
-        f.seek(SeekFrom::Start(133120 * 512)).unwrap();
-        f.write_all(d).unwrap();
-    }
-    disk
+    let kernel = fixtures().join("vmlinuz");
+    common::esp::gpt_disk(
+        dir,
+        name,
+        &[
+            ("EFI/BOOT/BOOTX64.EFI", loader),
+            ("EFI/BOOT/grubx64.efi", grub),
+            ("EFI/BOOT/grub.cfg", &cfg),
+            ("EFI/debian/grub.cfg", &cfg),
+            ("vmlinuz", &kernel),
+            ("initrd.img", &initrd),
+        ],
+        data,
+    )
 }
 
 /// A running `cvm vtpm run` for one VM: QEMU's control channel on a Unix socket and,

@@ -354,6 +354,37 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
         "create_tenant",
         http("PUT", &u("/tenants/third"), Some(&operator), None),
     );
+    // A tenant's vCPU quota: two DC2 fit in 4 vCPUs, the third is refused.
+    let (_, small) = cli(
+        &platform,
+        &["tenant", "create", "small", "--max-vcpus", "4"],
+    );
+    let small = small["credential"].as_str().unwrap().to_string();
+    for n in ["s1", "s2"] {
+        let (st, _) = http(
+            "PUT",
+            &u(&format!("/vms/{n}")),
+            Some(&small),
+            Some(&create_request("Standard_DC2as_v5")),
+        );
+        assert_eq!(st, 200);
+    }
+    let (st, e) = rec(
+        "create_vm",
+        http(
+            "PUT",
+            &u("/vms/s3"),
+            Some(&small),
+            Some(&create_request("Standard_DC2as_v5")),
+        ),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (409, Some("quota_exceeded")),
+        "{e}"
+    );
+    assert_eq!(http("DELETE", &u("/vms/s1"), Some(&small), None).0, 204);
+    assert_eq!(http("DELETE", &u("/vms/s2"), Some(&small), None).0, 204);
     for (op, method, path) in [
         ("get_vm", "GET", "/vms/a"),
         ("vm_events", "GET", "/vms/a/events"),
@@ -765,10 +796,15 @@ fn consistent(url: &str, tenant: &str, operator: &str) -> Vec<String> {
         assert_eq!(h["vms"].as_i64().unwrap(), mine, "{h}");
         assert_eq!(h["usedVCpus"].as_i64().unwrap(), 2 * mine, "{h}");
         assert_eq!(h["usedMemoryGiB"].as_i64().unwrap(), 8 * mine, "{h}");
-        assert!(h["usedVCpus"].as_i64() <= h["vCpus"].as_i64() && h["vms"].as_i64() <= h["maxVms"].as_i64());
+        assert!(
+            h["usedVCpus"].as_i64() <= h["vCpus"].as_i64()
+                && h["vms"].as_i64() <= h["maxVms"].as_i64()
+        );
     }
     assert!(vms.iter().all(|v| v["host"].is_string()));
-    vms.iter().map(|v| v["name"].as_str().unwrap().to_string()).collect()
+    vms.iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// kill -9 of the platform at random moments while four clients create and delete
@@ -789,13 +825,22 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
         let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
         let operator = std::fs::read_to_string(state.join("control/operator.token")).unwrap();
         if trial == 0 {
-            let (st, e) = http("PUT", &format!("{url}/images/debian-12/artifact"), Some(&operator), Some(&json!({"path": disk.to_str().unwrap()})));
+            let (st, e) = http(
+                "PUT",
+                &format!("{url}/images/debian-12/artifact"),
+                Some(&operator),
+                Some(&json!({"path": disk.to_str().unwrap()})),
+            );
             assert_eq!(st, 200, "{e}");
         }
         // What the previous trials' answers promised holds after the restart.
-        let names: std::collections::BTreeSet<String> = consistent(&url, &tenant, &operator).into_iter().collect();
+        let names: std::collections::BTreeSet<String> =
+            consistent(&url, &tenant, &operator).into_iter().collect();
         for n in &answered_creates {
-            assert!(names.contains(n) || answered_deletes.contains(n), "{n} was created and is lost");
+            assert!(
+                names.contains(n) || answered_deletes.contains(n),
+                "{n} was created and is lost"
+            );
         }
         for n in &answered_deletes {
             assert!(!names.contains(n), "{n} was deleted and is back");
@@ -808,7 +853,10 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
                     let mut deleted = Vec::new();
                     for i in 0..40 {
                         let name = format!("t{trial}-c{c}-{i}");
-                        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .http_status_as_error(false)
+                            .build()
+                            .into();
                         let r = agent
                             .put(&format!("{url}/vms/{name}"))
                             .header("Authorization", &format!("Bearer {tenant}"))
@@ -821,7 +869,11 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
                         }
                         if i % 3 == 0 && created.len() > 1 {
                             let victim = created.remove(0);
-                            match agent.delete(&format!("{url}/vms/{victim}")).header("Authorization", &format!("Bearer {tenant}")).call() {
+                            match agent
+                                .delete(&format!("{url}/vms/{victim}"))
+                                .header("Authorization", &format!("Bearer {tenant}"))
+                                .call()
+                            {
                                 Ok(r) if r.status() == 204 => deleted.push(victim),
                                 Ok(_) => created.insert(0, victim),
                                 Err(_) => break,
@@ -843,11 +895,20 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
     let platform = up(&state, &["--hosts", "2", "--regions", "eastus"]);
     let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
     let operator = std::fs::read_to_string(state.join("control/operator.token")).unwrap();
-    let names: std::collections::BTreeSet<String> = consistent(&platform.url, &tenant, &operator).into_iter().collect();
+    let names: std::collections::BTreeSet<String> = consistent(&platform.url, &tenant, &operator)
+        .into_iter()
+        .collect();
     for n in &answered_creates {
-        assert!(names.contains(n) || answered_deletes.contains(n), "{n} lost");
+        assert!(
+            names.contains(n) || answered_deletes.contains(n),
+            "{n} lost"
+        );
     }
-    assert!(answered_creates.len() > 60, "the clients created VMs ({})", answered_creates.len());
+    assert!(
+        answered_creates.len() > 60,
+        "the clients created VMs ({})",
+        answered_creates.len()
+    );
     assert!(!answered_deletes.is_empty());
 }
 
@@ -880,17 +941,38 @@ fn two_replicas_on_postgres_place_500_concurrent_creates_without_overfilling() {
     // One operator credential for both: the first replica made it.
     let operator = std::fs::read_to_string(d.join("a/operator.token")).unwrap();
     assert!(!d.join("b/operator.token").exists());
-    let (st, t) = http("PUT", &format!("{}/tenants/fleet", b.url), Some(&operator), None);
+    let (st, t) = http(
+        "PUT",
+        &format!("{}/tenants/fleet", b.url),
+        Some(&operator),
+        None,
+    );
     assert_eq!(st, 200, "{t}");
     let tenant = t["credential"].as_str().unwrap().to_string();
     // Nearly full hosts: room for 16 + 24 DC2 VMs (vCPUs on one, the VM cap on the
     // other), one host without SNP.
-    for (name, vcpus, max, snp) in [("p1", 32, 32, true), ("p2", 112, 24, true), ("p3", 112, 32, false)] {
-        let (st, h) = http("PUT", &format!("{}/hosts/{name}", a.url), Some(&operator), Some(&json!({"region": "eastus", "vCpus": vcpus, "memoryGiB": 768, "maxVms": max, "snpEnabled": snp, "backend": "emulated"})));
+    for (name, vcpus, max, snp) in [
+        ("p1", 32, 32, true),
+        ("p2", 112, 24, true),
+        ("p3", 112, 32, false),
+    ] {
+        let (st, h) = http(
+            "PUT",
+            &format!("{}/hosts/{name}", a.url),
+            Some(&operator),
+            Some(
+                &json!({"region": "eastus", "vCpus": vcpus, "memoryGiB": 768, "maxVms": max, "snpEnabled": snp, "backend": "emulated"}),
+            ),
+        );
         assert_eq!(st, 200, "{h}");
     }
     let disk = debian_disk(d, "debian");
-    let (st, e) = http("PUT", &format!("{}/images/debian-12/artifact", b.url), Some(&operator), Some(&json!({"path": disk.to_str().unwrap()})));
+    let (st, e) = http(
+        "PUT",
+        &format!("{}/images/debian-12/artifact", b.url),
+        Some(&operator),
+        Some(&json!({"path": disk.to_str().unwrap()})),
+    );
     assert_eq!(st, 200, "{e}");
     let urls = [a.url.clone(), b.url.clone()];
     let threads: Vec<_> = (0..20)
@@ -901,7 +983,12 @@ fn two_replicas_on_postgres_place_500_concurrent_creates_without_overfilling() {
                 let mut placed = 0;
                 let mut full = 0;
                 for i in 0..25 {
-                    let (st, body) = http("PUT", &format!("{url}/vms/v{t}-{i}"), Some(&tenant), Some(&create_request("Standard_DC2as_v5")));
+                    let (st, body) = http(
+                        "PUT",
+                        &format!("{url}/vms/v{t}-{i}"),
+                        Some(&tenant),
+                        Some(&create_request("Standard_DC2as_v5")),
+                    );
                     match (st, body["error"]["code"].as_str()) {
                         (200, _) => placed += 1,
                         (409, Some("allocation_failed")) => full += 1,
@@ -912,13 +999,28 @@ fn two_replicas_on_postgres_place_500_concurrent_creates_without_overfilling() {
             })
         })
         .collect();
-    let (placed, full) = threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |(p, f), (a, b)| (p + a, f + b));
+    let (placed, full) = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |(p, f), (a, b)| (p + a, f + b));
     assert_eq!((placed, full), (40, 460));
     let names = consistent(&a.url, &tenant, &operator);
     assert_eq!(names.len(), 40);
-    assert_eq!(consistent(&b.url, &tenant, &operator), names, "both replicas see the same VMs");
+    assert_eq!(
+        consistent(&b.url, &tenant, &operator),
+        names,
+        "both replicas see the same VMs"
+    );
     let (_, hosts) = http("GET", &format!("{}/hosts", b.url), Some(&operator), None);
-    let by_name = |n: &str| hosts["value"].as_array().unwrap().iter().find(|h| h["name"] == n).unwrap().clone();
+    let by_name = |n: &str| {
+        hosts["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == n)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_name("p1")["vms"], 16);
     assert_eq!(by_name("p2")["vms"], 24);
     assert_eq!(by_name("p3")["vms"], 0);

@@ -13,8 +13,20 @@ use serde_json::Value;
 /// The built image (from the cache, or built now) and its manifest.
 fn image() -> (PathBuf, Value) {
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images");
-    let o = cvm(&["image", "build", "debian-12", "--no-import", "--json", "--cache", cache.to_str().unwrap()]);
-    assert!(o.status.success(), "cvm image build: {}", String::from_utf8_lossy(&o.stderr));
+    let o = cvm(&[
+        "image",
+        "build",
+        "debian-12",
+        "--no-import",
+        "--json",
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "cvm image build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
     (PathBuf::from(manifest["path"].as_str().unwrap()), manifest)
 }
@@ -25,12 +37,19 @@ fn tool(args: &[&str]) -> String {
         .env("MTOOLS_SKIP_CHECK", "1")
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 fn cvm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cvm")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -38,11 +57,29 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
     let (img, manifest) = image();
     let s = img.to_str().unwrap();
     // The manifest names Debian's packages and a Debian 12 root.
-    let packages: Vec<&str> = manifest["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-    for p in ["shim-signed ", "grub-efi-amd64-signed ", "linux-image-amd64 ", "systemd-sysv "] {
-        assert!(packages.iter().any(|x| x.starts_with(p)), "{p}: {packages:?}");
+    let packages: Vec<&str> = manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for p in [
+        "shim-signed ",
+        "grub-efi-amd64-signed ",
+        "linux-image-amd64 ",
+        "systemd-sysv ",
+    ] {
+        assert!(
+            packages.iter().any(|x| x.starts_with(p)),
+            "{p}: {packages:?}"
+        );
     }
-    assert!(manifest["debian_version"].as_str().unwrap().starts_with("12."));
+    assert!(
+        manifest["debian_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("12.")
+    );
     // The GPT: an ESP and an x86-64 root whose PARTUUID the manifest (and fstab) name.
     let table: Value = serde_json::from_str(&tool(&["sfdisk", "--json", s])).unwrap();
     let parts = table["partitiontable"]["partitions"].as_array().unwrap();
@@ -54,7 +91,10 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
     // The root, read by debugfs.
     let root = format!("{s}?offset={}", parts[1]["start"].as_u64().unwrap() * 512);
     let cat = |f: &str| tool(&["debugfs", "-R", &format!("cat {f}"), &root]);
-    assert_eq!(cat("/etc/debian_version").trim(), manifest["debian_version"].as_str().unwrap());
+    assert_eq!(
+        cat("/etc/debian_version").trim(),
+        manifest["debian_version"].as_str().unwrap()
+    );
     assert!(cat("/etc/fstab").contains(&format!("PARTUUID={partuuid} / ext4")));
     assert!(cat("/usr/lib/os-release").contains("VERSION_ID=\"12\""));
     // The ESP, read by mtools: the kernel there is the root's.
@@ -66,27 +106,83 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
     std::fs::write(&esp, &bytes[start as usize..(start + len) as usize]).unwrap();
     drop(bytes);
     let listing = tool(&["mdir", "-i", esp.to_str().unwrap(), "-/", "-b", "::/"]);
-    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/BOOT/grubx64.efi", "::/EFI/debian/grub.cfg", "::/vmlinuz", "::/initrd.img"] {
-        assert!(listing.lines().any(|l| l.eq_ignore_ascii_case(f)), "{f} in {listing}");
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/EFI/BOOT/grubx64.efi",
+        "::/EFI/debian/grub.cfg",
+        "::/vmlinuz",
+        "::/initrd.img",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.eq_ignore_ascii_case(f)),
+            "{f} in {listing}"
+        );
     }
     let esp_kernel = dir.path().join("vmlinuz");
-    tool(&["mcopy", "-i", esp.to_str().unwrap(), "::/vmlinuz", esp_kernel.to_str().unwrap()]);
+    tool(&[
+        "mcopy",
+        "-i",
+        esp.to_str().unwrap(),
+        "::/vmlinuz",
+        esp_kernel.to_str().unwrap(),
+    ]);
     let ls = tool(&["debugfs", "-R", "ls -l /boot", &root]);
-    let name = ls.split_whitespace().find(|w| w.starts_with("vmlinuz-")).unwrap();
+    let name = ls
+        .split_whitespace()
+        .find(|w| w.starts_with("vmlinuz-"))
+        .unwrap();
     let root_kernel = dir.path().join("root-vmlinuz");
-    tool(&["debugfs", "-R", &format!("dump /boot/{name} {}", root_kernel.display()), &root]);
-    assert_eq!(std::fs::read(&esp_kernel).unwrap(), std::fs::read(&root_kernel).unwrap());
+    tool(&[
+        "debugfs",
+        "-R",
+        &format!("dump /boot/{name} {}", root_kernel.display()),
+        &root,
+    ]);
+    assert_eq!(
+        std::fs::read(&esp_kernel).unwrap(),
+        std::fs::read(&root_kernel).unwrap()
+    );
 
     // Boot it: OVMF with Secure Boot, the linux template's variables, the disk as a
     // snapshot (the cached image is not written).
     let store = dir.path().join("vars.json");
     let vars = dir.path().join("vars.fd");
-    assert!(cvm(&["boot", "vars", "create", "--template", "linux", "--store", store.to_str().unwrap()]).status.success());
-    assert!(cvm(&["boot", "vars", "export", "--store", store.to_str().unwrap(), "--ovmf", vars.to_str().unwrap()]).status.success());
+    assert!(
+        cvm(&[
+            "boot",
+            "vars",
+            "create",
+            "--template",
+            "linux",
+            "--store",
+            store.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        cvm(&[
+            "boot",
+            "vars",
+            "export",
+            "--store",
+            store.to_str().unwrap(),
+            "--ovmf",
+            vars.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
     let serial = boot(dir.path(), &vars, &img);
-    assert!(serial.contains("secureboot: Secure boot enabled"), "{serial}");
+    assert!(
+        serial.contains("secureboot: Secure boot enabled"),
+        "{serial}"
+    );
     assert!(serial.contains("Debian Secure Boot CA"), "{serial}");
-    assert!(serial.contains("Debian GNU/Linux 12 debian ttyS0"), "{serial}");
+    assert!(
+        serial.contains("Debian GNU/Linux 12 debian ttyS0"),
+        "{serial}"
+    );
     assert!(serial.contains("debian login:"), "{serial}");
 }
 
@@ -94,12 +190,33 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
 fn boot(dir: &Path, vars: &Path, disk: &Path) -> String {
     let serial = dir.join("serial.log");
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,smm=on", "-accel", "tcg", "-m", "1024", "-nographic"])
-        .args(["-nic", "none", "-no-reboot", "-monitor", "none", "-snapshot"])
+        .args([
+            "-machine",
+            "q35,smm=on",
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-nographic",
+        ])
+        .args([
+            "-nic",
+            "none",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-snapshot",
+        ])
         .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-        .args(["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"])
+        .args([
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        ])
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()))
         .arg("-serial")
@@ -110,10 +227,18 @@ fn boot(dir: &Path, vars: &Path, disk: &Path) -> String {
         .spawn()
         .expect("qemu-system-x86_64 (scripts/setup installs qemu-system-x86)");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let read = || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
+    let read =
+        || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
     let out = loop {
         let log = read();
-        let done = ["login:", "Security Violation", "Access Denied", "Kernel panic"].iter().any(|m| log.contains(m));
+        let done = [
+            "login:",
+            "Security Violation",
+            "Access Denied",
+            "Kernel panic",
+        ]
+        .iter()
+        .any(|m| log.contains(m));
         if done || std::time::Instant::now() > deadline || qemu.try_wait().unwrap().is_some() {
             std::thread::sleep(std::time::Duration::from_millis(500));
             break read();

@@ -30,6 +30,8 @@ pub const SECURE_BOOT_REQUIRED: &str = "secure_boot_required";
 pub const CUSTOMER_KEY_REQUIRES_DISK_ENCRYPTION: &str = "customer_key_requires_disk_encryption";
 /// `encryptionAtHost` with a confidentially encrypted OS disk.
 pub const ENCRYPTION_AT_HOST: &str = "encryption_at_host_conflict";
+/// The tenant's vCPU quota would be exceeded (HTTP 409).
+pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
 /// A name (VM, tenant, host) that is not well formed.
 pub const INVALID_NAME: &str = "invalid_name";
 /// A parameter out of range (disk size, host capacity).

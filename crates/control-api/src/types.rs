@@ -523,6 +523,16 @@ pub struct HostList {
     pub value: Vec<Host>,
 }
 
+/// `PUT /tenants/{name}`: a tenant and its quota.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// The most vCPUs the tenant's VMs may hold at once (Azure's per-family cores
+    /// quota); default 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_v_cpus: Option<u32>,
+}
+
 /// `POST /credentials`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -87,8 +87,8 @@ impl Client {
         self.send(Method::Post, "/credentials", Some(req))
     }
     /// `create_tenant` (operator).
-    pub fn create_tenant(&self, name: &str) -> R<NewCredential> {
-        self.send::<(), _>(Method::Put, &format!("/tenants/{}", s(name)), None)
+    pub fn create_tenant(&self, name: &str, req: &CreateTenantRequest) -> R<NewCredential> {
+        self.send(Method::Put, &format!("/tenants/{}", s(name)), Some(req))
     }
     /// `list_hosts` (operator).
     pub fn list_hosts(&self) -> R<HostList> {
@@ -100,6 +100,10 @@ impl Client {
     }
     /// `import_image` (operator): a disk image file on the control plane's machine.
     pub fn import_image(&self, id: &str, req: &ImportImageRequest) -> R<Image> {
-        self.send(Method::Put, &format!("/images/{}/artifact", s(id)), Some(req))
+        self.send(
+            Method::Put,
+            &format!("/images/{}/artifact", s(id)),
+            Some(req),
+        )
     }
 }

@@ -2,7 +2,11 @@
 -- capacity (the CHECK keeps a host from ever holding more than it offers, whatever
 -- the code above it does), imported image artifacts, VMs and their events.
 CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE tenants (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
+CREATE TABLE tenants (
+  name TEXT PRIMARY KEY,
+  max_vcpus INTEGER NOT NULL,
+  created INTEGER NOT NULL
+);
 CREATE TABLE credentials (
   sha256 BLOB PRIMARY KEY,
   tenant TEXT NOT NULL REFERENCES tenants(name),

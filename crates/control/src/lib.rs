@@ -28,16 +28,16 @@ pub use service::{Caller, Control, ControlConfig, OpenError, Role};
 /// contract's request bodies, the create request's validation, and the price table
 /// with a quote for every size. Must never panic.
 pub fn fuzz_parse(data: &[u8]) {
-    if let Ok(req) = serde_json::from_slice::<control_api::CreateVmRequest>(data) {
-        if let Ok(spec) = validate::validate(&req, "eastus") {
-            let _ = catalog::PriceTable::default_table().quote(
-                spec.size,
-                &spec.region,
-                spec.image.os,
-                spec.encryption == validate::Encryption::DiskWithGuestState,
-                spec.os_disk_gib,
-            );
-        }
+    if let Ok(req) = serde_json::from_slice::<control_api::CreateVmRequest>(data)
+        && let Ok(spec) = validate::validate(&req, "eastus")
+    {
+        let _ = catalog::PriceTable::default_table().quote(
+            spec.size,
+            &spec.region,
+            spec.image.os,
+            spec.encryption == validate::Encryption::DiskWithGuestState,
+            spec.os_disk_gib,
+        );
     }
     let _ = serde_json::from_slice::<control_api::PriceRequest>(data);
     let _ = serde_json::from_slice::<control_api::RegisterHostRequest>(data);

@@ -42,7 +42,9 @@ pub fn prepare(
     let tenant_token = state.join(TENANT_TOKEN);
     let mut created_tenant = false;
     if !tenant_token.exists() {
-        let cred = match control.create_tenant(LOCAL_TENANT) {
+        let cred = match control
+            .create_tenant(LOCAL_TENANT, &control_api::CreateTenantRequest::default())
+        {
             Ok(c) => c,
             Err(e) if e.status == 409 => {
                 // The tenant exists but its credential file was removed: a new

@@ -134,8 +134,12 @@ async fn tenant(
     State(c): S,
     Path(n): Path<String>,
     cred: Credential,
+    b: Body,
 ) -> R<control_api::NewCredential> {
-    run(c, cred, "create_tenant", move |c, _| c.create_tenant(&n)).await
+    run(c, cred, "create_tenant", move |c, _| {
+        c.create_tenant(&n, &typed(b)?)
+    })
+    .await
 }
 async fn hosts(State(c): S, cred: Credential) -> R<control_api::HostList> {
     run(c, cred, "list_hosts", |c, _| c.hosts()).await

@@ -130,6 +130,11 @@ impl std::fmt::Debug for Control {
     }
 }
 
+/// A tenant's vCPU quota unless its creation names one.
+pub const DEFAULT_TENANT_VCPUS: u32 = 512;
+/// The largest vCPU quota.
+pub const MAX_TENANT_VCPUS: u32 = 1 << 20;
+
 /// The operator's credential file in the state directory.
 pub const OPERATOR_TOKEN: &str = "operator.token";
 
@@ -612,6 +617,14 @@ impl Control {
                 codes::CONFLICT,
                 format!("a VM named '{name}' exists with another configuration; delete it first or choose another name"),
             )),
+            Created::OverQuota { max_vcpus, used_vcpus } => Err(ApiError::new(
+                409,
+                codes::QUOTA_EXCEEDED,
+                format!(
+                    "Operation could not be completed as it results in exceeding the tenant's vCPU quota: its VMs hold {used_vcpus} of {max_vcpus} vCPUs and a {} needs {}. Delete a VM or ask the operator for a larger quota.",
+                    spec.size.name, spec.size.vcpus
+                ),
+            )),
             Created::NotPlaced(PlaceOutcome::NoSnpHost) => Err(ApiError::bad(
                 codes::NO_SNP_CAPACITY,
                 format!("The region '{}' has no host with AMD SEV-SNP enabled; confidential VMs cannot run there (`cvm region list` shows the regions that have).", spec.region),
@@ -716,15 +729,26 @@ impl Control {
         })
     }
 
-    /// Creates a tenant and its first (administrator) credential.
-    pub fn create_tenant(&self, name: &str) -> Result<api::NewCredential, ApiError> {
+    /// Creates a tenant with its quota and its first (administrator) credential.
+    pub fn create_tenant(
+        &self,
+        name: &str,
+        req: &api::CreateTenantRequest,
+    ) -> Result<api::NewCredential, ApiError> {
         check_name(name, "tenant")?;
+        let max_vcpus = req.max_v_cpus.unwrap_or(DEFAULT_TENANT_VCPUS);
+        if !(1..=MAX_TENANT_VCPUS).contains(&max_vcpus) {
+            return Err(ApiError::bad(
+                codes::INVALID_PARAMETER,
+                format!("maxVCpus is 1 to {MAX_TENANT_VCPUS}"),
+            ));
+        }
         let token = random_token()?;
         let hash = sha256(token.as_bytes());
         let role = Role::Administrator.name();
         if !self
             .store
-            .create_tenant(name, &hash, role)
+            .create_tenant(name, i64::from(max_vcpus), &hash, role)
             .map_err(store_err)?
         {
             return Err(ApiError::new(

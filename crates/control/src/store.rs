@@ -210,6 +210,13 @@ pub enum Created {
     Conflict(VmRow),
     /// Not created: it could not be placed.
     NotPlaced(PlaceOutcome),
+    /// Not created: the tenant's VMs would hold more vCPUs than its quota.
+    OverQuota {
+        /// The quota.
+        max_vcpus: i64,
+        /// What its VMs hold now.
+        used_vcpus: i64,
+    },
 }
 
 /// Given a placed VM's host and the host's generation, its stored body and first
@@ -261,6 +268,21 @@ impl Store {
         Ok(out)
     }
 
+    /// [`Store::with`] for a write that may decide, after its statements, not to keep
+    /// them: `f` returns the outcome and whether to commit (otherwise it rolls back).
+    fn write_or_roll_back<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut tx = conn.write()?;
+        let (out, keep) = f(&mut tx)?;
+        if keep {
+            tx.commit()?;
+        }
+        Ok(out)
+    }
+
     /// The secret named `name`, or, if there is none, `value` stored under it (a
     /// replica that stored first wins; its value is returned).
     pub fn secret_or_insert(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -302,12 +324,19 @@ impl Store {
 
     /// Creates a tenant with its first credential (hash and role); false if the tenant
     /// exists.
-    pub fn create_tenant(&self, name: &str, sha256: &[u8], role: &str) -> Result<bool, StoreError> {
+    pub fn create_tenant(
+        &self,
+        name: &str,
+        max_vcpus: i64,
+        sha256: &[u8],
+        role: &str,
+    ) -> Result<bool, StoreError> {
         let now = unix_now();
         self.with(true, |tx| {
             let n = tx.execute(
-                "INSERT INTO tenants (name, created) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-                args![name, now],
+                "INSERT INTO tenants (name, max_vcpus, created) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                args![name, max_vcpus, now],
             )?;
             if n == 0 {
                 return Ok(false);
@@ -414,21 +443,36 @@ impl Store {
         want: &Placement<'_>,
         made: &MadeFn<'_>,
     ) -> Result<Created, StoreError> {
-        self.with(true, |tx| {
+        self.write_or_roll_back(|tx| {
             if let Some(r) = tx.query_opt(
                 &format!("SELECT {VM_COLUMNS} FROM vms WHERE tenant = ?1 AND name = ?2"),
                 args![vm.tenant.as_str(), vm.name.as_str()],
             )? {
                 let existing = vm_row(&r)?;
-                return Ok(if existing.request == vm.request {
-                    Created::Existing(existing)
-                } else {
-                    Created::Conflict(existing)
-                });
+                let same = existing.request == vm.request;
+                return Ok((
+                    if same {
+                        Created::Existing(existing)
+                    } else {
+                        Created::Conflict(existing)
+                    },
+                    false,
+                ));
+            }
+            // Over the quota with the size's own vCPUs: refused before placing.
+            let (max_vcpus, used_vcpus) = quota(tx, &vm.tenant)?;
+            if used_vcpus + want.vcpus > max_vcpus {
+                return Ok((
+                    Created::OverQuota {
+                        max_vcpus,
+                        used_vcpus,
+                    },
+                    false,
+                ));
             }
             let placed = place(tx, want)?;
             let PlaceOutcome::Placed { host, generation } = &placed else {
-                return Ok(Created::NotPlaced(placed));
+                return Ok((Created::NotPlaced(placed), false));
             };
             let (vcpus, memory) = match want.whole_host {
                 true => {
@@ -440,6 +484,20 @@ impl Store {
                 }
                 false => (want.vcpus, want.memory_gib),
             };
+            // The tenant's quota, counted in what its VMs hold (an isolated VM holds
+            // its whole host), checked in the transaction that placed: concurrent
+            // creates of one tenant cannot pass it together. Over it, the placement
+            // is rolled back.
+            let (max_vcpus, used_vcpus) = quota(tx, &vm.tenant)?;
+            if used_vcpus + vcpus > max_vcpus {
+                return Ok((
+                    Created::OverQuota {
+                        max_vcpus,
+                        used_vcpus,
+                    },
+                    false,
+                ));
+            }
             let mut row = vm.clone();
             row.host = Some(host.clone());
             row.vcpus = vcpus;
@@ -468,7 +526,7 @@ impl Store {
             for e in &events {
                 insert_event(tx, &row.id, e)?;
             }
-            Ok(Created::New(row))
+            Ok((Created::New(row), true))
         })
     }
 
@@ -596,6 +654,17 @@ impl Store {
             )?)
         })
     }
+}
+
+/// A tenant's vCPU quota and what its VMs hold.
+fn quota(tx: &mut Tx<'_>, tenant: &str) -> Result<(i64, i64), StoreError> {
+    let r = tx.query_one(
+        "SELECT t.max_vcpus,
+           CAST(COALESCE((SELECT SUM(v.vcpus) FROM vms v WHERE v.tenant = t.name), 0) AS BIGINT)
+         FROM tenants t WHERE t.name = ?1",
+        args![tenant],
+    )?;
+    Ok((r.get(0)?, r.get(1)?))
 }
 
 fn insert_event(tx: &mut Tx<'_>, vm: &str, e: &EventRow) -> Result<(), StoreError> {

@@ -115,7 +115,7 @@ fn placement_scenario(location: &Location) {
         .ensure_regions(&["eastus".into(), "westus".into()])
         .unwrap();
     store
-        .create_tenant("t", b"hash-t", "administrator")
+        .create_tenant("t", 100_000, b"hash-t", "administrator")
         .unwrap();
     // No SNP host at all yet: the region cannot take confidential VMs.
     store.put_host(&host("off", 64, 256, 32, false)).unwrap();
@@ -203,6 +203,37 @@ fn placement_scenario(location: &Location) {
         "nothing fits beside an isolated VM"
     );
     assert_eq!(store.events(&row.id).unwrap()[0].detail, "big 1");
+    consistent(store);
+    // A tenant's quota counts what its VMs hold; over it, nothing is placed (the
+    // placement is rolled back), and the host is as it was.
+    store.delete_vm("t", "iso").unwrap();
+    store
+        .create_tenant("q", 4, b"hash-q", "administrator")
+        .unwrap();
+    let hosts_before = store.hosts().unwrap();
+    for n in ["q1", "q2"] {
+        assert!(matches!(
+            store.create_vm(&vm("q", n), &DC2, &made).unwrap(),
+            Created::New(_)
+        ));
+    }
+    assert_eq!(
+        store.create_vm(&vm("q", "q3"), &DC2, &made).unwrap(),
+        Created::OverQuota {
+            max_vcpus: 4,
+            used_vcpus: 4
+        }
+    );
+    assert_eq!(
+        store.create_vm(&vm("q", "q4"), &iso, &made).unwrap(),
+        Created::OverQuota {
+            max_vcpus: 4,
+            used_vcpus: 4
+        }
+    );
+    let used = |hs: &[HostRow]| hs.iter().map(|h| h.used_vcpus).sum::<i64>();
+    assert_eq!(used(&store.hosts().unwrap()), used(&hosts_before) + 4);
+    assert!(store.vm("q", "q3").unwrap().is_none());
     consistent(store);
 }
 

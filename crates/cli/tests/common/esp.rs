@@ -7,12 +7,22 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The boot fixtures' directory (`OPENCVM_BOOT_FIXTURES`, set by scripts/test).
+/// The boot fixtures' directory: `OPENCVM_BOOT_FIXTURES` (scripts/test sets it) or
+/// `target/boot-fixtures`, holding shim, GRUB and the kernel.
 pub fn fixtures() -> PathBuf {
-    let dir = std::env::var("OPENCVM_BOOT_FIXTURES").expect(
-        "OPENCVM_BOOT_FIXTURES: the Debian boot binaries (scripts/test fetches them with scripts/boot-fixtures)",
-    );
-    PathBuf::from(dir)
+    let dir = std::env::var_os("OPENCVM_BOOT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/boot-fixtures")
+        });
+    for f in ["shimx64.efi.signed", "grubx64.efi.signed", "vmlinuz"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: run scripts/boot-fixtures (scripts/test does)",
+            dir.join(f).display()
+        );
+    }
+    dir
 }
 
 fn run(args: &[&str]) {
