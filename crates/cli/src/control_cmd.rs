@@ -67,8 +67,16 @@ impl Target {
                 (url.clone(), read_trimmed(file)?)
             }
             (None, Some(state)) => {
-                let url = read_trimmed(&state.join(CONTROL_URL))
-                    .with_context(|| format!("is `cvm up --state {}` running?", state.display()))?;
+                let url_file = state.join(CONTROL_URL);
+                let url = std::fs::read_to_string(&url_file)
+                    .map(|u| u.trim().to_string())
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "reading {}: {e} (is `cvm up --state {}` running?)",
+                            url_file.display(),
+                            state.display()
+                        )
+                    })?;
                 let cred = match (who, &self.credential_file) {
                     (_, Some(f)) => read_trimmed(f)?,
                     (As::Tenant, None) => read_trimmed(&state.join(control::local::TENANT_TOKEN))?,
@@ -628,6 +636,15 @@ fn finish(t: Option<&Target>, r: Result<()>) -> ExitCode {
         return ExitCode::from(1);
     }
     eprintln!("error: {}", crate::describe(&e));
+    if let Some(state) = t.and_then(|t| t.state.as_ref())
+        && e.downcast_ref::<control_client::ClientError>().is_some()
+    {
+        eprintln!(
+            "(is `cvm up --state {}` running? Its URL is in {})",
+            state.display(),
+            state.join(CONTROL_URL).display()
+        );
+    }
     ExitCode::from(2)
 }
 
