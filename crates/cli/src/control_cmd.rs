@@ -156,6 +156,28 @@ pub struct ServeArgs {
     /// replicas. Or set CVM_CONTROL_DATABASE.
     #[arg(long, env = "CVM_CONTROL_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`. Required to
+    /// listen beyond loopback: credentials travel in every request.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Refuses a plain-HTTP listener beyond loopback: bearer credentials (the operator's
+/// too) would cross the network in the clear.
+fn require_loopback_or_tls(listen: &str, tls: bool) -> Result<()> {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback && !tls {
+        bail!("{listen} is beyond loopback: serve HTTPS there (--tls-cert, --tls-key)");
+    }
+    Ok(())
 }
 
 fn config(
@@ -196,9 +218,14 @@ fn config(
 /// `cvm up`: the control plane with the local tenant and emulated hosts.
 pub fn up(args: UpArgs) -> ExitCode {
     let r = (|| -> Result<()> {
-        std::fs::create_dir_all(&args.state)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&args.state, std::fs::Permissions::from_mode(0o700))?;
+        require_loopback_or_tls(&args.listen, false).context(
+            "cvm up serves plain HTTP on loopback; for a fleet, run `cvm control serve` with TLS",
+        )?;
+        if !args.state.exists() {
+            std::fs::create_dir_all(&args.state)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&args.state, std::fs::Permissions::from_mode(0o700))?;
+        }
         let control_dir = args.state.join("control");
         let cfg = config(
             &control_dir,
@@ -264,6 +291,14 @@ pub fn up(args: UpArgs) -> ExitCode {
 pub fn run(cmd: ControlCommand) -> ExitCode {
     let ControlCommand::Serve(a) = cmd;
     let r = (|| -> Result<()> {
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(httpd::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        require_loopback_or_tls(&a.listen, tls.is_some())?;
         let cfg = config(
             &a.state,
             &a.regions,
@@ -271,7 +306,7 @@ pub fn run(cmd: ControlCommand) -> ExitCode {
             a.price_table.as_deref(),
             a.database.as_deref(),
         )?;
-        control::server::run_server(&a.listen, None, cfg, |_addr, base, created| {
+        control::server::run_server(&a.listen, tls, cfg, |_addr, base, created| {
             println!("listening on {base}");
             use std::io::Write;
             let _ = std::io::stdout().flush();
@@ -989,7 +1024,6 @@ fn build_image(id: &str, cache: Option<PathBuf>, rebuild: bool) -> Result<os_ima
     let _ = std::fs::remove_file(&manifest);
     let work = dir.join(format!(".{id}.work"));
     let built = os_image::build_debian_12(&image, &work, &mut |step| eprintln!("build: {step}"))?;
-    let _ = std::fs::remove_dir_all(&work);
     std::fs::write(&manifest, serde_json::to_vec_pretty(&built)?)?;
     Ok(built)
 }

@@ -1025,3 +1025,80 @@ fn two_replicas_on_postgres_place_500_concurrent_creates_without_overfilling() {
     assert_eq!(by_name("p2")["vms"], 24);
     assert_eq!(by_name("p3")["vms"], 0);
 }
+
+/// `cvm control serve` over HTTPS with a private CA (made by Python `cryptography`),
+/// reached by the client with `--ca`; without TLS it refuses to listen beyond
+/// loopback, and so does `cvm up`.
+#[test]
+fn the_control_plane_serves_https_and_refuses_plain_http_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let st = Command::new("python3")
+        .arg(root().join("tests/oracles/make_tls_cert.py"))
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = common::spawn(&[
+        "control",
+        "serve",
+        "--state",
+        d.join("c").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--regions",
+        "eastus",
+        "--tls-cert",
+        d.join("cert.pem").to_str().unwrap(),
+        "--tls-key",
+        d.join("key.pem").to_str().unwrap(),
+    ]);
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let op = d.join("c/operator.token");
+    let list = |ca: Option<&Path>| {
+        let mut args = vec![
+            "region",
+            "list",
+            "--json",
+            "--url",
+            &s.url,
+            "--credential-file",
+            op.to_str().unwrap(),
+        ];
+        let ca = ca.map(|c| c.to_str().unwrap().to_string());
+        if let Some(c) = &ca {
+            args.extend(["--ca", c.as_str()]);
+        }
+        cvm(&args)
+    };
+    let o = list(Some(&d.join("ca.pem")));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["value"][0]["name"], "eastus");
+    // Without the private CA the server's certificate is not trusted.
+    assert_eq!(list(None).status.code(), Some(2));
+    for args in [
+        vec![
+            "control",
+            "serve",
+            "--state",
+            d.join("x").to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        vec![
+            "up",
+            "--state",
+            d.join("y").to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+    ] {
+        let o = cvm(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("beyond loopback"),
+            "{args:?}"
+        );
+    }
+}

@@ -25,7 +25,7 @@ pub use types::*;
 pub enum Access {
     /// A tenant credential of any role: read the catalog and the tenant's VMs.
     Read,
-    /// A tenant credential that may create and delete VMs (administrator, operator).
+    /// A tenant credential that may create and delete VMs (administrator, contributor).
     Write,
     /// A tenant credential that may manage the tenant's credentials (administrator).
     Admin,
@@ -37,8 +37,8 @@ impl Access {
     /// The roles that have this access, as the OpenAPI document names them.
     pub fn roles(self) -> &'static str {
         match self {
-            Access::Read => "administrator, operator, reader",
-            Access::Write => "administrator, operator",
+            Access::Read => "administrator, contributor, reader",
+            Access::Write => "administrator, contributor",
             Access::Admin => "administrator",
             Access::Operator => "the platform operator",
         }

@@ -537,7 +537,7 @@ pub struct CreateTenantRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredentialRequest {
-    /// `administrator`, `operator` or `reader`.
+    /// `administrator`, `contributor` or `reader`.
     pub role: String,
 }
 

@@ -41,7 +41,11 @@ pub fn prepare(
 ) -> Result<LocalPlatform, ApiError> {
     let tenant_token = state.join(TENANT_TOKEN);
     let mut created_tenant = false;
-    if !tenant_token.exists() {
+    // A credential file the store does not know (its database was replaced, say) is
+    // replaced by a valid one.
+    let valid =
+        std::fs::read_to_string(&tenant_token).is_ok_and(|t| control.authenticated(Some(t.trim())));
+    if !valid {
         let cred = match control
             .create_tenant(LOCAL_TENANT, &control_api::CreateTenantRequest::default())
         {

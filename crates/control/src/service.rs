@@ -14,7 +14,8 @@ use sqldb::Location;
 use zeroize::Zeroizing;
 
 use crate::store::{
-    Created, EventRow, HostRow, ImageRow, PlaceOutcome, Placement, Store, StoreError, VmRow,
+    Created, EventRow, HostRow, ImageRow, PlaceOutcome, Placement, PutHost, Reserved, Store,
+    StoreError, VmRow,
 };
 use crate::validate::{self, Encryption, KeyManagement, VmSpec};
 
@@ -23,8 +24,8 @@ use crate::validate::{self, Encryption, KeyManagement, VmSpec};
 pub enum Role {
     /// Everything in the tenant, including its credentials.
     Administrator,
-    /// Create, read and delete VMs.
-    Operator,
+    /// Create, read and delete VMs (Azure's Contributor).
+    Contributor,
     /// Read only.
     Reader,
 }
@@ -34,14 +35,14 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::Administrator => "administrator",
-            Role::Operator => "operator",
+            Role::Contributor => "operator",
             Role::Reader => "reader",
         }
     }
 
     /// The role named `s`.
     pub fn from_name(s: &str) -> Option<Role> {
-        [Role::Administrator, Role::Operator, Role::Reader]
+        [Role::Administrator, Role::Contributor, Role::Reader]
             .into_iter()
             .find(|r| r.name() == s)
     }
@@ -49,7 +50,7 @@ impl Role {
     fn admits(self, access: Access) -> bool {
         match access {
             Access::Read => true,
-            Access::Write => matches!(self, Role::Administrator | Role::Operator),
+            Access::Write => matches!(self, Role::Administrator | Role::Contributor),
             Access::Admin => self == Role::Administrator,
             Access::Operator => false,
         }
@@ -327,15 +328,41 @@ impl Control {
             .unwrap_or_else(|| Location::sqlite(&cfg.state_dir.join("control.db")));
         let store = Store::open(&location)?;
         store.ensure_regions(&cfg.regions)?;
+        // The operator's credential: written to a new file before its hash is
+        // stored, and put in place after, so a kill between the two leaves a file
+        // the next start recognises (its hash is the stored one) rather than a stored
+        // hash nobody holds.
+        let path = cfg.state_dir.join(OPERATOR_TOKEN);
+        let pending = cfg.state_dir.join(format!("{OPERATOR_TOKEN}.new"));
         let token = random_token().map_err(|e| std::io::Error::other(e.message))?;
         let ours = sha256(token.as_bytes());
-        let stored = store.secret_or_insert("operator-sha256", &ours)?;
         let mut created = None;
-        if stored == ours {
-            let path = cfg.state_dir.join(OPERATOR_TOKEN);
-            seal::write_secret_file(&path, token.as_bytes())?;
-            created = Some(path);
-        }
+        let stored = match store.secret("operator-sha256")? {
+            Some(stored) => {
+                let left = std::fs::read_to_string(&pending).ok();
+                if !path.exists()
+                    && let Some(left) = left
+                    && sha256(left.trim().as_bytes()) == stored
+                {
+                    std::fs::rename(&pending, &path)?;
+                    created = Some(path.clone());
+                }
+                stored
+            }
+            None => {
+                seal::write_secret_file(&pending, token.as_bytes())?;
+                let stored = store.secret_or_insert("operator-sha256", &ours)?;
+                if stored == ours {
+                    std::fs::rename(&pending, &path)?;
+                    created = Some(path.clone());
+                } else {
+                    // A replica sharing the database stored its own first.
+                    let _ = std::fs::remove_file(&pending);
+                }
+                stored
+            }
+        };
+        crate::artifact::remove_stale(&cfg.state_dir.join("images"));
         Ok((
             Control {
                 store,
@@ -600,11 +627,15 @@ impl Control {
         let at = now_ms();
         let place_start = Instant::now();
         // Called inside the placing transaction, once the host is known.
-        let made = |host: &str, generation: i64| {
+        let made = |r: &Reserved| {
             let place_ms = i64::try_from(place_start.elapsed().as_millis()).unwrap_or(0);
-            let body = serde_json::to_string(&vm(Some(host.to_string()))).unwrap_or_default();
-            let events = create_events(&spec, at, validated_ms, host, generation, place_ms);
-            (body, events)
+            let body = serde_json::to_string(&vm(Some(r.host.clone()))).map_err(|e| {
+                StoreError::Corrupt {
+                    what: "the new VM's body".into(),
+                    why: e.to_string(),
+                }
+            })?;
+            Ok((body, create_events(&spec, at, validated_ms, r, place_ms)))
         };
         let outcome = self
             .store
@@ -714,7 +745,10 @@ impl Control {
     ) -> Result<api::NewCredential, ApiError> {
         let tenant = caller.tenant()?;
         let role = Role::from_name(&req.role).ok_or_else(|| {
-            ApiError::bad("bad_request", "role is administrator, operator or reader")
+            ApiError::bad(
+                "bad_request",
+                "role is administrator, contributor or reader",
+            )
         })?;
         let token = random_token()?;
         let hash = sha256(token.as_bytes());
@@ -817,22 +851,12 @@ impl Control {
             vms: 0,
             generation: 0,
         };
-        if let Some(old) = self.store.host(name).map_err(store_err)?
-            && old.region != req.region
-            && old.vms > 0
-        {
-            return Err(ApiError::new(
-                409,
-                codes::CONFLICT,
-                format!("the host '{name}' holds VMs; it cannot move to another region"),
-            ));
-        }
-        if !self.store.put_host(&row).map_err(store_err)? {
+        if self.store.put_host(&row).map_err(store_err)? == PutHost::HoldsVms {
             return Err(ApiError::new(
                 409,
                 codes::CONFLICT,
                 format!(
-                    "the host '{name}' holds more than that; it cannot shrink below what its VMs use"
+                    "the host '{name}' holds VMs: its region, vCPUs, memory, SEV-SNP setting and backend cannot change under them, nor its VM cap drop below them"
                 ),
             ));
         }
@@ -863,7 +887,15 @@ impl Control {
             })?;
         let dir = self.state_dir.join("images");
         let row = crate::artifact::import(entry, Path::new(&req.path), &dir)?;
+        let old = self.store.images().map_err(store_err)?;
         self.store.put_image(&row).map_err(store_err)?;
+        // The artifact it replaces, kept by this machine, is no longer referenced.
+        if let Some(prev) = old.iter().find(|a| a.id == row.id)
+            && prev.path != row.path
+            && Path::new(&prev.path).starts_with(&dir)
+        {
+            let _ = std::fs::remove_file(&prev.path);
+        }
         Ok(api_image(entry, Some(&row)))
     }
 }
@@ -891,8 +923,7 @@ fn create_events(
     spec: &VmSpec,
     at: i64,
     validated_ms: i64,
-    host: &str,
-    generation: i64,
+    r: &Reserved,
     place_ms: i64,
 ) -> Vec<EventRow> {
     let mut out = Vec::new();
@@ -925,12 +956,14 @@ fn create_events(
         "ok",
         place_ms,
         format!(
-            "placed on {host} in {} (host generation {generation}; {} vCPUs, {} GiB reserved{})",
+            "placed on {} in {} (host generation {}; {} vCPUs, {} GiB reserved{})",
+            r.host,
             spec.region,
-            spec.size.vcpus,
-            spec.size.memory_gib,
+            r.generation,
+            r.vcpus,
+            r.memory_gib,
             if spec.size.isolated {
-                ", the whole host"
+                ": the whole host"
             } else {
                 ""
             }

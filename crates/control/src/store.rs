@@ -170,6 +170,16 @@ pub struct ImageRow {
     pub imported: i64,
 }
 
+/// What [`Store::put_host`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutHost {
+    /// Registered or updated.
+    Done,
+    /// Refused: the host holds VMs and the change would move, shrink or alter it
+    /// under them.
+    HoldsVms,
+}
+
 /// What a placement asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement<'a> {
@@ -221,7 +231,20 @@ pub enum Created {
 
 /// Given a placed VM's host and the host's generation, its stored body and first
 /// events.
-pub type MadeFn<'a> = dyn Fn(&str, i64) -> (String, Vec<EventRow>) + 'a;
+pub type MadeFn<'a> = dyn Fn(&Reserved) -> Result<(String, Vec<EventRow>), StoreError> + 'a;
+
+/// What a placement took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    /// The host.
+    pub host: String,
+    /// The host's generation after the placement.
+    pub generation: i64,
+    /// vCPUs taken (an isolated VM: the whole host's).
+    pub vcpus: i64,
+    /// Memory taken, GiB.
+    pub memory_gib: i64,
+}
 
 /// The store.
 pub struct Store {
@@ -281,6 +304,16 @@ impl Store {
             tx.commit()?;
         }
         Ok(out)
+    }
+
+    /// The secret named `name`.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx
+                .query_opt("SELECT value FROM secrets WHERE name = ?1", args![name])?
+                .map(|r| r.get(0))
+                .transpose()?)
+        })
     }
 
     /// The secret named `name`, or, if there is none, `value` stored under it (a
@@ -380,17 +413,25 @@ impl Store {
         })
     }
 
-    /// Registers a host, or updates what an existing one offers. An update may not
-    /// take below what its VMs hold (the `CHECK` refuses it: `Ok(false)`).
-    pub fn put_host(&self, h: &HostRow) -> Result<bool, StoreError> {
-        let r = self.with(true, |tx| {
-            tx.execute(
+    /// Registers a host, or updates what an existing one offers. A host that holds
+    /// VMs keeps its region, capacity, SEV-SNP setting and backend (an isolated VM
+    /// holds all of it; moving or growing it under its VMs would misplace them); only
+    /// its VM cap may change, and not below its VMs.
+    pub fn put_host(&self, h: &HostRow) -> Result<PutHost, StoreError> {
+        self.write_or_roll_back(|tx| {
+            let changed = tx.execute(
                 "INSERT INTO hosts (name, region, vcpus, memory_gib, max_vms, snp_enabled, backend)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET region = excluded.region,
                    vcpus = excluded.vcpus, memory_gib = excluded.memory_gib,
                    max_vms = excluded.max_vms, snp_enabled = excluded.snp_enabled,
-                   backend = excluded.backend, generation = hosts.generation + 1",
+                   backend = excluded.backend, generation = hosts.generation + 1
+                 WHERE hosts.vms = 0
+                   OR (hosts.region = excluded.region AND hosts.vcpus = excluded.vcpus
+                       AND hosts.memory_gib = excluded.memory_gib
+                       AND hosts.snp_enabled = excluded.snp_enabled
+                       AND hosts.backend = excluded.backend
+                       AND excluded.max_vms >= hosts.vms)",
                 args![
                     h.name.as_str(),
                     h.region.as_str(),
@@ -401,13 +442,11 @@ impl Store {
                     h.backend.as_str()
                 ],
             )?;
-            Ok(())
-        });
-        match r {
-            Ok(()) => Ok(true),
-            Err(StoreError::Database(e)) if e.is_data_error() => Ok(false),
-            Err(e) => Err(e),
-        }
+            Ok(match changed {
+                0 => (PutHost::HoldsVms, false),
+                _ => (PutHost::Done, true),
+            })
+        })
     }
 
     /// Every host, by name.
@@ -502,7 +541,12 @@ impl Store {
             row.host = Some(host.clone());
             row.vcpus = vcpus;
             row.memory_gib = memory;
-            let (body, events) = made(host, *generation);
+            let (body, events) = made(&Reserved {
+                host: host.clone(),
+                generation: *generation,
+                vcpus,
+                memory_gib: memory,
+            })?;
             row.body = body;
             tx.execute(
                 &format!(
@@ -686,8 +730,10 @@ fn insert_event(tx: &mut Tx<'_>, vm: &str, e: &EventRow) -> Result<(), StoreErro
 
 /// Takes room for `want` on the best-fitting SNP host of its region (the one with the
 /// fewest free vCPUs that still fit, so large holes stay for large VMs) in one
-/// conditional statement: the `WHERE` that picks the host is evaluated again on the
-/// row it updates, so a host another writer filled meanwhile is not over-filled.
+/// conditional statement. The writer lock every write transaction holds already keeps
+/// other writers out; the `WHERE` that picks the host is evaluated again on the row it
+/// updates, and the table's `CHECK` refuses an over-full host, as two more safeguards
+/// that do not depend on the lock.
 fn place(tx: &mut Tx<'_>, want: &Placement<'_>) -> Result<PlaceOutcome, StoreError> {
     let snp_hosts = tx
         .query_one(

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use control::store::{Created, EventRow, HostRow, PlaceOutcome, Placement, Store, VmRow};
+use control::store::{
+    Created, EventRow, HostRow, PlaceOutcome, Placement, PutHost, Reserved, Store, VmRow,
+};
 use sqldb::{Conn, Location};
 
 fn check_schema(engine: &str, location: &Location) {
@@ -65,7 +67,8 @@ fn vm(tenant: &str, name: &str) -> VmRow {
     }
 }
 
-fn made(host: &str, generation: i64) -> (String, Vec<EventRow>) {
+fn made(r: &Reserved) -> Result<(String, Vec<EventRow>), control::store::StoreError> {
+    let (host, generation) = (&r.host, r.generation);
     let e = EventRow {
         seq: 1,
         at_ms: 1,
@@ -74,7 +77,7 @@ fn made(host: &str, generation: i64) -> (String, Vec<EventRow>) {
         duration_ms: 0,
         detail: format!("{host} {generation}"),
     };
-    (format!("{{\"host\":\"{host}\"}}"), vec![e])
+    Ok((format!("{{\"host\":\"{host}\"}}"), vec![e]))
 }
 
 const DC2: Placement<'static> = Placement {
@@ -171,7 +174,26 @@ fn placement_scenario(location: &Location) {
     let before = store.host(first.host.as_deref().unwrap()).unwrap().unwrap();
     let mut shrink = before.clone();
     shrink.vcpus = 1;
-    assert!(!store.put_host(&shrink).unwrap());
+    assert_eq!(store.put_host(&shrink).unwrap(), PutHost::HoldsVms);
+    let mut grow = before.clone();
+    grow.vcpus += 64;
+    assert_eq!(
+        store.put_host(&grow).unwrap(),
+        PutHost::HoldsVms,
+        "not under its VMs either"
+    );
+    let mut fewer = before.clone();
+    fewer.max_vms = before.vms - 1;
+    assert_eq!(store.put_host(&fewer).unwrap(), PutHost::HoldsVms);
+    let mut more = before.clone();
+    more.max_vms += 1;
+    assert_eq!(
+        store.put_host(&more).unwrap(),
+        PutHost::Done,
+        "the VM cap may grow"
+    );
+    assert_eq!(store.put_host(&before).unwrap(), PutHost::Done);
+    let before = store.host(&before.name).unwrap().unwrap();
     assert_eq!(store.host(&before.name).unwrap().unwrap(), before);
     // Deleting gives the capacity back, and the next create takes it.
     assert!(store.delete_vm("t", &first.name).unwrap());
@@ -231,6 +253,35 @@ fn placement_scenario(location: &Location) {
             used_vcpus: 4
         }
     );
+    // An isolated VM fits a quota of 100 by its size (96) but holds its whole host
+    // (112): placed, then rolled back, and the host is untouched.
+    store
+        .create_tenant("r", 100, b"hash-r", "administrator")
+        .unwrap();
+    let big_before = store.host("big").unwrap().unwrap();
+    store.delete_vm("q", "q1").unwrap();
+    store.delete_vm("q", "q2").unwrap();
+    let big_empty = store.host("big").unwrap().unwrap();
+    assert_eq!(big_empty.vms, 0, "{big_before:?}");
+    assert_eq!(
+        store.create_vm(&vm("r", "r1"), &iso, &made).unwrap(),
+        Created::OverQuota {
+            max_vcpus: 100,
+            used_vcpus: 0
+        }
+    );
+    assert_eq!(
+        store.host("big").unwrap().unwrap(),
+        big_empty,
+        "the placement was rolled back"
+    );
+    assert!(store.vm("r", "r1").unwrap().is_none());
+    for n in ["q1", "q2"] {
+        assert!(matches!(
+            store.create_vm(&vm("q", n), &DC2, &made).unwrap(),
+            Created::New(_)
+        ));
+    }
     let used = |hs: &[HostRow]| hs.iter().map(|h| h.used_vcpus).sum::<i64>();
     assert_eq!(used(&store.hosts().unwrap()), used(&hosts_before) + 4);
     assert!(store.vm("q", "q3").unwrap().is_none());

@@ -187,6 +187,17 @@ pub fn build_debian_12(
     work: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Built, BuildError> {
+    let built = build(out, work, progress);
+    // Whatever happened, the work directory (a root-owned root file system among it)
+    // and a half-written image go.
+    let _ = run("rm", &["-rf", &work.display().to_string()], true, None);
+    if built.is_err() {
+        let _ = std::fs::remove_file(out.with_extension("building"));
+    }
+    built
+}
+
+fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Built, BuildError> {
     check_host()?;
     std::fs::create_dir_all(work).map_err(io(work.display()))?;
     let rootfs = work.join("root");
@@ -254,34 +265,56 @@ pub fn build_debian_12(
     let debs = work.join("debs");
     let _ = std::fs::remove_dir_all(&debs);
     std::fs::create_dir_all(&debs).map_err(io(debs.display()))?;
-    // apt-get download drops privileges to _apt when it can.
-    let _ = run("chmod", &["777", &debs.display().to_string()], false, None);
-    run(
-        "apt-get",
-        &["download", "-q", "shim-signed", "grub-efi-amd64-signed"],
-        false,
-        Some(&debs),
-    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&debs, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(debs.display()))?;
+    }
+    // As root, apt-get download would drop to the _apt user, which cannot write a
+    // private directory; it runs as root instead (the directory stays 0700, so no
+    // other user can put a package beside the two fetched).
+    let sandbox = if is_root() {
+        vec!["-o", "APT::Sandbox::User=root"]
+    } else {
+        Vec::new()
+    };
+    let mut args = sandbox;
+    args.extend(["download", "-q", "shim-signed", "grub-efi-amd64-signed"]);
+    run("apt-get", &args, false, Some(&debs))?;
     let x = work.join("x");
     let _ = std::fs::remove_dir_all(&x);
-    for e in std::fs::read_dir(&debs)
-        .map_err(io(debs.display()))?
-        .flatten()
-    {
-        let p = e.path().display().to_string();
+    for name in ["shim-signed", "grub-efi-amd64-signed"] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&debs)
+            .map_err(io(debs.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
+            })
+            .collect();
+        let (Some(deb), true) = (found.pop(), found.is_empty()) else {
+            return Err(BuildError::Host(format!(
+                "apt-get download gave not exactly one {name} package"
+            )));
+        };
+        let p = deb.display().to_string();
+        let fields = run("dpkg-deb", &["-f", &p, "Package", "Version"], false, None)?;
+        let fields: Vec<&str> = fields
+            .lines()
+            .map(|l| l.split_once(": ").map_or(l, |(_, v)| v))
+            .collect();
+        if fields.first() != Some(&name) {
+            return Err(BuildError::Host(format!("{p} is not the {name} package")));
+        }
         run(
             "dpkg-deb",
             &["-x", &p, &x.display().to_string()],
             false,
             None,
         )?;
-        let name = run("dpkg-deb", &["-f", &p, "Package", "Version"], false, None)?;
-        packages.push(
-            name.lines()
-                .map(|l| l.split_once(": ").map_or(l, |(_, v)| v))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        packages.push(fields.join(" "));
     }
     packages.sort();
     let shim = x.join("usr/lib/shim/shimx64.efi.signed");
