@@ -4,7 +4,8 @@
 #   [CVM=path/to/cvm] bench/control-load.sh
 #
 # Runs `cvm up` with 40 emulated hosts (room for 1,280 DC2 VMs), imports the Debian 12
-# image (`cvm image build debian-12`, cached in target/images), then:
+# image (`cvm image build debian-12`, cached in target/images), makes a tenant with a
+# quota of 4,096 vCPUs, then:
 #  1. baseline: GET /sizes (no store access) with 8 connections for 10 s;
 #  2. creates of N = 100, then N = 1,000 more VMs (PUT /vms/{random name}, 8
 #     connections): throughput and latency percentiles; each create validates,
@@ -29,7 +30,8 @@ for _ in $(seq 100); do grep -q '^stop with' "$work/up.out" 2>/dev/null && break
 url=$(sed -n 's/^ready: //p' "$work/up.out")
 [ -n "$url" ] || { cat "$work/up.err" >&2; exit 1; }
 "$cvm" image build debian-12 --state "$work/up" --cache target/images >/dev/null
-cred=$(cat "$work/up/tenant.token")
+# A tenant whose quota holds the 1,100 VMs (the local tenant's default is 512 vCPUs).
+cred=$("$cvm" tenant create bench --max-vcpus 4096 --state "$work/up" --json | jq -r .credential)
 rss() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$work/pid")/status"; }
 report() { # label, oha json
   jq -r --arg l "$1" '"  \($l): \(.summary.requestsPerSec | . * 10 | floor / 10) req/s, success \(.summary.successRate * 100)%, p50 \(.latencyPercentiles.p50 * 1000 | . * 100 | floor / 100) ms, p99 \(.latencyPercentiles.p99 * 1000 | . * 100 | floor / 100) ms, statuses \(.statusCodeDistribution)"' "$2"

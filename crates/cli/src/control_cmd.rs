@@ -110,18 +110,25 @@ pub struct UpArgs {
     /// Emulated SNP hosts in the default region.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
     hosts: u32,
+    #[command(flatten)]
+    p: PlatformArgs,
+}
+
+/// What the control plane offers and where it keeps it (`cvm up`, `cvm control serve`).
+#[derive(Args, Debug)]
+pub struct PlatformArgs {
     /// The regions offered (comma-separated); default: the catalog's.
     #[arg(long, value_delimiter = ',')]
     regions: Vec<String>,
-    /// The region VMs go to when a request names none (and the emulated hosts'
+    /// The region VMs go to when a request names none (and `cvm up`'s emulated hosts'
     /// region); default: the first of `--regions`.
     #[arg(long)]
     default_region: Option<String>,
     /// A price table (TOML) to use instead of the built-in one.
     #[arg(long)]
     price_table: Option<PathBuf>,
-    /// The database: SQLite (default STATE/control/control.db) or a PostgreSQL URL.
-    /// Or set CVM_CONTROL_DATABASE.
+    /// The database: SQLite (default STATE/control.db; `cvm up`: STATE/control/) or a
+    /// PostgreSQL URL that replicas share. Or set CVM_CONTROL_DATABASE.
     #[arg(long, env = "CVM_CONTROL_DATABASE", hide_env_values = true)]
     database: Option<String>,
 }
@@ -143,19 +150,8 @@ pub struct ServeArgs {
     /// State directory (database by default, the operator's credential, images).
     #[arg(long)]
     state: PathBuf,
-    /// The regions offered (comma-separated); default: the catalog's.
-    #[arg(long, value_delimiter = ',')]
-    regions: Vec<String>,
-    /// The default region; default: the first of `--regions`.
-    #[arg(long)]
-    default_region: Option<String>,
-    /// A price table (TOML) instead of the built-in one.
-    #[arg(long)]
-    price_table: Option<PathBuf>,
-    /// The database: SQLite (default STATE/control.db) or a PostgreSQL URL shared by
-    /// replicas. Or set CVM_CONTROL_DATABASE.
-    #[arg(long, env = "CVM_CONTROL_DATABASE", hide_env_values = true)]
-    database: Option<String>,
+    #[command(flatten)]
+    p: PlatformArgs,
     /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`. Required to
     /// listen beyond loopback: credentials travel in every request.
     #[arg(long, requires = "tls_key")]
@@ -180,13 +176,13 @@ fn require_loopback_or_tls(listen: &str, tls: bool) -> Result<()> {
     Ok(())
 }
 
-fn config(
-    state: &Path,
-    regions: &[String],
-    default_region: Option<&str>,
-    price_table: Option<&Path>,
-    database: Option<&str>,
-) -> Result<control::ControlConfig> {
+fn config(state: &Path, p: &PlatformArgs) -> Result<control::ControlConfig> {
+    let (regions, default_region, price_table, database) = (
+        &p.regions,
+        p.default_region.as_deref(),
+        p.price_table.as_deref(),
+        p.database.as_deref(),
+    );
     let regions: Vec<String> = if regions.is_empty() {
         catalog::regions::defaults()
             .into_iter()
@@ -227,13 +223,7 @@ pub fn up(args: UpArgs) -> ExitCode {
             std::fs::set_permissions(&args.state, std::fs::Permissions::from_mode(0o700))?;
         }
         let control_dir = args.state.join("control");
-        let cfg = config(
-            &control_dir,
-            &args.regions,
-            args.default_region.as_deref(),
-            args.price_table.as_deref(),
-            args.database.as_deref(),
-        )?;
+        let cfg = config(&control_dir, &args.p)?;
         let region = cfg.default_region.clone();
         let state = args.state.clone();
         let hosts = args.hosts;
@@ -299,13 +289,7 @@ pub fn run(cmd: ControlCommand) -> ExitCode {
             _ => None,
         };
         require_loopback_or_tls(&a.listen, tls.is_some())?;
-        let cfg = config(
-            &a.state,
-            &a.regions,
-            a.default_region.as_deref(),
-            a.price_table.as_deref(),
-            a.database.as_deref(),
-        )?;
+        let cfg = config(&a.state, &a.p)?;
         control::server::run_server(&a.listen, tls, cfg, |_addr, base, created| {
             println!("listening on {base}");
             use std::io::Write;

@@ -639,66 +639,27 @@ fn boot(dir: &Path, name: &str, vars: &Path, disk: &Path) -> String {
 /// Runs QEMU until the guest printed its event log, firmware or shim refused, QEMU
 /// exited, or 240 s passed; then kills it (the vTPM keeps its PCRs).
 fn run_qemu(dir: &Path, name: &str, vars: &Path, disk: &Path, tpm: &VmTpm) -> String {
-    let sock = &tpm.sock;
-    let serial = dir.join(format!("{name}.serial"));
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35,smm=on",
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-nographic",
-        ])
-        .args(["-nic", "none", "-no-reboot", "-monitor", "none"])
-        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-        .args([
-            "-drive",
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .arg("-chardev")
-        .arg(format!("socket,id=chrtpm,path={}", sock.display()))
-        .args([
-            "-tpmdev",
-            "emulator,id=tpm0,chardev=chrtpm",
-            "-device",
-            "tpm-crb,tpmdev=tpm0",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (scripts/setup installs qemu-system-x86)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    let out = loop {
-        let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
-        let done = [
+    let extra: Vec<String> = [
+        "-chardev".to_string(),
+        format!("socket,id=chrtpm,path={}", tpm.sock.display()),
+        "-tpmdev".to_string(),
+        "emulator,id=tpm0,chardev=chrtpm".to_string(),
+        "-device".to_string(),
+        "tpm-crb,tpmdev=tpm0".to_string(),
+    ]
+    .into();
+    common::qemu::secure_boot(
+        &dir.join(format!("{name}.serial")),
+        vars,
+        disk,
+        &extra,
+        &[
             "OPENCVM-EVENTLOG-END",
             "Security Violation",
             "Access Denied",
-        ]
-        .iter()
-        .any(|m| log.contains(m));
-        if done || std::time::Instant::now() > deadline || qemu.try_wait().unwrap().is_some() {
-            // Let a refusal message finish printing.
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            break String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    out
+        ],
+        std::time::Duration::from_secs(240),
+    )
 }
 
 /// The base64 event log and the PCRs the guest printed.

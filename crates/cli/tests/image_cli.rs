@@ -5,6 +5,8 @@
 //! Debian's login prompt.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -188,64 +190,18 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
 
 /// Runs QEMU until the login prompt, a firmware refusal, its exit or 300 s.
 fn boot(dir: &Path, vars: &Path, disk: &Path) -> String {
-    let serial = dir.join("serial.log");
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35,smm=on",
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-nographic",
-        ])
-        .args([
-            "-nic",
-            "none",
-            "-no-reboot",
-            "-monitor",
-            "none",
-            "-snapshot",
-        ])
-        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-        .args([
-            "-drive",
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (scripts/setup installs qemu-system-x86)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let read =
-        || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
-    let out = loop {
-        let log = read();
-        let done = [
+    common::qemu::secure_boot(
+        &dir.join("serial.log"),
+        vars,
+        disk,
+        &["-snapshot".to_string()],
+        &[
             "login:",
             "Security Violation",
             "Access Denied",
             "Kernel panic",
-        ]
-        .iter()
-        .any(|m| log.contains(m));
-        if done || std::time::Instant::now() > deadline || qemu.try_wait().unwrap().is_some() {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            break read();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    out
+        ],
+        std::time::Duration::from_secs(300),
+    )
+    .replace('\r', "")
 }

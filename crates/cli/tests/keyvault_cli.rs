@@ -1734,42 +1734,6 @@ fn a_replica_killed_mid_write_leaves_the_shared_database_consistent() {
     }
 }
 
-/// One request as the validation test records it: the status and the JSON body (null
-/// when empty).
-fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    let agent = common::agent();
-    let auth = bearer.map(|b| format!("Bearer {b}"));
-    let mut r = match (method, body) {
-        ("GET" | "DELETE", None) => {
-            let mut req = if method == "GET" {
-                agent.get(url)
-            } else {
-                agent.delete(url)
-            };
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call().unwrap()
-        }
-        (m, b) => {
-            let mut req = match m {
-                "PUT" => agent.put(url),
-                "PATCH" => agent.patch(url),
-                _ => agent.post(url),
-            };
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.header("Content-Type", "application/json")
-                .send(b.unwrap_or(&json!({})).to_string().as_bytes())
-                .unwrap()
-        }
-    };
-    let st = r.status().as_u16();
-    let text = r.body_mut().read_to_string().unwrap();
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// Runs `scripts/validate-openapi.py` on `records`: its exit code and output.
 fn validate_openapi(doc: &Path, records: &[Value]) -> (Option<i32>, String) {
     api_contract::validate_responses(&root(), doc, records)
@@ -1807,7 +1771,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
             .replace("{id}", "x")
             .replace("{region}", "r");
         let m = method.to_ascii_uppercase();
-        let (st, body) = call(&m, &url(&concrete), None, None);
+        let (st, body) = common::call(&m, &url(&concrete), None, None);
         assert_eq!(st, 401, "{m} {concrete} without a credential: {body}");
         assert_eq!(body["error"]["code"], "unauthorized");
         record(&id, (st, body));
@@ -1818,13 +1782,13 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     // A tenant, its keys, a release to an attested guest.
     let v = record(
         "create_vault",
-        call("POST", &url("/vaults/t"), Some(&admin), None),
+        common::call("POST", &url("/vaults/t"), Some(&admin), None),
     );
     let cred = v["credential"].as_str().unwrap().to_string();
     let c = Some(cred.as_str());
     let rsa = record(
         "create_key",
-        call(
+        common::call(
             "POST",
             &url("/keys/rsa/create"),
             c,
@@ -1833,7 +1797,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     );
     record(
         "create_key",
-        call(
+        common::call(
             "POST",
             &url("/keys/ec/create"),
             c,
@@ -1845,7 +1809,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
         "data": B64URL.encode(&policy), "immutable": false});
     let disk = record(
         "import_key",
-        call(
+        common::call(
             "PUT",
             &url("/keys/disk"),
             c,
@@ -1856,19 +1820,19 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
         ),
     );
     let (rv, dv) = (version_of(&rsa), version_of(&disk));
-    record("get_key", call("GET", &url("/keys/rsa"), c, None));
+    record("get_key", common::call("GET", &url("/keys/rsa"), c, None));
     record(
         "get_key_version",
-        call("GET", &url(&format!("/keys/rsa/{rv}")), c, None),
+        common::call("GET", &url(&format!("/keys/rsa/{rv}")), c, None),
     );
-    record("list_keys", call("GET", &url("/keys"), c, None));
+    record("list_keys", common::call("GET", &url("/keys"), c, None));
     record(
         "list_versions",
-        call("GET", &url("/keys/rsa/versions"), c, None),
+        common::call("GET", &url("/keys/rsa/versions"), c, None),
     );
     record(
         "update_key",
-        call(
+        common::call(
             "PATCH",
             &url(&format!("/keys/rsa/{rv}")),
             c,
@@ -1882,7 +1846,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     let release = json!({"target": token, "enc": "RSA_AES_KEY_WRAP_256", "nonce": "n1"});
     record(
         "release",
-        call(
+        common::call(
             "POST",
             &url(&format!("/keys/disk/{dv}/release")),
             c,
@@ -1891,7 +1855,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     );
     let t = record(
         "release_test",
-        call(
+        common::call(
             "POST",
             &url(&format!("/keys/disk/{dv}/release/test")),
             c,
@@ -1901,7 +1865,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     assert_eq!(t["allowed"], true, "{t}");
     let t = record(
         "release_test",
-        call(
+        common::call(
             "POST",
             &url(&format!("/keys/rsa/{rv}/release/test")),
             c,
@@ -1911,7 +1875,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     assert_eq!(t["allowed"], false, "{t}");
     let wrapped = record(
         "wrap_key",
-        call(
+        common::call(
             "POST",
             &url(&format!("/keys/disk/{dv}/wrapkey")),
             c,
@@ -1920,7 +1884,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     );
     record(
         "attested_unwrap",
-        call(
+        common::call(
             "POST",
             &url(&format!("/keys/disk/{dv}/unwrapkey/attested")),
             c,
@@ -1928,10 +1892,10 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
         ),
     );
     // Refusals: unknown key, a role that may not, a malformed body.
-    record("get_key", call("GET", &url("/keys/nope"), c, None));
+    record("get_key", common::call("GET", &url("/keys/nope"), c, None));
     let user = record(
         "create_credential",
-        call(
+        common::call(
             "POST",
             &url("/credentials"),
             c,
@@ -1940,7 +1904,7 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     );
     let refused = record(
         "create_key",
-        call(
+        common::call(
             "POST",
             &url("/keys/x/create"),
             user["credential"].as_str(),
@@ -1950,13 +1914,13 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
     let malformed = record(
         "create_key",
-        call("POST", &url("/keys/x/create"), c, Some(&json!({"kty": 1}))),
+        common::call("POST", &url("/keys/x/create"), c, Some(&json!({"kty": 1}))),
     );
     assert_eq!(malformed["error"]["code"], "bad_request", "{malformed}");
     // A body is a JSON object; a role that is not a string is no role.
     let array = record(
         "create_credential",
-        call(
+        common::call(
             "POST",
             &url("/credentials"),
             c,
@@ -1966,17 +1930,17 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     assert_eq!(array["error"]["code"], "bad_request", "{array}");
     let number = record(
         "create_credential",
-        call("POST", &url("/credentials"), c, Some(&json!({"role": 5}))),
+        common::call("POST", &url("/credentials"), c, Some(&json!({"role": 5}))),
     );
     assert_eq!(number["error"]["code"], "bad_parameter", "{number}");
     // Credentials and the audit log.
     record(
         "list_credentials",
-        call("GET", &url("/credentials"), c, None),
+        common::call("GET", &url("/credentials"), c, None),
     );
     let rotated = record(
         "rotate_credential",
-        call(
+        common::call(
             "POST",
             &url(&format!(
                 "/credentials/{}/rotate",
@@ -1988,38 +1952,53 @@ fn keyvault_responses_match_the_checked_in_openapi_document() {
     );
     record(
         "revoke_credential",
-        call(
+        common::call(
             "DELETE",
             &url(&format!("/credentials/{}", rotated["id"].as_str().unwrap())),
             c,
             None,
         ),
     );
-    record("audit_log", call("GET", &url("/audit"), c, None));
+    record("audit_log", common::call("GET", &url("/audit"), c, None));
     // Soft delete, recovery, purge.
-    record("delete_key", call("DELETE", &url("/keys/ec"), c, None));
-    record("list_deleted", call("GET", &url("/deletedkeys"), c, None));
-    record("get_deleted", call("GET", &url("/deletedkeys/ec"), c, None));
+    record(
+        "delete_key",
+        common::call("DELETE", &url("/keys/ec"), c, None),
+    );
+    record(
+        "list_deleted",
+        common::call("GET", &url("/deletedkeys"), c, None),
+    );
+    record(
+        "get_deleted",
+        common::call("GET", &url("/deletedkeys/ec"), c, None),
+    );
     record(
         "recover_key",
-        call("POST", &url("/deletedkeys/ec/recover"), c, None),
+        common::call("POST", &url("/deletedkeys/ec/recover"), c, None),
     );
-    record("delete_key", call("DELETE", &url("/keys/ec"), c, None));
+    record(
+        "delete_key",
+        common::call("DELETE", &url("/keys/ec"), c, None),
+    );
     record(
         "purge_key",
-        call("DELETE", &url("/deletedkeys/ec"), c, None),
+        common::call("DELETE", &url("/deletedkeys/ec"), c, None),
     );
     // Regions.
     let a = Some(admin.as_str());
     record(
         "create_region",
-        call("POST", &url("/regions/west"), a, None),
+        common::call("POST", &url("/regions/west"), a, None),
     );
     record(
         "rotate_region",
-        call("POST", &url("/regions/west/rotate"), a, None),
+        common::call("POST", &url("/regions/west/rotate"), a, None),
     );
-    record("list_regions", call("GET", &url("/regions"), a, None));
+    record(
+        "list_regions",
+        common::call("GET", &url("/regions"), a, None),
+    );
 
     // Every operation succeeded at least once.
     for id in &ops {

@@ -45,10 +45,17 @@ fn the_operator_credential_is_never_lost_and_stale_imports_go() {
     // An import a kill interrupted leaves a temporary file the next start removes.
     let images = d.join("images");
     std::fs::create_dir_all(&images).unwrap();
-    std::fs::write(images.join(".debian-12.0011223344556677.importing"), b"half").unwrap();
+    std::fs::write(
+        images.join(".debian-12.0011223344556677.importing"),
+        b"half",
+    )
+    .unwrap();
     std::fs::write(images.join("debian-12-0011223344556677.img"), b"kept").unwrap();
     drop(_c);
     let _ = Control::open(config(d)).unwrap();
-    let left: Vec<_> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, ["debian-12-0011223344556677.img"]);
 }

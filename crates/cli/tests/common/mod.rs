@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod esp;
+pub mod qemu;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -240,4 +241,40 @@ pub fn answered(lines: &[Value]) -> Vec<&Value> {
         .iter()
         .filter(|l| l["fields"]["message"] == "answered")
         .collect()
+}
+
+/// One HTTP request with an optional bearer credential and JSON body: the status and
+/// the JSON answer (null when empty).
+pub fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let agent = agent();
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let mut r = match (method, body) {
+        ("GET" | "DELETE", None) => {
+            let mut req = if method == "GET" {
+                agent.get(url)
+            } else {
+                agent.delete(url)
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call().unwrap()
+        }
+        (m, b) => {
+            let mut req = match m {
+                "PUT" => agent.put(url),
+                "PATCH" => agent.patch(url),
+                _ => agent.post(url),
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.header("Content-Type", "application/json")
+                .send(b.unwrap_or(&serde_json::json!({})).to_string().as_bytes())
+                .unwrap()
+        }
+    };
+    let st = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
