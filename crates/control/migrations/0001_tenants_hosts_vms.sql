@@ -5,7 +5,9 @@ CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE tenants (
   name TEXT PRIMARY KEY,
   max_vcpus INTEGER NOT NULL,
-  created INTEGER NOT NULL
+  used_vcpus INTEGER NOT NULL DEFAULT 0,
+  created INTEGER NOT NULL,
+  CHECK (used_vcpus >= 0)
 );
 CREATE TABLE credentials (
   sha256 BLOB PRIMARY KEY,

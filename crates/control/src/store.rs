@@ -382,6 +382,17 @@ impl Store {
         })
     }
 
+    /// Every tenant's quota and what its VMs hold: `(name, max_vcpus, used_vcpus)`.
+    pub fn tenants(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx.query_map(
+                "SELECT name, max_vcpus, used_vcpus FROM tenants ORDER BY name",
+                args![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?)
+        })
+    }
+
     /// Adds a credential to a tenant.
     pub fn add_credential(
         &self,
@@ -527,8 +538,13 @@ impl Store {
             // its whole host), checked in the transaction that placed: concurrent
             // creates of one tenant cannot pass it together. Over it, the placement
             // is rolled back.
-            let (max_vcpus, used_vcpus) = quota(tx, &vm.tenant)?;
-            if used_vcpus + vcpus > max_vcpus {
+            let taken = tx.execute(
+                "UPDATE tenants SET used_vcpus = used_vcpus + ?2
+                 WHERE name = ?1 AND used_vcpus + ?2 <= max_vcpus",
+                args![vm.tenant.as_str(), vcpus],
+            )?;
+            if taken == 0 {
+                let (max_vcpus, used_vcpus) = quota(tx, &vm.tenant)?;
                 return Ok((
                     Created::OverQuota {
                         max_vcpus,
@@ -630,6 +646,10 @@ impl Store {
                     args![host.as_str(), vm.vcpus, vm.memory_gib],
                 )?;
             }
+            tx.execute(
+                "UPDATE tenants SET used_vcpus = used_vcpus - ?2 WHERE name = ?1",
+                args![vm.tenant.as_str(), vm.vcpus],
+            )?;
             tx.execute("DELETE FROM vm_events WHERE vm = ?1", args![vm.id.as_str()])?;
             tx.execute("DELETE FROM vms WHERE id = ?1", args![vm.id.as_str()])?;
             Ok(true)
@@ -700,12 +720,11 @@ impl Store {
     }
 }
 
-/// A tenant's vCPU quota and what its VMs hold.
+/// A tenant's vCPU quota and what its VMs hold (the counter every create and delete
+/// keeps in its transaction).
 fn quota(tx: &mut Tx<'_>, tenant: &str) -> Result<(i64, i64), StoreError> {
     let r = tx.query_one(
-        "SELECT t.max_vcpus,
-           CAST(COALESCE((SELECT SUM(v.vcpus) FROM vms v WHERE v.tenant = t.name), 0) AS BIGINT)
-         FROM tenants t WHERE t.name = ?1",
+        "SELECT max_vcpus, used_vcpus FROM tenants WHERE name = ?1",
         args![tenant],
     )?;
     Ok((r.get(0)?, r.get(1)?))

@@ -110,6 +110,15 @@ fn consistent(store: &Store) {
         assert!(h.used_vcpus <= h.vcpus && h.used_memory_gib <= h.memory_gib && h.vms <= h.max_vms);
     }
     assert!(vms.iter().all(|v| v.host.is_some()));
+    for (tenant, max, used) in store.tenants().unwrap() {
+        let sum: i64 = vms
+            .iter()
+            .filter(|v| v.tenant == tenant)
+            .map(|v| v.vcpus)
+            .sum();
+        assert_eq!(used, sum, "{tenant}'s counter");
+        assert!(used <= max);
+    }
 }
 
 fn placement_scenario(location: &Location) {
