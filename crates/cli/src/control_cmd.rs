@@ -240,7 +240,7 @@ pub fn up(args: UpArgs) -> ExitCode {
             println!("ready: {base}");
             println!("  control plane    {base}  (API: openapi/control.json)");
             println!(
-                "  hosts            {} in {region} (emulated AMD SEV-SNP secure processors)",
+                "  hosts            {} (host-N: emulated AMD SEV-SNP secure processors in {region})",
                 if local.hosts.is_empty() {
                     "none".to_string()
                 } else {
@@ -602,13 +602,19 @@ pub enum TenantCommand {
 }
 
 /// Prints `v` as JSON, or `text(v)`.
+/// A reader that stops reading (`cvm size list | head`) ends the output quietly.
 fn out<T: serde::Serialize>(t: &Target, v: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
-    if t.json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+    use std::io::Write;
+    let s = if t.json {
+        serde_json::to_string_pretty(v)? + "\n"
     } else {
-        print!("{}", text(v));
+        text(v)
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
     }
-    Ok(())
 }
 
 /// A refusal: its code and message (and every refusal of a create) on stderr, or its

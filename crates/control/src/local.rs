@@ -22,7 +22,7 @@ pub struct LocalPlatform {
     pub tenant_token: PathBuf,
     /// Whether it was created now.
     pub created_tenant: bool,
-    /// The emulated hosts' names.
+    /// Every registered host's name (the emulated ones first).
     pub hosts: Vec<String>,
 }
 
@@ -88,6 +88,12 @@ pub fn prepare(
             )?;
         }
         names.push(name);
+    }
+    // Hosts an earlier start (or the operator) registered stay, with their VMs.
+    for h in control.hosts()?.value {
+        if !names.contains(&h.name) {
+            names.push(h.name);
+        }
     }
     Ok(LocalPlatform {
         tenant_token,
