@@ -222,7 +222,14 @@ pub fn up(args: UpArgs) -> ExitCode {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&args.state, std::fs::Permissions::from_mode(0o700))?;
         }
+        // The database and the operator's credential: only this user reads them,
+        // whatever the state directory's own mode.
         let control_dir = args.state.join("control");
+        std::fs::create_dir_all(&control_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&control_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let cfg = config(&control_dir, &args.p)?;
         let region = cfg.default_region.clone();
         let state = args.state.clone();

@@ -232,6 +232,28 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
             .contains("Secure Boot"),
         "{e}"
     );
+    // A FIFO is refused without blocking on it, and so is a relative path.
+    let fifo = d.join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for path in [fifo.to_str().unwrap(), "debian.img"] {
+        let (st, e) = http(
+            "PUT",
+            &u("/images/debian-12/artifact"),
+            Some(&operator),
+            Some(&json!({"path": path})),
+        );
+        assert_eq!(
+            (st, e["error"]["code"].as_str()),
+            (400, Some("invalid_artifact")),
+            "{path}: {e}"
+        );
+    }
     let disk = debian_disk(d, "debian");
     let (code, img) = cli(
         &platform,
@@ -424,6 +446,53 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
     );
     assert_eq!(st, 200);
     let reader = reader["credential"].as_str().unwrap().to_string();
+    // A contributor creates and deletes VMs, and cannot make credentials.
+    let (st, contributor) = http(
+        "POST",
+        &u("/credentials"),
+        Some(&tenant),
+        Some(&json!({"role": "contributor"})),
+    );
+    assert_eq!(
+        (st, contributor["role"].as_str()),
+        (200, Some("contributor")),
+        "{contributor}"
+    );
+    let contributor = contributor["credential"].as_str().unwrap().to_string();
+    assert_eq!(
+        http(
+            "PUT",
+            &u("/vms/c1"),
+            Some(&contributor),
+            Some(&create_request("Standard_DC2as_v5"))
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http("DELETE", &u("/vms/c1"), Some(&contributor), None).0,
+        204
+    );
+    let (st, e) = http(
+        "POST",
+        &u("/credentials"),
+        Some(&contributor),
+        Some(&json!({"role": "reader"})),
+    );
+    assert_eq!(
+        (st, e["error"]["message"].as_str()),
+        (403, Some("the contributor role may not manage credentials"))
+    );
+    assert_eq!(
+        http(
+            "POST",
+            &u("/credentials"),
+            Some(&tenant),
+            Some(&json!({"role": "operator"}))
+        )
+        .0,
+        400
+    );
     assert_eq!(http("GET", &u("/vms/a"), Some(&reader), None).0, 200);
     assert_eq!(
         http(

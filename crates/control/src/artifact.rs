@@ -20,6 +20,9 @@ use crate::store::ImageRow;
 /// The largest artifact, bytes.
 pub const MAX_BYTES: u64 = 256 << 30;
 
+/// `O_NONBLOCK` on Linux: opening a FIFO for reading must not wait for a writer.
+const NONBLOCK: i32 = 0o4000;
+
 /// The suffix of an import's temporary file.
 const IMPORTING: &str = ".importing";
 
@@ -61,10 +64,6 @@ pub fn import(entry: &catalog::Image, path: &Path, dir: &Path) -> Result<ImageRo
             path,
             "give an absolute path (the control plane reads it)",
         ));
-    }
-    let meta = std::fs::metadata(path).map_err(|e| invalid(path, e))?;
-    if !meta.is_file() {
-        return Err(invalid(path, "not a regular file"));
     }
     std::fs::create_dir_all(dir).map_err(|e| ApiError::logged("images", e))?;
     let mut nonce = [0u8; 8];
@@ -120,7 +119,17 @@ pub fn import(entry: &catalog::Image, path: &Path, dir: &Path) -> Result<ImageRo
 /// Copies `from` to the new file `to` (synced) up to [`MAX_BYTES`]: its length and
 /// SHA-256.
 fn copy(from: &Path, to: &Path) -> Result<(u64, String), ApiError> {
-    let mut src = std::fs::File::open(from).map_err(|e| invalid(from, e))?;
+    // Not following a FIFO or device the path may name: opened without blocking,
+    // then checked on the handle itself.
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NONBLOCK)
+        .open(from)
+        .map_err(|e| invalid(from, e))?;
+    if !src.metadata().map_err(|e| invalid(from, e))?.is_file() {
+        return Err(invalid(from, "not a regular file"));
+    }
     let mut dst = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

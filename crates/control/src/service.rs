@@ -35,7 +35,7 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::Administrator => "administrator",
-            Role::Contributor => "operator",
+            Role::Contributor => "contributor",
             Role::Reader => "reader",
         }
     }
@@ -328,40 +328,49 @@ impl Control {
             .unwrap_or_else(|| Location::sqlite(&cfg.state_dir.join("control.db")));
         let store = Store::open(&location)?;
         store.ensure_regions(&cfg.regions)?;
-        // The operator's credential: written to a new file before its hash is
-        // stored, and put in place after, so a kill between the two leaves a file
-        // the next start recognises (its hash is the stored one) rather than a stored
+        // The operator's credential: written to a pending file (a unique name) before
+        // its hash is stored, and renamed into place after, so a kill between the two
+        // leaves a file the next start recognises by its hash rather than a stored
         // hash nobody holds.
         let path = cfg.state_dir.join(OPERATOR_TOKEN);
-        let pending = cfg.state_dir.join(format!("{OPERATOR_TOKEN}.new"));
-        let token = random_token().map_err(|e| std::io::Error::other(e.message))?;
-        let ours = sha256(token.as_bytes());
+        let holds = |p: &Path, hash: &[u8]| {
+            std::fs::read_to_string(p).is_ok_and(|t| sha256(t.trim().as_bytes()) == hash)
+        };
         let mut created = None;
         let stored = match store.secret("operator-sha256")? {
-            Some(stored) => {
-                let left = std::fs::read_to_string(&pending).ok();
-                if !path.exists()
-                    && let Some(left) = left
-                    && sha256(left.trim().as_bytes()) == stored
-                {
-                    std::fs::rename(&pending, &path)?;
-                    created = Some(path.clone());
-                }
-                stored
-            }
+            Some(stored) => stored,
             None => {
+                let token = random_token().map_err(|e| std::io::Error::other(e.message))?;
+                let ours = sha256(token.as_bytes());
+                let mut nonce = [0u8; 8];
+                aws_lc_rs::rand::fill(&mut nonce)
+                    .map_err(|_| std::io::Error::other("no randomness"))?;
+                let pending = cfg
+                    .state_dir
+                    .join(format!("{OPERATOR_TOKEN}.new.{}", hex::encode(nonce)));
                 seal::write_secret_file(&pending, token.as_bytes())?;
-                let stored = store.secret_or_insert("operator-sha256", &ours)?;
-                if stored == ours {
-                    std::fs::rename(&pending, &path)?;
-                    created = Some(path.clone());
-                } else {
-                    // A replica sharing the database stored its own first.
-                    let _ = std::fs::remove_file(&pending);
-                }
-                stored
+                store.secret_or_insert("operator-sha256", &ours)?
             }
         };
+        // Put in place the pending file that holds the stored credential, unless the
+        // file in place already does; remove every other pending file.
+        let pending: Vec<PathBuf> = std::fs::read_dir(&cfg.state_dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{OPERATOR_TOKEN}.new.")))
+            })
+            .collect();
+        for p in pending {
+            if !holds(&path, &stored) && holds(&p, &stored) {
+                std::fs::rename(&p, &path)?;
+                created = Some(path.clone());
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
         crate::artifact::remove_stale(&cfg.state_dir.join("images"));
         Ok((
             Control {
@@ -887,14 +896,14 @@ impl Control {
             })?;
         let dir = self.state_dir.join("images");
         let row = crate::artifact::import(entry, Path::new(&req.path), &dir)?;
-        let old = self.store.images().map_err(store_err)?;
-        self.store.put_image(&row).map_err(store_err)?;
-        // The artifact it replaces, kept by this machine, is no longer referenced.
-        if let Some(prev) = old.iter().find(|a| a.id == row.id)
-            && prev.path != row.path
-            && Path::new(&prev.path).starts_with(&dir)
+        let previous = self.store.put_image(&row).map_err(store_err)?;
+        // The artifact it replaced (read in the same transaction), kept by this
+        // machine, is no longer referenced.
+        if let Some(prev) = previous
+            && prev != row.path
+            && Path::new(&prev).starts_with(&dir)
         {
-            let _ = std::fs::remove_file(&prev.path);
+            let _ = std::fs::remove_file(&prev);
         }
         Ok(api_image(entry, Some(&row)))
     }

@@ -678,8 +678,16 @@ impl Store {
     }
 
     /// Records an imported artifact (replacing an earlier one of the same image).
-    pub fn put_image(&self, i: &ImageRow) -> Result<(), StoreError> {
+    /// Returns the path of the artifact it replaced, read in the same transaction.
+    pub fn put_image(&self, i: &ImageRow) -> Result<Option<String>, StoreError> {
         self.with(true, |tx| {
+            let previous: Option<String> = tx
+                .query_opt(
+                    "SELECT path FROM images WHERE id = ?1",
+                    args![i.id.as_str()],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
             tx.execute(
                 "INSERT INTO images (id, sha256, bytes, boot_loader_digest, path, imported)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -695,7 +703,7 @@ impl Store {
                     i.imported
                 ],
             )?;
-            Ok(())
+            Ok(previous)
         })
     }
 

@@ -31,17 +31,25 @@ fn the_operator_credential_is_never_lost_and_stale_imports_go() {
     drop(c);
     // Killed after the hash was stored, before the file was renamed into place: the
     // next start puts the pending file in place.
-    std::fs::rename(&path, d.join("operator.token.new")).unwrap();
+    std::fs::rename(&path, d.join("operator.token.new.0123")).unwrap();
     let (c, created) = Control::open(config(d)).unwrap();
     assert_eq!(created.as_deref(), Some(path.as_path()));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
-    assert!(!d.join("operator.token.new").exists());
+    assert!(!d.join("operator.token.new.0123").exists());
     drop(c);
-    // A pending file that is not the stored credential is not put in place.
+    // ... also when a stale file (another database's credential) is in place.
+    std::fs::rename(&path, d.join("operator.token.new.4567")).unwrap();
+    std::fs::write(&path, "stale").unwrap();
+    let (c, created) = Control::open(config(d)).unwrap();
+    assert_eq!(created.as_deref(), Some(path.as_path()));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
+    drop(c);
+    // A pending file that is not the stored credential is not put in place (and goes).
     std::fs::remove_file(&path).unwrap();
-    std::fs::write(d.join("operator.token.new"), "forged").unwrap();
+    std::fs::write(d.join("operator.token.new.89ab"), "forged").unwrap();
     let (_c, created) = Control::open(config(d)).unwrap();
     assert!(created.is_none() && !path.exists());
+    assert!(!d.join("operator.token.new.89ab").exists());
     // An import a kill interrupted leaves a temporary file the next start removes.
     let images = d.join("images");
     std::fs::create_dir_all(&images).unwrap();

@@ -190,7 +190,12 @@ pub fn build_debian_12(
     let built = build(out, work, progress);
     // Whatever happened, the work directory (a root-owned root file system among it)
     // and a half-written image go.
-    let _ = run("rm", &["-rf", &work.display().to_string()], true, None);
+    let _ = run(
+        "rm",
+        &["-rf", "--one-file-system", &work.display().to_string()],
+        true,
+        None,
+    );
     if built.is_err() {
         let _ = std::fs::remove_file(out.with_extension("building"));
     }
