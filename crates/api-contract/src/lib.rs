@@ -46,6 +46,53 @@ impl ErrorResponse {
     }
 }
 
+/// One operation of a contract for its OpenAPI document: a stub function, named as
+/// the operation's id, that carries the path, path parameters, request body and
+/// answers as [`utoipa::path`] attributes, with [`ErrorResponse`] as every refusal.
+/// The contract crate needs `utoipa` and `ErrorResponse` in scope.
+///
+/// `operation_stub!(id, method "/path/{p}", ["p"], Request => 200 Answer)`; without
+/// `Request,` for no body; without `Answer` for an empty answer.
+#[macro_export]
+macro_rules! operation_stub {
+    ($id:ident, $method:ident $path:literal, [$($p:literal),*], $req:ty => $status:literal $ok:ty) => {
+        #[utoipa::path($method, path = $path,
+            params($(($p = String, Path)),*),
+            request_body = $req,
+            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
+        #[allow(dead_code)]
+        fn $id() {}
+    };
+    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal $ok:ty) => {
+        #[utoipa::path($method, path = $path,
+            params($(($p = String, Path)),*),
+            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
+        #[allow(dead_code)]
+        fn $id() {}
+    };
+    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal) => {
+        #[utoipa::path($method, path = $path,
+            params($(($p = String, Path)),*),
+            responses((status = $status, description = "done"), (status = "default", description = "refused", body = ErrorResponse)))]
+        #[allow(dead_code)]
+        fn $id() {}
+    };
+}
+
+/// Writes `x-opencvm-roles` (who may call) on each operation the document has, from a
+/// contract's table: `(path, method in upper case, roles)`.
+pub fn annotate_roles<'a>(
+    doc: &mut Value,
+    ops: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) {
+    for (path, method, roles) in ops {
+        let op = &mut doc["paths"][path][method.to_ascii_lowercase()];
+        if op.is_object() {
+            op["x-opencvm-roles"] = json!(roles);
+        }
+    }
+}
+
 /// Finishes a document generated from a contract: its version (the contract crate's
 /// `version`, not the build's) and the `bearer` HTTP scheme credentials are presented
 /// with.

@@ -8,44 +8,28 @@ use utoipa::OpenApi;
 
 use crate::types::*;
 
-macro_rules! stub {
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*], $req:ty => $ok:ty) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            request_body = $req,
-            responses((status = 200, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $ok:ty) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            responses((status = 200, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-}
+use api_contract::operation_stub as stub;
 
-stub!(openid_configuration, get "/.well-known/openid-configuration", [] => OpenIdConfiguration);
-stub!(certs, get "/certs", [] => Jwks);
-stub!(nonce, get "/nonce", [] => NonceResponse);
-stub!(attest_sev_snp_vm, post "/attest/SevSnpVm", [], SevSnpVmRequest => AttestResponse);
-stub!(attest_azure_guest, post "/attest/AzureGuest", [], AzureGuestRequest => AttestResponse);
-stub!(get_policy, get "/policies/{type}", ["type"] => PolicyInfo);
-stub!(set_policy, put "/policies/{type}", ["type"], PolicyRequest => PolicySet);
-stub!(test_policy, post "/policies/{type}/test", ["type"], PolicyTestRequest => DryRun);
-stub!(get_settings, get "/settings", [] => ProviderSettings);
-stub!(set_settings, put "/settings", [], ProviderSettings => ProviderSettings);
-stub!(rotate_signing_key, post "/signing-keys/rotate", [] => SigningKeyRotated);
-stub!(revoke_signing_key, post "/signing-keys/{kid}/revoke", ["kid"] => SigningKeyRevoked);
-stub!(rotate_admin_credential, post "/admin-credential/rotate", [] => AdminCredential);
-stub!(reset_admin_credential, post "/admin-credential", [] => AdminCredential);
-stub!(revoke_admin_credential, delete "/admin-credential", [] => AdminRevoked);
-stub!(audit_log, get "/audit", [] => AuditLog);
-stub!(create_provider, post "/providers/{provider}", ["provider"], ProviderSettings => ProviderCreated);
-stub!(reference_values, get "/reference-values", [] => ReferenceValueList);
-stub!(add_reference_value, post "/reference-values/{region}", ["region"], ReferenceValueRequest => ReferenceValue);
-stub!(remove_reference_value, delete "/reference-values/{region}/{measurement}", ["region", "measurement"] => ReferenceValueRemoved);
+stub!(openid_configuration, get "/.well-known/openid-configuration", [] => 200 OpenIdConfiguration);
+stub!(certs, get "/certs", [] => 200 Jwks);
+stub!(nonce, get "/nonce", [] => 200 NonceResponse);
+stub!(attest_sev_snp_vm, post "/attest/SevSnpVm", [], SevSnpVmRequest => 200 AttestResponse);
+stub!(attest_azure_guest, post "/attest/AzureGuest", [], AzureGuestRequest => 200 AttestResponse);
+stub!(get_policy, get "/policies/{type}", ["type"] => 200 PolicyInfo);
+stub!(set_policy, put "/policies/{type}", ["type"], PolicyRequest => 200 PolicySet);
+stub!(test_policy, post "/policies/{type}/test", ["type"], PolicyTestRequest => 200 DryRun);
+stub!(get_settings, get "/settings", [] => 200 ProviderSettings);
+stub!(set_settings, put "/settings", [], ProviderSettings => 200 ProviderSettings);
+stub!(rotate_signing_key, post "/signing-keys/rotate", [] => 200 SigningKeyRotated);
+stub!(revoke_signing_key, post "/signing-keys/{kid}/revoke", ["kid"] => 200 SigningKeyRevoked);
+stub!(rotate_admin_credential, post "/admin-credential/rotate", [] => 200 AdminCredential);
+stub!(reset_admin_credential, post "/admin-credential", [] => 200 AdminCredential);
+stub!(revoke_admin_credential, delete "/admin-credential", [] => 200 AdminRevoked);
+stub!(audit_log, get "/audit", [] => 200 AuditLog);
+stub!(create_provider, post "/providers/{provider}", ["provider"], ProviderSettings => 200 ProviderCreated);
+stub!(reference_values, get "/reference-values", [] => 200 ReferenceValueList);
+stub!(add_reference_value, post "/reference-values/{region}", ["region"], ReferenceValueRequest => 200 ReferenceValue);
+stub!(remove_reference_value, delete "/reference-values/{region}/{measurement}", ["region", "measurement"] => 200 ReferenceValueRemoved);
 
 #[utoipa::path(get, path = "/health",
     responses((status = 200, description = "the service runs", body = String, content_type = "text/plain")))]

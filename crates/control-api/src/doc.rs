@@ -7,30 +7,7 @@ use utoipa::OpenApi;
 
 use crate::types::*;
 
-macro_rules! stub {
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*], $req:ty => $status:literal $ok:ty) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            request_body = $req,
-            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal $ok:ty) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            responses((status = $status, description = "done"), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-}
+use api_contract::operation_stub as stub;
 
 stub!(list_sizes, get "/sizes", [] => 200 SizeList);
 stub!(list_regions, get "/regions", [] => 200 RegionList);
@@ -84,12 +61,12 @@ pub fn openapi() -> Value {
         env!("CARGO_PKG_VERSION"),
     );
     doc["security"] = json!([{ "bearer": [] }]);
-    for o in crate::OPERATIONS {
-        let op = &mut doc["paths"][o.path][o.method.to_ascii_lowercase()];
-        if op.is_object() {
-            op["x-opencvm-roles"] = json!(o.access.roles());
-        }
-    }
+    api_contract::annotate_roles(
+        &mut doc,
+        crate::OPERATIONS
+            .iter()
+            .map(|o| (o.path, o.method, o.access.roles())),
+    );
     doc
 }
 

@@ -8,31 +8,7 @@ use utoipa::OpenApi;
 
 use crate::types::*;
 
-/// A stub operation: its name is the operation's id.
-macro_rules! stub {
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*], $req:ty => $status:literal $ok:ty) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            request_body = $req,
-            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal $ok:ty) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            responses((status = $status, description = "done", body = $ok), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-    ($id:ident, $method:ident $path:literal, [$($p:literal),*] => $status:literal) => {
-        #[utoipa::path($method, path = $path,
-            params($(($p = String, Path)),*),
-            responses((status = $status, description = "done"), (status = "default", description = "refused", body = ErrorResponse)))]
-        #[allow(dead_code)]
-        fn $id() {}
-    };
-}
+use api_contract::operation_stub as stub;
 
 stub!(list_keys, get "/keys", [] => 200 KeyList);
 stub!(create_key, post "/keys/{name}/create", ["name"], CreateKeyRequest => 200 KeyBundle);
@@ -104,12 +80,12 @@ pub fn openapi() -> Value {
         env!("CARGO_PKG_VERSION"),
     );
     doc["security"] = json!([{ "bearer": [] }]);
-    for o in crate::OPERATIONS {
-        let op = &mut doc["paths"][o.path][o.method.to_ascii_lowercase()];
-        if op.is_object() {
-            op["x-opencvm-roles"] = json!(o.access.roles());
-        }
-    }
+    api_contract::annotate_roles(
+        &mut doc,
+        crate::OPERATIONS
+            .iter()
+            .map(|o| (o.path, o.method, o.access.roles())),
+    );
     doc
 }
 
