@@ -110,6 +110,10 @@ pub struct UpArgs {
     /// Emulated SNP hosts in the default region.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
     hosts: u32,
+    /// The firmware the emulated hosts measure into each VM's launch digest (Debian's
+    /// `ovmf` package).
+    #[arg(long, default_value = "/usr/share/ovmf/OVMF.fd")]
+    ovmf: PathBuf,
     #[command(flatten)]
     p: PlatformArgs,
 }
@@ -237,11 +241,51 @@ pub fn up(args: UpArgs) -> ExitCode {
         let url_file = state.join(CONTROL_URL);
         // A stale URL from an earlier run must not point clients at nothing.
         let _ = std::fs::remove_file(&url_file);
+        let ovmf = std::fs::read(&args.ovmf).with_context(|| {
+            format!(
+                "reading the firmware {} (Debian's `ovmf` package; scripts/setup installs it)",
+                args.ovmf.display()
+            )
+        })?;
+        // Each emulated host's secure processor, and its roots for the attestation
+        // service (hosts registered by an earlier run included).
+        let hosts_dir = state.join("hosts");
+        let mut names: Vec<String> = (1..=hosts).map(|i| format!("host-{i}")).collect();
+        if let Ok(rd) = std::fs::read_dir(&hosts_dir) {
+            for e in rd.flatten() {
+                if let Some(n) = e.file_name().to_str()
+                    && e.path().join("snp").join("platform.json").exists()
+                    && !names.iter().any(|m| m == n)
+                {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        let mut roots = Vec::new();
+        for n in &names {
+            roots.push(host::EmulatedHosts::prepare(&hosts_dir, n)?);
+        }
+        let services = crate::platform::start(&state, &roots)?;
+        let (attest_url, vault_url) =
+            (services.attestation_url.clone(), services.vault_url.clone());
+        let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
+        let agent = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services.services)?;
         httpd::run(&args.listen, None, move |_addr, base| {
             let fail = |e: String| httpd::ServeError::Service(e);
             let (c, _) = control::Control::open(cfg).map_err(|e| fail(e.to_string()))?;
             let local =
                 control::local::prepare(&c, &state, hosts, &region).map_err(|e| fail(e.message))?;
+            c.set_agent(std::sync::Arc::new(agent));
+            let c = std::sync::Arc::new(c);
+            {
+                // VMs that were running when the platform stopped boot again.
+                let c = c.clone();
+                std::thread::spawn(move || match c.resume() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("{n} VMs booted again after the restart"),
+                    Err(e) => tracing::warn!("resuming VMs: {}", e.message),
+                });
+            }
             std::fs::write(&url_file, format!("{base}\n")).map_err(|e| fail(e.to_string()))?;
             let s = state.display();
             println!("ready: {base}");
@@ -259,11 +303,13 @@ pub fn up(args: UpArgs) -> ExitCode {
                 s
             );
             println!("  operator         {s}/control/operator.token");
+            println!("  attestation      {attest_url}  (JWKS: {attest_url}/certs)");
+            println!("  key vault        {vault_url}  (VMGS keys of the VMs, vault `platform`)");
             println!(
-                "  not yet started  attestation service, key vault, disk pre-encryption, host agents:"
+                "  host agent       in this process: emulated launch, attestation, VMGS key release, vTPM, Secure Boot"
             );
             println!(
-                "                   VMs are validated, priced and placed; starting them is not offered yet"
+                "  not yet started  disk pre-encryption service (encrypted OS disks are recorded, not encrypted)"
             );
             println!("try:");
             println!("  cvm size list --state {s}");
@@ -271,10 +317,12 @@ pub fn up(args: UpArgs) -> ExitCode {
             println!(
                 "  cvm vm create my-vm --state {s} --size Standard_DC2as_v5 --image debian-12"
             );
+            println!("  cvm vm start my-vm --state {s}");
+            println!("  cvm vm attest my-vm --state {s}");
             println!("stop with Ctrl-C; a restart on the same --state finds everything as it was");
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            Ok(control::server::router(std::sync::Arc::new(c)))
+            Ok(control::server::router(c))
         })?;
         Ok(())
     })();
@@ -471,7 +519,26 @@ pub enum VmCommand {
     Show(Named),
     /// Each step of a VM's life with its outcome and duration.
     Events(Named),
-    /// Delete a VM (its host's capacity is given back).
+    /// Start a VM: the attested boot on its host (launch through the secure
+    /// processor, attestation, VMGS key release, vTPM, Secure Boot), each step shown
+    /// as it ends. Exit 1 if the VM ends `failed` (the reason is shown).
+    Start(Named),
+    /// Stop a VM (its vTPM ends; its VMGS keeps its state).
+    Stop(Named),
+    /// Stop and start a VM.
+    Restart(Named),
+    /// A fresh attestation token of a running VM (a JWT, checkable against the
+    /// attestation service's JWKS), its evidence binding the nonce.
+    Attest {
+        /// The VM's name.
+        name: String,
+        /// A nonce (hex, 1 to 64 bytes) the evidence binds; default: a random one.
+        #[arg(long)]
+        nonce: Option<String>,
+        #[command(flatten)]
+        t: Target,
+    },
+    /// Delete a VM (stopped first; its host's capacity is given back).
     Delete(Named),
     /// Capture an image from a VM (refused: confidential VMs do not support it).
     Capture(Named),
@@ -684,6 +751,54 @@ fn money(v: f64) -> String {
     format!("{v:.4}")
 }
 
+/// One event as `cvm vm events` and the start progress show it.
+fn event_line(ev: &control_api::VmEvent) -> String {
+    format!(
+        "{:>3} {:<20} {:<13} {:>6} ms  {}\n",
+        ev.seq, ev.step, ev.outcome, ev.duration_ms, ev.detail
+    )
+}
+
+/// `cvm vm start|stop|restart`: the request runs on a thread while new events are
+/// shown on stderr as they are recorded; then the VM. Exit 1 when it ends `failed`.
+fn lifecycle(n: &Named, op: &'static str) -> ExitCode {
+    let r = (|| -> Result<bool> {
+        let c = std::sync::Arc::new(n.t.client(As::Tenant)?);
+        let seen = c.vm_events(&n.name)?.value.last().map_or(0, |e| e.seq);
+        let (name, worker) = (n.name.clone(), c.clone());
+        let call = std::thread::spawn(move || match op {
+            "start" => worker.start_vm(&name),
+            "stop" => worker.stop_vm(&name),
+            _ => worker.restart_vm(&name),
+        });
+        let mut shown = seen;
+        let mut show = |c: &Client| {
+            if let Ok(e) = c.vm_events(&n.name) {
+                let from = shown;
+                for ev in e.value.iter().filter(|e| e.seq > from) {
+                    eprint!("{}", event_line(ev));
+                    shown = ev.seq;
+                }
+            }
+        };
+        while !call.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            show(&c);
+        }
+        let vm = call
+            .join()
+            .map_err(|_| anyhow::anyhow!("the request thread panicked"))??;
+        show(&c);
+        out(&n.t, &vm, vm_text)?;
+        Ok(vm.state == control_api::VmState::Failed)
+    })();
+    match r {
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::from(1),
+        Err(e) => finish(Some(&n.t), Err(e)),
+    }
+}
+
 fn vm_text(v: &Vm) -> String {
     let s = &v.security;
     let mut o = format!(
@@ -797,15 +912,23 @@ pub fn run_vm(cmd: VmCommand) -> ExitCode {
                 out(&n.t, &e, |e| {
                     let mut o = String::new();
                     for ev in &e.value {
-                        o.push_str(&format!(
-                            "{:>3} {:<20} {:<13} {:>6} ms  {}\n",
-                            ev.seq, ev.step, ev.outcome, ev.duration_ms, ev.detail
-                        ));
+                        o.push_str(&event_line(ev));
                     }
                     o
                 })
             })();
             finish(Some(&n.t), r)
+        }
+        VmCommand::Start(n) => lifecycle(&n, "start"),
+        VmCommand::Stop(n) => lifecycle(&n, "stop"),
+        VmCommand::Restart(n) => lifecycle(&n, "restart"),
+        VmCommand::Attest { name, nonce, t } => {
+            let r = (|| {
+                let c = t.client(As::Tenant)?;
+                let a = c.attest_vm(&name, &control_api::AttestVmRequest { nonce })?;
+                out(&t, &a, |a| format!("{}\n", a.token))
+            })();
+            finish(Some(&t), r)
         }
         VmCommand::Delete(n) => {
             let r = (|| {

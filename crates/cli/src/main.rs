@@ -11,6 +11,7 @@ mod disk_cmd;
 mod evidence;
 mod keyvault_cmd;
 mod master_key;
+mod platform;
 mod snp_cmd;
 mod vmgs_cmd;
 mod vtpm_cmd;

@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// the datastore key, from a file; each start rotates the datastore key.
     #[arg(long, requires = "vmgs", conflicts_with = "key_release")]
     kek_file: Option<PathBuf>,
+    /// Or: read that key-encryption key (32 bytes) from standard input, and end when
+    /// standard input closes: for a host agent that owns this vTPM (its end ends the
+    /// vTPM, even when it is killed).
+    #[arg(long, requires = "vmgs", conflicts_with_all = ["key_release", "kek_file", "key_file"])]
+    kek_stdin: bool,
     /// Or: the key protector's key-encryption key released by the key vault after
     /// attestation: the key's id as the vault prints it (VAULT_URL/keys/NAME/VERSION,
     /// an `oct` key of 256 bits). The vTPM attests a report from --snp-platform with
@@ -195,6 +200,10 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
                     let kek = vtpm::vmgs_state::Kek::from_file(kek)?;
                     vtpm::VmgsState::open_or_create_protected(path, &kek)
                 }
+                (None, None) if a.kek_stdin => {
+                    let kek = kek_from_stdin()?;
+                    vtpm::VmgsState::open_or_create_protected(path, &kek)
+                }
                 (None, None) => match (&a.key_release, snp.as_mut()) {
                     (Some(kid), Some(snp)) => {
                         let kek = release_kek(&a, kid, snp)?;
@@ -294,6 +303,25 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
     }
     server.wait();
     Ok(())
+}
+
+/// The KEK from the first 32 bytes of standard input; then a thread waits for the end
+/// of standard input and ends the process (every state change is already durable).
+fn kek_from_stdin() -> Result<vtpm::vmgs_state::Kek> {
+    use std::io::Read;
+    let mut k = zeroize::Zeroizing::new([0u8; 32]);
+    std::io::stdin()
+        .read_exact(k.as_mut())
+        .context("reading the key-encryption key (32 bytes) from standard input")?;
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+        // No log line here: the agent that held the pipe is gone, and with it the
+        // reader of stderr (a write there would fail, and a failed log write must
+        // not keep this process alive).
+        std::process::exit(0);
+    });
+    Ok(vtpm::vmgs_state::Kek::new(*k))
 }
 
 /// The key protector's KEK, released by the key vault to this VM's attested report.

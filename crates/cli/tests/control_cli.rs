@@ -326,10 +326,61 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
             ("validate", "ok"),
             ("place", "ok"),
             ("disk_pre_encryption", "not_enforced"),
-            ("attested_boot", "not_enforced")
         ]
     );
     rec("get_vm", http("GET", &u("/vms/a"), Some(&tenant), None));
+    // Start, attest, stop, restart: each route answers the VM (its boot is tested
+    // step by step in `a_vm_boots_only_after_attestation...`).
+    let (st, started) = rec(
+        "start_vm",
+        http("POST", &u("/vms/a/start"), Some(&tenant), None),
+    );
+    assert_eq!(
+        (st, started["state"].as_str()),
+        (200, Some("running")),
+        "{started}"
+    );
+    let (st, token) = rec(
+        "attest_vm",
+        http(
+            "POST",
+            &u("/vms/a/attest"),
+            Some(&tenant),
+            Some(&json!({"nonce": "0a0b"})),
+        ),
+    );
+    assert_eq!(
+        (st, token["nonce"].as_str()),
+        (200, Some("0a0b")),
+        "{token}"
+    );
+    let (st, stopped) = rec(
+        "stop_vm",
+        http("POST", &u("/vms/a/stop"), Some(&tenant), None),
+    );
+    assert_eq!(
+        (st, stopped["state"].as_str()),
+        (200, Some("stopped")),
+        "{stopped}"
+    );
+    let (st, e) = http("POST", &u("/vms/a/attest"), Some(&tenant), Some(&json!({})));
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
+    let (st, again) = rec(
+        "restart_vm",
+        http("POST", &u("/vms/a/restart"), Some(&tenant), None),
+    );
+    assert_eq!(
+        (st, again["state"].as_str()),
+        (200, Some("running")),
+        "{again}"
+    );
+    // Stopped again, so the restart at the end of this test finds it as it was.
+    let (st, _) = http("POST", &u("/vms/a/stop"), Some(&tenant), None);
+    assert_eq!(st, 200);
     rec("list_vms", http("GET", &u("/vms"), Some(&tenant), None));
 
     // A second tenant: every tenant route with its credential sees nothing of the
@@ -378,6 +429,10 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
         ("delete_vm", "DELETE", "/vms/a"),
         ("capture_vm", "POST", "/vms/a/capture"),
         ("migrate_vm", "POST", "/vms/a/migrate"),
+        ("start_vm", "POST", "/vms/a/start"),
+        ("stop_vm", "POST", "/vms/a/stop"),
+        ("restart_vm", "POST", "/vms/a/restart"),
+        ("attest_vm", "POST", "/vms/a/attest"),
     ] {
         let (st, e) = rec(op, http(method, &u(path), Some(&other), None));
         assert_eq!(
@@ -1129,4 +1184,316 @@ fn the_control_plane_serves_https_and_refuses_plain_http_beyond_loopback() {
             "{args:?}"
         );
     }
+}
+
+/// Polls the VM until `pred` holds on it (at most 60 s).
+fn wait_vm(url: &str, cred: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..600 {
+        let (_, vm) = http("GET", &format!("{url}/vms/{name}"), Some(cred), None);
+        if pred(&vm) {
+            return vm;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{name} never reached the awaited state");
+}
+
+/// The steps of the VM's events from `from` on, as (step, outcome).
+fn steps_since(up: &Up, name: &str, from: usize) -> Vec<(String, String)> {
+    let (_, e) = cli(up, &["vm", "events", name]);
+    e["value"].as_array().unwrap()[from..]
+        .iter()
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The attested boot end to end on `cvm up`'s emulated hosts: a VM starts only after
+/// its evidence passed the attestation service and the key vault released its VMGS
+/// key to that token; its token checks with PyJWT against the service's JWKS and binds
+/// the caller's nonce and the VM's HOST_DATA; a restart opens the same VMGS. Then each
+/// failure ends `failed` with the reason and nothing left running: an attestation
+/// policy that refuses emulated platforms, another VM's VMGS, a tampered GRUB under
+/// Secure Boot, a host whose SEV-SNP is disabled. After kill -9 of `cvm up`, the VM
+/// that was running boots again.
+#[test]
+fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("up");
+    let platform = up(&state, &["--hosts", "1"]);
+    let url = platform.url.clone();
+    let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
+    let attest_url = platform
+        .stdout
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("attestation"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let disk = debian_disk(d, "debian");
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", disk.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let create = |name: &str, extra: &[&str]| {
+        let mut a = vec![
+            "vm",
+            "create",
+            name,
+            "--size",
+            "Standard_DC2as_v5",
+            "--image",
+            "debian-12",
+            "--disk-encryption",
+            "none",
+        ];
+        a.extend_from_slice(extra);
+        let (code, vm) = cli(&platform, &a);
+        assert_eq!(code, 0, "{vm}");
+        vm
+    };
+    let web = create("web", &[]);
+    let id = web["id"].as_str().unwrap().to_string();
+
+    // Start: every step of the attested boot, in order, each ok.
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    let steps = steps_since(&platform, "web", 2);
+    let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "start",
+            "launch",
+            "attest",
+            "vmgs_key_release",
+            "vmgs",
+            "vtpm",
+            "secure_boot",
+            "running"
+        ]
+    );
+    assert!(steps.iter().all(|(_, o)| o == "ok"), "{steps:?}");
+    let (_, events) = cli(&platform, &["vm", "events", "web"]);
+    let detail = |step: &str| -> String {
+        events["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e["step"] == step)
+            .map(|e| e["detail"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(detail("vmgs").starts_with("created"), "{}", detail("vmgs"));
+    assert!(
+        detail("secure_boot").contains("loader") && detail("secure_boot").contains("second_stage"),
+        "{}",
+        detail("secure_boot")
+    );
+    // The VMGS is on the host, encrypted: the VM's HOST_DATA is nowhere in clear.
+    let vmgs = state.join(format!("hosts/host-1/vms/{id}/guest.vmgs"));
+    assert!(vmgs.exists());
+
+    // A fresh token with our nonce, checked by PyJWT against the JWKS.
+    let nonce = "00112233445566778899aabbccddeeff";
+    let (code, t) = cli(&platform, &["vm", "attest", "web", "--nonce", nonce]);
+    assert_eq!(code, 0, "{t}");
+    let token = t["token"].as_str().unwrap();
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import jwt, json, sys\n\
+             jwks = jwt.PyJWKClient(sys.argv[1] + '/certs')\n\
+             key = jwks.get_signing_key_from_jwt(sys.argv[2])\n\
+             c = jwt.decode(sys.argv[2], key.key, algorithms=['RS256', 'ES384'], issuer=sys.argv[1], options={'verify_aud': False})\n\
+             print(json.dumps(c))",
+            &attest_url,
+            token,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let claims: Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(claims["x-ms-runtime"]["nonce"], nonce, "{claims}");
+    let host_data = hex::encode(host::host_data(&id));
+    assert_eq!(claims["x-ms-sevsnpvm-hostdata"], host_data, "{claims}");
+    assert_eq!(claims["x-ms-sevsnpvm-is-debuggable"], false);
+    assert_eq!(claims["x-opencvm-emulated"], true);
+    // A nonce that is not hex is refused.
+    let (code, e) = cli(&platform, &["vm", "attest", "web", "--nonce", "xyz"]);
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (1, Some("bad_request")),
+        "{e}"
+    );
+
+    // Stop and start again: the same VMGS opens (the released key is the VM's own).
+    let (code, vm) = cli(&platform, &["vm", "stop", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("stopped")), "{vm}");
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    let (_, events) = cli(&platform, &["vm", "events", "web"]);
+    let last_vmgs = events["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["step"] == "vmgs")
+        .unwrap()["detail"]
+        .clone();
+    assert!(
+        last_vmgs.as_str().unwrap().starts_with("opened"),
+        "{last_vmgs}"
+    );
+
+    // A VMGS copied from another VM: its key protector does not open with this VM's
+    // released key; the VM ends failed with the reason, and nothing runs.
+    let other = create("other", &[]);
+    let (code, _) = cli(&platform, &["vm", "start", "other"]);
+    assert_eq!(code, 0);
+    cli(&platform, &["vm", "stop", "other"]);
+    cli(&platform, &["vm", "stop", "web"]);
+    let other_vmgs = state.join(format!(
+        "hosts/host-1/vms/{}/guest.vmgs",
+        other["id"].as_str().unwrap()
+    ));
+    let kept = d.join("other.vmgs");
+    std::fs::copy(&other_vmgs, &kept).unwrap();
+    std::fs::copy(&vmgs, &other_vmgs).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "other"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "vmgs_unopenable", "{vm}");
+    assert_eq!(vm["lastFailure"]["step"], "vmgs", "{vm}");
+    let (_, e) = cli(&platform, &["vm", "attest", "other"]);
+    assert_eq!(
+        e["error"]["code"], "conflict",
+        "a failed VM does not attest: {e}"
+    );
+    std::fs::copy(&kept, &other_vmgs).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "other"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    assert!(vm.get("lastFailure").is_none(), "{vm}");
+    cli(&platform, &["vm", "stop", "other"]);
+
+    // An attestation policy that refuses emulated platforms (a new provider's
+    // default): the start ends at `attest`, naming the rule.
+    let admin = std::fs::read_to_string(state.join("attest/admin.token")).unwrap();
+    let (st, p) = http(
+        "POST",
+        &format!("{attest_url}/providers/strict"),
+        Some(admin.trim()),
+        None,
+    );
+    assert_eq!(st, 200, "{p}");
+    let strict = cli(
+        &platform,
+        &[
+            "vm",
+            "create",
+            "strict",
+            "--size",
+            "Standard_DC2as_v5",
+            "--image",
+            "debian-12",
+            "--disk-encryption",
+            "none",
+            "--attestation-policy",
+            "strict",
+        ],
+    );
+    assert_eq!(strict.0, 0, "{}", strict.1);
+    let (code, vm) = cli(&platform, &["vm", "start", "strict"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "attestation_denied", "{vm}");
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("no-emulated-platform"), "{reason}");
+    let steps = steps_since(&platform, "strict", 2);
+    assert_eq!(
+        steps
+            .iter()
+            .map(|(s, o)| format!("{s}:{o}"))
+            .collect::<Vec<_>>(),
+        ["start:ok", "launch:ok", "failed:failed"],
+        "no key was asked for"
+    );
+
+    // A tampered GRUB under Secure Boot: shim refuses it, the VM does not run.
+    let f = common::esp::fixtures();
+    let mut grub = std::fs::read(f.join("grubx64.efi.signed")).unwrap();
+    let n = grub.len();
+    grub[n / 2] ^= 0x01;
+    let bad_grub = d.join("grub-tampered.efi");
+    std::fs::write(&bad_grub, &grub).unwrap();
+    let tampered = common::esp::gpt_disk(
+        d,
+        "tampered",
+        &[
+            ("EFI/BOOT/BOOTX64.EFI", &f.join("shimx64.efi.signed")),
+            ("EFI/BOOT/grubx64.efi", &bad_grub),
+            ("vmlinuz", &f.join("vmlinuz")),
+        ],
+        Some(b"root"),
+    );
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", tampered.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "shim itself is intact: {img}");
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "secure_boot_violation", "{vm}");
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("grubx64.efi"), "{reason}");
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", disk.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+
+    // A host whose SEV-SNP is disabled (as its BIOS would say): no VM runs there.
+    let pj = state.join("hosts/host-1/snp/platform.json");
+    let orig = std::fs::read_to_string(&pj).unwrap();
+    let mut cfg: Value = serde_json::from_str(&orig).unwrap();
+    let flag = cfg
+        .pointer_mut("/config/snp_enabled")
+        .expect("platform.json has config.snp_enabled");
+    *flag = json!(false);
+    std::fs::write(&pj, cfg.to_string()).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "host_unhealthy", "{vm}");
+    std::fs::write(&pj, orig).unwrap();
+
+    // Running when cvm up is killed: it boots again after the restart.
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    drop(platform); // SIGKILL
+    let platform = up(&state, &["--hosts", "1"]);
+    let vm = wait_vm(&platform.url, &tenant, "web", |v| {
+        v["state"] == "running" || v["state"] == "failed"
+    });
+    assert_eq!(vm["state"], "running", "{vm}");
+    let steps = steps_since(&platform, "web", 0);
+    assert!(
+        steps.iter().any(|(s, _)| s == "resume"),
+        "the restart booted it again: {steps:?}"
+    );
+    let (code, _) = cli(&platform, &["vm", "attest", "web"]);
+    assert_eq!(code, 0);
+    // Deleting a running VM stops it and removes its files from the host.
+    let (code, _) = cli(&platform, &["vm", "delete", "web"]);
+    assert_eq!(code, 0);
+    assert!(!vmgs.exists());
+    let _ = url;
 }

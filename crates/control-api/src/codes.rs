@@ -40,3 +40,25 @@ pub const INVALID_PARAMETER: &str = "invalid_parameter";
 pub const CONFLICT: &str = "conflict";
 /// The image artifact is not a disk a confidential VM boots.
 pub const INVALID_ARTIFACT: &str = "invalid_artifact";
+/// No host agent serves the control plane: VMs can be created, not started (409).
+pub const HOST_AGENT_UNAVAILABLE: &str = "host_agent_unavailable";
+
+/// Why an attested boot stopped (a `failed` VM's `lastFailure.code`).
+pub mod boot {
+    /// The host cannot run confidential VMs (SEV-SNP disabled, its secure processor
+    /// unusable).
+    pub const HOST_UNHEALTHY: &str = "host_unhealthy";
+    /// The attestation service refused the VM's evidence; the reason names the rules.
+    pub const ATTESTATION_DENIED: &str = "attestation_denied";
+    /// The key vault refused to release the VMGS key to the VM's token; the reason
+    /// names the release policy's condition.
+    pub const KEY_RELEASE_DENIED: &str = "key_release_denied";
+    /// The released key does not open the VM's VMGS (a VMGS of another VM, say).
+    pub const VMGS_UNOPENABLE: &str = "vmgs_unopenable";
+    /// The VM's vTPM did not start.
+    pub const VTPM_FAILED: &str = "vtpm_failed";
+    /// Firmware or shim refuses a boot component under the VM's db/dbx.
+    pub const SECURE_BOOT_VIOLATION: &str = "secure_boot_violation";
+    /// The host agent could not do its part (a service unreachable, a file missing).
+    pub const HOST_AGENT: &str = "host_agent";
+}

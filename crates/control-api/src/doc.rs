@@ -18,6 +18,10 @@ stub!(create_vm, put "/vms/{name}", ["name"], CreateVmRequest => 200 Vm);
 stub!(get_vm, get "/vms/{name}", ["name"] => 200 Vm);
 stub!(delete_vm, delete "/vms/{name}", ["name"] => 204);
 stub!(vm_events, get "/vms/{name}/events", ["name"] => 200 VmEvents);
+stub!(start_vm, post "/vms/{name}/start", ["name"] => 200 Vm);
+stub!(stop_vm, post "/vms/{name}/stop", ["name"] => 200 Vm);
+stub!(restart_vm, post "/vms/{name}/restart", ["name"] => 200 Vm);
+stub!(attest_vm, post "/vms/{name}/attest", ["name"], AttestVmRequest => 200 AttestVmResponse);
 stub!(capture_vm, post "/vms/{name}/capture", ["name"] => 204);
 stub!(migrate_vm, post "/vms/{name}/migrate", ["name"] => 204);
 stub!(create_credential, post "/credentials", [], CreateCredentialRequest => 200 NewCredential);
@@ -43,6 +47,10 @@ stub!(import_image, put "/images/{id}/artifact", ["id"], ImportImageRequest => 2
         get_vm,
         delete_vm,
         vm_events,
+        start_vm,
+        stop_vm,
+        restart_vm,
+        attest_vm,
         capture_vm,
         migrate_vm,
         create_credential,

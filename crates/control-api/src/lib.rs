@@ -83,6 +83,10 @@ operations! {
     get_vm: "GET" "/vms/{name}", Read, "read VMs";
     delete_vm: "DELETE" "/vms/{name}", Write, "delete VMs";
     vm_events: "GET" "/vms/{name}/events", Read, "read VM events";
+    start_vm: "POST" "/vms/{name}/start", Write, "start VMs";
+    stop_vm: "POST" "/vms/{name}/stop", Write, "stop VMs";
+    restart_vm: "POST" "/vms/{name}/restart", Write, "restart VMs";
+    attest_vm: "POST" "/vms/{name}/attest", Read, "attest VMs";
     capture_vm: "POST" "/vms/{name}/capture", Write, "capture images";
     migrate_vm: "POST" "/vms/{name}/migrate", Write, "migrate VMs";
     create_credential: "POST" "/credentials", Admin, "manage credentials";

@@ -280,6 +280,25 @@ pub struct VmEvent {
     pub detail: String,
 }
 
+/// `POST /vms/{name}/attest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttestVmRequest {
+    /// A nonce the VM's evidence binds (hex, 1 to 64 bytes); a fresh random one when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// The answer to `POST /vms/{name}/attest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AttestVmResponse {
+    /// The attestation service's token (a JWT; its `x-ms-runtime.nonce` is `nonce`).
+    pub token: String,
+    /// The nonce the evidence binds (hex).
+    pub nonce: String,
+}
+
 /// `GET /vms/{name}/events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VmEvents {

@@ -74,6 +74,22 @@ impl Client {
     pub fn vm_events(&self, name: &str) -> R<VmEvents> {
         self.get(&format!("/vms/{}/events", s(name)))
     }
+    /// `start_vm`: the attested boot; answers when the VM is `running` or `failed`.
+    pub fn start_vm(&self, name: &str) -> R<Vm> {
+        self.send::<(), Vm>(Method::Post, &format!("/vms/{}/start", s(name)), None)
+    }
+    /// `stop_vm`.
+    pub fn stop_vm(&self, name: &str) -> R<Vm> {
+        self.send::<(), Vm>(Method::Post, &format!("/vms/{}/stop", s(name)), None)
+    }
+    /// `restart_vm`.
+    pub fn restart_vm(&self, name: &str) -> R<Vm> {
+        self.send::<(), Vm>(Method::Post, &format!("/vms/{}/restart", s(name)), None)
+    }
+    /// `attest_vm`: a fresh token of the running VM.
+    pub fn attest_vm(&self, name: &str, req: &AttestVmRequest) -> R<AttestVmResponse> {
+        self.send(Method::Post, &format!("/vms/{}/attest", s(name)), Some(req))
+    }
     /// `capture_vm` (always refused: confidential VMs do not support it).
     pub fn capture_vm(&self, name: &str) -> R<()> {
         self.send::<(), ()>(Method::Post, &format!("/vms/{}/capture", s(name)), None)

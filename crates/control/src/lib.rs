@@ -8,13 +8,15 @@
 //! - [`service`]: the operations, with access checked from the contract's table;
 //! - [`server`]: the HTTP API (`openapi/control.json`).
 //!
-//! What this release does not do yet, and says so in every VM's events
-//! (`not_enforced`): start a VM (launch through a host's secure processor, attest,
-//! release the VMGS key, Secure Boot, unlock the disk), pre-encrypt its OS disk, and
-//! check a customer key against the key vault.
+//! - [`agent`]: what the control plane asks of a host agent (the attested boot).
+//!
+//! What this release does not do yet, and says so in the VM's events
+//! (`not_enforced`): pre-encrypt an OS disk and unlock it at boot, and check a
+//! customer key against the key vault.
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod artifact;
 pub mod local;
 pub mod server;

@@ -102,6 +102,26 @@ async fn vm_events(
 ) -> R<control_api::VmEvents> {
     run(c, cred, "vm_events", move |c, a| c.vm_events(a, &n)).await
 }
+async fn start_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
+    run(c, cred, "start_vm", move |c, a| c.start_vm(a, &n)).await
+}
+async fn stop_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
+    run(c, cred, "stop_vm", move |c, a| c.stop_vm(a, &n)).await
+}
+async fn restart_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
+    run(c, cred, "restart_vm", move |c, a| c.restart_vm(a, &n)).await
+}
+async fn attest_vm(
+    State(c): S,
+    Path(n): Path<String>,
+    cred: Credential,
+    b: Body,
+) -> R<control_api::AttestVmResponse> {
+    run(c, cred, "attest_vm", move |c, a| {
+        c.attest_vm(a, &n, &typed(b)?)
+    })
+    .await
+}
 async fn capture_vm(
     State(c): S,
     Path(n): Path<String>,
@@ -181,6 +201,10 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/vms", get(list_vms))
         .route("/vms/{name}", put(create_vm).get(get_vm).delete(delete_vm))
         .route("/vms/{name}/events", get(vm_events))
+        .route("/vms/{name}/start", post(start_vm))
+        .route("/vms/{name}/stop", post(stop_vm))
+        .route("/vms/{name}/restart", post(restart_vm))
+        .route("/vms/{name}/attest", post(attest_vm))
         .route("/vms/{name}/capture", post(capture_vm))
         .route("/vms/{name}/migrate", post(migrate_vm))
         .route("/credentials", post(credentials))

@@ -13,6 +13,7 @@ use serde_json::json;
 use sqldb::Location;
 use zeroize::Zeroizing;
 
+use crate::agent::{BootFailure, BootSpec, HostAgent, StepReport};
 use crate::store::{
     Created, EventRow, HostRow, ImageRow, PlaceOutcome, Placement, PutHost, Reserved, Store,
     StoreError, VmRow,
@@ -121,6 +122,7 @@ pub struct Control {
     prices: PriceTable,
     default_region: String,
     state_dir: PathBuf,
+    agent: std::sync::OnceLock<std::sync::Arc<dyn HostAgent>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -379,6 +381,7 @@ impl Control {
                 prices: cfg.prices,
                 default_region: cfg.default_region,
                 state_dir: cfg.state_dir,
+                agent: std::sync::OnceLock::new(),
             },
             created,
         ))
@@ -699,8 +702,17 @@ impl Control {
         parse_vm(&self.vm_row(caller, name)?)
     }
 
-    /// Deletes the caller's VM `name`, giving its host's capacity back.
+    /// Deletes the caller's VM `name` (stopping it first), giving its host's capacity
+    /// back and its files on the host removed.
     pub fn delete_vm(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        let row = self.vm_row(caller, name)?;
+        if let (Some(agent), Some(host)) = (self.agent.get(), row.host.as_deref()) {
+            if matches!(row.state.as_str(), "starting" | "stopping") {
+                return Err(busy(&row));
+            }
+            agent.stop(host, &row.id).map_err(agent_err)?;
+            agent.forget(host, &row.id).map_err(agent_err)?;
+        }
         match self
             .store
             .delete_vm(caller.tenant()?, name)
@@ -709,6 +721,316 @@ impl Control {
             true => Ok(()),
             false => Err(not_found("VM", name)),
         }
+    }
+
+    /// Lets `agent` run the VMs of this control plane's hosts (once).
+    pub fn set_agent(&self, agent: std::sync::Arc<dyn HostAgent>) {
+        let _ = self.agent.set(agent);
+    }
+
+    fn agent(&self) -> Result<&std::sync::Arc<dyn HostAgent>, ApiError> {
+        self.agent.get().ok_or_else(|| {
+            ApiError::new(
+                409,
+                codes::HOST_AGENT_UNAVAILABLE,
+                "no host agent serves this control plane: VMs can be created but not started (run it with `cvm up`)",
+            )
+        })
+    }
+
+    /// What the host agent needs to boot `row`, from its creating request.
+    fn boot_spec(&self, row: &VmRow) -> Result<BootSpec, ApiError> {
+        let req: api::CreateVmRequest = serde_json::from_str(&row.request).map_err(|e| {
+            store_err(StoreError::Corrupt {
+                what: format!("vm {} request", row.id),
+                why: e.to_string(),
+            })
+        })?;
+        let spec = validate::validate(&req, &self.default_region).map_err(|r| refused(&r))?;
+        let image = self
+            .store
+            .images()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|i| i.id == spec.image.id)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    codes::IMAGE_NOT_AVAILABLE,
+                    format!(
+                        "The image '{}' has no disk artifact on this platform any more; an operator imports one again.",
+                        spec.image.id
+                    ),
+                )
+            })?;
+        Ok(BootSpec {
+            vm_id: row.id.clone(),
+            host: row
+                .host
+                .clone()
+                .ok_or_else(|| ApiError::internal("unplaced VM"))?,
+            vcpus: spec.size.vcpus,
+            secure_boot: spec.secure_boot,
+            secure_boot_template: spec.image.secure_boot_template.to_string(),
+            image: PathBuf::from(image.path),
+            encryption: spec.encryption.name().to_string(),
+            attestation_policy: spec.attestation_policy,
+        })
+    }
+
+    /// Starts the caller's VM `name`: the attested boot on its host, each step
+    /// recorded as it ends; `running`, or `failed` with the step and reason. A running
+    /// VM is returned as it is.
+    pub fn start_vm(&self, caller: &Caller, name: &str) -> Result<api::Vm, ApiError> {
+        let row = self.vm_row(caller, name)?;
+        let agent = self.agent()?;
+        if row.state == "running"
+            && row
+                .host
+                .as_deref()
+                .is_some_and(|h| agent.is_running(h, &row.id))
+        {
+            return parse_vm(&row);
+        }
+        if !matches!(row.state.as_str(), "stopped" | "failed" | "running") {
+            return Err(busy(&row));
+        }
+        self.boot(&row, &["stopped", "failed", "running"])?;
+        self.get_vm(caller, name)
+    }
+
+    /// Runs the boot saga of `row` from one of the states `from`.
+    fn boot(&self, row: &VmRow, from: &[&str]) -> Result<(), ApiError> {
+        let agent = self.agent()?;
+        let spec = self.boot_spec(row)?;
+        let started = Instant::now();
+        let begin = event(
+            "start",
+            "ok",
+            0,
+            format!("start requested on {}", spec.host),
+        );
+        let Some(_) = self
+            .store
+            .transition(
+                &row.id,
+                from,
+                "starting",
+                None,
+                &body_as(api::VmState::Starting, None),
+                &[begin],
+            )
+            .map_err(store_err)?
+        else {
+            let now = self.store.vm_by_id(&row.id).map_err(store_err)?;
+            return Err(now.map_or_else(|| not_found("VM", &row.name), |r| busy(&r)));
+        };
+        let store = &self.store;
+        let mut record = |s: StepReport| {
+            let e = event(&s.step, &s.outcome, s.duration_ms, s.detail);
+            if let Err(err) = store.append_events(&row.id, &[e]) {
+                tracing::warn!(vm = %row.id, "recording a boot step: {err}");
+            }
+        };
+        let outcome = agent.start(&spec, &mut record);
+        let total = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (to, failure, last) = match &outcome {
+            Ok(()) => (
+                api::VmState::Running,
+                None,
+                event(
+                    "running",
+                    "ok",
+                    total,
+                    format!("attested boot done in {total} ms"),
+                ),
+            ),
+            Err(f) => {
+                // The agent stopped what it started; say so again if it can.
+                let _ = agent.stop(&spec.host, &row.id);
+                (
+                    api::VmState::Failed,
+                    Some(api::Failure {
+                        step: f.step.clone(),
+                        code: f.code.to_string(),
+                        reason: f.reason.clone(),
+                        at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                    }),
+                    event(
+                        "failed",
+                        "failed",
+                        total,
+                        format!("{}: {}", f.step, f.reason),
+                    ),
+                )
+            }
+        };
+        let failure_json = failure
+            .as_ref()
+            .map(|f| serde_json::to_string(f).unwrap_or_default());
+        self.store
+            .transition(
+                &row.id,
+                &["starting"],
+                to.name(),
+                failure_json.as_deref(),
+                &body_as(to, failure),
+                &[last],
+            )
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Stops the caller's VM `name`: its processes on the host end; `stopped`.
+    pub fn stop_vm(&self, caller: &Caller, name: &str) -> Result<api::Vm, ApiError> {
+        let row = self.vm_row(caller, name)?;
+        let agent = self.agent()?;
+        match row.state.as_str() {
+            "stopped" => return parse_vm(&row),
+            "running" | "failed" => {}
+            _ => return Err(busy(&row)),
+        }
+        let host = row
+            .host
+            .clone()
+            .ok_or_else(|| ApiError::internal("unplaced VM"))?;
+        let started = Instant::now();
+        self.store
+            .transition(
+                &row.id,
+                &["running", "failed"],
+                "stopping",
+                row.failure.as_deref(),
+                &body_as(api::VmState::Stopping, None),
+                &[],
+            )
+            .map_err(store_err)?
+            .ok_or_else(|| busy(&row))?;
+        let stopped = agent.stop(&host, &row.id);
+        let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (to, e) = match &stopped {
+            Ok(()) => (
+                api::VmState::Stopped,
+                event("stop", "ok", ms, format!("stopped on {host}")),
+            ),
+            Err(f) => (
+                api::VmState::Failed,
+                event("stop", "failed", ms, f.to_string()),
+            ),
+        };
+        self.store
+            .transition(
+                &row.id,
+                &["stopping"],
+                to.name(),
+                None,
+                &body_as(to, None),
+                &[e],
+            )
+            .map_err(store_err)?;
+        stopped.map_err(agent_err)?;
+        self.get_vm(caller, name)
+    }
+
+    /// Stops (if running) and starts the caller's VM `name`.
+    pub fn restart_vm(&self, caller: &Caller, name: &str) -> Result<api::Vm, ApiError> {
+        self.stop_vm(caller, name)?;
+        let row = self.vm_row(caller, name)?;
+        self.boot(&row, &["stopped"])?;
+        self.get_vm(caller, name)
+    }
+
+    /// A fresh attestation token of the caller's running VM `name`, its evidence
+    /// binding `nonce` (hex, at most 64 bytes) when given.
+    pub fn attest_vm(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: &api::AttestVmRequest,
+    ) -> Result<api::AttestVmResponse, ApiError> {
+        let nonce = match &req.nonce {
+            Some(n) => hex::decode(n)
+                .ok()
+                .filter(|b| !b.is_empty() && b.len() <= 64)
+                .ok_or_else(|| {
+                    ApiError::bad("bad_request", "nonce is 1 to 64 bytes as hex digits")
+                })?,
+            None => {
+                let mut b = [0u8; 32];
+                aws_lc_rs::rand::fill(&mut b).map_err(|_| ApiError::internal("random"))?;
+                b.to_vec()
+            }
+        };
+        let row = self.vm_row(caller, name)?;
+        let agent = self.agent()?;
+        if row.state != "running" {
+            return Err(ApiError::new(
+                409,
+                codes::CONFLICT,
+                format!(
+                    "the VM '{}' is {}; only a running VM attests",
+                    row.name, row.state
+                ),
+            ));
+        }
+        let spec = self.boot_spec(&row)?;
+        let token = agent.attest(&spec, &nonce).map_err(agent_err)?;
+        Ok(api::AttestVmResponse {
+            token,
+            nonce: hex::encode(&nonce),
+        })
+    }
+
+    /// After a restart of the control plane and its host agent: every VM that was
+    /// `running` or `starting` boots again (its processes ended with the agent), and
+    /// one left `stopping` is `stopped`. Returns how many VMs it booted.
+    pub fn resume(&self) -> Result<usize, ApiError> {
+        let agent = self.agent()?;
+        let mut booted = 0;
+        for row in self.store.all_vms().map_err(store_err)? {
+            let Some(host) = row.host.as_deref() else {
+                continue;
+            };
+            match row.state.as_str() {
+                "running" if agent.is_running(host, &row.id) => {}
+                "running" | "starting" => {
+                    let note = event(
+                        "resume",
+                        "ok",
+                        0,
+                        format!(
+                            "the VM was {} when the platform stopped; booting it again",
+                            row.state
+                        ),
+                    );
+                    self.store
+                        .append_events(&row.id, &[note])
+                        .map_err(store_err)?;
+                    if self.boot(&row, &["running", "starting"]).is_ok() {
+                        booted += 1;
+                    }
+                }
+                "stopping" => {
+                    let _ = agent.stop(host, &row.id);
+                    self.store
+                        .transition(
+                            &row.id,
+                            &["stopping"],
+                            "stopped",
+                            None,
+                            &body_as(api::VmState::Stopped, None),
+                            &[event(
+                                "stop",
+                                "ok",
+                                0,
+                                "stopped after a restart of the platform".into(),
+                            )],
+                        )
+                        .map_err(store_err)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(booted)
     }
 
     /// The caller's VM's events.
@@ -909,6 +1231,60 @@ impl Control {
     }
 }
 
+/// A VM that is between states.
+fn busy(row: &VmRow) -> ApiError {
+    ApiError::new(
+        409,
+        codes::CONFLICT,
+        format!(
+            "the VM '{}' is {}; try again when it is not",
+            row.name, row.state
+        ),
+    )
+}
+
+/// A host agent's failure outside a boot (stop, attest, forget).
+fn agent_err(f: BootFailure) -> ApiError {
+    let status = if f.code == "attestation_denied" {
+        409
+    } else {
+        502
+    };
+    ApiError::new(status, f.code, format!("{}: {}", f.step, f.reason))
+}
+
+/// An event now.
+fn event(step: &str, outcome: &str, duration_ms: i64, detail: String) -> EventRow {
+    EventRow {
+        seq: 0,
+        at_ms: now_ms(),
+        step: step.to_string(),
+        outcome: outcome.to_string(),
+        duration_ms,
+        detail,
+    }
+}
+
+/// Rewrites a stored VM body's state and last failure (kept when `failure` is none
+/// and the state is not `running`).
+fn body_as(
+    state: api::VmState,
+    failure: Option<api::Failure>,
+) -> impl Fn(&VmRow) -> Result<String, StoreError> {
+    move |row: &VmRow| {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            what: format!("vm {}", row.id),
+            why: e.to_string(),
+        };
+        let mut vm: api::Vm = serde_json::from_str(&row.body).map_err(corrupt)?;
+        vm.state = state;
+        if failure.is_some() || state == api::VmState::Running {
+            vm.last_failure = failure.clone();
+        }
+        serde_json::to_string(&vm).map_err(corrupt)
+    }
+}
+
 fn security_of(spec: &VmSpec) -> api::VmSecurity {
     let (key_management, customer_key) = match &spec.key {
         KeyManagement::Platform => ("platform", None),
@@ -996,11 +1372,5 @@ fn create_events(
             "the OS disk is not pre-encrypted yet: the pre-encryption service is not wired into create".to_string(),
         );
     }
-    push(
-        "attested_boot",
-        "not_enforced",
-        0,
-        "starting is not offered yet: launch through the host's secure processor, attestation, VMGS key release, Secure Boot and disk unlock come with the host agent".to_string(),
-    );
     out
 }

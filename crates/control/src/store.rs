@@ -656,6 +656,70 @@ impl Store {
         })
     }
 
+    /// Moves the VM `id` to state `to` if its state is one of `from`, in one
+    /// transaction: the state column, the last failure (`failure`, JSON, or none), the
+    /// API body (`body` rewrites the stored one) and `events` appended after the
+    /// existing ones. Returns the updated row, or `None` (nothing changed) when the VM
+    /// is gone or in another state.
+    pub fn transition(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        failure: Option<&str>,
+        body: &dyn Fn(&VmRow) -> Result<String, StoreError>,
+        events: &[EventRow],
+    ) -> Result<Option<VmRow>, StoreError> {
+        self.with(true, |tx| {
+            let Some(r) = tx.query_opt(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
+                args![id],
+            )?
+            else {
+                return Ok(None);
+            };
+            let mut vm = vm_row(&r)?;
+            if !from.contains(&vm.state.as_str()) {
+                return Ok(None);
+            }
+            vm.state = to.to_string();
+            vm.failure = failure.map(str::to_string);
+            vm.body = body(&vm)?;
+            let n = tx.execute(
+                "UPDATE vms SET state = ?2, failure = ?3, body = ?4 WHERE id = ?1 AND state = ?5",
+                args![
+                    id,
+                    to,
+                    failure,
+                    vm.body.as_str(),
+                    r.get::<String>(8)?.as_str()
+                ],
+            )?;
+            if n != 1 {
+                return Ok(None);
+            }
+            append(tx, id, events)?;
+            Ok(Some(vm))
+        })
+    }
+
+    /// Appends `events` (their `seq` is assigned) to the VM `id`'s events.
+    pub fn append_events(&self, id: &str, events: &[EventRow]) -> Result<(), StoreError> {
+        self.with(true, |tx| append(tx, id, events))
+    }
+
+    /// The VM with platform id `id`.
+    pub fn vm_by_id(&self, id: &str) -> Result<Option<VmRow>, StoreError> {
+        self.with(false, |tx| {
+            tx.query_opt(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
+                args![id],
+            )?
+            .map(|r| vm_row(&r).map_err(StoreError::from))
+            .transpose()
+        })
+    }
+
     /// The VM's events, in order.
     pub fn events(&self, vm_id: &str) -> Result<Vec<EventRow>, StoreError> {
         self.with(false, |tx| {
@@ -736,6 +800,25 @@ fn quota(tx: &mut Tx<'_>, tenant: &str) -> Result<(i64, i64), StoreError> {
         args![tenant],
     )?;
     Ok((r.get(0)?, r.get(1)?))
+}
+
+/// Appends `events` after the VM's last event, numbering them.
+fn append(tx: &mut Tx<'_>, vm: &str, events: &[EventRow]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let last: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(seq), 0) FROM vm_events WHERE vm = ?1",
+            args![vm],
+        )?
+        .get(0)?;
+    for (i, e) in events.iter().enumerate() {
+        let mut e = e.clone();
+        e.seq = last + 1 + i64::try_from(i).unwrap_or(0);
+        insert_event(tx, vm, &e)?;
+    }
+    Ok(())
 }
 
 fn insert_event(tx: &mut Tx<'_>, vm: &str, e: &EventRow) -> Result<(), StoreError> {

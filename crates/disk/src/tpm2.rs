@@ -44,6 +44,10 @@ const CC_FLUSH_CONTEXT: u32 = 0x165;
 const CC_START_AUTH_SESSION: u32 = 0x176;
 const CC_PCR_READ: u32 = 0x17E;
 const CC_POLICY_PCR: u32 = 0x17F;
+const CC_PCR_EXTEND: u32 = 0x182;
+const CC_STARTUP: u32 = 0x144;
+/// `TPM_RC_INITIALIZE`: TPM2_Startup was already sent.
+const TPM_RC_INITIALIZE: u32 = 0x100;
 const CC_POLICY_GET_DIGEST: u32 = 0x189;
 const ALG_SHA256: u16 = 0x000B;
 /// The largest response accepted from a TPM.
@@ -276,6 +280,44 @@ pub fn read_pcrs(tpm: &mut dyn Tpm, pcrs: &[u32]) -> Result<Vec<[u8; 32]>, Error
         }
     }
     Ok(out)
+}
+
+/// TPM2_Startup(CLEAR), as firmware sends it first; a TPM already started
+/// (`TPM_RC_INITIALIZE`) is left as it is.
+pub fn startup_clear(tpm: &mut dyn Tpm) -> Result<(), Error> {
+    let r = tpm.execute(&command(
+        TPM_ST_NO_SESSIONS,
+        CC_STARTUP,
+        &0u16.to_be_bytes(),
+    ))?;
+    let rc = r
+        .get(6..10)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| Error::Tpm("a TPM2_Startup response shorter than its header".into()))?;
+    match rc {
+        0 | TPM_RC_INITIALIZE => Ok(()),
+        rc => Err(Error::Tpm(format!(
+            "the vTPM refused TPM2_Startup: response code {rc:#x}"
+        ))),
+    }
+}
+
+/// TPM2_PCR_Extend of `pcr` with one digest per bank: `(TPM_ALG_ID, digest)`, as
+/// firmware measures an event (every bank the TPM allocates must be given).
+pub fn pcr_extend(tpm: &mut dyn Tpm, pcr: u32, digests: &[(u16, &[u8])]) -> Result<(), Error> {
+    let mut body = pcr.to_be_bytes().to_vec();
+    body.extend_from_slice(&auth_area(TPM_RS_PW));
+    body.extend_from_slice(&(digests.len() as u32).to_be_bytes());
+    for (alg, d) in digests {
+        body.extend_from_slice(&alg.to_be_bytes());
+        body.extend_from_slice(d);
+    }
+    run(
+        tpm,
+        "TPM2_PCR_Extend",
+        &command(TPM_ST_SESSIONS, CC_PCR_EXTEND, &body),
+    )?;
+    Ok(())
 }
 
 /// The policy digest of PolicyPCR over `pcrs` holding `values` (SHA-256 bank), from

@@ -183,6 +183,25 @@ impl fmt::Debug for ReleasedKey {
     }
 }
 
+/// An attestation token and the transfer key its evidence bound.
+pub struct Attested {
+    transfer: UnwrappingKey,
+    token: String,
+}
+
+impl Attested {
+    /// The attestation service's token (a JWT).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl fmt::Debug for Attested {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attested").finish_non_exhaustive()
+    }
+}
+
 /// Releases keys through one attestation service and with one vault credential.
 pub struct Releaser {
     agent: ureq::Agent,
@@ -225,9 +244,28 @@ impl Releaser {
         key: &KeyId,
         source: &mut dyn EvidenceSource,
     ) -> Result<ReleasedKey, ReleaseError> {
+        let attested = self.attest_fresh(source)?;
+        self.release_to(&attested, key)
+    }
+
+    /// The first half of [`Releaser::release`]: a fresh transfer key, evidence binding
+    /// it, and the attestation service's token for that evidence. The token can then
+    /// release keys ([`Releaser::release_to`]) that only this transfer key unwraps.
+    pub fn attest_fresh(&self, source: &mut dyn EvidenceSource) -> Result<Attested, ReleaseError> {
         let transfer =
             UnwrappingKey::generate(TRANSFER_KEY_BITS).map_err(ReleaseError::TransferKey)?;
         let token = self.attest(&transfer, source)?;
+        Ok(Attested { transfer, token })
+    }
+
+    /// The second half of [`Releaser::release`]: has the vault release `key` to the
+    /// attested token and unwraps it with the transfer key.
+    pub fn release_to(
+        &self,
+        attested: &Attested,
+        key: &KeyId,
+    ) -> Result<ReleasedKey, ReleaseError> {
+        let (transfer, token) = (&attested.transfer, attested.token.clone());
         let mut nonce = [0u8; 16];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ReleaseError::Transport {
             what: "nonce",
@@ -254,7 +292,7 @@ impl Releaser {
             .value;
         let hsm = checked_key_hsm(&jws, &self.vault_signer, &nonce, key)?;
         let material = KeyHsm::parse(&hsm)
-            .and_then(|h| h.unwrap_key(&transfer))
+            .and_then(|h| h.unwrap_key(transfer))
             .map_err(ReleaseError::Unwrap)?;
         Ok(ReleasedKey(material.into_zeroizing()))
     }

@@ -1,0 +1,70 @@
+//! What the control plane asks of a host agent: run the attested boot of a VM placed
+//! on its host, stop it, attest it again, forget it. The control plane persists the
+//! VM's state and every step the agent reports; the agent owns the VM's processes and
+//! files on its host.
+
+use std::path::PathBuf;
+
+/// Everything a host agent needs to boot one VM.
+#[derive(Clone, Debug)]
+pub struct BootSpec {
+    /// The VM's platform-unique id (32 hex digits).
+    pub vm_id: String,
+    /// The host it is placed on.
+    pub host: String,
+    /// Its vCPUs (measured into the launch digest: one VMSA each).
+    pub vcpus: u32,
+    /// Whether its firmware enforces Secure Boot.
+    pub secure_boot: bool,
+    /// Its Secure Boot template (`linux`, `microsoft`): the db/dbx its VMGS starts with.
+    pub secure_boot_template: String,
+    /// Its OS image artifact (a raw GPT disk).
+    pub image: PathBuf,
+    /// `VMGuestStateOnly` or `DiskWithVMGuestState`.
+    pub encryption: String,
+    /// The attestation policy (provider) its evidence must meet.
+    pub attestation_policy: String,
+}
+
+/// One step's outcome, as the VM's events record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    /// The step (`launch`, `attest`, `vmgs_key_release`, ...).
+    pub step: String,
+    /// `ok`, `failed` or `not_enforced`.
+    pub outcome: String,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// What happened, for people.
+    pub detail: String,
+}
+
+/// Why a boot stopped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{step}: {reason}")]
+pub struct BootFailure {
+    /// The step that failed.
+    pub step: String,
+    /// A stable code (`host_unhealthy`, `attestation_denied`, `key_release_denied`,
+    /// `vmgs_unopenable`, `vtpm_failed`, `secure_boot_violation`, `host_agent`).
+    pub code: &'static str,
+    /// For people: the failing rule, with expected and actual values where the
+    /// refusing service gave them.
+    pub reason: String,
+}
+
+/// A host agent (in-process for `cvm up`'s emulated hosts).
+pub trait HostAgent: Send + Sync {
+    /// Runs the attested boot of `spec`, reporting each step as it ends; on failure
+    /// everything the boot started on the host is stopped again.
+    fn start(&self, spec: &BootSpec, report: &mut dyn FnMut(StepReport))
+    -> Result<(), BootFailure>;
+    /// Stops the VM's processes (a VM that is not running is already stopped).
+    fn stop(&self, host: &str, vm_id: &str) -> Result<(), BootFailure>;
+    /// Whether the VM's processes run on its host.
+    fn is_running(&self, host: &str, vm_id: &str) -> bool;
+    /// A fresh attestation token for the running VM, its evidence binding `nonce`.
+    fn attest(&self, spec: &BootSpec, nonce: &[u8]) -> Result<String, BootFailure>;
+    /// Removes the VM's files from its host (after it is deleted).
+    fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure>;
+}

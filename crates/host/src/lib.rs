@@ -1,0 +1,974 @@
+//! The host agent: the attested boot of the confidential VMs placed on a host.
+//!
+//! This release has the `emulated` backend: each host has an emulated AMD secure
+//! processor (`snp-emu`, its own chip and roots), and the guest itself is not run.
+//! The boot chain runs against the image's real boot components and the VM's real
+//! VMGS, key vault and attestation service:
+//!
+//! 1. **launch**: the host is healthy (SEV-SNP enabled), the firmware (OVMF) is
+//!    measured with one VMSA per vCPU as QEMU launches it, and the guest is launched
+//!    through the host's secure processor with the default guest policy (no debug)
+//!    and `HOST_DATA` = SHA-256 of the VM's id;
+//! 2. **attest**: the paravisor side (this agent, for the emulated backend: see ADR
+//!    0016 for the trust boundary) makes a fresh RSA transfer key, asks the secure
+//!    processor for a report binding it, and has the attestation service appraise it
+//!    under the VM's attestation policy; a refusal stops the boot with the service's
+//!    reasons;
+//! 3. **vmgs_key_release**: the key vault releases the VM's VMGS key-encryption key
+//!    to that token only if it meets the key's immutable release policy (this
+//!    attestation service, SEV-SNP, this VM's `HOST_DATA`, no debug), wrapped to the
+//!    transfer key;
+//! 4. **vmgs**: the key opens the VM's VMGS (created on first boot with the UEFI
+//!    variables of the VM's Secure Boot template) and its datastore key is rotated;
+//! 5. **vtpm**: the VM's vTPM starts from the VMGS as its own process (`cvm vtpm
+//!    run`), the key-encryption key handed over on its standard input, which also
+//!    ends the vTPM when this agent ends;
+//! 6. **secure_boot**: firmware's and shim's checks of the image's boot loader and
+//!    second stage against the VM's db/dbx (and shim's vendor certificate and SBAT),
+//!    each event measured into the vTPM's PCR 7 and the event list kept.
+//!
+//! Disk unlock for `DiskWithVMGuestState` is recorded `not_enforced`: the OS disk is
+//! not pre-encrypted by this release's create.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use control::agent::{BootFailure, BootSpec, HostAgent, StepReport};
+use control_api::codes::boot as code;
+use keyvault_api::KeyVaultApi as _;
+use serde_json::{Value, json};
+use snp_emu::guest::{Guest, LaunchConfig};
+use snp_emu::platform::{Platform, PlatformConfig};
+use zeroize::Zeroizing;
+
+/// The services a host's VMs attest to and get their keys from.
+pub struct Services {
+    /// The attestation service's base URL.
+    pub attestation_url: String,
+    /// The key vault's base URL (the platform's vault).
+    pub vault_url: String,
+    /// A vault credential that may create keys (the control plane's).
+    pub vault_admin: Zeroizing<String>,
+    /// A vault credential that may only read and release keys (the paravisor's).
+    pub vault_release: Zeroizing<String>,
+    /// The vault's release signing certificate (DER): responses signed otherwise are
+    /// refused.
+    pub vault_signer: Vec<u8>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("attestation_url", &self.attestation_url)
+            .field("vault_url", &self.vault_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the agent could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// A host's emulated secure processor.
+    #[error("the emulated secure processor of {host}: {source}")]
+    Platform {
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: snp_emu::platform::PlatformError,
+    },
+    /// A file.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP client.
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+/// A VM whose processes run.
+struct Running {
+    /// The vTPM process; it ends when `stdin` closes.
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The guest as launched (for fresh reports).
+    guest: Guest,
+}
+
+/// The host agent of `cvm up`'s emulated hosts.
+pub struct EmulatedHosts {
+    root: PathBuf,
+    cvm: PathBuf,
+    ovmf: Vec<u8>,
+    services: Services,
+    agent: ureq::Agent,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl std::fmt::Debug for EmulatedHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatedHosts")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The vCPU model the emulated hosts launch (their secure processors are Milan).
+const VCPU_TYPE: &str = "EPYC-Milan";
+/// The guest policy every VM launches with: ABI 0.0, SMT allowed, no debug, no
+/// migration agent.
+const GUEST_POLICY: u64 = 0x3_0000;
+/// How long a vTPM process may take to listen.
+const VTPM_START: Duration = Duration::from_secs(30);
+
+fn ms(since: Instant) -> i64 {
+    i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+fn fail(step: &str, code: &'static str, reason: impl Into<String>) -> BootFailure {
+    BootFailure {
+        step: step.to_string(),
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// `HOST_DATA` of a VM: SHA-256 of `opencvm-vm:` and its id. The launcher sets it,
+/// the secure processor signs it in every report, and the VM's key release policies
+/// name it (ADR 0016).
+pub fn host_data(vm_id: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("opencvm-vm:{vm_id}").as_bytes(),
+    );
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The VM id as the vTPM and VMGS name it: a UUID made of the 32 hex digits.
+fn vm_uuid(vm_id: &str) -> String {
+    let h = vm_id.to_uppercase();
+    if h.len() != 32 {
+        return h;
+    }
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl EmulatedHosts {
+    /// The agent of the hosts under `root` (one directory per host), spawning vTPMs
+    /// with the `cvm` binary `cvm`, measuring the firmware `ovmf`.
+    pub fn new(
+        root: &Path,
+        cvm: &Path,
+        ovmf: Vec<u8>,
+        services: Services,
+    ) -> Result<Self, HostError> {
+        let agent = api_client::agent(None).map_err(|e| HostError::Client(e.to_string()))?;
+        Ok(EmulatedHosts {
+            root: root.to_path_buf(),
+            cvm: cvm.to_path_buf(),
+            ovmf,
+            services,
+            agent,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Creates host `host`'s emulated secure processor (a Milan, SEV-SNP enabled)
+    /// unless it exists, and returns its roots as the attestation service pins them
+    /// (ASK, ARK and the ARK's CRL, PEM).
+    pub fn prepare(root: &Path, host: &str) -> Result<String, HostError> {
+        let dir = root.join(host).join("snp");
+        let perr = |source| HostError::Platform {
+            host: host.to_string(),
+            source,
+        };
+        std::fs::create_dir_all(root.join(host)).map_err(|source| HostError::Io {
+            path: root.join(host),
+            source,
+        })?;
+        let p = Platform::open_or_create(&dir, PlatformConfig::new(snp::Product::Milan))
+            .map_err(perr)?;
+        let mut bundle = snp_emu::platform::pem("CERTIFICATE", p.ask_der());
+        bundle += &snp_emu::platform::pem("CERTIFICATE", p.ark_der());
+        bundle += &snp_emu::platform::pem("X509 CRL", &p.issue_crl(&[]).map_err(perr)?);
+        Ok(bundle)
+    }
+
+    fn vm_dir(&self, host: &str, vm_id: &str) -> PathBuf {
+        self.root.join(host).join("vms").join(vm_id)
+    }
+
+    fn platform(&self, host: &str) -> Result<Platform, BootFailure> {
+        Platform::open(&self.root.join(host).join("snp")).map_err(|e| {
+            fail(
+                "launch",
+                code::HOST_UNHEALTHY,
+                format!("the secure processor of {host} cannot be opened: {e}"),
+            )
+        })
+    }
+
+    /// The attestation URL of the VM's policy: the service's default provider, or
+    /// the provider the policy names.
+    fn attestation_url(&self, policy: &str) -> String {
+        let base = self.services.attestation_url.trim_end_matches('/');
+        if policy == "default" {
+            base.to_string()
+        } else {
+            format!("{base}/providers/{policy}")
+        }
+    }
+
+    fn releaser(&self, policy: &str) -> key_release::Releaser {
+        key_release::Releaser::new(
+            self.agent.clone(),
+            &self.attestation_url(policy),
+            self.services.vault_release.clone(),
+            self.services.vault_signer.clone(),
+        )
+    }
+
+    /// The VM's VMGS key-encryption key in the vault: created on first boot (an
+    /// `oct` key of 256 bits) with an immutable release policy naming the token
+    /// issuer, SEV-SNP, this VM's `HOST_DATA` and no debug.
+    fn vmgs_kek(&self, spec: &BootSpec, issuer: &str) -> Result<key_release::KeyId, BootFailure> {
+        let vault = keyvault_client::Client::new(
+            self.agent.clone(),
+            &self.services.vault_url,
+            &self.services.vault_admin,
+        );
+        let name = format!("vm-{}-vmgs", spec.vm_id);
+        let step = "vmgs_key_release";
+        let kid = match vault.get_key(&(), &name, None) {
+            Ok(b) => b.key.kid,
+            Err(api_client::ClientError::Refused { status: 404, .. }) => {
+                let policy = json!({"version": "1.0.0", "anyOf": [{"authority": issuer,
+                    "allOf": [
+                        {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
+                        {"claim": "x-ms-sevsnpvm-hostdata", "equals": hex::encode(host_data(&spec.vm_id))},
+                        {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": false}]}]});
+                let data = B64URL.encode(policy.to_string());
+                let req = keyvault_api::CreateKeyRequest {
+                    kty: "oct".into(),
+                    key_size: Some(256),
+                    attributes: Some(keyvault_api::Attributes {
+                        exportable: Some(true),
+                        ..keyvault_api::Attributes::default()
+                    }),
+                    release_policy: Some(json!({
+                        "contentType": "application/json; charset=utf-8",
+                        "data": data,
+                        "immutable": true,
+                    })),
+                    ..keyvault_api::CreateKeyRequest::default()
+                };
+                vault
+                    .create_key(&(), &name, req)
+                    .map_err(|e| {
+                        fail(
+                            step,
+                            code::HOST_AGENT,
+                            format!("creating the VM's VMGS key {name}: {e}"),
+                        )
+                    })?
+                    .key
+                    .kid
+            }
+            Err(e) => {
+                return Err(fail(
+                    step,
+                    code::HOST_AGENT,
+                    format!("reading the VM's VMGS key {name}: {e}"),
+                ));
+            }
+        };
+        key_release::KeyId::parse(&kid).map_err(|e| {
+            fail(
+                step,
+                code::HOST_AGENT,
+                format!("the vault's key id {kid}: {e}"),
+            )
+        })
+    }
+
+    fn run_boot(
+        &self,
+        spec: &BootSpec,
+        report: &mut dyn FnMut(StepReport),
+    ) -> Result<Running, BootFailure> {
+        let mut ok = |step: &str, started: Instant, detail: String| {
+            report(StepReport {
+                step: step.to_string(),
+                outcome: "ok".into(),
+                duration_ms: ms(started),
+                detail,
+            });
+        };
+        let dir = self.vm_dir(&spec.host, &spec.vm_id);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            fail(
+                "launch",
+                code::HOST_AGENT,
+                format!("{}: {e}", dir.display()),
+            )
+        })?;
+
+        // 1. Launch.
+        let t = Instant::now();
+        let platform = self.platform(&spec.host)?;
+        if !platform.config().snp_enabled {
+            return Err(fail(
+                "launch",
+                code::HOST_UNHEALTHY,
+                format!(
+                    "SEV-SNP is disabled on {}: its secure processor launches no confidential guest",
+                    spec.host
+                ),
+            ));
+        }
+        let opts = snp_emu::ovmf::MeasureOptions {
+            vcpus: spec.vcpus,
+            vcpu_type: VCPU_TYPE
+                .parse()
+                .map_err(|e| fail("launch", code::HOST_AGENT, format!("{e}")))?,
+            guest_features: 0x1,
+            kernel: None,
+            initrd: None,
+            append: None,
+        };
+        let measurement = snp_emu::ovmf::measure_snp(&self.ovmf, &opts).map_err(|e| {
+            fail(
+                "launch",
+                code::HOST_AGENT,
+                format!("measuring the firmware: {e}"),
+            )
+        })?;
+        let hd = host_data(&spec.vm_id);
+        let guest = platform
+            .launch(LaunchConfig {
+                policy: GUEST_POLICY,
+                measurement,
+                host_data: hd,
+                ..LaunchConfig::default()
+            })
+            .map_err(|e| {
+                fail(
+                    "launch",
+                    code::HOST_UNHEALTHY,
+                    format!("the secure processor refused the launch: {e}"),
+                )
+            })?;
+        let tcb = platform.config().tcb();
+        ok(
+            "launch",
+            t,
+            format!(
+                "launched through {}'s emulated AMD secure processor ({:?}, TCB {}): {} vCPUs, guest policy {GUEST_POLICY:#x}, measurement {}, HOST_DATA {}",
+                spec.host,
+                platform.config().product,
+                hex::encode(tcb.raw().to_le_bytes()),
+                spec.vcpus,
+                hex::encode(measurement),
+                hex::encode(hd)
+            ),
+        );
+
+        // 2. Attest.
+        let t = Instant::now();
+        let releaser = self.releaser(&spec.attestation_policy);
+        let mut source = Evidence {
+            platform: &platform,
+            guest: &guest,
+        };
+        let attested = releaser.attest_fresh(&mut source).map_err(|e| match e {
+            key_release::ReleaseError::NotAttested { message, .. } => fail(
+                "attest",
+                code::ATTESTATION_DENIED,
+                format!(
+                    "the attestation policy '{}' denied the evidence: {message}",
+                    spec.attestation_policy
+                ),
+            ),
+            other => fail("attest", code::HOST_AGENT, other.to_string()),
+        })?;
+        let claims = token_claims(attested.token());
+        let issuer = claims["iss"].as_str().unwrap_or_default().to_string();
+        ok(
+            "attest",
+            t,
+            format!(
+                "token from {issuer} under policy '{}': attestation type {}, compliance {}, debuggable {}, emulated platform {}",
+                spec.attestation_policy,
+                claims["x-ms-attestation-type"],
+                claims["x-ms-compliance-status"],
+                claims["x-ms-sevsnpvm-is-debuggable"],
+                claims["x-opencvm-emulated"],
+            ),
+        );
+
+        // 3. The VMGS key, released to the token.
+        let t = Instant::now();
+        let kid = self.vmgs_kek(spec, &issuer)?;
+        let released = releaser.release_to(&attested, &kid).map_err(|e| match e {
+            key_release::ReleaseError::Refused { message, .. } => fail(
+                "vmgs_key_release",
+                code::KEY_RELEASE_DENIED,
+                format!("the key vault refused to release {kid}: {message}"),
+            ),
+            other => fail("vmgs_key_release", code::HOST_AGENT, other.to_string()),
+        })?;
+        let kek_bytes: Zeroizing<[u8; 32]> =
+            Zeroizing::new(released.as_bytes().try_into().map_err(|_| {
+                fail(
+                    "vmgs_key_release",
+                    code::HOST_AGENT,
+                    format!("{kid} is not a 256-bit key"),
+                )
+            })?);
+        ok(
+            "vmgs_key_release",
+            t,
+            format!("{kid} released to the token, wrapped to the transfer key"),
+        );
+
+        // 4. The VMGS: opened (its datastore key rotated) or created with the
+        // template's variables.
+        let t = Instant::now();
+        let vmgs_path = dir.join("guest.vmgs");
+        let kek = vmgs::key_protector::Kek::new(*kek_bytes);
+        let (store, created) = open_vmgs(&vmgs_path, &kek, spec)?;
+        ok(
+            "vmgs",
+            t,
+            format!(
+                "{} {} (key protector opened with the released key, datastore key rotated); Secure Boot {} with the {} template's db/dbx",
+                if created { "created" } else { "opened" },
+                vmgs_path.display(),
+                if store.secure_boot() { "on" } else { "off" },
+                spec.secure_boot_template
+            ),
+        );
+
+        // 5. The vTPM, from the VMGS.
+        let t = Instant::now();
+        let (mut running, endpoint) =
+            self.spawn_vtpm(spec, &dir, &vmgs_path, &kek_bytes, &measurement, guest)?;
+        drop(kek_bytes);
+        ok(
+            "vtpm",
+            t,
+            format!(
+                "vTPM 2.0 running from the VMGS (pid {}), data channel {endpoint}",
+                running.child.id()
+            ),
+        );
+
+        // 6. Secure Boot, measured into the vTPM.
+        let t = Instant::now();
+        match secure_boot(spec, &store, &endpoint, &dir) {
+            Ok(detail) => ok("secure_boot", t, detail),
+            Err(f) => {
+                stop_child(&mut running);
+                return Err(f);
+            }
+        }
+
+        // 7. The OS disk.
+        if spec.encryption == "DiskWithVMGuestState" {
+            report(StepReport {
+                step: "disk_unlock".into(),
+                outcome: "not_enforced".into(),
+                duration_ms: 0,
+                detail: "the OS disk is not pre-encrypted by this release, so there is no key for the vTPM to unseal".into(),
+            });
+        }
+        Ok(running)
+    }
+
+    fn spawn_vtpm(
+        &self,
+        spec: &BootSpec,
+        dir: &Path,
+        vmgs_path: &Path,
+        kek: &[u8; 32],
+        measurement: &[u8; 48],
+        guest: Guest,
+    ) -> Result<(Running, String), BootFailure> {
+        let step = "vtpm";
+        let sock = dir.join("tpm");
+        let _ = std::fs::remove_dir_all(&sock);
+        let data = format!("unix:{}", sock.join("data").display());
+        let ctrl = format!("unix:{}", sock.join("ctrl").display());
+        let mut child = Command::new(&self.cvm)
+            .args(["vtpm", "run", "--kek-stdin", "--vmgs"])
+            .arg(vmgs_path)
+            .args([
+                "--server",
+                &data,
+                "--ctrl",
+                &ctrl,
+                "--vm-id",
+                &vm_uuid(&spec.vm_id),
+            ])
+            .args([
+                "--secure-boot",
+                if spec.secure_boot { "true" } else { "false" },
+            ])
+            .arg("--snp-platform")
+            .arg(self.root.join(&spec.host).join("snp"))
+            .args(["--launch-measurement", &hex::encode(measurement)])
+            .args(["--host-data", &hex::encode(host_data(&spec.vm_id))])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                fail(
+                    step,
+                    code::VTPM_FAILED,
+                    format!("starting {}: {e}", self.cvm.display()),
+                )
+            })?;
+        let mut stdin = child.stdin.take();
+        if let Some(s) = stdin.as_mut()
+            && let Err(e) = s.write_all(kek).and_then(|()| s.flush())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(
+                step,
+                code::VTPM_FAILED,
+                format!("handing the key to the vTPM: {e}"),
+            ));
+        }
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        // Wait for "ctrl ..." on stdout (the vTPM listens), or its end.
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(out) = stdout {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.starts_with("ctrl ") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+        }
+        let err_text = std::sync::Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = stderr {
+            let keep = err_text.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut k) = keep.lock()
+                        && k.len() < 16 << 10
+                    {
+                        k.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        let mut running = Running {
+            child,
+            stdin,
+            guest,
+        };
+        match rx.recv_timeout(VTPM_START) {
+            Ok(()) => Ok((running, data)),
+            Err(_) => {
+                stop_child(&mut running);
+                std::thread::sleep(Duration::from_millis(50));
+                let text = err_text.lock().map(|t| t.clone()).unwrap_or_default();
+                let last = text
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("it ended without a message")
+                    .trim()
+                    .to_string();
+                let code = if last.contains("does not open") {
+                    code::VMGS_UNOPENABLE
+                } else {
+                    code::VTPM_FAILED
+                };
+                Err(fail(step, code, format!("the vTPM did not start: {last}")))
+            }
+        }
+    }
+}
+
+/// Opens the VMGS at `path` with `kek` (which rotates its datastore key), or creates
+/// it with the Secure Boot template's variables; returns its variable store.
+fn open_vmgs(
+    path: &Path,
+    kek: &vmgs::key_protector::Kek,
+    spec: &BootSpec,
+) -> Result<(boot::varstore::VariableStore, bool), BootFailure> {
+    use vmgs::vmgs_format::FileId;
+    let step = "vmgs";
+    let opened = vmgs::Vmgs::open_file_protected(path, kek, vmgs::OpenOptions::default());
+    let (mut file, created) = match opened {
+        Ok((v, _)) => (v, false),
+        Err(vmgs::VmgsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let v =
+                vmgs::Vmgs::create_file_protected(path, vmgs::DEFAULT_SIZE, kek).map_err(|e| {
+                    fail(
+                        step,
+                        code::HOST_AGENT,
+                        format!("creating {}: {e}", path.display()),
+                    )
+                })?;
+            (v, true)
+        }
+        Err(e) => {
+            return Err(fail(
+                step,
+                code::VMGS_UNOPENABLE,
+                format!("the released key does not open {}: {e}", path.display()),
+            ));
+        }
+    };
+    let stored = match file.read_file(FileId::BIOS_NVRAM) {
+        Ok(d) => Some(d.to_vec()),
+        Err(vmgs::VmgsError::NoSuchFile(_)) => None,
+        Err(e) => {
+            return Err(fail(
+                step,
+                code::VMGS_UNOPENABLE,
+                format!("{}: {e}", path.display()),
+            ));
+        }
+    };
+    let store = match stored {
+        Some(raw) => boot::varstore::VariableStore::from_json(&raw).map_err(|e| {
+            fail(
+                step,
+                code::VMGS_UNOPENABLE,
+                format!("the VMGS's UEFI variables: {e}"),
+            )
+        })?,
+        None => {
+            let template: boot::template::Template = spec
+                .secure_boot_template
+                .parse()
+                .map_err(|e| fail(step, code::HOST_AGENT, format!("{e}")))?;
+            let keys = boot::template::keys(template)
+                .map_err(|e| fail(step, code::HOST_AGENT, format!("{e}")))?;
+            let mut store = boot::template::store(&keys, efi_now());
+            if !spec.secure_boot {
+                store = without_secure_boot(store);
+            }
+            file.write_file(FileId::BIOS_NVRAM, store.to_json().as_bytes(), false)
+                .map_err(|e| fail(step, code::HOST_AGENT, format!("{}: {e}", path.display())))?;
+            store
+        }
+    };
+    Ok((store, created))
+}
+
+/// A store whose platform key is removed: firmware then runs in setup mode, with
+/// Secure Boot off (the VM asked for it off).
+fn without_secure_boot(mut store: boot::varstore::VariableStore) -> boot::varstore::VariableStore {
+    store.variables.retain(|v| v.name != "PK");
+    store
+}
+
+fn efi_now() -> boot::authvar::EfiTime {
+    let t = time::OffsetDateTime::now_utc();
+    boot::authvar::EfiTime {
+        year: u16::try_from(t.year()).unwrap_or(2026),
+        month: u8::from(t.month()),
+        day: t.day(),
+        hour: t.hour(),
+        minute: t.minute(),
+        second: t.second(),
+    }
+}
+
+/// The boot chain checked as firmware and shim check it, each PCR 7 event extended
+/// into the vTPM at `endpoint`, the event list written to `dir/boot-events.json`,
+/// and PCR 7 read back against the replayed value.
+fn secure_boot(
+    spec: &BootSpec,
+    store: &boot::varstore::VariableStore,
+    endpoint: &str,
+    dir: &Path,
+) -> Result<String, BootFailure> {
+    let step = "secure_boot";
+    let files = boot::esp::read_boot_files(&spec.image).map_err(|e| {
+        fail(
+            step,
+            code::HOST_AGENT,
+            format!("the image's boot files: {e}"),
+        )
+    })?;
+    let (events, chain) = if store.secure_boot() {
+        let p = boot::predict::predict(store, &files)
+            .map_err(|e| fail(step, code::SECURE_BOOT_VIOLATION, e.to_string()))?;
+        let chain: Vec<String> = p
+            .chain
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} verified by {}",
+                    s.stage,
+                    &s.sha256[..16],
+                    s.verified_by
+                )
+            })
+            .collect();
+        (p.events, chain.join("; "))
+    } else {
+        (
+            boot::predict::configuration_events(store),
+            "Secure Boot off: nothing verified".to_string(),
+        )
+    };
+    let mut tpm =
+        disk::tpm2::connect(endpoint).map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
+    disk::tpm2::startup_clear(tpm.as_mut())
+        .map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
+    for e in &events {
+        let d1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &e.data);
+        let d256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &e.data);
+        let d384 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, &e.data);
+        let d512 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &e.data);
+        disk::tpm2::pcr_extend(
+            tpm.as_mut(),
+            7,
+            &[
+                (0x0004, d1.as_ref()),
+                (0x000B, d256.as_ref()),
+                (0x000C, d384.as_ref()),
+                (0x000D, d512.as_ref()),
+            ],
+        )
+        .map_err(|e| {
+            fail(
+                step,
+                code::VTPM_FAILED,
+                format!("measuring into PCR 7: {e}"),
+            )
+        })?;
+    }
+    let want = boot::predict::replay(&events, boot::pe::HashAlg::Sha256);
+    let have = disk::tpm2::read_pcrs(tpm.as_mut(), &[7])
+        .map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
+    if have.first().map(|v| v.as_slice()) != Some(want.as_slice()) {
+        return Err(fail(
+            step,
+            code::VTPM_FAILED,
+            format!(
+                "PCR 7 of the vTPM is {} after the measurements, not {} (was it measured before?)",
+                have.first().map(hex::encode).unwrap_or_default(),
+                hex::encode(&want)
+            ),
+        ));
+    }
+    let log = serde_json::to_vec_pretty(&events).unwrap_or_default();
+    let _ = seal::write_secret_file(&dir.join("boot-events.json"), &log);
+    Ok(format!(
+        "{chain}; {} events measured into PCR 7 = {} (SHA-256)",
+        events.len(),
+        hex::encode(&want)
+    ))
+}
+
+/// The claims of a JWT, unverified (for the VM's event text only: the token came
+/// from the service over the connection we opened).
+fn token_claims(token: &str) -> Value {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64URL.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Ends the vTPM: its standard input closes (it exits), then it is waited for, and
+/// killed if it lingers.
+fn stop_child(r: &mut Running) {
+    r.stdin = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match r.child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+                return;
+            }
+        }
+    }
+}
+
+/// Reports of one launched guest, from VMPL 0, with their VCEK chain.
+struct Evidence<'a> {
+    platform: &'a Platform,
+    guest: &'a Guest,
+}
+
+impl key_release::EvidenceSource for Evidence<'_> {
+    fn snp_evidence(&mut self, report_data: &[u8; 64]) -> Result<key_release::Evidence, String> {
+        let report = self
+            .platform
+            .get_report(self.guest, report_data, 0)
+            .map_err(|e| e.to_string())?;
+        let vcek = snp_emu::platform::pem("CERTIFICATE", self.platform.vcek_der());
+        Ok(key_release::Evidence {
+            report: report.to_vec(),
+            cert_chain_pem: vcek + &self.platform.chain_pem(),
+        })
+    }
+}
+
+impl HostAgent for EmulatedHosts {
+    fn start(
+        &self,
+        spec: &BootSpec,
+        report: &mut dyn FnMut(StepReport),
+    ) -> Result<(), BootFailure> {
+        self.stop(&spec.host, &spec.vm_id)?;
+        let running = self.run_boot(spec, report)?;
+        let mut map = self
+            .running
+            .lock()
+            .map_err(|_| fail("start", code::HOST_AGENT, "the agent's lock is poisoned"))?;
+        map.insert(spec.vm_id.clone(), running);
+        Ok(())
+    }
+
+    fn stop(&self, _host: &str, vm_id: &str) -> Result<(), BootFailure> {
+        let taken = self
+            .running
+            .lock()
+            .map_err(|_| fail("stop", code::HOST_AGENT, "the agent's lock is poisoned"))?
+            .remove(vm_id);
+        if let Some(mut r) = taken {
+            stop_child(&mut r);
+        }
+        Ok(())
+    }
+
+    fn is_running(&self, _host: &str, vm_id: &str) -> bool {
+        self.running.lock().is_ok_and(|mut m| {
+            m.get_mut(vm_id)
+                .is_some_and(|r| matches!(r.child.try_wait(), Ok(None)))
+        })
+    }
+
+    fn attest(&self, spec: &BootSpec, nonce: &[u8]) -> Result<String, BootFailure> {
+        let step = "attest";
+        let guest = self
+            .running
+            .lock()
+            .map_err(|_| fail(step, code::HOST_AGENT, "the agent's lock is poisoned"))?
+            .get(&spec.vm_id)
+            .map(|r| r.guest.clone())
+            .ok_or_else(|| fail(step, code::HOST_AGENT, "the VM is not running on its host"))?;
+        let platform = self.platform(&spec.host)?;
+        let runtime = serde_json::to_vec(&json!({ "nonce": hex::encode(nonce) }))
+            .map_err(|e| fail(step, code::HOST_AGENT, e.to_string()))?;
+        let mut report_data = [0u8; 64];
+        report_data[..32].copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &runtime).as_ref(),
+        );
+        let ev = key_release::EvidenceSource::snp_evidence(
+            &mut Evidence {
+                platform: &platform,
+                guest: &guest,
+            },
+            &report_data,
+        )
+        .map_err(|e| fail(step, code::HOST_UNHEALTHY, e))?;
+        let proof = json!({
+            "SnpReport": B64URL.encode(&ev.report),
+            "VcekCertChain": B64URL.encode(ev.cert_chain_pem.as_bytes()),
+        });
+        let req = attest_api::SevSnpVmRequest {
+            report: B64URL.encode(proof.to_string()),
+            runtime_data: Some(attest_api::DataField {
+                data: B64URL.encode(&runtime),
+                data_type: Some("JSON".into()),
+                hash_algorithm: None,
+            }),
+            ..attest_api::SevSnpVmRequest::default()
+        };
+        let service = attest_client::Client::new(
+            self.agent.clone(),
+            &self.attestation_url(&spec.attestation_policy),
+            None,
+        );
+        match service.attest_sev_snp_vm(&req) {
+            Ok(attest_api::AttestResponse::Token(t)) => Ok(t.token),
+            Ok(attest_api::AttestResponse::DryRun(_)) => Err(fail(
+                step,
+                code::HOST_AGENT,
+                "the attestation service answered a dry run",
+            )),
+            Err(api_client::ClientError::Refused {
+                message, detail, ..
+            }) => Err(fail(
+                step,
+                code::ATTESTATION_DENIED,
+                match detail.filter(|d| !d.is_null()) {
+                    Some(d) => format!("{message} ({d})"),
+                    None => message,
+                },
+            )),
+            Err(e) => Err(fail(step, code::HOST_AGENT, e.to_string())),
+        }
+    }
+
+    fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
+        self.stop(host, vm_id)?;
+        let dir = self.vm_dir(host, vm_id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(fail(
+                "delete",
+                code::HOST_AGENT,
+                format!("{}: {e}", dir.display()),
+            )),
+        }
+    }
+}
+
+impl Drop for EmulatedHosts {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.running.lock() {
+            for (_, mut r) in m.drain() {
+                stop_child(&mut r);
+            }
+        }
+    }
+}
