@@ -54,6 +54,19 @@ impl EfiTime {
         })
     }
 
+    /// Now, in UTC (GMT, as authenticated variables keep time).
+    pub fn now() -> Self {
+        let t = time::OffsetDateTime::now_utc();
+        Self {
+            year: u16::try_from(t.year()).unwrap_or(2026),
+            month: u8::from(t.month()),
+            day: t.day(),
+            hour: t.hour(),
+            minute: t.minute(),
+            second: t.second(),
+        }
+    }
+
     /// The 16-byte structure.
     pub fn to_bytes(self) -> [u8; 16] {
         let mut b = [0u8; 16];

@@ -586,18 +586,6 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn now() -> boot::authvar::EfiTime {
-    let t = time::OffsetDateTime::now_utc();
-    boot::authvar::EfiTime {
-        year: u16::try_from(t.year()).unwrap_or(2026),
-        month: u8::from(t.month()),
-        day: t.day(),
-        hour: t.hour(),
-        minute: t.minute(),
-        second: t.second(),
-    }
-}
-
 fn template_keys(name: &str) -> Result<boot::template::Keys> {
     Ok(boot::template::keys(
         name.parse::<boot::template::Template>()?,
@@ -634,7 +622,7 @@ fn vars(cmd: VarsCommand) -> Result<()> {
                     anyhow::bail!("give --template microsoft|linux, or --pk, --kek and --db")
                 }
             };
-            let store = boot::template::store(&keys, now());
+            let store = boot::template::store(&keys, boot::authvar::EfiTime::now());
             at.write(&store, force)?;
             println!(
                 "created {}: PK {}, KEK {}, db {}, dbx {} entries; Secure Boot on",
@@ -745,7 +733,7 @@ fn predict(
     json: bool,
 ) -> Result<()> {
     let store = match template {
-        Some(t) => boot::template::store(&template_keys(t)?, now()),
+        Some(t) => boot::template::store(&template_keys(t)?, boot::authvar::EfiTime::now()),
         None => at.read()?,
     };
     let files = match (image, loader) {

@@ -339,13 +339,7 @@ fn show(a: &ShowArgs) -> Result<()> {
 }
 
 fn export(a: &ExportArgs) -> Result<()> {
-    let p = open(&a.platform)?;
-    let mut bundle = pem("CERTIFICATE", p.ask_der());
-    if let Some(asvk) = p.asvk_der() {
-        bundle += &pem("CERTIFICATE", asvk);
-    }
-    bundle += &pem("CERTIFICATE", p.ark_der());
-    bundle += &pem("X509 CRL", &p.issue_crl(&[])?);
+    let bundle = open(&a.platform)?.roots_pem()?;
     std::fs::write(&a.out, bundle).with_context(|| format!("writing {}", a.out.display()))
 }
 

@@ -495,10 +495,9 @@ impl key_release::EvidenceSource for EmulatedSnp {
         report_data: &[u8; 64],
     ) -> std::result::Result<key_release::Evidence, String> {
         let report = self.report(report_data)?;
-        let vcek = snp_emu::platform::pem("CERTIFICATE", self.platform.vcek_der());
         Ok(key_release::Evidence {
             report: report.to_vec(),
-            cert_chain_pem: vcek + &self.platform.chain_pem(),
+            cert_chain_pem: self.platform.chain_pem(),
         })
     }
 }

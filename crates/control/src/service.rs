@@ -160,6 +160,11 @@ fn credential_id(hash: &[u8]) -> String {
     hex::encode(hash.get(..8).unwrap_or(hash))
 }
 
+/// Milliseconds since `since`.
+fn elapsed_ms(since: Instant) -> i64 {
+    i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
 fn now_ms() -> i64 {
     let t = time::OffsetDateTime::now_utc();
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
@@ -586,7 +591,7 @@ impl Control {
             )
             .with_detail(json!({ "target": "image" })));
         }
-        let validated_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let validated_ms = elapsed_ms(started);
         let request = serde_json::to_string(req).map_err(|e| ApiError::logged("json", e))?;
         let id = {
             let mut raw = [0u8; 16];
@@ -640,7 +645,7 @@ impl Control {
         let place_start = Instant::now();
         // Called inside the placing transaction, once the host is known.
         let made = |r: &Reserved| {
-            let place_ms = i64::try_from(place_start.elapsed().as_millis()).unwrap_or(0);
+            let place_ms = elapsed_ms(place_start);
             let body = serde_json::to_string(&vm(Some(r.host.clone()))).map_err(|e| {
                 StoreError::Corrupt {
                     what: "the new VM's body".into(),
@@ -832,7 +837,7 @@ impl Control {
             }
         };
         let outcome = agent.start(&spec, &mut record);
-        let total = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let total = elapsed_ms(started);
         let (to, failure, last) = match &outcome {
             Ok(()) => (
                 api::VmState::Running,
@@ -844,25 +849,22 @@ impl Control {
                     format!("attested boot done in {total} ms"),
                 ),
             ),
-            Err(f) => {
-                // The agent stopped what it started; say so again if it can.
-                let _ = agent.stop(&spec.host, &row.id);
-                (
-                    api::VmState::Failed,
-                    Some(api::Failure {
-                        step: f.step.clone(),
-                        code: f.code.to_string(),
-                        reason: f.reason.clone(),
-                        at: time::OffsetDateTime::now_utc().unix_timestamp(),
-                    }),
-                    event(
-                        "failed",
-                        "failed",
-                        total,
-                        format!("{}: {}", f.step, f.reason),
-                    ),
-                )
-            }
+            // The agent has stopped what it started (HostAgent::start's contract).
+            Err(f) => (
+                api::VmState::Failed,
+                Some(api::Failure {
+                    step: f.step.clone(),
+                    code: f.code.to_string(),
+                    reason: f.reason.clone(),
+                    at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                }),
+                event(
+                    "failed",
+                    "failed",
+                    total,
+                    format!("{}: {}", f.step, f.reason),
+                ),
+            ),
         };
         let failure_json = failure
             .as_ref()
@@ -906,7 +908,7 @@ impl Control {
             .map_err(store_err)?
             .ok_or_else(|| busy(&row))?;
         let stopped = agent.stop(&host, &row.id);
-        let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let ms = elapsed_ms(started);
         let (to, e) = match &stopped {
             Ok(()) => (
                 api::VmState::Stopped,
@@ -1245,7 +1247,7 @@ fn busy(row: &VmRow) -> ApiError {
 
 /// A host agent's failure outside a boot (stop, attest, forget).
 fn agent_err(f: BootFailure) -> ApiError {
-    let status = if f.code == "attestation_denied" {
+    let status = if f.code == codes::boot::ATTESTATION_DENIED {
         409
     } else {
         502

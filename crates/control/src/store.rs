@@ -682,18 +682,12 @@ impl Store {
             if !from.contains(&vm.state.as_str()) {
                 return Ok(None);
             }
-            vm.state = to.to_string();
+            let was = std::mem::replace(&mut vm.state, to.to_string());
             vm.failure = failure.map(str::to_string);
             vm.body = body(&vm)?;
             let n = tx.execute(
                 "UPDATE vms SET state = ?2, failure = ?3, body = ?4 WHERE id = ?1 AND state = ?5",
-                args![
-                    id,
-                    to,
-                    failure,
-                    vm.body.as_str(),
-                    r.get::<String>(8)?.as_str()
-                ],
+                args![id, to, failure, vm.body.as_str(), was.as_str()],
             )?;
             if n != 1 {
                 return Ok(None);

@@ -208,12 +208,9 @@ impl EmulatedHosts {
             path: root.join(host),
             source,
         })?;
-        let p = Platform::open_or_create(&dir, PlatformConfig::new(snp::Product::Milan))
-            .map_err(perr)?;
-        let mut bundle = snp_emu::platform::pem("CERTIFICATE", p.ask_der());
-        bundle += &snp_emu::platform::pem("CERTIFICATE", p.ark_der());
-        bundle += &snp_emu::platform::pem("X509 CRL", &p.issue_crl(&[]).map_err(perr)?);
-        Ok(bundle)
+        Platform::open_or_create(&dir, PlatformConfig::new(snp::Product::Milan))
+            .and_then(|p| p.roots_pem())
+            .map_err(perr)
     }
 
     fn vm_dir(&self, host: &str, vm_id: &str) -> PathBuf {
@@ -413,7 +410,11 @@ impl EmulatedHosts {
             ),
             other => fail("attest", code::HOST_AGENT, other.to_string()),
         })?;
-        let claims = token_claims(attested.token());
+        // Unverified, for the event's text only: the token came from the service over
+        // the connection this agent opened, and the vault verifies it.
+        let claims = jose::peek(attested.token())
+            .map(|(_, c)| Value::Object(c))
+            .unwrap_or(Value::Null);
         let issuer = claims["iss"].as_str().unwrap_or_default().to_string();
         ok(
             "attest",
@@ -681,7 +682,7 @@ fn open_vmgs(
                 .map_err(|e| fail(step, code::HOST_AGENT, format!("{e}")))?;
             let keys = boot::template::keys(template)
                 .map_err(|e| fail(step, code::HOST_AGENT, format!("{e}")))?;
-            let mut store = boot::template::store(&keys, efi_now());
+            let mut store = boot::template::store(&keys, boot::authvar::EfiTime::now());
             if !spec.secure_boot {
                 store = without_secure_boot(store);
             }
@@ -698,18 +699,6 @@ fn open_vmgs(
 fn without_secure_boot(mut store: boot::varstore::VariableStore) -> boot::varstore::VariableStore {
     store.variables.retain(|v| v.name != "PK");
     store
-}
-
-fn efi_now() -> boot::authvar::EfiTime {
-    let t = time::OffsetDateTime::now_utc();
-    boot::authvar::EfiTime {
-        year: u16::try_from(t.year()).unwrap_or(2026),
-        month: u8::from(t.month()),
-        day: t.day(),
-        hour: t.hour(),
-        minute: t.minute(),
-        second: t.second(),
-    }
 }
 
 /// The boot chain checked as firmware and shim check it, each PCR 7 event extended
@@ -801,17 +790,6 @@ fn secure_boot(
     ))
 }
 
-/// The claims of a JWT, unverified (for the VM's event text only: the token came
-/// from the service over the connection we opened).
-fn token_claims(token: &str) -> Value {
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|p| B64URL.decode(p).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// Ends the vTPM: its standard input closes (it exits), then it is waited for, and
 /// killed if it lingers.
 fn stop_child(r: &mut Running) {
@@ -842,10 +820,9 @@ impl key_release::EvidenceSource for Evidence<'_> {
             .platform
             .get_report(self.guest, report_data, 0)
             .map_err(|e| e.to_string())?;
-        let vcek = snp_emu::platform::pem("CERTIFICATE", self.platform.vcek_der());
         Ok(key_release::Evidence {
             report: report.to_vec(),
-            cert_chain_pem: vcek + &self.platform.chain_pem(),
+            cert_chain_pem: self.platform.chain_pem(),
         })
     }
 }

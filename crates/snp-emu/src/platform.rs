@@ -754,6 +754,19 @@ impl Platform {
         }
     }
 
+    /// What a verifier pins to trust this emulator: ASK, ASVK (when a VLEK is
+    /// loaded), ARK and a fresh CRL of the ARK revoking nothing, as one PEM bundle
+    /// (`cvm snp export-roots`, `--dangerously-trust-emulator-roots`).
+    pub fn roots_pem(&self) -> Result<String, PlatformError> {
+        let mut bundle = pem("CERTIFICATE", self.ask_der());
+        if let Some(asvk) = self.asvk_der() {
+            bundle += &pem("CERTIFICATE", asvk);
+        }
+        bundle += &pem("CERTIFICATE", self.ark_der());
+        bundle += &pem("X509 CRL", &self.issue_crl(&[])?);
+        Ok(bundle)
+    }
+
     /// VCEK, ASK and ARK as one PEM bundle.
     pub fn chain_pem(&self) -> String {
         [
