@@ -14,8 +14,8 @@
 #  3. the per-step durations the VMs' events recorded (validate, place);
 #  4. reads under load: GET /vms/{name} with 8 connections for 10 s;
 #  5. the server's resident memory before and after the 1,100 VMs.
-# Server and oha share the machine's cores. VMs are placed, not started (this release
-# does not start VMs), so no figure here is of a running VM.
+# Server and oha share the machine's cores. VMs are placed, not started, so no figure
+# here is of a running VM (bench/control-start.sh starts them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v oha >/dev/null || cargo install --locked oha
