@@ -276,14 +276,15 @@ pub fn up(args: UpArgs) -> ExitCode {
             let local =
                 control::local::prepare(&c, &state, hosts, &region).map_err(|e| fail(e.message))?;
             c.set_agent(std::sync::Arc::new(agent));
+            // VMs that were running when the platform stopped are `starting` before the
+            // first request is answered, and boot again in the background.
+            let again = c.interrupted().map_err(|e| fail(e.message))?;
             let c = std::sync::Arc::new(c);
-            {
-                // VMs that were running when the platform stopped boot again.
+            if !again.is_empty() {
                 let c = c.clone();
-                std::thread::spawn(move || match c.resume() {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!("{n} VMs booted again after the restart"),
-                    Err(e) => tracing::warn!("resuming VMs: {}", e.message),
+                std::thread::spawn(move || {
+                    let n = c.resume(&again);
+                    tracing::info!("{n} of {} VMs booted again after the restart", again.len());
                 });
             }
             std::fs::write(&url_file, format!("{base}\n")).map_err(|e| fail(e.to_string()))?;

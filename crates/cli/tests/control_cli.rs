@@ -1217,9 +1217,10 @@ fn steps_since(up: &Up, name: &str, from: usize) -> Vec<(String, String)> {
 /// key to that token; its token checks with PyJWT against the service's JWKS and binds
 /// the caller's nonce and the VM's HOST_DATA; a restart opens the same VMGS. Then each
 /// failure ends `failed` with the reason and nothing left running: an attestation
-/// policy that refuses emulated platforms, another VM's VMGS, a tampered GRUB under
-/// Secure Boot, a host whose SEV-SNP is disabled. After kill -9 of `cvm up`, the VM
-/// that was running boots again.
+/// policy that refuses emulated platforms, another VM's VMGS, a TCB below the policy's
+/// minimum, a host launching with a debug guest policy, a tampered GRUB under Secure
+/// Boot, a host whose SEV-SNP is disabled. After kill -9 of `cvm up`, the VM that was
+/// running boots again.
 #[test]
 fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -1427,6 +1428,62 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
         ["start:ok", "launch:ok", "failed:failed"],
         "no key was asked for"
     );
+
+    // A TCB below the policy's minimum (a provider that allows emulated platforms but
+    // wants SNP firmware SVN 25; the emulated Milan reports 24): refused, naming it.
+    let (st, p) = http(
+        "POST",
+        &format!("{attest_url}/providers/current"),
+        Some(admin.trim()),
+        Some(&json!({"allow_emulated": true, "min_tcb": {"snp": 25}})),
+    );
+    assert_eq!(st, 200, "{p}");
+    let (code, _) = cli(
+        &platform,
+        &[
+            "vm",
+            "create",
+            "oldtcb",
+            "--size",
+            "Standard_DC2as_v5",
+            "--image",
+            "debian-12",
+            "--disk-encryption",
+            "none",
+            "--attestation-policy",
+            "current",
+        ],
+    );
+    assert_eq!(code, 0);
+    let (code, vm) = cli(&platform, &["vm", "start", "oldtcb"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "attestation_denied", "{vm}");
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("min-tcb") && reason.contains("24") && reason.contains("25"),
+        "the reason names the rule with the actual and expected SVN: {reason}"
+    );
+
+    // A host whose launcher uses a debug guest policy: the report says debuggable,
+    // the default policy refuses it, and the VMGS key is never asked for.
+    let launcher = state.join("hosts/host-1").join(host::LAUNCHER_CONFIG);
+    std::fs::write(&launcher, r#"{"guest_policy": "0xB0000"}"#).unwrap();
+    let before = cli(&platform, &["vm", "events", "web"]).1["value"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "attestation_denied", "{vm}");
+    assert_eq!(vm["lastFailure"]["step"], "attest", "{vm}");
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("no-debug"), "{reason}");
+    let steps = steps_since(&platform, "web", before);
+    assert!(
+        steps.iter().all(|(s, _)| s != "vmgs_key_release"),
+        "no key was asked for: {steps:?}"
+    );
+    std::fs::remove_file(&launcher).unwrap();
 
     // A tampered GRUB under Secure Boot: shim refuses it, the VM does not run.
     let f = common::esp::fixtures();

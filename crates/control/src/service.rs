@@ -982,12 +982,14 @@ impl Control {
         })
     }
 
-    /// After a restart of the control plane and its host agent: every VM that was
-    /// `running` or `starting` boots again (its processes ended with the agent), and
-    /// one left `stopping` is `stopped`. Returns how many VMs it booted.
-    pub fn resume(&self) -> Result<usize, ApiError> {
+    /// After a restart of the control plane and its host agent, before it serves:
+    /// every VM that was `running` or `starting` (its processes ended with the old
+    /// agent) is marked `starting` again, so no answer shows it running before it is;
+    /// one left `stopping` is `stopped`. Returns the VMs to boot with
+    /// [`Control::resume`].
+    pub fn interrupted(&self) -> Result<Vec<VmRow>, ApiError> {
         let agent = self.agent()?;
-        let mut booted = 0;
+        let mut again = Vec::new();
         for row in self.store.all_vms().map_err(store_err)? {
             let Some(host) = row.host.as_deref() else {
                 continue;
@@ -1004,15 +1006,23 @@ impl Control {
                             row.state
                         ),
                     );
-                    self.store
-                        .append_events(&row.id, &[note])
-                        .map_err(store_err)?;
-                    if self.boot(&row, &["running", "starting"]).is_ok() {
-                        booted += 1;
+                    if let Some(r) = self
+                        .store
+                        .transition(
+                            &row.id,
+                            &["running", "starting"],
+                            "starting",
+                            None,
+                            &body_as(api::VmState::Starting, None),
+                            &[note],
+                        )
+                        .map_err(store_err)?
+                    {
+                        again.push(r);
                     }
                 }
                 "stopping" => {
-                    let _ = agent.stop(host, &row.id);
+                    agent.stop(host, &row.id).map_err(agent_err)?;
                     self.store
                         .transition(
                             &row.id,
@@ -1032,7 +1042,15 @@ impl Control {
                 _ => {}
             }
         }
-        Ok(booted)
+        Ok(again)
+    }
+
+    /// Boots the VMs [`Control::interrupted`] returned, one after another; returns how
+    /// many run.
+    pub fn resume(&self, vms: &[VmRow]) -> usize {
+        vms.iter()
+            .filter(|row| self.boot(row, &["starting"]).is_ok())
+            .count()
     }
 
     /// The caller's VM's events.

@@ -128,9 +128,14 @@ impl std::fmt::Debug for EmulatedHosts {
 
 /// The vCPU model the emulated hosts launch (their secure processors are Milan).
 const VCPU_TYPE: &str = "EPYC-Milan";
-/// The guest policy every VM launches with: ABI 0.0, SMT allowed, no debug, no
-/// migration agent.
+/// The guest policy VMs launch with: ABI 0.0, SMT allowed, no debug, no migration
+/// agent (unless a host's launcher is configured otherwise: [`LAUNCHER_CONFIG`]).
 const GUEST_POLICY: u64 = 0x3_0000;
+/// An emulated host's launcher configuration, `HOST_DIR/launcher.json`, optional:
+/// `{"guest_policy": "0xB0000"}` makes that host launch guests with another policy
+/// (a debug policy, say), as a misconfigured or hostile host would; attestation is
+/// what refuses such a guest.
+pub const LAUNCHER_CONFIG: &str = "launcher.json";
 /// How long a vTPM process may take to listen.
 const VTPM_START: Duration = Duration::from_secs(30);
 
@@ -215,6 +220,38 @@ impl EmulatedHosts {
 
     fn vm_dir(&self, host: &str, vm_id: &str) -> PathBuf {
         self.root.join(host).join("vms").join(vm_id)
+    }
+
+    /// The guest policy `host` launches with ([`LAUNCHER_CONFIG`]).
+    fn guest_policy(&self, host: &str) -> Result<u64, BootFailure> {
+        let path = self.root.join(host).join(LAUNCHER_CONFIG);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(GUEST_POLICY),
+            Err(e) => {
+                return Err(fail(
+                    "launch",
+                    code::HOST_UNHEALTHY,
+                    format!("{}: {e}", path.display()),
+                ));
+            }
+        };
+        let bad = |why: &str| {
+            fail(
+                "launch",
+                code::HOST_UNHEALTHY,
+                format!(
+                    "{}: {why} (expected {{\"guest_policy\": \"0x...\"}})",
+                    path.display()
+                ),
+            )
+        };
+        let v: Value = serde_json::from_slice(&text).map_err(|e| bad(&e.to_string()))?;
+        let hex = v["guest_policy"]
+            .as_str()
+            .and_then(|h| h.strip_prefix("0x"))
+            .ok_or_else(|| bad("no guest_policy"))?;
+        u64::from_str_radix(hex, 16).map_err(|e| bad(&e.to_string()))
     }
 
     fn platform(&self, host: &str) -> Result<Platform, BootFailure> {
@@ -362,10 +399,11 @@ impl EmulatedHosts {
                 format!("measuring the firmware: {e}"),
             )
         })?;
+        let policy = self.guest_policy(&spec.host)?;
         let hd = host_data(&spec.vm_id);
         let guest = platform
             .launch(LaunchConfig {
-                policy: GUEST_POLICY,
+                policy,
                 measurement,
                 host_data: hd,
                 ..LaunchConfig::default()
@@ -382,7 +420,7 @@ impl EmulatedHosts {
             "launch",
             t,
             format!(
-                "launched through {}'s emulated AMD secure processor ({:?}, TCB {}): {} vCPUs, guest policy {GUEST_POLICY:#x}, measurement {}, HOST_DATA {}",
+                "launched through {}'s emulated AMD secure processor ({:?}, TCB {}): {} vCPUs, guest policy {policy:#x}, measurement {}, HOST_DATA {}",
                 spec.host,
                 platform.config().product,
                 hex::encode(tcb.raw().to_le_bytes()),
