@@ -1387,6 +1387,18 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     assert!(vm.get("lastFailure").is_none(), "{vm}");
     cli(&platform, &["vm", "stop", "other"]);
 
+    // A VMGS that an earlier start created and that is now missing is not created
+    // again (that would reset the vTPM and the UEFI variables): refused.
+    let moved = d.join("web.vmgs");
+    std::fs::rename(&vmgs, &moved).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "vmgs_unopenable", "{vm}");
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("missing"), "{reason}");
+    assert!(!vmgs.exists(), "no new VMGS was made");
+    std::fs::rename(&moved, &vmgs).unwrap();
+
     // An attestation policy that refuses emulated platforms (a new provider's
     // default): the start ends at `attest`, naming the rule.
     let admin = std::fs::read_to_string(state.join("attest/admin.token")).unwrap();
@@ -1427,6 +1439,50 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
             .collect::<Vec<_>>(),
         ["start:ok", "launch:ok", "failed:failed"],
         "no key was asked for"
+    );
+
+    // A named provider that accepts the evidence: the platform vault trusts the
+    // default provider's tokens only, so the VMGS key is refused, saying why.
+    let (st, p) = http(
+        "POST",
+        &format!("{attest_url}/providers/lenient"),
+        Some(admin.trim()),
+        Some(&json!({"allow_emulated": true})),
+    );
+    assert_eq!(st, 200, "{p}");
+    let (code, _) = cli(
+        &platform,
+        &[
+            "vm",
+            "create",
+            "lenient",
+            "--size",
+            "Standard_DC2as_v5",
+            "--image",
+            "debian-12",
+            "--disk-encryption",
+            "none",
+            "--attestation-policy",
+            "lenient",
+        ],
+    );
+    assert_eq!(code, 0);
+    let (code, vm) = cli(&platform, &["vm", "start", "lenient"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(
+        (
+            vm["lastFailure"]["step"].as_str(),
+            vm["lastFailure"]["code"].as_str()
+        ),
+        (Some("vmgs_key_release"), Some("key_release_denied")),
+        "{vm}"
+    );
+    assert!(
+        vm["lastFailure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("default provider only"),
+        "{vm}"
     );
 
     // A TCB below the policy's minimum (a provider that allows emulated platforms but

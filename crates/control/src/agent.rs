@@ -24,6 +24,9 @@ pub struct BootSpec {
     pub encryption: String,
     /// The attestation policy (provider) its evidence must meet.
     pub attestation_policy: String,
+    /// Whether an earlier start created its VMGS (a missing VMGS is then refused, not
+    /// created again).
+    pub vmgs_created: bool,
 }
 
 /// One step's outcome, as the VM's events record it.

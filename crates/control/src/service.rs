@@ -712,9 +712,19 @@ impl Control {
     pub fn delete_vm(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         let row = self.vm_row(caller, name)?;
         if let (Some(agent), Some(host)) = (self.agent.get(), row.host.as_deref()) {
-            if matches!(row.state.as_str(), "starting" | "stopping") {
-                return Err(busy(&row));
-            }
+            // `deleting` first: a start that begins meanwhile finds the VM busy, and
+            // a delete never removes the files of a VM being booted.
+            self.store
+                .transition(
+                    &row.id,
+                    &["stopped", "failed", "running", "deleting"],
+                    api::VmState::Deleting.name(),
+                    row.failure.as_deref(),
+                    &body_as(api::VmState::Deleting, None),
+                    &[event("delete", "ok", 0, format!("deleting on {host}"))],
+                )
+                .map_err(store_err)?
+                .ok_or_else(|| busy(&row))?;
             agent.stop(host, &row.id).map_err(agent_err)?;
             agent.forget(host, &row.id).map_err(agent_err)?;
         }
@@ -779,6 +789,12 @@ impl Control {
             image: PathBuf::from(image.path),
             encryption: spec.encryption.name().to_string(),
             attestation_policy: spec.attestation_policy,
+            vmgs_created: self
+                .store
+                .events(&row.id)
+                .map_err(store_err)?
+                .iter()
+                .any(|e| e.step == "vmgs" && e.outcome == "ok"),
         })
     }
 
@@ -806,7 +822,16 @@ impl Control {
     /// Runs the boot saga of `row` from one of the states `from`.
     fn boot(&self, row: &VmRow, from: &[&str]) -> Result<(), ApiError> {
         let agent = self.agent()?;
-        let spec = self.boot_spec(row)?;
+        let spec = match self.boot_spec(row) {
+            Ok(spec) => spec,
+            Err(e) => {
+                // A VM already `starting` (resumed after a restart) must not stay so.
+                if row.state == "starting" {
+                    self.fail_start(row, "start", e.code, &e.message)?;
+                }
+                return Err(e);
+            }
+        };
         let started = Instant::now();
         let begin = event(
             "start",
@@ -869,7 +894,8 @@ impl Control {
         let failure_json = failure
             .as_ref()
             .map(|f| serde_json::to_string(f).unwrap_or_default());
-        self.store
+        let moved = self
+            .store
             .transition(
                 &row.id,
                 &["starting"],
@@ -877,6 +903,39 @@ impl Control {
                 failure_json.as_deref(),
                 &body_as(to, failure),
                 &[last],
+            )
+            .map_err(store_err)?;
+        if moved.is_none() && outcome.is_ok() {
+            // Nothing may move a VM out of `starting` but this boot; if its row is gone
+            // or moved anyway, what the boot started must not run on unrecorded.
+            agent.stop(&spec.host, &row.id).map_err(agent_err)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a `starting` VM `failed` at `step` with `code` and `reason`.
+    fn fail_start(
+        &self,
+        row: &VmRow,
+        step: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        let f = api::Failure {
+            step: step.to_string(),
+            code: code.to_string(),
+            reason: reason.to_string(),
+            at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        let json = serde_json::to_string(&f).map_err(|e| ApiError::logged("json", e))?;
+        self.store
+            .transition(
+                &row.id,
+                &["starting"],
+                api::VmState::Failed.name(),
+                Some(&json),
+                &body_as(api::VmState::Failed, Some(f)),
+                &[event("failed", "failed", 0, format!("{step}: {reason}"))],
             )
             .map_err(store_err)?;
         Ok(())

@@ -136,8 +136,9 @@ const GUEST_POLICY: u64 = 0x3_0000;
 /// (a debug policy, say), as a misconfigured or hostile host would; attestation is
 /// what refuses such a guest.
 pub const LAUNCHER_CONFIG: &str = "launcher.json";
-/// How long a vTPM process may take to listen.
-const VTPM_START: Duration = Duration::from_secs(30);
+/// How long a vTPM process may take to listen (well inside the 30 s a start request
+/// may take).
+const VTPM_START: Duration = Duration::from_secs(10);
 
 fn ms(since: Instant) -> i64 {
     i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
@@ -285,16 +286,31 @@ impl EmulatedHosts {
     }
 
     /// The VM's VMGS key-encryption key in the vault: created on first boot (an
-    /// `oct` key of 256 bits) with an immutable release policy naming the token
-    /// issuer, SEV-SNP, this VM's `HOST_DATA` and no debug.
-    fn vmgs_kek(&self, spec: &BootSpec, issuer: &str) -> Result<key_release::KeyId, BootFailure> {
+    /// `oct` key of 256 bits) with an immutable release policy naming the attestation
+    /// service this agent is configured with (not the token's own claim), SEV-SNP,
+    /// this VM's `HOST_DATA`, VMPL 0 and no debug.
+    fn vmgs_kek(&self, spec: &BootSpec) -> Result<key_release::KeyId, BootFailure> {
+        let step = "vmgs_key_release";
+        // The platform vault trusts the attestation service's default provider only
+        // (its issuer is the service's URL); a named provider's tokens carry
+        // `URL/providers/NAME`, which no key could be released to.
+        if spec.attestation_policy != "default" {
+            return Err(fail(
+                step,
+                code::KEY_RELEASE_DENIED,
+                format!(
+                    "the platform vault trusts tokens of the attestation service's default provider only, not of provider '{}'; its VMGS key cannot be released (use the attestation policy 'default')",
+                    spec.attestation_policy
+                ),
+            ));
+        }
+        let issuer = self.attestation_url(&spec.attestation_policy);
         let vault = keyvault_client::Client::new(
             self.agent.clone(),
             &self.services.vault_url,
             &self.services.vault_admin,
         );
         let name = format!("vm-{}-vmgs", spec.vm_id);
-        let step = "vmgs_key_release";
         let kid = match vault.get_key(&(), &name, None) {
             Ok(b) => b.key.kid,
             Err(api_client::ClientError::Refused { status: 404, .. }) => {
@@ -302,6 +318,7 @@ impl EmulatedHosts {
                     "allOf": [
                         {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
                         {"claim": "x-ms-sevsnpvm-hostdata", "equals": hex::encode(host_data(&spec.vm_id))},
+                        {"claim": "x-ms-sevsnpvm-vmpl", "equals": 0},
                         {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": false}]}]});
                 let data = B64URL.encode(policy.to_string());
                 let req = keyvault_api::CreateKeyRequest {
@@ -469,7 +486,7 @@ impl EmulatedHosts {
 
         // 3. The VMGS key, released to the token.
         let t = Instant::now();
-        let kid = self.vmgs_kek(spec, &issuer)?;
+        let kid = self.vmgs_kek(spec)?;
         let released = releaser.release_to(&attested, &kid).map_err(|e| match e {
             key_release::ReleaseError::Refused { message, .. } => fail(
                 "vmgs_key_release",
@@ -673,6 +690,18 @@ fn open_vmgs(
     let opened = vmgs::Vmgs::open_file_protected(path, kek, vmgs::OpenOptions::default());
     let (mut file, created) = match opened {
         Ok((v, _)) => (v, false),
+        Err(vmgs::VmgsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && spec.vmgs_created =>
+        {
+            return Err(fail(
+                step,
+                code::VMGS_UNOPENABLE,
+                format!(
+                    "{} is missing, and the VM's VMGS was created at an earlier start: a new one would reset its vTPM and UEFI variables, so the VM does not start",
+                    path.display()
+                ),
+            ));
+        }
         Err(vmgs::VmgsError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
