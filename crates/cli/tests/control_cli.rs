@@ -1399,35 +1399,25 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     assert!(!vmgs.exists(), "no new VMGS was made");
     std::fs::rename(&moved, &vmgs).unwrap();
 
+    let admin = std::fs::read_to_string(state.join("attest/admin.token")).unwrap();
+    // An attestation provider with `settings`, a VM `name` created under it, and its
+    // start, which must end `failed`: the VM as the start answered it.
+    let failed_under = |provider: &str, settings: Option<Value>, name: &str| -> Value {
+        let (st, p) = http(
+            "POST",
+            &format!("{attest_url}/providers/{provider}"),
+            Some(admin.trim()),
+            settings.as_ref(),
+        );
+        assert_eq!(st, 200, "{p}");
+        create(name, &["--attestation-policy", provider]);
+        let (code, vm) = cli(&platform, &["vm", "start", name]);
+        assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+        vm
+    };
     // An attestation policy that refuses emulated platforms (a new provider's
     // default): the start ends at `attest`, naming the rule.
-    let admin = std::fs::read_to_string(state.join("attest/admin.token")).unwrap();
-    let (st, p) = http(
-        "POST",
-        &format!("{attest_url}/providers/strict"),
-        Some(admin.trim()),
-        None,
-    );
-    assert_eq!(st, 200, "{p}");
-    let strict = cli(
-        &platform,
-        &[
-            "vm",
-            "create",
-            "strict",
-            "--size",
-            "Standard_DC2as_v5",
-            "--image",
-            "debian-12",
-            "--disk-encryption",
-            "none",
-            "--attestation-policy",
-            "strict",
-        ],
-    );
-    assert_eq!(strict.0, 0, "{}", strict.1);
-    let (code, vm) = cli(&platform, &["vm", "start", "strict"]);
-    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    let vm = failed_under("strict", None, "strict");
     assert_eq!(vm["lastFailure"]["code"], "attestation_denied", "{vm}");
     let reason = vm["lastFailure"]["reason"].as_str().unwrap();
     assert!(reason.contains("no-emulated-platform"), "{reason}");
@@ -1443,32 +1433,7 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
 
     // A named provider that accepts the evidence: the platform vault trusts the
     // default provider's tokens only, so the VMGS key is refused, saying why.
-    let (st, p) = http(
-        "POST",
-        &format!("{attest_url}/providers/lenient"),
-        Some(admin.trim()),
-        Some(&json!({"allow_emulated": true})),
-    );
-    assert_eq!(st, 200, "{p}");
-    let (code, _) = cli(
-        &platform,
-        &[
-            "vm",
-            "create",
-            "lenient",
-            "--size",
-            "Standard_DC2as_v5",
-            "--image",
-            "debian-12",
-            "--disk-encryption",
-            "none",
-            "--attestation-policy",
-            "lenient",
-        ],
-    );
-    assert_eq!(code, 0);
-    let (code, vm) = cli(&platform, &["vm", "start", "lenient"]);
-    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    let vm = failed_under("lenient", Some(json!({"allow_emulated": true})), "lenient");
     assert_eq!(
         (
             vm["lastFailure"]["step"].as_str(),
@@ -1487,32 +1452,11 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
 
     // A TCB below the policy's minimum (a provider that allows emulated platforms but
     // wants SNP firmware SVN 25; the emulated Milan reports 24): refused, naming it.
-    let (st, p) = http(
-        "POST",
-        &format!("{attest_url}/providers/current"),
-        Some(admin.trim()),
-        Some(&json!({"allow_emulated": true, "min_tcb": {"snp": 25}})),
+    let vm = failed_under(
+        "current",
+        Some(json!({"allow_emulated": true, "min_tcb": {"snp": 25}})),
+        "oldtcb",
     );
-    assert_eq!(st, 200, "{p}");
-    let (code, _) = cli(
-        &platform,
-        &[
-            "vm",
-            "create",
-            "oldtcb",
-            "--size",
-            "Standard_DC2as_v5",
-            "--image",
-            "debian-12",
-            "--disk-encryption",
-            "none",
-            "--attestation-policy",
-            "current",
-        ],
-    );
-    assert_eq!(code, 0);
-    let (code, vm) = cli(&platform, &["vm", "start", "oldtcb"]);
-    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
     assert_eq!(vm["lastFailure"]["code"], "attestation_denied", "{vm}");
     let reason = vm["lastFailure"]["reason"].as_str().unwrap();
     assert!(
