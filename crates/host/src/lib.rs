@@ -7,8 +7,9 @@
 //!
 //! 1. **launch**: the host is healthy (SEV-SNP enabled), the firmware (OVMF) is
 //!    measured with one VMSA per vCPU as QEMU launches it, and the guest is launched
-//!    through the host's secure processor with the default guest policy (no debug)
-//!    and `HOST_DATA` = SHA-256 of the VM's id;
+//!    through the host's secure processor with the default guest policy (no debug;
+//!    a host's [`LAUNCHER_CONFIG`] may name another) and `HOST_DATA` = SHA-256 of
+//!    `opencvm-vm:` and the VM's id;
 //! 2. **attest**: the paravisor side (this agent, for the emulated backend: see ADR
 //!    0016 for the trust boundary) makes a fresh RSA transfer key, asks the secure
 //!    processor for a report binding it, and has the attestation service appraise it
@@ -16,10 +17,11 @@
 //!    reasons;
 //! 3. **vmgs_key_release**: the key vault releases the VM's VMGS key-encryption key
 //!    to that token only if it meets the key's immutable release policy (this
-//!    attestation service, SEV-SNP, this VM's `HOST_DATA`, no debug), wrapped to the
-//!    transfer key;
+//!    attestation service, SEV-SNP, this VM's `HOST_DATA`, VMPL 0, no debug),
+//!    wrapped to the transfer key;
 //! 4. **vmgs**: the key opens the VM's VMGS (created on first boot with the UEFI
-//!    variables of the VM's Secure Boot template) and its datastore key is rotated;
+//!    variables of the VM's Secure Boot template, and never created again) and its
+//!    datastore key is rotated;
 //! 5. **vtpm**: the VM's vTPM starts from the VMGS as its own process (`cvm vtpm
 //!    run`), the key-encryption key handed over on its standard input, which also
 //!    ends the vTPM when this agent ends;
