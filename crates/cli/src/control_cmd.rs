@@ -269,6 +269,8 @@ pub fn up(args: UpArgs) -> ExitCode {
         let (attest_url, vault_url) =
             (services.attestation_url.clone(), services.vault_url.clone());
         let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
+        let pre_encryption =
+            host::pre_encryption::PreEncryptionService::new(&hosts_dir, &services.services)?;
         let agent = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services.services)?;
         httpd::run(&args.listen, None, move |_addr, base| {
             let fail = |e: String| httpd::ServeError::Service(e);
@@ -276,6 +278,7 @@ pub fn up(args: UpArgs) -> ExitCode {
             let local =
                 control::local::prepare(&c, &state, hosts, &region).map_err(|e| fail(e.message))?;
             c.set_agent(std::sync::Arc::new(agent));
+            c.set_pre_encryption(std::sync::Arc::new(pre_encryption));
             // VMs that were running when the platform stopped are `starting` before the
             // first request is answered, and boot again in the background.
             let again = c.interrupted().map_err(|e| fail(e.message))?;
@@ -305,18 +308,20 @@ pub fn up(args: UpArgs) -> ExitCode {
             );
             println!("  operator         {s}/control/operator.token");
             println!("  attestation      {attest_url}  (JWKS: {attest_url}/certs)");
-            println!("  key vault        {vault_url}  (VMGS keys of the VMs, vault `platform`)");
             println!(
-                "  host agent       in this process: emulated launch, attestation, VMGS key release, vTPM, Secure Boot"
+                "  key vault        {vault_url}  (vault `platform`: the VMs' VMGS and disk keys, customer keys; administrator credential: {s}/secrets/platform-vault-admin.token)"
             );
             println!(
-                "  not yet started  disk pre-encryption service (encrypted OS disks are recorded, not encrypted)"
+                "  pre-encryption   in-process  (encrypts a DiskWithVMGuestState VM's OS disk on create)"
+            );
+            println!(
+                "  host agent       in this process: emulated launch, attestation, VMGS key release, vTPM, Secure Boot, disk unlock"
             );
             println!("try:");
             println!("  cvm size list --state {s}");
             println!("  cvm image build debian-12 --state {s}");
             println!(
-                "  cvm vm create my-vm --state {s} --size Standard_DC2as_v5 --image debian-12"
+                "  cvm vm create my-vm --state {s} --size Standard_DC2as_v5 --image debian-12 --disk-encryption platform-key"
             );
             println!("  cvm vm start my-vm --state {s}");
             println!("  cvm vm attest my-vm --state {s}");
@@ -763,18 +768,36 @@ fn event_line(ev: &control_api::VmEvent) -> String {
 /// `cvm vm start|stop|restart`: the request runs on a thread while new events are
 /// shown on stderr as they are recorded; then the VM. Exit 1 when it ends `failed`.
 fn lifecycle(n: &Named, op: &'static str) -> ExitCode {
+    with_progress(&n.t, &n.name, true, move |c, name| match op {
+        "start" => c.start_vm(name),
+        "stop" => c.stop_vm(name),
+        _ => c.restart_vm(name),
+    })
+}
+
+/// Runs `call` (a long request about VM `name`) while its new events are shown on
+/// stderr as they are recorded, then prints the VM; exit 1 when it ends `failed`.
+/// `exists`: the VM has events already (not a create).
+fn with_progress(
+    t: &Target,
+    name: &str,
+    exists: bool,
+    call: impl FnOnce(&Client, &str) -> std::result::Result<Vm, api_client::ClientError>
+    + Send
+    + 'static,
+) -> ExitCode {
     let r = (|| -> Result<bool> {
-        let c = std::sync::Arc::new(n.t.client(As::Tenant)?);
-        let seen = c.vm_events(&n.name)?.value.last().map_or(0, |e| e.seq);
-        let (name, worker) = (n.name.clone(), c.clone());
-        let call = std::thread::spawn(move || match op {
-            "start" => worker.start_vm(&name),
-            "stop" => worker.stop_vm(&name),
-            _ => worker.restart_vm(&name),
-        });
+        let c = std::sync::Arc::new(t.client(As::Tenant)?);
+        let seen = if exists {
+            c.vm_events(name)?.value.last().map_or(0, |e| e.seq)
+        } else {
+            0
+        };
+        let (owned, worker) = (name.to_string(), c.clone());
+        let call = std::thread::spawn(move || call(&worker, &owned));
         let mut shown = seen;
         let mut show = |c: &Client| {
-            if let Ok(e) = c.vm_events(&n.name) {
+            if let Ok(e) = c.vm_events(name) {
                 let from = shown;
                 for ev in e.value.iter().filter(|e| e.seq > from) {
                     eprint!("{}", event_line(ev));
@@ -790,13 +813,13 @@ fn lifecycle(n: &Named, op: &'static str) -> ExitCode {
             .join()
             .map_err(|_| anyhow::anyhow!("the request thread panicked"))??;
         show(&c);
-        out(&n.t, &vm, vm_text)?;
+        out(t, &vm, vm_text)?;
         Ok(vm.state == control_api::VmState::Failed)
     })();
     match r {
         Ok(false) => ExitCode::SUCCESS,
         Ok(true) => ExitCode::from(1),
-        Err(e) => finish(Some(&n.t), Err(e)),
+        Err(e) => finish(Some(t), Err(e)),
     }
 }
 
@@ -868,12 +891,12 @@ fn quote_text(q: &PriceQuote) -> String {
 pub fn run_vm(cmd: VmCommand) -> ExitCode {
     match cmd {
         VmCommand::Create(a) => {
-            let r = (|| {
-                let req = a.request()?;
-                let vm = a.t.client(As::Tenant)?.create_vm(&a.name, &req)?;
-                out(&a.t, &vm, vm_text)
-            })();
-            finish(Some(&a.t), r)
+            let req = match a.request() {
+                Ok(r) => r,
+                Err(e) => return finish(Some(&a.t), Err(e)),
+            };
+            // A create with pre-encryption takes a while: its steps are shown.
+            with_progress(&a.t, &a.name, false, move |c, name| c.create_vm(name, &req))
         }
         VmCommand::List(t) => {
             let r = (|| {

@@ -325,7 +325,7 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
         [
             ("validate", "ok"),
             ("place", "ok"),
-            ("disk_pre_encryption", "not_enforced"),
+            ("disk_pre_encryption", "ok"),
         ]
     );
     rec("get_vm", http("GET", &u("/vms/a"), Some(&tenant), None));
@@ -871,8 +871,27 @@ fn consistent(url: &str, tenant: &str, operator: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until no VM of `tenant` is `creating`, then checks that every VM is
+/// `stopped` (their pre-encryption done, none failed).
+fn settled(url: &str, tenant: &str) {
+    for _ in 0..600 {
+        let (_, vms) = http("GET", &format!("{url}/vms"), Some(tenant), None);
+        let vms = vms["value"].as_array().unwrap().clone();
+        if vms.iter().all(|v| v["state"] != "creating") {
+            for v in &vms {
+                assert_eq!(v["state"], "stopped", "{v}");
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("VMs stay creating after a restart");
+}
+
 /// kill -9 of the platform at random moments while four clients create and delete
-/// VMs (60 trials): after each restart every VM whose create was answered is there,
+/// VMs (60 trials), each create pre-encrypting its VM's OS disk: after each restart
+/// every create interrupted during its pre-encryption is finished, every VM whose
+/// create was answered is there,
 /// every deleted one is gone, none is half-created, none is on two hosts, and every
 /// host's counters equal what its VMs hold.
 #[test]
@@ -897,6 +916,9 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
             );
             assert_eq!(st, 200, "{e}");
         }
+        // A create killed during its disk's pre-encryption is finished after the
+        // restart (in the background): every VM ends `stopped`, none `failed`.
+        settled(&url, &tenant);
         // What the previous trials' answers promised holds after the restart.
         let names: std::collections::BTreeSet<String> =
             consistent(&url, &tenant, &operator).into_iter().collect();
@@ -1553,4 +1575,335 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     assert_eq!(code, 0);
     assert!(!vmgs.exists());
     let _ = url;
+}
+
+/// Plaintext the test disk's root partition starts with.
+const ROOT_MARKER: &[u8] = b"opencvm test root partition, plaintext";
+
+/// The first encrypted (non-boot) partition of the GPT disk `path`, copied out.
+fn root_partition(path: &Path, to: &Path) -> PathBuf {
+    let bytes = std::fs::read(path).unwrap();
+    let head = &bytes[..disk::gpt::Gpt::HEAD_LEN.min(bytes.len())];
+    let gpt = disk::gpt::Gpt::parse(head, bytes.len() as u64).unwrap();
+    let p = gpt.partitions.iter().find(|p| !p.boot_critical()).unwrap();
+    let start = (p.first * disk::gpt::LBA) as usize;
+    std::fs::write(to, &bytes[start..start + p.bytes() as usize]).unwrap();
+    to.to_path_buf()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `cryptsetup luksDump` of a LUKS2 volume file.
+fn luks_dump(path: &Path) -> String {
+    let o = Command::new("cryptsetup")
+        .args(["luksDump", path.to_str().unwrap()])
+        .output()
+        .expect("cryptsetup (scripts/setup installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Full-disk encryption before first boot, end to end on `cvm up`: the create
+/// pre-encrypts the VM's OS disk (its root partition nowhere in clear, cryptsetup
+/// reads the header and the token naming the key); the first start has the disk key
+/// released to the VM's token and binds the disk to its vTPM, which then unseals it
+/// (`cvm disk decrypt --vtpm` through the running VM's vTPM gives back the
+/// plaintext); later starts open it through the vTPM. Another VM's disk does not
+/// open; a customer key is checked at create, and its release policy decides at
+/// start; a kill -9 during pre-encryption leaves a VM that is pre-encrypted after the
+/// restart.
+#[test]
+fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("up");
+    let platform = up(&state, &["--hosts", "1"]);
+    let f = common::esp::fixtures();
+    let image = common::esp::gpt_disk(
+        d,
+        "debian",
+        &[
+            ("EFI/BOOT/BOOTX64.EFI", &f.join("shimx64.efi.signed")),
+            ("EFI/BOOT/grubx64.efi", &f.join("grubx64.efi.signed")),
+            ("vmlinuz", &f.join("vmlinuz")),
+        ],
+        Some(ROOT_MARKER),
+    );
+    assert!(contains(&std::fs::read(&image).unwrap(), ROOT_MARKER));
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", image.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let create = |name: &str, extra: &[&str]| -> (i32, Value) {
+        let mut a = vec![
+            "vm",
+            "create",
+            name,
+            "--size",
+            "Standard_DC2as_v5",
+            "--image",
+            "debian-12",
+        ];
+        a.extend_from_slice(extra);
+        cli(&platform, &a)
+    };
+    let detail = |name: &str, step: &str| -> String {
+        let (_, events) = cli(&platform, &["vm", "events", name]);
+        events["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e["step"] == step)
+            .map(|e| e["detail"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {step} event: {events}"))
+    };
+
+    // Create: the disk is encrypted before the VM is `stopped`.
+    let (code, vm) = create("enc", &["--disk-encryption", "platform-key"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("stopped")), "{vm}");
+    let id = vm["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        steps_since(&platform, "enc", 0),
+        [
+            ("validate".to_string(), "ok".to_string()),
+            ("place".into(), "ok".into()),
+            ("disk_pre_encryption".into(), "ok".into())
+        ]
+    );
+    let vm_dir = state.join(format!("hosts/host-1/vms/{id}"));
+    let os = vm_dir.join("os.img");
+    assert!(
+        !contains(&std::fs::read(&os).unwrap(), ROOT_MARKER),
+        "the root partition's plaintext is in the VM's disk"
+    );
+    let part = root_partition(&os, &d.join("root.luks"));
+    let dump = luks_dump(&part);
+    assert!(dump.contains("opencvm-key-release"), "{dump}");
+    assert!(dump.contains("aes-xts-plain64"), "{dump}");
+    assert!(
+        !dump.contains("systemd-tpm2"),
+        "not bound before the first boot: {dump}"
+    );
+
+    // First start: the key is released to the VM's token, the disk opens and is
+    // bound to the VM's vTPM.
+    let (code, vm) = cli(&platform, &["vm", "start", "enc"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    let names: Vec<String> = steps_since(&platform, "enc", 3)
+        .into_iter()
+        .map(|(s, o)| {
+            assert_eq!(o, "ok", "{s}");
+            s
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "start",
+            "launch",
+            "attest",
+            "vmgs_key_release",
+            "vmgs",
+            "vtpm",
+            "secure_boot",
+            "disk_unlock",
+            "running"
+        ]
+    );
+    let first = detail("enc", "disk_unlock");
+    assert!(
+        first.contains(&format!("vm-{id}-disk")) && first.contains("bound to the vTPM"),
+        "{first}"
+    );
+    // The running VM's vTPM unseals the disk for `cvm disk decrypt`, as systemd
+    // in the guest would: the plaintext comes back.
+    let part = root_partition(&os, &d.join("root-bound.luks"));
+    let dump = luks_dump(&part);
+    assert!(dump.contains("systemd-tpm2"), "{dump}");
+    let plain = d.join("root.plain");
+    let o = cvm(&[
+        "disk",
+        "decrypt",
+        "--in",
+        part.to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+        "--vtpm",
+        &format!("unix:{}", vm_dir.join("tpm/data").display()),
+        "--progress",
+        "none",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&plain).unwrap().starts_with(ROOT_MARKER));
+
+    // A later start: the vTPM unseals it.
+    cli(&platform, &["vm", "stop", "enc"]);
+    let (code, vm) = cli(&platform, &["vm", "start", "enc"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    let again = detail("enc", "disk_unlock");
+    assert!(again.contains("unsealed by the vTPM"), "{again}");
+
+    // Another VM's disk (bound to another vTPM) does not open; its own does.
+    let (code, other) = create("other", &["--disk-encryption", "platform-key"]);
+    assert_eq!(code, 0, "{other}");
+    let (code, _) = cli(&platform, &["vm", "start", "other"]);
+    assert_eq!(code, 0);
+    cli(&platform, &["vm", "stop", "other"]);
+    cli(&platform, &["vm", "stop", "enc"]);
+    let other_os = state.join(format!(
+        "hosts/host-1/vms/{}/os.img",
+        other["id"].as_str().unwrap()
+    ));
+    let kept = d.join("other.img");
+    std::fs::rename(&other_os, &kept).unwrap();
+    std::fs::copy(&os, &other_os).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "other"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["step"], "disk_unlock", "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "disk_locked", "{vm}");
+    // A missing disk is refused, not made again.
+    std::fs::remove_file(&other_os).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "other"]);
+    assert_eq!(
+        (code, vm["lastFailure"]["code"].as_str()),
+        (1, Some("disk_locked")),
+        "{vm}"
+    );
+    assert!(!other_os.exists());
+    std::fs::rename(&kept, &other_os).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "other"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    cli(&platform, &["vm", "stop", "other"]);
+
+    // Customer keys: checked against the vault at create.
+    let vault = format!(
+        "http://{}",
+        std::fs::read_to_string(state.join("keyvault.listen"))
+            .unwrap()
+            .trim()
+    );
+    let admin = std::fs::read_to_string(state.join("secrets/platform-vault-admin.token")).unwrap();
+    let attest_url = platform
+        .stdout
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("attestation"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let key = |name: &str, kty: &str, hostdata: Option<&str>| {
+        let mut body = json!({"kty": kty, "attributes": {"exportable": true}});
+        if kty == "RSA" {
+            body["key_size"] = json!(2048);
+        } else {
+            body["key_size"] = json!(256);
+        }
+        let mut all = vec![json!({"claim": "x-ms-attestation-type", "equals": "sevsnpvm"})];
+        if let Some(h) = hostdata {
+            all.push(json!({"claim": "x-ms-sevsnpvm-hostdata", "equals": h}));
+        }
+        let policy =
+            json!({"version": "1.0.0", "anyOf": [{"authority": attest_url, "allOf": all}]});
+        use base64::Engine as _;
+        body["release_policy"] = json!({
+            "contentType": "application/json; charset=utf-8",
+            "data": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(policy.to_string()),
+        });
+        let (st, k) = http(
+            "POST",
+            &format!("{vault}/keys/{name}/create"),
+            Some(admin.trim()),
+            Some(&body),
+        );
+        assert_eq!(st, 200, "{k}");
+    };
+    let cmk = |name: &str, key: &str| {
+        create(
+            name,
+            &["--disk-encryption", "customer-key", "--customer-key", key],
+        )
+    };
+    let (code, e) = cmk("c0", "no-such-key");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (1, Some("customer_key_unusable")),
+        "{e}"
+    );
+    key("sym", "oct", None);
+    let (code, e) = cmk("c0", "sym");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (1, Some("customer_key_unusable")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("RSA"),
+        "{e}"
+    );
+    let (_, list) = cli(&platform, &["vm", "list"]);
+    assert_eq!(
+        list["value"].as_array().unwrap().len(),
+        2,
+        "a refused create leaves no VM: {list}"
+    );
+
+    // A customer key whose release policy refuses this VM (another HOST_DATA): the
+    // disk is encrypted, but the VM does not start.
+    key("locked", "RSA", Some(&"00".repeat(32)));
+    let (code, vm) = cmk("c1", "locked");
+    assert_eq!((code, vm["state"].as_str()), (0, Some("stopped")), "{vm}");
+    assert!(detail("c1", "disk_pre_encryption").contains("customer-managed"));
+    let (code, vm) = cli(&platform, &["vm", "start", "c1"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["step"], "disk_unlock", "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "key_release_denied", "{vm}");
+
+    // One whose policy admits SEV-SNP VMs of this attestation service: it runs.
+    key("open", "RSA", None);
+    let (code, vm) = cmk("c2", "open");
+    assert_eq!(code, 0, "{vm}");
+    let (code, vm) = cli(&platform, &["vm", "start", "c2"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+    assert!(detail("c2", "disk_unlock").contains("/keys/open/"));
+    drop(platform);
+
+    // kill -9 during a create's pre-encryption: after the restart the VM is
+    // pre-encrypted (done again from the beginning) and starts.
+    let platform = up(&state, &["--hosts", "1"]);
+    let s = state.to_str().unwrap().to_string();
+    let mut creating = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args([
+            "vm",
+            "create",
+            "late",
+            "--size",
+            "Standard_DC2as_v5",
+            "--image",
+            "debian-12",
+            "--disk-encryption",
+            "platform-key",
+            "--state",
+            &s,
+            "--json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
+    wait_vm(&platform.url, tenant.trim(), "late", |v| {
+        v["state"] == "creating" || v["state"] == "stopped"
+    });
+    drop(platform);
+    let _ = creating.wait();
+    let platform = up(&state, &["--hosts", "1"]);
+    let vm = wait_vm(&platform.url, tenant.trim(), "late", |v| {
+        v["state"] != "creating"
+    });
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    let (code, vm) = cli(&platform, &["vm", "start", "late"]);
+    assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
 }

@@ -59,6 +59,16 @@ pub mod boot {
     pub const VTPM_FAILED: &str = "vtpm_failed";
     /// Firmware or shim refuses a boot component under the VM's db/dbx.
     pub const SECURE_BOOT_VIOLATION: &str = "secure_boot_violation";
+    /// The OS disk could not be pre-encrypted (its image unreadable, the vault
+    /// unreachable); the reason says which.
+    pub const PRE_ENCRYPTION_FAILED: &str = "pre_encryption_failed";
+    /// The customer key cannot protect a disk (missing, not RSA, not exportable,
+    /// without a release policy).
+    pub const CUSTOMER_KEY_UNUSABLE: &str = "customer_key_unusable";
+    /// The encrypted OS disk did not open: its key was not released, the vTPM
+    /// refused to unseal it (another VM's disk, a changed boot chain), or the disk is
+    /// missing.
+    pub const DISK_LOCKED: &str = "disk_locked";
     /// The host agent could not do its part (a service unreachable, a file missing).
     pub const HOST_AGENT: &str = "host_agent";
 }

@@ -22,6 +22,9 @@ pub struct BootSpec {
     pub image: PathBuf,
     /// `VMGuestStateOnly` or `DiskWithVMGuestState`.
     pub encryption: String,
+    /// The customer-managed key (a key of the platform vault) that protects the OS
+    /// disk's key; `None`: a platform-managed key.
+    pub customer_key: Option<String>,
     /// The attestation policy (provider) its evidence must meet.
     pub attestation_policy: String,
     /// Whether an earlier start created its VMGS (a missing VMGS is then refused, not
@@ -54,6 +57,19 @@ pub struct BootFailure {
     /// For people: the failing rule, with expected and actual values where the
     /// refusing service gave them.
     pub reason: String,
+}
+
+/// The disk pre-encryption service: it encrypts a VM's OS disk from its image onto
+/// the VM's host before the first boot (in-process for `cvm up`).
+pub trait PreEncryption: Send + Sync {
+    /// Whether `key` can protect an OS disk: a key of the platform vault that may be
+    /// released (exportable, with a release policy) and wraps keys (RSA). `Err` says
+    /// why not, for people.
+    fn check_customer_key(&self, key: &str) -> Result<(), String>;
+    /// Encrypts the OS disk of `spec`'s VM, its key released later only to that VM's
+    /// attested token; nothing when that is done already, from the beginning when an
+    /// earlier run was interrupted. Returns what it did, for the VM's events.
+    fn pre_encrypt(&self, spec: &BootSpec) -> Result<String, BootFailure>;
 }
 
 /// A host agent (in-process for `cvm up`'s emulated hosts).

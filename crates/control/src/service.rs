@@ -13,7 +13,7 @@ use serde_json::json;
 use sqldb::Location;
 use zeroize::Zeroizing;
 
-use crate::agent::{BootFailure, BootSpec, HostAgent, StepReport};
+use crate::agent::{BootFailure, BootSpec, HostAgent, PreEncryption, StepReport};
 use crate::store::{
     Created, EventRow, HostRow, ImageRow, PlaceOutcome, Placement, PutHost, Reserved, Store,
     StoreError, VmRow,
@@ -123,6 +123,7 @@ pub struct Control {
     default_region: String,
     state_dir: PathBuf,
     agent: std::sync::OnceLock<std::sync::Arc<dyn HostAgent>>,
+    pre_encryption: std::sync::OnceLock<std::sync::Arc<dyn PreEncryption>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -387,6 +388,7 @@ impl Control {
                 default_region: cfg.default_region,
                 state_dir: cfg.state_dir,
                 agent: std::sync::OnceLock::new(),
+                pre_encryption: std::sync::OnceLock::new(),
             },
             created,
         ))
@@ -591,6 +593,21 @@ impl Control {
             )
             .with_detail(json!({ "target": "image" })));
         }
+        // With a pre-encryption service, the disk is encrypted before the VM is
+        // `stopped`; a customer key that could never open it is refused now.
+        let pre_encrypt = spec.encryption == Encryption::DiskWithGuestState
+            && self.pre_encryption.get().is_some();
+        if let (KeyManagement::Customer(k), Some(service)) = (&spec.key, self.pre_encryption.get())
+            && let Err(why) = service.check_customer_key(k)
+        {
+            return Err(ApiError::bad(codes::boot::CUSTOMER_KEY_UNUSABLE, why)
+                .with_detail(json!({ "target": "osDisk.customerKey" })));
+        }
+        let first_state = if pre_encrypt {
+            api::VmState::Creating
+        } else {
+            api::VmState::Stopped
+        };
         let validated_ms = elapsed_ms(started);
         let request = serde_json::to_string(req).map_err(|e| ApiError::logged("json", e))?;
         let id = {
@@ -614,7 +631,7 @@ impl Control {
             vm_size: spec.size.name.to_string(),
             image: spec.image.id.to_string(),
             os_disk_size_gb: spec.os_disk_gib,
-            state: api::VmState::Stopped,
+            state: first_state,
             last_failure: None,
             host,
             security: security_of(&spec),
@@ -630,7 +647,7 @@ impl Control {
             region: spec.region.clone(),
             vcpus: i64::from(spec.size.vcpus),
             memory_gib: i64::from(spec.size.memory_gib),
-            state: api::VmState::Stopped.name().to_string(),
+            state: first_state.name().to_string(),
             host: None,
             failure: None,
             created,
@@ -652,13 +669,20 @@ impl Control {
                     why: e.to_string(),
                 }
             })?;
-            Ok((body, create_events(&spec, at, validated_ms, r, place_ms)))
+            Ok((
+                body,
+                create_events(&spec, at, validated_ms, r, place_ms, pre_encrypt),
+            ))
         };
         let outcome = self
             .store
             .create_vm(&row, &want, &made)
             .map_err(store_err)?;
         match outcome {
+            Created::New(row) if pre_encrypt => {
+                self.pre_encrypt(&row)?;
+                self.get_vm(caller, name)
+            }
             Created::New(row) | Created::Existing(row) => parse_vm(&row),
             Created::Conflict(_) => Err(ApiError::new(
                 409,
@@ -738,6 +762,62 @@ impl Control {
         }
     }
 
+    /// Lets `service` pre-encrypt the OS disks of this control plane's VMs (once):
+    /// a `DiskWithVMGuestState` VM is then `creating` until its disk is encrypted.
+    /// Without it such VMs are created with the step marked `not_enforced`.
+    pub fn set_pre_encryption(&self, service: std::sync::Arc<dyn PreEncryption>) {
+        let _ = self.pre_encryption.set(service);
+    }
+
+    /// Pre-encrypts the OS disk of the `creating` VM `row`: `stopped` when done,
+    /// `failed` with the reason otherwise.
+    fn pre_encrypt(&self, row: &VmRow) -> Result<(), ApiError> {
+        let Some(service) = self.pre_encryption.get() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let outcome = self
+            .boot_spec(row)
+            .map_err(|e| BootFailure {
+                step: "disk_pre_encryption".into(),
+                code: codes::boot::PRE_ENCRYPTION_FAILED,
+                reason: e.message,
+            })
+            .and_then(|spec| service.pre_encrypt(&spec));
+        let ms = elapsed_ms(started);
+        let (to, failure, e) = match outcome {
+            Ok(detail) => (
+                api::VmState::Stopped,
+                None,
+                event("disk_pre_encryption", "ok", ms, detail),
+            ),
+            Err(f) => (
+                api::VmState::Failed,
+                Some(api::Failure {
+                    step: f.step.clone(),
+                    code: f.code.to_string(),
+                    reason: f.reason.clone(),
+                    at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                }),
+                event("disk_pre_encryption", "failed", ms, f.reason),
+            ),
+        };
+        let failure_json = failure
+            .as_ref()
+            .map(|f| serde_json::to_string(f).unwrap_or_default());
+        self.store
+            .transition(
+                &row.id,
+                &["creating"],
+                to.name(),
+                failure_json.as_deref(),
+                &body_as(to, failure),
+                &[e],
+            )
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     /// Lets `agent` run the VMs of this control plane's hosts (once).
     pub fn set_agent(&self, agent: std::sync::Arc<dyn HostAgent>) {
         let _ = self.agent.set(agent);
@@ -788,6 +868,10 @@ impl Control {
             secure_boot_template: spec.image.secure_boot_template.to_string(),
             image: PathBuf::from(image.path),
             encryption: spec.encryption.name().to_string(),
+            customer_key: match &spec.key {
+                KeyManagement::Customer(k) => Some(k.clone()),
+                KeyManagement::Platform => None,
+            },
             attestation_policy: spec.attestation_policy,
             vmgs_created: self
                 .store
@@ -861,7 +945,32 @@ impl Control {
                 tracing::warn!(vm = %row.id, "recording a boot step: {err}");
             }
         };
-        let outcome = agent.start(&spec, &mut record);
+        // A disk whose pre-encryption failed at create is encrypted now; one that
+        // was encrypted once is never made again (a missing disk is refused by the
+        // host agent, not replaced by a fresh one).
+        let outcome = match self.pre_encryption.get() {
+            Some(service)
+                if spec.encryption == Encryption::DiskWithGuestState.name()
+                    && !self
+                        .store
+                        .events(&row.id)
+                        .map_err(store_err)?
+                        .iter()
+                        .any(|e| e.step == "disk_pre_encryption" && e.outcome == "ok") =>
+            {
+                let t = Instant::now();
+                service.pre_encrypt(&spec).map(|detail| {
+                    record(StepReport {
+                        step: "disk_pre_encryption".into(),
+                        outcome: "ok".into(),
+                        duration_ms: elapsed_ms(t),
+                        detail,
+                    });
+                })
+            }
+            _ => Ok(()),
+        }
+        .and_then(|()| agent.start(&spec, &mut record));
         let total = elapsed_ms(started);
         let (to, failure, last) = match &outcome {
             Ok(()) => (
@@ -1044,8 +1153,9 @@ impl Control {
     /// After a restart of the control plane and its host agent, before it serves:
     /// every VM that was `running` or `starting` (its processes ended with the old
     /// agent) is marked `starting` again, so no answer shows it running before it is;
-    /// one left `stopping` is `stopped`. Returns the VMs to boot with
-    /// [`Control::resume`].
+    /// one left `stopping` is `stopped`; one left `creating` (its disk's
+    /// pre-encryption interrupted) stays so. Returns the VMs to boot or pre-encrypt
+    /// with [`Control::resume`].
     pub fn interrupted(&self) -> Result<Vec<VmRow>, ApiError> {
         let agent = self.agent()?;
         let mut again = Vec::new();
@@ -1080,6 +1190,8 @@ impl Control {
                         again.push(r);
                     }
                 }
+                // Its pre-encryption was interrupted: done again by `resume`.
+                "creating" if self.pre_encryption.get().is_some() => again.push(row),
                 "stopping" => {
                     agent.stop(host, &row.id).map_err(agent_err)?;
                     self.store
@@ -1104,11 +1216,21 @@ impl Control {
         Ok(again)
     }
 
-    /// Boots the VMs [`Control::interrupted`] returned, one after another; returns how
-    /// many run.
+    /// Boots (or, `creating` ones, pre-encrypts) the VMs [`Control::interrupted`]
+    /// returned, one after another; returns how many ended as asked.
     pub fn resume(&self, vms: &[VmRow]) -> usize {
         vms.iter()
-            .filter(|row| self.boot(row, &["starting"]).is_ok())
+            .filter(|row| {
+                if row.state == "creating" {
+                    self.pre_encrypt(row).is_ok()
+                        && self
+                            .store
+                            .vm_by_id(&row.id)
+                            .is_ok_and(|r| r.is_some_and(|r| r.state == "stopped"))
+                } else {
+                    self.boot(row, &["starting"]).is_ok()
+                }
+            })
             .count()
     }
 
@@ -1389,6 +1511,7 @@ fn create_events(
     validated_ms: i64,
     r: &Reserved,
     place_ms: i64,
+    pre_encrypt: bool,
 ) -> Vec<EventRow> {
     let mut out = Vec::new();
     let mut push = |step: &str, outcome: &str, ms: i64, detail: String| {
@@ -1433,13 +1556,26 @@ fn create_events(
             }
         ),
     );
+    if pre_encrypt {
+        if let KeyManagement::Customer(k) = &spec.key {
+            push(
+                "customer_key",
+                "ok",
+                0,
+                format!(
+                    "the customer key '{k}' is an exportable RSA key with a release policy in the platform's key vault"
+                ),
+            );
+        }
+        return out;
+    }
     if let KeyManagement::Customer(k) = &spec.key {
         push(
             "customer_key",
             "not_enforced",
             0,
             format!(
-                "the customer key '{k}' is recorded; its existence and release policy are checked when the key vault integration lands"
+                "the customer key '{k}' is recorded; it is checked where a pre-encryption service runs (`cvm up`)"
             ),
         );
     }
@@ -1448,7 +1584,7 @@ fn create_events(
             "disk_pre_encryption",
             "not_enforced",
             0,
-            "the OS disk is not pre-encrypted yet: the pre-encryption service is not wired into create".to_string(),
+            "the OS disk is not pre-encrypted: no pre-encryption service serves this control plane (`cvm up` runs one)".to_string(),
         );
     }
     out

@@ -322,8 +322,17 @@ impl Luks2 {
                 d.keyslots.push(n.to_string());
             }
             None => {
-                let iterations =
-                    kdf::calibrate(Hash::Sha256, std::time::Duration::from_millis(125));
+                // The digest checks a random 512-bit volume key, which no iteration
+                // count protects further; cryptsetup still spends about 125 ms on it,
+                // and so does this for a passphrase keyslot. A volume whose first
+                // keyslot is for a key of full entropy (`Minimal`, a platform's disk
+                // key) gets cryptsetup's minimum, 1000, so that opening it costs no
+                // more than its keyslot does.
+                let iterations = if choice == KdfChoice::Minimal {
+                    1000
+                } else {
+                    kdf::calibrate(Hash::Sha256, std::time::Duration::from_millis(125))
+                };
                 self.metadata
                     .digests
                     .insert(0, kdf::make_digest(key.bytes(), iterations, n, seg)?);

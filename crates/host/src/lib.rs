@@ -29,10 +29,18 @@
 //!    second stage against the VM's db/dbx (and shim's vendor certificate and SBAT),
 //!    each event measured into the vTPM's PCR 7 and the event list kept.
 //!
-//! Disk unlock for `DiskWithVMGuestState` is recorded `not_enforced`: the OS disk is
-//! not pre-encrypted by this release's create.
+//! 7. **disk_unlock** (`DiskWithVMGuestState` only; the disk was encrypted before
+//!    the first boot by [`pre_encryption`]): at the first start the disk key named
+//!    in the disk's header is released to the token (step 2's) and opens the disk,
+//!    which is then bound to the VM's vTPM (a `systemd-tpm2` keyslot sealed to PCR 7
+//!    as step 6 left it, as systemd-cryptenroll binds); every later start has the
+//!    vTPM unseal it, so the disk opens only for this VM's vTPM and boot chain.
+//!    Either way the volume key is checked against the header's digest, as
+//!    cryptsetup checks it before it opens a disk.
 
 #![forbid(unsafe_code)]
+
+pub mod pre_encryption;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,6 +107,28 @@ pub enum HostError {
     /// An HTTP client.
     #[error("HTTP client: {0}")]
     Client(String),
+}
+
+/// The release policy of a VM's keys (VMGS and platform disk key): tokens of the
+/// attestation service at `issuer` (the URL this platform is configured with, not a
+/// token's own claim), SEV-SNP, the VM's `HOST_DATA`, VMPL 0 and no debug; immutable.
+fn release_policy(issuer: &str, vm_id: &str) -> Value {
+    let policy = json!({"version": "1.0.0", "anyOf": [{"authority": issuer,
+        "allOf": [
+            {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
+            {"claim": "x-ms-sevsnpvm-hostdata", "equals": hex::encode(host_data(vm_id))},
+            {"claim": "x-ms-sevsnpvm-vmpl", "equals": 0},
+            {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": false}]}]});
+    json!({
+        "contentType": "application/json; charset=utf-8",
+        "data": B64URL.encode(policy.to_string()),
+        "immutable": true,
+    })
+}
+
+/// The directory of VM `vm_id` on `host` under the hosts' `root`.
+fn vm_dir(root: &Path, host: &str, vm_id: &str) -> PathBuf {
+    root.join(host).join("vms").join(vm_id)
 }
 
 /// A VM whose processes run.
@@ -222,7 +252,7 @@ impl EmulatedHosts {
     }
 
     fn vm_dir(&self, host: &str, vm_id: &str) -> PathBuf {
-        self.root.join(host).join("vms").join(vm_id)
+        vm_dir(&self.root, host, vm_id)
     }
 
     /// The guest policy `host` launches with ([`LAUNCHER_CONFIG`]).
@@ -316,13 +346,6 @@ impl EmulatedHosts {
         let kid = match vault.get_key(&(), &name, None) {
             Ok(b) => b.key.kid,
             Err(api_client::ClientError::Refused { status: 404, .. }) => {
-                let policy = json!({"version": "1.0.0", "anyOf": [{"authority": issuer,
-                    "allOf": [
-                        {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
-                        {"claim": "x-ms-sevsnpvm-hostdata", "equals": hex::encode(host_data(&spec.vm_id))},
-                        {"claim": "x-ms-sevsnpvm-vmpl", "equals": 0},
-                        {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": false}]}]});
-                let data = B64URL.encode(policy.to_string());
                 let req = keyvault_api::CreateKeyRequest {
                     kty: "oct".into(),
                     key_size: Some(256),
@@ -330,11 +353,7 @@ impl EmulatedHosts {
                         exportable: Some(true),
                         ..keyvault_api::Attributes::default()
                     }),
-                    release_policy: Some(json!({
-                        "contentType": "application/json; charset=utf-8",
-                        "data": data,
-                        "immutable": true,
-                    })),
+                    release_policy: Some(release_policy(&issuer, &spec.vm_id)),
                     ..keyvault_api::CreateKeyRequest::default()
                 };
                 vault
@@ -545,7 +564,15 @@ impl EmulatedHosts {
 
         // 6. Secure Boot, measured into the vTPM.
         let t = Instant::now();
-        match secure_boot(spec, &store, &endpoint, &dir) {
+        // The VM's own disk when it has one (its boot partitions are the image's,
+        // byte for byte, but a disk changed on the host must be the one checked).
+        let own = dir.join(pre_encryption::OS_DISK);
+        let disk = if own.exists() {
+            own
+        } else {
+            spec.image.clone()
+        };
+        match secure_boot(&disk, &store, &endpoint, &dir) {
             Ok(detail) => ok("secure_boot", t, detail),
             Err(f) => {
                 stop_child(&mut running);
@@ -553,14 +580,16 @@ impl EmulatedHosts {
             }
         }
 
-        // 7. The OS disk.
+        // 7. The OS disk, opened through the released key (first start) or the vTPM.
         if spec.encryption == "DiskWithVMGuestState" {
-            report(StepReport {
-                step: "disk_unlock".into(),
-                outcome: "not_enforced".into(),
-                duration_ms: 0,
-                detail: "the OS disk is not pre-encrypted by this release, so there is no key for the vTPM to unseal".into(),
-            });
+            let t = Instant::now();
+            match unlock_disk(&dir, &releaser, &attested, &endpoint) {
+                Ok(detail) => ok("disk_unlock", t, detail),
+                Err(f) => {
+                    stop_child(&mut running);
+                    return Err(f);
+                }
+            }
         }
         Ok(running)
     }
@@ -774,13 +803,13 @@ fn without_secure_boot(mut store: boot::varstore::VariableStore) -> boot::varsto
 /// into the vTPM at `endpoint`, the event list written to `dir/boot-events.json`,
 /// and PCR 7 read back against the replayed value.
 fn secure_boot(
-    spec: &BootSpec,
+    disk: &Path,
     store: &boot::varstore::VariableStore,
     endpoint: &str,
     dir: &Path,
 ) -> Result<String, BootFailure> {
     let step = "secure_boot";
-    let files = boot::esp::read_boot_files(&spec.image).map_err(|e| {
+    let files = boot::esp::read_boot_files(disk).map_err(|e| {
         fail(
             step,
             code::HOST_AGENT,
@@ -857,6 +886,131 @@ fn secure_boot(
         events.len(),
         hex::encode(&want)
     ))
+}
+
+/// Opens every encrypted partition of the VM's OS disk in `dir`: through the vTPM
+/// at `endpoint` when the disk is bound to it, else with the disk key its header
+/// names, released to `attested` (the first start), after which the disk is bound
+/// to the vTPM under PCR 7 as it is now and the binding is tried once.
+fn unlock_disk(
+    dir: &Path,
+    releaser: &key_release::Releaser,
+    attested: &key_release::Attested,
+    endpoint: &str,
+) -> Result<String, BootFailure> {
+    use std::os::unix::fs::FileExt as _;
+    let step = "disk_unlock";
+    let locked = |why: String| fail(step, code::DISK_LOCKED, why);
+    let path = dir.join(pre_encryption::OS_DISK);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(locked(format!(
+                "{} is missing: the VM's encrypted OS disk is gone, so it does not start",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(locked(format!("{}: {e}", path.display()))),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| locked(format!("{}: {e}", path.display())))?
+        .len();
+    let mut head = vec![0u8; len.min(disk::gpt::Gpt::HEAD_LEN as u64) as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| locked(format!("{}: {e}", path.display())))?;
+    let gpt = disk::gpt::Gpt::parse(&head, len)
+        .map_err(|e| locked(format!("{}: {e}", path.display())))?;
+    let mut tpm =
+        disk::tpm2::connect(endpoint).map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
+    let mut opened = Vec::new();
+    for p in gpt.partitions.iter().filter(|p| !p.boot_critical()) {
+        let n = p.number;
+        let window = disk::device::Window::new(&file, p.first * disk::gpt::LBA, p.bytes());
+        let mut luks = disk::Luks2::read(&window)
+            .map_err(|e| locked(format!("partition {n} is not an encrypted volume: {e}")))?;
+        let bound = luks
+            .metadata
+            .tokens
+            .values()
+            .any(|t| t.kind == disk::tpm2::TOKEN_TYPE);
+        if bound {
+            let (slot, _key) = disk::tpm2::unlock(&luks, &window, tpm.as_mut()).map_err(|e| {
+                locked(format!(
+                    "the vTPM does not unseal the key of partition {n}: {e} (the disk is bound to another VM's vTPM, or PCR 7 differs from the boot it was bound at)"
+                ))
+            })?;
+            opened.push(format!(
+                "partition {n}: unsealed by the vTPM under PCR 7 (keyslot {slot}), volume key matches the header's digest"
+            ));
+            continue;
+        }
+        let key = pre_encryption::DiskKey::from_luks(&luks)
+            .map_err(|e| locked(format!("partition {n}: {e}")))?;
+        let kid = key_release::KeyId::parse(key.kid())
+            .map_err(|e| locked(format!("partition {n}: the key id {}: {e}", key.kid())))?;
+        let released = releaser.release_to(attested, &kid).map_err(|e| match e {
+            key_release::ReleaseError::Refused { message, .. } => fail(
+                step,
+                code::KEY_RELEASE_DENIED,
+                format!("the key vault refused to release the disk key {kid}: {message}"),
+            ),
+            other => fail(step, code::HOST_AGENT, other.to_string()),
+        })?;
+        let passphrase = key
+            .passphrase(released.as_bytes())
+            .map_err(|e| locked(format!("partition {n}: {e}")))?;
+        drop(released);
+        let (_, volume) = luks
+            .unlock(&window, &passphrase, Some(0))
+            .map_err(|e| locked(format!("the released key does not open partition {n}: {e}")))?;
+        drop(passphrase);
+        let binding = disk::tpm2::PcrBinding::parse("7")
+            .map_err(|e| fail(step, code::HOST_AGENT, e.to_string()))?;
+        let enrolled = disk::tpm2::enroll(&mut luks, &window, &volume, tpm.as_mut(), &binding)
+            .map_err(|e| {
+                fail(
+                    step,
+                    code::VTPM_FAILED,
+                    format!("binding partition {n} to the vTPM: {e}"),
+                )
+            })?;
+        // The binding must hold as the next start will use it: the vTPM unseals
+        // the new keyslot's secret under PCR 7 as it is now.
+        let token = luks
+            .metadata
+            .tokens
+            .get(&enrolled.token)
+            .ok_or_else(|| fail(step, code::HOST_AGENT, "the new token is missing"))
+            .and_then(|t| {
+                disk::tpm2::Tpm2Token::from_token(t)
+                    .map_err(|e| fail(step, code::HOST_AGENT, e.to_string()))
+            })?;
+        disk::tpm2::unseal(tpm.as_mut(), &token).map_err(|e| {
+            fail(
+                step,
+                code::VTPM_FAILED,
+                format!("partition {n} does not unseal through the vTPM it was just bound to: {e}"),
+            )
+        })?;
+        opened.push(format!(
+            "partition {n}: {kid} released to the token opened keyslot 0 (volume key matches the header's digest); bound to the vTPM (keyslot {}, systemd-tpm2 token, PCR 7)",
+            enrolled.keyslot
+        ));
+    }
+    if opened.is_empty() {
+        return Err(locked(format!(
+            "{} has no encrypted partition",
+            path.display()
+        )));
+    }
+    file.sync_all()
+        .map_err(|e| locked(format!("{}: {e}", path.display())))?;
+    Ok(opened.join("; "))
 }
 
 /// Ends the vTPM: its standard input closes (it exits), then it is waited for, and
