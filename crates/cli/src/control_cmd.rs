@@ -809,9 +809,17 @@ fn with_progress(
             std::thread::sleep(std::time::Duration::from_millis(150));
             show(&c);
         }
-        let vm = call
+        let mut vm = call
             .join()
             .map_err(|_| anyhow::anyhow!("the request thread panicked"))??;
+        show(&c);
+        // A create answers `creating` while the OS disk is pre-encrypted in the
+        // background: wait for it, showing its steps.
+        while vm.state == control_api::VmState::Creating {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            show(&c);
+            vm = c.get_vm(name)?;
+        }
         show(&c);
         out(t, &vm, vm_text)?;
         Ok(vm.state == control_api::VmState::Failed)

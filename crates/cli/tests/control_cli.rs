@@ -289,7 +289,10 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
         ),
     );
     assert_eq!(st, 200, "{vm}");
-    assert_eq!(vm["state"], "stopped");
+    // Its OS disk is pre-encrypted in the background: `creating`, then `stopped`.
+    assert_eq!(vm["state"], "creating", "{vm}");
+    let vm = wait_vm(&platform.url, &tenant, "a", |v| v["state"] != "creating");
+    assert_eq!(vm["state"], "stopped", "{vm}");
     assert_eq!(vm["location"], "eastus");
     assert!(vm["host"].as_str().unwrap().starts_with("host-"));
     assert_eq!(vm["security"]["secureBootEnabled"], true);
@@ -872,16 +875,20 @@ fn consistent(url: &str, tenant: &str, operator: &str) -> Vec<String> {
 }
 
 /// Waits until no VM of `tenant` is `creating`, then checks that every VM is
-/// `stopped` (their pre-encryption done, none failed).
-fn settled(url: &str, tenant: &str) {
+/// `stopped` (their pre-encryption done, none failed). Returns how many were
+/// `creating` at first.
+fn settled(url: &str, tenant: &str) -> usize {
+    let mut first = None;
     for _ in 0..600 {
         let (_, vms) = http("GET", &format!("{url}/vms"), Some(tenant), None);
         let vms = vms["value"].as_array().unwrap().clone();
-        if vms.iter().all(|v| v["state"] != "creating") {
+        let creating = vms.iter().filter(|v| v["state"] == "creating").count();
+        let first = *first.get_or_insert(creating);
+        if creating == 0 {
             for v in &vms {
                 assert_eq!(v["state"], "stopped", "{v}");
             }
-            return;
+            return first;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -902,6 +909,8 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
     let disk = debian_disk(d, "debian");
     let mut answered_creates = std::collections::BTreeSet::new();
     let mut answered_deletes = std::collections::BTreeSet::new();
+    // VMs found `creating` after a restart: creates killed in their pre-encryption.
+    let mut caught = 0;
     for trial in 0..60 {
         let platform = up(&state, &["--hosts", "2", "--regions", "eastus"]);
         let url = platform.url.clone();
@@ -918,7 +927,7 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
         }
         // A create killed during its disk's pre-encryption is finished after the
         // restart (in the background): every VM ends `stopped`, none `failed`.
-        settled(&url, &tenant);
+        caught += settled(&url, &tenant);
         // What the previous trials' answers promised holds after the restart.
         let names: std::collections::BTreeSet<String> =
             consistent(&url, &tenant, &operator).into_iter().collect();
@@ -1000,6 +1009,8 @@ fn kill_9_at_random_moments_loses_no_vm_and_overfills_no_host() {
     let platform = up(&state, &["--hosts", "2", "--regions", "eastus"]);
     let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
     let operator = std::fs::read_to_string(state.join("control/operator.token")).unwrap();
+    caught += settled(&platform.url, &tenant);
+    assert!(caught > 0, "no kill came during a pre-encryption");
     let names: std::collections::BTreeSet<String> = consistent(&platform.url, &tenant, &operator)
         .into_iter()
         .collect();
@@ -1779,7 +1790,70 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
     assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
     cli(&platform, &["vm", "stop", "other"]);
 
-    // Customer keys: checked against the vault at create.
+    // Disks the host made or changed are refused before any key is released: a
+    // copy of another VM's pre-encrypted disk (never started, so not bound) ...
+    let fresh = |name: &str| {
+        let (code, vm) = create(name, &["--disk-encryption", "platform-key"]);
+        assert_eq!(code, 0, "{vm}");
+        state.join(format!(
+            "hosts/host-1/vms/{}/os.img",
+            vm["id"].as_str().unwrap()
+        ))
+    };
+    let (x, y) = (fresh("x"), fresh("y"));
+    let y_kept = d.join("y.img");
+    std::fs::rename(&y, &y_kept).unwrap();
+    std::fs::copy(&x, &y).unwrap();
+    let (code, vm) = cli(&platform, &["vm", "start", "y"]);
+    assert_eq!(
+        (code, vm["lastFailure"]["code"].as_str()),
+        (1, Some("disk_locked")),
+        "{vm}"
+    );
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not the disk pre-encrypted for this VM"),
+        "{reason}"
+    );
+    assert!(reason.contains("no key is released"), "{reason}");
+    // ... and its own disk whose header names another VM's disk key.
+    std::fs::rename(&y_kept, &y).unwrap();
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&y)
+            .unwrap();
+        let head = {
+            let mut b = vec![0u8; disk::gpt::Gpt::HEAD_LEN];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).unwrap();
+            b
+        };
+        let gpt = disk::gpt::Gpt::parse(&head, f.metadata().unwrap().len()).unwrap();
+        let p = gpt.partitions.iter().find(|p| !p.boot_critical()).unwrap();
+        let w = disk::device::Window::new(&f, p.first * disk::gpt::LBA, p.bytes());
+        let mut luks = disk::Luks2::read(&w).unwrap();
+        let t = luks
+            .metadata
+            .tokens
+            .values_mut()
+            .find(|t| t.kind == "opencvm-key-release")
+            .unwrap();
+        let kid = t.other["kid"].as_str().unwrap().to_string();
+        let x_id = x.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        let y_id = y.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        t.other.insert("kid".into(), json!(kid.replace(y_id, x_id)));
+        luks.write(&w).unwrap();
+    }
+    let (code, vm) = cli(&platform, &["vm", "start", "y"]);
+    assert_eq!(
+        (code, vm["lastFailure"]["code"].as_str()),
+        (1, Some("disk_locked")),
+        "{vm}"
+    );
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("not the VM's own"), "{reason}");
+    // A deleted VM's keys leave the vault with it.
     let vault = format!(
         "http://{}",
         std::fs::read_to_string(state.join("keyvault.listen"))
@@ -1787,6 +1861,32 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
             .trim()
     );
     let admin = std::fs::read_to_string(state.join("secrets/platform-vault-admin.token")).unwrap();
+    let x_id = x
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (st, _) = http(
+        "GET",
+        &format!("{vault}/keys/vm-{x_id}-disk"),
+        Some(admin.trim()),
+        None,
+    );
+    assert_eq!(st, 200);
+    let (code, _) = cli(&platform, &["vm", "delete", "x"]);
+    assert_eq!(code, 0);
+    let (st, _) = http(
+        "GET",
+        &format!("{vault}/keys/vm-{x_id}-disk"),
+        Some(admin.trim()),
+        None,
+    );
+    assert_eq!(st, 404, "the deleted VM's disk key is still in the vault");
+
+    // Customer keys: checked against the vault at create.
     let attest_url = platform
         .stdout
         .iter()
@@ -1846,7 +1946,7 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
     let (_, list) = cli(&platform, &["vm", "list"]);
     assert_eq!(
         list["value"].as_array().unwrap().len(),
-        2,
+        3,
         "a refused create leaves no VM: {list}"
     );
 
@@ -1870,40 +1970,36 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
     assert!(detail("c2", "disk_unlock").contains("/keys/open/"));
     drop(platform);
 
-    // kill -9 during a create's pre-encryption: after the restart the VM is
-    // pre-encrypted (done again from the beginning) and starts.
+    // kill -9 right after a create answered `creating` (its disk being
+    // pre-encrypted): after the restart the pre-encryption is done again from the
+    // beginning, once, its work directory gone, and the VM starts.
     let platform = up(&state, &["--hosts", "1"]);
-    let s = state.to_str().unwrap().to_string();
-    let mut creating = Command::new(env!("CARGO_BIN_EXE_cvm"))
-        .args([
-            "vm",
-            "create",
-            "late",
-            "--size",
-            "Standard_DC2as_v5",
-            "--image",
-            "debian-12",
-            "--disk-encryption",
-            "platform-key",
-            "--state",
-            &s,
-            "--json",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
-    wait_vm(&platform.url, tenant.trim(), "late", |v| {
-        v["state"] == "creating" || v["state"] == "stopped"
-    });
-    drop(platform);
-    let _ = creating.wait();
+    let mut body = create_request("Standard_DC2as_v5");
+    body["osDisk"]["securityEncryptionType"] = json!("DiskWithVMGuestState");
+    let (st, vm) = http(
+        "PUT",
+        &format!("{}/vms/late", platform.url),
+        Some(tenant.trim()),
+        Some(&body),
+    );
+    drop(platform); // SIGKILL
+    assert_eq!((st, vm["state"].as_str()), (200, Some("creating")), "{vm}");
     let platform = up(&state, &["--hosts", "1"]);
     let vm = wait_vm(&platform.url, tenant.trim(), "late", |v| {
         v["state"] != "creating"
     });
     assert_eq!(vm["state"], "stopped", "{vm}");
+    let late_dir = state.join(format!("hosts/host-1/vms/{}", vm["id"].as_str().unwrap()));
+    assert!(late_dir.join("os.img").exists());
+    assert!(!late_dir.join("pre-encryption").exists());
+    assert_eq!(
+        steps_since(&platform, "late", 0)
+            .iter()
+            .filter(|(s, o)| s == "disk_pre_encryption" && o == "ok")
+            .count(),
+        1
+    );
     let (code, vm) = cli(&platform, &["vm", "start", "late"]);
     assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
 }

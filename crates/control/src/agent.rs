@@ -30,6 +30,23 @@ pub struct BootSpec {
     /// Whether an earlier start created its VMGS (a missing VMGS is then refused, not
     /// created again).
     pub vmgs_created: bool,
+    /// For an encrypted OS disk: the volume keys' pin the pre-encryption recorded
+    /// ([`PreEncrypted::pin`]); `None` while the disk is not pre-encrypted.
+    pub disk_pin: Option<String>,
+    /// Whether an earlier start bound the encrypted OS disk to the VM's vTPM (it then
+    /// opens through the vTPM only).
+    pub disk_bound: bool,
+}
+
+/// What a pre-encryption made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreEncrypted {
+    /// What it did, for people.
+    pub detail: String,
+    /// A pin of the disk's volume keys (SHA-256 of each encrypted partition's LUKS2
+    /// digest and salt, hex, comma-separated): a start opens only a disk whose
+    /// volume keys match it, so a disk the host made or swapped in does not open.
+    pub pin: String,
 }
 
 /// One step's outcome, as the VM's events record it.
@@ -68,8 +85,8 @@ pub trait PreEncryption: Send + Sync {
     fn check_customer_key(&self, key: &str) -> Result<(), String>;
     /// Encrypts the OS disk of `spec`'s VM, its key released later only to that VM's
     /// attested token; nothing when that is done already, from the beginning when an
-    /// earlier run was interrupted. Returns what it did, for the VM's events.
-    fn pre_encrypt(&self, spec: &BootSpec) -> Result<String, BootFailure>;
+    /// earlier run was interrupted.
+    fn pre_encrypt(&self, spec: &BootSpec) -> Result<PreEncrypted, BootFailure>;
 }
 
 /// A host agent (in-process for `cvm up`'s emulated hosts).

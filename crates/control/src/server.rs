@@ -79,10 +79,22 @@ async fn create_vm(
     cred: Credential,
     b: Body,
 ) -> R<control_api::Vm> {
-    run(c, cred, "create_vm", move |c, a| {
+    let background = c.clone();
+    let vm = run(c, cred, "create_vm", move |c, a| {
         c.create_vm(a, &n, &typed(b)?)
     })
-    .await
+    .await?;
+    // A VM whose OS disk is pre-encrypted is `creating` until that is done, in the
+    // background (a disk takes longer than a request may).
+    if vm.0.state == control_api::VmState::Creating {
+        let id = vm.0.id.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = background.finish_creating(&id) {
+                tracing::warn!(vm = %id, "pre-encryption: {}", e.message);
+            }
+        });
+    }
+    Ok(vm)
 }
 async fn get_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
     run(c, cred, "get_vm", move |c, a| c.get_vm(a, &n)).await

@@ -13,7 +13,7 @@ use serde_json::json;
 use sqldb::Location;
 use zeroize::Zeroizing;
 
-use crate::agent::{BootFailure, BootSpec, HostAgent, PreEncryption, StepReport};
+use crate::agent::{BootFailure, BootSpec, HostAgent, PreEncrypted, PreEncryption, StepReport};
 use crate::store::{
     Created, EventRow, HostRow, ImageRow, PlaceOutcome, Placement, PutHost, Reserved, Store,
     StoreError, VmRow,
@@ -124,6 +124,8 @@ pub struct Control {
     state_dir: PathBuf,
     agent: std::sync::OnceLock<std::sync::Arc<dyn HostAgent>>,
     pre_encryption: std::sync::OnceLock<std::sync::Arc<dyn PreEncryption>>,
+    /// VMs whose disk this process is pre-encrypting (one run per VM at a time).
+    pre_encrypting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -389,6 +391,7 @@ impl Control {
                 state_dir: cfg.state_dir,
                 agent: std::sync::OnceLock::new(),
                 pre_encryption: std::sync::OnceLock::new(),
+                pre_encrypting: std::sync::Mutex::new(std::collections::HashSet::new()),
             },
             created,
         ))
@@ -566,6 +569,9 @@ impl Control {
     /// Creates the caller's VM `name`: validation (every refusal reported), the image
     /// artifact, the region, then placement and the VM's row in one transaction.
     /// An identical request for an existing VM returns it; a different one is refused.
+    /// With a pre-encryption service, a `DiskWithVMGuestState` VM is `creating`: the
+    /// caller then runs [`Control::finish_creating`] (the server does, in the
+    /// background).
     pub fn create_vm(
         &self,
         caller: &Caller,
@@ -597,7 +603,9 @@ impl Control {
         // `stopped`; a customer key that could never open it is refused now.
         let pre_encrypt = spec.encryption == Encryption::DiskWithGuestState
             && self.pre_encryption.get().is_some();
+        // (An identical request for an existing VM returns it whatever became of the key.)
         if let (KeyManagement::Customer(k), Some(service)) = (&spec.key, self.pre_encryption.get())
+            && self.store.vm(tenant, name).map_err(store_err)?.is_none()
             && let Err(why) = service.check_customer_key(k)
         {
             return Err(ApiError::bad(codes::boot::CUSTOMER_KEY_UNUSABLE, why)
@@ -679,10 +687,6 @@ impl Control {
             .create_vm(&row, &want, &made)
             .map_err(store_err)?;
         match outcome {
-            Created::New(row) if pre_encrypt => {
-                self.pre_encrypt(&row)?;
-                self.get_vm(caller, name)
-            }
             Created::New(row) | Created::Existing(row) => parse_vm(&row),
             Created::Conflict(_) => Err(ApiError::new(
                 409,
@@ -741,7 +745,7 @@ impl Control {
             self.store
                 .transition(
                     &row.id,
-                    &["stopped", "failed", "running", "deleting"],
+                    &["creating", "stopped", "failed", "running", "deleting"],
                     api::VmState::Deleting.name(),
                     row.failure.as_deref(),
                     &body_as(api::VmState::Deleting, None),
@@ -749,6 +753,9 @@ impl Control {
                 )
                 .map_err(store_err)?
                 .ok_or_else(|| busy(&row))?;
+            // A pre-encryption of its disk in progress ends first (it then finds the
+            // VM `deleting` and records nothing); its files and key go below.
+            self.await_pre_encryption(&row)?;
             agent.stop(host, &row.id).map_err(agent_err)?;
             agent.forget(host, &row.id).map_err(agent_err)?;
         }
@@ -769,52 +776,97 @@ impl Control {
         let _ = self.pre_encryption.set(service);
     }
 
-    /// Pre-encrypts the OS disk of the `creating` VM `row`: `stopped` when done,
-    /// `failed` with the reason otherwise.
-    fn pre_encrypt(&self, row: &VmRow) -> Result<(), ApiError> {
+    /// Pre-encrypts the OS disk of the VM `vm_id` if it is `creating` (a create
+    /// answers at once; its caller runs this in the background, and so does a
+    /// restart for a VM whose pre-encryption was interrupted): `stopped` when done,
+    /// `failed` with the reason otherwise. Nothing while this process pre-encrypts
+    /// that VM already.
+    pub fn finish_creating(&self, vm_id: &str) -> Result<(), ApiError> {
         let Some(service) = self.pre_encryption.get() else {
             return Ok(());
         };
-        let started = Instant::now();
-        let outcome = self
-            .boot_spec(row)
-            .map_err(|e| BootFailure {
-                step: "disk_pre_encryption".into(),
-                code: codes::boot::PRE_ENCRYPTION_FAILED,
-                reason: e.message,
-            })
-            .and_then(|spec| service.pre_encrypt(&spec));
-        let ms = elapsed_ms(started);
-        let (to, failure, e) = match outcome {
-            Ok(detail) => (
-                api::VmState::Stopped,
-                None,
-                event("disk_pre_encryption", "ok", ms, detail),
-            ),
-            Err(f) => (
-                api::VmState::Failed,
-                Some(api::Failure {
-                    step: f.step.clone(),
-                    code: f.code.to_string(),
-                    reason: f.reason.clone(),
-                    at: time::OffsetDateTime::now_utc().unix_timestamp(),
-                }),
-                event("disk_pre_encryption", "failed", ms, f.reason),
-            ),
-        };
-        let failure_json = failure
-            .as_ref()
-            .map(|f| serde_json::to_string(f).unwrap_or_default());
-        self.store
-            .transition(
-                &row.id,
-                &["creating"],
-                to.name(),
-                failure_json.as_deref(),
-                &body_as(to, failure),
-                &[e],
-            )
-            .map_err(store_err)?;
+        {
+            let mut busy = self
+                .pre_encrypting
+                .lock()
+                .map_err(|_| ApiError::internal("lock"))?;
+            if !busy.insert(vm_id.to_string()) {
+                return Ok(());
+            }
+        }
+        let result = (|| {
+            let Some(row) = self.store.vm_by_id(vm_id).map_err(store_err)? else {
+                return Ok(());
+            };
+            if row.state != "creating" {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let outcome = self
+                .boot_spec(&row)
+                .map_err(|e| BootFailure {
+                    step: "disk_pre_encryption".into(),
+                    code: codes::boot::PRE_ENCRYPTION_FAILED,
+                    reason: e.message,
+                })
+                .and_then(|spec| service.pre_encrypt(&spec));
+            let ms = elapsed_ms(started);
+            let (to, failure, e) = match outcome {
+                Ok(done) => (api::VmState::Stopped, None, pre_encrypted_event(ms, &done)),
+                Err(f) => (
+                    api::VmState::Failed,
+                    Some(api::Failure {
+                        step: f.step.clone(),
+                        code: f.code.to_string(),
+                        reason: f.reason.clone(),
+                        at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                    }),
+                    event("disk_pre_encryption", "failed", ms, f.reason),
+                ),
+            };
+            let failure_json = failure
+                .as_ref()
+                .map(|f| serde_json::to_string(f).unwrap_or_default());
+            self.store
+                .transition(
+                    &row.id,
+                    &["creating"],
+                    to.name(),
+                    failure_json.as_deref(),
+                    &body_as(to, failure),
+                    &[e],
+                )
+                .map_err(store_err)?;
+            Ok(())
+        })();
+        if let Ok(mut busy) = self.pre_encrypting.lock() {
+            busy.remove(vm_id);
+        }
+        result
+    }
+
+    /// Waits (at most [`PRE_ENCRYPTION_WAIT`]) until this process no longer
+    /// pre-encrypts `row`'s disk.
+    fn await_pre_encryption(&self, row: &VmRow) -> Result<(), ApiError> {
+        let until = Instant::now() + PRE_ENCRYPTION_WAIT;
+        while self
+            .pre_encrypting
+            .lock()
+            .map_err(|_| ApiError::internal("lock"))?
+            .contains(&row.id)
+        {
+            if Instant::now() > until {
+                return Err(ApiError::new(
+                    409,
+                    codes::CONFLICT,
+                    format!(
+                        "the VM '{}' is deleting, and its OS disk's pre-encryption is still running; delete it again in a while",
+                        row.name
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         Ok(())
     }
 
@@ -857,6 +909,7 @@ impl Control {
                     ),
                 )
             })?;
+        let events = self.store.events(&row.id).map_err(store_err)?;
         Ok(BootSpec {
             vm_id: row.id.clone(),
             host: row
@@ -873,12 +926,15 @@ impl Control {
                 KeyManagement::Platform => None,
             },
             attestation_policy: spec.attestation_policy,
-            vmgs_created: self
-                .store
-                .events(&row.id)
-                .map_err(store_err)?
+            vmgs_created: events.iter().any(|e| e.step == "vmgs" && e.outcome == "ok"),
+            disk_pin: events
                 .iter()
-                .any(|e| e.step == "vmgs" && e.outcome == "ok"),
+                .rev()
+                .filter(|e| e.step == "disk_pre_encryption" && e.outcome == "ok")
+                .find_map(|e| pin_of(&e.detail)),
+            disk_bound: events
+                .iter()
+                .any(|e| e.step == "disk_unlock" && e.outcome == "ok"),
         })
     }
 
@@ -948,24 +1004,22 @@ impl Control {
         // A disk whose pre-encryption failed at create is encrypted now; one that
         // was encrypted once is never made again (a missing disk is refused by the
         // host agent, not replaced by a fresh one).
+        let mut spec = spec;
         let outcome = match self.pre_encryption.get() {
             Some(service)
                 if spec.encryption == Encryption::DiskWithGuestState.name()
-                    && !self
-                        .store
-                        .events(&row.id)
-                        .map_err(store_err)?
-                        .iter()
-                        .any(|e| e.step == "disk_pre_encryption" && e.outcome == "ok") =>
+                    && spec.disk_pin.is_none() =>
             {
                 let t = Instant::now();
-                service.pre_encrypt(&spec).map(|detail| {
+                service.pre_encrypt(&spec).map(|done| {
+                    let e = pre_encrypted_event(elapsed_ms(t), &done);
                     record(StepReport {
-                        step: "disk_pre_encryption".into(),
-                        outcome: "ok".into(),
-                        duration_ms: elapsed_ms(t),
-                        detail,
+                        step: e.step,
+                        outcome: e.outcome,
+                        duration_ms: e.duration_ms,
+                        detail: e.detail,
                     });
+                    spec.disk_pin = Some(done.pin);
                 })
             }
             _ => Ok(()),
@@ -1222,7 +1276,7 @@ impl Control {
         vms.iter()
             .filter(|row| {
                 if row.state == "creating" {
-                    self.pre_encrypt(row).is_ok()
+                    self.finish_creating(&row.id).is_ok()
                         && self
                             .store
                             .vm_by_id(&row.id)
@@ -1433,6 +1487,36 @@ impl Control {
 }
 
 /// A VM that is between states.
+/// How long a delete waits for a pre-encryption in progress to end (well inside a
+/// request's 30 s).
+const PRE_ENCRYPTION_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The words before a pre-encryption's pin in its event.
+const PIN_PREFIX: &str = "; volume key pin ";
+
+/// The event of a finished pre-encryption: what it did, then its pin, which the
+/// VM's starts read back ([`pin_of`]).
+fn pre_encrypted_event(ms: i64, done: &PreEncrypted) -> EventRow {
+    event(
+        "disk_pre_encryption",
+        "ok",
+        ms,
+        format!("{}{PIN_PREFIX}{}", done.detail, done.pin),
+    )
+}
+
+/// The pin a pre-encryption's event records.
+fn pin_of(detail: &str) -> Option<String> {
+    detail
+        .rsplit_once(PIN_PREFIX)
+        .map(|(_, pin)| pin.to_string())
+        .filter(|p| {
+            !p.is_empty()
+                && p.split(',')
+                    .all(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+}
+
 fn busy(row: &VmRow) -> ApiError {
     ApiError::new(
         409,

@@ -11,7 +11,8 @@
 //!    a host's [`LAUNCHER_CONFIG`] may name another) and `HOST_DATA` = SHA-256 of
 //!    `opencvm-vm:` and the VM's id;
 //! 2. **attest**: the paravisor side (this agent, for the emulated backend: see ADR
-//!    0016 for the trust boundary) makes a fresh RSA transfer key, asks the secure
+//!    0016 for the trust boundary) takes a fresh RSA transfer key (made ahead of need
+//!    by a background thread, used once), asks the secure
 //!    processor for a report binding it, and has the attestation service appraise it
 //!    under the VM's attestation policy; a refusal stops the boot with the service's
 //!    reasons;
@@ -148,6 +149,8 @@ pub struct EmulatedHosts {
     services: Services,
     agent: ureq::Agent,
     running: Mutex<HashMap<String, Running>>,
+    /// Transfer keys made ahead of need (each used by one attestation only).
+    transfer_keys: key_release::TransferKeys,
 }
 
 impl std::fmt::Debug for EmulatedHosts {
@@ -168,6 +171,9 @@ const GUEST_POLICY: u64 = 0x3_0000;
 /// (a debug policy, say), as a misconfigured or hostile host would; attestation is
 /// what refuses such a guest.
 pub const LAUNCHER_CONFIG: &str = "launcher.json";
+/// Transfer keys kept ready for the paravisor side's attestations (ADR 0016): two,
+/// for two starts at once without waiting on RSA key generation.
+const TRANSFER_KEYS_AHEAD: usize = 2;
 /// How long a vTPM process may take to listen (well inside the 30 s a start request
 /// may take).
 const VTPM_START: Duration = Duration::from_secs(10);
@@ -230,6 +236,7 @@ impl EmulatedHosts {
             services,
             agent,
             running: Mutex::new(HashMap::new()),
+            transfer_keys: key_release::TransferKeys::spawn(TRANSFER_KEYS_AHEAD),
         })
     }
 
@@ -475,17 +482,25 @@ impl EmulatedHosts {
             platform: &platform,
             guest: &guest,
         };
-        let attested = releaser.attest_fresh(&mut source).map_err(|e| match e {
-            key_release::ReleaseError::NotAttested { message, .. } => fail(
-                "attest",
-                code::ATTESTATION_DENIED,
-                format!(
-                    "the attestation policy '{}' denied the evidence: {message}",
-                    spec.attestation_policy
+        let mut key_ms = 0;
+        let attested = self
+            .transfer_keys
+            .take()
+            .and_then(|transfer| {
+                key_ms = ms(t);
+                releaser.attest_with(transfer, &mut source)
+            })
+            .map_err(|e| match e {
+                key_release::ReleaseError::NotAttested { message, .. } => fail(
+                    "attest",
+                    code::ATTESTATION_DENIED,
+                    format!(
+                        "the attestation policy '{}' denied the evidence: {message}",
+                        spec.attestation_policy
+                    ),
                 ),
-            ),
-            other => fail("attest", code::HOST_AGENT, other.to_string()),
-        })?;
+                other => fail("attest", code::HOST_AGENT, other.to_string()),
+            })?;
         // Unverified, for the event's text only: the token came from the service over
         // the connection this agent opened, and the vault verifies it.
         let claims = jose::peek(attested.token())
@@ -496,8 +511,9 @@ impl EmulatedHosts {
             "attest",
             t,
             format!(
-                "token from {issuer} under policy '{}': attestation type {}, compliance {}, debuggable {}, emulated platform {}",
+                "token from {issuer} under policy '{}' (transfer key ready in {key_ms} ms, report and appraisal {} ms): attestation type {}, compliance {}, debuggable {}, emulated platform {}",
                 spec.attestation_policy,
+                ms(t) - key_ms,
                 claims["x-ms-attestation-type"],
                 claims["x-ms-compliance-status"],
                 claims["x-ms-sevsnpvm-is-debuggable"],
@@ -583,7 +599,14 @@ impl EmulatedHosts {
         // 7. The OS disk, opened through the released key (first start) or the vTPM.
         if spec.encryption == "DiskWithVMGuestState" {
             let t = Instant::now();
-            match unlock_disk(&dir, &releaser, &attested, &endpoint) {
+            match unlock_disk(
+                spec,
+                &dir,
+                &self.services.vault_url,
+                &releaser,
+                &attested,
+                &endpoint,
+            ) {
                 Ok(detail) => ok("disk_unlock", t, detail),
                 Err(f) => {
                     stop_child(&mut running);
@@ -888,60 +911,90 @@ fn secure_boot(
     ))
 }
 
-/// Opens every encrypted partition of the VM's OS disk in `dir`: through the vTPM
-/// at `endpoint` when the disk is bound to it, else with the disk key its header
-/// names, released to `attested` (the first start), after which the disk is bound
-/// to the vTPM under PCR 7 as it is now and the binding is tried once.
+/// Removes the keyslots and tokens of every `systemd-tpm2` binding from `luks`
+/// (in memory): what a binding interrupted or refused left.
+fn drop_bindings(luks: &mut disk::Luks2) {
+    let stale: Vec<u32> = luks
+        .metadata
+        .tokens
+        .iter()
+        .filter(|(_, t)| t.kind == disk::tpm2::TOKEN_TYPE)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in stale {
+        if let Some(t) = luks.metadata.tokens.remove(&id) {
+            for slot in &t.keyslots {
+                if let Ok(n) = slot.parse::<u32>() {
+                    luks.metadata.keyslots.remove(&n);
+                }
+                for d in luks.metadata.digests.values_mut() {
+                    d.keyslots.retain(|k| k != slot);
+                }
+            }
+        }
+    }
+}
+
+/// Opens every encrypted partition of the VM's OS disk in `dir`, once its volume
+/// keys match the pin its pre-encryption recorded (so a disk the host made or
+/// swapped in is refused before any key is asked for):
+/// - bound to the vTPM at an earlier start: through the vTPM at `endpoint` only;
+/// - else (the first start): with the disk key its header names, which must be the
+///   VM's own (`vm-<id>-disk`, or its customer key) in the platform vault at
+///   `vault_url`, released to `attested`; then the disk is bound to the vTPM under
+///   PCR 7 as it is now (replacing what an interrupted binding left), and the vTPM
+///   unseals the new binding once; a binding that does not unseal is removed again.
 fn unlock_disk(
+    spec: &BootSpec,
     dir: &Path,
+    vault_url: &str,
     releaser: &key_release::Releaser,
     attested: &key_release::Attested,
     endpoint: &str,
 ) -> Result<String, BootFailure> {
-    use std::os::unix::fs::FileExt as _;
     let step = "disk_unlock";
     let locked = |why: String| fail(step, code::DISK_LOCKED, why);
     let path = dir.join(pre_encryption::OS_DISK);
-    let file = match std::fs::OpenOptions::new()
+    if !path.exists() {
+        return Err(locked(format!(
+            "{} is missing: the VM's encrypted OS disk is gone, so it does not start",
+            path.display()
+        )));
+    }
+    let want = spec.disk_pin.as_deref().ok_or_else(|| {
+        locked(
+            "the VM's OS disk has no recorded pre-encryption, so no disk is trusted to be its own"
+                .into(),
+        )
+    })?;
+    let (volumes, pin) = pre_encryption::open_pinned(&path)
+        .map_err(|e| locked(format!("{}: {e}", path.display())))?;
+    if pin != want {
+        return Err(locked(format!(
+            "{} is not the disk pre-encrypted for this VM (its volume keys' pin is {pin}, the recorded one {want}): no key is released to it",
+            path.display()
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(locked(format!(
-                "{} is missing: the VM's encrypted OS disk is gone, so it does not start",
-                path.display()
-            )));
-        }
-        Err(e) => return Err(locked(format!("{}: {e}", path.display()))),
-    };
-    let len = file
-        .metadata()
-        .map_err(|e| locked(format!("{}: {e}", path.display())))?
-        .len();
-    let mut head = vec![0u8; len.min(disk::gpt::Gpt::HEAD_LEN as u64) as usize];
-    file.read_exact_at(&mut head, 0)
-        .map_err(|e| locked(format!("{}: {e}", path.display())))?;
-    let gpt = disk::gpt::Gpt::parse(&head, len)
         .map_err(|e| locked(format!("{}: {e}", path.display())))?;
     let mut tpm =
         disk::tpm2::connect(endpoint).map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
+    let expected = match &spec.customer_key {
+        Some(k) => k.clone(),
+        None => format!("vm-{}-disk", spec.vm_id),
+    };
     let mut opened = Vec::new();
-    for p in gpt.partitions.iter().filter(|p| !p.boot_critical()) {
-        let n = p.number;
-        let window = disk::device::Window::new(&file, p.first * disk::gpt::LBA, p.bytes());
-        let mut luks = disk::Luks2::read(&window)
-            .map_err(|e| locked(format!("partition {n} is not an encrypted volume: {e}")))?;
-        let bound = luks
-            .metadata
-            .tokens
-            .values()
-            .any(|t| t.kind == disk::tpm2::TOKEN_TYPE);
-        if bound {
+    for v in volumes {
+        let n = v.number;
+        let mut luks = v.luks;
+        let window = disk::device::Window::new(&file, v.offset, v.len);
+        if spec.disk_bound {
             let (slot, _key) = disk::tpm2::unlock(&luks, &window, tpm.as_mut()).map_err(|e| {
                 locked(format!(
-                    "the vTPM does not unseal the key of partition {n}: {e} (the disk is bound to another VM's vTPM, or PCR 7 differs from the boot it was bound at)"
+                    "the vTPM does not unseal the key of partition {n}: {e} (the disk was bound to this VM's vTPM at an earlier start and opens only through it: another VM's vTPM, a VMGS rolled back, or a PCR 7 other than at that start)"
                 ))
             })?;
             opened.push(format!(
@@ -953,13 +1006,23 @@ fn unlock_disk(
             .map_err(|e| locked(format!("partition {n}: {e}")))?;
         let kid = key_release::KeyId::parse(key.kid())
             .map_err(|e| locked(format!("partition {n}: the key id {}: {e}", key.kid())))?;
+        if kid.vault().trim_end_matches('/') != vault_url.trim_end_matches('/')
+            || kid.name() != expected
+        {
+            return Err(locked(format!(
+                "partition {n} names the key {kid}, not the VM's own ({expected} in {vault_url}): no key is released for it"
+            )));
+        }
         let released = releaser.release_to(attested, &kid).map_err(|e| match e {
             key_release::ReleaseError::Refused { message, .. } => fail(
                 step,
                 code::KEY_RELEASE_DENIED,
                 format!("the key vault refused to release the disk key {kid}: {message}"),
             ),
-            other => fail(step, code::HOST_AGENT, other.to_string()),
+            key_release::ReleaseError::Transport { .. } => {
+                fail(step, code::HOST_AGENT, e.to_string())
+            }
+            other => locked(format!("the disk key {kid}: {other}")),
         })?;
         let passphrase = key
             .passphrase(released.as_bytes())
@@ -969,6 +1032,7 @@ fn unlock_disk(
             .unlock(&window, &passphrase, Some(0))
             .map_err(|e| locked(format!("the released key does not open partition {n}: {e}")))?;
         drop(passphrase);
+        drop_bindings(&mut luks);
         let binding = disk::tpm2::PcrBinding::parse("7")
             .map_err(|e| fail(step, code::HOST_AGENT, e.to_string()))?;
         let enrolled = disk::tpm2::enroll(&mut luks, &window, &volume, tpm.as_mut(), &binding)
@@ -981,32 +1045,32 @@ fn unlock_disk(
             })?;
         // The binding must hold as the next start will use it: the vTPM unseals
         // the new keyslot's secret under PCR 7 as it is now.
-        let token = luks
+        let checked = luks
             .metadata
             .tokens
             .get(&enrolled.token)
-            .ok_or_else(|| fail(step, code::HOST_AGENT, "the new token is missing"))
+            .ok_or_else(|| "the new token is missing".to_string())
+            .and_then(|t| disk::tpm2::Tpm2Token::from_token(t).map_err(|e| e.to_string()))
             .and_then(|t| {
-                disk::tpm2::Tpm2Token::from_token(t)
-                    .map_err(|e| fail(step, code::HOST_AGENT, e.to_string()))
-            })?;
-        disk::tpm2::unseal(tpm.as_mut(), &token).map_err(|e| {
-            fail(
+                disk::tpm2::unseal(tpm.as_mut(), &t)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = checked {
+            drop_bindings(&mut luks);
+            let _ = luks.write(&window);
+            return Err(fail(
                 step,
                 code::VTPM_FAILED,
-                format!("partition {n} does not unseal through the vTPM it was just bound to: {e}"),
-            )
-        })?;
+                format!(
+                    "partition {n} does not unseal through the vTPM it was just bound to ({e}); the binding is removed again"
+                ),
+            ));
+        }
         opened.push(format!(
-            "partition {n}: {kid} released to the token opened keyslot 0 (volume key matches the header's digest); bound to the vTPM (keyslot {}, systemd-tpm2 token, PCR 7)",
+            "partition {n}: {kid} released to the token opened keyslot 0 (volume key matches the header's digest and the recorded pin); bound to the vTPM (keyslot {}, systemd-tpm2 token, PCR 7)",
             enrolled.keyslot
         ));
-    }
-    if opened.is_empty() {
-        return Err(locked(format!(
-            "{} has no encrypted partition",
-            path.display()
-        )));
     }
     file.sync_all()
         .map_err(|e| locked(format!("{}: {e}", path.display())))?;
@@ -1150,6 +1214,24 @@ impl HostAgent for EmulatedHosts {
 
     fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
         self.stop(host, vm_id)?;
+        // The VM's own keys go with it (a customer's key stays the customer's).
+        let vault = keyvault_client::Client::new(
+            self.agent.clone(),
+            &self.services.vault_url,
+            &self.services.vault_admin,
+        );
+        for name in [format!("vm-{vm_id}-vmgs"), format!("vm-{vm_id}-disk")] {
+            match vault.delete_key(&(), &name) {
+                Ok(_) | Err(api_client::ClientError::Refused { status: 404, .. }) => {}
+                Err(e) => {
+                    return Err(fail(
+                        "delete",
+                        code::HOST_AGENT,
+                        format!("deleting the VM's key {name}: {e}"),
+                    ));
+                }
+            }
+        }
         let dir = self.vm_dir(host, vm_id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use control::agent::{BootFailure, BootSpec, PreEncryption};
+use control::agent::{BootFailure, BootSpec, PreEncrypted, PreEncryption};
 use control_api::codes::boot as code;
 use keyvault::wrap::{WrapMechanism, WrappingPublicKey};
 use keyvault_api::KeyVaultApi as _;
@@ -235,16 +235,21 @@ impl PreEncryption for PreEncryptionService {
         self.customer_key(key).map(|_| ())
     }
 
-    fn pre_encrypt(&self, spec: &BootSpec) -> Result<String, BootFailure> {
+    fn pre_encrypt(&self, spec: &BootSpec) -> Result<PreEncrypted, BootFailure> {
         let t = Instant::now();
         let dir = vm_dir(&self.root, &spec.host, &spec.vm_id);
         let out = dir.join(OS_DISK);
-        if out.exists() {
-            return Ok(format!("{} is pre-encrypted already", out.display()));
-        }
         let err = |what: &str, e: &dyn std::fmt::Display| {
             fail(STEP, code::PRE_ENCRYPTION_FAILED, format!("{what}: {e}"))
         };
+        if out.exists() {
+            // Made by a run whose end was not recorded (a restart came between).
+            let (_, pin) = open_pinned(&out).map_err(|e| err(&out.display().to_string(), &e))?;
+            return Ok(PreEncrypted {
+                detail: format!("{} was pre-encrypted by an earlier run", out.display()),
+                pin,
+            });
+        }
         // Whatever an interrupted run left is useless: its key was never recorded.
         let work = dir.join("pre-encryption");
         match std::fs::remove_dir_all(&work) {
@@ -313,6 +318,7 @@ impl PreEncryption for PreEncryptionService {
         file.sync_all()
             .map_err(|e| err(&built.display().to_string(), &e))?;
         drop(file);
+        let (_, pin) = open_pinned(&built).map_err(|e| err(&built.display().to_string(), &e))?;
         std::fs::rename(&built, &out).map_err(|e| err(&out.display().to_string(), &e))?;
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
@@ -324,7 +330,7 @@ impl PreEncryption for PreEncryptionService {
             .filter(|p| p.encrypted)
             .map(|p| format!("partition {} ({})", p.number, p.name))
             .collect();
-        Ok(format!(
+        let detail = format!(
             "{} made from {} in {} ms: {} LUKS2 (aes-xts-plain64), boot partitions in clear; keyslot 0 opens with {} ({})",
             out.display(),
             spec.image.display(),
@@ -337,8 +343,63 @@ impl PreEncryption for PreEncryptionService {
                 DiskKey::Customer { .. } =>
                     "a disk key wrapped to this customer-managed key, released only as its own release policy allows",
             }
-        ))
+        );
+        Ok(PreEncrypted { detail, pin })
     }
+}
+
+/// An encrypted partition of a VM's OS disk.
+pub(crate) struct Volume {
+    /// Its number in the partition table.
+    pub number: u32,
+    /// Its first byte on the disk.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// Its LUKS2 header.
+    pub luks: disk::Luks2,
+}
+
+/// The encrypted partitions of the OS disk at `path` (every partition but the boot
+/// ones, each of which must be LUKS2), and their pin: SHA-256 of each one's
+/// volume-key digest and salt, hex, comma-separated. Two disks share a pin only if
+/// they share volume keys (the digest is PBKDF2 of the volume key).
+pub(crate) fn open_pinned(path: &Path) -> Result<(Vec<Volume>, String), String> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut head = vec![0u8; len.min(disk::gpt::Gpt::HEAD_LEN as u64) as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| e.to_string())?;
+    let gpt = disk::gpt::Gpt::parse(&head, len).map_err(|e| e.to_string())?;
+    let mut volumes = Vec::new();
+    let mut pins = Vec::new();
+    for p in gpt.partitions.iter().filter(|p| !p.boot_critical()) {
+        let (offset, len) = (p.first * disk::gpt::LBA, p.bytes());
+        let window = disk::device::Window::new(&file, offset, len);
+        let luks = disk::Luks2::read(&window)
+            .map_err(|e| format!("partition {} is not an encrypted volume: {e}", p.number))?;
+        let digest = luks
+            .metadata
+            .digests
+            .values()
+            .next()
+            .ok_or_else(|| format!("partition {} has no volume-key digest", p.number))?;
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&digest.salt);
+        ctx.update(&digest.digest);
+        pins.push(hex::encode(ctx.finish()));
+        volumes.push(Volume {
+            number: p.number,
+            offset,
+            len,
+            luks,
+        });
+    }
+    if volumes.is_empty() {
+        return Err("the disk has no encrypted partition".into());
+    }
+    Ok((volumes, pins.join(",")))
 }
 
 /// Fuzzing entry: a LUKS2 token as JSON, read as a disk key's token; one that reads

@@ -202,6 +202,47 @@ impl fmt::Debug for Attested {
     }
 }
 
+/// Transfer keys made ahead of need: RSA key generation is the slowest part of an
+/// attestation (tens to hundreds of milliseconds, varying from key to key), so a
+/// background thread keeps a few ready. Each key is handed out once and never again;
+/// when none is ready one is made on the spot. The thread ends when this is dropped.
+pub struct TransferKeys {
+    ready: std::sync::Mutex<std::sync::mpsc::Receiver<UnwrappingKey>>,
+}
+
+impl fmt::Debug for TransferKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransferKeys").finish_non_exhaustive()
+    }
+}
+
+impl TransferKeys {
+    /// Keeps up to `ahead` keys ready (at least one).
+    pub fn spawn(ahead: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(ahead.max(1));
+        std::thread::spawn(move || {
+            // `send` blocks while `ahead` keys wait, and fails once the pool is gone.
+            while let Ok(key) = UnwrappingKey::generate(TRANSFER_KEY_BITS) {
+                if tx.send(key).is_err() {
+                    return;
+                }
+            }
+        });
+        TransferKeys {
+            ready: std::sync::Mutex::new(rx),
+        }
+    }
+
+    /// A fresh transfer key: a ready one, or one made now.
+    pub fn take(&self) -> Result<UnwrappingKey, ReleaseError> {
+        let ready = self.ready.lock().ok().and_then(|rx| rx.try_recv().ok());
+        match ready {
+            Some(k) => Ok(k),
+            None => UnwrappingKey::generate(TRANSFER_KEY_BITS).map_err(ReleaseError::TransferKey),
+        }
+    }
+}
+
 /// Releases keys through one attestation service and with one vault credential.
 pub struct Releaser {
     agent: ureq::Agent,
@@ -254,6 +295,16 @@ impl Releaser {
     pub fn attest_fresh(&self, source: &mut dyn EvidenceSource) -> Result<Attested, ReleaseError> {
         let transfer =
             UnwrappingKey::generate(TRANSFER_KEY_BITS).map_err(ReleaseError::TransferKey)?;
+        self.attest_with(transfer, source)
+    }
+
+    /// [`Releaser::attest_fresh`] with a transfer key made ahead of need (by
+    /// [`TransferKeys`]): it must be fresh, used for this attestation only.
+    pub fn attest_with(
+        &self,
+        transfer: UnwrappingKey,
+        source: &mut dyn EvidenceSource,
+    ) -> Result<Attested, ReleaseError> {
         let token = self.attest(&transfer, source)?;
         Ok(Attested { transfer, token })
     }
@@ -415,6 +466,21 @@ fn checked_key_hsm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transfer_key_is_handed_out_once() {
+        let pool = TransferKeys::spawn(2);
+        let mut seen = std::collections::BTreeSet::new();
+        // More than the pool holds: some are made ready, some on the spot.
+        for _ in 0..4 {
+            let k = pool.take().unwrap();
+            assert_eq!(k.bits(), TRANSFER_KEY_BITS);
+            assert!(
+                seen.insert(k.public_key().to_jwk()["n"].to_string()),
+                "a transfer key came twice"
+            );
+        }
+    }
 
     #[test]
     fn key_ids_parse_as_the_vault_prints_them() {
