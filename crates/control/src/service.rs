@@ -870,6 +870,19 @@ impl Control {
         Ok(())
     }
 
+    /// Ends the delete of a `deleting` VM that a restart interrupted: its processes
+    /// stop, its files and keys go, then its row.
+    fn finish_delete(&self, row: &VmRow) -> Result<(), ApiError> {
+        if let (Some(agent), Some(host)) = (self.agent.get(), row.host.as_deref()) {
+            agent.stop(host, &row.id).map_err(agent_err)?;
+            agent.forget(host, &row.id).map_err(agent_err)?;
+        }
+        self.store
+            .delete_vm(&row.tenant, &row.name)
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     /// Lets `agent` run the VMs of this control plane's hosts (once).
     pub fn set_agent(&self, agent: std::sync::Arc<dyn HostAgent>) {
         let _ = self.agent.set(agent);
@@ -1208,8 +1221,8 @@ impl Control {
     /// every VM that was `running` or `starting` (its processes ended with the old
     /// agent) is marked `starting` again, so no answer shows it running before it is;
     /// one left `stopping` is `stopped`; one left `creating` (its disk's
-    /// pre-encryption interrupted) stays so. Returns the VMs to boot or pre-encrypt
-    /// with [`Control::resume`].
+    /// pre-encryption interrupted) or `deleting` stays so. Returns the VMs to boot,
+    /// pre-encrypt or delete with [`Control::resume`].
     pub fn interrupted(&self) -> Result<Vec<VmRow>, ApiError> {
         let agent = self.agent()?;
         let mut again = Vec::new();
@@ -1246,6 +1259,8 @@ impl Control {
                 }
                 // Its pre-encryption was interrupted: done again by `resume`.
                 "creating" if self.pre_encryption.get().is_some() => again.push(row),
+                // Its delete was interrupted: finished by `resume`.
+                "deleting" => again.push(row),
                 "stopping" => {
                     agent.stop(host, &row.id).map_err(agent_err)?;
                     self.store
@@ -1270,12 +1285,15 @@ impl Control {
         Ok(again)
     }
 
-    /// Boots (or, `creating` ones, pre-encrypts) the VMs [`Control::interrupted`]
-    /// returned, one after another; returns how many ended as asked.
+    /// Boots (or, `creating` ones, pre-encrypts; `deleting` ones, deletes) the VMs
+    /// [`Control::interrupted`] returned, one after another; returns how many ended as
+    /// asked.
     pub fn resume(&self, vms: &[VmRow]) -> usize {
         vms.iter()
             .filter(|row| {
-                if row.state == "creating" {
+                if row.state == "deleting" {
+                    self.finish_delete(row).is_ok()
+                } else if row.state == "creating" {
                     self.finish_creating(&row.id).is_ok()
                         && self
                             .store

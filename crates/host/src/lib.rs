@@ -742,6 +742,7 @@ fn open_vmgs(
     use vmgs::vmgs_format::FileId;
     let step = "vmgs";
     let opened = vmgs::Vmgs::open_file_protected(path, kek, vmgs::OpenOptions::default());
+    let fresh = path.with_extension("vmgs.new");
     let (mut file, created) = match opened {
         Ok((v, _)) => (v, false),
         Err(vmgs::VmgsError::Io { source, .. })
@@ -759,14 +760,18 @@ fn open_vmgs(
         Err(vmgs::VmgsError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            let v =
-                vmgs::Vmgs::create_file_protected(path, vmgs::DEFAULT_SIZE, kek).map_err(|e| {
+            // Made under another name and renamed once it holds its variables, so a
+            // kill while it is made leaves no half-made VMGS under the real name.
+            let _ = std::fs::remove_file(&fresh);
+            let v = vmgs::Vmgs::create_file_protected(&fresh, vmgs::DEFAULT_SIZE, kek).map_err(
+                |e| {
                     fail(
                         step,
                         code::HOST_AGENT,
-                        format!("creating {}: {e}", path.display()),
+                        format!("creating {}: {e}", fresh.display()),
                     )
-                })?;
+                },
+            )?;
             (v, true)
         }
         Err(e) => {
@@ -812,6 +817,16 @@ fn open_vmgs(
             store
         }
     };
+    if created {
+        let io =
+            |e: std::io::Error| fail(step, code::HOST_AGENT, format!("{}: {e}", path.display()));
+        std::fs::rename(&fresh, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+    }
     Ok((store, created))
 }
 
