@@ -106,6 +106,10 @@ for v in $enc; do
   curl -fsS -o /dev/null -X PUT -H "Authorization: Bearer $cred" -H "Content-Type: application/json" \
     -d '{"vmSize": "Standard_DC2as_v5", "image": "debian-12", "securityProfile": {"securityType": "ConfidentialVM"}, "osDisk": {"securityEncryptionType": "DiskWithVMGuestState"}}' \
     "$url/vms/$v"
+  # The create answers `creating`; the disk is pre-encrypted in the background.
+  until [ "$(curl -fsS -H "Authorization: Bearer $cred" "$url/vms/$v" | jq -r .state)" != creating ]; do
+    sleep 0.2
+  done
   curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $cred" "$url/vms/$v/start"
   curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $cred" "$url/vms/$v/stop"
   curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $cred" "$url/vms/$v/start"

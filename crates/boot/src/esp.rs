@@ -24,8 +24,23 @@ pub struct BootFiles {
     pub second_stage: Option<Vec<u8>>,
 }
 
+/// Where the Debian images of `cvm image build` keep the kernel GRUB loads (the ESP's
+/// root, so that the boot chain can be checked without the root partition).
+pub const KERNEL: &str = "vmlinuz";
+
 /// Reads the boot files of the raw disk image at `path`.
 pub fn read_boot_files(path: &Path) -> Result<BootFiles, Error> {
+    with_esp(path, |fat| read_from_fat(fat))
+}
+
+/// Reads the file `name` (a path on the ESP, `/`-separated) of the raw disk image at
+/// `path`: `None` when the ESP has no such file.
+pub fn read_esp_file(path: &Path, name: &str) -> Result<Option<Vec<u8>>, Error> {
+    with_esp(path, |fat| Fat::open(fat)?.read_file(name))
+}
+
+/// Runs `f` on the EFI system partition of the raw disk image at `path`.
+fn with_esp<T>(path: &Path, f: impl FnOnce(&Window<'_>) -> Result<T, Error>) -> Result<T, Error> {
     let io = |e: std::io::Error| Error::Usage(format!("{}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
@@ -38,7 +53,7 @@ pub fn read_boot_files(path: &Path) -> Result<BootFiles, Error> {
         .iter()
         .find(|p| p.type_guid == ESP)
         .ok_or_else(|| Error::Usage(format!("{}: no EFI system partition", path.display())))?;
-    read_from_fat(&Window::new(&file, esp.first * disk::gpt::LBA, esp.bytes()))
+    f(&Window::new(&file, esp.first * disk::gpt::LBA, esp.bytes()))
 }
 
 /// Reads the boot files from a FAT filesystem.

@@ -219,16 +219,7 @@ pub fn predict(
             "the store holds a MokList; PCR 7 with MOKs is not modelled",
         ));
     }
-    let (previous, _) = shim.level_strings.clone().ok_or_else(|| {
-        predict_error("this shim has no .sbatlevel section (shim before 15.8 is not modelled)")
-    })?;
-    let stored = store
-        .get("SbatLevel", crate::varstore::SHIM_LOCK_GUID)
-        .map(|v| v.data.clone());
-    let level = match stored {
-        Some(current) if datestamp(&current) >= datestamp(&previous) => current,
-        _ => previous,
-    };
+    let level = sbat_level(store, &shim)?;
     let parsed_level = crate::sbat::Level::parse(&level)?;
     events.push(variable_event(
         EV_EFI_VARIABLE_AUTHORITY,
@@ -285,6 +276,71 @@ pub fn predict(
     Ok(finish(secure_boot, chain, events))
 }
 
+/// The SBAT level shim applies: the store's, unless shim's own "previous" level is
+/// newer.
+fn sbat_level(
+    store: &VariableStore,
+    shim: &crate::shim::ShimTrust,
+) -> Result<Vec<u8>, crate::Error> {
+    let (previous, _) = shim.level_strings.clone().ok_or_else(|| {
+        predict_error("this shim has no .sbatlevel section (shim before 15.8 is not modelled)")
+    })?;
+    let stored = store
+        .get("SbatLevel", crate::varstore::SHIM_LOCK_GUID)
+        .map(|v| v.data.clone());
+    Ok(match stored {
+        Some(current) if datestamp(&current) >= datestamp(&previous) => current,
+        _ => previous,
+    })
+}
+
+/// shim's check of the kernel GRUB has it verify (shim_lock): refused when the
+/// firmware's dbx or shim's vendor dbx lists it or its signer, or SBAT revokes it;
+/// accepted when the firmware's db or shim's vendor certificate verifies it. Only for
+/// a shim chain under Secure Boot (what [`predict`] accepts).
+pub fn verify_kernel(
+    store: &VariableStore,
+    files: &crate::esp::BootFiles,
+    kernel: &[u8],
+) -> Result<Stage, crate::Error> {
+    let shim = crate::shim::ShimTrust::parse(&files.loader)
+        .map_err(|_| predict_error("the kernel is checked only for shim chains"))?;
+    let level = crate::sbat::Level::parse(&sbat_level(store, &shim)?)?;
+    let db = store.signature_db("db")?;
+    let dbx = store.signature_db("dbx")?;
+    let firmware = crate::verify::verify_image(kernel, &db, &dbx, Some(&level))?;
+    let refused = |r: &crate::verify::Refusal| {
+        predict_error(format!(
+            "shim refuses the kernel ({}): {r}",
+            crate::esp::KERNEL
+        ))
+    };
+    match &firmware.result {
+        Err(
+            r @ (crate::verify::Refusal::HashInDbx { .. }
+            | crate::verify::Refusal::SignerInDbx { .. }),
+        ) => return Err(refused(r)),
+        Ok(_) => {
+            return Ok(Stage {
+                stage: "kernel",
+                sha256: firmware.sha256,
+                verified_by: "shim, firmware db".into(),
+            });
+        }
+        Err(_) => {}
+    }
+    let vendor =
+        crate::verify::verify_image(kernel, &shim.vendor_db, &shim.vendor_dbx, Some(&level))?;
+    match &vendor.result {
+        Ok(_) => Ok(Stage {
+            stage: "kernel",
+            sha256: vendor.sha256,
+            verified_by: "shim, vendor certificate".into(),
+        }),
+        Err(r) => Err(refused(r)),
+    }
+}
+
 fn datestamp(level: &[u8]) -> String {
     crate::sbat::Level::parse(level)
         .map(|l| l.datestamp)
@@ -309,6 +365,69 @@ fn finish(secure_boot: bool, chain: Vec<Stage>, events: Vec<Pcr7Event>) -> Predi
 const CALLING: &[u8] = b"Calling EFI Application from Boot Option";
 /// `EV_EFI_ACTION` text measured before each later attempt.
 const RETURNING: &[u8] = b"Returning from EFI Application from Boot Option";
+
+/// The digests (in `alg`) of the PCR 4 events of OVMF booting `loader` (shim) →
+/// `second` (GRUB) → `kernel` after `failed_attempts`, in order ([`predict_pcr4`]
+/// says which).
+fn pcr4_digests(
+    loader: &crate::pe::PeImage<'_>,
+    second: &crate::pe::PeImage<'_>,
+    kernel: &crate::pe::PeImage<'_>,
+    failed_attempts: u32,
+    alg: HashAlg,
+) -> Result<Vec<Vec<u8>>, crate::Error> {
+    let mut digests = vec![alg.digest(CALLING), alg.digest(&[0; 4])];
+    for _ in 0..failed_attempts {
+        digests.push(alg.digest(RETURNING));
+        digests.push(alg.digest(CALLING));
+    }
+    let kernel_digest = kernel.authenticode_digest(alg)?;
+    digests.push(loader.authenticode_digest(alg)?);
+    digests.push(second.authenticode_digest(alg)?);
+    digests.push(kernel_digest.clone());
+    digests.push(kernel_digest);
+    Ok(digests)
+}
+
+/// One measured event's digests: `(TPM_ALG_ID, digest)` per bank.
+pub type EventDigests = Vec<(u16, Vec<u8>)>;
+
+/// The PCR 4 events of OVMF booting shim → GRUB → `kernel` after `failed_attempts`
+/// ([`predict_pcr4`]'s model), each as its SHA-1, SHA-256 and SHA-384 digests (TPM
+/// algorithm ids 0x0004, 0x000B, 0x000C), for extending a TPM as firmware would.
+pub fn pcr4_events(
+    files: &crate::esp::BootFiles,
+    kernel: &[u8],
+    failed_attempts: u32,
+) -> Result<Vec<EventDigests>, crate::Error> {
+    use crate::pe::PeImage;
+    let second = files
+        .second_stage
+        .as_deref()
+        .ok_or_else(|| predict_error("PCR 4: no grubx64.efi beside shim"))?;
+    let (loader, second, kernel) = (
+        PeImage::parse(&files.loader)?,
+        PeImage::parse(second)?,
+        PeImage::parse(kernel)?,
+    );
+    let mut events: Vec<EventDigests> = Vec::new();
+    for (id, alg) in [
+        (0x0004, HashAlg::Sha1),
+        (0x000B, HashAlg::Sha256),
+        (0x000C, HashAlg::Sha384),
+    ] {
+        for (i, d) in pcr4_digests(&loader, &second, &kernel, failed_attempts, alg)?
+            .into_iter()
+            .enumerate()
+        {
+            if events.len() <= i {
+                events.push(Vec::new());
+            }
+            events[i].push((id, d));
+        }
+    }
+    Ok(events)
+}
 
 /// Predicts PCR 4 for OVMF booting shim → GRUB → `kernel`, after `failed_attempts`
 /// boot options that failed to load (QEMU's q35 machine without `-nodefaults` has a
@@ -339,16 +458,7 @@ pub fn predict_pcr4(
     );
     let mut out = std::collections::BTreeMap::new();
     for alg in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384] {
-        let mut digests = vec![alg.digest(CALLING), alg.digest(&[0; 4])];
-        for _ in 0..failed_attempts {
-            digests.push(alg.digest(RETURNING));
-            digests.push(alg.digest(CALLING));
-        }
-        let kernel_digest = kernel.authenticode_digest(alg)?;
-        digests.push(loader.authenticode_digest(alg)?);
-        digests.push(second.authenticode_digest(alg)?);
-        digests.push(kernel_digest.clone());
-        digests.push(kernel_digest);
+        let digests = pcr4_digests(&loader, &second, &kernel, failed_attempts, alg)?;
         let mut pcr = vec![0u8; alg.digest_len()];
         for d in digests {
             pcr.extend_from_slice(&d);

@@ -822,7 +822,13 @@ fn with_progress(
         }
         show(&c);
         out(t, &vm, vm_text)?;
-        Ok(vm.state == control_api::VmState::Failed)
+        // A create fails only by its own step (an existing VM is returned as it is).
+        Ok(vm.state == control_api::VmState::Failed
+            && (exists
+                || vm
+                    .last_failure
+                    .as_ref()
+                    .is_some_and(|f| f.step == "disk_pre_encryption")))
     })();
     match r {
         Ok(false) => ExitCode::SUCCESS,

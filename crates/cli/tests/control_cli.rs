@@ -1327,10 +1327,20 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     };
     assert!(detail("vmgs").starts_with("created"), "{}", detail("vmgs"));
     assert!(
-        detail("secure_boot").contains("loader") && detail("secure_boot").contains("second_stage"),
+        detail("secure_boot").contains("loader")
+            && detail("secure_boot").contains("second_stage")
+            && detail("secure_boot").contains("kernel")
+            && detail("secure_boot").contains("measured into PCR 4"),
         "{}",
         detail("secure_boot")
     );
+    // The event log kept beside the VMGS: PCR 7's and PCR 4's events.
+    let log: Value = serde_json::from_slice(
+        &std::fs::read(state.join(format!("hosts/host-1/vms/{id}/boot-events.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(log["pcr4"].as_array().unwrap().len(), 6, "{log}");
+    assert!(!log["pcr7"].as_array().unwrap().is_empty(), "{log}");
     // The VMGS is on the host, encrypted: the VM's HOST_DATA is nowhere in clear.
     let vmgs = state.join(format!("hosts/host-1/vms/{id}/guest.vmgs"));
     assert!(vmgs.exists());
@@ -1545,6 +1555,32 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     assert_eq!(vm["lastFailure"]["code"], "secure_boot_violation", "{vm}");
     let reason = vm["lastFailure"]["reason"].as_str().unwrap();
     assert!(reason.contains("grubx64.efi"), "{reason}");
+    // A tampered kernel: shim (through GRUB's shim_lock) refuses it.
+    let mut kernel = std::fs::read(f.join("vmlinuz")).unwrap();
+    let n = kernel.len();
+    kernel[n / 2] ^= 0x01;
+    let bad_kernel = d.join("vmlinuz-tampered");
+    std::fs::write(&bad_kernel, &kernel).unwrap();
+    let tampered = common::esp::gpt_disk(
+        d,
+        "tampered-kernel",
+        &[
+            ("EFI/BOOT/BOOTX64.EFI", &f.join("shimx64.efi.signed")),
+            ("EFI/BOOT/grubx64.efi", &f.join("grubx64.efi.signed")),
+            ("vmlinuz", &bad_kernel),
+        ],
+        Some(b"root"),
+    );
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", tampered.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let (code, vm) = cli(&platform, &["vm", "start", "web"]);
+    assert_eq!((code, vm["state"].as_str()), (1, Some("failed")), "{vm}");
+    assert_eq!(vm["lastFailure"]["code"], "secure_boot_violation", "{vm}");
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("kernel"), "{reason}");
     let (code, img) = cli(
         &platform,
         &["image", "import", "debian-12", disk.to_str().unwrap()],
@@ -2002,6 +2038,28 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
     );
     let (code, vm) = cli(&platform, &["vm", "start", "late"]);
     assert_eq!((code, vm["state"].as_str()), (0, Some("running")), "{vm}");
+
+    // kill -9 of the platform while the VM runs, again and again: each kill is a
+    // disorderly shutdown of its vTPM, which counts against the vTPM's
+    // dictionary-attack protection; the VM still boots again each time and its disk
+    // still unseals (a few such counts would otherwise lock the sealed key out).
+    let mut platform = platform;
+    for round in 0..5 {
+        drop(platform);
+        platform = up(&state, &["--hosts", "1"]);
+        let vm = wait_vm(&platform.url, tenant.trim(), "late", |v| {
+            v["state"] != "starting"
+        });
+        assert_eq!(vm["state"], "running", "round {round}: {vm}");
+    }
+    let (_, events) = cli(&platform, &["vm", "events", "late"]);
+    let unlocks = events["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "disk_unlock" && e["outcome"] == "ok")
+        .count();
+    assert_eq!(unlocks, 6, "{events}");
 }
 
 /// The vTPM processes of `state`'s platform, as (VM id, count).

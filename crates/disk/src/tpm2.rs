@@ -46,6 +46,9 @@ const CC_PCR_READ: u32 = 0x17E;
 const CC_POLICY_PCR: u32 = 0x17F;
 const CC_PCR_EXTEND: u32 = 0x182;
 const CC_STARTUP: u32 = 0x144;
+const CC_SHUTDOWN: u32 = 0x145;
+const CC_DA_LOCK_RESET: u32 = 0x139;
+const TPM_RH_LOCKOUT: u32 = 0x4000_000A;
 /// `TPM_RC_INITIALIZE`: TPM2_Startup was already sent.
 const TPM_RC_INITIALIZE: u32 = 0x100;
 const CC_POLICY_GET_DIGEST: u32 = 0x189;
@@ -300,6 +303,32 @@ pub fn startup_clear(tpm: &mut dyn Tpm) -> Result<(), Error> {
             "the vTPM refused TPM2_Startup: response code {rc:#x}"
         ))),
     }
+}
+
+/// TPM2_Shutdown(CLEAR), as an OS sends it before power-off: the next
+/// TPM2_Startup then follows an orderly shutdown (a TPM counts a disorderly one
+/// against its dictionary-attack protection once DA-protected objects were used).
+pub fn shutdown_clear(tpm: &mut dyn Tpm) -> Result<(), Error> {
+    run(
+        tpm,
+        "TPM2_Shutdown",
+        &command(TPM_ST_NO_SESSIONS, CC_SHUTDOWN, &0u16.to_be_bytes()),
+    )?;
+    Ok(())
+}
+
+/// TPM2_DictionaryAttackLockReset with the lockout hierarchy's empty (default)
+/// authorization: the failure count and any lockout are cleared. Refused by a TPM
+/// whose owner set a lockout authorization.
+pub fn dictionary_attack_lock_reset(tpm: &mut dyn Tpm) -> Result<(), Error> {
+    let mut body = TPM_RH_LOCKOUT.to_be_bytes().to_vec();
+    body.extend_from_slice(&auth_area(TPM_RS_PW));
+    run(
+        tpm,
+        "TPM2_DictionaryAttackLockReset",
+        &command(TPM_ST_SESSIONS, CC_DA_LOCK_RESET, &body),
+    )?;
+    Ok(())
 }
 
 /// TPM2_PCR_Extend of `pcr` with one digest per bank: `(TPM_ALG_ID, digest)`, as

@@ -139,6 +139,8 @@ struct Running {
     stdin: Option<ChildStdin>,
     /// The guest as launched (for fresh reports).
     guest: Guest,
+    /// The vTPM's data channel.
+    endpoint: String,
 }
 
 /// The host agent of `cvm up`'s emulated hosts.
@@ -707,6 +709,7 @@ impl EmulatedHosts {
             child,
             stdin,
             guest,
+            endpoint: data.clone(),
         };
         match rx.recv_timeout(VTPM_START) {
             Ok(()) => Ok((running, data)),
@@ -880,6 +883,13 @@ fn secure_boot(
         disk::tpm2::connect(endpoint).map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
     disk::tpm2::startup_clear(tpm.as_mut())
         .map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
+    // A vTPM whose platform was killed (kill -9, a host crash) was shut down
+    // disorderly, which the TPM counts against its dictionary-attack protection, and
+    // a few such counts lock out every DA-protected object (the disk's sealed key
+    // among them). The platform caused them, so at boot it clears the count with the
+    // lockout hierarchy's default empty authorization (ADR 0016); a guest that set
+    // its own lockout authorization keeps its count (the reset is refused).
+    let _ = disk::tpm2::dictionary_attack_lock_reset(tpm.as_mut());
     for e in &events {
         let d1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &e.data);
         let d256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &e.data);
@@ -903,6 +913,70 @@ fn secure_boot(
             )
         })?;
     }
+    // The kernel GRUB loads from the ESP: shim checks it (Secure Boot on), and
+    // firmware and shim measure shim, GRUB and the kernel into PCR 4.
+    let mut pcr4_log = Vec::new();
+    let mut pcr4_text = String::new();
+    let kernel = boot::esp::read_esp_file(disk, boot::esp::KERNEL)
+        .map_err(|e| fail(step, code::HOST_AGENT, format!("the image's kernel: {e}")))?;
+    match (&kernel, store.secure_boot()) {
+        (Some(kernel), true) => {
+            let stage = boot::predict::verify_kernel(store, &files, kernel)
+                .map_err(|e| fail(step, code::SECURE_BOOT_VIOLATION, e.to_string()))?;
+            let pcr4 = boot::predict::pcr4_events(&files, kernel, 0)
+                .map_err(|e| fail(step, code::SECURE_BOOT_VIOLATION, e.to_string()))?;
+            for e in &pcr4 {
+                let digests: Vec<(u16, &[u8])> =
+                    e.iter().map(|(alg, d)| (*alg, d.as_slice())).collect();
+                disk::tpm2::pcr_extend(tpm.as_mut(), 4, &digests).map_err(|e| {
+                    fail(
+                        step,
+                        code::VTPM_FAILED,
+                        format!("measuring into PCR 4: {e}"),
+                    )
+                })?;
+                pcr4_log.push(
+                    e.iter()
+                        .map(|(alg, d)| (format!("{alg:#06x}"), hex::encode(d)))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                );
+            }
+            // The SHA-256 bank replayed here, as a verifier replays the log.
+            let mut want4 = [0u8; 32].to_vec();
+            for e in &pcr4 {
+                if let Some((_, d)) = e.iter().find(|(alg, _)| *alg == 0x000B) {
+                    want4.extend_from_slice(d);
+                    want4 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &want4)
+                        .as_ref()
+                        .to_vec();
+                }
+            }
+            let want4 = hex::encode(want4);
+            let have4 = disk::tpm2::read_pcrs(tpm.as_mut(), &[4])
+                .map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
+            let have4 = have4.first().map(hex::encode).unwrap_or_default();
+            if have4 != want4 {
+                return Err(fail(
+                    step,
+                    code::VTPM_FAILED,
+                    format!("PCR 4 of the vTPM is {have4} after the measurements, not {want4}"),
+                ));
+            }
+            pcr4_text = format!(
+                "; kernel {} verified by {}; {} events measured into PCR 4 = {have4} (SHA-256)",
+                &stage.sha256[..16],
+                stage.verified_by,
+                pcr4.len()
+            );
+        }
+        (None, true) => {
+            pcr4_text = format!(
+                "; no \\{} on the ESP: the kernel is not checked and PCR 4 not measured",
+                boot::esp::KERNEL
+            );
+        }
+        (_, false) => {}
+    }
     let want = boot::predict::replay(&events, boot::pe::HashAlg::Sha256);
     let have = disk::tpm2::read_pcrs(tpm.as_mut(), &[7])
         .map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
@@ -917,10 +991,11 @@ fn secure_boot(
             ),
         ));
     }
-    let log = serde_json::to_vec_pretty(&events).unwrap_or_default();
+    let log =
+        serde_json::to_vec_pretty(&json!({"pcr7": events, "pcr4": pcr4_log})).unwrap_or_default();
     let _ = seal::write_secret_file(&dir.join("boot-events.json"), &log);
     Ok(format!(
-        "{chain}; {} events measured into PCR 7 = {} (SHA-256)",
+        "{chain}; {} events measured into PCR 7 = {} (SHA-256){pcr4_text}",
         events.len(),
         hex::encode(&want)
     ))
@@ -1095,6 +1170,13 @@ fn unlock_disk(
 /// Ends the vTPM: its standard input closes (it exits), then it is waited for, and
 /// killed if it lingers.
 fn stop_child(r: &mut Running) {
+    // An orderly TPM shutdown first, as the guest's OS would send at power-off (a
+    // vTPM that just ends counts a disorderly shutdown against its DA protection).
+    if matches!(r.child.try_wait(), Ok(None))
+        && let Ok(mut tpm) = disk::tpm2::connect(&r.endpoint)
+    {
+        let _ = disk::tpm2::shutdown_clear(tpm.as_mut());
+    }
     r.stdin = None;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
