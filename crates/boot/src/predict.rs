@@ -309,35 +309,34 @@ pub fn verify_kernel(
     let db = store.signature_db("db")?;
     let dbx = store.signature_db("dbx")?;
     let firmware = crate::verify::verify_image(kernel, &db, &dbx, Some(&level))?;
-    let refused = |r: &crate::verify::Refusal| {
-        predict_error(format!(
-            "shim refuses the kernel ({}): {r}",
-            crate::esp::KERNEL
-        ))
-    };
-    match &firmware.result {
-        Err(
-            r @ (crate::verify::Refusal::HashInDbx { .. }
-            | crate::verify::Refusal::SignerInDbx { .. }),
-        ) => return Err(refused(r)),
-        Ok(_) => {
-            return Ok(Stage {
-                stage: "kernel",
-                sha256: firmware.sha256,
-                verified_by: "shim, firmware db".into(),
-            });
-        }
-        Err(_) => {}
-    }
     let vendor =
         crate::verify::verify_image(kernel, &shim.vendor_db, &shim.vendor_dbx, Some(&level))?;
-    match &vendor.result {
-        Ok(_) => Ok(Stage {
+    let refused =
+        |r: &crate::verify::Refusal| predict_error(format!("shim refuses the kernel: {r}"));
+    // Every deny list (and SBAT) before any allow list, as shim checks.
+    for verdict in [&firmware, &vendor] {
+        if let Err(
+            r @ (crate::verify::Refusal::HashInDbx { .. }
+            | crate::verify::Refusal::SignerInDbx { .. }
+            | crate::verify::Refusal::Sbat { .. }
+            | crate::verify::Refusal::SbatMalformed { .. }),
+        ) = &verdict.result
+        {
+            return Err(refused(r));
+        }
+    }
+    match (&firmware.result, &vendor.result) {
+        (Ok(_), _) => Ok(Stage {
+            stage: "kernel",
+            sha256: firmware.sha256,
+            verified_by: "shim, firmware db".into(),
+        }),
+        (_, Ok(_)) => Ok(Stage {
             stage: "kernel",
             sha256: vendor.sha256,
             verified_by: "shim, vendor certificate".into(),
         }),
-        Err(r) => Err(refused(r)),
+        (_, Err(r)) => Err(refused(r)),
     }
 }
 
@@ -393,8 +392,9 @@ fn pcr4_digests(
 pub type EventDigests = Vec<(u16, Vec<u8>)>;
 
 /// The PCR 4 events of OVMF booting shim → GRUB → `kernel` after `failed_attempts`
-/// ([`predict_pcr4`]'s model), each as its SHA-1, SHA-256 and SHA-384 digests (TPM
-/// algorithm ids 0x0004, 0x000B, 0x000C), for extending a TPM as firmware would.
+/// ([`predict_pcr4`]'s model), each as its SHA-1, SHA-256, SHA-384 and SHA-512
+/// digests (TPM algorithm ids 0x0004, 0x000B, 0x000C, 0x000D), for extending every
+/// bank of a TPM as firmware would.
 pub fn pcr4_events(
     files: &crate::esp::BootFiles,
     kernel: &[u8],
@@ -415,6 +415,7 @@ pub fn pcr4_events(
         (0x0004, HashAlg::Sha1),
         (0x000B, HashAlg::Sha256),
         (0x000C, HashAlg::Sha384),
+        (0x000D, HashAlg::Sha512),
     ] {
         for (i, d) in pcr4_digests(&loader, &second, &kernel, failed_attempts, alg)?
             .into_iter()

@@ -1889,6 +1889,33 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
     );
     let reason = vm["lastFailure"]["reason"].as_str().unwrap();
     assert!(reason.contains("not the VM's own"), "{reason}");
+    // ... and a header with a second volume-key digest beside the pinned one (which
+    // could vouch for a key the host chose).
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&y)
+            .unwrap();
+        let mut head = vec![0u8; disk::gpt::Gpt::HEAD_LEN];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0).unwrap();
+        let gpt = disk::gpt::Gpt::parse(&head, f.metadata().unwrap().len()).unwrap();
+        let p = gpt.partitions.iter().find(|p| !p.boot_critical()).unwrap();
+        let w = disk::device::Window::new(&f, p.first * disk::gpt::LBA, p.bytes());
+        let mut luks = disk::Luks2::read(&w).unwrap();
+        let mut second = luks.metadata.digests[&0].clone();
+        second.keyslots.clear();
+        luks.metadata.digests.insert(1, second);
+        luks.write(&w).unwrap();
+    }
+    let (code, vm) = cli(&platform, &["vm", "start", "y"]);
+    assert_eq!(
+        (code, vm["lastFailure"]["code"].as_str()),
+        (1, Some("disk_locked")),
+        "{vm}"
+    );
+    let reason = vm["lastFailure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("2 volume-key digests"), "{reason}");
     // A deleted VM's keys leave the vault with it.
     let vault = format!(
         "http://{}",
@@ -2060,6 +2087,18 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
         .filter(|e| e["step"] == "disk_unlock" && e["outcome"] == "ok")
         .count();
     assert_eq!(unlocks, 6, "{events}");
+    assert!(
+        events["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["step"] == "secure_boot"
+                && e["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("dictionary-attack count")),
+        "no boot cleared the vTPM's dictionary-attack count: {events}"
+    );
 }
 
 /// The vTPM processes of `state`'s platform, as (VM id, count).

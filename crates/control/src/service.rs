@@ -739,7 +739,7 @@ impl Control {
     /// back and its files on the host removed.
     pub fn delete_vm(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         let row = self.vm_row(caller, name)?;
-        if let (Some(agent), Some(host)) = (self.agent.get(), row.host.as_deref()) {
+        if let (Some(_), Some(host)) = (self.agent.get(), row.host.as_deref()) {
             // `deleting` first: a start that begins meanwhile finds the VM busy, and
             // a delete never removes the files of a VM being booted.
             self.store
@@ -756,8 +756,7 @@ impl Control {
             // A pre-encryption of its disk in progress ends first (it then finds the
             // VM `deleting` and records nothing); its files and key go below.
             self.await_pre_encryption(&row)?;
-            agent.stop(host, &row.id).map_err(agent_err)?;
-            agent.forget(host, &row.id).map_err(agent_err)?;
+            return self.finish_delete(&row);
         }
         match self
             .store
@@ -785,7 +784,7 @@ impl Control {
         let Some(service) = self.pre_encryption.get() else {
             return Ok(());
         };
-        {
+        let guard = {
             let mut busy = self
                 .pre_encrypting
                 .lock()
@@ -793,13 +792,17 @@ impl Control {
             if !busy.insert(vm_id.to_string()) {
                 return Ok(());
             }
-        }
+            PreEncrypting {
+                set: &self.pre_encrypting,
+                id: vm_id.to_string(),
+            }
+        };
         let result = (|| {
             let Some(row) = self.store.vm_by_id(vm_id).map_err(store_err)? else {
-                return Ok(());
+                return Ok(false);
             };
             if row.state != "creating" {
-                return Ok(());
+                return Ok(false);
             }
             let started = Instant::now();
             let outcome = self
@@ -827,7 +830,8 @@ impl Control {
             let failure_json = failure
                 .as_ref()
                 .map(|f| serde_json::to_string(f).unwrap_or_default());
-            self.store
+            let moved = self
+                .store
                 .transition(
                     &row.id,
                     &["creating"],
@@ -837,12 +841,18 @@ impl Control {
                     &[e],
                 )
                 .map_err(store_err)?;
-            Ok(())
+            Ok(moved.is_none())
         })();
-        if let Ok(mut busy) = self.pre_encrypting.lock() {
-            busy.remove(vm_id);
+        drop(guard);
+        // Deleted meanwhile: the delete may have stopped waiting; finish it (twice is
+        // harmless: the row goes once).
+        if result?
+            && let Some(row) = self.store.vm_by_id(vm_id).map_err(store_err)?
+            && row.state == "deleting"
+        {
+            self.finish_delete(&row)?;
         }
-        result
+        Ok(())
     }
 
     /// Waits (at most [`PRE_ENCRYPTION_WAIT`]) until this process no longer
@@ -877,9 +887,7 @@ impl Control {
             agent.stop(host, &row.id).map_err(agent_err)?;
             agent.forget(host, &row.id).map_err(agent_err)?;
         }
-        self.store
-            .delete_vm(&row.tenant, &row.name)
-            .map_err(store_err)?;
+        self.store.delete_deleting_vm(&row.id).map_err(store_err)?;
         Ok(())
     }
 
@@ -1009,6 +1017,10 @@ impl Control {
         };
         let store = &self.store;
         let mut record = |s: StepReport| {
+            // The control plane's own records are not the agent's to write.
+            if s.step == "disk_pre_encryption" {
+                return;
+            }
             let e = event(&s.step, &s.outcome, s.duration_ms, s.detail);
             if let Err(err) = store.append_events(&row.id, &[e]) {
                 tracing::warn!(vm = %row.id, "recording a boot step: {err}");
@@ -1024,15 +1036,18 @@ impl Control {
                     && spec.disk_pin.is_none() =>
             {
                 let t = Instant::now();
-                service.pre_encrypt(&spec).map(|done| {
+                service.pre_encrypt(&spec).and_then(|done| {
+                    // The pin must be on record before the disk is used.
                     let e = pre_encrypted_event(elapsed_ms(t), &done);
-                    record(StepReport {
-                        step: e.step,
-                        outcome: e.outcome,
-                        duration_ms: e.duration_ms,
-                        detail: e.detail,
-                    });
+                    self.store
+                        .append_events(&row.id, &[e])
+                        .map_err(|err| BootFailure {
+                            step: "disk_pre_encryption".into(),
+                            code: codes::boot::PRE_ENCRYPTION_FAILED,
+                            reason: format!("recording the disk's pin: {err}"),
+                        })?;
                     spec.disk_pin = Some(done.pin);
+                    Ok(())
                 })
             }
             _ => Ok(()),
@@ -1505,6 +1520,20 @@ impl Control {
 }
 
 /// A VM that is between states.
+/// A VM this process pre-encrypts, until dropped (a panic included).
+struct PreEncrypting<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl Drop for PreEncrypting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
 /// How long a delete waits for a pre-encryption in progress to end (well inside a
 /// request's 30 s).
 const PRE_ENCRYPTION_WAIT: std::time::Duration = std::time::Duration::from_secs(20);

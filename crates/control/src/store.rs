@@ -628,10 +628,20 @@ impl Store {
     /// Deletes the tenant's VM `name` and gives its host back what it held, in one
     /// transaction; false if there is none.
     pub fn delete_vm(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        self.delete_where("tenant = ?1 AND name = ?2", tenant, name)
+    }
+
+    /// Deletes the VM `id` if it is `deleting` (not a VM created under its name
+    /// since), as [`Store::delete_vm`] does; false if there is none.
+    pub fn delete_deleting_vm(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete_where("id = ?1 AND state = ?2", id, "deleting")
+    }
+
+    fn delete_where(&self, filter: &str, a: &str, b: &str) -> Result<bool, StoreError> {
         self.with(true, |tx| {
             let Some(r) = tx.query_opt(
-                &format!("SELECT {VM_COLUMNS} FROM vms WHERE tenant = ?1 AND name = ?2"),
-                args![tenant, name],
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE {filter}"),
+                args![a, b],
             )?
             else {
                 return Ok(false);

@@ -48,6 +48,12 @@ const CC_PCR_EXTEND: u32 = 0x182;
 const CC_STARTUP: u32 = 0x144;
 const CC_SHUTDOWN: u32 = 0x145;
 const CC_DA_LOCK_RESET: u32 = 0x139;
+const CC_GET_CAPABILITY: u32 = 0x17A;
+const TPM_CAP_TPM_PROPERTIES: u32 = 6;
+const TPM_PT_PERMANENT: u32 = 0x200;
+const TPM_PT_LOCKOUT_COUNTER: u32 = 0x20E;
+/// TPMA_PERMANENT's lockoutAuthSet bit.
+const LOCKOUT_AUTH_SET: u32 = 1 << 2;
 const TPM_RH_LOCKOUT: u32 = 0x4000_000A;
 /// `TPM_RC_INITIALIZE`: TPM2_Startup was already sent.
 const TPM_RC_INITIALIZE: u32 = 0x100;
@@ -317,9 +323,40 @@ pub fn shutdown_clear(tpm: &mut dyn Tpm) -> Result<(), Error> {
     Ok(())
 }
 
+/// One TPM property (TPM2_GetCapability of TPM_CAP_TPM_PROPERTIES).
+fn tpm_property(tpm: &mut dyn Tpm, property: u32) -> Result<u32, Error> {
+    let mut body = TPM_CAP_TPM_PROPERTIES.to_be_bytes().to_vec();
+    body.extend_from_slice(&property.to_be_bytes());
+    body.extend_from_slice(&1u32.to_be_bytes());
+    let r = run(
+        tpm,
+        "TPM2_GetCapability",
+        &command(TPM_ST_NO_SESSIONS, CC_GET_CAPABILITY, &body),
+    )?;
+    let mut rd = Reader(&r);
+    rd.take(1)?; // moreData
+    rd.u32()?; // capability
+    let (count, got) = (rd.u32()?, rd.u32()?);
+    if count < 1 || got != property {
+        return Err(Error::Tpm(format!(
+            "the TPM did not report property {property:#x}"
+        )));
+    }
+    rd.u32()
+}
+
+/// The TPM's dictionary-attack state: whether a lockout authorization is set (not
+/// the empty default), and the failure count.
+pub fn dictionary_attack_state(tpm: &mut dyn Tpm) -> Result<(bool, u32), Error> {
+    let permanent = tpm_property(tpm, TPM_PT_PERMANENT)?;
+    let count = tpm_property(tpm, TPM_PT_LOCKOUT_COUNTER)?;
+    Ok((permanent & LOCKOUT_AUTH_SET != 0, count))
+}
+
 /// TPM2_DictionaryAttackLockReset with the lockout hierarchy's empty (default)
-/// authorization: the failure count and any lockout are cleared. Refused by a TPM
-/// whose owner set a lockout authorization.
+/// authorization: the failure count and any lockout are cleared. A TPM whose owner
+/// set a lockout authorization refuses it and counts the failure against its
+/// lockout hierarchy, so check [`dictionary_attack_state`] first.
 pub fn dictionary_attack_lock_reset(tpm: &mut dyn Tpm) -> Result<(), Error> {
     let mut body = TPM_RH_LOCKOUT.to_be_bytes().to_vec();
     body.extend_from_slice(&auth_area(TPM_RS_PW));

@@ -886,10 +886,18 @@ fn secure_boot(
     // A vTPM whose platform was killed (kill -9, a host crash) was shut down
     // disorderly, which the TPM counts against its dictionary-attack protection, and
     // a few such counts lock out every DA-protected object (the disk's sealed key
-    // among them). The platform caused them, so at boot it clears the count with the
-    // lockout hierarchy's default empty authorization (ADR 0016); a guest that set
-    // its own lockout authorization keeps its count (the reset is refused).
-    let _ = disk::tpm2::dictionary_attack_lock_reset(tpm.as_mut());
+    // among them). At boot the platform clears a count with the lockout hierarchy's
+    // authorization while that is the empty default (ADR 0016); a guest that set its
+    // own keeps its count (a reset attempt would count against it, so none is made).
+    let mut da_note = String::new();
+    if let Ok((false, count)) = disk::tpm2::dictionary_attack_state(tpm.as_mut())
+        && count > 0
+        && disk::tpm2::dictionary_attack_lock_reset(tpm.as_mut()).is_ok()
+    {
+        da_note = format!(
+            "; the vTPM's dictionary-attack count ({count}, from disorderly shutdowns) cleared"
+        );
+    }
     for e in &events {
         let d1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &e.data);
         let d256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &e.data);
@@ -917,8 +925,21 @@ fn secure_boot(
     // firmware and shim measure shim, GRUB and the kernel into PCR 4.
     let mut pcr4_log = Vec::new();
     let mut pcr4_text = String::new();
-    let kernel = boot::esp::read_esp_file(disk, boot::esp::KERNEL)
-        .map_err(|e| fail(step, code::HOST_AGENT, format!("the image's kernel: {e}")))?;
+    let is_shim = boot::shim::ShimTrust::parse(&files.loader).is_ok();
+    let kernel = if is_shim && store.secure_boot() {
+        let path = kernel_path(disk)?;
+        let kernel = boot::esp::read_esp_file(disk, &path)
+            .map_err(|e| fail(step, code::HOST_AGENT, format!("the image's kernel: {e}")))?;
+        Some(kernel.ok_or_else(|| {
+            fail(
+                step,
+                code::SECURE_BOOT_VIOLATION,
+                format!("GRUB would load /{path}, which is not on the EFI system partition"),
+            )
+        })?)
+    } else {
+        None
+    };
     match (&kernel, store.secure_boot()) {
         (Some(kernel), true) => {
             let stage = boot::predict::verify_kernel(store, &files, kernel)
@@ -970,10 +991,9 @@ fn secure_boot(
             );
         }
         (None, true) => {
-            pcr4_text = format!(
-                "; no \\{} on the ESP: the kernel is not checked and PCR 4 not measured",
-                boot::esp::KERNEL
-            );
+            pcr4_text =
+                "; the boot loader is not shim: the kernel is not checked and PCR 4 not measured"
+                    .into();
         }
         (_, false) => {}
     }
@@ -995,7 +1015,7 @@ fn secure_boot(
         serde_json::to_vec_pretty(&json!({"pcr7": events, "pcr4": pcr4_log})).unwrap_or_default();
     let _ = seal::write_secret_file(&dir.join("boot-events.json"), &log);
     Ok(format!(
-        "{chain}; {} events measured into PCR 7 = {} (SHA-256){pcr4_text}",
+        "{chain}; {} events measured into PCR 7 = {} (SHA-256){pcr4_text}{da_note}",
         events.len(),
         hex::encode(&want)
     ))
@@ -1165,6 +1185,45 @@ fn unlock_disk(
     file.sync_all()
         .map_err(|e| locked(format!("{}: {e}", path.display())))?;
     Ok(opened.join("; "))
+}
+
+/// The kernel GRUB loads from the image at `disk`: the one `linux` command of the
+/// ESP's `EFI/BOOT/grub.cfg` (where Debian's signed GRUB looks when booted as
+/// `\EFI\BOOT`), as a path on the ESP; `vmlinuz` when there is no such file. A
+/// configuration that loads a kernel from elsewhere, or several, is refused: the
+/// emulated start checks kernels on the ESP only.
+fn kernel_path(disk: &Path) -> Result<String, BootFailure> {
+    let step = "secure_boot";
+    let cfg = boot::esp::read_esp_file(disk, "EFI/BOOT/grub.cfg")
+        .map_err(|e| fail(step, code::HOST_AGENT, format!("the image's grub.cfg: {e}")))?;
+    let Some(cfg) = cfg else {
+        return Ok(boot::esp::KERNEL.to_string());
+    };
+    let text = String::from_utf8_lossy(&cfg);
+    let mut paths: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut t = l.split_whitespace();
+            match t.next() {
+                Some("linux" | "linuxefi") => t.next(),
+                _ => None,
+            }
+        })
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    match paths[..] {
+        [p] if p.starts_with('/') && !p.contains('(') && !p.contains("..") => {
+            Ok(p.trim_start_matches('/').to_string())
+        }
+        _ => Err(fail(
+            step,
+            code::SECURE_BOOT_VIOLATION,
+            format!(
+                "grub.cfg loads {paths:?}: the emulated start checks one kernel on the EFI system partition"
+            ),
+        )),
+    }
 }
 
 /// Ends the vTPM: its standard input closes (it exits), then it is waited for, and

@@ -16,9 +16,10 @@
 //! unseal it through the vTPM (see the crate documentation).
 //!
 //! Crash safety: the disk is built in `VM_DIR/pre-encryption/` and appears as
-//! `VM_DIR/os.img` by one rename once its key is in the vault; an interrupted run
-//! leaves no `os.img`, and the next run starts over (a platform key imported by the
-//! interrupted run stays as an unused older version of `vm-<id>-disk`).
+//! `VM_DIR/os.img` by one rename once its key is in the vault; the next run after an
+//! interruption starts over, replacing any `os.img` (whose pin was never recorded,
+//! so it is not trusted); a platform key imported by the interrupted run stays as an
+//! unused older version of `vm-<id>-disk`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -242,13 +243,13 @@ impl PreEncryption for PreEncryptionService {
         let err = |what: &str, e: &dyn std::fmt::Display| {
             fail(STEP, code::PRE_ENCRYPTION_FAILED, format!("{what}: {e}"))
         };
-        if out.exists() {
-            // Made by a run whose end was not recorded (a restart came between).
-            let (_, pin) = open_pinned(&out).map_err(|e| err(&out.display().to_string(), &e))?;
-            return Ok(PreEncrypted {
-                detail: format!("{} was pre-encrypted by an earlier run", out.display()),
-                pin,
-            });
+        // A disk already there has no recorded pin (else no pre-encryption would be
+        // asked for): a run whose end was not recorded made it, or the host put it
+        // there. It is not trusted; a new one is made.
+        match std::fs::remove_file(&out) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&out.display().to_string(), &e)),
         }
         // Whatever an interrupted run left is useless: its key was never recorded.
         let work = dir.join("pre-encryption");
@@ -379,12 +380,18 @@ pub(crate) fn open_pinned(path: &Path) -> Result<(Vec<Volume>, String), String> 
         let window = disk::device::Window::new(&file, offset, len);
         let luks = disk::Luks2::read(&window)
             .map_err(|e| format!("partition {} is not an encrypted volume: {e}", p.number))?;
-        let digest = luks
-            .metadata
-            .digests
-            .values()
-            .next()
-            .ok_or_else(|| format!("partition {} has no volume-key digest", p.number))?;
+        // One digest, so that every keyslot's key is checked against the pinned one
+        // (a second digest could vouch for a key the host chose).
+        let digest = match luks.metadata.digests.values().collect::<Vec<_>>()[..] {
+            [d] => d,
+            _ => {
+                return Err(format!(
+                    "partition {} has {} volume-key digests; a pre-encrypted disk has one",
+                    p.number,
+                    luks.metadata.digests.len()
+                ));
+            }
+        };
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(&digest.salt);
         ctx.update(&digest.digest);
