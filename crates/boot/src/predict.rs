@@ -388,6 +388,32 @@ fn pcr4_digests(
     Ok(digests)
 }
 
+/// shim, GRUB and `kernel` as PE images: the chain PCR 4 is modelled for.
+fn shim_chain<'a>(
+    files: &'a crate::esp::BootFiles,
+    kernel: &'a [u8],
+) -> Result<
+    (
+        crate::pe::PeImage<'a>,
+        crate::pe::PeImage<'a>,
+        crate::pe::PeImage<'a>,
+    ),
+    crate::Error,
+> {
+    use crate::pe::PeImage;
+    crate::shim::ShimTrust::parse(&files.loader)
+        .map_err(|_| predict_error("PCR 4 is predicted only for shim chains"))?;
+    let second = files
+        .second_stage
+        .as_deref()
+        .ok_or_else(|| predict_error("PCR 4: no grubx64.efi beside shim"))?;
+    Ok((
+        PeImage::parse(&files.loader)?,
+        PeImage::parse(second)?,
+        PeImage::parse(kernel)?,
+    ))
+}
+
 /// One measured event's digests: `(TPM_ALG_ID, digest)` per bank.
 pub type EventDigests = Vec<(u16, Vec<u8>)>;
 
@@ -400,16 +426,7 @@ pub fn pcr4_events(
     kernel: &[u8],
     failed_attempts: u32,
 ) -> Result<Vec<EventDigests>, crate::Error> {
-    use crate::pe::PeImage;
-    let second = files
-        .second_stage
-        .as_deref()
-        .ok_or_else(|| predict_error("PCR 4: no grubx64.efi beside shim"))?;
-    let (loader, second, kernel) = (
-        PeImage::parse(&files.loader)?,
-        PeImage::parse(second)?,
-        PeImage::parse(kernel)?,
-    );
+    let (loader, second, kernel) = shim_chain(files, kernel)?;
     let mut events: Vec<EventDigests> = Vec::new();
     for (id, alg) in [
         (0x0004, HashAlg::Sha1),
@@ -445,18 +462,7 @@ pub fn predict_pcr4(
     kernel: &[u8],
     failed_attempts: u32,
 ) -> Result<std::collections::BTreeMap<&'static str, String>, crate::Error> {
-    use crate::pe::PeImage;
-    crate::shim::ShimTrust::parse(&files.loader)
-        .map_err(|_| predict_error("PCR 4 is predicted only for shim chains"))?;
-    let second = files
-        .second_stage
-        .as_deref()
-        .ok_or_else(|| predict_error("PCR 4: no grubx64.efi beside shim"))?;
-    let (loader, second, kernel) = (
-        PeImage::parse(&files.loader)?,
-        PeImage::parse(second)?,
-        PeImage::parse(kernel)?,
-    );
+    let (loader, second, kernel) = shim_chain(files, kernel)?;
     let mut out = std::collections::BTreeMap::new();
     for alg in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384] {
         let digests = pcr4_digests(&loader, &second, &kernel, failed_attempts, alg)?;

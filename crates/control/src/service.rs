@@ -818,18 +818,11 @@ impl Control {
                 Ok(done) => (api::VmState::Stopped, None, pre_encrypted_event(ms, &done)),
                 Err(f) => (
                     api::VmState::Failed,
-                    Some(api::Failure {
-                        step: f.step.clone(),
-                        code: f.code.to_string(),
-                        reason: f.reason.clone(),
-                        at: time::OffsetDateTime::now_utc().unix_timestamp(),
-                    }),
+                    Some(recorded_failure(&f)),
                     event("disk_pre_encryption", "failed", ms, f.reason),
                 ),
             };
-            let failure_json = failure
-                .as_ref()
-                .map(|f| serde_json::to_string(f).unwrap_or_default());
+            let (failure, failure_json) = failure.unzip();
             let moved = self
                 .store
                 .transition(
@@ -1068,12 +1061,7 @@ impl Control {
             // The agent has stopped what it started (HostAgent::start's contract).
             Err(f) => (
                 api::VmState::Failed,
-                Some(api::Failure {
-                    step: f.step.clone(),
-                    code: f.code.to_string(),
-                    reason: f.reason.clone(),
-                    at: time::OffsetDateTime::now_utc().unix_timestamp(),
-                }),
+                Some(recorded_failure(f)),
                 event(
                     "failed",
                     "failed",
@@ -1082,9 +1070,7 @@ impl Control {
                 ),
             ),
         };
-        let failure_json = failure
-            .as_ref()
-            .map(|f| serde_json::to_string(f).unwrap_or_default());
+        let (failure, failure_json) = failure.unzip();
         let moved = self
             .store
             .transition(
@@ -1520,6 +1506,18 @@ impl Control {
 }
 
 /// A VM that is between states.
+/// A failed step as the VM's `lastFailure` records it, and as JSON.
+fn recorded_failure(f: &BootFailure) -> (api::Failure, String) {
+    let failure = api::Failure {
+        step: f.step.clone(),
+        code: f.code.to_string(),
+        reason: f.reason.clone(),
+        at: time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    let json = serde_json::to_string(&failure).unwrap_or_default();
+    (failure, json)
+}
+
 /// A VM this process pre-encrypts, until dropped (a panic included).
 struct PreEncrypting<'a> {
     set: &'a std::sync::Mutex<std::collections::HashSet<String>>,
