@@ -114,8 +114,22 @@ pub struct UpArgs {
     /// `ovmf` package).
     #[arg(long, default_value = "/usr/share/ovmf/OVMF.fd")]
     ovmf: PathBuf,
+    /// Where the hosts' agents run: `in-process` (this process runs every emulated
+    /// host), or `external` (each host's agent is a `cvm host run` process that
+    /// registers here; a VM on a host without one is not started).
+    #[arg(long, value_enum, default_value_t = HostAgents::InProcess)]
+    host_agents: HostAgents,
     #[command(flatten)]
     p: PlatformArgs,
+}
+
+/// `cvm up --host-agents`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostAgents {
+    /// `cvm up` runs every host's agent.
+    InProcess,
+    /// Each host's agent runs as `cvm host run`.
+    External,
 }
 
 /// What the control plane offers and where it keeps it (`cvm up`, `cvm control serve`).
@@ -135,6 +149,10 @@ pub struct PlatformArgs {
     /// PostgreSQL URL that replicas share. Or set CVM_CONTROL_DATABASE.
     #[arg(long, env = "CVM_CONTROL_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// CA certificates (PEM) that host agents serving HTTPS (`cvm host run
+    /// --tls-cert`) chain to; default: the Mozilla roots.
+    #[arg(long)]
+    agent_ca: Option<PathBuf>,
 }
 
 /// `cvm control ...`
@@ -212,6 +230,11 @@ fn config(state: &Path, p: &PlatformArgs) -> Result<control::ControlConfig> {
         regions,
         default_region,
         prices,
+        agent_ca: p
+            .agent_ca
+            .as_ref()
+            .map(|f| std::fs::read(f).with_context(|| format!("--agent-ca {}", f.display())))
+            .transpose()?,
     })
 }
 
@@ -271,13 +294,23 @@ pub fn up(args: UpArgs) -> ExitCode {
         let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
         let pre_encryption =
             host::pre_encryption::PreEncryptionService::new(&hosts_dir, &services.services)?;
-        let agent = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services.services)?;
+        let agent = match args.host_agents {
+            HostAgents::InProcess => Some(host::EmulatedHosts::new(
+                &hosts_dir,
+                &exe,
+                ovmf,
+                services.services,
+            )?),
+            HostAgents::External => None,
+        };
         httpd::run(&args.listen, None, move |_addr, base| {
             let fail = |e: String| httpd::ServeError::Service(e);
             let (c, _) = control::Control::open(cfg).map_err(|e| fail(e.to_string()))?;
             let local =
                 control::local::prepare(&c, &state, hosts, &region).map_err(|e| fail(e.message))?;
-            c.set_agent(std::sync::Arc::new(agent));
+            if let Some(agent) = agent {
+                c.set_agent(std::sync::Arc::new(agent));
+            }
             c.set_pre_encryption(std::sync::Arc::new(pre_encryption));
             // VMs that were running when the platform stopped are `starting` before the
             // first request is answered, and boot again in the background.
@@ -314,9 +347,14 @@ pub fn up(args: UpArgs) -> ExitCode {
             println!(
                 "  pre-encryption   in-process  (encrypts a DiskWithVMGuestState VM's OS disk on create)"
             );
-            println!(
-                "  host agent       in this process: emulated launch, attestation, VMGS key release, vTPM, Secure Boot, disk unlock"
-            );
+            match args.host_agents {
+                HostAgents::InProcess => println!(
+                    "  host agent       in this process: emulated launch, attestation, VMGS key release, vTPM, Secure Boot, disk unlock"
+                ),
+                HostAgents::External => println!(
+                    "  host agents      external: run `cvm host run HOST --state {s}` for each host (VMs of a host without one are not started)"
+                ),
+            }
             println!("try:");
             println!("  cvm size list --state {s}");
             println!("  cvm image build debian-12 --state {s}");
@@ -664,6 +702,43 @@ pub enum HostCommand {
         #[command(flatten)]
         t: Target,
     },
+    /// Run a host's agent: it serves the attested boot of the VMs placed on the host
+    /// (HTTP, for the control plane), registers with the control plane, and prints
+    /// `ready: agent of HOST at URL` once registered. Stopping it (or kill -9) ends
+    /// its VMs' vTPMs; at its next start the control plane boots them again.
+    Run(HostRunArgs),
+}
+
+/// `cvm host run`
+#[derive(Args, Debug)]
+pub struct HostRunArgs {
+    /// The host (`cvm up --hosts N` provisions host-1 ... host-N's emulated secure
+    /// processors, whose roots its attestation service trusts).
+    name: String,
+    /// The agent's address (port 0 picks a free port). Beyond loopback it must serve
+    /// HTTPS (`--tls-cert`, `--tls-key`): its credential travels in every request.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`. The control
+    /// plane checks it against its `--agent-ca`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The host name or address the control plane reaches the agent by (its
+    /// certificate's name), with the port it listens on; default: the address it
+    /// listens on.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The firmware measured into each VM's launch digest (Debian's `ovmf` package).
+    #[arg(long, default_value = "/usr/share/ovmf/OVMF.fd")]
+    ovmf: PathBuf,
+    /// The control plane to register with (`--state`: the platform's state directory,
+    /// whose services and hosts' storage the agent uses; `--url` with an operator's
+    /// `--credential-file`: a replica to register with instead).
+    #[command(flatten)]
+    t: Target,
 }
 
 /// `cvm tenant ...` (operator)
@@ -1208,20 +1283,129 @@ pub fn run_price(a: PriceArgs) -> ExitCode {
     finish(Some(&a.t), r)
 }
 
+/// `cvm host run`: one host's agent as a process of its own.
+fn host_run(a: HostRunArgs) -> ExitCode {
+    let r = (|| -> Result<()> {
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(httpd::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        require_loopback_or_tls(&a.listen, tls.is_some())?;
+        if let Some(h) = &a.advertise
+            && (h.is_empty() || h.contains(['/', '?', '#', '@', ' ']))
+        {
+            bail!("--advertise {h:?}: a host name or address (the port is the one it listens on)");
+        }
+        let state = a.t.state.clone().context(
+            "--state DIR: the platform's state directory (its services, credentials and hosts' storage)",
+        )?;
+        let hosts_dir = state.join("hosts");
+        if !hosts_dir
+            .join(&a.name)
+            .join("snp")
+            .join("platform.json")
+            .exists()
+        {
+            bail!(
+                "host {}'s emulated secure processor is not provisioned in {}: `cvm up --hosts N` provisions host-1 ... host-N (and its attestation service trusts their roots)",
+                a.name,
+                hosts_dir.display()
+            );
+        }
+        let ovmf = std::fs::read(&a.ovmf).with_context(|| {
+            format!(
+                "reading the firmware {} (Debian's `ovmf` package)",
+                a.ovmf.display()
+            )
+        })?;
+        let services = crate::platform::connect(&state)?;
+        let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
+        let agent = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services)?;
+        let credential = host::server::new_credential()?;
+        let control = a.t.client(As::Operator)?;
+        let name = a.name.clone();
+        let presented = credential.clone();
+        let advertise = a.advertise.clone();
+        httpd::run(&a.listen, tls, move |addr, base| {
+            // Registered once it serves: the control plane asks it at once which VMs
+            // still run.
+            let url = match &advertise {
+                Some(h) => {
+                    let scheme = base.split_once("://").map_or("http", |(s, _)| s);
+                    let h = if h.contains(':') && !h.starts_with('[') {
+                        format!("[{h}]")
+                    } else {
+                        h.clone()
+                    };
+                    format!("{scheme}://{h}:{}", addr.port())
+                }
+                None if addr.ip().is_unspecified() => {
+                    return Err(httpd::ServeError::Service(format!(
+                        "listening on {addr}: give --advertise with the name the control plane reaches this host by"
+                    )));
+                }
+                None => base.clone(),
+            };
+            std::thread::spawn(move || {
+                let req = control_api::RegisterAgentRequest {
+                    url: url.clone(),
+                    credential: presented.to_string(),
+                };
+                let mut tries = 0;
+                loop {
+                    match control.register_host_agent(&name, &req) {
+                        Ok(_) => {
+                            println!("ready: agent of {name} at {url}");
+                            use std::io::Write;
+                            let _ = std::io::stdout().flush();
+                            return;
+                        }
+                        Err(e) if tries < 20 && e.status().is_none() => {
+                            tries += 1;
+                            crate::notice(&format!(
+                                "registering with the control plane: {e}; trying again"
+                            ));
+                            std::thread::sleep(std::time::Duration::from_millis(500));
+                        }
+                        Err(e) => {
+                            crate::notice(&format!("registering with the control plane: {e}"));
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            });
+            Ok(host::server::router(
+                &a.name,
+                credential,
+                std::sync::Arc::new(agent),
+            ))
+        })?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::service_failed(&e),
+    }
+}
+
 /// `cvm host ...`
 pub fn run_host(cmd: HostCommand) -> ExitCode {
     match cmd {
+        HostCommand::Run(a) => host_run(a),
         HostCommand::List(t) => {
             let r = (|| {
                 let l = t.client(As::Operator)?.list_hosts()?;
                 out(&t, &l, |l| {
                     let mut o = format!(
-                        "{:<16} {:<12} {:<4} {:<9} {:>11} {:>13} {:>7}\n",
+                        "{:<16} {:<12} {:<4} {:<9} {:>11} {:>13} {:>7}  AGENT\n",
                         "HOST", "REGION", "SNP", "BACKEND", "VCPUS", "MEM GiB", "VMS"
                     );
                     for h in &l.value {
                         o.push_str(&format!(
-                            "{:<16} {:<12} {:<4} {:<9} {:>5}/{:<5} {:>6}/{:<6} {:>3}/{:<3}\n",
+                            "{:<16} {:<12} {:<4} {:<9} {:>5}/{:<5} {:>6}/{:<6} {:>3}/{:<3}  {}\n",
                             h.name,
                             h.region,
                             if h.snp_enabled { "on" } else { "off" },
@@ -1231,7 +1415,8 @@ pub fn run_host(cmd: HostCommand) -> ExitCode {
                             h.used_memory_gib,
                             h.memory_gib,
                             h.vms,
-                            h.max_vms
+                            h.max_vms,
+                            h.agent.as_deref().unwrap_or("-")
                         ));
                     }
                     o

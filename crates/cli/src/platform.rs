@@ -138,6 +138,45 @@ pub fn start(state: &Path, roots: &[String]) -> Result<Started> {
     })
 }
 
+/// The services of the platform `cvm up` runs under `state`, for a host agent in a
+/// process of its own (`cvm host run`): their URLs (kept across restarts), the
+/// platform vault's credentials and the vault's release signer.
+pub fn connect(state: &Path) -> Result<host::Services> {
+    let url = |name: &str| -> Result<String> {
+        let listen = listen_for(state, name);
+        if listen.ends_with(":0") {
+            bail!(
+                "{} has no {name}.listen: is `cvm up --state {}` running (or has it run)?",
+                state.display(),
+                state.display()
+            );
+        }
+        Ok(format!("http://{listen}"))
+    };
+    let secret = |name: &str| -> Result<Zeroizing<String>> {
+        let p = state.join("secrets").join(name);
+        let s = Zeroizing::new(
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim()
+                .to_string(),
+        );
+        if s.is_empty() {
+            bail!("{} is empty", p.display());
+        }
+        Ok(s)
+    };
+    Ok(host::Services {
+        attestation_url: url("attest")?,
+        vault_url: url("keyvault")?,
+        vault_admin: secret("platform-vault-admin.token")?,
+        vault_release: secret("platform-vault-release.token")?,
+        vault_signer: crate::attest_cmd::certificate_der(
+            &state.join("keyvault").join("release-signer.pem"),
+        )?,
+    })
+}
+
 /// The platform vault's administrator and release-only credentials: created once
 /// (the vault `platform`), kept in `secrets/` (0600).
 fn platform_vault(

@@ -472,6 +472,12 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
         ),
         ("create_tenant", "PUT", "/tenants/x", None),
         (
+            "register_host_agent",
+            "PUT",
+            "/hosts/host-1/agent",
+            Some(json!({"url": "http://127.0.0.1:9", "credential": "c".repeat(64)})),
+        ),
+        (
             "import_image",
             "PUT",
             "/images/debian-12/artifact",
@@ -776,6 +782,54 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
             ),
         ),
     );
+    // A host agent registers where it listens: loopback HTTP or HTTPS, a credential
+    // of 32 to 512 characters, a known host.
+    let cred = "c".repeat(64);
+    for (path, body, status) in [
+        (
+            "/hosts/nowhere/agent",
+            json!({"url": "http://127.0.0.1:9", "credential": cred}),
+            404,
+        ),
+        (
+            "/hosts/extra/agent",
+            json!({"url": "http://10.0.0.1:9", "credential": cred}),
+            400,
+        ),
+        (
+            "/hosts/extra/agent",
+            json!({"url": "ftp://127.0.0.1:9", "credential": cred}),
+            400,
+        ),
+        (
+            "/hosts/extra/agent",
+            json!({"url": "http://127.0.0.1:9", "credential": "short"}),
+            400,
+        ),
+        (
+            "/hosts/extra/agent",
+            json!({"url": "http://127.0.0.1:9", "credential": cred, "x": 1}),
+            400,
+        ),
+    ] {
+        let (st, e) = rec(
+            "register_host_agent",
+            http("PUT", &u(path), Some(&operator), Some(&body)),
+        );
+        assert_eq!(st, status, "{path} {body}: {e}");
+    }
+    let (st, h) = rec(
+        "register_host_agent",
+        http(
+            "PUT",
+            &u("/hosts/extra/agent"),
+            Some(&operator),
+            Some(&json!({"url": "https://agent.example:8443/", "credential": cred})),
+        ),
+    );
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["agent"], "https://agent.example:8443", "{h}");
+    assert!(!h.to_string().contains(&cred), "{h}");
     let (code, iso) = cli(
         &platform,
         &[
@@ -2250,4 +2304,534 @@ fn kill_9_during_starts_leaves_every_vm_consistent() {
         caught >= 5,
         "only {caught} of 50 kills landed during a start"
     );
+}
+
+/// A running `cvm host run NAME` (its log in `log`), killed (SIGKILL) when dropped.
+struct HostAgentProc {
+    child: Child,
+    url: String,
+}
+
+impl Drop for HostAgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cvm host run name --state state ...extra` and waits for its `ready:` line
+/// (it has registered with the control plane).
+fn host_agent(state: &Path, name: &str, extra: &[&str]) -> HostAgentProc {
+    let log = state.with_file_name(format!("agent-{name}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["host", "run", name, "--state", state.to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    let prefix = format!("ready: agent of {name} at ");
+    let url = line
+        .trim()
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| {
+            panic!(
+                "cvm host run {name}: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+        .to_string();
+    HostAgentProc { child, url }
+}
+
+/// The vTPM processes of `state`'s platform, as (VM id, the pid of their parent).
+fn vtpm_parents(state: &Path) -> Vec<(String, u32)> {
+    let o = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("vtpm run --kek-stdin --vmgs {}/", state.display()),
+        ])
+        .output()
+        .unwrap();
+    let mut out = Vec::new();
+    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+        let (Ok(cmd), Ok(stat)) = (
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+        ) else {
+            continue; // ended meanwhile
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let id = cmd
+            .split_whitespace()
+            .find(|w| w.ends_with("/guest.vmgs"))
+            .and_then(|p| p.rsplit('/').nth(1))
+            .unwrap()
+            .to_string();
+        // pid (comm) state ppid ...
+        let ppid = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((id, ppid));
+    }
+    out
+}
+
+/// Every VM of `tenant` settles (none `starting` or `stopping`); then, within a few
+/// seconds (the vTPMs of a killed agent end when their pipe closes), each `running`
+/// VM has exactly one vTPM, a child of its own host's agent, and no other VM has one.
+/// Returns the VMs.
+fn settled_on_agents(
+    url: &str,
+    tenant: &str,
+    state: &Path,
+    agents: &std::collections::BTreeMap<String, u32>,
+) -> Vec<Value> {
+    let mut vms = Vec::new();
+    for _ in 0..600 {
+        let (_, v) = http("GET", &format!("{url}/vms"), Some(tenant), None);
+        vms = v["value"].as_array().unwrap().clone();
+        if vms
+            .iter()
+            .all(|v| !matches!(v["state"].as_str(), Some("starting" | "stopping")))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = vtpm_parents(state);
+        let ok = vms.iter().all(|vm| {
+            let id = vm["id"].as_str().unwrap();
+            let mine: Vec<u32> = last
+                .iter()
+                .filter(|(i, _)| i == id)
+                .map(|(_, p)| *p)
+                .collect();
+            match vm["state"].as_str() {
+                Some("running") => mine == [agents[vm["host"].as_str().unwrap()]],
+                _ => mine.is_empty(),
+            }
+        }) && last.len() <= vms.len();
+        if ok {
+            return vms;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("vTPMs {last:?} (agents {agents:?}) for {vms:#?}");
+}
+
+/// Fleet: two control-plane replicas (`cvm up --host-agents external` and `cvm
+/// control serve`) on one PostgreSQL database and two host agents (`cvm host run`),
+/// each registered through a different replica. VMs created through one replica start
+/// through the other on their own host's agent (their vTPM is that agent's child),
+/// attest through either; kill -9 of one agent ends its VMs' vTPMs, and when it runs
+/// again its VMs boot again, the others untouched. A VM whose host has no agent is
+/// refused with 409 `host_agent_unavailable`, its state unchanged.
+#[test]
+fn two_replicas_and_two_host_agents_on_postgres_boot_each_vm_on_its_own_host() {
+    let Some(pg) = sqldb::scratch::postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // host-1's agent serves HTTPS with a certificate of a private CA.
+    let st = Command::new("python3")
+        .arg(root().join("tests/oracles/make_tls_cert.py"))
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ca = d.join("ca.pem");
+    let state = d.join("up");
+    let a = up(
+        &state,
+        &[
+            "--hosts",
+            "2",
+            "--regions",
+            "eastus",
+            "--host-agents",
+            "external",
+            "--database",
+            &pg.url,
+            "--agent-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        a.stdout
+            .iter()
+            .any(|l| l.contains("host agents      external")),
+        "{:?}",
+        a.stdout
+    );
+    let b = common::spawn(&[
+        "control",
+        "serve",
+        "--state",
+        d.join("b").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--regions",
+        "eastus",
+        "--database",
+        &pg.url,
+        "--agent-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
+    let operator_file = state.join("control/operator.token");
+    let operator = std::fs::read_to_string(&operator_file).unwrap();
+    // host-1 takes two DC2 VMs, host-2 the rest.
+    let (st, h) = http(
+        "PUT",
+        &format!("{}/hosts/host-1", b.url),
+        Some(&operator),
+        Some(
+            &json!({"region": "eastus", "vCpus": 112, "memoryGiB": 768, "maxVms": 2, "snpEnabled": true, "backend": "emulated"}),
+        ),
+    );
+    assert_eq!(st, 200, "{h}");
+    let disk = debian_disk(d, "debian");
+    let (code, img) = cli(
+        &a,
+        &["image", "import", "debian-12", disk.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let urls = [a.url.clone(), b.url.clone()];
+    let names = ["f1", "f2", "f3", "f4"];
+    for (i, n) in names.iter().enumerate() {
+        let mut body = create_request("Standard_DC2as_v5");
+        body["osDisk"]["securityEncryptionType"] = json!("VMGuestStateOnly");
+        let (st, vm) = http(
+            "PUT",
+            &format!("{}/vms/{n}", urls[i % 2]),
+            Some(&tenant),
+            Some(&body),
+        );
+        assert_eq!(st, 200, "{vm}");
+    }
+    // No agent yet: a start is refused and changes nothing.
+    let (st, e) = http(
+        "POST",
+        &format!("{}/vms/f1/start", b.url),
+        Some(&tenant),
+        None,
+    );
+    assert_eq!(st, 409, "{e}");
+    assert_eq!(e["error"]["code"], "host_agent_unavailable", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cvm host run"),
+        "{e}"
+    );
+    let (_, vm) = http("GET", &format!("{}/vms/f1", a.url), Some(&tenant), None);
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    // host-1's agent (HTTPS) registers through replica b, host-2's (loopback HTTP)
+    // through a (--state).
+    let agent1 = host_agent(
+        &state,
+        "host-1",
+        &[
+            "--url",
+            &b.url,
+            "--credential-file",
+            operator_file.to_str().unwrap(),
+            "--tls-cert",
+            d.join("cert.pem").to_str().unwrap(),
+            "--tls-key",
+            d.join("key.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        agent1.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        agent1.url
+    );
+    let mut agent2 = host_agent(&state, "host-2", &[]);
+    let (_, hosts) = http("GET", &format!("{}/hosts", a.url), Some(&operator), None);
+    for (h, agent) in [("host-1", &agent1), ("host-2", &agent2)] {
+        let host = hosts["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == h)
+            .unwrap();
+        assert_eq!(host["agent"].as_str(), Some(agent.url.as_str()), "{host}");
+    }
+    // Each VM starts through the replica that did not create it.
+    for (i, n) in names.iter().enumerate() {
+        let (st, vm) = http(
+            "POST",
+            &format!("{}/vms/{n}/start", urls[(i + 1) % 2]),
+            Some(&tenant),
+            None,
+        );
+        assert_eq!(st, 200, "{vm}");
+        assert_eq!(vm["state"], "running", "{vm}");
+    }
+    let mut agents = std::collections::BTreeMap::from([
+        ("host-1".to_string(), agent1.child.id()),
+        ("host-2".to_string(), agent2.child.id()),
+    ]);
+    let vms = settled_on_agents(&a.url, &tenant, &state, &agents);
+    let on = |h: &str| vms.iter().filter(|v| v["host"] == h).count();
+    assert_eq!((on("host-1"), on("host-2")), (2, 2), "{vms:#?}");
+    // Attested through either replica.
+    for (i, n) in names.iter().enumerate() {
+        let (st, t) = http(
+            "POST",
+            &format!("{}/vms/{n}/attest", urls[i % 2]),
+            Some(&tenant),
+            Some(&json!({"nonce": "0badc0de"})),
+        );
+        assert_eq!(st, 200, "{t}");
+        assert_eq!(t["nonce"], "0badc0de", "{t}");
+    }
+    // kill -9 of host-2's agent: its VMs' vTPMs end, host-1's run on.
+    let host2: Vec<String> = vms
+        .iter()
+        .filter(|v| v["host"] == "host-2")
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    drop(agent2);
+    let mut gone = false;
+    for _ in 0..100 {
+        let now = vtpm_parents(&state);
+        if now.iter().all(|(id, _)| !host2.contains(id)) {
+            assert_eq!(now.len(), 2, "{now:?}");
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(gone, "host-2's vTPMs outlived its agent");
+    // It runs again (registering through b): its VMs boot again on it.
+    agent2 = host_agent(
+        &state,
+        "host-2",
+        &[
+            "--url",
+            &b.url,
+            "--credential-file",
+            operator_file.to_str().unwrap(),
+        ],
+    );
+    agents.insert("host-2".into(), agent2.child.id());
+    for n in names {
+        wait_vm(&a.url, &tenant, n, |v| v["state"] == "running");
+    }
+    let vms = settled_on_agents(&b.url, &tenant, &state, &agents);
+    for vm in &vms {
+        let (_, ev) = http(
+            "GET",
+            &format!("{}/vms/{}/events", a.url, vm["name"].as_str().unwrap()),
+            Some(&tenant),
+            None,
+        );
+        let resumed = ev["value"].as_array().unwrap().iter().any(|e| {
+            e["step"] == "resume"
+                && e["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("its host's agent started again")
+        });
+        assert_eq!(resumed, vm["host"] == "host-2", "{vm}: {ev}");
+    }
+    let operator = operator.trim();
+    assert_eq!(consistent(&a.url, &tenant, operator).len(), 4);
+    assert_eq!(consistent(&b.url, &tenant, operator).len(), 4);
+    // A replica that does not trust the agents' CA does not reach host-1's agent
+    // (and changes nothing); host-2's it reaches.
+    let c = common::spawn(&[
+        "control",
+        "serve",
+        "--state",
+        d.join("c").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--regions",
+        "eastus",
+        "--database",
+        &pg.url,
+    ]);
+    for vm in &vms {
+        let n = vm["name"].as_str().unwrap();
+        let (st, t) = http(
+            "POST",
+            &format!("{}/vms/{n}/attest", c.url),
+            Some(&tenant),
+            None,
+        );
+        if vm["host"] == "host-1" {
+            assert_eq!(st, 502, "{t}");
+            assert_eq!(t["error"]["code"], "host_agent", "{t}");
+            assert!(
+                t["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("unreachable"),
+                "{t}"
+            );
+        } else {
+            assert_eq!(st, 200, "{t}");
+        }
+    }
+    let vms = settled_on_agents(&a.url, &tenant, &state, &agents);
+    assert!(vms.iter().all(|v| v["state"] == "running"), "{vms:#?}");
+}
+
+/// kill -9 of a host agent (`cvm host run`) at random moments while a client starts,
+/// stops and restarts VMs on two hosts (50 trials, each kill 0 to 1.5 s into the
+/// operations, so at any step of a start): after the agent runs again every VM
+/// settles (none stays `starting` or `stopping`), keeps its host, runs exactly one
+/// vTPM under its own host's agent when `running` and none otherwise; a VM fails only
+/// because its agent was gone mid-operation (and says so); the VMs that were running
+/// on the killed agent boot again; the hosts' counters hold.
+#[test]
+fn kill_9_of_a_host_agent_at_random_moments_leaves_every_vm_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("up");
+    let platform = up(
+        &state,
+        &[
+            "--hosts",
+            "2",
+            "--regions",
+            "eastus",
+            "--host-agents",
+            "external",
+        ],
+    );
+    let url = platform.url.clone();
+    let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
+    let operator = std::fs::read_to_string(state.join("control/operator.token")).unwrap();
+    let (st, h) = http(
+        "PUT",
+        &format!("{url}/hosts/host-1"),
+        Some(&operator),
+        Some(
+            &json!({"region": "eastus", "vCpus": 112, "memoryGiB": 768, "maxVms": 2, "snpEnabled": true, "backend": "emulated"}),
+        ),
+    );
+    assert_eq!(st, 200, "{h}");
+    let disk = debian_disk(d, "debian");
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", disk.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let names = ["k1", "k2", "k3", "k4"];
+    let mut hosts = std::collections::BTreeMap::new();
+    for n in names {
+        let mut body = create_request("Standard_DC2as_v5");
+        body["osDisk"]["securityEncryptionType"] = json!("VMGuestStateOnly");
+        let (st, vm) = http("PUT", &format!("{url}/vms/{n}"), Some(&tenant), Some(&body));
+        assert_eq!(st, 200, "{vm}");
+        hosts.insert(n, vm["host"].as_str().unwrap().to_string());
+    }
+    let mut running = [
+        Some(host_agent(&state, "host-1", &[])),
+        Some(host_agent(&state, "host-2", &[])),
+    ];
+    let mut resumed_total = 0;
+    let mut failed_by_kill = 0;
+    let mut mid_boot = 0;
+    for trial in 0..50 {
+        let agents: std::collections::BTreeMap<String, u32> = running
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("host-{}", i + 1), a.as_ref().unwrap().child.id()))
+            .collect();
+        let vms = settled_on_agents(&url, &tenant, &state, &agents);
+        for vm in &vms {
+            let n = vm["name"].as_str().unwrap();
+            assert_eq!(vm["host"].as_str(), Some(hosts[n].as_str()), "{vm}");
+            if vm["state"] == "failed" {
+                // Only a kill fails a VM here: the agent was gone mid-operation.
+                let (_, ev) = http("GET", &format!("{url}/vms/{n}/events"), Some(&tenant), None);
+                let last = ev["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .find(|e| e["outcome"] == "failed")
+                    .cloned()
+                    .unwrap();
+                assert!(
+                    last["detail"].as_str().unwrap().contains("agent of host"),
+                    "trial {trial}: {vm}: {last}"
+                );
+            }
+        }
+        consistent(&url, &tenant, &operator);
+        let ops = std::thread::spawn({
+            let (url, tenant) = (url.clone(), tenant.clone());
+            move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                for i in 0..6 {
+                    let n = names[(trial + i) % names.len()];
+                    let op = ["start", "restart", "stop", "start"][(trial * 7 + i) % 4];
+                    let _ = agent
+                        .post(&format!("{url}/vms/{n}/{op}"))
+                        .header("Authorization", &format!("Bearer {tenant}"))
+                        .send_empty();
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(jitter(1500)));
+        let victim = (trial + usize::try_from(jitter(2)).unwrap()) % 2;
+        running[victim] = None; // SIGKILL
+        ops.join().unwrap();
+        running[victim] = Some(host_agent(&state, &format!("host-{}", victim + 1), &[]));
+    }
+    let agents: std::collections::BTreeMap<String, u32> = running
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("host-{}", i + 1), a.as_ref().unwrap().child.id()))
+        .collect();
+    settled_on_agents(&url, &tenant, &state, &agents);
+    consistent(&url, &tenant, &operator);
+    for n in names {
+        let (_, ev) = http("GET", &format!("{url}/vms/{n}/events"), Some(&tenant), None);
+        for e in ev["value"].as_array().unwrap() {
+            let detail = e["detail"].as_str().unwrap_or_default();
+            if e["step"] == "resume" && detail.contains("its host's agent started again") {
+                resumed_total += 1;
+            }
+            if e["outcome"] == "failed" && detail.contains("agent of host") {
+                failed_by_kill += 1;
+                // Its answer broke off after some of the steps were recorded.
+                if detail.contains("its answer ended after") || detail.contains("broke off after") {
+                    mid_boot += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{resumed_total} VMs booted again after their agent's restart; {failed_by_kill} operations met a killed agent, {mid_boot} of them cut off mid-boot"
+    );
+    // Kills landed while VMs ran, in the middle of boots, and operations met them.
+    assert!(resumed_total >= 5, "only {resumed_total} resumes");
+    assert!(
+        failed_by_kill >= 5,
+        "only {failed_by_kill} operations met a killed agent"
+    );
+    assert!(mid_boot >= 3, "only {mid_boot} boots cut off by a kill");
 }

@@ -28,6 +28,7 @@ stub!(create_credential, post "/credentials", [], CreateCredentialRequest => 200
 stub!(create_tenant, put "/tenants/{name}", ["name"], CreateTenantRequest => 200 NewCredential);
 stub!(list_hosts, get "/hosts", [] => 200 HostList);
 stub!(register_host, put "/hosts/{name}", ["name"], RegisterHostRequest => 200 Host);
+stub!(register_host_agent, put "/hosts/{name}/agent", ["name"], RegisterAgentRequest => 200 Host);
 stub!(import_image, put "/images/{id}/artifact", ["id"], ImportImageRequest => 200 Image);
 
 #[derive(OpenApi)]
@@ -57,6 +58,7 @@ stub!(import_image, put "/images/{id}/artifact", ["id"], ImportImageRequest => 2
         create_tenant,
         list_hosts,
         register_host,
+        register_host_agent,
         import_image
     )
 )]

@@ -93,6 +93,7 @@ operations! {
     create_tenant: "PUT" "/tenants/{name}", Operator, "create tenants";
     list_hosts: "GET" "/hosts", Operator, "list hosts";
     register_host: "PUT" "/hosts/{name}", Operator, "register hosts";
+    register_host_agent: "PUT" "/hosts/{name}/agent", Operator, "register host agents";
     import_image: "PUT" "/images/{id}/artifact", Operator, "import images";
 }
 

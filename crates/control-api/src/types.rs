@@ -505,6 +505,26 @@ pub struct RegisterHostRequest {
     pub backend: String,
 }
 
+/// `PUT /hosts/{name}/agent`: where the host's agent (`cvm host run`) listens and the
+/// credential the control plane calls it with. Registering again replaces both (an
+/// agent that restarted); the host's VMs that were running are booted again.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterAgentRequest {
+    /// The agent's base URL (`http://` on loopback, else `https://`).
+    pub url: String,
+    /// The bearer credential the agent accepts (it made it at its start).
+    pub credential: String,
+}
+
+impl std::fmt::Debug for RegisterAgentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterAgentRequest")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -533,6 +553,10 @@ pub struct Host {
     pub vms: u32,
     /// Bumped by every placement and release.
     pub generation: i64,
+    /// Where its agent (`cvm host run`) listens, once one registered; absent for the
+    /// hosts `cvm up` runs in its own process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// `GET /hosts`.

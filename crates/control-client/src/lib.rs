@@ -114,6 +114,10 @@ impl Client {
     pub fn register_host(&self, name: &str, req: &RegisterHostRequest) -> R<Host> {
         self.send(Method::Put, &format!("/hosts/{}", s(name)), Some(req))
     }
+    /// `register_host_agent` (operator): where a host's agent listens.
+    pub fn register_host_agent(&self, name: &str, req: &RegisterAgentRequest) -> R<Host> {
+        self.send(Method::Put, &format!("/hosts/{}/agent", s(name)), Some(req))
+    }
     /// `import_image` (operator): a disk image file on the control plane's machine.
     pub fn import_image(&self, id: &str, req: &ImportImageRequest) -> R<Image> {
         self.send(

@@ -5,8 +5,11 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 /// Everything a host agent needs to boot one VM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BootSpec {
     /// The VM's platform-unique id (32 hex digits).
     pub vm_id: String,
@@ -50,7 +53,8 @@ pub struct PreEncrypted {
 }
 
 /// One step's outcome, as the VM's events record it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StepReport {
     /// The step (`launch`, `attest`, `vmgs_key_release`, ...).
     pub step: String,
@@ -63,7 +67,7 @@ pub struct StepReport {
 }
 
 /// Why a boot stopped.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{step}: {reason}")]
 pub struct BootFailure {
     /// The step that failed.
@@ -103,4 +107,114 @@ pub trait HostAgent: Send + Sync {
     fn attest(&self, spec: &BootSpec, nonce: &[u8]) -> Result<String, BootFailure>;
     /// Removes the VM's files from its host (after it is deleted).
     fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure>;
+}
+
+/// The stable codes a [`BootFailure`] may carry.
+pub const BOOT_CODES: [&str; 11] = {
+    use control_api::codes::boot::*;
+    [
+        HOST_UNHEALTHY,
+        ATTESTATION_DENIED,
+        KEY_RELEASE_DENIED,
+        VMGS_UNOPENABLE,
+        VTPM_FAILED,
+        SECURE_BOOT_VIOLATION,
+        PRE_ENCRYPTION_FAILED,
+        CUSTOMER_KEY_UNUSABLE,
+        DISK_LOCKED,
+        HOST_AGENT,
+        control_api::codes::HOST_AGENT_UNAVAILABLE,
+    ]
+};
+
+impl<'de> Deserialize<'de> for BootFailure {
+    /// A failure as an agent sent it; a code this control plane does not know is
+    /// `host_agent` (the agent's own code kept in the reason).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wire {
+            step: String,
+            code: String,
+            reason: String,
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(match BOOT_CODES.iter().find(|c| **c == w.code) {
+            Some(code) => BootFailure {
+                step: w.step,
+                code,
+                reason: w.reason,
+            },
+            None => BootFailure {
+                step: w.step,
+                code: control_api::codes::boot::HOST_AGENT,
+                reason: format!(
+                    "{} ({})",
+                    w.reason,
+                    w.code.chars().take(64).collect::<String>()
+                ),
+            },
+        })
+    }
+}
+
+/// The host agent's HTTP API (`cvm host run`; `host::server` serves it, [`crate::remote`]
+/// calls it): every route under `/vms/{id}` with the agent's bearer credential.
+pub mod wire {
+    use serde::{Deserialize, Serialize};
+
+    use super::{BootFailure, BootSpec, StepReport};
+
+    /// One line of `POST /vms/{id}/start`'s answer (body: [`BootSpec`]), which is
+    /// newline-delimited JSON (`application/x-ndjson`) sent as the boot goes: a line
+    /// per step as it ends, then one `done` line. An answer that ends without `done`
+    /// broke off (the agent stopped).
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    pub enum StartLine {
+        /// A step ended.
+        Step(StepReport),
+        /// The boot is over: `failure` says why it stopped; `None`, the VM runs.
+        Done {
+            /// Why the boot stopped.
+            failure: Option<BootFailure>,
+        },
+    }
+
+    /// The start answer's media type.
+    pub const NDJSON: &str = "application/x-ndjson";
+
+    /// The longest line of a start answer a control plane reads.
+    pub const MAX_LINE: usize = 64 * 1024;
+
+    /// `GET /vms/{id}`.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct VmStatus {
+        /// Whether the VM's processes run on the agent's host.
+        pub running: bool,
+    }
+
+    /// `POST /vms/{id}/attest`.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AttestRequest {
+        /// The VM.
+        pub spec: BootSpec,
+        /// The caller's nonce, hex.
+        pub nonce: String,
+    }
+
+    /// `POST /vms/{id}/attest`'s answer, and the answer of stop and forget (`token`
+    /// absent).
+    #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Outcome {
+        /// The fresh token (attest only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub token: Option<String>,
+        /// Why the agent could not do it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub failure: Option<BootFailure>,
+    }
 }

@@ -8,7 +8,9 @@
 //! - [`service`]: the operations, with access checked from the contract's table;
 //! - [`server`]: the HTTP API (`openapi/control.json`).
 //!
-//! - [`agent`]: what the control plane asks of a host agent (the attested boot).
+//! - [`agent`]: what the control plane asks of a host agent (the attested boot);
+//! - [`remote`]: host agents in processes of their own (`cvm host run`), reached
+//!   over HTTP wherever they registered.
 //!
 //! What this release does not do yet, and says so in the VM's events
 //! (`not_enforced`): pre-encrypt an OS disk and unlock it at boot, and check a
@@ -19,6 +21,7 @@
 pub mod agent;
 pub mod artifact;
 pub mod local;
+pub mod remote;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -43,6 +46,11 @@ pub fn fuzz_parse(data: &[u8]) {
     }
     let _ = serde_json::from_slice::<control_api::PriceRequest>(data);
     let _ = serde_json::from_slice::<control_api::RegisterHostRequest>(data);
+    let _ = serde_json::from_slice::<control_api::RegisterAgentRequest>(data);
+    // A host agent's answers (`crate::remote` parses them).
+    let _ = serde_json::from_slice::<agent::wire::StartLine>(data);
+    let _ = serde_json::from_slice::<agent::wire::Outcome>(data);
+    let _ = serde_json::from_slice::<agent::BootSpec>(data);
     let _ = serde_json::from_slice::<control_api::Vm>(data);
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(table) = catalog::PriceTable::parse(text)

@@ -187,6 +187,31 @@ async fn register_host(
     })
     .await
 }
+async fn register_host_agent(
+    State(c): S,
+    Path(n): Path<String>,
+    cred: Credential,
+    b: Body,
+) -> R<control_api::Host> {
+    let background = c.clone();
+    let (host, again) = httpd::blocking(move || {
+        c.authorize(cred.bearer(), "register_host_agent")?;
+        c.register_host_agent(&n, &typed(b)?)
+    })
+    .await??;
+    // The host's VMs whose processes ended with its old agent boot again, in the
+    // background (each boot takes as long as a start).
+    if !again.is_empty() {
+        std::thread::spawn(move || {
+            let n = background.resume(&again);
+            tracing::info!(
+                "{n} of {} VMs booted again on a restarted host agent",
+                again.len()
+            );
+        });
+    }
+    Ok(axum::Json(host))
+}
 async fn import_image(
     State(c): S,
     Path(id): Path<String>,
@@ -222,7 +247,8 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/credentials", post(credentials))
         .route("/tenants/{name}", put(tenant))
         .route("/hosts", get(hosts))
-        .route("/hosts/{name}", put(register_host));
+        .route("/hosts/{name}", put(register_host))
+        .route("/hosts/{name}/agent", put(register_host_agent));
     httpd::api_router(routes, MAX_BODY, check).with_state(c)
 }
 

@@ -99,6 +99,9 @@ pub struct ControlConfig {
     pub default_region: String,
     /// The price table.
     pub prices: PriceTable,
+    /// CA certificates (PEM) that host agents serving HTTPS chain to; `None`: the
+    /// Mozilla roots.
+    pub agent_ca: Option<Vec<u8>>,
 }
 
 /// Why the control plane could not start.
@@ -117,7 +120,9 @@ pub enum OpenError {
 
 /// The control plane.
 pub struct Control {
-    store: Store,
+    store: std::sync::Arc<Store>,
+    /// The agents of hosts that registered one (`cvm host run`).
+    remote: std::sync::Arc<dyn HostAgent>,
     operator_sha256: Vec<u8>,
     prices: PriceTable,
     default_region: String,
@@ -287,6 +292,7 @@ fn api_host(h: &HostRow) -> api::Host {
         used_memory_gib: u(h.used_memory_gib),
         vms: u(h.vms),
         generation: h.generation,
+        agent: None,
     }
 }
 
@@ -382,8 +388,12 @@ impl Control {
             }
         }
         crate::artifact::remove_stale(&cfg.state_dir.join("images"));
+        let store = std::sync::Arc::new(store);
+        let http = api_client::agent(cfg.agent_ca.as_deref())
+            .map_err(|e| OpenError::Config(format!("the host agents' CA: {e}")))?;
         Ok((
             Control {
+                remote: std::sync::Arc::new(crate::remote::RemoteAgents::new(store.clone(), http)),
                 store,
                 operator_sha256: stored,
                 prices: cfg.prices,
@@ -889,14 +899,112 @@ impl Control {
         let _ = self.agent.set(agent);
     }
 
+    /// The in-process agent (`cvm up`'s) or, without one, the hosts' registered
+    /// agents.
     fn agent(&self) -> Result<&std::sync::Arc<dyn HostAgent>, ApiError> {
-        self.agent.get().ok_or_else(|| {
-            ApiError::new(
+        Ok(self.agent.get().unwrap_or(&self.remote))
+    }
+
+    /// Refuses (409) to start a VM whose host has no agent: no in-process one, and
+    /// none registered.
+    fn require_agent(&self, row: &VmRow) -> Result<(), ApiError> {
+        if self.agent.get().is_some() {
+            return Ok(());
+        }
+        let host = row.host.as_deref().unwrap_or_default();
+        match self.store.agent(host).map_err(store_err)? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::new(
                 409,
                 codes::HOST_AGENT_UNAVAILABLE,
-                "no host agent serves this control plane: VMs can be created but not started (run it with `cvm up`)",
+                format!(
+                    "the VM's host {host} has no agent: it is started once the host runs `cvm host run` (or the platform runs as `cvm up`)"
+                ),
+            )),
+        }
+    }
+
+    /// Records where `host`'s agent listens ([`crate::remote`]). An agent registers at
+    /// each start: the host's VMs recorded `running` whose processes did not survive
+    /// (the agent was killed, its machine restarted) are marked `starting` and
+    /// returned, to be booted again with [`Control::resume`].
+    pub fn register_host_agent(
+        &self,
+        host: &str,
+        req: &api::RegisterAgentRequest,
+    ) -> Result<(api::Host, Vec<VmRow>), ApiError> {
+        check_name(host, "host")?;
+        let url = req.url.trim_end_matches('/');
+        let loopback_http = url.strip_prefix("http://").is_some_and(|rest| {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let h = authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        if url.len() > 256
+            || !(loopback_http || url.starts_with("https://"))
+            || url.contains(['?', '#', ' '])
+        {
+            return Err(ApiError::bad(
+                codes::INVALID_PARAMETER,
+                "url is the agent's base URL: https://..., or http:// on loopback only (at most 256 characters)",
+            ));
+        }
+        if req.credential.len() < 32 || req.credential.len() > 512 {
+            return Err(ApiError::bad(
+                codes::INVALID_PARAMETER,
+                "credential is the agent's bearer credential: 32 to 512 characters",
+            ));
+        }
+        let endpoint = crate::store::AgentEndpoint {
+            url: url.to_string(),
+            credential: Zeroizing::new(req.credential.clone()),
+        };
+        if !self.store.put_agent(host, &endpoint).map_err(store_err)? {
+            return Err(not_found("host", host));
+        }
+        let mut again = Vec::new();
+        for row in self.store.all_vms().map_err(store_err)? {
+            if row.host.as_deref() == Some(host)
+                && row.state == "running"
+                && !self.remote.is_running(host, &row.id)
+                && let Some(r) = self.mark_resuming(&row, "its host's agent started again")?
+            {
+                again.push(r);
+            }
+        }
+        let h = self
+            .store
+            .host(host)
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::internal("a host registered its agent and vanished"))?;
+        Ok((self.api_host_row(h)?, again))
+    }
+
+    /// `row` (running or starting) marked `starting` with a `resume` event saying
+    /// `why`; `None` when another request changed it first.
+    fn mark_resuming(&self, row: &VmRow, why: &str) -> Result<Option<VmRow>, ApiError> {
+        let note = event(
+            "resume",
+            "ok",
+            0,
+            format!("the VM was {} when {why}; booting it again", row.state),
+        );
+        self.store
+            .transition(
+                &row.id,
+                &["running", "starting"],
+                "starting",
+                None,
+                &body_as(api::VmState::Starting, None),
+                &[note],
             )
-        })
+            .map_err(store_err)
     }
 
     /// What the host agent needs to boot `row`, from its creating request.
@@ -957,6 +1065,7 @@ impl Control {
     /// VM is returned as it is.
     pub fn start_vm(&self, caller: &Caller, name: &str) -> Result<api::Vm, ApiError> {
         let row = self.vm_row(caller, name)?;
+        self.require_agent(&row)?;
         let agent = self.agent()?;
         if row.state == "running"
             && row
@@ -1171,6 +1280,7 @@ impl Control {
 
     /// Stops (if running) and starts the caller's VM `name`.
     pub fn restart_vm(&self, caller: &Caller, name: &str) -> Result<api::Vm, ApiError> {
+        self.require_agent(&self.vm_row(caller, name)?)?;
         self.stop_vm(caller, name)?;
         let row = self.vm_row(caller, name)?;
         self.boot(&row, &["stopped"])?;
@@ -1234,27 +1344,7 @@ impl Control {
             match row.state.as_str() {
                 "running" if agent.is_running(host, &row.id) => {}
                 "running" | "starting" => {
-                    let note = event(
-                        "resume",
-                        "ok",
-                        0,
-                        format!(
-                            "the VM was {} when the platform stopped; booting it again",
-                            row.state
-                        ),
-                    );
-                    if let Some(r) = self
-                        .store
-                        .transition(
-                            &row.id,
-                            &["running", "starting"],
-                            "starting",
-                            None,
-                            &body_as(api::VmState::Starting, None),
-                            &[note],
-                        )
-                        .map_err(store_err)?
-                    {
+                    if let Some(r) = self.mark_resuming(&row, "the platform stopped")? {
                         again.push(r);
                     }
                 }
@@ -1411,10 +1501,17 @@ impl Control {
                 .store
                 .hosts()
                 .map_err(store_err)?
-                .iter()
-                .map(api_host)
-                .collect(),
+                .into_iter()
+                .map(|h| self.api_host_row(h))
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// `h` with its agent's URL, if one registered.
+    fn api_host_row(&self, h: HostRow) -> Result<api::Host, ApiError> {
+        let mut host = api_host(&h);
+        host.agent = self.store.agent(&h.name).map_err(store_err)?.map(|e| e.url);
+        Ok(host)
     }
 
     /// Registers the host `name` (or changes what it offers).

@@ -32,12 +32,37 @@ pub enum StoreError {
 }
 
 /// The schema's numbered migrations, applied to both engines.
-pub const MIGRATIONS: [Migration<'static>; 1] = [Migration {
-    version: 1,
-    name: "tenants, hosts, vms",
-    sql: include_str!("../migrations/0001_tenants_hosts_vms.sql"),
-    postgres: None,
-}];
+pub const MIGRATIONS: [Migration<'static>; 2] = [
+    Migration {
+        version: 1,
+        name: "tenants, hosts, vms",
+        sql: include_str!("../migrations/0001_tenants_hosts_vms.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 2,
+        name: "host agents",
+        sql: include_str!("../migrations/0002_host_agents.sql"),
+        postgres: None,
+    },
+];
+
+/// Where a host's agent listens, and the credential it accepts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentEndpoint {
+    /// Its base URL.
+    pub url: String,
+    /// The bearer credential it accepts.
+    pub credential: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for AgentEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentEndpoint")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A host row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -457,6 +482,45 @@ impl Store {
                 0 => (PutHost::HoldsVms, false),
                 _ => (PutHost::Done, true),
             })
+        })
+    }
+
+    /// Records where `host`'s agent listens (replacing an earlier registration).
+    /// `false`: no such host.
+    pub fn put_agent(&self, host: &str, agent: &AgentEndpoint) -> Result<bool, StoreError> {
+        let now = unix_now();
+        self.with(true, |tx| {
+            if tx
+                .query_opt("SELECT name FROM hosts WHERE name = ?1", args![host])?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO host_agents (host, url, credential, registered) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (host) DO UPDATE SET url = excluded.url,
+                   credential = excluded.credential, registered = excluded.registered",
+                args![host, agent.url.as_str(), agent.credential.as_str(), now],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Where `host`'s agent listens, if one registered.
+    pub fn agent(&self, host: &str) -> Result<Option<AgentEndpoint>, StoreError> {
+        self.with(false, |tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT url, credential FROM host_agents WHERE host = ?1",
+                    args![host],
+                )?
+                .map(|r| -> Result<AgentEndpoint, sqldb::Error> {
+                    Ok(AgentEndpoint {
+                        url: r.get(0)?,
+                        credential: zeroize::Zeroizing::new(r.get(1)?),
+                    })
+                })
+                .transpose()?)
         })
     }
 

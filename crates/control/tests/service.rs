@@ -11,6 +11,7 @@ fn config(dir: &std::path::Path) -> ControlConfig {
         regions: vec!["eastus".into()],
         default_region: "eastus".into(),
         prices: catalog::PriceTable::default_table(),
+        agent_ca: None,
     }
 }
 

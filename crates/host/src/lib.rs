@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pre_encryption;
+pub mod server;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

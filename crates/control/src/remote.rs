@@ -1,0 +1,216 @@
+//! Host agents in processes of their own (`cvm host run`, on the host's machine): the
+//! control plane finds a host's agent in the store (where it registered, with the
+//! credential it accepts) and calls its HTTP API ([`crate::agent::wire`]). Any
+//! replica reaches any host's agent, so nothing about a host lives in one
+//! control-plane process.
+
+use std::sync::Arc;
+
+use api_client::{ClientError, Method, Transport, segment};
+use control_api::codes::boot as code;
+
+use crate::agent::wire::{AttestRequest, MAX_LINE, Outcome, StartLine, VmStatus};
+use crate::agent::{BootFailure, BootSpec, HostAgent, StepReport};
+use crate::store::{AgentEndpoint, Store};
+
+/// The registered agents of every host, as one [`HostAgent`].
+pub struct RemoteAgents {
+    store: Arc<Store>,
+    http: ureq::Agent,
+}
+
+impl std::fmt::Debug for RemoteAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemoteAgents")
+    }
+}
+
+fn failure(step: &str, reason: String) -> BootFailure {
+    BootFailure {
+        step: step.to_string(),
+        code: code::HOST_AGENT,
+        reason,
+    }
+}
+
+impl RemoteAgents {
+    /// The agents `store` knows of, reached with `http` (whose CA certificates are the
+    /// ones the agents' TLS certificates chain to).
+    pub fn new(store: Arc<Store>, http: ureq::Agent) -> Self {
+        RemoteAgents { store, http }
+    }
+
+    fn endpoint(&self, step: &str, host: &str) -> Result<AgentEndpoint, BootFailure> {
+        match self.store.agent(host) {
+            Ok(Some(e)) => Ok(e),
+            Ok(None) => Err(BootFailure {
+                step: step.to_string(),
+                code: control_api::codes::HOST_AGENT_UNAVAILABLE,
+                reason: format!("host {host} has no agent: run `cvm host run` for it"),
+            }),
+            Err(e) => Err(failure(step, format!("the store: {e}"))),
+        }
+    }
+
+    fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        step: &str,
+        host: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, BootFailure> {
+        let e = self.endpoint(step, host)?;
+        let t = Transport::new(
+            self.http.clone(),
+            &e.url,
+            Some(e.credential.as_str().to_string()),
+        );
+        t.call(method, path, body).map_err(|err| {
+            failure(
+                step,
+                match err {
+                    ClientError::Transport { .. } => {
+                        format!(
+                            "the agent of host {host} at {} is unreachable: {err}",
+                            e.url
+                        )
+                    }
+                    other => format!("the agent of host {host}: {other}"),
+                },
+            )
+        })
+    }
+}
+
+fn vm_path(vm_id: &str) -> String {
+    format!("/vms/{}", segment(vm_id))
+}
+
+/// The most steps a start answer may report.
+const MAX_STEPS: usize = 64;
+
+impl HostAgent for RemoteAgents {
+    /// The boot's steps are reported as the agent answers each (its answer is
+    /// newline-delimited JSON, [`StartLine`]).
+    fn start(
+        &self,
+        spec: &BootSpec,
+        report: &mut dyn FnMut(StepReport),
+    ) -> Result<(), BootFailure> {
+        use std::io::BufRead as _;
+        let host = spec.host.as_str();
+        let e = self.endpoint("start", host)?;
+        let url = format!("{}{}/start", e.url, vm_path(&spec.vm_id));
+        let broke = |why: String| failure("start", format!("the agent of host {host}: {why}"));
+        let body = zeroize::Zeroizing::new(
+            serde_json::to_vec(spec).map_err(|err| broke(format!("encoding the spec: {err}")))?,
+        );
+        let auth = zeroize::Zeroizing::new(format!("Bearer {}", e.credential.as_str()));
+        let mut resp = self
+            .http
+            .post(&url)
+            .header("Authorization", auth.as_str())
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|err| {
+                failure(
+                    "start",
+                    format!(
+                        "the agent of host {host} at {} is unreachable: {err}",
+                        e.url
+                    ),
+                )
+            })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_LINE as u64)
+                .read_to_string()
+                .unwrap_or_default();
+            let why = serde_json::from_str::<api_contract::ErrorResponse>(&text)
+                .map(|r| format!("{} {}: {}", status, r.error.code, r.error.message))
+                .unwrap_or_else(|_| format!("answered {status}"));
+            return Err(broke(why));
+        }
+        let mut reader = std::io::BufReader::new(
+            resp.body_mut()
+                .with_config()
+                .limit((MAX_STEPS as u64 + 1) * MAX_LINE as u64)
+                .reader(),
+        );
+        let mut steps = 0;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = std::io::Read::take(&mut reader, MAX_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .map_err(|err| broke(format!("its answer broke off after {steps} steps: {err}")))?;
+            if n == 0 {
+                return Err(broke(format!(
+                    "its answer ended after {steps} steps, before the boot did (the agent stopped?)"
+                )));
+            }
+            if line.last() != Some(&b'\n') && n == MAX_LINE {
+                return Err(broke(format!(
+                    "a line of its answer is over {MAX_LINE} bytes"
+                )));
+            }
+            match serde_json::from_slice::<StartLine>(&line) {
+                Ok(StartLine::Step(s)) if steps < MAX_STEPS => {
+                    steps += 1;
+                    report(s);
+                }
+                Ok(StartLine::Step(_)) => {
+                    return Err(broke(format!("its answer has over {MAX_STEPS} steps")));
+                }
+                Ok(StartLine::Done { failure: None }) => return Ok(()),
+                Ok(StartLine::Done { failure: Some(f) }) => return Err(f),
+                Err(err) => {
+                    return Err(broke(format!("an answer line is not a step: {err}")));
+                }
+            }
+        }
+    }
+
+    fn stop(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
+        let o: Outcome = self.call(
+            "stop",
+            host,
+            Method::Post,
+            &format!("{}/stop", vm_path(vm_id)),
+            None::<&()>,
+        )?;
+        o.failure.map_or(Ok(()), Err)
+    }
+
+    fn is_running(&self, host: &str, vm_id: &str) -> bool {
+        self.call::<(), VmStatus>("status", host, Method::Get, &vm_path(vm_id), None)
+            .is_ok_and(|s| s.running)
+    }
+
+    fn attest(&self, spec: &BootSpec, nonce: &[u8]) -> Result<String, BootFailure> {
+        let o: Outcome = self.call(
+            "attest",
+            &spec.host,
+            Method::Post,
+            &format!("{}/attest", vm_path(&spec.vm_id)),
+            Some(&AttestRequest {
+                spec: spec.clone(),
+                nonce: hex::encode(nonce),
+            }),
+        )?;
+        match (o.token, o.failure) {
+            (_, Some(f)) => Err(f),
+            (Some(t), None) => Ok(t),
+            (None, None) => Err(failure("attest", "the agent sent no token".into())),
+        }
+    }
+
+    fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
+        let o: Outcome = self.call("forget", host, Method::Delete, &vm_path(vm_id), None::<&()>)?;
+        o.failure.map_or(Ok(()), Err)
+    }
+}
