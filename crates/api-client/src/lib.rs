@@ -242,6 +242,17 @@ impl Transport {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        self.call_with(method, path, body, &[])
+    }
+
+    /// [`Transport::call`] with extra request headers (`Idempotency-Key`, say).
+    pub fn call_with<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let m = method.name();
         let transport = |source| ClientError::Transport {
@@ -265,6 +276,9 @@ impl Transport {
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a.as_str());
                 }
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
                 req.call()
             }
             (_, body) => {
@@ -280,6 +294,9 @@ impl Transport {
                 };
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a.as_str());
+                }
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
                 }
                 req.header("Content-Type", "application/json")
                     .send(&bytes[..])

@@ -2835,3 +2835,199 @@ fn kill_9_of_a_host_agent_at_random_moments_leaves_every_vm_consistent() {
     );
     assert!(mid_boot >= 3, "only {mid_boot} boots cut off by a kill");
 }
+
+/// One HTTP call with an `Idempotency-Key`: status, whether the answer was replayed,
+/// and its JSON (null when empty).
+fn keyed_call(
+    method: &str,
+    url: &str,
+    cred: &str,
+    key: &str,
+    body: Option<&Value>,
+) -> (u16, bool, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!("Bearer {cred}");
+    let mut r = match method {
+        "DELETE" => agent
+            .delete(url)
+            .header("Authorization", &auth)
+            .header("Idempotency-Key", key)
+            .call()
+            .unwrap(),
+        m => {
+            let req = if m == "PUT" {
+                agent.put(url)
+            } else {
+                agent.post(url)
+            };
+            req.header("Authorization", &auth)
+                .header("Idempotency-Key", key)
+                .header("Content-Type", "application/json")
+                .send(body.map(Value::to_string).unwrap_or_default().as_bytes())
+                .unwrap()
+        }
+    };
+    let replayed = r
+        .headers()
+        .get("Idempotent-Replayed")
+        .is_some_and(|v| v == "true");
+    let st = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    (st, replayed, v)
+}
+
+/// How many boots of `name` its events record (a `start` event each).
+fn boots(url: &str, cred: &str, name: &str) -> usize {
+    let (_, ev) = http("GET", &format!("{url}/vms/{name}/events"), Some(cred), None);
+    ev["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "start")
+        .count()
+}
+
+/// Client idempotency keys: a retry with the request's key gets the first answer
+/// (marked `Idempotent-Replayed`) and does not run again — a restart retried does not
+/// restart twice, a delete retried is still 204; the key used for another request is
+/// refused (422), malformed keys too (400); keys are per tenant; two concurrent
+/// requests with one key run once. The CLI sends a key with each VM-changing request.
+#[test]
+fn idempotency_keys_make_retries_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let platform = up(&d.join("up"), &["--hosts", "1", "--regions", "eastus"]);
+    let url = platform.url.clone();
+    let tenant = std::fs::read_to_string(d.join("up/tenant.token")).unwrap();
+    let operator = std::fs::read_to_string(d.join("up/control/operator.token")).unwrap();
+    let disk = debian_disk(d, "debian");
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", disk.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let mut body = create_request("Standard_DC2as_v5");
+    body["osDisk"]["securityEncryptionType"] = json!("VMGuestStateOnly");
+    let vm_url = format!("{url}/vms/i1");
+    // Create: the retry is a replay of the same answer.
+    let (st, replayed, first) = keyed_call("PUT", &vm_url, &tenant, "create-1", Some(&body));
+    assert_eq!((st, replayed), (200, false), "{first}");
+    let (st, replayed, again) = keyed_call("PUT", &vm_url, &tenant, "create-1", Some(&body));
+    assert_eq!((st, replayed), (200, true), "{again}");
+    assert_eq!(again, first);
+    // The key with another body, or for another operation: refused, nothing run.
+    let mut other = body.clone();
+    other["vmSize"] = json!("Standard_DC4as_v5");
+    let (st, _, e) = keyed_call("PUT", &vm_url, &tenant, "create-1", Some(&other));
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{e}"
+    );
+    let (st, _, e) = keyed_call(
+        "POST",
+        &format!("{vm_url}/start"),
+        &tenant,
+        "create-1",
+        None,
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{e}"
+    );
+    assert_eq!(boots(&url, &tenant, "i1"), 0);
+    // Malformed keys.
+    for bad in ["k".repeat(65), "with space".to_string(), String::new()] {
+        let (st, _, e) = keyed_call("POST", &format!("{vm_url}/start"), &tenant, &bad, None);
+        assert_eq!(st, 400, "{bad:?}: {e}");
+    }
+    // Start, then a restart sent three times: one restart.
+    let (st, _, vm) = keyed_call("POST", &format!("{vm_url}/start"), &tenant, "start-1", None);
+    assert_eq!((st, vm["state"].as_str()), (200, Some("running")), "{vm}");
+    assert_eq!(boots(&url, &tenant, "i1"), 1);
+    for i in 0..3 {
+        let (st, replayed, vm) = keyed_call(
+            "POST",
+            &format!("{vm_url}/restart"),
+            &tenant,
+            "restart-1",
+            None,
+        );
+        assert_eq!((st, replayed), (200, i > 0), "{vm}");
+        assert_eq!(vm["state"], "running", "{vm}");
+    }
+    assert_eq!(boots(&url, &tenant, "i1"), 2, "one restart, not three");
+    // Two concurrent restarts with one key: one runs, the other waits its turn
+    // (409 request_in_progress) or gets its answer.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let (u, t) = (format!("{vm_url}/restart"), tenant.clone());
+            std::thread::spawn(move || keyed_call("POST", &u, &t, "restart-2", None))
+        })
+        .collect();
+    let answers: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(boots(&url, &tenant, "i1"), 3, "{answers:?}");
+    let ran = answers
+        .iter()
+        .filter(|(st, rep, _)| *st == 200 && !rep)
+        .count();
+    assert_eq!(ran, 1, "{answers:?}");
+    for (st, rep, v) in &answers {
+        assert!(
+            (*st == 200) || (*st == 409 && v["error"]["code"] == "request_in_progress" && !rep),
+            "{answers:?}"
+        );
+    }
+    // Keys are per tenant: another tenant's "restart-1" is its own.
+    let (st, t) = http(
+        "PUT",
+        &format!("{url}/tenants/second"),
+        Some(operator.trim()),
+        None,
+    );
+    assert_eq!(st, 200, "{t}");
+    let second = t["credential"].as_str().unwrap().to_string();
+    let (st, replayed, vm) = keyed_call("PUT", &vm_url, &second, "restart-1", Some(&body));
+    assert_eq!((st, replayed), (200, false), "{vm}");
+    assert_ne!(vm["id"], first["id"]);
+    // Delete retried: 204 both times (a plain second delete would be 404).
+    for i in 0..2 {
+        let (st, replayed, _) = keyed_call("DELETE", &vm_url, &tenant, "delete-1", None);
+        assert_eq!((st, replayed), (204, i > 0));
+    }
+    assert_eq!(http("GET", &vm_url, Some(&tenant), None).0, 404);
+    assert_eq!(http("DELETE", &vm_url, Some(&tenant), None).0, 404);
+    // The CLI's own keys: a VM created, started, stopped and deleted through it.
+    for args in [
+        vec![
+            "vm",
+            "create",
+            "i2",
+            "--size",
+            "Standard_DC2as_v5",
+            "--image",
+            "debian-12",
+            "--disk-encryption",
+            "none",
+        ],
+        vec!["vm", "start", "i2"],
+        vec!["vm", "stop", "i2"],
+        vec!["vm", "delete", "i2"],
+    ] {
+        let o = cvm(&[&args[..], &["--state", d.join("up").to_str().unwrap()]].concat());
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

@@ -38,6 +38,10 @@ pub const INVALID_NAME: &str = "invalid_name";
 pub const INVALID_PARAMETER: &str = "invalid_parameter";
 /// A VM of that name exists with another request body.
 pub const CONFLICT: &str = "conflict";
+/// The `Idempotency-Key` was used for another request (422).
+pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+/// The request first sent with this `Idempotency-Key` is still running (409).
+pub const REQUEST_IN_PROGRESS: &str = "request_in_progress";
 /// The image artifact is not a disk a confidential VM boots.
 pub const INVALID_ARTIFACT: &str = "invalid_artifact";
 /// No host agent serves the control plane: VMs can be created, not started (409).

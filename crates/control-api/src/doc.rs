@@ -71,6 +71,25 @@ pub fn openapi() -> Value {
         env!("CARGO_PKG_VERSION"),
     );
     doc["security"] = json!([{ "bearer": [] }]);
+    for (_, op) in doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|p| p.iter_mut())
+        .flat_map(|(_, item)| item.as_object_mut().into_iter().flat_map(|m| m.iter_mut()))
+    {
+        let keyed = op["operationId"]
+            .as_str()
+            .is_some_and(|id| crate::IDEMPOTENT_OPERATIONS.contains(&id));
+        if keyed && let Some(params) = op["parameters"].as_array_mut() {
+            params.push(json!({
+                "name": crate::IDEMPOTENCY_KEY,
+                "in": "header",
+                "required": false,
+                "description": "Names this request for safe retries: a retry with the same key gets the first answer (with `Idempotent-Replayed: true`) instead of running again; another request with the key is refused (422 `idempotency_key_reused`), one while the first runs too (409 `request_in_progress`). 1 to 64 visible ASCII characters, kept a day per tenant; answers of 500 and above are not kept.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[!-~]{1,64}$"}
+            }));
+        }
+    }
     api_contract::annotate_roles(
         &mut doc,
         crate::OPERATIONS
@@ -96,6 +115,12 @@ mod tests {
                 (path, method.to_string())
             );
             assert!(op["x-opencvm-roles"].is_string());
+            let keyed = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == crate::IDEMPOTENCY_KEY && p["in"] == "header");
+            assert_eq!(keyed, crate::IDEMPOTENT_OPERATIONS.contains(&id), "{id}");
             seen += 1;
         }
         assert_eq!(seen, crate::OPERATIONS.len());

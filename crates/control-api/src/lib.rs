@@ -97,6 +97,25 @@ operations! {
     import_image: "PUT" "/images/{id}/artifact", Operator, "import images";
 }
 
+/// The request header a client names a retryable request with: a retry carrying the
+/// same key gets the first answer (replayed, with `Idempotent-Replayed: true`) instead
+/// of running again; 1 to 64 visible ASCII characters, remembered for a day per
+/// tenant. Answers of 500 and above are not kept (a retry runs again).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The answer header that marks a replayed answer.
+pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
+
+/// The operations that take [`IDEMPOTENCY_KEY`]: those that change a VM. (Attesting
+/// changes nothing; a credential's answer is a secret the store does not keep.)
+pub const IDEMPOTENT_OPERATIONS: [&str; 5] = [
+    "create_vm",
+    "delete_vm",
+    "start_vm",
+    "stop_vm",
+    "restart_vm",
+];
+
 /// The operation named `id`.
 pub fn operation(id: &str) -> Option<&'static Operation> {
     OPERATIONS.iter().find(|o| o.id == id)

@@ -9,13 +9,16 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post, put};
+use control_api::codes;
 use httpd::{ApiError, Credential, bearer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::service::{Caller, Control, ControlConfig};
+use crate::store::Idempotent;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -41,6 +44,124 @@ fn typed<T: DeserializeOwned>(b: Body) -> Result<T, ApiError> {
             e.to_string().chars().take(300).collect::<String>(),
         )
     })
+}
+
+/// The request's `Idempotency-Key`, if it has one.
+fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = h.get(control_api::IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::bad(
+            "bad_request",
+            "Idempotency-Key is 1 to 64 visible ASCII characters",
+        )),
+    }
+}
+
+/// An answer: `status` with the JSON `body`, marked replayed when it is.
+fn answer(status: u16, body: String, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = if status == StatusCode::NO_CONTENT {
+        status.into_response()
+    } else {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    };
+    if replayed {
+        r.headers_mut().insert(
+            control_api::IDEMPOTENT_REPLAYED,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    r
+}
+
+/// [`run`] for an operation of [`control_api::IDEMPOTENT_OPERATIONS`] on `target`:
+/// with an `Idempotency-Key`, the first answer is kept (below 500) and a retry with
+/// the key gets it again instead of running `f` (a delete's success is 204, others'
+/// 200).
+async fn keyed<T: Serialize + Send + 'static>(
+    c: Arc<Control>,
+    cred: Credential,
+    headers: &HeaderMap,
+    op: &'static str,
+    target: String,
+    b: Body,
+    f: impl FnOnce(&Arc<Control>, &Caller, Bytes) -> Result<T, ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(headers)?;
+    let done = if op == "delete_vm" { 204 } else { 200 };
+    let bytes = httpd::body_rejection(b, MAX_BODY, "bad_request")
+        .map_err(|(status, code, message)| ApiError::new(status, code, message))?;
+    httpd::blocking(move || {
+        let caller = c.authorize(cred.bearer(), op)?;
+        let run = |c: &Arc<Control>| -> (u16, String, Result<(), ApiError>) {
+            match f(c, &caller, bytes.clone()) {
+                Ok(v) => match serde_json::to_string(&v) {
+                    Ok(s) => (done, s, Ok(())),
+                    Err(e) => {
+                        let e = ApiError::logged("encoding", e);
+                        (e.status, e.body().to_string(), Err(e))
+                    }
+                },
+                Err(e) => (e.status, e.body().to_string(), Err(e)),
+            }
+        };
+        let Some(key) = key else {
+            let (status, body, out) = run(&c);
+            return out.map(|()| answer(status, body, false));
+        };
+        let scope = match &caller {
+            Caller::Tenant { tenant, .. } => tenant.clone(),
+            Caller::Operator => String::new(),
+        };
+        let fingerprint = {
+            let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            for part in [op.as_bytes(), b"\n", target.as_bytes(), b"\n", &bytes[..]] {
+                h.update(part);
+            }
+            hex::encode(h.finish())
+        };
+        let store = c.store();
+        let store_err = |e| ApiError::logged("store", e);
+        match store
+            .idempotency_begin(&scope, &key, &fingerprint)
+            .map_err(store_err)?
+        {
+            Idempotent::Run => {
+                let (status, body, out) = run(&c);
+                store
+                    .idempotency_finish(&scope, &key, (status < 500).then_some((status, &body)))
+                    .map_err(store_err)?;
+                out.map(|()| answer(status, body, false))
+            }
+            Idempotent::Replay { status, body } => Ok(answer(status, body, true)),
+            Idempotent::InProgress => Err(ApiError::new(
+                409,
+                codes::REQUEST_IN_PROGRESS,
+                "the request first sent with this Idempotency-Key is still running; retry later",
+            )),
+            Idempotent::Reused => Err(ApiError::new(
+                422,
+                codes::IDEMPOTENCY_KEY_REUSED,
+                "this Idempotency-Key was used for another request; use a new key for a new request",
+            )),
+        }
+    })
+    .await?
+}
+
+/// The JSON body `bytes` as `T` ([`typed`]'s rules).
+fn typed_bytes<T: DeserializeOwned>(bytes: Bytes) -> Result<T, ApiError> {
+    typed(Ok(bytes))
 }
 
 /// Admits the caller for `op` and runs `f` on the blocking pool.
@@ -77,24 +198,32 @@ async fn create_vm(
     State(c): S,
     Path(n): Path<String>,
     cred: Credential,
+    headers: HeaderMap,
     b: Body,
-) -> R<control_api::Vm> {
-    let background = c.clone();
-    let vm = run(c, cred, "create_vm", move |c, a| {
-        c.create_vm(a, &n, &typed(b)?)
-    })
-    .await?;
-    // A VM whose OS disk is pre-encrypted is `creating` until that is done, in the
-    // background (a disk takes longer than a request may).
-    if vm.0.state == control_api::VmState::Creating {
-        let id = vm.0.id.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = background.finish_creating(&id) {
-                tracing::warn!(vm = %id, "pre-encryption: {}", e.message);
+) -> Result<Response, ApiError> {
+    keyed(
+        c,
+        cred,
+        &headers,
+        "create_vm",
+        n.clone(),
+        b,
+        move |c, a, b| {
+            let vm = c.create_vm(a, &n, &typed_bytes(b)?)?;
+            // A VM whose OS disk is pre-encrypted is `creating` until that is done, in
+            // the background (a disk takes longer than a request may).
+            if vm.state == control_api::VmState::Creating {
+                let (background, id) = (c.clone(), vm.id.clone());
+                std::thread::spawn(move || {
+                    if let Err(e) = background.finish_creating(&id) {
+                        tracing::warn!(vm = %id, "pre-encryption: {}", e.message);
+                    }
+                });
             }
-        });
-    }
-    Ok(vm)
+            Ok(vm)
+        },
+    )
+    .await
 }
 async fn get_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
     run(c, cred, "get_vm", move |c, a| c.get_vm(a, &n)).await
@@ -103,9 +232,19 @@ async fn delete_vm(
     State(c): S,
     Path(n): Path<String>,
     cred: Credential,
-) -> Result<StatusCode, ApiError> {
-    let _ = run(c, cred, "delete_vm", move |c, a| c.delete_vm(a, &n)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    keyed(
+        c,
+        cred,
+        &headers,
+        "delete_vm",
+        n.clone(),
+        b,
+        move |c, a, _| c.delete_vm(a, &n).map(|_| ()),
+    )
+    .await
 }
 async fn vm_events(
     State(c): S,
@@ -114,14 +253,59 @@ async fn vm_events(
 ) -> R<control_api::VmEvents> {
     run(c, cred, "vm_events", move |c, a| c.vm_events(a, &n)).await
 }
-async fn start_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
-    run(c, cred, "start_vm", move |c, a| c.start_vm(a, &n)).await
+async fn start_vm(
+    State(c): S,
+    Path(n): Path<String>,
+    cred: Credential,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    keyed(
+        c,
+        cred,
+        &headers,
+        "start_vm",
+        n.clone(),
+        b,
+        move |c, a, _| c.start_vm(a, &n),
+    )
+    .await
 }
-async fn stop_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
-    run(c, cred, "stop_vm", move |c, a| c.stop_vm(a, &n)).await
+async fn stop_vm(
+    State(c): S,
+    Path(n): Path<String>,
+    cred: Credential,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    keyed(
+        c,
+        cred,
+        &headers,
+        "stop_vm",
+        n.clone(),
+        b,
+        move |c, a, _| c.stop_vm(a, &n),
+    )
+    .await
 }
-async fn restart_vm(State(c): S, Path(n): Path<String>, cred: Credential) -> R<control_api::Vm> {
-    run(c, cred, "restart_vm", move |c, a| c.restart_vm(a, &n)).await
+async fn restart_vm(
+    State(c): S,
+    Path(n): Path<String>,
+    cred: Credential,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    keyed(
+        c,
+        cred,
+        &headers,
+        "restart_vm",
+        n.clone(),
+        b,
+        move |c, a, _| c.restart_vm(a, &n),
+    )
+    .await
 }
 async fn attest_vm(
     State(c): S,

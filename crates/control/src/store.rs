@@ -32,7 +32,7 @@ pub enum StoreError {
 }
 
 /// The schema's numbered migrations, applied to both engines.
-pub const MIGRATIONS: [Migration<'static>; 2] = [
+pub const MIGRATIONS: [Migration<'static>; 3] = [
     Migration {
         version: 1,
         name: "tenants, hosts, vms",
@@ -45,7 +45,39 @@ pub const MIGRATIONS: [Migration<'static>; 2] = [
         sql: include_str!("../migrations/0002_host_agents.sql"),
         postgres: None,
     },
+    Migration {
+        version: 3,
+        name: "idempotency keys",
+        sql: include_str!("../migrations/0003_idempotency.sql"),
+        postgres: None,
+    },
 ];
+
+/// How long an idempotency key is remembered, seconds.
+pub const IDEMPOTENCY_TTL: i64 = 24 * 3600;
+
+/// How long a request holding an idempotency key may run before a retry takes the
+/// key over (its process was killed, say), seconds: well past the request deadline.
+pub const IDEMPOTENCY_ABANDONED: i64 = 120;
+
+/// What a request with an idempotency key does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Idempotent {
+    /// The key is new (or its earlier request was abandoned): run the request, then
+    /// record its answer ([`Store::idempotency_finish`]).
+    Run,
+    /// The key's request ran: answer what it answered.
+    Replay {
+        /// Its status.
+        status: u16,
+        /// Its JSON body.
+        body: String,
+    },
+    /// The key's request is still running.
+    InProgress,
+    /// The key was used for another request.
+    Reused,
+}
 
 /// Where a host's agent listens, and the credential it accepts.
 #[derive(Clone, PartialEq, Eq)]
@@ -482,6 +514,86 @@ impl Store {
                 0 => (PutHost::HoldsVms, false),
                 _ => (PutHost::Done, true),
             })
+        })
+    }
+
+    /// Takes the idempotency key `key` of `tenant` for the request `fingerprint`
+    /// (keys older than [`IDEMPOTENCY_TTL`] are forgotten first).
+    pub fn idempotency_begin(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Idempotent, StoreError> {
+        let now = unix_now();
+        self.with(true, |tx| {
+            tx.execute(
+                "DELETE FROM idempotency WHERE created < ?1",
+                args![now - IDEMPOTENCY_TTL],
+            )?;
+            let inserted = tx.execute(
+                "INSERT INTO idempotency (tenant, key, fingerprint, status, body, created)
+                 VALUES (?1, ?2, ?3, 0, '', ?4) ON CONFLICT (tenant, key) DO NOTHING",
+                args![tenant, key, fingerprint, now],
+            )?;
+            if inserted == 1 {
+                return Ok(Idempotent::Run);
+            }
+            let r = tx.query_one(
+                "SELECT fingerprint, status, body, created FROM idempotency
+                 WHERE tenant = ?1 AND key = ?2",
+                args![tenant, key],
+            )?;
+            let (fp, status, body, created): (String, i64, String, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            if fp != fingerprint {
+                return Ok(Idempotent::Reused);
+            }
+            if status != 0 {
+                return Ok(Idempotent::Replay {
+                    status: u16::try_from(status).unwrap_or(500),
+                    body,
+                });
+            }
+            if created >= now - IDEMPOTENCY_ABANDONED {
+                return Ok(Idempotent::InProgress);
+            }
+            // Abandoned (its process died mid-request): this retry takes it over,
+            // unless another retry did so first.
+            let taken = tx.execute(
+                "UPDATE idempotency SET created = ?3
+                 WHERE tenant = ?1 AND key = ?2 AND status = 0 AND created = ?4",
+                args![tenant, key, now, created],
+            )?;
+            Ok(if taken == 1 {
+                Idempotent::Run
+            } else {
+                Idempotent::InProgress
+            })
+        })
+    }
+
+    /// Records the answer of the request holding `tenant`'s key `key`; `None`: the
+    /// answer is not to be replayed (a server-side failure), so the key is released
+    /// and a retry runs the request again.
+    pub fn idempotency_finish(
+        &self,
+        tenant: &str,
+        key: &str,
+        answer: Option<(u16, &str)>,
+    ) -> Result<(), StoreError> {
+        self.with(true, |tx| {
+            match answer {
+                Some((status, body)) => tx.execute(
+                    "UPDATE idempotency SET status = ?3, body = ?4 WHERE tenant = ?1 AND key = ?2",
+                    args![tenant, key, i64::from(status), body],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND status = 0",
+                    args![tenant, key],
+                )?,
+            };
+            Ok(())
         })
     }
 
@@ -948,4 +1060,58 @@ fn place(tx: &mut Tx<'_>, want: &Placement<'_>) -> Result<PlaceOutcome, StoreErr
         },
         None => PlaceOutcome::Full,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn age(store: &Store, seconds: i64) {
+        store
+            .with(true, |tx| {
+                tx.execute(
+                    "UPDATE idempotency SET created = created - ?1",
+                    args![seconds],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn idempotency_keys_replay_wait_are_taken_over_when_abandoned_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::sqlite(&dir.path().join("c.db"))).unwrap();
+        let begin = |t: &str, k: &str, fp: &str| store.idempotency_begin(t, k, fp).unwrap();
+        assert_eq!(begin("t", "k", "a"), Idempotent::Run);
+        assert_eq!(begin("t", "k", "a"), Idempotent::InProgress);
+        assert_eq!(begin("t", "k", "b"), Idempotent::Reused);
+        assert_eq!(begin("u", "k", "b"), Idempotent::Run, "keys are per tenant");
+        // Its request's process died: a retry takes the key over, once.
+        age(&store, IDEMPOTENCY_ABANDONED + 1);
+        assert_eq!(begin("t", "k", "a"), Idempotent::Run);
+        assert_eq!(begin("t", "k", "a"), Idempotent::InProgress);
+        store
+            .idempotency_finish("t", "k", Some((200, r#"{"x":1}"#)))
+            .unwrap();
+        assert_eq!(
+            begin("t", "k", "a"),
+            Idempotent::Replay {
+                status: 200,
+                body: r#"{"x":1}"#.into()
+            }
+        );
+        // A server-side failure is not kept: the retry runs again.
+        assert_eq!(begin("t", "k2", "a"), Idempotent::Run);
+        store.idempotency_finish("t", "k2", None).unwrap();
+        assert_eq!(begin("t", "k2", "a"), Idempotent::Run);
+        // A finished answer is never dropped by a late failure record.
+        store.idempotency_finish("t", "k", None).unwrap();
+        assert!(matches!(begin("t", "k", "a"), Idempotent::Replay { .. }));
+        // After a day every key is forgotten.
+        age(&store, IDEMPOTENCY_TTL + 1);
+        assert_eq!(begin("t", "k", "b"), Idempotent::Run);
+    }
 }
