@@ -119,8 +119,45 @@ pub struct UpArgs {
     /// registers here; a VM on a host without one is not started).
     #[arg(long, value_enum, default_value_t = HostAgents::InProcess)]
     host_agents: HostAgents,
+    /// What the emulated hosts run: `emulated` (the attested boot chain against the
+    /// image, without a guest) or `qemu` (then the guest itself under QEMU, with
+    /// OVMF's Secure Boot build, the VM's vTPM and a console; TCG without KVM).
+    /// Default: new hosts `emulated`, existing ones as they were registered.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     #[command(flatten)]
     p: PlatformArgs,
+}
+
+/// `cvm up --backend`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The boot chain without a guest.
+    Emulated,
+    /// The guest under QEMU.
+    Qemu,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Emulated => "emulated",
+            Backend::Qemu => "qemu",
+        }
+    }
+}
+
+/// The firmware of `qemu` hosts' guests (Debian's `ovmf`), if it is installed;
+/// required when `needed`.
+fn qemu_firmware(needed: bool) -> Result<Option<host::qemu::Firmware>> {
+    let code = Path::new(host::qemu::DEBIAN_CODE);
+    let vars = Path::new(host::qemu::DEBIAN_VARS);
+    if !(needed || (code.exists() && vars.exists())) {
+        return Ok(None);
+    }
+    Ok(Some(host::qemu::Firmware::load(code, vars).context(
+        "the qemu backend runs Debian's OVMF Secure Boot build (apt-get install ovmf qemu-system-x86 qemu-utils; scripts/setup installs them)",
+    )?))
 }
 
 /// `cvm up --host-agents`.
@@ -294,20 +331,24 @@ pub fn up(args: UpArgs) -> ExitCode {
         let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
         let pre_encryption =
             host::pre_encryption::PreEncryptionService::new(&hosts_dir, &services.services)?;
+        let firmware = qemu_firmware(args.backend == Some(Backend::Qemu))?;
         let agent = match args.host_agents {
-            HostAgents::InProcess => Some(host::EmulatedHosts::new(
-                &hosts_dir,
-                &exe,
-                ovmf,
-                services.services,
-            )?),
+            HostAgents::InProcess => {
+                let a = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services.services)?;
+                Some(match firmware {
+                    Some(fw) => a.with_qemu(fw),
+                    None => a,
+                })
+            }
             HostAgents::External => None,
         };
+        let backend = args.backend;
         httpd::run(&args.listen, None, move |_addr, base| {
             let fail = |e: String| httpd::ServeError::Service(e);
             let (c, _) = control::Control::open(cfg).map_err(|e| fail(e.to_string()))?;
             let local =
-                control::local::prepare(&c, &state, hosts, &region).map_err(|e| fail(e.message))?;
+                control::local::prepare(&c, &state, hosts, &region, backend.map(Backend::name))
+                    .map_err(|e| fail(e.message))?;
             if let Some(agent) = agent {
                 c.set_agent(std::sync::Arc::new(agent));
             }
@@ -328,11 +369,16 @@ pub fn up(args: UpArgs) -> ExitCode {
             println!("ready: {base}");
             println!("  control plane    {base}  (API: openapi/control.json)");
             println!(
-                "  hosts            {} (host-N: emulated AMD SEV-SNP secure processors in {region})",
+                "  hosts            {} (host-N: emulated AMD SEV-SNP secure processors in {region}{})",
                 if local.hosts.is_empty() {
                     "none".to_string()
                 } else {
                     local.hosts.join(", ")
+                },
+                match backend {
+                    Some(Backend::Qemu) =>
+                        "; backend qemu: the guests run under QEMU (TCG), memory not encrypted",
+                    _ => "",
                 }
             );
             println!(
@@ -563,6 +609,18 @@ pub enum VmCommand {
     Show(Named),
     /// Each step of a VM's life with its outcome and duration.
     Events(Named),
+    /// The guest's serial console (a VM on a `qemu` host): its last 64 KiB, then with
+    /// `--follow` what it prints next, until Ctrl-C. The boot stage it shows goes to
+    /// stderr (`--json`: one object with the text and the stage).
+    Console {
+        /// The VM's name.
+        name: String,
+        /// Keep printing what the console prints.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        t: Target,
+    },
     /// Start a VM: the attested boot on its host (launch through the secure
     /// processor, attestation, VMGS key release, vTPM, Secure Boot), each step shown
     /// as it ends. Exit 1 if the VM ends `failed` (the reason is shown).
@@ -1032,6 +1090,53 @@ pub fn run_vm(cmd: VmCommand) -> ExitCode {
             })();
             finish(Some(&n.t), r)
         }
+        VmCommand::Console { name, follow, t } => {
+            let r = (|| -> Result<()> {
+                use std::io::Write;
+                let c = t.client(As::Tenant)?;
+                let first = c.vm_console(&name)?;
+                if t.json {
+                    return out(&t, &first, |_| String::new());
+                }
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(first.text.as_bytes())?;
+                stdout.flush()?;
+                let mut seen = first.text;
+                let mut stage = first.stage;
+                crate::notice(&format!("{name}: boot stage {stage}"));
+                if !follow {
+                    return Ok(());
+                }
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    let now = c.vm_console(&name)?;
+                    // The new part follows the end of what was seen (the answered
+                    // window slides): found by the last 256 bytes seen.
+                    let end = seen.len();
+                    let mut from = end.saturating_sub(256);
+                    while !seen.is_char_boundary(from) {
+                        from += 1;
+                    }
+                    let new = if now.text == seen {
+                        ""
+                    } else if seen.is_empty() {
+                        now.text.as_str()
+                    } else if let Some(at) = now.text.rfind(&seen[from..]) {
+                        &now.text[at + (end - from)..]
+                    } else {
+                        now.text.as_str()
+                    };
+                    stdout.write_all(new.as_bytes())?;
+                    stdout.flush()?;
+                    if now.stage != stage {
+                        crate::notice(&format!("{name}: boot stage {}", now.stage));
+                        stage = now.stage.clone();
+                    }
+                    seen = now.text;
+                }
+            })();
+            finish(Some(&t), r)
+        }
         VmCommand::Start(n) => lifecycle(&n, "start"),
         VmCommand::Stop(n) => lifecycle(&n, "stop"),
         VmCommand::Restart(n) => lifecycle(&n, "restart"),
@@ -1324,6 +1429,10 @@ fn host_run(a: HostRunArgs) -> ExitCode {
         let services = crate::platform::connect(&state)?;
         let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
         let agent = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services)?;
+        let agent = match qemu_firmware(false)? {
+            Some(fw) => agent.with_qemu(fw),
+            None => agent,
+        };
         let credential = host::server::new_credential()?;
         let control = a.t.client(As::Operator)?;
         let name = a.name.clone();

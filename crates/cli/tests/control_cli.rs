@@ -429,6 +429,7 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
     for (op, method, path) in [
         ("get_vm", "GET", "/vms/a"),
         ("vm_events", "GET", "/vms/a/events"),
+        ("vm_console", "GET", "/vms/a/console"),
         ("delete_vm", "DELETE", "/vms/a"),
         ("capture_vm", "POST", "/vms/a/capture"),
         ("migrate_vm", "POST", "/vms/a/migrate"),
@@ -446,6 +447,16 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
     }
     let (_, list) = http("GET", &u("/vms"), Some(&other), None);
     assert_eq!(list["value"], json!([]));
+    // An emulated host runs no guest: its VMs have no console.
+    let (st, e) = rec(
+        "vm_console",
+        http("GET", &u("/vms/a/console"), Some(&tenant), None),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (409, Some("no_console")),
+        "{e}"
+    );
     let (st, theirs) = http(
         "PUT",
         &u("/vms/a"),
@@ -3030,4 +3041,215 @@ fn idempotency_keys_make_retries_safe() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+/// The `qemu` backend: after the attested steps a real guest runs under QEMU (TCG)
+/// with OVMF's Secure Boot build enforcing the VM's own db/dbx and the VM's vTPM as
+/// its TPM: Debian's signed shim, GRUB and kernel boot, the guest's initramfs prints
+/// the PCRs its kernel reads from the vTPM and the firmware's event log, and PCR 7 is
+/// the value the `secure_boot` step predicted and the log replays to. The console is
+/// the VM's (`cvm vm console`); a stop ends QEMU and the vTPM; a start again reopens
+/// the same VMGS; a host launching with a debug policy is refused at attestation and
+/// QEMU never starts.
+#[test]
+fn a_guest_boots_under_qemu_after_attestation_with_its_own_secure_boot_and_vtpm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = common::esp::fixtures();
+    common::qemu::initramfs(d, true);
+    let disk = common::qemu::os_disk(
+        d,
+        "guest",
+        &f.join("shimx64.efi.signed"),
+        &f.join("grubx64.efi.signed"),
+        Some(b"root"),
+    );
+    let state = d.join("up");
+    let platform = up(
+        &state,
+        &["--hosts", "1", "--regions", "eastus", "--backend", "qemu"],
+    );
+    assert!(
+        platform.stdout.iter().any(|l| l.contains("backend qemu")),
+        "{:?}",
+        platform.stdout
+    );
+    let (code, img) = cli(
+        &platform,
+        &["image", "import", "debian-12", disk.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let create = |name: &str| {
+        let (code, vm) = cli(
+            &platform,
+            &[
+                "vm",
+                "create",
+                name,
+                "--size",
+                "Standard_DC2as_v5",
+                "--image",
+                "debian-12",
+                "--disk-encryption",
+                "none",
+            ],
+        );
+        assert_eq!(code, 0, "{vm}");
+        vm
+    };
+    let vm = create("q1");
+    let vm_dir = state
+        .join("hosts/host-1/vms")
+        .join(vm["id"].as_str().unwrap());
+    let (code, started) = cli(&platform, &["vm", "start", "q1"]);
+    assert_eq!(
+        (code, started["state"].as_str()),
+        (0, Some("running")),
+        "{started}"
+    );
+    assert_eq!(
+        steps_since(&platform, "q1", 0),
+        [
+            "validate",
+            "place",
+            "start",
+            "launch",
+            "attest",
+            "vmgs_key_release",
+            "vmgs",
+            "vtpm",
+            "secure_boot",
+            "guest",
+            "running"
+        ]
+        .map(|s| (s.to_string(), "ok".to_string()))
+    );
+    let (_, events) = cli(&platform, &["vm", "events", "q1"]);
+    let detail = |step: &str| {
+        events["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e["step"] == step)
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let predicted = detail("secure_boot")
+        .split("PCR 7 predicted ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail("guest").contains("OVMF's Secure Boot build"),
+        "{events}"
+    );
+    // The guest's own report on its console.
+    let mut console = Value::Null;
+    for _ in 0..240 {
+        let (code, c) = cli(&platform, &["vm", "console", "q1"]);
+        assert_eq!(code, 0, "{c}");
+        console = c;
+        if console["text"]
+            .as_str()
+            .unwrap()
+            .contains("OPENCVM-EVENTLOG-END")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let text = console["text"].as_str().unwrap();
+    assert!(text.contains("OPENCVM-EVENTLOG-END"), "{text}");
+    assert_eq!(console["stage"], "kernel", "{console}");
+    let (log, pcrs) = common::qemu::guest_report(text);
+    assert_eq!(
+        pcrs["7"], predicted,
+        "the guest's PCR 7 is the predicted one"
+    );
+    let log_file = d.join("guest.log.bin");
+    std::fs::write(&log_file, &log).unwrap();
+    let o = cvm(&["eventlog", "replay", "--json", log_file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let replay: Value = serde_json::from_slice(&o.stdout).unwrap();
+    for i in ["0", "4", "7"] {
+        assert_eq!(
+            replay["pcrs"]["sha256"][i].as_str().unwrap().to_lowercase(),
+            pcrs[i],
+            "PCR {i}: the event log replays to what the guest read from the vTPM"
+        );
+    }
+    // Attested while it runs.
+    let (code, t) = cli(&platform, &["vm", "attest", "q1", "--nonce", "0a0b"]);
+    assert_eq!((code, t["nonce"].as_str()), (0, Some("0a0b")), "{t}");
+    // Stop: QEMU and the vTPM end.
+    let qemus = || {
+        let o = Command::new("pgrep")
+            .args(["-f", &format!("qemu-system-x86_64.*{}", vm_dir.display())])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert_eq!(qemus(), 1);
+    let (code, stopped) = cli(&platform, &["vm", "stop", "q1"]);
+    assert_eq!(
+        (code, stopped["state"].as_str()),
+        (0, Some("stopped")),
+        "{stopped}"
+    );
+    assert_eq!(qemus(), 0);
+    assert_eq!(vtpms(&state).len(), 0);
+    // Started again: the same VMGS, opened (not created), its guest running again.
+    let before = events["value"].as_array().unwrap().len();
+    let (code, again) = cli(&platform, &["vm", "start", "q1"]);
+    assert_eq!(
+        (code, again["state"].as_str()),
+        (0, Some("running")),
+        "{again}"
+    );
+    let (_, events) = cli(&platform, &["vm", "events", "q1"]);
+    let vmgs = events["value"].as_array().unwrap()[before..]
+        .iter()
+        .find(|e| e["step"] == "vmgs")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(vmgs.starts_with("opened "), "{vmgs}");
+    assert_eq!(qemus(), 1);
+    // A host launching guests with a debug policy: refused at attestation, QEMU
+    // never started for it.
+    let bad = create("q2");
+    std::fs::write(
+        state.join("hosts/host-1").join(host::LAUNCHER_CONFIG),
+        r#"{"guest_policy": "0xB0000"}"#,
+    )
+    .unwrap();
+    let (code, failed) = cli(&platform, &["vm", "start", "q2"]);
+    assert_eq!(code, 1, "{failed}");
+    assert_eq!(
+        failed["lastFailure"]["code"], "attestation_denied",
+        "{failed}"
+    );
+    let bad_dir = state
+        .join("hosts/host-1/vms")
+        .join(bad["id"].as_str().unwrap());
+    assert!(!bad_dir.join(host::qemu::CONSOLE).exists());
+    let (code, e) = cli(&platform, &["vm", "console", "q2"]);
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (1, Some("no_console")),
+        "{e}"
+    );
+    std::fs::remove_file(state.join("hosts/host-1").join(host::LAUNCHER_CONFIG)).unwrap();
+    // Delete: QEMU, the vTPM and the VM's files go.
+    let (code, _) = cli(&platform, &["vm", "delete", "q1"]);
+    assert_eq!(code, 0);
+    assert_eq!(qemus(), 0);
+    assert!(!vm_dir.exists());
 }

@@ -38,6 +38,8 @@ pub const INVALID_NAME: &str = "invalid_name";
 pub const INVALID_PARAMETER: &str = "invalid_parameter";
 /// A VM of that name exists with another request body.
 pub const CONFLICT: &str = "conflict";
+/// The VM has no guest console: its host's backend runs no guest (409).
+pub const NO_CONSOLE: &str = "no_console";
 /// The `Idempotency-Key` was used for another request (422).
 pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
 /// The request first sent with this `Idempotency-Key` is still running (409).

@@ -18,6 +18,7 @@ stub!(create_vm, put "/vms/{name}", ["name"], CreateVmRequest => 200 Vm);
 stub!(get_vm, get "/vms/{name}", ["name"] => 200 Vm);
 stub!(delete_vm, delete "/vms/{name}", ["name"] => 204);
 stub!(vm_events, get "/vms/{name}/events", ["name"] => 200 VmEvents);
+stub!(vm_console, get "/vms/{name}/console", ["name"] => 200 VmConsole);
 stub!(start_vm, post "/vms/{name}/start", ["name"] => 200 Vm);
 stub!(stop_vm, post "/vms/{name}/stop", ["name"] => 200 Vm);
 stub!(restart_vm, post "/vms/{name}/restart", ["name"] => 200 Vm);
@@ -48,6 +49,7 @@ stub!(import_image, put "/images/{id}/artifact", ["id"], ImportImageRequest => 2
         get_vm,
         delete_vm,
         vm_events,
+        vm_console,
         start_vm,
         stop_vm,
         restart_vm,

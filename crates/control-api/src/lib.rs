@@ -83,6 +83,7 @@ operations! {
     get_vm: "GET" "/vms/{name}", Read, "read VMs";
     delete_vm: "DELETE" "/vms/{name}", Write, "delete VMs";
     vm_events: "GET" "/vms/{name}/events", Read, "read VM events";
+    vm_console: "GET" "/vms/{name}/console", Read, "read VM consoles";
     start_vm: "POST" "/vms/{name}/start", Write, "start VMs";
     stop_vm: "POST" "/vms/{name}/stop", Write, "stop VMs";
     restart_vm: "POST" "/vms/{name}/restart", Write, "restart VMs";

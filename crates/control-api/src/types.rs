@@ -299,6 +299,18 @@ pub struct AttestVmResponse {
     pub nonce: String,
 }
 
+/// `GET /vms/{name}/console`: the end of the guest's serial console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmConsole {
+    /// The console's last bytes (at most 64 KiB, lossy UTF-8).
+    pub text: String,
+    /// Whether earlier output was left out.
+    pub truncated: bool,
+    /// How far the boot went, as the console shows it (`firmware`, `boot loader`,
+    /// `kernel`, `systemd`, `kernel panic`, `refused by the firmware`, ...).
+    pub stage: String,
+}
+
 /// `GET /vms/{name}/events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VmEvents {
@@ -501,7 +513,9 @@ pub struct RegisterHostRequest {
     pub max_vms: u32,
     /// Whether SEV-SNP is enabled in its firmware.
     pub snp_enabled: bool,
-    /// `emulated` (the emulated secure processor) or `hardware`.
+    /// `emulated` (the emulated secure processor; the boot chain runs without a
+    /// guest), `qemu` (the guest runs under QEMU after the attested steps) or
+    /// `hardware`.
     pub backend: String,
 }
 

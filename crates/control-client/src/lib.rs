@@ -112,6 +112,10 @@ impl Client {
     pub fn delete_vm(&self, name: &str) -> R<()> {
         self.send_once::<(), ()>(Method::Delete, &format!("/vms/{}", s(name)), None)
     }
+    /// `vm_console`: the end of the VM's guest console.
+    pub fn vm_console(&self, name: &str) -> R<VmConsole> {
+        self.get(&format!("/vms/{}/console", s(name)))
+    }
     /// `vm_events`.
     pub fn vm_events(&self, name: &str) -> R<VmEvents> {
         self.get(&format!("/vms/{}/events", s(name)))
@@ -229,7 +233,10 @@ mod tests {
         assert_eq!(keys.len(), 3);
         let first = keys[0].clone().expect("the key is sent");
         assert_eq!(first.len(), 32);
-        assert!(keys.iter().all(|k| k.as_deref() == Some(first.as_str())), "{keys:?}");
+        assert!(
+            keys.iter().all(|k| k.as_deref() == Some(first.as_str())),
+            "{keys:?}"
+        );
         // A fresh key per call.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

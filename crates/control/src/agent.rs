@@ -15,8 +15,15 @@ pub struct BootSpec {
     pub vm_id: String,
     /// The host it is placed on.
     pub host: String,
+    /// Its host's backend: `emulated` (the boot chain without a guest) or `qemu`
+    /// (the guest runs under QEMU).
+    #[serde(default = "emulated")]
+    pub backend: String,
     /// Its vCPUs (measured into the launch digest: one VMSA each).
     pub vcpus: u32,
+    /// Its memory, MiB.
+    #[serde(default)]
+    pub memory_mib: u32,
     /// Whether its firmware enforces Secure Boot.
     pub secure_boot: bool,
     /// Its Secure Boot template (`linux`, `microsoft`): the db/dbx its VMGS starts with.
@@ -39,6 +46,10 @@ pub struct BootSpec {
     /// Whether an earlier start bound the encrypted OS disk to the VM's vTPM (it then
     /// opens through the vTPM only).
     pub disk_bound: bool,
+}
+
+fn emulated() -> String {
+    "emulated".into()
 }
 
 /// What a pre-encryption made.
@@ -107,7 +118,13 @@ pub trait HostAgent: Send + Sync {
     fn attest(&self, spec: &BootSpec, nonce: &[u8]) -> Result<String, BootFailure>;
     /// Removes the VM's files from its host (after it is deleted).
     fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure>;
+    /// The end of the VM's guest console (at most [`CONSOLE_MAX`] bytes); `None`
+    /// when it has none (its host runs no guest, or it never booted).
+    fn console(&self, host: &str, vm_id: &str) -> Result<Option<wire::Console>, BootFailure>;
 }
+
+/// The most of a console an agent answers, bytes.
+pub const CONSOLE_MAX: u64 = 64 * 1024;
 
 /// The stable codes a [`BootFailure`] may carry.
 pub const BOOT_CODES: [&str; 11] = {
@@ -186,6 +203,18 @@ pub mod wire {
 
     /// The longest line of a start answer a control plane reads.
     pub const MAX_LINE: usize = 64 * 1024;
+
+    /// `GET /vms/{id}/console` (`null`: the VM has no console).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Console {
+        /// Its last bytes, lossy UTF-8.
+        pub text: String,
+        /// Whether earlier output was left out.
+        pub truncated: bool,
+        /// How far the boot went, as the console shows it.
+        pub stage: String,
+    }
 
     /// `GET /vms/{id}`.
     #[derive(Clone, Debug, Serialize, Deserialize)]

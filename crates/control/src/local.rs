@@ -32,12 +32,16 @@ const HOST_MEMORY_GIB: u32 = 768;
 const HOST_MAX_VMS: u32 = 32;
 
 /// Makes sure the local tenant and `hosts` emulated hosts (`host-1`, ...) in `region`
-/// exist.
+/// exist. With `backend` (`emulated`, or `qemu`: their guests run under QEMU) every
+/// one of them has it: a host registered with another is changed over, unless it
+/// holds VMs (409). Without, new hosts are `emulated` and existing ones stay as they
+/// are.
 pub fn prepare(
     control: &Control,
     state: &Path,
     hosts: u32,
     region: &str,
+    backend: Option<&str>,
 ) -> Result<LocalPlatform, ApiError> {
     let tenant_token = state.join(TENANT_TOKEN);
     let mut created_tenant = false;
@@ -74,7 +78,21 @@ pub fn prepare(
     let mut names = Vec::new();
     for i in 1..=hosts {
         let name = format!("host-{i}");
-        if !existing.iter().any(|h| h.name == name) {
+        let same = existing
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| backend.is_none_or(|b| h.backend == b));
+        if same == Some(false) && existing.iter().any(|h| h.name == name && h.vms > 0) {
+            return Err(ApiError::new(
+                409,
+                "conflict",
+                format!(
+                    "{name} holds VMs under another backend than {}: delete them first, or start without --backend",
+                    backend.unwrap_or_default()
+                ),
+            ));
+        }
+        if same != Some(true) {
             control.register_host(
                 &name,
                 &control_api::RegisterHostRequest {
@@ -83,7 +101,7 @@ pub fn prepare(
                     memory_gib: HOST_MEMORY_GIB,
                     max_vms: HOST_MAX_VMS,
                     snp_enabled: true,
-                    backend: "emulated".to_string(),
+                    backend: backend.unwrap_or("emulated").to_string(),
                 },
             )?;
         }

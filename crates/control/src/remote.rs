@@ -209,6 +209,20 @@ impl HostAgent for RemoteAgents {
         }
     }
 
+    fn console(
+        &self,
+        host: &str,
+        vm_id: &str,
+    ) -> Result<Option<crate::agent::wire::Console>, BootFailure> {
+        self.call::<(), _>(
+            "console",
+            host,
+            Method::Get,
+            &format!("{}/console", vm_path(vm_id)),
+            None,
+        )
+    }
+
     fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
         let o: Outcome = self.call("forget", host, Method::Delete, &vm_path(vm_id), None::<&()>)?;
         o.failure.map_or(Ok(()), Err)

@@ -246,6 +246,13 @@ async fn delete_vm(
     )
     .await
 }
+async fn vm_console(
+    State(c): S,
+    Path(n): Path<String>,
+    cred: Credential,
+) -> R<control_api::VmConsole> {
+    run(c, cred, "vm_console", move |c, a| c.vm_console(a, &n)).await
+}
 async fn vm_events(
     State(c): S,
     Path(n): Path<String>,
@@ -422,6 +429,7 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/vms", get(list_vms))
         .route("/vms/{name}", put(create_vm).get(get_vm).delete(delete_vm))
         .route("/vms/{name}/events", get(vm_events))
+        .route("/vms/{name}/console", get(vm_console))
         .route("/vms/{name}/start", post(start_vm))
         .route("/vms/{name}/stop", post(stop_vm))
         .route("/vms/{name}/restart", post(restart_vm))

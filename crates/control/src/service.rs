@@ -1032,13 +1032,21 @@ impl Control {
                 )
             })?;
         let events = self.store.events(&row.id).map_err(store_err)?;
+        let host = row
+            .host
+            .clone()
+            .ok_or_else(|| ApiError::internal("unplaced VM"))?;
+        let backend = self
+            .store
+            .host(&host)
+            .map_err(store_err)?
+            .map_or_else(|| "emulated".to_string(), |h| h.backend);
         Ok(BootSpec {
             vm_id: row.id.clone(),
-            host: row
-                .host
-                .clone()
-                .ok_or_else(|| ApiError::internal("unplaced VM"))?,
+            host,
+            backend,
             vcpus: spec.size.vcpus,
+            memory_mib: spec.size.memory_gib.saturating_mul(1024),
             secure_boot: spec.secure_boot,
             secure_boot_template: spec.image.secure_boot_template.to_string(),
             image: PathBuf::from(image.path),
@@ -1397,6 +1405,36 @@ impl Control {
             .count()
     }
 
+    /// The end of the caller's VM's guest console (a VM on a `qemu` host), with the
+    /// boot stage it shows.
+    pub fn vm_console(&self, caller: &Caller, name: &str) -> Result<api::VmConsole, ApiError> {
+        let row = self.vm_row(caller, name)?;
+        let host = row.host.as_deref().unwrap_or_default();
+        let no_console = || {
+            ApiError::new(
+                409,
+                codes::NO_CONSOLE,
+                format!(
+                    "the VM '{}' has no console: its host {host} runs no guest (the emulated backend checks the boot chain without one; a qemu host runs the guest), or it never booted",
+                    row.name
+                ),
+            )
+        };
+        if self.agent.get().is_none() && self.store.agent(host).map_err(store_err)?.is_none() {
+            return Err(no_console());
+        }
+        let c = self
+            .agent()?
+            .console(host, &row.id)
+            .map_err(agent_err)?
+            .ok_or_else(no_console)?;
+        Ok(api::VmConsole {
+            text: c.text,
+            truncated: c.truncated,
+            stage: c.stage,
+        })
+    }
+
     /// The caller's VM's events.
     pub fn vm_events(&self, caller: &Caller, name: &str) -> Result<api::VmEvents, ApiError> {
         let row = self.vm_row(caller, name)?;
@@ -1522,10 +1560,10 @@ impl Control {
     ) -> Result<api::Host, ApiError> {
         check_name(name, "host")?;
         self.known_region(&req.region)?;
-        if !matches!(req.backend.as_str(), "emulated" | "hardware") {
+        if !matches!(req.backend.as_str(), "emulated" | "qemu" | "hardware") {
             return Err(ApiError::bad(
                 codes::INVALID_PARAMETER,
-                "backend is emulated or hardware",
+                "backend is emulated, qemu or hardware",
             ));
         }
         if req.v_cpus == 0

@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pre_encryption;
+pub mod qemu;
 pub mod server;
 
 use std::collections::HashMap;
@@ -142,6 +143,8 @@ struct Running {
     guest: Guest,
     /// The vTPM's data channel.
     endpoint: String,
+    /// The guest, on a `qemu` host.
+    vm: Option<qemu::Guest>,
 }
 
 /// The host agent of `cvm up`'s emulated hosts.
@@ -154,6 +157,8 @@ pub struct EmulatedHosts {
     running: Mutex<HashMap<String, Running>>,
     /// Transfer keys made ahead of need (each used by one attestation only).
     transfer_keys: key_release::TransferKeys,
+    /// The firmware of `qemu` hosts' guests, when this agent runs any.
+    qemu: Option<qemu::Firmware>,
 }
 
 impl std::fmt::Debug for EmulatedHosts {
@@ -240,7 +245,15 @@ impl EmulatedHosts {
             agent,
             running: Mutex::new(HashMap::new()),
             transfer_keys: key_release::TransferKeys::spawn(TRANSFER_KEYS_AHEAD),
+            qemu: None,
         })
+    }
+
+    /// Runs the guests of `qemu` hosts with `firmware` (without it, their VMs are
+    /// refused at launch).
+    pub fn with_qemu(mut self, firmware: qemu::Firmware) -> Self {
+        self.qemu = Some(firmware);
+        self
     }
 
     /// Creates host `host`'s emulated secure processor (a Milan, SEV-SNP enabled)
@@ -419,6 +432,41 @@ impl EmulatedHosts {
 
         // 1. Launch.
         let t = Instant::now();
+        // The firmware measured is the one the guest runs: OVMF as the emulated
+        // backend's launcher would load it, or the `qemu` backend's build.
+        let (firmware, qemu_fw) = match spec.backend.as_str() {
+            "emulated" => (&self.ovmf, None),
+            "qemu" => {
+                let fw = self.qemu.as_ref().ok_or_else(|| {
+                    fail(
+                        "launch",
+                        code::HOST_UNHEALTHY,
+                        format!(
+                            "{} is a qemu host, and its agent runs no QEMU guests (start it with --backend qemu)",
+                            spec.host
+                        ),
+                    )
+                })?;
+                (&fw.code_bytes, Some(fw))
+            }
+            other => {
+                return Err(fail(
+                    "launch",
+                    code::HOST_UNHEALTHY,
+                    format!(
+                        "{} has the {other} backend, which this agent does not run (emulated and qemu are built; the hardware backend is not)",
+                        spec.host
+                    ),
+                ));
+            }
+        };
+        if qemu_fw.is_some() && spec.encryption == "DiskWithVMGuestState" {
+            return Err(fail(
+                "launch",
+                code::DISK_LOCKED,
+                "the qemu backend does not open encrypted OS disks yet (the guest's initramfs would unseal the disk's key from the vTPM); create the VM with --disk-encryption none",
+            ));
+        }
         let platform = self.platform(&spec.host)?;
         if !platform.config().snp_enabled {
             return Err(fail(
@@ -440,7 +488,7 @@ impl EmulatedHosts {
             initrd: None,
             append: None,
         };
-        let measurement = snp_emu::ovmf::measure_snp(&self.ovmf, &opts).map_err(|e| {
+        let measurement = snp_emu::ovmf::measure_snp(firmware, &opts).map_err(|e| {
             fail(
                 "launch",
                 code::HOST_AGENT,
@@ -591,11 +639,36 @@ impl EmulatedHosts {
         } else {
             spec.image.clone()
         };
-        match secure_boot(&disk, &store, &endpoint, &dir) {
+        let measure = qemu_fw.is_none().then_some(endpoint.as_str());
+        match secure_boot(&disk, &store, measure, &dir) {
             Ok(detail) => ok("secure_boot", t, detail),
             Err(f) => {
                 stop_child(&mut running);
                 return Err(f);
+            }
+        }
+
+        // The guest itself, on a `qemu` host.
+        if let Some(fw) = qemu_fw {
+            let t = Instant::now();
+            let own = dir.join(pre_encryption::OS_DISK);
+            let ctrl = dir.join("tpm").join("ctrl");
+            match qemu::start(
+                fw,
+                spec,
+                &dir,
+                own.exists().then_some(own.as_path()),
+                &store,
+                &ctrl,
+            ) {
+                Ok((vm, detail)) => {
+                    running.vm = Some(vm);
+                    ok("guest", t, detail);
+                }
+                Err(f) => {
+                    stop_child(&mut running);
+                    return Err(f);
+                }
             }
         }
 
@@ -711,6 +784,7 @@ impl EmulatedHosts {
             stdin,
             guest,
             endpoint: data.clone(),
+            vm: None,
         };
         match rx.recv_timeout(VTPM_START) {
             Ok(()) => Ok((running, data)),
@@ -847,7 +921,7 @@ fn without_secure_boot(mut store: boot::varstore::VariableStore) -> boot::varsto
 fn secure_boot(
     disk: &Path,
     store: &boot::varstore::VariableStore,
-    endpoint: &str,
+    endpoint: Option<&str>,
     dir: &Path,
 ) -> Result<String, BootFailure> {
     let step = "secure_boot";
@@ -879,6 +953,20 @@ fn secure_boot(
             boot::predict::configuration_events(store),
             "Secure Boot off: nothing verified".to_string(),
         )
+    };
+    // Without an endpoint (the `qemu` backend) the chain is checked here and the real
+    // firmware measures it into the vTPM when the guest boots.
+    let Some(endpoint) = endpoint else {
+        let kernel = checked_kernel(disk, store, &files)?;
+        let want = boot::predict::replay(&events, boot::pe::HashAlg::Sha256);
+        return Ok(format!(
+            "{chain}{}; the firmware measures the boot into the vTPM (PCR 7 predicted {} in SHA-256, {} events)",
+            kernel
+                .map(|(_, s)| format!("; kernel {} verified by {}", &s.sha256[..16], s.verified_by))
+                .unwrap_or_default(),
+            hex::encode(&want),
+            events.len()
+        ));
     };
     let mut tpm =
         disk::tpm2::connect(endpoint).map_err(|e| fail(step, code::VTPM_FAILED, e.to_string()))?;
@@ -926,25 +1014,9 @@ fn secure_boot(
     // firmware and shim measure shim, GRUB and the kernel into PCR 4.
     let mut pcr4_log = Vec::new();
     let mut pcr4_text = String::new();
-    let is_shim = boot::shim::ShimTrust::parse(&files.loader).is_ok();
-    let kernel = if is_shim && store.secure_boot() {
-        let path = kernel_path(disk)?;
-        let kernel = boot::esp::read_esp_file(disk, &path)
-            .map_err(|e| fail(step, code::HOST_AGENT, format!("the image's kernel: {e}")))?;
-        Some(kernel.ok_or_else(|| {
-            fail(
-                step,
-                code::SECURE_BOOT_VIOLATION,
-                format!("GRUB would load /{path}, which is not on the EFI system partition"),
-            )
-        })?)
-    } else {
-        None
-    };
-    match (&kernel, store.secure_boot()) {
-        (Some(kernel), true) => {
-            let stage = boot::predict::verify_kernel(store, &files, kernel)
-                .map_err(|e| fail(step, code::SECURE_BOOT_VIOLATION, e.to_string()))?;
+    match (checked_kernel(disk, store, &files)?, store.secure_boot()) {
+        (Some((kernel, stage)), true) => {
+            let kernel = &kernel;
             let pcr4 = boot::predict::pcr4_events(&files, kernel, 0)
                 .map_err(|e| fail(step, code::SECURE_BOOT_VIOLATION, e.to_string()))?;
             for e in &pcr4 {
@@ -1020,6 +1092,33 @@ fn secure_boot(
         events.len(),
         hex::encode(&want)
     ))
+}
+
+/// The kernel GRUB loads from `disk`'s ESP, checked as shim checks it under
+/// `store` (Secure Boot on and a shim as the loader; else `None`: not checked).
+fn checked_kernel(
+    disk: &Path,
+    store: &boot::varstore::VariableStore,
+    files: &boot::esp::BootFiles,
+) -> Result<Option<(Vec<u8>, boot::predict::Stage)>, BootFailure> {
+    let step = "secure_boot";
+    let is_shim = boot::shim::ShimTrust::parse(&files.loader).is_ok();
+    if !(is_shim && store.secure_boot()) {
+        return Ok(None);
+    }
+    let path = kernel_path(disk)?;
+    let kernel = boot::esp::read_esp_file(disk, &path)
+        .map_err(|e| fail(step, code::HOST_AGENT, format!("the image's kernel: {e}")))?
+        .ok_or_else(|| {
+            fail(
+                step,
+                code::SECURE_BOOT_VIOLATION,
+                format!("GRUB would load /{path}, which is not on the EFI system partition"),
+            )
+        })?;
+    let stage = boot::predict::verify_kernel(store, files, &kernel)
+        .map_err(|e| fail(step, code::SECURE_BOOT_VIOLATION, e.to_string()))?;
+    Ok(Some((kernel, stage)))
 }
 
 /// Removes the keyslots and tokens of every `systemd-tpm2` binding from `luks`
@@ -1230,6 +1329,10 @@ fn kernel_path(disk: &Path) -> Result<String, BootFailure> {
 /// Ends the vTPM: its standard input closes (it exits), then it is waited for, and
 /// killed if it lingers.
 fn stop_child(r: &mut Running) {
+    // The guest powers off first (its OS shuts its TPM down in order).
+    if let Some(vm) = r.vm.as_mut() {
+        vm.stop();
+    }
     // An orderly TPM shutdown first, as the guest's OS would send at power-off (a
     // vTPM that just ends counts a disorderly shutdown against its DA protection).
     if matches!(r.child.try_wait(), Ok(None))
@@ -1301,8 +1404,9 @@ impl HostAgent for EmulatedHosts {
 
     fn is_running(&self, _host: &str, vm_id: &str) -> bool {
         self.running.lock().is_ok_and(|mut m| {
-            m.get_mut(vm_id)
-                .is_some_and(|r| matches!(r.child.try_wait(), Ok(None)))
+            m.get_mut(vm_id).is_some_and(|r| {
+                matches!(r.child.try_wait(), Ok(None)) && r.vm.as_mut().is_none_or(|v| v.alive())
+            })
         })
     }
 
@@ -1366,6 +1470,27 @@ impl HostAgent for EmulatedHosts {
                 },
             )),
             Err(e) => Err(fail(step, code::HOST_AGENT, e.to_string())),
+        }
+    }
+
+    fn console(
+        &self,
+        host: &str,
+        vm_id: &str,
+    ) -> Result<Option<control::agent::wire::Console>, BootFailure> {
+        let dir = self.vm_dir(host, vm_id);
+        // The stage from more of the console than is answered (the kernel's first
+        // line is long gone from the tail of a talkative boot).
+        let stage =
+            qemu::console_tail(&dir, qemu::STAGE_WINDOW).map(|(t, _)| qemu::stage(&t).to_string());
+        match qemu::console_tail(&dir, control::agent::CONSOLE_MAX) {
+            Ok((text, truncated)) => Ok(Some(control::agent::wire::Console {
+                stage: stage.unwrap_or_default(),
+                text,
+                truncated,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(fail("console", code::HOST_AGENT, e.to_string())),
         }
     }
 

@@ -169,6 +169,18 @@ async fn attest(State(a): S, Path(id): Path<String>, cred: Credential, b: Body) 
     .map(axum::Json)
 }
 
+async fn console(
+    State(a): S,
+    Path(id): Path<String>,
+    cred: Credential,
+) -> Result<axum::Json<Option<control::agent::wire::Console>>, ApiError> {
+    a.check(&cred, &id)?;
+    httpd::blocking(move || a.inner.console(&a.host, &id))
+        .await?
+        .map(axum::Json)
+        .map_err(|f| ApiError::new(502, f.code, f.reason))
+}
+
 async fn forget(State(a): S, Path(id): Path<String>, cred: Credential) -> R<Outcome> {
     a.check(&cred, &id)?;
     httpd::blocking(move || Outcome {
@@ -194,7 +206,8 @@ pub fn router(host: &str, credential: Zeroizing<String>, inner: Arc<dyn HostAgen
         .route("/vms/{id}", get(status).delete(forget))
         .route("/vms/{id}/start", post(start))
         .route("/vms/{id}/stop", post(stop))
-        .route("/vms/{id}/attest", post(attest));
+        .route("/vms/{id}/attest", post(attest))
+        .route("/vms/{id}/console", get(console));
     httpd::api_router(routes, MAX_BODY, check).with_state(agent)
 }
 
@@ -257,13 +270,26 @@ mod tests {
         fn forget(&self, _: &str, _: &str) -> Result<(), BootFailure> {
             Ok(())
         }
+        fn console(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<control::agent::wire::Console>, BootFailure> {
+            Ok(Some(control::agent::wire::Console {
+                text: "Linux version 6.1".into(),
+                truncated: false,
+                stage: "kernel".into(),
+            }))
+        }
     }
 
     fn spec(vcpus: u32) -> BootSpec {
         BootSpec {
             vm_id: VM.into(),
             host: "host-1".into(),
+            backend: "emulated".into(),
             vcpus,
+            memory_mib: 1024,
             secure_boot: true,
             secure_boot_template: "linux".into(),
             image: "/nonexistent".into(),

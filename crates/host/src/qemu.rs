@@ -1,0 +1,375 @@
+//! The `qemu` backend: after the attested steps, the guest itself runs under QEMU
+//! (q35 with SMM, TCG where there is no KVM) with OVMF's Secure Boot build, the VM's
+//! UEFI variables from its VMGS (so the firmware enforces the VM's own db/dbx), the
+//! VM's vTPM as `-tpmdev emulator` on its control socket, its OS disk (a
+//! copy-on-write overlay of the image, kept across starts) and its serial console in
+//! the VM's directory. The firmware measures the boot into the vTPM itself.
+//!
+//! What is not real here: memory encryption. The launch digest is computed over the
+//! firmware QEMU runs (`snp_emu::ovmf::measure_snp`) and the report comes from the
+//! host's emulated secure processor, but QEMU runs an ordinary guest (ADR 0016).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control::agent::{BootFailure, BootSpec};
+use control_api::codes::boot as code;
+
+use crate::{HostError, fail};
+
+/// The VM's serial console, in its directory.
+pub const CONSOLE: &str = "console.log";
+/// The VM's copy-on-write OS disk over its image (qcow2), in its directory.
+pub const OVERLAY: &str = "os.qcow2";
+/// The UEFI variable image QEMU's firmware runs with, written from the VMGS at each
+/// start.
+pub const VARS: &str = "OVMF_VARS.fd";
+/// How long a start waits to see the guest's kernel on its console before it calls
+/// the VM running (the firmware is then still booting; the console tells).
+const KERNEL_WAIT: Duration = Duration::from_secs(15);
+/// How long a guest may take to power off after an ACPI power-down request.
+const POWERDOWN_WAIT: Duration = Duration::from_secs(10);
+/// The most memory a guest gets here, MiB (its size's memory under TCG on a small
+/// host would only be reserved, never used).
+const MAX_MEMORY_MIB: u32 = 2048;
+
+/// The firmware a `qemu` host runs its guests with: Debian's `ovmf` Secure Boot
+/// build and its variable image template.
+pub struct Firmware {
+    code: PathBuf,
+    /// The code image's bytes (what the launch digest is computed over).
+    pub code_bytes: Vec<u8>,
+    vars: Vec<u8>,
+}
+
+impl std::fmt::Debug for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Firmware")
+            .field("code", &self.code)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Debian's OVMF Secure Boot build.
+pub const DEBIAN_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// Debian's empty OVMF variable image of that build.
+pub const DEBIAN_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl Firmware {
+    /// Reads the code image `code` and the variable image template `vars`.
+    pub fn load(code: &Path, vars: &Path) -> Result<Self, HostError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| HostError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        Ok(Firmware {
+            code: code.to_path_buf(),
+            code_bytes: read(code)?,
+            vars: read(vars)?,
+        })
+    }
+}
+
+/// A guest QEMU runs.
+pub struct Guest {
+    child: Child,
+    qmp: PathBuf,
+}
+
+impl Guest {
+    /// Whether QEMU still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asks the guest to power off (ACPI, through QMP), waits for QEMU to end, and
+    /// ends it if it does not.
+    pub fn stop(&mut self) {
+        if self.alive() {
+            let _ = powerdown(&self.qmp);
+            let deadline = Instant::now() + POWERDOWN_WAIT;
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `system_powerdown` through QEMU's QMP socket at `path`.
+fn powerdown(path: &Path) -> std::io::Result<()> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting)?;
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    s.write_all(b"{\"execute\":\"system_powerdown\"}\n")?;
+    line.clear();
+    r.read_line(&mut line)?;
+    Ok(())
+}
+
+/// How much of the console's end [`stage`] is judged on, bytes.
+pub const STAGE_WINDOW: u64 = 4 << 20;
+
+/// The line the agent writes on the console before each boot.
+pub const BOOT_MARK: &str = "=== opencvm: the guest starts ===";
+
+/// How far the guest's console shows its last boot went (what follows the last
+/// [`BOOT_MARK`]).
+pub fn stage(console: &str) -> &'static str {
+    let console = console
+        .rfind(BOOT_MARK)
+        .map_or(console, |at| &console[at + BOOT_MARK.len()..]);
+    if console.contains("Security Violation") || console.contains("Access Denied") {
+        "refused by the firmware"
+    } else if console.contains("Kernel panic") {
+        "kernel panic"
+    } else if console.contains("Welcome to Debian") || console.contains("systemd[1]") {
+        "systemd"
+    } else if console.contains("Linux version") {
+        "kernel"
+    } else if console.contains("GRUB") || console.contains("Booting `") {
+        "boot loader"
+    } else if console.contains("BdsDxe") || console.contains("UEFI") {
+        "firmware"
+    } else {
+        "not yet on the console"
+    }
+}
+
+/// The last `max` bytes of the VM's console in `dir` (lossy UTF-8), and whether
+/// earlier output was cut.
+pub fn console_tail(dir: &Path, max: u64) -> std::io::Result<(String, bool)> {
+    use std::io::Seek as _;
+    let mut f = std::fs::File::open(dir.join(CONSOLE))?;
+    let len = f.metadata()?.len();
+    let from = len.saturating_sub(max);
+    f.seek(std::io::SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf).into_owned(), from > 0))
+}
+
+/// The last line of `text` that is not empty.
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no message")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+/// Starts the guest of `spec` in `dir`: `disk` (the VM's own raw disk, or, when
+/// `None`, a copy-on-write overlay of its image made on first start), the variables
+/// `store`, the vTPM's control socket `tpm_ctrl`. Waits until its kernel shows on the
+/// console (or [`KERNEL_WAIT`] passes); a firmware refusal stops it there.
+pub fn start(
+    fw: &Firmware,
+    spec: &BootSpec,
+    dir: &Path,
+    disk: Option<&Path>,
+    store: &boot::varstore::VariableStore,
+    tpm_ctrl: &Path,
+) -> Result<(Guest, String), BootFailure> {
+    let step = "guest";
+    let io = |what: &Path, e: std::io::Error| {
+        fail(step, code::HOST_AGENT, format!("{}: {e}", what.display()))
+    };
+    let (disk_path, format) = match disk {
+        Some(d) => (d.to_path_buf(), "raw"),
+        None => {
+            let overlay = dir.join(OVERLAY);
+            if !overlay.exists() {
+                let image = std::fs::canonicalize(&spec.image).map_err(|e| io(&spec.image, e))?;
+                let partial = dir.join(format!("{OVERLAY}.new"));
+                let out = Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                    .arg(&image)
+                    .arg(&partial)
+                    .output()
+                    .map_err(|e| {
+                        fail(
+                            step,
+                            code::HOST_AGENT,
+                            format!("qemu-img (Debian's qemu-utils): {e}"),
+                        )
+                    })?;
+                if !out.status.success() {
+                    return Err(fail(
+                        step,
+                        code::HOST_AGENT,
+                        format!(
+                            "qemu-img create: {}",
+                            last_line(&String::from_utf8_lossy(&out.stderr))
+                        ),
+                    ));
+                }
+                std::fs::rename(&partial, &overlay).map_err(|e| io(&overlay, e))?;
+            }
+            (overlay, "qcow2")
+        }
+    };
+    let vars = boot::ovmf::write(store, &fw.vars).map_err(|e| {
+        fail(
+            step,
+            code::HOST_AGENT,
+            format!("the VM's UEFI variables as an OVMF image: {e}"),
+        )
+    })?;
+    let vars_path = dir.join(VARS);
+    seal::write_secret_file(&vars_path, &vars).map_err(|e| {
+        fail(
+            step,
+            code::HOST_AGENT,
+            format!("{}: {e}", vars_path.display()),
+        )
+    })?;
+    let console = dir.join(CONSOLE);
+    let qmp = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&qmp);
+    let qemu_log = dir.join("qemu.log");
+    let log = std::fs::File::create(&qemu_log).map_err(|e| io(&qemu_log, e))?;
+    let memory = spec.memory_mib.clamp(512, MAX_MEMORY_MIB);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35,smm=on", "-accel", "tcg"])
+        .args([
+            "-m",
+            &memory.to_string(),
+            "-smp",
+            &spec.vcpus.max(1).to_string(),
+        ])
+        .args(["-display", "none", "-monitor", "none", "-nic", "none"])
+        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            fw.code.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars_path.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format={format},if=virtio",
+            disk_path.display()
+        ))
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", tpm_ctrl.display()))
+        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+        .args(["-device", "tpm-crb,tpmdev=tpm0"])
+        .arg("-chardev")
+        .arg(format!(
+            "file,id=console,path={},append=on",
+            console.display()
+        ))
+        .args(["-serial", "chardev:console"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let started_at = std::fs::metadata(&console).map_or(0, |m| m.len());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&console)
+        .and_then(|mut f| writeln!(f, "\n{BOOT_MARK}"))
+        .map_err(|e| io(&console, e))?;
+    let child = cmd.spawn().map_err(|e| {
+        fail(
+            step,
+            code::HOST_AGENT,
+            format!("starting qemu-system-x86_64 (Debian's qemu-system-x86): {e}"),
+        )
+    })?;
+    let mut guest = Guest { child, qmp };
+    let deadline = Instant::now() + KERNEL_WAIT;
+    let this_boot = || -> String {
+        let all = std::fs::read(&console).unwrap_or_default();
+        let from = usize::try_from(started_at).unwrap_or(0).min(all.len());
+        String::from_utf8_lossy(&all[from..]).into_owned()
+    };
+    loop {
+        let out = this_boot();
+        let reached = stage(&out);
+        if reached == "refused by the firmware" {
+            let line = out
+                .lines()
+                .find(|l| l.contains("Security Violation") || l.contains("Access Denied"))
+                .map(|l| l.trim().to_string())
+                .unwrap_or_default();
+            guest.stop();
+            return Err(fail(
+                "secure_boot",
+                code::SECURE_BOOT_VIOLATION,
+                format!("the firmware refused to boot the image under the VM's db/dbx: {line}"),
+            ));
+        }
+        if !guest.alive() {
+            let why = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+            return Err(fail(
+                step,
+                code::HOST_AGENT,
+                format!("QEMU ended at stage {reached}: {}", last_line(&why)),
+            ));
+        }
+        if matches!(reached, "kernel" | "systemd" | "kernel panic") || Instant::now() > deadline {
+            return Ok((
+                guest,
+                format!(
+                    "QEMU (q35, SMM, TCG, {memory} MiB, {} vCPUs) runs the guest with OVMF's Secure Boot build and the VM's own db/dbx, the vTPM as its TPM and {} as its disk; console {} at stage: {reached}",
+                    spec.vcpus,
+                    disk_path.display(),
+                    console.display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stage_is_the_last_boots() {
+        assert_eq!(stage(""), "not yet on the console");
+        assert_eq!(stage("BdsDxe: loading Boot0001"), "firmware");
+        assert_eq!(stage("BdsDxe\nWelcome to GRUB!"), "boot loader");
+        assert_eq!(stage("GRUB\n[0.0] Linux version 6.1"), "kernel");
+        assert_eq!(
+            stage("Linux version\nKernel panic - not syncing"),
+            "kernel panic"
+        );
+        assert_eq!(
+            stage("BdsDxe\nSecurity Violation\nLinux version"),
+            "refused by the firmware"
+        );
+        // An earlier boot's lines do not count for the next one.
+        let two = format!("Linux version 6.1\nsystemd[1]: ok\n{BOOT_MARK}\nBdsDxe: loading");
+        assert_eq!(stage(&two), "firmware");
+    }
+}
