@@ -111,6 +111,21 @@ impl ClientError {
 /// certificates in `ca` (PEM; one or more) when given. Error statuses are answers, not
 /// failures; each call must finish within [`CALL_TIMEOUT`].
 pub fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, ClientError> {
+    agent_timed(ca, Some(CALL_TIMEOUT), None)
+}
+
+/// [`agent`] for answers that stream while work goes on (a VM's boot, reported step
+/// by step): the connection and the answer's head must come within [`CALL_TIMEOUT`],
+/// and the whole body within `body`.
+pub fn streaming_agent(ca: Option<&[u8]>, body: Duration) -> Result<ureq::Agent, ClientError> {
+    agent_timed(ca, None, Some(body))
+}
+
+fn agent_timed(
+    ca: Option<&[u8]>,
+    global: Option<Duration>,
+    body: Option<Duration>,
+) -> Result<ureq::Agent, ClientError> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
     let roots = match ca {
         None => RootCerts::WebPki,
@@ -137,7 +152,10 @@ pub fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, ClientError> {
     Ok(ureq::Agent::config_builder()
         .tls_config(tls)
         .http_status_as_error(false)
-        .timeout_global(Some(CALL_TIMEOUT))
+        .timeout_global(global)
+        .timeout_connect(Some(CALL_TIMEOUT))
+        .timeout_recv_response(Some(CALL_TIMEOUT))
+        .timeout_recv_body(body)
         .build()
         .into())
 }

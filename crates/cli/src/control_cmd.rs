@@ -332,6 +332,13 @@ pub fn up(args: UpArgs) -> ExitCode {
         let pre_encryption =
             host::pre_encryption::PreEncryptionService::new(&hosts_dir, &services.services)?;
         let firmware = qemu_firmware(args.backend == Some(Backend::Qemu))?;
+        // This process runs every host's agent: none may run elsewhere meanwhile
+        // (each lock is held until the process ends: its file stays open).
+        if args.host_agents == HostAgents::InProcess {
+            for n in &names {
+                std::mem::forget(host::EmulatedHosts::lock_host(&hosts_dir, n)?);
+            }
+        }
         let agent = match args.host_agents {
             HostAgents::InProcess => {
                 let a = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services.services)?;
@@ -1101,7 +1108,8 @@ pub fn run_vm(cmd: VmCommand) -> ExitCode {
                 let mut stdout = std::io::stdout().lock();
                 stdout.write_all(first.text.as_bytes())?;
                 stdout.flush()?;
-                let mut seen = first.text;
+                // The console's whole output printed so far, in bytes.
+                let mut printed = first.offset + first.text.len() as u64;
                 let mut stage = first.stage;
                 crate::notice(&format!("{name}: boot stage {stage}"));
                 if !follow {
@@ -1110,29 +1118,32 @@ pub fn run_vm(cmd: VmCommand) -> ExitCode {
                 loop {
                     std::thread::sleep(std::time::Duration::from_secs(1));
                     let now = c.vm_console(&name)?;
-                    // The new part follows the end of what was seen (the answered
-                    // window slides): found by the last 256 bytes seen.
-                    let end = seen.len();
-                    let mut from = end.saturating_sub(256);
-                    while !seen.is_char_boundary(from) {
-                        from += 1;
+                    let end = now.offset + now.text.len() as u64;
+                    if end < printed {
+                        // The console started again (the VM was deleted and made anew).
+                        printed = now.offset;
                     }
-                    let new = if now.text == seen {
-                        ""
-                    } else if seen.is_empty() {
-                        now.text.as_str()
-                    } else if let Some(at) = now.text.rfind(&seen[from..]) {
-                        &now.text[at + (end - from)..]
-                    } else {
-                        now.text.as_str()
-                    };
-                    stdout.write_all(new.as_bytes())?;
-                    stdout.flush()?;
+                    if now.offset > printed {
+                        writeln!(
+                            stdout,
+                            "\n[... {} bytes not shown ...]",
+                            now.offset - printed
+                        )?;
+                        printed = now.offset;
+                    }
+                    let mut skip = usize::try_from(printed - now.offset).unwrap_or(usize::MAX);
+                    while skip < now.text.len() && !now.text.is_char_boundary(skip) {
+                        skip += 1;
+                    }
+                    if let Some(new) = now.text.get(skip..) {
+                        stdout.write_all(new.as_bytes())?;
+                        stdout.flush()?;
+                    }
+                    printed = printed.max(end);
                     if now.stage != stage {
                         crate::notice(&format!("{name}: boot stage {}", now.stage));
                         stage = now.stage.clone();
                     }
-                    seen = now.text;
                 }
             })();
             finish(Some(&t), r)
@@ -1427,6 +1438,8 @@ fn host_run(a: HostRunArgs) -> ExitCode {
             )
         })?;
         let services = crate::platform::connect(&state)?;
+        // Held until the process ends (the file stays open).
+        std::mem::forget(host::EmulatedHosts::lock_host(&hosts_dir, &a.name)?);
         let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
         let agent = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services)?;
         let agent = match qemu_firmware(false)? {

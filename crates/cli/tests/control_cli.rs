@@ -814,6 +814,16 @@ fn a_vm_is_validated_priced_and_placed_and_tenants_never_see_each_other() {
         ),
         (
             "/hosts/extra/agent",
+            json!({"url": "http://127.0.0.1:9@10.0.0.5", "credential": cred}),
+            400,
+        ),
+        (
+            "/hosts/extra/agent",
+            json!({"url": "http://localhost:9@evil.example", "credential": cred}),
+            400,
+        ),
+        (
+            "/hosts/extra/agent",
             json!({"url": "http://127.0.0.1:9", "credential": "short"}),
             400,
         ),
@@ -2702,6 +2712,23 @@ fn two_replicas_and_two_host_agents_on_postgres_boot_each_vm_on_its_own_host() {
     }
     let vms = settled_on_agents(&a.url, &tenant, &state, &agents);
     assert!(vms.iter().all(|v| v["state"] == "running"), "{vms:#?}");
+    // A delete through a replica stops the VM on its host's agent and removes its
+    // files there.
+    for vm in &vms {
+        let n = vm["name"].as_str().unwrap();
+        let id = vm["id"].as_str().unwrap();
+        let vm_dir = state
+            .join("hosts")
+            .join(vm["host"].as_str().unwrap())
+            .join("vms")
+            .join(id);
+        assert!(vm_dir.exists());
+        let (st, e) = http("DELETE", &format!("{}/vms/{n}", b.url), Some(&tenant), None);
+        assert_eq!(st, 204, "{e}");
+        assert!(!vm_dir.exists(), "{}", vm_dir.display());
+        assert!(vtpm_parents(&state).iter().all(|(i, _)| i != id));
+    }
+    assert!(consistent(&a.url, &tenant, operator).is_empty());
 }
 
 /// kill -9 of a host agent (`cvm host run`) at random moments while a client starts,
@@ -3149,21 +3176,42 @@ fn a_guest_boots_under_qemu_after_attestation_with_its_own_secure_boot_and_vtpm(
         detail("guest").contains("OVMF's Secure Boot build"),
         "{events}"
     );
-    // The guest's own report on its console.
-    let mut console = Value::Null;
+    // The guest's own report on its console, followed as it prints.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args(["vm", "console", "q1", "--follow", "--state"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    std::thread::spawn({
+        let (out, lines) = (follow.stdout.take().unwrap(), lines.clone());
+        move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut all = lines.lock().unwrap();
+                all.push_str(&l);
+                all.push('\n');
+            }
+        }
+    });
     for _ in 0..240 {
-        let (code, c) = cli(&platform, &["vm", "console", "q1"]);
-        assert_eq!(code, 0, "{c}");
-        console = c;
-        if console["text"]
-            .as_str()
-            .unwrap()
-            .contains("OPENCVM-EVENTLOG-END")
-        {
+        if lines.lock().unwrap().contains("OPENCVM-EVENTLOG-END") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let followed = lines.lock().unwrap().clone();
+    assert!(followed.contains("OPENCVM-EVENTLOG-END"), "{followed}");
+    assert_eq!(
+        followed.matches("OPENCVM-EVENTLOG-BEGIN").count(),
+        1,
+        "each line is printed once"
+    );
+    let (code, console) = cli(&platform, &["vm", "console", "q1"]);
+    assert_eq!(code, 0, "{console}");
     let text = console["text"].as_str().unwrap();
     assert!(text.contains("OPENCVM-EVENTLOG-END"), "{text}");
     assert_eq!(console["stage"], "kernel", "{console}");

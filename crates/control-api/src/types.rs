@@ -306,6 +306,9 @@ pub struct VmConsole {
     pub text: String,
     /// Whether earlier output was left out.
     pub truncated: bool,
+    /// Where `text` starts in the console's whole output, bytes (a follower asks
+    /// again and prints what lies past what it printed).
+    pub offset: u64,
     /// How far the boot went, as the console shows it (`firmware`, `boot loader`,
     /// `kernel`, `systemd`, `kernel panic`, `refused by the firmware`, ...).
     pub stage: String,

@@ -212,6 +212,8 @@ pub mod wire {
         pub text: String,
         /// Whether earlier output was left out.
         pub truncated: bool,
+        /// Where `text` starts in the console's whole output, bytes.
+        pub offset: u64,
         /// How far the boot went, as the console shows it.
         pub stage: String,
     }

@@ -17,7 +17,13 @@ use crate::store::{AgentEndpoint, Store};
 pub struct RemoteAgents {
     store: Arc<Store>,
     http: ureq::Agent,
+    /// For starts: the answer streams while the boot goes on (a guest's boot under
+    /// QEMU takes longer than a call may).
+    streaming: ureq::Agent,
 }
+
+/// How long a start's answer may stream.
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl std::fmt::Debug for RemoteAgents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,10 +40,14 @@ fn failure(step: &str, reason: String) -> BootFailure {
 }
 
 impl RemoteAgents {
-    /// The agents `store` knows of, reached with `http` (whose CA certificates are the
-    /// ones the agents' TLS certificates chain to).
-    pub fn new(store: Arc<Store>, http: ureq::Agent) -> Self {
-        RemoteAgents { store, http }
+    /// The agents `store` knows of, whose TLS certificates chain to `ca` (PEM; `None`:
+    /// the Mozilla roots).
+    pub fn new(store: Arc<Store>, ca: Option<&[u8]>) -> Result<Self, ClientError> {
+        Ok(RemoteAgents {
+            store,
+            http: api_client::agent(ca)?,
+            streaming: api_client::streaming_agent(ca, START_TIMEOUT)?,
+        })
     }
 
     fn endpoint(&self, step: &str, host: &str) -> Result<AgentEndpoint, BootFailure> {
@@ -70,11 +80,9 @@ impl RemoteAgents {
             failure(
                 step,
                 match err {
-                    ClientError::Transport { .. } => {
-                        format!(
-                            "the agent of host {host} at {} is unreachable: {err}",
-                            e.url
-                        )
+                    // Not the agent's address: tenants read this.
+                    ClientError::Transport { source, .. } => {
+                        format!("the agent of host {host} is unreachable: {source}")
                     }
                     other => format!("the agent of host {host}: {other}"),
                 },
@@ -108,7 +116,7 @@ impl HostAgent for RemoteAgents {
         );
         let auth = zeroize::Zeroizing::new(format!("Bearer {}", e.credential.as_str()));
         let mut resp = self
-            .http
+            .streaming
             .post(&url)
             .header("Authorization", auth.as_str())
             .header("Content-Type", "application/json")
@@ -116,10 +124,7 @@ impl HostAgent for RemoteAgents {
             .map_err(|err| {
                 failure(
                     "start",
-                    format!(
-                        "the agent of host {host} at {} is unreachable: {err}",
-                        e.url
-                    ),
+                    format!("the agent of host {host} is unreachable: {err}"),
                 )
             })?;
         let status = resp.status().as_u16();

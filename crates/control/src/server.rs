@@ -136,10 +136,15 @@ async fn keyed<T: Serialize + Send + 'static>(
             .idempotency_begin(&scope, &key, &fingerprint)
             .map_err(store_err)?
         {
-            Idempotent::Run => {
+            Idempotent::Run { owner } => {
                 let (status, body, out) = run(&c);
                 store
-                    .idempotency_finish(&scope, &key, (status < 500).then_some((status, &body)))
+                    .idempotency_finish(
+                        &scope,
+                        &key,
+                        &owner,
+                        (status < 500).then_some((status, &body)),
+                    )
                     .map_err(store_err)?;
                 out.map(|()| answer(status, body, false))
             }

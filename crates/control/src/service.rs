@@ -389,11 +389,11 @@ impl Control {
         }
         crate::artifact::remove_stale(&cfg.state_dir.join("images"));
         let store = std::sync::Arc::new(store);
-        let http = api_client::agent(cfg.agent_ca.as_deref())
+        let remote = crate::remote::RemoteAgents::new(store.clone(), cfg.agent_ca.as_deref())
             .map_err(|e| OpenError::Config(format!("the host agents' CA: {e}")))?;
         Ok((
             Control {
-                remote: std::sync::Arc::new(crate::remote::RemoteAgents::new(store.clone(), http)),
+                remote: std::sync::Arc::new(remote),
                 store,
                 operator_sha256: stored,
                 prices: cfg.prices,
@@ -749,7 +749,9 @@ impl Control {
     /// back and its files on the host removed.
     pub fn delete_vm(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         let row = self.vm_row(caller, name)?;
-        if let (Some(_), Some(host)) = (self.agent.get(), row.host.as_deref()) {
+        if let Some(host) = row.host.as_deref()
+            && self.has_agent(host)?
+        {
             // `deleting` first: a start that begins meanwhile finds the VM busy, and
             // a delete never removes the files of a VM being booted.
             self.store
@@ -886,7 +888,12 @@ impl Control {
     /// Ends the delete of a `deleting` VM that a restart interrupted: its processes
     /// stop, its files and keys go, then its row.
     fn finish_delete(&self, row: &VmRow) -> Result<(), ApiError> {
-        if let (Some(agent), Some(host)) = (self.agent.get(), row.host.as_deref()) {
+        if let Some(host) = row.host.as_deref()
+            && self.has_agent(host)?
+        {
+            // An agent that cannot be reached leaves the VM `deleting`: a delete
+            // again finishes it once the agent is back.
+            let agent = self.agent()?;
             agent.stop(host, &row.id).map_err(agent_err)?;
             agent.forget(host, &row.id).map_err(agent_err)?;
         }
@@ -903,6 +910,11 @@ impl Control {
     /// agents.
     fn agent(&self) -> Result<&std::sync::Arc<dyn HostAgent>, ApiError> {
         Ok(self.agent.get().unwrap_or(&self.remote))
+    }
+
+    /// Whether `host` has an agent: the in-process one, or one registered.
+    fn has_agent(&self, host: &str) -> Result<bool, ApiError> {
+        Ok(self.agent.get().is_some() || self.store.agent(host).map_err(store_err)?.is_some())
     }
 
     /// Refuses (409) to start a VM whose host has no agent: no in-process one, and
@@ -935,21 +947,30 @@ impl Control {
     ) -> Result<(api::Host, Vec<VmRow>), ApiError> {
         check_name(host, "host")?;
         let url = req.url.trim_end_matches('/');
-        let loopback_http = url.strip_prefix("http://").is_some_and(|rest| {
-            let authority = rest.split('/').next().unwrap_or_default();
-            let h = authority
-                .rsplit_once(':')
-                .map_or(authority, |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            h == "localhost"
-                || h.parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        });
-        if url.len() > 256
-            || !(loopback_http || url.starts_with("https://"))
-            || url.contains(['?', '#', ' '])
-        {
+        // Parsed as the HTTP client will: scheme, a host without user information, a
+        // port, no query; plain HTTP only to a loopback address.
+        let allowed = url.len() <= 256
+            && axum::http::Uri::try_from(url).is_ok_and(|u| {
+                let host = u
+                    .host()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let loopback = host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                let clean = u.authority().is_some_and(|a| !a.as_str().contains('@'))
+                    && u.query().is_none()
+                    && matches!(u.path(), "" | "/");
+                clean
+                    && match u.scheme_str() {
+                        Some("https") => !host.is_empty(),
+                        Some("http") => loopback,
+                        _ => false,
+                    }
+            });
+        if !allowed {
             return Err(ApiError::bad(
                 codes::INVALID_PARAMETER,
                 "url is the agent's base URL: https://..., or http:// on loopback only (at most 256 characters)",
@@ -1163,6 +1184,14 @@ impl Control {
             _ => Ok(()),
         }
         .and_then(|()| agent.start(&spec, &mut record));
+        // The agent stops what it started when its boot fails (HostAgent::start's
+        // contract); an agent whose answer broke off may not have heard how it ended,
+        // so it is asked to stop the VM once more (nothing when it does not run).
+        if let Err(f) = &outcome
+            && f.code == codes::boot::HOST_AGENT
+        {
+            let _ = agent.stop(&spec.host, &row.id);
+        }
         let total = elapsed_ms(started);
         let (to, failure, last) = match &outcome {
             Ok(()) => (
@@ -1175,7 +1204,6 @@ impl Control {
                     format!("attested boot done in {total} ms"),
                 ),
             ),
-            // The agent has stopped what it started (HostAgent::start's contract).
             Err(f) => (
                 api::VmState::Failed,
                 Some(recorded_failure(f)),
@@ -1361,20 +1389,37 @@ impl Control {
                 // Its delete was interrupted: finished by `resume`.
                 "deleting" => again.push(row),
                 "stopping" => {
-                    agent.stop(host, &row.id).map_err(agent_err)?;
-                    self.store
-                        .transition(
-                            &row.id,
-                            &["stopping"],
-                            "stopped",
-                            None,
-                            &body_as(api::VmState::Stopped, None),
-                            &[event(
+                    // An agent that cannot be reached (a host agent of its own,
+                    // down) does not keep the platform from starting: the VM is
+                    // `failed` with the reason, and a stop or start settles it.
+                    let (to, e) = match agent.stop(host, &row.id) {
+                        Ok(()) => (
+                            api::VmState::Stopped,
+                            event(
                                 "stop",
                                 "ok",
                                 0,
                                 "stopped after a restart of the platform".into(),
-                            )],
+                            ),
+                        ),
+                        Err(f) => (
+                            api::VmState::Failed,
+                            event(
+                                "stop",
+                                "failed",
+                                0,
+                                format!("after a restart of the platform: {f}"),
+                            ),
+                        ),
+                    };
+                    self.store
+                        .transition(
+                            &row.id,
+                            &["stopping"],
+                            to.name(),
+                            None,
+                            &body_as(to, None),
+                            &[e],
                         )
                         .map_err(store_err)?;
                 }
@@ -1431,6 +1476,7 @@ impl Control {
         Ok(api::VmConsole {
             text: c.text,
             truncated: c.truncated,
+            offset: c.offset,
             stage: c.stage,
         })
     }

@@ -64,8 +64,12 @@ pub const IDEMPOTENCY_ABANDONED: i64 = 120;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Idempotent {
     /// The key is new (or its earlier request was abandoned): run the request, then
-    /// record its answer ([`Store::idempotency_finish`]).
-    Run,
+    /// record its answer ([`Store::idempotency_finish`] with `owner`).
+    Run {
+        /// This run's hold on the key: only its answer is recorded (an abandoned
+        /// run that finishes late records nothing).
+        owner: String,
+    },
     /// The key's request ran: answer what it answered.
     Replay {
         /// Its status.
@@ -526,18 +530,24 @@ impl Store {
         fingerprint: &str,
     ) -> Result<Idempotent, StoreError> {
         let now = unix_now();
+        let mut b = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| StoreError::Corrupt {
+            what: "idempotency key".into(),
+            why: "no randomness for its owner".into(),
+        })?;
+        let owner = hex::encode(b);
         self.with(true, |tx| {
             tx.execute(
                 "DELETE FROM idempotency WHERE created < ?1",
                 args![now - IDEMPOTENCY_TTL],
             )?;
             let inserted = tx.execute(
-                "INSERT INTO idempotency (tenant, key, fingerprint, status, body, created)
-                 VALUES (?1, ?2, ?3, 0, '', ?4) ON CONFLICT (tenant, key) DO NOTHING",
-                args![tenant, key, fingerprint, now],
+                "INSERT INTO idempotency (tenant, key, fingerprint, status, body, created, owner)
+                 VALUES (?1, ?2, ?3, 0, '', ?4, ?5) ON CONFLICT (tenant, key) DO NOTHING",
+                args![tenant, key, fingerprint, now, owner.as_str()],
             )?;
             if inserted == 1 {
-                return Ok(Idempotent::Run);
+                return Ok(Idempotent::Run { owner });
             }
             let r = tx.query_one(
                 "SELECT fingerprint, status, body, created FROM idempotency
@@ -561,36 +571,40 @@ impl Store {
             // Abandoned (its process died mid-request): this retry takes it over,
             // unless another retry did so first.
             let taken = tx.execute(
-                "UPDATE idempotency SET created = ?3
+                "UPDATE idempotency SET created = ?3, owner = ?5
                  WHERE tenant = ?1 AND key = ?2 AND status = 0 AND created = ?4",
-                args![tenant, key, now, created],
+                args![tenant, key, now, created, owner.as_str()],
             )?;
             Ok(if taken == 1 {
-                Idempotent::Run
+                Idempotent::Run { owner }
             } else {
                 Idempotent::InProgress
             })
         })
     }
 
-    /// Records the answer of the request holding `tenant`'s key `key`; `None`: the
-    /// answer is not to be replayed (a server-side failure), so the key is released
-    /// and a retry runs the request again.
+    /// Records the answer of the request holding `tenant`'s key `key` as `owner`
+    /// ([`Idempotent::Run`]); `None`: the answer is not to be replayed (a server-side
+    /// failure), so the key is released and a retry runs the request again. A run
+    /// whose key was taken over records nothing.
     pub fn idempotency_finish(
         &self,
         tenant: &str,
         key: &str,
+        owner: &str,
         answer: Option<(u16, &str)>,
     ) -> Result<(), StoreError> {
         self.with(true, |tx| {
             match answer {
                 Some((status, body)) => tx.execute(
-                    "UPDATE idempotency SET status = ?3, body = ?4 WHERE tenant = ?1 AND key = ?2",
-                    args![tenant, key, i64::from(status), body],
+                    "UPDATE idempotency SET status = ?3, body = ?4
+                     WHERE tenant = ?1 AND key = ?2 AND owner = ?5 AND status = 0",
+                    args![tenant, key, i64::from(status), body, owner],
                 )?,
                 None => tx.execute(
-                    "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND status = 0",
-                    args![tenant, key],
+                    "DELETE FROM idempotency
+                     WHERE tenant = ?1 AND key = ?2 AND owner = ?3 AND status = 0",
+                    args![tenant, key, owner],
                 )?,
             };
             Ok(())
@@ -1085,16 +1099,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Location::sqlite(&dir.path().join("c.db"))).unwrap();
         let begin = |t: &str, k: &str, fp: &str| store.idempotency_begin(t, k, fp).unwrap();
-        assert_eq!(begin("t", "k", "a"), Idempotent::Run);
+        let run = |i: Idempotent| match i {
+            Idempotent::Run { owner } => owner,
+            other => panic!("{other:?}"),
+        };
+        let first = run(begin("t", "k", "a"));
         assert_eq!(begin("t", "k", "a"), Idempotent::InProgress);
         assert_eq!(begin("t", "k", "b"), Idempotent::Reused);
-        assert_eq!(begin("u", "k", "b"), Idempotent::Run, "keys are per tenant");
+        run(begin("u", "k", "b")); // keys are per tenant
         // Its request's process died: a retry takes the key over, once.
         age(&store, IDEMPOTENCY_ABANDONED + 1);
-        assert_eq!(begin("t", "k", "a"), Idempotent::Run);
+        let second = run(begin("t", "k", "a"));
+        assert_ne!(first, second);
+        assert_eq!(begin("t", "k", "a"), Idempotent::InProgress);
+        // The abandoned run finishing late records nothing, not even a release.
+        store
+            .idempotency_finish("t", "k", &first, Some((200, r#"{"late":1}"#)))
+            .unwrap();
+        store.idempotency_finish("t", "k", &first, None).unwrap();
         assert_eq!(begin("t", "k", "a"), Idempotent::InProgress);
         store
-            .idempotency_finish("t", "k", Some((200, r#"{"x":1}"#)))
+            .idempotency_finish("t", "k", &second, Some((200, r#"{"x":1}"#)))
             .unwrap();
         assert_eq!(
             begin("t", "k", "a"),
@@ -1104,14 +1129,14 @@ mod tests {
             }
         );
         // A server-side failure is not kept: the retry runs again.
-        assert_eq!(begin("t", "k2", "a"), Idempotent::Run);
-        store.idempotency_finish("t", "k2", None).unwrap();
-        assert_eq!(begin("t", "k2", "a"), Idempotent::Run);
+        let o = run(begin("t", "k2", "a"));
+        store.idempotency_finish("t", "k2", &o, None).unwrap();
+        run(begin("t", "k2", "a"));
         // A finished answer is never dropped by a late failure record.
-        store.idempotency_finish("t", "k", None).unwrap();
+        store.idempotency_finish("t", "k", &second, None).unwrap();
         assert!(matches!(begin("t", "k", "a"), Idempotent::Replay { .. }));
         // After a day every key is forgotten.
         age(&store, IDEMPOTENCY_TTL + 1);
-        assert_eq!(begin("t", "k", "b"), Idempotent::Run);
+        run(begin("t", "k", "b"));
     }
 }

@@ -110,6 +110,12 @@ pub enum HostError {
     /// An HTTP client.
     #[error("HTTP client: {0}")]
     Client(String),
+    /// Another agent runs the host.
+    #[error("another agent runs host {host} (its agent.lock is held): stop it first")]
+    Busy {
+        /// The host.
+        host: String,
+    },
 }
 
 /// The release policy of a VM's keys (VMGS and platform disk key): tokens of the
@@ -159,6 +165,22 @@ pub struct EmulatedHosts {
     transfer_keys: key_release::TransferKeys,
     /// The firmware of `qemu` hosts' guests, when this agent runs any.
     qemu: Option<qemu::Firmware>,
+    /// The VMs whose boot runs now (one boot per VM at a time).
+    booting: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A VM's place in [`EmulatedHosts::booting`], given back when dropped.
+struct Booting<'a> {
+    set: &'a Mutex<std::collections::HashSet<String>>,
+    vm_id: String,
+}
+
+impl Drop for Booting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.vm_id);
+        }
+    }
 }
 
 impl std::fmt::Debug for EmulatedHosts {
@@ -246,6 +268,7 @@ impl EmulatedHosts {
             running: Mutex::new(HashMap::new()),
             transfer_keys: key_release::TransferKeys::spawn(TRANSFER_KEYS_AHEAD),
             qemu: None,
+            booting: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -254,6 +277,29 @@ impl EmulatedHosts {
     pub fn with_qemu(mut self, firmware: qemu::Firmware) -> Self {
         self.qemu = Some(firmware);
         self
+    }
+
+    /// Takes host `host`'s agent lock (`HOST_DIR/agent.lock`) for as long as the
+    /// returned file is open: one agent per host, so two never boot the same VMs.
+    pub fn lock_host(root: &Path, host: &str) -> Result<std::fs::File, HostError> {
+        let path = root.join(host).join("agent.lock");
+        let io = |source| HostError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(HostError::Busy {
+                host: host.to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
     }
 
     /// Creates host `host`'s emulated secure processor (a Milan, SEV-SNP enabled)
@@ -1380,6 +1426,25 @@ impl HostAgent for EmulatedHosts {
         spec: &BootSpec,
         report: &mut dyn FnMut(StepReport),
     ) -> Result<(), BootFailure> {
+        // One boot of a VM at a time: a second (a caller that gave up on the first
+        // and asked again) is refused rather than run beside it on the same VMGS.
+        let _booting = {
+            let mut set = self
+                .booting
+                .lock()
+                .map_err(|_| fail("start", code::HOST_AGENT, "the agent's lock is poisoned"))?;
+            if !set.insert(spec.vm_id.clone()) {
+                return Err(fail(
+                    "start",
+                    code::HOST_AGENT,
+                    "a boot of this VM is already running on its host",
+                ));
+            }
+            Booting {
+                set: &self.booting,
+                vm_id: spec.vm_id.clone(),
+            }
+        };
         self.stop(&spec.host, &spec.vm_id)?;
         let running = self.run_boot(spec, report)?;
         let mut map = self
@@ -1390,14 +1455,18 @@ impl HostAgent for EmulatedHosts {
         Ok(())
     }
 
-    fn stop(&self, _host: &str, vm_id: &str) -> Result<(), BootFailure> {
+    fn stop(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
         let taken = self
             .running
             .lock()
             .map_err(|_| fail("stop", code::HOST_AGENT, "the agent's lock is poisoned"))?
             .remove(vm_id);
-        if let Some(mut r) = taken {
-            stop_child(&mut r);
+        match taken {
+            Some(mut r) => stop_child(&mut r),
+            // Not this agent's: a guest an earlier agent left running is ended.
+            None => {
+                qemu::kill_stale(&self.vm_dir(host, vm_id));
+            }
         }
         Ok(())
     }
@@ -1484,10 +1553,11 @@ impl HostAgent for EmulatedHosts {
         let stage =
             qemu::console_tail(&dir, qemu::STAGE_WINDOW).map(|(t, _)| qemu::stage(&t).to_string());
         match qemu::console_tail(&dir, control::agent::CONSOLE_MAX) {
-            Ok((text, truncated)) => Ok(Some(control::agent::wire::Console {
+            Ok((text, offset)) => Ok(Some(control::agent::wire::Console {
                 stage: stage.unwrap_or_default(),
                 text,
-                truncated,
+                truncated: offset > 0,
+                offset,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(fail("console", code::HOST_AGENT, e.to_string())),

@@ -137,7 +137,12 @@ pub fn stage(console: &str) -> &'static str {
     let console = console
         .rfind(BOOT_MARK)
         .map_or(console, |at| &console[at + BOOT_MARK.len()..]);
-    if console.contains("Security Violation") || console.contains("Access Denied") {
+    // The firmware's words count before the kernel's first line only (after it, the
+    // guest prints what it likes).
+    let firmware = console
+        .find("Linux version")
+        .map_or(console, |at| &console[..at]);
+    if firmware.contains("Security Violation") || firmware.contains("Access Denied") {
         "refused by the firmware"
     } else if console.contains("Kernel panic") {
         "kernel panic"
@@ -154,9 +159,9 @@ pub fn stage(console: &str) -> &'static str {
     }
 }
 
-/// The last `max` bytes of the VM's console in `dir` (lossy UTF-8), and whether
-/// earlier output was cut.
-pub fn console_tail(dir: &Path, max: u64) -> std::io::Result<(String, bool)> {
+/// The last `max` bytes of the VM's console in `dir` (lossy UTF-8), and where they
+/// start in it.
+pub fn console_tail(dir: &Path, max: u64) -> std::io::Result<(String, u64)> {
     use std::io::Seek as _;
     let mut f = std::fs::File::open(dir.join(CONSOLE))?;
     let len = f.metadata()?.len();
@@ -164,7 +169,55 @@ pub fn console_tail(dir: &Path, max: u64) -> std::io::Result<(String, bool)> {
     f.seek(std::io::SeekFrom::Start(from))?;
     let mut buf = Vec::new();
     f.take(max).read_to_end(&mut buf)?;
-    Ok((String::from_utf8_lossy(&buf).into_owned(), from > 0))
+    Ok((String::from_utf8_lossy(&buf).into_owned(), from))
+}
+
+/// Where QEMU writes its process id, in the VM's directory.
+pub const PIDFILE: &str = "qemu.pid";
+
+/// Ends a QEMU of the VM in `dir` that outlived its agent (the agent was killed: its
+/// guest is orphaned, its vTPM gone): the process named in [`PIDFILE`] if it is a QEMU
+/// running with this directory. Returns whether one was ended.
+pub fn kill_stale(dir: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(dir.join(PIDFILE))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours = cmdline.contains("qemu-system") && cmdline.contains(&opt(&dir.join(VARS)));
+    if !ours {
+        let _ = std::fs::remove_file(dir.join(PIDFILE));
+        return false;
+    }
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_dir.exists() && Instant::now() < deadline {
+        // A zombie of another parent keeps /proc/PID until reaped: its state tells.
+        let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(dir.join(PIDFILE));
+    true
+}
+
+/// A path as a QEMU option's value: its commas doubled (a single one would start
+/// another option).
+fn opt(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 /// The last line of `text` that is not empty.
@@ -192,6 +245,8 @@ pub fn start(
     tpm_ctrl: &Path,
 ) -> Result<(Guest, String), BootFailure> {
     let step = "guest";
+    // A guest an earlier agent left running (it was killed) holds the disk: ended.
+    kill_stale(dir);
     let io = |what: &Path, e: std::io::Error| {
         fail(step, code::HOST_AGENT, format!("{}: {e}", what.display()))
     };
@@ -263,30 +318,29 @@ pub fn start(
         .arg("-drive")
         .arg(format!(
             "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            fw.code.display()
+            opt(&fw.code)
         ))
         .arg("-drive")
         .arg(format!(
             "if=pflash,format=raw,unit=1,file={}",
-            vars_path.display()
+            opt(&vars_path)
         ))
         .arg("-drive")
         .arg(format!(
             "file={},format={format},if=virtio",
-            disk_path.display()
+            opt(&disk_path)
         ))
         .arg("-chardev")
-        .arg(format!("socket,id=chrtpm,path={}", tpm_ctrl.display()))
+        .arg(format!("socket,id=chrtpm,path={}", opt(tpm_ctrl)))
         .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
         .args(["-device", "tpm-crb,tpmdev=tpm0"])
         .arg("-chardev")
-        .arg(format!(
-            "file,id=console,path={},append=on",
-            console.display()
-        ))
+        .arg(format!("file,id=console,path={},append=on", opt(&console)))
         .args(["-serial", "chardev:console"])
         .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .arg(format!("unix:{},server=on,wait=off", opt(&qmp)))
+        .arg("-pidfile")
+        .arg(dir.join(PIDFILE))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -307,9 +361,14 @@ pub fn start(
     let mut guest = Guest { child, qmp };
     let deadline = Instant::now() + KERNEL_WAIT;
     let this_boot = || -> String {
-        let all = std::fs::read(&console).unwrap_or_default();
-        let from = usize::try_from(started_at).unwrap_or(0).min(all.len());
-        String::from_utf8_lossy(&all[from..]).into_owned()
+        use std::io::Seek as _;
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&console)
+            && f.seek(std::io::SeekFrom::Start(started_at)).is_ok()
+        {
+            let _ = f.take(STAGE_WINDOW).read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     };
     loop {
         let out = this_boot();
@@ -368,6 +427,8 @@ mod tests {
             stage("BdsDxe\nSecurity Violation\nLinux version"),
             "refused by the firmware"
         );
+        // The guest printing the firmware's words later is not a refusal.
+        assert_eq!(stage("Linux version 6.1\nAccess Denied"), "kernel");
         // An earlier boot's lines do not count for the next one.
         let two = format!("Linux version 6.1\nsystemd[1]: ok\n{BOOT_MARK}\nBdsDxe: loading");
         assert_eq!(stage(&two), "firmware");

@@ -114,7 +114,13 @@ async fn start(
                     let _ = tx.send(line(&StartLine::Step(s)));
                 })
                 .err();
-            let _ = tx.send(line(&StartLine::Done { failure }));
+            let booted = failure.is_none();
+            // Nobody hears the outcome (the caller went away, or gave up waiting):
+            // the VM is stopped again rather than left running unrecorded; the
+            // control plane has it `failed` or boots it again.
+            if tx.send(line(&StartLine::Done { failure })).is_err() && booted {
+                let _ = a.inner.stop(&a.host, &spec.vm_id);
+            }
         })
     });
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -278,6 +284,7 @@ mod tests {
             Ok(Some(control::agent::wire::Console {
                 text: "Linux version 6.1".into(),
                 truncated: false,
+                offset: 0,
                 stage: "kernel".into(),
             }))
         }
@@ -340,7 +347,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let remote = RemoteAgents::new(store.clone(), api_client::agent(None).unwrap());
+        let remote = RemoteAgents::new(store.clone(), None).unwrap();
         // Not registered yet.
         let e = remote.start(&spec(2), &mut |_| {}).unwrap_err();
         assert_eq!(e.code, control_api::codes::HOST_AGENT_UNAVAILABLE, "{e}");
@@ -368,6 +375,7 @@ mod tests {
         assert_eq!(e.code, control_api::codes::boot::HOST_AGENT);
         assert!(e.reason.contains("ended after 1 steps"), "{e}");
         assert!(remote.is_running("host-1", VM));
+        assert!(!remote.is_running("host-1", &"f".repeat(32)));
         assert_eq!(
             remote.attest(&spec(2), &[0xab, 0xcd]).unwrap(),
             format!("token-{VM}-abcd")
