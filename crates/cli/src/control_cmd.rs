@@ -429,17 +429,22 @@ pub fn up(args: UpArgs) -> ExitCode {
     }
 }
 
+/// The certificate chain and key to serve HTTPS with, when both are given.
+fn tls_files(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Option<httpd::TlsFiles> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(httpd::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// `cvm control ...`
 pub fn run(cmd: ControlCommand) -> ExitCode {
     let ControlCommand::Serve(a) = cmd;
     let r = (|| -> Result<()> {
-        let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => Some(httpd::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            _ => None,
-        };
+        let tls = tls_files(&a.tls_cert, &a.tls_key);
         require_loopback_or_tls(&a.listen, tls.is_some())?;
         let cfg = config(&a.state, &a.p)?;
         control::server::run_server(&a.listen, tls, cfg, |_addr, base, created| {
@@ -1402,13 +1407,7 @@ pub fn run_price(a: PriceArgs) -> ExitCode {
 /// `cvm host run`: one host's agent as a process of its own.
 fn host_run(a: HostRunArgs) -> ExitCode {
     let r = (|| -> Result<()> {
-        let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => Some(httpd::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            _ => None,
-        };
+        let tls = tls_files(&a.tls_cert, &a.tls_key);
         require_loopback_or_tls(&a.listen, tls.is_some())?;
         if let Some(h) = &a.advertise
             && (h.is_empty() || h.contains(['/', '?', '#', '@', ' ']))
