@@ -1368,6 +1368,7 @@ fn build_image(id: &str, cache: Option<PathBuf>, rebuild: bool) -> Result<os_ima
         && let Ok(text) = std::fs::read(&manifest)
         && let Ok(built) = serde_json::from_slice::<os_image::Built>(&text)
         && built.path == image
+        && built.recipe == os_image::RECIPE
     {
         eprintln!(
             "using the cached {} (--rebuild builds it again)",

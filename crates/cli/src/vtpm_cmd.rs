@@ -106,6 +106,12 @@ pub struct RunArgs {
     /// Wait for CMD_INIT (or a simulator power-on) instead of starting the TPM at once.
     #[arg(long)]
     need_init: bool,
+    /// The VM powers on: volatile state an earlier run saved (at its orderly end) is
+    /// discarded, not resumed, as a power-on resets a TPM (its PCRs start from zero).
+    /// Without it the saved state is resumed once (a vTPM process restarted under a
+    /// running guest).
+    #[arg(long)]
+    power_on: bool,
     /// The platform's vTPM CA directory (created on first use): issues the AK
     /// certificate at NV 0x01C101D0. Without it there is no AK certificate.
     #[arg(long)]
@@ -247,6 +253,12 @@ fn run_vtpm(a: RunArgs) -> Result<()> {
         }
         _ => anyhow::bail!("--state DIR or --vmgs FILE --key-file K"),
     };
+    let mut store = store;
+    if a.power_on {
+        store
+            .remove(vtpm::StateKind::Volatile, false)
+            .context("discarding the saved volatile state at power-on")?;
+    }
     let (major, minor, patch) = vtpm::libtpms_version();
     tracing::info!(
         "libtpms {major}.{minor}.{patch} (it must carry the fixes for \

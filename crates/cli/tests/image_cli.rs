@@ -14,23 +14,7 @@ use serde_json::Value;
 
 /// The built image (from the cache, or built now) and its manifest.
 fn image() -> (PathBuf, Value) {
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images");
-    let o = cvm(&[
-        "image",
-        "build",
-        "debian-12",
-        "--no-import",
-        "--json",
-        "--cache",
-        cache.to_str().unwrap(),
-    ]);
-    assert!(
-        o.status.success(),
-        "cvm image build: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let manifest: Value = serde_json::from_slice(&o.stdout).unwrap();
-    (PathBuf::from(manifest["path"].as_str().unwrap()), manifest)
+    common::qemu::debian_image()
 }
 
 fn tool(args: &[&str]) -> String {
@@ -70,6 +54,8 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
         "grub-efi-amd64-signed ",
         "linux-image-amd64 ",
         "systemd-sysv ",
+        "dracut ",
+        "tpm2-tools ",
     ] {
         assert!(
             packages.iter().any(|x| x.starts_with(p)),
@@ -97,7 +83,19 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
         cat("/etc/debian_version").trim(),
         manifest["debian_version"].as_str().unwrap()
     );
-    assert!(cat("/etc/fstab").contains(&format!("PARTUUID={partuuid} / ext4")));
+    // The root file system is named by its UUID (the same in clear or inside LUKS2),
+    // and the initramfs's crypttab opens a LUKS2 root by the label the platform's
+    // pre-encryption gives it, with the vTPM only.
+    let uuid = manifest["root_uuid"].as_str().unwrap();
+    assert_eq!(manifest["recipe"], os_image::RECIPE);
+    assert!(cat("/etc/fstab").contains(&format!("UUID={uuid} / ext4")));
+    let crypttab = cat("/etc/crypttab");
+    assert!(
+        crypttab.contains(&format!("root LABEL={} none ", disk::os::ROOT_LABEL))
+            && crypttab.contains("tpm2-device=auto")
+            && crypttab.contains("headless=true"),
+        "{crypttab}"
+    );
     assert!(cat("/usr/lib/os-release").contains("VERSION_ID=\"12\""));
     // The ESP, read by mtools: the kernel there is the root's.
     let dir = tempfile::tempdir().unwrap();

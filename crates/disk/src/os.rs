@@ -12,6 +12,12 @@
 //! is complete. Running the same command again resumes.
 
 use std::fs::File;
+
+/// The LUKS2 label the platform's pre-encryption gives an OS disk's encrypted
+/// partitions, and by which the guest's initramfs finds its root volume (the
+/// `LABEL=` of its crypttab line, `os_image`): a label, unlike a UUID, is known
+/// before the disk is encrypted.
+pub const ROOT_LABEL: &str = "opencvm-root";
 use std::path::Path;
 
 use serde::Serialize;

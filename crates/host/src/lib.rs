@@ -38,6 +38,12 @@
 //!    vTPM unseal it, so the disk opens only for this VM's vTPM and boot chain.
 //!    Either way the volume key is checked against the header's digest, as
 //!    cryptsetup checks it before it opens a disk.
+//!
+//! On a `qemu` host the guest then boots (step **guest**, [`qemu`]): its firmware
+//! measures the boot into the vTPM itself. With an encrypted disk steps 6 and 7 run
+//! first as above (so a disk that would not open fails the start before QEMU runs),
+//! the vTPM is shut down in order, and the guest's own initramfs unseals the disk's
+//! key from the vTPM under PCR 7 as its firmware made it (the image's crypttab).
 
 #![forbid(unsafe_code)]
 
@@ -506,13 +512,6 @@ impl EmulatedHosts {
                 ));
             }
         };
-        if qemu_fw.is_some() && spec.encryption == "DiskWithVMGuestState" {
-            return Err(fail(
-                "launch",
-                code::DISK_LOCKED,
-                "the qemu backend does not open encrypted OS disks yet (the guest's initramfs would unseal the disk's key from the vTPM); create the VM with --disk-encryption none",
-            ));
-        }
         let platform = self.platform(&spec.host)?;
         if !platform.config().snp_enabled {
             return Err(fail(
@@ -685,12 +684,57 @@ impl EmulatedHosts {
         } else {
             spec.image.clone()
         };
-        let measure = qemu_fw.is_none().then_some(endpoint.as_str());
+        // A `qemu` guest's firmware measures its own boot; an encrypted disk is
+        // still checked here first, under PCR 7 as the firmware will make it (the
+        // vTPM is reset when QEMU starts).
+        let encrypted = spec.encryption == "DiskWithVMGuestState";
+        let measure = (qemu_fw.is_none() || encrypted).then_some(endpoint.as_str());
         match secure_boot(&disk, &store, measure, &dir) {
             Ok(detail) => ok("secure_boot", t, detail),
             Err(f) => {
                 stop_child(&mut running);
                 return Err(f);
+            }
+        }
+
+        // 7. The OS disk, opened through the released key (first start) or the vTPM.
+        if encrypted {
+            let t = Instant::now();
+            match unlock_disk(
+                spec,
+                &dir,
+                &self.services.vault_url,
+                &releaser,
+                &attested,
+                &endpoint,
+            ) {
+                Ok(detail) if qemu_fw.is_some() => {
+                    // The guest starts on a vTPM shut down in order (QEMU resets
+                    // it; an unordered reset would count against its
+                    // dictionary-attack protection).
+                    let shut = disk::tpm2::connect(&endpoint)
+                        .and_then(|mut tpm| disk::tpm2::shutdown_clear(tpm.as_mut()));
+                    if let Err(e) = shut {
+                        stop_child(&mut running);
+                        return Err(fail(
+                            "disk_unlock",
+                            code::VTPM_FAILED,
+                            format!("shutting the vTPM down before the guest starts: {e}"),
+                        ));
+                    }
+                    ok(
+                        "disk_unlock",
+                        t,
+                        format!(
+                            "{detail}; the guest's initramfs opens it itself, through the vTPM (systemd-cryptsetup, tpm2-device=auto)"
+                        ),
+                    );
+                }
+                Ok(detail) => ok("disk_unlock", t, detail),
+                Err(f) => {
+                    stop_child(&mut running);
+                    return Err(f);
+                }
             }
         }
 
@@ -718,24 +762,6 @@ impl EmulatedHosts {
             }
         }
 
-        // 7. The OS disk, opened through the released key (first start) or the vTPM.
-        if spec.encryption == "DiskWithVMGuestState" {
-            let t = Instant::now();
-            match unlock_disk(
-                spec,
-                &dir,
-                &self.services.vault_url,
-                &releaser,
-                &attested,
-                &endpoint,
-            ) {
-                Ok(detail) => ok("disk_unlock", t, detail),
-                Err(f) => {
-                    stop_child(&mut running);
-                    return Err(f);
-                }
-            }
-        }
         Ok(running)
     }
 
@@ -754,7 +780,7 @@ impl EmulatedHosts {
         let data = format!("unix:{}", sock.join("data").display());
         let ctrl = format!("unix:{}", sock.join("ctrl").display());
         let mut child = Command::new(&self.cvm)
-            .args(["vtpm", "run", "--kek-stdin", "--vmgs"])
+            .args(["vtpm", "run", "--power-on", "--kek-stdin", "--vmgs"])
             .arg(vmgs_path)
             .args([
                 "--server",

@@ -266,7 +266,7 @@ impl PreEncryption for PreEncryptionService {
         // iterations, as systemd uses for its own random keys.
         let opts = disk::EncryptOptions {
             kdf: disk::KdfChoice::Minimal,
-            label: format!("opencvm-{}", spec.vm_id),
+            label: disk::os::ROOT_LABEL.to_string(),
             ..disk::EncryptOptions::default()
         };
         let built = work.join(OS_DISK);

@@ -30,8 +30,10 @@ pub const VARS: &str = "OVMF_VARS.fd";
 /// How long a start waits to see the guest's kernel on its console before it calls
 /// the VM running (the firmware is then still booting; the console tells).
 const KERNEL_WAIT: Duration = Duration::from_secs(15);
-/// How long a guest may take to power off after an ACPI power-down request.
-const POWERDOWN_WAIT: Duration = Duration::from_secs(10);
+/// How long a guest may take to power off after an ACPI power-down request (an
+/// orderly systemd shutdown under TCG takes a few seconds; with the vTPM's own
+/// shutdown the whole stop stays within a remote agent's call deadline of 30 s).
+const POWERDOWN_WAIT: Duration = Duration::from_secs(20);
 /// The most memory a guest gets here, MiB (its size's memory under TCG on a small
 /// host would only be reserved, never used).
 const MAX_MEMORY_MIB: u32 = 2048;

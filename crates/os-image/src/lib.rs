@@ -10,8 +10,18 @@
 //!   `\initrd.img` (on the ESP so that the boot chain can be checked from the ESP
 //!   alone);
 //! - partition 2, the root (ext4): `debootstrap --variant=minbase` of bookworm with
-//!   `linux-image-amd64` and `systemd-sysv`, its `/etc/fstab` naming the partition by
-//!   PARTUUID.
+//!   `linux-image-amd64` and `systemd-sysv`, then `dracut`, `cryptsetup-bin`,
+//!   `tpm2-tools` (with the TPM libraries `systemd-cryptsetup` loads) and `dbus`. The root file
+//!   system is named by its UUID (the kernel's `root=`, `/etc/fstab`), which is the
+//!   same whether the partition holds it in clear or inside LUKS2.
+//!
+//! The initramfs is dracut's (systemd in the initramfs, its `crypt` and `tpm2-tss`
+//! modules, not host-only) and carries `/etc/crypttab` with one line: the LUKS2
+//! volume labelled [`disk::os::ROOT_LABEL`] (the label the platform's pre-encryption
+//! gives it) is opened as `root` by `systemd-cryptsetup` with the key the vTPM
+//! unseals (`tpm2-device=auto`, the `systemd-tpm2` token), never by asking for a
+//! passphrase (`headless`). In an image left in clear no volume has that label, and
+//! the line (`nofail`) is passed over.
 //!
 //! Tools (Debian packages `debootstrap`, `dosfstools`, `mtools`, `e2fsprogs`,
 //! `fdisk`, `apt`, `dpkg`) run as child processes; debootstrap needs root (through
@@ -70,7 +80,30 @@ pub struct Built {
     pub packages: Vec<String>,
     /// `/etc/debian_version` of the root.
     pub debian_version: String,
+    /// The root file system's UUID (ext4), what the kernel mounts.
+    #[serde(default)]
+    pub root_uuid: String,
+    /// Which version of this recipe built it ([`RECIPE`]); an image built by an
+    /// earlier one is built again, not reused.
+    #[serde(default)]
+    pub recipe: u32,
 }
+
+/// The version of the image recipe: 2 added dracut, the crypttab line and the root
+/// file system's UUID (so that the guest opens an encrypted root itself).
+pub const RECIPE: u32 = 2;
+
+/// The Debian packages added to the root after debootstrap: dracut (its initramfs
+/// opens a LUKS2 root with the vTPM), cryptsetup, tpm2-tools (which dracut's
+/// `tpm2-tss` module requires, and which lets a guest read its vTPM) and dbus
+/// (without it systemd-logind does not run, and an ACPI power-down request, the
+/// platform's clean stop, goes unanswered).
+const EXTRA_PACKAGES: [&str; 4] = ["dracut", "cryptsetup-bin", "tpm2-tools", "dbus"];
+
+/// The dracut configuration of the image: not host-only (the build machine is not
+/// the guest), systemd's `crypt` and `tpm2-tss` modules, the guest's disk and TPM
+/// drivers, and the crypttab.
+const DRACUT_CONF: &str = "hostonly=\"no\"\nadd_dracutmodules+=\" crypt tpm2-tss \"\nadd_drivers+=\" tpm_crb tpm_tis virtio_blk virtio_pci virtio_scsi dm_crypt \"\ninstall_items+=\" /etc/crypttab \"\n";
 
 /// The ESP's size, MiB.
 const ESP_MIB: u64 = 256;
@@ -234,6 +267,47 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
             "the root is Debian {debian_version}, not 12"
         )));
     }
+    // The initramfs's configuration first, so that dracut, installed next, builds
+    // the initramfs with it.
+    let crypttab = format!(
+        "root LABEL={} none luks,tpm2-device=auto,headless=true,nofail,discard\n",
+        disk::os::ROOT_LABEL
+    );
+    run(
+        "mkdir",
+        &[
+            "-p",
+            &rootfs.join("etc/dracut.conf.d").display().to_string(),
+        ],
+        true,
+        None,
+    )?;
+    put_root_file(work, &rootfs, "etc/dracut.conf.d/opencvm.conf", DRACUT_CONF)?;
+    put_root_file(work, &rootfs, "etc/crypttab", &crypttab)?;
+    progress(&format!(
+        "apt-get install {} (in the root; dracut builds the initramfs)",
+        EXTRA_PACKAGES.join(" ")
+    ));
+    let rootfs_s = rootfs.display().to_string();
+    run(
+        "chroot",
+        &[&rootfs_s, "apt-get", "update", "-q"],
+        true,
+        None,
+    )?;
+    let mut install = vec![
+        rootfs_s.as_str(),
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ];
+    install.extend(EXTRA_PACKAGES);
+    run("chroot", &install, true, None)?;
+    run("chroot", &[&rootfs_s, "apt-get", "clean"], true, None)?;
     let mut packages = Vec::new();
     let installed = run(
         "chroot",
@@ -246,6 +320,10 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
             "linux-image-*",
             "systemd-sysv",
             "base-files",
+            "dracut",
+            "cryptsetup-bin",
+            "tpm2-tools",
+            "dbus",
         ],
         true,
         None,
@@ -261,6 +339,7 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
         &[
             "-rf",
             &rootfs.join("var/cache/apt/archives").display().to_string(),
+            &rootfs.join("var/lib/apt/lists").display().to_string(),
         ],
         true,
         None,
@@ -345,27 +424,15 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
 
     let root_partuuid = uuid4()?;
     let esp_partuuid = uuid4()?;
+    let root_uuid = uuid4()?;
     // debootstrap copies the build machine's hostname; the image gets its own.
-    for (file, text) in [
-        (
-            "etc/fstab",
-            format!("PARTUUID={root_partuuid} / ext4 errors=remount-ro 0 1\n"),
-        ),
-        ("etc/hostname", "debian\n".to_string()),
-    ] {
-        let tmp = work.join(file.replace('/', "-"));
-        std::fs::write(&tmp, text).map_err(io(tmp.display()))?;
-        // Copied as root: the root file system belongs to root.
-        run(
-            "cp",
-            &[
-                &tmp.display().to_string(),
-                &rootfs.join(file).display().to_string(),
-            ],
-            true,
-            None,
-        )?;
-    }
+    put_root_file(
+        work,
+        &rootfs,
+        "etc/fstab",
+        &format!("UUID={root_uuid} / ext4 errors=remount-ro 0 1\n"),
+    )?;
+    put_root_file(work, &rootfs, "etc/hostname", "debian\n")?;
 
     progress("mkfs.vfat + mtools: the EFI system partition");
     let esp = work.join("esp.img");
@@ -378,7 +445,7 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
     std::fs::write(
         &cfg,
         format!(
-            "set timeout=0\nlinux /vmlinuz root=PARTUUID={root_partuuid} ro console=ttyS0 panic=-1\ninitrd /initrd.img\nboot\n"
+            "set timeout=0\nlinux /vmlinuz root=UUID={root_uuid} ro console=ttyS0 panic=-1\ninitrd /initrd.img\nboot\n"
         ),
     )
     .map_err(io(cfg.display()))?;
@@ -420,6 +487,8 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
             "-q",
             "-L",
             "debian-root",
+            "-U",
+            &root_uuid,
             "-d",
             &rootfs.display().to_string(),
             &root_s,
@@ -478,6 +547,8 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
         root_partuuid,
         packages,
         debian_version,
+        root_uuid,
+        recipe: RECIPE,
     };
     let _ = run(
         "rm",
@@ -487,6 +558,23 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
     );
     let _ = std::fs::remove_file(&esp);
     Ok(built)
+}
+
+/// Writes `text` to `file` (a path inside `rootfs`) as root (the root file system
+/// belongs to root), through a file in `work`.
+fn put_root_file(work: &Path, rootfs: &Path, file: &str, text: &str) -> Result<(), BuildError> {
+    let tmp = work.join(file.replace('/', "-"));
+    std::fs::write(&tmp, text).map_err(io(tmp.display()))?;
+    run(
+        "cp",
+        &[
+            &tmp.display().to_string(),
+            &rootfs.join(file).display().to_string(),
+        ],
+        true,
+        None,
+    )?;
+    Ok(())
 }
 
 /// Size and SHA-256 of a file.

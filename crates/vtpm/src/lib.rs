@@ -26,6 +26,7 @@ pub mod tpm;
 pub mod vmgs_state;
 
 pub use engine::{Engine, EngineError, LibtpmsEngine};
+pub use libtpms::StateKind;
 pub use server::{Endpoint, Protocol, Server, ServerConfig};
 pub use state::{StateDir, StateStore};
 pub use vmgs_state::VmgsState;

@@ -5,6 +5,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The Debian 12 image `cvm image build debian-12` makes, from the cache the quick
+/// start fills (`target/images`; built there now if missing), and its manifest.
+pub fn debian_image() -> (PathBuf, serde_json::Value) {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images");
+    let o = Command::new(env!("CARGO_BIN_EXE_cvm"))
+        .args([
+            "image",
+            "build",
+            "debian-12",
+            "--no-import",
+            "--json",
+            "--cache",
+        ])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cvm image build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    (PathBuf::from(manifest["path"].as_str().unwrap()), manifest)
+}
+
 /// Boots `disk` (virtio) with Debian's Secure Boot OVMF and the variables image `vars`
 /// (q35, SMM, 1 GiB), the serial console to `serial`, with `extra` arguments; stops it
 /// once the console shows one of `done`, QEMU exits, or `timeout` passes. The console.
