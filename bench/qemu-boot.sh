@@ -14,7 +14,12 @@
 #    `cvm vtpm run` on a plain state directory: no attestation, no key release, no
 #    VMGS, no host-side checks) until the same prompt;
 # 3. memory of the running gated VM: QEMU's and its vTPM's resident and proportional
-#    set sizes.
+#    set sizes;
+# 4. gated with an encrypted OS disk: a second VM created with `--disk-encryption
+#    platform-key` (its pre-encryption timed), started the same way: the host unseals
+#    the disk's key through the vTPM before QEMU (the first start releases it from the
+#    key vault and binds the disk), and the guest's initramfs opens the root itself.
+#    Not compared with a gates-off boot: without the gates no vTPM holds the key.
 # Everything runs under TCG (no KVM here) and shares the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,33 +59,57 @@ for _ in $(seq 600); do
 done
 state=(--state "$work/up")
 "$cvm" image build debian-12 "${state[@]}" --cache target/images >/dev/null
+# starts NAME ARRAY: RUNS times `cvm vm start NAME`, its console until the login
+# prompt, then `cvm vm stop NAME`; prints each run (with the gates' own time, and the
+# disk's unlock when it has one) and appends the time to the prompt to ARRAY. The
+# last run also prints the memory of the running VM's QEMU and vTPM.
+starts() {
+  local name=$1 vdir r from t0 t1 t2 t3 gates unlock qpid vpid p pname rss pss
+  local -n times=$2
+  vdir="$work/up/hosts/host-1/vms/$("$cvm" vm show "$name" "${state[@]}" --json | jq -r .id)"
+  for r in $(seq "$runs"); do
+    from=$(stat -c %s "$vdir/console.log" 2>/dev/null || echo 0)
+    t0=$(now_ms)
+    "$cvm" vm start "$name" "${state[@]}" >/dev/null 2>&1
+    t1=$(now_ms)
+    t2=$(wait_prompt "$vdir/console.log" "$from")
+    # This start's events: from its last `start` event on.
+    read -r gates unlock < <("$cvm" vm events "$name" "${state[@]}" --json | jq -r '
+      .value | .[(map(.step) | rindex("start")):]
+      | [([.[] | select(.step == "attest" or .step == "vmgs_key_release" or .step == "vmgs") | .durationMs] | add),
+         ([.[] | select(.step == "disk_unlock") | .durationMs] | add // "none")] | @tsv')
+    echo "  run $r: running after $((t1 - t0)) ms (attest + key release + VMGS $gates ms, disk_unlock $unlock ms), login prompt after $((t2 - t0)) ms"
+    times+=($((t2 - t0)))
+    if [ "$r" = "$runs" ]; then
+      qpid=$(pgrep -f "qemu-system-x86_64.*$vdir" | head -1)
+      vpid=$(pgrep -f "vtpm run --kek-stdin --vmgs $vdir" | head -1)
+      for p in "$qpid" "$vpid"; do
+        pname=$(tr '\0' ' ' <"/proc/$p/cmdline" | awk '{print $1" "$2" "$3}')
+        rss=$(awk '/^Rss:/ {print $2}' "/proc/$p/smaps_rollup")
+        pss=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup")
+        echo "  memory of the running VM: $pname: RSS $((rss / 1024)) MiB, PSS $((pss / 1024)) MiB"
+      done
+    fi
+    t3=$(now_ms)
+    "$cvm" vm stop "$name" "${state[@]}" >/dev/null 2>&1
+    echo "  run $r: stopped after $(($(now_ms) - t3)) ms ($(tail -c 4096 "$vdir/console.log" | grep -q 'reboot: Power down' && echo 'the guest powered off' || echo 'forced'))"
+  done
+}
+
 "$cvm" vm create bench "${state[@]}" --size Standard_DC2as_v5 --image debian-12 \
   --disk-encryption none >/dev/null
-id=$("$cvm" vm show bench "${state[@]}" --json | jq -r .id)
-dir="$work/up/hosts/host-1/vms/$id"
+dir="$work/up/hosts/host-1/vms/$("$cvm" vm show bench "${state[@]}" --json | jq -r .id)"
 echo "gated: cvm vm start, then the console until the login prompt ($runs runs)"
 gated=()
-for r in $(seq "$runs"); do
-  from=$(stat -c %s "$dir/console.log" 2>/dev/null || echo 0)
-  t0=$(now_ms)
-  "$cvm" vm start bench "${state[@]}" >/dev/null 2>&1
-  t1=$(now_ms)
-  t2=$(wait_prompt "$dir/console.log" "$from")
-  gates=$("$cvm" vm events bench "${state[@]}" --json | jq '[.value[-9:][] | select(.step == "attest" or .step == "vmgs_key_release" or .step == "vmgs") | .durationMs] | add')
-  echo "  run $r: running after $((t1 - t0)) ms (attest + key release + VMGS $gates ms), login prompt after $((t2 - t0)) ms"
-  gated+=($((t2 - t0)))
-  if [ "$r" = "$runs" ]; then
-    qpid=$(pgrep -f "qemu-system-x86_64.*$dir" | head -1)
-    vpid=$(pgrep -f "vtpm run --kek-stdin --vmgs $dir" | head -1)
-    for p in "$qpid" "$vpid"; do
-      name=$(tr '\0' ' ' <"/proc/$p/cmdline" | awk '{print $1" "$2" "$3}')
-      rss=$(awk '/^Rss:/ {print $2}' "/proc/$p/smaps_rollup")
-      pss=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup")
-      echo "  memory of the running VM: $name: RSS $((rss / 1024)) MiB, PSS $((pss / 1024)) MiB"
-    done
-  fi
-  "$cvm" vm stop bench "${state[@]}" >/dev/null 2>&1
-done
+starts bench gated
+
+echo "gated, encrypted OS disk ($runs runs)"
+t0=$(now_ms)
+"$cvm" vm create benc "${state[@]}" --size Standard_DC2as_v5 --image debian-12 \
+  --disk-encryption platform-key >/dev/null 2>&1
+echo "  create with pre-encryption: $(($(now_ms) - t0)) ms"
+enc=()
+starts benc enc
 
 echo "gates off: the same QEMU boot with a plain vTPM ($runs runs)"
 cp "$dir/OVMF_VARS.fd" "$work/vars.fd"
@@ -116,4 +145,5 @@ done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 g=$(median "${gated[@]}")
 o=$(median "${off[@]}")
-echo "median to the login prompt: gated $g ms, gates off $o ms: the gates add $((g - o)) ms ($(echo "$g $o" | awk '{printf "%.2f", $1 / $2}')x)"
+e=$(median "${enc[@]}")
+echo "median to the login prompt: gated $g ms, gates off $o ms: the gates add $((g - o)) ms ($(echo "$g $o" | awk '{printf "%.2f", $1 / $2}')x); gated with an encrypted disk $e ms"

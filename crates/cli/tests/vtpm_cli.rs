@@ -1585,6 +1585,23 @@ fn an_orderly_shutdown_is_resumed_once_and_a_kill_never_rolls_pcrs_back() {
     assert_eq!(pcr16(&tcti, &work), [0u8; 32]);
 }
 
+/// `--power-on` (what the host agent runs for each VM start): the VM powers on, so
+/// volatile state an orderly shutdown saved is discarded and PCRs start from zero
+/// (without it the same state would be resumed, as the test above shows).
+#[test]
+fn power_on_discards_the_saved_volatile_state() {
+    let (_t, state, work) = workdir();
+    extend_pcr16_and_shut_down(&state, &work);
+    assert!(state.join("volatilestate.state").exists());
+    let vt = start_with(&state, "swtpm", &["--power-on"]);
+    let tcti = vt.tcti("swtpm");
+    // Not resumed: the TPM waits for its TPM2_Startup like a machine powered on.
+    ok(tpm(&tcti, &work, &["tpm2_startup", "-c"]), "startup");
+    assert_eq!(pcr16(&tcti, &work), [0u8; 32]);
+    drop(vt);
+    assert!(!state.join("volatilestate.state").exists());
+}
+
 /// The response code of a raw TPM2_GetRandom(8) sent on a data channel.
 fn raw_getrandom_rc(port: u16) -> u32 {
     use std::io::{Read, Write};

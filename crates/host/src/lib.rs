@@ -780,8 +780,10 @@ impl EmulatedHosts {
         let data = format!("unix:{}", sock.join("data").display());
         let ctrl = format!("unix:{}", sock.join("ctrl").display());
         let mut child = Command::new(&self.cvm)
-            .args(["vtpm", "run", "--power-on", "--kek-stdin", "--vmgs"])
+            .args(["vtpm", "run", "--kek-stdin", "--vmgs"])
             .arg(vmgs_path)
+            // Each start is a power-on of the VM: the vTPM's PCRs start from zero.
+            .arg("--power-on")
             .args([
                 "--server",
                 &data,
