@@ -190,6 +190,11 @@ pub struct PlatformArgs {
     /// --tls-cert`) chain to; default: the Mozilla roots.
     #[arg(long)]
     agent_ca: Option<PathBuf>,
+    /// Seconds a replica's lease on a VM's start lasts without renewal (it renews
+    /// every third of it): a start whose replica died is taken over by another
+    /// replica after that long.
+    #[arg(long, default_value_t = control::DEFAULT_SAGA_LEASE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    saga_lease: u64,
 }
 
 /// `cvm control ...`
@@ -272,7 +277,28 @@ fn config(state: &Path, p: &PlatformArgs) -> Result<control::ControlConfig> {
             .as_ref()
             .map(|f| std::fs::read(f).with_context(|| format!("--agent-ca {}", f.display())))
             .transpose()?,
+        replica: None,
+        saga_lease: std::time::Duration::from_secs(p.saga_lease),
     })
+}
+
+/// `cvm up`'s name as a replica, kept in its state directory (`replica`): a restarted
+/// `cvm up` resumes the starts it was running at once, as their holder.
+fn up_replica(state: &Path) -> Result<String> {
+    let path = state.join("replica");
+    if let Ok(name) = std::fs::read_to_string(&path)
+        && let name = name.trim()
+        && !name.is_empty()
+    {
+        return Ok(name.to_string());
+    }
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let name = format!("up-{}", hex::encode(b));
+    let tmp = state.join("replica.new");
+    std::fs::write(&tmp, format!("{name}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(name)
 }
 
 /// `cvm up`: the control plane with the local tenant and emulated hosts.
@@ -294,7 +320,8 @@ pub fn up(args: UpArgs) -> ExitCode {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&control_dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        let cfg = config(&control_dir, &args.p)?;
+        let mut cfg = config(&control_dir, &args.p)?;
+        cfg.replica = Some(up_replica(&control_dir)?);
         let region = cfg.default_region.clone();
         let state = args.state.clone();
         let hosts = args.hosts;
@@ -364,6 +391,9 @@ pub fn up(args: UpArgs) -> ExitCode {
             // first request is answered, and boot again in the background.
             let again = c.interrupted().map_err(|e| fail(e.message))?;
             let c = std::sync::Arc::new(c);
+            // Starts another replica on the same database left (it died) are taken
+            // over.
+            c.keep_sagas();
             if !again.is_empty() {
                 let c = c.clone();
                 std::thread::spawn(move || {

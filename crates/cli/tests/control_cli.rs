@@ -3481,3 +3481,155 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
     let (code, _) = cli(&platform, &["vm", "delete", "enc"]);
     assert_eq!(code, 0);
 }
+
+/// Saga takeover between replicas: a replica (`cvm control serve`) killed with -9
+/// while it runs a VM's start leaves the VM `starting` under a lease it no longer
+/// renews; once the lease runs out (`--saga-lease 2`), another replica on the same
+/// PostgreSQL database takes the start over and boots the VM through its host's agent:
+/// it ends `running` with one vTPM, its events saying the start was taken over. Trials
+/// go on until three kills landed during a start (at most twelve).
+#[test]
+fn a_start_whose_replica_died_is_taken_over_by_another() {
+    let Some(pg) = sqldb::scratch::postgres() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("up");
+    let lease = ["--saga-lease", "2"];
+    let a = up(
+        &state,
+        &[
+            "--hosts",
+            "1",
+            "--regions",
+            "eastus",
+            "--host-agents",
+            "external",
+            "--database",
+            &pg.url,
+            lease[0],
+            lease[1],
+        ],
+    );
+    let _agent = host_agent(&state, "host-1", &[]);
+    let replica = |name: &str| {
+        common::spawn(&[
+            "control",
+            "serve",
+            "--state",
+            d.join(name).to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--regions",
+            "eastus",
+            "--database",
+            &pg.url,
+            lease[0],
+            lease[1],
+        ])
+    };
+    let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
+    let disk = debian_disk(d, "debian");
+    let (code, img) = cli(
+        &a,
+        &["image", "import", "debian-12", disk.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{img}");
+    let mut body = create_request("Standard_DC2as_v5");
+    body["osDisk"]["securityEncryptionType"] = json!("VMGuestStateOnly");
+    let (st, vm) = http(
+        "PUT",
+        &format!("{}/vms/t1", a.url),
+        Some(&tenant),
+        Some(&body),
+    );
+    assert_eq!(st, 200, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_string();
+    let state_of = |url: &str| -> String {
+        let (_, vm) = http("GET", &format!("{url}/vms/t1"), Some(&tenant), None);
+        vm["state"].as_str().unwrap_or_default().to_string()
+    };
+    let mut taken_over = 0;
+    for _ in 0..12 {
+        let mut b = replica("b");
+        let url = b.url.clone();
+        // Its answer may never come (b is killed): the error is not the test's.
+        let starter = std::thread::spawn({
+            let tenant = tenant.clone();
+            move || {
+                common::agent()
+                    .post(format!("{url}/vms/t1/start"))
+                    .header("Authorization", format!("Bearer {tenant}"))
+                    .send(&b"{}"[..])
+                    .is_ok()
+            }
+        });
+        // Killed as soon as the start is under way.
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(10) {
+            match state_of(&a.url).as_str() {
+                "starting" | "running" | "failed" => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        b.child.kill().unwrap();
+        b.child.wait().unwrap();
+        let _ = starter.join();
+        // Still `starting` once b is gone: b's saga was cut off.
+        let mid_start = state_of(&a.url) == "starting";
+        // Whatever the kill interrupted, the VM settles without replica b.
+        let mut settled = String::new();
+        for _ in 0..300 {
+            settled = state_of(&a.url);
+            if settled != "starting" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(settled, "running", "the VM did not settle running");
+        assert_eq!(
+            vtpms(&state).get(&id).copied(),
+            Some(1),
+            "one vTPM for the running VM"
+        );
+        let (_, events) = http(
+            "GET",
+            &format!("{}/vms/t1/events", a.url),
+            Some(&tenant),
+            None,
+        );
+        let took = events["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["detail"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("its start was taken over"))
+            })
+            .count();
+        if mid_start {
+            assert!(
+                took > taken_over,
+                "a start killed mid-way was not taken over: {events}"
+            );
+            taken_over = took;
+        }
+        let (st, vm) = http(
+            "POST",
+            &format!("{}/vms/t1/stop", a.url),
+            Some(&tenant),
+            None,
+        );
+        assert_eq!((st, vm["state"].as_str()), (200, Some("stopped")), "{vm}");
+        assert_eq!(vtpms(&state).get(&id), None);
+        if taken_over >= 3 {
+            break;
+        }
+    }
+    assert!(
+        taken_over >= 3,
+        "only {taken_over} kills landed during a start"
+    );
+}

@@ -27,7 +27,7 @@ pub mod service;
 pub mod store;
 pub mod validate;
 
-pub use service::{Caller, Control, ControlConfig, OpenError, Role};
+pub use service::{Caller, Control, ControlConfig, DEFAULT_SAGA_LEASE, OpenError, Role};
 
 /// Runs the control plane's parsers on `data` (a fuzz target's entry point): the
 /// contract's request bodies, the create request's validation, and the price table

@@ -463,6 +463,9 @@ pub fn run_server(
         let (control, created) =
             Control::open(cfg).map_err(|e| ServeError::Service(e.to_string()))?;
         on_listening(addr, &base, created.as_deref());
-        Ok(router(Arc::new(control)))
+        let control = Arc::new(control);
+        // Starts another replica left (it died) are taken over.
+        control.keep_sagas();
+        Ok(router(control))
     })
 }

@@ -102,7 +102,16 @@ pub struct ControlConfig {
     /// CA certificates (PEM) that host agents serving HTTPS chain to; `None`: the
     /// Mozilla roots.
     pub agent_ca: Option<Vec<u8>>,
+    /// This replica's name in saga leases; `None`: a fresh random one (a process that
+    /// restarts under the same name, as `cvm up` does, resumes its own sagas at once).
+    pub replica: Option<String>,
+    /// How long a saga's lease lasts without renewal: a `starting` VM whose replica
+    /// died is taken over by another replica after it ([`DEFAULT_SAGA_LEASE`]).
+    pub saga_lease: std::time::Duration,
 }
+
+/// The default lease of a start saga: a replica renews its leases every third of it.
+pub const DEFAULT_SAGA_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +140,13 @@ pub struct Control {
     pre_encryption: std::sync::OnceLock<std::sync::Arc<dyn PreEncryption>>,
     /// VMs whose disk this process is pre-encrypting (one run per VM at a time).
     pre_encrypting: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// This replica's name in saga leases.
+    replica: String,
+    /// How long a saga lease lasts without renewal.
+    saga_lease: std::time::Duration,
+    /// VMs this process is booting (one boot per VM at a time in a process; between
+    /// replicas the lease decides).
+    booting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -402,9 +418,103 @@ impl Control {
                 agent: std::sync::OnceLock::new(),
                 pre_encryption: std::sync::OnceLock::new(),
                 pre_encrypting: std::sync::Mutex::new(std::collections::HashSet::new()),
+                replica: match cfg.replica {
+                    Some(r) => r,
+                    None => {
+                        let mut b = [0u8; 8];
+                        aws_lc_rs::rand::fill(&mut b).map_err(|_| {
+                            OpenError::Config("no randomness for the replica's name".into())
+                        })?;
+                        format!("replica-{}", hex::encode(b))
+                    }
+                },
+                saga_lease: cfg.saga_lease.max(std::time::Duration::from_secs(1)),
+                booting: std::sync::Mutex::new(std::collections::HashSet::new()),
             },
             created,
         ))
+    }
+
+    /// This replica's name in saga leases.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Takes the lease on `vm`'s start saga for this replica (see
+    /// [`Store::lease_take`]) and marks it booting in this process; `None` when
+    /// another replica holds it or this process boots it already.
+    fn take_saga(&self, vm: &str) -> Result<Option<SagaGuard<'_>>, ApiError> {
+        {
+            let mut booting = self
+                .booting
+                .lock()
+                .map_err(|_| ApiError::internal("lock"))?;
+            if !booting.insert(vm.to_string()) {
+                return Ok(None);
+            }
+        }
+        let mut guard = SagaGuard {
+            control: self,
+            vm: vm.to_string(),
+            leased: false,
+        };
+        let now = unix_ms();
+        if !self
+            .store
+            .lease_take(vm, &self.replica, now + lease_ms(self.saga_lease), now)
+            .map_err(store_err)?
+        {
+            return Ok(None);
+        }
+        guard.leased = true;
+        Ok(Some(guard))
+    }
+
+    /// Keeps this replica's sagas going, in a thread of its own: every third of the
+    /// lease it renews the leases it holds, and takes over each `starting` VM whose
+    /// saga nobody runs any more (no lease, or one that ran out: its replica died),
+    /// booting it again from the start in a thread of its own.
+    pub fn keep_sagas(self: &std::sync::Arc<Self>) {
+        let c = self.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(c.saga_lease / 3);
+                let now = unix_ms();
+                if let Err(e) = c
+                    .store
+                    .lease_renew(&c.replica, now + lease_ms(c.saga_lease))
+                {
+                    tracing::warn!("renewing saga leases: {e}");
+                    continue;
+                }
+                let orphaned = match c.store.orphaned_starts(now) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!("looking for orphaned starts: {e}");
+                        continue;
+                    }
+                };
+                for row in orphaned {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let e = event(
+                            "resume",
+                            "ok",
+                            0,
+                            "its start was taken over: the replica running it stopped renewing its lease".into(),
+                        );
+                        // Only the replica that gets the lease records and boots.
+                        match c.boot_with(&row, &["starting"], Some(e)) {
+                            Ok(()) => tracing::info!(vm = %row.id, "took over an orphaned start"),
+                            Err(e) if e.status == 409 => {}
+                            Err(e) => {
+                                tracing::warn!(vm = %row.id, "an orphaned start: {}", e.message)
+                            }
+                        }
+                    });
+                }
+            }
+        });
     }
 
     /// The store (tests and consistency checks).
@@ -1010,6 +1120,17 @@ impl Control {
     /// `row` (running or starting) marked `starting` with a `resume` event saying
     /// `why`; `None` when another request changed it first.
     fn mark_resuming(&self, row: &VmRow, why: &str) -> Result<Option<VmRow>, ApiError> {
+        // The saga becomes this replica's (renewed until it boots the VM): a start
+        // another live replica runs is left to it, and if this one dies before it
+        // boots the VM, another takes it over.
+        let now = unix_ms();
+        if !self
+            .store
+            .lease_take(&row.id, &self.replica, now + lease_ms(self.saga_lease), now)
+            .map_err(store_err)?
+        {
+            return Ok(None);
+        }
         let note = event(
             "resume",
             "ok",
@@ -1026,6 +1147,11 @@ impl Control {
                 &[note],
             )
             .map_err(store_err)
+            .inspect(|moved| {
+                if moved.is_none() {
+                    let _ = self.store.lease_release(&row.id, &self.replica);
+                }
+            })
     }
 
     /// What the host agent needs to boot `row`, from its creating request.
@@ -1113,7 +1239,31 @@ impl Control {
 
     /// Runs the boot saga of `row` from one of the states `from`.
     fn boot(&self, row: &VmRow, from: &[&str]) -> Result<(), ApiError> {
+        self.boot_with(row, from, None)
+    }
+
+    /// [`Control::boot`], recording `note` first once the saga is this replica's.
+    fn boot_with(
+        &self,
+        row: &VmRow,
+        from: &[&str],
+        note: Option<EventRow>,
+    ) -> Result<(), ApiError> {
         let agent = self.agent()?;
+        // One replica runs a VM's start saga at a time, under a lease it renews.
+        let Some(_saga) = self.take_saga(&row.id)? else {
+            return Err(busy(row));
+        };
+        // The row as it is now that the saga is ours (another replica may have
+        // finished it meanwhile).
+        let row = &match self.store.vm_by_id(&row.id).map_err(store_err)? {
+            Some(r) if from.contains(&r.state.as_str()) => r,
+            Some(r) => return Err(busy(&r)),
+            None => return Err(not_found("VM", &row.name)),
+        };
+        if let Some(e) = note {
+            self.store.append_events(&row.id, &[e]).map_err(store_err)?;
+        }
         let spec = match self.boot_spec(row) {
             Ok(spec) => spec,
             Err(e) => {
@@ -1741,6 +1891,41 @@ fn pin_of(detail: &str) -> Option<String> {
                 && p.split(',')
                     .all(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         })
+}
+
+/// A start saga this process runs: marked booting, and leased to this replica (the
+/// lease is given up and the mark removed when it ends, however it ends).
+struct SagaGuard<'a> {
+    control: &'a Control,
+    vm: String,
+    leased: bool,
+}
+
+impl Drop for SagaGuard<'_> {
+    fn drop(&mut self) {
+        if self.leased
+            && let Err(e) = self
+                .control
+                .store
+                .lease_release(&self.vm, &self.control.replica)
+        {
+            tracing::warn!(vm = %self.vm, "giving up a saga lease: {e}");
+        }
+        if let Ok(mut b) = self.control.booting.lock() {
+            b.remove(&self.vm);
+        }
+    }
+}
+
+/// Now, Unix milliseconds.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn lease_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 fn busy(row: &VmRow) -> ApiError {

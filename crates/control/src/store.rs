@@ -32,7 +32,7 @@ pub enum StoreError {
 }
 
 /// The schema's numbered migrations, applied to both engines.
-pub const MIGRATIONS: [Migration<'static>; 3] = [
+pub const MIGRATIONS: [Migration<'static>; 4] = [
     Migration {
         version: 1,
         name: "tenants, hosts, vms",
@@ -49,6 +49,12 @@ pub const MIGRATIONS: [Migration<'static>; 3] = [
         version: 3,
         name: "idempotency keys",
         sql: include_str!("../migrations/0003_idempotency.sql"),
+        postgres: None,
+    },
+    Migration {
+        version: 4,
+        name: "saga leases",
+        sql: include_str!("../migrations/0004_saga_leases.sql"),
         postgres: None,
     },
 ];
@@ -611,6 +617,70 @@ impl Store {
         })
     }
 
+    /// Takes the lease on `vm`'s saga for the replica `owner` until `until_ms` (Unix
+    /// ms): when nobody holds it, `owner` already does, or its holder's lease ran out
+    /// before `now_ms`. `false`: another replica holds it.
+    pub fn lease_take(
+        &self,
+        vm: &str,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(true, |tx| {
+            let n = tx.execute(
+                "INSERT INTO saga_leases (vm, owner, until_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (vm) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+                 WHERE saga_leases.owner = excluded.owner OR saga_leases.until_ms < ?4",
+                args![vm, owner, until_ms, now_ms],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Extends every lease `owner` holds to `until_ms`; how many it holds.
+    pub fn lease_renew(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
+        self.with(true, |tx| {
+            Ok(tx.execute(
+                "UPDATE saga_leases SET until_ms = ?2 WHERE owner = ?1",
+                args![owner, until_ms],
+            )?)
+        })
+    }
+
+    /// Gives up `owner`'s lease on `vm` (its saga ended).
+    pub fn lease_release(&self, vm: &str, owner: &str) -> Result<(), StoreError> {
+        self.with(true, |tx| {
+            tx.execute(
+                "DELETE FROM saga_leases WHERE vm = ?1 AND owner = ?2",
+                args![vm, owner],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The `starting` VMs whose saga nobody runs: no lease, or one that ran out
+    /// before `now_ms` (its replica died mid-start).
+    pub fn orphaned_starts(&self, now_ms: i64) -> Result<Vec<VmRow>, StoreError> {
+        let cols: Vec<String> = VM_COLUMNS
+            .split(',')
+            .map(|c| format!("vms.{}", c.trim()))
+            .collect();
+        self.with(false, |tx| {
+            Ok(tx.query_map(
+                &format!(
+                    "SELECT {} FROM vms LEFT JOIN saga_leases ON saga_leases.vm = vms.id
+                     WHERE vms.state = 'starting'
+                       AND (saga_leases.vm IS NULL OR saga_leases.until_ms < ?1)
+                     ORDER BY vms.id",
+                    cols.join(", ")
+                ),
+                args![now_ms],
+                vm_row,
+            )?)
+        })
+    }
+
     /// Records where `host`'s agent listens (replacing an earlier registration).
     /// `false`: no such host.
     pub fn put_agent(&self, host: &str, agent: &AgentEndpoint) -> Result<bool, StoreError> {
@@ -851,6 +921,10 @@ impl Store {
                 args![vm.tenant.as_str(), vm.vcpus],
             )?;
             tx.execute("DELETE FROM vm_events WHERE vm = ?1", args![vm.id.as_str()])?;
+            tx.execute(
+                "DELETE FROM saga_leases WHERE vm = ?1",
+                args![vm.id.as_str()],
+            )?;
             tx.execute("DELETE FROM vms WHERE id = ?1", args![vm.id.as_str()])?;
             Ok(true)
         })

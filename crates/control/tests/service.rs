@@ -12,6 +12,8 @@ fn config(dir: &std::path::Path) -> ControlConfig {
         default_region: "eastus".into(),
         prices: catalog::PriceTable::default_table(),
         agent_ca: None,
+        replica: None,
+        saga_lease: control::DEFAULT_SAGA_LEASE,
     }
 }
 

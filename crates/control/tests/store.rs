@@ -308,3 +308,58 @@ fn placement_never_overfills_a_host_with_concurrent_replicas_on_postgres() {
     let Some(pg) = postgres() else { return };
     placement_scenario(&pg.location);
 }
+
+fn lease_scenario(location: &Location) {
+    let store = Store::open(location).unwrap();
+    store.ensure_regions(&["eastus".into()]).unwrap();
+    store
+        .create_tenant("t", 100_000, b"hash-t", "administrator")
+        .unwrap();
+    store.put_host(&host("h1", 64, 256, 32, true)).unwrap();
+    let Created::New(row) = store.create_vm(&vm("t", "l"), &DC2, &made).unwrap() else {
+        panic!("not placed");
+    };
+    let id = row.id.as_str();
+    let body = |_: &VmRow| Ok(String::new());
+    // Replica a takes the start's lease; b cannot while it lasts, a can again.
+    assert!(store.lease_take(id, "a", 2_000, 1_000).unwrap());
+    assert!(!store.lease_take(id, "b", 2_500, 1_500).unwrap());
+    assert!(store.lease_take(id, "a", 3_000, 1_500).unwrap());
+    store
+        .transition(id, &["stopped"], "starting", None, &body, &[])
+        .unwrap()
+        .unwrap();
+    // While a renews, nothing is orphaned; once a stops renewing and its lease runs
+    // out, the start is orphaned and b takes it (once: a cannot take it back).
+    assert_eq!(store.lease_renew("a", 5_000).unwrap(), 1);
+    assert!(store.orphaned_starts(4_999).unwrap().is_empty());
+    let orphaned = store.orphaned_starts(5_001).unwrap();
+    assert_eq!(
+        orphaned.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [id]
+    );
+    assert!(store.lease_take(id, "b", 9_000, 5_001).unwrap());
+    assert!(!store.lease_take(id, "a", 9_500, 5_002).unwrap());
+    assert!(store.orphaned_starts(8_999).unwrap().is_empty());
+    // a's renewals no longer touch it; b gives it up when its saga ends.
+    assert_eq!(store.lease_renew("a", 20_000).unwrap(), 0);
+    store.lease_release(id, "a").unwrap();
+    assert!(store.orphaned_starts(8_999).unwrap().is_empty());
+    store.lease_release(id, "b").unwrap();
+    // A `starting` VM with no lease at all is orphaned; one not `starting` never is.
+    assert_eq!(store.orphaned_starts(0).unwrap().len(), 1);
+    store
+        .transition(id, &["starting"], "running", None, &body, &[])
+        .unwrap()
+        .unwrap();
+    assert!(store.orphaned_starts(i64::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn start_sagas_are_leased_to_one_replica_at_a_time_on_both_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    lease_scenario(&Location::sqlite(&dir.path().join("c.db")));
+    if let Some(pg) = postgres() {
+        lease_scenario(&pg.location);
+    }
+}
