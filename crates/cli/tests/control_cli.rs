@@ -3632,4 +3632,76 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
         taken_over >= 3,
         "only {taken_over} kills landed during a start"
     );
+
+    // A stop and a delete that a dead replica left: the VM's state and an expired
+    // lease of a replica that no longer exists, as such a replica leaves them in the
+    // database. Another replica finishes each.
+    let (st, vm) = http(
+        "POST",
+        &format!("{}/vms/t1/start", a.url),
+        Some(&tenant),
+        None,
+    );
+    assert_eq!((st, vm["state"].as_str()), (200, Some("running")), "{vm}");
+    let plant = |state: &str| {
+        use sqldb::Queries as _;
+        let mut conn = sqldb::Conn::open(&pg.location).unwrap();
+        let mut tx = conn.write().unwrap();
+        let n = tx
+            .execute(
+                "UPDATE vms SET state = ?2,
+                   body = replace(body, '\"state\":\"' || state || '\"', '\"state\":\"' || ?2 || '\"')
+                 WHERE id = ?1",
+                sqldb::args![id.as_str(), state],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        tx.execute(
+            "INSERT INTO saga_leases (vm, owner, until_ms) VALUES (?1, 'replica-dead', 1)",
+            sqldb::args![id.as_str()],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    };
+    let settle = |from: &str| -> (String, Value) {
+        for _ in 0..100 {
+            let (st, vm) = http("GET", &format!("{}/vms/t1", a.url), Some(&tenant), None);
+            if st == 404 {
+                return ("gone".into(), vm);
+            }
+            if vm["state"] != from {
+                return (vm["state"].as_str().unwrap_or_default().to_string(), vm);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        (from.to_string(), Value::Null)
+    };
+    plant("stopping");
+    let (now, vm) = settle("stopping");
+    assert_eq!(now, "stopped", "{vm}");
+    assert_eq!(vtpms(&state).get(&id), None, "the stop reached the agent");
+    let (_, events) = http(
+        "GET",
+        &format!("{}/vms/t1/events", a.url),
+        Some(&tenant),
+        None,
+    );
+    assert!(
+        events["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["step"] == "stop"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("its stop was taken over"))),
+        "{events}"
+    );
+    plant("deleting");
+    let (now, vm) = settle("deleting");
+    assert_eq!(now, "gone", "{vm}");
+    assert!(
+        !state.join("hosts/host-1/vms").join(&id).exists(),
+        "the delete reached the agent"
+    );
 }

@@ -471,9 +471,9 @@ impl Control {
     }
 
     /// Keeps this replica's sagas going, in a thread of its own: every third of the
-    /// lease it renews the leases it holds, and takes over each `starting` VM whose
-    /// saga nobody runs any more (no lease, or one that ran out: its replica died),
-    /// booting it again from the start in a thread of its own.
+    /// lease it renews the leases it holds, and takes over each start, stop or delete
+    /// whose replica stopped renewing its lease (it died): a start boots the VM again
+    /// from `launch`, a stop and a delete are done again, each in a thread of its own.
     pub fn keep_sagas(self: &std::sync::Arc<Self>) {
         let c = self.clone();
         std::thread::spawn(move || {
@@ -487,34 +487,62 @@ impl Control {
                     tracing::warn!("renewing saga leases: {e}");
                     continue;
                 }
-                let orphaned = match c.store.orphaned_starts(now) {
+                let orphaned = match c.store.orphaned_sagas(now) {
                     Ok(rows) => rows,
                     Err(e) => {
-                        tracing::warn!("looking for orphaned starts: {e}");
+                        tracing::warn!("looking for orphaned sagas: {e}");
                         continue;
                     }
                 };
                 for row in orphaned {
                     let c = c.clone();
-                    std::thread::spawn(move || {
-                        let e = event(
-                            "resume",
-                            "ok",
-                            0,
-                            "its start was taken over: the replica running it stopped renewing its lease".into(),
-                        );
-                        // Only the replica that gets the lease records and boots.
-                        match c.boot_with(&row, &["starting"], Some(e)) {
-                            Ok(()) => tracing::info!(vm = %row.id, "took over an orphaned start"),
-                            Err(e) if e.status == 409 => {}
-                            Err(e) => {
-                                tracing::warn!(vm = %row.id, "an orphaned start: {}", e.message)
-                            }
+                    std::thread::spawn(move || match c.take_over(&row) {
+                        Ok(()) => {
+                            tracing::info!(vm = %row.id, "took over an orphaned {}", row.state)
+                        }
+                        Err(e) if e.status == 409 => {}
+                        Err(e) => {
+                            tracing::warn!(vm = %row.id, "an orphaned {}: {}", row.state, e.message);
                         }
                     });
                 }
             }
         });
+    }
+
+    /// Takes over the saga of `row` (`starting`, `stopping` or `deleting`) that
+    /// another replica left; 409 when another replica took it first.
+    fn take_over(&self, row: &VmRow) -> Result<(), ApiError> {
+        let why = "the replica running it stopped renewing its lease";
+        match row.state.as_str() {
+            "starting" => self.boot_with(
+                row,
+                &["starting"],
+                Some(event(
+                    "resume",
+                    "ok",
+                    0,
+                    format!("its start was taken over: {why}"),
+                )),
+            ),
+            "stopping" | "deleting" => {
+                let Some(_saga) = self.take_saga(&row.id)? else {
+                    return Err(busy(row));
+                };
+                // As it is now that the saga is ours.
+                let Some(now) = self.store.vm_by_id(&row.id).map_err(store_err)? else {
+                    return Ok(());
+                };
+                match now.state.as_str() {
+                    "stopping" => {
+                        self.finish_stop(&now, &format!("its stop was taken over ({why}): "))
+                    }
+                    "deleting" => self.finish_delete(&now),
+                    _ => Err(busy(&now)),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The store (tests and consistency checks).
@@ -862,6 +890,10 @@ impl Control {
         if let Some(host) = row.host.as_deref()
             && self.has_agent(host)?
         {
+            // Under a lease (another replica finishes the delete if this one dies).
+            let Some(_saga) = self.take_saga(&row.id)? else {
+                return Err(busy(&row));
+            };
             // `deleting` first: a start that begins meanwhile finds the VM busy, and
             // a delete never removes the files of a VM being booted.
             self.store
@@ -1416,18 +1448,19 @@ impl Control {
     /// Stops the caller's VM `name`: its processes on the host end; `stopped`.
     pub fn stop_vm(&self, caller: &Caller, name: &str) -> Result<api::Vm, ApiError> {
         let row = self.vm_row(caller, name)?;
-        let agent = self.agent()?;
+        self.agent()?;
         match row.state.as_str() {
             "stopped" => return parse_vm(&row),
             "running" | "failed" => {}
             _ => return Err(busy(&row)),
         }
-        let host = row
-            .host
-            .clone()
-            .ok_or_else(|| ApiError::internal("unplaced VM"))?;
-        let started = Instant::now();
-        self.store
+        // One replica stops a VM at a time, under a lease (another takes the stop
+        // over if this one dies).
+        let Some(_saga) = self.take_saga(&row.id)? else {
+            return Err(busy(&row));
+        };
+        let row = self
+            .store
             .transition(
                 &row.id,
                 &["running", "failed"],
@@ -1438,16 +1471,29 @@ impl Control {
             )
             .map_err(store_err)?
             .ok_or_else(|| busy(&row))?;
+        self.finish_stop(&row, "")?;
+        self.get_vm(caller, name)
+    }
+
+    /// Stops the `stopping` VM `row` on its host and records it `stopped` (or
+    /// `failed`, with the agent's reason), `note` first in its event.
+    fn finish_stop(&self, row: &VmRow, note: &str) -> Result<(), ApiError> {
+        let agent = self.agent()?;
+        let host = row
+            .host
+            .clone()
+            .ok_or_else(|| ApiError::internal("unplaced VM"))?;
+        let started = Instant::now();
         let stopped = agent.stop(&host, &row.id);
         let ms = elapsed_ms(started);
         let (to, e) = match &stopped {
             Ok(()) => (
                 api::VmState::Stopped,
-                event("stop", "ok", ms, format!("stopped on {host}")),
+                event("stop", "ok", ms, format!("{note}stopped on {host}")),
             ),
             Err(f) => (
                 api::VmState::Failed,
-                event("stop", "failed", ms, f.to_string()),
+                event("stop", "failed", ms, format!("{note}{f}")),
             ),
         };
         self.store
@@ -1460,8 +1506,7 @@ impl Control {
                 &[e],
             )
             .map_err(store_err)?;
-        stopped.map_err(agent_err)?;
-        self.get_vm(caller, name)
+        stopped.map_err(agent_err)
     }
 
     /// Stops (if running) and starts the caller's VM `name`.

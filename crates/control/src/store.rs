@@ -659,9 +659,12 @@ impl Store {
         })
     }
 
-    /// The `starting` VMs whose saga nobody runs: no lease, or one that ran out
-    /// before `now_ms` (its replica died mid-start).
-    pub fn orphaned_starts(&self, now_ms: i64) -> Result<Vec<VmRow>, StoreError> {
+    /// The VMs whose start, stop or delete saga nobody runs any more: `starting`,
+    /// `stopping` or `deleting` under a lease that ran out before `now_ms` (its replica
+    /// died mid-saga). A VM in such a state with no lease at all is not listed: its
+    /// saga ended without reaching the next state (an error recorded in its events),
+    /// and a request again, not a takeover, settles it.
+    pub fn orphaned_sagas(&self, now_ms: i64) -> Result<Vec<VmRow>, StoreError> {
         let cols: Vec<String> = VM_COLUMNS
             .split(',')
             .map(|c| format!("vms.{}", c.trim()))
@@ -669,9 +672,9 @@ impl Store {
         self.with(false, |tx| {
             Ok(tx.query_map(
                 &format!(
-                    "SELECT {} FROM vms LEFT JOIN saga_leases ON saga_leases.vm = vms.id
-                     WHERE vms.state = 'starting'
-                       AND (saga_leases.vm IS NULL OR saga_leases.until_ms < ?1)
+                    "SELECT {} FROM vms JOIN saga_leases ON saga_leases.vm = vms.id
+                     WHERE vms.state IN ('starting', 'stopping', 'deleting')
+                       AND saga_leases.until_ms < ?1
                      ORDER BY vms.id",
                     cols.join(", ")
                 ),

@@ -332,27 +332,35 @@ fn lease_scenario(location: &Location) {
     // While a renews, nothing is orphaned; once a stops renewing and its lease runs
     // out, the start is orphaned and b takes it (once: a cannot take it back).
     assert_eq!(store.lease_renew("a", 5_000).unwrap(), 1);
-    assert!(store.orphaned_starts(4_999).unwrap().is_empty());
-    let orphaned = store.orphaned_starts(5_001).unwrap();
+    assert!(store.orphaned_sagas(4_999).unwrap().is_empty());
+    let orphaned = store.orphaned_sagas(5_001).unwrap();
     assert_eq!(
         orphaned.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         [id]
     );
     assert!(store.lease_take(id, "b", 9_000, 5_001).unwrap());
     assert!(!store.lease_take(id, "a", 9_500, 5_002).unwrap());
-    assert!(store.orphaned_starts(8_999).unwrap().is_empty());
+    assert!(store.orphaned_sagas(8_999).unwrap().is_empty());
     // a's renewals no longer touch it; b gives it up when its saga ends.
     assert_eq!(store.lease_renew("a", 20_000).unwrap(), 0);
     store.lease_release(id, "a").unwrap();
-    assert!(store.orphaned_starts(8_999).unwrap().is_empty());
+    assert!(store.orphaned_sagas(8_999).unwrap().is_empty());
+    // A saga that ended without its lease (given up) is nobody's to take over; nor
+    // is the saga of a VM that reached a settled state under an expired lease.
     store.lease_release(id, "b").unwrap();
-    // A `starting` VM with no lease at all is orphaned; one not `starting` never is.
-    assert_eq!(store.orphaned_starts(0).unwrap().len(), 1);
+    assert!(store.orphaned_sagas(i64::MAX).unwrap().is_empty());
+    assert!(store.lease_take(id, "a", 10_000, 9_000).unwrap());
     store
         .transition(id, &["starting"], "running", None, &body, &[])
         .unwrap()
         .unwrap();
-    assert!(store.orphaned_starts(i64::MAX).unwrap().is_empty());
+    assert!(store.orphaned_sagas(i64::MAX).unwrap().is_empty());
+    // Stops and deletes are sagas too.
+    store
+        .transition(id, &["running"], "stopping", None, &body, &[])
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.orphaned_sagas(10_001).unwrap().len(), 1);
 }
 
 #[test]
