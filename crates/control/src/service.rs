@@ -105,12 +105,14 @@ pub struct ControlConfig {
     /// This replica's name in saga leases; `None`: a fresh random one (a process that
     /// restarts under the same name, as `cvm up` does, resumes its own sagas at once).
     pub replica: Option<String>,
-    /// How long a saga's lease lasts without renewal: a `starting` VM whose replica
-    /// died is taken over by another replica after it ([`DEFAULT_SAGA_LEASE`]).
+    /// How long a saga's lease lasts without renewal: a start, stop or delete whose
+    /// replica died is taken over by another replica after it
+    /// ([`DEFAULT_SAGA_LEASE`]).
     pub saga_lease: std::time::Duration,
 }
 
-/// The default lease of a start saga: a replica renews its leases every third of it.
+/// The default lease of a VM's saga (start, stop, delete): a replica renews its
+/// leases every third of it.
 pub const DEFAULT_SAGA_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Why the control plane could not start.
@@ -144,8 +146,8 @@ pub struct Control {
     replica: String,
     /// How long a saga lease lasts without renewal.
     saga_lease: std::time::Duration,
-    /// VMs this process is booting (one boot per VM at a time in a process; between
-    /// replicas the lease decides).
+    /// VMs whose saga (start, stop, delete) this process runs: one per VM at a time
+    /// in a process; between replicas the lease decides.
     booting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -440,9 +442,9 @@ impl Control {
         &self.replica
     }
 
-    /// Takes the lease on `vm`'s start saga for this replica (see
-    /// [`Store::lease_take`]) and marks it booting in this process; `None` when
-    /// another replica holds it or this process boots it already.
+    /// Takes the lease on `vm`'s saga (start, stop or delete) for this replica (see
+    /// [`Store::lease_take`]) and marks it as running in this process; `None` when
+    /// another replica holds it or this process runs a saga of it already.
     fn take_saga(&self, vm: &str) -> Result<Option<SagaGuard<'_>>, ApiError> {
         {
             let mut booting = self
@@ -1938,7 +1940,7 @@ fn pin_of(detail: &str) -> Option<String> {
         })
 }
 
-/// A start saga this process runs: marked booting, and leased to this replica (the
+/// A saga this process runs: marked in `booting`, and leased to this replica (the
 /// lease is given up and the mark removed when it ends, however it ends).
 struct SagaGuard<'a> {
     control: &'a Control,
