@@ -111,19 +111,27 @@ impl ClientError {
 /// certificates in `ca` (PEM; one or more) when given. Error statuses are answers, not
 /// failures; each call must finish within [`CALL_TIMEOUT`].
 pub fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, ClientError> {
-    agent_timed(ca, Some(CALL_TIMEOUT), None)
+    agent_timed(ca, Some(CALL_TIMEOUT), CALL_TIMEOUT, None)
+}
+
+/// [`agent`] for calls whose answer comes only when long work is done (a VM's disk
+/// encrypted on its host): the connection within [`CALL_TIMEOUT`], the whole call
+/// within `total`.
+pub fn long_call_agent(ca: Option<&[u8]>, total: Duration) -> Result<ureq::Agent, ClientError> {
+    agent_timed(ca, Some(total), total, None)
 }
 
 /// [`agent`] for answers that stream while work goes on (a VM's boot, reported step
 /// by step): the connection and the answer's head must come within [`CALL_TIMEOUT`],
 /// and the whole body within `body`.
 pub fn streaming_agent(ca: Option<&[u8]>, body: Duration) -> Result<ureq::Agent, ClientError> {
-    agent_timed(ca, None, Some(body))
+    agent_timed(ca, None, CALL_TIMEOUT, Some(body))
 }
 
 fn agent_timed(
     ca: Option<&[u8]>,
     global: Option<Duration>,
+    response: Duration,
     body: Option<Duration>,
 ) -> Result<ureq::Agent, ClientError> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
@@ -154,7 +162,7 @@ fn agent_timed(
         .http_status_as_error(false)
         .timeout_global(global)
         .timeout_connect(Some(CALL_TIMEOUT))
-        .timeout_recv_response(Some(CALL_TIMEOUT))
+        .timeout_recv_response(Some(response))
         .timeout_recv_body(body)
         .build()
         .into())

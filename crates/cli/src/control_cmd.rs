@@ -1471,6 +1471,9 @@ fn host_run(a: HostRunArgs) -> ExitCode {
         // Held until the process ends (the file stays open).
         std::mem::forget(host::EmulatedHosts::lock_host(&hosts_dir, &a.name)?);
         let exe = std::env::current_exe().context("finding the cvm binary for vTPMs")?;
+        // Its host's disks are pre-encrypted here too (the control plane asks it).
+        let pre_encryption =
+            host::pre_encryption::PreEncryptionService::new(&hosts_dir, &services)?;
         let agent = host::EmulatedHosts::new(&hosts_dir, &exe, ovmf, services)?;
         let agent = match qemu_firmware(false)? {
             Some(fw) => agent.with_qemu(fw),
@@ -1533,6 +1536,7 @@ fn host_run(a: HostRunArgs) -> ExitCode {
                 &a.name,
                 credential,
                 std::sync::Arc::new(agent),
+                Some(std::sync::Arc::new(pre_encryption)),
             ))
         })?;
         Ok(())

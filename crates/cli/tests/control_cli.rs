@@ -2729,6 +2729,84 @@ fn two_replicas_and_two_host_agents_on_postgres_boot_each_vm_on_its_own_host() {
         assert!(vtpm_parents(&state).iter().all(|(i, _)| i != id));
     }
     assert!(consistent(&a.url, &tenant, operator).is_empty());
+    // An encrypted OS disk through replica b, which has no pre-encryption service of
+    // its own: the VM's host agent encrypts the disk before the VM is `stopped`, and
+    // it opens for the VM at its start through a; a customer key the vault does not
+    // hold is refused through b (an agent checks it).
+    let mut body = create_request("Standard_DC2as_v5");
+    body["osDisk"]["customerKey"] = json!("no-such-key");
+    let (st, e) = http(
+        "PUT",
+        &format!("{}/vms/e0", b.url),
+        Some(&tenant),
+        Some(&body),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("customer_key_unusable")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the platform's key vault"),
+        "{e}"
+    );
+    let body = create_request("Standard_DC2as_v5");
+    let (st, vm) = http(
+        "PUT",
+        &format!("{}/vms/e1", b.url),
+        Some(&tenant),
+        Some(&body),
+    );
+    assert_eq!(st, 200, "{vm}");
+    assert_eq!(vm["state"], "creating", "{vm}");
+    let vm = wait_vm(&b.url, &tenant, "e1", |v| v["state"] != "creating");
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    let disk = state
+        .join("hosts")
+        .join(vm["host"].as_str().unwrap())
+        .join("vms")
+        .join(vm["id"].as_str().unwrap())
+        .join(host::pre_encryption::OS_DISK);
+    assert!(disk.exists(), "{}", disk.display());
+    let (st, vm) = http(
+        "POST",
+        &format!("{}/vms/e1/start", a.url),
+        Some(&tenant),
+        None,
+    );
+    assert_eq!((st, vm["state"].as_str()), (200, Some("running")), "{vm}");
+    let (_, ev) = http(
+        "GET",
+        &format!("{}/vms/e1/events", b.url),
+        Some(&tenant),
+        None,
+    );
+    let outcome = |step: &str| -> Vec<(String, String)> {
+        ev["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["step"] == step)
+            .map(|e| {
+                (
+                    e["outcome"].as_str().unwrap().to_string(),
+                    e["detail"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pre = outcome("disk_pre_encryption");
+    assert!(pre.len() == 1 && pre[0].0 == "ok", "{ev}");
+    let unlock = outcome("disk_unlock");
+    assert!(
+        unlock.len() == 1 && unlock[0].0 == "ok" && unlock[0].1.contains("released to the token"),
+        "{ev}"
+    );
+    let (st, e) = http("DELETE", &format!("{}/vms/e1", b.url), Some(&tenant), None);
+    assert_eq!(st, 204, "{e}");
 }
 
 /// kill -9 of a host agent (`cvm host run`) at random moments while a client starts,

@@ -53,7 +53,8 @@ fn emulated() -> String {
 }
 
 /// What a pre-encryption made.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PreEncrypted {
     /// What it did, for people.
     pub detail: String,
@@ -180,7 +181,30 @@ impl<'de> Deserialize<'de> for BootFailure {
 pub mod wire {
     use serde::{Deserialize, Serialize};
 
-    use super::{BootFailure, BootSpec, StepReport};
+    use super::{BootFailure, BootSpec, PreEncrypted, StepReport};
+
+    /// `POST /vms/{id}/pre-encryption`'s answer (body: [`BootSpec`]): the VM's OS disk
+    /// encrypted on the agent's host (the pre-encryption service), or why not.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PreEncryptOutcome {
+        /// What it made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub done: Option<PreEncrypted>,
+        /// Why it could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub failure: Option<BootFailure>,
+    }
+
+    /// `GET /customer-keys/{name}`: whether the platform vault's key `name` can
+    /// protect an OS disk (`why`: why not, for people).
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct KeyCheck {
+        /// Why it cannot; absent when it can.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub why: Option<String>,
+    }
 
     /// One line of `POST /vms/{id}/start`'s answer (body: [`BootSpec`]), which is
     /// newline-delimited JSON (`application/x-ndjson`) sent as the boot goes: a line

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use api_client::{ClientError, Method, Transport, segment};
 use control_api::codes::boot as code;
 
-use crate::agent::wire::{AttestRequest, MAX_LINE, Outcome, StartLine, VmStatus};
-use crate::agent::{BootFailure, BootSpec, HostAgent, StepReport};
+use crate::agent::wire::{
+    AttestRequest, KeyCheck, MAX_LINE, Outcome, PreEncryptOutcome, StartLine, VmStatus,
+};
+use crate::agent::{BootFailure, BootSpec, HostAgent, PreEncrypted, PreEncryption, StepReport};
 use crate::store::{AgentEndpoint, Store};
 
 /// The registered agents of every host, as one [`HostAgent`].
@@ -20,10 +22,16 @@ pub struct RemoteAgents {
     /// For starts: the answer streams while the boot goes on (a guest's boot under
     /// QEMU takes longer than a call may).
     streaming: ureq::Agent,
+    /// For a disk's pre-encryption (one answer when it is done).
+    long: ureq::Agent,
 }
 
 /// How long a start's answer may stream.
 pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a host agent may take to pre-encrypt a VM's OS disk (it reads and writes
+/// the whole disk).
+pub const PRE_ENCRYPTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
 
 impl std::fmt::Debug for RemoteAgents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,6 +55,7 @@ impl RemoteAgents {
             store,
             http: api_client::agent(ca)?,
             streaming: api_client::streaming_agent(ca, START_TIMEOUT)?,
+            long: api_client::long_call_agent(ca, PRE_ENCRYPTION_TIMEOUT)?,
         })
     }
 
@@ -70,9 +79,21 @@ impl RemoteAgents {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, BootFailure> {
+        self.call_with(&self.http, step, host, method, path, body)
+    }
+
+    fn call_with<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        agent: &ureq::Agent,
+        step: &str,
+        host: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, BootFailure> {
         let e = self.endpoint(step, host)?;
         let t = Transport::new(
-            self.http.clone(),
+            agent.clone(),
             &e.url,
             Some(e.credential.as_str().to_string()),
         );
@@ -231,5 +252,52 @@ impl HostAgent for RemoteAgents {
     fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
         let o: Outcome = self.call("forget", host, Method::Delete, &vm_path(vm_id), None::<&()>)?;
         o.failure.map_or(Ok(()), Err)
+    }
+}
+
+/// The pre-encryption service of the VM's host, through its agent: what `cvm control
+/// serve` replicas use (`cvm up` runs the service in its own process).
+impl PreEncryption for RemoteAgents {
+    /// Asked of any registered agent: they all use the platform's one key vault.
+    fn check_customer_key(&self, key: &str) -> Result<(), String> {
+        let hosts = self.store.hosts().map_err(|e| format!("the store: {e}"))?;
+        let Some(host) = hosts
+            .iter()
+            .find(|h| matches!(self.store.agent(&h.name), Ok(Some(_))))
+        else {
+            return Err(format!(
+                "the customer key '{key}' cannot be checked: no host agent is registered (run `cvm host run`)"
+            ));
+        };
+        let c: KeyCheck = self
+            .call::<(), _>(
+                "customer_key",
+                &host.name,
+                Method::Get,
+                &format!("/customer-keys/{}", segment(key)),
+                None,
+            )
+            .map_err(|f| f.reason)?;
+        c.why.map_or(Ok(()), Err)
+    }
+
+    fn pre_encrypt(&self, spec: &BootSpec) -> Result<PreEncrypted, BootFailure> {
+        let step = "disk_pre_encryption";
+        let o: PreEncryptOutcome = self.call_with(
+            &self.long,
+            step,
+            &spec.host,
+            Method::Post,
+            &format!("{}/pre-encryption", vm_path(&spec.vm_id)),
+            Some(spec),
+        )?;
+        match (o.done, o.failure) {
+            (_, Some(f)) => Err(f),
+            (Some(done), None) => Ok(done),
+            (None, None) => Err(failure(
+                step,
+                "the agent said neither what it made nor why not".into(),
+            )),
+        }
     }
 }

@@ -463,8 +463,10 @@ pub fn run_server(
         let (control, created) =
             Control::open(cfg).map_err(|e| ServeError::Service(e.to_string()))?;
         on_listening(addr, &base, created.as_deref());
+        // Encrypted OS disks are made by their hosts' agents.
+        control.pre_encrypt_through_agents();
         let control = Arc::new(control);
-        // Starts another replica left (it died) are taken over.
+        // Sagas another replica left (it died) are taken over.
         control.keep_sagas();
         Ok(router(control))
     })

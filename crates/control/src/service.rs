@@ -134,6 +134,8 @@ pub struct Control {
     store: std::sync::Arc<Store>,
     /// The agents of hosts that registered one (`cvm host run`).
     remote: std::sync::Arc<dyn HostAgent>,
+    /// The same agents, as the pre-encryption service of their hosts' disks.
+    remote_agents: std::sync::Arc<crate::remote::RemoteAgents>,
     operator_sha256: Vec<u8>,
     prices: PriceTable,
     default_region: String,
@@ -409,9 +411,11 @@ impl Control {
         let store = std::sync::Arc::new(store);
         let remote = crate::remote::RemoteAgents::new(store.clone(), cfg.agent_ca.as_deref())
             .map_err(|e| OpenError::Config(format!("the host agents' CA: {e}")))?;
+        let remote = std::sync::Arc::new(remote);
         Ok((
             Control {
-                remote: std::sync::Arc::new(remote),
+                remote: remote.clone(),
+                remote_agents: remote,
                 store,
                 operator_sha256: stored,
                 prices: cfg.prices,
@@ -922,6 +926,13 @@ impl Control {
             true => Ok(()),
             false => Err(not_found("VM", name)),
         }
+    }
+
+    /// Lets the VMs' host agents pre-encrypt their OS disks (`cvm host run` serves
+    /// it): what a replica without a pre-encryption service of its own uses. Nothing
+    /// when one was set already.
+    pub fn pre_encrypt_through_agents(&self) {
+        let _ = self.pre_encryption.set(self.remote_agents.clone());
     }
 
     /// Lets `service` pre-encrypt the OS disks of this control plane's VMs (once):

@@ -12,8 +12,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use control::agent::wire::{AttestRequest, NDJSON, Outcome, StartLine, VmStatus};
-use control::agent::{BootSpec, HostAgent};
+use control::agent::wire::{
+    AttestRequest, KeyCheck, NDJSON, Outcome, PreEncryptOutcome, StartLine, VmStatus,
+};
+use control::agent::{BootSpec, HostAgent, PreEncryption};
 use httpd::{ApiError, Credential, bearer};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
@@ -26,6 +28,8 @@ struct Agent {
     host: String,
     credential: Zeroizing<String>,
     inner: Arc<dyn HostAgent>,
+    /// The pre-encryption service of this host's disks, when the agent runs one.
+    pre: Option<Arc<dyn PreEncryption>>,
 }
 
 impl Agent {
@@ -39,7 +43,7 @@ impl Agent {
         })
     }
 
-    fn check(&self, cred: &Credential, vm_id: &str) -> Result<(), ApiError> {
+    fn authorized(&self, cred: &Credential) -> Result<(), ApiError> {
         if !self.admits(cred.bearer()) {
             return Err(ApiError::new(
                 401,
@@ -47,6 +51,22 @@ impl Agent {
                 "a valid credential is required",
             ));
         }
+        Ok(())
+    }
+
+    /// The pre-encryption service, or 404 when this agent runs none.
+    fn pre(&self) -> Result<Arc<dyn PreEncryption>, ApiError> {
+        self.pre.clone().ok_or_else(|| {
+            ApiError::new(
+                404,
+                "not_found",
+                "this host agent runs no pre-encryption service",
+            )
+        })
+    }
+
+    fn check(&self, cred: &Credential, vm_id: &str) -> Result<(), ApiError> {
+        self.authorized(cred)?;
         if vm_id.len() != 32 || !vm_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::bad("bad_request", "a VM id is 32 hex digits"));
         }
@@ -197,13 +217,62 @@ async fn forget(State(a): S, Path(id): Path<String>, cred: Credential) -> R<Outc
     .map(axum::Json)
 }
 
-/// The agent's router: `host`'s VMs run by `inner`, for callers presenting
-/// `credential`.
-pub fn router(host: &str, credential: Zeroizing<String>, inner: Arc<dyn HostAgent>) -> Router {
+/// Encrypts the OS disk of the VM the path names on this host (the pre-encryption
+/// service), before its first boot: as long as the disk takes.
+async fn pre_encrypt(
+    State(a): S,
+    Path(id): Path<String>,
+    cred: Credential,
+    b: Body,
+) -> R<PreEncryptOutcome> {
+    a.check(&cred, &id)?;
+    let spec: BootSpec = typed(b)?;
+    a.own(&spec, &id)?;
+    let pre = a.pre()?;
+    httpd::blocking(move || match pre.pre_encrypt(&spec) {
+        Ok(done) => PreEncryptOutcome {
+            done: Some(done),
+            failure: None,
+        },
+        Err(f) => PreEncryptOutcome {
+            done: None,
+            failure: Some(f),
+        },
+    })
+    .await
+    .map(axum::Json)
+}
+
+/// Whether the platform vault's key `name` can protect an OS disk.
+async fn customer_key(State(a): S, Path(name): Path<String>, cred: Credential) -> R<KeyCheck> {
+    a.authorized(&cred)?;
+    if name.is_empty() || name.len() > 127 {
+        return Err(ApiError::bad(
+            "bad_request",
+            "a key name is 1 to 127 characters",
+        ));
+    }
+    let pre = a.pre()?;
+    httpd::blocking(move || KeyCheck {
+        why: pre.check_customer_key(&name).err(),
+    })
+    .await
+    .map(axum::Json)
+}
+
+/// The agent's router: `host`'s VMs run by `inner` (their disks pre-encrypted by
+/// `pre`, when given), for callers presenting `credential`.
+pub fn router(
+    host: &str,
+    credential: Zeroizing<String>,
+    inner: Arc<dyn HostAgent>,
+    pre: Option<Arc<dyn PreEncryption>>,
+) -> Router {
     let agent = Arc::new(Agent {
         host: host.to_string(),
         credential,
         inner,
+        pre,
     });
     let gate = agent.clone();
     let check: httpd::BodyGate =
@@ -213,7 +282,9 @@ pub fn router(host: &str, credential: Zeroizing<String>, inner: Arc<dyn HostAgen
         .route("/vms/{id}/start", post(start))
         .route("/vms/{id}/stop", post(stop))
         .route("/vms/{id}/attest", post(attest))
-        .route("/vms/{id}/console", get(console));
+        .route("/vms/{id}/console", get(console))
+        .route("/vms/{id}/pre-encryption", post(pre_encrypt))
+        .route("/customer-keys/{name}", get(customer_key));
     httpd::api_router(routes, MAX_BODY, check).with_state(agent)
 }
 
@@ -316,7 +387,7 @@ mod tests {
         std::thread::spawn(move || {
             let _ = httpd::run("127.0.0.1:0", None, move |_, base| {
                 let _ = tx.send(base);
-                Ok(router("host-1", credential, Arc::new(Fake)))
+                Ok(router("host-1", credential, Arc::new(Fake), None))
             });
         });
         rx.recv().unwrap()
@@ -359,6 +430,16 @@ mod tests {
         assert!(store.put_agent("host-1", &endpoint).unwrap());
         assert!(!store.put_agent("host-9", &endpoint).unwrap());
         assert!(!format!("{endpoint:?}").contains(&credential));
+        // An agent without a pre-encryption service says so (404, with the reason)
+        // rather than leaving a disk unencrypted.
+        {
+            use control::agent::PreEncryption as _;
+            let e = remote.pre_encrypt(&spec(2)).unwrap_err();
+            assert_eq!(e.step, "disk_pre_encryption");
+            assert!(e.reason.contains("runs no pre-encryption service"), "{e}");
+            let why = remote.check_customer_key("k").unwrap_err();
+            assert!(why.contains("runs no pre-encryption service"), "{why}");
+        }
         // Through the agent: steps, a refusal with its stable code, status, a token.
         let mut steps = Vec::new();
         remote.start(&spec(2), &mut |s| steps.push(s)).unwrap();
