@@ -3782,4 +3782,55 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
         !state.join("hosts/host-1/vms").join(&id).exists(),
         "the delete reached the agent"
     );
+    // A create whose replica died while its disk was being pre-encrypted: another
+    // replica does the pre-encryption again (here: finds it done) and the VM is
+    // `stopped`.
+    let body = create_request("Standard_DC2as_v5");
+    let (st, vm) = http(
+        "PUT",
+        &format!("{}/vms/t1", a.url),
+        Some(&tenant),
+        Some(&body),
+    );
+    assert_eq!(st, 200, "{vm}");
+    let vm = wait_vm(&a.url, &tenant, "t1", |v| v["state"] != "creating");
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    let id = vm["id"].as_str().unwrap().to_string();
+    let plant = |state: &str| {
+        use sqldb::Queries as _;
+        let mut conn = sqldb::Conn::open(&pg.location).unwrap();
+        let mut tx = conn.write().unwrap();
+        tx.execute(
+            "UPDATE vms SET state = ?2,
+               body = replace(body, '\"state\":\"stopped\"', '\"state\":\"' || ?2 || '\"')
+             WHERE id = ?1",
+            sqldb::args![id.as_str(), state],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO saga_leases (vm, owner, until_ms) VALUES (?1, 'replica-dead', 1)",
+            sqldb::args![id.as_str()],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    };
+    plant("creating");
+    let (now, vm) = settle("creating");
+    assert_eq!(now, "stopped", "{vm}");
+    let (_, events) = http(
+        "GET",
+        &format!("{}/vms/t1/events", a.url),
+        Some(&tenant),
+        None,
+    );
+    let pre: Vec<&Value> = events["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "disk_pre_encryption")
+        .collect();
+    assert!(
+        pre.len() == 2 && pre.iter().all(|e| e["outcome"] == "ok"),
+        "{events}"
+    );
 }

@@ -105,8 +105,8 @@ pub struct ControlConfig {
     /// This replica's name in saga leases; `None`: a fresh random one (a process that
     /// restarts under the same name, as `cvm up` does, resumes its own sagas at once).
     pub replica: Option<String>,
-    /// How long a saga's lease lasts without renewal: a start, stop or delete whose
-    /// replica died is taken over by another replica after it
+    /// How long a saga's lease lasts without renewal: a create, start, stop or delete
+    /// whose replica died is taken over by another replica after it
     /// ([`DEFAULT_SAGA_LEASE`]).
     pub saga_lease: std::time::Duration,
 }
@@ -477,9 +477,10 @@ impl Control {
     }
 
     /// Keeps this replica's sagas going, in a thread of its own: every third of the
-    /// lease it renews the leases it holds, and takes over each start, stop or delete
-    /// whose replica stopped renewing its lease (it died): a start boots the VM again
-    /// from `launch`, a stop and a delete are done again, each in a thread of its own.
+    /// lease it renews the leases it holds, and takes over each create, start, stop or
+    /// delete whose replica stopped renewing its lease (it died): a start boots the VM
+    /// again from `launch`; a create's pre-encryption, a stop and a delete are done
+    /// again; each in a thread of its own.
     pub fn keep_sagas(self: &std::sync::Arc<Self>) {
         let c = self.clone();
         std::thread::spawn(move || {
@@ -516,11 +517,14 @@ impl Control {
         });
     }
 
-    /// Takes over the saga of `row` (`starting`, `stopping` or `deleting`) that
-    /// another replica left; 409 when another replica took it first.
+    /// Takes over the saga of `row` (`creating`, `starting`, `stopping` or
+    /// `deleting`) that another replica left; 409 when another replica took it first.
     fn take_over(&self, row: &VmRow) -> Result<(), ApiError> {
         let why = "the replica running it stopped renewing its lease";
         match row.state.as_str() {
+            // Its disk's pre-encryption, done again (from the beginning, or nothing
+            // when it was done).
+            "creating" => self.finish_creating(&row.id),
             "starting" => self.boot_with(
                 row,
                 &["starting"],
@@ -836,10 +840,21 @@ impl Control {
                 create_events(&spec, at, validated_ms, r, place_ms, pre_encrypt),
             ))
         };
+        // A disk to pre-encrypt: the create's saga is this replica's from the start
+        // (another takes it over if this one dies before the disk is made).
+        if pre_encrypt {
+            let now = unix_ms();
+            self.store
+                .lease_take(&id, &self.replica, now + lease_ms(self.saga_lease), now)
+                .map_err(store_err)?;
+        }
         let outcome = self
             .store
             .create_vm(&row, &want, &made)
             .map_err(store_err)?;
+        if pre_encrypt && !matches!(outcome, Created::New(_)) {
+            let _ = self.store.lease_release(&id, &self.replica);
+        }
         match outcome {
             Created::New(row) | Created::Existing(row) => parse_vm(&row),
             Created::Conflict(_) => Err(ApiError::new(
@@ -896,9 +911,13 @@ impl Control {
         if let Some(host) = row.host.as_deref()
             && self.has_agent(host)?
         {
-            // Under a lease (another replica finishes the delete if this one dies).
-            let Some(_saga) = self.take_saga(&row.id)? else {
-                return Err(busy(&row));
+            // Under a lease (another replica finishes the delete if this one dies). A
+            // VM `creating` keeps its create's lease: its pre-encryption, which holds
+            // it, ends once the VM is `deleting` (awaited below).
+            let _saga = if row.state == "creating" {
+                None
+            } else {
+                Some(self.take_saga(&row.id)?.ok_or_else(|| busy(&row))?)
             };
             // `deleting` first: a start that begins meanwhile finds the VM busy, and
             // a delete never removes the files of a VM being booted.
@@ -949,6 +968,10 @@ impl Control {
     /// that VM already.
     pub fn finish_creating(&self, vm_id: &str) -> Result<(), ApiError> {
         let Some(service) = self.pre_encryption.get() else {
+            return Ok(());
+        };
+        // Under the create's lease (another replica may have taken it over).
+        let Some(saga) = self.take_saga(vm_id)? else {
             return Ok(());
         };
         let guard = {
@@ -1004,6 +1027,7 @@ impl Control {
             Ok(moved.is_none())
         })();
         drop(guard);
+        drop(saga);
         // Deleted meanwhile: the delete may have stopped waiting; finish it (twice is
         // harmless: the row goes once).
         if result?

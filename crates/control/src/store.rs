@@ -659,9 +659,9 @@ impl Store {
         })
     }
 
-    /// The VMs whose start, stop or delete saga nobody runs any more: `starting`,
-    /// `stopping` or `deleting` under a lease that ran out before `now_ms` (its replica
-    /// died mid-saga). A VM in such a state with no lease at all is not listed: its
+    /// The VMs whose create (its disk's pre-encryption), start, stop or delete saga
+    /// nobody runs any more: `creating`, `starting`, `stopping` or `deleting` under a
+    /// lease that ran out before `now_ms` (its replica died mid-saga). A VM in such a state with no lease at all is not listed: its
     /// saga ended without reaching the next state (an error recorded in its events),
     /// and a request again, not a takeover, settles it.
     pub fn orphaned_sagas(&self, now_ms: i64) -> Result<Vec<VmRow>, StoreError> {
@@ -673,7 +673,7 @@ impl Store {
             Ok(tx.query_map(
                 &format!(
                     "SELECT {} FROM vms JOIN saga_leases ON saga_leases.vm = vms.id
-                     WHERE vms.state IN ('starting', 'stopping', 'deleting')
+                     WHERE vms.state IN ('creating', 'starting', 'stopping', 'deleting')
                        AND saga_leases.until_ms < ?1
                      ORDER BY vms.id",
                     cols.join(", ")
