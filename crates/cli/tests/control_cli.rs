@@ -3721,22 +3721,25 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
         None,
     );
     assert_eq!((st, vm["state"].as_str()), (200, Some("running")), "{vm}");
-    let plant = |state: &str| {
+    // What a replica that died mid-saga leaves: the VM in the saga's state (`from`,
+    // what the VM was, becomes `to`) under an expired lease of a replica that no
+    // longer exists.
+    let plant = |id: &str, from: &str, to: &str| {
         use sqldb::Queries as _;
         let mut conn = sqldb::Conn::open(&pg.location).unwrap();
         let mut tx = conn.write().unwrap();
         let n = tx
             .execute(
-                "UPDATE vms SET state = ?2,
-                   body = replace(body, '\"state\":\"' || state || '\"', '\"state\":\"' || ?2 || '\"')
-                 WHERE id = ?1",
-                sqldb::args![id.as_str(), state],
+                "UPDATE vms SET state = ?3,
+                   body = replace(body, '\"state\":\"' || ?2 || '\"', '\"state\":\"' || ?3 || '\"')
+                 WHERE id = ?1 AND state = ?2",
+                sqldb::args![id, from, to],
             )
             .unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(n, 1, "{id} was not {from}");
         tx.execute(
             "INSERT INTO saga_leases (vm, owner, until_ms) VALUES (?1, 'replica-dead', 1)",
-            sqldb::args![id.as_str()],
+            sqldb::args![id],
         )
         .unwrap();
         tx.commit().unwrap();
@@ -3754,7 +3757,7 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
         }
         (from.to_string(), Value::Null)
     };
-    plant("stopping");
+    plant(&id, "running", "stopping");
     let (now, vm) = settle("stopping");
     assert_eq!(now, "stopped", "{vm}");
     assert_eq!(vtpms(&state).get(&id), None, "the stop reached the agent");
@@ -3775,7 +3778,7 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
                     .is_some_and(|t| t.contains("its stop was taken over"))),
         "{events}"
     );
-    plant("deleting");
+    plant(&id, "stopped", "deleting");
     let (now, vm) = settle("deleting");
     assert_eq!(now, "gone", "{vm}");
     assert!(
@@ -3796,25 +3799,7 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
     let vm = wait_vm(&a.url, &tenant, "t1", |v| v["state"] != "creating");
     assert_eq!(vm["state"], "stopped", "{vm}");
     let id = vm["id"].as_str().unwrap().to_string();
-    let plant = |state: &str| {
-        use sqldb::Queries as _;
-        let mut conn = sqldb::Conn::open(&pg.location).unwrap();
-        let mut tx = conn.write().unwrap();
-        tx.execute(
-            "UPDATE vms SET state = ?2,
-               body = replace(body, '\"state\":\"stopped\"', '\"state\":\"' || ?2 || '\"')
-             WHERE id = ?1",
-            sqldb::args![id.as_str(), state],
-        )
-        .unwrap();
-        tx.execute(
-            "INSERT INTO saga_leases (vm, owner, until_ms) VALUES (?1, 'replica-dead', 1)",
-            sqldb::args![id.as_str()],
-        )
-        .unwrap();
-        tx.commit().unwrap();
-    };
-    plant("creating");
+    plant(&id, "stopped", "creating");
     let (now, vm) = settle("creating");
     assert_eq!(now, "stopped", "{vm}");
     let (_, events) = http(
