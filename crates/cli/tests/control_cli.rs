@@ -3562,7 +3562,7 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
 
 /// Saga takeover between replicas: a replica (`cvm control serve`) killed with -9
 /// while it runs a VM's start leaves the VM `starting` under a lease it no longer
-/// renews; once the lease runs out (`--saga-lease 2`), another replica on the same
+/// renews; once the lease runs out (`--saga-lease 5`), another replica on the same
 /// PostgreSQL database takes the start over and boots the VM through its host's agent:
 /// it ends `running` with one vTPM, its events saying the start was taken over. Trials
 /// go on until three kills landed during a start (at most twelve).
@@ -3574,7 +3574,7 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let state = d.join("up");
-    let lease = ["--saga-lease", "2"];
+    let lease = ["--saga-lease", "5"];
     let a = up(
         &state,
         &[
@@ -3738,7 +3738,8 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
             .unwrap();
         assert_eq!(n, 1, "{id} was not {from}");
         tx.execute(
-            "INSERT INTO saga_leases (vm, owner, until_ms) VALUES (?1, 'replica-dead', 1)",
+            "INSERT INTO saga_leases (vm, owner, until_ms) VALUES (?1, 'replica-dead', 1)
+             ON CONFLICT (vm) DO UPDATE SET owner = 'replica-dead', until_ms = 1",
             sqldb::args![id],
         )
         .unwrap();
@@ -3786,8 +3787,8 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
         "the delete reached the agent"
     );
     // A create whose replica died while its disk was being pre-encrypted: another
-    // replica does the pre-encryption again (here: finds it done) and the VM is
-    // `stopped`.
+    // replica does the pre-encryption again (a disk whose pin was never recorded is
+    // made anew) and the VM is `stopped`.
     let body = create_request("Standard_DC2as_v5");
     let (st, vm) = http(
         "PUT",

@@ -487,9 +487,16 @@ impl Control {
             loop {
                 std::thread::sleep(c.saga_lease / 3);
                 let now = unix_ms();
+                // Only the sagas this process runs: a lease left behind (by an
+                // earlier life of this replica, or a resume not yet begun) runs out.
+                let held: Vec<String> = c
+                    .booting
+                    .lock()
+                    .map(|b| b.iter().cloned().collect())
+                    .unwrap_or_default();
                 if let Err(e) = c
                     .store
-                    .lease_renew(&c.replica, now + lease_ms(c.saga_lease))
+                    .lease_renew(&c.replica, &held, now + lease_ms(c.saga_lease))
                 {
                     tracing::warn!("renewing saga leases: {e}");
                     continue;
@@ -972,7 +979,11 @@ impl Control {
         };
         // Under the create's lease (another replica may have taken it over).
         let Some(saga) = self.take_saga(vm_id)? else {
-            return Ok(());
+            return Err(ApiError::new(
+                409,
+                codes::CONFLICT,
+                format!("the create of VM {vm_id} is run by another replica or request"),
+            ));
         };
         let guard = {
             let mut busy = self
@@ -1975,8 +1986,11 @@ fn pin_of(detail: &str) -> Option<String> {
         })
 }
 
-/// A saga this process runs: marked in `booting`, and leased to this replica (the
-/// lease is given up and the mark removed when it ends, however it ends).
+/// A saga this process runs: marked in `booting` (so its lease is renewed), and
+/// leased to this replica. When it ends the mark goes and the lease is let run out:
+/// inert once the VM is settled (`running`, `stopped`, `failed`), and taken over by
+/// the next replica that looks when the saga ended on an error that left the VM
+/// `starting`, `stopping`, `deleting` or `creating`.
 struct SagaGuard<'a> {
     control: &'a Control,
     vm: String,
@@ -1989,9 +2003,9 @@ impl Drop for SagaGuard<'_> {
             && let Err(e) = self
                 .control
                 .store
-                .lease_release(&self.vm, &self.control.replica)
+                .lease_expire(&self.vm, &self.control.replica)
         {
-            tracing::warn!(vm = %self.vm, "giving up a saga lease: {e}");
+            tracing::warn!(vm = %self.vm, "ending a saga lease: {e}");
         }
         if let Ok(mut b) = self.control.booting.lock() {
             b.remove(&self.vm);

@@ -638,13 +638,35 @@ impl Store {
         })
     }
 
-    /// Extends every lease `owner` holds to `until_ms`; how many it holds.
-    pub fn lease_renew(&self, owner: &str, until_ms: i64) -> Result<u64, StoreError> {
+    /// Extends `owner`'s leases on the VMs `vms` (the sagas it runs) to `until_ms`;
+    /// how many it holds of them. Its other leases are left to run out.
+    pub fn lease_renew(
+        &self,
+        owner: &str,
+        vms: &[String],
+        until_ms: i64,
+    ) -> Result<u64, StoreError> {
         self.with(true, |tx| {
-            Ok(tx.execute(
-                "UPDATE saga_leases SET until_ms = ?2 WHERE owner = ?1",
-                args![owner, until_ms],
-            )?)
+            let mut n = 0;
+            for vm in vms {
+                n += tx.execute(
+                    "UPDATE saga_leases SET until_ms = ?3 WHERE vm = ?2 AND owner = ?1",
+                    args![owner, vm.as_str(), until_ms],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Lets `owner`'s lease on `vm` run out now: a saga that ended without settling
+    /// the VM (an error) is taken over by the next replica that looks.
+    pub fn lease_expire(&self, vm: &str, owner: &str) -> Result<(), StoreError> {
+        self.with(true, |tx| {
+            tx.execute(
+                "UPDATE saga_leases SET until_ms = 0 WHERE vm = ?1 AND owner = ?2",
+                args![vm, owner],
+            )?;
+            Ok(())
         })
     }
 

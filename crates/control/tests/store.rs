@@ -331,7 +331,15 @@ fn lease_scenario(location: &Location) {
         .unwrap();
     // While a renews, nothing is orphaned; once a stops renewing and its lease runs
     // out, the start is orphaned and b takes it (once: a cannot take it back).
-    assert_eq!(store.lease_renew("a", 5_000).unwrap(), 1);
+    let held = [id.to_string()];
+    assert_eq!(store.lease_renew("a", &held, 5_000).unwrap(), 1);
+    // Renewals name the sagas the replica runs: others' leases are not touched.
+    assert_eq!(
+        store
+            .lease_renew("a", &["other".to_string()], 6_000)
+            .unwrap(),
+        0
+    );
     assert!(store.orphaned_sagas(4_999).unwrap().is_empty());
     let orphaned = store.orphaned_sagas(5_001).unwrap();
     assert_eq!(
@@ -342,7 +350,7 @@ fn lease_scenario(location: &Location) {
     assert!(!store.lease_take(id, "a", 9_500, 5_002).unwrap());
     assert!(store.orphaned_sagas(8_999).unwrap().is_empty());
     // a's renewals no longer touch it; b gives it up when its saga ends.
-    assert_eq!(store.lease_renew("a", 20_000).unwrap(), 0);
+    assert_eq!(store.lease_renew("a", &held, 20_000).unwrap(), 0);
     store.lease_release(id, "a").unwrap();
     assert!(store.orphaned_sagas(8_999).unwrap().is_empty());
     // A saga that ended without its lease (given up) is nobody's to take over; nor
@@ -355,12 +363,17 @@ fn lease_scenario(location: &Location) {
         .unwrap()
         .unwrap();
     assert!(store.orphaned_sagas(i64::MAX).unwrap().is_empty());
-    // Stops and deletes are sagas too.
+    // Stops and deletes are sagas too; a saga that ended on an error lets its lease
+    // run out at once, and is then taken over.
     store
         .transition(id, &["running"], "stopping", None, &body, &[])
         .unwrap()
         .unwrap();
     assert_eq!(store.orphaned_sagas(10_001).unwrap().len(), 1);
+    assert!(store.lease_take(id, "b", 30_000, 10_001).unwrap());
+    assert!(store.orphaned_sagas(20_000).unwrap().is_empty());
+    store.lease_expire(id, "b").unwrap();
+    assert_eq!(store.orphaned_sagas(20_000).unwrap().len(), 1);
 }
 
 #[test]

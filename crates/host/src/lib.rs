@@ -171,22 +171,24 @@ pub struct EmulatedHosts {
     transfer_keys: key_release::TransferKeys,
     /// The firmware of `qemu` hosts' guests, when this agent runs any.
     qemu: Option<qemu::Firmware>,
-    /// The VMs whose boot runs now (one boot per VM at a time).
-    booting: Mutex<std::collections::HashSet<String>>,
 }
 
-/// A VM's place in [`EmulatedHosts::booting`], given back when dropped.
-struct Booting<'a> {
-    set: &'a Mutex<std::collections::HashSet<String>>,
-    vm_id: String,
-}
-
-impl Drop for Booting<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.set.lock() {
-            s.remove(&self.vm_id);
-        }
-    }
+/// The lock of one VM's work on its host, by its directory: a boot, the disk's
+/// pre-encryption and the removal of its files never run at once in this process
+/// (the agent's), and a second one waits for the first to end. A control plane that
+/// took over a saga whose first run still goes on here (its replica died) so waits
+/// for it rather than racing it.
+pub(crate) fn vm_work_lock(dir: &Path) -> std::sync::Arc<Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<Mutex<()>>>>,
+    > = std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Locks nobody holds or waits for are dropped (the map stays as small as the
+    // work under way).
+    locks.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+    locks.entry(dir.to_path_buf()).or_default().clone()
 }
 
 impl std::fmt::Debug for EmulatedHosts {
@@ -274,7 +276,6 @@ impl EmulatedHosts {
             running: Mutex::new(HashMap::new()),
             transfer_keys: key_release::TransferKeys::spawn(TRANSFER_KEYS_AHEAD),
             qemu: None,
-            booting: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -1455,24 +1456,13 @@ impl HostAgent for EmulatedHosts {
         report: &mut dyn FnMut(StepReport),
     ) -> Result<(), BootFailure> {
         // One boot of a VM at a time: a second (a caller that gave up on the first
-        // and asked again) is refused rather than run beside it on the same VMGS.
-        let _booting = {
-            let mut set = self
-                .booting
-                .lock()
-                .map_err(|_| fail("start", code::HOST_AGENT, "the agent's lock is poisoned"))?;
-            if !set.insert(spec.vm_id.clone()) {
-                return Err(fail(
-                    "start",
-                    code::HOST_AGENT,
-                    "a boot of this VM is already running on its host",
-                ));
-            }
-            Booting {
-                set: &self.booting,
-                vm_id: spec.vm_id.clone(),
-            }
-        };
+        // and asked again, or a replica that took over a dead one's start) waits for
+        // the first to end (a boot nobody hears is stopped at its end), then stops
+        // whatever runs and boots the VM itself: the later boot wins.
+        let lock = vm_work_lock(&self.vm_dir(&spec.host, &spec.vm_id));
+        let _work = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.stop(&spec.host, &spec.vm_id)?;
         let running = self.run_boot(spec, report)?;
         let mut map = self
@@ -1593,6 +1583,12 @@ impl HostAgent for EmulatedHosts {
     }
 
     fn forget(&self, host: &str, vm_id: &str) -> Result<(), BootFailure> {
+        // After a boot or a pre-encryption of the VM still running here (a delete
+        // through another replica): what it makes goes too.
+        let lock = vm_work_lock(&self.vm_dir(host, vm_id));
+        let _work = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.stop(host, vm_id)?;
         // The VM's own keys go with it (a customer's key stays the customer's).
         let vault = keyvault_client::Client::new(

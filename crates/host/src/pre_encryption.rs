@@ -239,6 +239,13 @@ impl PreEncryption for PreEncryptionService {
     fn pre_encrypt(&self, spec: &BootSpec) -> Result<PreEncrypted, BootFailure> {
         let t = Instant::now();
         let dir = vm_dir(&self.root, &spec.host, &spec.vm_id);
+        // One run per VM at a time (a replica that took over a dead one's create
+        // waits for the first run, then makes the disk again), never beside a
+        // removal of the VM's files.
+        let lock = crate::vm_work_lock(&dir);
+        let _work = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let out = dir.join(OS_DISK);
         let err = |what: &str, e: &dyn std::fmt::Display| {
             fail(STEP, code::PRE_ENCRYPTION_FAILED, format!("{what}: {e}"))
