@@ -93,6 +93,25 @@ fn cli(up: &Up, args: &[&str]) -> (i32, Value) {
     (o.status.code().unwrap_or(-1), v)
 }
 
+/// A control-plane replica (`cvm control serve`) on loopback with its state in
+/// `state`, on the database `database` (eastus offered), with `extra` arguments.
+fn replica(state: &Path, database: &str, extra: &[&str]) -> common::Served {
+    let mut args = vec![
+        "control",
+        "serve",
+        "--state",
+        state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--regions",
+        "eastus",
+        "--database",
+        database,
+    ];
+    args.extend_from_slice(extra);
+    common::spawn(&args)
+}
+
 /// One HTTP call: status and JSON body (null when empty).
 fn http(method: &str, url: &str, cred: Option<&str>, body: Option<&Value>) -> (u16, Value) {
     common::call(method, url, cred, body)
@@ -1113,22 +1132,8 @@ fn two_replicas_on_postgres_place_500_concurrent_creates_without_overfilling() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let replica = |name: &str| {
-        common::spawn(&[
-            "control",
-            "serve",
-            "--state",
-            d.join(name).to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--regions",
-            "eastus",
-            "--database",
-            &pg.url,
-        ])
-    };
-    let a = replica("a");
-    let b = replica("b");
+    let a = replica(&d.join("a"), &pg.url, &[]);
+    let b = replica(&d.join("b"), &pg.url, &[]);
     // One operator credential for both: the first replica made it.
     let operator = std::fs::read_to_string(d.join("a/operator.token")).unwrap();
     assert!(!d.join("b/operator.token").exists());
@@ -2496,20 +2501,7 @@ fn two_replicas_and_two_host_agents_on_postgres_boot_each_vm_on_its_own_host() {
         "{:?}",
         a.stdout
     );
-    let b = common::spawn(&[
-        "control",
-        "serve",
-        "--state",
-        d.join("b").to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--regions",
-        "eastus",
-        "--database",
-        &pg.url,
-        "--agent-ca",
-        ca.to_str().unwrap(),
-    ]);
+    let b = replica(&d.join("b"), &pg.url, &["--agent-ca", ca.to_str().unwrap()]);
     let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
     let operator_file = state.join("control/operator.token");
     let operator = std::fs::read_to_string(&operator_file).unwrap();
@@ -2676,18 +2668,7 @@ fn two_replicas_and_two_host_agents_on_postgres_boot_each_vm_on_its_own_host() {
     assert_eq!(consistent(&b.url, &tenant, operator).len(), 4);
     // A replica that does not trust the agents' CA does not reach host-1's agent
     // (and changes nothing); host-2's it reaches.
-    let c = common::spawn(&[
-        "control",
-        "serve",
-        "--state",
-        d.join("c").to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--regions",
-        "eastus",
-        "--database",
-        &pg.url,
-    ]);
+    let c = replica(&d.join("c"), &pg.url, &[]);
     for vm in &vms {
         let n = vm["name"].as_str().unwrap();
         let (st, t) = http(
@@ -3591,22 +3572,6 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
         ],
     );
     let _agent = host_agent(&state, "host-1", &[]);
-    let replica = |name: &str| {
-        common::spawn(&[
-            "control",
-            "serve",
-            "--state",
-            d.join(name).to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--regions",
-            "eastus",
-            "--database",
-            &pg.url,
-            lease[0],
-            lease[1],
-        ])
-    };
     let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
     let disk = debian_disk(d, "debian");
     let (code, img) = cli(
@@ -3630,7 +3595,7 @@ fn a_start_whose_replica_died_is_taken_over_by_another() {
     };
     let mut taken_over = 0;
     for _ in 0..12 {
-        let mut b = replica("b");
+        let mut b = replica(&d.join("b"), &pg.url, &lease);
         let url = b.url.clone();
         // Its answer may never come (b is killed): the error is not the test's.
         let starter = std::thread::spawn({

@@ -464,16 +464,20 @@ impl Control {
             vm: vm.to_string(),
             leased: false,
         };
-        let now = unix_ms();
-        if !self
-            .store
-            .lease_take(vm, &self.replica, now + lease_ms(self.saga_lease), now)
-            .map_err(store_err)?
-        {
+        if !self.lease(vm)? {
             return Ok(None);
         }
         guard.leased = true;
         Ok(Some(guard))
+    }
+
+    /// Takes the lease on `vm`'s saga for this replica for one lease period
+    /// ([`Store::lease_take`]); `false` when another replica holds it.
+    fn lease(&self, vm: &str) -> Result<bool, ApiError> {
+        let now = unix_ms();
+        self.store
+            .lease_take(vm, &self.replica, now + lease_ms(self.saga_lease), now)
+            .map_err(store_err)
     }
 
     /// Keeps this replica's sagas going, in a thread of its own: every third of the
@@ -850,10 +854,7 @@ impl Control {
         // A disk to pre-encrypt: the create's saga is this replica's from the start
         // (another takes it over if this one dies before the disk is made).
         if pre_encrypt {
-            let now = unix_ms();
-            self.store
-                .lease_take(&id, &self.replica, now + lease_ms(self.saga_lease), now)
-                .map_err(store_err)?;
+            self.lease(&id)?;
         }
         let outcome = self
             .store
@@ -1203,12 +1204,7 @@ impl Control {
         // The saga becomes this replica's (renewed until it boots the VM): a start
         // another live replica runs is left to it, and if this one dies before it
         // boots the VM, another takes it over.
-        let now = unix_ms();
-        if !self
-            .store
-            .lease_take(&row.id, &self.replica, now + lease_ms(self.saga_lease), now)
-            .map_err(store_err)?
-        {
+        if !self.lease(&row.id)? {
             return Ok(None);
         }
         let note = event(
