@@ -7,12 +7,15 @@
 # 1. gated: `cvm up --backend qemu` (one host), a VM of the Debian 12 image (`cvm image
 #    build debian-12`, cached in target/images) without disk encryption; each run is
 #    `cvm vm start` (launch, attestation, VMGS key release, VMGS, vTPM, Secure Boot
-#    check, QEMU) and the console followed until the guest's login prompt, then
-#    `cvm vm stop`: the time to `running` (the start's answer) and to the prompt;
+#    check, QEMU) and the console followed until the guest's login prompt and its
+#    guest agent's ready line (it attested with the guest's own evidence through the
+#    host agent), then `cvm vm stop`: the time to `running` (the start's answer), to
+#    the prompt and to the ready line;
 # 2. gates off: the same QEMU command line (OVMF's Secure Boot build with the VM's
 #    variable image, a fresh copy-on-write disk over the same image, a vTPM as
 #    `cvm vtpm run` on a plain state directory: no attestation, no key release, no
-#    VMGS, no host-side checks) until the same prompt;
+#    VMGS, no host-side checks; the same virtio-serial port, which nothing answers)
+#    until the same prompt (there is no ready line: nothing to attest to);
 # 3. memory of the running gated VM: QEMU's and its vTPM's resident and proportional
 #    set sizes;
 # 4. gated with an encrypted OS disk: a second VM created with `--disk-encryption
@@ -36,17 +39,18 @@ cleanup() {
 }
 trap cleanup EXIT
 now_ms() { date +%s%3N; }
-# Waits until FILE has grown past OFFSET with a login prompt; prints the time.
+# Waits until FILE has grown past OFFSET with a line matching PATTERN (default: a
+# login prompt); prints the time.
 wait_prompt() {
-  local file=$1 from=$2
+  local file=$1 from=$2 pattern=${3:-login:}
   for _ in $(seq 3000); do
-    if tail -c +"$((from + 1))" "$file" 2>/dev/null | grep -q 'login:'; then
+    if tail -c +"$((from + 1))" "$file" 2>/dev/null | grep -q "$pattern"; then
       now_ms
       return
     fi
     sleep 0.1
   done
-  echo "no login prompt in $file" >&2
+  echo "no '$pattern' in $file" >&2
   exit 1
 }
 
@@ -64,7 +68,7 @@ state=(--state "$work/up")
 # disk's unlock when it has one) and appends the time to the prompt to ARRAY. The
 # last run also prints the memory of the running VM's QEMU and vTPM.
 starts() {
-  local name=$1 vdir r from t0 t1 t2 t3 gates unlock qpid vpid p pname rss pss
+  local name=$1 vdir r from t0 t1 t2 t3 ready gates unlock qpid vpid p pname rss pss
   local -n times=$2
   vdir="$work/up/hosts/host-1/vms/$("$cvm" vm show "$name" "${state[@]}" --json | jq -r .id)"
   for r in $(seq "$runs"); do
@@ -78,8 +82,10 @@ starts() {
       .value | .[(map(.step) | rindex("start")):]
       | [([.[] | select(.step == "attest" or .step == "vmgs_key_release" or .step == "vmgs") | .durationMs] | add),
          ([.[] | select(.step == "disk_unlock") | .durationMs] | add // "none")] | @tsv')
-    echo "  run $r: running after $((t1 - t0)) ms (attest + key release + VMGS $gates ms, disk_unlock $unlock ms), login prompt after $((t2 - t0)) ms"
+    ready=$(wait_prompt "$vdir/console.log" "$from" 'opencvm-guest: ready')
+    echo "  run $r: running after $((t1 - t0)) ms (attest + key release + VMGS $gates ms, disk_unlock $unlock ms), login prompt after $((t2 - t0)) ms, guest agent ready (attested with its own evidence) after $((ready - t0)) ms"
     times+=($((t2 - t0)))
+    readies+=($((ready - t0)))
     if [ "$r" = "$runs" ]; then
       qpid=$(pgrep -f "qemu-system-x86_64.*$vdir" | head -1)
       vpid=$(pgrep -f "vtpm run --kek-stdin --vmgs $vdir" | head -1)
@@ -101,7 +107,9 @@ starts() {
 dir="$work/up/hosts/host-1/vms/$("$cvm" vm show bench "${state[@]}" --json | jq -r .id)"
 echo "gated: cvm vm start, then the console until the login prompt ($runs runs)"
 gated=()
+readies=()
 starts bench gated
+gated_ready=("${readies[@]}")
 
 echo "gated, encrypted OS disk ($runs runs)"
 t0=$(now_ms)
@@ -109,7 +117,9 @@ t0=$(now_ms)
   --disk-encryption platform-key >/dev/null 2>&1
 echo "  create with pre-encryption: $(($(now_ms) - t0)) ms"
 enc=()
+readies=()
 starts benc enc
+enc_ready=("${readies[@]}")
 
 echo "gates off: the same QEMU boot with a plain vTPM ($runs runs)"
 cp "$dir/OVMF_VARS.fd" "$work/vars.fd"
@@ -132,6 +142,9 @@ for r in $(seq "$runs"); do
     -drive "file=$work/off-$r.qcow2,format=qcow2,if=virtio" \
     -chardev "socket,id=chrtpm,path=$tpm/ctrl" -tpmdev emulator,id=tpm0,chardev=chrtpm \
     -device tpm-crb,tpmdev=tpm0 \
+    -device virtio-serial-pci,id=vser0 \
+    -chardev "socket,id=guestagent,path=$work/off-$r.sock,server=on,wait=off" \
+    -device virtserialport,bus=vser0.0,chardev=guestagent,name=org.opencvm.guest.0 \
     -chardev "file,id=console,path=$work/off-$r.log,append=on" -serial chardev:console \
     >/dev/null 2>"$work/off-$r.err" &
   qpid=$!
@@ -147,3 +160,4 @@ g=$(median "${gated[@]}")
 o=$(median "${off[@]}")
 e=$(median "${enc[@]}")
 echo "median to the login prompt: gated $g ms, gates off $o ms: the gates add $((g - o)) ms ($(echo "$g $o" | awk '{printf "%.2f", $1 / $2}')x); gated with an encrypted disk $e ms"
+echo "median to the guest agent's ready line: gated $(median "${gated_ready[@]}") ms, gated with an encrypted disk $(median "${enc_ready[@]}") ms (gates off: none)"

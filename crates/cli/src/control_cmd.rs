@@ -1393,12 +1393,19 @@ fn build_image(id: &str, cache: Option<PathBuf>, rebuild: bool) -> Result<os_ima
     let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
     let image = dir.join(format!("{id}.img"));
     let manifest = dir.join(format!("{id}.json"));
+    // The guest agent goes into the image: the one built beside this cvm, and an
+    // image with another version of it is built again.
+    let guest_agent = std::env::current_exe()
+        .context("this program's path")?
+        .with_file_name("cvm-guest");
+    let guest_agent_version = format!("cvm-guest {}", env!("CARGO_PKG_VERSION"));
     if !rebuild
         && image.exists()
         && let Ok(text) = std::fs::read(&manifest)
         && let Ok(built) = serde_json::from_slice::<os_image::Built>(&text)
         && built.path == image
         && built.recipe == os_image::RECIPE
+        && built.guest_agent == guest_agent_version
     {
         eprintln!(
             "using the cached {} (--rebuild builds it again)",
@@ -1408,7 +1415,9 @@ fn build_image(id: &str, cache: Option<PathBuf>, rebuild: bool) -> Result<os_ima
     }
     let _ = std::fs::remove_file(&manifest);
     let work = dir.join(format!(".{id}.work"));
-    let built = os_image::build_debian_12(&image, &work, &mut |step| eprintln!("build: {step}"))?;
+    let built = os_image::build_debian_12(&image, &work, &guest_agent, &mut |step| {
+        eprintln!("build: {step}")
+    })?;
     std::fs::write(&manifest, serde_json::to_vec_pretty(&built)?)?;
     Ok(built)
 }

@@ -1342,13 +1342,7 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     let platform = up(&state, &["--hosts", "1"]);
     let url = platform.url.clone();
     let tenant = std::fs::read_to_string(state.join("tenant.token")).unwrap();
-    let attest_url = platform
-        .stdout
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("attestation"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let attest_url = attestation_url(&platform);
     let disk = debian_disk(d, "debian");
     let (code, img) = cli(
         &platform,
@@ -1429,26 +1423,7 @@ fn a_vm_boots_only_after_attestation_and_its_vmgs_opens_only_for_it() {
     let nonce = "00112233445566778899aabbccddeeff";
     let (code, t) = cli(&platform, &["vm", "attest", "web", "--nonce", nonce]);
     assert_eq!(code, 0, "{t}");
-    let token = t["token"].as_str().unwrap();
-    let py = Command::new("python3")
-        .args([
-            "-c",
-            "import jwt, json, sys\n\
-             jwks = jwt.PyJWKClient(sys.argv[1] + '/certs')\n\
-             key = jwks.get_signing_key_from_jwt(sys.argv[2])\n\
-             c = jwt.decode(sys.argv[2], key.key, algorithms=['RS256', 'ES384'], issuer=sys.argv[1], options={'verify_aud': False})\n\
-             print(json.dumps(c))",
-            &attest_url,
-            token,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let claims: Value = serde_json::from_slice(&py.stdout).unwrap();
+    let claims = pyjwt_claims(&attest_url, t["token"].as_str().unwrap());
     assert_eq!(claims["x-ms-runtime"]["nonce"], nonce, "{claims}");
     let host_data = hex::encode(host::host_data(&id));
     assert_eq!(claims["x-ms-sevsnpvm-hostdata"], host_data, "{claims}");
@@ -3401,6 +3376,62 @@ fn last_boot_console(platform: &Up, name: &str, secs: u64) -> String {
     text
 }
 
+/// The attestation service's URL, as `cvm up` printed it.
+fn attestation_url(platform: &Up) -> String {
+    platform
+        .stdout
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("attestation"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string()
+}
+
+/// The claims of `token`, checked by PyJWT against the JWKS of the attestation
+/// service at `attest_url` (its issuer).
+fn pyjwt_claims(attest_url: &str, token: &str) -> Value {
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import jwt, json, sys\n\
+             jwks = jwt.PyJWKClient(sys.argv[1] + '/certs')\n\
+             key = jwks.get_signing_key_from_jwt(sys.argv[2])\n\
+             c = jwt.decode(sys.argv[2], key.key, algorithms=['RS256', 'ES384'], issuer=sys.argv[1], options={'verify_aud': False})\n\
+             print(json.dumps(c))",
+            attest_url,
+            token,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    serde_json::from_slice(&py.stdout).unwrap()
+}
+
+/// The console of the VM's last boot once it shows one of `marks` (or `secs` pass).
+fn console_until(platform: &Up, name: &str, marks: &[&str], secs: u64) -> String {
+    let mut text = String::new();
+    for _ in 0..secs {
+        let (_, console) = cli(platform, &["vm", "console", name]);
+        let all = console["text"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('\r', "");
+        text = all
+            .rsplit_once(host::qemu::BOOT_MARK)
+            .map_or(all.as_str(), |(_, t)| t)
+            .to_string();
+        if marks.iter().any(|m| text.contains(m)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    text
+}
+
 /// Whether a boot's console shows the guest's initramfs opening its LUKS2 root:
 /// systemd found the volume by the pre-encryption's label and finished
 /// `systemd-cryptsetup@root.service` ("Cryptography Setup for root"; systemd
@@ -3492,6 +3523,76 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
         "{unlock:?}"
     );
 
+    // The guest agent (`cvm-guest`, in the image) reports that the root is the open
+    // LUKS2 volume, and attests with the guest's own evidence: its vTPM's HCL
+    // report, a quote of its PCRs and its firmware's event log, through the host
+    // agent's channel (the guest has no network).
+    let console = console_until(
+        &platform,
+        "enc",
+        &[guest_agent::READY_LINE, "opencvm-guest: attestation failed"],
+        180,
+    );
+    assert!(
+        console.contains("opencvm-guest: the root file system is on the open LUKS2 volume root"),
+        "{console}"
+    );
+    assert!(console.contains(guest_agent::READY_LINE), "{console}");
+    assert!(
+        console.contains("x-ms-attestation-type=\"azurevm\" x-ms-azurevm-secureboot=true"),
+        "{console}"
+    );
+    let (_, shown) = cli(&platform, &["vm", "console", "enc"]);
+    assert_eq!(shown["stage"], "guest agent ready", "{shown}");
+    // `cvm vm attest` asks the guest agent: a token of the guest's own evidence with
+    // our nonce in its report, checked by PyJWT. Secure Boot on, the event log
+    // replayed against the quoted PCRs, the VM's id from its vTPM's report.
+    let nonce = "c0ffee00112233445566778899aabbcc";
+    let (code, t) = cli(&platform, &["vm", "attest", "enc", "--nonce", nonce]);
+    assert_eq!(code, 0, "{t}");
+    let claims = pyjwt_claims(&attestation_url(&platform), t["token"].as_str().unwrap());
+    assert_eq!(claims["x-ms-attestation-type"], "azurevm", "{claims}");
+    assert_eq!(claims["x-ms-azurevm-secureboot"], true, "{claims}");
+    assert_eq!(claims["x-ms-azurevm-eventlog-verified"], true, "{claims}");
+    assert_eq!(
+        claims["x-ms-azurevm-attested-pcrs"],
+        json!((0..24).collect::<Vec<u32>>()),
+        "{claims}"
+    );
+    let id = vm["id"].as_str().unwrap();
+    assert_eq!(
+        claims["x-ms-azurevm-vmid"]
+            .as_str()
+            .map(|v| v.replace('-', "").to_lowercase()),
+        Some(id.to_string()),
+        "{claims}"
+    );
+    // The SNP report's runtime claims (the vTPM's, bound by REPORT_DATA).
+    let runtime = &claims["x-ms-isolation-tee"]["x-ms-runtime"];
+    let user_data = runtime["user-data"].as_str().unwrap_or_default();
+    assert_eq!(
+        user_data,
+        format!("{}{}", nonce.to_uppercase(), "0".repeat(128 - nonce.len())),
+        "{claims}"
+    );
+    assert_eq!(
+        claims["x-ms-isolation-tee"]["x-ms-sevsnpvm-hostdata"],
+        hex::encode(host::host_data(id)),
+        "{claims}"
+    );
+    let ek_of = |runtime: &Value| -> String {
+        runtime["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == "HCLEkPub")
+            .unwrap()["n"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ek = ek_of(runtime);
+
     // Stopped: the guest answers the ACPI power-down and powers off.
     let (code, stopped) = cli(&platform, &["vm", "stop", "enc"]);
     assert_eq!(
@@ -3536,6 +3637,14 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
         opened_root(&console) && console.contains("debian login:"),
         "{console}"
     );
+    // The same vTPM: the guest's fresh token names the same endorsement key.
+    let console = console_until(&platform, "enc", &[guest_agent::READY_LINE], 180);
+    assert!(console.contains(guest_agent::READY_LINE), "{console}");
+    let (code, t) = cli(&platform, &["vm", "attest", "enc", "--nonce", "0b"]);
+    assert_eq!(code, 0, "{t}");
+    let claims = pyjwt_claims(&attestation_url(&platform), t["token"].as_str().unwrap());
+    assert_eq!(claims["x-ms-attestation-type"], "azurevm", "{claims}");
+    assert_eq!(ek_of(&claims["x-ms-isolation-tee"]["x-ms-runtime"]), ek);
 
     let (code, _) = cli(&platform, &["vm", "delete", "enc"]);
     assert_eq!(code, 0);

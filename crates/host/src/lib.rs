@@ -47,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod guest;
 pub mod pre_encryption;
 pub mod qemu;
 pub mod server;
@@ -157,6 +158,8 @@ struct Running {
     endpoint: String,
     /// The guest, on a `qemu` host.
     vm: Option<qemu::Guest>,
+    /// The channel to its guest agent, on a `qemu` host.
+    channel: Option<std::sync::Arc<guest::Channel>>,
 }
 
 /// The host agent of `cvm up`'s emulated hosts.
@@ -212,6 +215,9 @@ pub const LAUNCHER_CONFIG: &str = "launcher.json";
 /// Transfer keys kept ready for the paravisor side's attestations (ADR 0016): two,
 /// for two starts at once without waiting on RSA key generation.
 const TRANSFER_KEYS_AHEAD: usize = 2;
+/// How long a guest agent may take to attest for `cvm vm attest` (its tools under
+/// TCG take a few seconds; inside a remote agent's 30 s call).
+const GUEST_ATTEST_WAIT: Duration = Duration::from_secs(25);
 /// How long a vTPM process may take to listen (well inside the 30 s a start request
 /// may take).
 const VTPM_START: Duration = Duration::from_secs(10);
@@ -382,6 +388,48 @@ impl EmulatedHosts {
         } else {
             format!("{base}/providers/{policy}")
         }
+    }
+
+    /// What this agent does for the guest agent of `spec`'s VM (a `qemu` guest):
+    /// nonces and attestations of the VM's own attestation provider, and the chain of
+    /// its host's secure processor; nothing else, nowhere else.
+    fn relay(&self, spec: &BootSpec) -> guest::Relay {
+        let agent = self.agent.clone();
+        let url = self.attestation_url(&spec.attestation_policy);
+        let snp_dir = self.root.join(&spec.host).join("snp");
+        let refused = |e: api_client::ClientError| match e {
+            api_client::ClientError::Refused {
+                message, detail, ..
+            } => match detail.filter(|d| !d.is_null()) {
+                Some(d) => format!("{message} ({d})"),
+                None => message,
+            },
+            e => e.to_string(),
+        };
+        Box::new(move |call| {
+            let service = attest_client::Client::new(agent.clone(), &url, None);
+            match call {
+                guest_agent::wire::Call::Nonce => service
+                    .nonce()
+                    .map(|n| json!({ "nonce": n.nonce }))
+                    .map_err(refused),
+                guest_agent::wire::Call::Certs => Platform::open(&snp_dir)
+                    .map(|p| json!({ "chain": p.chain_pem() }))
+                    .map_err(|e| format!("the host's secure processor: {e}")),
+                guest_agent::wire::Call::Attest { mut request } => {
+                    // A dry run is the provider administrator's, not a guest's.
+                    request.draft_policy = None;
+                    match service.attest_azure_guest(&request) {
+                        Ok(attest_api::AttestResponse::Token(t)) => Ok(json!({ "token": t.token })),
+                        Ok(attest_api::AttestResponse::DryRun(_)) => {
+                            Err("the attestation service answered a dry run".into())
+                        }
+                        Err(e) => Err(refused(e)),
+                    }
+                }
+                guest_agent::wire::Call::Token { .. } => Err("not a guest's call".into()),
+            }
+        })
     }
 
     fn releaser(&self, policy: &str) -> key_release::Releaser {
@@ -754,6 +802,17 @@ impl EmulatedHosts {
             ) {
                 Ok((vm, detail)) => {
                     running.vm = Some(vm);
+                    match guest::Channel::open(&dir, Duration::from_secs(5), self.relay(spec)) {
+                        Ok(ch) => running.channel = Some(ch),
+                        Err(e) => {
+                            stop_child(&mut running);
+                            return Err(fail(
+                                "guest",
+                                code::HOST_AGENT,
+                                format!("the guest agent's channel ({}): {e}", guest::SOCKET),
+                            ));
+                        }
+                    }
                     ok("guest", t, detail);
                 }
                 Err(f) => {
@@ -860,6 +919,7 @@ impl EmulatedHosts {
             guest,
             endpoint: data.clone(),
             vm: None,
+            channel: None,
         };
         match rx.recv_timeout(VTPM_START) {
             Ok(()) => Ok((running, data)),
@@ -1499,13 +1559,45 @@ impl HostAgent for EmulatedHosts {
 
     fn attest(&self, spec: &BootSpec, nonce: &[u8]) -> Result<String, BootFailure> {
         let step = "attest";
-        let guest = self
+        let (guest, channel) = self
             .running
             .lock()
             .map_err(|_| fail(step, code::HOST_AGENT, "the agent's lock is poisoned"))?
             .get(&spec.vm_id)
-            .map(|r| r.guest.clone())
+            .map(|r| (r.guest.clone(), r.channel.clone()))
             .ok_or_else(|| fail(step, code::HOST_AGENT, "the VM is not running on its host"))?;
+        // A guest whose agent has reported attests with its own evidence (its vTPM's
+        // report, quote and event log: an `azurevm` token), the nonce in the report's
+        // user data. Without one (the guest still boots, or its image has no agent)
+        // the token is of the launch's evidence (`sevsnpvm`), as on emulated hosts.
+        if let Some(ch) = channel.filter(|c| c.last_report().is_some()) {
+            let answer = ch
+                .call(
+                    guest_agent::wire::Call::Token {
+                        user_data: Some(hex::encode(nonce)),
+                    },
+                    GUEST_ATTEST_WAIT,
+                )
+                .map_err(|e| match e {
+                    guest::CallError::Refused(why) => fail(
+                        step,
+                        code::ATTESTATION_DENIED,
+                        format!("the guest's own attestation: {why}"),
+                    ),
+                    guest::CallError::Unanswered(why) => fail(step, code::HOST_AGENT, why),
+                })?;
+            return answer
+                .get("token")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    fail(
+                        step,
+                        code::HOST_AGENT,
+                        "the guest agent's answer has no token",
+                    )
+                });
+        }
         let platform = self.platform(&spec.host)?;
         let runtime = serde_json::to_vec(&json!({ "nonce": hex::encode(nonce) }))
             .map_err(|e| fail(step, code::HOST_AGENT, e.to_string()))?;

@@ -148,6 +148,8 @@ pub fn stage(console: &str) -> &'static str {
         "refused by the firmware"
     } else if console.contains("Kernel panic") {
         "kernel panic"
+    } else if console.contains(guest_agent::READY_LINE) {
+        "guest agent ready"
     } else if console.contains("Welcome to Debian") || console.contains("systemd[1]") {
         "systemd"
     } else if console.contains("Linux version") {
@@ -304,6 +306,7 @@ pub fn start(
     let console = dir.join(CONSOLE);
     let qmp = dir.join("qmp.sock");
     let _ = std::fs::remove_file(&qmp);
+    let _ = std::fs::remove_file(dir.join(crate::guest::SOCKET));
     let qemu_log = dir.join("qemu.log");
     let log = std::fs::File::create(&qemu_log).map_err(|e| io(&qemu_log, e))?;
     let memory = spec.memory_mib.clamp(512, MAX_MEMORY_MIB);
@@ -336,6 +339,19 @@ pub fn start(
         .arg(format!("socket,id=chrtpm,path={}", opt(tpm_ctrl)))
         .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
         .args(["-device", "tpm-crb,tpmdev=tpm0"])
+        // The guest agent's channel: a virtio-serial port on a socket QEMU listens
+        // on (the host agent connects once QEMU runs); the guest has no network.
+        .args(["-device", "virtio-serial-pci,id=vser0"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=guestagent,path={},server=on,wait=off",
+            opt(&dir.join(crate::guest::SOCKET))
+        ))
+        .arg("-device")
+        .arg(format!(
+            "virtserialport,bus=vser0.0,chardev=guestagent,name={}",
+            guest_agent::wire::PORT_NAME
+        ))
         .arg("-chardev")
         .arg(format!("file,id=console,path={},append=on", opt(&console)))
         .args(["-serial", "chardev:console"])
@@ -396,7 +412,11 @@ pub fn start(
                 format!("QEMU ended at stage {reached}: {}", last_line(&why)),
             ));
         }
-        if matches!(reached, "kernel" | "systemd" | "kernel panic") || Instant::now() > deadline {
+        if matches!(
+            reached,
+            "kernel" | "systemd" | "guest agent ready" | "kernel panic"
+        ) || Instant::now() > deadline
+        {
             return Ok((
                 guest,
                 format!(
@@ -434,5 +454,12 @@ mod tests {
         // An earlier boot's lines do not count for the next one.
         let two = format!("Linux version 6.1\nsystemd[1]: ok\n{BOOT_MARK}\nBdsDxe: loading");
         assert_eq!(stage(&two), "firmware");
+        assert_eq!(
+            stage(&format!(
+                "Linux version 6.1\nsystemd[1]: ok\n{}",
+                guest_agent::READY_LINE
+            )),
+            "guest agent ready"
+        );
     }
 }

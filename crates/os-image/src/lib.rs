@@ -13,7 +13,10 @@
 //!   `linux-image-amd64` and `systemd-sysv`, then `dracut`, `cryptsetup-bin`,
 //!   `tpm2-tools` (with the TPM libraries `systemd-cryptsetup` loads) and `dbus`. The root file
 //!   system is named by its UUID (the kernel's `root=`, `/etc/fstab`), which is the
-//!   same whether the partition holds it in clear or inside LUKS2.
+//!   same whether the partition holds it in clear or inside LUKS2. The root also
+//!   carries the guest agent (`/usr/local/bin/cvm-guest`, this workspace's, built for
+//!   Debian 12's glibc and checked to run in the root) with its systemd unit
+//!   `opencvm-guest.service`, enabled.
 //!
 //! The initramfs is dracut's (systemd in the initramfs, its `crypt` and `tpm2-tss`
 //! modules, not host-only) and carries `/etc/crypttab` with one line: the LUKS2
@@ -87,11 +90,23 @@ pub struct Built {
     /// earlier one is built again, not reused.
     #[serde(default)]
     pub recipe: u32,
+    /// The guest agent in it (`cvm-guest VERSION`, as it says with `--version`).
+    #[serde(default)]
+    pub guest_agent: String,
 }
 
 /// The version of the image recipe: 2 added dracut, the crypttab line and the root
-/// file system's UUID (so that the guest opens an encrypted root itself).
-pub const RECIPE: u32 = 2;
+/// file system's UUID (so that the guest opens an encrypted root itself); 3 added
+/// the guest agent (`cvm-guest` and its systemd unit).
+pub const RECIPE: u32 = 3;
+
+/// Where the image carries the guest agent.
+pub const GUEST_AGENT_PATH: &str = "usr/local/bin/cvm-guest";
+
+/// The guest agent's systemd unit: after the local file systems (the root is open),
+/// its lines on the console as well as in the journal; started again if it fails
+/// (an agent that finds no channel to its host ends, and is not).
+const GUEST_AGENT_UNIT: &str = "[Unit]\nDescription=opencvm guest agent (cvm-guest)\nAfter=local-fs.target\n\n[Service]\nType=simple\nExecStart=/usr/local/bin/cvm-guest\nStandardOutput=journal+console\nStandardError=journal+console\nRestart=on-failure\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n";
 
 /// The Debian packages added to the root after debootstrap: dracut (its initramfs
 /// opens a LUKS2 root with the vTPM), cryptsetup, tpm2-tools (which dracut's
@@ -214,13 +229,15 @@ fn mirror() -> String {
 }
 
 /// Builds the image at `out` in the work directory `work` (which may be removed
-/// after). Progress lines go to `progress`.
+/// after), with the guest agent binary `guest_agent`. Progress lines go to
+/// `progress`.
 pub fn build_debian_12(
     out: &Path,
     work: &Path,
+    guest_agent: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Built, BuildError> {
-    let built = build(out, work, progress);
+    let built = build(out, work, guest_agent, progress);
     // Whatever happened, the work directory (a root-owned root file system among it)
     // and a half-written image go.
     let _ = run(
@@ -235,8 +252,19 @@ pub fn build_debian_12(
     built
 }
 
-fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Built, BuildError> {
+fn build(
+    out: &Path,
+    work: &Path,
+    guest_agent: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Built, BuildError> {
     check_host()?;
+    if !guest_agent.is_file() {
+        return Err(BuildError::Host(format!(
+            "the guest agent {} is missing (`cargo build -p cvm` builds it beside cvm)",
+            guest_agent.display()
+        )));
+    }
     std::fs::create_dir_all(work).map_err(io(work.display()))?;
     let rootfs = work.join("root");
     if rootfs.exists() {
@@ -434,6 +462,53 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
     )?;
     put_root_file(work, &rootfs, "etc/hostname", "debian\n")?;
 
+    progress("the guest agent: /usr/local/bin/cvm-guest and its systemd unit");
+    let agent_dest = rootfs.join(GUEST_AGENT_PATH);
+    run(
+        "install",
+        &[
+            "-m",
+            "0755",
+            &guest_agent.display().to_string(),
+            &agent_dest.display().to_string(),
+        ],
+        true,
+        None,
+    )?;
+    put_root_file(
+        work,
+        &rootfs,
+        "etc/systemd/system/opencvm-guest.service",
+        GUEST_AGENT_UNIT,
+    )?;
+    run(
+        "ln",
+        &[
+            "-sf",
+            "/etc/systemd/system/opencvm-guest.service",
+            &rootfs
+                .join("etc/systemd/system/multi-user.target.wants/opencvm-guest.service")
+                .display()
+                .to_string(),
+        ],
+        true,
+        None,
+    )?;
+    // It must run on the image's own libraries, not only on this machine's.
+    let guest_agent_version = run(
+        "chroot",
+        &[&rootfs_s, &format!("/{GUEST_AGENT_PATH}"), "--version"],
+        true,
+        None,
+    )?
+    .trim()
+    .to_string();
+    if !guest_agent_version.starts_with("cvm-guest ") {
+        return Err(BuildError::Host(format!(
+            "the guest agent in the root says {guest_agent_version:?} to --version"
+        )));
+    }
+
     progress("mkfs.vfat + mtools: the EFI system partition");
     let esp = work.join("esp.img");
     let f = std::fs::File::create(&esp).map_err(io(esp.display()))?;
@@ -549,6 +624,7 @@ fn build(out: &Path, work: &Path, progress: &mut dyn FnMut(&str)) -> Result<Buil
         debian_version,
         root_uuid,
         recipe: RECIPE,
+        guest_agent: guest_agent_version,
     };
     let _ = run(
         "rm",
