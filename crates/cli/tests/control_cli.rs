@@ -3376,6 +3376,55 @@ fn last_boot_console(platform: &Up, name: &str, secs: u64) -> String {
     text
 }
 
+/// Writes `files` (path, bytes) into the root file system (partition 2) of the raw
+/// GPT image `img` with debugfs, making their directories.
+fn put_files(img: &Path, files: &[(&str, &[u8])]) {
+    let table = Command::new("sfdisk")
+        .args(["--json"])
+        .arg(img)
+        .output()
+        .unwrap();
+    let table: Value = serde_json::from_slice(&table.stdout).unwrap();
+    let start = table["partitiontable"]["partitions"][1]["start"]
+        .as_u64()
+        .unwrap();
+    let root = format!("{}?offset={}", img.display(), start * 512);
+    let local = tempfile::tempdir().unwrap();
+    let mut script = String::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        let mut d = Path::new(path).parent().unwrap();
+        while d != Path::new("/") {
+            dirs.insert(d.to_path_buf());
+            d = d.parent().unwrap();
+        }
+        let f = local.path().join(i.to_string());
+        std::fs::write(&f, bytes).unwrap();
+        script.push_str(&format!("write {} {path}\n", f.display()));
+    }
+    let mkdirs: String = dirs
+        .iter()
+        .map(|d| format!("mkdir {}\n", d.display()))
+        .collect();
+    let cmds = local.path().join("cmds");
+    std::fs::write(&cmds, mkdirs + &script).unwrap();
+    let o = Command::new("debugfs")
+        .args(["-w", "-f"])
+        .arg(&cmds)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (path, bytes) in files {
+        let o = Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert_eq!(&o.stdout, bytes, "{path} in the image");
+    }
+}
+
 /// The attestation service's URL, as `cvm up` printed it.
 fn attestation_url(platform: &Up) -> String {
     platform
@@ -3456,12 +3505,30 @@ fn opened_root(console: &str) -> bool {
 /// in `image_cli`: the crypttab line finds no volume and is passed over.)
 #[test]
 fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
-    let (img, _) = common::qemu::debian_image();
+    let (built, _) = common::qemu::debian_image();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("up");
     let platform = up(
         &state,
         &["--hosts", "1", "--regions", "eastus", "--backend", "qemu"],
+    );
+    // The image's owner names the keys its guest releases at boot, and pins the
+    // platform vault's release signer, in the image's own files (debugfs, on a copy).
+    let img = dir.path().join("debian-keys.img");
+    std::fs::copy(&built, &img).unwrap();
+    let keys = json!({
+        "vault_signer": "/etc/opencvm/vault-signer.pem",
+        "keys": [{"name": "app-key"}, {"name": "other-key"}, {"name": "vm-x-vmgs"}],
+    });
+    put_files(
+        &img,
+        &[
+            ("/etc/opencvm/keys.json", keys.to_string().as_bytes()),
+            (
+                "/etc/opencvm/vault-signer.pem",
+                &std::fs::read(state.join("keyvault/release-signer.pem")).unwrap(),
+            ),
+        ],
     );
     let (code, out) = cli(
         &platform,
@@ -3483,6 +3550,50 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
         ],
     );
     assert_eq!((code, vm["state"].as_str()), (0, Some("stopped")), "{vm}");
+    // Two keys in the platform vault: one whose release policy names this VM (the
+    // guest's own `azurevm` token, its HOST_DATA inside `x-ms-isolation-tee`), one
+    // naming another VM.
+    let vault = format!(
+        "http://{}",
+        std::fs::read_to_string(state.join("keyvault.listen"))
+            .unwrap()
+            .trim()
+    );
+    let admin = std::fs::read_to_string(state.join("secrets/platform-vault-admin.token")).unwrap();
+    let attest_url = attestation_url(&platform);
+    let material: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(29) ^ 0xa5).collect();
+    let import = |name: &str, host_data: &str| {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let policy = json!({"version": "1.0.0", "anyOf": [{"authority": attest_url, "allOf": [
+            {"claim": "x-ms-attestation-type", "equals": "azurevm"},
+            {"claim": "x-ms-azurevm-secureboot", "equals": true},
+            {"claim": "x-ms-isolation-tee.x-ms-sevsnpvm-hostdata", "equals": host_data}]}]});
+        let (st, k) = http(
+            "PUT",
+            &format!("{vault}/keys/{name}"),
+            Some(admin.trim()),
+            Some(&json!({
+                "key": {"kty": "oct", "k": b64.encode(&material)},
+                "attributes": {"exportable": true},
+                "release_policy": {
+                    "contentType": "application/json; charset=utf-8",
+                    "data": b64.encode(policy.to_string()),
+                },
+            })),
+        );
+        assert_eq!(st, 200, "{k}");
+        k["key"]["kid"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let id = vm["id"].as_str().unwrap().to_string();
+    let app_version = import("app-key", &hex::encode(host::host_data(&id)));
+    import("other-key", &"ab".repeat(32));
     let (code, started) = cli(&platform, &["vm", "start", "enc"]);
     assert_eq!(
         (code, started["state"].as_str()),
@@ -3544,6 +3655,32 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
     );
     let (_, shown) = cli(&platform, &["vm", "console", "enc"]);
     assert_eq!(shown["stage"], "guest agent ready", "{shown}");
+    // Secure key release inside the guest: the key named for this VM is released to
+    // the guest's own token and unwrapped by its vTPM (the console shows a
+    // fingerprint, never the key); the key of another VM is refused by the vault, and
+    // the VM's own platform keys by the host agent.
+    let fingerprint = hex::encode(&common::sha256(&material)[..8]);
+    assert!(
+        console.contains(&format!(
+            "opencvm-guest: released key app-key version {app_version} (32 bytes, fingerprint {fingerprint}) to /run/opencvm/keys/app-key"
+        )),
+        "{console}"
+    );
+    let other = console
+        .lines()
+        .find(|l| l.contains("key other-key not released"))
+        .unwrap_or_default();
+    assert!(
+        other.contains("release_policy_denied") || other.contains("release policy"),
+        "{console}"
+    );
+    assert!(
+        console.contains(
+            "key vm-x-vmgs not released: the platform's VM keys (vm-*) are not released to a guest"
+        ),
+        "{console}"
+    );
+    assert!(!console.contains(&hex::encode(&material)), "{console}");
     // `cvm vm attest` asks the guest agent: a token of the guest's own evidence with
     // our nonce in its report, checked by PyJWT. Secure Boot on, the event log
     // replayed against the quoted PCRs, the VM's id from its vTPM's report.
@@ -3559,7 +3696,7 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
         json!((0..24).collect::<Vec<u32>>()),
         "{claims}"
     );
-    let id = vm["id"].as_str().unwrap();
+    let id = id.as_str();
     assert_eq!(
         claims["x-ms-azurevm-vmid"]
             .as_str()

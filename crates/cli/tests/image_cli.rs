@@ -97,6 +97,26 @@ fn the_debian_image_is_debians_boot_chain_and_root_and_boots_with_secure_boot() 
         "{crypttab}"
     );
     assert!(cat("/usr/lib/os-release").contains("VERSION_ID=\"12\""));
+    // The guest agent: this workspace's `cvm-guest` (the build ran it in the root),
+    // executable, its unit enabled for multi-user boots.
+    assert_eq!(
+        manifest["guest_agent"],
+        format!("cvm-guest {}", env!("CARGO_PKG_VERSION"))
+    );
+    let unit = cat("/etc/systemd/system/opencvm-guest.service");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/cvm-guest"),
+        "{unit}"
+    );
+    let wants = tool(&[
+        "debugfs",
+        "-R",
+        "ls /etc/systemd/system/multi-user.target.wants",
+        &root,
+    ]);
+    assert!(wants.contains("opencvm-guest.service"), "{wants}");
+    let stat = tool(&["debugfs", "-R", "stat /usr/local/bin/cvm-guest", &root]);
+    assert!(stat.contains("Mode:  0755"), "{stat}");
     // The ESP, read by mtools: the kernel there is the root's.
     let dir = tempfile::tempdir().unwrap();
     let esp = dir.path().join("esp.img");

@@ -199,8 +199,116 @@ impl Tpm {
     }
 }
 
+/// A decryption key the vTPM holds (RSA-2048, OAEP with SHA-256, never leaving the
+/// TPM: `fixedTPM`, `sensitiveDataOrigin`), certified by the attestation key: what a
+/// key release wraps to.
+#[derive(Debug)]
+pub struct EncryptionKey {
+    /// Its TPM2B_PUBLIC.
+    pub public: Vec<u8>,
+    /// The TPMS_ATTEST of TPM2_Certify by the attestation key.
+    pub certify_info: Vec<u8>,
+    /// Its TPMT_SIGNATURE.
+    pub certify_signature: Vec<u8>,
+    /// Its size in bytes.
+    pub modulus_len: usize,
+    context: String,
+}
+
+impl Tpm {
+    /// A fresh decryption key under the owner's storage primary, certified by the
+    /// attestation key (its context file kept under `name` in the work directory).
+    pub fn encryption_key(&self, name: &str) -> Result<EncryptionKey, EvidenceError> {
+        let f = |ext: &str| format!("{name}.{ext}");
+        self.tool(&[
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "rsa",
+            "-c",
+            &f("primary.ctx"),
+        ])?;
+        self.tool(&[
+            "tpm2_create",
+            "-C",
+            &f("primary.ctx"),
+            "-G",
+            "rsa2048:oaep-sha256:null",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|decrypt",
+            "-u",
+            &f("pub"),
+            "-r",
+            &f("priv"),
+        ])?;
+        self.tool(&[
+            "tpm2_load",
+            "-C",
+            &f("primary.ctx"),
+            "-u",
+            &f("pub"),
+            "-r",
+            &f("priv"),
+            "-c",
+            &f("ctx"),
+        ])?;
+        self.tool(&[
+            "tpm2_certify",
+            "-c",
+            &f("ctx"),
+            "-C",
+            AK_HANDLE,
+            "-g",
+            "sha256",
+            "-o",
+            &f("certify"),
+            "-s",
+            &f("certify.sig"),
+        ])?;
+        Ok(EncryptionKey {
+            public: self.read(&f("pub"))?,
+            certify_info: self.read(&f("certify"))?,
+            certify_signature: self.read(&f("certify.sig"))?,
+            modulus_len: 256,
+            context: f("ctx"),
+        })
+    }
+
+    /// Decrypts `ciphertext` (RSA-OAEP, SHA-256) with `key` inside the vTPM.
+    pub fn decrypt(
+        &self,
+        key: &EncryptionKey,
+        ciphertext: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, EvidenceError> {
+        let input = self.work.join("decrypt.in");
+        std::fs::write(&input, ciphertext).map_err(|source| EvidenceError::Io {
+            path: input.clone(),
+            source,
+        })?;
+        let done = self.tool(&[
+            "tpm2_rsadecrypt",
+            "-c",
+            &key.context,
+            "-s",
+            "null",
+            "-o",
+            "decrypt.out",
+            "decrypt.in",
+        ]);
+        let out = done.and_then(|()| self.read("decrypt.out").map(zeroize::Zeroizing::new));
+        let _ = std::fs::remove_file(self.work.join("decrypt.out"));
+        let _ = std::fs::remove_file(&input);
+        out
+    }
+}
+
 /// The `AzureGuest` request of the HCL report `hcl`, the chain `chain_pem` of its
-/// signer, `quote` (qualified by `nonce`) and the firmware's `event_log`.
+/// signer, `quote` (qualified by `nonce`), the firmware's `event_log` and, for a key
+/// release, the encryption key `enc` (the token then names it in
+/// `x-ms-runtime.keys`).
 pub fn azure_guest_request(
     hcl: &[u8],
     chain_pem: &str,
@@ -208,6 +316,7 @@ pub fn azure_guest_request(
     event_log: Option<&[u8]>,
     nonce: &str,
     os_distro: &str,
+    enc: Option<&EncryptionKey>,
 ) -> Result<AzureGuestRequest, EvidenceError> {
     let report = snp::hcl::HclReport::parse(hcl)?;
     let proof = json!({
@@ -241,6 +350,11 @@ pub fn azure_guest_request(
     });
     if let Some(log) = event_log {
         info["TcgLogs"] = B64.encode(log).into();
+    }
+    if let Some(k) = enc {
+        info["TpmInfo"]["EncKeyPub"] = B64.encode(&k.public).into();
+        info["TpmInfo"]["EncKeyCertifyInfo"] = B64.encode(&k.certify_info).into();
+        info["TpmInfo"]["EncKeyCertifyInfoSignature"] = B64.encode(&k.certify_signature).into();
     }
     Ok(AzureGuestRequest {
         attestation_info: B64URL.encode(info.to_string()),

@@ -5,12 +5,16 @@
 //! Boot, whether its root is an open LUKS2 volume), then attests: it gathers the
 //! guest's own evidence from its vTPM ([`evidence`]) and has the host agent relay it
 //! to the VM's attestation provider, prints the token's main claims on the console
-//! and reports it. Later the host agent may ask it for a fresh token
-//! ([`wire::Call::Token`]: what `cvm vm attest` does for a VM with a guest).
+//! and reports it. Then it releases the keys the image's owner listed
+//! ([`KeysConfig`]): secure key release inside the guest, each key wrapped by the
+//! vault to a decryption key its vTPM holds ([`Agent::release`]). Later the host
+//! agent may ask it for a fresh token ([`wire::Call::Token`]: what `cvm vm attest`
+//! does for a VM with a guest).
 //!
 //! The guest reaches nothing but its host agent, and only through the channel
-//! ([`wire`]): it has no network device. The host agent relays three calls, each to
-//! the VM's own attestation provider or its own host's secure processor.
+//! ([`wire`]): it has no network device. The host agent relays four calls, each to
+//! the VM's own attestation provider, its own host's secure processor or the
+//! platform's key vault.
 
 #![forbid(unsafe_code)]
 
@@ -23,7 +27,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::evidence::{EvidenceError, Tpm};
+use crate::evidence::{EncryptionKey, EvidenceError, Tpm};
 use crate::wire::{Call, Message, Report, RootDevice, WireError};
 
 /// The agent's name and version, as it reports them.
@@ -69,6 +73,80 @@ pub struct Sources {
     pub sys: PathBuf,
     /// The OS release file.
     pub os_release: PathBuf,
+    /// The keys to release at boot ([`KeysConfig`]).
+    pub keys_config: PathBuf,
+    /// Where released keys are written.
+    pub keys_dir: PathBuf,
+}
+
+/// Where the image's owner names the keys to release at boot.
+pub const KEYS_CONFIG: &str = "/etc/opencvm/keys.json";
+/// Where released keys go (a tmpfs: never on a disk).
+pub const KEYS_DIR: &str = "/run/opencvm/keys";
+
+/// The keys a guest releases at boot (`/etc/opencvm/keys.json`, on the VM's own
+/// disk): `{"vault_signer": PEM_FILE, "keys": [{"name": N, "version": V}]}`. The
+/// vault's release signing certificate is pinned here, in the guest's own files:
+/// the host relays the vault's answers and must not be trusted to say who signed
+/// them. Without `version` the newest is released (and the host names it: pin a
+/// version to rule out an older one).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The key vault's release signing certificate (a PEM file).
+    pub vault_signer: PathBuf,
+    /// The keys.
+    pub keys: Vec<KeyRequest>,
+}
+
+/// One key to release.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// Its name in the vault (letters, digits and `-`, at most 127).
+    pub name: String,
+    /// Its version (default: the newest).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl KeysConfig {
+    /// Parses and checks the file's text.
+    pub fn parse(text: &[u8]) -> Result<Self, String> {
+        let c: KeysConfig = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 127
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        for k in &c.keys {
+            if !ok(&k.name) || k.version.as_deref().is_some_and(|v| !ok(v)) {
+                return Err(format!(
+                    "key {:?}: names and versions are letters, digits and '-' (at most 127)",
+                    k.name
+                ));
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Writes a released key to `dir/name`, readable by root only.
+fn write_key(dir: &std::path::Path, name: &str, material: &[u8]) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let path = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(material)?;
+    Ok(path)
 }
 
 impl Default for Sources {
@@ -78,6 +156,8 @@ impl Default for Sources {
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
             sys: PathBuf::from("/sys"),
             os_release: PathBuf::from("/etc/os-release"),
+            keys_config: PathBuf::from(KEYS_CONFIG),
+            keys_dir: PathBuf::from(KEYS_DIR),
         }
     }
 }
@@ -193,6 +273,15 @@ impl<R: BufRead, W: Write> Agent<R, W> {
 
     /// A token of the guest's own evidence, `user_data` in its report's claims.
     pub fn token(&mut self, user_data: Option<&[u8; 64]>) -> Result<String, AttestError> {
+        self.token_with(user_data, None)
+    }
+
+    /// A token of the guest's own evidence naming `enc` (for a key release).
+    fn token_with(
+        &mut self,
+        user_data: Option<&[u8; 64]>,
+        enc: Option<&EncryptionKey>,
+    ) -> Result<String, AttestError> {
         let nonce = Self::field(&self.call(Call::Nonce)?, "nonce")?;
         let chain = Self::field(&self.call(Call::Certs)?, "chain")?;
         let hcl = self.tpm.report(user_data)?;
@@ -206,9 +295,144 @@ impl<R: BufRead, W: Write> Agent<R, W> {
                     .map(|v| v.trim_matches('"').to_string())
             })
             .unwrap_or_default();
-        let request =
-            evidence::azure_guest_request(&hcl, &chain, &quote, log.as_deref(), &nonce, &distro)?;
+        let request = evidence::azure_guest_request(
+            &hcl,
+            &chain,
+            &quote,
+            log.as_deref(),
+            &nonce,
+            &distro,
+            enc,
+        )?;
         Self::field(&self.call(Call::Attest { request })?, "token")
+    }
+
+    /// Secure key release of `key` inside the guest: a fresh decryption key in the
+    /// vTPM, certified by its AK; a token of the guest's evidence naming it; the
+    /// vault's answer through the host agent, checked against the pinned `signer`
+    /// (DER; the host relays the answer and must not be able to forge one), the key in
+    /// it unwrapped by the vTPM. Returns the version and the key.
+    pub fn release(
+        &mut self,
+        signer: &[u8],
+        key: &KeyRequest,
+    ) -> Result<(String, keyvault::wrap::SecretBytes), AttestError> {
+        let refused = |e: &dyn std::fmt::Display| AttestError::Refused(e.to_string());
+        let enc = self.tpm.encryption_key("release")?;
+        let token = self.token_with(None, Some(&enc))?;
+        let mut n = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut n).map_err(|_| refused(&"no randomness"))?;
+        let nonce = hex::encode(n);
+        let mechanism = keyvault::wrap::WrapMechanism::RsaAesKeyWrap256;
+        let answer = self.call(Call::Release {
+            key: key.name.clone(),
+            version: key.version.clone(),
+            request: keyvault_api::ReleaseRequest {
+                target: token,
+                nonce: Some(nonce.clone()),
+                enc: Some(mechanism.name().to_string()),
+            },
+        })?;
+        let jws = Self::field(&answer, "value")?;
+        let version = Self::field(&answer, "version")?;
+        if key.version.as_ref().is_some_and(|v| *v != version) {
+            return Err(refused(&format!(
+                "the host answered version {version}, not the one asked for"
+            )));
+        }
+        let hsm = key_release::checked_release(&jws, signer, &nonce, &key.name, &version)
+            .map_err(|e| refused(&e))?;
+        let hsm = keyvault::wrap::KeyHsm::parse(&hsm).map_err(|e| refused(&e))?;
+        if hsm.mechanism() != mechanism {
+            return Err(refused(&format!(
+                "the key is wrapped with {}, not {}",
+                hsm.mechanism().name(),
+                mechanism.name()
+            )));
+        }
+        let tpm = &self.tpm;
+        let material = keyvault::wrap::unwrap_key_by(enc.modulus_len, hsm.ciphertext(), |c1| {
+            tpm.decrypt(&enc, c1)
+                .map_err(|_| keyvault::wrap::WrapError::UnwrapFailed)
+        })
+        .map_err(|e| refused(&e))?;
+        Ok((version, material))
+    }
+
+    /// The releases [`KEYS_CONFIG`] asks for, each key written to
+    /// `KEYS_DIR/NAME` (0600) and only its fingerprint said.
+    fn release_configured(&mut self) -> Vec<wire::KeyReport> {
+        let text = match std::fs::read(&self.sources.keys_config) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                (self.say)(&format!(
+                    "opencvm-guest: {}: {e}",
+                    self.sources.keys_config.display()
+                ));
+                return Vec::new();
+            }
+        };
+        let config = match KeysConfig::parse(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                (self.say)(&format!(
+                    "opencvm-guest: {}: {e}",
+                    self.sources.keys_config.display()
+                ));
+                return Vec::new();
+            }
+        };
+        let signer = std::fs::read(&config.vault_signer)
+            .map_err(|e| format!("{}: {e}", config.vault_signer.display()))
+            .and_then(|pem| {
+                snp::collateral::parse_pem_certificates(&pem)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| format!("{}: no certificate", config.vault_signer.display()))
+            });
+        let mut reports = Vec::new();
+        for key in &config.keys {
+            let done = signer
+                .clone()
+                .map_err(AttestError::Refused)
+                .and_then(|signer| self.release(&signer, key))
+                .and_then(|(version, material)| {
+                    write_key(&self.sources.keys_dir, &key.name, material.as_bytes())
+                        .map(|path| (version, material, path))
+                        .map_err(|e| AttestError::Refused(e.to_string()))
+                });
+            match done {
+                Ok((version, material, path)) => {
+                    let fp =
+                        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
+                    (self.say)(&format!(
+                        "opencvm-guest: released key {} version {version} ({} bytes, fingerprint {}) to {}",
+                        key.name,
+                        material.len(),
+                        hex::encode(&fp.as_ref()[..8]),
+                        path.display()
+                    ));
+                    reports.push(wire::KeyReport {
+                        name: key.name.clone(),
+                        version: Some(version),
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    (self.say)(&format!(
+                        "opencvm-guest: key {} not released: {e}",
+                        key.name
+                    ));
+                    reports.push(wire::KeyReport {
+                        name: key.name.clone(),
+                        version: None,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        }
+        reports
     }
 
     fn status(&self, stage: &str) -> Report {
@@ -223,6 +447,7 @@ impl<R: BufRead, W: Write> Agent<R, W> {
             root: root_device(&mountinfo, &self.sources.sys),
             token: None,
             error: None,
+            keys: Vec::new(),
         }
     }
 
@@ -258,6 +483,7 @@ impl<R: BufRead, W: Write> Agent<R, W> {
                     claims["x-ms-azurevm-vmid"],
                 ));
                 report.token = Some(token);
+                report.keys = self.release_configured();
                 (self.say)(READY_LINE);
             }
             Err(AttestError::Agent(e)) => return Err(e),
@@ -285,7 +511,9 @@ impl<R: BufRead, W: Write> Agent<R, W> {
                         Err(e) => Err(e),
                     }
                 }
-                other => Err(format!("the guest answers no {other:?} call")),
+                Call::Nonce | Call::Certs | Call::Attest { .. } | Call::Release { .. } => {
+                    Err("the guest answers token calls only".to_string())
+                }
             };
             let (ok, error) = match answer {
                 Ok(v) => (Some(v), None),
@@ -333,6 +561,42 @@ mod tests {
         assert_eq!(r.dm_uuid, None);
         assert!(root_device("22 1 0:21 / /proc rw - proc proc rw\n", &sys).is_none());
         std::fs::remove_dir_all(&sys).unwrap();
+    }
+
+    #[test]
+    fn the_keys_file_is_checked() {
+        let c = KeysConfig::parse(
+            br#"{"vault_signer": "/etc/opencvm/s.pem", "keys": [{"name": "app-key"}, {"name": "k2", "version": "0a1b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.keys.len(), 2);
+        assert_eq!(c.keys[1].version.as_deref(), Some("0a1b"));
+        for bad in [
+            &br#"{"vault_signer": "s", "keys": [{"name": "../etc/passwd"}]}"#[..],
+            br#"{"vault_signer": "s", "keys": [{"name": ""}]}"#,
+            br#"{"vault_signer": "s", "keys": [{"name": "a", "version": "1/2"}]}"#,
+            br#"{"vault_signer": "s", "keys": [{"name": "a", "extra": 1}]}"#,
+            br#"{"keys": []}"#,
+        ] {
+            assert!(
+                KeysConfig::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A released key is written for root only.
+        let dir = std::env::temp_dir().join(format!("guest-agent-keys-{}", std::process::id()));
+        let p = write_key(&dir, "k", b"secret").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

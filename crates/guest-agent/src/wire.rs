@@ -5,7 +5,8 @@
 //! Either side may call the other ([`Message::Request`], answered by a
 //! [`Message::Response`] with the same id); the guest also sends its status
 //! ([`Message::Report`]). The guest calls only what the host relays for it
-//! ([`Call::Nonce`], [`Call::Certs`], [`Call::Attest`]); the host calls only
+//! ([`Call::Nonce`], [`Call::Certs`], [`Call::Attest`], [`Call::Release`]); the host
+//! calls only
 //! [`Call::Token`]. Each side bounds what it reads ([`MAX_LINE`]) and treats the
 //! other as untrusted: the host relays no other call, to no other service.
 
@@ -67,6 +68,19 @@ pub enum Call {
         /// The evidence, as MAA's `AzureGuest` takes it.
         request: AzureGuestRequest,
     },
+    /// Guest to host: a secure key release from the platform's key vault, relayed
+    /// (`{"value": JWS, "version": ...}`: the vault's signed answer, the key in it
+    /// wrapped to a key the guest's vTPM holds, and the version released). Never one
+    /// of the VM's own platform keys (`vm-*`).
+    Release {
+        /// The key's name.
+        key: String,
+        /// Its version; the newest when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        /// The release request (the token, a nonce, the wrapping mechanism).
+        request: keyvault_api::ReleaseRequest,
+    },
     /// Host to guest: a fresh token of the guest's own evidence, with `user_data` (at
     /// most 64 bytes, hex) in the report's runtime claims (`{"token": ...}`).
     Token {
@@ -97,6 +111,22 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Why the attestation failed (`attestation_failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The keys the guest asked the key vault for at boot, and what came of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyReport>,
+}
+
+/// One key release the guest asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyReport {
+    /// The key's name.
+    pub name: String,
+    /// The version released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Why it was not released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -25,6 +25,13 @@ pub const SOCKET: &str = "guest.sock";
 /// The guest agent's last status report, in the VM's directory (JSON).
 pub const REPORT: &str = "guest-agent.json";
 
+/// How many calls a guest may have relayed in [`RELAY_WINDOW`] (a boot with a few key
+/// releases makes about twenty); more are answered with an error, not relayed, so
+/// that one guest cannot flood the platform's services.
+pub const RELAY_LIMIT: usize = 60;
+/// The window of [`RELAY_LIMIT`].
+pub const RELAY_WINDOW: Duration = Duration::from_secs(60);
+
 /// What the host does for a guest's call: the answer, or why not.
 pub type Relay = Box<dyn Fn(Call) -> Result<Value, String> + Send>;
 
@@ -96,6 +103,7 @@ impl Channel {
     }
 
     fn serve(&self, mut reader: BufReader<UnixStream>, relay: &Relay) {
+        let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
         loop {
             let m = match wire::read_message(&mut reader) {
                 Ok(Some(m)) => m,
@@ -108,9 +116,23 @@ impl Channel {
             };
             match m {
                 Message::Request { id, call } => {
+                    let now = Instant::now();
+                    while recent
+                        .front()
+                        .is_some_and(|t| now.duration_since(*t) > RELAY_WINDOW)
+                    {
+                        recent.pop_front();
+                    }
                     let answer = match call {
                         Call::Token { .. } => Err("the host answers no token call".to_string()),
-                        call => relay(call),
+                        _ if recent.len() >= RELAY_LIMIT => Err(format!(
+                            "more than {RELAY_LIMIT} calls in {} s: try again later",
+                            RELAY_WINDOW.as_secs()
+                        )),
+                        call => {
+                            recent.push_back(now);
+                            relay(call)
+                        }
                     };
                     let (ok, error) = match answer {
                         Ok(v) => (Some(v), None),
@@ -181,5 +203,140 @@ impl Channel {
     /// The guest agent's last status report, if it sent one.
     pub fn last_report(&self) -> Option<wire::Report> {
         serde_json::from_slice(&std::fs::read(&self.report).ok()?).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::os::unix::net::UnixListener;
+
+    /// A guest on the other end of QEMU's socket: the test plays both QEMU (it
+    /// listens) and the guest agent.
+    fn pair(
+        relay: Relay,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Channel>,
+        BufReader<UnixStream>,
+        UnixStream,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join(SOCKET)).unwrap();
+        let path = dir.path().to_path_buf();
+        let opener =
+            std::thread::spawn(move || Channel::open(&path, Duration::from_secs(5), relay));
+        let (guest, _) = listener.accept().unwrap();
+        let ch = opener.join().unwrap().unwrap();
+        (dir, ch, BufReader::new(guest.try_clone().unwrap()), guest)
+    }
+
+    #[test]
+    fn the_guests_calls_are_relayed_within_a_limit_and_its_reports_kept() {
+        let relay: Relay = Box::new(|call| match call {
+            Call::Nonce => Ok(serde_json::json!({"nonce": "n"})),
+            other => Err(format!("no {}", serde_json::to_string(&other).unwrap())),
+        });
+        let (dir, ch, mut r, mut w) = pair(relay);
+        // The guest's calls, answered in order; past the limit, refused unrelayed.
+        for id in 1..=(RELAY_LIMIT as u64 + 1) {
+            wire::write_message(
+                &mut w,
+                &Message::Request {
+                    id,
+                    call: Call::Nonce,
+                },
+            )
+            .unwrap();
+            match wire::read_message(&mut r).unwrap().unwrap() {
+                Message::Response { id: got, ok, error } => {
+                    assert_eq!(got, id);
+                    if id <= RELAY_LIMIT as u64 {
+                        assert_eq!(ok.unwrap()["nonce"], "n");
+                    } else {
+                        assert!(error.unwrap().contains("calls in"), "call {id}");
+                    }
+                }
+                m => panic!("{m:?}"),
+            }
+        }
+        // A guest cannot ask the host for a token.
+        wire::write_message(
+            &mut w,
+            &Message::Request {
+                id: 99,
+                call: Call::Token { user_data: None },
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            wire::read_message(&mut r).unwrap().unwrap(),
+            Message::Response {
+                id: 99,
+                error: Some(_),
+                ..
+            }
+        ));
+        // A report is kept in the VM's directory.
+        let report = wire::Report {
+            agent: "cvm-guest".into(),
+            stage: "attested".into(),
+            ..wire::Report::default()
+        };
+        wire::write_message(
+            &mut w,
+            &Message::Report {
+                report: report.clone(),
+            },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ch.last_report().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(ch.last_report(), Some(report));
+        assert!(dir.path().join(REPORT).exists());
+
+        // The host's call: answered by the guest.
+        let guest = std::thread::spawn(move || {
+            let Message::Request {
+                id,
+                call: Call::Token { user_data },
+            } = wire::read_message(&mut r).unwrap().unwrap()
+            else {
+                panic!("not a token call")
+            };
+            assert_eq!(user_data.as_deref(), Some("0a"));
+            wire::write_message(
+                &mut w,
+                &Message::Response {
+                    id,
+                    ok: Some(serde_json::json!({"token": "t"})),
+                    error: None,
+                },
+            )
+            .unwrap();
+            // Then a line longer than the limit: the host closes the channel.
+            w.write_all(&vec![b'x'; wire::MAX_LINE + 2]).unwrap();
+            w.write_all(b"\n").unwrap();
+        });
+        let v = ch
+            .call(
+                Call::Token {
+                    user_data: Some("0a".into()),
+                },
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(v["token"], "t");
+        guest.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match ch.call(Call::Token { user_data: None }, Duration::from_millis(200)) {
+                Err(CallError::Unanswered(why)) if why.contains("closed") => break,
+                other => assert!(Instant::now() < deadline, "{other:?}"),
+            }
+        }
     }
 }

@@ -391,12 +391,15 @@ impl EmulatedHosts {
     }
 
     /// What this agent does for the guest agent of `spec`'s VM (a `qemu` guest):
-    /// nonces and attestations of the VM's own attestation provider, and the chain of
-    /// its host's secure processor; nothing else, nowhere else.
+    /// nonces and attestations of the VM's own attestation provider, the chain of its
+    /// host's secure processor, and key releases from the platform's vault (never of
+    /// a VM's own platform keys); nothing else, nowhere else.
     fn relay(&self, spec: &BootSpec) -> guest::Relay {
         let agent = self.agent.clone();
         let url = self.attestation_url(&spec.attestation_policy);
         let snp_dir = self.root.join(&spec.host).join("snp");
+        let vault_url = self.services.vault_url.clone();
+        let vault_release = self.services.vault_release.clone();
         let refused = |e: api_client::ClientError| match e {
             api_client::ClientError::Refused {
                 message, detail, ..
@@ -426,6 +429,37 @@ impl EmulatedHosts {
                         }
                         Err(e) => Err(refused(e)),
                     }
+                }
+                guest_agent::wire::Call::Release {
+                    key,
+                    version,
+                    request,
+                } => {
+                    // The VM's VMGS and disk keys are the paravisor's (their policies
+                    // name launch evidence the guest's tokens do not carry either).
+                    if key.starts_with("vm-") {
+                        return Err(format!(
+                            "the platform's VM keys (vm-*) are not released to a guest: {key}"
+                        ));
+                    }
+                    let vault =
+                        keyvault_client::Client::new(agent.clone(), &vault_url, &vault_release);
+                    let version = match version {
+                        Some(v) => v,
+                        None => vault
+                            .get_key(&(), &key, None)
+                            .map_err(refused)?
+                            .key
+                            .kid
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    };
+                    vault
+                        .release(&(), &key, &version, request)
+                        .map(|r| json!({ "value": r.value, "version": version }))
+                        .map_err(refused)
                 }
                 guest_agent::wire::Call::Token { .. } => Err("not a guest's call".into()),
             }

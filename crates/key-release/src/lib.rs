@@ -444,6 +444,19 @@ fn checked_key_hsm(
     nonce: &str,
     key: &KeyId,
 ) -> Result<String, ReleaseError> {
+    checked_release(jws, signer, nonce, &key.name, &key.version)
+}
+
+/// The `key_hsm` of a release response `jws` for key `name` at `version`, once it is
+/// signed by the pinned `signer` (DER), echoes `nonce` and names that key and
+/// version (what a guest that asked through an untrusted relay checks).
+pub fn checked_release(
+    jws: &str,
+    signer: &[u8],
+    nonce: &str,
+    name: &str,
+    version: &str,
+) -> Result<String, ReleaseError> {
     let payload = Value::Object(
         jose::verify_pinned(jws, signer, &jose::Alg::ALL)
             .map_err(ReleaseError::Signature)?
@@ -453,7 +466,7 @@ fn checked_key_hsm(
         return Err(ReleaseError::Mismatch("it echoes another nonce"));
     }
     let kid = payload["request"]["kid"].as_str().unwrap_or_default();
-    let own = format!("/keys/{}/{}", key.name, key.version);
+    let own = format!("/keys/{name}/{version}");
     if !kid.ends_with(&own) || !kid.starts_with("http") {
         return Err(ReleaseError::Mismatch("it names another key"));
     }

@@ -559,10 +559,30 @@ pub fn unwrap_key(
 ) -> Result<SecretBytes, WrapError> {
     let oaep = OaepPrivateDecryptingKey::new(with.key.clone())
         .map_err(|_| WrapError::Crypto("RSA-OAEP key setup"))?;
-    let k = oaep.key_size_bytes();
+    unwrap_key_by(oaep.key_size_bytes(), ciphertext, |c1| {
+        let mut aes_buf = Zeroizing::new(vec![0u8; oaep.min_output_size()]);
+        let aes_len = oaep
+            .decrypt(mechanism.oaep(), c1, &mut aes_buf[..], None)
+            .map_err(|_| WrapError::UnwrapFailed)?
+            .len();
+        aes_buf.truncate(aes_len);
+        Ok(aes_buf)
+    })
+}
+
+/// Unwraps `c1 || c2` whose RSA-OAEP half `c1` is opened by `decrypt` with a private
+/// key held elsewhere (a TPM's, whose key's scheme fixes the OAEP hash):
+/// `modulus_len` is that key's size in bytes, and `decrypt` answers the transient
+/// AES key.
+pub fn unwrap_key_by(
+    modulus_len: usize,
+    ciphertext: &[u8],
+    decrypt: impl FnOnce(&[u8]) -> Result<Zeroizing<Vec<u8>>, WrapError>,
+) -> Result<SecretBytes, WrapError> {
+    let k = modulus_len;
     let bad_len = || WrapError::CiphertextLength {
         len: ciphertext.len(),
-        bits: with.bits(),
+        bits: k * 8,
     };
     if ciphertext.len() < k + MIN_KWP_LEN {
         return Err(bad_len());
@@ -571,17 +591,13 @@ pub fn unwrap_key(
     if c2.len() % 8 != 0 || c2.len() > MAX_MATERIAL_LEN + 16 {
         return Err(bad_len());
     }
-    let mut aes_buf = Zeroizing::new(vec![0u8; oaep.min_output_size()]);
-    let aes_len = oaep
-        .decrypt(mechanism.oaep(), c1, &mut aes_buf[..], None)
-        .map_err(|_| WrapError::UnwrapFailed)?
-        .len();
-    let cipher = match aes_len {
+    let aes_buf = decrypt(c1)?;
+    let cipher = match aes_buf.len() {
         32 => &AES_256,
         16 => &AES_128,
         _ => return Err(WrapError::UnwrapFailed),
     };
-    let kek = AesKek::new(cipher, &aes_buf[..aes_len]).map_err(|_| WrapError::UnwrapFailed)?;
+    let kek = AesKek::new(cipher, &aes_buf[..]).map_err(|_| WrapError::UnwrapFailed)?;
     let mut buf = Zeroizing::new(vec![0u8; c2.len()]);
     let n = kek
         .unwrap_with_padding(c2, &mut buf[..])

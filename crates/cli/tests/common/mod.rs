@@ -278,3 +278,10 @@ pub fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&Value>)
     let text = r.body_mut().read_to_string().unwrap();
     (st, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
