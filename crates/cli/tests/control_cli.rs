@@ -3348,32 +3348,17 @@ fn a_guest_boots_under_qemu_after_attestation_with_its_own_secure_boot_and_vtpm(
 /// What the guest's console shows of its last boot (after the agent's last mark),
 /// once it reaches Debian's login prompt, a failure, or `secs` pass.
 fn last_boot_console(platform: &Up, name: &str, secs: u64) -> String {
-    let mut text = String::new();
-    for _ in 0..secs {
-        let (code, console) = cli(platform, &["vm", "console", name]);
-        assert_eq!(code, 0, "{console}");
-        let all = console["text"]
-            .as_str()
-            .unwrap_or_default()
-            .replace('\r', "");
-        text = all
-            .rsplit_once(host::qemu::BOOT_MARK)
-            .map_or(all.as_str(), |(_, t)| t)
-            .to_string();
-        if [
+    console_until(
+        platform,
+        name,
+        &[
             "login:",
             "Kernel panic",
             "emergency mode",
             "Security Violation",
-        ]
-        .iter()
-        .any(|m| text.contains(m))
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
-    text
+        ],
+        secs,
+    )
 }
 
 /// Writes `files` (path, bytes) into the root file system (partition 2) of the raw
@@ -3464,7 +3449,8 @@ fn pyjwt_claims(attest_url: &str, token: &str) -> Value {
 fn console_until(platform: &Up, name: &str, marks: &[&str], secs: u64) -> String {
     let mut text = String::new();
     for _ in 0..secs {
-        let (_, console) = cli(platform, &["vm", "console", name]);
+        let (code, console) = cli(platform, &["vm", "console", name]);
+        assert_eq!(code, 0, "{console}");
         let all = console["text"]
             .as_str()
             .unwrap_or_default()
@@ -3676,7 +3662,7 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
     );
     assert!(
         console.contains(
-            "key vm-x-vmgs not released: the platform's VM keys (vm-*) are not released to a guest"
+            "key vm-x-vmgs not released: the VM's own keys (its VMGS and disk keys, vm-*, and its customer key) are not released to its guest"
         ),
         "{console}"
     );

@@ -310,7 +310,8 @@ pub struct VmConsole {
     /// again and prints what lies past what it printed).
     pub offset: u64,
     /// How far the boot went, as the console shows it (`firmware`, `boot loader`,
-    /// `kernel`, `systemd`, `kernel panic`, `refused by the firmware`, ...).
+    /// `kernel`, `systemd`, `guest agent ready`, `kernel panic`, `refused by the
+    /// firmware`, ...).
     pub stage: String,
 }
 

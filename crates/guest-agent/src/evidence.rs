@@ -84,10 +84,18 @@ impl Tpm {
     /// The vTPM at `tcti` (`device:/dev/tpmrm0` in a guest), scratch files in `work`
     /// (created).
     pub fn new(tcti: &str, work: &Path) -> Result<Self, EvidenceError> {
-        std::fs::create_dir_all(work).map_err(|source| EvidenceError::Io {
+        // Root's only: a decrypted transfer key passes through it.
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let io = |source| EvidenceError::Io {
             path: work.to_path_buf(),
             source,
-        })?;
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(work)
+            .map_err(io)?;
+        std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         Ok(Tpm {
             tcti: tcti.to_string(),
             work: work.to_path_buf(),

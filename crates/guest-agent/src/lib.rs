@@ -81,6 +81,8 @@ pub struct Sources {
 
 /// Where the image's owner names the keys to release at boot.
 pub const KEYS_CONFIG: &str = "/etc/opencvm/keys.json";
+/// The most keys [`KEYS_CONFIG`] may list.
+pub const MAX_KEYS: usize = 16;
 /// Where released keys go (a tmpfs: never on a disk).
 pub const KEYS_DIR: &str = "/run/opencvm/keys";
 
@@ -88,8 +90,9 @@ pub const KEYS_DIR: &str = "/run/opencvm/keys";
 /// disk): `{"vault_signer": PEM_FILE, "keys": [{"name": N, "version": V}]}`. The
 /// vault's release signing certificate is pinned here, in the guest's own files:
 /// the host relays the vault's answers and must not be trusted to say who signed
-/// them. Without `version` the newest is released (and the host names it: pin a
-/// version to rule out an older one).
+/// them. Without `version` the host names the version released, and a host that
+/// can import keys into the vault could name one of its own: pin a version (ADR
+/// 0016).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
@@ -114,6 +117,12 @@ impl KeysConfig {
     /// Parses and checks the file's text.
     pub fn parse(text: &[u8]) -> Result<Self, String> {
         let c: KeysConfig = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        if c.keys.len() > MAX_KEYS {
+            return Err(format!(
+                "{} keys (at most {MAX_KEYS}: each costs four calls of the host's relay)",
+                c.keys.len()
+            ));
+        }
         let ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 127

@@ -170,6 +170,9 @@ pub fn read_line(r: &mut impl BufRead) -> Result<Option<Vec<u8>>, WireError> {
             Err(e) => return Err(e.into()),
         };
         if buf.is_empty() {
+            if line.len() > MAX_LINE {
+                return Err(WireError::TooLong);
+            }
             return Ok((!line.is_empty()).then_some(line));
         }
         let (take, done) = match buf.iter().position(|&b| b == b'\n') {

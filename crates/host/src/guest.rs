@@ -1,13 +1,15 @@
 //! The host agent's end of a guest agent's channel (`guest_agent::wire`): QEMU's
 //! Unix socket of the guest's virtio-serial port, in the VM's directory.
 //!
-//! A thread per running guest reads the guest's lines. It relays the guest's three
+//! A thread per running guest reads the guest's lines. It relays the guest's four
 //! calls ([`Relay`]: a nonce and an attestation of the VM's own provider, the host's
-//! certificate chain), keeps the guest's last status report in the VM's directory
-//! ([`REPORT`]) and hands the answers to the host's own calls ([`Channel::call`]:
-//! a fresh token for `cvm vm attest`) to their callers. The guest is untrusted: its
-//! lines are bounded, anything but those calls is answered with an error, and nothing
-//! it sends reaches another address.
+//! certificate chain, a key release from the platform's vault), keeps the guest's
+//! last status report in the VM's directory ([`REPORT`], its fields bounded) and
+//! hands the answers to the host's own calls ([`Channel::call`]: a fresh token for
+//! `cvm vm attest`) to their callers. The guest is untrusted: its lines are bounded,
+//! its messages counted against [`RELAY_LIMIT`], anything but those calls is
+//! answered with an error, nothing it sends reaches another address, and a line that
+//! is too long or not a message, or an answer it does not read, ends the channel.
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -25,12 +27,56 @@ pub const SOCKET: &str = "guest.sock";
 /// The guest agent's last status report, in the VM's directory (JSON).
 pub const REPORT: &str = "guest-agent.json";
 
-/// How many calls a guest may have relayed in [`RELAY_WINDOW`] (a boot with a few key
-/// releases makes about twenty); more are answered with an error, not relayed, so
-/// that one guest cannot flood the platform's services.
-pub const RELAY_LIMIT: usize = 60;
+/// How many messages (calls and reports) a guest may send in [`RELAY_WINDOW`] (a
+/// boot makes five, and four more per key it releases; a `cvm vm attest` three); more
+/// calls are answered with an error, not relayed, and more reports are dropped, so
+/// that one guest cannot flood the platform's services or the host's disk.
+pub const RELAY_LIMIT: usize = 120;
 /// The window of [`RELAY_LIMIT`].
 pub const RELAY_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long one write to the guest may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest text field of a report kept (a guest's words, bounded).
+const REPORT_FIELD_MAX: usize = 4096;
+/// The most key entries of a report kept.
+const REPORT_KEYS_MAX: usize = 64;
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
+/// A guest's report with its fields bounded (what is kept and logged).
+fn bounded(mut r: wire::Report) -> wire::Report {
+    cut(&mut r.agent, 64);
+    cut(&mut r.stage, 32);
+    for f in [&mut r.kernel, &mut r.error, &mut r.token]
+        .into_iter()
+        .flatten()
+    {
+        cut(f, REPORT_FIELD_MAX);
+    }
+    if let Some(root) = r.root.as_mut() {
+        cut(&mut root.device, 32);
+        for f in [&mut root.dm_name, &mut root.dm_uuid].into_iter().flatten() {
+            cut(f, 128);
+        }
+    }
+    r.keys.truncate(REPORT_KEYS_MAX);
+    for k in &mut r.keys {
+        cut(&mut k.name, 128);
+        for f in [&mut k.version, &mut k.error].into_iter().flatten() {
+            cut(f, 512);
+        }
+    }
+    r
+}
 
 /// What the host does for a guest's call: the answer, or why not.
 pub type Relay = Box<dyn Fn(Call) -> Result<Value, String> + Send>;
@@ -52,8 +98,10 @@ pub enum CallError {
 pub struct Channel {
     writer: Mutex<UnixStream>,
     waiters: Waiters,
-    next_id: Mutex<u64>,
+    next_id: std::sync::atomic::AtomicU64,
     report: PathBuf,
+    /// The guest agent reported an attestation (and no restart since).
+    reported: std::sync::atomic::AtomicBool,
     /// The reading thread ended: no answer comes any more.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -86,11 +134,15 @@ impl Channel {
         };
         let report = dir.join(REPORT);
         let _ = std::fs::remove_file(&report);
+        // A write that does not finish in this time (a guest that does not read)
+        // ends the channel rather than holding its writer.
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let ch = Arc::new(Channel {
             writer: Mutex::new(stream.try_clone()?),
             waiters: Arc::default(),
-            next_id: Mutex::new(0),
+            next_id: std::sync::atomic::AtomicU64::new(1),
             report,
+            reported: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
         });
         let reader = ch.clone();
@@ -103,41 +155,47 @@ impl Channel {
     }
 
     fn serve(&self, mut reader: BufReader<UnixStream>, relay: &Relay) {
+        // Every line the guest sends but an answer to the host's own call counts
+        // against one budget, refused ones too, so that a guest can neither flood
+        // the platform's services nor the host's disk and log.
         let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
         loop {
             let m = match wire::read_message(&mut reader) {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                // A line too long, or not a message: the guest is answered no more.
+                // A line too long, or not a message: the channel is closed.
                 Err(e) => {
                     tracing::warn!(error = %e, "the guest agent's channel is closed");
                     break;
                 }
             };
+            let now = Instant::now();
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > RELAY_WINDOW)
+            {
+                recent.pop_front();
+            }
+            let over = recent.len() >= RELAY_LIMIT;
+            if !matches!(m, Message::Response { .. }) {
+                recent.push_back(now);
+            }
             match m {
                 Message::Request { id, call } => {
-                    let now = Instant::now();
-                    while recent
-                        .front()
-                        .is_some_and(|t| now.duration_since(*t) > RELAY_WINDOW)
-                    {
-                        recent.pop_front();
-                    }
                     let answer = match call {
                         Call::Token { .. } => Err("the host answers no token call".to_string()),
-                        _ if recent.len() >= RELAY_LIMIT => Err(format!(
-                            "more than {RELAY_LIMIT} calls in {} s: try again later",
+                        _ if over => Err(format!(
+                            "more than {RELAY_LIMIT} messages in {} s: try again later",
                             RELAY_WINDOW.as_secs()
                         )),
-                        call => {
-                            recent.push_back(now);
-                            relay(call)
-                        }
+                        call => relay(call),
                     };
                     let (ok, error) = match answer {
                         Ok(v) => (Some(v), None),
                         Err(e) => (None, Some(e)),
                     };
+                    // A guest that does not read its answers (the write times out)
+                    // loses its channel.
                     if self.send(&Message::Response { id, ok, error }).is_err() {
                         break;
                     }
@@ -151,7 +209,13 @@ impl Channel {
                         });
                     }
                 }
+                Message::Report { .. } if over => {}
                 Message::Report { report } => {
+                    let report = bounded(report);
+                    self.reported.store(
+                        report.stage != "started",
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
                     tracing::info!(stage = %report.stage, root = ?report.root, "guest agent report");
                     if let Ok(text) = serde_json::to_vec_pretty(&report) {
                         let _ = seal::write_secret_file(&self.report, &text);
@@ -159,21 +223,27 @@ impl Channel {
                 }
             }
         }
-        // The waiters learn that no answer comes.
+        // The guest sees the channel end (its calls fail instead of waiting), and the
+        // waiters learn that no answer comes.
+        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
         let mut waiters = lock(&self.waiters);
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         waiters.clear();
+    }
+
+    /// Whether the guest agent has attested since the guest last (re)started: then
+    /// it answers calls.
+    pub fn reported(&self) -> bool {
+        self.reported.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Asks the guest `call` and waits up to `timeout` for its answer.
     pub fn call(&self, call: Call, timeout: Duration) -> Result<Value, CallError> {
         let gone =
             || CallError::Unanswered("the guest agent's channel closed (the guest is gone)".into());
-        let id = {
-            let mut n = lock(&self.next_id);
-            *n += 1;
-            *n
-        };
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let (tx, rx) = channel();
         {
             let mut waiters = lock(&self.waiters);
@@ -239,8 +309,34 @@ mod tests {
             other => Err(format!("no {}", serde_json::to_string(&other).unwrap())),
         });
         let (dir, ch, mut r, mut w) = pair(relay);
-        // The guest's calls, answered in order; past the limit, refused unrelayed.
-        for id in 1..=(RELAY_LIMIT as u64 + 1) {
+        // A report is kept in the VM's directory, its fields bounded; an attested
+        // guest answers calls.
+        assert!(!ch.reported());
+        let report = wire::Report {
+            agent: "cvm-guest".into(),
+            stage: "attested".into(),
+            kernel: Some("k".repeat(100_000)),
+            ..wire::Report::default()
+        };
+        wire::write_message(
+            &mut w,
+            &Message::Report {
+                report: report.clone(),
+            },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ch.last_report().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let kept = ch.last_report().unwrap();
+        assert_eq!(kept.stage, "attested");
+        assert_eq!(kept.kernel.unwrap().len(), REPORT_FIELD_MAX);
+        assert!(ch.reported());
+        assert!(dir.path().join(REPORT).exists());
+        // The guest's calls, answered in order; past the limit (the report counted),
+        // refused unrelayed.
+        for id in 2..=(RELAY_LIMIT as u64 + 1) {
             wire::write_message(
                 &mut w,
                 &Message::Request {
@@ -255,7 +351,7 @@ mod tests {
                     if id <= RELAY_LIMIT as u64 {
                         assert_eq!(ok.unwrap()["nonce"], "n");
                     } else {
-                        assert!(error.unwrap().contains("calls in"), "call {id}");
+                        assert!(error.unwrap().contains("messages in"), "call {id}");
                     }
                 }
                 m => panic!("{m:?}"),
@@ -265,7 +361,7 @@ mod tests {
         wire::write_message(
             &mut w,
             &Message::Request {
-                id: 99,
+                id: 999,
                 call: Call::Token { user_data: None },
             },
         )
@@ -273,30 +369,11 @@ mod tests {
         assert!(matches!(
             wire::read_message(&mut r).unwrap().unwrap(),
             Message::Response {
-                id: 99,
+                id: 999,
                 error: Some(_),
                 ..
             }
         ));
-        // A report is kept in the VM's directory.
-        let report = wire::Report {
-            agent: "cvm-guest".into(),
-            stage: "attested".into(),
-            ..wire::Report::default()
-        };
-        wire::write_message(
-            &mut w,
-            &Message::Report {
-                report: report.clone(),
-            },
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while ch.last_report().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(ch.last_report(), Some(report));
-        assert!(dir.path().join(REPORT).exists());
 
         // The host's call: answered by the guest.
         let guest = std::thread::spawn(move || {
@@ -317,9 +394,11 @@ mod tests {
                 },
             )
             .unwrap();
-            // Then a line longer than the limit: the host closes the channel.
+            // Then a line longer than the limit: the host closes the channel, and
+            // the guest sees it end.
             w.write_all(&vec![b'x'; wire::MAX_LINE + 2]).unwrap();
             w.write_all(b"\n").unwrap();
+            assert!(wire::read_message(&mut r).unwrap().is_none());
         });
         let v = ch
             .call(

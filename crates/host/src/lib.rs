@@ -222,6 +222,50 @@ const GUEST_ATTEST_WAIT: Duration = Duration::from_secs(25);
 /// may take).
 const VTPM_START: Duration = Duration::from_secs(10);
 
+/// The largest token a guest agent's answer may carry.
+const GUEST_TOKEN_MAX: usize = 64 << 10;
+
+/// `token`, a guest agent's answer to a token call, if it says what it must: a JWS of
+/// an `azurevm` attestation of VM `vm_id` (its `HOST_DATA`) carrying `nonce` as the
+/// report's user data. Not a verification (the guest could forge all of it; the
+/// caller verifies the signature against the provider's JWKS): it keeps a guest from
+/// answering with something that is not what was asked for.
+fn guest_token_checked<'t>(token: &'t str, vm_id: &str, nonce: &[u8]) -> Result<&'t str, String> {
+    if token.is_empty() || token.len() > GUEST_TOKEN_MAX {
+        return Err(format!("{} bytes", token.len()));
+    }
+    let claims = guest_agent::evidence::token_claims(token)
+        .filter(|_| token.split('.').count() == 3)
+        .ok_or("not a JWS")?;
+    if claims["x-ms-attestation-type"] != "azurevm" {
+        return Err("not an azurevm attestation".into());
+    }
+    let tee = &claims["x-ms-isolation-tee"];
+    if tee["x-ms-sevsnpvm-hostdata"].as_str() != Some(&hex::encode(host_data(vm_id))) {
+        return Err("not this VM's HOST_DATA".into());
+    }
+    let user_data = tee["x-ms-runtime"]["user-data"]
+        .as_str()
+        .unwrap_or_default();
+    if !user_data.starts_with(&hex::encode_upper(nonce)) {
+        return Err("its report does not carry the nonce".into());
+    }
+    Ok(token)
+}
+
+/// A service's refusal as its message and detail (a policy's reasons), or the error.
+fn refusal(e: api_client::ClientError) -> String {
+    match e {
+        api_client::ClientError::Refused {
+            message, detail, ..
+        } => match detail.filter(|d| !d.is_null()) {
+            Some(d) => format!("{message} ({d})"),
+            None => message,
+        },
+        e => e.to_string(),
+    }
+}
+
 fn ms(since: Instant) -> i64 {
     i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
@@ -393,20 +437,22 @@ impl EmulatedHosts {
     /// What this agent does for the guest agent of `spec`'s VM (a `qemu` guest):
     /// nonces and attestations of the VM's own attestation provider, the chain of its
     /// host's secure processor, and key releases from the platform's vault (never of
-    /// a VM's own platform keys); nothing else, nowhere else.
+    /// the VM's own keys: its VMGS and disk keys, its customer key); nothing else,
+    /// nowhere else.
     fn relay(&self, spec: &BootSpec) -> guest::Relay {
         let agent = self.agent.clone();
         let url = self.attestation_url(&spec.attestation_policy);
-        let snp_dir = self.root.join(&spec.host).join("snp");
+        let chain = Platform::open(&self.root.join(&spec.host).join("snp"))
+            .map(|p| p.chain_pem())
+            .map_err(|e| format!("the host's secure processor: {e}"));
         let vault_url = self.services.vault_url.clone();
         let vault_release = self.services.vault_release.clone();
-        let refused = |e: api_client::ClientError| match e {
-            api_client::ClientError::Refused {
-                message, detail, ..
-            } => match detail.filter(|d| !d.is_null()) {
-                Some(d) => format!("{message} ({d})"),
-                None => message,
-            },
+        let customer_key = spec.customer_key.clone();
+        // The vault's refusals reach the guest without their detail: a failed
+        // condition of another key's policy (another VM's HOST_DATA) is not the
+        // guest's to read.
+        let vault_refused = |e: api_client::ClientError| match e {
+            api_client::ClientError::Refused { code, message, .. } => format!("{code}: {message}"),
             e => e.to_string(),
         };
         Box::new(move |call| {
@@ -415,10 +461,8 @@ impl EmulatedHosts {
                 guest_agent::wire::Call::Nonce => service
                     .nonce()
                     .map(|n| json!({ "nonce": n.nonce }))
-                    .map_err(refused),
-                guest_agent::wire::Call::Certs => Platform::open(&snp_dir)
-                    .map(|p| json!({ "chain": p.chain_pem() }))
-                    .map_err(|e| format!("the host's secure processor: {e}")),
+                    .map_err(refusal),
+                guest_agent::wire::Call::Certs => chain.clone().map(|c| json!({ "chain": c })),
                 guest_agent::wire::Call::Attest { mut request } => {
                     // A dry run is the provider administrator's, not a guest's.
                     request.draft_policy = None;
@@ -427,7 +471,7 @@ impl EmulatedHosts {
                         Ok(attest_api::AttestResponse::DryRun(_)) => {
                             Err("the attestation service answered a dry run".into())
                         }
-                        Err(e) => Err(refused(e)),
+                        Err(e) => Err(refusal(e)),
                     }
                 }
                 guest_agent::wire::Call::Release {
@@ -437,9 +481,9 @@ impl EmulatedHosts {
                 } => {
                     // The VM's VMGS and disk keys are the paravisor's (their policies
                     // name launch evidence the guest's tokens do not carry either).
-                    if key.starts_with("vm-") {
+                    if key.starts_with("vm-") || customer_key.as_deref() == Some(key.as_str()) {
                         return Err(format!(
-                            "the platform's VM keys (vm-*) are not released to a guest: {key}"
+                            "the VM's own keys (its VMGS and disk keys, vm-*, and its customer key) are not released to its guest: {key}"
                         ));
                     }
                     let vault =
@@ -448,7 +492,7 @@ impl EmulatedHosts {
                         Some(v) => v,
                         None => vault
                             .get_key(&(), &key, None)
-                            .map_err(refused)?
+                            .map_err(vault_refused)?
                             .key
                             .kid
                             .rsplit('/')
@@ -459,7 +503,7 @@ impl EmulatedHosts {
                     vault
                         .release(&(), &key, &version, request)
                         .map(|r| json!({ "value": r.value, "version": version }))
-                        .map_err(refused)
+                        .map_err(vault_refused)
                 }
                 guest_agent::wire::Call::Token { .. } => Err("not a guest's call".into()),
             }
@@ -1600,11 +1644,12 @@ impl HostAgent for EmulatedHosts {
             .get(&spec.vm_id)
             .map(|r| (r.guest.clone(), r.channel.clone()))
             .ok_or_else(|| fail(step, code::HOST_AGENT, "the VM is not running on its host"))?;
-        // A guest whose agent has reported attests with its own evidence (its vTPM's
-        // report, quote and event log: an `azurevm` token), the nonce in the report's
-        // user data. Without one (the guest still boots, or its image has no agent)
-        // the token is of the launch's evidence (`sevsnpvm`), as on emulated hosts.
-        if let Some(ch) = channel.filter(|c| c.last_report().is_some()) {
+        // A guest whose agent has attested since it (re)started attests with its own
+        // evidence (its vTPM's report, quote and event log: an `azurevm` token), the
+        // nonce in the report's user data. Without one (the guest still boots, or its
+        // image has no agent) the token is of the launch's evidence (`sevsnpvm`), as
+        // on emulated hosts.
+        if let Some(ch) = channel.filter(|c| c.reported()) {
             let answer = ch
                 .call(
                     guest_agent::wire::Call::Token {
@@ -1613,22 +1658,27 @@ impl HostAgent for EmulatedHosts {
                     GUEST_ATTEST_WAIT,
                 )
                 .map_err(|e| match e {
-                    guest::CallError::Refused(why) => fail(
-                        step,
-                        code::ATTESTATION_DENIED,
-                        format!("the guest's own attestation: {why}"),
-                    ),
+                    guest::CallError::Refused(why) => {
+                        let why: String = why.chars().take(1024).collect();
+                        fail(
+                            step,
+                            code::ATTESTATION_DENIED,
+                            format!("the guest's own attestation: {why}"),
+                        )
+                    }
                     guest::CallError::Unanswered(why) => fail(step, code::HOST_AGENT, why),
                 })?;
-            return answer
+            let token = answer
                 .get("token")
                 .and_then(Value::as_str)
+                .unwrap_or_default();
+            return guest_token_checked(token, &spec.vm_id, nonce)
                 .map(str::to_string)
-                .ok_or_else(|| {
+                .map_err(|why| {
                     fail(
                         step,
                         code::HOST_AGENT,
-                        "the guest agent's answer has no token",
+                        format!("the guest agent's token is refused: {why}"),
                     )
                 });
         }
@@ -1672,16 +1722,9 @@ impl HostAgent for EmulatedHosts {
                 code::HOST_AGENT,
                 "the attestation service answered a dry run",
             )),
-            Err(api_client::ClientError::Refused {
-                message, detail, ..
-            }) => Err(fail(
-                step,
-                code::ATTESTATION_DENIED,
-                match detail.filter(|d| !d.is_null()) {
-                    Some(d) => format!("{message} ({d})"),
-                    None => message,
-                },
-            )),
+            Err(e @ api_client::ClientError::Refused { .. }) => {
+                Err(fail(step, code::ATTESTATION_DENIED, refusal(e)))
+            }
             Err(e) => Err(fail(step, code::HOST_AGENT, e.to_string())),
         }
     }
@@ -1753,6 +1796,51 @@ impl Drop for EmulatedHosts {
             for (_, mut r) in m.drain() {
                 stop_child(&mut r);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jws(claims: &Value) -> String {
+        format!(
+            "{}.{}.c2ln",
+            B64URL.encode(br#"{"alg":"RS256"}"#),
+            B64URL.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn a_guest_token_must_be_what_was_asked_for() {
+        let vm = "0123456789abcdef0123456789abcdef";
+        let nonce = [0xc0, 0xff, 0xee];
+        let good = json!({
+            "x-ms-attestation-type": "azurevm",
+            "x-ms-isolation-tee": {
+                "x-ms-sevsnpvm-hostdata": hex::encode(host_data(vm)),
+                "x-ms-runtime": {"user-data": format!("C0FFEE{}", "0".repeat(122))},
+            },
+        });
+        let t = jws(&good);
+        assert_eq!(guest_token_checked(&t, vm, &nonce), Ok(t.as_str()));
+        let mut other_vm = good.clone();
+        other_vm["x-ms-isolation-tee"]["x-ms-sevsnpvm-hostdata"] = json!("00".repeat(32));
+        let mut other_nonce = good.clone();
+        other_nonce["x-ms-isolation-tee"]["x-ms-runtime"]["user-data"] = json!("0".repeat(128));
+        let mut launch = good.clone();
+        launch["x-ms-attestation-type"] = json!("sevsnpvm");
+        for (bad, why) in [
+            (jws(&other_vm), "HOST_DATA"),
+            (jws(&other_nonce), "nonce"),
+            (jws(&launch), "azurevm"),
+            ("not a token".to_string(), "JWS"),
+            (String::new(), "0 bytes"),
+            ("a".repeat(GUEST_TOKEN_MAX + 1), "bytes"),
+        ] {
+            let e = guest_token_checked(&bad, vm, &nonce).unwrap_err();
+            assert!(e.contains(why), "{e}");
         }
     }
 }
