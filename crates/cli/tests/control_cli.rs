@@ -1972,13 +1972,7 @@ fn an_encrypted_os_disk_opens_only_for_its_own_attested_vm() {
     let reason = vm["lastFailure"]["reason"].as_str().unwrap();
     assert!(reason.contains("2 volume-key digests"), "{reason}");
     // A deleted VM's keys leave the vault with it.
-    let vault = format!(
-        "http://{}",
-        std::fs::read_to_string(state.join("keyvault.listen"))
-            .unwrap()
-            .trim()
-    );
-    let admin = std::fs::read_to_string(state.join("secrets/platform-vault-admin.token")).unwrap();
+    let (vault, admin) = platform_vault(&state);
     let x_id = x
         .parent()
         .unwrap()
@@ -3410,6 +3404,18 @@ fn put_files(img: &Path, files: &[(&str, &[u8])]) {
     }
 }
 
+/// The platform key vault of `cvm up`'s `state`: its URL and administrator token.
+fn platform_vault(state: &Path) -> (String, String) {
+    let url = format!(
+        "http://{}",
+        std::fs::read_to_string(state.join("keyvault.listen"))
+            .unwrap()
+            .trim()
+    );
+    let admin = std::fs::read_to_string(state.join("secrets/platform-vault-admin.token")).unwrap();
+    (url, admin)
+}
+
 /// The attestation service's URL, as `cvm up` printed it.
 fn attestation_url(platform: &Up) -> String {
     platform
@@ -3539,13 +3545,7 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
     // Two keys in the platform vault: one whose release policy names this VM (the
     // guest's own `azurevm` token, its HOST_DATA inside `x-ms-isolation-tee`), one
     // naming another VM.
-    let vault = format!(
-        "http://{}",
-        std::fs::read_to_string(state.join("keyvault.listen"))
-            .unwrap()
-            .trim()
-    );
-    let admin = std::fs::read_to_string(state.join("secrets/platform-vault-admin.token")).unwrap();
+    let (vault, admin) = platform_vault(&state);
     let attest_url = attestation_url(&platform);
     let material: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(29) ^ 0xa5).collect();
     let import = |name: &str, host_data: &str| {
