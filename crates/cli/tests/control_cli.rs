@@ -3510,7 +3510,8 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
     std::fs::copy(&built, &img).unwrap();
     let keys = json!({
         "vault_signer": "/etc/opencvm/vault-signer.pem",
-        "keys": [{"name": "app-key"}, {"name": "other-key"}, {"name": "vm-x-vmgs"}],
+        "keys": [{"name": "app-key"}, {"name": "other-key"}, {"name": "foreign-key"},
+                 {"name": "no-such-key"}, {"name": "vm-x-vmgs"}],
     });
     put_files(
         &img,
@@ -3542,13 +3543,13 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
         ],
     );
     assert_eq!((code, vm["state"].as_str()), (0, Some("stopped")), "{vm}");
-    // Two keys in the platform vault: one whose release policy names this VM (the
-    // guest's own `azurevm` token, its HOST_DATA inside `x-ms-isolation-tee`), one
-    // naming another VM.
+    // Keys in the platform vault, tagged for the local tenant's guests: one whose
+    // release policy names this VM (the guest's own `azurevm` token, its HOST_DATA
+    // inside `x-ms-isolation-tee`), one naming another VM.
     let (vault, admin) = platform_vault(&state);
     let attest_url = attestation_url(&platform);
     let material: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(29) ^ 0xa5).collect();
-    let import = |name: &str, host_data: &str| {
+    let import = |name: &str, host_data: &str, tenant: &str| {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let policy = json!({"version": "1.0.0", "anyOf": [{"authority": attest_url, "allOf": [
@@ -3562,6 +3563,7 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
             Some(&json!({
                 "key": {"kty": "oct", "k": b64.encode(&material)},
                 "attributes": {"exportable": true},
+                "tags": {"opencvm-tenant": tenant},
                 "release_policy": {
                     "contentType": "application/json; charset=utf-8",
                     "data": b64.encode(policy.to_string()),
@@ -3578,8 +3580,14 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
             .to_string()
     };
     let id = vm["id"].as_str().unwrap().to_string();
-    let app_version = import("app-key", &hex::encode(host::host_data(&id)));
-    import("other-key", &"ab".repeat(32));
+    let app_version = import("app-key", &hex::encode(host::host_data(&id)), "local");
+    import("other-key", &"ab".repeat(32), "local");
+    // Named for this VM, but tagged for another tenant's guests.
+    import(
+        "foreign-key",
+        &hex::encode(host::host_data(&id)),
+        "someone-else",
+    );
     let (code, started) = cli(&platform, &["vm", "start", "enc"]);
     assert_eq!(
         (code, started["state"].as_str()),
@@ -3660,6 +3668,16 @@ fn an_encrypted_debian_guest_opens_its_own_root_through_its_vtpm_under_qemu() {
         other.contains("release_policy_denied") || other.contains("release policy"),
         "{console}"
     );
+    // Keys of another tenant, and keys that do not exist, are refused alike by the
+    // host agent (the guest learns nothing of other tenants' keys).
+    for k in ["foreign-key", "no-such-key"] {
+        assert!(
+            console.contains(&format!(
+                "key {k} not released: the platform vault holds no key {k} for the guests of tenant 'local'"
+            )),
+            "{console}"
+        );
+    }
     assert!(
         console.contains(
             "key vm-x-vmgs not released: the VM's own keys (its VMGS and disk keys, vm-*, and its customer key) are not released to its guest"

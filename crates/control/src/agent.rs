@@ -46,7 +46,16 @@ pub struct BootSpec {
     /// Whether an earlier start bound the encrypted OS disk to the VM's vTPM (it then
     /// opens through the vTPM only).
     pub disk_bound: bool,
+    /// The tenant the VM belongs to: its guest may ask only for keys tagged for it
+    /// ([`TENANT_TAG`]).
+    #[serde(default)]
+    pub tenant: String,
 }
+
+/// The tag of a platform vault key that a tenant's guests may ask for: its value is
+/// the tenant's name. (The key's release policy still decides whether it is
+/// released; the tag decides whose guests may ask.)
+pub const TENANT_TAG: &str = "opencvm-tenant";
 
 fn emulated() -> String {
     "emulated".into()

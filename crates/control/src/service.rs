@@ -1265,6 +1265,7 @@ impl Control {
             .map_err(store_err)?
             .map_or_else(|| "emulated".to_string(), |h| h.backend);
         Ok(BootSpec {
+            tenant: row.tenant.clone(),
             vm_id: row.id.clone(),
             host,
             backend,

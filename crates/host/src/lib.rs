@@ -436,9 +436,9 @@ impl EmulatedHosts {
 
     /// What this agent does for the guest agent of `spec`'s VM (a `qemu` guest):
     /// nonces and attestations of the VM's own attestation provider, the chain of its
-    /// host's secure processor, and key releases from the platform's vault (never of
-    /// the VM's own keys: its VMGS and disk keys, its customer key); nothing else,
-    /// nowhere else.
+    /// host's secure processor, and key releases from the platform's vault of keys
+    /// tagged for the VM's tenant (never of the VM's own keys: its VMGS and disk keys,
+    /// its customer key); nothing else, nowhere else.
     fn relay(&self, spec: &BootSpec) -> guest::Relay {
         let agent = self.agent.clone();
         let url = self.attestation_url(&spec.attestation_policy);
@@ -448,6 +448,7 @@ impl EmulatedHosts {
         let vault_url = self.services.vault_url.clone();
         let vault_release = self.services.vault_release.clone();
         let customer_key = spec.customer_key.clone();
+        let tenant = spec.tenant.clone();
         // The vault's refusals reach the guest without their detail: a failed
         // condition of another key's policy (another VM's HOST_DATA) is not the
         // guest's to read.
@@ -488,11 +489,34 @@ impl EmulatedHosts {
                     }
                     let vault =
                         keyvault_client::Client::new(agent.clone(), &vault_url, &vault_release);
+                    // Only a key tagged for the VM's tenant: a guest may not ask for
+                    // another tenant's keys (and learns nothing of them: a missing
+                    // key and another's are refused alike).
+                    let not_ours = || {
+                        format!(
+                            "the platform vault holds no key {key} for the guests of tenant '{tenant}' (an operator tags such a key {}: {tenant})",
+                            control::agent::TENANT_TAG
+                        )
+                    };
+                    let bundle = match vault.get_key(&(), &key, version.as_deref()) {
+                        Ok(b) => b,
+                        Err(api_client::ClientError::Refused { status: 404, .. }) => {
+                            return Err(not_ours());
+                        }
+                        Err(e) => return Err(vault_refused(e)),
+                    };
+                    if tenant.is_empty()
+                        || bundle
+                            .tags
+                            .get(control::agent::TENANT_TAG)
+                            .and_then(Value::as_str)
+                            != Some(tenant.as_str())
+                    {
+                        return Err(not_ours());
+                    }
                     let version = match version {
                         Some(v) => v,
-                        None => vault
-                            .get_key(&(), &key, None)
-                            .map_err(vault_refused)?
+                        None => bundle
                             .key
                             .kid
                             .rsplit('/')

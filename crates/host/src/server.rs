@@ -377,6 +377,7 @@ mod tests {
             vmgs_created: false,
             disk_pin: None,
             disk_bound: false,
+            tenant: "t".into(),
         }
     }
 
