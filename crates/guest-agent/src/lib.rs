@@ -479,8 +479,11 @@ impl<R: BufRead, W: Write> Agent<R, W> {
             )),
             None => (self.say)("opencvm-guest: the root file system's device is unknown"),
         }
+        let mut report = Report {
+            stage: "attested".into(),
+            ..started.clone()
+        };
         self.send(&Message::Report { report: started })?;
-        let mut report = self.status("attested");
         match self.token(None) {
             Ok(token) => {
                 let claims = evidence::token_claims(&token).unwrap_or_default();

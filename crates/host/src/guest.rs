@@ -269,11 +269,6 @@ impl Channel {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
         }
     }
-
-    /// The guest agent's last status report, if it sent one.
-    pub fn last_report(&self) -> Option<wire::Report> {
-        serde_json::from_slice(&std::fs::read(&self.report).ok()?).ok()
-    }
 }
 
 #[cfg(test)]
@@ -300,6 +295,13 @@ mod tests {
         let (guest, _) = listener.accept().unwrap();
         let ch = opener.join().unwrap().unwrap();
         (dir, ch, BufReader::new(guest.try_clone().unwrap()), guest)
+    }
+
+    impl Channel {
+        /// The guest agent's last status report as kept in the VM's directory.
+        fn last_report(&self) -> Option<wire::Report> {
+            serde_json::from_slice(&std::fs::read(&self.report).ok()?).ok()
+        }
     }
 
     #[test]
